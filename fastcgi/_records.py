@@ -1,0 +1,95 @@
+"""Records: the 8-byte header, content, padding (FastCGI spec section 3.3).
+
+    typedef struct {
+        unsigned char version;
+        unsigned char type;
+        unsigned char requestIdB1, requestIdB0;
+        unsigned char contentLengthB1, contentLengthB0;
+        unsigned char paddingLength;
+        unsigned char reserved;
+        unsigned char contentData[contentLength];
+        unsigned char paddingData[paddingLength];
+    } FCGI_Record;
+
+Rules:
+- No IO here. ``parse_record`` reads from a ``bytearray`` the caller owns and
+  says how much it consumed; the encoders return ``bytes``.
+- A *stream* (PARAMS, STDIN, STDOUT, STDERR, DATA) is a sequence of records
+  ended by one with empty content. ``encode_stream_chunk`` splits any amount of
+  data into records of at most 65535 bytes and never emits an empty record by
+  accident: ending a stream is always explicit (``encode_stream_end``).
+- We pad every record to a multiple of 8 bytes, as the spec recommends and as
+  php-fpm and nginx do; we accept any padding from the peer.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ._constants import MAX_CONTENT, VERSION
+from ._errors import LocalProtocolError
+
+HEADER = struct.Struct(">BBHHBx")
+HEADER_SIZE = HEADER.size  # 8
+_PADDING = bytes(8)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One decoded record. ``type`` is an int: unknown types must survive parsing
+    so the application side can answer FCGI_UNKNOWN_TYPE."""
+
+    type: int
+    request_id: int
+    content: bytes
+
+
+def encode_record(record_type: int, request_id: int, content: bytes = b"") -> bytes:
+    """Frame ``content`` (at most 65535 bytes) as one record, padded to 8 bytes."""
+    n = len(content)
+    if n > MAX_CONTENT:
+        raise LocalProtocolError(f"record content of {n} bytes exceeds {MAX_CONTENT}")
+    pad = -n & 7
+    return HEADER.pack(VERSION, record_type, request_id, n, pad) + content + _PADDING[:pad]
+
+
+def encode_stream_chunk(record_type: int, request_id: int, data: bytes) -> bytes:
+    """Frame ``data`` of any length as as many records as needed.
+
+    Returns ``b""`` for empty data: an empty record would end the stream, and
+    that must be asked for explicitly with :func:`encode_stream_end`.
+    """
+    if len(data) <= MAX_CONTENT:
+        return encode_record(record_type, request_id, data) if data else b""
+    view = memoryview(data)
+    return b"".join(
+        encode_record(record_type, request_id, bytes(view[i : i + MAX_CONTENT]))
+        for i in range(0, len(data), MAX_CONTENT)
+    )
+
+
+def encode_stream_end(record_type: int, request_id: int) -> bytes:
+    """The empty record that closes a stream."""
+    return encode_record(record_type, request_id, b"")
+
+
+def parse_record(buf: bytearray) -> Record | None:
+    """Remove one whole record from the front of ``buf`` and return it.
+
+    Returns ``None`` (consuming nothing) when ``buf`` does not yet hold a whole
+    record. Raises ``LocalProtocolError`` on a wrong version byte: after that the
+    byte stream cannot be trusted to be framed at all.
+    """
+    if len(buf) < HEADER_SIZE:
+        return None
+    version, rtype, rid, clen, plen = HEADER.unpack_from(buf)
+    if version != VERSION:
+        raise LocalProtocolError(f"record with FastCGI version {version}, expected {VERSION}")
+    end = HEADER_SIZE + clen
+    total = end + plen
+    if len(buf) < total:
+        return None
+    content = bytes(buf[HEADER_SIZE:end])
+    del buf[:total]
+    return Record(rtype, rid, content)
