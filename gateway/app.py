@@ -1,0 +1,126 @@
+"""The request handler: virtual host, route, then static file, PHP or an error.
+
+``App.handle`` takes a fully read ``Request`` and returns a ``Response``; it does
+no client IO, so it is the same whether the client is a socket or a test's
+memory stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from . import cgi
+from .config import Config
+from .errors import ClientGone, GatewayError
+from .php import PhpSettings, run_php
+from .pool import Pool
+from .request import Request
+from .response import Response, error_response
+from .routing import BadRequestTarget, PhpScript, Redirect, Refuse, Router, StaticFile, VirtualHosts, split_target
+from .spool import Spool
+from .static import serve_file
+
+log = logging.getLogger("gateway.app")
+
+
+@dataclass(frozen=True, slots=True)
+class _SiteBackend:
+    pool: Pool
+    settings: PhpSettings
+
+
+class App:
+    def __init__(self, config: Config, pools: dict[str, Pool]) -> None:
+        self.config = config
+        self.server_software = config.server.server_software.encode()
+        self.vhosts = VirtualHosts(config.sites)
+        self.pools = pools
+        self._backends: dict[str, _SiteBackend] = {}
+        temp_dir = config.server.temp_dir or None
+        for name, backend in config.backends.items():
+            if name in pools:
+                self._backends[name] = _SiteBackend(pools[name], PhpSettings(
+                    read_timeout=backend.read_timeout,
+                    max_header_size=backend.max_response_header_size,
+                    response_buffer_size=backend.response_buffer_size,
+                    temp_dir=temp_dir,
+                    ignore_client_abort=backend.ignore_client_abort,
+                ))
+
+    def error(self, status: int, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+        return error_response(status, server=self.server_software, headers=headers)
+
+    async def handle(self, req: Request) -> Response:
+        router = self.vhosts.lookup(req.header(b"host"))
+        try:
+            path, query = split_target(req.target)
+        except BadRequestTarget as exc:
+            log.info("[%s] %s: %s", req.request_id, exc.status, exc)
+            return self.error(exc.status)
+        route = router.route(path, query)
+        if isinstance(route, Refuse):
+            log.debug("[%s] %d: %s", req.request_id, route.status, route.reason)
+            return self.error(route.status)
+        if isinstance(route, Redirect):
+            host = req.header(b"host")
+            location = route.location.encode("utf-8", "surrogateescape")
+            if host:
+                location = (b"https://" if req.https else b"http://") + host + location
+            return self.error(route.status, [(b"location", location)])
+        if isinstance(route, StaticFile):
+            return serve_file(route.path, req.method, req.header_map(), server=self.server_software)
+        assert isinstance(route, PhpScript)
+        return await self._php(req, router, route)
+
+    async def _php(self, req: Request, router: Router, script: PhpScript) -> Response:
+        backend_name = router.site.php
+        backend = self._backends.get(backend_name)
+        if backend is None:
+            log.error("[%s] backend %s has no pool", req.request_id, backend_name)
+            return self.error(502)
+        server_name = router.server_name or _host_name(req.header(b"host") or b"")
+        params = cgi.build_params(
+            method=req.method,
+            target=req.target,
+            http_version=req.http_version,
+            headers=req.headers,
+            script=script,
+            document_root=router.root,
+            client=req.client,
+            server=req.server,
+            server_name=server_name,
+            server_software=self.server_software,
+            body_length=req.body.size if req.body is not None else None,
+            https=req.https,
+        )
+        try:
+            result = await run_php(backend.pool, params, req.body, backend.settings,
+                                   request_id=req.request_id, abort=req.abort.scope)
+        except GatewayError as exc:
+            stats = backend.pool.stats.errors
+            stats[exc.status] = stats.get(exc.status, 0) + 1
+            log.error("[%s] %s %s -> %d: %s", req.request_id, req.method.decode(), req.target.decode("latin-1"),
+                      exc.status, exc)
+            resp = self.error(exc.status, list(exc.headers))
+            resp.upstream = backend.pool.name
+            return resp
+        except ClientGone:
+            raise
+        head = result.head
+        headers = [(n, v) for n, v in head.headers if n.lower() != b"content-length" or req.method == b"HEAD"]
+        body: Spool | bytes = result.body
+        if req.method == b"HEAD" or head.status in (204, 304) or 100 <= head.status < 200:
+            if not any(n.lower() == b"content-length" for n, _ in headers) and head.status not in (204, 304):
+                headers.append((b"content-length", b"%d" % result.body.size))
+            result.body.close()
+            body = b""
+        else:
+            headers.append((b"content-length", b"%d" % result.body.size))
+        return Response(head.status, headers, body, reason=head.reason, queue_wait=result.queue_wait,
+                        php_time=result.php_time, upstream=backend.pool.name)
+
+
+def _host_name(host: bytes) -> bytes:
+    """The Host header without its port."""
+    return host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host

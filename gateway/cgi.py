@@ -1,0 +1,182 @@
+"""CGI/1.1 on both sides of PHP: request parameters and response headers (RFC 3875).
+
+Pure functions, bytes in and bytes out.
+
+Request side: ``build_params`` gives the same variables as nginx's
+``fastcgi.conf`` plus Debian's ``snippets/fastcgi-php.conf`` (PATH_INFO), so a
+PHP app sees the same ``$_SERVER`` it sees under nginx + php-fpm. Differences
+are listed in the README. Every request header becomes ``HTTP_*`` except
+``Proxy`` (httpoxy, CVE-2016-5385) and names containing ``_``, which nginx drops
+(``ignore_invalid_headers``): otherwise ``X-Forwarded_For`` could pose as
+``X-Forwarded-For``. Clients can never set ``PHP_VALUE``/``PHP_ADMIN_VALUE``:
+only ``HTTP_``-prefixed names come from the client.
+
+Response side: ``CgiResponseHead`` collects PHP's STDOUT until the blank line
+that ends the CGI header block (LF or CRLF lines, RFC 3875 6.2), bounded in
+size, then ``parse_cgi_headers`` turns it into status and headers: ``Status:``
+sets the status, ``Location`` without ``Status`` means 302 (6.2.3/6.2.4).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .routing import PhpScript
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _header_to_cgi(name: bytes) -> bytes | None:
+    if b"_" in name or name == b"proxy":
+        return None
+    return b"HTTP_" + name.upper().replace(b"-", b"_")
+
+
+def build_params(
+    *,
+    method: bytes,
+    target: bytes,
+    http_version: bytes,
+    headers: list[tuple[bytes, bytes]],
+    script: PhpScript,
+    document_root: str,
+    client: tuple[str, int],
+    server: tuple[str, int],
+    server_name: bytes,
+    server_software: bytes,
+    body_length: int | None,
+    https: bool = False,
+) -> list[tuple[bytes, bytes]]:
+    """The FastCGI PARAMS for one request, in nginx's fastcgi.conf order.
+
+    Args:
+        headers: lower-cased names, as h11 gives them.
+        body_length: the length of the buffered body, or None if the request
+            had none (CONTENT_LENGTH is then empty, as under nginx).
+    """
+    content_type = b""
+    joined: dict[bytes, bytes] = {}
+    for name, value in headers:
+        if name == b"content-type":
+            content_type = value
+        cgi = _header_to_cgi(name)
+        if cgi is None:
+            continue
+        if cgi in joined:
+            joined[cgi] += (b"; " if name == b"cookie" else b", ") + value
+        else:
+            joined[cgi] = value
+    enc = str.encode
+    params = [
+        (b"SCRIPT_FILENAME", enc(script.script_filename, "utf-8", "surrogateescape")),
+        (b"QUERY_STRING", script.query),
+        (b"REQUEST_METHOD", method),
+        (b"CONTENT_TYPE", content_type),
+        (b"CONTENT_LENGTH", b"" if body_length is None else str(body_length).encode()),
+        (b"SCRIPT_NAME", enc(script.script_name, "utf-8", "surrogateescape")),
+        (b"REQUEST_URI", target),
+        (b"DOCUMENT_URI", enc(script.document_uri, "utf-8", "surrogateescape")),
+        (b"DOCUMENT_ROOT", enc(document_root, "utf-8", "surrogateescape")),
+        (b"SERVER_PROTOCOL", b"HTTP/" + http_version),
+        (b"REQUEST_SCHEME", b"https" if https else b"http"),
+    ]
+    if https:
+        params.append((b"HTTPS", b"on"))
+    params += [
+        (b"GATEWAY_INTERFACE", b"CGI/1.1"),
+        (b"SERVER_SOFTWARE", server_software),
+        (b"REMOTE_ADDR", client[0].encode()),
+        (b"REMOTE_PORT", str(client[1]).encode()),
+        (b"SERVER_ADDR", server[0].encode()),
+        (b"SERVER_PORT", str(server[1]).encode()),
+        (b"SERVER_NAME", server_name),
+        (b"REDIRECT_STATUS", b"200"),
+    ]
+    if script.path_info:
+        path_info = enc(script.path_info, "utf-8", "surrogateescape")
+        params.append((b"PATH_INFO", path_info))
+        params.append((b"PATH_TRANSLATED", enc(document_root, "utf-8", "surrogateescape") + path_info))
+    params += joined.items()
+    return params
+
+
+class CgiResponseError(Exception):
+    """PHP's output is not a valid CGI response; the gateway answers 502."""
+
+
+@dataclass(frozen=True, slots=True)
+class CgiHead:
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+
+
+#: Response headers that describe PHP's hop to us, not ours to the client.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer"})
+
+
+def parse_cgi_headers(block: bytes) -> CgiHead:
+    """Parse a CGI header block (without the blank line that ends it).
+
+    Raises:
+        CgiResponseError: a line without a colon, a folded line, or a bad Status.
+    """
+    status = None
+    reason = b""
+    headers: list[tuple[bytes, bytes]] = []
+    has_location = False
+    for raw in block.split(b"\n"):
+        line = raw.removesuffix(b"\r")
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            raise CgiResponseError("PHP sent a folded header line")
+        name, colon, value = line.partition(b":")
+        name = name.strip()
+        if not colon or not name or re.search(rb"[\x00-\x20()<>@,;:\\\"/\[\]?={}\x7f]", name):
+            raise CgiResponseError(f"PHP sent an invalid header line {line[:80]!r}")
+        value = value.strip()
+        lname = name.lower()
+        if lname == b"status":
+            m = re.match(rb"^(\d{3})(?:\s+(.*))?$", value)
+            if not m or not 100 <= int(m.group(1)) <= 999:
+                raise CgiResponseError(f"PHP sent an invalid Status header {value[:40]!r}")
+            status = int(m.group(1))
+            reason = m.group(2) or b""
+            continue
+        if lname in HOP_BY_HOP:
+            continue
+        if lname == b"location":
+            has_location = True
+        headers.append((name, value))
+    if status is None:
+        status = 302 if has_location else 200
+    return CgiHead(status, reason, headers)
+
+
+class CgiResponseHead:
+    """Accumulates STDOUT until the header block is complete.
+
+    ``feed(data)`` returns ``None`` while more is needed, else the parsed head
+    and whatever body bytes followed it in the same data.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> tuple[CgiHead, bytes] | None:
+        start = max(0, len(self._buf) - 3)
+        self._buf += data
+        m = _HEADER_END.search(self._buf, start)
+        if m is None:
+            if len(self._buf) > self.max_size:
+                raise CgiResponseError(f"PHP's response headers exceed {self.max_size} bytes")
+            return None
+        if m.start() > self.max_size:
+            raise CgiResponseError(f"PHP's response headers exceed {self.max_size} bytes")
+        head = parse_cgi_headers(bytes(self._buf[: m.start()]))
+        body = bytes(self._buf[m.end() :])
+        self._buf.clear()
+        return head, body

@@ -1,0 +1,105 @@
+"""The ``gateway`` command: ``serve`` and ``check``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+import typer
+
+from .config import Config, ConfigError, load_dir, validate
+from .supervisor import SupervisorError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="An event-driven HTTP front end and FastCGI gateway for PHP.")
+
+
+def _setup_logging(level: str, access_log: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    access = logging.getLogger("gateway.access")
+    access.propagate = False
+    if access_log == "off":
+        access.disabled = True
+        return
+    handler: logging.Handler = (logging.StreamHandler(sys.stdout) if access_log == "-"
+                                else logging.FileHandler(access_log))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+
+
+def quick_config(root: str, listen: list[str], php: str | None, php_workers: int) -> Config:
+    """The configuration ``serve --root`` uses: one PHP site with the front controller."""
+    return validate({
+        "server": {"listen": listen},
+        "backends": {"php": {"address": php or "spawn", "workers": php_workers}},
+        "sites": {"default": {"root": str(Path(root).resolve()), "php": "php", "default": True}},
+    })
+
+
+def _load(config_dir: str) -> Config:
+    try:
+        return load_dir(config_dir)
+    except ConfigError as exc:
+        typer.echo(f"configuration error:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: Annotated[str, typer.Option("--config", "-c", help="Configuration directory.")] = "conf.d",
+    root: Annotated[str | None, typer.Option(help="Serve this PHP docroot, with no config file.")] = None,
+    listen: Annotated[list[str] | None, typer.Option(help="HOST:PORT, [::1]:PORT or unix:/path (repeatable).")] = None,
+    php: Annotated[str | None, typer.Option(help="php-fpm address (unix:/path or host:port); default: spawn one.")] = None,
+    php_workers: Annotated[int, typer.Option(help="PHP pool size (and pm.max_children when spawned).")] = 4,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Serve the configuration in --config (default ./conf.d), or a docroot given with --root."""
+    if root is not None:
+        if not os.path.isdir(root):
+            typer.echo(f"--root {root}: no such directory", err=True)
+            raise typer.Exit(2)
+        try:
+            cfg = quick_config(root, listen or ["127.0.0.1:8080"], php, php_workers)
+        except ConfigError as exc:
+            typer.echo(f"configuration error:\n{exc}", err=True)
+            raise typer.Exit(2) from None
+    else:
+        cfg = _load(config)
+        if listen:
+            cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"listen": listen})})
+    _setup_logging(log_level, cfg.server.access_log)
+    from .server import serve as run_server
+
+    try:
+        trio.run(run_server, cfg)
+    except SupervisorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot listen: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def check(
+    config: Annotated[str, typer.Option("--config", "-c", help="Configuration directory.")] = "conf.d",
+) -> None:
+    """Validate the configuration and print the effective result as JSON."""
+    cfg = _load(config)
+    data: dict[str, Any] = cfg.model_dump(mode="json")
+    for name, site in cfg.sites.items():
+        data["sites"][name]["try_files"] = site.effective_try_files()
+    typer.echo(json.dumps(data, indent=2))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,282 @@
+"""Configuration: TOML files in ``conf.d/``, read in name order, merged, validated.
+
+Rules:
+- Files are read in name order; tables merge recursively, a later file's value
+  replaces an earlier one's. So ``conf.d/50-local.toml`` can override one key.
+- Everything is validated by pydantic with unknown keys rejected, and an error
+  names the file that set the offending key and the key's dotted path.
+- Sizes are ``"8k"``, ``"64m"``, ``"1g"`` or a byte count; durations are
+  ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"`` or seconds.
+- Defaults follow nginx (+ php-fpm) where it has one, except where nginx's
+  default is a known trap for WordPress; those are marked ``TRAP`` below and
+  listed in the README.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(value: Any) -> int:
+    """``"8k"`` -> 8192. Integers pass through."""
+    if isinstance(value, bool):
+        raise ValueError("a size is a number of bytes or a string like '8k', '64m', '1g'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a size; write bytes or a string like '8k', '64m', '1g'")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(value: Any) -> float:
+    """``"30s"`` -> 30.0, ``"500ms"`` -> 0.5. Numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is seconds or a string like '500ms', '30s', '5m'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    m = _DURATION_RE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration; write seconds or a string like '500ms', '30s', '5m'")
+    unit = m.group(2).lower() if m.group(2) else None
+    return float(m.group(1)) * _DURATION_UNITS[unit]
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Model):
+    #: Addresses to listen on: "127.0.0.1:8080", "[::1]:8080", ":8080" (all), "unix:/path".
+    listen: list[str] = ["127.0.0.1:8080"]
+    #: Value of the Server header and of SERVER_SOFTWARE (nginx: server_tokens).
+    server_software: str = "gateway"
+    #: Where the gateway writes runtime files (php-fpm pool configs, sockets).
+    #: Empty: a fresh directory under the system temp dir.
+    runtime_dir: str = ""
+    #: Where request bodies and PHP responses larger than the memory thresholds spool.
+    temp_dir: str = ""
+    #: Access log: "-" is standard output, "off" disables it, else a file path.
+    access_log: str = "-"
+
+
+class TimeoutsConfig(_Model):
+    client_header: Duration = 60.0  # nginx client_header_timeout
+    client_body: Duration = 60.0  # nginx client_body_timeout: between two reads
+    keepalive: Duration = 75.0  # nginx keepalive_timeout
+    send: Duration = 60.0  # nginx send_timeout: between two writes
+    graceful: Duration = 10.0  # shutdown: how long in-flight requests may finish
+
+
+class LimitsConfig(_Model):
+    #: TRAP: nginx's client_max_body_size is 1m, which breaks WordPress media
+    #: uploads; we default to 64m.
+    client_max_body_size: Size = 64 * 1024 * 1024
+    #: Request line + headers (nginx: large_client_header_buffers 4 8k).
+    max_header_size: Size = 32 * 1024
+    #: Longest request target; longer gets 414 (nginx: one 8k buffer).
+    max_uri_size: Size = 8 * 1024
+    #: Request bodies up to this stay in memory, larger ones go to a temp file
+    #: (nginx: client_body_buffer_size 16k).
+    body_buffer_size: Size = 64 * 1024
+    #: Requests served on one keep-alive connection (nginx keepalive_requests).
+    keepalive_requests: int = Field(1000, ge=1)
+
+
+class BackendConfig(_Model):
+    """A PHP backend: php-fpm spawned by the gateway, or an address."""
+
+    #: "spawn": the gateway runs php-fpm itself; else "unix:/path.sock" or "host:port".
+    address: str = "spawn"
+    #: Pool size: live FastCGI connections to this backend. Each kept-alive
+    #: connection pins one php-fpm worker, so this must not exceed
+    #: pm.max_children. When spawned, php-fpm gets pm.max_children = workers.
+    workers: int = Field(4, ge=1, le=4096)
+    #: Requests allowed to wait for a connection; one more gets 503.
+    queue_depth: int = Field(1024, ge=0)
+    #: How long a request may wait in the queue before 504.
+    queue_timeout: Duration = 60.0
+    connect_timeout: Duration = 5.0  # nginx fastcgi_connect_timeout is 60s
+    #: Between two reads from PHP (nginx fastcgi_read_timeout).
+    read_timeout: Duration = 60.0
+    #: Idle kept-alive connections are closed after this (a php-fpm worker is
+    #: pinned while one is open; see request_terminate_timeout).
+    idle_timeout: Duration = 10.0
+    #: Largest CGI header block PHP may send (nginx fastcgi_buffer_size); past it, 502.
+    max_response_header_size: Size = 64 * 1024
+    #: PHP output up to this size is held in memory, larger in a temp file.
+    response_buffer_size: Size = 1024 * 1024
+    #: nginx fastcgi_ignore_client_abort: let PHP finish when the client has gone.
+    ignore_client_abort: bool = False
+
+    # -- only when spawned ----------------------------------------------------
+    #: php-fpm binary; empty: php-fpm8.2, then php-fpm on PATH and in /usr/sbin.
+    php_fpm: str = ""
+    #: Unix user the workers run as when the gateway runs as root.
+    #: Empty: www-data when root, else the current user.
+    user: str = ""
+    #: php-fpm pm.max_requests (0: never recycle).
+    max_requests: int = Field(500, ge=0)
+    #: php-fpm request_terminate_timeout (0: off). An idle kept-alive
+    #: connection counts as a running request for it.
+    request_terminate_timeout: Duration = 0.0
+    #: Extra php.ini values for the pool, as php_admin_value.
+    php_admin_values: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _idle_before_terminate(self) -> BackendConfig:
+        rtt = self.request_terminate_timeout
+        if rtt and self.idle_timeout >= rtt:
+            raise ValueError(
+                f"idle_timeout ({self.idle_timeout:g}s) must be shorter than request_terminate_timeout "
+                f"({rtt:g}s): php-fpm kills a worker whose kept-alive connection stays idle that long"
+            )
+        return self
+
+
+class SiteConfig(_Model):
+    #: Host names: exact ("example.com"), wildcard ("*.example.com"), or "_" for none.
+    server_names: list[str] = []
+    #: The site for requests whose Host matches no other site.
+    default: bool = False
+    root: str
+    index: list[str] = ["index.php", "index.html", "index.htm"]
+    #: Name of a [backends.X] table; empty: a static-only site.
+    php: str = ""
+    #: nginx try_files; "$uri", "$uri/", a fallback like "/index.php?$args", or "=404".
+    #: Default for a PHP site: the front controller, as WordPress needs.
+    try_files: list[str] | None = None
+    #: "follow": follow symlinks like nginx; "within_root": refuse those whose
+    #: target leaves the root (nginx disable_symlinks if_not_owner-like).
+    symlinks: Literal["follow", "within_root"] = "follow"
+    #: Paths under which PHP never runs (e.g. "/wp-content/uploads/").
+    no_php_under: list[str] = []
+
+    def effective_try_files(self) -> list[str]:
+        if self.try_files is not None:
+            return self.try_files
+        if self.php:
+            return ["$uri", "$uri/", "/index.php?$args"]
+        return ["$uri", "$uri/", "=404"]
+
+
+class Config(_Model):
+    server: ServerConfig = ServerConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    backends: dict[str, BackendConfig] = {}
+    sites: dict[str, SiteConfig] = {}
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Config:
+        if not self.sites:
+            raise ValueError("no [sites.NAME] table: there is nothing to serve")
+        for name, site in self.sites.items():
+            if site.php and site.php not in self.backends:
+                known = ", ".join(sorted(self.backends)) or "none"
+                raise ValueError(f"sites.{name}.php names backend {site.php!r}, which is not defined (defined: {known})")
+        if sum(s.default for s in self.sites.values()) > 1:
+            raise ValueError("more than one site has default = true")
+        return self
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message says where and what to do."""
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any], origin: dict[tuple[str, ...], str], fname: str,
+           prefix: tuple[str, ...] = ()) -> None:
+    for key, value in new.items():
+        path = (*prefix, key)
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origin, fname, path)
+        else:
+            into[key] = value
+        origin[path] = fname
+        if isinstance(value, dict):
+            for sub in _walk(value, path):
+                origin[sub] = fname
+
+
+def _walk(d: dict[str, Any], prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+    out = []
+    for k, v in d.items():
+        out.append((*prefix, k))
+        if isinstance(v, dict):
+            out += _walk(v, (*prefix, k))
+    return out
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    for site in data.get("sites", {}).values():
+        if isinstance(site, dict) and isinstance(site.get("root"), str):
+            site["root"] = str((base / site["root"]).resolve()) if not os.path.isabs(site["root"]) else site["root"]
+
+
+def load_dir(path: str | os.PathLike[str]) -> Config:
+    """Read every ``*.toml`` in ``path`` in name order, merge and validate.
+
+    Relative site roots are taken relative to the directory's parent (so
+    ``conf.d/`` beside ``demo/`` can say ``root = "demo"``).
+
+    Raises:
+        ConfigError: with the file and dotted key of the first problem.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: no such configuration directory (give one with --config DIR)")
+    files = sorted(directory.glob("*.toml"))
+    if not files:
+        raise ConfigError(f"{directory}: no *.toml files in it")
+    merged: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for f in files:
+        try:
+            data = tomllib.loads(f.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{f}: not valid TOML: {exc}") from None
+        _merge(merged, data, origin, str(f))
+    _resolve_paths(merged, directory.resolve().parent)
+    return validate(merged, origin, default_file=str(files[-1]))
+
+
+def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = None,
+             default_file: str = "<config>") -> Config:
+    """Validate a merged mapping; errors name the file that set the key."""
+    origin = origin or {}
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(str(p) for p in err["loc"])
+            fname = default_file
+            for i in range(len(loc), 0, -1):
+                if loc[:i] in origin:
+                    fname = origin[loc[:i]]
+                    break
+            key = ".".join(loc) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling against the README's configuration reference)"
+            lines.append(f"{fname}: {key}: {msg}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,404 @@
+"""One task per client connection: h11 in, a handler, h11 out, keep-alive.
+
+The loop is linear, like h11's ``examples/trio-server.py``: wait for a request,
+read its body fully into a spool, hand it to the handler, send the response,
+then recycle the connection or close it.
+
+Timeout policy (all cancel scopes on ``trio.current_time()``, so the autojump
+clock drives them in tests; defaults in config.py follow nginx):
+
+- ``header``: the request line and headers must be complete within this time,
+  counted from accept for the first request (slowloris, connections that never
+  send a byte) and from the first byte for later ones. Partial request -> 408;
+  nothing at all -> close silently.
+- ``keepalive``: an idle kept-alive connection is closed after this.
+- ``body``: the longest gap between two reads of the request body -> 408.
+- ``send``: the longest a single write to the client may block -> close.
+
+While the handler runs, the client socket is watched: EOF means the client left,
+and ``Request.abort`` fires (waiters leave the PHP queue, PHP runs are cut).
+Bytes a pipelining client sends meanwhile are kept for the next cycle.
+
+Shutdown: ``Lifecycle.begin_shutdown`` closes idle connections at once and
+makes busy ones answer with ``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import h11
+import trio
+
+from .errors import ClientGone
+from .request import Request
+from .response import FileRange, Response, error_response, http_date, reason_phrase
+from .spool import Spool
+
+log = logging.getLogger("gateway.http")
+access_log = logging.getLogger("gateway.access")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+_request_ids = itertools.count(1)
+_PID = os.getpid()
+#: How long, and how much, we read from a client after our response when it was
+#: still sending (a 413, say), so that closing does not reset the connection
+#: before it has read the response (nginx: lingering_close).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
+_WATCH_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    header_timeout: float = 60.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    send_timeout: float = 60.0
+    max_header_size: int = 32 * 1024
+    max_uri_size: int = 8 * 1024
+    max_body_size: int = 64 * 1024 * 1024
+    body_buffer_size: int = 64 * 1024
+    keepalive_requests: int = 1000
+    temp_dir: str | None = None
+    server_software: bytes = b"gateway"
+
+
+class Lifecycle:
+    """Shared by the server and its connections: are we shutting down?"""
+
+    def __init__(self) -> None:
+        self.shutting_down = False
+        self._idle: set[trio.CancelScope] = set()
+        self.open_connections = 0
+
+    def begin_shutdown(self) -> None:
+        self.shutting_down = True
+        for scope in list(self._idle):
+            scope.cancel()
+
+
+class _Timeout(Exception):
+    pass
+
+
+class HttpConnection:
+    def __init__(self, stream: trio.abc.Stream, handler: Handler, settings: ConnectionSettings, *,
+                 client: tuple[str, int], server: tuple[str, int], lifecycle: Lifecycle | None = None) -> None:
+        self.stream = stream
+        self.handler = handler
+        self.settings = settings
+        self.client = client
+        self.server = server
+        self.lifecycle = lifecycle or Lifecycle()
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_size)
+        self._received_any = False
+
+    # -- the loop ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve requests until the connection ends; always closes the stream."""
+        self.lifecycle.open_connections += 1
+        try:
+            await self._serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
+            pass
+        finally:
+            self.lifecycle.open_connections -= 1
+            await trio.aclose_forcefully(self.stream)
+
+    async def _serve(self) -> None:
+        served = 0
+        while True:
+            try:
+                event = await self._next_request(first=served == 0)
+            except _Timeout:
+                if self._received_any:
+                    await self._send_error_and_close(408)
+                return
+            except h11.RemoteProtocolError as exc:
+                await self._send_error_and_close(self._status_for(exc))
+                return
+            if event is None or isinstance(event, h11.ConnectionClosed):
+                return
+            assert isinstance(event, h11.Request)
+            served += 1
+            keep_alive = await self._handle(event, last=served >= self.settings.keepalive_requests)
+            if not keep_alive or self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+                await self._linger()
+                return
+            self.conn.start_next_cycle()
+            self._received_any = bool(self.conn.trailing_data[0])
+
+    def _status_for(self, exc: h11.RemoteProtocolError) -> int:
+        status = exc.error_status_hint
+        if status == 431:
+            buffered, _ = self.conn.trailing_data
+            first_line = buffered.split(b"\n", 1)[0]
+            if b"\n" not in buffered[: self.settings.max_uri_size + 64] and len(first_line) > self.settings.max_uri_size:
+                return 414
+        return status
+
+    async def _receive(self, timeout_at: float) -> None:
+        with trio.move_on_at(timeout_at) as scope:
+            data = await self.stream.receive_some(65536)
+        if scope.cancelled_caught:
+            raise _Timeout()
+        if data:
+            self._received_any = True
+        self.conn.receive_data(data)
+
+    async def _next_request(self, *, first: bool) -> h11.Request | h11.ConnectionClosed | None:
+        """Wait for the next request's head, under the header/keep-alive timeouts.
+
+        Returns None when the connection should close quietly (shutdown).
+        """
+        s = self.settings
+        now = trio.current_time()
+        header_deadline = now + s.header_timeout
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            if self._received_any:
+                await self._receive(header_deadline)
+                continue
+            # Idle: no byte of the next request yet.
+            if self.lifecycle.shutting_down:
+                return None
+            idle_deadline = header_deadline if first else now + s.keepalive_timeout
+            with trio.CancelScope() as idle_scope:
+                self.lifecycle._idle.add(idle_scope)
+                try:
+                    await self._receive(idle_deadline)
+                finally:
+                    self.lifecycle._idle.discard(idle_scope)
+            if idle_scope.cancelled_caught:
+                return None  # shutdown closed us while idle
+            header_deadline = trio.current_time() + s.header_timeout if not first else header_deadline
+
+    async def _handle(self, req: h11.Request, *, last: bool) -> bool:
+        """Read the body, run the handler, send the response. Returns keep-alive."""
+        s = self.settings
+        started = time.monotonic()
+        request_id = f"{_PID:x}-{next(_request_ids):x}"
+        headers = [(bytes(n), bytes(v)) for n, v in req.headers]
+        keep_alive = not last and not self.lifecycle.shutting_down
+        response: Response
+        body: Spool | None = None
+        if len(req.target) > s.max_uri_size:
+            response = self._error(414)
+            keep_alive = False
+        else:
+            try:
+                body = await self._read_body(req, headers)
+            except _BodyError as exc:
+                response = self._error(exc.status)
+                keep_alive = False
+            else:
+                request = Request(req.method, req.target, req.http_version, headers, self.client, self.server,
+                                  body, request_id)
+                try:
+                    response = await self._run_handler(request)
+                except ClientGone:
+                    self._access(req, None, request_id, started, 499)
+                    raise
+                except Exception:
+                    log.exception("[%s] unhandled error while handling %s %s", request_id, req.method.decode(),
+                                  req.target.decode("latin-1"))
+                    response = self._error(500)
+                finally:
+                    if body is not None:
+                        body.close()
+        try:
+            await self._send_response(req, response, keep_alive)
+        finally:
+            response.close()
+        self._access(req, response, request_id, started, response.status)
+        return keep_alive
+
+    async def _run_handler(self, request: Request) -> Response:
+        """Run the handler while watching the client for EOF."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_client, request, nursery.cancel_scope)
+            response = await self.handler(request)
+            nursery.cancel_scope.cancel()
+        return response
+
+    async def _watch_client(self, request: Request, scope: trio.CancelScope) -> None:
+        received = 0
+        while received < _WATCH_LIMIT:
+            try:
+                data = await self.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                request.abort.fire()
+                return
+            received += len(data)
+            self.conn.receive_data(data)
+        await trio.sleep_forever()
+
+    # -- request body -------------------------------------------------------------
+
+    async def _read_body(self, req: h11.Request, headers: list[tuple[bytes, bytes]]) -> Spool | None:
+        s = self.settings
+        has_body = any(n in (b"content-length", b"transfer-encoding") for n, _ in headers)
+        if not has_body:
+            # h11 still needs to see EndOfMessage
+            event = self.conn.next_event()
+            assert isinstance(event, h11.EndOfMessage), event
+            return None
+        for n, v in headers:
+            if n == b"content-length" and int(v) > s.max_body_size:
+                raise _BodyError(413)
+        spool = Spool(s.body_buffer_size, s.temp_dir)
+        try:
+            while True:
+                event = self.conn.next_event()
+                if event is h11.NEED_DATA:
+                    if self.conn.they_are_waiting_for_100_continue:
+                        await self._send_all(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+                    try:
+                        await self._receive(trio.current_time() + s.body_timeout)
+                    except _Timeout:
+                        raise _BodyError(408) from None
+                    continue
+                if isinstance(event, h11.Data):
+                    spool.write(event.data)
+                    if spool.size > s.max_body_size:
+                        raise _BodyError(413)
+                elif isinstance(event, h11.EndOfMessage):
+                    return spool
+                else:  # ConnectionClosed mid-body
+                    raise ClientGone()
+        except h11.RemoteProtocolError:
+            spool.close()
+            raise _BodyError(400) from None
+        except BaseException:
+            spool.close()
+            raise
+
+    # -- response -----------------------------------------------------------------
+
+    def _error(self, status: int) -> Response:
+        return error_response(status, server=self.settings.server_software)
+
+    async def _send_error_and_close(self, status: int) -> None:
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        resp = self._error(status)
+        try:
+            await self._send_response(None, resp, keep_alive=False)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            return
+        await self._linger()
+
+    async def _send_response(self, req: h11.Request | None, resp: Response, keep_alive: bool) -> None:
+        s = self.settings
+        headers = [(b"server", s.server_software), (b"date", http_date()), *resp.headers]
+        if not keep_alive:
+            headers.append((b"connection", b"close"))
+        body = resp.body
+        if isinstance(body, bytes) and body and not any(n == b"content-length" for n, _ in resp.headers):
+            headers.append((b"content-length", b"%d" % len(body)))
+        reason = resp.reason or reason_phrase(resp.status)
+        await self._send_all(self.conn.send(h11.Response(status_code=resp.status, headers=headers, reason=reason)))
+        head_only = req is not None and req.method == b"HEAD" or resp.status in (204, 304)
+        if not head_only:
+            if isinstance(body, Spool):
+                body = body.getvalue() if body.in_memory else FileRange(body.file, 0, body.size, close_file=False)
+            if isinstance(body, FileRange):
+                for piece in self.conn.send_with_data_passthrough(h11.Data(data=body)) or []:  # type: ignore[arg-type]
+                    if isinstance(piece, FileRange):
+                        await self._sendfile(piece)
+                    else:
+                        await self._send_all(piece)
+            elif body:
+                await self._send_all(self.conn.send(h11.Data(data=body)))
+        await self._send_all(self.conn.send(h11.EndOfMessage()))
+
+    async def _send_all(self, data: bytes | None) -> None:
+        if not data:
+            return
+        with trio.fail_after(self.settings.send_timeout):
+            try:
+                await self.stream.send_all(data)
+            except BaseException:
+                self.conn.send_failed()
+                raise
+
+    async def _sendfile(self, fr: FileRange) -> None:
+        sock = getattr(self.stream, "socket", None)
+        in_fd = fr.file.fileno()
+        offset, remaining = fr.offset, fr.length
+        if sock is None or not hasattr(os, "sendfile"):
+            while remaining:
+                data = os.pread(in_fd, min(remaining, 256 * 1024), offset)
+                if not data:
+                    raise trio.BrokenResourceError("file shrank while being sent")
+                await self._send_all(data)
+                offset += len(data)
+                remaining -= len(data)
+            return
+        out_fd = sock.fileno()
+        while remaining:
+            try:
+                n = os.sendfile(out_fd, in_fd, offset, min(remaining, 4 * 1024 * 1024))
+            except BlockingIOError:
+                with trio.fail_after(self.settings.send_timeout):
+                    await trio.lowlevel.wait_writable(sock)
+                continue
+            except OSError as exc:
+                self.conn.send_failed()
+                raise trio.BrokenResourceError(f"sendfile failed: {exc}") from exc
+            if n == 0:
+                self.conn.send_failed()
+                raise trio.BrokenResourceError("file shrank while being sent")
+            offset += n
+            remaining -= n
+            await trio.lowlevel.checkpoint()
+
+    async def _linger(self) -> None:
+        """Half-close and drain briefly so the client reads our response before any reset."""
+        try:
+            if isinstance(self.stream, trio.SocketStream):
+                await self.stream.send_eof()
+            with trio.move_on_after(LINGER_SECONDS):
+                drained = 0
+                while drained < LINGER_BYTES:
+                    data = await self.stream.receive_some(65536)
+                    if not data:
+                        break
+                    drained += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _access(self, req: h11.Request, resp: Response | None, request_id: str, started: float, status: int) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        headers = dict(req.headers)
+        size = 0
+        if resp is not None:
+            size = resp.body.size if isinstance(resp.body, Spool) else len(resp.body)
+        qw = f"{resp.queue_wait:.3f}" if resp is not None and resp.queue_wait is not None else "-"
+        php = f"{resp.php_time:.3f}" if resp is not None and resp.php_time is not None else "-"
+        access_log.info(
+            '%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s" rt=%.3f qw=%s php=%s id=%s',
+            self.client[0], time.strftime("%d/%b/%Y:%H:%M:%S %z"), req.method.decode("latin-1"),
+            req.target.decode("latin-1"), req.http_version.decode(), status, size,
+            headers.get(b"referer", b"-").decode("latin-1"), headers.get(b"user-agent", b"-").decode("latin-1"),
+            time.monotonic() - started, qw, php, request_id,
+        )
+
+
+class _BodyError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status

@@ -1,0 +1,204 @@
+"""Run one request on PHP through a pool: the FastCGI exchange and its policy.
+
+Flow: take a slot (queue wait measured) -> get a connection -> send
+BEGIN_REQUEST(keep_conn), PARAMS, STDIN while reading STDOUT/STDERR ->
+drain PHP's output into a spool -> END_REQUEST -> give the connection back
+and release the slot -> only then is the response sent to the client, at the
+client's pace. The PHP worker is never held by a slow client.
+
+Retry policy: a *reused* connection that yields EOF or a reset before any
+response record is retried once on a fresh connection. That is php-fpm's
+pm.max_requests recycling: the worker closed the kept-alive connection after
+its last response, and the request written on it never ran. Nothing else is
+retried: once any byte of a response arrived, PHP ran.
+
+Client aborts: ``abort`` is a cancel-scope factory that fires when the client
+closes its connection. Waiting in the queue is always abandoned then (php-fpm
+would run the request for nobody); the PHP run itself is abandoned too (the
+FastCGI connection is closed, the only abort php-fpm honours) unless
+``ignore_client_abort`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
+from dataclasses import dataclass
+
+import trio
+
+import fastcgi
+
+from .cgi import CgiHead, CgiResponseError, CgiResponseHead
+from .errors import (
+    UpstreamClosedEarly,
+    UpstreamOverloaded,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from .pool import Pool, UpstreamConnection
+from .spool import Spool
+
+log = logging.getLogger("gateway.php")
+
+STDIN_CHUNK = 4 * fastcgi.MAX_CONTENT
+
+
+@dataclass(slots=True)
+class PhpResult:
+    head: CgiHead
+    body: Spool
+    queue_wait: float
+    php_time: float
+    app_status: int
+
+
+@dataclass(frozen=True, slots=True)
+class PhpSettings:
+    read_timeout: float
+    max_header_size: int
+    response_buffer_size: int
+    temp_dir: str | None
+    ignore_client_abort: bool = False
+
+
+async def run_php(
+    pool: Pool,
+    params: list[tuple[bytes, bytes]],
+    body: Spool | None,
+    settings: PhpSettings,
+    *,
+    request_id: str,
+    abort: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> PhpResult:
+    """Run one request on PHP and return its drained response.
+
+    Raises:
+        GatewayError subclasses (QueueFull, QueueTimeout, UpstreamConnectError,
+        UpstreamTimeout, UpstreamProtocolError, UpstreamClosedEarly,
+        UpstreamOverloaded); ``ClientGone`` when the client left.
+    """
+    async with AsyncExitStack() as stack:
+        with abort():
+            slot = await stack.enter_async_context(pool.slot())
+        with nullcontext() if settings.ignore_client_abort else abort():
+            start = trio.current_time()
+            conn = await slot.connection()
+            try:
+                try:
+                    head, spool, app_status = await _exchange(conn, params, body, settings, request_id)
+                except UpstreamClosedEarly:
+                    if not conn.reused:
+                        raise
+                    pool.stats.retries += 1
+                    log.info("[%s] %s: reused connection closed before a response; retrying on a fresh one",
+                             request_id, pool.name)
+                    await pool._close([conn])
+                    conn = await slot.connection(fresh=True)
+                    head, spool, app_status = await _exchange(conn, params, body, settings, request_id)
+            except BaseException:
+                await pool._close([conn])
+                raise
+            await slot.release(conn)
+            return PhpResult(head, spool, slot.queue_wait, trio.current_time() - start, app_status)
+    raise AssertionError("unreachable")  # for type checkers: the abort scope raises ClientGone
+
+
+async def _exchange(conn: UpstreamConnection, params: list[tuple[bytes, bytes]], body: Spool | None,
+                    settings: PhpSettings, request_id: str) -> tuple[CgiHead, Spool, int]:
+    fc = conn.fcgi
+    stream = conn.stream
+    first = (fc.send(fastcgi.BeginRequest(keep_conn=True)) or b"") + (fc.send(fastcgi.Params(tuple(params))) or b"")
+
+    async def send_stdin() -> None:
+        try:
+            await stream.send_all(first)
+            if body is not None:
+                for chunk in body.chunks(STDIN_CHUNK):
+                    await stream.send_all(fc.send(fastcgi.Stdin(chunk)) or b"")
+            await stream.send_all(fc.send(fastcgi.Stdin()) or b"")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The reader sees the EOF or reset and decides (retry or 502).
+            fc.send_failed()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_stdin)
+        result = await _read_response(conn, settings, request_id)
+        nursery.cancel_scope.cancel()
+    return result
+
+
+async def _read_response(conn: UpstreamConnection, settings: PhpSettings,
+                         request_id: str) -> tuple[CgiHead, Spool, int]:
+    fc = conn.fcgi
+    head_parser = CgiResponseHead(settings.max_header_size)
+    head: CgiHead | None = None
+    spool = Spool(settings.response_buffer_size, settings.temp_dir)
+    got_response = False
+    stderr_tail = b""
+    try:
+        while True:
+            try:
+                event = fc.next_event()
+            except fastcgi.RemoteProtocolError as exc:
+                raise UpstreamProtocolError(f"backend broke the FastCGI protocol: {exc}") from None
+            if event is fastcgi.NEED_DATA:
+                try:
+                    with trio.fail_after(settings.read_timeout):
+                        data = await conn.stream.receive_some(65536)
+                except trio.TooSlowError:
+                    raise UpstreamTimeout(f"PHP sent nothing for {settings.read_timeout:g}s") from None
+                except trio.BrokenResourceError as exc:
+                    if not got_response:
+                        raise UpstreamClosedEarly("backend reset the connection before responding") from exc
+                    raise UpstreamProtocolError("backend reset the connection mid-response") from exc
+                fc.receive_data(data)
+                continue
+            if isinstance(event, fastcgi.ConnectionClosed):
+                if not got_response:
+                    raise UpstreamClosedEarly("backend closed the connection before responding")
+                raise UpstreamProtocolError("backend closed the connection mid-response")
+            got_response = True
+            if isinstance(event, fastcgi.Stdout):
+                if not event.data:
+                    continue
+                if head is None:
+                    try:
+                        done = head_parser.feed(event.data)
+                    except CgiResponseError as exc:
+                        raise UpstreamProtocolError(str(exc)) from None
+                    if done is not None:
+                        head, rest = done
+                        spool.write(rest)
+                else:
+                    spool.write(event.data)
+            elif isinstance(event, fastcgi.Stderr):
+                stderr_tail = _log_stderr(request_id, stderr_tail + event.data, final=not event.data)
+            elif isinstance(event, fastcgi.EndRequest):
+                _log_stderr(request_id, stderr_tail, final=True)
+                if event.protocol_status == fastcgi.ProtocolStatus.OVERLOADED:
+                    raise UpstreamOverloaded("backend answered FCGI_OVERLOADED")
+                if event.protocol_status != fastcgi.ProtocolStatus.REQUEST_COMPLETE:
+                    raise UpstreamProtocolError(f"backend refused the request: {event.protocol_status.name}")
+                if head is None:
+                    raise UpstreamProtocolError("PHP ended the request without a complete CGI header block")
+                return head, spool, event.app_status
+    except BaseException:
+        spool.close()
+        raise
+
+
+def _log_stderr(request_id: str, data: bytes, *, final: bool) -> bytes:
+    """Log complete lines from PHP's STDERR; return the incomplete tail."""
+    *lines, tail = data.split(b"\n")
+    if final and tail:
+        lines.append(tail)
+        tail = b""
+    for line in lines:
+        if line.strip():
+            log.warning("[%s] PHP stderr: %s", request_id, line.decode("utf-8", "replace").rstrip("\r"))
+    if len(tail) > 8192:  # a runaway line without newline: log what we have
+        log.warning("[%s] PHP stderr: %s", request_id, tail.decode("utf-8", "replace"))
+        tail = b""
+    return tail

@@ -1,0 +1,277 @@
+"""The bounded pool of FastCGI connections in front of one backend.
+
+Strategy (httpcore's structure without its regrets, see MODELS.md 2.3):
+
+- **Slots**: one ``trio.CapacityLimiter(size)``. Its wait queue is FIFO and
+  cancellation-safe, and a slot is held by ``async with pool.slot()`` in the
+  request's own task: a cancelled request *cannot* leak a slot.
+- **The queue** is the limiter's waiters. Its depth is bounded: a request that
+  finds ``queue_depth`` others waiting gets ``QueueFull`` (503) at once; one
+  that waits longer than ``queue_timeout`` gets ``QueueTimeout`` (504). A
+  waiter whose client left is cancelled by its caller and leaves the queue
+  before it costs a PHP worker.
+- **Idle connections** sit in a LIFO list, reachable only while holding a slot,
+  so a connection is either idle or owned by exactly one request. Checkout
+  drops idle connections that expired (``idle_timeout``, measured with
+  ``trio.current_time()`` so tests drive it with the autojump clock) or whose
+  socket is readable (a pending EOF: php-fpm closed it).
+- **Sizing**: a kept-alive connection pins a php-fpm worker, so ``size`` must
+  not exceed pm.max_children; the supervisor sets max_children = size.
+
+State changes are synchronous methods; IO (connect, close) happens outside them.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+import fastcgi
+
+from .errors import QueueFull, QueueTimeout, UpstreamConnectError, UpstreamConnectTimeout
+
+Connector = Callable[[], Awaitable[trio.abc.Stream]]
+
+
+def parse_backend_address(address: str) -> tuple[str, str | tuple[str, int]]:
+    """``"unix:/run/php.sock"`` -> ("unix", path); ``"127.0.0.1:9000"`` -> ("tcp", (host, port))."""
+    if address.startswith("unix:"):
+        return "unix", address[5:]
+    if address.startswith("/"):
+        return "unix", address
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"backend address {address!r} is neither unix:/path nor host:port")
+    return "tcp", (host.strip("[]") or "127.0.0.1", int(port))
+
+
+def make_connector(address: str) -> Connector:
+    kind, where = parse_backend_address(address)
+
+    async def connect() -> trio.abc.Stream:
+        try:
+            if kind == "unix":
+                assert isinstance(where, str)
+                return await trio.open_unix_socket(where)
+            assert isinstance(where, tuple)
+            stream = await trio.open_tcp_stream(*where)
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return stream
+        except OSError as exc:
+            raise UpstreamConnectError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
+
+    return connect
+
+
+def _has_pending_eof(stream: trio.abc.Stream) -> bool:
+    """True if an idle connection's socket is readable: the peer closed or reset it
+    (an idle FastCGI connection has nothing else to say)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+@dataclass(eq=False)
+class UpstreamConnection:
+    stream: trio.abc.Stream
+    fcgi: fastcgi.Connection
+    requests: int = 0
+    idle_since: float = 0.0
+    closed: bool = False
+
+    @property
+    def reused(self) -> bool:
+        return self.requests > 0
+
+
+@dataclass
+class PoolStats:
+    requests: int = 0
+    queue_full: int = 0
+    queue_timeouts: int = 0
+    connects: int = 0
+    connect_errors: int = 0
+    retries: int = 0
+    client_gone_in_queue: int = 0
+    max_waiting: int = 0
+    errors: dict[int, int] = field(default_factory=dict)
+
+
+class Pool:
+    """At most ``size`` live FastCGI connections to one backend, with a bounded FIFO queue.
+
+    Args:
+        name: for logs and metrics.
+        connector: opens a new stream to the backend.
+        size: slots (live connections); at most the backend's pm.max_children.
+        queue_depth: waiters allowed; one more gets 503.
+        queue_timeout: seconds a waiter may wait; then 504.
+        connect_timeout: seconds to open a connection; then 504.
+        idle_timeout: seconds an idle connection is kept.
+    """
+
+    def __init__(self, name: str, connector: Connector, *, size: int, queue_depth: int, queue_timeout: float,
+                 connect_timeout: float = 5.0, idle_timeout: float = 10.0,
+                 max_params_size: int = fastcgi.DEFAULT_MAX_PARAMS_SIZE) -> None:
+        self.name = name
+        self.connector = connector
+        self.size = size
+        self.queue_depth = queue_depth
+        self.queue_timeout = queue_timeout
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_params_size = max_params_size
+        self.limiter = trio.CapacityLimiter(size)
+        self._idle: list[UpstreamConnection] = []
+        self.waiting = 0
+        self.open_connections = 0
+        self.stats = PoolStats()
+
+    def __repr__(self) -> str:
+        return (f"<Pool {self.name} [slots {self.busy}/{self.size} busy, {len(self._idle)} idle, "
+                f"{self.waiting} waiting]>")
+
+    @property
+    def busy(self) -> int:
+        return int(self.limiter.borrowed_tokens)
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        """Wait in the FIFO queue for a slot; hold it for the body of the ``with``.
+
+        Raises:
+            QueueFull: ``queue_depth`` requests are already waiting.
+            QueueTimeout: no slot within ``queue_timeout``.
+        """
+        self.stats.requests += 1
+        if self.limiter.available_tokens == 0 and self.waiting >= self.queue_depth:
+            self.stats.queue_full += 1
+            raise QueueFull(f"pool {self.name}: {self.waiting} requests already queued (queue_depth)")
+        self.waiting += 1
+        self.stats.max_waiting = max(self.stats.max_waiting, self.waiting)
+        start = trio.current_time()
+        try:
+            with trio.fail_after(self.queue_timeout):
+                await self.limiter.acquire()
+        except trio.TooSlowError:
+            self.stats.queue_timeouts += 1
+            raise QueueTimeout(f"pool {self.name}: waited {self.queue_timeout:g}s for a PHP slot") from None
+        except trio.Cancelled:
+            self.stats.client_gone_in_queue += 1
+            raise
+        finally:
+            self.waiting -= 1
+        try:
+            yield Slot(self, trio.current_time() - start)
+        finally:
+            self.limiter.release()
+
+    # -- synchronous state changes --------------------------------------------
+
+    def _checkout_idle(self) -> tuple[UpstreamConnection | None, list[UpstreamConnection]]:
+        """Pop the most recently used usable idle connection; return it and those to close."""
+        now = trio.current_time()
+        to_close = []
+        while self._idle:
+            conn = self._idle.pop()
+            if now - conn.idle_since >= self.idle_timeout or _has_pending_eof(conn.stream):
+                to_close.append(conn)
+                continue
+            return conn, to_close
+        return None, to_close
+
+    def _checkin(self, conn: UpstreamConnection) -> bool:
+        """Keep ``conn`` for reuse if its request cycle ended cleanly with keep-conn."""
+        if conn.fcgi.states != {fastcgi.CLIENT: fastcgi.DONE, fastcgi.SERVER: fastcgi.DONE}:
+            return False
+        conn.fcgi.start_next_cycle()
+        conn.idle_since = trio.current_time()
+        self._idle.append(conn)
+        return True
+
+    def _expired(self) -> list[UpstreamConnection]:
+        now = trio.current_time()
+        keep, drop = [], []
+        for conn in self._idle:
+            (drop if now - conn.idle_since >= self.idle_timeout else keep).append(conn)
+        self._idle = keep
+        return drop
+
+    # -- IO ----------------------------------------------------------------------
+
+    async def _close(self, conns: list[UpstreamConnection]) -> None:
+        for conn in conns:
+            if conn.closed:
+                continue
+            conn.closed = True
+            self.open_connections -= 1
+            await trio.aclose_forcefully(conn.stream)
+
+    async def _open(self) -> UpstreamConnection:
+        self.stats.connects += 1
+        try:
+            with trio.fail_after(self.connect_timeout):
+                stream = await self.connector()
+        except trio.TooSlowError:
+            self.stats.connect_errors += 1
+            raise UpstreamConnectTimeout(f"pool {self.name}: connect timed out after {self.connect_timeout:g}s") \
+                from None
+        except UpstreamConnectError:
+            self.stats.connect_errors += 1
+            raise
+        self.open_connections += 1
+        return UpstreamConnection(stream, fastcgi.Connection(fastcgi.CLIENT, max_params_size=self.max_params_size))
+
+    async def close_expired(self) -> None:
+        await self._close(self._expired())
+
+    async def run_reaper(self) -> None:
+        """Close idle connections as they expire; runs until cancelled."""
+        period = max(self.idle_timeout / 4, 0.05)
+        while True:
+            await trio.sleep(period)
+            await self.close_expired()
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        await self._close(idle)
+
+
+class Slot:
+    """A held pool slot: get a connection, give it back."""
+
+    def __init__(self, pool: Pool, queue_wait: float) -> None:
+        self.pool = pool
+        self.queue_wait = queue_wait
+
+    async def connection(self, *, fresh: bool = False) -> UpstreamConnection:
+        """An idle connection (unless ``fresh``), else a new one.
+
+        Raises:
+            UpstreamConnectError, UpstreamConnectTimeout
+        """
+        conn = None
+        if not fresh:
+            conn, to_close = self.pool._checkout_idle()
+            await self.pool._close(to_close)
+        return conn or await self.pool._open()
+
+    async def release(self, conn: UpstreamConnection) -> None:
+        """Return ``conn`` to the idle list if reusable, else close it."""
+        conn.requests += 1
+        if not self.pool._checkin(conn):
+            await self.pool._close([conn])

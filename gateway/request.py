@@ -1,0 +1,69 @@
+"""What a handler is given about one request; no IO, no listener imports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from .errors import ClientGone
+from .spool import Spool
+
+
+class ClientAbort:
+    """Cancel scopes that fire when the client closes its connection.
+
+    The connection task watches the client socket while a handler runs and
+    calls :meth:`fire` on EOF. A handler wraps what should be abandoned then in
+    ``with abort.scope():``, which raises ``ClientGone`` once cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.gone = False
+        self._scopes: set[trio.CancelScope] = set()
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        cs = trio.CancelScope()
+        if self.gone:
+            cs.cancel()
+        self._scopes.add(cs)
+        try:
+            with cs:
+                yield
+        finally:
+            self._scopes.discard(cs)
+        if cs.cancelled_caught:
+            raise ClientGone()
+
+    def fire(self) -> None:
+        self.gone = True
+        for cs in list(self._scopes):
+            cs.cancel()
+
+
+@dataclass(slots=True)
+class Request:
+    method: bytes
+    target: bytes
+    http_version: bytes
+    headers: list[tuple[bytes, bytes]]  # lower-cased names, in order
+    client: tuple[str, int]
+    server: tuple[str, int]
+    body: Spool | None
+    request_id: str
+    https: bool = False
+    abort: ClientAbort = field(default_factory=ClientAbort)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The last value of a header, or None."""
+        value = None
+        for n, v in self.headers:
+            if n == name:
+                value = v
+        return value
+
+    def header_map(self) -> dict[bytes, bytes]:
+        return dict(self.headers)

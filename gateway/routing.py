@@ -1,0 +1,254 @@
+"""From a request target to what serves it: static file, PHP script, redirect, error.
+
+Pure apart from ``os.stat``/``os.path.realpath`` on the docroot: no sockets, no
+trio. Rules, in the order they apply (each mirrors nginx's recommended PHP
+setup; the README's nginx table gives the directive behind each):
+
+1. The target is split into path and query; the path is percent-decoded once.
+   A decoded NUL, CR or LF is a 400 (CVE-2019-11043 fed ``%0a`` into
+   ``fastcgi_split_path_info``). Slashes are merged, ``.`` and ``..`` resolved;
+   ``..`` above the root is a 400. Encoded dots therefore never escape.
+2. A path segment starting with ``.`` (``.git``, ``.env``, ``.htaccess``,
+   ``.user.ini``) is a 403, except ``/.well-known/``.
+3. A path that names a PHP script (``[^/]\\.php(/|$)``) runs that script if, and
+   only if, the script is an existing regular file: ``/index.php/a/b`` runs
+   ``/index.php`` with PATH_INFO ``/a/b``; ``/uploads/x.jpg/y.php`` is a 404
+   because no file ``/uploads/x.jpg/y.php`` exists. A missing script is a 404,
+   never the front controller. Scripts under ``no_php_under`` are a 403.
+4. Otherwise ``try_files``: ``$uri`` (a regular file), ``$uri/`` (a directory:
+   301 to add the slash, then its index files), then a fallback URI such as
+   ``/index.php?$args`` (the front controller) or ``=404``.
+5. A file with a PHP extension is never served as a static file (its source
+   would leak): it runs on PHP or is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from .config import SiteConfig
+
+#: Extensions whose source must never be sent to a client.
+PHP_SOURCE_EXTENSIONS = (".php", ".phtml", ".php3", ".php4", ".php5", ".php7", ".php8", ".phps", ".phar", ".inc")
+
+_PHP_SPLIT = re.compile(r"^(.+?[^/]\.php)(/.*)?$")
+
+
+class BadRequestTarget(ValueError):
+    """The request target cannot be served; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class StaticFile:
+    path: str  # filesystem path
+    uri: str  # decoded URI path that named it
+
+
+@dataclass(frozen=True, slots=True)
+class PhpScript:
+    script_filename: str  # filesystem path of the script
+    script_name: str  # URI path of the script (SCRIPT_NAME)
+    document_uri: str  # nginx $document_uri: the URI after internal redirects
+    path_info: str  # "" when there is none
+    query: bytes  # QUERY_STRING
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    location: str
+    status: int = 301
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    status: int
+    reason: str
+
+
+Route = StaticFile | PhpScript | Redirect | Refuse
+
+
+def split_target(target: bytes) -> tuple[str, bytes]:
+    """Split a raw request target into a normalised, decoded path and the raw query.
+
+    Raises:
+        BadRequestTarget: malformed encoding, control characters, or ``..``
+            above the root.
+    """
+    if target.startswith(b"/"):
+        raw_path, _, query = target.partition(b"?")
+    elif target.lower().startswith((b"http://", b"https://")):
+        # absolute-form (RFC 9112 3.2.2): drop scheme and authority
+        rest = target.split(b"://", 1)[1]
+        slash = rest.find(b"/")
+        raw_path, _, query = (rest[slash:] if slash >= 0 else b"/").partition(b"?")
+    else:
+        raise BadRequestTarget("request target must be an absolute path")
+    raw_path = raw_path.split(b"#", 1)[0]
+    if re.search(rb"%(?![0-9A-Fa-f]{2})", raw_path):
+        raise BadRequestTarget("malformed percent-encoding in the path")
+    decoded = unquote_to_bytes(raw_path)
+    if any(c in decoded for c in (0, 10, 13)):
+        raise BadRequestTarget("control character in the path")
+    path = os.fsdecode(decoded)
+    return normalize_path(path), query
+
+
+def normalize_path(path: str) -> str:
+    """Merge slashes and resolve dot segments; keep a trailing slash."""
+    out: list[str] = []
+    segments = path.split("/")
+    for seg in segments:
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if not out:
+                raise BadRequestTarget("path climbs above the document root")
+            out.pop()
+        else:
+            out.append(seg)
+    result = "/" + "/".join(out)
+    if len(out) and (path.endswith("/") or segments[-1] in (".", "..")):
+        result += "/"
+    return result
+
+
+class Router:
+    """Routing for one site, with per-site values computed once."""
+
+    def __init__(self, site: SiteConfig) -> None:
+        self.site = site
+        self.root = os.path.realpath(site.root)
+        self.try_files = site.effective_try_files()
+        self.php_enabled = bool(site.php)
+        self.no_php_under = tuple(p if p.endswith("/") else p + "/" for p in site.no_php_under)
+        #: SERVER_NAME: the first exact server name, as nginx's $server_name.
+        self.server_name = next((n for n in site.server_names if not n.startswith("*") and n != "_"), "").encode()
+
+    # -- filesystem helpers ----------------------------------------------------
+
+    def _fs(self, uri: str) -> str:
+        return self.root + uri
+
+    def _stat(self, fs_path: str) -> os.stat_result | None:
+        try:
+            st = os.stat(fs_path)
+        except (OSError, ValueError):
+            return None
+        if self.site.symlinks == "within_root":
+            real = os.path.realpath(fs_path)
+            if real != self.root and not real.startswith(self.root + os.sep):
+                return None
+        return st
+
+    def _is_file(self, uri: str) -> bool:
+        st = self._stat(self._fs(uri))
+        return st is not None and stat.S_ISREG(st.st_mode)
+
+    def _is_dir(self, uri: str) -> bool:
+        st = self._stat(self._fs(uri))
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    # -- routing ---------------------------------------------------------------
+
+    def route(self, path: str, query: bytes) -> Route:
+        """Decide what serves the normalised ``path`` (from :func:`split_target`)."""
+        for seg in path.split("/"):
+            if seg.startswith(".") and seg != ".well-known":
+                return Refuse(403, f"hidden path segment {seg!r}")
+        m = _PHP_SPLIT.match(path)
+        if m:
+            return self._php(m.group(1), m.group(2) or "", path, query)
+        for entry in self.try_files:
+            if entry == "$uri":
+                if not path.endswith("/") and self._is_file(path):
+                    return self._file(path, query)
+            elif entry == "$uri/":
+                if self._is_dir(path):
+                    if not path.endswith("/"):
+                        return Redirect(path + "/" + ("?" + query.decode("latin-1") if query else ""))
+                    for index in self.site.index:
+                        if self._is_file(path + index):
+                            return self._file(path + index, query, document_uri=path + index)
+                    return Refuse(403, "directory has no index file (directory listing is off)")
+            elif entry.startswith("="):
+                return Refuse(int(entry[1:]), "try_files ended in " + entry)
+            else:
+                return self._fallback(entry, path, query)
+        return Refuse(404, "no file matched try_files")
+
+    def _fallback(self, entry: str, path: str, query: bytes) -> Route:
+        uri, _, args = entry.partition("?")
+        uri = uri.replace("$uri", path)
+        new_query = args.replace("$args", "\0").replace("$query_string", "\0").encode()
+        new_query = new_query.replace(b"\0", query)
+        if uri.endswith(".php"):
+            return self._php(uri, "", uri, new_query)
+        if self._is_file(uri):
+            return self._file(uri, new_query)
+        return Refuse(404, f"try_files fallback {uri} does not exist")
+
+    def _php(self, script: str, path_info: str, document_uri: str, query: bytes) -> Route:
+        if not self.php_enabled:
+            return Refuse(403 if self._is_file(script) else 404, "PHP is not enabled for this site")
+        if script.startswith(self.no_php_under):
+            return Refuse(403, "PHP does not run under " + next(p for p in self.no_php_under if script.startswith(p)))
+        if not self._is_file(script):
+            return Refuse(404, f"no PHP script {script}")
+        return PhpScript(self._fs(script), script, document_uri, path_info, query)
+
+    def _file(self, uri: str, query: bytes, *, document_uri: str | None = None) -> Route:
+        if uri.lower().endswith(".php"):
+            return self._php(uri, "", document_uri or uri, query)
+        if uri.lower().endswith(PHP_SOURCE_EXTENSIONS):
+            return Refuse(403, "PHP source is never served")
+        return StaticFile(self._fs(uri), uri)
+
+
+class VirtualHosts:
+    """Pick the site for a Host header: exact names, then ``*.suffix`` wildcards
+    (longest first), then the default site (the one marked ``default``, else the
+    first)."""
+
+    def __init__(self, sites: dict[str, SiteConfig]) -> None:
+        self.routers = {name: Router(site) for name, site in sites.items()}
+        self.exact: dict[str, Router] = {}
+        wildcards: list[tuple[str, Router]] = []
+        default = None
+        for name, site in sites.items():
+            router = self.routers[name]
+            for host in site.server_names:
+                host = host.lower()
+                if host.startswith("*."):
+                    wildcards.append((host[1:], router))
+                elif host != "_":
+                    self.exact.setdefault(host, router)
+            if site.default:
+                default = router
+        self.wildcards = sorted(wildcards, key=lambda w: -len(w[0]))
+        self.default = default or next(iter(self.routers.values()))
+
+    def lookup(self, host: bytes | None) -> Router:
+        if not host:
+            return self.default
+        name = host.decode("latin-1").lower()
+        if name.startswith("["):
+            name = name.split("]")[0] + "]"
+        else:
+            name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+        name = name.rstrip(".")
+        router = self.exact.get(name)
+        if router:
+            return router
+        for suffix, router in self.wildcards:
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return router
+        return self.default

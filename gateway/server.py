@@ -1,0 +1,218 @@
+"""``serve``: listeners, php-fpm supervisors, pools, connection tasks, shutdown.
+
+Nurseries, outermost first:
+1. ``system``: php-fpm supervisors and pool reapers; lives until everything
+   else is done, so php-fpm stops last.
+2. ``connections``: one task per client connection (``HttpConnection.run``).
+3. ``accept``: ``trio.serve_listeners`` with ``handler_nursery=connections``.
+
+Shutdown (SIGTERM/SIGINT, or ``shutdown`` set by a caller): cancel the accept
+nursery (listeners close), tell connections (idle ones close at once, busy ones
+finish with ``Connection: close``), give them ``graceful`` seconds, then cancel
+what is left; then close pools and stop php-fpm. Every phase has a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from .app import App
+from .config import Config
+from .http_connection import ConnectionSettings, HttpConnection, Lifecycle
+from .pool import Pool, make_connector
+from .supervisor import PhpFpmSupervisor, make_runtime_dir
+
+log = logging.getLogger("gateway.server")
+
+
+def parse_listen(address: str) -> tuple[str, str | tuple[str, int]]:
+    """``"127.0.0.1:8080"``, ``"[::1]:8080"``, ``":8080"``, ``"8080"``, ``"unix:/path"``."""
+    if address.startswith("unix:"):
+        return "unix", address[5:]
+    if address.isdigit():
+        return "tcp", ("", int(address))
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"listen address {address!r} is not HOST:PORT, [V6]:PORT, :PORT or unix:/path")
+    return "tcp", (host.strip("[]"), int(port))
+
+
+async def open_listeners(addresses: list[str]) -> list[trio.SocketListener]:
+    listeners: list[trio.SocketListener] = []
+    try:
+        for address in addresses:
+            kind, where = parse_listen(address)
+            if kind == "unix":
+                assert isinstance(where, str)
+                listeners.append(await _open_unix_listener(where))
+            else:
+                assert isinstance(where, tuple)
+                host, port = where
+                listeners += await trio.open_tcp_listeners(port, host=host or None, backlog=1024)
+    except BaseException:
+        for listener in listeners:
+            await listener.aclose()
+        raise
+    return listeners
+
+
+async def _open_unix_listener(path: str) -> trio.SocketListener:
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)  # a stale socket from an earlier run
+    except FileNotFoundError:
+        pass
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        os.chmod(path, 0o666)
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def _addresses(stream: trio.SocketStream) -> tuple[tuple[str, int], tuple[str, int]]:
+    sock = stream.socket
+    if sock.family == socket.AF_UNIX:
+        return ("unix:", 0), ("unix:", 0)
+    peer = sock.getpeername()
+    local = sock.getsockname()
+    return (peer[0], peer[1]), (local[0], local[1])
+
+
+def connection_settings(config: Config) -> ConnectionSettings:
+    t, lim = config.timeouts, config.limits
+    return ConnectionSettings(
+        header_timeout=t.client_header,
+        body_timeout=t.client_body,
+        keepalive_timeout=t.keepalive,
+        send_timeout=t.send,
+        max_header_size=lim.max_header_size,
+        max_uri_size=lim.max_uri_size,
+        max_body_size=lim.client_max_body_size,
+        body_buffer_size=lim.body_buffer_size,
+        keepalive_requests=lim.keepalive_requests,
+        temp_dir=config.server.temp_dir or None,
+        server_software=config.server.server_software.encode(),
+    )
+
+
+@dataclass
+class Running:
+    """What a started server exposes to its caller (and to tests)."""
+
+    listeners: list[trio.SocketListener]
+    pools: dict[str, Pool]
+    supervisors: dict[str, PhpFpmSupervisor]
+    lifecycle: Lifecycle
+    shutdown: trio.Event = field(default_factory=trio.Event)
+
+    def addresses(self) -> list[tuple[str, object]]:
+        out = []
+        for listener in self.listeners:
+            out.append((listener.socket.family.name, listener.socket.getsockname()))
+        return out
+
+
+async def serve(config: Config, *, handle_signals: bool = True,
+                task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the gateway until SIGTERM/SIGINT (or ``Running.shutdown`` is set).
+
+    Reports a ``Running`` through ``task_status`` once listening.
+    """
+    runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir)
+    lifecycle = Lifecycle()
+    try:
+        async with trio.open_nursery() as system:
+            supervisors: dict[str, PhpFpmSupervisor] = {}
+            pools: dict[str, Pool] = {}
+            for name, backend in config.backends.items():
+                address = backend.address
+                if address == "spawn":
+                    sup = PhpFpmSupervisor(name, backend, runtime_dir)
+                    await system.start(sup.run)
+                    supervisors[name] = sup
+                    address = sup.address
+                pool = Pool(name, make_connector(address), size=backend.workers, queue_depth=backend.queue_depth,
+                            queue_timeout=backend.queue_timeout, connect_timeout=backend.connect_timeout,
+                            idle_timeout=backend.idle_timeout)
+                pools[name] = pool
+                system.start_soon(pool.run_reaper)
+            app = App(config, pools)
+            settings = connection_settings(config)
+            listeners = await open_listeners(config.server.listen)
+            running = Running(listeners, pools, supervisors, lifecycle)
+            for listener in listeners:
+                log.info("listening on %s", listener.socket.getsockname() or "unix socket")
+            await _serve_until_shutdown(running, app.handle, settings, config.timeouts.graceful, handle_signals,
+                                        task_status)
+            for pool in pools.values():
+                await pool.aclose()
+            system.cancel_scope.cancel()
+    finally:
+        for path in _unix_paths(config.server.listen):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        if remove_runtime:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def _unix_paths(addresses: list[str]) -> list[str]:
+    return [a[5:] for a in addresses if a.startswith("unix:")]
+
+
+async def _serve_until_shutdown(running: Running, handler: Callable[..., Awaitable[object]],
+                                settings: ConnectionSettings, graceful: float, handle_signals: bool,
+                                task_status: trio.TaskStatus[Running]) -> None:
+    lifecycle = running.lifecycle
+
+    async def handle(stream: trio.SocketStream) -> None:
+        if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        try:
+            client, server = _addresses(stream)
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        await HttpConnection(stream, handler, settings, client=client, server=server,  # type: ignore[arg-type]
+                             lifecycle=lifecycle).run()
+
+    async with trio.open_nursery() as connections:
+        async with trio.open_nursery() as accept:
+            accept.start_soon(partial(trio.serve_listeners, handle, running.listeners, handler_nursery=connections))
+            if handle_signals:
+                accept.start_soon(_watch_signals, running.shutdown)
+            task_status.started(running)
+            await running.shutdown.wait()
+            log.info("shutting down: no new connections; %d open get %.0fs to finish",
+                     lifecycle.open_connections, graceful)
+            accept.cancel_scope.cancel()
+        lifecycle.begin_shutdown()
+        connections.cancel_scope.deadline = trio.current_time() + graceful
+
+
+async def _watch_signals(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            shutdown.set()
+            return
+
+

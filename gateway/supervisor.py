@@ -1,0 +1,279 @@
+"""Run php-fpm for a backend whose address is ``spawn``.
+
+The supervisor writes a pool configuration into the runtime directory, starts
+``php-fpm -F`` (foreground, so it is our child and dies with us), waits until
+it answers a FastCGI ping on its status socket, and restarts it with
+exponential backoff if it dies. On shutdown it asks php-fpm to stop gracefully
+(SIGQUIT), then kills it after a grace period.
+
+Pool settings that matter to the gateway:
+- ``pm = static`` with ``pm.max_children`` = the gateway's pool size: each
+  kept-alive FastCGI connection pins a worker, so the pool must never be
+  larger than max_children, and with ``static`` every slot has a worker ready.
+- ``pm.status_listen`` on a separate socket, so the status page stays
+  reachable when every worker is busy.
+- ``listen.backlog`` stays at php-fpm's default; our queue is in front of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass
+
+import trio
+
+import fastcgi
+
+from .config import BackendConfig
+
+log = logging.getLogger("gateway.supervisor")
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+READY_TIMEOUT = 15.0
+STOP_GRACE = 10.0
+
+
+class SupervisorError(Exception):
+    pass
+
+
+def find_php_fpm(configured: str = "") -> str:
+    """The php-fpm binary: the configured path, else php-fpm8.2 or php-fpm on PATH or in /usr/sbin."""
+    if configured:
+        if os.access(configured, os.X_OK):
+            return configured
+        found = shutil.which(configured)
+        if found:
+            return found
+        raise SupervisorError(f"php_fpm = {configured!r} is not an executable")
+    path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/usr/local/sbin"
+    for name in ("php-fpm8.2", "php-fpm", "php8.2-fpm"):
+        found = shutil.which(name, path=path)
+        if found:
+            return found
+    raise SupervisorError(
+        "php-fpm not found: install it (Debian: apt-get install php8.2-fpm, or run scripts/setup), "
+        "set php_fpm in the backend's configuration, or point the backend at a running php-fpm with address = ..."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FpmPaths:
+    directory: str
+    config: str
+    socket: str
+    status_socket: str
+    pid: str
+    log: str
+
+
+def _ini_value(value: str) -> str:
+    return value if value.replace(".", "").replace("-", "").isalnum() else '"' + value.replace('"', "") + '"'
+
+
+def write_pool_config(name: str, backend: BackendConfig, directory: str) -> FpmPaths:
+    """Write ``php-fpm.conf`` for one pool into ``directory`` and return the paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = FpmPaths(
+        directory=directory,
+        config=os.path.join(directory, "php-fpm.conf"),
+        socket=os.path.join(directory, "php.sock"),
+        status_socket=os.path.join(directory, "status.sock"),
+        pid=os.path.join(directory, "php-fpm.pid"),
+        log=os.path.join(directory, "php-fpm.log"),
+    )
+    lines = [
+        "; written by the gateway; changes are overwritten at the next start",
+        "[global]",
+        f"pid = {paths.pid}",
+        "error_log = /proc/self/fd/2",
+        "log_level = notice",
+        "daemonize = no",
+        "",
+        f"[{name}]",
+        f"listen = {paths.socket}",
+        "listen.mode = 0660",
+        "pm = static",
+        f"pm.max_children = {backend.workers}",
+        f"pm.max_requests = {backend.max_requests}",
+        "pm.status_path = /fpm-status",
+        f"pm.status_listen = {paths.status_socket}",
+        "ping.path = /fpm-ping",
+        f"request_terminate_timeout = {int(backend.request_terminate_timeout)}",
+        "catch_workers_output = yes",
+        "decorate_workers_output = no",
+        "clear_env = yes",
+    ]
+    if os.geteuid() == 0:
+        user = backend.user or ("www-data" if _user_exists("www-data") else "root")
+        lines += [f"user = {user}", f"group = {_primary_group(user)}"]
+        if user != "root":
+            lines += [f"listen.owner = {user}", "listen.group = root"]
+    for key, value in backend.php_admin_values.items():
+        lines.append(f"php_admin_value[{key}] = {_ini_value(value)}")
+    with open(paths.config, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return paths
+
+
+def _user_exists(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+        return True
+    except KeyError:
+        return False
+
+
+def _primary_group(user: str) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    except KeyError:
+        return user
+
+
+async def fastcgi_get(socket_path: str, script: str, query: bytes = b"", *, timeout: float = 5.0) -> tuple[bytes, bytes]:
+    """One FastCGI GET on a unix socket (for php-fpm's ping and status pages).
+
+    Returns (CGI headers block, body).
+    """
+    with trio.fail_after(timeout):
+        stream = await trio.open_unix_socket(socket_path)
+        async with stream:
+            conn = fastcgi.Connection(fastcgi.CLIENT)
+            params = (
+                (b"SCRIPT_NAME", script.encode()),
+                (b"SCRIPT_FILENAME", script.encode()),
+                (b"REQUEST_METHOD", b"GET"),
+                (b"QUERY_STRING", query),
+            )
+            out = b"".join(conn.send(e) or b"" for e in (
+                fastcgi.BeginRequest(keep_conn=False), fastcgi.Params(params), fastcgi.Stdin()))
+            await stream.send_all(out)
+            data = b""
+            while True:
+                event = conn.next_event()
+                if event is fastcgi.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, fastcgi.Stdout):
+                    data += event.data
+                elif isinstance(event, (fastcgi.EndRequest, fastcgi.ConnectionClosed)):
+                    break
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+class PhpFpmSupervisor:
+    """Keeps one php-fpm master running for a ``spawn`` backend."""
+
+    def __init__(self, name: str, backend: BackendConfig, runtime_dir: str) -> None:
+        self.name = name
+        self.backend = backend
+        self.binary = find_php_fpm(backend.php_fpm)
+        self.paths = write_pool_config(name, backend, os.path.join(runtime_dir, f"fpm-{name}"))
+        self.process: trio.Process | None = None
+        self.restarts = 0
+        self.ready = trio.Event()
+
+    @property
+    def address(self) -> str:
+        return "unix:" + self.paths.socket
+
+    def _argv(self) -> list[str]:
+        argv = [self.binary, "-F", "-y", self.paths.config]
+        if os.geteuid() == 0:
+            argv.append("-R")
+        return argv
+
+    async def _wait_ready(self, process: trio.Process) -> None:
+        with trio.fail_after(READY_TIMEOUT):
+            while True:
+                if process.returncode is not None:
+                    raise SupervisorError(f"php-fpm exited with status {process.returncode} during start-up")
+                try:
+                    _, body = await fastcgi_get(self.paths.status_socket, "/fpm-ping", timeout=1.0)
+                    if body.strip() == b"pong":
+                        return
+                except (OSError, trio.TooSlowError, fastcgi.FastCGIError, trio.BrokenResourceError):
+                    pass
+                await trio.sleep(0.05)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start php-fpm, report ready via ``task_status``, restart it when it dies.
+
+        Runs until cancelled; then stops php-fpm.
+        """
+        backoff = BACKOFF_START
+        started = False
+        while True:
+            for path in (self.paths.socket, self.paths.status_socket):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            log.info("starting php-fpm for backend %s: %s", self.name, " ".join(self._argv()))
+            process = await trio.lowlevel.open_process(self._argv(), preexec_fn=_die_with_parent)
+            self.process = process
+            try:
+                try:
+                    await self._wait_ready(process)
+                except (SupervisorError, trio.TooSlowError) as exc:
+                    if not started:
+                        raise SupervisorError(f"php-fpm for backend {self.name} did not start: {exc}") from None
+                    log.error("php-fpm for backend %s did not come back: %s", self.name, exc)
+                else:
+                    log.info("php-fpm for backend %s is ready (pid %d, %d workers)", self.name, process.pid,
+                             self.backend.workers)
+                    backoff = BACKOFF_START
+                    self.ready.set()
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await process.wait()
+                    log.error("php-fpm for backend %s exited with status %s; restarting in %.1fs", self.name,
+                              process.returncode, backoff)
+                self.restarts += 1
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._stop(process)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _stop(self, process: trio.Process) -> None:
+        if process.returncode is not None:
+            return
+        try:
+            process.send_signal(signal.SIGQUIT)
+        except ProcessLookupError:
+            return
+        with trio.move_on_after(STOP_GRACE):
+            await process.wait()
+            return
+        process.kill()
+        await process.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the gateway dies without stopping us."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def make_runtime_dir(configured: str) -> tuple[str, bool]:
+    """The runtime directory and whether we created it (and so remove it at exit)."""
+    if configured:
+        os.makedirs(configured, exist_ok=True)
+        return configured, False
+    return tempfile.mkdtemp(prefix="gateway-"), True
