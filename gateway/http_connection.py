@@ -63,6 +63,7 @@ class ConnectionSettings:
     send_timeout: float = 60.0
     max_header_size: int = 32 * 1024
     max_uri_size: int = 8 * 1024
+    max_header_count: int = 100
     max_body_size: int = 64 * 1024 * 1024
     body_buffer_size: int = 64 * 1024
     keepalive_requests: int = 1000
@@ -109,6 +110,9 @@ class HttpConnection:
             await self._serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
             pass
+        except trio.TooSlowError:
+            log.info("closing connection from %s: client did not read for %gs (send timeout)",
+                     self.client[0], self.settings.send_timeout)
         finally:
             self.lifecycle.open_connections -= 1
             await trio.aclose_forcefully(self.stream)
@@ -195,6 +199,12 @@ class HttpConnection:
         if len(req.target) > s.max_uri_size:
             response = self._error(414)
             keep_alive = False
+        elif (len(headers) > s.max_header_count
+              or sum(len(n) + len(v) + 4 for n, v in headers) + len(req.target) + 16 > s.max_header_size):
+            # h11 bounds only an *incomplete* head; a complete one that arrived
+            # in one read is checked here.
+            response = self._error(431)
+            keep_alive = False
         else:
             try:
                 body = await self._read_body(req, headers)
@@ -216,6 +226,7 @@ class HttpConnection:
                 finally:
                     if body is not None:
                         body.close()
+        keep_alive = keep_alive and not self.lifecycle.shutting_down
         try:
             await self._send_response(req, response, keep_alive)
         finally:

@@ -38,6 +38,10 @@ PHP_SOURCE_EXTENSIONS = (".php", ".phtml", ".php3", ".php4", ".php5", ".php7", "
 _PHP_SPLIT = re.compile(r"^(.+?[^/]\.php)(/.*)?$")
 
 
+class _SymlinkLeavesRoot(Exception):
+    pass
+
+
 class BadRequestTarget(ValueError):
     """The request target cannot be served; ``status`` is the HTTP status to answer."""
 
@@ -146,7 +150,7 @@ class Router:
         if self.site.symlinks == "within_root":
             real = os.path.realpath(fs_path)
             if real != self.root and not real.startswith(self.root + os.sep):
-                return None
+                raise _SymlinkLeavesRoot(fs_path)
         return st
 
     def _is_file(self, uri: str) -> bool:
@@ -161,6 +165,12 @@ class Router:
 
     def route(self, path: str, query: bytes) -> Route:
         """Decide what serves the normalised ``path`` (from :func:`split_target`)."""
+        try:
+            return self._route(path, query)
+        except _SymlinkLeavesRoot:
+            return Refuse(403, "symbolic link leaves the document root (symlinks = within_root)")
+
+    def _route(self, path: str, query: bytes) -> Route:
         for seg in path.split("/"):
             if seg.startswith(".") and seg != ".well-known":
                 return Refuse(403, f"hidden path segment {seg!r}")

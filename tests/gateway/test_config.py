@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, load_dir, parse_duration, parse_size
+
+
+def test_sizes_and_durations():
+    assert parse_size("8k") == 8192 and parse_size("64m") == 64 << 20 and parse_size(10) == 10
+    assert parse_duration("500ms") == 0.5 and parse_duration("5m") == 300 and parse_duration(2) == 2.0
+    with pytest.raises(ValueError):
+        parse_size("eight")
+
+
+def write(d, name, text):
+    (d / name).write_text(text)
+
+
+def test_files_merge_in_name_order_and_relative_roots(tmp_path):
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    write(conf, "00-base.toml", '[sites.a]\nroot = "www"\n[limits]\nclient_max_body_size = "1m"\n')
+    write(conf, "50-local.toml", '[limits]\nclient_max_body_size = "100m"\n')
+    cfg = load_dir(conf)
+    assert cfg.limits.client_max_body_size == 100 << 20
+    assert cfg.sites["a"].root == str(tmp_path / "www")
+    assert cfg.sites["a"].effective_try_files() == ["$uri", "$uri/", "=404"]
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    write(conf, "00-base.toml", '[sites.a]\nroot = "/srv"\n')
+    write(conf, "10-typo.toml", '[limits]\nclient_max_body = "1m"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_dir(conf)
+    assert "10-typo.toml: limits.client_max_body: unknown key" in str(exc.value)
+
+
+def test_bad_value_names_file_and_key(tmp_path):
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    write(conf, "00.toml", '[sites.a]\nroot = "/srv"\nphp = "php"\n[backends.php]\nread_timeout = "soon"\n')
+    with pytest.raises(ConfigError, match=r"00.toml: backends.php.read_timeout: .*not a duration"):
+        load_dir(conf)
+
+
+def test_site_naming_a_missing_backend(tmp_path):
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    write(conf, "00.toml", '[sites.a]\nroot = "/srv"\nphp = "fpm"\n')
+    with pytest.raises(ConfigError, match="backend 'fpm', which is not defined"):
+        load_dir(conf)
+
+
+def test_idle_timeout_must_be_below_request_terminate_timeout(tmp_path):
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    write(conf, "00.toml", '[sites.a]\nroot = "/srv"\nphp = "php"\n'
+          '[backends.php]\nidle_timeout = "30s"\nrequest_terminate_timeout = "20s"\n')
+    with pytest.raises(ConfigError, match="idle_timeout"):
+        load_dir(conf)
+
+
+def test_shipped_conf_d_is_valid():
+    import pathlib
+
+    cfg = load_dir(pathlib.Path(__file__).parents[2] / "conf.d")
+    assert cfg.server.listen == ["127.0.0.1:8080"]
+    assert cfg.sites["demo"].php == "php"

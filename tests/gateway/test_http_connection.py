@@ -1,0 +1,263 @@
+"""The per-connection task over memory streams, with a real h11 client.
+
+Every test runs on the autojump clock (memory streams only, no real IO), so
+timeouts and lingering closes cost no real time and are asserted exactly."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from gateway.http_connection import ConnectionSettings, HttpConnection, Lifecycle
+from gateway.request import Request
+from gateway.response import Response
+from tests.helpers import HttpClient, read_all, read_until
+
+SETTINGS = ConnectionSettings(header_timeout=10, body_timeout=7, keepalive_timeout=30, send_timeout=5,
+                              max_header_size=4096, max_uri_size=1024, max_body_size=1000, body_buffer_size=100)
+
+
+async def echo(req: Request) -> Response:
+    body = req.body.getvalue() if req.body is not None and req.body.in_memory else b""
+    info = b"%s %s body=%d:" % (req.method, req.target, req.body.size if req.body else -1)
+    return Response(200, [(b"content-type", b"text/plain")], info + body)
+
+
+async def start(nursery, handler=echo, settings=SETTINGS, lifecycle=None):
+    client, server = trio.testing.memory_stream_pair()
+    conn = HttpConnection(server, handler, settings, client=("10.0.0.1", 1234), server=("10.0.0.2", 80),
+                          lifecycle=lifecycle)
+    nursery.start_soon(conn.run)
+    return client
+
+
+async def test_get_and_keep_alive(nursery, autojump_clock):
+    c = HttpClient(await start(nursery))
+    r1 = await c.request("GET", "/a?x=1")
+    r2 = await c.request("GET", "/b")
+    assert (r1.status, r1.body) == (200, b"GET /a?x=1 body=-1:")
+    assert (r2.status, r2.body) == (200, b"GET /b body=-1:")
+    assert r1.header("server") == "gateway" and r1.header("date")
+
+
+async def test_pipelined_requests_are_answered_in_order(nursery, autojump_clock):
+    stream = await start(nursery)
+    await stream.send_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                          b"GET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = await read_all(stream)
+    assert data.count(b"HTTP/1.1 200") == 3
+    assert data.index(b"GET /1") < data.index(b"GET /2") < data.index(b"GET /3")
+
+
+async def test_head_has_no_body(nursery, autojump_clock):
+    c = HttpClient(await start(nursery))
+    r = await c.request("HEAD", "/a")
+    assert r.status == 200 and r.body == b""
+    assert r.header("content-length") == str(len(b"HEAD /a body=-1:"))
+
+
+async def test_chunked_body_is_read_fully(nursery, autojump_clock):
+    c = HttpClient(await start(nursery))
+    r = await c.request("POST", "/p", body=[b"abc", b"defg"])
+    assert r.body == b"POST /p body=7:abcdefg"
+
+
+async def test_body_larger_than_memory_threshold_spools_to_disk(nursery, autojump_clock):
+    seen = {}
+
+    async def handler(req):
+        seen["in_memory"] = req.body.in_memory
+        seen["data"] = b"".join(req.body.chunks())
+        return Response(200, [], b"ok")
+
+    c = HttpClient(await start(nursery, handler))
+    await c.request("POST", "/p", body=b"z" * 500)
+    assert seen == {"in_memory": False, "data": b"z" * 500}
+
+
+async def test_expect_100_continue(nursery, autojump_clock):
+    stream = await start(nursery)
+    await stream.send_all(b"POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    first = await read_until(stream, b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 100 ")
+    await stream.send_all(b"hello")
+    rest = await read_until(stream, b"body=5:hello")
+    assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"body=5:hello")
+
+
+async def test_too_large_content_length_is_413_without_reading(nursery, autojump_clock):
+    stream = await start(nursery)
+    await stream.send_all(b"POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+    data = await read_all(stream)
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close" in data.lower()
+
+
+async def test_too_large_chunked_body_is_413(nursery, autojump_clock):
+    c = HttpClient(await start(nursery))
+    r = await c.request("POST", "/u", body=[b"x" * 600, b"y" * 600])
+    assert r.status == 413
+
+
+async def test_long_uri_is_414(nursery, autojump_clock):
+    c = HttpClient(await start(nursery))
+    r = await c.request("GET", "/" + "a" * 2000)
+    assert r.status == 414
+
+
+async def test_huge_header_is_431(nursery, autojump_clock):
+    stream = await start(nursery)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")
+    assert (await read_all(stream)).startswith(b"HTTP/1.1 431 ")
+
+
+async def test_huge_request_line_is_414(nursery, autojump_clock):
+    stream = await start(nursery)
+    await stream.send_all(b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_all(stream)).startswith(b"HTTP/1.1 414 ")
+
+
+async def test_malformed_request_is_400(nursery, autojump_clock):
+    stream = await start(nursery)
+    await stream.send_all(b"GET / HTTP/1.1\r\nBad header line\r\n\r\n")
+    data = await read_all(stream)
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert b"Traceback" not in data
+
+
+async def test_handler_crash_is_500_without_traceback(nursery, autojump_clock):
+    async def crash(req):
+        raise RuntimeError("secret internals")
+
+    c = HttpClient(await start(nursery, crash))
+    r = await c.request("GET", "/")
+    assert r.status == 500
+    assert b"secret" not in r.body and b"Traceback" not in r.body
+
+
+async def test_partial_header_times_out_with_408(nursery, autojump_clock):
+    stream = await start(nursery)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    t0 = trio.current_time()
+    data = await read_until(stream, b"</html>")
+    assert data.startswith(b"HTTP/1.1 408 ")
+    assert trio.current_time() - t0 == pytest.approx(SETTINGS.header_timeout, abs=0.01)
+
+
+async def test_slowloris_header_deadline_counts_from_accept(nursery, autojump_clock):
+    stream = await start(nursery)
+    t0 = trio.current_time()
+
+    async def trickle():
+        # one byte every 3 s: never idle long, but the header never completes
+        try:
+            for byte in b"GET / HTTP/1.1\r\nX-A: bbbbbbbbbbbbbbbbbbbbbbbbbbbb":
+                await trio.sleep(3)
+                await stream.send_all(bytes([byte]))
+        except trio.BrokenResourceError:
+            pass
+
+    nursery.start_soon(trickle)
+    data = await read_until(stream, b"</html>")
+    assert data.startswith(b"HTTP/1.1 408 ")
+    assert trio.current_time() - t0 == pytest.approx(SETTINGS.header_timeout, abs=0.01)
+
+
+async def test_silent_connection_is_closed_quietly(nursery, autojump_clock):
+    stream = await start(nursery)
+    t0 = trio.current_time()
+    assert await read_all(stream) == b""
+    assert trio.current_time() - t0 == pytest.approx(SETTINGS.header_timeout, abs=0.01)
+
+
+async def test_keepalive_idle_timeout(nursery, autojump_clock):
+    stream = await start(nursery)
+    c = HttpClient(stream)
+    await c.request("GET", "/")
+    t0 = trio.current_time()
+    assert await read_all(stream) == b""
+    assert trio.current_time() - t0 == pytest.approx(SETTINGS.keepalive_timeout, abs=0.01)
+
+
+async def test_stalled_body_is_408(nursery, autojump_clock):
+    stream = await start(nursery)
+    await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    t0 = trio.current_time()
+    data = await read_until(stream, b"</html>")
+    assert data.startswith(b"HTTP/1.1 408 ")
+    assert trio.current_time() - t0 == pytest.approx(SETTINGS.body_timeout, abs=0.01)
+
+
+async def test_client_that_stops_reading_is_cut_after_send_timeout(nursery, autojump_clock):
+    done = trio.Event()
+
+    async def big(req):
+        return Response(200, [], b"x" * 10_000_000)
+
+    client, server = trio.testing.lockstep_stream_pair()
+    conn = HttpConnection(server, big, SETTINGS, client=("c", 1), server=("s", 2))
+
+    async def run():
+        await conn.run()
+        done.set()
+
+    nursery.start_soon(run)
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await client.receive_some(100)  # read a little, then stop
+    t0 = trio.current_time()
+    await done.wait()
+    assert trio.current_time() - t0 == pytest.approx(SETTINGS.send_timeout, abs=0.01)
+
+
+async def test_client_disconnect_fires_abort_while_handler_runs(nursery, autojump_clock):
+    outcome = {}
+    entered = trio.Event()
+
+    async def slow(req):
+        try:
+            with req.abort.scope():
+                entered.set()
+                await trio.sleep_forever()
+        except Exception as exc:
+            outcome["exc"] = type(exc).__name__
+            raise
+
+    stream = await start(nursery, slow)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await entered.wait()
+    await stream.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    assert outcome == {"exc": "ClientGone"}
+
+
+async def test_shutdown_closes_idle_connections_at_once(nursery, autojump_clock):
+    lifecycle = Lifecycle()
+    stream = await start(nursery, lifecycle=lifecycle)
+    c = HttpClient(stream)
+    await c.request("GET", "/")
+    await trio.testing.wait_all_tasks_blocked()
+    t0 = trio.current_time()
+    lifecycle.begin_shutdown()
+    assert await read_all(stream) == b""
+    assert trio.current_time() == t0
+
+
+async def test_shutdown_lets_busy_request_finish_with_connection_close(nursery, autojump_clock):
+    lifecycle = Lifecycle()
+    release = trio.Event()
+    entered = trio.Event()
+
+    async def slow(req):
+        entered.set()
+        await release.wait()
+        return Response(200, [], b"done")
+
+    stream = await start(nursery, slow, lifecycle=lifecycle)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await entered.wait()
+    lifecycle.begin_shutdown()
+    release.set()
+    data = await read_all(stream)
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"done")
+    assert b"connection: close" in data.lower()
