@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
+from ._util import single_exception
 from .errors import ClientGone
 from .request import Request
 from .response import FileRange, Response, error_response, http_date, reason_phrase
@@ -236,13 +237,14 @@ class HttpConnection:
 
     async def _run_handler(self, request: Request) -> Response:
         """Run the handler while watching the client for EOF."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_client, request, nursery.cancel_scope)
-            response = await self.handler(request)
-            nursery.cancel_scope.cancel()
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_client, request)
+                response = await self.handler(request)
+                nursery.cancel_scope.cancel()
         return response
 
-    async def _watch_client(self, request: Request, scope: trio.CancelScope) -> None:
+    async def _watch_client(self, request: Request) -> None:
         received = 0
         while received < _WATCH_LIMIT:
             try:

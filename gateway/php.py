@@ -30,6 +30,7 @@ import trio
 
 import fastcgi
 
+from ._util import single_exception
 from .cgi import CgiHead, CgiResponseError, CgiResponseHead
 from .errors import (
     UpstreamClosedEarly,
@@ -122,10 +123,11 @@ async def _exchange(conn: UpstreamConnection, params: list[tuple[bytes, bytes]],
             # The reader sees the EOF or reset and decides (retry or 502).
             fc.send_failed()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send_stdin)
-        result = await _read_response(conn, settings, request_id)
-        nursery.cancel_scope.cancel()
+    with single_exception():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_stdin)
+            result = await _read_response(conn, settings, request_id)
+            nursery.cancel_scope.cancel()
     return result
 
 
@@ -136,12 +138,15 @@ async def _read_response(conn: UpstreamConnection, settings: PhpSettings,
     head: CgiHead | None = None
     spool = Spool(settings.response_buffer_size, settings.temp_dir)
     got_response = False
+    eof = False
     stderr_tail = b""
     try:
         while True:
             try:
                 event = fc.next_event()
             except fastcgi.RemoteProtocolError as exc:
+                if eof:
+                    raise UpstreamProtocolError("backend closed the connection mid-response") from None
                 raise UpstreamProtocolError(f"backend broke the FastCGI protocol: {exc}") from None
             if event is fastcgi.NEED_DATA:
                 try:
@@ -153,6 +158,7 @@ async def _read_response(conn: UpstreamConnection, settings: PhpSettings,
                     if not got_response:
                         raise UpstreamClosedEarly("backend reset the connection before responding") from exc
                     raise UpstreamProtocolError("backend reset the connection mid-response") from exc
+                eof = not data
                 fc.receive_data(data)
                 continue
             if isinstance(event, fastcgi.ConnectionClosed):

@@ -158,12 +158,22 @@ class Pool:
             QueueTimeout: no slot within ``queue_timeout``.
         """
         self.stats.requests += 1
-        if self.limiter.available_tokens == 0 and self.waiting >= self.queue_depth:
+        start = trio.current_time()
+        try:
+            self.limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await self._wait_for_slot()
+        try:
+            yield Slot(self, trio.current_time() - start)
+        finally:
+            self.limiter.release()
+
+    async def _wait_for_slot(self) -> None:
+        if self.waiting >= self.queue_depth:
             self.stats.queue_full += 1
             raise QueueFull(f"pool {self.name}: {self.waiting} requests already queued (queue_depth)")
         self.waiting += 1
         self.stats.max_waiting = max(self.stats.max_waiting, self.waiting)
-        start = trio.current_time()
         try:
             with trio.fail_after(self.queue_timeout):
                 await self.limiter.acquire()
@@ -175,11 +185,6 @@ class Pool:
             raise
         finally:
             self.waiting -= 1
-        try:
-            yield Slot(self, trio.current_time() - start)
-        finally:
-            self.limiter.release()
-
     # -- synchronous state changes --------------------------------------------
 
     def _checkout_idle(self) -> tuple[UpstreamConnection | None, list[UpstreamConnection]]:

@@ -1,0 +1,305 @@
+"""The pool and the FastCGI exchange against an in-memory php-fpm stand-in
+(fastcgi's SERVER role over memory streams), on the autojump clock."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+import fastcgi
+from gateway.errors import (
+    QueueFull,
+    QueueTimeout,
+    UpstreamClosedEarly,
+    UpstreamOverloaded,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from gateway.php import PhpSettings, run_php
+from gateway.pool import Pool
+from gateway.request import ClientAbort
+from tests.helpers import FakeFpm, php_output
+
+SETTINGS = PhpSettings(read_timeout=30, max_header_size=4096, response_buffer_size=1024, temp_dir=None)
+PARAMS = [(b"SCRIPT_FILENAME", b"/srv/index.php"), (b"REQUEST_METHOD", b"GET")]
+
+
+def make_pool(fpm: FakeFpm, nursery: trio.Nursery, **kw) -> Pool:
+    args = dict(size=2, queue_depth=100, queue_timeout=60, idle_timeout=10)
+    args.update(kw)
+    return Pool("php", fpm.connector(nursery), **args)
+
+
+async def hello(req):
+    return [php_output(b"hello " + req.params.get(b"REQUEST_METHOD", b""))]
+
+
+def slow(seconds):
+    async def script(req):
+        await trio.sleep(seconds)
+        return [php_output(b"slept")]
+
+    return script
+
+
+async def test_a_request_and_connection_reuse(nursery, autojump_clock):
+    fpm = FakeFpm(hello)
+    pool = make_pool(fpm, nursery)
+    for _ in range(3):
+        result = await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+        assert (result.head.status, result.body.getvalue()) == (200, b"hello GET")
+    assert fpm.connections == 1
+    assert repr(pool) == "<Pool php [slots 0/2 busy, 1 idle, 0 waiting]>"
+
+
+async def test_pool_bound_holds_and_every_request_is_answered(nursery, autojump_clock):
+    fpm = FakeFpm(slow(1))
+    pool = make_pool(fpm, nursery, size=2)
+    results = []
+
+    async def one():
+        r = await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+        results.append(r.body.getvalue())
+
+    async with trio.open_nursery() as n:
+        for _ in range(10):
+            n.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (pool.busy, pool.waiting) == (2, 8)
+    assert results == [b"slept"] * 10
+    assert fpm.max_running == 2
+    assert fpm.connections == 2
+    assert trio.current_time() == pytest.approx(5.0)  # 10 requests, 2 at a time, 1 s each
+
+
+async def test_queue_full_is_refused_at_once(nursery, autojump_clock):
+    fpm = FakeFpm(slow(10))
+    pool = make_pool(fpm, nursery, size=1, queue_depth=2)
+    async with trio.open_nursery() as n:
+        for _ in range(3):  # one runs, two wait
+            n.start_soon(partial(run_php, pool, PARAMS, None, SETTINGS, request_id="x"))
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(QueueFull) as exc:
+            await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+        assert exc.value.status == 503 and (b"retry-after", b"1") in exc.value.headers
+        assert pool.stats.queue_full == 1
+
+
+async def test_queue_timeout_is_504_after_exactly_the_limit(nursery, autojump_clock):
+    fpm = FakeFpm(slow(100))
+    pool = make_pool(fpm, nursery, size=1, queue_timeout=7)
+    nursery.start_soon(partial(run_php, pool, PARAMS, None, SETTINGS, request_id="x"))
+    await trio.testing.wait_all_tasks_blocked()
+    t0 = trio.current_time()
+    with pytest.raises(QueueTimeout) as exc:
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+    assert exc.value.status == 504
+    assert trio.current_time() - t0 == pytest.approx(7)
+
+
+async def test_client_gone_in_queue_never_reaches_php_and_leaks_no_slot(nursery, autojump_clock):
+    fpm = FakeFpm(slow(5))
+    pool = make_pool(fpm, nursery, size=1)
+    nursery.start_soon(partial(run_php, pool, PARAMS, None, SETTINGS, request_id="first"))
+    await trio.testing.wait_all_tasks_blocked()
+    abort = ClientAbort()
+    outcome = []
+
+    async def waiter():
+        try:
+            await run_php(pool, PARAMS + [(b"X", b"waiter")], None, SETTINGS, request_id="w", abort=abort.scope)
+        except Exception as exc:
+            outcome.append(type(exc).__name__)
+
+    nursery.start_soon(waiter)
+    await trio.testing.wait_all_tasks_blocked()
+    assert pool.waiting == 1
+    abort.fire()
+    await trio.testing.wait_all_tasks_blocked()
+    assert outcome == ["ClientGone"]
+    assert pool.waiting == 0 and pool.stats.client_gone_in_queue == 1
+    await trio.sleep(10)
+    assert all(b"X" not in r.params for r in fpm.requests_seen)
+    assert pool.busy == 0 and pool.limiter.borrowed_tokens == 0
+
+
+async def test_client_gone_while_php_runs_closes_the_fastcgi_connection(nursery, autojump_clock):
+    fpm = FakeFpm(slow(5))
+    pool = make_pool(fpm, nursery, size=1)
+    abort = ClientAbort()
+
+    async def req():
+        with pytest.raises(Exception) as exc:
+            await run_php(pool, PARAMS, None, SETTINGS, request_id="r", abort=abort.scope)
+        assert type(exc.value).__name__ == "ClientGone"
+
+    nursery.start_soon(req)
+    await trio.testing.wait_all_tasks_blocked()
+    assert fpm.running == 1
+    abort.fire()
+    await trio.testing.wait_all_tasks_blocked()
+    assert pool.busy == 0 and pool.idle == 0 and pool.open_connections == 0
+
+
+async def test_ignore_client_abort_lets_php_finish(nursery, autojump_clock):
+    fpm = FakeFpm(slow(5))
+    pool = make_pool(fpm, nursery, size=1)
+    abort = ClientAbort()
+    settings = PhpSettings(30, 4096, 1024, None, ignore_client_abort=True)
+    results = []
+
+    async def req():
+        r = await run_php(pool, PARAMS, None, settings, request_id="r", abort=abort.scope)
+        results.append(r.body.getvalue())
+
+    nursery.start_soon(req)
+    await trio.testing.wait_all_tasks_blocked()
+    abort.fire()
+    await trio.sleep(6)
+    assert results == [b"slept"]
+    assert pool.idle == 1
+
+
+async def test_reused_connection_closed_by_backend_is_retried_once(nursery, autojump_clock, caplog):
+    # close_after=1 is php-fpm's pm.max_requests = 1: it closes after each response.
+    fpm = FakeFpm(hello, close_after=1)
+    pool = make_pool(fpm, nursery, size=1)
+    await run_php(pool, PARAMS, None, SETTINGS, request_id="a")
+    await trio.testing.wait_all_tasks_blocked()
+    with caplog.at_level(logging.INFO, logger="gateway.php"):
+        result = await run_php(pool, PARAMS, None, SETTINGS, request_id="b")
+    assert result.body.getvalue() == b"hello GET"
+    assert pool.stats.retries == 1
+    assert fpm.connections == 2
+    assert len(fpm.requests_seen) == 2  # the failed attempt never ran
+    assert "retrying on a fresh one" in caplog.text
+
+
+async def test_fresh_connection_closed_before_response_is_502_not_retried(nursery, autojump_clock):
+    async def die(req):
+        raise trio.BrokenResourceError  # the fake's connection task ends: EOF
+
+    fpm = FakeFpm(die)
+    pool = make_pool(fpm, nursery)
+    with pytest.raises(UpstreamClosedEarly) as exc:
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+    assert exc.value.status == 502
+    assert pool.stats.retries == 0 and pool.busy == 0
+
+
+async def test_eof_mid_response_is_502(nursery, autojump_clock):
+    async def connect():
+        client, server = trio.testing.memory_stream_pair()
+
+        async def serve():
+            conn = fastcgi.Connection(fastcgi.SERVER)
+            while conn.their_state is not fastcgi.DONE:
+                if conn.next_event() is fastcgi.NEED_DATA:
+                    conn.receive_data(await server.receive_some(65536))
+            await server.send_all(conn.send(fastcgi.Stdout(php_output(b"partial"))))
+            await server.aclose()
+
+        nursery.start_soon(serve)
+        return client
+
+    pool = Pool("php", connect, size=1, queue_depth=1, queue_timeout=5)
+    with pytest.raises(UpstreamProtocolError, match="mid-response"):
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+
+
+async def test_garbage_from_backend_is_502(nursery, autojump_clock):
+    async def connect():
+        client, server = trio.testing.memory_stream_pair()
+
+        async def serve():
+            await server.receive_some(65536)
+            await server.send_all(b"HTTP/1.1 200 OK\r\n\r\n")  # not FastCGI
+
+        nursery.start_soon(serve)
+        return client
+
+    pool = Pool("php", connect, size=1, queue_depth=1, queue_timeout=5)
+    with pytest.raises(UpstreamProtocolError, match="FastCGI"):
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+    assert pool.open_connections == 0
+
+
+async def test_read_timeout_is_504(nursery, autojump_clock):
+    fpm = FakeFpm(slow(1000))
+    pool = make_pool(fpm, nursery)
+    t0 = trio.current_time()
+    with pytest.raises(UpstreamTimeout) as exc:
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+    assert exc.value.status == 504
+    assert trio.current_time() - t0 == pytest.approx(SETTINGS.read_timeout)
+
+
+async def test_overloaded_is_503(nursery, autojump_clock):
+    async def busy(req):
+        return [fastcgi.EndRequest(0, fastcgi.ProtocolStatus.OVERLOADED)]
+
+    pool = make_pool(FakeFpm(busy), nursery)
+    with pytest.raises(UpstreamOverloaded) as exc:
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+    assert exc.value.status == 503
+
+
+async def test_invalid_cgi_headers_are_502(nursery, autojump_clock):
+    async def bad(req):
+        return [b"this is not a header\r\n\r\nbody"]
+
+    pool = make_pool(FakeFpm(bad), nursery)
+    with pytest.raises(UpstreamProtocolError, match="invalid header"):
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+
+
+async def test_stderr_is_logged_with_request_id(nursery, autojump_clock, caplog):
+    async def noisy(req):
+        return [fastcgi.Stderr(b"PHP Warning: one\nPHP Warn"), fastcgi.Stderr(b"ing: two\n"), php_output()]
+
+    pool = make_pool(FakeFpm(noisy), nursery)
+    with caplog.at_level(logging.WARNING, logger="gateway.php"):
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="req-42")
+    assert "[req-42] PHP stderr: PHP Warning: one" in caplog.text
+    assert "[req-42] PHP stderr: PHP Warning: two" in caplog.text
+
+
+async def test_large_output_spools_to_disk_and_body_reaches_php(nursery, autojump_clock):
+    from gateway.spool import Spool
+
+    async def echo(req):
+        return [php_output(req.stdin * 3)]
+
+    pool = make_pool(FakeFpm(echo), nursery)
+    body = Spool(100)
+    body.write(b"0123456789" * 20_000)
+    result = await run_php(pool, PARAMS, body, SETTINGS, request_id="t")
+    assert not result.body.in_memory
+    assert b"".join(result.body.chunks()) == b"0123456789" * 60_000
+
+
+async def test_idle_connections_expire(nursery, autojump_clock):
+    fpm = FakeFpm(hello)
+    pool = make_pool(fpm, nursery, idle_timeout=10)
+    nursery.start_soon(pool.run_reaper)
+    await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+    assert pool.idle == 1
+    await trio.sleep(15)
+    assert pool.idle == 0 and pool.open_connections == 0
+    await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+    assert fpm.connections == 2
+
+
+async def test_connect_failure_is_502(autojump_clock):
+    from gateway.errors import UpstreamConnectError
+    from gateway.pool import make_connector
+
+    pool = Pool("php", make_connector("unix:/nonexistent/php.sock"), size=1, queue_depth=1, queue_timeout=5)
+    with pytest.raises(UpstreamConnectError) as exc:
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+    assert exc.value.status == 502
+    assert pool.busy == 0 and pool.stats.connect_errors == 1
