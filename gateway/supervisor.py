@@ -180,7 +180,9 @@ class PhpFpmSupervisor:
         self.paths = write_pool_config(name, backend, os.path.join(runtime_dir, f"fpm-{name}"))
         self.process: trio.Process | None = None
         self.restarts = 0
-        self.ready = trio.Event()
+        #: How many times php-fpm has become ready (1 after start-up, +1 per restart).
+        self.starts = 0
+        self._start_waiters: list[tuple[int, trio.Event]] = []
 
     @property
     def address(self) -> str:
@@ -232,7 +234,7 @@ class PhpFpmSupervisor:
                     log.info("php-fpm for backend %s is ready (pid %d, %d workers)", self.name, process.pid,
                              self.backend.workers)
                     backoff = BACKOFF_START
-                    self.ready.set()
+                    self._note_start()
                     if not started:
                         started = True
                         task_status.started()
@@ -245,6 +247,21 @@ class PhpFpmSupervisor:
                     await self._stop(process)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _note_start(self) -> None:
+        self.starts += 1
+        for count, event in self._start_waiters:
+            if self.starts >= count:
+                event.set()
+        self._start_waiters = [(c, e) for c, e in self._start_waiters if not e.is_set()]
+
+    async def wait_for_start(self, count: int) -> None:
+        """Wait until php-fpm has become ready ``count`` times in all."""
+        if self.starts >= count:
+            return
+        event = trio.Event()
+        self._start_waiters.append((count, event))
+        await event.wait()
 
     async def _stop(self, process: trio.Process) -> None:
         if process.returncode is not None:

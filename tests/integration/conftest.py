@@ -1,0 +1,102 @@
+"""Integration fixtures: the real gateway on 127.0.0.1 with a real php-fpm that
+its supervisor spawns (Debian's php8.2-fpm, installed by scripts/setup)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from gateway.config import validate
+from gateway.server import Running, serve
+from gateway.supervisor import find_php_fpm
+from tests.helpers import HttpClient, HttpResponse
+
+DOCROOT = Path(__file__).parent / "docroot"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _php_fpm_is_installed():
+    # Never skip: the README's test command installs php-fpm, so its absence is a failure.
+    find_php_fpm()
+
+
+@dataclass
+class Gateway:
+    running: Running
+    port: int
+
+    @property
+    def pool(self):
+        return self.running.pools["php"]
+
+    @property
+    def supervisor(self):
+        return self.running.supervisors["php"]
+
+    async def client(self) -> HttpClient:
+        return await HttpClient.connect(self.port)
+
+    async def get(self, target: str, **kw: Any) -> HttpResponse:
+        c = await self.client()
+        try:
+            return await c.request(kw.pop("method", "GET"), target, **kw)
+        finally:
+            await c.aclose()
+
+
+def gateway_config(root: Path, *, backend: dict[str, Any] | None = None, site: dict[str, Any] | None = None,
+                   server: dict[str, Any] | None = None, runtime_dir: str = "") -> dict[str, Any]:
+    b = {"address": "spawn", "workers": 2, "user": "root", "idle_timeout": "30s"}
+    b.update(backend or {})
+    s = {"root": str(root), "php": "php", "default": True, "no_php_under": ["/uploads/"]}
+    s.update(site or {})
+    srv = {"listen": ["127.0.0.1:0"], "access_log": "off", "runtime_dir": runtime_dir}
+    srv.update(server or {})
+    return {"server": srv, "backends": {"php": b}, "sites": {"t": s}}
+
+
+StartGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def start_gateway(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartGateway]:
+    started: list[Running] = []
+
+    async def start(root: Path = DOCROOT, **kw: Any) -> Gateway:
+        kw.setdefault("runtime_dir", str(tmp_path / f"run{len(started)}"))
+        cfg = validate(gateway_config(root, **kw))
+        running: Running = await nursery.start(partial(serve, cfg, handle_signals=False))
+        started.append(running)
+        port = next(l.socket.getsockname()[1] for l in running.listeners
+                    if l.socket.family.name in ("AF_INET", "AF_INET6"))
+        return Gateway(running, port)
+
+    yield start
+    for running in started:
+        running.shutdown.set()
+
+
+@pytest.fixture
+async def gw(start_gateway: StartGateway) -> Gateway:
+    return await start_gateway()
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out

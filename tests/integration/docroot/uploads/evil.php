@@ -1,0 +1,1 @@
+<?php echo "uploads must never run PHP";
