@@ -1,0 +1,116 @@
+"""The ``gateway`` command as a user runs it: check, serve --root, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from gateway.config import BackendConfig
+from gateway.supervisor import find_php_fpm, write_pool_config
+from tests.helpers import HttpClient
+
+from .conftest import DOCROOT, children_of
+
+REPO = Path(__file__).parents[2]
+GATEWAY = [sys.executable, "-m", "gateway"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_check_prints_the_effective_configuration():
+    out = subprocess.run([*GATEWAY, "check", "--config", str(REPO / "conf.d")], capture_output=True, text=True,
+                         check=True)
+    assert '"try_files": [\n        "$uri",\n        "$uri/",\n        "/index.php?$args"' in out.stdout
+    assert '"client_max_body_size": 67108864' in out.stdout
+
+
+def test_check_names_file_and_key_of_a_mistake(tmp_path):
+    (tmp_path / "00.toml").write_text('[sites.a]\nroot = "/srv"\n[server]\nlisten = "not-a-list"\n')
+    out = subprocess.run([*GATEWAY, "check", "--config", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert f"{tmp_path / '00.toml'}: server.listen:" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+async def start_cli(args: list[str]) -> tuple[trio.Process, trio.abc.ReceiveStream]:
+    proc = await trio.lowlevel.open_process([*GATEWAY, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert proc.stderr is not None
+    log = b""
+    with trio.fail_after(20):
+        while b"listening on" not in log:
+            chunk = await proc.stderr.receive_some(4096)
+            assert chunk, "gateway exited before listening:\n" + log.decode()
+            log += chunk
+    return proc, proc.stderr
+
+
+async def stop(proc: trio.Process, stderr: trio.abc.ReceiveStream) -> bytes:
+    proc.send_signal(signal.SIGTERM)
+    rest = b""
+    with trio.fail_after(20):
+        while True:
+            chunk = await stderr.receive_some(4096)
+            if not chunk:
+                break
+            rest += chunk
+        await proc.wait()
+    return rest
+
+
+async def test_serve_root_against_an_already_running_php_fpm(tmp_path):
+    # php-fpm started by someone else (here: this test), reached at its socket.
+    paths = write_pool_config("external", BackendConfig(workers=2, user="root"), str(tmp_path / "fpm"))
+    fpm = await trio.lowlevel.open_process([find_php_fpm(), "-F", "-R", "-y", paths.config],
+                                           stderr=subprocess.DEVNULL)
+    try:
+        with trio.fail_after(10):
+            while not os.path.exists(paths.socket):  # php-fpm's readiness signal is its socket file
+                await trio.sleep(0.02)
+        port = free_port()
+        proc, stderr = await start_cli(["serve", "--root", str(DOCROOT), "--listen", f"127.0.0.1:{port}",
+                                        "--php", f"unix:{paths.socket}"])
+        client = await HttpClient.connect(port)
+        r = await client.request("GET", "/some/permalink/")
+        assert r.body == b"front:/index.php uri:/some/permalink/ qs:"
+        pid = int((await client.request("GET", "/pid.php")).body)
+        assert pid in children_of(fpm.pid)
+        await client.aclose()
+        await stop(proc, stderr)
+        assert proc.returncode == 0
+        assert fpm.returncode is None  # not ours to stop
+    finally:
+        fpm.kill()
+        await fpm.wait()
+
+
+async def test_serve_spawns_php_fpm_and_sigterm_stops_everything(tmp_path):
+    port = free_port()
+    run_dir = tmp_path / "run"
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (conf / "00.toml").write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{run_dir}"\naccess_log = "off"\n'
+        f'[backends.php]\nworkers = 2\nuser = "root"\n'
+        f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n'
+    )
+    proc, stderr = await start_cli(["serve", "--config", str(conf)])
+    client = await HttpClient.connect(port)
+    r = await client.request("GET", "/pid.php")
+    assert r.status == 200
+    master = int((run_dir / "fpm-php" / "php-fpm.pid").read_text())
+    assert master in children_of(proc.pid)
+    # an idle kept-alive connection must not hold up shutdown
+    log = await stop(proc, stderr)
+    assert proc.returncode == 0, log.decode()
+    assert not os.path.exists(f"/proc/{master}")
+    assert b"Traceback" not in log
