@@ -19,6 +19,8 @@ sets the status, ``Location`` without ``Status`` means 302 (6.2.3/6.2.4).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass
 
@@ -31,6 +33,17 @@ def _header_to_cgi(name: bytes) -> bytes | None:
     if b"_" in name or name == b"proxy":
         return None
     return b"HTTP_" + name.upper().replace(b"-", b"_")
+
+
+def _basic_auth_user(value: bytes) -> bytes:
+    """nginx's $remote_user: the user name of a Basic Authorization header."""
+    scheme, _, token = value.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return b""
+    try:
+        return base64.b64decode(token.strip(), validate=True).partition(b":")[0]
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def build_params(
@@ -56,10 +69,13 @@ def build_params(
             had none (CONTENT_LENGTH is then empty, as under nginx).
     """
     content_type = b""
+    remote_user = b""
     joined: dict[bytes, bytes] = {}
     for name, value in headers:
         if name == b"content-type":
             content_type = value
+        elif name == b"authorization":
+            remote_user = _basic_auth_user(value)
         cgi = _header_to_cgi(name)
         if cgi is None:
             continue
@@ -86,6 +102,7 @@ def build_params(
     params += [
         (b"GATEWAY_INTERFACE", b"CGI/1.1"),
         (b"SERVER_SOFTWARE", server_software),
+        (b"REMOTE_USER", remote_user),
         (b"REMOTE_ADDR", client[0].encode()),
         (b"REMOTE_PORT", str(client[1]).encode()),
         (b"SERVER_ADDR", server[0].encode()),
@@ -93,9 +110,11 @@ def build_params(
         (b"SERVER_NAME", server_name),
         (b"REDIRECT_STATUS", b"200"),
     ]
-    if script.path_info:
-        path_info = enc(script.path_info, "utf-8", "surrogateescape")
-        params.append((b"PATH_INFO", path_info))
+    # Debian's snippets/fastcgi-php.conf always sends PATH_INFO (empty when the
+    # URI has none); PATH_TRANSLATED only makes sense with one.
+    path_info = enc(script.path_info, "utf-8", "surrogateescape")
+    params.append((b"PATH_INFO", path_info))
+    if path_info:
         params.append((b"PATH_TRANSLATED", enc(document_root, "utf-8", "surrogateescape") + path_info))
     params += joined.items()
     return params

@@ -27,7 +27,8 @@ def test_nginx_fastcgi_conf_variables():
     assert p[b"SERVER_PROTOCOL"] == b"HTTP/1.1"
     assert p[b"REMOTE_PORT"] == b"5555"
     assert p[b"HTTP_HOST"] == b"example.com"
-    assert b"HTTPS" not in p and b"PATH_INFO" not in p
+    assert b"HTTPS" not in p and p[b"PATH_INFO"] == b"" and b"PATH_TRANSLATED" not in p
+    assert p[b"REMOTE_USER"] == b""
 
 
 def test_httpoxy_and_underscore_headers_are_dropped():
@@ -107,3 +108,11 @@ def test_oversized_header_block_is_an_error():
     parser = CgiResponseHead(100)
     with pytest.raises(CgiResponseError, match="exceed 100"):
         parser.feed(b"X: " + b"a" * 200)
+
+
+def test_remote_user_from_basic_auth_as_nginx():
+    import base64
+
+    p = params([(b"authorization", b"Basic " + base64.b64encode(b"alice:secret"))])
+    assert p[b"REMOTE_USER"] == b"alice"
+    assert params([(b"authorization", b"Bearer xyz")])[b"REMOTE_USER"] == b""

@@ -4,6 +4,8 @@ header('Content-Type: application/json');
 $skip = ['PATH', 'HOME', 'USER', 'PHP_SELF', 'REQUEST_TIME', 'REQUEST_TIME_FLOAT', 'argv', 'argc'];
 $server = array_diff_key($_SERVER, array_flip($skip));
 ksort($server);
+// The same $_SERVER in a header, so HEAD requests can be compared too.
+header('X-Server-Vars: ' . base64_encode(json_encode($server)));
 echo json_encode([
     'server' => $server,
     'get' => $_GET,

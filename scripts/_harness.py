@@ -1,0 +1,141 @@
+"""Start php-fpm, nginx and the gateway side by side on 127.0.0.1 for comparisons.
+
+Used by scripts/compare-server-vars (and later benchmarks). Every process is
+started here and stopped here, by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gateway.config import BackendConfig  # noqa: E402
+from gateway.supervisor import find_php_fpm, write_pool_config  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+user www-data;
+pid {run}/nginx.pid;
+error_log {run}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log off;
+    sendfile on;
+    client_body_temp_path {run}/body;
+    fastcgi_temp_path {run}/fastcgi;
+    proxy_temp_path {run}/proxy;
+    uwsgi_temp_path {run}/uwsgi;
+    scgi_temp_path {run}/scgi;
+    client_max_body_size 64m;
+    upstream php {{ server unix:{sock}; keepalive {workers}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        root {root};
+        index index.php index.html;
+        location / {{ try_files $uri $uri/ /index.php?$args; }}
+        location ~ [^/]\\.php(/|$) {{
+            fastcgi_split_path_info ^(.+?\\.php)(/.*)$;
+            if (!-f $document_root$fastcgi_script_name) {{ return 404; }}
+            include /etc/nginx/fastcgi.conf;
+            fastcgi_param PATH_INFO $fastcgi_path_info;
+            fastcgi_keep_conn on;
+            fastcgi_pass php;
+        }}
+    }}
+}}
+"""
+
+
+class Stack:
+    """php-fpm (one pool) + nginx + the gateway, all on 127.0.0.1."""
+
+    def __init__(self, root: Path, workers: int = 4, gateway_workers: int | None = None) -> None:
+        self.root = root
+        self.workers = workers
+        self.gateway_workers = gateway_workers or workers
+        self.run = Path(tempfile.mkdtemp(prefix="gateway-compare-"))
+        os.chmod(self.run, 0o755)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.nginx_port = free_port()
+        self.gateway_port = free_port()
+
+    def __enter__(self) -> Stack:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        user = "www-data" if os.geteuid() == 0 else ""
+        paths = write_pool_config("cmp", BackendConfig(workers=self.workers, user=user, max_requests=0),
+                                  str(self.run / "fpm"))
+        os.chmod(paths.directory, 0o755)
+        argv = [find_php_fpm(), "-F", "-y", paths.config] + (["-R"] if os.geteuid() == 0 else [])
+        self.procs.append(subprocess.Popen(argv, stderr=subprocess.DEVNULL))
+        wait_for(lambda: os.path.exists(paths.socket), what="php-fpm")
+        self.fpm_socket = paths.socket
+        for d in ("body", "fastcgi", "proxy", "uwsgi", "scgi"):
+            (self.run / d).mkdir()
+        conf = self.run / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(run=self.run, sock=paths.socket, port=self.nginx_port, root=self.root,
+                                          workers=self.workers))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.procs.append(subprocess.Popen([nginx, "-c", str(conf)], stderr=subprocess.DEVNULL))
+        wait_for(lambda: port_open(self.nginx_port), what="nginx")
+        confd = self.run / "conf.d"
+        confd.mkdir()
+        (confd / "00.toml").write_text(
+            f'[server]\nlisten = ["127.0.0.1:{self.gateway_port}"]\naccess_log = "off"\n'
+            f'[backends.php]\naddress = "unix:{paths.socket}"\nworkers = {self.gateway_workers}\n'
+            f'[sites.cmp]\nserver_names = ["localhost"]\nroot = "{self.root}"\nphp = "php"\n'
+        )
+        self.procs.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(confd),
+                                            "--log-level", "warning"], cwd=REPO))
+        wait_for(lambda: port_open(self.gateway_port), what="the gateway")
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM if "gateway" in " ".join(map(str, proc.args)) else signal.SIGQUIT)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.run, ignore_errors=True)
