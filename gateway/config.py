@@ -95,6 +95,8 @@ class LimitsConfig(_Model):
     max_header_size: Size = 32 * 1024
     #: Longest request target; longer gets 414 (nginx: one 8k buffer).
     max_uri_size: Size = 8 * 1024
+    #: Most request header lines; more gets 431 (nginx has no count limit).
+    max_header_count: int = Field(100, ge=1)
     #: Request bodies up to this stay in memory, larger ones go to a temp file
     #: (nginx: client_body_buffer_size 16k).
     body_buffer_size: Size = 64 * 1024

@@ -101,6 +101,7 @@ def connection_settings(config: Config) -> ConnectionSettings:
         send_timeout=t.send,
         max_header_size=lim.max_header_size,
         max_uri_size=lim.max_uri_size,
+        max_header_count=lim.max_header_count,
         max_body_size=lim.client_max_body_size,
         body_buffer_size=lim.body_buffer_size,
         keepalive_requests=lim.keepalive_requests,
@@ -141,7 +142,7 @@ async def serve(config: Config, *, handle_signals: bool = True,
             for name, backend in config.backends.items():
                 address = backend.address
                 if address == "spawn":
-                    sup = PhpFpmSupervisor(name, backend, runtime_dir)
+                    sup = PhpFpmSupervisor(name, backend, runtime_dir, max_body_size=config.limits.client_max_body_size)
                     await system.start(sup.run)
                     supervisors[name] = sup
                     address = sup.address

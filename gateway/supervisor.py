@@ -77,8 +77,13 @@ def _ini_value(value: str) -> str:
     return value if value.replace(".", "").replace("-", "").isalnum() else '"' + value.replace('"', "") + '"'
 
 
-def write_pool_config(name: str, backend: BackendConfig, directory: str) -> FpmPaths:
-    """Write ``php-fpm.conf`` for one pool into ``directory`` and return the paths."""
+def write_pool_config(name: str, backend: BackendConfig, directory: str, *, max_body_size: int | None = None) -> FpmPaths:
+    """Write ``php-fpm.conf`` for one pool into ``directory`` and return the paths.
+
+    ``max_body_size`` (the gateway's client_max_body_size) also becomes PHP's
+    upload_max_filesize and post_max_size, whose php.ini defaults (2M, 8M)
+    would otherwise reject WordPress media uploads the gateway accepted.
+    """
     os.makedirs(directory, exist_ok=True)
     paths = FpmPaths(
         directory=directory,
@@ -115,6 +120,11 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str) -> FpmP
         lines += [f"user = {user}", f"group = {_primary_group(user)}"]
         if user != "root":
             lines += [f"listen.owner = {user}", "listen.group = root"]
+    if max_body_size:
+        megabytes = f"{max(1, -(-max_body_size // (1024 * 1024)))}M"
+        for key in ("upload_max_filesize", "post_max_size"):
+            if key not in backend.php_admin_values:
+                lines.append(f"php_value[{key}] = {megabytes}")
     for key, value in backend.php_admin_values.items():
         lines.append(f"php_admin_value[{key}] = {_ini_value(value)}")
     with open(paths.config, "w") as f:
@@ -173,11 +183,12 @@ async def fastcgi_get(socket_path: str, script: str, query: bytes = b"", *, time
 class PhpFpmSupervisor:
     """Keeps one php-fpm master running for a ``spawn`` backend."""
 
-    def __init__(self, name: str, backend: BackendConfig, runtime_dir: str) -> None:
+    def __init__(self, name: str, backend: BackendConfig, runtime_dir: str, *, max_body_size: int | None = None) -> None:
         self.name = name
         self.backend = backend
         self.binary = find_php_fpm(backend.php_fpm)
-        self.paths = write_pool_config(name, backend, os.path.join(runtime_dir, f"fpm-{name}"))
+        self.paths = write_pool_config(name, backend, os.path.join(runtime_dir, f"fpm-{name}"),
+                                       max_body_size=max_body_size)
         self.process: trio.Process | None = None
         self.restarts = 0
         #: How many times php-fpm has become ready (1 after start-up, +1 per restart).

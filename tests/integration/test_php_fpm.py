@@ -255,3 +255,12 @@ async def test_ipv6_and_unix_listeners(start_gateway, tmp_path):
     cu = HttpClient(await trio.open_unix_socket(sock))
     r = await cu.request("GET", "/pid.php")
     assert r.status == 200
+
+
+async def test_uploads_larger_than_php_ini_defaults_are_accepted(gw):
+    # php.ini defaults upload_max_filesize=2M and post_max_size=8M; the spawned
+    # pool raises both to client_max_body_size so WordPress media uploads work.
+    payload = os.urandom(9 * 1024 * 1024)
+    ctype, body = multipart({}, {"file": ("big.jpg", payload)})
+    r = await gw.get("/server.php", method="POST", body=body, headers=[("Content-Type", ctype)])
+    assert json.loads(r.body)["files"]["file"]["md5"] == hashlib.md5(payload).hexdigest()
