@@ -37,7 +37,20 @@ from ._events import (
 )
 from ._pairs import decode_pairs, encode_pairs
 from ._records import Record, encode_record, encode_stream_chunk, encode_stream_end, parse_record
-from ._state import CLIENT, DONE, ERROR, IDLE, MUST_CLOSE, SEND_OUTPUT, SEND_PARAMS, SEND_STDIN, SERVER, CLOSED, Side, State
+from ._state import (
+    CLIENT,
+    CLOSED,
+    DONE,
+    ERROR,
+    IDLE,
+    MUST_CLOSE,
+    SEND_OUTPUT,
+    SEND_PARAMS,
+    SEND_STDIN,
+    SERVER,
+    Side,
+    State,
+)
 
 __all__ = [
     "CLIENT",

@@ -54,9 +54,9 @@ def _load(config_dir: str) -> Config:
 @app.command()
 def serve(
     config: Annotated[str, typer.Option("--config", "-c", help="Configuration directory.")] = "conf.d",
-    root: Annotated[str | None, typer.Option(help="Serve this PHP docroot, with no config file.")] = None,
+    root: Annotated[str | None, typer.Option(help="Serve this PHP docroot with no config file.")] = None,
     listen: Annotated[list[str] | None, typer.Option(help="HOST:PORT, [::1]:PORT or unix:/path (repeatable).")] = None,
-    php: Annotated[str | None, typer.Option(help="php-fpm address (unix:/path or host:port); default: spawn one.")] = None,
+    php: Annotated[str | None, typer.Option(help="php-fpm address, unix:/path or host:port (default: spawn).")] = None,
     php_workers: Annotated[int, typer.Option(help="PHP pool size (and pm.max_children when spawned).")] = 4,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:

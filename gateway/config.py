@@ -195,7 +195,9 @@ class Config(_Model):
         for name, site in self.sites.items():
             if site.php and site.php not in self.backends:
                 known = ", ".join(sorted(self.backends)) or "none"
-                raise ValueError(f"sites.{name}.php names backend {site.php!r}, which is not defined (defined: {known})")
+                raise ValueError(
+                    f"sites.{name}.php names backend {site.php!r}, which is not defined (defined: {known})"
+                )
         if sum(s.default for s in self.sites.values()) > 1:
             raise ValueError("more than one site has default = true")
         return self

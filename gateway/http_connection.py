@@ -146,7 +146,8 @@ class HttpConnection:
         if status == 431:
             buffered, _ = self.conn.trailing_data
             first_line = buffered.split(b"\n", 1)[0]
-            if b"\n" not in buffered[: self.settings.max_uri_size + 64] and len(first_line) > self.settings.max_uri_size:
+            limit = self.settings.max_uri_size
+            if b"\n" not in buffered[: limit + 64] and len(first_line) > limit:
                 return 414
         return status
 

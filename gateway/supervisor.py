@@ -77,7 +77,8 @@ def _ini_value(value: str) -> str:
     return value if value.replace(".", "").replace("-", "").isalnum() else '"' + value.replace('"', "") + '"'
 
 
-def write_pool_config(name: str, backend: BackendConfig, directory: str, *, max_body_size: int | None = None) -> FpmPaths:
+def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
+                      max_body_size: int | None = None) -> FpmPaths:
     """Write ``php-fpm.conf`` for one pool into ``directory`` and return the paths.
 
     ``max_body_size`` (the gateway's client_max_body_size) also becomes PHP's
@@ -149,33 +150,32 @@ def _primary_group(user: str) -> str:
         return user
 
 
-async def fastcgi_get(socket_path: str, script: str, query: bytes = b"", *, timeout: float = 5.0) -> tuple[bytes, bytes]:
+async def fastcgi_get(socket_path: str, script: str, query: bytes = b"") -> tuple[bytes, bytes]:
     """One FastCGI GET on a unix socket (for php-fpm's ping and status pages).
 
-    Returns (CGI headers block, body).
+    Returns (CGI headers block, body). The caller bounds it with a cancel scope.
     """
-    with trio.fail_after(timeout):
-        stream = await trio.open_unix_socket(socket_path)
-        async with stream:
-            conn = fastcgi.Connection(fastcgi.CLIENT)
-            params = (
-                (b"SCRIPT_NAME", script.encode()),
-                (b"SCRIPT_FILENAME", script.encode()),
-                (b"REQUEST_METHOD", b"GET"),
-                (b"QUERY_STRING", query),
-            )
-            out = b"".join(conn.send(e) or b"" for e in (
-                fastcgi.BeginRequest(keep_conn=False), fastcgi.Params(params), fastcgi.Stdin()))
-            await stream.send_all(out)
-            data = b""
-            while True:
-                event = conn.next_event()
-                if event is fastcgi.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                elif isinstance(event, fastcgi.Stdout):
-                    data += event.data
-                elif isinstance(event, (fastcgi.EndRequest, fastcgi.ConnectionClosed)):
-                    break
+    stream = await trio.open_unix_socket(socket_path)
+    async with stream:
+        conn = fastcgi.Connection(fastcgi.CLIENT)
+        params = (
+            (b"SCRIPT_NAME", script.encode()),
+            (b"SCRIPT_FILENAME", script.encode()),
+            (b"REQUEST_METHOD", b"GET"),
+            (b"QUERY_STRING", query),
+        )
+        out = b"".join(conn.send(e) or b"" for e in (
+            fastcgi.BeginRequest(keep_conn=False), fastcgi.Params(params), fastcgi.Stdin()))
+        await stream.send_all(out)
+        data = b""
+        while True:
+            event = conn.next_event()
+            if event is fastcgi.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, fastcgi.Stdout):
+                data += event.data
+            elif isinstance(event, (fastcgi.EndRequest, fastcgi.ConnectionClosed)):
+                break
     head, _, body = data.partition(b"\r\n\r\n")
     return head, body
 
@@ -183,7 +183,8 @@ async def fastcgi_get(socket_path: str, script: str, query: bytes = b"", *, time
 class PhpFpmSupervisor:
     """Keeps one php-fpm master running for a ``spawn`` backend."""
 
-    def __init__(self, name: str, backend: BackendConfig, runtime_dir: str, *, max_body_size: int | None = None) -> None:
+    def __init__(self, name: str, backend: BackendConfig, runtime_dir: str, *,
+                 max_body_size: int | None = None) -> None:
         self.name = name
         self.backend = backend
         self.binary = find_php_fpm(backend.php_fpm)
@@ -211,7 +212,8 @@ class PhpFpmSupervisor:
                 if process.returncode is not None:
                     raise SupervisorError(f"php-fpm exited with status {process.returncode} during start-up")
                 try:
-                    _, body = await fastcgi_get(self.paths.status_socket, "/fpm-ping", timeout=1.0)
+                    with trio.fail_after(1.0):
+                        _, body = await fastcgi_get(self.paths.status_socket, "/fpm-ping")
                     if body.strip() == b"pong":
                         return
                 except (OSError, trio.TooSlowError, fastcgi.FastCGIError, trio.BrokenResourceError):

@@ -31,7 +31,8 @@ def multipart() -> tuple[str, bytes]:
     b = uuid.uuid4().hex
     body = (f'--{b}\r\nContent-Disposition: form-data; name="title"\r\n\r\nhello\r\n'
             f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + bytes(range(256)) * 40 + f"\r\n--{b}--\r\n".encode()
+            f"Content-Type: application/octet-stream\r\n\r\n").encode()
+    body += bytes(range(256)) * 40 + f"\r\n--{b}--\r\n".encode()
     return f"multipart/form-data; boundary={b}", body
 
 

@@ -74,8 +74,8 @@ async def start_gateway(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[
         cfg = validate(gateway_config(root, **kw))
         running: Running = await nursery.start(partial(serve, cfg, handle_signals=False))
         started.append(running)
-        port = next(l.socket.getsockname()[1] for l in running.listeners
-                    if l.socket.family.name in ("AF_INET", "AF_INET6"))
+        port = next(listener.socket.getsockname()[1] for listener in running.listeners
+                    if listener.socket.family.name in ("AF_INET", "AF_INET6"))
         return Gateway(running, port)
 
     yield start

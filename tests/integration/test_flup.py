@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,17 +16,17 @@ HERE = Path(__file__).parent
 @pytest.fixture
 async def flup_socket(tmp_path):
     sock = tmp_path / "flup.sock"
-    proc = subprocess.Popen([sys.executable, str(HERE / "flup_app.py"), str(sock)], stderr=subprocess.PIPE)
+    proc = await trio.lowlevel.open_process([sys.executable, str(HERE / "flup_app.py"), str(sock)])
     try:
         with trio.fail_after(10):
-            while not sock.exists():  # flup gives no readiness signal; its socket file is the signal
-                if proc.poll() is not None:
-                    raise RuntimeError(proc.stderr.read().decode())
+            # flup gives no readiness event but its socket file; poll for it, bounded
+            while not sock.exists():  # noqa: ASYNC110
+                assert proc.returncode is None, "flup exited at start-up"
                 await trio.sleep(0.02)
         yield str(sock)
     finally:
         proc.kill()  # SIGTERM would make flup wait for our kept-alive connections
-        proc.wait(5)
+        await proc.wait()
 
 
 async def test_requests_through_flup(start_gateway, tmp_path, flup_socket):
