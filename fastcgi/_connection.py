@@ -125,7 +125,7 @@ class Connection:
 
     # -- receiving -----------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Add bytes read from the peer; ``b""`` means the peer closed (EOF)."""
         if data:
             if self._eof:

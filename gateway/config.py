@@ -96,12 +96,12 @@ class LimitsConfig(_Model):
     #: Longest request target; longer gets 414 (nginx: one 8k buffer).
     max_uri_size: Size = 8 * 1024
     #: Most request header lines; more gets 431 (nginx has no count limit).
-    max_header_count: int = Field(100, ge=1)
+    max_header_count: Annotated[int, Field(ge=1)] = 100
     #: Request bodies up to this stay in memory, larger ones go to a temp file
     #: (nginx: client_body_buffer_size 16k).
     body_buffer_size: Size = 64 * 1024
     #: Requests served on one keep-alive connection (nginx keepalive_requests).
-    keepalive_requests: int = Field(1000, ge=1)
+    keepalive_requests: Annotated[int, Field(ge=1)] = 1000
 
 
 class BackendConfig(_Model):
@@ -112,9 +112,9 @@ class BackendConfig(_Model):
     #: Pool size: live FastCGI connections to this backend. Each kept-alive
     #: connection pins one php-fpm worker, so this must not exceed
     #: pm.max_children. When spawned, php-fpm gets pm.max_children = workers.
-    workers: int = Field(4, ge=1, le=4096)
+    workers: Annotated[int, Field(ge=1, le=4096)] = 4
     #: Requests allowed to wait for a connection; one more gets 503.
-    queue_depth: int = Field(1024, ge=0)
+    queue_depth: Annotated[int, Field(ge=0)] = 1024
     #: How long a request may wait in the queue before 504.
     queue_timeout: Duration = 60.0
     connect_timeout: Duration = 5.0  # nginx fastcgi_connect_timeout is 60s
@@ -137,7 +137,7 @@ class BackendConfig(_Model):
     #: Empty: www-data when root, else the current user.
     user: str = ""
     #: php-fpm pm.max_requests (0: never recycle).
-    max_requests: int = Field(500, ge=0)
+    max_requests: Annotated[int, Field(ge=0)] = 500
     #: php-fpm request_terminate_timeout (0: off). An idle kept-alive
     #: connection counts as a running request for it.
     request_terminate_timeout: Duration = 0.0

@@ -31,6 +31,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 import h11
 import trio
@@ -158,7 +159,7 @@ class HttpConnection:
             raise _Timeout()
         if data:
             self._received_any = True
-        self.conn.receive_data(data)
+        self.conn.receive_data(cast(bytes, data))  # h11 is typed for bytes; bytearray works too
 
     async def _next_request(self, *, first: bool) -> h11.Request | h11.ConnectionClosed | None:
         """Wait for the next request's head, under the header/keep-alive timeouts.
@@ -256,7 +257,7 @@ class HttpConnection:
                 request.abort.fire()
                 return
             received += len(data)
-            self.conn.receive_data(data)
+            self.conn.receive_data(cast(bytes, data))
         await trio.sleep_forever()
 
     # -- request body -------------------------------------------------------------

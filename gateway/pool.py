@@ -210,7 +210,8 @@ class Pool:
 
     def _expired(self) -> list[UpstreamConnection]:
         now = trio.current_time()
-        keep, drop = [], []
+        keep: list[UpstreamConnection] = []
+        drop: list[UpstreamConnection] = []
         for conn in self._idle:
             (drop if now - conn.idle_since >= self.idle_timeout else keep).append(conn)
         self._idle = keep
