@@ -265,3 +265,43 @@ async def test_uploads_larger_than_php_ini_defaults_are_accepted(gw):
     ctype, body = multipart({}, {"file": ("big.jpg", payload)})
     r = await gw.get("/server.php", method="POST", body=body, headers=[("Content-Type", ctype)])
     assert json.loads(r.body)["files"]["file"]["md5"] == hashlib.md5(payload).hexdigest()
+
+
+async def test_client_that_leaves_the_queue_never_costs_a_php_worker(start_gateway, tmp_path):
+    gw = await start_gateway(backend={"workers": 1})
+    log = tmp_path / "runs.log"
+    first = await gw.client()
+    async with trio.open_nursery() as n:
+        n.start_soon(first.request, "GET", f"/slow.php?ms=1000&log={log}&who=first")
+        with trio.fail_after(10):
+            while gw.pool.busy < 1:  # noqa: ASYNC110 - the pool exposes no event; poll, bounded
+                await trio.sleep(0.01)
+        quitter = await gw.client()
+        await quitter.stream.send_all(
+            f"GET /slow.php?ms=10&log={log}&who=quitter HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        with trio.fail_after(10):
+            while gw.pool.waiting < 1:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        await quitter.aclose()
+        with trio.fail_after(10):
+            while gw.pool.waiting:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+    assert gw.pool.stats.client_gone_in_queue == 1
+    # php-fpm ran the first request only
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["start", "end"]
+    assert (await gw.get("/pid.php")).status == 200
+
+
+async def test_php_fpm_answers_get_values_through_the_sans_io_library(gw):
+    import fastcgi
+
+    stream = await trio.open_unix_socket(gw.supervisor.paths.socket)
+    conn = fastcgi.Connection(fastcgi.CLIENT)
+    names = (fastcgi.FCGI_MAX_CONNS, fastcgi.FCGI_MAX_REQS, fastcgi.FCGI_MPXS_CONNS)
+    await stream.send_all(conn.send(fastcgi.GetValues(names)))
+    with trio.fail_after(5):
+        while (event := conn.next_event()) is fastcgi.NEED_DATA:
+            conn.receive_data(await stream.receive_some(4096))
+    await stream.aclose()
+    assert isinstance(event, fastcgi.GetValuesResult)
+    assert dict(event.values)[fastcgi.FCGI_MPXS_CONNS] == b"0"
