@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from . import cgi
 from .config import Config
-from .errors import ClientGone, GatewayError
+from .errors import GatewayError
 from .php import PhpSettings, run_php
 from .pool import Pool
 from .request import Request
@@ -105,8 +105,6 @@ class App:
             resp = self.error(exc.status, list(exc.headers))
             resp.upstream = backend.pool.name
             return resp
-        except ClientGone:
-            raise
         head = result.head
         headers = [(n, v) for n, v in head.headers if n.lower() != b"content-length" or req.method == b"HEAD"]
         body: Spool | bytes = result.body

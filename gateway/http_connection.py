@@ -78,12 +78,12 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self.shutting_down = False
-        self._idle: set[trio.CancelScope] = set()
+        self.idle_scopes: set[trio.CancelScope] = set()
         self.open_connections = 0
 
     def begin_shutdown(self) -> None:
         self.shutting_down = True
-        for scope in list(self._idle):
+        for scope in list(self.idle_scopes):
             scope.cancel()
 
 
@@ -181,11 +181,11 @@ class HttpConnection:
                 return None
             idle_deadline = header_deadline if first else now + s.keepalive_timeout
             with trio.CancelScope() as idle_scope:
-                self.lifecycle._idle.add(idle_scope)
+                self.lifecycle.idle_scopes.add(idle_scope)
                 try:
                     await self._receive(idle_deadline)
                 finally:
-                    self.lifecycle._idle.discard(idle_scope)
+                    self.lifecycle.idle_scopes.discard(idle_scope)
             if idle_scope.cancelled_caught:
                 return None  # shutdown closed us while idle
             header_deadline = trio.current_time() + s.header_timeout if not first else header_deadline

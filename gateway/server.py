@@ -120,12 +120,6 @@ class Running:
     lifecycle: Lifecycle
     shutdown: trio.Event = field(default_factory=trio.Event)
 
-    def addresses(self) -> list[tuple[str, object]]:
-        out = []
-        for listener in self.listeners:
-            out.append((listener.socket.family.name, listener.socket.getsockname()))
-        return out
-
 
 async def serve(config: Config, *, handle_signals: bool = True,
                 task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
