@@ -34,6 +34,7 @@ class App:
     def __init__(self, config: Config, pools: dict[str, Pool]) -> None:
         self.config = config
         self.server_software = config.server.server_software.encode()
+        self.server_timing = config.server.server_timing
         self.vhosts = VirtualHosts(config.sites)
         self.pools = pools
         self._backends: dict[str, _SiteBackend] = {}
@@ -115,6 +116,9 @@ class App:
             body = b""
         else:
             headers.append((b"content-length", b"%d" % result.body.size))
+        if self.server_timing:
+            headers.append((b"server-timing", b"queue;dur=%.1f, php;dur=%.1f" % (result.queue_wait * 1000,
+                                                                                 result.php_time * 1000)))
         return Response(head.status, headers, body, reason=head.reason, queue_wait=result.queue_wait,
                         php_time=result.php_time, upstream=backend.pool.name)
 

@@ -13,6 +13,7 @@ import trio
 import typer
 
 from .config import Config, ConfigError, load_dir, validate
+from .status_view import DEFAULT_ADMIN, AdminUnreachable, fetch_status, summary_lines, top_view
 from .supervisor import SupervisorError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -38,6 +39,7 @@ def quick_config(root: str, listen: list[str], php: str | None, php_workers: int
     """The configuration ``serve --root`` uses: one PHP site with the front controller."""
     return validate({
         "server": {"listen": listen},
+        "admin": {},
         "backends": {"php": {"address": php or "spawn", "workers": php_workers}},
         "sites": {"default": {"root": str(Path(root).resolve()), "php": "php", "default": True}},
     })
@@ -58,6 +60,7 @@ def serve(
     listen: Annotated[list[str] | None, typer.Option(help="HOST:PORT, [::1]:PORT or unix:/path (repeatable).")] = None,
     php: Annotated[str | None, typer.Option(help="php-fpm address, unix:/path or host:port (default: spawn).")] = None,
     php_workers: Annotated[int, typer.Option(help="PHP pool size (and pm.max_children when spawned).")] = 4,
+    admin: Annotated[str | None, typer.Option(help="Admin listener (/status, /metrics): HOST:PORT or off.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Serve the configuration in --config (default ./conf.d), or a docroot given with --root."""
@@ -74,6 +77,8 @@ def serve(
         cfg = _load(config)
         if listen:
             cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"listen": listen})})
+    if admin is not None:
+        cfg = cfg.model_copy(update={"admin": cfg.admin.model_copy(update={"listen": admin})})
     _setup_logging(log_level, cfg.server.access_log)
     from .server import serve as run_server
 
@@ -99,6 +104,61 @@ def check(
     for name, site in cfg.sites.items():
         data["sites"][name]["try_files"] = site.effective_try_files()
     typer.echo(json.dumps(data, indent=2))
+
+
+@app.command()
+def status(
+    admin: Annotated[str, typer.Option(help="The admin listener's URL.")] = DEFAULT_ADMIN,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as one JSON object.")] = False,
+) -> None:
+    """Print the verdict (where the time goes) and the key numbers, once."""
+    try:
+        st = fetch_status(admin)
+    except AdminUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(st, indent=2))
+    else:
+        typer.echo("\n".join(summary_lines(st)))
+
+
+@app.command()
+def top(
+    admin: Annotated[str, typer.Option(help="The admin listener's URL.")] = DEFAULT_ADMIN,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+    count: Annotated[int, typer.Option(help="Stop after this many refreshes (0: until Ctrl-C).")] = 0,
+) -> None:
+    """A live view: verdict, queue depth, pool busy/size, loop lag; refreshes every second."""
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    n = 0
+
+    def frame() -> Any:
+        try:
+            return top_view(fetch_status(admin), admin)
+        except AdminUnreachable as exc:
+            return f"[red]{exc}[/red]"
+
+    try:
+        if not console.is_terminal:  # piped: print frames one after another
+            while True:
+                console.print(frame())
+                n += 1
+                if count and n >= count:
+                    return
+                time.sleep(interval)
+        with Live(frame(), console=console, refresh_per_second=4, screen=False) as live:
+            while not count or n < count - 1:
+                time.sleep(interval)
+                live.update(frame())
+                n += 1
+    except KeyboardInterrupt:
+        pass
 
 
 def main() -> None:

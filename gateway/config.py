@@ -77,6 +77,16 @@ class ServerConfig(_Model):
     temp_dir: str = ""
     #: Access log: "-" is standard output, "off" disables it, else a file path.
     access_log: str = "-"
+    #: "combined" (nginx's format plus timings) or "json" (one object per line).
+    access_log_format: Literal["combined", "json"] = "combined"
+    #: Add a Server-Timing header (queue;dur=…, php;dur=…) to PHP responses.
+    server_timing: bool = False
+
+
+class AdminConfig(_Model):
+    #: Where /metrics and /status are served; "off" disables the admin listener.
+    #: Never put it on a public address: it is not authenticated.
+    listen: str = "127.0.0.1:9180"
 
 
 class TimeoutsConfig(_Model):
@@ -143,6 +153,12 @@ class BackendConfig(_Model):
     request_terminate_timeout: Duration = 0.0
     #: Extra php.ini values for the pool, as php_admin_value.
     php_admin_values: dict[str, str] = {}
+    #: php-fpm's status endpoint for an external backend: "unix:/path" or
+    #: "host:port" (its pm.status_listen, or its listen address). A spawned
+    #: php-fpm's separate status socket is used automatically.
+    status: str = ""
+    #: php-fpm's pm.status_path.
+    status_path: str = "/fpm-status"
 
     @model_validator(mode="after")
     def _idle_before_terminate(self) -> BackendConfig:
@@ -183,6 +199,7 @@ class SiteConfig(_Model):
 
 class Config(_Model):
     server: ServerConfig = ServerConfig()
+    admin: AdminConfig = AdminConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     limits: LimitsConfig = LimitsConfig()
     backends: dict[str, BackendConfig] = {}

@@ -26,6 +26,7 @@ makes busy ones answer with ``Connection: close``.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import time
@@ -38,6 +39,7 @@ import trio
 
 from ._util import single_exception
 from .errors import ClientGone
+from .metrics import ListenerStats
 from .request import Request
 from .response import FileRange, Response, error_response, http_date, reason_phrase
 from .spool import Spool
@@ -71,15 +73,21 @@ class ConnectionSettings:
     keepalive_requests: int = 1000
     temp_dir: str | None = None
     server_software: bytes = b"gateway"
+    access_log_json: bool = False
 
 
 class Lifecycle:
-    """Shared by the server and its connections: are we shutting down?"""
+    """Shared by the server and its connections: are we shutting down, and the
+    listener's instruments (connection states, requests in flight)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: ListenerStats | None = None) -> None:
         self.shutting_down = False
         self.idle_scopes: set[trio.CancelScope] = set()
-        self.open_connections = 0
+        self.stats = stats or ListenerStats()
+
+    @property
+    def open_connections(self) -> int:
+        return self.stats.open_connections
 
     def begin_shutdown(self) -> None:
         self.shutting_down = True
@@ -102,12 +110,21 @@ class HttpConnection:
         self.lifecycle = lifecycle or Lifecycle()
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_size)
         self._received_any = False
+        self._state = "reading"
+
+    def _set_state(self, state: str) -> None:
+        states = self.lifecycle.stats.states
+        states[self._state] -= 1
+        states[state] += 1
+        self._state = state
 
     # -- the loop ---------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve requests until the connection ends; always closes the stream."""
-        self.lifecycle.open_connections += 1
+        stats = self.lifecycle.stats
+        stats.accepted += 1
+        stats.states[self._state] += 1
         try:
             await self._serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
@@ -116,7 +133,7 @@ class HttpConnection:
             log.info("closing connection from %s: client did not read for %gs (send timeout)",
                      self.client[0], self.settings.send_timeout)
         finally:
-            self.lifecycle.open_connections -= 1
+            stats.states[self._state] -= 1
             await trio.aclose_forcefully(self.stream)
 
     async def _serve(self) -> None:
@@ -180,20 +197,31 @@ class HttpConnection:
             if self.lifecycle.shutting_down:
                 return None
             idle_deadline = header_deadline if first else now + s.keepalive_timeout
+            self._set_state("idle")
             with trio.CancelScope() as idle_scope:
                 self.lifecycle.idle_scopes.add(idle_scope)
                 try:
                     await self._receive(idle_deadline)
                 finally:
                     self.lifecycle.idle_scopes.discard(idle_scope)
+                    self._set_state("reading")
             if idle_scope.cancelled_caught:
                 return None  # shutdown closed us while idle
             header_deadline = trio.current_time() + s.header_timeout if not first else header_deadline
 
     async def _handle(self, req: h11.Request, *, last: bool) -> bool:
         """Read the body, run the handler, send the response. Returns keep-alive."""
-        s = self.settings
         started = time.monotonic()
+        stats = self.lifecycle.stats
+        stats.requests += 1
+        stats.in_flight += 1
+        try:
+            return await self._handle_counted(req, last=last, started=started)
+        finally:
+            stats.in_flight -= 1
+
+    async def _handle_counted(self, req: h11.Request, *, last: bool, started: float) -> bool:
+        s = self.settings
         request_id = f"{_PID:x}-{next(_request_ids):x}"
         headers = [(bytes(n), bytes(v)) for n, v in req.headers]
         keep_alive = not last and not self.lifecycle.shutting_down
@@ -217,6 +245,7 @@ class HttpConnection:
             else:
                 request = Request(req.method, req.target, req.http_version, headers, self.client, self.server,
                                   body, request_id)
+                self._set_state("waiting_php")
                 try:
                     response = await self._run_handler(request)
                 except ClientGone:
@@ -230,10 +259,12 @@ class HttpConnection:
                     if body is not None:
                         body.close()
         keep_alive = keep_alive and not self.lifecycle.shutting_down
+        self._set_state("writing")
         try:
             await self._send_response(req, response, keep_alive)
         finally:
             response.close()
+            self._set_state("reading")
         self._access(req, response, request_id, started, response.status)
         return keep_alive
 
@@ -404,6 +435,18 @@ class HttpConnection:
             size = resp.body.size if isinstance(resp.body, Spool) else len(resp.body)
         qw = f"{resp.queue_wait:.3f}" if resp is not None and resp.queue_wait is not None else "-"
         php = f"{resp.php_time:.3f}" if resp is not None and resp.php_time is not None else "-"
+        if self.settings.access_log_json:
+            access_log.info(json.dumps({
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "id": request_id, "remote_addr": self.client[0],
+                "method": req.method.decode("latin-1"), "uri": req.target.decode("latin-1"),
+                "protocol": "HTTP/" + req.http_version.decode(), "status": status, "bytes": size,
+                "referer": headers.get(b"referer", b"").decode("latin-1"),
+                "user_agent": headers.get(b"user-agent", b"").decode("latin-1"),
+                "request_time": round(time.monotonic() - started, 6),
+                "queue_wait": None if qw == "-" else float(qw), "php_time": None if php == "-" else float(php),
+                "upstream": resp.upstream if resp is not None else "",
+            }))
+            return
         access_log.info(
             '%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s" rt=%.3f qw=%s php=%s id=%s',
             self.client[0], time.strftime("%d/%b/%Y:%H:%M:%S %z"), req.method.decode("latin-1"),

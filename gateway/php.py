@@ -102,7 +102,10 @@ async def run_php(
                 await pool._close([conn])
                 raise
             await slot.release(conn)
-            return PhpResult(head, spool, slot.queue_wait, trio.current_time() - start, app_status)
+            php_time = trio.current_time() - start
+            pool.instruments.php_time.observe(php_time)
+            pool.instruments.responses += 1
+            return PhpResult(head, spool, slot.queue_wait, php_time, app_status)
     raise AssertionError("unreachable")  # for type checkers: the abort scope raises ClientGone
 
 

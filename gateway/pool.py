@@ -34,6 +34,7 @@ import trio
 import fastcgi
 
 from .errors import QueueFull, QueueTimeout, UpstreamConnectError, UpstreamConnectTimeout
+from .metrics import PoolInstruments
 
 Connector = Callable[[], Awaitable[trio.abc.Stream]]
 
@@ -136,6 +137,7 @@ class Pool:
         self.waiting = 0
         self.open_connections = 0
         self.stats = PoolStats()
+        self.instruments = PoolInstruments()
 
     def __repr__(self) -> str:
         return (f"<Pool {self.name} [slots {self.busy}/{self.size} busy, {len(self._idle)} idle, "
@@ -163,8 +165,10 @@ class Pool:
             self.limiter.acquire_nowait()
         except trio.WouldBlock:
             await self._wait_for_slot()
+        queue_wait = trio.current_time() - start
+        self.instruments.queue_wait.observe(queue_wait)
         try:
-            yield Slot(self, trio.current_time() - start)
+            yield Slot(self, queue_wait)
         finally:
             self.limiter.release()
 

@@ -26,9 +26,11 @@ from functools import partial
 
 import trio
 
+from .admin import AdminApp
 from .app import App
 from .config import Config
-from .http_connection import ConnectionSettings, HttpConnection, Lifecycle
+from .http_connection import ConnectionSettings, Handler, HttpConnection, Lifecycle
+from .monitor import Monitor, PoolMonitor
 from .pool import Pool, make_connector
 from .supervisor import PhpFpmSupervisor, make_runtime_dir
 
@@ -107,6 +109,7 @@ def connection_settings(config: Config) -> ConnectionSettings:
         keepalive_requests=lim.keepalive_requests,
         temp_dir=config.server.temp_dir or None,
         server_software=config.server.server_software.encode(),
+        access_log_json=config.server.access_log_format == "json",
     )
 
 
@@ -118,7 +121,19 @@ class Running:
     pools: dict[str, Pool]
     supervisors: dict[str, PhpFpmSupervisor]
     lifecycle: Lifecycle
+    monitor: Monitor
+    admin_listeners: list[trio.SocketListener] = field(default_factory=list)
     shutdown: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(frozen=True)
+class _Service:
+    """Listeners and the handler that serves their connections."""
+
+    listeners: list[trio.SocketListener]
+    handler: Handler
+    settings: ConnectionSettings
+    lifecycle: Lifecycle
 
 
 async def serve(config: Config, *, handle_signals: bool = True,
@@ -133,31 +148,46 @@ async def serve(config: Config, *, handle_signals: bool = True,
         async with trio.open_nursery() as system:
             supervisors: dict[str, PhpFpmSupervisor] = {}
             pools: dict[str, Pool] = {}
+            pool_monitors: list[PoolMonitor] = []
             for name, backend in config.backends.items():
                 address = backend.address
+                status_address = backend.status
+                sup = None
                 if address == "spawn":
-                    sup = PhpFpmSupervisor(name, backend, runtime_dir, max_body_size=config.limits.client_max_body_size)
+                    sup = PhpFpmSupervisor(name, backend, runtime_dir,
+                                           max_body_size=config.limits.client_max_body_size)
                     await system.start(sup.run)
                     supervisors[name] = sup
                     address = sup.address
+                    status_address = status_address or "unix:" + sup.paths.status_socket
                 pool = Pool(name, make_connector(address), size=backend.workers, queue_depth=backend.queue_depth,
                             queue_timeout=backend.queue_timeout, connect_timeout=backend.connect_timeout,
                             idle_timeout=backend.idle_timeout)
                 pools[name] = pool
+                pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path))
                 system.start_soon(pool.run_reaper)
+            monitor = Monitor(lifecycle.stats, pool_monitors)
+            system.start_soon(monitor.run)
             app = App(config, pools)
             settings = connection_settings(config)
             listeners = await open_listeners(config.server.listen)
-            running = Running(listeners, pools, supervisors, lifecycle)
+            services = [_Service(listeners, app.handle, settings, lifecycle)]
+            running = Running(listeners, pools, supervisors, lifecycle, monitor)
+            if config.admin.listen != "off":
+                running.admin_listeners = await open_listeners([config.admin.listen])
+                services.append(_Service(running.admin_listeners, AdminApp(monitor).handle,
+                                         ConnectionSettings(keepalive_timeout=5.0, header_timeout=10.0),
+                                         Lifecycle()))
             for listener in listeners:
                 log.info("listening on %s", listener.socket.getsockname() or "unix socket")
-            await _serve_until_shutdown(running, app.handle, settings, config.timeouts.graceful, handle_signals,
-                                        task_status)
+            for listener in running.admin_listeners:
+                log.info("admin (/status, /metrics) on %s", listener.socket.getsockname())
+            await _serve_until_shutdown(running, services, config.timeouts.graceful, handle_signals, task_status)
             for pool in pools.values():
                 await pool.aclose()
             system.cancel_scope.cancel()
     finally:
-        for path in _unix_paths(config.server.listen):
+        for path in _unix_paths([*config.server.listen, config.admin.listen]):
             try:
                 os.unlink(path)
             except OSError:
@@ -170,11 +200,7 @@ def _unix_paths(addresses: list[str]) -> list[str]:
     return [a[5:] for a in addresses if a.startswith("unix:")]
 
 
-async def _serve_until_shutdown(running: Running, handler: Callable[..., Awaitable[object]],
-                                settings: ConnectionSettings, graceful: float, handle_signals: bool,
-                                task_status: trio.TaskStatus[Running]) -> None:
-    lifecycle = running.lifecycle
-
+def _connection_handler(service: _Service) -> Callable[[trio.SocketStream], Awaitable[None]]:
     async def handle(stream: trio.SocketStream) -> None:
         if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -186,20 +212,28 @@ async def _serve_until_shutdown(running: Running, handler: Callable[..., Awaitab
         except OSError:
             await trio.aclose_forcefully(stream)
             return
-        await HttpConnection(stream, handler, settings, client=client, server=server,  # type: ignore[arg-type]
-                             lifecycle=lifecycle).run()
+        await HttpConnection(stream, service.handler, service.settings, client=client, server=server,
+                             lifecycle=service.lifecycle).run()
 
+    return handle
+
+
+async def _serve_until_shutdown(running: Running, services: list[_Service], graceful: float, handle_signals: bool,
+                                task_status: trio.TaskStatus[Running]) -> None:
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accept:
-            accept.start_soon(partial(trio.serve_listeners, handle, running.listeners, handler_nursery=connections))
+            for service in services:
+                accept.start_soon(partial(trio.serve_listeners, _connection_handler(service), service.listeners,
+                                          handler_nursery=connections))
             if handle_signals:
                 accept.start_soon(_watch_signals, running.shutdown)
             task_status.started(running)
             await running.shutdown.wait()
             log.info("shutting down: no new connections; %d open get %.0fs to finish",
-                     lifecycle.open_connections, graceful)
+                     running.lifecycle.open_connections, graceful)
             accept.cancel_scope.cancel()
-        lifecycle.begin_shutdown()
+        for service in services:
+            service.lifecycle.begin_shutdown()
         connections.cancel_scope.deadline = trio.current_time() + graceful
 
 
@@ -209,5 +243,3 @@ async def _watch_signals(shutdown: trio.Event) -> None:
             log.info("received %s", signal.Signals(signum).name)
             shutdown.set()
             return
-
-

@@ -30,6 +30,8 @@ import trio
 import fastcgi
 
 from .config import BackendConfig
+from .errors import UpstreamConnectError
+from .pool import make_connector
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -150,12 +152,13 @@ def _primary_group(user: str) -> str:
         return user
 
 
-async def fastcgi_get(socket_path: str, script: str, query: bytes = b"") -> tuple[bytes, bytes]:
-    """One FastCGI GET on a unix socket (for php-fpm's ping and status pages).
+async def fastcgi_get(address: str, script: str, query: bytes = b"") -> tuple[bytes, bytes]:
+    """One FastCGI GET (for php-fpm's ping and status pages) on ``unix:/path``,
+    a bare socket path, or ``host:port``.
 
     Returns (CGI headers block, body). The caller bounds it with a cancel scope.
     """
-    stream = await trio.open_unix_socket(socket_path)
+    stream = await make_connector(address)()
     async with stream:
         conn = fastcgi.Connection(fastcgi.CLIENT)
         params = (
@@ -216,7 +219,8 @@ class PhpFpmSupervisor:
                         _, body = await fastcgi_get(self.paths.status_socket, "/fpm-ping")
                     if body.strip() == b"pong":
                         return
-                except (OSError, trio.TooSlowError, fastcgi.FastCGIError, trio.BrokenResourceError):
+                except (UpstreamConnectError, OSError, trio.TooSlowError, fastcgi.FastCGIError,
+                        trio.BrokenResourceError):
                     pass
                 await trio.sleep(0.05)
 

@@ -122,6 +122,7 @@ class Stack:
         (confd / "00.toml").write_text(
             f'[server]\nlisten = ["127.0.0.1:{self.gateway_port}"]\naccess_log = "off"\n'
             f'[backends.php]\naddress = "unix:{paths.socket}"\nworkers = {self.gateway_workers}\n'
+            f'[admin]\nlisten = "off"\n'
             f'[sites.cmp]\nserver_names = ["localhost"]\nroot = "{self.root}"\nphp = "php"\n'
         )
         self.procs.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(confd),

@@ -59,7 +59,7 @@ def gateway_config(root: Path, *, backend: dict[str, Any] | None = None, site: d
     s.update(site or {})
     srv = {"listen": ["127.0.0.1:0"], "access_log": "off", "runtime_dir": runtime_dir}
     srv.update(server or {})
-    return {"server": srv, "backends": {"php": b}, "sites": {"t": s}}
+    return {"server": srv, "admin": {"listen": "127.0.0.1:0"}, "backends": {"php": b}, "sites": {"t": s}}
 
 
 StartGateway = Callable[..., Awaitable[Gateway]]

@@ -79,7 +79,7 @@ async def test_serve_root_against_an_already_running_php_fpm(tmp_path):
                 await trio.sleep(0.02)
         port = free_port()
         proc, stderr = await start_cli(["serve", "--root", str(DOCROOT), "--listen", f"127.0.0.1:{port}",
-                                        "--php", f"unix:{paths.socket}"])
+                                        "--php", f"unix:{paths.socket}", "--admin", "off"])
         client = await HttpClient.connect(port)
         r = await client.request("GET", "/some/permalink/")
         assert r.body == b"front:/index.php uri:/some/permalink/ qs:"
@@ -101,6 +101,7 @@ async def test_serve_spawns_php_fpm_and_sigterm_stops_everything(tmp_path):
     conf.mkdir()
     (conf / "00.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{run_dir}"\naccess_log = "off"\n'
+        f'[admin]\nlisten = "127.0.0.1:0"\n'
         f'[backends.php]\nworkers = 2\nuser = "root"\n'
         f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n'
     )

@@ -1,0 +1,136 @@
+"""The verdict: where does the time go? Pure functions over one observation.
+
+Every second the monitor builds an ``Observation`` from the instruments and
+``Diagnosis.update`` turns it into one of five answers:
+
+- ``backend-down``: a PHP backend is unreachable (connect errors and no
+  response in the last second, or its spawned php-fpm is not running).
+- ``php-cpu``: a pool is saturated (every slot busy and requests queueing) and
+  its workers burn CPU (at least ``CPU_BUSY`` of a core per busy worker), or the
+  host has no CPU to spare.
+- ``php-waiting``: a pool is saturated and queueing but its workers mostly do
+  not use CPU: they wait on a database, storage or the network.
+- ``listener``: PHP has free slots, yet the gateway's own event loop lags or
+  its process uses a whole core: the front end is the bottleneck.
+- ``healthy``: none of the above.
+
+Rules are checked in that order (a down backend explains everything after it).
+A new answer must hold for ``HOLD`` seconds before it replaces the current one,
+so the verdict does not flap; each answer comes with one sentence that names
+the numbers behind it and what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BOTTLENECKS = ("healthy", "listener", "php-cpu", "php-waiting", "backend-down")
+
+#: Seconds a new verdict must hold before it is shown.
+HOLD = 3.0
+#: Loop lag (p99 over the last seconds) that means the event loop is overloaded.
+LOOP_LAG_LIMIT = 0.05
+#: Share of one core used by the gateway process that means it is CPU-bound.
+PROCESS_CPU_LIMIT = 0.90
+#: CPU share of one core per busy PHP worker above which PHP is CPU-bound.
+CPU_BUSY = 0.5
+#: Host CPU busy share above which there is no CPU to spare.
+HOST_CPU_LIMIT = 0.90
+
+
+@dataclass(frozen=True, slots=True)
+class PoolObservation:
+    name: str
+    size: int
+    busy: int
+    waiting: int
+    queue_wait_p50: float  # seconds, over the last interval (0 if none)
+    responses: int  # PHP responses in the last interval
+    connect_errors: int  # connect failures in the last interval
+    backend_running: bool = True  # False: the spawned php-fpm is not running
+    worker_cpu: float | None = None  # share of a core per busy worker, None: unknown
+
+    @property
+    def saturated(self) -> bool:
+        return self.busy >= self.size and self.waiting > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    loop_lag_p99: float  # seconds
+    process_cpu: float  # share of one core
+    host_cpu: float | None  # share of all cores busy, None: unknown
+    pools: tuple[PoolObservation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    bottleneck: str
+    reason: str
+
+
+def classify(obs: Observation) -> Verdict:
+    """The verdict for one observation, without hysteresis."""
+    for p in obs.pools:
+        if not p.backend_running:
+            return Verdict("backend-down", f"php-fpm for pool {p.name} is not running; the supervisor is restarting "
+                                           "it: look at its error log for why it exited.")
+        if p.connect_errors and not p.responses:
+            return Verdict("backend-down", f"pool {p.name}: {p.connect_errors} connect error(s) and no PHP response "
+                                           "in the last second: start php-fpm or fix the backend address.")
+    host = f"host CPU {obs.host_cpu:.0%} busy" if obs.host_cpu is not None else "host CPU unknown"
+    for p in obs.pools:
+        if not p.saturated:
+            continue
+        load = (f"pool {p.name} is saturated: {p.busy}/{p.size} workers busy, {p.waiting} queued "
+                f"(median wait {p.queue_wait_p50 * 1000:.0f} ms)")
+        host_full = obs.host_cpu is not None and obs.host_cpu >= HOST_CPU_LIMIT
+        if p.worker_cpu is None:
+            if host_full:
+                return Verdict("php-cpu", f"{load}; {host}: PHP competes for CPU. Optimise the slow code or add CPU; "
+                                          "more workers will not help.")
+            return Verdict("php-waiting", f"{load}; worker CPU unknown, {host}: PHP is probably waiting on a database,"
+                                          " storage or the network; look there first.")
+        cpu = f"workers use {p.worker_cpu:.0%} of a core each"
+        if p.worker_cpu >= CPU_BUSY or host_full:
+            advice = ("raise pm.max_children (and workers) only if the host has CPU to spare" if not host_full
+                      else "the host has no CPU to spare: optimise the code or add CPU, not workers")
+            return Verdict("php-cpu", f"{load}; {cpu}, {host}: PHP is CPU-bound; {advice}.")
+        return Verdict("php-waiting", f"{load}; {cpu}, {host}: PHP is waiting on something downstream "
+                                      "(database, storage, network); look at slow queries and external calls. "
+                                      "More workers help only if that downstream has capacity.")
+    if obs.loop_lag_p99 >= LOOP_LAG_LIMIT or obs.process_cpu >= PROCESS_CPU_LIMIT:
+        free = ", ".join(f"{p.name} {p.size - p.busy}/{p.size} free" for p in obs.pools) or "no PHP pools"
+        return Verdict("listener", f"the gateway itself is the bottleneck: event-loop lag p99 "
+                                   f"{obs.loop_lag_p99 * 1000:.0f} ms, process CPU {obs.process_cpu:.0%} of a core, "
+                                   f"while PHP has free slots ({free}); run more gateway workers or move static "
+                                   "files to a CDN.")
+    busy = ", ".join(f"{p.name} {p.busy}/{p.size} busy, {p.waiting} queued" for p in obs.pools) or "no PHP pools"
+    return Verdict("healthy", f"no bottleneck: loop lag p99 {obs.loop_lag_p99 * 1000:.0f} ms, process CPU "
+                              f"{obs.process_cpu:.0%}, {busy}.")
+
+
+@dataclass
+class Diagnosis:
+    """The verdict with hysteresis: a change must hold for ``hold`` seconds."""
+
+    hold: float = HOLD
+    current: Verdict = field(default_factory=lambda: Verdict("healthy", "starting up: no observation yet."))
+    since: float = 0.0
+    _pending: str | None = None
+    _pending_since: float = 0.0
+
+    def update(self, obs: Observation, now: float) -> Verdict:
+        candidate = classify(obs)
+        if candidate.bottleneck == self.current.bottleneck:
+            self.current = candidate  # same answer, fresh numbers
+            self._pending = None
+        elif candidate.bottleneck == self._pending:
+            if now - self._pending_since >= self.hold:
+                self.current = candidate
+                self.since = now
+                self._pending = None
+        else:
+            self._pending = candidate.bottleneck
+            self._pending_since = now
+        return self.current

@@ -1,0 +1,162 @@
+"""Instruments: counters, histograms and sliding windows, and their Prometheus text.
+
+Pure bookkeeping, no IO: the connection tasks and the pool bump numbers here;
+``monitor`` samples them once a second into ``Window``s; ``admin`` renders them.
+All times come from the caller (``trio.current_time()`` in the IO layer), so the
+windows work the same under the autojump clock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+#: Latency buckets in seconds, for queue wait, PHP time and loop lag.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Histogram:
+    """A Prometheus-style histogram: cumulative buckets, sum and count."""
+
+    def __init__(self, buckets: tuple[float, ...] = BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out = []
+        total = 0
+        for bound, n in zip((*self.buckets, math.inf), self.counts, strict=True):
+            total += n
+            out.append(("+Inf" if bound == math.inf else repr(float(bound)), total))
+        return out
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The q-quantile (0..1) by nearest rank; 0.0 for no values."""
+    data = sorted(values)
+    if not data:
+        return 0.0
+    rank = min(len(data) - 1, max(0, math.ceil(q * len(data)) - 1))
+    return data[rank]
+
+
+class Window:
+    """Timestamped samples kept for ``span`` seconds."""
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self.samples: deque[tuple[float, float]] = deque()
+
+    def add(self, now: float, value: float) -> None:
+        self.samples.append((now, value))
+        self.prune(now)
+
+    def prune(self, now: float) -> None:
+        while self.samples and self.samples[0][0] < now - self.span:
+            self.samples.popleft()
+
+    def values(self, now: float | None = None, last: float | None = None) -> list[float]:
+        """Values in the window, or only those of the ``last`` seconds before ``now``."""
+        if last is None or now is None:
+            return [v for _, v in self.samples]
+        return [v for t, v in self.samples if t >= now - last]
+
+    def rate(self, now: float) -> float:
+        """For a window of cumulative counter readings: increase per second."""
+        self.prune(now)
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, v0), (t1, v1) = self.samples[0], self.samples[-1]
+        return (v1 - v0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+#: Client connection states, as counted by ``ListenerStats.states``.
+CONN_STATES = ("idle", "reading", "waiting_php", "writing")
+
+
+@dataclass
+class ListenerStats:
+    accepted: int = 0
+    requests: int = 0
+    in_flight: int = 0
+    states: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CONN_STATES, 0))
+    loop_lag: Histogram = field(default_factory=Histogram)
+
+    @property
+    def open_connections(self) -> int:
+        return sum(self.states.values())
+
+
+@dataclass
+class PoolInstruments:
+    """What the pool and the PHP handler record per backend (besides PoolStats)."""
+
+    queue_wait: Histogram = field(default_factory=Histogram)
+    php_time: Histogram = field(default_factory=Histogram)
+    responses: int = 0  # PHP responses received (any status)
+
+
+# -- Prometheus text format -----------------------------------------------------
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+class PromWriter:
+    """Collects metric families and renders the text exposition format (0.0.4)."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, tuple[str, str, list[str]]] = {}
+
+    def _family(self, name: str, kind: str, help_: str) -> list[str]:
+        if name not in self._families:
+            self._families[name] = (kind, help_, [])
+        return self._families[name][2]
+
+    def gauge(self, name: str, help_: str, value: float, **labels: str) -> None:
+        self._family(name, "gauge", help_).append(f"{name}{_labels(labels)} {_num(value)}")
+
+    def counter(self, name: str, help_: str, value: float, **labels: str) -> None:
+        family = name.removesuffix("_total")
+        self._family(family, "counter", help_).append(f"{family}_total{_labels(labels)} {_num(value)}")
+
+    def histogram(self, name: str, help_: str, hist: Histogram, **labels: str) -> None:
+        lines = self._family(name, "histogram", help_)
+        for bound, count in hist.cumulative():
+            lines.append(f"{name}_bucket{_labels({**labels, 'le': bound})} {count}")
+        lines.append(f"{name}_sum{_labels(labels)} {_num(hist.sum)}")
+        lines.append(f"{name}_count{_labels(labels)} {hist.count}")
+
+    def render(self) -> str:
+        out = []
+        for name, (kind, help_, lines) in self._families.items():
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(lines)
+        return "\n".join(out) + "\n"

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.diagnosis import Diagnosis, Observation, PoolObservation, classify
+
+
+def pool(**kw):
+    args = dict(name="php", size=4, busy=1, waiting=0, queue_wait_p50=0.0, responses=10, connect_errors=0,
+                worker_cpu=0.2)
+    args.update(kw)
+    return PoolObservation(**args)
+
+
+def obs(*pools, lag=0.001, cpu=0.1, host=0.3):
+    return Observation(loop_lag_p99=lag, process_cpu=cpu, host_cpu=host, pools=pools)
+
+
+def test_idle_is_healthy():
+    v = classify(obs(pool()))
+    assert v.bottleneck == "healthy"
+    assert "1/4 busy" in v.reason
+
+
+def test_saturated_pool_with_idle_workers_is_php_waiting():
+    v = classify(obs(pool(busy=4, waiting=20, queue_wait_p50=0.8, worker_cpu=0.03)))
+    assert v.bottleneck == "php-waiting"
+    assert "4/4 workers busy, 20 queued" in v.reason and "800 ms" in v.reason and "database" in v.reason
+
+
+def test_saturated_pool_burning_cpu_is_php_cpu():
+    v = classify(obs(pool(busy=4, waiting=20, worker_cpu=0.95)))
+    assert v.bottleneck == "php-cpu"
+    assert "95% of a core" in v.reason and "only if the host has CPU to spare" in v.reason
+
+
+def test_cpu_starved_host_counts_as_php_cpu_even_with_low_per_worker_share():
+    # 8 CPU-bound workers on 2 cores: each gets 25% of a core, the host is full
+    v = classify(obs(pool(size=8, busy=8, waiting=5, worker_cpu=0.25), host=0.98))
+    assert v.bottleneck == "php-cpu"
+    assert "no CPU to spare" in v.reason
+
+
+def test_busy_but_not_queueing_is_healthy():
+    assert classify(obs(pool(busy=4, waiting=0, worker_cpu=1.0))).bottleneck == "healthy"
+
+
+def test_loop_lag_with_free_php_slots_is_listener():
+    v = classify(obs(pool(busy=1), lag=0.2))
+    assert v.bottleneck == "listener"
+    assert "lag p99 200 ms" in v.reason and "php 3/4 free" in v.reason
+
+
+def test_process_cpu_saturated_is_listener():
+    assert classify(obs(pool(), cpu=0.99)).bottleneck == "listener"
+
+
+def test_connect_errors_without_responses_is_backend_down():
+    v = classify(obs(pool(connect_errors=5, responses=0), lag=0.5))
+    assert v.bottleneck == "backend-down"
+    assert "5 connect error(s)" in v.reason
+
+
+def test_spawned_php_fpm_not_running_is_backend_down():
+    assert classify(obs(pool(backend_running=False))).bottleneck == "backend-down"
+
+
+@pytest.mark.parametrize(("host", "expected"), [(0.2, "php-waiting"), (0.95, "php-cpu")])
+def test_unknown_worker_cpu_falls_back_to_host_cpu(host, expected):
+    assert classify(obs(pool(busy=4, waiting=3, worker_cpu=None), host=host)).bottleneck == expected
+
+
+def test_verdict_changes_only_after_holding_for_three_seconds():
+    d = Diagnosis(hold=3.0)
+    waiting = obs(pool(busy=4, waiting=9, worker_cpu=0.0))
+    healthy = obs(pool())
+    assert d.update(waiting, 0.0).bottleneck == "healthy"
+    assert d.update(waiting, 2.0).bottleneck == "healthy"
+    assert d.update(waiting, 3.0).bottleneck == "php-waiting"
+    # a one-second blip does not flap it
+    assert d.update(healthy, 4.0).bottleneck == "php-waiting"
+    assert d.update(waiting, 5.0).bottleneck == "php-waiting"
+    assert d.update(healthy, 6.0).bottleneck == "php-waiting"
+    assert d.update(healthy, 8.0).bottleneck == "php-waiting"
+    assert d.update(healthy, 9.0).bottleneck == "healthy"
+    assert d.since == 9.0
