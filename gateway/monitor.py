@@ -64,7 +64,7 @@ def read_proc_cpu(pid: int) -> float | None:
 
 def children_of(pid: int) -> list[int]:
     """Direct children of ``pid`` (php-fpm's workers, for a master we spawned)."""
-    out = []
+    out: list[int] = []
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -170,7 +170,7 @@ class Monitor:
     def __init__(self, stats: ListenerStats, pools: list[PoolMonitor]) -> None:
         self.stats = stats
         self.pools = pools
-        self.diagnosis = Diagnosis()
+        self.diagnosis = Diagnosis(since=trio.current_time())
         self.lag = Window(WINDOW)
         self.accepted = Window(WINDOW)
         self.requests = Window(WINDOW)

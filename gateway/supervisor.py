@@ -238,7 +238,8 @@ class PhpFpmSupervisor:
                 except FileNotFoundError:
                     pass
             log.info("starting php-fpm for backend %s: %s", self.name, " ".join(self._argv()))
-            process = await trio.lowlevel.open_process(self._argv(), preexec_fn=_die_with_parent)
+            self._stop_stale_master()
+            process = await trio.lowlevel.open_process(self._argv())
             self.process = process
             try:
                 try:
@@ -264,6 +265,27 @@ class PhpFpmSupervisor:
                     await self._stop(process)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _stop_stale_master(self) -> None:
+        """A php-fpm left running by an earlier gateway that died without stopping
+        it (SIGKILL) still holds our socket path: ask it to quit.
+
+        (No PR_SET_PDEATHSIG here: it fires when the *thread* that forked exits,
+        and trio forks from worker threads that idle out after 10 s.)
+        """
+        try:
+            with open(self.paths.pid) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError):
+            return
+        if b"php-fpm" in cmdline and self.paths.config.encode() in cmdline:
+            log.warning("stopping php-fpm %d left over from an earlier run", pid)
+            try:
+                os.kill(pid, signal.SIGQUIT)
+            except OSError:
+                pass
 
     def _note_start(self) -> None:
         self.starts += 1
@@ -292,17 +314,6 @@ class PhpFpmSupervisor:
             return
         process.kill()
         await process.wait()
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the gateway dies without stopping us."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def make_runtime_dir(configured: str) -> tuple[str, bool]:

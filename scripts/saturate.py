@@ -1,0 +1,93 @@
+"""Drive a scenario against a running gateway and print its verdict each second.
+
+    scripts/saturate SCENARIO [--url http://127.0.0.1:8080] [--admin http://127.0.0.1:9180]
+                              [--seconds 30] [--concurrency N]
+
+Scenarios (against the demo site in conf.d/, whose pool has 4 workers):
+  healthy       a trickle of requests to the home page
+  php-waiting   many clients on /slow.php?ms=300 (PHP sleeps, like a slow query)
+  php-cpu       many clients on /cpu.php?ms=50 (PHP burns CPU)
+  listener      many clients on a static file (the gateway itself works hardest)
+  backend-down  a trickle of PHP requests; stop php-fpm (or point the backend at a
+                dead address) to see it
+
+Traffic goes to loopback only, is bounded by --seconds (max 600) and
+--concurrency (max 5000), and stops by itself. Watch `gateway top` meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.request
+
+import trio
+from _load import LoadStats, run_load
+
+SCENARIOS = {
+    "healthy": ("/", 1),
+    "php-waiting": ("/slow.php?ms=300", 64),
+    "php-cpu": ("/cpu.php?ms=50", 32),
+    "listener": ("/style.css", 256),
+    "backend-down": ("/info.php", 4),
+}
+
+
+def verdict(admin: str) -> str:
+    try:
+        with urllib.request.urlopen(admin.rstrip("/") + "/status", timeout=2) as resp:  # noqa: S310
+            st = json.loads(resp.read())
+    except OSError as exc:
+        return f"(admin unreachable: {exc})"
+    p = next(iter(st["pools"].values()), None)
+    pool = f" pool {p['busy']}/{p['size']} queue {p['queue_depth']}" if p else ""
+    return (f"{st['verdict']['bottleneck']:<13}{pool} lag p99 {st['listener']['loop_lag_ms']['p99']:.0f} ms "
+            f"cpu {st['listener']['process_cpu']:.0%}")
+
+
+async def main(args: argparse.Namespace) -> None:
+    path, default_c = SCENARIOS[args.scenario]
+    concurrency = args.concurrency or default_c
+    stats = LoadStats()
+    url = args.url.rstrip("/") + path
+    print(f"{args.scenario}: {concurrency} clients on {url} for {args.seconds:g}s", flush=True)
+
+    async def report() -> None:
+        start = time.monotonic()
+        last = 0
+        while True:
+            await trio.sleep(1)
+            v = await trio.to_thread.run_sync(verdict, args.admin)
+            done = stats.ok + sum(stats.errors.values())
+            errors = ",".join(f"{k}={n}" for k, n in stats.errors.items()) or "0"
+            print(f"{time.monotonic() - start:5.0f}s {done - last:6d} req/s errors {errors:<16} verdict {v}",
+                  flush=True)
+            last = done
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report)
+        if args.scenario == "healthy":
+            # one request every 200 ms
+            end = time.monotonic() + args.seconds
+            while time.monotonic() < end:
+                await run_load(url, concurrency=1, seconds=0.01, stats=stats)
+                await trio.sleep(0.2)
+        else:
+            await run_load(url, concurrency=concurrency, seconds=args.seconds, stats=stats)
+        nursery.cancel_scope.cancel()
+    lat = sorted(stats.latencies)
+    p99 = lat[int(len(lat) * 0.99) - 1] if lat else 0.0
+    print(f"done: {stats.ok} ok, errors {stats.errors or 0}, p99 {p99 * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--admin", default="http://127.0.0.1:9180")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--concurrency", type=int, default=0)
+    trio.run(main, parser.parse_args())
+    sys.exit(0)

@@ -1,0 +1,171 @@
+"""The verdict, reproduced with real php-fpm: each answer appears within 10 s of
+its load starting and, once there, does not change while the load lasts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h11
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.config import BackendConfig
+from gateway.supervisor import find_php_fpm, write_pool_config
+from tests.helpers import HttpClient
+
+from .conftest import children_of
+
+WITHIN = 10.0
+
+
+async def load(gw, target: str, clients: int, stop: trio.Event) -> None:
+    async def one():
+        while not stop.is_set():
+            c = await gw.client()
+            try:
+                while not stop.is_set() and c.conn.our_state is not h11.MUST_CLOSE:
+                    await c.request("GET", target)
+            except (trio.BrokenResourceError, OSError):
+                pass
+            finally:
+                await c.aclose()
+
+    async with trio.open_nursery() as n:
+        for _ in range(clients):
+            n.start_soon(one)
+
+
+async def admin_status(gw) -> dict:
+    port = gw.running.admin_listeners[0].socket.getsockname()[1]
+    c = await HttpClient.connect(port)
+    try:
+        return json.loads((await c.request("GET", "/status")).body)
+    finally:
+        await c.aclose()
+
+
+async def verdicts_until(gw, target: str, hold_after: float = 3.0) -> list[str]:
+    """Sample /status every 250 ms until ``target`` has been seen and held for
+    ``hold_after`` more seconds, or WITHIN seconds pass without it. Returns the
+    sequence of verdicts seen."""
+    seen: list[str] = []
+    first_at = None
+    start = trio.current_time()
+    while True:
+        st = await admin_status(gw)
+        seen.append(st["verdict"]["bottleneck"])
+        now = trio.current_time()
+        if seen[-1] == target and first_at is None:
+            first_at = now
+        if first_at is None and now - start > WITHIN:
+            return seen
+        if first_at is not None and now - first_at >= hold_after:
+            return seen
+        await trio.sleep(0.25)
+
+
+def assert_reached_and_held(seen: list[str], target: str) -> None:
+    assert target in seen, f"{target} never appeared within {WITHIN}s: {seen}"
+    first = seen.index(target)
+    assert set(seen[:first]) <= {"healthy"}, seen
+    assert set(seen[first:]) == {target}, seen
+
+
+async def test_idle_is_healthy_and_metrics_parse(gw):
+    for _ in range(5):
+        assert (await gw.get("/pid.php")).status == 200
+    await trio.sleep(2)  # let the monitor take two samples
+    st = await admin_status(gw)
+    assert st["verdict"]["bottleneck"] == "healthy"
+    assert st["pools"]["php"]["size"] == 2 and st["pools"]["php"]["responses_total"] == 5
+    assert st["pools"]["php"]["php_fpm"]["total_processes"] == 2
+    port = gw.running.admin_listeners[0].socket.getsockname()[1]
+    c = await HttpClient.connect(port)
+    text = (await c.request("GET", "/metrics")).body.decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["gateway_pool_queue_wait_seconds"].type == "histogram"
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in families.values() for s in f.samples}
+    assert samples[("gateway_pool_size", (("pool", "php"),))] == 2
+    assert samples[("gateway_pool_responses_total", (("pool", "php"),))] == 5
+    assert samples[("gateway_pool_queue_wait_seconds_count", (("pool", "php"),))] == 5
+    assert samples[("gateway_verdict", (("bottleneck", "healthy"),))] == 1
+    assert samples[("gateway_requests_total", ())] >= 5
+
+
+async def test_sleeping_php_flood_is_php_waiting(gw):
+    stop = trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(load, gw, "/slow.php?ms=200", 16, stop)
+        seen = await verdicts_until(gw, "php-waiting")
+        st = await admin_status(gw)
+        stop.set()
+    assert_reached_and_held(seen, "php-waiting")
+    assert "waiting on something downstream" in st["verdict"]["reason"]
+    assert st["pools"]["php"]["busy"] == 2 and st["pools"]["php"]["queue_depth"] > 0
+
+
+async def test_cpu_bound_php_flood_is_php_cpu(gw):
+    stop = trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(load, gw, "/cpu.php?ms=40", 12, stop)
+        seen = await verdicts_until(gw, "php-cpu")
+        st = await admin_status(gw)
+        stop.set()
+    assert_reached_and_held(seen, "php-cpu")
+    assert "CPU-bound" in st["verdict"]["reason"]
+
+
+async def test_busy_event_loop_with_free_php_slots_is_listener(gw):
+    stop = trio.Event()
+
+    async def hog_the_loop():
+        # Stands in for a gateway process that is itself overloaded: the loop
+        # is blocked 150 ms at a time, so every task wakes late.
+        while not stop.is_set():
+            time.sleep(0.15)  # noqa: ASYNC251 - blocking on purpose
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(hog_the_loop)
+        n.start_soon(load, gw, "/pid.php", 1, stop)
+        seen = await verdicts_until(gw, "listener")
+        st = await admin_status(gw)
+        stop.set()
+    assert_reached_and_held(seen, "listener")
+    assert st["pools"]["php"]["busy"] < 2
+    assert st["listener"]["loop_lag_ms"]["p99"] >= 50
+
+
+async def test_stopped_php_fpm_is_backend_down(start_gateway, tmp_path: Path):
+    paths = write_pool_config("ext", BackendConfig(workers=2, user="root"), str(tmp_path / "fpm"))
+    fpm = await trio.lowlevel.open_process([find_php_fpm(), "-F", "-R", "-y", paths.config],
+                                           stderr=subprocess.DEVNULL)
+    try:
+        with trio.fail_after(10):
+            while not os.path.exists(paths.socket):  # noqa: ASYNC110, ASYNC240 - php-fpm's readiness is its socket
+                await trio.sleep(0.02)
+        gw = await start_gateway(backend={"address": f"unix:{paths.socket}",
+                                          "status": f"unix:{paths.status_socket}"})
+        assert (await gw.get("/pid.php")).status == 200
+        for pid in [fpm.pid, *children_of(fpm.pid)]:
+            os.kill(pid, signal.SIGKILL)
+        await fpm.wait()
+        stop = trio.Event()
+        async with trio.open_nursery() as n:
+            n.start_soon(load, gw, "/pid.php", 2, stop)
+            seen = await verdicts_until(gw, "backend-down")
+            st = await admin_status(gw)
+            stop.set()
+        assert_reached_and_held(seen, "backend-down")
+        assert "connect error" in st["verdict"]["reason"]
+        assert st["pools"]["php"]["errors"]["502"] > 0
+    finally:
+        if fpm.returncode is None:
+            fpm.kill()
+            await fpm.wait()
