@@ -9,6 +9,7 @@ import signal
 import uuid
 
 import trio
+import trio.testing
 
 from tests.helpers import HttpClient
 
@@ -305,3 +306,31 @@ async def test_php_fpm_answers_get_values_through_the_sans_io_library(gw):
     await stream.aclose()
     assert isinstance(event, fastcgi.GetValuesResult)
     assert dict(event.values)[fastcgi.FCGI_MPXS_CONNS] == b"0"
+
+
+async def test_spawned_php_fpm_outlives_idle_worker_threads(gw):
+    # Regression: with PR_SET_PDEATHSIG, php-fpm got SIGTERM when the trio
+    # worker thread that forked it idled out, 10 s after start. This waits
+    # out that thread lifetime on purpose.
+    master = gw.supervisor.process.pid
+    await trio.sleep(11)
+    assert gw.supervisor.process.pid == master and gw.supervisor.restarts == 0
+    assert (await gw.get("/pid.php")).status == 200
+
+
+async def test_server_timing_and_json_access_log(start_gateway, caplog):
+    import logging
+
+    gw = await start_gateway(server={"server_timing": True, "access_log_format": "json"})
+    logger = logging.getLogger("gateway.access")
+    logger.disabled = False
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        r = await gw.get("/slow.php?ms=50")
+        # the access log line is written once the response is sent; let the server get there
+        await trio.testing.wait_all_tasks_blocked()
+    timing = r.header("server-timing")
+    assert timing.startswith("queue;dur=") and ", php;dur=" in timing
+    assert float(timing.split("php;dur=")[1]) >= 50
+    entry = json.loads(next(rec.getMessage() for rec in caplog.records if rec.name == "gateway.access"))
+    assert entry["uri"] == "/slow.php?ms=50" and entry["status"] == 200
+    assert entry["php_time"] >= 0.05 and entry["queue_wait"] is not None

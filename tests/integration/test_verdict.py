@@ -169,3 +169,23 @@ async def test_stopped_php_fpm_is_backend_down(start_gateway, tmp_path: Path):
         if fpm.returncode is None:
             fpm.kill()
             await fpm.wait()
+
+
+async def test_gateway_status_and_top_commands(gw):
+    import sys
+
+    admin = "http://127.0.0.1:%d" % gw.running.admin_listeners[0].socket.getsockname()[1]
+    out = await trio.run_process([sys.executable, "-m", "gateway", "status", "--json", "--admin", admin],
+                                 capture_stdout=True)
+    st = json.loads(out.stdout)
+    assert st["verdict"]["bottleneck"] in ("healthy", "listener", "php-cpu", "php-waiting", "backend-down")
+    assert st["verdict"]["reason"]
+    out = await trio.run_process([sys.executable, "-m", "gateway", "status", "--admin", admin], capture_stdout=True)
+    assert out.stdout.decode().startswith("verdict: healthy")
+    out = await trio.run_process([sys.executable, "-m", "gateway", "top", "--count", "1", "--admin", admin],
+                                 capture_stdout=True, env={**os.environ, "COLUMNS": "160"})
+    screen = out.stdout.decode()
+    assert "verdict: healthy" in screen and "busy/size" in screen and "0/2" in screen
+    bad = await trio.run_process([sys.executable, "-m", "gateway", "status", "--admin", "http://127.0.0.1:9"],
+                                 capture_stderr=True, check=False)
+    assert bad.returncode == 1 and b"cannot read http://127.0.0.1:9/status" in bad.stderr
