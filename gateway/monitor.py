@@ -153,16 +153,18 @@ class PoolMonitor:
 
 
 def _bucket_quantile(buckets: tuple[float, ...], counts: list[int], q: float) -> float:
-    """Approximate quantile from per-bucket counts (upper bound of the bucket)."""
+    """Approximate quantile from per-bucket counts, interpolating inside the bucket."""
     total = sum(counts)
     if not total:
         return 0.0
     target = q * total
     seen = 0
     for i, n in enumerate(counts):
+        if n and seen + n >= target:
+            lower = buckets[i - 1] if i > 0 else 0.0
+            upper = buckets[i] if i < len(buckets) else buckets[-1]
+            return lower + (upper - lower) * (target - seen) / n
         seen += n
-        if seen >= target:
-            return buckets[i] if i < len(buckets) else buckets[-1]
     return buckets[-1]
 
 

@@ -84,3 +84,12 @@ def test_verdict_changes_only_after_holding_for_three_seconds():
     assert d.update(healthy, 8.0).bottleneck == "php-waiting"
     assert d.update(healthy, 9.0).bottleneck == "healthy"
     assert d.since == 9.0
+
+
+def test_bucket_quantile_interpolates_inside_a_bucket():
+    from gateway.monitor import _bucket_quantile
+
+    buckets = (1.0, 2.0, 4.0)
+    assert _bucket_quantile(buckets, [0, 0, 4, 0], 0.5) == 3.0  # all in (2, 4]: the middle
+    assert _bucket_quantile(buckets, [2, 2, 0, 0], 0.25) == 0.5
+    assert _bucket_quantile(buckets, [0, 0, 0, 0], 0.5) == 0.0
