@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import trio
+
 from . import cgi
+from .cgi import CgiHead
 from .config import Config
 from .errors import GatewayError
 from .php import PhpSettings, run_php
 from .pool import Pool
-from .request import Request
+from .request import BodyWriter, Request
 from .response import Response, error_response
 from .routing import BadRequestTarget, PhpScript, Redirect, Refuse, Router, StaticFile, VirtualHosts, split_target
 from .spool import Spool
@@ -47,6 +50,7 @@ class App:
                     response_buffer_size=backend.response_buffer_size,
                     temp_dir=temp_dir,
                     ignore_client_abort=backend.ignore_client_abort,
+                    max_temp_file_size=backend.max_temp_file_size,
                 ))
 
     def error(self, status: int, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
@@ -95,10 +99,29 @@ class App:
             body_length=req.body.size if req.body is not None else None,
             https=req.https,
         )
+        started: list[CgiHead] = []
+        start_response = req.start_response
+
+        async def start_stream(head: CgiHead) -> BodyWriter:
+            assert start_response is not None
+            started.append(head)
+            headers = [(n, v) for n, v in head.headers
+                       if n.lower() not in cgi.GATEWAY_ONLY_HEADERS and n.lower() != b"content-length"]
+            if self.server_timing:
+                # streamed: only the time until PHP's headers is known now
+                headers.append((b"server-timing", b"headers;dur=%.1f" % ((trio.current_time() - t0) * 1000)))
+            return await start_response(head.status, headers, head.reason)
+
+        t0 = trio.current_time()
+        force = bool(router.unbuffered) and script.document_uri.startswith(router.unbuffered)
         try:
             result = await run_php(backend.pool, params, req.body, backend.settings,
-                                   request_id=req.request_id, abort=req.abort.scope)
+                                   request_id=req.request_id, abort=req.abort.scope,
+                                   start_stream=start_stream if start_response is not None else None,
+                                   force_stream=force)
         except GatewayError as exc:
+            if started:
+                raise  # the head is out; the connection task cuts the connection
             stats = backend.pool.stats.errors
             stats[exc.status] = stats.get(exc.status, 0) + 1
             log.error("[%s] %s %s -> %d: %s", req.request_id, req.method.decode(), req.target.decode("latin-1"),
@@ -107,7 +130,11 @@ class App:
             resp.upstream = backend.pool.name
             return resp
         head = result.head
-        headers = [(n, v) for n, v in head.headers if n.lower() != b"content-length" or req.method == b"HEAD"]
+        if result.body is None:  # streamed
+            return Response(head.status, [], streamed=True, queue_wait=result.queue_wait, php_time=result.php_time,
+                            upstream=backend.pool.name)
+        headers = [(n, v) for n, v in head.headers if n.lower() not in cgi.GATEWAY_ONLY_HEADERS
+                   and (n.lower() != b"content-length" or req.method == b"HEAD")]
         body: Spool | bytes = result.body
         if req.method == b"HEAD" or head.status in (204, 304) or 100 <= head.status < 200:
             if not any(n.lower() == b"content-length" for n, _ in headers) and head.status not in (204, 304):

@@ -174,6 +174,23 @@ def parse_cgi_headers(block: bytes) -> CgiHead:
     return CgiHead(status, reason, headers)
 
 
+def wants_streaming(head: CgiHead) -> bool:
+    """PHP asks for its output to go straight through: ``X-Accel-Buffering: no``
+    (nginx's convention) or a ``text/event-stream`` (server-sent events)."""
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname == b"x-accel-buffering" and value.strip().lower() == b"no":
+            return True
+        if lname == b"content-type" and value.strip().lower().startswith(b"text/event-stream"):
+            return True
+    return False
+
+
+#: Headers meant for the gateway, never passed to the client (nginx hides X-Accel-*).
+GATEWAY_ONLY_HEADERS = frozenset({b"x-accel-buffering", b"x-accel-redirect", b"x-accel-limit-rate",
+                                  b"x-accel-expires", b"x-accel-charset"})
+
+
 class CgiResponseHead:
     """Accumulates STDOUT until the header block is complete.
 

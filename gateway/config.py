@@ -137,6 +137,10 @@ class BackendConfig(_Model):
     max_response_header_size: Size = 64 * 1024
     #: PHP output up to this size is held in memory, larger in a temp file.
     response_buffer_size: Size = 1024 * 1024
+    #: The temp file may grow to this; past it the rest of the response passes
+    #: through at the client's pace, holding the worker (nginx
+    #: fastcgi_max_temp_file_size 1024m).
+    max_temp_file_size: Size = 1024 * 1024 * 1024
     #: nginx fastcgi_ignore_client_abort: let PHP finish when the client has gone.
     ignore_client_abort: bool = False
 
@@ -188,6 +192,9 @@ class SiteConfig(_Model):
     symlinks: Literal["follow", "within_root"] = "follow"
     #: Paths under which PHP never runs (e.g. "/wp-content/uploads/").
     no_php_under: list[str] = []
+    #: URI prefixes whose PHP output is streamed, not buffered (long polls,
+    #: downloads generated on the fly); the PHP worker is held while it streams.
+    unbuffered: list[str] = []
 
     def effective_try_files(self) -> list[str]:
         if self.try_files is not None:

@@ -57,6 +57,8 @@ _PID = os.getpid()
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
 _WATCH_LIMIT = 64 * 1024
+#: The send timeout applies to each piece of this size (nginx: between two writes).
+SEND_PIECE = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +245,9 @@ class HttpConnection:
                 response = self._error(exc.status)
                 keep_alive = False
             else:
+                streaming = _StreamingResponse(self, req, keep_alive)
                 request = Request(req.method, req.target, req.http_version, headers, self.client, self.server,
-                                  body, request_id)
+                                  body, request_id, start_response=streaming.start)
                 self._set_state("waiting_php")
                 try:
                     response = await self._run_handler(request)
@@ -252,12 +255,22 @@ class HttpConnection:
                     self._access(req, None, request_id, started, 499)
                     raise
                 except Exception:
+                    if streaming.started:
+                        # The head is out: no error page can follow. Cut the connection.
+                        log.exception("[%s] error while streaming %s %s", request_id, req.method.decode(),
+                                      req.target.decode("latin-1"))
+                        raise ClientGone() from None
                     log.exception("[%s] unhandled error while handling %s %s", request_id, req.method.decode(),
                                   req.target.decode("latin-1"))
                     response = self._error(500)
                 finally:
                     if body is not None:
                         body.close()
+                if response.streamed:
+                    self._set_state("reading")
+                    response.bytes_sent = streaming.bytes_sent
+                    self._access(req, response, request_id, started, response.status)
+                    return streaming.keep_alive
         keep_alive = keep_alive and not self.lifecycle.shutting_down
         self._set_state("writing")
         try:
@@ -346,16 +359,21 @@ class HttpConnection:
             return
         await self._linger()
 
-    async def _send_response(self, req: h11.Request | None, resp: Response, keep_alive: bool) -> None:
+    async def _send_head(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes,
+                         keep_alive: bool) -> None:
         s = self.settings
-        headers = [(b"server", s.server_software), (b"date", http_date()), *resp.headers]
+        full = [(b"server", s.server_software), (b"date", http_date()), *headers]
         if not keep_alive:
-            headers.append((b"connection", b"close"))
+            full.append((b"connection", b"close"))
+        reason = reason or reason_phrase(status)
+        await self._send_all(self.conn.send(h11.Response(status_code=status, headers=full, reason=reason)))
+
+    async def _send_response(self, req: h11.Request | None, resp: Response, keep_alive: bool) -> None:
+        headers = resp.headers
         body = resp.body
         if isinstance(body, bytes) and body and not any(n == b"content-length" for n, _ in resp.headers):
-            headers.append((b"content-length", b"%d" % len(body)))
-        reason = resp.reason or reason_phrase(resp.status)
-        await self._send_all(self.conn.send(h11.Response(status_code=resp.status, headers=headers, reason=reason)))
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
+        await self._send_head(resp.status, headers, resp.reason, keep_alive)
         head_only = req is not None and req.method == b"HEAD" or resp.status in (204, 304)
         if not head_only:
             if isinstance(body, Spool):
@@ -371,14 +389,18 @@ class HttpConnection:
         await self._send_all(self.conn.send(h11.EndOfMessage()))
 
     async def _send_all(self, data: bytes | None) -> None:
+        """Send ``data``; ``send_timeout`` bounds each piece of ``SEND_PIECE`` bytes, so
+        a slow but steady reader is served and one that stops reading is cut."""
         if not data:
             return
-        with trio.fail_after(self.settings.send_timeout):
-            try:
-                await self.stream.send_all(data)
-            except BaseException:
-                self.conn.send_failed()
-                raise
+        view = memoryview(data)
+        try:
+            for i in range(0, len(view), SEND_PIECE):
+                with trio.fail_after(self.settings.send_timeout):
+                    await self.stream.send_all(view[i : i + SEND_PIECE])
+        except BaseException:
+            self.conn.send_failed()
+            raise
 
     async def _sendfile(self, fr: FileRange) -> None:
         sock = getattr(self.stream, "socket", None)
@@ -432,7 +454,8 @@ class HttpConnection:
         headers = dict(req.headers)
         size = 0
         if resp is not None:
-            size = resp.body.size if isinstance(resp.body, Spool) else len(resp.body)
+            size = (resp.bytes_sent if resp.streamed
+                    else resp.body.size if isinstance(resp.body, Spool) else len(resp.body))
         qw = f"{resp.queue_wait:.3f}" if resp is not None and resp.queue_wait is not None else "-"
         php = f"{resp.php_time:.3f}" if resp is not None and resp.php_time is not None else "-"
         if self.settings.access_log_json:
@@ -454,6 +477,36 @@ class HttpConnection:
             headers.get(b"referer", b"-").decode("latin-1"), headers.get(b"user-agent", b"-").decode("latin-1"),
             time.monotonic() - started, qw, php, request_id,
         )
+
+
+class _StreamingResponse:
+    """``Request.start_response`` for one request: the head goes out at once, the
+    body chunk by chunk (h11 frames it: chunked for HTTP/1.1 without a length)."""
+
+    def __init__(self, connection: HttpConnection, req: h11.Request, keep_alive: bool) -> None:
+        self.connection = connection
+        self.req = req
+        self.keep_alive = keep_alive
+        self.started = False
+        self.bytes_sent = 0
+        self.head_only = req.method == b"HEAD"
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes = b"") -> _StreamingResponse:
+        c = self.connection
+        self.keep_alive = self.keep_alive and not c.lifecycle.shutting_down
+        self.started = True
+        c._set_state("writing")
+        self.head_only = self.head_only or status in (204, 304)
+        await c._send_head(status, headers, reason, self.keep_alive)
+        return self
+
+    async def send(self, data: bytes) -> None:
+        if data and not self.head_only:
+            await self.connection._send_all(self.connection.conn.send(h11.Data(data=data)))
+            self.bytes_sent += len(data)
+
+    async def end(self) -> None:
+        await self.connection._send_all(self.connection.conn.send(h11.EndOfMessage()))
 
 
 class _BodyError(Exception):

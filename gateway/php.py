@@ -22,7 +22,7 @@ FastCGI connection is closed, the only abort php-fpm honours) unless
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass
 
@@ -31,7 +31,7 @@ import trio
 import fastcgi
 
 from ._util import single_exception
-from .cgi import CgiHead, CgiResponseError, CgiResponseHead
+from .cgi import CgiHead, CgiResponseError, CgiResponseHead, wants_streaming
 from .errors import (
     UpstreamClosedEarly,
     UpstreamOverloaded,
@@ -39,6 +39,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .pool import Pool, UpstreamConnection
+from .request import BodyWriter
 from .spool import Spool
 
 log = logging.getLogger("gateway.php")
@@ -46,13 +47,21 @@ log = logging.getLogger("gateway.php")
 STDIN_CHUNK = 4 * fastcgi.MAX_CONTENT
 
 
+#: Starts a streamed response for a CGI head and returns where its body goes.
+StartStream = Callable[[CgiHead], Awaitable[BodyWriter]]
+
+
 @dataclass(slots=True)
 class PhpResult:
     head: CgiHead
-    body: Spool
+    body: Spool | None  # None: the response was streamed to the client already
     queue_wait: float
     php_time: float
     app_status: int
+
+    @property
+    def streamed(self) -> bool:
+        return self.body is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,9 @@ class PhpSettings:
     response_buffer_size: int
     temp_dir: str | None
     ignore_client_abort: bool = False
+    #: Past response_buffer_size + this, PHP's output is passed through at the
+    #: client's pace instead of spooled (nginx fastcgi_max_temp_file_size).
+    max_temp_file_size: int = 1024 * 1024 * 1024
 
 
 async def run_php(
@@ -72,8 +84,15 @@ async def run_php(
     *,
     request_id: str,
     abort: Callable[[], AbstractContextManager[object]] = nullcontext,
+    start_stream: StartStream | None = None,
+    force_stream: bool = False,
 ) -> PhpResult:
     """Run one request on PHP and return its drained response.
+
+    With ``start_stream``, a response that asks for it (``wants_streaming``), or
+    any response when ``force_stream``, or one larger than the spool may hold,
+    is sent to the client as PHP produces it; the pool slot is then held until
+    PHP is done, by choice.
 
     Raises:
         GatewayError subclasses (QueueFull, QueueTimeout, UpstreamConnectError,
@@ -87,8 +106,9 @@ async def run_php(
             start = trio.current_time()
             conn = await slot.connection()
             try:
+                reader = _ResponseReader(settings, request_id, start_stream, force_stream)
                 try:
-                    head, spool, app_status = await _exchange(conn, params, body, settings, request_id)
+                    head, spool, app_status = await _exchange(conn, params, body, reader)
                 except UpstreamClosedEarly:
                     if not conn.reused:
                         raise
@@ -97,7 +117,8 @@ async def run_php(
                              request_id, pool.name)
                     await pool._close([conn])
                     conn = await slot.connection(fresh=True)
-                    head, spool, app_status = await _exchange(conn, params, body, settings, request_id)
+                    reader = _ResponseReader(settings, request_id, start_stream, force_stream)
+                    head, spool, app_status = await _exchange(conn, params, body, reader)
             except BaseException:
                 await pool._close([conn])
                 raise
@@ -110,7 +131,7 @@ async def run_php(
 
 
 async def _exchange(conn: UpstreamConnection, params: list[tuple[bytes, bytes]], body: Spool | None,
-                    settings: PhpSettings, request_id: str) -> tuple[CgiHead, Spool, int]:
+                    reader: _ResponseReader) -> tuple[CgiHead, Spool | None, int]:
     fc = conn.fcgi
     stream = conn.stream
     first = (fc.send(fastcgi.BeginRequest(keep_conn=True)) or b"") + (fc.send(fastcgi.Params(tuple(params))) or b"")
@@ -129,21 +150,61 @@ async def _exchange(conn: UpstreamConnection, params: list[tuple[bytes, bytes]],
     with single_exception():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_stdin)
-            result = await _read_response(conn, settings, request_id)
+            result = await reader.read(conn)
             nursery.cancel_scope.cancel()
     return result
 
 
-async def _read_response(conn: UpstreamConnection, settings: PhpSettings,
-                         request_id: str) -> tuple[CgiHead, Spool, int]:
-    fc = conn.fcgi
-    head_parser = CgiResponseHead(settings.max_header_size)
-    head: CgiHead | None = None
-    spool = Spool(settings.response_buffer_size, settings.temp_dir)
-    got_response = False
-    eof = False
-    stderr_tail = b""
-    try:
+class _ResponseReader:
+    """Reads one response: STDOUT into the CGI head, then into a spool, or
+    straight to the client when streaming; STDERR to the log."""
+
+    def __init__(self, settings: PhpSettings, request_id: str, start_stream: StartStream | None,
+                 force_stream: bool) -> None:
+        self.settings = settings
+        self.request_id = request_id
+        self.start_stream = start_stream
+        self.force_stream = force_stream
+        self.head: CgiHead | None = None
+        self.spool: Spool | None = Spool(settings.response_buffer_size, settings.temp_dir)
+        self.writer: BodyWriter | None = None
+        self.spool_limit = settings.response_buffer_size + settings.max_temp_file_size
+
+    async def _body(self, data: bytes) -> None:
+        if self.writer is not None:
+            await self.writer.send(data)
+            return
+        assert self.spool is not None and self.head is not None
+        self.spool.write(data)
+        if self.start_stream is not None and self.spool.size > self.spool_limit:
+            log.info("[%s] response passed %d bytes: passing the rest through at the client's pace "
+                     "(the PHP worker is held until it is sent)", self.request_id, self.spool_limit)
+            await self._stream_from_here()
+
+    async def _stream_from_here(self) -> None:
+        assert self.start_stream is not None and self.head is not None
+        self.writer = await self.start_stream(self.head)
+        if self.spool is not None:
+            for chunk in self.spool.chunks():
+                await self.writer.send(chunk)
+            self.spool.close()
+            self.spool = None
+
+    async def read(self, conn: UpstreamConnection) -> tuple[CgiHead, Spool | None, int]:
+        try:
+            return await self._read(conn)
+        except BaseException:
+            if self.spool is not None:
+                self.spool.close()
+            raise
+
+    async def _read(self, conn: UpstreamConnection) -> tuple[CgiHead, Spool | None, int]:
+        settings = self.settings
+        fc = conn.fcgi
+        head_parser = CgiResponseHead(settings.max_header_size)
+        got_response = False
+        eof = False
+        stderr_tail = b""
         while True:
             try:
                 event = fc.next_event()
@@ -172,30 +233,31 @@ async def _read_response(conn: UpstreamConnection, settings: PhpSettings,
             if isinstance(event, fastcgi.Stdout):
                 if not event.data:
                     continue
-                if head is None:
-                    try:
-                        done = head_parser.feed(event.data)
-                    except CgiResponseError as exc:
-                        raise UpstreamProtocolError(str(exc)) from None
-                    if done is not None:
-                        head, rest = done
-                        spool.write(rest)
-                else:
-                    spool.write(event.data)
+                if self.head is not None:
+                    await self._body(event.data)
+                    continue
+                try:
+                    done = head_parser.feed(event.data)
+                except CgiResponseError as exc:
+                    raise UpstreamProtocolError(str(exc)) from None
+                if done is not None:
+                    self.head, rest = done
+                    if self.start_stream is not None and (self.force_stream or wants_streaming(self.head)):
+                        await self._stream_from_here()
+                    await self._body(rest)
             elif isinstance(event, fastcgi.Stderr):
-                stderr_tail = _log_stderr(request_id, stderr_tail + event.data, final=not event.data)
+                stderr_tail = _log_stderr(self.request_id, stderr_tail + event.data, final=not event.data)
             elif isinstance(event, fastcgi.EndRequest):
-                _log_stderr(request_id, stderr_tail, final=True)
+                _log_stderr(self.request_id, stderr_tail, final=True)
                 if event.protocol_status == fastcgi.ProtocolStatus.OVERLOADED:
                     raise UpstreamOverloaded("backend answered FCGI_OVERLOADED")
                 if event.protocol_status != fastcgi.ProtocolStatus.REQUEST_COMPLETE:
                     raise UpstreamProtocolError(f"backend refused the request: {event.protocol_status.name}")
-                if head is None:
+                if self.head is None:
                     raise UpstreamProtocolError("PHP ended the request without a complete CGI header block")
-                return head, spool, event.app_status
-    except BaseException:
-        spool.close()
-        raise
+                if self.writer is not None:
+                    await self.writer.end()
+                return self.head, self.spool, event.app_status
 
 
 def _log_stderr(request_id: str, data: bytes, *, final: bool) -> bytes:

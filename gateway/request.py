@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -44,6 +45,28 @@ class ClientAbort:
             cs.cancel()
 
 
+class BodyWriter(Protocol):
+    """The body of a response being streamed to the client."""
+
+    async def send(self, data: bytes) -> None:
+        """Send ``data`` now (one chunk), at the client's pace."""
+
+    async def end(self) -> None:
+        """The body is complete."""
+
+
+class StartResponse(Protocol):
+    """Given to handlers that stream: send the head now, then the body piece by piece.
+
+    A handler that calls it returns ``Response(status, streamed=True)`` afterwards.
+    The response goes out chunked (HTTP/1.1) or close-delimited (HTTP/1.0) unless
+    ``headers`` carry a Content-Length.
+    """
+
+    async def __call__(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes = b"") -> BodyWriter:
+        ...
+
+
 @dataclass(slots=True)
 class Request:
     method: bytes
@@ -56,6 +79,7 @@ class Request:
     request_id: str
     https: bool = False
     abort: ClientAbort = field(default_factory=ClientAbort)
+    start_response: StartResponse | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """The last value of a header, or None."""

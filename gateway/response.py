@@ -38,6 +38,10 @@ class Response:
     queue_wait: float | None = None
     php_time: float | None = None
     upstream: str = ""
+    #: True when the handler already sent the response through
+    #: ``Request.start_response``; ``bytes_sent`` then counts the body.
+    streamed: bool = False
+    bytes_sent: int = 0
 
     def close(self) -> None:
         if isinstance(self.body, Spool):

@@ -134,6 +134,7 @@ class Router:
         self.try_files = site.effective_try_files()
         self.php_enabled = bool(site.php)
         self.no_php_under = tuple(p if p.endswith("/") else p + "/" for p in site.no_php_under)
+        self.unbuffered = tuple(site.unbuffered)
         #: SERVER_NAME: the first exact server name, as nginx's $server_name.
         self.server_name = next((n for n in site.server_names if not n.startswith("*") and n != "_"), "").encode()
 

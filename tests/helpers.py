@@ -28,7 +28,8 @@ class FakeFpm:
     """A php-fpm stand-in over memory streams.
 
     ``script`` gets the request and returns what to send: ``bytes`` become STDOUT,
-    events are sent as they are; an EndRequest is appended if missing. Set
+    events are sent as they are, an async callable is awaited at that point (to
+    pace the output); an EndRequest is appended if missing. Set
     ``close_after`` to close each connection after that many requests (like
     pm.max_requests), ``die_on_next`` to drop the next connection without a reply.
     """
@@ -82,6 +83,9 @@ class FakeFpm:
                 if not any(isinstance(e, fastcgi.EndRequest) for e in out):
                     out = [*out, fastcgi.Stdout(), fastcgi.EndRequest(0)]
                 for item in out:
+                    if callable(item):
+                        await item()
+                        continue
                     event = fastcgi.Stdout(item) if isinstance(item, bytes) else item
                     data = conn.send(event)
                     if data:

@@ -95,3 +95,62 @@ async def test_static_file_and_method_not_allowed(tmp_path, nursery, autojump_cl
     assert (r.status, r.body, r.header("content-type")) == (200, b"body{}", "text/css; charset=utf-8")
     r = await c.request("POST", "/style.css", body=b"x")
     assert (r.status, r.header("allow")) == (405, "GET, HEAD")
+
+
+async def test_x_accel_buffering_no_streams_record_by_record(tmp_path, nursery, autojump_clock):
+    go = [trio.Event() for _ in range(3)]
+    sent = []
+
+    def gate(i):
+        async def wait():
+            sent.append(i)
+            await go[i].wait()
+
+        return wait
+
+    async def script(req):
+        return [php_output(b"event 0\n", headers=(b"X-Accel-Buffering: no",)), gate(0),
+                b"event 1\n", gate(1), b"event 2\n", gate(2)]
+
+    app, pool = make_app(tmp_path, FakeFpm(script), nursery)
+    client = await client_for(app, nursery)
+    stream = client.stream
+    await stream.send_all(b"GET /sse HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    got = b""
+    for i in range(3):
+        while f"event {i}\n".encode() not in got:
+            got += await stream.receive_some(65536)
+        # event i reached the client while PHP is still held at gate i
+        assert sent == list(range(i + 1)) and pool.busy == 1
+        go[i].set()
+    assert b"transfer-encoding: chunked" in got.lower()
+    assert b"x-accel-buffering" not in got.lower()
+
+
+async def test_response_beyond_the_temp_file_limit_passes_through_intact(tmp_path, nursery, autojump_clock):
+    payload = bytes(range(256)) * 400  # 100 KiB
+
+    async def script(req):
+        return [php_output(b""), *(payload[i : i + 10_000] for i in range(0, len(payload), 10_000))]
+
+    app, pool = make_app(tmp_path, FakeFpm(script), nursery, response_buffer_size="1k", max_temp_file_size="8k")
+    c = await client_for(app, nursery)
+    r = await c.request("GET", "/big")
+    assert r.status == 200 and r.body == payload
+    assert r.header("transfer-encoding") == "chunked" and r.header("content-length") is None
+    assert pool.busy == 0
+
+
+async def test_error_after_streaming_started_cuts_the_connection(tmp_path, nursery, autojump_clock):
+    async def script(req):
+        await trio.sleep(0)
+        return [php_output(b"partial", headers=(b"X-Accel-Buffering: no",)), trio.sleep_forever]
+
+    app, _ = make_app(tmp_path, FakeFpm(script), nursery, read_timeout="5s")
+    c = await client_for(app, nursery)
+    await c.stream.send_all(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    from tests.helpers import read_all
+
+    data = await read_all(c.stream)
+    assert data.startswith(b"HTTP/1.1 200 ") and b"partial" in data
+    assert not data.endswith(b"0\r\n\r\n")  # no clean end of the chunked body: the client can tell

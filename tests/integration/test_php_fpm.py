@@ -334,3 +334,18 @@ async def test_server_timing_and_json_access_log(start_gateway, caplog):
     entry = json.loads(next(rec.getMessage() for rec in caplog.records if rec.name == "gateway.access"))
     assert entry["uri"] == "/slow.php?ms=50" and entry["status"] == 200
     assert entry["php_time"] >= 0.05 and entry["queue_wait"] is not None
+
+
+async def test_server_sent_events_arrive_one_by_one(gw, tmp_path):
+    client = await gw.client()
+    await client.stream.send_all(f"GET /sse.php?dir={tmp_path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    got = b""
+    with trio.fail_after(20):
+        for i in range(3):
+            while f"data: event {i}\n\n".encode() not in got:
+                got += await client.stream.receive_some(65536)
+            # PHP cannot have written event i+1: it waits for go-i, created only now
+            assert f"event {i + 1}".encode() not in got
+            (tmp_path / f"go-{i}").touch()
+    assert b"content-type: text/event-stream" in got.lower()
+    await client.aclose()
