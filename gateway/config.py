@@ -92,6 +92,9 @@ class AdminConfig(_Model):
 class TimeoutsConfig(_Model):
     client_header: Duration = 60.0  # nginx client_header_timeout
     client_body: Duration = 60.0  # nginx client_body_timeout: between two reads
+    #: After 10 s, a request body must arrive at this average rate (bytes/s) or
+    #: get 408; "0" turns it off (nginx has no such limit).
+    client_body_min_rate: Size = 1024
     keepalive: Duration = 75.0  # nginx keepalive_timeout
     send: Duration = 60.0  # nginx send_timeout: between two writes
     graceful: Duration = 10.0  # shutdown: how long in-flight requests may finish
@@ -110,6 +113,13 @@ class LimitsConfig(_Model):
     #: Request bodies up to this stay in memory, larger ones go to a temp file
     #: (nginx: client_body_buffer_size 16k).
     body_buffer_size: Size = 64 * 1024
+    #: Open client connections; at the limit the gateway stops accepting (new
+    #: clients wait in the kernel's backlog) and keeps serving. Capped below
+    #: the open-files limit, which is raised to its hard maximum at start.
+    max_connections: Annotated[int, Field(ge=1)] = 10000
+    #: Open connections per client address; more get 503 and are closed. 0: off
+    #: (nginx limit_conn).
+    max_connections_per_ip: Annotated[int, Field(ge=0)] = 0
     #: Requests served on one keep-alive connection (nginx keepalive_requests).
     keepalive_requests: Annotated[int, Field(ge=1)] = 1000
 

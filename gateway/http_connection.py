@@ -57,6 +57,8 @@ _PID = os.getpid()
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
 _WATCH_LIMIT = 64 * 1024
+#: Seconds of a request body before its average rate is held to body_min_rate.
+BODY_RATE_GRACE = 10.0
 #: The send timeout applies to each piece of this size (nginx: between two writes).
 SEND_PIECE = 16 * 1024
 
@@ -72,6 +74,7 @@ class ConnectionSettings:
     max_header_count: int = 100
     max_body_size: int = 64 * 1024 * 1024
     body_buffer_size: int = 64 * 1024
+    body_min_rate: int = 1024  # bytes per second, after BODY_RATE_GRACE; 0: off
     keepalive_requests: int = 1000
     temp_dir: str | None = None
     server_software: bytes = b"gateway"
@@ -318,15 +321,23 @@ class HttpConnection:
             if n == b"content-length" and int(v) > s.max_body_size:
                 raise _BodyError(413)
         spool = Spool(s.body_buffer_size, s.temp_dir)
+        started = trio.current_time()
         try:
             while True:
                 event = self.conn.next_event()
                 if event is h11.NEED_DATA:
                     if self.conn.they_are_waiting_for_100_continue:
                         await self._send_all(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+                    deadline = trio.current_time() + s.body_timeout
+                    if s.body_min_rate:
+                        # After a grace period the body must average body_min_rate:
+                        # the bytes we have buy time until the average falls below it.
+                        deadline = min(deadline, started + max(BODY_RATE_GRACE, spool.size / s.body_min_rate))
                     try:
-                        await self._receive(trio.current_time() + s.body_timeout)
+                        await self._receive(deadline)
                     except _Timeout:
+                        log.info("closing %s: request body too slow (%d bytes in %.0fs)", self.client[0],
+                                 spool.size, trio.current_time() - started)
                         raise _BodyError(408) from None
                     continue
                 if isinstance(event, h11.Data):

@@ -14,15 +14,16 @@ what is left; then close pools and stop php-fpm. Every phase has a deadline.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import trio
 
@@ -106,6 +107,7 @@ def connection_settings(config: Config) -> ConnectionSettings:
         max_header_count=lim.max_header_count,
         max_body_size=lim.client_max_body_size,
         body_buffer_size=lim.body_buffer_size,
+        body_min_rate=t.client_body_min_rate,
         keepalive_requests=lim.keepalive_requests,
         temp_dir=config.server.temp_dir or None,
         server_software=config.server.server_software.encode(),
@@ -134,6 +136,78 @@ class _Service:
     handler: Handler
     settings: ConnectionSettings
     lifecycle: Lifecycle
+    max_connections: int = 10000
+    max_connections_per_ip: int = 0
+
+
+#: accept() errors that mean "out of a resource right now": log, wait, retry
+#: (as trio.serve_listeners does). Never a crash.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_DELAY = 0.1
+#: File descriptors kept free for php-fpm connections, temp files and logs.
+FD_RESERVE = 256
+
+_TOO_MANY_FROM_IP = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n")
+
+
+async def serve_listener(listener: trio.abc.Listener[trio.abc.Stream],
+                         handler: Callable[[trio.abc.Stream], Awaitable[None]],
+                         nursery: trio.Nursery, slots: trio.CapacityLimiter) -> None:
+    """Accept connections while fewer than ``slots.total_tokens`` are open.
+
+    At the limit it stops calling accept(): new clients wait in the kernel's
+    backlog while open connections keep being served. Resource errors from
+    accept() (EMFILE, ENFILE, ENOMEM, ENOBUFS) are logged and retried after
+    ``ACCEPT_RETRY_DELAY``; other errors propagate.
+
+    Resource handling: each accepted stream's slot is released and the stream
+    closed when its handler returns.
+    """
+    while True:
+        token = object()
+        await slots.acquire_on_behalf_of(token)
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            slots.release_on_behalf_of(token)
+            if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+                log.error("accept() failed: %s; retrying in %.1fs (raise the open-files limit or lower "
+                          "max_connections)", exc, ACCEPT_RETRY_DELAY)
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            raise
+        except BaseException:
+            slots.release_on_behalf_of(token)
+            raise
+        nursery.start_soon(_run_connection, stream, handler, slots, token)
+
+
+async def _run_connection(stream: trio.abc.Stream, handler: Callable[[trio.abc.Stream], Awaitable[None]],
+                          slots: trio.CapacityLimiter, token: object) -> None:
+    try:
+        await handler(stream)
+    finally:
+        slots.release_on_behalf_of(token)
+        await trio.aclose_forcefully(stream)
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit towards ``wanted`` (up to the hard limit);
+    return the connections that fit below it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < need:
+        new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    fits = wanted if soft == resource.RLIM_INFINITY else max(16, min(wanted, soft - FD_RESERVE))
+    if fits < wanted:
+        log.warning("max_connections lowered from %d to %d: the open-files limit is %d", wanted, fits, soft)
+    return fits
 
 
 async def serve(config: Config, *, handle_signals: bool = True,
@@ -171,13 +245,15 @@ async def serve(config: Config, *, handle_signals: bool = True,
             app = App(config, pools)
             settings = connection_settings(config)
             listeners = await open_listeners(config.server.listen)
-            services = [_Service(listeners, app.handle, settings, lifecycle)]
+            max_conns = raise_open_files_limit(config.limits.max_connections)
+            services = [_Service(listeners, app.handle, settings, lifecycle, max_conns,
+                                 config.limits.max_connections_per_ip)]
             running = Running(listeners, pools, supervisors, lifecycle, monitor)
             if config.admin.listen != "off":
                 running.admin_listeners = await open_listeners([config.admin.listen])
                 services.append(_Service(running.admin_listeners, AdminApp(monitor).handle,
                                          ConnectionSettings(keepalive_timeout=5.0, header_timeout=10.0),
-                                         Lifecycle()))
+                                         Lifecycle(), max_connections=64))
             for listener in listeners:
                 log.info("listening on %s", listener.socket.getsockname() or "unix socket")
             for listener in running.admin_listeners:
@@ -200,8 +276,12 @@ def _unix_paths(addresses: list[str]) -> list[str]:
     return [a[5:] for a in addresses if a.startswith("unix:")]
 
 
-def _connection_handler(service: _Service) -> Callable[[trio.SocketStream], Awaitable[None]]:
-    async def handle(stream: trio.SocketStream) -> None:
+def _connection_handler(service: _Service) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+    by_ip: dict[str, int] = {}
+    per_ip = service.max_connections_per_ip
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        assert isinstance(stream, trio.SocketStream)
         if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
             try:
                 stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -210,10 +290,23 @@ def _connection_handler(service: _Service) -> Callable[[trio.SocketStream], Awai
         try:
             client, server = _addresses(stream)
         except OSError:
-            await trio.aclose_forcefully(stream)
             return
-        await HttpConnection(stream, service.handler, service.settings, client=client, server=server,
-                             lifecycle=service.lifecycle).run()
+        ip = client[0]
+        if per_ip and by_ip.get(ip, 0) >= per_ip:
+            with trio.move_on_after(1.0):
+                try:
+                    await stream.send_all(_TOO_MANY_FROM_IP)
+                except trio.BrokenResourceError:
+                    pass
+            return
+        by_ip[ip] = by_ip.get(ip, 0) + 1
+        try:
+            await HttpConnection(stream, service.handler, service.settings, client=client, server=server,
+                                 lifecycle=service.lifecycle).run()
+        finally:
+            by_ip[ip] -= 1
+            if not by_ip[ip]:
+                del by_ip[ip]
 
     return handle
 
@@ -223,8 +316,10 @@ async def _serve_until_shutdown(running: Running, services: list[_Service], grac
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accept:
             for service in services:
-                accept.start_soon(partial(trio.serve_listeners, _connection_handler(service), service.listeners,
-                                          handler_nursery=connections))
+                handler = _connection_handler(service)
+                slots = trio.CapacityLimiter(service.max_connections)
+                for listener in service.listeners:
+                    accept.start_soon(serve_listener, listener, handler, connections, slots)
             if handle_signals:
                 accept.start_soon(_watch_signals, running.shutdown)
             task_status.started(running)

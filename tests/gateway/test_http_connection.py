@@ -261,3 +261,28 @@ async def test_shutdown_lets_busy_request_finish_with_connection_close(nursery, 
     data = await read_all(stream)
     assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"done")
     assert b"connection: close" in data.lower()
+
+
+async def test_body_below_the_minimum_rate_is_408(nursery, autojump_clock):
+    from dataclasses import replace
+
+    settings = replace(SETTINGS, body_timeout=60, body_min_rate=1000, max_body_size=10**6)
+    stream = await start(nursery, settings=settings)
+    await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    t0 = trio.current_time()
+
+    async def trickle():
+        # 500 bytes every second: each gap is far below body_timeout, but the
+        # average (500 B/s) is half the minimum rate
+        try:
+            while True:
+                await stream.send_all(b"x" * 500)
+                await trio.sleep(1)
+        except trio.BrokenResourceError:
+            pass
+
+    nursery.start_soon(trickle)
+    data = await read_until(stream, b"</html>")
+    assert data.startswith(b"HTTP/1.1 408 ")
+    # cut once the 10 s grace is over and the bytes received no longer cover the rate
+    assert 10 <= trio.current_time() - t0 <= 12

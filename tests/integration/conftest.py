@@ -52,14 +52,16 @@ class Gateway:
 
 
 def gateway_config(root: Path, *, backend: dict[str, Any] | None = None, site: dict[str, Any] | None = None,
-                   server: dict[str, Any] | None = None, runtime_dir: str = "") -> dict[str, Any]:
+                   server: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
+                   runtime_dir: str = "") -> dict[str, Any]:
     b = {"address": "spawn", "workers": 2, "user": "root", "idle_timeout": "30s"}
     b.update(backend or {})
     s = {"root": str(root), "php": "php", "default": True, "no_php_under": ["/uploads/"]}
     s.update(site or {})
     srv = {"listen": ["127.0.0.1:0"], "access_log": "off", "runtime_dir": runtime_dir}
     srv.update(server or {})
-    return {"server": srv, "admin": {"listen": "127.0.0.1:0"}, "backends": {"php": b}, "sites": {"t": s}}
+    return {"server": srv, "admin": {"listen": "127.0.0.1:0"}, "limits": limits or {}, "backends": {"php": b},
+            "sites": {"t": s}}
 
 
 StartGateway = Callable[..., Awaitable[Gateway]]

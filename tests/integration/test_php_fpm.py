@@ -349,3 +349,19 @@ async def test_server_sent_events_arrive_one_by_one(gw, tmp_path):
             (tmp_path / f"go-{i}").touch()
     assert b"content-type: text/event-stream" in got.lower()
     await client.aclose()
+
+
+async def test_connections_per_ip_limit_and_max_connections(start_gateway):
+    gw = await start_gateway(limits={"max_connections_per_ip": 2})
+    a, b = await gw.client(), await gw.client()
+    assert (await a.request("GET", "/hello.txt")).status == 200
+    assert (await b.request("GET", "/hello.txt")).status == 200
+    third = await gw.client()
+    r = await third.read_response()
+    assert (r.status, r.header("retry-after")) == (503, "1")
+    await a.aclose()
+    with trio.fail_after(5):
+        while gw.running.lifecycle.stats.open_connections > 1:  # noqa: ASYNC110 - poll, bounded
+            await trio.sleep(0.01)
+    fourth = await gw.client()
+    assert (await fourth.request("GET", "/hello.txt")).status == 200
