@@ -153,6 +153,17 @@ class HttpClient:
         await self.stream.send_all(self.conn.send(h11.EndOfMessage()))
         return await self.read_response()
 
+    def request_sent_by_hand(self, method: str = "GET", content_length: int | None = None) -> None:
+        """Tell h11 about a request whose bytes the test wrote itself, so the
+        response can be parsed with ``read_response``."""
+        headers = [("Host", "x")]
+        if content_length is not None:
+            headers.append(("Content-Length", str(content_length)))
+        self.conn.send(h11.Request(method=method, target="/", headers=headers))
+        if content_length:
+            self.conn.send(h11.Data(data=b"\0" * content_length))
+        self.conn.send(h11.EndOfMessage())
+
     async def read_response(self) -> HttpResponse:
         resp = None
         body = b""
