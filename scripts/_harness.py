@@ -59,6 +59,7 @@ http {{
     uwsgi_temp_path {run}/uwsgi;
     scgi_temp_path {run}/scgi;
     client_max_body_size 64m;
+    {extra}
     upstream php {{ server unix:{sock}; keepalive {workers}; }}
     server {{
         listen 127.0.0.1:{port};
@@ -82,8 +83,13 @@ http {{
 class Stack:
     """php-fpm (one pool) + nginx + the gateway, all on 127.0.0.1."""
 
-    def __init__(self, root: Path, workers: int = 4, gateway_workers: int | None = None) -> None:
+    def __init__(self, root: Path, workers: int = 4, gateway_workers: int | None = None, *,
+                 nginx_http_extra: str = "", gateway_extra: str = "") -> None:
+        """``nginx_http_extra``: directives added to nginx's http block;
+        ``gateway_extra``: TOML added to the gateway's configuration."""
         self.root = root
+        self.nginx_http_extra = nginx_http_extra
+        self.gateway_extra = gateway_extra
         self.workers = workers
         self.gateway_workers = gateway_workers or workers
         self.run = Path(tempfile.mkdtemp(prefix="gateway-compare-"))
@@ -113,7 +119,7 @@ class Stack:
             (self.run / d).mkdir()
         conf = self.run / "nginx.conf"
         conf.write_text(NGINX_CONF.format(run=self.run, sock=paths.socket, port=self.nginx_port, root=self.root,
-                                          workers=self.workers))
+                                          workers=self.workers, extra=self.nginx_http_extra))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.procs.append(subprocess.Popen([nginx, "-c", str(conf)], stderr=subprocess.DEVNULL))
         wait_for(lambda: port_open(self.nginx_port), what="nginx")
@@ -124,6 +130,7 @@ class Stack:
             f'[backends.php]\naddress = "unix:{paths.socket}"\nworkers = {self.gateway_workers}\n'
             f'[admin]\nlisten = "off"\n'
             f'[sites.cmp]\nserver_names = ["localhost"]\nroot = "{self.root}"\nphp = "php"\n'
+            + self.gateway_extra
         )
         self.procs.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(confd),
                                             "--log-level", "warning"], cwd=REPO))
