@@ -210,11 +210,15 @@ async def measure(name: str, port: int, args: argparse.Namespace) -> dict[str, o
     return row
 
 
-async def run(args: argparse.Namespace) -> None:
+def make_docroot() -> Path:
     root = Path(tempfile.mkdtemp(prefix="slowclients-root-"))
     root.chmod(0o755)
     for name, text in DOCROOT_FILES.items():
         (root / name).write_text(text)
+    return root
+
+
+async def run(args: argparse.Namespace, root: Path) -> None:
     gateway_extra = (f'[timeouts]\nclient_header = "{HEADER_TIMEOUT}s"\n'
                      '[limits]\nmax_connections = 5000\n')
     nginx_extra = f"client_header_timeout {HEADER_TIMEOUT}s; client_body_buffer_size 64k;"
@@ -257,7 +261,7 @@ def main() -> None:
     if args.child:
         trio.run(child, args.child, args.port, args.seconds, min(args.n, 2000))
     else:
-        trio.run(run, args)
+        trio.run(run, args, make_docroot())
 
 
 if __name__ == "__main__":
