@@ -303,3 +303,18 @@ async def test_connect_failure_is_502(autojump_clock):
         await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
     assert exc.value.status == 502
     assert pool.busy == 0 and pool.stats.connect_errors == 1
+
+
+async def test_connect_timeout_is_504(autojump_clock):
+    from gateway.errors import UpstreamConnectTimeout
+
+    async def never_connects():
+        await trio.sleep_forever()
+
+    pool = Pool("php", never_connects, size=1, queue_depth=1, queue_timeout=60, connect_timeout=5)
+    t0 = trio.current_time()
+    with pytest.raises(UpstreamConnectTimeout) as exc:
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+    assert exc.value.status == 504
+    assert trio.current_time() - t0 == pytest.approx(5)
+    assert pool.busy == 0 and pool.open_connections == 0
