@@ -74,7 +74,11 @@ class App:
                 location = (b"https://" if req.https else b"http://") + host + location
             return self.error(route.status, [(b"location", location)])
         if isinstance(route, StaticFile):
-            return serve_file(route.path, req.method, req.header_map(), server=self.server_software)
+            resp = serve_file(route.path, req.method, req.header_map(), server=self.server_software)
+            if (router.static_cache_control and resp.status in (200, 206, 304)
+                    and route.uri.lower().endswith(router.static_cache_extensions)):
+                resp.headers.append((b"cache-control", router.static_cache_control))
+            return resp
         assert isinstance(route, PhpScript)
         return await self._php(req, router, route)
 
@@ -99,6 +103,9 @@ class App:
             body_length=req.body.size if req.body is not None else None,
             https=req.https,
         )
+        if router.extra_params:
+            params = [(n, v) for n, v in params if n not in router.extra_params]
+            params += router.extra_params.items()
         started: list[CgiHead] = []
         start_response = req.start_response
 

@@ -205,6 +205,21 @@ class SiteConfig(_Model):
     #: URI prefixes whose PHP output is streamed, not buffered (long polls,
     #: downloads generated on the fly); the PHP worker is held while it streams.
     unbuffered: list[str] = []
+    #: URI prefixes (or exact paths) answered 403, e.g. "/wp-config.php".
+    deny: list[str] = []
+    #: URI prefix -> directory, as nginx's "location /p/ { alias /dir/; }"
+    #: (e.g. Debian's WordPress keeps /wp-content/ in /var/lib/wordpress/wp-content/).
+    aliases: dict[str, str] = {}
+    #: Extra FastCGI params sent to PHP for this site (nginx fastcgi_param).
+    #: They override the computed ones; a client can never set these.
+    params: dict[str, str] = {}
+    #: Cache lifetime for static files with these extensions (nginx "expires"):
+    #: Cache-Control: public, max-age=N. 0 turns it off.
+    static_max_age: Duration = 0.0
+    static_cache_extensions: list[str] = [
+        "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "webp", "avif", "svg", "ico", "woff", "woff2", "ttf",
+        "eot", "otf", "mp4", "webm", "mp3", "ogg", "pdf",
+    ]
 
     def effective_try_files(self) -> list[str]:
         if self.try_files is not None:
@@ -265,9 +280,16 @@ def _walk(d: dict[str, Any], prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    def resolve(path: str) -> str:
+        return path if os.path.isabs(path) else str((base / path).resolve())
+
     for site in data.get("sites", {}).values():
-        if isinstance(site, dict) and isinstance(site.get("root"), str):
-            site["root"] = str((base / site["root"]).resolve()) if not os.path.isabs(site["root"]) else site["root"]
+        if not isinstance(site, dict):
+            continue
+        if isinstance(site.get("root"), str):
+            site["root"] = resolve(site["root"])
+        if isinstance(site.get("aliases"), dict):
+            site["aliases"] = {k: resolve(v) if isinstance(v, str) else v for k, v in site["aliases"].items()}
 
 
 def load_dir(path: str | os.PathLike[str]) -> Config:

@@ -135,13 +135,27 @@ class Router:
         self.php_enabled = bool(site.php)
         self.no_php_under = tuple(p if p.endswith("/") else p + "/" for p in site.no_php_under)
         self.unbuffered = tuple(site.unbuffered)
+        self.deny = tuple(site.deny)
+        self.extra_params = {k.encode(): v.encode() for k, v in site.params.items()}
+        self.static_cache_control = (b"public, max-age=%d" % int(site.static_max_age)
+                                     if site.static_max_age else None)
+        self.static_cache_extensions = tuple("." + e.lower().lstrip(".") for e in site.static_cache_extensions)
+        # nginx "location /prefix/ { alias /dir/; }": longest prefix first
+        self.aliases = sorted(((prefix, os.path.realpath(target) + ("/" if prefix.endswith("/") else ""))
+                               for prefix, target in site.aliases.items()), key=lambda a: -len(a[0]))
         #: SERVER_NAME: the first exact server name, as nginx's $server_name.
         self.server_name = next((n for n in site.server_names if not n.startswith("*") and n != "_"), "").encode()
 
     # -- filesystem helpers ----------------------------------------------------
 
     def _fs(self, uri: str) -> str:
+        for prefix, target in self.aliases:
+            if uri.startswith(prefix):
+                return target + uri[len(prefix):]
         return self.root + uri
+
+    def _allowed_dirs(self, fs_path: str) -> tuple[str, ...]:
+        return (self.root, *(t.rstrip("/") for _, t in self.aliases))
 
     def _stat(self, fs_path: str) -> os.stat_result | None:
         try:
@@ -150,7 +164,7 @@ class Router:
             return None
         if self.site.symlinks == "within_root":
             real = os.path.realpath(fs_path)
-            if real != self.root and not real.startswith(self.root + os.sep):
+            if not any(real == d or real.startswith(d + os.sep) for d in self._allowed_dirs(fs_path)):
                 raise _SymlinkLeavesRoot(fs_path)
         return st
 
@@ -175,6 +189,8 @@ class Router:
         for seg in path.split("/"):
             if seg.startswith(".") and seg != ".well-known":
                 return Refuse(403, f"hidden path segment {seg!r}")
+        if self.deny and path.startswith(self.deny):
+            return Refuse(403, "denied by the site's deny list")
         m = _PHP_SPLIT.match(path)
         if m:
             return self._php(m.group(1), m.group(2) or "", path, query)

@@ -4,6 +4,7 @@ pool -> FastCGI -> an in-memory php-fpm stand-in, on the autojump clock."""
 from __future__ import annotations
 
 import trio
+import trio.lowlevel
 import trio.testing
 
 from gateway.app import App
@@ -144,7 +145,7 @@ async def test_response_beyond_the_temp_file_limit_passes_through_intact(tmp_pat
 
 async def test_error_after_streaming_started_cuts_the_connection(tmp_path, nursery, autojump_clock):
     async def script(req):
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return [php_output(b"partial", headers=(b"X-Accel-Buffering: no",)), trio.sleep_forever]
 
     app, _ = make_app(tmp_path, FakeFpm(script), nursery, read_timeout="5s")

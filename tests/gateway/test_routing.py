@@ -154,3 +154,19 @@ def test_virtual_hosts(tmp_path):
     assert v.lookup(b"example.com") is v.routers["dflt"]
     assert v.lookup(None) is v.routers["dflt"]
     assert v.lookup(b"[::1]:80") is v.routers["dflt"]
+
+
+def test_aliases_deny_and_their_php(docroot, tmp_path):
+    content = tmp_path / "content"
+    (content / "themes").mkdir(parents=True)
+    (content / "themes" / "style.css").write_text("x")
+    (content / "plugin.php").write_text("<?php")
+    site = dict(aliases={"/wp-content/": str(content)}, deny=["/wp-config.php", "/readme"])
+    assert route(docroot, b"/wp-content/themes/style.css", **site) == StaticFile(
+        str(content / "themes" / "style.css"), "/wp-content/themes/style.css")
+    php = route(docroot, b"/wp-content/plugin.php", **site)
+    assert isinstance(php, PhpScript) and php.script_filename == str(content / "plugin.php")
+    assert route(docroot, b"/wp-config.php", **site).status == 403
+    assert route(docroot, b"/readme.html", **site).status == 403
+    # an alias target counts as inside the root for symlinks = within_root
+    assert isinstance(route(docroot, b"/wp-content/themes/style.css", symlinks="within_root", **site), StaticFile)
