@@ -65,15 +65,14 @@ async def test_emfile_is_retried_not_fatal(nursery, autojump_clock, caplog):
             raise OSError(errno.EMFILE, "Too many open files")
 
     listener.accept_hook = emfile
-    served = []
+    served = trio.Event()
 
     async def handler(stream):
-        served.append(stream)
+        served.set()
 
     nursery.start_soon(serve_listener, listener, handler, nursery, trio.CapacityLimiter(10))
     await listener.connect()
     t0 = trio.current_time()
-    while not served:
-        await trio.sleep(0.01)
+    await served.wait()
     assert trio.current_time() - t0 >= 3 * ACCEPT_RETRY_DELAY
     assert caplog.text.count("Too many open files") == 3

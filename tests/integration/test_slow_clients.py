@@ -18,8 +18,8 @@ from tests.helpers import HttpClient
 from .conftest import DOCROOT
 
 
-async def wait_until(predicate, timeout: float = 20.0) -> None:
-    with trio.fail_after(timeout):
+async def wait_until(predicate) -> None:
+    with trio.fail_after(20):
         while not predicate():  # noqa: ASYNC110 - the gateway exposes counters, not events; poll, bounded
             await trio.sleep(0.01)
 

@@ -174,7 +174,7 @@ async def test_stopped_php_fpm_is_backend_down(start_gateway, tmp_path: Path):
 async def test_gateway_status_and_top_commands(gw):
     import sys
 
-    admin = "http://127.0.0.1:%d" % gw.running.admin_listeners[0].socket.getsockname()[1]
+    admin = f"http://127.0.0.1:{gw.running.admin_listeners[0].socket.getsockname()[1]}"
     out = await trio.run_process([sys.executable, "-m", "gateway", "status", "--json", "--admin", admin],
                                  capture_stdout=True)
     st = json.loads(out.stdout)
