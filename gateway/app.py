@@ -8,6 +8,7 @@ memory stream.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import trio
@@ -19,7 +20,7 @@ from .errors import GatewayError
 from .php import PhpSettings, run_php
 from .pool import Pool
 from .request import BodyWriter, Request
-from .response import Response, error_response
+from .response import Response, error_response, http_date
 from .routing import BadRequestTarget, PhpScript, Redirect, Refuse, Router, StaticFile, VirtualHosts, split_target
 from .spool import Spool
 from .static import serve_file
@@ -75,9 +76,11 @@ class App:
             return self.error(route.status, [(b"location", location)])
         if isinstance(route, StaticFile):
             resp = serve_file(route.path, req.method, req.header_map(), server=self.server_software)
-            if (router.static_cache_control and resp.status in (200, 206, 304)
+            if (router.static_max_age and resp.status in (200, 206, 304)
                     and route.uri.lower().endswith(router.static_cache_extensions)):
-                resp.headers.append((b"cache-control", router.static_cache_control))
+                # as nginx's "expires": both headers
+                resp.headers.append((b"expires", http_date(time.time() + router.static_max_age)))
+                resp.headers.append((b"cache-control", b"max-age=%d" % router.static_max_age))
             return resp
         assert isinstance(route, PhpScript)
         return await self._php(req, router, route)

@@ -214,7 +214,7 @@ class SiteConfig(_Model):
     #: They override the computed ones; a client can never set these.
     params: dict[str, str] = {}
     #: Cache lifetime for static files with these extensions (nginx "expires"):
-    #: Cache-Control: public, max-age=N. 0 turns it off.
+    #: Cache-Control: max-age=N and Expires. 0 turns it off.
     static_max_age: Duration = 0.0
     static_cache_extensions: list[str] = [
         "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "webp", "avif", "svg", "ico", "woff", "woff2", "ttf",

@@ -137,8 +137,7 @@ class Router:
         self.unbuffered = tuple(site.unbuffered)
         self.deny = tuple(site.deny)
         self.extra_params = {k.encode(): v.encode() for k, v in site.params.items()}
-        self.static_cache_control = (b"public, max-age=%d" % int(site.static_max_age)
-                                     if site.static_max_age else None)
+        self.static_max_age = int(site.static_max_age)
         self.static_cache_extensions = tuple("." + e.lower().lstrip(".") for e in site.static_cache_extensions)
         # nginx "location /prefix/ { alias /dir/; }": longest prefix first
         self.aliases = sorted(((prefix, os.path.realpath(target) + ("/" if prefix.endswith("/") else ""))
@@ -209,6 +208,9 @@ class Router:
             elif entry.startswith("="):
                 return Refuse(int(entry[1:]), "try_files ended in " + entry)
             else:
+                if any(path.startswith(prefix) for prefix, _ in self.aliases):
+                    # as an nginx alias location: its files or a 404, never the front controller
+                    return Refuse(404, "no such file under an alias")
                 return self._fallback(entry, path, query)
         return Refuse(404, "no file matched try_files")
 

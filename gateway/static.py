@@ -31,15 +31,13 @@ _EXTRA_TYPES = {
     ".avif": "image/avif",
     ".mp4": "video/mp4",
 }
-_TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml", "application/xml")
 _RANGE = re.compile(rb"^bytes=(\d*)-(\d*)$")
 
 
 def content_type(path: str) -> bytes:
     ext = os.path.splitext(path)[1].lower()
+    # No charset parameter, as nginx (charset off): the file's bytes speak for themselves.
     ctype = _EXTRA_TYPES.get(ext) or mimetypes.types_map.get(ext) or "application/octet-stream"
-    if ctype.startswith(_TEXT_TYPES):
-        ctype += "; charset=utf-8"
     return ctype.encode()
 
 

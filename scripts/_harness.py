@@ -45,7 +45,7 @@ def port_open(port: int) -> bool:
 NGINX_CONF = """
 daemon off;
 worker_processes 1;
-user www-data;
+user {nginx_user};
 pid {run}/nginx.pid;
 error_log {run}/nginx-error.log;
 events {{ worker_connections 4096; }}
@@ -66,17 +66,22 @@ http {{
         server_name localhost;
         root {root};
         index index.php index.html;
+        {locations}
+    }}
+}}
+"""
+
+NGINX_PHP_LOCATIONS = """
         location / {{ try_files $uri $uri/ /index.php?$args; }}
         location ~ [^/]\\.php(/|$) {{
             fastcgi_split_path_info ^(.+?\\.php)(/.*)$;
             if (!-f $document_root$fastcgi_script_name) {{ return 404; }}
             include /etc/nginx/fastcgi.conf;
             fastcgi_param PATH_INFO $fastcgi_path_info;
+            {fastcgi_extra}
             fastcgi_keep_conn on;
             fastcgi_pass php;
         }}
-    }}
-}}
 """
 
 
@@ -84,10 +89,16 @@ class Stack:
     """php-fpm (one pool) + nginx + the gateway, all on 127.0.0.1."""
 
     def __init__(self, root: Path, workers: int = 4, gateway_workers: int | None = None, *,
-                 nginx_http_extra: str = "", gateway_extra: str = "") -> None:
+                 nginx_http_extra: str = "", gateway_extra: str = "", nginx_locations: str | None = None,
+                 gateway_site: str | None = None, run_as: str = "www-data") -> None:
         """``nginx_http_extra``: directives added to nginx's http block;
-        ``gateway_extra``: TOML added to the gateway's configuration."""
+        ``gateway_extra``: TOML added to the gateway's configuration;
+        ``nginx_locations`` / ``gateway_site``: replace nginx's PHP locations and
+        the gateway's [sites.cmp] table; ``run_as``: php-fpm's and nginx's worker user."""
         self.root = root
+        self.nginx_locations = nginx_locations or NGINX_PHP_LOCATIONS.format(fastcgi_extra="")
+        self.gateway_site = gateway_site
+        self.run_as = run_as
         self.nginx_http_extra = nginx_http_extra
         self.gateway_extra = gateway_extra
         self.workers = workers
@@ -107,7 +118,7 @@ class Stack:
         return self
 
     def _start(self) -> None:
-        user = "www-data" if os.geteuid() == 0 else ""
+        user = self.run_as if os.geteuid() == 0 else ""
         paths = write_pool_config("cmp", BackendConfig(workers=self.workers, user=user, max_requests=0),
                                   str(self.run / "fpm"))
         os.chmod(paths.directory, 0o755)
@@ -119,7 +130,8 @@ class Stack:
             (self.run / d).mkdir()
         conf = self.run / "nginx.conf"
         conf.write_text(NGINX_CONF.format(run=self.run, sock=paths.socket, port=self.nginx_port, root=self.root,
-                                          workers=self.workers, extra=self.nginx_http_extra))
+                                          workers=self.workers, extra=self.nginx_http_extra,
+                                          nginx_user=self.run_as or "www-data", locations=self.nginx_locations))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.procs.append(subprocess.Popen([nginx, "-c", str(conf)], stderr=subprocess.DEVNULL))
         wait_for(lambda: port_open(self.nginx_port), what="nginx")
@@ -129,7 +141,8 @@ class Stack:
             f'[server]\nlisten = ["127.0.0.1:{self.gateway_port}"]\naccess_log = "off"\n'
             f'[backends.php]\naddress = "unix:{paths.socket}"\nworkers = {self.gateway_workers}\n'
             f'[admin]\nlisten = "off"\n'
-            f'[sites.cmp]\nserver_names = ["localhost"]\nroot = "{self.root}"\nphp = "php"\n'
+            + (self.gateway_site or
+               f'[sites.cmp]\nserver_names = ["localhost"]\nroot = "{self.root}"\nphp = "php"\n')
             + self.gateway_extra
         )
         self.procs.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(confd),

@@ -68,3 +68,16 @@ def test_shipped_conf_d_is_valid():
     cfg = load_dir(pathlib.Path(__file__).parents[2] / "conf.d")
     assert cfg.server.listen == ["127.0.0.1:8080"]
     assert cfg.sites["demo"].php == "php"
+
+
+@pytest.mark.parametrize("example", ["wordpress-debian.toml", "wordpress-tarball.toml"])
+def test_shipped_wordpress_examples_are_valid(tmp_path, example):
+    import pathlib
+    import shutil
+
+    src = pathlib.Path(__file__).parents[2] / "conf.d" / "examples" / example
+    shutil.copy(src, tmp_path / example)
+    cfg = load_dir(tmp_path)
+    site = cfg.sites["wordpress"]
+    assert site.effective_try_files() == ["$uri", "$uri/", "/index.php?$args"]
+    assert site.no_php_under == ["/wp-content/uploads/"] and "/wp-config.php" in site.deny

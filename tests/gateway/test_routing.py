@@ -170,3 +170,9 @@ def test_aliases_deny_and_their_php(docroot, tmp_path):
     assert route(docroot, b"/readme.html", **site).status == 403
     # an alias target counts as inside the root for symlinks = within_root
     assert isinstance(route(docroot, b"/wp-content/themes/style.css", symlinks="within_root", **site), StaticFile)
+
+
+def test_missing_file_under_an_alias_is_404_not_the_front_controller(docroot, tmp_path):
+    (tmp_path / "content").mkdir()
+    r = route(docroot, b"/wp-content/themes/missing.css", aliases={"/wp-content/": str(tmp_path / "content")})
+    assert isinstance(r, Refuse) and r.status == 404

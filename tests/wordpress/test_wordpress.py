@@ -100,7 +100,7 @@ async def test_upload_through_async_upload_and_fetch_back(browser):
     got = await browser.get(url)
     assert got.status == 200 and got.header("content-type") == "image/png"
     assert hashlib.sha256(got.body).hexdigest() == hashlib.sha256(image).hexdigest()
-    assert got.header("cache-control") == "public, max-age=31536000"
+    assert got.header("cache-control") == "max-age=31536000" and got.header("expires")
 
 
 async def test_upload_raw_body_through_rest_media(browser):
@@ -140,7 +140,7 @@ async def test_php_never_runs_in_uploads_and_config_is_never_served(browser, wor
 
 async def test_theme_static_assets_are_served_with_long_cache(browser):
     r = await browser.get("/wp-content/themes/twentytwentythree/style.css")
-    assert r.status == 200 and r.header("content-type") == "text/css; charset=utf-8"
-    assert r.header("cache-control") == "public, max-age=31536000"
+    assert r.status == 200 and r.header("content-type") == "text/css"
+    assert r.header("cache-control") == "max-age=31536000"
     r = await browser.get("/wp-includes/js/jquery/jquery.min.js")
-    assert r.status == 200 and r.header("content-type") == "application/javascript; charset=utf-8"
+    assert r.status == 200 and r.header("content-type") == "application/javascript"
