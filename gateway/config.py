@@ -160,8 +160,9 @@ class BackendConfig(_Model):
     #: Unix user the workers run as when the gateway runs as root.
     #: Empty: www-data when root, else the current user.
     user: str = ""
-    #: php-fpm pm.max_requests (0: never recycle).
-    max_requests: Annotated[int, Field(ge=0)] = 500
+    #: php-fpm pm.max_requests (0: never recycle, php-fpm's default). A busy
+    #: pool recycling every few hundred requests spends its time forking.
+    max_requests: Annotated[int, Field(ge=0)] = 0
     #: php-fpm request_terminate_timeout (0: off). An idle kept-alive
     #: connection counts as a running request for it.
     request_terminate_timeout: Duration = 0.0

@@ -40,7 +40,7 @@ import trio
 from ._util import single_exception
 from .errors import ClientGone
 from .metrics import ListenerStats
-from .request import Request
+from .request import ClientAbort, Request
 from .response import FileRange, Response, error_response, http_date, reason_phrase
 from .spool import Spool
 
@@ -61,6 +61,8 @@ _WATCH_LIMIT = 64 * 1024
 BODY_RATE_GRACE = 10.0
 #: The send timeout applies to each piece of this size (nginx: between two writes).
 SEND_PIECE = 16 * 1024
+#: Static files up to this size are read and sent with the head in one write.
+SMALL_FILE = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,7 @@ class HttpConnection:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_size)
         self._received_any = False
         self._state = "reading"
+        self._nursery: trio.Nursery
 
     def _set_state(self, state: str) -> None:
         states = self.lifecycle.stats.states
@@ -131,7 +134,11 @@ class HttpConnection:
         stats.accepted += 1
         stats.states[self._state] += 1
         try:
-            await self._serve()
+            with single_exception():
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await self._serve()
+                    nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
             pass
         except trio.TooSlowError:
@@ -285,27 +292,44 @@ class HttpConnection:
         return keep_alive
 
     async def _run_handler(self, request: Request) -> Response:
-        """Run the handler while watching the client for EOF."""
-        with single_exception():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_client, request)
-                response = await self.handler(request)
-                nursery.cancel_scope.cancel()
-        return response
+        """Run the handler; if it waits on something (``request.abort.scope()``),
+        watch the client for EOF meanwhile, in the connection's nursery."""
+        scope = trio.CancelScope()
+        done = trio.Event()
+        started = False
 
-    async def _watch_client(self, request: Request) -> None:
-        received = 0
-        while received < _WATCH_LIMIT:
-            try:
-                data = await self.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if not data:
-                request.abort.fire()
-                return
-            received += len(data)
-            self.conn.receive_data(cast(bytes, data))
-        await trio.sleep_forever()
+        def start_watching() -> None:
+            nonlocal started
+            started = True
+            self._nursery.start_soon(self._watch_client, request, scope, done)
+
+        request.abort = ClientAbort(start_watching)
+        try:
+            return await self.handler(request)
+        finally:
+            scope.cancel()
+            if started:
+                # the watcher must be out of receive_some before anyone reads again
+                with trio.CancelScope(shield=True):
+                    await done.wait()
+
+    async def _watch_client(self, request: Request, scope: trio.CancelScope, done: trio.Event) -> None:
+        try:
+            with scope:
+                received = 0
+                while received < _WATCH_LIMIT:
+                    try:
+                        data = await self.stream.receive_some(65536)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                    if not data:
+                        request.abort.fire()
+                        return
+                    received += len(data)
+                    self.conn.receive_data(cast(bytes, data))
+                await trio.sleep_forever()
+        finally:
+            done.set()
 
     # -- request body -------------------------------------------------------------
 
@@ -370,33 +394,51 @@ class HttpConnection:
             return
         await self._linger()
 
-    async def _send_head(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes,
-                         keep_alive: bool) -> None:
+    def _head_bytes(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes, keep_alive: bool) -> bytes:
         s = self.settings
         full = [(b"server", s.server_software), (b"date", http_date()), *headers]
         if not keep_alive:
             full.append((b"connection", b"close"))
         reason = reason or reason_phrase(status)
-        await self._send_all(self.conn.send(h11.Response(status_code=status, headers=full, reason=reason)))
+        return self.conn.send(h11.Response(status_code=status, headers=full, reason=reason)) or b""
+
+    async def _send_head(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes,
+                         keep_alive: bool) -> None:
+        await self._send_all(self._head_bytes(status, headers, reason, keep_alive))
 
     async def _send_response(self, req: h11.Request | None, resp: Response, keep_alive: bool) -> None:
         headers = resp.headers
         body = resp.body
         if isinstance(body, bytes) and body and not any(n == b"content-length" for n, _ in resp.headers):
             headers = [*headers, (b"content-length", b"%d" % len(body))]
-        await self._send_head(resp.status, headers, resp.reason, keep_alive)
+        head = self._head_bytes(resp.status, headers, resp.reason, keep_alive)
         head_only = req is not None and req.method == b"HEAD" or resp.status in (204, 304)
-        if not head_only:
-            if isinstance(body, Spool):
-                body = body.getvalue() if body.in_memory else FileRange(body.file, 0, body.size, close_file=False)
-            if isinstance(body, FileRange):
-                for piece in self.conn.send_with_data_passthrough(h11.Data(data=body)) or []:  # type: ignore[arg-type]
-                    if isinstance(piece, FileRange):
-                        await self._sendfile(piece)
-                    else:
-                        await self._send_all(piece)
-            elif body:
-                await self._send_all(self.conn.send(h11.Data(data=body)))
+        if isinstance(body, Spool) and body.in_memory:
+            body = body.getvalue()
+        elif isinstance(body, FileRange) and body.length <= SMALL_FILE:
+            # a small file costs less read and sent with the head than sendfile'd
+            data = os.pread(body.file.fileno(), body.length, body.offset) if not head_only else b""
+            if len(data) < body.length and not head_only:
+                self.conn.send_failed()
+                raise trio.BrokenResourceError("file shrank while being sent")
+            body = data
+        if head_only or isinstance(body, bytes):
+            # one write for head, body and end: the common case
+            out = head
+            if isinstance(body, bytes) and body and not head_only:
+                out += self.conn.send(h11.Data(data=body)) or b""
+            out += self.conn.send(h11.EndOfMessage()) or b""
+            await self._send_all(out)
+            return
+        # a large body: a temp file or static file, sent with sendfile
+        await self._send_all(head)
+        if isinstance(body, Spool):
+            body = FileRange(body.file, 0, body.size, close_file=False)
+        for piece in self.conn.send_with_data_passthrough(h11.Data(data=body)) or []:  # type: ignore[arg-type]
+            if isinstance(piece, FileRange):
+                await self._sendfile(piece)
+            else:
+                await self._send_all(piece)
         await self._send_all(self.conn.send(h11.EndOfMessage()))
 
     async def _send_all(self, data: bytes | None) -> None:

@@ -45,6 +45,10 @@ from .spool import Spool
 log = logging.getLogger("gateway.php")
 
 STDIN_CHUNK = 4 * fastcgi.MAX_CONTENT
+#: Request bodies up to this size are written with the params in one write;
+#: larger ones are sent by a task while the response is read (no deadlock if
+#: PHP answers before reading all of its input).
+SMALL_BODY = 64 * 1024
 
 
 #: Starts a streamed response for a CGI head and returns where its body goes.
@@ -147,6 +151,16 @@ async def _exchange(conn: UpstreamConnection, params: list[tuple[bytes, bytes]],
             # The reader sees the EOF or reset and decides (retry or 502).
             fc.send_failed()
 
+    if body is None or body.size <= SMALL_BODY:
+        # Everything fits in the socket buffer: write it, then read. No task needed.
+        if body is not None and body.size:
+            first += fc.send(fastcgi.Stdin(body.getvalue() if body.in_memory else b"".join(body.chunks()))) or b""
+        first += fc.send(fastcgi.Stdin()) or b""
+        try:
+            await stream.send_all(first)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            fc.send_failed()
+        return await reader.read(conn)
     with single_exception():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_stdin)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -21,12 +21,17 @@ class ClientAbort:
     ``with abort.scope():``, which raises ``ClientGone`` once cancelled.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start_watching: Callable[[], None] | None = None) -> None:
         self.gone = False
         self._scopes: set[trio.CancelScope] = set()
+        # Watching the client costs a task; only handlers that wait (PHP) ask for it.
+        self._start_watching = start_watching
 
     @contextmanager
     def scope(self) -> Iterator[None]:
+        if self._start_watching is not None:
+            self._start_watching()
+            self._start_watching = None
         cs = trio.CancelScope()
         if self.gone:
             cs.cancel()

@@ -57,8 +57,18 @@ def reason_phrase(status: int) -> bytes:
         return b""
 
 
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
 def http_date(ts: float | None = None) -> bytes:
-    return email.utils.formatdate(time.time() if ts is None else ts, usegmt=True).encode()
+    """An RFC 9110 date; the current one is formatted once per second."""
+    global _date_cache
+    if ts is not None:
+        return email.utils.formatdate(ts, usegmt=True).encode()
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
 
 
 def error_response(status: int, *, server: bytes = b"gateway", headers: list[tuple[bytes, bytes]] | None = None,
