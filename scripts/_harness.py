@@ -60,7 +60,7 @@ http {{
     scgi_temp_path {run}/scgi;
     client_max_body_size 64m;
     {extra}
-    upstream php {{ server unix:{sock}; keepalive {workers}; }}
+    upstream php {{ server unix:{sock}; keepalive {workers}; keepalive_timeout {idle}ms; }}
     server {{
         listen 127.0.0.1:{port};
         server_name localhost;
@@ -90,7 +90,7 @@ class Stack:
 
     def __init__(self, root: Path, workers: int = 4, gateway_workers: int | None = None, *,
                  nginx_http_extra: str = "", gateway_extra: str = "", nginx_locations: str | None = None,
-                 gateway_site: str | None = None, run_as: str = "www-data") -> None:
+                 gateway_site: str | None = None, run_as: str = "www-data", idle_timeout: float = 10.0) -> None:
         """``nginx_http_extra``: directives added to nginx's http block;
         ``gateway_extra``: TOML added to the gateway's configuration;
         ``nginx_locations`` / ``gateway_site``: replace nginx's PHP locations and
@@ -99,6 +99,7 @@ class Stack:
         self.nginx_locations = nginx_locations or NGINX_PHP_LOCATIONS.format(fastcgi_extra="")
         self.gateway_site = gateway_site
         self.run_as = run_as
+        self.idle_timeout = idle_timeout
         self.nginx_http_extra = nginx_http_extra
         self.gateway_extra = gateway_extra
         self.workers = workers
@@ -131,7 +132,8 @@ class Stack:
         conf = self.run / "nginx.conf"
         conf.write_text(NGINX_CONF.format(run=self.run, sock=paths.socket, port=self.nginx_port, root=self.root,
                                           workers=self.workers, extra=self.nginx_http_extra,
-                                          nginx_user=self.run_as or "www-data", locations=self.nginx_locations))
+                                          nginx_user=self.run_as or "www-data", locations=self.nginx_locations,
+                                          idle=int(self.idle_timeout * 1000)))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.procs.append(subprocess.Popen([nginx, "-c", str(conf)], stderr=subprocess.DEVNULL))
         wait_for(lambda: port_open(self.nginx_port), what="nginx")
@@ -140,6 +142,7 @@ class Stack:
         (confd / "00.toml").write_text(
             f'[server]\nlisten = ["127.0.0.1:{self.gateway_port}"]\naccess_log = "off"\n'
             f'[backends.php]\naddress = "unix:{paths.socket}"\nworkers = {self.gateway_workers}\n'
+            f'idle_timeout = "{self.idle_timeout}s"\n'
             f'[admin]\nlisten = "off"\n'
             + (self.gateway_site or
                f'[sites.cmp]\nserver_names = ["localhost"]\nroot = "{self.root}"\nphp = "php"\n')

@@ -1,0 +1,160 @@
+"""Benchmark the gateway against nginx + php-fpm in one run, with wrk.
+
+One php-fpm pool (pm = static, 4 workers unless --fpm-workers) serves both
+front ends. nginx (Debian's, FastCGI keep-alive on, try_files, sendfile, access
+log off) and the gateway (pool of the same size, access log off) are measured
+in alternation, A B A B, with a drain between runs so kept-alive FastCGI
+connections of one front end never pin the workers the other needs, and php-fpm
+has finished any request whose client left. Each cell is the median of
+--reps runs.
+
+Workloads: hello.php at 16/64/256 connections; a ~5 ms CPU script at 64; a
+50 ms sleeping script at 256; static 1 KiB and 1 MiB at 64; 1000 connections
+on the sleeping script (php-fpm's listen.backlog stays 511, its default); an
+overload run where clients give up after 1 s, with the PHP work done for
+clients that had already left (php-fpm's "accepted conn" minus answers).
+
+Output: req/s, p50, p99, errors, the ratio to nginx, and the gateway's CPU
+time per request. Loopback only; every run is bounded by --duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _harness import REPO, Stack
+
+sys.path.insert(0, str(REPO))
+
+DOCROOT = {
+    "hello.php": "<?php echo 'hello';\n",
+    "cpu.php": "<?php $end = microtime(true) + 0.005; $x = 0; while (microtime(true) < $end) { $x++; } echo $x;\n",
+    "sleep.php": "<?php usleep(50000); echo 'slept';\n",
+    "1k.txt": "x" * 1024,
+}
+
+WORKLOADS = [
+    # name, path, connections, wrk timeout (s)
+    ("hello.php c16", "/hello.php", 16, 10),
+    ("hello.php c64", "/hello.php", 64, 10),
+    ("hello.php c256", "/hello.php", 256, 10),
+    ("cpu 5ms c64", "/cpu.php", 64, 10),
+    ("sleep 50ms c256", "/sleep.php", 256, 10),
+    ("static 1KiB c64", "/1k.txt", 64, 10),
+    ("static 1MiB c64", "/1m.bin", 64, 10),
+    ("sleep 50ms c1000", "/sleep.php", 1000, 30),
+    ("overload 1s timeout", "/sleep.php", 1000, 1),
+]
+
+
+def wrk(port: int, path: str, connections: int, seconds: float, timeout: float) -> dict[str, float]:
+    threads = min(2, connections)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", f"--timeout={int(timeout)}s",
+                          "--latency", f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, timeout=seconds + 60).stdout
+
+    def num(pattern: str) -> float:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else 0.0
+
+    def lat(label: str) -> float:
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+    errors = num(r"Non-2xx or 3xx responses: (\d+)")
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(g) for g in m.groups())
+    return {"rps": num(r"Requests/sec:\s+([\d.]+)"), "p50": lat("50%"), "p99": lat("99%"), "errors": errors,
+            "requests": num(r"(\d+) requests in")}
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fpm_requests(status_socket: str) -> int:
+    """Requests php-fpm's workers have run (the sum of their counters in the
+    'full' status; 'accepted conn' counts connections, not requests)."""
+    import trio
+
+    from gateway.supervisor import fastcgi_get
+
+    async def get() -> int:
+        with trio.fail_after(5):
+            _, body = await fastcgi_get("unix:" + status_socket, "/fpm-status", b"json&full")
+        return sum(int(p["requests"]) for p in json.loads(body)["processes"])
+
+    return trio.run(get)
+
+
+def drain(stack: Stack, seconds: float) -> None:
+    """Let idle FastCGI connections time out (1 s on both sides) and php-fpm finish."""
+    time.sleep(seconds)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per run (max 60)")
+    p.add_argument("--reps", type=int, default=3, help="runs per cell (median reported)")
+    p.add_argument("--fpm-workers", type=int, default=4)
+    p.add_argument("--only", default="", help="run workloads whose name contains this")
+    args = p.parse_args()
+    duration = float(int(max(1.0, min(args.duration, 60.0))))
+    root = Path(tempfile.mkdtemp(prefix="bench-root-"))
+    root.chmod(0o755)
+    for name, text in DOCROOT.items():
+        (root / name).write_text(text)
+    (root / "1m.bin").write_bytes(os.urandom(1 << 20))
+    workloads = [w for w in WORKLOADS if args.only in w[0]]
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    with Stack(root, workers=args.fpm_workers, idle_timeout=1.0) as stack:
+        gw_pid = stack.procs[-1].pid
+        status_socket = stack.fpm_socket.replace("php.sock", "status.sock")
+        for name, path, conns, timeout in workloads:
+            for rep in range(args.reps):
+                for server, port in (("nginx", stack.nginx_port), ("gateway", stack.gateway_port)):
+                    ran0 = fpm_requests(status_socket)
+                    cpu0 = cpu_seconds(gw_pid)
+                    r = wrk(port, path, conns, duration, timeout)
+                    r["gw_cpu_us"] = ((cpu_seconds(gw_pid) - cpu0) / r["requests"] * 1e6
+                                      if server == "gateway" and r["requests"] else float("nan"))
+                    drain(stack, 2.0 if "overload" not in name and conns < 1000 else 4.0)
+                    # PHP work done for clients that were no longer there for the answer
+                    r["wasted_php"] = max(0, fpm_requests(status_socket) - ran0 - r["requests"])
+                    results.setdefault((name, server), []).append(r)
+                    print(f"  {name:22} {server:8} rep {rep + 1}: {r['rps']:9.0f} req/s  p99 {r['p99']:8.1f} ms  "
+                          f"errors {r['errors']:.0f}", file=sys.stderr, flush=True)
+
+    def med(name: str, server: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[(name, server)])
+
+    print(f"\nmedians of {args.reps} runs of {duration:g}s; php-fpm pm=static, {args.fpm_workers} workers shared")
+    print(f"{'workload':22} {'server':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs nginx':>8} "
+          f"{'gw CPU us/req':>13} {'wasted PHP':>10}")
+    for name, *_ in workloads:
+        base = med(name, "nginx", "rps")
+        for server in ("nginx", "gateway"):
+            rps = med(name, server, "rps")
+            cpu = med(name, server, "gw_cpu_us")
+            print(f"{name:22} {server:8} {rps:9.0f} {med(name, server, 'p50'):8.2f} {med(name, server, 'p99'):8.2f} "
+                  f"{med(name, server, 'errors'):7.0f} {rps / base if base else float('nan'):8.2f} "
+                  f"{'' if cpu != cpu else f'{cpu:.0f}':>13} {med(name, server, 'wasted_php'):10.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
