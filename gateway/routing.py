@@ -142,6 +142,8 @@ class Router:
         # nginx "location /prefix/ { alias /dir/; }": longest prefix first
         self.aliases = sorted(((prefix, os.path.realpath(target) + ("/" if prefix.endswith("/") else ""))
                                for prefix, target in site.aliases.items()), key=lambda a: -len(a[0]))
+        #: where symlinks may lead with symlinks = "within_root"
+        self.allowed_dirs = (self.root, *(t.rstrip("/") for _, t in self.aliases))
         #: SERVER_NAME: the first exact server name, as nginx's $server_name.
         self.server_name = next((n for n in site.server_names if not n.startswith("*") and n != "_"), "").encode()
 
@@ -153,8 +155,6 @@ class Router:
                 return target + uri[len(prefix):]
         return self.root + uri
 
-    def _allowed_dirs(self, fs_path: str) -> tuple[str, ...]:
-        return (self.root, *(t.rstrip("/") for _, t in self.aliases))
 
     def _stat(self, fs_path: str) -> os.stat_result | None:
         try:
@@ -163,7 +163,7 @@ class Router:
             return None
         if self.site.symlinks == "within_root":
             real = os.path.realpath(fs_path)
-            if not any(real == d or real.startswith(d + os.sep) for d in self._allowed_dirs(fs_path)):
+            if not any(real == d or real.startswith(d + os.sep) for d in self.allowed_dirs):
                 raise _SymlinkLeavesRoot(fs_path)
         return st
 

@@ -101,9 +101,17 @@ def fpm_requests(status_socket: str) -> int:
     return trio.run(get)
 
 
-def drain(stack: Stack, seconds: float) -> None:
-    """Let idle FastCGI connections time out (1 s on both sides) and php-fpm finish."""
+def drain(status_socket: str, seconds: float) -> None:
+    """Let idle FastCGI connections time out (1 s on both sides), then wait until
+    php-fpm has stopped running requests: after a run it still executes what
+    clients queued in its backlog and then left (up to 60 s)."""
     time.sleep(seconds)
+    last, stable, deadline = -1, 0, time.monotonic() + 60
+    while stable < 3 and time.monotonic() < deadline:
+        ran = fpm_requests(status_socket)
+        stable = stable + 1 if ran == last else 0
+        last = ran
+        time.sleep(0.5)
 
 
 def main() -> int:
@@ -132,7 +140,7 @@ def main() -> int:
                     r = wrk(port, path, conns, duration, timeout)
                     r["gw_cpu_us"] = ((cpu_seconds(gw_pid) - cpu0) / r["requests"] * 1e6
                                       if server == "gateway" and r["requests"] else float("nan"))
-                    drain(stack, 2.0 if "overload" not in name and conns < 1000 else 4.0)
+                    drain(status_socket, 1.5)
                     # PHP work done for clients that were no longer there for the answer
                     r["wasted_php"] = max(0, fpm_requests(status_socket) - ran0 - r["requests"])
                     results.setdefault((name, server), []).append(r)

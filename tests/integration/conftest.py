@@ -3,7 +3,6 @@ its supervisor spawns (Debian's php8.2-fpm, installed by scripts/setup)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -88,17 +87,3 @@ async def start_gateway(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[
 @pytest.fixture
 async def gw(start_gateway: StartGateway) -> Gateway:
     return await start_gateway()
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry))
-    return out

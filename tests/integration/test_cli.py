@@ -12,10 +12,11 @@ from pathlib import Path
 import trio
 
 from gateway.config import BackendConfig
+from gateway.monitor import children_of
 from gateway.supervisor import find_php_fpm, write_pool_config
 from tests.helpers import HttpClient
 
-from .conftest import DOCROOT, children_of
+from .conftest import DOCROOT
 
 REPO = Path(__file__).parents[2]
 GATEWAY = [sys.executable, "-m", "gateway"]

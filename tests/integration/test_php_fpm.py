@@ -11,9 +11,8 @@ import uuid
 import trio
 import trio.testing
 
+from gateway.monitor import children_of
 from tests.helpers import HttpClient
-
-from .conftest import children_of
 
 
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[str, bytes]:

@@ -15,10 +15,9 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import BackendConfig
+from gateway.monitor import children_of
 from gateway.supervisor import find_php_fpm, write_pool_config
 from tests.helpers import HttpClient
-
-from .conftest import children_of
 
 WITHIN = 10.0
 
