@@ -140,7 +140,7 @@ class App:
             resp.upstream = backend.pool.name
             return resp
         head = result.head
-        if result.streamed:
+        if result.body is None:  # streamed to the client already
             return Response(head.status, [], streamed=True, queue_wait=result.queue_wait, php_time=result.php_time,
                             upstream=backend.pool.name)
         headers = [(n, v) for n, v in head.headers if n.lower() not in cgi.GATEWAY_ONLY_HEADERS

@@ -87,7 +87,11 @@ class Lifecycle:
     """Shared by the server and its connections: are we shutting down, and the
     listener's instruments (connection states, requests in flight)."""
 
-    def __init__(self, stats: ListenerStats | None = None) -> None:
+    def __init__(self, stats: ListenerStats | None = None, watchers: trio.Nursery | None = None) -> None:
+        """``watchers``: where client watchers run while a handler waits (the
+        server's connection nursery); each connection task also waits for its
+        watcher to end, so none outlives its request."""
+        self.watchers = watchers
         self.shutting_down = False
         self.idle_scopes: set[trio.CancelScope] = set()
         self.stats = stats or ListenerStats()
@@ -118,7 +122,6 @@ class HttpConnection:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_size)
         self._received_any = False
         self._state = "reading"
-        self._nursery: trio.Nursery
 
     def _set_state(self, state: str) -> None:
         states = self.lifecycle.stats.states
@@ -134,11 +137,7 @@ class HttpConnection:
         stats.accepted += 1
         stats.states[self._state] += 1
         try:
-            with single_exception():
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    await self._serve()
-                    nursery.cancel_scope.cancel()
+            await self._serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
             pass
         except trio.TooSlowError:
@@ -294,6 +293,13 @@ class HttpConnection:
     async def _run_handler(self, request: Request) -> Response:
         """Run the handler; if it waits on something (``request.abort.scope()``),
         watch the client for EOF meanwhile, in the connection's nursery."""
+        if self.lifecycle.watchers is None:  # no server around (tests): a nursery of our own
+            with single_exception():
+                async with trio.open_nursery() as nursery:
+                    return await self._run_handler_watched(request, nursery)
+        return await self._run_handler_watched(request, self.lifecycle.watchers)
+
+    async def _run_handler_watched(self, request: Request, watchers: trio.Nursery) -> Response:
         scope = trio.CancelScope()
         done = trio.Event()
         started = False
@@ -301,7 +307,7 @@ class HttpConnection:
         def start_watching() -> None:
             nonlocal started
             started = True
-            self._nursery.start_soon(self._watch_client, request, scope, done)
+            watchers.start_soon(self._watch_client, request, scope, done)
 
         request.abort = ClientAbort(start_watching)
         try:

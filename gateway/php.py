@@ -63,10 +63,6 @@ class PhpResult:
     php_time: float
     app_status: int
 
-    @property
-    def streamed(self) -> bool:
-        return self.body is None
-
 
 @dataclass(frozen=True, slots=True)
 class PhpSettings:

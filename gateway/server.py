@@ -314,6 +314,8 @@ def _connection_handler(service: _Service) -> Callable[[trio.abc.Stream], Awaita
 async def _serve_until_shutdown(running: Running, services: list[_Service], graceful: float, handle_signals: bool,
                                 task_status: trio.TaskStatus[Running]) -> None:
     async with trio.open_nursery() as connections:
+        for service in services:
+            service.lifecycle.watchers = connections
         async with trio.open_nursery() as accept:
             for service in services:
                 handler = _connection_handler(service)
