@@ -300,21 +300,19 @@ class HttpConnection:
         return await self._run_handler_watched(request, self.lifecycle.watchers)
 
     async def _run_handler_watched(self, request: Request, watchers: trio.Nursery) -> Response:
-        scope = trio.CancelScope()
-        done = trio.Event()
-        started = False
+        watch: list[tuple[trio.CancelScope, trio.Event]] = []  # made only if a watcher starts
 
         def start_watching() -> None:
-            nonlocal started
-            started = True
+            scope, done = trio.CancelScope(), trio.Event()
+            watch.append((scope, done))
             watchers.start_soon(self._watch_client, request, scope, done)
 
         request.abort = ClientAbort(start_watching)
         try:
             return await self.handler(request)
         finally:
-            scope.cancel()
-            if started:
+            for scope, done in watch:
+                scope.cancel()
                 # the watcher must be out of receive_some before anyone reads again
                 with trio.CancelScope(shield=True):
                     await done.wait()
