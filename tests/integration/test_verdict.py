@@ -97,26 +97,27 @@ async def test_idle_is_healthy_and_metrics_parse(gw):
     assert samples[("gateway_requests_total", ())] >= 5
 
 
-async def test_sleeping_php_flood_is_php_waiting(gw):
+async def flood_until(gw, target: str, clients: int, verdict: str) -> dict:
+    """Load ``target`` with ``clients`` until ``verdict`` holds (or WITHIN passes);
+    assert it was reached and held; return /status as it was then."""
     stop = trio.Event()
     async with trio.open_nursery() as n:
-        n.start_soon(load, gw, "/slow.php?ms=200", 16, stop)
-        seen = await verdicts_until(gw, "php-waiting")
+        n.start_soon(load, gw, target, clients, stop)
+        seen = await verdicts_until(gw, verdict)
         st = await admin_status(gw)
         stop.set()
-    assert_reached_and_held(seen, "php-waiting")
+    assert_reached_and_held(seen, verdict)
+    return st
+
+
+async def test_sleeping_php_flood_is_php_waiting(gw):
+    st = await flood_until(gw, "/slow.php?ms=200", 16, "php-waiting")
     assert "waiting on something downstream" in st["verdict"]["reason"]
     assert st["pools"]["php"]["busy"] == 2 and st["pools"]["php"]["queue_depth"] > 0
 
 
 async def test_cpu_bound_php_flood_is_php_cpu(gw):
-    stop = trio.Event()
-    async with trio.open_nursery() as n:
-        n.start_soon(load, gw, "/cpu.php?ms=40", 12, stop)
-        seen = await verdicts_until(gw, "php-cpu")
-        st = await admin_status(gw)
-        stop.set()
-    assert_reached_and_held(seen, "php-cpu")
+    st = await flood_until(gw, "/cpu.php?ms=40", 12, "php-cpu")
     assert "CPU-bound" in st["verdict"]["reason"]
 
 
@@ -155,13 +156,7 @@ async def test_stopped_php_fpm_is_backend_down(start_gateway, tmp_path: Path):
         for pid in [fpm.pid, *children_of(fpm.pid)]:
             os.kill(pid, signal.SIGKILL)
         await fpm.wait()
-        stop = trio.Event()
-        async with trio.open_nursery() as n:
-            n.start_soon(load, gw, "/pid.php", 2, stop)
-            seen = await verdicts_until(gw, "backend-down")
-            st = await admin_status(gw)
-            stop.set()
-        assert_reached_and_held(seen, "backend-down")
+        st = await flood_until(gw, "/pid.php", 2, "backend-down")
         assert "connect error" in st["verdict"]["reason"]
         assert st["pools"]["php"]["errors"]["502"] > 0
     finally:
