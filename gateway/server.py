@@ -228,8 +228,10 @@ async def serve(config: Config, *, handle_signals: bool = True,
                 status_address = backend.status
                 sup = None
                 if address == "spawn":
+                    roots = [s.root for s in config.sites.values() if s.php == name]
+                    roots += [a for s in config.sites.values() if s.php == name for a in s.aliases.values()]
                     sup = PhpFpmSupervisor(name, backend, runtime_dir,
-                                           max_body_size=config.limits.client_max_body_size)
+                                           max_body_size=config.limits.client_max_body_size, roots=roots)
                     await system.start(sup.run)
                     supervisors[name] = sup
                     address = sup.address

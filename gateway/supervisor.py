@@ -79,8 +79,56 @@ def _ini_value(value: str) -> str:
     return value if value.replace(".", "").replace("-", "").isalnum() else '"' + value.replace('"', "") + '"'
 
 
+def user_can_read_dir(path: str, user: str) -> bool:
+    """Whether ``user`` may list ``path`` and traverse every directory above it,
+    judged from the permission bits (we run as root, so os.access cannot tell)."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return False
+    import grp
+
+    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    current = os.path.realpath(path)
+    parts = [current]
+    while current != "/":
+        current = os.path.dirname(current)
+        parts.append(current)
+    for i, part in enumerate(parts):
+        try:
+            st = os.stat(part)
+        except OSError:
+            return False
+        if st.st_uid == pw.pw_uid:
+            bits = (st.st_mode >> 6) & 7
+        elif st.st_gid in groups:
+            bits = (st.st_mode >> 3) & 7
+        else:
+            bits = st.st_mode & 7
+        need = 5 if i == 0 else 1  # read + execute on the root itself, execute above it
+        if bits & need != need:
+            return False
+    return True
+
+
+def choose_worker_user(backend: BackendConfig, roots: list[str]) -> str:
+    """The user php-fpm's workers run as when the gateway runs as root: the
+    configured one; else www-data if it can read every document root; else root,
+    with a warning (a clone under /root, say, is closed to www-data)."""
+    if backend.user:
+        return backend.user
+    if not _user_exists("www-data"):
+        return "root"
+    blocked = [r for r in roots if not user_can_read_dir(r, "www-data")]
+    if blocked:
+        log.warning("php-fpm workers run as root: www-data cannot read %s. Set the backend's user = "
+                    "\"www-data\" and fix the permissions for a production setup.", ", ".join(blocked))
+        return "root"
+    return "www-data"
+
+
 def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
-                      max_body_size: int | None = None) -> FpmPaths:
+                      max_body_size: int | None = None, roots: list[str] | None = None) -> FpmPaths:
     """Write ``php-fpm.conf`` for one pool into ``directory`` and return the paths.
 
     ``max_body_size`` (the gateway's client_max_body_size) also becomes PHP's
@@ -119,7 +167,7 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
         "clear_env = yes",
     ]
     if os.geteuid() == 0:
-        user = backend.user or ("www-data" if _user_exists("www-data") else "root")
+        user = choose_worker_user(backend, roots or [])
         lines += [f"user = {user}", f"group = {_primary_group(user)}"]
         if user != "root":
             lines += [f"listen.owner = {user}", "listen.group = root"]
@@ -187,12 +235,12 @@ class PhpFpmSupervisor:
     """Keeps one php-fpm master running for a ``spawn`` backend."""
 
     def __init__(self, name: str, backend: BackendConfig, runtime_dir: str, *,
-                 max_body_size: int | None = None) -> None:
+                 max_body_size: int | None = None, roots: list[str] | None = None) -> None:
         self.name = name
         self.backend = backend
         self.binary = find_php_fpm(backend.php_fpm)
         self.paths = write_pool_config(name, backend, os.path.join(runtime_dir, f"fpm-{name}"),
-                                       max_body_size=max_body_size)
+                                       max_body_size=max_body_size, roots=roots)
         self.process: trio.Process | None = None
         self.restarts = 0
         #: How many times php-fpm has become ready (1 after start-up, +1 per restart).
