@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -126,7 +127,8 @@ class App:
         force = bool(router.unbuffered) and script.document_uri.startswith(router.unbuffered)
         try:
             result = await run_php(backend.pool, params, req.body, backend.settings,
-                                   request_id=req.request_id, abort=req.abort.scope,
+                                   request_id=req.request_id,
+                                   abort=partial(req.abort.scope, start_watching=False), watch=req.abort.watch,
                                    start_stream=start_stream if start_response is not None else None,
                                    force_stream=force)
         except GatewayError as exc:

@@ -38,7 +38,7 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from .pool import Pool, UpstreamConnection
+from .pool import LONG_WAIT, Pool, UpstreamConnection
 from .request import BodyWriter
 from .spool import Spool
 
@@ -84,6 +84,7 @@ async def run_php(
     *,
     request_id: str,
     abort: Callable[[], AbstractContextManager[object]] = nullcontext,
+    watch: Callable[[], None] | None = None,
     start_stream: StartStream | None = None,
     force_stream: bool = False,
 ) -> PhpResult:
@@ -101,12 +102,12 @@ async def run_php(
     """
     async with AsyncExitStack() as stack:
         with abort():
-            slot = await stack.enter_async_context(pool.slot())
+            slot = await stack.enter_async_context(pool.slot(on_long_wait=watch))
         with nullcontext() if settings.ignore_client_abort else abort():
             start = trio.current_time()
             conn = await slot.connection()
             try:
-                reader = _ResponseReader(settings, request_id, start_stream, force_stream)
+                reader = _ResponseReader(settings, request_id, start_stream, force_stream, watch)
                 try:
                     head, spool, app_status = await _exchange(conn, params, body, reader)
                 except UpstreamClosedEarly:
@@ -117,7 +118,7 @@ async def run_php(
                              request_id, pool.name)
                     await pool._close([conn])
                     conn = await slot.connection(fresh=True)
-                    reader = _ResponseReader(settings, request_id, start_stream, force_stream)
+                    reader = _ResponseReader(settings, request_id, start_stream, force_stream, watch)
                     head, spool, app_status = await _exchange(conn, params, body, reader)
             except BaseException:
                 await pool._close([conn])
@@ -170,7 +171,7 @@ class _ResponseReader:
     straight to the client when streaming; STDERR to the log."""
 
     def __init__(self, settings: PhpSettings, request_id: str, start_stream: StartStream | None,
-                 force_stream: bool) -> None:
+                 force_stream: bool, watch: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.request_id = request_id
         self.start_stream = start_stream
@@ -179,6 +180,7 @@ class _ResponseReader:
         self.spool: Spool | None = Spool(settings.response_buffer_size, settings.temp_dir)
         self.writer: BodyWriter | None = None
         self.spool_limit = settings.response_buffer_size + settings.max_temp_file_size
+        self.watch = watch
 
     async def _body(self, data: bytes) -> None:
         if self.writer is not None:
@@ -199,6 +201,15 @@ class _ResponseReader:
                 await self.writer.send(chunk)
             self.spool.close()
             self.spool = None
+
+    async def _receive(self, conn: UpstreamConnection) -> bytes | bytearray:
+        if self.watch is not None:
+            # PHP is taking a while: start watching the client (once)
+            with trio.move_on_after(LONG_WAIT):
+                return await conn.stream.receive_some(65536)
+            self.watch()
+            self.watch = None
+        return await conn.stream.receive_some(65536)
 
     async def read(self, conn: UpstreamConnection) -> tuple[CgiHead, Spool | None, int]:
         try:
@@ -225,7 +236,7 @@ class _ResponseReader:
             if event is fastcgi.NEED_DATA:
                 try:
                     with trio.fail_after(settings.read_timeout):
-                        data = await conn.stream.receive_some(65536)
+                        data = await self._receive(conn)
                 except trio.TooSlowError:
                     raise UpstreamTimeout(f"PHP sent nothing for {settings.read_timeout:g}s") from None
                 except trio.BrokenResourceError as exc:

@@ -38,6 +38,10 @@ from .metrics import PoolInstruments
 
 Connector = Callable[[], Awaitable[trio.abc.Stream]]
 
+#: Seconds a request waits (for a slot, or for PHP's first bytes) before its
+#: client is watched for a disconnect; shorter waits are not worth a task.
+LONG_WAIT = 0.05
+
 
 def parse_backend_address(address: str) -> tuple[str, str | tuple[str, int]]:
     """``"unix:/run/php.sock"`` -> ("unix", path); ``"127.0.0.1:9000"`` -> ("tcp", (host, port))."""
@@ -152,19 +156,22 @@ class Pool:
         return len(self._idle)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
+    async def slot(self, on_long_wait: Callable[[], None] | None = None) -> AsyncIterator[Slot]:
         """Wait in the FIFO queue for a slot; hold it for the body of the ``with``.
 
         Raises:
             QueueFull: ``queue_depth`` requests are already waiting.
             QueueTimeout: no slot within ``queue_timeout``.
+
+        ``on_long_wait`` is called once the wait has lasted ``LONG_WAIT`` seconds
+        (the caller starts watching its client then: a short wait is not worth it).
         """
         self.stats.requests += 1
         start = trio.current_time()
         try:
             self.limiter.acquire_nowait()
         except trio.WouldBlock:
-            await self._wait_for_slot()
+            await self._wait_for_slot(on_long_wait)
         queue_wait = trio.current_time() - start
         self.instruments.queue_wait.observe(queue_wait)
         try:
@@ -172,7 +179,7 @@ class Pool:
         finally:
             self.limiter.release()
 
-    async def _wait_for_slot(self) -> None:
+    async def _wait_for_slot(self, on_long_wait: Callable[[], None] | None) -> None:
         if self.waiting >= self.queue_depth:
             self.stats.queue_full += 1
             raise QueueFull(f"pool {self.name}: {self.waiting} requests already queued (queue_depth)")
@@ -180,6 +187,11 @@ class Pool:
         self.stats.max_waiting = max(self.stats.max_waiting, self.waiting)
         try:
             with trio.fail_after(self.queue_timeout):
+                if on_long_wait is not None:
+                    with trio.move_on_after(LONG_WAIT):
+                        await self.limiter.acquire()
+                        return
+                    on_long_wait()
                 await self.limiter.acquire()
         except trio.TooSlowError:
             self.stats.queue_timeouts += 1

@@ -27,11 +27,19 @@ class ClientAbort:
         # Watching the client costs a task; only handlers that wait (PHP) ask for it.
         self._start_watching = start_watching
 
-    @contextmanager
-    def scope(self) -> Iterator[None]:
+    def watch(self) -> None:
+        """Start watching the client for EOF (once; later calls do nothing)."""
         if self._start_watching is not None:
             self._start_watching()
             self._start_watching = None
+
+    @contextmanager
+    def scope(self, *, start_watching: bool = True) -> Iterator[None]:
+        """Cancelled when the client leaves. With ``start_watching=False`` the
+        caller decides when watching starts (``watch()``); until then a departure
+        goes unnoticed."""
+        if start_watching:
+            self.watch()
         cs = trio.CancelScope()
         if self.gone:
             cs.cancel()

@@ -156,3 +156,24 @@ async def test_error_after_streaming_started_cuts_the_connection(tmp_path, nurse
     data = await read_all(c.stream)
     assert data.startswith(b"HTTP/1.1 200 ") and b"partial" in data
     assert not data.endswith(b"0\r\n\r\n")  # no clean end of the chunked body: the client can tell
+
+
+async def test_client_leaving_during_a_long_php_run_is_noticed(tmp_path, nursery, autojump_clock):
+    from gateway.pool import LONG_WAIT
+
+    async def slow(req):
+        await trio.sleep(30)
+        return [php_output()]
+
+    app, pool = make_app(tmp_path, FakeFpm(slow), nursery)
+    c = await client_for(app, nursery)
+    await c.stream.send_all(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    await trio.testing.wait_all_tasks_blocked()
+    assert pool.busy == 1
+    t0 = trio.current_time()
+    await c.stream.aclose()
+    while pool.busy:  # noqa: ASYNC110 - virtual time; the pool has no event for this
+        await trio.sleep(0.01)
+    # watching starts after LONG_WAIT of waiting on PHP; the departure is noticed then, not after 30 s
+    assert trio.current_time() - t0 <= LONG_WAIT + 0.02
+    assert pool.open_connections == 0
