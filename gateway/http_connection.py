@@ -234,7 +234,7 @@ class HttpConnection:
     async def _handle_counted(self, req: h11.Request, *, last: bool, started: float) -> bool:
         s = self.settings
         request_id = f"{_PID:x}-{next(_request_ids):x}"
-        headers = [(bytes(n), bytes(v)) for n, v in req.headers]
+        headers: list[tuple[bytes, bytes]] = list(req.headers)  # h11 gives (lower-cased name, value) bytes
         keep_alive = not last and not self.lifecycle.shutting_down
         response: Response
         body: Spool | None = None

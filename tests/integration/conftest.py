@@ -3,6 +3,9 @@ its supervisor spawns (Debian's php8.2-fpm, installed by scripts/setup)."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -87,3 +90,24 @@ async def start_gateway(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[
 @pytest.fixture
 async def gw(start_gateway: StartGateway) -> Gateway:
     return await start_gateway()
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (for a gateway started as a subprocess)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def start_cli(args: list[str]) -> tuple[trio.Process, trio.abc.ReceiveStream]:
+    """Run ``python -m gateway ARGS``; return once it logs that it is listening."""
+    proc = await trio.lowlevel.open_process([sys.executable, "-m", "gateway", *args], stderr=subprocess.PIPE,
+                                            stdout=subprocess.DEVNULL)
+    assert proc.stderr is not None
+    log = b""
+    with trio.fail_after(20):
+        while b"listening on" not in log:
+            chunk = await proc.stderr.receive_some(4096)
+            assert chunk, "gateway exited before listening:\n" + log.decode()
+            log += chunk
+    return proc, proc.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +15,10 @@ from gateway.monitor import children_of
 from gateway.supervisor import find_php_fpm, write_pool_config
 from tests.helpers import HttpClient
 
-from .conftest import DOCROOT
+from .conftest import DOCROOT, free_port, start_cli
 
 REPO = Path(__file__).parents[2]
 GATEWAY = [sys.executable, "-m", "gateway"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_check_prints_the_effective_configuration():
@@ -41,18 +34,6 @@ def test_check_names_file_and_key_of_a_mistake(tmp_path):
     assert out.returncode == 2
     assert f"{tmp_path / '00.toml'}: server.listen:" in out.stderr
     assert "Traceback" not in out.stderr
-
-
-async def start_cli(args: list[str]) -> tuple[trio.Process, trio.abc.ReceiveStream]:
-    proc = await trio.lowlevel.open_process([*GATEWAY, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    assert proc.stderr is not None
-    log = b""
-    with trio.fail_after(20):
-        while b"listening on" not in log:
-            chunk = await proc.stderr.receive_some(4096)
-            assert chunk, "gateway exited before listening:\n" + log.decode()
-            log += chunk
-    return proc, proc.stderr
 
 
 async def stop(proc: trio.Process, stderr: trio.abc.ReceiveStream) -> bytes:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 
 import trio
@@ -15,7 +12,7 @@ import trio.testing
 
 from tests.helpers import HttpClient
 
-from .conftest import DOCROOT
+from .conftest import DOCROOT, free_port, start_cli
 
 
 async def wait_until(predicate) -> None:
@@ -77,9 +74,7 @@ def _rss_kib(pid: int) -> int:
 
 
 async def test_one_gigabyte_to_a_slow_reader_with_bounded_memory(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     conf = tmp_path / "conf.d"
     conf.mkdir()
     (conf / "00.toml").write_text(
@@ -87,13 +82,8 @@ async def test_one_gigabyte_to_a_slow_reader_with_bounded_memory(tmp_path):
         f'[admin]\nlisten = "off"\n[backends.php]\nworkers = 1\nuser = "root"\nread_timeout = "120s"\n'
         f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n'
     )
-    proc = await trio.lowlevel.open_process([sys.executable, "-m", "gateway", "serve", "--config", str(conf)],
-                                            stderr=subprocess.PIPE)
+    proc, _ = await start_cli(["serve", "--config", str(conf)])
     try:
-        log = b""
-        with trio.fail_after(20):
-            while b"listening on" not in log:
-                log += await proc.stderr.receive_some(4096)
         baseline = _rss_kib(proc.pid)
         peak = baseline
         stream = await trio.open_tcp_stream("127.0.0.1", port)

@@ -78,7 +78,17 @@ def assert_reached_and_held(seen: list[str], target: str) -> None:
 async def test_idle_is_healthy_and_metrics_parse(gw):
     for _ in range(5):
         assert (await gw.get("/pid.php")).status == 200
-    await trio.sleep(2)  # let the monitor take two samples
+    # Sample until php-fpm's aggregate counters agree with its process list: its
+    # master refreshes them once a second, so right after start they still
+    # count the processes it has just replaced.
+    monitor = gw.running.monitor
+    with trio.fail_after(10):
+        while True:
+            await monitor.sample()
+            fpm = monitor.pools[0].fpm_status
+            if fpm and fpm["total processes"] == len(fpm["processes"]):
+                break
+            await trio.sleep(0.1)
     st = await admin_status(gw)
     assert st["verdict"]["bottleneck"] == "healthy"
     assert st["pools"]["php"]["size"] == 2 and st["pools"]["php"]["responses_total"] == 5
