@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -61,6 +62,7 @@ def serve(
     php: Annotated[str | None, typer.Option(help="php-fpm address, unix:/path or host:port (default: spawn).")] = None,
     php_workers: Annotated[int, typer.Option(help="PHP pool size (and pm.max_children when spawned).")] = 4,
     admin: Annotated[str | None, typer.Option(help="Admin listener (/status, /metrics): HOST:PORT or off.")] = None,
+    workers: Annotated[str | None, typer.Option(help="Gateway processes: N, or auto (one per core).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Serve the configuration in --config (default ./conf.d), or a docroot given with --root."""
@@ -79,17 +81,43 @@ def serve(
             cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"listen": listen})})
     if admin is not None:
         cfg = cfg.model_copy(update={"admin": cfg.admin.model_copy(update={"listen": admin})})
+    if workers is not None:
+        try:
+            cfg = validate({**cfg.model_dump(mode="json"),
+                            "server": {**cfg.server.model_dump(mode="json"), "workers": workers}})
+        except ConfigError as exc:
+            typer.echo(f"--workers {workers}: {exc}", err=True)
+            raise typer.Exit(2) from None
     _setup_logging(log_level, cfg.server.access_log)
     from .server import serve as run_server
+    from .workers import process_count, serve_master
 
+    count = process_count(cfg)
     try:
-        trio.run(run_server, cfg)
+        if count == 1:
+            trio.run(run_server, cfg)
+        else:
+            trio.run(partial(serve_master, cfg, count, log_level=log_level))
     except SupervisorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except OSError as exc:
         typer.echo(f"error: cannot listen: {exc}", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command(hidden=True)
+def worker(spec: str) -> None:
+    """One worker process of a multi-process gateway (started by its master)."""
+    from .server import serve as run_server
+    from .workers import read_spec
+
+    cfg, inherited, log_level = read_spec(spec)
+    _setup_logging(log_level, cfg.server.access_log)
+    try:
+        trio.run(partial(run_server, cfg, inherited=inherited))
     except KeyboardInterrupt:
         pass
 

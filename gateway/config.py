@@ -81,6 +81,12 @@ class ServerConfig(_Model):
     access_log_format: Literal["combined", "json"] = "combined"
     #: Add a Server-Timing header (queue;dur=…, php;dur=…) to PHP responses.
     server_timing: bool = False
+    #: Processes that serve connections (nginx worker_processes); they share
+    #: the listen sockets. "auto": one per core. Each PHP backend's workers are
+    #: split between them, so php-fpm never sees more connections than it has
+    #: workers: there are never more processes than the smallest backend has
+    #: workers. 1: everything in one process.
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
 
 
 class AdminConfig(_Model):

@@ -125,7 +125,10 @@ class PoolMonitor:
             self.worker_cpu = None
         elif self._prev_cpu and wall > self._prev_cpu_at:
             used = sum(c - self._prev_cpu.get(pid, c) for pid, c in cpu.items())
-            busy = max(1, min(self.pool.busy, len(cpu)))
+            # php-fpm's own count of running workers when we have it: with several
+            # gateway processes this one's pool holds only its share of them
+            running = sum(1 for p in (self.fpm_status or {}).get("processes", []) if p.get("state") == "Running")
+            busy = max(1, min(max(self.pool.busy, running), len(cpu)))
             self.worker_cpu = max(0.0, used / (wall - self._prev_cpu_at) / busy)
         self._prev_cpu, self._prev_cpu_at = cpu, wall
 

@@ -210,9 +210,39 @@ def raise_open_files_limit(wanted: int) -> int:
     return fits
 
 
-async def serve(config: Config, *, handle_signals: bool = True,
+async def start_backend(config: Config, name: str, runtime_dir: str,
+                        system: trio.Nursery) -> tuple[str, str, PhpFpmSupervisor | None]:
+    """Backend ``name``'s FastCGI address and status address; a ``spawn``
+    backend's php-fpm is started (and supervised) in ``system`` first."""
+    backend = config.backends[name]
+    if backend.address != "spawn":
+        return backend.address, backend.status, None
+    roots = [s.root for s in config.sites.values() if s.php == name]
+    roots += [a for s in config.sites.values() if s.php == name for a in s.aliases.values()]
+    sup = PhpFpmSupervisor(name, backend, runtime_dir, max_body_size=config.limits.client_max_body_size,
+                           roots=roots)
+    await system.start(sup.run)
+    return sup.address, backend.status or "unix:" + sup.paths.status_socket, sup
+
+
+@dataclass(frozen=True)
+class Inherited:
+    """What a worker process gets from its master (see ``workers.py``): the
+    listen sockets, already bound, and the read end of a pipe whose EOF means
+    the master is gone."""
+
+    listen_fds: list[int]
+    parent_fd: int | None = None
+
+
+def inherited_listeners(fds: list[int]) -> list[trio.SocketListener]:
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd))) for fd in fds]
+
+
+async def serve(config: Config, *, handle_signals: bool = True, inherited: Inherited | None = None,
                 task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the gateway until SIGTERM/SIGINT (or ``Running.shutdown`` is set).
+    """Run the gateway in this process until SIGTERM/SIGINT (or ``Running.shutdown``
+    is set). ``inherited``: serve a master's sockets as one of its workers.
 
     Reports a ``Running`` through ``task_status`` once listening.
     """
@@ -224,18 +254,9 @@ async def serve(config: Config, *, handle_signals: bool = True,
             pools: dict[str, Pool] = {}
             pool_monitors: list[PoolMonitor] = []
             for name, backend in config.backends.items():
-                address = backend.address
-                status_address = backend.status
-                sup = None
-                if address == "spawn":
-                    roots = [s.root for s in config.sites.values() if s.php == name]
-                    roots += [a for s in config.sites.values() if s.php == name for a in s.aliases.values()]
-                    sup = PhpFpmSupervisor(name, backend, runtime_dir,
-                                           max_body_size=config.limits.client_max_body_size, roots=roots)
-                    await system.start(sup.run)
+                address, status_address, sup = await start_backend(config, name, runtime_dir, system)
+                if sup is not None:
                     supervisors[name] = sup
-                    address = sup.address
-                    status_address = status_address or "unix:" + sup.paths.status_socket
                 pool = Pool(name, make_connector(address), size=backend.workers, queue_depth=backend.queue_depth,
                             queue_timeout=backend.queue_timeout, connect_timeout=backend.connect_timeout,
                             idle_timeout=backend.idle_timeout)
@@ -246,7 +267,8 @@ async def serve(config: Config, *, handle_signals: bool = True,
             system.start_soon(monitor.run)
             app = App(config, pools)
             settings = connection_settings(config)
-            listeners = await open_listeners(config.server.listen)
+            listeners = (inherited_listeners(inherited.listen_fds) if inherited is not None
+                         else await open_listeners(config.server.listen))
             max_conns = raise_open_files_limit(config.limits.max_connections)
             services = [_Service(listeners, app.handle, settings, lifecycle, max_conns,
                                  config.limits.max_connections_per_ip)]
@@ -256,16 +278,23 @@ async def serve(config: Config, *, handle_signals: bool = True,
                 services.append(_Service(running.admin_listeners, AdminApp(monitor).handle,
                                          ConnectionSettings(keepalive_timeout=5.0, header_timeout=10.0),
                                          Lifecycle(), max_connections=64))
-            for listener in listeners:
-                log.info("listening on %s", listener.socket.getsockname() or "unix socket")
-            for listener in running.admin_listeners:
-                log.info("admin (/status, /metrics) on %s", listener.socket.getsockname())
-            await _serve_until_shutdown(running, services, config.timeouts.graceful, handle_signals, task_status)
+            if inherited is None:
+                for listener in listeners:
+                    log.info("listening on %s", listener.socket.getsockname() or "unix socket")
+                for listener in running.admin_listeners:
+                    log.info("admin (/status, /metrics) on %s", listener.socket.getsockname())
+            else:
+                log.debug("worker process %d serving", os.getpid())
+            await serve_until_shutdown(running.shutdown, lifecycle, services, config.timeouts.graceful,
+                                       handle_signals=handle_signals,
+                                       parent_fd=inherited.parent_fd if inherited else None,
+                                       on_started=lambda: task_status.started(running))
             for pool in pools.values():
                 await pool.aclose()
             system.cancel_scope.cancel()
     finally:
-        for path in _unix_paths([*config.server.listen, config.admin.listen]):
+        owned = [config.admin.listen] + (config.server.listen if inherited is None else [])
+        for path in _unix_paths(owned):
             try:
                 os.unlink(path)
             except OSError:
@@ -313,8 +342,11 @@ def _connection_handler(service: _Service) -> Callable[[trio.abc.Stream], Awaita
     return handle
 
 
-async def _serve_until_shutdown(running: Running, services: list[_Service], graceful: float, handle_signals: bool,
-                                task_status: trio.TaskStatus[Running]) -> None:
+async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, services: list[_Service], graceful: float,
+                               *, handle_signals: bool, on_started: Callable[[], None],
+                               parent_fd: int | None = None) -> None:
+    """Accept and serve ``services`` until ``shutdown`` is set (or a signal, or the
+    master's pipe closes); then close listeners and let connections finish."""
     async with trio.open_nursery() as connections:
         for service in services:
             service.lifecycle.watchers = connections
@@ -325,15 +357,25 @@ async def _serve_until_shutdown(running: Running, services: list[_Service], grac
                 for listener in service.listeners:
                     accept.start_soon(serve_listener, listener, handler, connections, slots)
             if handle_signals:
-                accept.start_soon(_watch_signals, running.shutdown)
-            task_status.started(running)
-            await running.shutdown.wait()
+                accept.start_soon(_watch_signals, shutdown)
+            if parent_fd is not None:
+                accept.start_soon(_watch_parent, parent_fd, shutdown)
+            on_started()
+            await shutdown.wait()
             log.info("shutting down: no new connections; %d open get %.0fs to finish",
-                     running.lifecycle.open_connections, graceful)
+                     lifecycle.open_connections, graceful)
             accept.cancel_scope.cancel()
         for service in services:
             service.lifecycle.begin_shutdown()
         connections.cancel_scope.deadline = trio.current_time() + graceful
+
+
+async def _watch_parent(fd: int, shutdown: trio.Event) -> None:
+    """A worker's pipe from its master reads EOF once the master is gone (even
+    killed with SIGKILL): then stop, rather than serve on alone."""
+    await trio.lowlevel.wait_readable(fd)
+    log.warning("the master process is gone: shutting down")
+    shutdown.set()
 
 
 async def _watch_signals(shutdown: trio.Event) -> None:

@@ -44,7 +44,7 @@ def port_open(port: int) -> bool:
 
 NGINX_CONF = """
 daemon off;
-worker_processes 1;
+worker_processes {processes};
 user {nginx_user};
 pid {run}/nginx.pid;
 error_log {run}/nginx-error.log;
@@ -60,7 +60,7 @@ http {{
     scgi_temp_path {run}/scgi;
     client_max_body_size 64m;
     {extra}
-    upstream php {{ server unix:{sock}; keepalive {workers}; keepalive_timeout {idle}ms; }}
+    upstream php {{ server unix:{sock}; keepalive {keepalive}; keepalive_timeout {idle}ms; }}
     server {{
         listen 127.0.0.1:{port};
         server_name localhost;
@@ -90,11 +90,14 @@ class Stack:
 
     def __init__(self, root: Path, workers: int = 4, gateway_workers: int | None = None, *,
                  nginx_http_extra: str = "", gateway_extra: str = "", nginx_locations: str | None = None,
-                 gateway_site: str | None = None, run_as: str = "www-data", idle_timeout: float = 10.0) -> None:
+                 gateway_site: str | None = None, run_as: str = "www-data", idle_timeout: float = 10.0,
+                 processes: int = 1) -> None:
         """``nginx_http_extra``: directives added to nginx's http block;
         ``gateway_extra``: TOML added to the gateway's configuration;
         ``nginx_locations`` / ``gateway_site``: replace nginx's PHP locations and
-        the gateway's [sites.cmp] table; ``run_as``: php-fpm's and nginx's worker user."""
+        the gateway's [sites.cmp] table; ``run_as``: php-fpm's and nginx's worker user;
+        ``processes``: nginx's worker_processes and the gateway's [server] workers."""
+        self.processes = processes
         self.root = root
         self.nginx_locations = nginx_locations or NGINX_PHP_LOCATIONS.format(fastcgi_extra="")
         self.gateway_site = gateway_site
@@ -132,8 +135,9 @@ class Stack:
         conf = self.run / "nginx.conf"
         conf.write_text(NGINX_CONF.format(run=self.run, sock=paths.socket, port=self.nginx_port, root=self.root,
                                           workers=self.workers, extra=self.nginx_http_extra,
+                                          keepalive=max(1, self.workers // self.processes),
                                           nginx_user=self.run_as or "www-data", locations=self.nginx_locations,
-                                          idle=int(self.idle_timeout * 1000)))
+                                          idle=int(self.idle_timeout * 1000), processes=self.processes))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.procs.append(subprocess.Popen([nginx, "-c", str(conf)], stderr=subprocess.DEVNULL))
         wait_for(lambda: port_open(self.nginx_port), what="nginx")
@@ -141,6 +145,7 @@ class Stack:
         confd.mkdir()
         (confd / "00.toml").write_text(
             f'[server]\nlisten = ["127.0.0.1:{self.gateway_port}"]\naccess_log = "off"\n'
+            f'workers = {self.processes}\n'
             f'[backends.php]\naddress = "unix:{paths.socket}"\nworkers = {self.gateway_workers}\n'
             f'idle_timeout = "{self.idle_timeout}s"\n'
             f'[admin]\nlisten = "off"\n'

@@ -1,0 +1,293 @@
+"""Several processes, one gateway: ``[server] workers = N`` (default one per core).
+
+Python runs one thread of bytecode per process, so one process tops out at one
+core. Like nginx's master and worker processes:
+
+- The **master** (this module's ``serve_master``) starts the php-fpm
+  supervisors, binds the listen sockets, and starts N worker processes that
+  inherit them. It restarts a worker that dies, answers the admin listener by
+  asking each worker and merging (``aggregate.py``), and on SIGTERM/SIGINT
+  stops the workers (each finishes its requests) and then php-fpm.
+- Each **worker** is an ordinary single-process gateway (``server.serve``) on
+  the inherited sockets, with its own pools. A backend's ``workers`` is split
+  between them (5 over 2 processes: 3 + 2), so php-fpm never has more
+  connections than workers, and the workers' queues likewise. All call
+  accept() on the same socket, so a busy process simply accepts less.
+- A worker's admin listener is a unix socket in the runtime directory; a pipe
+  from the master tells it when the master is gone (EOF), so no worker outlives
+  its master.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from typing import Any
+
+import trio
+
+from .aggregate import merge_prometheus, merge_status, parse_http_response, split
+from .config import Config, validate
+from .http_connection import ConnectionSettings, Lifecycle
+from .request import Request
+from .response import Response, error_response
+from .server import Inherited, _Service, open_listeners, serve_until_shutdown, start_backend
+from .supervisor import PhpFpmSupervisor, SupervisorError, make_runtime_dir
+
+log = logging.getLogger("gateway.workers")
+
+#: A worker that dies is restarted after this, doubling up to RESTART_MAX
+#: while it keeps dying within RESTART_RESET seconds of its start.
+RESTART_DELAY = 0.5
+RESTART_MAX = 10.0
+RESTART_RESET = 10.0
+#: How long the master waits for one worker's /status or /metrics.
+ADMIN_FETCH_TIMEOUT = 2.0
+#: How long a worker may take to start serving.
+WORKER_START_TIMEOUT = 30.0
+
+
+def process_count(config: Config) -> int:
+    """Processes to run: ``workers`` ("auto": one per core), never more than the
+    smallest PHP backend has workers (each process needs one connection of each)."""
+    wanted = os.cpu_count() or 1 if config.server.workers == "auto" else int(config.server.workers)
+    php = [b.workers for name, b in config.backends.items() if any(s.php == name for s in config.sites.values())]
+    return max(1, min([wanted, *php]))
+
+
+def worker_config(config: Config, index: int, count: int, backends: dict[str, tuple[str, str]],
+                  runtime_dir: str) -> dict[str, Any]:
+    """Worker ``index``'s configuration (as data): its share of each backend's
+    connections and queue and of max_connections, the backends' resolved
+    addresses, an admin unix socket, and a runtime dir of its own."""
+    data: dict[str, Any] = config.model_dump(mode="json")
+    data["server"]["workers"] = 1
+    data["server"]["runtime_dir"] = os.path.join(runtime_dir, f"worker-{index}")
+    data["admin"]["listen"] = "unix:" + admin_socket(runtime_dir, index)
+    data["limits"]["max_connections"] = max(1, split(config.limits.max_connections, count)[index])
+    for name, backend in config.backends.items():
+        address, status = backends[name]
+        b = data["backends"][name]
+        b["address"], b["status"] = address, status
+        # (a backend no site uses may have fewer workers than there are processes;
+        # it never gets a request, so never a connection)
+        b["workers"] = max(1, split(backend.workers, count)[index])
+        b["queue_depth"] = split(backend.queue_depth, count)[index]
+    return data
+
+
+def admin_socket(runtime_dir: str, index: int) -> str:
+    return os.path.join(runtime_dir, f"worker-{index}.admin.sock")
+
+
+class Workers:
+    """The worker processes: start, restart, stop."""
+
+    def __init__(self, count: int, specs: list[str], pass_fds: list[int], runtime_dir: str) -> None:
+        self.count = count
+        self.runtime_dir = runtime_dir
+        self.specs = specs
+        self.pass_fds = pass_fds
+        self.processes: list[trio.Process | None] = [None] * count
+        self.restarts = 0
+        self.stopping = False
+
+    async def run(self, index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep worker ``index`` running; report started once it first serves."""
+        delay = RESTART_DELAY
+        first = True
+        while not self.stopping:
+            started = time.monotonic()
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "gateway", "worker", self.specs[index]],
+                pass_fds=self.pass_fds, start_new_session=True)  # the master alone gets the terminal's Ctrl-C
+            self.processes[index] = proc
+            if await self._ready(index, proc):
+                if first:
+                    task_status.started()
+                    first = False
+            elif first:
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
+                raise SupervisorError(f"worker process {index} did not start (exit status {proc.returncode}); "
+                                      "its log lines above say why")
+            await proc.wait()
+            if self.stopping:
+                return
+            self.restarts += 1
+            if time.monotonic() - started > RESTART_RESET:
+                delay = RESTART_DELAY
+            log.error("worker process %d (pid %d) exited with status %s; restarting in %.1fs",
+                      index, proc.pid, proc.returncode, delay)
+            await trio.sleep(delay)
+            delay = min(RESTART_MAX, delay * 2)
+
+    async def _ready(self, index: int, proc: trio.Process) -> bool:
+        """Wait until the worker answers on its admin socket (it opens that once
+        it serves); False if it exited first or took longer than WORKER_START_TIMEOUT."""
+        path = admin_socket(self.runtime_dir, index)
+        with trio.move_on_after(WORKER_START_TIMEOUT):
+            while proc.returncode is None:
+                try:
+                    stream = await trio.open_unix_socket(path)
+                except OSError:
+                    await trio.sleep(0.02)  # nothing to wait on but the socket's appearance
+                    continue
+                await stream.aclose()
+                return True
+        return False
+
+    async def stop(self, graceful: float) -> None:
+        """SIGTERM each worker (it finishes its requests within ``graceful``), then
+        SIGKILL what is left a few seconds after that."""
+        self.stopping = True
+        running = [p for p in self.processes if p is not None and p.returncode is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(graceful + 5):
+            for proc in running:
+                await proc.wait()
+        for proc in running:
+            if proc.returncode is None:
+                log.error("worker process %d did not stop; killing it", proc.pid)
+                proc.kill()
+                await proc.wait()
+
+
+class MasterAdmin:
+    """The admin listener in the master: each worker's /status or /metrics, merged."""
+
+    def __init__(self, runtime_dir: str, count: int, supervisors: dict[str, PhpFpmSupervisor]) -> None:
+        self.sockets = [admin_socket(runtime_dir, i) for i in range(count)]
+        self.supervisors = supervisors
+        self.started = time.time()
+
+    async def _fetch_all(self, target: bytes) -> list[bytes | None]:
+        out: list[bytes | None] = [None] * len(self.sockets)
+
+        async def one(i: int) -> None:
+            with trio.move_on_after(ADMIN_FETCH_TIMEOUT):
+                try:
+                    out[i] = await _get(self.sockets[i], target)
+                except (OSError, ValueError, trio.BrokenResourceError):
+                    pass
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(self.sockets)):
+                nursery.start_soon(one, i)
+        return out
+
+    async def status(self) -> dict[str, Any]:
+        bodies = await self._fetch_all(b"/status")
+        return merge_status([None if b is None else json.loads(b) for b in bodies], pid=os.getpid(),
+                            uptime=time.time() - self.started,
+                            fpm_restarts={n: s.restarts for n, s in self.supervisors.items()})
+
+    async def handle(self, req: Request) -> Response:
+        path = req.target.split(b"?", 1)[0]
+        if req.method not in (b"GET", b"HEAD"):
+            return error_response(405, headers=[(b"allow", b"GET, HEAD")])
+        if path == b"/status":
+            body = json.dumps(await self.status(), indent=2).encode() + b"\n"
+            return Response(200, [(b"content-type", b"application/json"), (b"cache-control", b"no-store")], body)
+        if path == b"/metrics":
+            texts = [None if b is None else b.decode() for b in await self._fetch_all(b"/metrics")]
+            verdict = (await self.status())["verdict"]["bottleneck"]
+            return Response(200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+                                  (b"cache-control", b"no-store")], merge_prometheus(texts, verdict).encode())
+        if path == b"/":
+            return Response(200, [(b"content-type", b"text/plain")], b"gateway admin: /status /metrics\n")
+        return error_response(404)
+
+
+async def _get(path: str, target: bytes) -> bytes:
+    stream = await trio.open_unix_socket(path)
+    async with stream:
+        await stream.send_all(b"GET " + target + b" HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while len(raw) < 64 << 20:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            raw += data
+    status, body = parse_http_response(raw)
+    if status != 200:
+        raise ValueError(f"status {status}")
+    return body
+
+
+async def serve_master(config: Config, count: int, *, log_level: str = "info", handle_signals: bool = True,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run php-fpm, the listen sockets and ``count`` worker processes until
+    SIGTERM/SIGINT; then stop the workers (graceful), then php-fpm."""
+    runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir)
+    parent_read, parent_write = os.pipe()
+    try:
+        async with trio.open_nursery() as system:
+            supervisors: dict[str, PhpFpmSupervisor] = {}
+            backends: dict[str, tuple[str, str]] = {}
+            for name in config.backends:
+                address, status, sup = await start_backend(config, name, runtime_dir, system)
+                backends[name] = (address, status)
+                if sup is not None:
+                    supervisors[name] = sup
+            listeners = await open_listeners(config.server.listen)
+            listen_fds = [listener.socket.fileno() for listener in listeners]
+            specs = [write_spec(config, i, count, backends, runtime_dir, listen_fds, parent_read, log_level)
+                     for i in range(count)]
+            workers = Workers(count, specs, [*listen_fds, parent_read], runtime_dir)
+            async with trio.open_nursery() as starting:  # all at once; on once each serves
+                for i in range(count):
+                    starting.start_soon(system.start, workers.run, i)
+            services: list[_Service] = []
+            lifecycle = Lifecycle()
+            if config.admin.listen != "off":
+                admin_listeners = await open_listeners([config.admin.listen])
+                services.append(_Service(admin_listeners, MasterAdmin(runtime_dir, count, supervisors).handle,
+                                         ConnectionSettings(keepalive_timeout=5.0, header_timeout=10.0),
+                                         lifecycle, max_connections=64))
+                for listener in admin_listeners:
+                    log.info("admin (/status, /metrics) on %s", listener.socket.getsockname())
+            for listener in listeners:
+                log.info("listening on %s (%d worker processes)", listener.socket.getsockname() or "unix socket",
+                         count)
+            shutdown = trio.Event()
+            await serve_until_shutdown(shutdown, lifecycle, services, 2.0, handle_signals=handle_signals,
+                                       on_started=task_status.started)
+            await workers.stop(config.timeouts.graceful)
+            for listener in listeners:
+                await listener.aclose()
+            system.cancel_scope.cancel()  # php-fpm stops last
+    finally:
+        os.close(parent_write)
+        os.close(parent_read)
+        for address in [*config.server.listen, config.admin.listen]:
+            if address.startswith("unix:"):
+                try:
+                    os.unlink(address[5:])
+                except OSError:
+                    pass
+        if remove_runtime:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def write_spec(config: Config, index: int, count: int, backends: dict[str, tuple[str, str]], runtime_dir: str,
+               listen_fds: list[int], parent_fd: int, log_level: str) -> str:
+    path = os.path.join(runtime_dir, f"worker-{index}.json")
+    with open(path, "w") as f:
+        json.dump({"config": worker_config(config, index, count, backends, runtime_dir), "listen_fds": listen_fds,
+                   "parent_fd": parent_fd, "log_level": log_level}, f)
+    return path
+
+
+def read_spec(spec_path: str) -> tuple[Config, Inherited, str]:
+    """A worker's spec, written by its master: configuration, inherited fds, log level."""
+    with open(spec_path) as f:
+        spec = json.load(f)
+    return validate(spec["config"]), Inherited(spec["listen_fds"], spec["parent_fd"]), spec["log_level"]

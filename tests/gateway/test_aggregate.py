@@ -1,0 +1,138 @@
+"""Several worker processes seen as one: the split of PHP connections, and the
+merged /status and /metrics (pure functions, no processes)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.aggregate import merge_prometheus, merge_status, parse_http_response, split
+from gateway.config import validate
+from gateway.workers import process_count, worker_config
+
+
+@pytest.mark.parametrize(("total", "parts"), [(4, 2), (5, 2), (1024, 3), (0, 2), (7, 7)])
+def test_split_shares_everything_evenly(total, parts):
+    shares = split(total, parts)
+    assert sum(shares) == total
+    assert max(shares) - min(shares) <= 1
+
+
+def _config(workers: Any = "auto", php_workers: int = 4, **extra: Any):
+    data = {"server": {"workers": workers, "listen": ["127.0.0.1:8080"]},
+            "backends": {"php": {"workers": php_workers, "queue_depth": 101}, "unused": {"workers": 1}},
+            "sites": {"a": {"root": "/tmp", "php": "php"}}}
+    data.update(extra)
+    return validate(data)
+
+
+def test_auto_is_one_process_per_core_but_never_more_than_php_workers():
+    assert process_count(_config("auto", php_workers=64)) == os.cpu_count()
+    assert process_count(_config(8, php_workers=3)) == 3  # each process needs a connection of its own
+    # the backend no site uses ("unused", 1 worker) does not limit anything
+    assert process_count(_config(2, php_workers=4)) == 2
+
+
+def test_worker_configs_split_php_connections_queue_and_connections():
+    cfg = _config(3, php_workers=5)
+    backends = {"php": ("unix:/run/php.sock", "unix:/run/status.sock"), "unused": ("unix:/run/u.sock", "")}
+    parts = [validate(worker_config(cfg, i, 3, backends, "/run/gw")) for i in range(3)]
+    assert sum(p.backends["php"].workers for p in parts) == 5  # php-fpm sees at most its 5 workers
+    assert sum(p.backends["php"].queue_depth for p in parts) == 101
+    assert sum(p.limits.max_connections for p in parts) == cfg.limits.max_connections
+    assert {p.backends["php"].address for p in parts} == {"unix:/run/php.sock"}  # nobody spawns php-fpm again
+    assert {p.backends["php"].status for p in parts} == {"unix:/run/status.sock"}
+    assert len({p.admin.listen for p in parts}) == 3
+    assert all(p.admin.listen.startswith("unix:/run/gw/") for p in parts)
+    assert all(p.server.workers == 1 for p in parts)
+    assert parts[0].sites == cfg.sites
+    assert all(p.backends["unused"].workers == 1 for p in parts)  # no site uses it: it never gets a connection
+
+
+def _status(pid: int, verdict: str, *, requests: int, busy: int, queue: int, responses: int, wait_ms: float,
+            lag_p99: float, errors: dict[str, int]) -> dict[str, Any]:
+    return {
+        "verdict": {"bottleneck": verdict, "reason": f"{verdict} in {pid}", "for_seconds": float(pid % 10)},
+        "listener": {"connections": {"idle": 1, "reading": 0, "waiting_php": queue + busy, "writing": 0,
+                                     "open": 1 + queue + busy},
+                     "accepts_per_second": 1.0, "requests_per_second": 10.0, "requests_total": requests,
+                     "in_flight": busy + queue, "loop_lag_ms": {"p50": 0.2, "p99": lag_p99, "max": lag_p99 * 2},
+                     "process_cpu": 0.5},
+        "host": {"cpu": 0.9, "cpus": 2},
+        "pools": {"php": {"size": 2, "busy": busy, "idle": 2 - busy, "queue_depth": queue,
+                          "queue_depth_max_window": queue, "queue_depth_max": queue, "queue_limit": 512,
+                          "queue_wait_avg_ms": wait_ms, "queue_wait_p50_ms_last_second": wait_ms,
+                          "php_time_avg_ms": 100.0, "responses_total": responses, "errors": errors,
+                          "queue_full_total": 0, "queue_timeouts_total": 0, "retries_total": 1,
+                          "client_gone_in_queue_total": 0, "connect_errors_total": 0, "worker_cpu": 0.1,
+                          "php_fpm": {"active_processes": 4}}},
+        "uptime_seconds": 5.0, "pid": pid,
+    }
+
+
+def test_merged_status_adds_counts_and_keeps_the_worst_verdict():
+    a = _status(101, "php-waiting", requests=30, busy=2, queue=5, responses=10, wait_ms=100.0, lag_p99=1.0,
+                errors={"503": 1})
+    b = _status(102, "listener", requests=70, busy=1, queue=0, responses=30, wait_ms=20.0, lag_p99=80.0,
+                errors={"503": 2, "502": 1})
+    st = merge_status([a, b, None], pid=100, uptime=9.0, fpm_restarts={"php": 2})
+    assert st["verdict"]["bottleneck"] == "listener"  # one process that cannot keep up is the bottleneck
+    assert "1 of 3 worker processes" in st["verdict"]["reason"]
+    li = st["listener"]
+    assert li["requests_total"] == 100
+    assert li["connections"]["open"] == 1 + 7 + 1 + 1
+    assert li["in_flight"] == 8
+    assert li["loop_lag_ms"]["p99"] == 80.0
+    assert li["process_cpu"] == 1.0
+    php = st["pools"]["php"]
+    assert (php["size"], php["busy"], php["queue_depth"]) == (4, 3, 5)
+    assert php["queue_wait_avg_ms"] == pytest.approx((100.0 * 10 + 20.0 * 30) / 40)
+    assert php["errors"] == {"502": 1, "503": 3}
+    assert php["php_fpm_restarts"] == 2
+    assert [w["up"] for w in st["workers"]] == [True, True, False]
+    assert st["workers"][1]["pid"] == 102
+
+
+def test_merged_status_when_no_worker_answers():
+    st = merge_status([None, None], pid=1, uptime=1.0)
+    assert st["verdict"]["bottleneck"] == "backend-down"
+    assert "none of the 2 worker processes" in st["verdict"]["reason"]
+
+
+_METRICS = """# HELP gateway_requests_total HTTP requests received.
+# TYPE gateway_requests_total counter
+gateway_requests_total {n}
+# HELP gateway_pool_queue_wait_seconds Time waiting for a pool slot.
+# TYPE gateway_pool_queue_wait_seconds histogram
+gateway_pool_queue_wait_seconds_bucket{{pool="php",le="0.1"}} {n}
+gateway_pool_queue_wait_seconds_bucket{{pool="php",le="+Inf"}} {n}
+gateway_pool_queue_wait_seconds_sum{{pool="php"}} 0.5
+gateway_pool_queue_wait_seconds_count{{pool="php"}} {n}
+# HELP gateway_verdict 1 for the current bottleneck verdict.
+# TYPE gateway_verdict gauge
+gateway_verdict{{bottleneck="healthy"}} 1
+gateway_verdict{{bottleneck="listener"}} 0
+"""
+
+
+def test_merged_metrics_label_each_worker_and_parse_as_prometheus_text():
+    text = merge_prometheus([_METRICS.format(n=3), None, _METRICS.format(n=4)], "listener")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = {s.labels["worker"]: s.value for s in families["gateway_requests"].samples}
+    assert requests == {"0": 3.0, "2": 4.0}
+    counts = [s for s in families["gateway_pool_queue_wait_seconds"].samples if s.name.endswith("_count")]
+    assert {(s.labels["worker"], s.labels["pool"], s.value) for s in counts} == {("0", "php", 3.0),
+                                                                                   ("2", "php", 4.0)}
+    verdict = {s.labels["bottleneck"]: s.value for s in families["gateway_verdict"].samples}
+    assert verdict["listener"] == 1 and verdict["healthy"] == 0
+    assert all("worker" not in s.labels for s in families["gateway_verdict"].samples)
+    assert text.count("# TYPE gateway_requests_total counter") == 1
+
+
+def test_parse_http_response():
+    assert parse_http_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi") == (200, b"hi")
+    with pytest.raises(ValueError):
+        parse_http_response(b"HTTP/1.1 200 OK\r\n")
