@@ -120,6 +120,8 @@ class HttpConnection:
         self.server = server
         self.lifecycle = lifecycle or Lifecycle()
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_size)
+        #: the trio socket under a SocketStream, written directly (see _send_all)
+        self._socket: trio.socket.SocketType | None = getattr(stream, "socket", None)
         self._received_any = False
         self._state = "reading"
 
@@ -181,7 +183,7 @@ class HttpConnection:
         return status
 
     async def _receive(self, timeout_at: float) -> None:
-        with trio.move_on_at(timeout_at) as scope:
+        with trio.CancelScope(deadline=timeout_at) as scope:
             data = await self.stream.receive_some(65536)
         if scope.cancelled_caught:
             raise _Timeout()
@@ -446,15 +448,31 @@ class HttpConnection:
         await self._send_all(self.conn.send(h11.EndOfMessage()))
 
     async def _send_all(self, data: bytes | None) -> None:
-        """Send ``data``; ``send_timeout`` bounds each piece of ``SEND_PIECE`` bytes, so
-        a slow but steady reader is served and one that stops reading is cut."""
+        """Send ``data``; ``send_timeout`` bounds the wait between two writes that
+        make progress (nginx's send_timeout), so a slow but steady reader is
+        served and one that stops reading is cut (``trio.TooSlowError``)."""
         if not data:
             return
+        timeout = self.settings.send_timeout
         view = memoryview(data)
+        sock = self._socket
+        scope = trio.CancelScope(deadline=trio.current_time() + timeout)
         try:
-            for i in range(0, len(view), SEND_PIECE):
-                with trio.fail_after(self.settings.send_timeout):
-                    await self.stream.send_all(view[i : i + SEND_PIECE])
+            with scope:
+                if sock is None:  # not a socket (tests): pieces through the stream
+                    for i in range(0, len(view), SEND_PIECE):
+                        scope.deadline = trio.current_time() + timeout
+                        await self.stream.send_all(view[i : i + SEND_PIECE])
+                else:  # as much as the kernel takes per call: fewer syscalls than pieces
+                    while view:
+                        try:
+                            sent = await sock.send(view)
+                        except OSError as exc:
+                            raise trio.BrokenResourceError(f"send failed: {exc}") from exc
+                        view = view[sent:]
+                        scope.deadline = trio.current_time() + timeout
+            if scope.cancelled_caught:
+                raise trio.TooSlowError()
         except BaseException:
             self.conn.send_failed()
             raise

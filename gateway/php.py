@@ -103,6 +103,9 @@ async def run_php(
     async with AsyncExitStack() as stack:
         with abort():
             slot = await stack.enter_async_context(pool.slot(on_long_wait=watch))
+        if watch is not None and slot.queue_wait >= LONG_WAIT:
+            watch()  # the pool has started watching the client while we waited (a second call does nothing)
+            watch = None
         with nullcontext() if settings.ignore_client_abort else abort():
             start = trio.current_time()
             conn = await slot.connection()
@@ -181,6 +184,7 @@ class _ResponseReader:
         self.writer: BodyWriter | None = None
         self.spool_limit = settings.response_buffer_size + settings.max_temp_file_size
         self.watch = watch
+        self.watch_at = trio.current_time() + LONG_WAIT
 
     async def _body(self, data: bytes) -> None:
         if self.writer is not None:
@@ -205,7 +209,7 @@ class _ResponseReader:
     async def _receive(self, conn: UpstreamConnection) -> bytes | bytearray:
         if self.watch is not None:
             # PHP is taking a while: start watching the client (once)
-            with trio.move_on_after(LONG_WAIT):
+            with trio.CancelScope(deadline=self.watch_at):
                 return await conn.stream.receive_some(65536)
             self.watch()
             self.watch = None
@@ -234,15 +238,18 @@ class _ResponseReader:
                     raise UpstreamProtocolError("backend closed the connection mid-response") from None
                 raise UpstreamProtocolError(f"backend broke the FastCGI protocol: {exc}") from None
             if event is fastcgi.NEED_DATA:
+                # one scope per wait, made by hand: cheaper than fail_after's generator
+                timeout = trio.CancelScope(deadline=trio.current_time() + settings.read_timeout)
+                data = b""
                 try:
-                    with trio.fail_after(settings.read_timeout):
+                    with timeout:
                         data = await self._receive(conn)
-                except trio.TooSlowError:
-                    raise UpstreamTimeout(f"PHP sent nothing for {settings.read_timeout:g}s") from None
                 except trio.BrokenResourceError as exc:
                     if not got_response:
                         raise UpstreamClosedEarly("backend reset the connection before responding") from exc
                     raise UpstreamProtocolError("backend reset the connection mid-response") from exc
+                if timeout.cancelled_caught:
+                    raise UpstreamTimeout(f"PHP sent nothing for {settings.read_timeout:g}s")
                 eof = not data
                 fc.receive_data(data)
                 continue

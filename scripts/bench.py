@@ -12,10 +12,19 @@ Workloads: hello.php at 16/64/256 connections; a ~5 ms CPU script at 64; a
 50 ms sleeping script at 256; static 1 KiB and 1 MiB at 64; 1000 connections
 on the sleeping script (php-fpm's listen.backlog stays 511, its default); an
 overload run where clients give up after 1 s, with the PHP work done for
-clients that had already left (php-fpm's "accepted conn" minus answers).
+clients that had already left (requests php-fpm ran minus answers); and, when
+Debian's wordpress and mariadb-server are installed (scripts/setup --test),
+the WordPress home page at 16 connections (its own nginx + gateway pair on
+one php-fpm pool and a private MariaDB).
+
+Both front ends run --processes processes (nginx worker_processes, gateway
+[server] workers; default one per core); nginx's FastCGI keepalive cache and
+the gateway's pool are split between them so neither pins more php-fpm
+workers than there are.
 
 Output: req/s, p50, p99, errors, the ratio to nginx, and the gateway's CPU
-time per request. Loopback only; every run is bounded by --duration.
+time per request (all its processes). Loopback only; every run is bounded by
+--duration.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,9 +91,10 @@ def wrk(port: int, path: str, connections: int, seconds: float, timeout: float) 
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of ``pid`` and its children (the gateway's worker processes)."""
+    from gateway.monitor import children_of, read_proc_cpu
+
+    return sum(read_proc_cpu(p) or 0.0 for p in [pid, *children_of(pid)])
 
 
 def fpm_requests(status_socket: str) -> int:
@@ -114,11 +125,62 @@ def drain(status_socket: str, seconds: float) -> None:
         time.sleep(0.5)
 
 
+def run_workloads(stack: Stack, workloads: list[tuple[str, str, int, int]], args: argparse.Namespace,
+                  duration: float, results: dict[tuple[str, str], list[dict[str, float]]]) -> None:
+    gw_pid = stack.procs[-1].pid
+    status_socket = stack.fpm_socket.replace("php.sock", "status.sock")
+    for name, path, conns, timeout in workloads:
+        for rep in range(args.reps):
+            for server, port in (("nginx", stack.nginx_port), ("gateway", stack.gateway_port)):
+                ran0 = fpm_requests(status_socket)
+                cpu0 = cpu_seconds(gw_pid)
+                r = wrk(port, path, conns, duration, timeout)
+                r["gw_cpu_us"] = ((cpu_seconds(gw_pid) - cpu0) / r["requests"] * 1e6
+                                  if server == "gateway" and r["requests"] else float("nan"))
+                drain(status_socket, 1.5)
+                # PHP work done for clients that were no longer there for the answer
+                r["wasted_php"] = max(0, fpm_requests(status_socket) - ran0 - r["requests"])
+                results.setdefault((name, server), []).append(r)
+                print(f"  {name:22} {server:8} rep {rep + 1}: {r['rps']:9.0f} req/s  p99 {r['p99']:8.1f} ms  "
+                      f"errors {r['errors']:.0f}", file=sys.stderr, flush=True)
+
+
+def wordpress_installed() -> bool:
+    from tests.wordpress.wp_parts import WP_CORE
+
+    return (WP_CORE / "wp-settings.php").exists() and bool(shutil.which("mariadbd") or shutil.which("mysqld")
+                                                              or os.path.exists("/usr/sbin/mariadbd"))
+
+
+def run_wordpress(args: argparse.Namespace, duration: float,
+                  results: dict[tuple[str, str], list[dict[str, float]]]) -> list[tuple[str, str, int, int]]:
+    from wordpress_parity import gateway_site, nginx_locations
+
+    from tests.wordpress.wp_parts import WP_CORE, start_wordpress
+
+    workloads = [("wordpress home c16", "/", 16, 10)]
+    base = Path(tempfile.mkdtemp(prefix="bench-wp-"))
+    wp = start_wordpress(base / "wp")
+    try:
+        with Stack(WP_CORE, workers=args.fpm_workers, idle_timeout=1.0, processes=args.processes, run_as="root",
+                   nginx_locations=nginx_locations(str(wp.content_dir), wp.config_name),
+                   gateway_site=gateway_site(str(wp.content_dir), wp.config_name)) as stack:
+            for server_port in (stack.nginx_port, stack.gateway_port):  # warm opcache and WordPress's caches
+                wrk(server_port, "/", 4, 2, 10)
+            run_workloads(stack, workloads, args, duration, results)
+    finally:
+        wp.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return workloads
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=5.0, help="seconds per run (max 60)")
     p.add_argument("--reps", type=int, default=3, help="runs per cell (median reported)")
     p.add_argument("--fpm-workers", type=int, default=4)
+    p.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                   help="nginx worker_processes and gateway workers (default: one per core)")
     p.add_argument("--only", default="", help="run workloads whose name contains this")
     args = p.parse_args()
     duration = float(int(max(1.0, min(args.duration, 60.0))))
@@ -129,28 +191,22 @@ def main() -> int:
     (root / "1m.bin").write_bytes(os.urandom(1 << 20))
     workloads = [w for w in WORKLOADS if args.only in w[0]]
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
-    with Stack(root, workers=args.fpm_workers, idle_timeout=1.0) as stack:
-        gw_pid = stack.procs[-1].pid
-        status_socket = stack.fpm_socket.replace("php.sock", "status.sock")
-        for name, path, conns, timeout in workloads:
-            for rep in range(args.reps):
-                for server, port in (("nginx", stack.nginx_port), ("gateway", stack.gateway_port)):
-                    ran0 = fpm_requests(status_socket)
-                    cpu0 = cpu_seconds(gw_pid)
-                    r = wrk(port, path, conns, duration, timeout)
-                    r["gw_cpu_us"] = ((cpu_seconds(gw_pid) - cpu0) / r["requests"] * 1e6
-                                      if server == "gateway" and r["requests"] else float("nan"))
-                    drain(status_socket, 1.5)
-                    # PHP work done for clients that were no longer there for the answer
-                    r["wasted_php"] = max(0, fpm_requests(status_socket) - ran0 - r["requests"])
-                    results.setdefault((name, server), []).append(r)
-                    print(f"  {name:22} {server:8} rep {rep + 1}: {r['rps']:9.0f} req/s  p99 {r['p99']:8.1f} ms  "
-                          f"errors {r['errors']:.0f}", file=sys.stderr, flush=True)
+    if workloads:
+        with Stack(root, workers=args.fpm_workers, idle_timeout=1.0, processes=args.processes) as stack:
+            run_workloads(stack, workloads, args, duration, results)
+    shutil.rmtree(root, ignore_errors=True)
+    if args.only in "wordpress home c16":
+        if wordpress_installed():
+            workloads += run_wordpress(args, duration, results)
+        else:
+            print("wordpress home: skipped (Debian's wordpress and mariadb-server are not installed; "
+                  "scripts/setup --test installs them)", file=sys.stderr)
 
     def med(name: str, server: str, key: str) -> float:
         return statistics.median(r[key] for r in results[(name, server)])
 
-    print(f"\nmedians of {args.reps} runs of {duration:g}s; php-fpm pm=static, {args.fpm_workers} workers shared")
+    print(f"\nmedians of {args.reps} runs of {duration:g}s; php-fpm pm=static, {args.fpm_workers} workers shared; "
+          f"{args.processes} nginx / gateway processes")
     print(f"{'workload':22} {'server':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs nginx':>8} "
           f"{'gw CPU us/req':>13} {'wasted PHP':>10}")
     for name, *_ in workloads:
