@@ -240,7 +240,7 @@ class _ResponseReader:
             if event is fastcgi.NEED_DATA:
                 # one scope per wait, made by hand: cheaper than fail_after's generator
                 timeout = trio.CancelScope(deadline=trio.current_time() + settings.read_timeout)
-                data = b""
+                data: bytes | bytearray = b""
                 try:
                     with timeout:
                         data = await self._receive(conn)
