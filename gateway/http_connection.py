@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ import trio
 from ._util import single_exception
 from .errors import ClientGone
 from .metrics import ListenerStats
+from .parking import PARK_AFTER, Parker
 from .request import ClientAbort, Request
 from .response import FileRange, Response, error_response, http_date, reason_phrase
 from .spool import Spool
@@ -92,6 +94,8 @@ class Lifecycle:
         server's connection nursery); each connection task also waits for its
         watcher to end, so none outlives its request."""
         self.watchers = watchers
+        #: where idle keep-alive connections wait without a task (set by the server)
+        self.parker: Parker | None = None
         self.shutting_down = False
         self.idle_scopes: set[trio.CancelScope] = set()
         self.stats = stats or ListenerStats()
@@ -104,15 +108,27 @@ class Lifecycle:
         self.shutting_down = True
         for scope in list(self.idle_scopes):
             scope.cancel()
+        if self.parker is not None:
+            self.parker.close_all()
 
 
 class _Timeout(Exception):
     pass
 
 
+#: ``_next_request``'s answer when the connection went to the parker.
+_PARKED = object()
+
+#: ``park(served, keepalive_deadline)``: hand the idle connection over; True if taken.
+Park = Callable[[int, float], bool]
+
+
 class HttpConnection:
     def __init__(self, stream: trio.abc.Stream, handler: Handler, settings: ConnectionSettings, *,
-                 client: tuple[str, int], server: tuple[str, int], lifecycle: Lifecycle | None = None) -> None:
+                 client: tuple[str, int], server: tuple[str, int], lifecycle: Lifecycle | None = None,
+                 served: int = 0, park: Park | None = None) -> None:
+        """``served``: requests this connection served before (it comes back from
+        the parker); ``park``: how to hand it over when it idles (None: never)."""
         self.stream = stream
         self.handler = handler
         self.settings = settings
@@ -124,6 +140,9 @@ class HttpConnection:
         self._socket: trio.socket.SocketType | None = getattr(stream, "socket", None)
         self._received_any = False
         self._state = "reading"
+        self._served = served
+        self._park = park
+        self._parked = False
 
     def _set_state(self, state: str) -> None:
         states = self.lifecycle.stats.states
@@ -133,10 +152,12 @@ class HttpConnection:
 
     # -- the loop ---------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Serve requests until the connection ends; always closes the stream."""
+    async def run(self) -> bool:
+        """Serve requests until the connection ends, and close the stream; or
+        until it was parked (True: the parker owns the stream now)."""
         stats = self.lifecycle.stats
-        stats.accepted += 1
+        if not self._served:
+            stats.accepted += 1
         stats.states[self._state] += 1
         try:
             await self._serve()
@@ -147,13 +168,14 @@ class HttpConnection:
                      self.client[0], self.settings.send_timeout)
         finally:
             stats.states[self._state] -= 1
-            await trio.aclose_forcefully(self.stream)
+            if not self._parked:
+                await trio.aclose_forcefully(self.stream)
+        return self._parked
 
     async def _serve(self) -> None:
-        served = 0
         while True:
             try:
-                event = await self._next_request(first=served == 0)
+                event = await self._next_request(first=self._served == 0)
             except _Timeout:
                 if self._received_any:
                     await self._send_error_and_close(408)
@@ -161,11 +183,14 @@ class HttpConnection:
             except h11.RemoteProtocolError as exc:
                 await self._send_error_and_close(self._status_for(exc))
                 return
+            if event is _PARKED:
+                self._parked = True
+                return
             if event is None or isinstance(event, h11.ConnectionClosed):
                 return
             assert isinstance(event, h11.Request)
-            served += 1
-            keep_alive = await self._handle(event, last=served >= self.settings.keepalive_requests)
+            self._served += 1
+            keep_alive = await self._handle(event, last=self._served >= self.settings.keepalive_requests)
             if not keep_alive or self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
                 await self._linger()
                 return
@@ -191,10 +216,11 @@ class HttpConnection:
             self._received_any = True
         self.conn.receive_data(cast(bytes, data))  # h11 is typed for bytes; bytearray works too
 
-    async def _next_request(self, *, first: bool) -> h11.Request | h11.ConnectionClosed | None:
+    async def _next_request(self, *, first: bool) -> h11.Request | h11.ConnectionClosed | object | None:
         """Wait for the next request's head, under the header/keep-alive timeouts.
 
-        Returns None when the connection should close quietly (shutdown).
+        Returns None when the connection should close quietly (shutdown), and
+        ``_PARKED`` when it idled ``PARK_AFTER`` seconds and went to the parker.
         """
         s = self.settings
         now = trio.current_time()
@@ -211,10 +237,20 @@ class HttpConnection:
                 return None
             idle_deadline = header_deadline if first else now + s.keepalive_timeout
             self._set_state("idle")
+            park_at = now + PARK_AFTER if self._park is not None and not first else math.inf
             with trio.CancelScope() as idle_scope:
                 self.lifecycle.idle_scopes.add(idle_scope)
                 try:
-                    await self._receive(idle_deadline)
+                    if park_at < idle_deadline:
+                        try:
+                            await self._receive(park_at)
+                        except _Timeout:
+                            # idle for a while: wait without a task (nothing is buffered: h11 is IDLE)
+                            if self._park is not None and self._park(self._served, idle_deadline):
+                                return _PARKED
+                            await self._receive(idle_deadline)
+                    else:
+                        await self._receive(idle_deadline)
                 finally:
                     self.lifecycle.idle_scopes.discard(idle_scope)
                     self._set_state("reading")

@@ -24,6 +24,7 @@ import socket
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -32,6 +33,7 @@ from .app import App
 from .config import Config
 from .http_connection import ConnectionSettings, Handler, HttpConnection, Lifecycle
 from .monitor import Monitor, PoolMonitor
+from .parking import Parked, Parker
 from .pool import Pool, make_connector
 from .supervisor import PhpFpmSupervisor, make_runtime_dir
 
@@ -151,9 +153,42 @@ _TOO_MANY_FROM_IP = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nCon
                      b"Connection: close\r\n\r\n")
 
 
-async def serve_listener(listener: trio.abc.Listener[trio.abc.Stream],
-                         handler: Callable[[trio.abc.Stream], Awaitable[None]],
-                         nursery: trio.Nursery, slots: trio.CapacityLimiter) -> None:
+class Client:
+    """An accepted connection and what it holds (its max_connections slot, its
+    per-IP count), released once, when it is finally closed: by its task, or
+    by the parker if it expires there."""
+
+    __slots__ = ("stream", "peer", "local", "_releases")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream  # a SocketStream when served; any stream in the accept loop's tests
+        self.peer: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
+        self._releases: list[Callable[[], None]] = []
+
+    def on_close(self, release: Callable[[], None]) -> None:
+        self._releases.append(release)
+
+    def _release(self) -> None:
+        releases, self._releases = self._releases, []
+        for release in releases:
+            release()
+
+    def close(self) -> None:
+        """Close now (the parker: no task waits on the socket)."""
+        self._release()
+        self.stream.socket.close()
+
+    async def aclose(self) -> None:
+        self._release()
+        await trio.aclose_forcefully(self.stream)
+
+
+ClientHandler = Callable[[Client], Awaitable[bool]]
+
+
+async def serve_listener(listener: trio.SocketListener, handler: ClientHandler, nursery: trio.Nursery,
+                         slots: trio.CapacityLimiter) -> None:
     """Accept connections while fewer than ``slots.total_tokens`` are open.
 
     At the limit it stops calling accept(): new clients wait in the kernel's
@@ -161,8 +196,9 @@ async def serve_listener(listener: trio.abc.Listener[trio.abc.Stream],
     accept() (EMFILE, ENFILE, ENOMEM, ENOBUFS) are logged and retried after
     ``ACCEPT_RETRY_DELAY``; other errors propagate.
 
-    Resource handling: each accepted stream's slot is released and the stream
-    closed when its handler returns.
+    Resource handling: each accepted connection's slot is released when it is
+    closed (``Client.close``), after its handler returns, or later if the
+    handler parked it (returned True).
     """
     while True:
         token = object()
@@ -180,16 +216,18 @@ async def serve_listener(listener: trio.abc.Listener[trio.abc.Stream],
         except BaseException:
             slots.release_on_behalf_of(token)
             raise
-        nursery.start_soon(_run_connection, stream, handler, slots, token)
+        client = Client(stream)
+        client.on_close(partial(slots.release_on_behalf_of, token))
+        nursery.start_soon(run_client, client, handler)
 
 
-async def _run_connection(stream: trio.abc.Stream, handler: Callable[[trio.abc.Stream], Awaitable[None]],
-                          slots: trio.CapacityLimiter, token: object) -> None:
+async def run_client(client: Client, handler: ClientHandler) -> None:
+    parked = False
     try:
-        await handler(stream)
+        parked = await handler(client)
     finally:
-        slots.release_on_behalf_of(token)
-        await trio.aclose_forcefully(stream)
+        if not parked:
+            await client.aclose()
 
 
 def raise_open_files_limit(wanted: int) -> int:
@@ -307,37 +345,49 @@ def _unix_paths(addresses: list[str]) -> list[str]:
     return [a[5:] for a in addresses if a.startswith("unix:")]
 
 
-def _connection_handler(service: _Service) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+def _connection_handler(service: _Service, connections: trio.Nursery) -> ClientHandler:
     by_ip: dict[str, int] = {}
     per_ip = service.max_connections_per_ip
+    lifecycle = service.lifecycle
 
-    async def handle(stream: trio.abc.Stream) -> None:
-        assert isinstance(stream, trio.SocketStream)
+    def leave(ip: str) -> None:
+        by_ip[ip] -= 1
+        if not by_ip[ip]:
+            del by_ip[ip]
+
+    async def serve_http(client: Client, served: int = 0) -> bool:
+        def resume(parked: Parked) -> None:
+            connections.start_soon(run_client, client, partial(serve_http, served=parked.served))
+
+        def park(served: int, deadline: float) -> bool:
+            parker = lifecycle.parker
+            return parker is not None and parker.park(Parked(client.stream, served, deadline, resume, client.close))
+
+        return await HttpConnection(client.stream, service.handler, service.settings, client=client.peer,
+                                    server=client.local, lifecycle=lifecycle, served=served, park=park).run()
+
+    async def handle(client: Client) -> bool:
+        stream = client.stream
         if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
             try:
                 stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
         try:
-            client, server = _addresses(stream)
+            client.peer, client.local = _addresses(stream)
         except OSError:
-            return
-        ip = client[0]
+            return False
+        ip = client.peer[0]
         if per_ip and by_ip.get(ip, 0) >= per_ip:
             with trio.move_on_after(1.0):
                 try:
                     await stream.send_all(_TOO_MANY_FROM_IP)
                 except trio.BrokenResourceError:
                     pass
-            return
+            return False
         by_ip[ip] = by_ip.get(ip, 0) + 1
-        try:
-            await HttpConnection(stream, service.handler, service.settings, client=client, server=server,
-                                 lifecycle=service.lifecycle).run()
-        finally:
-            by_ip[ip] -= 1
-            if not by_ip[ip]:
-                del by_ip[ip]
+        client.on_close(partial(leave, ip))
+        return await serve_http(client)
 
     return handle
 
@@ -350,9 +400,11 @@ async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, servi
     async with trio.open_nursery() as connections:
         for service in services:
             service.lifecycle.watchers = connections
+            service.lifecycle.parker = Parker(service.lifecycle.stats)
+            connections.start_soon(service.lifecycle.parker.run)
         async with trio.open_nursery() as accept:
             for service in services:
-                handler = _connection_handler(service)
+                handler = _connection_handler(service, connections)
                 slots = trio.CapacityLimiter(service.max_connections)
                 for listener in service.listeners:
                     accept.start_soon(serve_listener, listener, handler, connections, slots)

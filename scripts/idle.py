@@ -22,12 +22,25 @@ import trio
 REPO = Path(__file__).resolve().parents[1]
 
 
-def rss_kib(pid: int) -> int:
+def _rss_one(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+def rss_kib(pid: int) -> int:
+    """RSS of the gateway: its master and worker processes (not php-fpm)."""
+    sys.path.insert(0, str(REPO))
+    from gateway.monitor import children_of
+
+    total = _rss_one(pid)
+    for child in children_of(pid):
+        with open(f"/proc/{child}/cmdline", "rb") as f:
+            if b"gateway" in f.read():
+                total += _rss_one(child)
+    return total
 
 
 async def one_request(stream: trio.SocketStream) -> None:

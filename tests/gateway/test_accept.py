@@ -38,9 +38,10 @@ async def test_at_the_limit_it_stops_accepting_and_keeps_serving(nursery, autoju
     served = []
     release = trio.Event()
 
-    async def handler(stream):
-        served.append(stream)
+    async def handler(client):
+        served.append(client.stream)
         await release.wait()
+        return False
 
     slots = trio.CapacityLimiter(2)
     nursery.start_soon(serve_listener, listener, handler, nursery, slots)
@@ -67,8 +68,9 @@ async def test_emfile_is_retried_not_fatal(nursery, autojump_clock, caplog):
     listener.accept_hook = emfile
     served = trio.Event()
 
-    async def handler(stream):
+    async def handler(client):
         served.set()
+        return False
 
     nursery.start_soon(serve_listener, listener, handler, nursery, trio.CapacityLimiter(10))
     await listener.connect()

@@ -1,0 +1,105 @@
+"""Idle keep-alive connections are parked (no task) and come back when the
+client speaks again; the keep-alive timeout, keepalive_requests and shutdown
+apply to them as to any connection. A real server on 127.0.0.1 (static site, no
+PHP) under the autojump clock: parking needs real sockets."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from gateway import http_connection
+from gateway.config import validate
+from gateway.server import Running, serve
+from tests.helpers import HttpClient
+
+#: long enough for a kept-alive connection to be parked (time is the autojump clock's)
+IDLE = http_connection.PARK_AFTER + 0.5
+
+
+@pytest.fixture
+async def server(nursery, tmp_path: Path):
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "a.txt").write_text("hello")
+    cfg = validate({
+        "server": {"listen": ["127.0.0.1:0"], "access_log": "off", "runtime_dir": str(tmp_path / "run")},
+        "admin": {"listen": "off"},
+        "timeouts": {"keepalive": 30},
+        "limits": {"keepalive_requests": 3},
+        "sites": {"s": {"root": str(tmp_path / "www"), "default": True}},
+    })
+    running: Running = await nursery.start(partial(serve, cfg, handle_signals=False))
+    yield running
+    running.shutdown.set()
+
+
+def _port(running: Running) -> int:
+    return running.listeners[0].socket.getsockname()[1]
+
+
+async def test_an_idle_keepalive_connection_is_parked_and_served_again(server, autojump_clock):
+    client = await HttpClient.connect(_port(server))
+    assert (await client.request("GET", "/a.txt")).status == 200
+    parker = server.lifecycle.parker
+    assert parker is not None and len(parker) == 0  # still in its task
+    await trio.sleep(IDLE)
+    assert len(parker) == 1
+    assert server.lifecycle.stats.states["idle"] == 1
+    assert server.lifecycle.stats.open_connections == 1
+    r = await client.request("GET", "/a.txt")
+    assert (r.status, r.body) == (200, b"hello")
+    assert len(parker) == 0
+    assert server.lifecycle.stats.accepted == 1  # the same connection, not a new one
+    await client.aclose()
+
+
+async def test_keepalive_requests_count_across_parking(server, autojump_clock):
+    client = await HttpClient.connect(_port(server))
+    for _ in range(2):
+        r = await client.request("GET", "/a.txt")
+        assert r.header("connection") != "close"
+        await trio.sleep(IDLE)  # parked in between
+    r = await client.request("GET", "/a.txt")  # the third of keepalive_requests = 3
+    assert r.header("connection") == "close"
+    await client.aclose()
+
+
+async def test_the_keepalive_timeout_closes_a_parked_connection(server, autojump_clock):
+    stream = await trio.open_tcp_stream("127.0.0.1", _port(server))
+    client = HttpClient(stream)
+    assert (await client.request("GET", "/a.txt")).status == 200
+    t0 = trio.current_time()
+    with trio.fail_after(60):
+        assert await stream.receive_some(100) == b""  # closed by the server
+    assert 29 <= trio.current_time() - t0 <= 31
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.lifecycle.stats.open_connections == 0
+    assert len(server.lifecycle.parker) == 0
+
+
+async def test_a_client_that_leaves_while_parked_is_forgotten(server, autojump_clock):
+    stream = await trio.open_tcp_stream("127.0.0.1", _port(server))
+    client = HttpClient(stream)
+    assert (await client.request("GET", "/a.txt")).status == 200
+    await trio.sleep(IDLE)
+    assert len(server.lifecycle.parker) == 1
+    await stream.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(server.lifecycle.parker) == 0
+    assert server.lifecycle.stats.open_connections == 0
+
+
+async def test_shutdown_closes_parked_connections_at_once(server, autojump_clock):
+    stream = await trio.open_tcp_stream("127.0.0.1", _port(server))
+    client = HttpClient(stream)
+    assert (await client.request("GET", "/a.txt")).status == 200
+    await trio.sleep(IDLE)
+    t0 = trio.current_time()
+    server.shutdown.set()
+    with trio.fail_after(5):
+        assert await stream.receive_some(100) == b""
+    assert trio.current_time() - t0 < 1
