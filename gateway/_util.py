@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import trio
+
+_POLL_GONE = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 
 
 @contextmanager
@@ -21,3 +26,19 @@ def single_exception() -> Iterator[None]:
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+def socket_events(sock: trio.socket.SocketType) -> int:
+    """poll() events on ``sock`` now, without waiting (any fd number, unlike select)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | _POLL_GONE)
+    ready = poller.poll(0)
+    return ready[0][1] if ready else 0
+
+
+def peer_closed(sock: trio.socket.SocketType) -> bool:
+    """True if the peer has closed (or reset) ``sock``: a client that left."""
+    try:
+        return bool(socket_events(sock) & _POLL_GONE)
+    except (OSError, ValueError):
+        return True

@@ -129,6 +129,7 @@ class App:
             result = await run_php(backend.pool, params, req.body, backend.settings,
                                    request_id=req.request_id,
                                    abort=partial(req.abort.scope, start_watching=False), watch=req.abort.watch,
+                                   gone=req.abort.left,
                                    start_stream=start_stream if start_response is not None else None,
                                    force_stream=force)
         except GatewayError as exc:

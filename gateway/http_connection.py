@@ -33,12 +33,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import cast
 
 import h11
 import trio
 
-from ._util import single_exception
+from ._util import peer_closed, single_exception
 from .errors import ClientGone
 from .metrics import ListenerStats
 from .parking import PARK_AFTER, Parker
@@ -345,7 +346,8 @@ class HttpConnection:
             watch.append((scope, done))
             watchers.start_soon(self._watch_client, request, scope, done)
 
-        request.abort = ClientAbort(start_watching)
+        sock = self._socket
+        request.abort = ClientAbort(start_watching, probe=None if sock is None else partial(peer_closed, sock))
         try:
             return await self.handler(request)
         finally:

@@ -33,6 +33,7 @@ import fastcgi
 from ._util import single_exception
 from .cgi import CgiHead, CgiResponseError, CgiResponseHead, wants_streaming
 from .errors import (
+    ClientGone,
     UpstreamClosedEarly,
     UpstreamOverloaded,
     UpstreamProtocolError,
@@ -85,6 +86,7 @@ async def run_php(
     request_id: str,
     abort: Callable[[], AbstractContextManager[object]] = nullcontext,
     watch: Callable[[], None] | None = None,
+    gone: Callable[[], bool] | None = None,
     start_stream: StartStream | None = None,
     force_stream: bool = False,
 ) -> PhpResult:
@@ -103,6 +105,10 @@ async def run_php(
     async with AsyncExitStack() as stack:
         with abort():
             slot = await stack.enter_async_context(pool.slot(on_long_wait=watch))
+        if slot.queue_wait and gone is not None and gone():
+            # the client left while it waited (too briefly to be watched): PHP never sees it
+            pool.stats.client_gone_in_queue += 1
+            raise ClientGone()
         if watch is not None and slot.queue_wait >= LONG_WAIT:
             watch()  # the pool has started watching the client while we waited (a second call does nothing)
             watch = None

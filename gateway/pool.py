@@ -23,7 +23,6 @@ State changes are synchronous methods; IO (connect, close) happens outside them.
 
 from __future__ import annotations
 
-import select
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -33,14 +32,17 @@ import trio
 
 import fastcgi
 
+from ._util import socket_events
 from .errors import QueueFull, QueueTimeout, UpstreamConnectError, UpstreamConnectTimeout
 from .metrics import PoolInstruments
 
 Connector = Callable[[], Awaitable[trio.abc.Stream]]
 
 #: Seconds a request waits (for a slot, or for PHP's first bytes) before its
-#: client is watched for a disconnect; shorter waits are not worth a task.
-LONG_WAIT = 0.05
+#: client is watched for a disconnect (a task per request). A client that left
+#: during a shorter wait is caught when the request leaves the queue
+#: (``run_php``'s ``gone`` check, one poll()), before it costs PHP anything.
+LONG_WAIT = 1.0
 
 
 def parse_backend_address(address: str) -> tuple[str, str | tuple[str, int]]:
@@ -80,10 +82,9 @@ def _has_pending_eof(stream: trio.abc.Stream) -> bool:
     if sock is None:
         return False
     try:
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        return bool(socket_events(sock))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 @dataclass(eq=False)

@@ -21,11 +21,22 @@ class ClientAbort:
     ``with abort.scope():``, which raises ``ClientGone`` once cancelled.
     """
 
-    def __init__(self, start_watching: Callable[[], None] | None = None) -> None:
+    def __init__(self, start_watching: Callable[[], None] | None = None,
+                 probe: Callable[[], bool] | None = None) -> None:
+        """``start_watching``: start the watcher task; ``probe``: has the client
+        closed its connection, checked now without reading (see ``left``)."""
         self.gone = False
         self._scopes: set[trio.CancelScope] = set()
         # Watching the client costs a task; only handlers that wait (PHP) ask for it.
         self._start_watching = start_watching
+        self._probe = probe
+
+    def left(self) -> bool:
+        """Has the client gone? A cheap check at a decision point (leaving the
+        PHP queue), for waits too short to have started the watcher."""
+        if not self.gone and self._probe is not None and self._probe():
+            self.fire()
+        return self.gone
 
     def watch(self) -> None:
         """Start watching the client for EOF (once; later calls do nothing)."""

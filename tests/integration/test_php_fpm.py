@@ -8,6 +8,7 @@ import os
 import signal
 import uuid
 
+import pytest
 import trio
 import trio.testing
 
@@ -267,12 +268,16 @@ async def test_uploads_larger_than_php_ini_defaults_are_accepted(gw):
     assert json.loads(r.body)["files"]["file"]["md5"] == hashlib.md5(payload).hexdigest()
 
 
-async def test_client_that_leaves_the_queue_never_costs_a_php_worker(start_gateway, tmp_path):
+@pytest.mark.parametrize("first_ms", [
+    300,  # shorter than LONG_WAIT: no watcher; the quitter is caught as it leaves the queue
+    2500,  # longer: the watcher takes the quitter out of the queue while the first still runs
+])
+async def test_client_that_leaves_the_queue_never_costs_a_php_worker(start_gateway, tmp_path, first_ms):
     gw = await start_gateway(backend={"workers": 1})
     log = tmp_path / "runs.log"
     first = await gw.client()
     async with trio.open_nursery() as n:
-        n.start_soon(first.request, "GET", f"/slow.php?ms=1000&log={log}&who=first")
+        n.start_soon(first.request, "GET", f"/slow.php?ms={first_ms}&log={log}&who=first")
         with trio.fail_after(10):
             while gw.pool.busy < 1:  # noqa: ASYNC110 - the pool exposes no event; poll, bounded
                 await trio.sleep(0.01)
@@ -286,6 +291,8 @@ async def test_client_that_leaves_the_queue_never_costs_a_php_worker(start_gatew
         with trio.fail_after(10):
             while gw.pool.waiting:  # noqa: ASYNC110
                 await trio.sleep(0.01)
+        if first_ms > 1000:
+            assert gw.pool.busy == 1  # out of the queue before the first request ended
     assert gw.pool.stats.client_gone_in_queue == 1
     # php-fpm ran the first request only
     assert [line.split()[0] for line in log.read_text().splitlines()] == ["start", "end"]
