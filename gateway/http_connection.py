@@ -208,9 +208,18 @@ class HttpConnection:
                 return 414
         return status
 
-    async def _receive(self, timeout_at: float) -> None:
-        with trio.CancelScope(deadline=timeout_at) as scope:
-            data = await self.stream.receive_some(65536)
+    async def _receive(self, timeout_at: float, *, idle: bool = False) -> None:
+        """Read into h11 before ``timeout_at`` or raise ``_Timeout``; an ``idle``
+        wait is also cut short (``_Timeout``) by ``Lifecycle.begin_shutdown``."""
+        scope = trio.CancelScope(deadline=timeout_at)
+        if idle:
+            self.lifecycle.idle_scopes.add(scope)
+        try:
+            with scope:
+                data = await self.stream.receive_some(65536)
+        finally:
+            if idle:
+                self.lifecycle.idle_scopes.discard(scope)
         if scope.cancelled_caught:
             raise _Timeout()
         if data:
@@ -239,24 +248,25 @@ class HttpConnection:
             idle_deadline = header_deadline if first else now + s.keepalive_timeout
             self._set_state("idle")
             park_at = now + PARK_AFTER if self._park is not None and not first else math.inf
-            with trio.CancelScope() as idle_scope:
-                self.lifecycle.idle_scopes.add(idle_scope)
-                try:
-                    if park_at < idle_deadline:
-                        try:
-                            await self._receive(park_at)
-                        except _Timeout:
-                            # idle for a while: wait without a task (nothing is buffered: h11 is IDLE)
-                            if self._park is not None and self._park(self._served, idle_deadline):
-                                return _PARKED
-                            await self._receive(idle_deadline)
-                    else:
-                        await self._receive(idle_deadline)
-                finally:
-                    self.lifecycle.idle_scopes.discard(idle_scope)
-                    self._set_state("reading")
-            if idle_scope.cancelled_caught:
-                return None  # shutdown closed us while idle
+            try:
+                if park_at < idle_deadline:
+                    try:
+                        await self._receive(park_at, idle=True)
+                    except _Timeout:
+                        if self.lifecycle.shutting_down:
+                            return None  # shutdown closed us while idle
+                        # idle for a while: wait without a task (nothing is buffered: h11 is IDLE)
+                        if self._park is not None and self._park(self._served, idle_deadline):
+                            return _PARKED
+                        await self._receive(idle_deadline, idle=True)
+                else:
+                    await self._receive(idle_deadline, idle=True)
+            except _Timeout:
+                if self.lifecycle.shutting_down:
+                    return None  # shutdown closed us while idle
+                raise
+            finally:
+                self._set_state("reading")
             header_deadline = trio.current_time() + s.header_timeout if not first else header_deadline
 
     async def _handle(self, req: h11.Request, *, last: bool) -> bool:

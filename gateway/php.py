@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import trio
@@ -39,7 +39,7 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from .pool import LONG_WAIT, Pool, UpstreamConnection
+from .pool import LONG_WAIT, Pool, Slot, UpstreamConnection
 from .request import BodyWriter
 from .spool import Spool
 
@@ -102,42 +102,57 @@ async def run_php(
         UpstreamTimeout, UpstreamProtocolError, UpstreamClosedEarly,
         UpstreamOverloaded); ``ClientGone`` when the client left.
     """
-    async with AsyncExitStack() as stack:
+    if settings.ignore_client_abort:  # only the wait in the queue is abandoned when the client leaves
         with abort():
-            slot = await stack.enter_async_context(pool.slot(on_long_wait=watch))
-        if slot.queue_wait and gone is not None and gone():
-            # the client left while it waited (too briefly to be watched): PHP never sees it
-            pool.stats.client_gone_in_queue += 1
-            raise ClientGone()
-        if watch is not None and slot.queue_wait >= LONG_WAIT:
-            watch()  # the pool has started watching the client while we waited (a second call does nothing)
-            watch = None
-        with nullcontext() if settings.ignore_client_abort else abort():
-            start = trio.current_time()
-            conn = await slot.connection()
-            try:
-                reader = _ResponseReader(settings, request_id, start_stream, force_stream, watch)
-                try:
-                    head, spool, app_status = await _exchange(conn, params, body, reader)
-                except UpstreamClosedEarly:
-                    if not conn.reused:
-                        raise
-                    pool.stats.retries += 1
-                    log.info("[%s] %s: reused connection closed before a response; retrying on a fresh one",
-                             request_id, pool.name)
-                    await pool._close([conn])
-                    conn = await slot.connection(fresh=True)
-                    reader = _ResponseReader(settings, request_id, start_stream, force_stream, watch)
-                    head, spool, app_status = await _exchange(conn, params, body, reader)
-            except BaseException:
-                await pool._close([conn])
-                raise
-            await slot.release(conn)
-            php_time = trio.current_time() - start
-            pool.instruments.php_time.observe(php_time)
-            pool.instruments.responses += 1
-            return PhpResult(head, spool, slot.queue_wait, php_time, app_status)
+            slot = await pool.acquire(on_long_wait=watch)
+        try:
+            return await _on_slot(slot, params, body, settings, request_id, watch, gone, start_stream, force_stream)
+        finally:
+            pool.release()
+    with abort():  # one scope for the wait and the exchange
+        slot = await pool.acquire(on_long_wait=watch)
+        try:
+            return await _on_slot(slot, params, body, settings, request_id, watch, gone, start_stream, force_stream)
+        finally:
+            pool.release()
     raise AssertionError("unreachable")  # for type checkers: the abort scope raises ClientGone
+
+
+async def _on_slot(slot: Slot, params: list[tuple[bytes, bytes]], body: Spool | None, settings: PhpSettings,
+                   request_id: str, watch: Callable[[], None] | None, gone: Callable[[], bool] | None,
+                   start_stream: StartStream | None, force_stream: bool) -> PhpResult:
+    pool = slot.pool
+    if slot.queue_wait and gone is not None and gone():
+        # the client left while it waited (too briefly to be watched): PHP never sees it
+        pool.stats.client_gone_in_queue += 1
+        raise ClientGone()
+    if watch is not None and slot.queue_wait >= LONG_WAIT:
+        watch()  # the pool has started watching the client while we waited (a second call does nothing)
+        watch = None
+    start = trio.current_time()
+    conn = await slot.connection()
+    try:
+        reader = _ResponseReader(settings, request_id, start_stream, force_stream, watch)
+        try:
+            head, spool, app_status = await _exchange(conn, params, body, reader)
+        except UpstreamClosedEarly:
+            if not conn.reused:
+                raise
+            pool.stats.retries += 1
+            log.info("[%s] %s: reused connection closed before a response; retrying on a fresh one",
+                     request_id, pool.name)
+            await pool._close([conn])
+            conn = await slot.connection(fresh=True)
+            reader = _ResponseReader(settings, request_id, start_stream, force_stream, watch)
+            head, spool, app_status = await _exchange(conn, params, body, reader)
+    except BaseException:
+        await pool._close([conn])
+        raise
+    await slot.put_back(conn)
+    php_time = trio.current_time() - start
+    pool.instruments.php_time.observe(php_time)
+    pool.instruments.responses += 1
+    return PhpResult(head, spool, slot.queue_wait, php_time, app_status)
 
 
 async def _exchange(conn: UpstreamConnection, params: list[tuple[bytes, bytes]], body: Spool | None,
@@ -213,13 +228,21 @@ class _ResponseReader:
             self.spool = None
 
     async def _receive(self, conn: UpstreamConnection) -> bytes | bytearray:
-        if self.watch is not None:
-            # PHP is taking a while: start watching the client (once)
-            with trio.CancelScope(deadline=self.watch_at):
+        """The next bytes from PHP, within read_timeout. One cancel scope per
+        wait, made by hand (cheaper than fail_after's generator); its deadline is
+        the watch time instead while that comes first (PHP is taking a while:
+        start watching the client, once, and wait on)."""
+        read_deadline = trio.current_time() + self.settings.read_timeout
+        while True:
+            watch_first = self.watch is not None and self.watch_at < read_deadline
+            scope = trio.CancelScope(deadline=self.watch_at if watch_first else read_deadline)
+            with scope:
                 return await conn.stream.receive_some(65536)
+            if not watch_first:
+                raise UpstreamTimeout(f"PHP sent nothing for {self.settings.read_timeout:g}s")
+            assert self.watch is not None
             self.watch()
             self.watch = None
-        return await conn.stream.receive_some(65536)
 
     async def read(self, conn: UpstreamConnection) -> tuple[CgiHead, Spool | None, int]:
         try:
@@ -244,18 +267,12 @@ class _ResponseReader:
                     raise UpstreamProtocolError("backend closed the connection mid-response") from None
                 raise UpstreamProtocolError(f"backend broke the FastCGI protocol: {exc}") from None
             if event is fastcgi.NEED_DATA:
-                # one scope per wait, made by hand: cheaper than fail_after's generator
-                timeout = trio.CancelScope(deadline=trio.current_time() + settings.read_timeout)
-                data: bytes | bytearray = b""
                 try:
-                    with timeout:
-                        data = await self._receive(conn)
+                    data = await self._receive(conn)
                 except trio.BrokenResourceError as exc:
                     if not got_response:
                         raise UpstreamClosedEarly("backend reset the connection before responding") from exc
                     raise UpstreamProtocolError("backend reset the connection mid-response") from exc
-                if timeout.cancelled_caught:
-                    raise UpstreamTimeout(f"PHP sent nothing for {settings.read_timeout:g}s")
                 eof = not data
                 fc.receive_data(data)
                 continue

@@ -3,13 +3,14 @@
 Strategy (httpcore's structure without its regrets, see MODELS.md 2.3):
 
 - **Slots**: one ``trio.CapacityLimiter(size)``. Its wait queue is FIFO and
-  cancellation-safe, and a slot is held by ``async with pool.slot()`` in the
-  request's own task: a cancelled request *cannot* leak a slot.
+  cancellation-safe, and a slot is held by the request's own task between
+  ``pool.acquire()`` and ``pool.release()`` in a ``try/finally`` (or ``async
+  with pool.slot()``): a cancelled request *cannot* leak a slot.
 - **The queue** is the limiter's waiters. Its depth is bounded: a request that
   finds ``queue_depth`` others waiting gets ``QueueFull`` (503) at once; one
   that waits longer than ``queue_timeout`` gets ``QueueTimeout`` (504). A
-  waiter whose client left is cancelled by its caller and leaves the queue
-  before it costs a PHP worker.
+  waiter whose client left is cancelled by its caller (watched after
+  ``LONG_WAIT``) or dropped as it leaves the queue, before it costs a PHP worker.
 - **Idle connections** sit in a LIFO list, reachable only while holding a slot,
   so a connection is either idle or owned by exactly one request. Checkout
   drops idle connections that expired (``idle_timeout``, measured with
@@ -156,9 +157,8 @@ class Pool:
     def idle(self) -> int:
         return len(self._idle)
 
-    @asynccontextmanager
-    async def slot(self, on_long_wait: Callable[[], None] | None = None) -> AsyncIterator[Slot]:
-        """Wait in the FIFO queue for a slot; hold it for the body of the ``with``.
+    async def acquire(self, on_long_wait: Callable[[], None] | None = None) -> Slot:
+        """Wait in the FIFO queue for a slot; the caller must ``release()`` it.
 
         Raises:
             QueueFull: ``queue_depth`` requests are already waiting.
@@ -175,10 +175,19 @@ class Pool:
             await self._wait_for_slot(on_long_wait)
         queue_wait = trio.current_time() - start
         self.instruments.queue_wait.observe(queue_wait)
+        return Slot(self, queue_wait)
+
+    def release(self) -> None:
+        self.limiter.release()
+
+    @asynccontextmanager
+    async def slot(self, on_long_wait: Callable[[], None] | None = None) -> AsyncIterator[Slot]:
+        """``acquire`` and ``release`` around the body of the ``with``."""
+        slot = await self.acquire(on_long_wait)
         try:
-            yield Slot(self, queue_wait)
+            yield slot
         finally:
-            self.limiter.release()
+            self.release()
 
     async def _wait_for_slot(self, on_long_wait: Callable[[], None] | None) -> None:
         if self.waiting >= self.queue_depth:
@@ -293,7 +302,7 @@ class Slot:
             await self.pool._close(to_close)
         return conn or await self.pool._open()
 
-    async def release(self, conn: UpstreamConnection) -> None:
+    async def put_back(self, conn: UpstreamConnection) -> None:
         """Return ``conn`` to the idle list if reusable, else close it."""
         conn.requests += 1
         if not self.pool._checkin(conn):
