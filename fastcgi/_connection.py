@@ -40,7 +40,7 @@ from ._events import (
     UnknownType,
 )
 from ._pairs import decode_pairs, encode_pairs
-from ._records import encode_record, encode_stream_chunk, encode_stream_end, parse_record
+from ._records import encode_record, encode_stream_chunk, encode_stream_end, parse_record, whole_record_header
 from ._state import CLIENT, SERVER, ConnectionState, Side, State
 
 _BEGIN_BODY = struct.Struct(">HB5x")
@@ -162,9 +162,28 @@ class Connection:
                 if self._buf:
                     raise LocalProtocolError("connection closed in the middle of a record")
                 return ConnectionClosed()
-            event = self._record_to_event(record.type, record.request_id, record.content)
+            content = record.content
+            if record.type == RecordType.STDOUT and content and self.their_role is SERVER:
+                content = self._coalesce_stdout(record.request_id, content)
+            event = self._record_to_event(record.type, record.request_id, content)
             if event is not None:
                 return event
+
+    def _coalesce_stdout(self, rid: int, content: bytes) -> bytes:
+        """Join the non-empty STDOUT records of the same request that follow in
+        the buffer: one event for what one read brought (as h11 does with Data),
+        not one per record (php-fpm writes a record per 4-8 KiB of output)."""
+        parts = None
+        while True:
+            head = whole_record_header(self._buf)
+            if head is None or head[0] != RecordType.STDOUT or head[1] != rid or not head[2]:
+                break
+            more = parse_record(self._buf)
+            assert more is not None
+            if parts is None:
+                parts = [content]
+            parts.append(more.content)
+        return content if parts is None else b"".join(parts)
 
     def _check_request_id(self, rtype: int, request_id: int) -> None:
         if request_id == NULL_REQUEST_ID:

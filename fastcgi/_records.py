@@ -93,3 +93,14 @@ def parse_record(buf: bytearray) -> Record | None:
     content = bytes(buf[HEADER_SIZE:end])
     del buf[:total]
     return Record(rtype, rid, content)
+
+
+def whole_record_header(buf: bytearray) -> tuple[int, int, int] | None:
+    """(type, request id, content length) of the record at the front of ``buf``
+    if ``buf`` holds all of it, else None. Consumes nothing."""
+    if len(buf) < HEADER_SIZE:
+        return None
+    version, rtype, rid, clen, plen = HEADER.unpack_from(buf)
+    if version != VERSION or len(buf) < HEADER_SIZE + clen + plen:
+        return None
+    return rtype, rid, clen

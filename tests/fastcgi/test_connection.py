@@ -280,3 +280,22 @@ def test_fuzz_garbage_never_raises_anything_but_remote_protocol_error(garbage):
                     break
         except RemoteProtocolError:
             pass
+
+
+def test_stdout_records_that_arrived_together_are_one_event():
+    # php-fpm writes a record per 4-8 KiB of output; what one read brings is one event
+    client, server = Connection(CLIENT), Connection(SERVER)
+    server.receive_data(client.send(BeginRequest()) + client.send(Params(())) + client.send(Stdin()))
+    while server.next_event() is not NEED_DATA:
+        pass
+    wire = b"".join(server.send(e) or b"" for e in [Stdout(b"a" * 10), Stdout(b"b" * 70000), Stderr(b"oops"),
+                                                   Stdout(b"c"), Stdout(), EndRequest(0)])
+    client.receive_data(wire[:-20])  # the last records are still on their way
+    events = []
+    while (e := client.next_event()) is not NEED_DATA:
+        events.append(e)
+    client.receive_data(wire[-20:])
+    while (e := client.next_event()) is not NEED_DATA:
+        events.append(e)
+    assert events == [Stdout(b"a" * 10 + b"b" * 70000), Stderr(b"oops"), Stdout(b"c"), Stdout(), EndRequest(0)]
+    assert client.states == {CLIENT: DONE, SERVER: DONE}
