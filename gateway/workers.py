@@ -11,7 +11,7 @@ core. Like nginx's master and worker processes:
 - Each **worker** is an ordinary single-process gateway (``server.serve``) on
   the inherited sockets, with its own pools. A backend's ``workers`` is split
   between them (5 over 2 processes: 3 + 2), so php-fpm never has more
-  connections than workers, and the workers' queues likewise. All call
+  connections than workers; each has a queue of ``queue_depth``. All call
   accept() on the same socket, so a busy process simply accepts less.
 - A worker's admin listener is a unix socket in the runtime directory; a pipe
   from the master tells it when the master is gone (EOF), so no worker outlives
@@ -63,7 +63,7 @@ def process_count(config: Config) -> int:
 def worker_config(config: Config, index: int, count: int, backends: dict[str, tuple[str, str]],
                   runtime_dir: str) -> dict[str, Any]:
     """Worker ``index``'s configuration (as data): its share of each backend's
-    connections and queue and of max_connections, the backends' resolved
+    connections and of max_connections, the backends' resolved
     addresses, an admin unix socket, and a runtime dir of its own."""
     data: dict[str, Any] = config.model_dump(mode="json")
     data["server"]["workers"] = 1
@@ -77,7 +77,8 @@ def worker_config(config: Config, index: int, count: int, backends: dict[str, tu
         # (a backend no site uses may have fewer workers than there are processes;
         # it never gets a request, so never a connection)
         b["workers"] = max(1, split(backend.workers, count)[index])
-        b["queue_depth"] = split(backend.queue_depth, count)[index]
+        # queue_depth is not split: processes accept unevenly, and a process's
+        # queue costs php-fpm nothing (it bounds waiting in that process)
     return data
 
 
