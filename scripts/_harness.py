@@ -85,19 +85,35 @@ NGINX_PHP_LOCATIONS = """
 """
 
 
+CADDYFILE = """
+{{
+    admin off
+    auto_https off
+}}
+http://127.0.0.1:{port} {{
+    root * {root}
+    php_fastcgi unix/{sock}
+    file_server
+}}
+"""
+
+
 class Stack:
-    """php-fpm (one pool) + nginx + the gateway, all on 127.0.0.1."""
+    """php-fpm (one pool) + nginx + the gateway (+ Caddy), all on 127.0.0.1."""
 
     def __init__(self, root: Path, workers: int = 4, gateway_workers: int | None = None, *,
                  nginx_http_extra: str = "", gateway_extra: str = "", nginx_locations: str | None = None,
                  gateway_site: str | None = None, run_as: str = "www-data", idle_timeout: float = 10.0,
-                 processes: int = 1) -> None:
+                 processes: int = 1, caddy: bool = False) -> None:
         """``nginx_http_extra``: directives added to nginx's http block;
         ``gateway_extra``: TOML added to the gateway's configuration;
         ``nginx_locations`` / ``gateway_site``: replace nginx's PHP locations and
         the gateway's [sites.cmp] table; ``run_as``: php-fpm's and nginx's worker user;
-        ``processes``: nginx's worker_processes and the gateway's [server] workers."""
+        ``processes``: nginx's worker_processes and the gateway's [server] workers;
+        ``caddy``: also start Caddy (Debian's; php_fastcgi + file_server, its defaults)."""
         self.processes = processes
+        self.caddy = caddy
+        self.caddy_port = free_port() if caddy else 0
         self.root = root
         self.nginx_locations = nginx_locations or NGINX_PHP_LOCATIONS.format(fastcgi_extra="")
         self.gateway_site = gateway_site
@@ -141,6 +157,15 @@ class Stack:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.procs.append(subprocess.Popen([nginx, "-c", str(conf)], stderr=subprocess.DEVNULL))
         wait_for(lambda: port_open(self.nginx_port), what="nginx")
+        if self.caddy:
+            (self.run / "Caddyfile").write_text(CADDYFILE.format(port=self.caddy_port, root=self.root,
+                                                                 sock=paths.socket))
+            env = {**os.environ, "XDG_DATA_HOME": str(self.run / "caddy"), "XDG_CONFIG_HOME": str(self.run / "caddy"),
+                   "HOME": str(self.run)}
+            self.procs.append(subprocess.Popen(["caddy", "run", "--config", str(self.run / "Caddyfile"),
+                                                "--adapter", "caddyfile"], env=env, stderr=subprocess.DEVNULL,
+                                               stdout=subprocess.DEVNULL))
+            wait_for(lambda: port_open(self.caddy_port), what="caddy")
         confd = self.run / "conf.d"
         confd.mkdir()
         (confd / "00.toml").write_text(
@@ -155,6 +180,7 @@ class Stack:
         )
         self.procs.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(confd),
                                             "--log-level", "warning"], cwd=REPO))
+        self.gateway_pid = self.procs[-1].pid
         wait_for(lambda: port_open(self.gateway_port), what="the gateway")
 
     def __exit__(self, *exc: object) -> None:

@@ -8,6 +8,9 @@ connections of one front end never pin the workers the other needs, and php-fpm
 has finished any request whose client left. Each cell is the median of
 --reps runs.
 
+Caddy (Debian's, php_fastcgi + file_server with its defaults) is measured too
+unless --no-caddy, on the same pool, in the same alternation.
+
 Workloads: hello.php at 16/64/256 connections; a ~5 ms CPU script at 64; a
 50 ms sleeping script at 256; static 1 KiB and 1 MiB at 64; 1000 connections
 on the sleeping script (php-fpm's listen.backlog stays 511, its default); an
@@ -127,11 +130,14 @@ def drain(status_socket: str, seconds: float) -> None:
 
 def run_workloads(stack: Stack, workloads: list[tuple[str, str, int, int]], args: argparse.Namespace,
                   duration: float, results: dict[tuple[str, str], list[dict[str, float]]]) -> None:
-    gw_pid = stack.procs[-1].pid
+    gw_pid = stack.gateway_pid
     status_socket = stack.fpm_socket.replace("php.sock", "status.sock")
     for name, path, conns, timeout in workloads:
         for rep in range(args.reps):
-            for server, port in (("nginx", stack.nginx_port), ("gateway", stack.gateway_port)):
+            servers = [("nginx", stack.nginx_port), ("gateway", stack.gateway_port)]
+            if stack.caddy:
+                servers.append(("caddy", stack.caddy_port))
+            for server, port in servers:
                 ran0 = fpm_requests(status_socket)
                 cpu0 = cpu_seconds(gw_pid)
                 r = wrk(port, path, conns, duration, timeout)
@@ -182,6 +188,7 @@ def main() -> int:
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                    help="nginx worker_processes and gateway workers (default: one per core)")
     p.add_argument("--only", default="", help="run workloads whose name contains this")
+    p.add_argument("--no-caddy", dest="caddy", action="store_false", help="leave Caddy out")
     args = p.parse_args()
     duration = float(int(max(1.0, min(args.duration, 60.0))))
     root = Path(tempfile.mkdtemp(prefix="bench-root-"))
@@ -192,7 +199,8 @@ def main() -> int:
     workloads = [w for w in WORKLOADS if args.only in w[0]]
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     if workloads:
-        with Stack(root, workers=args.fpm_workers, idle_timeout=1.0, processes=args.processes) as stack:
+        with Stack(root, workers=args.fpm_workers, idle_timeout=1.0, processes=args.processes,
+                   caddy=args.caddy) as stack:
             run_workloads(stack, workloads, args, duration, results)
     shutil.rmtree(root, ignore_errors=True)
     if args.only in "wordpress home c16":
@@ -211,7 +219,9 @@ def main() -> int:
           f"{'gw CPU us/req':>13} {'wasted PHP':>10}")
     for name, *_ in workloads:
         base = med(name, "nginx", "rps")
-        for server in ("nginx", "gateway"):
+        for server in ("nginx", "gateway", "caddy"):
+            if (name, server) not in results:
+                continue
             rps = med(name, server, "rps")
             cpu = med(name, server, "gw_cpu_us")
             print(f"{name:22} {server:8} {rps:9.0f} {med(name, server, 'p50'):8.2f} {med(name, server, 'p99'):8.2f} "
