@@ -23,15 +23,22 @@ def _encode_length(n: int) -> bytes:
     return (n | 0x80000000).to_bytes(4, "big")
 
 
+#: One-byte lengths, precomputed: nearly every name and most values are short.
+_SHORT = [bytes((n,)) for n in range(128)]
+
+
 def encode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     """Encode pairs back to back. Names and values must be ``bytes``."""
-    out = bytearray()
+    short = _SHORT
+    parts: list[bytes] = []
+    append = parts.append
     for name, value in pairs:
-        out += _encode_length(len(name))
-        out += _encode_length(len(value))
-        out += name
-        out += value
-    return bytes(out)
+        n, v = len(name), len(value)
+        append(short[n] if n < 128 else _encode_length(n))
+        append(short[v] if v < 128 else _encode_length(v))
+        append(name)
+        append(value)
+    return b"".join(parts)
 
 
 def decode_pairs(data: bytes) -> list[tuple[bytes, bytes]]:
