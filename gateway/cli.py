@@ -98,14 +98,24 @@ def serve(
             trio.run(run_server, cfg)
         else:
             trio.run(partial(serve_master, cfg, count, log_level=log_level))
-    except SupervisorError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        typer.echo(f"error: cannot listen: {exc}", err=True)
-        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass
+    except BaseException as exc:  # noqa: BLE001 - start-up errors arrive wrapped in nursery groups
+        leaf = _single_leaf(exc)
+        if isinstance(leaf, SupervisorError):
+            typer.echo(f"error: {leaf}", err=True)
+        elif isinstance(leaf, OSError):
+            typer.echo(f"error: cannot listen: {leaf}", err=True)
+        else:
+            raise
+        raise typer.Exit(1) from None
+
+
+def _single_leaf(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) one-exception groups, else ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 @app.command(hidden=True)

@@ -49,6 +49,8 @@ def summary_lines(st: dict[str, Any]) -> list[str]:
         f"loop lag p99 {li['loop_lag_ms']['p99']:.1f} ms, CPU {li['process_cpu']:.0%}"
         + (f", host CPU {st['host']['cpu']:.0%}" if st["host"].get("cpu") is not None else ""),
     ]
+    if st.get("workers"):
+        lines.append("processes: " + ", ".join(_worker_text(w) for w in st["workers"]))
     for name, p in st["pools"].items():
         cpu = "unknown" if p["worker_cpu"] is None else f"{p['worker_cpu']:.0%}"
         lines.append(
@@ -65,6 +67,13 @@ def summary_lines(st: dict[str, Any]) -> list[str]:
                          f"listen queue {fpm['listen_queue']}, max children reached {fpm['max_children_reached']}, "
                          f"slow requests {fpm['slow_requests']}")
     return lines
+
+
+def _worker_text(w: dict[str, Any]) -> str:
+    if not w["up"]:
+        return f"#{w['index']} not answering"
+    return (f"#{w['index']} pid {w['pid']} {w['verdict']} ({w['open']} open, {w['requests_total']} requests, "
+            f"CPU {w['process_cpu']:.0%})")
 
 
 def top_view(st: dict[str, Any], admin: str) -> Group:
@@ -92,4 +101,7 @@ def top_view(st: dict[str, Any], admin: str) -> Group:
                    "?" if p["worker_cpu"] is None else f"{p['worker_cpu']:.0%}",
                    str(p["errors"].get("502", 0)), str(p["errors"].get("503", 0)), str(p["errors"].get("504", 0)),
                    f"{fpm.get('active_processes', '?')}/{fpm.get('idle_processes', '?')}")
-    return Group(Panel(head, title=f"gateway top — {admin}"), lt, pt)
+    parts: list[Any] = [Panel(head, title=f"gateway top — {admin}"), lt, pt]
+    if st.get("workers"):
+        parts.append(Text("processes: " + ", ".join(_worker_text(w) for w in st["workers"])))
+    return Group(*parts)

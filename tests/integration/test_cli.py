@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,16 @@ async def test_serve_spawns_php_fpm_and_sigterm_stops_everything(tmp_path):
     assert proc.returncode == 0, log.decode()
     assert not os.path.exists(f"/proc/{master}")  # noqa: ASYNC240
     assert b"Traceback" not in log
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            out = subprocess.run([*GATEWAY, "serve", "--root", str(DOCROOT), "--listen", f"127.0.0.1:{port}",
+                                  "--admin", "off", "--workers", workers], capture_output=True, text=True, timeout=60)
+            assert out.returncode == 1
+            assert "error: cannot listen:" in out.stderr and "Address already in use" in out.stderr
+            assert "Traceback" not in out.stderr

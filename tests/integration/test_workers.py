@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import trio
@@ -89,6 +90,11 @@ async def test_two_processes_share_the_port_split_php_and_report_as_one(tmp_path
         families = {f.name: f for f in text_string_to_metric_families(body.decode())}
         sizes = {s.labels["worker"]: s.value for s in families["gateway_pool_size"].samples}
         assert sizes == {"0": 2.0, "1": 2.0}  # 4 php-fpm workers: 2 connections per process
+        out = await trio.run_process([sys.executable, "-m", "gateway", "status", "--admin", f"127.0.0.1:{admin}"],
+                                     capture_stdout=True)
+        text = out.stdout.decode()
+        assert "pool php: 0/4 busy" in text
+        assert all(f"pid {w['pid']}" in text for w in st["workers"])
     finally:
         log = await stop(proc, stderr)
     assert proc.returncode == 0, log.decode()

@@ -1,0 +1,150 @@
+"""The floor under any trio + h11 server on this machine: how fast can a
+server built on our fixed choices answer at all?
+
+Three servers, each in N processes sharing one listen socket (as the gateway's
+workers do), measured with the same wrk run as scripts/bench (64 connections):
+
+- ``trio-echo``: trio only. Reads a request (up to the blank line, no parsing)
+  and writes a fixed 1 KiB response: the cost of trio's scheduling and the
+  socket calls alone.
+- ``trio-h11``: the same with h11 parsing the request and writing the response
+  head (the ``Server``, ``Date``, ``Content-Type``, ``Content-Length`` a real
+  server sends): what HTTP/1.1 costs on top.
+- ``gateway``: the gateway serving a 1 KiB static file.
+
+and nginx serving the same file. If the floor is below a target, no work on
+the gateway's own code can reach it with trio + h11.
+
+    scripts/floor [--processes N] [--duration 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _harness import Stack, free_port, port_open, wait_for
+from bench import wrk
+
+BODY = b"x" * 1024
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: floor\r\nContent-Type: text/plain\r\nContent-Length: 1024\r\n\r\n" + BODY)
+
+
+def serve_echo(sock: socket.socket) -> None:
+    import trio
+
+    async def handle(stream: trio.SocketStream) -> None:
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buf += data
+                _, _, buf = buf.partition(b"\r\n\r\n")
+                await stream.send_all(RESPONSE)
+        except trio.BrokenResourceError:
+            pass
+
+    async def main() -> None:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        await trio.serve_listeners(handle, [listener])
+
+    trio.run(main)
+
+
+def serve_h11(sock: socket.socket) -> None:
+    import h11
+    import trio
+
+    from gateway.response import http_date
+
+    async def handle(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                    continue
+                if isinstance(event, h11.Request):
+                    while not isinstance(conn.next_event(), h11.EndOfMessage):
+                        pass
+                    out = conn.send(h11.Response(status_code=200, headers=[
+                        (b"server", b"floor"), (b"date", http_date()), (b"content-type", b"text/plain"),
+                        (b"content-length", b"1024")]))
+                    out += conn.send(h11.Data(data=BODY)) + conn.send(h11.EndOfMessage())
+                    await stream.send_all(out)
+                    conn.start_next_cycle()
+                    continue
+                return
+        except (trio.BrokenResourceError, h11.RemoteProtocolError):
+            pass
+
+    async def main() -> None:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        await trio.serve_listeners(handle, [listener])
+
+    trio.run(main)
+
+
+def start_floor(kind: str, processes: int) -> tuple[int, list[subprocess.Popen[bytes]]]:
+    port = free_port()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    procs = [subprocess.Popen([sys.executable, __file__, "--serve", kind, "--fd", str(sock.fileno())],
+                              pass_fds=[sock.fileno()]) for _ in range(processes)]
+    sock.close()
+    wait_for(lambda: port_open(port), what=kind)
+    return port, procs
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--duration", type=int, default=5)
+    p.add_argument("--serve", help=argparse.SUPPRESS)
+    p.add_argument("--fd", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        sock = socket.socket(fileno=args.fd)
+        {"trio-echo": serve_echo, "trio-h11": serve_h11}[args.serve](sock)
+        return 0
+    root = Path(tempfile.mkdtemp(prefix="floor-"))
+    root.chmod(0o755)
+    (root / "1k.txt").write_bytes(BODY)
+    rows = []
+    with Stack(root, workers=2, processes=args.processes) as stack:
+        for kind in ("trio-echo", "trio-h11"):
+            port, procs = start_floor(kind, args.processes)
+            try:
+                wrk(port, "/1k.txt", 64, 2, 10)  # warm-up
+                rows.append((kind, wrk(port, "/1k.txt", 64, args.duration, 10)))
+            finally:
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    proc.wait(10)
+        for name, port in (("gateway", stack.gateway_port), ("nginx", stack.nginx_port)):
+            wrk(port, "/1k.txt", 64, 2, 10)
+            rows.append((name, wrk(port, "/1k.txt", 64, args.duration, 10)))
+    nginx = rows[-1][1]["rps"]
+    print(f"\n1 KiB responses, wrk 64 connections, {args.duration}s, {args.processes} processes each")
+    print(f"{'server':10} {'req/s':>9} {'p99 ms':>8} {'vs nginx':>8}")
+    for name, r in rows:
+        print(f"{name:10} {r['rps']:9.0f} {r['p99']:8.2f} {r['rps'] / nginx:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
