@@ -55,9 +55,18 @@ WORKER_START_TIMEOUT = 30.0
 def process_count(config: Config) -> int:
     """Processes to run: ``workers`` ("auto": one per core), never more than the
     smallest PHP backend has workers (each process needs one connection of each)."""
-    wanted = os.cpu_count() or 1 if config.server.workers == "auto" else int(config.server.workers)
+    wanted = usable_cpus() if config.server.workers == "auto" else int(config.server.workers)
     php = [b.workers for name, b in config.backends.items() if any(s.php == name for s in config.sites.values())]
     return max(1, min([wanted, *php]))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, cpusets), not
+    all the host has."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def worker_config(config: Config, index: int, count: int, backends: dict[str, tuple[str, str]],
