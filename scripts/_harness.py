@@ -104,7 +104,7 @@ class Stack:
     def __init__(self, root: Path, workers: int = 4, gateway_workers: int | None = None, *,
                  nginx_http_extra: str = "", gateway_extra: str = "", nginx_locations: str | None = None,
                  gateway_site: str | None = None, run_as: str = "www-data", idle_timeout: float = 10.0,
-                 processes: int = 1, caddy: bool = False) -> None:
+                 processes: int = 1, caddy: bool = False, php_admin_values: dict[str, str] | None = None) -> None:
         """``nginx_http_extra``: directives added to nginx's http block;
         ``gateway_extra``: TOML added to the gateway's configuration;
         ``nginx_locations`` / ``gateway_site``: replace nginx's PHP locations and
@@ -112,6 +112,7 @@ class Stack:
         ``processes``: nginx's worker_processes and the gateway's [server] workers;
         ``caddy``: also start Caddy (Debian's; php_fastcgi + file_server, its defaults)."""
         self.processes = processes
+        self.php_admin_values = php_admin_values or {}
         self.caddy = caddy
         self.caddy_port = free_port() if caddy else 0
         self.root = root
@@ -139,7 +140,8 @@ class Stack:
 
     def _start(self) -> None:
         user = self.run_as if os.geteuid() == 0 else ""
-        paths = write_pool_config("cmp", BackendConfig(workers=self.workers, user=user, max_requests=0),
+        paths = write_pool_config("cmp", BackendConfig(workers=self.workers, user=user, max_requests=0,
+                                                       php_admin_values=self.php_admin_values),
                                   str(self.run / "fpm"))
         os.chmod(paths.directory, 0o755)
         argv = [find_php_fpm(), "-F", "-y", paths.config] + (["-R"] if os.geteuid() == 0 else [])

@@ -371,3 +371,10 @@ async def test_connections_per_ip_limit_and_max_connections(start_gateway):
             await trio.sleep(0.01)
     fourth = await gw.client()
     assert (await fourth.request("GET", "/hello.txt")).status == 200
+
+
+async def test_spawned_pools_buffer_php_output_in_64k_pieces_unless_told_otherwise(start_gateway):
+    gw = await start_gateway()
+    assert (await gw.get("/ini.php?name=output_buffering")).body == b"65536"
+    gw2 = await start_gateway(backend={"php_admin_values": {"output_buffering": "4096"}})
+    assert (await gw2.get("/ini.php?name=output_buffering")).body == b"4096"
