@@ -73,8 +73,19 @@ async def test_serve_root_against_an_already_running_php_fpm(tmp_path):
         assert proc.returncode == 0
         assert fpm.returncode is None  # not ours to stop
     finally:
-        fpm.kill()
-        await fpm.wait()
+        # SIGTERM: php-fpm's master stops its workers (SIGKILL would orphan them)
+        workers = children_of(fpm.pid)
+        fpm.terminate()
+        with trio.move_on_after(10):
+            await fpm.wait()
+        if fpm.returncode is None:
+            fpm.kill()
+            await fpm.wait()
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 async def test_serve_spawns_php_fpm_and_sigterm_stops_everything(tmp_path):
