@@ -34,10 +34,17 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import cast
+from typing import TYPE_CHECKING
 
-import h11
 import trio
+
+if TYPE_CHECKING:
+    import h11
+else:
+    try:  # h11 compiled with mypyc: the same code, ~3x faster (13 vs 44 us per request/response)
+        import h11_mypyc as h11
+    except ImportError:  # pure h11 where no compiled build is installed
+        import h11
 
 from ._util import peer_closed, single_exception
 from .errors import ClientGone
@@ -224,7 +231,8 @@ class HttpConnection:
             raise _Timeout()
         if data:
             self._received_any = True
-        self.conn.receive_data(cast(bytes, data))  # h11 is typed for bytes; bytearray works too
+        # the compiled h11 takes bytes only; sockets give bytes, memory streams bytearray
+        self.conn.receive_data(data if type(data) is bytes else bytes(data))
 
     async def _next_request(self, *, first: bool) -> h11.Request | h11.ConnectionClosed | object | None:
         """Wait for the next request's head, under the header/keep-alive timeouts.
@@ -380,7 +388,7 @@ class HttpConnection:
                         request.abort.fire()
                         return
                     received += len(data)
-                    self.conn.receive_data(cast(bytes, data))
+                    self.conn.receive_data(data if type(data) is bytes else bytes(data))
                 await trio.sleep_forever()
         finally:
             done.set()
