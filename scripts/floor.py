@@ -9,7 +9,8 @@ workers do), measured with the same wrk run as scripts/bench (64 connections):
   socket calls alone.
 - ``trio-h11``: the same with h11 parsing the request and writing the response
   head (the ``Server``, ``Date``, ``Content-Type``, ``Content-Length`` a real
-  server sends): what HTTP/1.1 costs on top.
+  server sends): what HTTP/1.1 costs on top; ``trio-h11c`` with h11 compiled by
+  mypyc (h11-mypyc, which the gateway uses when installed).
 - ``gateway``: the gateway serving a 1 KiB static file.
 
 and nginx serving the same file. If the floor is below a target, no work on
@@ -59,9 +60,13 @@ def serve_echo(sock: socket.socket) -> None:
     trio.run(main)
 
 
-def serve_h11(sock: socket.socket) -> None:
-    import h11
+def serve_h11(sock: socket.socket, compiled: bool = False) -> None:
     import trio
+
+    if compiled:
+        import h11_mypyc as h11
+    else:
+        import h11
 
     from gateway.response import http_date
 
@@ -117,14 +122,17 @@ def main() -> int:
     args = p.parse_args()
     if args.serve:
         sock = socket.socket(fileno=args.fd)
-        {"trio-echo": serve_echo, "trio-h11": serve_h11}[args.serve](sock)
+        if args.serve == "trio-echo":
+            serve_echo(sock)
+        else:
+            serve_h11(sock, compiled=args.serve == "trio-h11c")
         return 0
     root = Path(tempfile.mkdtemp(prefix="floor-"))
     root.chmod(0o755)
     (root / "1k.txt").write_bytes(BODY)
     rows = []
     with Stack(root, workers=2, processes=args.processes) as stack:
-        for kind in ("trio-echo", "trio-h11"):
+        for kind in ("trio-echo", "trio-h11", "trio-h11c"):
             port, procs = start_floor(kind, args.processes)
             try:
                 wrk(port, "/1k.txt", 64, 2, 10)  # warm-up
