@@ -13,7 +13,8 @@ clock drives them in tests; defaults in config.py follow nginx):
   nothing at all -> close silently.
 - ``keepalive``: an idle kept-alive connection is closed after this.
 - ``body``: the longest gap between two reads of the request body -> 408.
-- ``send``: the longest a single write to the client may block -> close.
+- ``send``: the longest the client may take to accept more of a response
+  (between two writes that make progress, as nginx's send_timeout) -> close.
 
 While the handler runs, the client socket is watched: EOF means the client left,
 and ``Request.abort`` fires (waiters leave the PHP queue, PHP runs are cut).
@@ -69,7 +70,8 @@ LINGER_BYTES = 1024 * 1024
 _WATCH_LIMIT = 64 * 1024
 #: Seconds of a request body before its average rate is held to body_min_rate.
 BODY_RATE_GRACE = 10.0
-#: The send timeout applies to each piece of this size (nginx: between two writes).
+#: Writes to a stream that is not a socket (tests' memory streams) go in pieces
+#: of this size, the send timeout re-armed for each.
 SEND_PIECE = 16 * 1024
 #: Static files up to this size are read and sent with the head in one write.
 SMALL_FILE = 64 * 1024

@@ -4,8 +4,8 @@ Strategy (httpcore's structure without its regrets, see MODELS.md 2.3):
 
 - **Slots**: one ``trio.CapacityLimiter(size)``. Its wait queue is FIFO and
   cancellation-safe, and a slot is held by the request's own task between
-  ``pool.acquire()`` and ``pool.release()`` in a ``try/finally`` (or ``async
-  with pool.slot()``): a cancelled request *cannot* leak a slot.
+  ``pool.acquire()`` and ``pool.release()`` in a ``try/finally``: a cancelled
+  request *cannot* leak a slot.
 - **The queue** is the limiter's waiters. Its depth is bounded: a request that
   finds ``queue_depth`` others waiting gets ``QueueFull`` (503) at once; one
   that waits longer than ``queue_timeout`` gets ``QueueTimeout`` (504). A
@@ -25,8 +25,7 @@ State changes are synchronous methods; IO (connect, close) happens outside them.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -179,15 +178,6 @@ class Pool:
 
     def release(self) -> None:
         self.limiter.release()
-
-    @asynccontextmanager
-    async def slot(self, on_long_wait: Callable[[], None] | None = None) -> AsyncIterator[Slot]:
-        """``acquire`` and ``release`` around the body of the ``with``."""
-        slot = await self.acquire(on_long_wait)
-        try:
-            yield slot
-        finally:
-            self.release()
 
     async def _wait_for_slot(self, on_long_wait: Callable[[], None] | None) -> None:
         if self.waiting >= self.queue_depth:

@@ -98,13 +98,11 @@ def admin_socket(runtime_dir: str, index: int) -> str:
 class Workers:
     """The worker processes: start, restart, stop."""
 
-    def __init__(self, count: int, specs: list[str], pass_fds: list[int], runtime_dir: str) -> None:
-        self.count = count
+    def __init__(self, specs: list[str], pass_fds: list[int], runtime_dir: str) -> None:
         self.runtime_dir = runtime_dir
         self.specs = specs
         self.pass_fds = pass_fds
-        self.processes: list[trio.Process | None] = [None] * count
-        self.restarts = 0
+        self.processes: list[trio.Process | None] = [None] * len(specs)
         self.stopping = False
 
     async def run(self, index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -130,7 +128,6 @@ class Workers:
             await proc.wait()
             if self.stopping:
                 return
-            self.restarts += 1
             if time.monotonic() - started > RESTART_RESET:
                 delay = RESTART_DELAY
             log.error("worker process %d (pid %d) exited with status %s; restarting in %.1fs",
@@ -251,7 +248,7 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
             listen_fds = [listener.socket.fileno() for listener in listeners]
             specs = [write_spec(config, i, count, backends, runtime_dir, listen_fds, parent_read, log_level)
                      for i in range(count)]
-            workers = Workers(count, specs, [*listen_fds, parent_read], runtime_dir)
+            workers = Workers(specs, [*listen_fds, parent_read], runtime_dir)
             async with trio.open_nursery() as starting:  # all at once; on once each serves
                 for i in range(count):
                     starting.start_soon(system.start, workers.run, i)
