@@ -110,6 +110,15 @@ class Connection:
     def keep_conn(self) -> bool:
         return self._cstate.keep_conn
 
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]:
+        """Bytes received but not parsed yet, and whether EOF was received (as h11).
+
+        After the peer's END_REQUEST there should be nothing: bytes here belong to
+        no request, and a connection holding them must not be reused.
+        """
+        return bytes(self._buf), self._eof
+
     def start_next_cycle(self) -> None:
         """Return both sides to IDLE after a kept-alive request.
 
@@ -197,6 +206,11 @@ class Connection:
             )
 
     def _record_to_event(self, rtype: int, rid: int, content: bytes) -> Event | None:
+        if self.their_role is SERVER and rid != NULL_REQUEST_ID and self.their_state in (State.DONE,
+                                                                                          State.MUST_CLOSE):
+            # e.g. STDOUT after END_REQUEST: taken for the next request's output, it
+            # would leak one response into another.
+            raise LocalProtocolError(f"record type {rtype} for request {rid} after the request ended")
         if self.their_role is SERVER:
             if rtype == RecordType.STDOUT:
                 self._check_request_id(rtype, rid)

@@ -216,8 +216,13 @@ class Pool:
         return None, to_close
 
     def _checkin(self, conn: UpstreamConnection) -> bool:
-        """Keep ``conn`` for reuse if its request cycle ended cleanly with keep-conn."""
+        """Keep ``conn`` for reuse if its request cycle ended cleanly with keep-conn
+        and nothing followed the END_REQUEST (stray records would otherwise be
+        read as the next request's response)."""
         if conn.fcgi.states != {fastcgi.CLIENT: fastcgi.DONE, fastcgi.SERVER: fastcgi.DONE}:
+            return False
+        data, eof = conn.fcgi.trailing_data
+        if data or eof:
             return False
         conn.fcgi.start_next_cycle()
         conn.idle_since = trio.current_time()
