@@ -20,7 +20,7 @@ from .config import Config
 from .errors import GatewayError
 from .php import PhpSettings, run_php
 from .pool import Pool
-from .request import BodyWriter, Request
+from .request import IDEMPOTENT_METHODS, BodyWriter, Request
 from .response import Response, error_response, http_date
 from .routing import BadRequestTarget, PhpScript, Redirect, Refuse, Router, StaticFile, VirtualHosts, split_target
 from .spool import Spool
@@ -59,7 +59,7 @@ class App:
         return error_response(status, server=self.server_software, headers=headers)
 
     async def handle(self, req: Request) -> Response:
-        router = self.vhosts.lookup(req.header(b"host"))
+        router = self.vhosts.lookup(req.host)
         try:
             path, query = split_target(req.target)
         except BadRequestTarget as exc:
@@ -92,7 +92,7 @@ class App:
         if backend is None:
             log.error("[%s] backend %s has no pool", req.request_id, backend_name)
             return self.error(502)
-        server_name = router.server_name or _host_name(req.header(b"host") or b"")
+        server_name = router.server_name or req.host
         params = cgi.build_params(
             method=req.method,
             target=req.target,
@@ -116,8 +116,7 @@ class App:
         async def start_stream(head: CgiHead) -> BodyWriter:
             assert start_response is not None
             started.append(head)
-            headers = [(n, v) for n, v in head.headers
-                       if n.lower() not in cgi.GATEWAY_ONLY_HEADERS and n.lower() != b"content-length"]
+            headers = [(n, v) for n, v in head.headers if n.lower() not in cgi.GATEWAY_ONLY_HEADERS]
             if self.server_timing:
                 # streamed: only the time until PHP's headers is known now
                 headers.append((b"server-timing", b"headers;dur=%.1f" % ((trio.current_time() - t0) * 1000)))
@@ -131,7 +130,7 @@ class App:
                                    abort=partial(req.abort.scope, start_watching=False), watch=req.abort.watch,
                                    gone=req.abort.left,
                                    start_stream=start_stream if start_response is not None else None,
-                                   force_stream=force)
+                                   force_stream=force, retry_safe=req.method in IDEMPOTENT_METHODS)
         except GatewayError as exc:
             if started:
                 raise  # the head is out; the connection task cuts the connection
@@ -146,15 +145,18 @@ class App:
         if result.body is None:  # streamed to the client already
             return Response(head.status, [], streamed=True, queue_wait=result.queue_wait, php_time=result.php_time,
                             upstream=backend.pool.name)
-        headers = [(n, v) for n, v in head.headers if n.lower() not in cgi.GATEWAY_ONLY_HEADERS
-                   and (n.lower() != b"content-length" or req.method == b"HEAD")]
+        headers = [(n, v) for n, v in head.headers if n.lower() not in cgi.GATEWAY_ONLY_HEADERS]
         body: Spool | bytes = result.body
-        if req.method == b"HEAD" or head.status in (204, 304) or 100 <= head.status < 200:
-            if not any(n.lower() == b"content-length" for n, _ in headers) and head.status not in (204, 304):
-                headers.append((b"content-length", b"%d" % result.body.size))
+        if req.method == b"HEAD" or head.status in (204, 304):
+            # No body goes out: PHP's own Content-Length says what a GET would get
+            # (never on a 204, RFC 9110 8.6).
+            length = head.content_length if head.content_length is not None else result.body.size or None
+            if length is not None and head.status != 204:
+                headers.append((b"content-length", b"%d" % length))
             result.body.close()
             body = b""
         else:
+            # the body we drained is what the client gets: frame it by its size
             headers.append((b"content-length", b"%d" % result.body.size))
         if self.server_timing:
             headers.append((b"server-timing", b"queue;dur=%.1f, php;dur=%.1f" % (result.queue_wait * 1000,
@@ -162,7 +164,3 @@ class App:
         return Response(head.status, headers, body, reason=head.reason, queue_wait=result.queue_wait,
                         php_time=result.php_time, upstream=backend.pool.name)
 
-
-def _host_name(host: bytes) -> bytes:
-    """The Host header without its port."""
-    return host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host

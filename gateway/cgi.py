@@ -126,25 +126,63 @@ class CgiResponseError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class CgiHead:
+    """A validated CGI response head: every header in ``headers`` is safe to put
+    on the wire as it is (name a token, value of field-value bytes).
+
+    ``content_length`` is PHP's own Content-Length (never in ``headers``): the
+    gateway frames a drained body by the bytes it has, and uses PHP's figure
+    only where there is no body to count (HEAD, 304). ``dropped`` says what was
+    left out, for one log line.
+    """
+
     status: int
     reason: bytes
     headers: list[tuple[bytes, bytes]]
+    content_length: int | None = None
+    dropped: tuple[str, ...] = ()
 
 
 #: Response headers that describe PHP's hop to us, not ours to the client.
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer"})
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer",
+                        b"proxy-connection"})
+
+#: RFC 9110 5.1: field-name = token.
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: RFC 9110 5.5: field-value bytes are HTAB, SP, VCHAR and obs-text; anything
+#: else (NUL, CR, LF, VT, FF, other controls, DEL) is refused. h11 raises on
+#: several of them, so nothing of the kind may get past this module.
+_BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_STATUS = re.compile(rb"^(\d{3})(?:[ \t]+(.*))?$")
+#: RFC 9110 8.6: Content-Length = 1*DIGIT; 19 digits is more than any file.
+_CONTENT_LENGTH = re.compile(rb"^[0-9]{1,19}$")
 
 
 def parse_cgi_headers(block: bytes) -> CgiHead:
-    """Parse a CGI header block (without the blank line that ends it).
+    """Parse and validate a CGI header block (without the blank line that ends it).
+
+    Policy (RFC 3875 6.2 for the CGI part, RFC 9110 for what may reach a client):
+
+    - ``Status``: three digits, 200-599. An interim status (1xx: 100, 101, 103...)
+      cannot end a response and 0xx/6xx+ are not HTTP: the response is a 502.
+      A reason phrase with bytes HTTP does not allow is replaced by the standard one.
+    - A header whose value holds a control byte (NUL, CR, LF, VT, FF, DEL...) is
+      dropped, whatever its name (``Location`` included): PHP apps put user input
+      in headers, and one such header must not cost the page.
+    - ``Content-Length``: digits only; several copies must agree. An invalid or
+      conflicting one is dropped (the gateway counts the body itself).
+    - Hop-by-hop headers (Connection, Transfer-Encoding...) are PHP's hop to us: dropped.
+    - A line without a colon, an invalid header name or a folded line: 502.
 
     Raises:
-        CgiResponseError: a line without a colon, a folded line, or a bad Status.
+        CgiResponseError: the block is not a CGI header block, or its Status is
+            not a final HTTP status.
     """
     status = None
     reason = b""
     headers: list[tuple[bytes, bytes]] = []
     has_location = False
+    lengths: set[bytes] = set()
+    dropped: list[str] = []
     for raw in block.split(b"\n"):
         line = raw.removesuffix(b"\r")
         if not line:
@@ -152,26 +190,45 @@ def parse_cgi_headers(block: bytes) -> CgiHead:
         if line[:1] in (b" ", b"\t"):
             raise CgiResponseError("PHP sent a folded header line")
         name, colon, value = line.partition(b":")
-        name = name.strip()
-        if not colon or not name or re.search(rb"[\x00-\x20()<>@,;:\\\"/\[\]?={}\x7f]", name):
+        name = name.rstrip(b" \t")
+        if not colon or not _TOKEN.match(name):
             raise CgiResponseError(f"PHP sent an invalid header line {line[:80]!r}")
-        value = value.strip()
+        value = value.strip(b" \t")
         lname = name.lower()
         if lname == b"status":
-            m = re.match(rb"^(\d{3})(?:\s+(.*))?$", value)
-            if not m or not 100 <= int(m.group(1)) <= 999:
+            m = _STATUS.match(value)
+            if not m:
                 raise CgiResponseError(f"PHP sent an invalid Status header {value[:40]!r}")
             status = int(m.group(1))
+            if not 200 <= status <= 599:
+                raise CgiResponseError(f"PHP sent Status {status}: not a final HTTP status (200-599)")
             reason = m.group(2) or b""
+            if _BAD_VALUE_BYTE.search(reason):
+                dropped.append("the Status reason phrase (control byte)")
+                reason = b""
+            continue
+        if _BAD_VALUE_BYTE.search(value):
+            dropped.append(f"{name.decode('latin-1')} (control byte in its value)")
             continue
         if lname in HOP_BY_HOP:
+            continue
+        if lname == b"content-length":
+            if _CONTENT_LENGTH.match(value):
+                lengths.add(value.lstrip(b"0") or b"0")
+            else:
+                dropped.append(f"Content-Length {value[:20]!r} (not a number)")
             continue
         if lname == b"location":
             has_location = True
         headers.append((name, value))
     if status is None:
         status = 302 if has_location else 200
-    return CgiHead(status, reason, headers)
+    content_length = None
+    if len(lengths) == 1:
+        content_length = int(lengths.pop())
+    elif lengths:
+        dropped.append("Content-Length (copies disagree)")
+    return CgiHead(status, reason, headers, content_length, tuple(dropped))
 
 
 def wants_streaming(head: CgiHead) -> bool:

@@ -7,10 +7,16 @@ and release the slot -> only then is the response sent to the client, at the
 client's pace. The PHP worker is never held by a slow client.
 
 Retry policy: a *reused* connection that yields EOF or a reset before any
-response record is retried once on a fresh connection. That is php-fpm's
-pm.max_requests recycling: the worker closed the kept-alive connection after
-its last response, and the request written on it never ran. Nothing else is
-retried: once any byte of a response arrived, PHP ran.
+response record is retried once on a fresh connection, **for idempotent
+methods only** (GET, HEAD, OPTIONS, TRACE, PUT, DELETE: RFC 9110 9.2.2). That
+is php-fpm's pm.max_requests recycling: the worker closed the kept-alive
+connection after its last response, and the request written on it never ran.
+But the same silence comes from a worker that died *while running* the request
+(a segfault, a request_terminate_timeout kill with its output still buffered):
+a POST retried then runs twice. So a POST, PATCH, LOCK... gets a 502 instead,
+as nginx never retries a non-idempotent request once sent. The window is small:
+checkout already drops an idle connection whose close is pending. Nothing else
+is retried: once any byte of a response arrived, PHP ran.
 
 Client aborts: ``abort`` is a cancel-scope factory that fires when the client
 closes its connection. Waiting in the queue is always abandoned then (php-fpm
@@ -89,6 +95,7 @@ async def run_php(
     gone: Callable[[], bool] | None = None,
     start_stream: StartStream | None = None,
     force_stream: bool = False,
+    retry_safe: bool = False,
 ) -> PhpResult:
     """Run one request on PHP and return its drained response.
 
@@ -101,18 +108,23 @@ async def run_php(
         GatewayError subclasses (QueueFull, QueueTimeout, UpstreamConnectError,
         UpstreamTimeout, UpstreamProtocolError, UpstreamClosedEarly,
         UpstreamOverloaded); ``ClientGone`` when the client left.
+
+    ``retry_safe``: the request may run twice (an idempotent method); only then
+    is a reused connection that closed before responding retried.
     """
     if settings.ignore_client_abort:  # only the wait in the queue is abandoned when the client leaves
         with abort():
             slot = await pool.acquire(on_long_wait=watch)
         try:
-            return await _on_slot(slot, params, body, settings, request_id, watch, gone, start_stream, force_stream)
+            return await _on_slot(slot, params, body, settings, request_id, watch, gone, start_stream, force_stream,
+                                  retry_safe)
         finally:
             pool.release()
     with abort():  # one scope for the wait and the exchange
         slot = await pool.acquire(on_long_wait=watch)
         try:
-            return await _on_slot(slot, params, body, settings, request_id, watch, gone, start_stream, force_stream)
+            return await _on_slot(slot, params, body, settings, request_id, watch, gone, start_stream, force_stream,
+                                  retry_safe)
         finally:
             pool.release()
     raise AssertionError("unreachable")  # for type checkers: the abort scope raises ClientGone
@@ -120,7 +132,7 @@ async def run_php(
 
 async def _on_slot(slot: Slot, params: list[tuple[bytes, bytes]], body: Spool | None, settings: PhpSettings,
                    request_id: str, watch: Callable[[], None] | None, gone: Callable[[], bool] | None,
-                   start_stream: StartStream | None, force_stream: bool) -> PhpResult:
+                   start_stream: StartStream | None, force_stream: bool, retry_safe: bool) -> PhpResult:
     pool = slot.pool
     if slot.queue_wait and gone is not None and gone():
         # the client left while it waited (too briefly to be watched): PHP never sees it
@@ -135,9 +147,12 @@ async def _on_slot(slot: Slot, params: list[tuple[bytes, bytes]], body: Spool | 
         reader = _ResponseReader(settings, request_id, start_stream, force_stream, watch)
         try:
             head, spool, app_status = await _exchange(conn, params, body, reader)
-        except UpstreamClosedEarly:
+        except UpstreamClosedEarly as exc:
             if not conn.reused:
                 raise
+            if not retry_safe:
+                raise UpstreamClosedEarly(f"{exc} (a reused connection; not retried: the method is not "
+                                          "idempotent and PHP may have run it)") from None
             pool.stats.retries += 1
             log.info("[%s] %s: reused connection closed before a response; retrying on a fresh one",
                      request_id, pool.name)
@@ -293,6 +308,9 @@ class _ResponseReader:
                     raise UpstreamProtocolError(str(exc)) from None
                 if done is not None:
                     self.head, rest = done
+                    if self.head.dropped:
+                        log.warning("[%s] PHP sent headers that cannot go to a client, dropped: %s",
+                                    self.request_id, "; ".join(self.head.dropped))
                     if self.start_stream is not None and (self.force_stream or wants_streaming(self.head)):
                         await self._stream_from_here()
                     await self._body(rest)

@@ -12,6 +12,10 @@ import trio
 from .errors import ClientGone
 from .spool import Spool
 
+#: RFC 9110 9.2.2: methods a server may run twice with the effect of once; only
+#: these are retried on a fresh upstream connection.
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
 
 class ClientAbort:
     """Cancel scopes that fire when the client closes its connection.
@@ -101,6 +105,9 @@ class Request:
     server: tuple[str, int]
     body: Spool | None
     request_id: str
+    #: the host name the request is for (Host, or an absolute-form target's
+    #: authority): validated, lower case, no port; b"" when there was none
+    host: bytes = b""
     https: bool = False
     abort: ClientAbort = field(default_factory=ClientAbort)
     start_response: StartResponse | None = None

@@ -116,3 +116,62 @@ def test_remote_user_from_basic_auth_as_nginx():
     p = params([(b"authorization", b"Basic " + base64.b64encode(b"alice:secret"))])
     assert p[b"REMOTE_USER"] == b"alice"
     assert params([(b"authorization", b"Bearer xyz")])[b"REMOTE_USER"] == b""
+
+
+# -- validation of what PHP sends: nothing h11 or a client would choke on gets through
+
+
+@pytest.mark.parametrize("byte", [*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f])  # LF ends a CGI line
+def test_a_header_value_with_a_control_byte_is_dropped(byte):
+    # PHP apps echo user input into headers: header('X-Echo: ' . $_GET['v']) with ?v=a%0bb
+    value = b"a" + bytes([byte]) + b"b"
+    head = parse_cgi_headers(b"Content-Type: text/html\nX-Echo: " + value + b"\nX-After: 1")
+    assert head.headers == [(b"Content-Type", b"text/html"), (b"X-After", b"1")]
+    assert head.dropped == ("X-Echo (control byte in its value)",)
+
+
+@pytest.mark.parametrize("value", [b"/a\rb", b"/a\x00b", b"/x\x0b"])
+def test_location_with_control_bytes_is_dropped(value):
+    head = parse_cgi_headers(b"Status: 302 Found\nLocation: " + value)
+    assert head.status == 302 and head.headers == []
+
+
+def test_tab_and_obs_text_are_valid_value_bytes():
+    head = parse_cgi_headers(b"X-A: a\tb\nX-B: caf\xc3\xa9 \xff")
+    assert head.headers == [(b"X-A", b"a\tb"), (b"X-B", b"caf\xc3\xa9 \xff")] and head.dropped == ()
+
+
+@pytest.mark.parametrize("status", [b"100", b"101", b"103", b"199", b"000", b"099", b"600", b"999", b"1000",
+                                    b"20", b"abc", b"", b"-200", b"2OO"])
+def test_status_outside_200_to_599_is_a_protocol_error(status):
+    with pytest.raises(CgiResponseError):
+        parse_cgi_headers(b"Status: " + status + b"\nContent-Type: text/html")
+
+
+@pytest.mark.parametrize(("status", "code"), [(b"200", 200), (b"599", 599), (b"404 Not Found", 404),
+                                              (b"418\tI'm a teapot", 418)])
+def test_final_statuses_pass(status, code):
+    assert parse_cgi_headers(b"Status: " + status).status == code
+
+
+def test_a_reason_phrase_with_a_control_byte_is_dropped_not_the_status():
+    head = parse_cgi_headers(b"Status: 404 Not\x0bFound")
+    assert (head.status, head.reason) == (404, b"")
+
+
+@pytest.mark.parametrize(("lines", "length", "dropped"), [
+    (b"Content-Length: 12", 12, 0),
+    (b"Content-Length: 007", 7, 0),
+    (b"Content-Length: 5\nContent-Length: 5", 5, 0),
+    (b"Content-Length: ", None, 1),
+    (b"Content-Length: -1", None, 1),
+    (b"Content-Length: 1e3", None, 1),
+    (b"Content-Length: 5, 5", None, 1),
+    (b"Content-Length: " + b"9" * 30, None, 1),
+    (b"Content-Length: 5\nContent-Length: 6", None, 1),
+])
+def test_content_length_is_parsed_strictly_and_never_passed_as_is(lines, length, dropped):
+    head = parse_cgi_headers(lines + b"\nX: y")
+    assert head.content_length == length
+    assert head.headers == [(b"X", b"y")]
+    assert len(head.dropped) == dropped

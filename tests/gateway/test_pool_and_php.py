@@ -171,12 +171,36 @@ async def test_reused_connection_closed_by_backend_is_retried_once(nursery, auto
     await run_php(pool, PARAMS, None, SETTINGS, request_id="a")
     await trio.testing.wait_all_tasks_blocked()
     with caplog.at_level(logging.INFO, logger="gateway.php"):
-        result = await run_php(pool, PARAMS, None, SETTINGS, request_id="b")
+        result = await run_php(pool, PARAMS, None, SETTINGS, request_id="b", retry_safe=True)
     assert result.body.getvalue() == b"hello GET"
     assert pool.stats.retries == 1
     assert fpm.connections == 2
     assert len(fpm.requests_seen) == 2  # the failed attempt never ran
     assert "retrying on a fresh one" in caplog.text
+
+
+async def test_a_post_is_never_run_twice_when_its_worker_dies(nursery, autojump_clock):
+    # A php-fpm worker killed while running the request (segfault, request_terminate_timeout)
+    # looks like pm.max_requests recycling: EOF before any response. Retrying would run it twice.
+    async def dies_on_the_second(req):
+        if len(fpm.requests_seen) == 2:
+            raise trio.BrokenResourceError  # the worker dies mid-request: EOF, no output
+        return [php_output(b"ran")]
+
+    fpm = FakeFpm(dies_on_the_second)
+    pool = make_pool(fpm, nursery, size=1)
+    post = [(n, b"POST" if n == b"REQUEST_METHOD" else v) for n, v in PARAMS]
+    await run_php(pool, post, None, SETTINGS, request_id="a")
+    with pytest.raises(UpstreamClosedEarly, match="not retried") as exc:
+        await run_php(pool, post, None, SETTINGS, request_id="b")  # retry_safe defaults to False
+    assert exc.value.status == 502
+    assert len(fpm.requests_seen) == 2 and pool.stats.retries == 0
+    assert (pool.busy, pool.open_connections) == (0, 0)
+    # the same death for an idempotent request: retried once on a fresh connection
+    fpm.requests_seen.clear()
+    await run_php(pool, PARAMS, None, SETTINGS, request_id="c")
+    result = await run_php(pool, PARAMS, None, SETTINGS, request_id="d", retry_safe=True)
+    assert result.body.getvalue() == b"ran" and pool.stats.retries == 1
 
 
 async def test_fresh_connection_closed_before_response_is_502_not_retried(nursery, autojump_clock):
