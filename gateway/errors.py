@@ -61,5 +61,12 @@ class QueueTimeout(GatewayError):
     status = 504
 
 
+class SpoolWriteError(GatewayError):
+    """A request or response body could not be buffered in temp_dir (disk full,
+    quota, permissions): that request fails, the server goes on."""
+
+    status = 507
+
+
 class ClientGone(Exception):
     """The client closed its connection; nothing is to be sent."""

@@ -48,10 +48,11 @@ else:
         import h11
 
 from ._util import peer_closed, single_exception
-from .errors import ClientGone
+from .errors import ClientGone, SpoolWriteError
 from .metrics import ListenerStats
 from .parking import PARK_AFTER, Parker
 from .request import ClientAbort, Request
+from .request_head import BadRequestHead, check_request_head
 from .response import FileRange, Response, error_response, http_date, reason_phrase
 from .spool import Spool
 
@@ -176,6 +177,10 @@ class HttpConnection:
         except trio.TooSlowError:
             log.info("closing connection from %s: client did not read for %gs (send timeout)",
                      self.client[0], self.settings.send_timeout)
+        except Exception:
+            # A bug, not input: input is validated before it gets here. It stays
+            # in this connection, which is closed; the process serves on.
+            log.exception("internal error on the connection from %s; closing it", self.client[0])
         finally:
             stats.states[self._state] -= 1
             if not self._parked:
@@ -248,7 +253,7 @@ class HttpConnection:
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
+                return event
             if self._received_any:
                 await self._receive(header_deadline)
                 continue
@@ -308,14 +313,19 @@ class HttpConnection:
             keep_alive = False
         else:
             try:
+                checked = check_request_head(req.target, req.http_version, headers)
                 body = await self._read_body(req, headers)
+            except BadRequestHead as exc:
+                log.info("[%s] %d from %s: %s", request_id, exc.status, self.client[0], exc)
+                response = self._error(exc.status)
+                keep_alive = False
             except _BodyError as exc:
                 response = self._error(exc.status)
                 keep_alive = False
             else:
                 streaming = _StreamingResponse(self, req, keep_alive)
-                request = Request(req.method, req.target, req.http_version, headers, self.client, self.server,
-                                  body, request_id, start_response=streaming.start)
+                request = Request(req.method, checked.target, req.http_version, checked.headers, self.client,
+                                  self.server, body, request_id, host=checked.host, start_response=streaming.start)
                 self._set_state("waiting_php")
                 try:
                     response = await self._run_handler(request)
@@ -392,6 +402,9 @@ class HttpConnection:
                     received += len(data)
                     self.conn.receive_data(data if type(data) is bytes else bytes(data))
                 await trio.sleep_forever()
+        except Exception:  # runs in the server's nursery: nothing may escape it
+            log.exception("internal error watching the client %s", self.client[0])
+            request.abort.fire()
         finally:
             done.set()
 
@@ -429,7 +442,11 @@ class HttpConnection:
                         raise _BodyError(408) from None
                     continue
                 if isinstance(event, h11.Data):
-                    spool.write(event.data)
+                    try:
+                        spool.write(event.data)
+                    except SpoolWriteError as exc:
+                        log.error("%s: request body from %s refused: %s", exc.status, self.client[0], exc)
+                        raise _BodyError(exc.status) from None
                     if spool.size > s.max_body_size:
                         raise _BodyError(413)
                 elif isinstance(event, h11.EndOfMessage):

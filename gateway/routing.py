@@ -19,7 +19,9 @@ setup; the README's nginx table gives the directive behind each):
    301 to add the slash, then its index files), then a fallback URI such as
    ``/index.php?$args`` (the front controller) or ``=404``.
 5. A file with a PHP extension is never served as a static file (its source
-   would leak): it runs on PHP or is refused.
+   would leak): it runs on PHP or is refused. Nor is a backup or editor copy
+   (``wp-config.php~``, ``x.php.bak``, ``#x.php#``, ``x.orig``, ``x.swp``...)
+   unless the site sets ``serve_backup_files``: a copy of a PHP file is its source.
 """
 
 from __future__ import annotations
@@ -36,6 +38,19 @@ from .config import SiteConfig
 PHP_SOURCE_EXTENSIONS = (".php", ".phtml", ".php3", ".php4", ".php5", ".php7", ".php8", ".phps", ".phar", ".inc")
 
 _PHP_SPLIT = re.compile(r"^(.+?[^/]\.php)(/.*)?$")
+
+#: A copy of a PHP file is its source: a PHP extension followed by another
+#: suffix ("wp-config.php~", "x.php.bak", "x.php_old", "x.php#"), or an editor
+#: or backup file of any kind ("x~", "#x#", "x.bak", "x.orig", "x.save", "x.old",
+#: "x.swp", "x.swo", "x.rej").
+_SOURCE_COPY = re.compile(
+    r"\.(?:php\d?|phtml|phps|phar|inc)[.~#_\-]|~$|^#.*#$|\.(?:bak|orig|save|old|swp|swo|rej)$", re.IGNORECASE
+)
+
+
+def is_source_copy(name: str) -> bool:
+    """Is the file name (last path segment) a backup or editor copy?"""
+    return _SOURCE_COPY.search(name) is not None
 
 
 class _SymlinkLeavesRoot(Exception):
@@ -239,6 +254,8 @@ class Router:
             return self._php(uri, "", document_uri or uri, query)
         if uri.lower().endswith(PHP_SOURCE_EXTENSIONS):
             return Refuse(403, "PHP source is never served")
+        if not self.site.serve_backup_files and is_source_copy(uri.rsplit("/", 1)[-1]):
+            return Refuse(403, "backup or editor copy (serve_backup_files is off)")
         return StaticFile(self._fs(uri), uri)
 
 
@@ -265,15 +282,12 @@ class VirtualHosts:
         self.wildcards = sorted(wildcards, key=lambda w: -len(w[0]))
         self.default = default or next(iter(self.routers.values()))
 
-    def lookup(self, host: bytes | None) -> Router:
+    def lookup(self, host: bytes) -> Router:
+        """The site for ``host``, a host name as ``request_head.parse_host`` gives
+        it (validated, lower case, no port); ``b""`` (no Host) gives the default."""
         if not host:
             return self.default
-        name = host.decode("latin-1").lower()
-        if name.startswith("["):
-            name = name.split("]")[0] + "]"
-        else:
-            name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
-        name = name.rstrip(".")
+        name = host.decode("latin-1")
         router = self.exact.get(name)
         if router:
             return router

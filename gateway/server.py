@@ -225,6 +225,8 @@ async def run_client(client: Client, handler: ClientHandler) -> None:
     parked = False
     try:
         parked = await handler(client)
+    except Exception:  # a bug in one connection never ends the others (HttpConnection.run catches its own)
+        log.exception("internal error on the connection from %s; closing it", client.peer[0])
     finally:
         if not parked:
             await client.aclose()
@@ -295,7 +297,8 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                 address, status_address, sup = await start_backend(config, name, runtime_dir, system)
                 if sup is not None:
                     supervisors[name] = sup
-                pool = Pool(name, make_connector(address), size=backend.workers, queue_depth=backend.queue_depth,
+                pool = Pool(name, make_connector(address), size=backend.workers,
+                            queue_depth=backend.queue_limit(config.limits.max_connections),
                             queue_timeout=backend.queue_timeout, connect_timeout=backend.connect_timeout,
                             idle_timeout=backend.idle_timeout)
                 pools[name] = pool

@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from .errors import SpoolWriteError
+
 
 class Spool:
     def __init__(self, memory_limit: int, temp_dir: str | None = None) -> None:
@@ -23,17 +25,26 @@ class Spool:
         self.size = 0
 
     def write(self, data: bytes) -> None:
+        """Append ``data``.
+
+        Raises:
+            SpoolWriteError: the temp file could not be made or written (ENOSPC...).
+        """
         if not data:
             return
         self.size += len(data)
-        if self._file is None:
-            if len(self._mem) + len(data) <= self.memory_limit:
-                self._mem += data
-                return
-            self._file = tempfile.TemporaryFile(dir=self.temp_dir)  # noqa: SIM115 - owned by this object
-            self._file.write(self._mem)
-            self._mem = bytearray()
-        self._file.write(data)
+        if self._file is None and len(self._mem) + len(data) <= self.memory_limit:
+            self._mem += data
+            return
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(dir=self.temp_dir)  # noqa: SIM115 - owned by this object
+                self._file.write(self._mem)
+                self._mem = bytearray()
+            self._file.write(data)
+        except OSError as exc:
+            raise SpoolWriteError(f"cannot buffer {self.size} bytes in {self.temp_dir or tempfile.gettempdir()}: "
+                                  f"{exc.strerror or exc}") from None
 
     @property
     def in_memory(self) -> bool:

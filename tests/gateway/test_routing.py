@@ -5,6 +5,7 @@ import os
 import pytest
 
 from gateway.config import SiteConfig
+from gateway.request_head import parse_host
 from gateway.routing import (
     BadRequestTarget,
     PhpScript,
@@ -149,11 +150,12 @@ def test_virtual_hosts(tmp_path):
         "dflt": SiteConfig(root=str(tmp_path), server_names=["_"], default=True),
     }
     v = VirtualHosts(sites)
-    assert v.lookup(b"A.Example:8080") is v.routers["a"]
-    assert v.lookup(b"blog.example.com") is v.routers["wild"]
-    assert v.lookup(b"example.com") is v.routers["dflt"]
-    assert v.lookup(None) is v.routers["dflt"]
-    assert v.lookup(b"[::1]:80") is v.routers["dflt"]
+    assert v.lookup(parse_host(b"A.Example:8080")) is v.routers["a"]
+    assert v.lookup(parse_host(b"a.example.")) is v.routers["a"]
+    assert v.lookup(parse_host(b"blog.example.com")) is v.routers["wild"]
+    assert v.lookup(parse_host(b"example.com")) is v.routers["dflt"]
+    assert v.lookup(b"") is v.routers["dflt"]
+    assert v.lookup(parse_host(b"[::1]:80")) is v.routers["dflt"]
 
 
 def test_aliases_deny_and_their_php(docroot, tmp_path):
@@ -176,3 +178,28 @@ def test_missing_file_under_an_alias_is_404_not_the_front_controller(docroot, tm
     (tmp_path / "content").mkdir()
     r = route(docroot, b"/wp-content/themes/missing.css", aliases={"/wp-content/": str(tmp_path / "content")})
     assert isinstance(r, Refuse) and r.status == 404
+
+
+COPIES = ["wp-config.php~", "wp-config.php.bak", "wp-config.php.orig", "wp-config.php.save", "wp-config.php.old",
+          "wp-config.php.swp", "#wp-config.php#", "wp-config.php.txt", "wp-config.php_old", "wp-config.php-1",
+          "WP-CONFIG.PHP.BAK", "settings.inc.bak", "x.phtml~", "notes.txt~", "data.json.orig", "db.sql.save"]
+
+
+@pytest.mark.parametrize("name", COPIES)
+def test_backup_and_editor_copies_are_refused(docroot, name):
+    (docroot / name).write_text("<?php $password = 'secret';")
+    target = b"/" + name.replace("#", "%23").encode()
+    r = route(docroot, target)
+    assert isinstance(r, Refuse) and r.status == 403, r
+
+
+def test_backup_copies_are_served_when_the_site_allows_it(docroot):
+    (docroot / "notes.txt~").write_text("x")
+    assert isinstance(route(docroot, b"/notes.txt~", serve_backup_files=True), StaticFile)
+
+
+@pytest.mark.parametrize("name", ["phpinfo.html", "my-php-notes.txt", "x.phpunit.xml", "backup.zip", "old-style.css",
+                                  "a~b.txt", "a#b.txt", "include.js"])
+def test_ordinary_names_are_not_taken_for_copies(docroot, name):
+    (docroot / name).write_text("x")
+    assert isinstance(route(docroot, b"/" + name.replace("#", "%23").encode()), StaticFile)

@@ -1,0 +1,76 @@
+"""Request framing and Host rules (pure): what h11 accepts but the gateway refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.request_head import BadRequestHead, check_request_head, parse_host
+
+H = [(b"host", b"example.com")]
+
+
+@pytest.mark.parametrize("headers", [
+    [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")],
+    [(b"transfer-encoding", b"chunked"), (b"content-length", b"5")],
+])
+def test_content_length_with_transfer_encoding_is_refused(headers):
+    with pytest.raises(BadRequestHead, match="smuggling") as info:
+        check_request_head(b"/", b"1.1", H + headers)
+    assert info.value.status == 400
+
+
+def test_transfer_encoding_in_http_1_0_is_refused():
+    with pytest.raises(BadRequestHead, match="HTTP/1.0"):
+        check_request_head(b"/", b"1.0", [(b"transfer-encoding", b"chunked")])
+
+
+def test_plain_framings_pass():
+    assert check_request_head(b"/", b"1.1", H + [(b"transfer-encoding", b"chunked")]).target == b"/"
+    assert check_request_head(b"/", b"1.1", H + [(b"content-length", b"5")]).host == b"example.com"
+    assert check_request_head(b"/", b"1.0", [(b"content-length", b"5")]).host == b""
+
+
+@pytest.mark.parametrize("value", [
+    b"a b", b"x/../y", b"<script>", b"user@x", b"x:1:2", b"a\\b", b"x\\", b"a..b", b"[::1", b"::1",
+    b"x:99999", b"x:port", b"%zz", b'"x"', b"x\tx", b"[v1.x]",
+])
+def test_invalid_host_is_refused(value):
+    with pytest.raises(BadRequestHead, match="Host"):
+        check_request_head(b"/", b"1.1", [(b"host", value)])
+
+
+@pytest.mark.parametrize(("value", "name"), [
+    (b"Example.COM", b"example.com"), (b"example.com.", b"example.com"), (b"example.com:8080", b"example.com"),
+    (b"[::1]:8080", b"[::1]"), (b"[::FFFF:127.0.0.1]", b"[::ffff:127.0.0.1]"), (b"127.0.0.1:80", b"127.0.0.1"),
+    (b"xn--bcher-kva.example", b"xn--bcher-kva.example"), (b"under_score.example", b"under_score.example"),
+    (b"host:", b"host"),
+])
+def test_host_name_is_lower_case_without_port(value, name):
+    assert parse_host(value) == name
+    assert check_request_head(b"/", b"1.1", [(b"host", value)]).host == name
+
+
+def test_two_host_headers_are_refused():
+    with pytest.raises(BadRequestHead, match="more than one"):
+        check_request_head(b"/", b"1.1", [(b"host", b"a"), (b"host", b"a")])
+
+
+def test_absolute_form_wins_over_host():
+    got = check_request_head(b"http://Site.Example:8080/p/q?x=1", b"1.1", [(b"host", b"other.example"),
+                                                                         (b"accept", b"*/*")])
+    assert got.target == b"/p/q?x=1"
+    assert got.host == b"site.example"
+    assert got.headers == [(b"host", b"Site.Example:8080"), (b"accept", b"*/*")]
+
+
+@pytest.mark.parametrize(("target", "origin"), [
+    (b"https://a.example", b"/"), (b"HTTP://a.example?x", b"/?x"), (b"http://a.example/", b"/"),
+])
+def test_absolute_form_without_path(target, origin):
+    assert check_request_head(target, b"1.1", H).target == origin
+
+
+@pytest.mark.parametrize("target", [b"http://user@a.example/", b"http:///x", b"http://a b/", b"http://<x>/"])
+def test_absolute_form_with_a_bad_authority_is_refused(target):
+    with pytest.raises(BadRequestHead):
+        check_request_head(target, b"1.1", H)
