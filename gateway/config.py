@@ -139,8 +139,11 @@ class BackendConfig(_Model):
     #: connection pins one php-fpm worker, so this must not exceed
     #: pm.max_children. When spawned, php-fpm gets pm.max_children = workers.
     workers: Annotated[int, Field(ge=1, le=4096)] = 4
-    #: Requests allowed to wait for a connection; one more gets 503.
-    queue_depth: Annotated[int, Field(ge=0)] = 1024
+    #: Requests allowed to wait for a connection (in each worker process); one
+    #: more gets 503. "auto": as many as the process may have connections
+    #: (limits.max_connections), so a burst is queued, not refused, and
+    #: queue_timeout bounds the wait.
+    queue_depth: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     #: How long a request may wait in the queue before 504.
     queue_timeout: Duration = 60.0
     connect_timeout: Duration = 5.0  # nginx fastcgi_connect_timeout is 60s
@@ -181,6 +184,10 @@ class BackendConfig(_Model):
     #: php-fpm's pm.status_path.
     status_path: str = "/fpm-status"
 
+    def queue_limit(self, max_connections: int) -> int:
+        """``queue_depth`` as a number: "auto" is the process's max_connections."""
+        return max_connections if self.queue_depth == "auto" else self.queue_depth
+
     @model_validator(mode="after")
     def _idle_before_terminate(self) -> BackendConfig:
         rtt = self.request_terminate_timeout
@@ -214,6 +221,10 @@ class SiteConfig(_Model):
     unbuffered: list[str] = []
     #: URI prefixes (or exact paths) answered 403, e.g. "/wp-config.php".
     deny: list[str] = []
+    #: Serve backup and editor copies ("wp-config.php~", "x.php.bak", "#x.php#",
+    #: "x.orig", "x.save", "x.swp"...) as static files. Off: they are a 403,
+    #: since a copy of a PHP file is its source (nginx serves them).
+    serve_backup_files: bool = False
     #: URI prefix -> directory, as nginx's "location /p/ { alias /dir/; }"
     #: (e.g. Debian's WordPress keeps /wp-content/ in /var/lib/wordpress/wp-content/).
     aliases: dict[str, str] = {}

@@ -20,7 +20,7 @@ def make_app(tmp_path, fpm: FakeFpm, nursery, **backend):
     cfg = validate({"backends": {"php": {"workers": 1, **backend}},
                     "sites": {"s": {"root": str(tmp_path), "php": "php", "server_names": ["example.com"]}}})
     b = cfg.backends["php"]
-    pool = Pool("php", fpm.connector(nursery), size=b.workers, queue_depth=b.queue_depth,
+    pool = Pool("php", fpm.connector(nursery), size=b.workers, queue_depth=b.queue_limit(cfg.limits.max_connections),
                 queue_timeout=b.queue_timeout)
     return App(cfg, {"php": pool}), pool
 
