@@ -174,15 +174,17 @@ async def _exchange(conn: UpstreamConnection, params: list[tuple[bytes, bytes]],
                     reader: _ResponseReader) -> tuple[CgiHead, Spool | None, int]:
     fc = conn.fcgi
     stream = conn.stream
-    first = (fc.send(fastcgi.BeginRequest(keep_conn=True)) or b"") + (fc.send(fastcgi.Params(tuple(params))) or b"")
+    rid = conn.request_id
+    first = ((fc.send(fastcgi.BeginRequest(keep_conn=True, request_id=rid)) or b"")
+             + (fc.send(fastcgi.Params(tuple(params), rid)) or b""))
 
     async def send_stdin() -> None:
         try:
             await stream.send_all(first)
             if body is not None:
                 for chunk in body.chunks(STDIN_CHUNK):
-                    await stream.send_all(fc.send(fastcgi.Stdin(chunk)) or b"")
-            await stream.send_all(fc.send(fastcgi.Stdin()) or b"")
+                    await stream.send_all(fc.send(fastcgi.Stdin(chunk, rid)) or b"")
+            await stream.send_all(fc.send(fastcgi.Stdin(b"", rid)) or b"")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The reader sees the EOF or reset and decides (retry or 502).
             fc.send_failed()
@@ -190,8 +192,8 @@ async def _exchange(conn: UpstreamConnection, params: list[tuple[bytes, bytes]],
     if body is None or body.size <= SMALL_BODY:
         # Everything fits in the socket buffer: write it, then read. No task needed.
         if body is not None and body.size:
-            first += fc.send(fastcgi.Stdin(body.getvalue() if body.in_memory else b"".join(body.chunks()))) or b""
-        first += fc.send(fastcgi.Stdin()) or b""
+            first += fc.send(fastcgi.Stdin(body.getvalue() if body.in_memory else b"".join(body.chunks()), rid)) or b""
+        first += fc.send(fastcgi.Stdin(b"", rid)) or b""
         try:
             await stream.send_all(first)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -99,6 +99,14 @@ class UpstreamConnection:
     def reused(self) -> bool:
         return self.requests > 0
 
+    @property
+    def request_id(self) -> int:
+        """The FastCGI request id for this connection's next request: 1, 2, 3...
+        (the backend echoes it). A record that turns up late for an earlier
+        request then cannot pass for the current one's output: it is a protocol
+        error (502) and the connection is dropped, never another client's response."""
+        return self.requests % 0xFFFF + 1
+
 
 @dataclass
 class PoolStats:

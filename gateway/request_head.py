@@ -14,7 +14,7 @@ routes on it, is decided here, once, for every request (RFC 9112, RFC 9110):
 - **Transfer-Encoding in an HTTP/1.0 request**: 400 (RFC 9112 6.1: HTTP/1.0
   has no chunked framing; a 1.0 hop would frame it otherwise).
 - **Host**: exactly one (RFC 9112 3.2); its value must be ``uri-host[:port]``
-  (RFC 3986 3.2.2: a reg-name of unreserved, sub-delims and %XX, an IPv4
+  (RFC 3986 3.2.2: a reg-name of unreserved and sub-delims, an IPv4
   address, or an IPv6 literal in brackets), with no ``..``: else 400.
   ``a b``, ``x/../y``, ``<script>``, ``user@x``, ``x:1:2`` and backslashes are
   refused (nginx lets several of those through to ``$host``).
@@ -31,11 +31,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-#: RFC 3986 3.2.2 reg-name (unreserved / pct-encoded / sub-delims), an IPv6
+#: RFC 3986 3.2.2 reg-name (unreserved / sub-delims; pct-encoded is refused: no
+#: real host name needs it, and "%00" would reach PHP as SERVER_NAME), an IPv6
 #: literal (hex, colons, dots for a mapped IPv4; no zone id), then an optional port.
-_HOST = re.compile(
-    rb"^(?P<name>\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::(?P<port>[0-9]{0,5}))?$"
-)
+_HOST = re.compile(rb"^(?P<name>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=]*)(?::(?P<port>[0-9]{0,5}))?$")
 _SCHEMES = (b"http://", b"https://")
 
 

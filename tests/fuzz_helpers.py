@@ -962,7 +962,10 @@ def _cl_te(rng: random.Random, toks: _Toks, te_first: bool, te_value: bytes | No
     cl_h = [b"Content-Length: %d" % cl]
     te_h = _te_header(rng, te_value)
     headers = te_h + cl_h if te_first else cl_h + te_h
-    return _req(b"POST", tok, headers=headers, body=body), Framed(b"POST", tok, frozenset({400}), must_close=True,
+    # "chunked" with CL is the desync: 400 (nginx too). Another coding is refused
+    # as h11 and nginx refuse it alone: 501 ("not implemented").
+    expect = frozenset({400}) if te_value.strip(b" \t").lower() == b"chunked" else frozenset({400, 501})
+    return _req(b"POST", tok, headers=headers, body=body), Framed(b"POST", tok, expect, must_close=True,
                                                                      reachable=False)
 
 
@@ -1002,11 +1005,13 @@ def _cl_http10_te(rng, toks):
     tok = toks()
     smug = _smuggled(toks, rng)
     body = b"%x\r\n" % 3 + b"abc\r\n0\r\n\r\n" + (smug if rng.random() < 0.5 else b"")
-    headers = _te_header(rng, rng.choice([b"chunked", b"chunked", b"gzip, chunked"]))
+    te_value = rng.choice([b"chunked", b"chunked", b"gzip, chunked"])
+    headers = _te_header(rng, te_value)
     if rng.random() < 0.3:
         headers.append(b"Connection: keep-alive")
+    expect = frozenset({400}) if te_value == b"chunked" else frozenset({400, 501})
     main = (_req(b"POST", tok, version=b"1.0", headers=headers, body=body),
-            Framed(b"POST", tok, frozenset({400}), must_close=True, reachable=False))
+            Framed(b"POST", tok, expect, must_close=True, reachable=False))
     return _wrap(rng, toks, main)
 
 
@@ -1049,7 +1054,7 @@ def _cl_bad_cl(rng, toks):
     return _wrap(rng, toks, main)
 
 
-BAD_HOSTS = [b"a b", b"x/../y", b"<script>", b"user@x", b"x:1:2", b"a\\b", b"\\\\evil", b"x:abc", b"x:",
+BAD_HOSTS = [b"a b", b"x/../y", b"<script>", b"user@x", b"x:1:2", b"a\\b", b"\\\\evil", b"x:abc",
              b"example.com/", b"exa mple.com:80", b"x?y", b"x#y", b"[::1", b"::1", b"[::1]x", b"a\x01b",
              b"\x80host", b"\"x\"", b"x%00y"]
 GOOD_HOSTS = [b"[::1]:8080", b"example.com:80", b"EXAMPLE.COM", b"example.com.", b"127.0.0.1:8080", b"[::1]",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import h11
 import trio
@@ -82,11 +82,13 @@ class FakeFpm:
                     self.running -= 1
                 if not any(isinstance(e, fastcgi.EndRequest) for e in out):
                     out = [*out, fastcgi.Stdout(), fastcgi.EndRequest(0)]
+                rid = conn.request_id
                 for item in out:
                     if callable(item):
                         await item()
                         continue
-                    event = fastcgi.Stdout(item) if isinstance(item, bytes) else item
+                    # scripts leave the request id out: answer the one the gateway chose
+                    event = fastcgi.Stdout(item, rid) if isinstance(item, bytes) else replace(item, request_id=rid)
                     data = conn.send(event)
                     if data:
                         await stream.send_all(data)
