@@ -7,9 +7,11 @@ Nurseries, outermost first:
 3. ``accept``: ``trio.serve_listeners`` with ``handler_nursery=connections``.
 
 Shutdown (SIGTERM/SIGINT, or ``shutdown`` set by a caller): cancel the accept
-nursery (listeners close), tell connections (idle ones close at once, busy ones
-finish with ``Connection: close``), give them ``graceful`` seconds, then cancel
-what is left; then close pools and stop php-fpm. Every phase has a deadline.
+nursery and close the listening sockets at once (new connects are refused, as
+with nginx; a worker process closes its inherited copies, its master its own),
+tell connections (idle ones close at once, busy ones finish with ``Connection:
+close``), give them ``graceful`` seconds, then cancel what is left; then close
+pools and stop php-fpm. Every phase has a deadline.
 """
 
 from __future__ import annotations
@@ -396,7 +398,8 @@ async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, servi
                                *, handle_signals: bool, on_started: Callable[[], None],
                                parent_fd: int | None = None) -> None:
     """Accept and serve ``services`` until ``shutdown`` is set (or a signal, or the
-    master's pipe closes); then close listeners and let connections finish."""
+    master's pipe closes); then close the listeners at once and let connections
+    finish within ``graceful`` seconds."""
     async with trio.open_nursery() as connections:
         for service in services:
             service.lifecycle.watchers = connections
@@ -414,9 +417,14 @@ async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, servi
                 accept.start_soon(_watch_parent, parent_fd, shutdown)
             on_started()
             await shutdown.wait()
-            log.info("shutting down: no new connections; %d open get %.0fs to finish",
-                     lifecycle.open_connections, graceful)
             accept.cancel_scope.cancel()
+        # Close the listening sockets now, as nginx does: a new client is refused at
+        # once instead of waiting in the backlog until we exit (and then reset).
+        for service in services:
+            for listener in service.listeners:
+                await trio.aclose_forcefully(listener)
+        log.info("shutting down: listeners closed; %d open connections get %.0fs to finish",
+                 lifecycle.open_connections, graceful)
         for service in services:
             service.lifecycle.begin_shutdown()
         connections.cancel_scope.deadline = trio.current_time() + graceful
