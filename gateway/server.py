@@ -244,7 +244,7 @@ def raise_open_files_limit(wanted: int) -> int:
             soft = new
         except (ValueError, OSError):
             pass
-    fits = wanted if soft == resource.RLIM_INFINITY else max(16, min(wanted, soft - FD_RESERVE))
+    fits = wanted if soft == resource.RLIM_INFINITY else min(wanted, max(16, soft - FD_RESERVE))
     if fits < wanted:
         log.warning("max_connections lowered from %d to %d: the open-files limit is %d", wanted, fits, soft)
     return fits

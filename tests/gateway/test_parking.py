@@ -21,18 +21,30 @@ from tests.helpers import HttpClient
 IDLE = http_connection.PARK_AFTER + 0.5
 
 
-@pytest.fixture
-async def server(nursery, tmp_path: Path):
+async def _start(nursery: trio.Nursery, tmp_path: Path, **limits: int) -> Running:
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "a.txt").write_text("hello")
     cfg = validate({
         "server": {"listen": ["127.0.0.1:0"], "access_log": "off", "runtime_dir": str(tmp_path / "run")},
         "admin": {"listen": "off"},
         "timeouts": {"keepalive": 30},
-        "limits": {"keepalive_requests": 3},
+        "limits": {"keepalive_requests": 3, **limits},
         "sites": {"s": {"root": str(tmp_path / "www"), "default": True}},
     })
-    running: Running = await nursery.start(partial(serve, cfg, handle_signals=False))
+    return await nursery.start(partial(serve, cfg, handle_signals=False))
+
+
+@pytest.fixture
+async def server(nursery, tmp_path: Path):
+    running = await _start(nursery, tmp_path)
+    yield running
+    running.shutdown.set()
+
+
+@pytest.fixture
+async def server_of_four(nursery, tmp_path: Path):
+    """At most 4 connections open."""
+    running = await _start(nursery, tmp_path, max_connections=4)
     yield running
     running.shutdown.set()
 
@@ -103,3 +115,36 @@ async def test_shutdown_closes_parked_connections_at_once(server, autojump_clock
     with trio.fail_after(5):
         assert await stream.receive_some(100) == b""
     assert trio.current_time() - t0 < 1
+
+
+async def _closed_by_server(client: HttpClient) -> bool:
+    with trio.move_on_after(1):
+        try:
+            return await client.stream.receive_some(100) == b""
+        except trio.BrokenResourceError:  # reset
+            return True
+    return False
+
+
+async def test_at_max_connections_connections_mid_request_are_never_closed_for_room(server_of_four,
+                                                                                     autojump_clock):
+    port = _port(server_of_four)
+    busy = []
+    for _ in range(4):
+        client = await HttpClient.connect(port)
+        await client.stream.send_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n")
+        busy.append(client)
+    newcomer = await HttpClient.connect(port)  # waits in the backlog
+    await newcomer.stream.send_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+    newcomer.request_sent_by_hand()
+    with trio.move_on_after(10) as waited:
+        await newcomer.read_response()
+    assert waited.cancelled_caught  # not admitted: nobody was idle
+    for client in busy:
+        await client.stream.send_all(b"Connection: close\r\n\r\n")
+        client.request_sent_by_hand()
+        assert (await client.read_response()).status == 200
+        await client.aclose()
+    with trio.fail_after(5):
+        assert (await newcomer.read_response()).status == 200
+    await newcomer.aclose()
