@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import resource
 import shutil
 import signal
 import socket
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -190,13 +192,16 @@ ClientHandler = Callable[[Client], Awaitable[bool]]
 
 
 async def serve_listener(listener: trio.SocketListener, handler: ClientHandler, nursery: trio.Nursery,
-                         slots: trio.CapacityLimiter) -> None:
+                         slots: trio.CapacityLimiter, parker: Parker | None = None) -> None:
     """Accept connections while fewer than ``slots.total_tokens`` are open.
 
     At the limit it stops calling accept(): new clients wait in the kernel's
-    backlog while open connections keep being served. Resource errors from
-    accept() (EMFILE, ENFILE, ENOMEM, ENOBUFS) are logged and retried after
-    ``ACCEPT_RETRY_DELAY``; other errors propagate.
+    backlog while open connections keep being served. When one does wait there,
+    the idle keep-alive connection parked longest in ``parker`` is closed to
+    make room for it (as nginx reuses idle keep-alive connections when
+    worker_connections run out); a connection mid-request is never closed for
+    this. Resource errors from accept() (EMFILE, ENFILE, ENOMEM, ENOBUFS) are
+    logged and retried after ``ACCEPT_RETRY_DELAY``; other errors propagate.
 
     Resource handling: each accepted connection's slot is released when it is
     closed (``Client.close``), after its handler returns, or later if the
@@ -204,7 +209,7 @@ async def serve_listener(listener: trio.SocketListener, handler: ClientHandler, 
     """
     while True:
         token = object()
-        await slots.acquire_on_behalf_of(token)
+        await _take_slot(listener, slots, token, parker)
         try:
             stream = await listener.accept()
         except OSError as exc:
@@ -221,6 +226,58 @@ async def serve_listener(listener: trio.SocketListener, handler: ClientHandler, 
         client = Client(stream)
         client.on_close(partial(slots.release_on_behalf_of, token))
         nursery.start_soon(run_client, client, handler)
+
+
+#: At most one "max_connections reached" warning per this many seconds.
+ROOM_WARNING_INTERVAL = 60.0
+_last_room_warning = -math.inf  # time.monotonic()
+
+
+async def _take_slot(listener: trio.SocketListener, slots: trio.CapacityLimiter, token: object,
+                     parker: Parker | None) -> None:
+    """Take a slot for the next accept(); at the limit, make room for a client
+    that waits in the backlog by closing the connection parked longest."""
+    sock = getattr(listener, "socket", None)  # (tests' memory listeners have none)
+    while True:
+        try:
+            slots.acquire_on_behalf_of_nowait(token)
+            return
+        except trio.WouldBlock:
+            pass
+        if parker is None or sock is None:
+            await slots.acquire_on_behalf_of(token)
+            return
+        got = False
+        async with trio.open_nursery() as nursery:
+
+            async def acquire() -> None:
+                nonlocal got
+                await slots.acquire_on_behalf_of(token)
+                got = True
+                nursery.cancel_scope.cancel()
+
+            async def make_room() -> None:
+                while True:
+                    await trio.lowlevel.wait_readable(sock)  # a client waits to be accepted
+                    if parker.close_oldest():
+                        break
+                    await parker.wait_parked()  # nobody idle (all mid-request): until someone is
+                _warn_room(slots.total_tokens)
+                nursery.cancel_scope.cancel()  # its slot is free now: take it above
+
+            nursery.start_soon(acquire)
+            nursery.start_soon(make_room)
+        if got:
+            return
+
+
+def _warn_room(limit: float) -> None:
+    global _last_room_warning
+    now = time.monotonic()
+    if now - _last_room_warning >= ROOM_WARNING_INTERVAL:
+        _last_room_warning = now
+        log.warning("max_connections (%d) reached: closing idle keep-alive connections to admit new clients "
+                    "(raise max_connections if this is frequent)", limit)
 
 
 async def run_client(client: Client, handler: ClientHandler) -> None:
@@ -410,7 +467,8 @@ async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, servi
                 handler = _connection_handler(service, connections)
                 slots = trio.CapacityLimiter(service.max_connections)
                 for listener in service.listeners:
-                    accept.start_soon(serve_listener, listener, handler, connections, slots)
+                    accept.start_soon(serve_listener, listener, handler, connections, slots,
+                                      service.lifecycle.parker)
             if handle_signals:
                 accept.start_soon(_watch_signals, shutdown)
             if parent_fd is not None:

@@ -126,6 +126,32 @@ async def _closed_by_server(client: HttpClient) -> bool:
     return False
 
 
+async def test_at_max_connections_the_oldest_idle_keepalive_connection_makes_room(server_of_four, autojump_clock):
+    port = _port(server_of_four)
+    busy = await HttpClient.connect(port)  # the oldest: mid-request, its head not complete yet
+    await busy.stream.send_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n")
+    idle = []
+    for _ in range(3):  # then three kept-alive clients, each idle (parked) before the next comes
+        client = await HttpClient.connect(port)
+        assert (await client.request("GET", "/a.txt")).status == 200
+        await trio.sleep(IDLE)
+        idle.append(client)
+    assert len(server_of_four.lifecycle.parker) == 3
+    assert server_of_four.lifecycle.stats.open_connections == 4  # the limit
+    newcomer = await HttpClient.connect(port)
+    with trio.fail_after(5):
+        r = await newcomer.request("GET", "/a.txt")
+    assert (r.status, r.body) == (200, b"hello")
+    assert await _closed_by_server(idle[0])  # the one idle longest made room
+    for client in idle[1:]:  # the others stay open and served
+        assert (await client.request("GET", "/a.txt")).status == 200
+    await busy.stream.send_all(b"\r\n")  # never closed for room: mid-request
+    busy.request_sent_by_hand()
+    assert (await busy.read_response()).status == 200
+    for client in [busy, *idle[1:], newcomer]:
+        await client.aclose()
+
+
 async def test_at_max_connections_connections_mid_request_are_never_closed_for_room(server_of_four,
                                                                                      autojump_clock):
     port = _port(server_of_four)
@@ -148,3 +174,22 @@ async def test_at_max_connections_connections_mid_request_are_never_closed_for_r
     with trio.fail_after(5):
         assert (await newcomer.read_response()).status == 200
     await newcomer.aclose()
+
+
+async def test_at_max_connections_a_newcomer_waits_only_until_an_idle_connection_is_parked(server_of_four,
+                                                                                           autojump_clock):
+    port = _port(server_of_four)
+    clients = []
+    for _ in range(4):  # all kept-alive, none idle long enough to be parked yet
+        client = await HttpClient.connect(port)
+        assert (await client.request("GET", "/a.txt")).status == 200
+        clients.append(client)
+    t0 = trio.current_time()
+    newcomer = await HttpClient.connect(port)
+    with trio.fail_after(5):
+        assert (await newcomer.request("GET", "/a.txt")).status == 200
+    assert trio.current_time() - t0 <= http_connection.PARK_AFTER + 0.01
+    closed = [await _closed_by_server(client) for client in clients]
+    assert closed.count(True) == 1  # one made room (they went idle at the same instant)
+    for client in [*clients, newcomer]:
+        await client.aclose()
