@@ -107,6 +107,8 @@ class Parker:
         """Close the connection parked longest, releasing its slot at once, to
         make room for a new client; False if none can be. One whose next
         request has arrived (readable, not resumed yet) is spared."""
+        while self._queue and not self._queue[0].active:
+            self._queue.popleft()  # resumed (run() skips them lazily too)
         if not self._parked:
             return False
         hup = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR

@@ -5,6 +5,7 @@ PHP) under the autojump clock: parking needs real sockets."""
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import trio.testing
 
 from gateway import http_connection
 from gateway.config import validate
+from gateway.metrics import ListenerStats
+from gateway.parking import Parked, Parker
 from gateway.server import Running, serve
 from tests.helpers import HttpClient
 
@@ -193,3 +196,23 @@ async def test_at_max_connections_a_newcomer_waits_only_until_an_idle_connection
     assert closed.count(True) == 1  # one made room (they went idle at the same instant)
     for client in [*clients, newcomer]:
         await client.aclose()
+
+
+async def test_close_oldest_spares_a_parked_connection_whose_request_has_arrived():
+    parker = Parker(ListenerStats())
+    closed: list[str] = []
+    peers = {}
+    sockets = []
+    for name in ("oldest", "next", "newest"):
+        ours, theirs = trio.socket.socketpair()
+        peers[name] = theirs
+        sockets += [ours, theirs]
+        assert parker.park(Parked(trio.SocketStream(ours), 1, math.inf, lambda p: None,
+                                  partial(closed.append, name)))
+    await peers["oldest"].send(b"GET / HTTP/1.1\r\n")  # its next request, not resumed yet
+    assert parker.close_oldest() and closed == ["next"]
+    assert parker.close_oldest() and closed == ["next", "newest"]
+    assert not parker.close_oldest() and len(parker) == 1
+    parker.close_all()
+    for sock in sockets:
+        sock.close()
