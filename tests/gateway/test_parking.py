@@ -151,7 +151,7 @@ async def test_at_max_connections_the_oldest_idle_keepalive_connection_makes_roo
     await busy.stream.send_all(b"\r\n")  # never closed for room: mid-request
     busy.request_sent_by_hand()
     assert (await busy.read_response()).status == 200
-    for client in [busy, *idle[1:], newcomer]:
+    for client in [busy, *idle, newcomer]:
         await client.aclose()
 
 
