@@ -142,10 +142,7 @@ class PoolMonitor:
         delta = [c - p for c, p in zip(counts, self._prev_wait_counts or [0] * len(counts), strict=True)]
         self._prev_wait_counts = counts
         self.queue_window.add(now, pool.waiting)
-        running = True
-        if self.supervisor is not None:
-            proc = self.supervisor.process
-            running = proc is not None and proc.returncode is None
+        running = self.supervisor is None or self.supervisor.running
         self.last = PoolObservation(
             name=pool.name, size=pool.size, busy=pool.busy, waiting=pool.waiting,
             queue_wait_p50=_bucket_quantile(pool.instruments.queue_wait.buckets, delta, 0.5),

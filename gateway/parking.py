@@ -12,7 +12,13 @@ set of its own (registered in trio's loop through its file descriptor, as
   and a new connection task is started for it, with a fresh h11 state (the old
   one was idle: nothing buffered, nothing owed);
 - when its keep-alive deadline passes it is closed, as the task would have done;
-- at shutdown every parked connection is closed at once.
+- at shutdown every parked connection is closed at once;
+- at ``max_connections``, when a new client waits to be accepted, the
+  connection parked longest is closed to make room for it (``close_oldest``,
+  nginx's reuse of idle keep-alive connections). Connections park in the order
+  they went idle, after the same ``PARK_AFTER``, so that is the one idle
+  longest; a connection still in its task is idle for less than ``PARK_AFTER``
+  or is mid-request, and is never closed for room.
 
 Parking costs an epoll_ctl and, on wake-up, a task start: negligible against a
 connection that sat idle for ``PARK_AFTER``, and never paid by a client that
@@ -69,6 +75,7 @@ class Parker:
         self._queue: deque[Parked] = deque()
         self._scope: trio.CancelScope | None = None
         self._closed = False
+        self._parked_event = trio.Event()
 
     def __len__(self) -> int:
         return len(self._parked)
@@ -88,7 +95,30 @@ class Parker:
         self.stats.states["idle"] += 1
         if self._scope is not None and parked.deadline < self._scope.deadline:
             self._scope.deadline = parked.deadline
+        self._parked_event.set()
+        self._parked_event = trio.Event()
         return True
+
+    async def wait_parked(self) -> None:
+        """Wait until a connection is parked (and could be closed for room)."""
+        await self._parked_event.wait()
+
+    def close_oldest(self) -> bool:
+        """Close the connection parked longest, releasing its slot at once, to
+        make room for a new client; False if none can be. One whose next
+        request has arrived (readable, not resumed yet) is spared."""
+        while self._queue and not self._queue[0].active:
+            self._queue.popleft()  # resumed (run() skips them lazily too)
+        if not self._parked:
+            return False
+        hup = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+        has_request = {fd for fd, events in self._epoll.poll(0) if not events & hup}
+        for parked in self._queue:
+            if parked.active and parked.fd not in has_request:
+                self._unpark(parked)
+                parked.close()
+                return True
+        return False
 
     def _unpark(self, parked: Parked) -> None:
         parked.active = False

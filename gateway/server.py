@@ -7,21 +7,25 @@ Nurseries, outermost first:
 3. ``accept``: ``trio.serve_listeners`` with ``handler_nursery=connections``.
 
 Shutdown (SIGTERM/SIGINT, or ``shutdown`` set by a caller): cancel the accept
-nursery (listeners close), tell connections (idle ones close at once, busy ones
-finish with ``Connection: close``), give them ``graceful`` seconds, then cancel
-what is left; then close pools and stop php-fpm. Every phase has a deadline.
+nursery and close the listening sockets at once (new connects are refused, as
+with nginx; a worker process closes its inherited copies, its master its own),
+tell connections (idle ones close at once, busy ones finish with ``Connection:
+close``), give them ``graceful`` seconds, then cancel what is left; then close
+pools and stop php-fpm. Every phase has a deadline.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import resource
 import shutil
 import signal
 import socket
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -188,13 +192,16 @@ ClientHandler = Callable[[Client], Awaitable[bool]]
 
 
 async def serve_listener(listener: trio.SocketListener, handler: ClientHandler, nursery: trio.Nursery,
-                         slots: trio.CapacityLimiter) -> None:
+                         slots: trio.CapacityLimiter, parker: Parker | None = None) -> None:
     """Accept connections while fewer than ``slots.total_tokens`` are open.
 
     At the limit it stops calling accept(): new clients wait in the kernel's
-    backlog while open connections keep being served. Resource errors from
-    accept() (EMFILE, ENFILE, ENOMEM, ENOBUFS) are logged and retried after
-    ``ACCEPT_RETRY_DELAY``; other errors propagate.
+    backlog while open connections keep being served. When one does wait there,
+    the idle keep-alive connection parked longest in ``parker`` is closed to
+    make room for it (as nginx reuses idle keep-alive connections when
+    worker_connections run out); a connection mid-request is never closed for
+    this. Resource errors from accept() (EMFILE, ENFILE, ENOMEM, ENOBUFS) are
+    logged and retried after ``ACCEPT_RETRY_DELAY``; other errors propagate.
 
     Resource handling: each accepted connection's slot is released when it is
     closed (``Client.close``), after its handler returns, or later if the
@@ -202,7 +209,7 @@ async def serve_listener(listener: trio.SocketListener, handler: ClientHandler, 
     """
     while True:
         token = object()
-        await slots.acquire_on_behalf_of(token)
+        await _take_slot(listener, slots, token, parker)
         try:
             stream = await listener.accept()
         except OSError as exc:
@@ -219,6 +226,58 @@ async def serve_listener(listener: trio.SocketListener, handler: ClientHandler, 
         client = Client(stream)
         client.on_close(partial(slots.release_on_behalf_of, token))
         nursery.start_soon(run_client, client, handler)
+
+
+#: At most one "max_connections reached" warning per this many seconds.
+ROOM_WARNING_INTERVAL = 60.0
+_last_room_warning = -math.inf  # time.monotonic()
+
+
+async def _take_slot(listener: trio.SocketListener, slots: trio.CapacityLimiter, token: object,
+                     parker: Parker | None) -> None:
+    """Take a slot for the next accept(); at the limit, make room for a client
+    that waits in the backlog by closing the connection parked longest."""
+    sock = getattr(listener, "socket", None)  # (tests' memory listeners have none)
+    while True:
+        try:
+            slots.acquire_on_behalf_of_nowait(token)
+            return
+        except trio.WouldBlock:
+            pass
+        if parker is None or sock is None:
+            await slots.acquire_on_behalf_of(token)
+            return
+        got = False
+        async with trio.open_nursery() as nursery:
+
+            async def acquire() -> None:
+                nonlocal got
+                await slots.acquire_on_behalf_of(token)
+                got = True
+                nursery.cancel_scope.cancel()
+
+            async def make_room() -> None:
+                while True:
+                    await trio.lowlevel.wait_readable(sock)  # a client waits to be accepted
+                    if parker.close_oldest():
+                        break
+                    await parker.wait_parked()  # nobody idle (all mid-request): until someone is
+                _warn_room(slots.total_tokens)
+                nursery.cancel_scope.cancel()  # its slot is free now: take it above
+
+            nursery.start_soon(acquire)
+            nursery.start_soon(make_room)
+        if got:
+            return
+
+
+def _warn_room(limit: float) -> None:
+    global _last_room_warning
+    now = time.monotonic()
+    if now - _last_room_warning >= ROOM_WARNING_INTERVAL:
+        _last_room_warning = now
+        log.warning("max_connections (%d) reached: closing idle keep-alive connections to admit new clients "
+                    "(raise max_connections if this is frequent)", limit)
 
 
 async def run_client(client: Client, handler: ClientHandler) -> None:
@@ -244,7 +303,7 @@ def raise_open_files_limit(wanted: int) -> int:
             soft = new
         except (ValueError, OSError):
             pass
-    fits = wanted if soft == resource.RLIM_INFINITY else max(16, min(wanted, soft - FD_RESERVE))
+    fits = wanted if soft == resource.RLIM_INFINITY else min(wanted, max(16, soft - FD_RESERVE))
     if fits < wanted:
         log.warning("max_connections lowered from %d to %d: the open-files limit is %d", wanted, fits, soft)
     return fits
@@ -399,7 +458,8 @@ async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, servi
                                *, handle_signals: bool, on_started: Callable[[], None],
                                parent_fd: int | None = None) -> None:
     """Accept and serve ``services`` until ``shutdown`` is set (or a signal, or the
-    master's pipe closes); then close listeners and let connections finish."""
+    master's pipe closes); then close the listeners at once and let connections
+    finish within ``graceful`` seconds."""
     async with trio.open_nursery() as connections:
         for service in services:
             service.lifecycle.watchers = connections
@@ -410,16 +470,22 @@ async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, servi
                 handler = _connection_handler(service, connections)
                 slots = trio.CapacityLimiter(service.max_connections)
                 for listener in service.listeners:
-                    accept.start_soon(serve_listener, listener, handler, connections, slots)
+                    accept.start_soon(serve_listener, listener, handler, connections, slots,
+                                      service.lifecycle.parker)
             if handle_signals:
                 accept.start_soon(_watch_signals, shutdown)
             if parent_fd is not None:
                 accept.start_soon(_watch_parent, parent_fd, shutdown)
             on_started()
             await shutdown.wait()
-            log.info("shutting down: no new connections; %d open get %.0fs to finish",
-                     lifecycle.open_connections, graceful)
             accept.cancel_scope.cancel()
+        # Close the listening sockets now, as nginx does: a new client is refused at
+        # once instead of waiting in the backlog until we exit (and then reset).
+        for service in services:
+            for listener in service.listeners:
+                await trio.aclose_forcefully(listener)
+        log.info("shutting down: listeners closed; %d open connections get %.0fs to finish",
+                 lifecycle.open_connections, graceful)
         for service in services:
             service.lifecycle.begin_shutdown()
         connections.cancel_scope.deadline = trio.current_time() + graceful

@@ -1,10 +1,21 @@
 """Run php-fpm for a backend whose address is ``spawn``.
 
 The supervisor writes a pool configuration into the runtime directory, starts
-``php-fpm -F`` (foreground, so it is our child and dies with us), waits until
-it answers a FastCGI ping on its status socket, and restarts it with
-exponential backoff if it dies. On shutdown it asks php-fpm to stop gracefully
-(SIGQUIT), then kills it after a grace period.
+``php-fpm -F`` (foreground, so it is our child), waits until it answers a
+FastCGI ping on its status socket, and restarts it with exponential backoff if
+it dies. On shutdown it asks php-fpm to stop gracefully (SIGQUIT), then kills
+it after a grace period.
+
+php-fpm starts in a session (and so a process group) of its own, whose id is
+the master's pid; its workers inherit that group. When the master is gone,
+however it went (SIGKILL, a crash, our stop), whatever is left of its group is
+killed before a new master starts: orphaned workers would otherwise run on
+beside the new pool, unsupervised (no request_terminate_timeout, no
+pm.max_requests), serving the kept-alive FastCGI connections they still hold.
+The group is killed while the dead master is still unreaped (we wait for its
+exit through a pidfd, without reaping), so its id cannot have been reused: only
+processes this supervisor started are ever signalled. Its own session also
+keeps a terminal's Ctrl-C away from php-fpm: the gateway stops it, last.
 
 Pool settings that matter to the gateway:
 - ``pm = static`` with ``pm.max_children`` = the gateway's pool size: each
@@ -251,11 +262,18 @@ class PhpFpmSupervisor:
         self.binary = find_php_fpm(backend.php_fpm)
         self.paths = write_pool_config(name, backend, os.path.join(runtime_dir, f"fpm-{name}"),
                                        max_body_size=max_body_size, roots=roots)
+        #: the current master; ask ``running``, not its ``returncode``, which reaps
+        #: it and so frees its pid while its group may still need killing
         self.process: trio.Process | None = None
         self.restarts = 0
         #: How many times php-fpm has become ready (1 after start-up, +1 per restart).
         self.starts = 0
         self._start_waiters: list[tuple[int, trio.Event]] = []
+
+    @property
+    def running(self) -> bool:
+        """php-fpm's master is running (asked without reaping it: see ``_stop``)."""
+        return self.process is not None and exit_status(self.process) is None
 
     @property
     def address(self) -> str:
@@ -270,8 +288,8 @@ class PhpFpmSupervisor:
     async def _wait_ready(self, process: trio.Process) -> None:
         with trio.fail_after(READY_TIMEOUT):
             while True:
-                if process.returncode is not None:
-                    raise SupervisorError(f"php-fpm exited with status {process.returncode} during start-up")
+                if (status := exit_status(process)) is not None:
+                    raise SupervisorError(f"php-fpm exited with status {status} during start-up")
                 try:
                     with trio.fail_after(1.0):
                         _, body = await fastcgi_get(self.paths.status_socket, "/fpm-ping")
@@ -297,7 +315,8 @@ class PhpFpmSupervisor:
                     pass
             log.info("starting php-fpm for backend %s: %s", self.name, " ".join(self._argv()))
             self._stop_stale_master()
-            process = await trio.lowlevel.open_process(self._argv())
+            # a session of its own: its group is ours to kill (see the module's docstring)
+            process = await trio.lowlevel.open_process(self._argv(), start_new_session=True)
             self.process = process
             try:
                 try:
@@ -314,9 +333,9 @@ class PhpFpmSupervisor:
                     if not started:
                         started = True
                         task_status.started()
-                    await process.wait()
+                    await _wait_exited(process)
                     log.error("php-fpm for backend %s exited with status %s; restarting in %.1fs", self.name,
-                              process.returncode, backoff)
+                              exit_status(process), backoff)
                 self.restarts += 1
             finally:
                 with trio.CancelScope(shield=True):
@@ -361,17 +380,77 @@ class PhpFpmSupervisor:
         await event.wait()
 
     async def _stop(self, process: trio.Process) -> None:
-        if process.returncode is not None:
-            return
-        try:
-            process.send_signal(signal.SIGQUIT)
-        except ProcessLookupError:
-            return
-        with trio.move_on_after(STOP_GRACE):
-            await process.wait()
-            return
-        process.kill()
+        """Stop ``process`` (SIGQUIT, then SIGKILL after STOP_GRACE) and kill
+        what is left of its process group; then reap it."""
+        if exit_status(process) is None:
+            try:
+                process.send_signal(signal.SIGQUIT)
+            except ProcessLookupError:
+                pass
+            with trio.move_on_after(STOP_GRACE):
+                await _wait_exited(process)
+        # Its workers: none after a graceful stop, orphans if the master was killed.
+        _kill_group(process.pid)
         await process.wait()
+
+
+async def _wait_exited(process: trio.Process) -> None:
+    """Wait until ``process`` has exited, without reaping it (its pid, and so
+    its process group's id, stays reserved until ``process.wait()``)."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except OSError:  # already reaped, or no pidfd (Linux < 5.3)
+        await process.wait()
+        return
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+def exit_status(process: trio.Process) -> int | None:
+    """``process``'s exit status (negative: the signal) once it has exited, else
+    None. Unlike ``process.returncode`` it does not reap a child that exited."""
+    try:
+        info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped already
+        return process.returncode
+    if info is None:
+        return None
+    return -info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else info.si_status
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL every process left in the group ``pgid``: a php-fpm master we
+    started with start_new_session (so ``pgid`` is its pid), exited but not yet
+    reaped, and its workers if any outlived it."""
+    left = [pid for pid in group_members(pgid) if pid != pgid]
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return  # nobody left
+    except PermissionError as exc:
+        log.error("could not kill php-fpm's process group %d: %s", pgid, exc)
+        return
+    if left:
+        log.warning("killed %d php-fpm workers left by master %d: %s", len(left), pgid,
+                    " ".join(map(str, left)))
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes in process group ``pgid``."""
+    out: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, _ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            out.append(int(entry))
+    return out
 
 
 def make_runtime_dir(configured: str) -> tuple[str, bool]:

@@ -7,7 +7,8 @@ core. Like nginx's master and worker processes:
   supervisors, binds the listen sockets, and starts N worker processes that
   inherit them. It restarts a worker that dies, answers the admin listener by
   asking each worker and merging (``aggregate.py``), and on SIGTERM/SIGINT
-  stops the workers (each finishes its requests) and then php-fpm.
+  closes its listen sockets, stops the workers (each closes its own copies at
+  once, so new connects are refused, and finishes its requests) and then php-fpm.
 - Each **worker** is an ordinary single-process gateway (``server.serve``) on
   the inherited sockets, with its own pools. A backend's ``workers`` is split
   between them (5 over 2 processes: 3 + 2), so php-fpm never has more
@@ -267,9 +268,13 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
             shutdown = trio.Event()
             await serve_until_shutdown(shutdown, lifecycle, services, 2.0, handle_signals=handle_signals,
                                        on_started=task_status.started)
-            await workers.stop(config.timeouts.graceful)
+            # New connects are refused once no process holds a listen socket: close
+            # ours now (no worker is restarted from here on, none needs them), and
+            # each worker closes its copies as soon as it gets SIGTERM.
+            workers.stopping = True
             for listener in listeners:
-                await listener.aclose()
+                await trio.aclose_forcefully(listener)
+            await workers.stop(config.timeouts.graceful)
             system.cancel_scope.cancel()  # php-fpm stops last
     finally:
         os.close(parent_write)

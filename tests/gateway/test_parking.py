@@ -5,6 +5,7 @@ PHP) under the autojump clock: parking needs real sockets."""
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import trio.testing
 
 from gateway import http_connection
 from gateway.config import validate
+from gateway.metrics import ListenerStats
+from gateway.parking import Parked, Parker
 from gateway.server import Running, serve
 from tests.helpers import HttpClient
 
@@ -21,18 +24,30 @@ from tests.helpers import HttpClient
 IDLE = http_connection.PARK_AFTER + 0.5
 
 
-@pytest.fixture
-async def server(nursery, tmp_path: Path):
+async def _start(nursery: trio.Nursery, tmp_path: Path, **limits: int) -> Running:
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "a.txt").write_text("hello")
     cfg = validate({
         "server": {"listen": ["127.0.0.1:0"], "access_log": "off", "runtime_dir": str(tmp_path / "run")},
         "admin": {"listen": "off"},
         "timeouts": {"keepalive": 30},
-        "limits": {"keepalive_requests": 3},
+        "limits": {"keepalive_requests": 3, **limits},
         "sites": {"s": {"root": str(tmp_path / "www"), "default": True}},
     })
-    running: Running = await nursery.start(partial(serve, cfg, handle_signals=False))
+    return await nursery.start(partial(serve, cfg, handle_signals=False))
+
+
+@pytest.fixture
+async def server(nursery, tmp_path: Path):
+    running = await _start(nursery, tmp_path)
+    yield running
+    running.shutdown.set()
+
+
+@pytest.fixture
+async def server_of_four(nursery, tmp_path: Path):
+    """At most 4 connections open."""
+    running = await _start(nursery, tmp_path, max_connections=4)
     yield running
     running.shutdown.set()
 
@@ -103,3 +118,101 @@ async def test_shutdown_closes_parked_connections_at_once(server, autojump_clock
     with trio.fail_after(5):
         assert await stream.receive_some(100) == b""
     assert trio.current_time() - t0 < 1
+
+
+async def _closed_by_server(client: HttpClient) -> bool:
+    with trio.move_on_after(1):
+        try:
+            return await client.stream.receive_some(100) == b""
+        except trio.BrokenResourceError:  # reset
+            return True
+    return False
+
+
+async def test_at_max_connections_the_oldest_idle_keepalive_connection_makes_room(server_of_four, autojump_clock):
+    port = _port(server_of_four)
+    busy = await HttpClient.connect(port)  # the oldest: mid-request, its head not complete yet
+    await busy.stream.send_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n")
+    idle = []
+    for _ in range(3):  # then three kept-alive clients, each idle (parked) before the next comes
+        client = await HttpClient.connect(port)
+        assert (await client.request("GET", "/a.txt")).status == 200
+        await trio.sleep(IDLE)
+        idle.append(client)
+    assert len(server_of_four.lifecycle.parker) == 3
+    assert server_of_four.lifecycle.stats.open_connections == 4  # the limit
+    newcomer = await HttpClient.connect(port)
+    with trio.fail_after(5):
+        r = await newcomer.request("GET", "/a.txt")
+    assert (r.status, r.body) == (200, b"hello")
+    assert await _closed_by_server(idle[0])  # the one idle longest made room
+    for client in idle[1:]:  # the others stay open and served
+        assert (await client.request("GET", "/a.txt")).status == 200
+    await busy.stream.send_all(b"\r\n")  # never closed for room: mid-request
+    busy.request_sent_by_hand()
+    assert (await busy.read_response()).status == 200
+    for client in [busy, *idle, newcomer]:
+        await client.aclose()
+
+
+async def test_at_max_connections_connections_mid_request_are_never_closed_for_room(server_of_four,
+                                                                                     autojump_clock):
+    port = _port(server_of_four)
+    busy = []
+    for _ in range(4):
+        client = await HttpClient.connect(port)
+        await client.stream.send_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n")
+        busy.append(client)
+    newcomer = await HttpClient.connect(port)  # waits in the backlog
+    await newcomer.stream.send_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+    newcomer.request_sent_by_hand()
+    with trio.move_on_after(10) as waited:
+        await newcomer.read_response()
+    assert waited.cancelled_caught  # not admitted: nobody was idle
+    for client in busy:
+        await client.stream.send_all(b"Connection: close\r\n\r\n")
+        client.request_sent_by_hand()
+        assert (await client.read_response()).status == 200
+        await client.aclose()
+    with trio.fail_after(5):
+        assert (await newcomer.read_response()).status == 200
+    await newcomer.aclose()
+
+
+async def test_at_max_connections_a_newcomer_waits_only_until_an_idle_connection_is_parked(server_of_four,
+                                                                                           autojump_clock):
+    port = _port(server_of_four)
+    clients = []
+    for _ in range(4):  # all kept-alive, none idle long enough to be parked yet
+        client = await HttpClient.connect(port)
+        assert (await client.request("GET", "/a.txt")).status == 200
+        clients.append(client)
+    t0 = trio.current_time()
+    newcomer = await HttpClient.connect(port)
+    with trio.fail_after(5):
+        assert (await newcomer.request("GET", "/a.txt")).status == 200
+    assert trio.current_time() - t0 <= http_connection.PARK_AFTER + 0.01
+    closed = [await _closed_by_server(client) for client in clients]
+    assert closed.count(True) == 1  # one made room (they went idle at the same instant)
+    for client in [*clients, newcomer]:
+        await client.aclose()
+
+
+async def test_close_oldest_spares_a_parked_connection_whose_request_has_arrived():
+    parker = Parker(ListenerStats())
+    closed: list[str] = []
+    peers = {}
+    sockets = []
+    for name in ("oldest", "next", "newest"):
+        ours, theirs = trio.socket.socketpair()
+        peers[name] = theirs
+        sockets += [ours, theirs]
+        assert parker.park(Parked(trio.SocketStream(ours), 1, math.inf, lambda p: None,
+                                  partial(closed.append, name)))
+    await peers["oldest"].send(b"GET / HTTP/1.1\r\n")  # its next request, not resumed yet
+    assert parker.close_oldest() and closed == ["next"]
+    assert parker.close_oldest() and closed == ["next", "newest"]
+    assert not parker.close_oldest() and len(parker) == 1
+    parker.close_all()
+    for sock in sockets:
+        sock.close()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from gateway.config import BackendConfig
@@ -37,8 +38,11 @@ def test_check_names_file_and_key_of_a_mistake(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-async def stop(proc: trio.Process, stderr: trio.abc.ReceiveStream) -> bytes:
-    proc.send_signal(signal.SIGTERM)
+async def stop(proc: trio.Process, stderr: trio.abc.ReceiveStream, *, sigterm: bool = True) -> bytes:
+    """SIGTERM the gateway (unless ``sigterm`` is False: it was sent already) and
+    wait for it to exit; its log from here on."""
+    if sigterm:
+        proc.send_signal(signal.SIGTERM)
     rest = b""
     with trio.fail_after(20):
         while True:
@@ -110,6 +114,55 @@ async def test_serve_spawns_php_fpm_and_sigterm_stops_everything(tmp_path):
     assert proc.returncode == 0, log.decode()
     assert not os.path.exists(f"/proc/{master}")  # noqa: ASYNC240
     assert b"Traceback" not in log
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_sigterm_refuses_new_connections_at_once_and_finishes_the_request_in_flight(tmp_path, processes):
+    port = free_port()
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (conf / "00.toml").write_text(  # php-fpm as root: it reads the test's go-files under tmp_path
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{tmp_path / "run"}"\naccess_log = "off"\n'
+        f'workers = {processes}\n[admin]\nlisten = "off"\n'
+        f'[backends.php]\nworkers = 2\nuser = "root"\n'
+        f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n'
+    )
+    # with worker processes the master closes its copies first, then each worker
+    closers = 1 if processes == 1 else 1 + processes
+    proc, stderr = await start_cli(["serve", "--config", str(conf)])
+    signalled = False
+    held = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        # hold a streamed PHP response open: sse.php waits for go-files
+        await held.send_all(f"GET /sse.php?dir={tmp_path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = b""
+        with trio.fail_after(20):
+            while b"data: event 0" not in got:  # PHP is running it now
+                got += await held.receive_some(65536)
+        proc.send_signal(signal.SIGTERM)
+        signalled = True
+        log = b""
+        with trio.fail_after(5):
+            while log.count(b"listeners closed") < closers:
+                chunk = await stderr.receive_some(4096)
+                assert chunk, log.decode()
+                log += chunk
+        sock = trio.socket.socket()
+        # refused, as by nginx (accepted, it would wait in the backlog until the gateway exits, then be reset)
+        with trio.fail_after(1), sock, pytest.raises(ConnectionRefusedError):
+            await sock.connect(("127.0.0.1", port))
+    finally:
+        for i in range(3):  # let PHP finish
+            (tmp_path / f"go-{i}").touch()
+        if not signalled:
+            await stop(proc, stderr)
+    with trio.fail_after(20):
+        while chunk := await held.receive_some(65536):  # to the end: the gateway closes after it
+            got += chunk
+    await held.aclose()
+    assert b"data: event 2\n\n" in got and got.endswith(b"\r\n0\r\n\r\n")  # the response in flight is whole
+    log = await stop(proc, stderr, sigterm=False)
+    assert proc.returncode == 0, log.decode()
 
 
 def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path):

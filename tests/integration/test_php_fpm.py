@@ -378,3 +378,28 @@ async def test_spawned_pools_buffer_php_output_in_64k_pieces_unless_told_otherwi
     assert (await gw.get("/ini.php?name=output_buffering")).body == b"65536"
     gw2 = await start_gateway(backend={"php_admin_values": {"output_buffering": "4096"}})
     assert (await gw2.get("/ini.php?name=output_buffering")).body == b"4096"
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_killed_php_fpm_master_takes_its_workers_along_before_the_restart(start_gateway):
+    gw = await start_gateway(backend={"workers": 3})
+    sup = gw.supervisor
+    master = sup.process.pid
+    old_workers = children_of(master)
+    assert len(old_workers) >= 3 and (await gw.get("/pid.php")).status == 200
+    os.kill(master, signal.SIGKILL)  # the master alone: its workers are orphaned
+    with trio.fail_after(20):
+        await sup.wait_for_start(2)
+    assert [pid for pid in old_workers if _running(pid)] == []
+    new_master = sup.process.pid
+    assert new_master != master
+    r = await gw.get("/pid.php")
+    assert r.status == 200 and int(r.body) in children_of(new_master)
