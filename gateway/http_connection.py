@@ -48,7 +48,7 @@ else:
         import h11
 
 from ._util import peer_closed, single_exception
-from .errors import ClientGone, SpoolWriteError
+from .errors import ClientGone, GatewayError, SpoolWriteError
 from .metrics import ListenerStats
 from .parking import PARK_AFTER, Parker
 from .request import ClientAbort, Request
@@ -332,6 +332,15 @@ class HttpConnection:
                 except ClientGone:
                     self._access(req, None, request_id, started, 499)
                     raise
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                    raise  # writing to the client failed (while streaming): run() closes quietly
+                except GatewayError as exc:
+                    # expected failures (backend timeout, broken backend): one line, no traceback
+                    log.error("[%s] %s %s -> %d: %s", request_id, req.method.decode(), req.target.decode("latin-1"),
+                              exc.status, exc)
+                    if streaming.started:  # the head is out: no error page can follow
+                        raise ClientGone() from None
+                    response = self._error(exc.status)
                 except Exception:
                     if streaming.started:
                         # The head is out: no error page can follow. Cut the connection.

@@ -221,3 +221,18 @@ async def test_a_full_temp_dir_fails_that_request_only(tmp_path, nursery, autoju
     r = await c.request("POST", "/", body=b"small", host="example.com")
     assert r.status == 200  # the server goes on
     assert "cannot buffer" in caplog.text and "Traceback" not in caplog.text
+
+
+async def test_a_backend_failing_mid_stream_cuts_the_connection_with_one_log_line(tmp_path, nursery, autojump_clock,
+                                                                                  caplog):
+    async def script(req):
+        return [php_output(b"start", headers=(b"X-Accel-Buffering: no",)), trio.sleep_forever]
+
+    app, pool = make_app(tmp_path, FakeFpm(script), nursery)
+    stream = await raw_connection(app, nursery)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    data = await read_all(stream)  # the head and the first chunk, then the connection is cut
+    assert data.startswith(b"HTTP/1.1 200 ") and b"start" in data and not data.endswith(b"0\r\n\r\n")
+    assert "PHP sent nothing for 60s" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert pool.busy == 0
