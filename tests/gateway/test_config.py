@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, load_dir, parse_duration, parse_size
+from gateway.config import ConfigError, load_dir, parse_duration, parse_size, validate
 
 
 def test_sizes_and_durations():
@@ -97,3 +97,12 @@ def test_worker_user_falls_back_to_root_when_www_data_cannot_read_the_root(tmp_p
     assert choose_worker_user(BackendConfig(), [str(closed)]) == "root"
     assert choose_worker_user(BackendConfig(), ["/usr/share"]) == "www-data"
     assert choose_worker_user(BackendConfig(user="nobody"), [str(closed)]) == "nobody"
+
+
+def test_queue_depth_defaults_to_max_connections():
+    cfg = validate({"limits": {"max_connections": 500}, "backends": {"php": {}},
+                    "sites": {"s": {"root": "/srv", "php": "php"}}})
+    assert cfg.backends["php"].queue_depth == "auto"
+    assert cfg.backends["php"].queue_limit(cfg.limits.max_connections) == 500
+    cfg = validate({"backends": {"php": {"queue_depth": 7}}, "sites": {"s": {"root": "/srv", "php": "php"}}})
+    assert cfg.backends["php"].queue_limit(cfg.limits.max_connections) == 7
