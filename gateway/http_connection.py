@@ -486,7 +486,12 @@ class HttpConnection:
 
     def _head_bytes(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes, keep_alive: bool) -> bytes:
         s = self.settings
-        full = [(b"server", s.server_software), (b"date", http_date()), *headers]
+        ours = [(b"server", s.server_software), (b"date", http_date())]
+        for name, _ in headers:
+            if len(name) in (4, 6) and name.lower() in (b"date", b"server"):
+                # PHP's own Date or Server replaces ours, as under nginx (one of each, RFC 9110)
+                ours = [h for h in ours if h[0] != name.lower()]
+        full = [*ours, *headers]
         if not keep_alive:
             full.append((b"connection", b"close"))
         reason = reason or reason_phrase(status)

@@ -28,6 +28,7 @@ FastCGI connection is closed, the only abort php-fpm honours) unless
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -331,6 +332,14 @@ class _ResponseReader:
                 return self.head, self.spool, event.app_status
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _printable(data: bytes) -> str:
+    """PHP's words for the log, control bytes escaped (an ESC must not reach a terminal)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", data.decode("utf-8", "replace"))
+
+
 def _log_stderr(request_id: str, data: bytes, *, final: bool) -> bytes:
     """Log complete lines from PHP's STDERR; return the incomplete tail."""
     *lines, tail = data.split(b"\n")
@@ -339,8 +348,8 @@ def _log_stderr(request_id: str, data: bytes, *, final: bool) -> bytes:
         tail = b""
     for line in lines:
         if line.strip():
-            log.warning("[%s] PHP stderr: %s", request_id, line.decode("utf-8", "replace").rstrip("\r"))
+            log.warning("[%s] PHP stderr: %s", request_id, _printable(line.removesuffix(b"\r")))
     if len(tail) > 8192:  # a runaway line without newline: log what we have
-        log.warning("[%s] PHP stderr: %s", request_id, tail.decode("utf-8", "replace"))
+        log.warning("[%s] PHP stderr: %s", request_id, _printable(tail))
         tail = b""
     return tail

@@ -64,7 +64,7 @@ def parse_host(value: bytes) -> bytes:
     if m is None:
         raise BadRequestHead(f"invalid Host {value[:64]!r}")
     name = m.group("name").lower()
-    if b".." in name:
+    if b".." in name or name in (b"", b"."):  # ":80", "." name no host
         raise BadRequestHead(f"invalid Host {value[:64]!r}")
     port = m.group("port")
     if port and int(port) > 65535:

@@ -30,7 +30,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from .config import SiteConfig
 
@@ -39,12 +39,14 @@ PHP_SOURCE_EXTENSIONS = (".php", ".phtml", ".php3", ".php4", ".php5", ".php7", "
 
 _PHP_SPLIT = re.compile(r"^(.+?[^/]\.php)(/.*)?$")
 
-#: A copy of a PHP file is its source: a PHP extension followed by another
-#: suffix ("wp-config.php~", "x.php.bak", "x.php_old", "x.php#"), or an editor
-#: or backup file of any kind ("x~", "#x#", "x.bak", "x.orig", "x.save", "x.old",
-#: "x.swp", "x.swo", "x.rej").
+#: A copy of a PHP file is its source: a PHP extension followed by anything at
+#: all ("wp-config.php~", "x.php.bak", "x.php,v", "x.php1", "x.php " with a
+#: trailing space; ".inc" only when a separator follows, as "x.include.js" is
+#: common), or an editor or backup file of any kind ("x~", "#x#", "x.bak",
+#: "x.orig", "x.save", "x.old", "x.swp", "x.swo", "x.rej").
 _SOURCE_COPY = re.compile(
-    r"\.(?:php\d?|phtml|phps|phar|inc)[.~#_\-]|~$|^#.*#$|\.(?:bak|orig|save|old|swp|swo|rej)$", re.IGNORECASE
+    r"\.(?:php\d?|phtml|phps|phar).|\.inc[^0-9a-z]|~$|^#.*#$|\.(?:bak|orig|save|old|swp|swo|rej)$",
+    re.IGNORECASE | re.DOTALL,
 )
 
 
@@ -215,7 +217,9 @@ class Router:
             elif entry == "$uri/":
                 if self._is_dir(path):
                     if not path.endswith("/"):
-                        return Redirect(path + "/" + ("?" + query.decode("latin-1") if query else ""))
+                        # the decoded path goes back on the wire: percent-encode it again
+                        location = quote_from_bytes(os.fsencode(path + "/"), safe="/!$&'()*+,;=:@-._~")
+                        return Redirect(location + ("?" + query.decode("latin-1") if query else ""))
                     for index in self.site.index:
                         if self._is_file(path + index):
                             return self._file(path + index, query, document_uri=path + index)

@@ -8,12 +8,22 @@ that reach the disk are bounded by the configured limits.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from .errors import SpoolWriteError
+
+
+def _write_all(f: BinaryIO, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if not n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
 
 
 class Spool:
@@ -38,10 +48,12 @@ class Spool:
             return
         try:
             if self._file is None:
-                self._file = tempfile.TemporaryFile(dir=self.temp_dir)  # noqa: SIM115 - owned by this object
-                self._file.write(self._mem)
+                # Unbuffered: a full disk fails this write, here, never a later
+                # flush in chunks() or close() (after a 200 head went out).
+                self._file = tempfile.TemporaryFile(dir=self.temp_dir, buffering=0)  # noqa: SIM115 - ours
+                _write_all(self._file, self._mem)
                 self._mem = bytearray()
-            self._file.write(data)
+            _write_all(self._file, data)
         except OSError as exc:
             raise SpoolWriteError(f"cannot buffer {self.size} bytes in {self.temp_dir or tempfile.gettempdir()}: "
                                   f"{exc.strerror or exc}") from None
@@ -57,9 +69,8 @@ class Spool:
 
     @property
     def file(self) -> BinaryIO:
-        """The temp file (flushed); only for spools that went to disk."""
+        """The temp file (unbuffered: all written); only for spools that went to disk."""
         assert self._file is not None
-        self._file.flush()
         return self._file
 
     def chunks(self, size: int = 256 * 1024) -> Iterator[bytes]:
@@ -68,7 +79,6 @@ class Spool:
             for i in range(0, len(self._mem), size):
                 yield bytes(view[i : i + size])
             return
-        self._file.flush()
         fd = self._file.fileno()
         offset = 0
         while offset < self.size:

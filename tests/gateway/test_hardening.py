@@ -236,3 +236,67 @@ async def test_a_backend_failing_mid_stream_cuts_the_connection_with_one_log_lin
     assert "PHP sent nothing for 60s" in caplog.text
     assert "Traceback" not in caplog.text
     assert pool.busy == 0
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs: a temp dir that fills up for real (ENOSPC), as root."""
+    import subprocess
+
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_fails_the_write_that_does_not_fit_and_nothing_later(full_disk):
+    from gateway.errors import SpoolWriteError
+    from gateway.spool import Spool
+
+    spool = Spool(1024, str(full_disk))
+    spool.write(b"a" * 100 * 1024)
+    with pytest.raises(SpoolWriteError, match="No space left"):
+        for _ in range(10):
+            spool.write(b"b" * 64 * 1024)
+    spool.close()  # nothing buffered is left to fail on close
+
+
+async def test_php_output_larger_than_the_free_temp_space_is_507_not_a_cut_200(tmp_path, nursery, autojump_clock,
+                                                                                full_disk, caplog):
+    async def script(req):
+        return [php_output(b"x" * 400 * 1024)]  # more than the 256 KiB tmpfs holds
+
+    fpm = FakeFpm(script)
+    (tmp_path / "index.php").write_text("x")
+    cfg = validate({"server": {"temp_dir": str(full_disk)},
+                    "backends": {"php": {"workers": 1, "response_buffer_size": "16k"}},
+                    "sites": {"s": {"root": str(tmp_path), "php": "php"}}})
+    pool = Pool("php", fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=5)
+    c = HttpClient(await raw_connection(App(cfg, {"php": pool}), nursery))
+    r = await c.request("GET", "/")
+    assert r.status == 507
+    assert "cannot buffer" in caplog.text and "Traceback" not in caplog.text
+    assert pool.busy == 0
+
+
+async def test_php_date_and_server_headers_replace_the_gateways(tmp_path, nursery, autojump_clock):
+    async def script(req):
+        return [php_output(b"x", headers=(b"Date: Mon, 01 Jan 1990 00:00:00 GMT", b"Server: php-app"))]
+
+    app, _ = make_app(tmp_path, FakeFpm(script), nursery)
+    c = HttpClient(await raw_connection(app, nursery))
+    r = await c.request("GET", "/", host="example.com")
+    assert [v for n, v in r.header_list if n.lower() == b"date"] == [b"Mon, 01 Jan 1990 00:00:00 GMT"]
+    assert [v for n, v in r.header_list if n.lower() == b"server"] == [b"php-app"]
+
+
+def test_php_stderr_control_bytes_are_escaped_in_the_log(caplog):
+    from gateway.php import _log_stderr
+
+    _log_stderr("r1", b"PHP Warning: \x1b[31mred\x1b[0m\tok\n", final=True)
+    assert "PHP Warning: \\x1b[31mred\\x1b[0m\tok" in caplog.text and "\x1b" not in caplog.text

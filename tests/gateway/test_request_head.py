@@ -32,7 +32,7 @@ def test_plain_framings_pass():
 
 @pytest.mark.parametrize("value", [
     b"a b", b"x/../y", b"<script>", b"user@x", b"x:1:2", b"a\\b", b"x\\", b"a..b", b"[::1", b"::1",
-    b"x:99999", b"x:port", b"%zz", b"x%00y", b"%41", b'"x"', b"x\tx", b"[v1.x]",
+    b"x:99999", b"x:port", b"%zz", b"x%00y", b"%41", b":80", b".", b'"x"', b"x\tx", b"[v1.x]",
 ])
 def test_invalid_host_is_refused(value):
     with pytest.raises(BadRequestHead, match="Host"):

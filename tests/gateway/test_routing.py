@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import quote
 
 import pytest
 
@@ -182,13 +183,15 @@ def test_missing_file_under_an_alias_is_404_not_the_front_controller(docroot, tm
 
 COPIES = ["wp-config.php~", "wp-config.php.bak", "wp-config.php.orig", "wp-config.php.save", "wp-config.php.old",
           "wp-config.php.swp", "#wp-config.php#", "wp-config.php.txt", "wp-config.php_old", "wp-config.php-1",
-          "WP-CONFIG.PHP.BAK", "settings.inc.bak", "x.phtml~", "notes.txt~", "data.json.orig", "db.sql.save"]
+          "WP-CONFIG.PHP.BAK", "settings.inc.bak", "x.phtml~", "notes.txt~", "data.json.orig", "db.sql.save",
+          "wp-config.php,v", "wp-config.php ", "wp-config.php1", "wp-config.phpx", "wp-config.php;.txt",
+          "wp-config.php::$DATA", "wp-config.php?", "wp-config.php\\", "x.phar.gz"]
 
 
 @pytest.mark.parametrize("name", COPIES)
 def test_backup_and_editor_copies_are_refused(docroot, name):
     (docroot / name).write_text("<?php $password = 'secret';")
-    target = b"/" + name.replace("#", "%23").encode()
+    target = b"/" + quote(name).encode()
     r = route(docroot, target)
     assert isinstance(r, Refuse) and r.status == 403, r
 
@@ -198,8 +201,16 @@ def test_backup_copies_are_served_when_the_site_allows_it(docroot):
     assert isinstance(route(docroot, b"/notes.txt~", serve_backup_files=True), StaticFile)
 
 
-@pytest.mark.parametrize("name", ["phpinfo.html", "my-php-notes.txt", "x.phpunit.xml", "backup.zip", "old-style.css",
-                                  "a~b.txt", "a#b.txt", "include.js"])
+@pytest.mark.parametrize("name", ["phpinfo.html", "my-php-notes.txt", "backup.zip", "old-style.css", "a~b.txt",
+                                  "a#b.txt", "include.js", "jquery.include.js", "php.ini.txt"])
 def test_ordinary_names_are_not_taken_for_copies(docroot, name):
     (docroot / name).write_text("x")
     assert isinstance(route(docroot, b"/" + name.replace("#", "%23").encode()), StaticFile)
+
+
+@pytest.mark.parametrize(("dirname", "location"), [("100%", "/100%25/"), ("q?x", "/q%3Fx/"), ("h#x", "/h%23x/"),
+                                                   ("dir with space", "/dir%20with%20space/"), ("a\x01b", "/a%01b/"),
+                                                   ("caf\u00e9", "/caf%C3%A9/")])
+def test_directory_redirect_location_is_percent_encoded(docroot, dirname, location):
+    (docroot / dirname).mkdir()
+    assert route(docroot, b"/" + quote(dirname).encode() + b"?k=v") == Redirect(location + "?k=v")
