@@ -261,8 +261,7 @@ def test_a_full_disk_fails_the_write_that_does_not_fit_and_nothing_later(full_di
     spool = Spool(1024, str(full_disk))
     spool.write(b"a" * 100 * 1024)
     with pytest.raises(SpoolWriteError, match="No space left"):
-        for _ in range(10):
-            spool.write(b"b" * 64 * 1024)
+        spool.write(b"b" * 300 * 1024)
     spool.close()  # nothing buffered is left to fail on close
 
 
