@@ -14,8 +14,8 @@ import trio
 import typer
 
 from .config import Config, ConfigError, load_dir, validate
-from .status_view import DEFAULT_ADMIN, AdminUnreachable, fetch_status, summary_lines, top_view
-from .supervisor import SupervisorError
+from .observe.views import DEFAULT_ADMIN, AdminUnreachable, fetch_status, summary_lines, top_view
+from .serve.php_fpm import SupervisorError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="An event-driven HTTP front end and FastCGI gateway for PHP.")
@@ -89,8 +89,8 @@ def serve(
             typer.echo(f"--workers {workers}: {exc}", err=True)
             raise typer.Exit(2) from None
     _setup_logging(log_level, cfg.server.access_log)
-    from .server import serve as run_server
-    from .workers import process_count, serve_master
+    from .serve.master import process_count, serve_master
+    from .serve.process import serve as run_server
 
     count = process_count(cfg)
     try:
@@ -121,8 +121,8 @@ def _single_leaf(exc: BaseException) -> BaseException:
 @app.command(hidden=True)
 def worker(spec: str) -> None:
     """One worker process of a multi-process gateway (started by its master)."""
-    from .server import serve as run_server
-    from .workers import read_spec
+    from .serve.master import read_spec
+    from .serve.process import serve as run_server
 
     cfg, inherited, log_level = read_spec(spec)
     _setup_logging(log_level, cfg.server.access_log)

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gateway.config import BackendConfig  # noqa: E402
-from gateway.supervisor import find_php_fpm, write_pool_config  # noqa: E402
+from gateway.serve.php_fpm import find_php_fpm, write_pool_config  # noqa: E402
 
 
 def free_port() -> int:

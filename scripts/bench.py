@@ -95,7 +95,7 @@ def wrk(port: int, path: str, connections: int, seconds: float, timeout: float) 
 
 def cpu_seconds(pid: int) -> float:
     """CPU time of ``pid`` and its children (the gateway's worker processes)."""
-    from gateway.monitor import children_of, read_proc_cpu
+    from gateway.observe.monitor import children_of, read_proc_cpu
 
     return sum(read_proc_cpu(p) or 0.0 for p in [pid, *children_of(pid)])
 
@@ -105,7 +105,7 @@ def fpm_requests(status_socket: str) -> int:
     'full' status; 'accepted conn' counts connections, not requests)."""
     import trio
 
-    from gateway.supervisor import fastcgi_get
+    from gateway.serve.php_fpm import fastcgi_get
 
     async def get() -> int:
         with trio.fail_after(5):

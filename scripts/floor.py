@@ -68,7 +68,7 @@ def serve_h11(sock: socket.socket, compiled: bool = False) -> None:
     else:
         import h11
 
-    from gateway.response import http_date
+    from gateway.http.response import http_date
 
     async def handle(stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)

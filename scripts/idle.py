@@ -33,7 +33,7 @@ def _rss_one(pid: int) -> int:
 def rss_kib(pid: int) -> int:
     """RSS of the gateway: its master and worker processes (not php-fpm)."""
     sys.path.insert(0, str(REPO))
-    from gateway.monitor import children_of
+    from gateway.observe.monitor import children_of
 
     total = _rss_one(pid)
     for child in children_of(pid):

@@ -57,10 +57,10 @@ import trio.testing
 
 import fastcgi
 from fastcgi import RecordType, encode_record
-from gateway.app import App
+from gateway.app.site import App
 from gateway.config import validate
-from gateway.http_connection import ConnectionSettings, HttpConnection
-from gateway.pool import Pool
+from gateway.front.h1 import ConnectionSettings, HttpConnection
+from gateway.upstream.pool import Pool
 
 # -- tokens -----------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import errno
 import trio
 import trio.testing
 
-from gateway.server import ACCEPT_RETRY_DELAY, serve_listener
+from gateway.front.listen import ACCEPT_RETRY_DELAY, serve_listener
 
 
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):

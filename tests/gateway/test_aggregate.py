@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.aggregate import merge_prometheus, merge_status, parse_http_response, split
 from gateway.config import validate
-from gateway.workers import process_count, worker_config
+from gateway.observe.aggregate import merge_prometheus, merge_status, parse_http_response, split
+from gateway.serve.master import process_count, worker_config
 
 
 @pytest.mark.parametrize(("total", "parts"), [(4, 2), (5, 2), (1024, 3), (0, 2), (7, 7)])

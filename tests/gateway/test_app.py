@@ -7,10 +7,10 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from gateway.app import App
+from gateway.app.site import App
 from gateway.config import validate
-from gateway.http_connection import ConnectionSettings, HttpConnection
-from gateway.pool import Pool
+from gateway.front.h1 import ConnectionSettings, HttpConnection
+from gateway.upstream.pool import Pool
 from tests.helpers import FakeFpm, HttpClient, php_output
 
 
@@ -159,7 +159,7 @@ async def test_error_after_streaming_started_cuts_the_connection(tmp_path, nurse
 
 
 async def test_client_leaving_during_a_long_php_run_is_noticed(tmp_path, nursery, autojump_clock):
-    from gateway.pool import LONG_WAIT
+    from gateway.upstream.pool import LONG_WAIT
 
     async def slow(req):
         await trio.sleep(30)

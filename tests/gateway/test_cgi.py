@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.cgi import CgiResponseError, CgiResponseHead, build_params, parse_cgi_headers
-from gateway.routing import PhpScript
+from gateway.app.cgi_params import build_params
+from gateway.app.routing import PhpScript
+from gateway.upstream.cgi import CgiResponseError, CgiResponseHead, parse_cgi_headers
 
 
 def params(headers, **kw):

@@ -87,7 +87,7 @@ def test_worker_user_falls_back_to_root_when_www_data_cannot_read_the_root(tmp_p
     import os
 
     from gateway.config import BackendConfig
-    from gateway.supervisor import choose_worker_user, user_can_read_dir
+    from gateway.serve.php_fpm import choose_worker_user, user_can_read_dir
 
     closed = tmp_path / "closed" / "site"
     closed.mkdir(parents=True)

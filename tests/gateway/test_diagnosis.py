@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.diagnosis import Diagnosis, Observation, PoolObservation, classify
+from gateway.observe.diagnosis import Diagnosis, Observation, PoolObservation, classify
 
 
 def pool(**kw):
@@ -87,7 +87,7 @@ def test_verdict_changes_only_after_holding_for_three_seconds():
 
 
 def test_bucket_quantile_interpolates_inside_a_bucket():
-    from gateway.monitor import _bucket_quantile
+    from gateway.observe.monitor import _bucket_quantile
 
     buckets = (1.0, 2.0, 4.0)
     assert _bucket_quantile(buckets, [0, 0, 4, 0], 0.5) == 3.0  # all in (2, 4]: the middle

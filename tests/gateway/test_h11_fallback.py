@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gateway.http_connection
+import gateway.front.h1
 
 REPO = Path(__file__).parents[2]
 
@@ -20,12 +20,12 @@ def test_the_compiled_h11_is_used_when_installed():
         expected = "h11"
     else:
         expected = "h11_mypyc"
-    assert gateway.http_connection.h11.__name__ == expected
+    assert gateway.front.h1.h11.__name__ == expected
 
 
 def test_the_http_connection_tests_pass_on_pure_h11():
     env = {**os.environ, "GATEWAY_TEST_PURE_H11": "1"}
-    code = ("import sys, pytest; import gateway.http_connection as m; "
+    code = ("import sys, pytest; import gateway.front.h1 as m; "
             "assert m.h11.__name__ == 'h11', m.h11.__name__; "
             "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/gateway/test_http_connection.py', "
             "'tests/gateway/test_parking.py']))")

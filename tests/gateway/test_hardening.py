@@ -13,10 +13,10 @@ import trio
 import trio.testing
 
 import fastcgi
-from gateway.app import App
+from gateway.app.site import App
 from gateway.config import validate
-from gateway.http_connection import ConnectionSettings, HttpConnection
-from gateway.pool import Pool
+from gateway.front.h1 import ConnectionSettings, HttpConnection
+from gateway.upstream.pool import Pool
 from tests.helpers import FakeFpm, HttpClient, php_output, read_all
 
 
@@ -255,8 +255,8 @@ def full_disk(tmp_path):
 
 
 def test_a_full_disk_fails_the_write_that_does_not_fit_and_nothing_later(full_disk):
-    from gateway.errors import SpoolWriteError
-    from gateway.spool import Spool
+    from gateway.http.errors import SpoolWriteError
+    from gateway.http.spool import Spool
 
     spool = Spool(1024, str(full_disk))
     spool.write(b"a" * 100 * 1024)
@@ -295,7 +295,7 @@ async def test_php_date_and_server_headers_replace_the_gateways(tmp_path, nurser
 
 
 def test_php_stderr_control_bytes_are_escaped_in_the_log(caplog):
-    from gateway.php import _log_stderr
+    from gateway.upstream.fastcgi import _log_stderr
 
     _log_stderr("r1", b"PHP Warning: \x1b[31mred\x1b[0m\tok\n", final=True)
     assert "PHP Warning: \\x1b[31mred\\x1b[0m\tok" in caplog.text and "\x1b" not in caplog.text

@@ -9,9 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.http_connection import ConnectionSettings, HttpConnection, Lifecycle
-from gateway.request import Request
-from gateway.response import Response
+from gateway.front.h1 import ConnectionSettings, HttpConnection, Lifecycle
+from gateway.http.request import Request
+from gateway.http.response import Response
 from tests.helpers import HttpClient, read_all, read_until
 
 SETTINGS = ConnectionSettings(header_timeout=10, body_timeout=7, keepalive_timeout=30, send_timeout=5,

@@ -13,11 +13,11 @@ import pytest
 import trio
 import trio.testing
 
-from gateway import http_connection
 from gateway.config import validate
+from gateway.front import h1 as http_connection
+from gateway.front.parking import Parked, Parker
 from gateway.metrics import ListenerStats
-from gateway.parking import Parked, Parker
-from gateway.server import Running, serve
+from gateway.serve.process import Running, serve
 from tests.helpers import HttpClient
 
 #: long enough for a kept-alive connection to be parked (time is the autojump clock's)

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 import fastcgi
-from gateway.errors import (
+from gateway.http.errors import (
     QueueFull,
     QueueTimeout,
     UpstreamClosedEarly,
@@ -19,9 +19,9 @@ from gateway.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from gateway.php import PhpSettings, run_php
-from gateway.pool import Pool
-from gateway.request import ClientAbort
+from gateway.http.request import ClientAbort
+from gateway.upstream.fastcgi import PhpSettings, run_php
+from gateway.upstream.pool import Pool
 from tests.helpers import FakeFpm, php_output
 
 SETTINGS = PhpSettings(read_timeout=30, max_header_size=4096, response_buffer_size=1024, temp_dir=None)
@@ -170,7 +170,7 @@ async def test_reused_connection_closed_by_backend_is_retried_once(nursery, auto
     pool = make_pool(fpm, nursery, size=1)
     await run_php(pool, PARAMS, None, SETTINGS, request_id="a")
     await trio.testing.wait_all_tasks_blocked()
-    with caplog.at_level(logging.INFO, logger="gateway.php"):
+    with caplog.at_level(logging.INFO, logger="gateway.upstream.fastcgi"):
         result = await run_php(pool, PARAMS, None, SETTINGS, request_id="b", retry_safe=True)
     assert result.body.getvalue() == b"hello GET"
     assert pool.stats.retries == 1
@@ -286,14 +286,14 @@ async def test_stderr_is_logged_with_request_id(nursery, autojump_clock, caplog)
         return [fastcgi.Stderr(b"PHP Warning: one\nPHP Warn"), fastcgi.Stderr(b"ing: two\n"), php_output()]
 
     pool = make_pool(FakeFpm(noisy), nursery)
-    with caplog.at_level(logging.WARNING, logger="gateway.php"):
+    with caplog.at_level(logging.WARNING, logger="gateway.upstream.fastcgi"):
         await run_php(pool, PARAMS, None, SETTINGS, request_id="req-42")
     assert "[req-42] PHP stderr: PHP Warning: one" in caplog.text
     assert "[req-42] PHP stderr: PHP Warning: two" in caplog.text
 
 
 async def test_large_output_spools_to_disk_and_body_reaches_php(nursery, autojump_clock):
-    from gateway.spool import Spool
+    from gateway.http.spool import Spool
 
     async def echo(req):
         return [php_output(req.stdin * 3)]
@@ -319,8 +319,8 @@ async def test_idle_connections_expire(nursery, autojump_clock):
 
 
 async def test_connect_failure_is_502(autojump_clock):
-    from gateway.errors import UpstreamConnectError
-    from gateway.pool import make_connector
+    from gateway.http.errors import UpstreamConnectError
+    from gateway.upstream.connect import make_connector
 
     pool = Pool("php", make_connector("unix:/nonexistent/php.sock"), size=1, queue_depth=1, queue_timeout=5)
     with pytest.raises(UpstreamConnectError) as exc:
@@ -330,7 +330,7 @@ async def test_connect_failure_is_502(autojump_clock):
 
 
 async def test_connect_timeout_is_504(autojump_clock):
-    from gateway.errors import UpstreamConnectTimeout
+    from gateway.http.errors import UpstreamConnectTimeout
 
     async def never_connects():
         await trio.sleep_forever()

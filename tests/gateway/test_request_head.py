@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.request_head import BadRequestHead, check_request_head, parse_host
+from gateway.http.head import BadRequestHead, check_request_head, parse_host
 
 H = [(b"host", b"example.com")]
 

@@ -5,9 +5,7 @@ from urllib.parse import quote
 
 import pytest
 
-from gateway.config import SiteConfig
-from gateway.request_head import parse_host
-from gateway.routing import (
+from gateway.app.routing import (
     BadRequestTarget,
     PhpScript,
     Redirect,
@@ -17,6 +15,8 @@ from gateway.routing import (
     VirtualHosts,
     split_target,
 )
+from gateway.config import SiteConfig
+from gateway.http.head import parse_host
 
 
 @pytest.fixture

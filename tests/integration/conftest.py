@@ -16,8 +16,8 @@ import pytest
 import trio
 
 from gateway.config import validate
-from gateway.server import Running, serve
-from gateway.supervisor import find_php_fpm
+from gateway.serve.php_fpm import find_php_fpm
+from gateway.serve.process import Running, serve
 from tests.helpers import HttpClient, HttpResponse
 
 DOCROOT = Path(__file__).parent / "docroot"

@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from gateway.config import BackendConfig
-from gateway.monitor import children_of
-from gateway.supervisor import find_php_fpm, write_pool_config
+from gateway.observe.monitor import children_of
+from gateway.serve.php_fpm import find_php_fpm, write_pool_config
 from tests.helpers import HttpClient
 
 from .conftest import DOCROOT, free_port, start_cli

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.monitor import children_of
+from gateway.observe.monitor import children_of
 from tests.helpers import HttpClient
 
 

@@ -15,8 +15,8 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import BackendConfig
-from gateway.monitor import children_of
-from gateway.supervisor import find_php_fpm, write_pool_config
+from gateway.observe.monitor import children_of
+from gateway.serve.php_fpm import find_php_fpm, write_pool_config
 from tests.helpers import HttpClient
 
 WITHIN = 10.0

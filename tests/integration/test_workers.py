@@ -46,7 +46,7 @@ async def _status(admin: int) -> dict:
 
 
 def _worker_pids(master: int) -> set[int]:
-    from gateway.monitor import children_of
+    from gateway.observe.monitor import children_of
 
     out = set()
     for pid in children_of(master):

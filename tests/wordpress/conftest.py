@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from gateway.config import validate
-from gateway.server import Running, serve
+from gateway.serve.process import Running, serve
 from tests.helpers import HttpClient, HttpResponse
 
 from .wp_parts import ADMIN_PASSWORD, ADMIN_USER, WordPress, start_wordpress

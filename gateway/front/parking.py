@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .metrics import ListenerStats
+from ..metrics import ListenerStats
 
-log = logging.getLogger("gateway.parking")
+log = logging.getLogger(__name__)
 
 #: Seconds a kept-alive connection stays in its task before it is parked.
 PARK_AFTER = 0.1

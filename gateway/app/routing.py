@@ -32,7 +32,7 @@ import stat
 from dataclasses import dataclass
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
-from .config import SiteConfig
+from ..config import SiteConfig
 
 #: Extensions whose source must never be sent to a client.
 PHP_SOURCE_EXTENSIONS = (".php", ".phtml", ".php3", ".php4", ".php5", ".php7", ".php8", ".phps", ".phar", ".inc")

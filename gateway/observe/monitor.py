@@ -21,16 +21,16 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
+from ..metrics import ListenerStats, PromWriter, Window, percentile
+from ..upstream.php_fpm_status import fastcgi_get
+from ..upstream.pool import Pool
 from .diagnosis import BOTTLENECKS, Diagnosis, Observation, PoolObservation, Verdict
-from .metrics import ListenerStats, PromWriter, Window, percentile
-from .pool import Pool
-from .supervisor import PhpFpmSupervisor, fastcgi_get
 
-log = logging.getLogger("gateway.monitor")
+log = logging.getLogger(__name__)
 
 LAG_TICK = 0.1  # 10 wake-ups a second: enough samples for a 2 s p99, cheap when idle
 SAMPLE_EVERY = 1.0
@@ -38,6 +38,19 @@ WINDOW = 10.0
 #: Loop-lag samples considered for the verdict (the most recent seconds).
 LAG_RECENT = 2.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class SupervisedProcess(Protocol):
+    """What the monitor reads of a php-fpm supervisor (``serve.php_fpm``)."""
+
+    @property
+    def process(self) -> trio.Process | None: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def restarts(self) -> int: ...
 
 
 def read_host_cpu() -> tuple[float, float] | None:
@@ -85,7 +98,7 @@ def children_of(pid: int) -> list[int]:
 @dataclass
 class PoolMonitor:
     pool: Pool
-    supervisor: PhpFpmSupervisor | None = None
+    supervisor: SupervisedProcess | None = None
     status_address: str = ""
     status_path: str = "/fpm-status"
     fpm_status: dict[str, Any] | None = None

@@ -9,7 +9,7 @@ core. Like nginx's master and worker processes:
   asking each worker and merging (``aggregate.py``), and on SIGTERM/SIGINT
   closes its listen sockets, stops the workers (each closes its own copies at
   once, so new connects are refused, and finishes its requests) and then php-fpm.
-- Each **worker** is an ordinary single-process gateway (``server.serve``) on
+- Each **worker** is an ordinary single-process gateway (``serve.process.serve``) on
   the inherited sockets, with its own pools. A backend's ``workers`` is split
   between them (5 over 2 processes: 3 + 2), so php-fpm never has more
   connections than workers; each has a queue of ``queue_depth``. All call
@@ -32,15 +32,16 @@ from typing import Any
 
 import trio
 
-from .aggregate import merge_prometheus, merge_status, parse_http_response, split
-from .config import Config, validate
-from .http_connection import ConnectionSettings, Lifecycle
-from .request import Request
-from .response import Response, error_response
-from .server import Inherited, _Service, open_listeners, serve_until_shutdown, start_backend
-from .supervisor import PhpFpmSupervisor, SupervisorError, make_runtime_dir
+from ..config import Config, validate
+from ..front.h1 import ConnectionSettings, Lifecycle
+from ..front.listen import Service, open_listeners, serve_until_shutdown
+from ..http.request import Request
+from ..http.response import Response, error_response
+from ..observe.aggregate import merge_prometheus, merge_status, parse_http_response, split
+from .php_fpm import PhpFpmSupervisor, SupervisorError, make_runtime_dir
+from .process import Inherited, signal_watchers, start_backend
 
-log = logging.getLogger("gateway.workers")
+log = logging.getLogger(__name__)
 
 #: A worker that dies is restarted after this, doubling up to RESTART_MAX
 #: while it keeps dying within RESTART_RESET seconds of its start.
@@ -253,11 +254,11 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
             async with trio.open_nursery() as starting:  # all at once; on once each serves
                 for i in range(count):
                     starting.start_soon(system.start, workers.run, i)
-            services: list[_Service] = []
+            services: list[Service] = []
             lifecycle = Lifecycle()
             if config.admin.listen != "off":
                 admin_listeners = await open_listeners([config.admin.listen])
-                services.append(_Service(admin_listeners, MasterAdmin(runtime_dir, count, supervisors).handle,
+                services.append(Service(admin_listeners, MasterAdmin(runtime_dir, count, supervisors).handle,
                                          ConnectionSettings(keepalive_timeout=5.0, header_timeout=10.0),
                                          lifecycle, max_connections=64))
                 for listener in admin_listeners:
@@ -266,8 +267,8 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
                 log.info("listening on %s (%d worker processes)", listener.socket.getsockname() or "unix socket",
                          count)
             shutdown = trio.Event()
-            await serve_until_shutdown(shutdown, lifecycle, services, 2.0, handle_signals=handle_signals,
-                                       on_started=task_status.started)
+            await serve_until_shutdown(shutdown, lifecycle, services, 2.0, on_started=task_status.started,
+                                       watchers=signal_watchers(handle_signals, None))
             # New connects are refused once no process holds a listen socket: close
             # ours now (no worker is restarted from here on, none needs them), and
             # each worker closes its copies as soon as it gets SIGTERM.

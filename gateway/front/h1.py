@@ -47,16 +47,16 @@ else:
     except ImportError:  # pure h11 where no compiled build is installed
         import h11
 
-from ._util import peer_closed, single_exception
-from .errors import ClientGone, GatewayError, SpoolWriteError
-from .metrics import ListenerStats
+from .._util import peer_closed, single_exception
+from ..http.errors import ClientGone, GatewayError, SpoolWriteError
+from ..http.head import BadRequestHead, check_request_head
+from ..http.request import ClientAbort, Request
+from ..http.response import FileRange, Response, error_response, http_date, reason_phrase
+from ..http.spool import Spool
+from ..metrics import ListenerStats
 from .parking import PARK_AFTER, Parker
-from .request import ClientAbort, Request
-from .request_head import BadRequestHead, check_request_head
-from .response import FileRange, Response, error_response, http_date, reason_phrase
-from .spool import Spool
 
-log = logging.getLogger("gateway.http")
+log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.access")
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 
+from ..http.request import Request
+from ..http.response import Response, error_response
 from .monitor import Monitor
-from .request import Request
-from .response import Response, error_response
 
 
 class AdminApp:

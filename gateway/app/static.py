@@ -14,7 +14,7 @@ import os
 import re
 import stat
 
-from .response import FileRange, Response, error_response, http_date
+from ..http.response import FileRange, Response, error_response, http_date
 
 _EXTRA_TYPES = {
     ".js": "application/javascript",

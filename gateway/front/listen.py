@@ -1,17 +1,15 @@
-"""``serve``: listeners, php-fpm supervisors, pools, connection tasks, shutdown.
+"""Listeners and the accept loop: from a listening socket to a connection task.
 
-Nurseries, outermost first:
-1. ``system``: php-fpm supervisors and pool reapers; lives until everything
-   else is done, so php-fpm stops last.
-2. ``connections``: one task per client connection (``HttpConnection.run``).
-3. ``accept``: ``trio.serve_listeners`` with ``handler_nursery=connections``.
+``open_listeners`` binds what ``[server] listen`` names (one address parser,
+``config.addresses``). ``serve_until_shutdown`` runs the accept loops and the
+connection tasks of one process, under two limits: ``max_connections`` (at the
+limit accept() pauses, and the idle keep-alive connection parked longest is
+closed to admit a waiting client, as nginx reuses idle connections) and
+``max_connections_per_ip`` (503 and close). Shutdown closes the listeners at
+once, then gives open connections ``graceful`` seconds.
 
-Shutdown (SIGTERM/SIGINT, or ``shutdown`` set by a caller): cancel the accept
-nursery and close the listening sockets at once (new connects are refused, as
-with nginx; a worker process closes its inherited copies, its master its own),
-tell connections (idle ones close at once, busy ones finish with ``Connection:
-close``), give them ``graceful`` seconds, then cancel what is left; then close
-pools and stop php-fpm. Every phase has a deadline.
+Nurseries: ``connections`` (one task per client, the parker, client watchers)
+outlives ``accept`` (one task per listener, and the caller's watchers).
 """
 
 from __future__ import annotations
@@ -21,53 +19,31 @@ import logging
 import math
 import os
 import resource
-import shutil
-import signal
 import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import trio
 
-from .admin import AdminApp
-from .app import App
-from .config import Config
-from .http_connection import ConnectionSettings, Handler, HttpConnection, Lifecycle
-from .monitor import Monitor, PoolMonitor
+from ..config.addresses import parse_address
+from .h1 import ConnectionSettings, Handler, HttpConnection, Lifecycle
 from .parking import Parked, Parker
-from .pool import Pool, make_connector
-from .supervisor import PhpFpmSupervisor, make_runtime_dir
 
-log = logging.getLogger("gateway.server")
-
-
-def parse_listen(address: str) -> tuple[str, str | tuple[str, int]]:
-    """``"127.0.0.1:8080"``, ``"[::1]:8080"``, ``":8080"``, ``"8080"``, ``"unix:/path"``."""
-    if address.startswith("unix:"):
-        return "unix", address[5:]
-    if address.isdigit():
-        return "tcp", ("", int(address))
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen address {address!r} is not HOST:PORT, [V6]:PORT, :PORT or unix:/path")
-    return "tcp", (host.strip("[]"), int(port))
+log = logging.getLogger(__name__)
 
 
 async def open_listeners(addresses: list[str]) -> list[trio.SocketListener]:
     listeners: list[trio.SocketListener] = []
     try:
         for address in addresses:
-            kind, where = parse_listen(address)
-            if kind == "unix":
-                assert isinstance(where, str)
-                listeners.append(await _open_unix_listener(where))
+            where = parse_address(address, role="listen address")
+            if where.kind == "unix":
+                listeners.append(await _open_unix_listener(where.path))
             else:
-                assert isinstance(where, tuple)
-                host, port = where
-                listeners += await trio.open_tcp_listeners(port, host=host or None, backlog=1024)
+                listeners += await trio.open_tcp_listeners(where.port, host=where.host or None, backlog=1024)
     except BaseException:
         for listener in listeners:
             await listener.aclose()
@@ -101,41 +77,8 @@ def _addresses(stream: trio.SocketStream) -> tuple[tuple[str, int], tuple[str, i
     return (peer[0], peer[1]), (local[0], local[1])
 
 
-def connection_settings(config: Config) -> ConnectionSettings:
-    t, lim = config.timeouts, config.limits
-    return ConnectionSettings(
-        header_timeout=t.client_header,
-        body_timeout=t.client_body,
-        keepalive_timeout=t.keepalive,
-        send_timeout=t.send,
-        max_header_size=lim.max_header_size,
-        max_uri_size=lim.max_uri_size,
-        max_header_count=lim.max_header_count,
-        max_body_size=lim.client_max_body_size,
-        body_buffer_size=lim.body_buffer_size,
-        body_min_rate=t.client_body_min_rate,
-        keepalive_requests=lim.keepalive_requests,
-        temp_dir=config.server.temp_dir or None,
-        server_software=config.server.server_software.encode(),
-        access_log_json=config.server.access_log_format == "json",
-    )
-
-
-@dataclass
-class Running:
-    """What a started server exposes to its caller (and to tests)."""
-
-    listeners: list[trio.SocketListener]
-    pools: dict[str, Pool]
-    supervisors: dict[str, PhpFpmSupervisor]
-    lifecycle: Lifecycle
-    monitor: Monitor
-    admin_listeners: list[trio.SocketListener] = field(default_factory=list)
-    shutdown: trio.Event = field(default_factory=trio.Event)
-
-
 @dataclass(frozen=True)
-class _Service:
+class Service:
     """Listeners and the handler that serves their connections."""
 
     listeners: list[trio.SocketListener]
@@ -309,105 +252,11 @@ def raise_open_files_limit(wanted: int) -> int:
     return fits
 
 
-async def start_backend(config: Config, name: str, runtime_dir: str,
-                        system: trio.Nursery) -> tuple[str, str, PhpFpmSupervisor | None]:
-    """Backend ``name``'s FastCGI address and status address; a ``spawn``
-    backend's php-fpm is started (and supervised) in ``system`` first."""
-    backend = config.backends[name]
-    if backend.address != "spawn":
-        return backend.address, backend.status, None
-    roots = [s.root for s in config.sites.values() if s.php == name]
-    roots += [a for s in config.sites.values() if s.php == name for a in s.aliases.values()]
-    sup = PhpFpmSupervisor(name, backend, runtime_dir, max_body_size=config.limits.client_max_body_size,
-                           roots=roots)
-    await system.start(sup.run)
-    return sup.address, backend.status or "unix:" + sup.paths.status_socket, sup
-
-
-@dataclass(frozen=True)
-class Inherited:
-    """What a worker process gets from its master (see ``workers.py``): the
-    listen sockets, already bound, and the read end of a pipe whose EOF means
-    the master is gone."""
-
-    listen_fds: list[int]
-    parent_fd: int | None = None
-
-
 def inherited_listeners(fds: list[int]) -> list[trio.SocketListener]:
     return [trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd))) for fd in fds]
 
 
-async def serve(config: Config, *, handle_signals: bool = True, inherited: Inherited | None = None,
-                task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the gateway in this process until SIGTERM/SIGINT (or ``Running.shutdown``
-    is set). ``inherited``: serve a master's sockets as one of its workers.
-
-    Reports a ``Running`` through ``task_status`` once listening.
-    """
-    runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir)
-    lifecycle = Lifecycle()
-    try:
-        async with trio.open_nursery() as system:
-            supervisors: dict[str, PhpFpmSupervisor] = {}
-            pools: dict[str, Pool] = {}
-            pool_monitors: list[PoolMonitor] = []
-            for name, backend in config.backends.items():
-                address, status_address, sup = await start_backend(config, name, runtime_dir, system)
-                if sup is not None:
-                    supervisors[name] = sup
-                pool = Pool(name, make_connector(address), size=backend.workers,
-                            queue_depth=backend.queue_limit(config.limits.max_connections),
-                            queue_timeout=backend.queue_timeout, connect_timeout=backend.connect_timeout,
-                            idle_timeout=backend.idle_timeout)
-                pools[name] = pool
-                pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path))
-                system.start_soon(pool.run_reaper)
-            monitor = Monitor(lifecycle.stats, pool_monitors)
-            system.start_soon(monitor.run)
-            app = App(config, pools)
-            settings = connection_settings(config)
-            listeners = (inherited_listeners(inherited.listen_fds) if inherited is not None
-                         else await open_listeners(config.server.listen))
-            max_conns = raise_open_files_limit(config.limits.max_connections)
-            services = [_Service(listeners, app.handle, settings, lifecycle, max_conns,
-                                 config.limits.max_connections_per_ip)]
-            running = Running(listeners, pools, supervisors, lifecycle, monitor)
-            if config.admin.listen != "off":
-                running.admin_listeners = await open_listeners([config.admin.listen])
-                services.append(_Service(running.admin_listeners, AdminApp(monitor).handle,
-                                         ConnectionSettings(keepalive_timeout=5.0, header_timeout=10.0),
-                                         Lifecycle(), max_connections=64))
-            if inherited is None:
-                for listener in listeners:
-                    log.info("listening on %s", listener.socket.getsockname() or "unix socket")
-                for listener in running.admin_listeners:
-                    log.info("admin (/status, /metrics) on %s", listener.socket.getsockname())
-            else:
-                log.debug("worker process %d serving", os.getpid())
-            await serve_until_shutdown(running.shutdown, lifecycle, services, config.timeouts.graceful,
-                                       handle_signals=handle_signals,
-                                       parent_fd=inherited.parent_fd if inherited else None,
-                                       on_started=lambda: task_status.started(running))
-            for pool in pools.values():
-                await pool.aclose()
-            system.cancel_scope.cancel()
-    finally:
-        owned = [config.admin.listen] + (config.server.listen if inherited is None else [])
-        for path in _unix_paths(owned):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        if remove_runtime:
-            shutil.rmtree(runtime_dir, ignore_errors=True)
-
-
-def _unix_paths(addresses: list[str]) -> list[str]:
-    return [a[5:] for a in addresses if a.startswith("unix:")]
-
-
-def _connection_handler(service: _Service, connections: trio.Nursery) -> ClientHandler:
+def _connection_handler(service: Service, connections: trio.Nursery) -> ClientHandler:
     by_ip: dict[str, int] = {}
     per_ip = service.max_connections_per_ip
     lifecycle = service.lifecycle
@@ -454,12 +303,12 @@ def _connection_handler(service: _Service, connections: trio.Nursery) -> ClientH
     return handle
 
 
-async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, services: list[_Service], graceful: float,
-                               *, handle_signals: bool, on_started: Callable[[], None],
-                               parent_fd: int | None = None) -> None:
-    """Accept and serve ``services`` until ``shutdown`` is set (or a signal, or the
-    master's pipe closes); then close the listeners at once and let connections
-    finish within ``graceful`` seconds."""
+async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, services: list[Service], graceful: float,
+                               *, on_started: Callable[[], None],
+                               watchers: list[Callable[[trio.Event], Awaitable[None]]] | None = None) -> None:
+    """Accept and serve ``services`` until ``shutdown`` is set (by a caller, or one
+    of ``watchers``: signals, the master's pipe); then close the listeners at
+    once and let connections finish within ``graceful`` seconds."""
     async with trio.open_nursery() as connections:
         for service in services:
             service.lifecycle.watchers = connections
@@ -472,10 +321,8 @@ async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, servi
                 for listener in service.listeners:
                     accept.start_soon(serve_listener, listener, handler, connections, slots,
                                       service.lifecycle.parker)
-            if handle_signals:
-                accept.start_soon(_watch_signals, shutdown)
-            if parent_fd is not None:
-                accept.start_soon(_watch_parent, parent_fd, shutdown)
+            for watcher in watchers or []:
+                accept.start_soon(watcher, shutdown)
             on_started()
             await shutdown.wait()
             accept.cancel_scope.cancel()
@@ -489,19 +336,3 @@ async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, servi
         for service in services:
             service.lifecycle.begin_shutdown()
         connections.cancel_scope.deadline = trio.current_time() + graceful
-
-
-async def _watch_parent(fd: int, shutdown: trio.Event) -> None:
-    """A worker's pipe from its master reads EOF once the master is gone (even
-    killed with SIGKILL): then stop, rather than serve on alone."""
-    await trio.lowlevel.wait_readable(fd)
-    log.warning("the master process is gone: shutting down")
-    shutdown.set()
-
-
-async def _watch_signals(shutdown: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s", signal.Signals(signum).name)
-            shutdown.set()
-            return

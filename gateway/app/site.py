@@ -14,19 +14,20 @@ from functools import partial
 
 import trio
 
-from . import cgi
-from .cgi import CgiHead
-from .config import Config
-from .errors import GatewayError
-from .php import PhpSettings, run_php
-from .pool import Pool
-from .request import IDEMPOTENT_METHODS, BodyWriter, Request
-from .response import Response, error_response, http_date
+from ..config import Config
+from ..http.errors import GatewayError
+from ..http.request import IDEMPOTENT_METHODS, BodyWriter, Request
+from ..http.response import Response, error_response, http_date
+from ..http.spool import Spool
+from ..upstream import cgi
+from ..upstream.cgi import CgiHead
+from ..upstream.fastcgi import PhpSettings, run_php
+from ..upstream.pool import Pool
+from .cgi_params import build_params
 from .routing import BadRequestTarget, PhpScript, Redirect, Refuse, Router, StaticFile, VirtualHosts, split_target
-from .spool import Spool
 from .static import serve_file
 
-log = logging.getLogger("gateway.app")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,7 @@ class App:
             log.error("[%s] backend %s has no pool", req.request_id, backend_name)
             return self.error(502)
         server_name = router.server_name or req.host
-        params = cgi.build_params(
+        params = build_params(
             method=req.method,
             target=req.target,
             http_version=req.http_version,

@@ -37,20 +37,20 @@ import trio
 
 import fastcgi
 
-from ._util import single_exception
-from .cgi import CgiHead, CgiResponseError, CgiResponseHead, wants_streaming
-from .errors import (
+from .._util import single_exception
+from ..http.errors import (
     ClientGone,
     UpstreamClosedEarly,
     UpstreamOverloaded,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from ..http.request import BodyWriter
+from ..http.spool import Spool
+from .cgi import CgiHead, CgiResponseError, CgiResponseHead, wants_streaming
 from .pool import LONG_WAIT, Pool, Slot, UpstreamConnection
-from .request import BodyWriter
-from .spool import Spool
 
-log = logging.getLogger("gateway.php")
+log = logging.getLogger(__name__)
 
 STDIN_CHUNK = 4 * fastcgi.MAX_CONTENT
 #: Request bodies up to this size are written with the params in one write;

@@ -24,67 +24,22 @@ State changes are synchronous methods; IO (connect, close) happens outside them.
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 import fastcgi
 
-from ._util import socket_events
-from .errors import QueueFull, QueueTimeout, UpstreamConnectError, UpstreamConnectTimeout
-from .metrics import PoolInstruments
-
-Connector = Callable[[], Awaitable[trio.abc.Stream]]
+from ..http.errors import QueueFull, QueueTimeout, UpstreamConnectError, UpstreamConnectTimeout
+from ..metrics import PoolInstruments
+from .connect import Connector, has_pending_eof
 
 #: Seconds a request waits (for a slot, or for PHP's first bytes) before its
 #: client is watched for a disconnect (a task per request). A client that left
 #: during a shorter wait is caught when the request leaves the queue
 #: (``run_php``'s ``gone`` check, one poll()), before it costs PHP anything.
 LONG_WAIT = 1.0
-
-
-def parse_backend_address(address: str) -> tuple[str, str | tuple[str, int]]:
-    """``"unix:/run/php.sock"`` -> ("unix", path); ``"127.0.0.1:9000"`` -> ("tcp", (host, port))."""
-    if address.startswith("unix:"):
-        return "unix", address[5:]
-    if address.startswith("/"):
-        return "unix", address
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"backend address {address!r} is neither unix:/path nor host:port")
-    return "tcp", (host.strip("[]") or "127.0.0.1", int(port))
-
-
-def make_connector(address: str) -> Connector:
-    kind, where = parse_backend_address(address)
-
-    async def connect() -> trio.abc.Stream:
-        try:
-            if kind == "unix":
-                assert isinstance(where, str)
-                return await trio.open_unix_socket(where)
-            assert isinstance(where, tuple)
-            stream = await trio.open_tcp_stream(*where)
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return stream
-        except OSError as exc:
-            raise UpstreamConnectError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
-
-    return connect
-
-
-def _has_pending_eof(stream: trio.abc.Stream) -> bool:
-    """True if an idle connection's socket is readable: the peer closed or reset it
-    (an idle FastCGI connection has nothing else to say)."""
-    sock = getattr(stream, "socket", None)
-    if sock is None:
-        return False
-    try:
-        return bool(socket_events(sock))
-    except (OSError, ValueError):
-        return True
 
 
 @dataclass(eq=False)
@@ -217,7 +172,7 @@ class Pool:
         to_close = []
         while self._idle:
             conn = self._idle.pop()
-            if now - conn.idle_since >= self.idle_timeout or _has_pending_eof(conn.stream):
+            if now - conn.idle_since >= self.idle_timeout or has_pending_eof(conn.stream):
                 to_close.append(conn)
                 continue
             return conn, to_close

@@ -1,0 +1,197 @@
+"""``serve``: listeners, php-fpm supervisors, pools, connection tasks, shutdown.
+
+Nurseries, outermost first:
+1. ``system``: php-fpm supervisors and pool reapers; lives until everything
+   else is done, so php-fpm stops last.
+2. ``connections``: one task per client connection (``HttpConnection.run``).
+3. ``accept``: ``trio.serve_listeners`` with ``handler_nursery=connections``.
+
+Shutdown (SIGTERM/SIGINT, or ``shutdown`` set by a caller): cancel the accept
+nursery and close the listening sockets at once (new connects are refused, as
+with nginx; a worker process closes its inherited copies, its master its own),
+tell connections (idle ones close at once, busy ones finish with ``Connection:
+close``), give them ``graceful`` seconds, then cancel what is left; then close
+pools and stop php-fpm. Every phase has a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from ..app.site import App
+from ..config import Config
+from ..front.h1 import ConnectionSettings, Lifecycle
+from ..front.listen import (
+    Service,
+    inherited_listeners,
+    open_listeners,
+    raise_open_files_limit,
+    serve_until_shutdown,
+)
+from ..observe.admin import AdminApp
+from ..observe.monitor import Monitor, PoolMonitor
+from ..upstream.connect import make_connector
+from ..upstream.pool import Pool
+from .php_fpm import PhpFpmSupervisor, make_runtime_dir
+
+log = logging.getLogger(__name__)
+
+
+def connection_settings(config: Config) -> ConnectionSettings:
+    t, lim = config.timeouts, config.limits
+    return ConnectionSettings(
+        header_timeout=t.client_header,
+        body_timeout=t.client_body,
+        keepalive_timeout=t.keepalive,
+        send_timeout=t.send,
+        max_header_size=lim.max_header_size,
+        max_uri_size=lim.max_uri_size,
+        max_header_count=lim.max_header_count,
+        max_body_size=lim.client_max_body_size,
+        body_buffer_size=lim.body_buffer_size,
+        body_min_rate=t.client_body_min_rate,
+        keepalive_requests=lim.keepalive_requests,
+        temp_dir=config.server.temp_dir or None,
+        server_software=config.server.server_software.encode(),
+        access_log_json=config.server.access_log_format == "json",
+    )
+
+
+@dataclass
+class Running:
+    """What a started server exposes to its caller (and to tests)."""
+
+    listeners: list[trio.SocketListener]
+    pools: dict[str, Pool]
+    supervisors: dict[str, PhpFpmSupervisor]
+    lifecycle: Lifecycle
+    monitor: Monitor
+    admin_listeners: list[trio.SocketListener] = field(default_factory=list)
+    shutdown: trio.Event = field(default_factory=trio.Event)
+
+
+async def start_backend(config: Config, name: str, runtime_dir: str,
+                        system: trio.Nursery) -> tuple[str, str, PhpFpmSupervisor | None]:
+    """Backend ``name``'s FastCGI address and status address; a ``spawn``
+    backend's php-fpm is started (and supervised) in ``system`` first."""
+    backend = config.backends[name]
+    if backend.address != "spawn":
+        return backend.address, backend.status, None
+    roots = [s.root for s in config.sites.values() if s.php == name]
+    roots += [a for s in config.sites.values() if s.php == name for a in s.aliases.values()]
+    sup = PhpFpmSupervisor(name, backend, runtime_dir, max_body_size=config.limits.client_max_body_size,
+                           roots=roots)
+    await system.start(sup.run)
+    return sup.address, backend.status or "unix:" + sup.paths.status_socket, sup
+
+
+@dataclass(frozen=True)
+class Inherited:
+    """What a worker process gets from its master (see ``serve.master``): the
+    listen sockets, already bound, and the read end of a pipe whose EOF means
+    the master is gone."""
+
+    listen_fds: list[int]
+    parent_fd: int | None = None
+
+
+async def serve(config: Config, *, handle_signals: bool = True, inherited: Inherited | None = None,
+                task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the gateway in this process until SIGTERM/SIGINT (or ``Running.shutdown``
+    is set). ``inherited``: serve a master's sockets as one of its workers.
+
+    Reports a ``Running`` through ``task_status`` once listening.
+    """
+    runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir)
+    lifecycle = Lifecycle()
+    try:
+        async with trio.open_nursery() as system:
+            supervisors: dict[str, PhpFpmSupervisor] = {}
+            pools: dict[str, Pool] = {}
+            pool_monitors: list[PoolMonitor] = []
+            for name, backend in config.backends.items():
+                address, status_address, sup = await start_backend(config, name, runtime_dir, system)
+                if sup is not None:
+                    supervisors[name] = sup
+                pool = Pool(name, make_connector(address), size=backend.workers,
+                            queue_depth=backend.queue_limit(config.limits.max_connections),
+                            queue_timeout=backend.queue_timeout, connect_timeout=backend.connect_timeout,
+                            idle_timeout=backend.idle_timeout)
+                pools[name] = pool
+                pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path))
+                system.start_soon(pool.run_reaper)
+            monitor = Monitor(lifecycle.stats, pool_monitors)
+            system.start_soon(monitor.run)
+            app = App(config, pools)
+            settings = connection_settings(config)
+            listeners = (inherited_listeners(inherited.listen_fds) if inherited is not None
+                         else await open_listeners(config.server.listen))
+            max_conns = raise_open_files_limit(config.limits.max_connections)
+            services = [Service(listeners, app.handle, settings, lifecycle, max_conns,
+                                 config.limits.max_connections_per_ip)]
+            running = Running(listeners, pools, supervisors, lifecycle, monitor)
+            if config.admin.listen != "off":
+                running.admin_listeners = await open_listeners([config.admin.listen])
+                services.append(Service(running.admin_listeners, AdminApp(monitor).handle,
+                                         ConnectionSettings(keepalive_timeout=5.0, header_timeout=10.0),
+                                         Lifecycle(), max_connections=64))
+            if inherited is None:
+                for listener in listeners:
+                    log.info("listening on %s", listener.socket.getsockname() or "unix socket")
+                for listener in running.admin_listeners:
+                    log.info("admin (/status, /metrics) on %s", listener.socket.getsockname())
+            else:
+                log.debug("worker process %d serving", os.getpid())
+            await serve_until_shutdown(running.shutdown, lifecycle, services, config.timeouts.graceful,
+                                       watchers=signal_watchers(handle_signals, inherited),
+                                       on_started=lambda: task_status.started(running))
+            for pool in pools.values():
+                await pool.aclose()
+            system.cancel_scope.cancel()
+    finally:
+        owned = [config.admin.listen] + (config.server.listen if inherited is None else [])
+        for path in _unix_paths(owned):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        if remove_runtime:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def _unix_paths(addresses: list[str]) -> list[str]:
+    return [a[5:] for a in addresses if a.startswith("unix:")]
+
+
+def signal_watchers(handle_signals: bool,
+              inherited: Inherited | None) -> list[Callable[[trio.Event], Awaitable[None]]]:
+    watchers: list[Callable[[trio.Event], Awaitable[None]]] = []
+    if handle_signals:
+        watchers.append(_watch_signals)
+    if inherited is not None and inherited.parent_fd is not None:
+        watchers.append(partial(_watch_parent, inherited.parent_fd))
+    return watchers
+
+
+async def _watch_parent(fd: int, shutdown: trio.Event) -> None:
+    """A worker's pipe from its master reads EOF once the master is gone (even
+    killed with SIGKILL): then stop, rather than serve on alone."""
+    await trio.lowlevel.wait_readable(fd)
+    log.warning("the master process is gone: shutting down")
+    shutdown.set()
+
+
+async def _watch_signals(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            shutdown.set()
+            return
