@@ -60,7 +60,7 @@ from fastcgi import RecordType, encode_record
 from gateway.app.site import App
 from gateway.config import validate
 from gateway.front.h1 import ConnectionSettings, HttpConnection
-from gateway.upstream.pool import Pool
+from gateway.upstream.fastcgi import fastcgi_pool
 
 # -- tokens -----------------------------------------------------------------------
 
@@ -388,7 +388,7 @@ class _Conn:
 async def _run_case(case: ClientCase | BackendCase, outcome: Outcome) -> None:
     fpm = FuzzFpm(dict(case.plans) if isinstance(case, BackendCase) else {})
     async with trio.open_nursery() as nursery:
-        pool = Pool("php", fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=60, idle_timeout=1000)
+        pool = fastcgi_pool("php", fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=60, idle_timeout=1000)
         app = App(_app_config(), {"php": pool})
         conns: list[_Conn] = []
         with trio.move_on_after(3600) as guard:

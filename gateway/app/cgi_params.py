@@ -53,6 +53,9 @@ def build_params(
 ) -> list[tuple[bytes, bytes]]:
     """The FastCGI PARAMS for one request, in nginx's fastcgi.conf order.
 
+    One long function on purpose: it is that table, in that order, read top
+    to bottom against nginx's file (and one call per PHP request: no helpers).
+
     Args:
         headers: lower-cased names, as h11 gives them.
         body_length: the length of the buffered body, or None if the request

@@ -10,18 +10,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from functools import partial
 
 import trio
 
 from ..config import Config
 from ..http.errors import GatewayError
-from ..http.request import IDEMPOTENT_METHODS, BodyWriter, Request
-from ..http.response import Response, error_response, http_date
-from ..http.spool import Spool
+from ..http.request import IDEMPOTENT_METHODS, Request
+from ..http.response import Body, Response, error_response, http_date
 from ..upstream import cgi
-from ..upstream.cgi import CgiHead
-from ..upstream.fastcgi import PhpSettings, run_php
+from ..upstream.exchange import UpstreamBody, UpstreamResponse, run_php
+from ..upstream.fastcgi import FastCgiConn, PhpSettings
 from ..upstream.pool import Pool
 from .cgi_params import build_params
 from .routing import BadRequestTarget, PhpScript, Redirect, Refuse, Router, StaticFile, VirtualHosts, split_target
@@ -32,12 +30,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class _SiteBackend:
-    pool: Pool
+    pool: Pool[FastCgiConn]
     settings: PhpSettings
 
 
 class App:
-    def __init__(self, config: Config, pools: dict[str, Pool]) -> None:
+    def __init__(self, config: Config, pools: dict[str, Pool[FastCgiConn]]) -> None:
         self.config = config
         self.server_software = config.server.server_software.encode()
         self.server_timing = config.server.server_timing
@@ -111,44 +109,32 @@ class App:
         if router.extra_params:
             params = [(n, v) for n, v in params if n not in router.extra_params]
             params += router.extra_params.items()
-        started: list[CgiHead] = []
-        start_response = req.start_response
-
-        async def start_stream(head: CgiHead) -> BodyWriter:
-            assert start_response is not None
-            started.append(head)
-            headers = [(n, v) for n, v in head.headers if n.lower() not in cgi.GATEWAY_ONLY_HEADERS]
-            if self.server_timing:
-                # streamed: only the time until PHP's headers is known now
-                headers.append((b"server-timing", b"headers;dur=%.1f" % ((trio.current_time() - t0) * 1000)))
-            return await start_response(head.status, headers, head.reason)
-
         t0 = trio.current_time()
         force = bool(router.unbuffered) and script.document_uri.startswith(router.unbuffered)
+        pool = backend.pool
         try:
-            result = await run_php(backend.pool, params, req.body, backend.settings,
-                                   request_id=req.request_id,
-                                   abort=partial(req.abort.scope, start_watching=False), watch=req.abort.watch,
-                                   gone=req.abort.left,
-                                   start_stream=start_stream if start_response is not None else None,
-                                   force_stream=force, retry_safe=req.method in IDEMPOTENT_METHODS)
+            result = await run_php(pool, params, req.body, backend.settings, request_id=req.request_id,
+                                   retry_safe=req.method in IDEMPOTENT_METHODS, client_left=req.client_left,
+                                   force_stream=force)
         except GatewayError as exc:
-            if started:
-                raise  # the head is out; the connection task cuts the connection
-            stats = backend.pool.stats.errors
-            stats[exc.status] = stats.get(exc.status, 0) + 1
+            pool.record_error(exc.status)
             log.error("[%s] %s %s -> %d: %s", req.request_id, req.method.decode(), req.target.decode("latin-1"),
                       exc.status, exc)
             resp = self.error(exc.status, list(exc.headers))
-            resp.upstream = backend.pool.name
+            resp.upstream = pool.name
             return resp
+        return self._php_response(req, result, trio.current_time() - t0)
+
+    def _php_response(self, req: Request, result: UpstreamResponse, head_time: float) -> Response:
         head = result.head
-        if result.body is None:  # streamed to the client already
-            return Response(head.status, [], streamed=True, queue_wait=result.queue_wait, php_time=result.php_time,
-                            upstream=backend.pool.name)
+        timing = result.timing
         headers = [(n, v) for n, v in head.headers if n.lower() not in cgi.GATEWAY_ONLY_HEADERS]
-        body: Spool | bytes = result.body
-        if req.method == b"HEAD" or head.status in (204, 304):
+        body: Body = result.body
+        if isinstance(result.body, UpstreamBody):
+            # streamed: only the time until PHP's headers is known now
+            if self.server_timing:
+                headers.append((b"server-timing", b"headers;dur=%.1f" % (head_time * 1000)))
+        elif req.method == b"HEAD" or head.status in (204, 304):
             # No body goes out: PHP's own Content-Length says what a GET would get
             # (never on a 204, RFC 9110 8.6).
             length = head.content_length if head.content_length is not None else result.body.size or None
@@ -159,9 +145,7 @@ class App:
         else:
             # the body we drained is what the client gets: frame it by its size
             headers.append((b"content-length", b"%d" % result.body.size))
-        if self.server_timing:
-            headers.append((b"server-timing", b"queue;dur=%.1f, php;dur=%.1f" % (result.queue_wait * 1000,
-                                                                                 result.php_time * 1000)))
-        return Response(head.status, headers, body, reason=head.reason, queue_wait=result.queue_wait,
-                        php_time=result.php_time, upstream=backend.pool.name)
-
+        if self.server_timing and not isinstance(result.body, UpstreamBody):
+            headers.append((b"server-timing", b"queue;dur=%.1f, php;dur=%.1f" % (
+                timing.queue_wait * 1000, (timing.upstream_time or 0.0) * 1000)))
+        return Response(head.status, headers, body, reason=head.reason, upstream=result.upstream, timing=timing)

@@ -8,7 +8,7 @@ closed to admit a waiting client, as nginx reuses idle connections) and
 ``max_connections_per_ip`` (503 and close). Shutdown closes the listeners at
 once, then gives open connections ``graceful`` seconds.
 
-Nurseries: ``connections`` (one task per client, the parker, client watchers)
+Nurseries: ``connections`` (one task per client, the parker, the in-flight watcher)
 outlives ``accept`` (one task per listener, and the caller's watchers).
 """
 
@@ -29,7 +29,9 @@ from functools import partial
 import trio
 
 from ..config.addresses import parse_address
+from .downstream import Downstream
 from .h1 import ConnectionSettings, Handler, HttpConnection, Lifecycle
+from .liveness import InFlightWatcher
 from .parking import Parked, Parker
 
 log = logging.getLogger(__name__)
@@ -68,12 +70,11 @@ async def _open_unix_listener(path: str) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
-def _addresses(stream: trio.SocketStream) -> tuple[tuple[str, int], tuple[str, int]]:
-    sock = stream.socket
-    if sock.family == socket.AF_UNIX:
+def _addresses(stream: Downstream) -> tuple[tuple[str, int], tuple[str, int]]:
+    if stream.family == socket.AF_UNIX:
         return ("unix:", 0), ("unix:", 0)
-    peer = sock.getpeername()
-    local = sock.getsockname()
+    peer = stream.getpeername()
+    local = stream.getsockname()
     return (peer[0], peer[1]), (local[0], local[1])
 
 
@@ -107,8 +108,8 @@ class Client:
 
     __slots__ = ("stream", "peer", "local", "_releases")
 
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream  # a SocketStream when served; any stream in the accept loop's tests
+    def __init__(self, stream: Downstream) -> None:
+        self.stream = stream
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
         self._releases: list[Callable[[], None]] = []
@@ -124,7 +125,7 @@ class Client:
     def close(self) -> None:
         """Close now (the parker: no task waits on the socket)."""
         self._release()
-        self.stream.socket.close()
+        self.stream.close_now()
 
     async def aclose(self) -> None:
         self._release()
@@ -134,8 +135,9 @@ class Client:
 ClientHandler = Callable[[Client], Awaitable[bool]]
 
 
-async def serve_listener(listener: trio.SocketListener, handler: ClientHandler, nursery: trio.Nursery,
-                         slots: trio.CapacityLimiter, parker: Parker | None = None) -> None:
+async def serve_listener(listener: trio.abc.Listener[trio.abc.Stream], handler: ClientHandler, nursery: trio.Nursery,
+                         slots: trio.CapacityLimiter, parker: Parker | None = None,
+                         send_timeout: float = 60.0) -> None:
     """Accept connections while fewer than ``slots.total_tokens`` are open.
 
     At the limit it stops calling accept(): new clients wait in the kernel's
@@ -166,7 +168,7 @@ async def serve_listener(listener: trio.SocketListener, handler: ClientHandler, 
         except BaseException:
             slots.release_on_behalf_of(token)
             raise
-        client = Client(stream)
+        client = Client(Downstream(stream, send_timeout))
         client.on_close(partial(slots.release_on_behalf_of, token))
         nursery.start_soon(run_client, client, handler)
 
@@ -176,7 +178,7 @@ ROOM_WARNING_INTERVAL = 60.0
 _last_room_warning = -math.inf  # time.monotonic()
 
 
-async def _take_slot(listener: trio.SocketListener, slots: trio.CapacityLimiter, token: object,
+async def _take_slot(listener: trio.abc.Listener[trio.abc.Stream], slots: trio.CapacityLimiter, token: object,
                      parker: Parker | None) -> None:
     """Take a slot for the next accept(); at the limit, make room for a client
     that waits in the backlog by closing the connection parked longest."""
@@ -270,20 +272,19 @@ def _connection_handler(service: Service, connections: trio.Nursery) -> ClientHa
         def resume(parked: Parked) -> None:
             connections.start_soon(run_client, client, partial(serve_http, served=parked.served))
 
-        def park(served: int, deadline: float) -> bool:
+        def hand_over(served: int, deadline: float) -> bool:
             parker = lifecycle.parker
-            return parker is not None and parker.park(Parked(client.stream, served, deadline, resume, client.close))
+            fd = client.stream.fileno
+            return parker is not None and fd is not None and parker.park(
+                Parked(fd, served, deadline, resume, client.close))
 
         return await HttpConnection(client.stream, service.handler, service.settings, client=client.peer,
-                                    server=client.local, lifecycle=lifecycle, served=served, park=park).run()
+                                    server=client.local, lifecycle=lifecycle, served=served,
+                                    hand_over=hand_over).run()
 
     async def handle(client: Client) -> bool:
         stream = client.stream
-        if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        stream.set_nodelay()
         try:
             client.peer, client.local = _addresses(stream)
         except OSError:
@@ -309,19 +310,28 @@ async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, servi
     """Accept and serve ``services`` until ``shutdown`` is set (by a caller, or one
     of ``watchers``: signals, the master's pipe); then close the listeners at
     once and let connections finish within ``graceful`` seconds."""
-    async with trio.open_nursery() as connections:
+    async with trio.open_nursery() as helpers:  # the parkers and in-flight watchers outlive the connections
         for service in services:
-            service.lifecycle.watchers = connections
+            service.lifecycle.inflight = InFlightWatcher()
+            helpers.start_soon(service.lifecycle.inflight.run)
             service.lifecycle.parker = Parker(service.lifecycle.stats)
-            connections.start_soon(service.lifecycle.parker.run)
+            helpers.start_soon(service.lifecycle.parker.run)
+        await _serve_connections(shutdown, lifecycle, services, graceful, on_started, watchers or [])
+        helpers.cancel_scope.cancel()
+
+
+async def _serve_connections(shutdown: trio.Event, lifecycle: Lifecycle, services: list[Service], graceful: float,
+                             on_started: Callable[[], None],
+                             watchers: list[Callable[[trio.Event], Awaitable[None]]]) -> None:
+    async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accept:
             for service in services:
                 handler = _connection_handler(service, connections)
                 slots = trio.CapacityLimiter(service.max_connections)
                 for listener in service.listeners:
                     accept.start_soon(serve_listener, listener, handler, connections, slots,
-                                      service.lifecycle.parker)
-            for watcher in watchers or []:
+                                      service.lifecycle.parker, service.settings.send_timeout)
+            for watcher in watchers:
                 accept.start_soon(watcher, shutdown)
             on_started()
             await shutdown.wait()

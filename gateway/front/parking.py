@@ -35,7 +35,7 @@ import math
 import select
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -52,14 +52,14 @@ _EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 class Parked:
     """A connection waiting for its next request without a task."""
 
-    stream: trio.SocketStream
+    #: the connection's socket (``Downstream.fileno``); the connection stays with ``resume``/``close``
+    fd: int
     served: int
     deadline: float
     #: start a task to serve it again (it owns the connection from then on)
     resume: Callable[[Parked], None]
     #: close it for good and release what it holds (slot, per-IP count)
     close: Callable[[], None]
-    fd: int = field(default=-1)
     active: bool = True
 
 
@@ -84,12 +84,11 @@ class Parker:
         """Take ``parked`` over; False if it cannot be (then the caller keeps it)."""
         if self._closed:
             return False
+        fd = parked.fd
         try:
-            fd = parked.stream.socket.fileno()
             self._epoll.register(fd, _EVENTS)
         except (OSError, ValueError):
             return False
-        parked.fd = fd
         self._parked[fd] = parked
         self._queue.append(parked)
         self.stats.states["idle"] += 1

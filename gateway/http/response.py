@@ -1,4 +1,13 @@
-"""What a handler returns: a status, headers and a body the connection task sends."""
+"""What a handler returns: a status, headers and a body the front end sends.
+
+A body is one of: ``bytes``; a ``FileRange`` (sendfile where the client is a
+plain socket); a ``Spool`` (a drained upstream response, in memory or a temp
+file); or a ``BodyStream``, an async iterator of chunks that may hold an
+upstream slot until it is closed (httpcore's ``PoolByteStream``). The front end
+writes it at the client's pace and always closes it (``Response.aclose``).
+A streamed body without a Content-Length goes out chunked (HTTP/1.1) or
+close-delimited (HTTP/1.0).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,7 @@ import email.utils
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from .spool import Spool
 
@@ -25,7 +34,26 @@ class FileRange:
         return self.length
 
 
-Body = bytes | FileRange | Spool
+class BodyStream(Protocol):
+    """A body produced while it is sent: chunks of bytes, then ``aclose()``
+    (always called, also when the client left halfway)."""
+
+    def __aiter__(self) -> BodyStream: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class UpstreamTiming(Protocol):
+    """Seconds waiting for an upstream slot, and from slot to the response's
+    end (None until a streamed body ends), for the access log."""
+
+    queue_wait: float
+    upstream_time: float | None
+
+
+Body = bytes | FileRange | Spool | BodyStream
 
 
 @dataclass(slots=True)
@@ -34,20 +62,22 @@ class Response:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: Body = b""
     reason: bytes = b""
-    #: Timings for the access log: seconds waiting for a PHP slot, seconds in PHP.
-    queue_wait: float | None = None
-    php_time: float | None = None
+    #: set for a response from an upstream: its name and timing (access log)
     upstream: str = ""
-    #: True when the handler already sent the response through
-    #: ``Request.start_response``; ``bytes_sent`` then counts the body.
-    streamed: bool = False
+    timing: UpstreamTiming | None = None
+    #: body bytes written to the client (the front end counts them)
     bytes_sent: int = 0
 
-    def close(self) -> None:
-        if isinstance(self.body, Spool):
-            self.body.close()
-        elif isinstance(self.body, FileRange) and self.body.close_file:
-            self.body.file.close()
+    async def aclose(self) -> None:
+        """Release what the body holds: a file, a spool, an upstream slot."""
+        body = self.body
+        if isinstance(body, Spool):
+            body.close()
+        elif isinstance(body, FileRange):
+            if body.close_file:
+                body.file.close()
+        elif not isinstance(body, bytes):
+            await body.aclose()
 
 
 def reason_phrase(status: int) -> bytes:

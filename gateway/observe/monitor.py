@@ -97,7 +97,7 @@ def children_of(pid: int) -> list[int]:
 
 @dataclass
 class PoolMonitor:
-    pool: Pool
+    pool: Pool[Any]
     supervisor: SupervisedProcess | None = None
     status_address: str = ""
     status_path: str = "/fpm-status"

@@ -39,6 +39,7 @@ from ..front.listen import (
 from ..observe.admin import AdminApp
 from ..observe.monitor import Monitor, PoolMonitor
 from ..upstream.connect import make_connector
+from ..upstream.fastcgi import FastCgiConn, fastcgi_pool
 from ..upstream.pool import Pool
 from .php_fpm import PhpFpmSupervisor, make_runtime_dir
 
@@ -70,7 +71,7 @@ class Running:
     """What a started server exposes to its caller (and to tests)."""
 
     listeners: list[trio.SocketListener]
-    pools: dict[str, Pool]
+    pools: dict[str, Pool[FastCgiConn]]
     supervisors: dict[str, PhpFpmSupervisor]
     lifecycle: Lifecycle
     monitor: Monitor
@@ -115,13 +116,13 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
     try:
         async with trio.open_nursery() as system:
             supervisors: dict[str, PhpFpmSupervisor] = {}
-            pools: dict[str, Pool] = {}
+            pools: dict[str, Pool[FastCgiConn]] = {}
             pool_monitors: list[PoolMonitor] = []
             for name, backend in config.backends.items():
                 address, status_address, sup = await start_backend(config, name, runtime_dir, system)
                 if sup is not None:
                     supervisors[name] = sup
-                pool = Pool(name, make_connector(address), size=backend.workers,
+                pool = fastcgi_pool(name, make_connector(address), size=backend.workers,
                             queue_depth=backend.queue_limit(config.limits.max_connections),
                             queue_timeout=backend.queue_timeout, connect_timeout=backend.connect_timeout,
                             idle_timeout=backend.idle_timeout)

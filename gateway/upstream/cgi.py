@@ -57,6 +57,9 @@ _CONTENT_LENGTH = re.compile(rb"^[0-9]{1,19}$")
 def parse_cgi_headers(block: bytes) -> CgiHead:
     """Parse and validate a CGI header block (without the blank line that ends it).
 
+    One function on purpose: one pass over the lines, each rule where it
+    applies, so the whole validation of untrusted output reads in one place.
+
     Policy (RFC 3875 6.2 for the CGI part, RFC 9110 for what may reach a client):
 
     - ``Status``: three digits, 200-599. An interim status (1xx: 100, 101, 103...)

@@ -3,6 +3,7 @@ pool -> FastCGI -> an in-memory php-fpm stand-in, on the autojump clock."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.lowlevel
 import trio.testing
@@ -10,7 +11,7 @@ import trio.testing
 from gateway.app.site import App
 from gateway.config import validate
 from gateway.front.h1 import ConnectionSettings, HttpConnection
-from gateway.upstream.pool import Pool
+from gateway.upstream.fastcgi import fastcgi_pool
 from tests.helpers import FakeFpm, HttpClient, php_output
 
 
@@ -20,8 +21,8 @@ def make_app(tmp_path, fpm: FakeFpm, nursery, **backend):
     cfg = validate({"backends": {"php": {"workers": 1, **backend}},
                     "sites": {"s": {"root": str(tmp_path), "php": "php", "server_names": ["example.com"]}}})
     b = cfg.backends["php"]
-    pool = Pool("php", fpm.connector(nursery), size=b.workers, queue_depth=b.queue_limit(cfg.limits.max_connections),
-                queue_timeout=b.queue_timeout)
+    pool = fastcgi_pool("php", fpm.connector(nursery), size=b.workers,
+                        queue_depth=b.queue_limit(cfg.limits.max_connections), queue_timeout=b.queue_timeout)
     return App(cfg, {"php": pool}), pool
 
 
@@ -159,21 +160,28 @@ async def test_error_after_streaming_started_cuts_the_connection(tmp_path, nurse
 
 
 async def test_client_leaving_during_a_long_php_run_is_noticed(tmp_path, nursery, autojump_clock):
-    from gateway.upstream.pool import LONG_WAIT
+    from gateway.front.h1 import Lifecycle
+    from gateway.front.liveness import WATCH_AFTER, InFlightWatcher
 
     async def slow(req):
         await trio.sleep(30)
         return [php_output()]
 
     app, pool = make_app(tmp_path, FakeFpm(slow), nursery)
-    c = await client_for(app, nursery)
-    await c.stream.send_all(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
-    await trio.testing.wait_all_tasks_blocked()
-    assert pool.busy == 1
+    lifecycle = Lifecycle()
+    lifecycle.inflight = InFlightWatcher()
+    nursery.start_soon(lifecycle.inflight.run)
+    ours, theirs = trio.socket.socketpair()  # the watcher waits on the client's socket
+    nursery.start_soon(HttpConnection(trio.SocketStream(theirs), app.handle, ConnectionSettings(),
+                                      client=("192.0.2.7", 40000), server=("192.0.2.1", 80),
+                                      lifecycle=lifecycle).run)
+    client = trio.SocketStream(ours)
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    while not pool.busy:
+        await pool.changed()
     t0 = trio.current_time()
-    await c.stream.aclose()
-    while pool.busy:  # noqa: ASYNC110 - virtual time; the pool has no event for this
-        await trio.sleep(0.01)
-    # watching starts after LONG_WAIT of waiting on PHP; the departure is noticed then, not after 30 s
-    assert trio.current_time() - t0 <= LONG_WAIT + 0.02
+    await client.aclose()
+    await pool.wait_idle()
+    # watching starts WATCH_AFTER into the request; the departure is noticed then, not after 30 s
+    assert trio.current_time() - t0 == pytest.approx(WATCH_AFTER)
     assert pool.open_connections == 0

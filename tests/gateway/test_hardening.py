@@ -16,7 +16,7 @@ import fastcgi
 from gateway.app.site import App
 from gateway.config import validate
 from gateway.front.h1 import ConnectionSettings, HttpConnection
-from gateway.upstream.pool import Pool
+from gateway.upstream.fastcgi import fastcgi_pool
 from tests.helpers import FakeFpm, HttpClient, php_output, read_all
 
 
@@ -28,7 +28,7 @@ def make_app(tmp_path, fpm: FakeFpm, nursery, connector=None, **server):
                     "sites": {"s": {"root": str(tmp_path), "php": "php", "server_names": ["example.com"]},
                               "o": {"root": str(tmp_path / "other"), "php": "php",
                                     "server_names": ["other.example"]}}})
-    pool = Pool("php", connector or fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=5)
+    pool = fastcgi_pool("php", connector or fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=5)
     return App(cfg, {"php": pool}), pool
 
 
@@ -150,7 +150,7 @@ async def test_ipv6_host_server_name_for_a_site_without_names(tmp_path, nursery,
     fpm = FakeFpm(echo_uri)
     (tmp_path / "index.php").write_text("x")
     cfg = validate({"backends": {"php": {"workers": 1}}, "sites": {"s": {"root": str(tmp_path), "php": "php"}}})
-    pool = Pool("php", fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=5)
+    pool = fastcgi_pool("php", fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=5)
     c = HttpClient(await raw_connection(App(cfg, {"php": pool}), nursery))
     await c.request("GET", "/", host="[::1]:8080")
     assert fpm.requests_seen[0].params[b"SERVER_NAME"] == b"[::1]"
@@ -275,7 +275,7 @@ async def test_php_output_larger_than_the_free_temp_space_is_507_not_a_cut_200(t
     cfg = validate({"server": {"temp_dir": str(full_disk)},
                     "backends": {"php": {"workers": 1, "response_buffer_size": "16k"}},
                     "sites": {"s": {"root": str(tmp_path), "php": "php"}}})
-    pool = Pool("php", fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=5)
+    pool = fastcgi_pool("php", fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=5)
     c = HttpClient(await raw_connection(App(cfg, {"php": pool}), nursery))
     r = await c.request("GET", "/")
     assert r.status == 507

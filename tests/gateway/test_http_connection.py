@@ -5,11 +5,14 @@ timeouts and lingering closes cost no real time and are asserted exactly."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 import trio.testing
 
 from gateway.front.h1 import ConnectionSettings, HttpConnection, Lifecycle
+from gateway.front.liveness import WATCH_AFTER, InFlightWatcher
 from gateway.http.request import Request
 from gateway.http.response import Response
 from tests.helpers import HttpClient, read_all, read_until
@@ -210,25 +213,50 @@ async def test_client_that_stops_reading_is_cut_after_send_timeout(nursery, auto
     assert trio.current_time() - t0 == pytest.approx(SETTINGS.send_timeout, abs=0.01)
 
 
-async def test_client_disconnect_fires_abort_while_handler_runs(nursery, autojump_clock):
-    outcome = {}
-    entered = trio.Event()
+async def test_client_that_leaves_cancels_the_handler_once_watched(nursery, autojump_clock, caplog):
+    # over a real socket pair: the in-flight watcher waits on the socket in epoll
+    lifecycle = Lifecycle()
+    lifecycle.inflight = InFlightWatcher()
+    nursery.start_soon(lifecycle.inflight.run)
+    entered, cancelled = trio.Event(), trio.Event()
 
     async def slow(req):
+        entered.set()
         try:
-            with req.abort.scope():
-                entered.set()
-                await trio.sleep_forever()
-        except Exception as exc:
-            outcome["exc"] = type(exc).__name__
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.set()
             raise
 
-    stream = await start(nursery, slow)
-    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    ours, theirs = trio.socket.socketpair()
+    conn = HttpConnection(trio.SocketStream(theirs), slow, SETTINGS, client=("10.0.0.1", 1234),
+                          server=("10.0.0.2", 80), lifecycle=lifecycle)
+    nursery.start_soon(conn.run)
+    client = trio.SocketStream(ours)
+    await client.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
     await entered.wait()
-    await stream.aclose()
-    await trio.testing.wait_all_tasks_blocked()
-    assert outcome == {"exc": "ClientGone"}
+    t0 = trio.current_time()
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        await client.aclose()
+        await cancelled.wait()
+        await trio.testing.wait_all_tasks_blocked()
+    # noticed when the watch starts (WATCH_AFTER), not when the handler would have ended
+    assert trio.current_time() - t0 == pytest.approx(WATCH_AFTER)
+    assert '"GET /slow HTTP/1.1" 499' in caplog.text
+    assert lifecycle.stats.in_flight == 0 and lifecycle.open_connections == 0
+
+
+async def test_a_fast_request_is_never_watched(nursery, autojump_clock):
+    lifecycle = Lifecycle()
+    lifecycle.inflight = InFlightWatcher()
+    nursery.start_soon(lifecycle.inflight.run)
+    ours, theirs = trio.socket.socketpair()
+    nursery.start_soon(HttpConnection(trio.SocketStream(theirs), echo, SETTINGS, client=("10.0.0.1", 1234),
+                                      server=("10.0.0.2", 80), lifecycle=lifecycle).run)
+    c = HttpClient(trio.SocketStream(ours))
+    assert (await c.request("GET", "/")).status == 200
+    await trio.sleep(2 * WATCH_AFTER)
+    assert lifecycle.inflight.registered == 0  # no epoll_ctl for it, ever
 
 
 async def test_shutdown_closes_idle_connections_at_once(nursery, autojump_clock):

@@ -207,7 +207,7 @@ async def test_close_oldest_spares_a_parked_connection_whose_request_has_arrived
         ours, theirs = trio.socket.socketpair()
         peers[name] = theirs
         sockets += [ours, theirs]
-        assert parker.park(Parked(trio.SocketStream(ours), 1, math.inf, lambda p: None,
+        assert parker.park(Parked(ours.fileno(), 1, math.inf, lambda p: None,
                                   partial(closed.append, name)))
     await peers["oldest"].send(b"GET / HTTP/1.1\r\n")  # its next request, not resumed yet
     assert parker.close_oldest() and closed == ["next"]

@@ -12,6 +12,7 @@ import trio.testing
 
 import fastcgi
 from gateway.http.errors import (
+    ClientGone,
     QueueFull,
     QueueTimeout,
     UpstreamClosedEarly,
@@ -19,8 +20,8 @@ from gateway.http.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from gateway.http.request import ClientAbort
-from gateway.upstream.fastcgi import PhpSettings, run_php
+from gateway.upstream.exchange import run_php
+from gateway.upstream.fastcgi import PhpSettings, fastcgi_pool
 from gateway.upstream.pool import Pool
 from tests.helpers import FakeFpm, php_output
 
@@ -31,7 +32,7 @@ PARAMS = [(b"SCRIPT_FILENAME", b"/srv/index.php"), (b"REQUEST_METHOD", b"GET")]
 def make_pool(fpm: FakeFpm, nursery: trio.Nursery, **kw) -> Pool:
     args = dict(size=2, queue_depth=100, queue_timeout=60, idle_timeout=10)
     args.update(kw)
-    return Pool("php", fpm.connector(nursery), **args)
+    return fastcgi_pool("php", fpm.connector(nursery), **args)
 
 
 async def hello(req):
@@ -102,45 +103,54 @@ async def test_queue_timeout_is_504_after_exactly_the_limit(nursery, autojump_cl
 
 
 async def test_client_gone_in_queue_never_reaches_php_and_leaks_no_slot(nursery, autojump_clock):
+    # the front end cancels a request whose client left: here, by hand
     fpm = FakeFpm(slow(5))
     pool = make_pool(fpm, nursery, size=1)
     nursery.start_soon(partial(run_php, pool, PARAMS, None, SETTINGS, request_id="first"))
     await trio.testing.wait_all_tasks_blocked()
-    abort = ClientAbort()
-    outcome = []
+    client = trio.CancelScope()
 
     async def waiter():
-        try:
-            await run_php(pool, PARAMS + [(b"X", b"waiter")], None, SETTINGS, request_id="w", abort=abort.scope)
-        except Exception as exc:
-            outcome.append(type(exc).__name__)
+        with client:
+            await run_php(pool, PARAMS + [(b"X", b"waiter")], None, SETTINGS, request_id="w")
 
     nursery.start_soon(waiter)
     await trio.testing.wait_all_tasks_blocked()
     assert pool.waiting == 1
-    abort.fire()
+    client.cancel()
     await trio.testing.wait_all_tasks_blocked()
-    assert outcome == ["ClientGone"]
+    assert client.cancelled_caught
     assert pool.waiting == 0 and pool.stats.client_gone_in_queue == 1
     await trio.sleep(10)
     assert all(b"X" not in r.params for r in fpm.requests_seen)
     assert pool.busy == 0 and pool.limiter.borrowed_tokens == 0
 
 
+async def test_client_gone_after_a_short_wait_is_caught_leaving_the_queue(nursery, autojump_clock):
+    fpm = FakeFpm(slow(0.5))
+    pool = make_pool(fpm, nursery, size=1)
+    nursery.start_soon(partial(run_php, pool, PARAMS, None, SETTINGS, request_id="first"))
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(ClientGone):
+        await run_php(pool, PARAMS + [(b"X", b"waiter")], None, SETTINGS, request_id="w", client_left=lambda: True)
+    assert pool.stats.client_gone_in_queue == 1
+    await pool.wait_idle()
+    assert all(b"X" not in r.params for r in fpm.requests_seen)
+
+
 async def test_client_gone_while_php_runs_closes_the_fastcgi_connection(nursery, autojump_clock):
     fpm = FakeFpm(slow(5))
     pool = make_pool(fpm, nursery, size=1)
-    abort = ClientAbort()
+    client = trio.CancelScope()
 
     async def req():
-        with pytest.raises(Exception) as exc:
-            await run_php(pool, PARAMS, None, SETTINGS, request_id="r", abort=abort.scope)
-        assert type(exc.value).__name__ == "ClientGone"
+        with client:
+            await run_php(pool, PARAMS, None, SETTINGS, request_id="r")
 
     nursery.start_soon(req)
     await trio.testing.wait_all_tasks_blocked()
     assert fpm.running == 1
-    abort.fire()
+    client.cancel()
     await trio.testing.wait_all_tasks_blocked()
     assert pool.busy == 0 and pool.idle == 0 and pool.open_connections == 0
 
@@ -148,20 +158,23 @@ async def test_client_gone_while_php_runs_closes_the_fastcgi_connection(nursery,
 async def test_ignore_client_abort_lets_php_finish(nursery, autojump_clock):
     fpm = FakeFpm(slow(5))
     pool = make_pool(fpm, nursery, size=1)
-    abort = ClientAbort()
+    client = trio.CancelScope()
     settings = PhpSettings(30, 4096, 1024, None, ignore_client_abort=True)
     results = []
 
     async def req():
-        r = await run_php(pool, PARAMS, None, settings, request_id="r", abort=abort.scope)
-        results.append(r.body.getvalue())
+        with client:
+            r = await run_php(pool, PARAMS, None, settings, request_id="r")
+            results.append(r.body.getvalue())  # PHP's answer; writing it would meet the cancel
 
     nursery.start_soon(req)
     await trio.testing.wait_all_tasks_blocked()
-    abort.fire()
+    client.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    assert fpm.running == 1  # PHP runs on
     await trio.sleep(6)
     assert results == [b"slept"]
-    assert pool.idle == 1
+    assert len(fpm.requests_seen) == 1 and pool.idle == 1  # it ran to its end: the connection is kept
 
 
 async def test_reused_connection_closed_by_backend_is_retried_once(nursery, autojump_clock, caplog):
@@ -170,7 +183,7 @@ async def test_reused_connection_closed_by_backend_is_retried_once(nursery, auto
     pool = make_pool(fpm, nursery, size=1)
     await run_php(pool, PARAMS, None, SETTINGS, request_id="a")
     await trio.testing.wait_all_tasks_blocked()
-    with caplog.at_level(logging.INFO, logger="gateway.upstream.fastcgi"):
+    with caplog.at_level(logging.INFO, logger="gateway.upstream.exchange"):
         result = await run_php(pool, PARAMS, None, SETTINGS, request_id="b", retry_safe=True)
     assert result.body.getvalue() == b"hello GET"
     assert pool.stats.retries == 1
@@ -230,7 +243,7 @@ async def test_eof_mid_response_is_502(nursery, autojump_clock):
         nursery.start_soon(serve)
         return client
 
-    pool = Pool("php", connect, size=1, queue_depth=1, queue_timeout=5)
+    pool = fastcgi_pool("php", connect, size=1, queue_depth=1, queue_timeout=5)
     with pytest.raises(UpstreamProtocolError, match="mid-response"):
         await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
 
@@ -246,7 +259,7 @@ async def test_garbage_from_backend_is_502(nursery, autojump_clock):
         nursery.start_soon(serve)
         return client
 
-    pool = Pool("php", connect, size=1, queue_depth=1, queue_timeout=5)
+    pool = fastcgi_pool("php", connect, size=1, queue_depth=1, queue_timeout=5)
     with pytest.raises(UpstreamProtocolError, match="FastCGI"):
         await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
     assert pool.open_connections == 0
@@ -322,7 +335,7 @@ async def test_connect_failure_is_502(autojump_clock):
     from gateway.http.errors import UpstreamConnectError
     from gateway.upstream.connect import make_connector
 
-    pool = Pool("php", make_connector("unix:/nonexistent/php.sock"), size=1, queue_depth=1, queue_timeout=5)
+    pool = fastcgi_pool("php", make_connector("unix:/nonexistent/php.sock"), size=1, queue_depth=1, queue_timeout=5)
     with pytest.raises(UpstreamConnectError) as exc:
         await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
     assert exc.value.status == 502
@@ -335,7 +348,7 @@ async def test_connect_timeout_is_504(autojump_clock):
     async def never_connects():
         await trio.sleep_forever()
 
-    pool = Pool("php", never_connects, size=1, queue_depth=1, queue_timeout=60, connect_timeout=5)
+    pool = fastcgi_pool("php", never_connects, size=1, queue_depth=1, queue_timeout=60, connect_timeout=5)
     t0 = trio.current_time()
     with pytest.raises(UpstreamConnectTimeout) as exc:
         await run_php(pool, PARAMS, None, SETTINGS, request_id="t")

@@ -1,0 +1,225 @@
+"""``Downstream``: the client connection, and the only code that touches a client socket.
+
+Protocol code (the h11 loop today, h2 next) sees a ``trio.abc.HalfCloseableStream``;
+the socket tricks live here, each with a fallback for streams that are not a
+plain socket (a ``trio.SSLStream``, a test's memory stream):
+
+- ``send_all``: a *progress* deadline (``send_timeout`` between two writes that
+  make progress, nginx's send_timeout), so a slow but steady reader is served
+  and one that stops reading is cut (``trio.TooSlowError``). On a plain socket
+  it writes as much as the kernel takes per call; other streams get pieces of
+  ``SEND_PIECE``, the deadline re-armed for each.
+- ``sendfile``: ``os.sendfile`` on a plain socket; reads and ``send_all`` on
+  anything else (TLS must encrypt what it sends).
+- ``peer_closed()``: has the client closed (or reset) the connection? One
+  poll() on the raw socket, no read; False where there is no socket.
+- ``fileno``: the raw socket's descriptor (also under TLS) for the parker and
+  the in-flight watcher, which wait on it in epoll sets; None for memory
+  streams. ``parkable()``: nothing is buffered above the socket (a TLS
+  stream's BIOs are empty), so epoll sees everything there is to read.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import trio
+
+from .._util import peer_closed
+from ..http.response import FileRange
+
+#: Writes to a stream that is not a socket go in pieces of this size, the send
+#: timeout re-armed for each.
+SEND_PIECE = 16 * 1024
+SENDFILE_CHUNK = 4 * 1024 * 1024
+READ_CHUNK = 256 * 1024
+
+
+def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket
+    if isinstance(stream, trio.SSLStream) and isinstance(stream.transport_stream, trio.SocketStream):
+        return stream.transport_stream.socket
+    return None
+
+
+class Downstream(trio.abc.HalfCloseableStream):
+    """A client connection: a ``trio.SocketStream``, an ``SSLStream`` over one,
+    or any stream (tests). ``send_timeout``: seconds without write progress."""
+
+    def __init__(self, stream: trio.abc.Stream, send_timeout: float = 60.0) -> None:
+        self.stream = stream
+        self.send_timeout = send_timeout
+        self._sock = _raw_socket(stream)
+        #: writes may go straight to the socket (no TLS in between)
+        self._plain = self._sock if isinstance(stream, trio.SocketStream) else None
+        self._sending = False
+        self._closed = False
+        self._eof_sent = False
+
+    # -- capabilities ----------------------------------------------------------------
+
+    @property
+    def fileno(self) -> int | None:
+        return None if self._sock is None else self._sock.fileno()
+
+    @property
+    def tls(self) -> bool:
+        return isinstance(self.stream, trio.SSLStream)
+
+    def peer_closed(self) -> bool:
+        return self._sock is not None and peer_closed(self._sock)
+
+    def parkable(self) -> bool:
+        """Can the connection wait in an epoll set? Only if no byte the client
+        sent is buffered above the socket."""
+        if self._sock is None or self._closed:
+            return False
+        if isinstance(self.stream, trio.SSLStream):
+            # trio keeps TLS records read from the socket in a MemoryBIO and
+            # decrypted bytes in the SSLObject; either would be invisible to epoll
+            incoming: Any = getattr(self.stream, "_incoming", None)
+            ssl_object: Any = getattr(self.stream, "_ssl_object", None)
+            return incoming is not None and ssl_object is not None and not incoming.pending \
+                and not ssl_object.pending()
+        return True
+
+    def getpeername(self) -> Any:
+        assert self._sock is not None
+        return self._sock.getpeername()
+
+    def getsockname(self) -> Any:
+        assert self._sock is not None
+        return self._sock.getsockname()
+
+    @property
+    def family(self) -> int | None:
+        return None if self._sock is None else self._sock.family
+
+    def set_nodelay(self) -> None:
+        if self._sock is not None and self._sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    # -- trio.abc.HalfCloseableStream ------------------------------------------------
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this connection")
+        if self._closed or self._eof_sent:
+            raise trio.ClosedResourceError("the connection was closed (or half-closed) for sending")
+        self._sending = True
+        try:
+            await self._send_all(memoryview(data))
+        finally:
+            self._sending = False
+
+    async def _send_all(self, view: memoryview) -> None:
+        timeout = self.send_timeout
+        scope = trio.CancelScope(deadline=trio.current_time() + timeout)
+        with scope:
+            sock = self._plain
+            if sock is None:
+                if not view:
+                    await self.stream.send_all(b"")
+                for i in range(0, len(view), SEND_PIECE):
+                    scope.deadline = trio.current_time() + timeout
+                    await self.stream.send_all(view[i : i + SEND_PIECE])
+                return
+            if not view:
+                await trio.lowlevel.checkpoint()
+            while view:  # as much as the kernel takes per call: fewer syscalls than pieces
+                try:
+                    sent = await sock.send(view)
+                except OSError as exc:
+                    if self._closed:
+                        raise trio.ClosedResourceError("the connection was closed") from None
+                    raise trio.BrokenResourceError(f"send failed: {exc}") from exc
+                view = view[sent:]
+                scope.deadline = trio.current_time() + timeout
+        if scope.cancelled_caught:
+            raise trio.TooSlowError()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._closed:
+            raise trio.ClosedResourceError("the connection was closed")
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        """Half-close where the stream can (a TCP FIN); elsewhere nothing."""
+        if isinstance(self.stream, trio.abc.HalfCloseableStream):
+            self._eof_sent = True
+            await self.stream.send_eof()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self.stream.aclose()
+
+    async def linger(self, seconds: float, max_bytes: int) -> None:
+        """Half-close and drain briefly so the client reads our response before
+        any reset (nginx's lingering_close): closing with unread bytes from the
+        client would send an RST that can destroy the response in flight."""
+        try:
+            await self.send_eof()
+            with trio.move_on_after(seconds):
+                drained = 0
+                while drained < max_bytes:
+                    data = await self.receive_some(65536)
+                    if not data:
+                        break
+                    drained += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def close_now(self) -> None:
+        """Close without a task (the parker's): the socket goes at once."""
+        self._closed = True
+        if self._sock is not None:
+            self._sock.close()
+
+    # -- files ---------------------------------------------------------------------------
+
+    async def sendfile(self, fr: FileRange) -> None:
+        """Send ``fr.length`` bytes of ``fr.file`` from ``fr.offset``.
+
+        Raises ``trio.BrokenResourceError`` if the file shrank meanwhile."""
+        sock = self._plain
+        if sock is None or not hasattr(os, "sendfile"):
+            await self._send_file_by_reads(fr)
+            return
+        in_fd, out_fd = fr.file.fileno(), sock.fileno()
+        offset, remaining = fr.offset, fr.length
+        while remaining:
+            try:
+                n = os.sendfile(out_fd, in_fd, offset, min(remaining, SENDFILE_CHUNK))
+            except BlockingIOError:
+                with trio.fail_after(self.send_timeout):
+                    await trio.lowlevel.wait_writable(sock)
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"sendfile failed: {exc}") from exc
+            if n == 0:
+                raise trio.BrokenResourceError("file shrank while being sent")
+            offset += n
+            remaining -= n
+            await trio.lowlevel.checkpoint()
+
+    async def _send_file_by_reads(self, fr: FileRange) -> None:
+        in_fd = fr.file.fileno()
+        offset, remaining = fr.offset, fr.length
+        while remaining:
+            data = os.pread(in_fd, min(remaining, READ_CHUNK), offset)
+            if not data:
+                raise trio.BrokenResourceError("file shrank while being sent")
+            await self.send_all(data)
+            offset += len(data)
+            remaining -= len(data)

@@ -1,0 +1,121 @@
+"""Writing one HTTP/1.1 response with h11: head, body of any ``http.response`` type, end.
+
+- ``bytes`` (and small files, and spools still in memory) go out with the head
+  in one write: the common case costs one send().
+- A large ``FileRange`` or a spooled temp file goes with ``Downstream.sendfile``.
+- A ``BodyStream`` is written chunk by chunk as it is produced, framed by h11
+  (chunked for HTTP/1.1 without a Content-Length, close-delimited for 1.0).
+  For HEAD, 204 and 304 it is still read to its end (PHP finishes, the
+  upstream connection is reused) and nothing is sent.
+
+Our Date and Server go first; PHP's own Date or Server replaces ours, as under
+nginx (one of each, RFC 9110). A failed write marks h11's side as failed, so
+the connection is not reused.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..http.response import FileRange, Response, http_date, reason_phrase
+from ..http.spool import Spool
+from .downstream import Downstream
+
+if TYPE_CHECKING:
+    import h11
+else:
+    try:  # h11 compiled with mypyc: the same code, ~3x faster
+        import h11_mypyc as h11
+    except ImportError:  # pure h11 where no compiled build is installed
+        import h11
+
+#: Static files up to this size are read and sent with the head in one write.
+SMALL_FILE = 64 * 1024
+
+
+class ResponseWriter:
+    """Writes responses on one connection's h11 state and ``Downstream``."""
+
+    def __init__(self, conn: h11.Connection, downstream: Downstream, server_software: bytes) -> None:
+        self.conn = conn
+        self.downstream = downstream
+        self.server_software = server_software
+
+    def head_bytes(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes, keep_alive: bool) -> bytes:
+        ours = [(b"server", self.server_software), (b"date", http_date())]
+        for name, _ in headers:
+            if len(name) in (4, 6) and name.lower() in (b"date", b"server"):
+                ours = [h for h in ours if h[0] != name.lower()]
+        full = [*ours, *headers]
+        if not keep_alive:
+            full.append((b"connection", b"close"))
+        reason = reason or reason_phrase(status)
+        return self.conn.send(h11.Response(status_code=status, headers=full, reason=reason)) or b""
+
+    async def send_all(self, data: bytes | None) -> None:
+        if not data:
+            return
+        try:
+            await self.downstream.send_all(data)
+        except BaseException:
+            self.conn.send_failed()
+            raise
+
+    async def write(self, resp: Response, *, head_only: bool, keep_alive: bool) -> None:
+        """Send ``resp``; ``head_only`` for a HEAD request. Counts ``resp.bytes_sent``."""
+        body = resp.body
+        headers = resp.headers
+        if isinstance(body, bytes) and body and not any(n == b"content-length" for n, _ in headers):
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
+        head = self.head_bytes(resp.status, headers, resp.reason, keep_alive)
+        head_only = head_only or resp.status in (204, 304)
+        if isinstance(body, Spool) and body.in_memory:
+            body = body.getvalue()
+        elif isinstance(body, FileRange) and body.length <= SMALL_FILE:
+            body = self._read_small(body) if not head_only else b""
+        if isinstance(body, bytes) or (head_only and not _is_stream(body)):
+            # one write for head, body and end: the common case
+            out = head
+            if isinstance(body, bytes) and body and not head_only:
+                out += self.conn.send(h11.Data(data=body)) or b""
+                resp.bytes_sent = len(body)
+            out += self.conn.send(h11.EndOfMessage()) or b""
+            await self.send_all(out)
+            return
+        await self.send_all(head)
+        if isinstance(body, (Spool, FileRange)):
+            await self._write_file(FileRange(body.file, 0, body.size, close_file=False)
+                                   if isinstance(body, Spool) else body)
+            resp.bytes_sent = len(body) if isinstance(body, FileRange) else body.size
+        else:
+            async for chunk in body:
+                if chunk and not head_only:
+                    await self.send_all(self.conn.send(h11.Data(data=chunk)))
+                    resp.bytes_sent += len(chunk)
+        await self.send_all(self.conn.send(h11.EndOfMessage()))
+
+    def _read_small(self, fr: FileRange) -> bytes:
+        """A small file costs less read and sent with the head than sendfile'd."""
+        data = os.pread(fr.file.fileno(), fr.length, fr.offset)
+        if len(data) < fr.length:
+            self.conn.send_failed()
+            raise trio.BrokenResourceError("file shrank while being sent")
+        return data
+
+    async def _write_file(self, fr: FileRange) -> None:
+        try:
+            for piece in self.conn.send_with_data_passthrough(h11.Data(data=fr)) or []:  # type: ignore[arg-type]
+                if isinstance(piece, FileRange):
+                    await self.downstream.sendfile(piece)
+                else:
+                    await self.downstream.send_all(piece)
+        except BaseException:
+            self.conn.send_failed()
+            raise
+
+
+def _is_stream(body: object) -> bool:
+    return not isinstance(body, (bytes, Spool, FileRange))

@@ -1,0 +1,267 @@
+"""Send one request upstream and get its response: the policy every transport shares.
+
+Flow (nginx's upstream module, one state machine for every protocol): take a
+pool slot (queue wait measured) -> a connection -> the transport writes the
+request and reads the response head -> the body is drained into a spool and
+the connection goes back to the pool *before* the client is sent anything, so
+a slow client never holds a worker. Two exceptions stream instead, holding the
+slot until the body is closed, by choice: a response that asks for it
+(``X-Accel-Buffering: no``, ``text/event-stream``, or ``force_stream``), and
+one that outgrows ``response_buffer_size + max_temp_file_size``.
+
+Retry policy: a *reused* connection that yields EOF or a reset before any
+response record is retried once on a fresh connection, **for idempotent
+methods only** (``retry_safe``: GET, HEAD, OPTIONS, TRACE, PUT, DELETE; RFC 9110
+9.2.2). That is php-fpm's pm.max_requests recycling: the worker closed the
+kept-alive connection after its last response, and the request written on it
+never ran. But the same silence comes from a worker that died *while running*
+the request (a segfault, a request_terminate_timeout kill with its output still
+buffered): a POST retried then runs twice. So a POST, PATCH, LOCK... gets a 502
+instead, as nginx never retries a non-idempotent request once sent. Nothing
+else is retried: once any byte of a response arrived, the backend ran it.
+
+Client aborts are the front end's: it cancels the handler when the client
+leaves. A waiter then leaves the queue (php-fpm would run the request for
+nobody) and a run in progress is abandoned (its connection closed, the only
+abort php-fpm honours), unless ``ignore_client_abort``, which shields the run.
+A client that left during a short wait, before the front end watched it, is
+caught by ``client_left`` as the request leaves the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from .._util import single_exception
+from ..http.errors import ClientGone, UpstreamClosedEarly
+from ..http.spool import Spool
+from .cgi import CgiHead
+from .fastcgi import FastCgiConn, FastCgiExchange, PhpSettings
+from .pool import Pool, Slot
+
+log = logging.getLogger(__name__)
+
+
+class Timing:
+    """Seconds waiting for a slot, and from slot to the response's end (filled
+    in when a streamed body ends); the access log reads them."""
+
+    __slots__ = ("queue_wait", "upstream_time")
+
+    def __init__(self, queue_wait: float = 0.0) -> None:
+        self.queue_wait = queue_wait
+        self.upstream_time: float | None = None
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    head: CgiHead
+    #: the drained body, or a stream that holds the slot until closed
+    body: Spool | UpstreamBody
+    timing: Timing
+    upstream: str
+
+
+class Transaction(Protocol):
+    """One request/response on one connection (``FastCgiExchange``; an HTTP/1.1
+    transport will provide the same)."""
+
+    large_body: bool
+    request_id: str
+
+    async def send_head(self) -> None: ...
+
+    async def send_body(self) -> None: ...
+
+    async def read_head(self) -> tuple[CgiHead, bytes]: ...
+
+    def wants_streaming(self, head: CgiHead) -> bool: ...
+
+    async def read_chunk(self) -> bytes | None: ...
+
+
+async def run_php(pool: Pool[FastCgiConn], params: list[tuple[bytes, bytes]], body: Spool | None,
+                  settings: PhpSettings, *, request_id: str, retry_safe: bool = False,
+                  client_left: Callable[[], bool] | None = None, stream_ok: bool = True,
+                  force_stream: bool = False) -> UpstreamResponse:
+    """Run one request on PHP through ``pool``.
+
+    ``stream_ok``: the caller can take a streamed body (else everything is
+    spooled). The caller closes the returned body (``Spool.close`` or
+    ``await UpstreamBody.aclose()``).
+
+    Raises:
+        GatewayError subclasses (QueueFull, QueueTimeout, UpstreamConnectError,
+        UpstreamTimeout, UpstreamProtocolError, UpstreamClosedEarly,
+        UpstreamOverloaded, SpoolWriteError); ``ClientGone`` when the client
+        left while queued.
+    """
+
+    def start(conn: FastCgiConn) -> FastCgiExchange:
+        return FastCgiExchange(conn, params, body, settings, request_id)
+
+    async with pool.slot() as slot:
+        if slot.queue_wait and client_left is not None and client_left():
+            # the client left while it waited (too briefly to be watched): PHP never sees it
+            pool.stats.client_gone_in_queue += 1
+            raise ClientGone()
+        policy = _Policy(slot, start, settings, retry_safe=retry_safe, stream_ok=stream_ok,
+                         force_stream=force_stream)
+        if settings.ignore_client_abort:
+            # only the wait in the queue is abandoned when the client leaves
+            with trio.CancelScope(shield=True):
+                return await policy.run()
+        return await policy.run()
+    raise AssertionError("unreachable")  # for mypy: the block returns or raises
+
+
+class _Policy:
+    """What happens on a held slot: retry if safe, then spool or stream."""
+
+    def __init__(self, slot: Slot[FastCgiConn], start: Callable[[FastCgiConn], FastCgiExchange],
+                 settings: PhpSettings, *, retry_safe: bool, stream_ok: bool, force_stream: bool) -> None:
+        self.slot = slot
+        self.start = start
+        self.settings = settings
+        self.retry_safe = retry_safe
+        self.stream_ok = stream_ok
+        self.force_stream = force_stream
+        self.timing = Timing(slot.queue_wait)
+        self.began = trio.current_time()
+
+    async def run(self) -> UpstreamResponse:
+        pool = self.slot.pool
+        conn = await self.slot.connection()
+        try:
+            try:
+                return await self._on(conn)
+            except UpstreamClosedEarly as exc:
+                if not conn.reused:
+                    raise
+                if not self.retry_safe:
+                    raise UpstreamClosedEarly(f"{exc} (a reused connection; not retried: the method is not "
+                                              "idempotent and PHP may have run it)") from None
+                pool.stats.retries += 1
+                log.info("%s: reused connection closed before a response; retrying on a fresh one", pool.name)
+                await self.slot.discard(conn)
+                conn = await self.slot.connection(fresh=True)
+                return await self._on(conn)
+        except BaseException:
+            await self.slot.discard(conn)
+            raise
+
+    async def _on(self, conn: FastCgiConn) -> UpstreamResponse:
+        tx = self.start(conn)
+        if not tx.large_body:
+            await tx.send_head()
+            head, spool, ended = await self._read(tx)
+        else:
+            with single_exception():
+                async with trio.open_nursery() as nursery:
+                    await tx.send_head()
+                    nursery.start_soon(tx.send_body)
+                    # streaming starts only once the request is sent: the sender
+                    # task cannot outlive this nursery
+                    head, spool, ended = await self._read(tx, sending=nursery)
+                    nursery.cancel_scope.cancel()  # PHP answered without reading it all
+        if not ended:
+            return self._streamed(head, conn, tx, spool)
+        try:
+            # only now: no task of this exchange writes to the connection any more
+            await self.slot.put_back(conn)
+        except BaseException:
+            spool.close()
+            raise
+        self._done()
+        return UpstreamResponse(head, spool, self.timing, self.slot.pool.name)
+
+    async def _read(self, tx: Transaction, sending: trio.Nursery | None = None) -> tuple[CgiHead, Spool, bool]:
+        """The head, and the body spooled: to its end (True), or up to where it
+        is to be streamed (False: the rest is read as the client takes it)."""
+        head, rest = await tx.read_head()
+        stream = self.stream_ok and (self.force_stream or tx.wants_streaming(head))
+        limit = self.settings.response_buffer_size + self.settings.max_temp_file_size
+        spool = Spool(self.settings.response_buffer_size, self.settings.temp_dir)
+        try:
+            chunk: bytes | None = rest
+            while chunk is not None:
+                spool.write(chunk)
+                if ((stream or (self.stream_ok and spool.size > limit))
+                        and (sending is None or not sending.child_tasks)):
+                    if not stream:
+                        log.info("[%s] response passed %d bytes: passing the rest through at the client's pace "
+                                 "(the PHP worker is held until it is sent)", tx.request_id, limit)
+                    return head, spool, False
+                chunk = await tx.read_chunk()
+        except BaseException:
+            spool.close()
+            raise
+        return head, spool, True
+
+    def _streamed(self, head: CgiHead, conn: FastCgiConn, tx: Transaction, prefix: Spool) -> UpstreamResponse:
+        body = UpstreamBody(self.slot.detach(), conn, tx, prefix, self._done)
+        return UpstreamResponse(head, body, self.timing, self.slot.pool.name)
+
+    def _done(self) -> None:
+        elapsed = trio.current_time() - self.began
+        self.timing.upstream_time = elapsed
+        self.slot.pool.record_response(elapsed)
+
+
+class UpstreamBody:
+    """A response body read from the backend as the client takes it.
+
+    It holds the pool slot and the connection: at the end of the body the
+    connection goes back to the pool; ``aclose()`` before the end discards it
+    (the backend's run is abandoned). Either way the slot is released once.
+    """
+
+    def __init__(self, slot: Slot[FastCgiConn], conn: FastCgiConn, tx: Transaction, prefix: Spool,
+                 on_done: Callable[[], None]) -> None:
+        self.slot = slot
+        self.conn = conn
+        self.tx = tx
+        self.prefix = prefix
+        self._prefix: Iterator[bytes] | None = prefix.chunks()
+        self.on_done = on_done
+        self._finished = False
+
+    def __aiter__(self) -> UpstreamBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._prefix is not None:
+            piece = next(self._prefix, None)
+            if piece is not None:
+                return piece
+            self._close_prefix()
+        if self._finished:
+            raise StopAsyncIteration
+        chunk = await self.tx.read_chunk()
+        if chunk is None:
+            self._finished = True
+            await self.slot.put_back(self.conn)
+            self.on_done()
+            self.slot.release()
+            raise StopAsyncIteration
+        return chunk
+
+    def _close_prefix(self) -> None:
+        self._prefix = None
+        self.prefix.close()
+
+    async def aclose(self) -> None:
+        """Idempotent; before the end of the body, the backend's run is abandoned."""
+        try:
+            if self._prefix is not None:
+                self._close_prefix()
+            if not self._finished:
+                self._finished = True
+                await self.slot.discard(self.conn)
+        finally:
+            self.slot.release()

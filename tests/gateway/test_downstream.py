@@ -1,0 +1,164 @@
+"""``Downstream`` is a conforming trio stream over every transport it wraps.
+
+trio's own stream conformance checks (``trio.testing.check_two_way_stream``,
+``check_half_closeable_stream``) run against Downstream over memory streams,
+over a socket pair (its raw-socket write path) and over TLS (``trio.SSLStream``
+with a trustme CA): what the h11 loop, and later h2, rely on. Then the socket
+tricks: sendfile with its fallback under TLS, the peer-closed probe, parking,
+and the send progress deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+
+import pytest
+import trio
+import trio.testing
+import trustme
+
+from gateway.front.downstream import Downstream
+from gateway.http.response import FileRange
+
+
+async def memory_pair() -> tuple[Downstream, Downstream]:
+    a, b = trio.testing.memory_stream_pair()
+    return Downstream(a), Downstream(b)
+
+
+async def clogged_memory_pair() -> tuple[Downstream, Downstream]:
+    a, b = trio.testing.lockstep_stream_pair()
+    return Downstream(a), Downstream(b)
+
+
+async def socket_pair() -> tuple[Downstream, Downstream]:
+    a, b = trio.socket.socketpair()
+    return Downstream(trio.SocketStream(a)), Downstream(trio.SocketStream(b))
+
+
+CA = trustme.CA()
+CERT = CA.issue_cert("gateway.test")
+
+
+def _contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    CERT.configure_cert(server)
+    client = ssl.create_default_context()
+    CA.configure_trust(client)
+    return server, client
+
+
+async def tls_pair() -> tuple[Downstream, trio.SSLStream[trio.SocketStream]]:
+    """(our side: Downstream over SSLStream over a socket, the client's SSLStream)."""
+    server_ctx, client_ctx = _contexts()
+    a, b = trio.socket.socketpair()
+    server = trio.SSLStream(trio.SocketStream(a), server_ctx, server_side=True)
+    client = trio.SSLStream(trio.SocketStream(b), client_ctx, server_hostname="gateway.test")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        nursery.start_soon(client.do_handshake)
+    return Downstream(server), client
+
+
+async def tls_stream_pair() -> tuple[Downstream, trio.abc.Stream]:
+    return await tls_pair()
+
+
+async def test_conforms_over_memory_streams():
+    await trio.testing.check_two_way_stream(memory_pair, clogged_memory_pair)
+
+
+async def test_conforms_over_a_socket_pair():
+    await trio.testing.check_half_closeable_stream(socket_pair, None)
+
+
+async def test_conforms_over_tls():
+    await trio.testing.check_two_way_stream(tls_stream_pair, None)
+
+
+def _file(data: bytes):
+    f = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the test
+    f.write(data)
+    f.flush()
+    return f
+
+
+@pytest.mark.parametrize("make", ["socket", "tls"])
+async def test_sendfile_sends_the_range_plain_or_through_tls(make):
+    data = os.urandom(600_000)
+    if make == "socket":
+        ours, theirs = await socket_pair()
+    else:
+        ours, theirs = await tls_pair()  # type: ignore[assignment]
+    with _file(data) as f:
+        got = bytearray()
+        async with trio.open_nursery() as nursery:
+
+            async def read() -> None:
+                while len(got) < 500_000:
+                    got.extend(await theirs.receive_some(65536))
+
+            nursery.start_soon(read)
+            await ours.sendfile(FileRange(f, 100_000, 500_000, close_file=False))
+    assert bytes(got) == data[100_000:600_000]
+
+
+async def test_sendfile_of_a_file_that_shrank_is_a_broken_connection():
+    ours, _theirs = await socket_pair()
+    with _file(b"short") as f, pytest.raises(trio.BrokenResourceError):
+        await ours.sendfile(FileRange(f, 0, 100, close_file=False))
+
+
+async def test_peer_closed_probe():
+    ours, theirs = await socket_pair()
+    assert not ours.peer_closed()
+    await theirs.aclose()
+    assert ours.peer_closed()
+    mem, _ = await memory_pair()
+    assert not mem.peer_closed()  # no socket: never claims the client left
+
+
+async def test_a_tls_connection_parks_only_with_nothing_buffered_above_the_socket():
+    ours, client = await tls_pair()
+    assert ours.fileno is not None and ours.tls
+    assert ours.parkable()
+    # reading a few bytes of a record leaves the rest decrypted above the socket
+    await client.send_all(b"GET / HTTP/1.1\r\n\r\n")
+    await ours.receive_some(5)
+    assert not ours.parkable()  # the rest of the record waits in the SSLObject
+    got = 5
+    while got < 18:
+        got += len(await ours.receive_some(65536))
+    assert ours.parkable()
+
+
+async def test_a_memory_stream_is_never_parked_or_watched():
+    ours, _ = await memory_pair()
+    assert ours.fileno is None and not ours.parkable()
+
+
+async def test_send_timeout_is_a_progress_deadline(autojump_clock):
+    ours, theirs = await clogged_memory_pair()
+    ours.send_timeout = 5
+    t0 = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        await ours.send_all(b"x" * 100)  # nobody reads
+    assert trio.current_time() - t0 == pytest.approx(5)
+
+
+async def test_a_slow_but_steady_reader_is_served(autojump_clock):
+    ours, theirs = await clogged_memory_pair()
+    ours.send_timeout = 5
+    got = bytearray()
+
+    async def slow_reader() -> None:
+        while len(got) < 100_000:
+            await trio.sleep(4)  # each piece read within the deadline; the whole takes far longer
+            got.extend(await theirs.receive_some(65536))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_reader)
+        await ours.send_all(b"y" * 100_000)
+    assert len(got) == 100_000 and trio.current_time() > 5
