@@ -207,9 +207,9 @@ class MasterAdmin:
             return Response(200, [(b"content-type", b"application/json"), (b"cache-control", b"no-store")], body)
         if path == b"/metrics":
             texts = [None if b is None else b.decode() for b in await self._fetch_all(b"/metrics")]
-            verdict = (await self.status())["verdict"]["bottleneck"]
             return Response(200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
-                                  (b"cache-control", b"no-store")], merge_prometheus(texts, verdict).encode())
+                                  (b"cache-control", b"no-store")],
+                            merge_prometheus(texts, await self.status()).encode())
         if path == b"/":
             return Response(200, [(b"content-type", b"text/plain")], b"gateway admin: /status /metrics\n")
         return error_response(404)

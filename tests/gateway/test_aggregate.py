@@ -119,7 +119,8 @@ gateway_verdict{{bottleneck="listener"}} 0
 
 
 def test_merged_metrics_label_each_worker_and_parse_as_prometheus_text():
-    text = merge_prometheus([_METRICS.format(n=3), None, _METRICS.format(n=4)], "listener")
+    text = merge_prometheus([_METRICS.format(n=3), None, _METRICS.format(n=4)],
+                            {"verdict": {"bottleneck": "listener"}})
     families = {f.name: f for f in text_string_to_metric_families(text)}
     requests = {s.labels["worker"]: s.value for s in families["gateway_requests"].samples}
     assert requests == {"0": 3.0, "2": 4.0}
