@@ -35,8 +35,7 @@ import trio
 from ..config import Config, validate
 from ..front.h1 import ConnectionSettings, Lifecycle
 from ..front.listen import Service, open_listeners, serve_until_shutdown
-from ..http.request import Request
-from ..http.response import Response, error_response
+from ..observe.admin import AdminRouter
 from ..observe.aggregate import merge_prometheus, merge_status, parse_http_response, split
 from .php_fpm import PhpFpmSupervisor, SupervisorError, make_runtime_dir
 from .process import Inherited, signal_watchers, start_backend
@@ -169,10 +168,11 @@ class Workers:
                 await proc.wait()
 
 
-class MasterAdmin:
+class MasterAdmin(AdminRouter):
     """The admin listener in the master: each worker's /status or /metrics, merged."""
 
     def __init__(self, runtime_dir: str, count: int, supervisors: dict[str, PhpFpmSupervisor]) -> None:
+        super().__init__(self.status, self.metrics)
         self.sockets = [admin_socket(runtime_dir, i) for i in range(count)]
         self.supervisors = supervisors
         self.started = time.time()
@@ -198,21 +198,9 @@ class MasterAdmin:
                             uptime=time.time() - self.started,
                             fpm_restarts={n: s.restarts for n, s in self.supervisors.items()})
 
-    async def handle(self, req: Request) -> Response:
-        path = req.target.split(b"?", 1)[0]
-        if req.method not in (b"GET", b"HEAD"):
-            return error_response(405, headers=[(b"allow", b"GET, HEAD")])
-        if path == b"/status":
-            body = json.dumps(await self.status(), indent=2).encode() + b"\n"
-            return Response(200, [(b"content-type", b"application/json"), (b"cache-control", b"no-store")], body)
-        if path == b"/metrics":
-            texts = [None if b is None else b.decode() for b in await self._fetch_all(b"/metrics")]
-            return Response(200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
-                                  (b"cache-control", b"no-store")],
-                            merge_prometheus(texts, await self.status()).encode())
-        if path == b"/":
-            return Response(200, [(b"content-type", b"text/plain")], b"gateway admin: /status /metrics\n")
-        return error_response(404)
+    async def metrics(self) -> str:
+        texts = [None if b is None else b.decode() for b in await self._fetch_all(b"/metrics")]
+        return merge_prometheus(texts, await self.status())
 
 
 async def _get(path: str, target: bytes) -> bytes:
