@@ -111,17 +111,3 @@ def _family(name: str, meta: dict[str, list[str]]) -> str:
             return name[: -len(suffix)]
     return name
 
-
-def parse_http_response(raw: bytes) -> tuple[int, bytes]:
-    """Status and body of a ``Connection: close`` HTTP/1.1 response read to EOF."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        raise ValueError("incomplete response")
-    status_line = head.split(b"\r\n", 1)[0].split(b" ")
-    if len(status_line) < 2 or not status_line[1].isdigit():
-        raise ValueError(f"bad status line {head[:80]!r}")
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            body = body[: int(value)]
-    return int(status_line[1]), body

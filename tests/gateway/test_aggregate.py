@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import validate
-from gateway.observe.aggregate import merge_prometheus, merge_status, parse_http_response, split
+from gateway.observe.aggregate import merge_prometheus, merge_status, split
 from gateway.serve.master import process_count, worker_config
 
 
@@ -132,8 +132,3 @@ def test_merged_metrics_label_each_worker_and_parse_as_prometheus_text():
     assert all("worker" not in s.labels for s in families["gateway_verdict"].samples)
     assert text.count("# TYPE gateway_requests_total counter") == 1
 
-
-def test_parse_http_response():
-    assert parse_http_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi") == (200, b"hi")
-    with pytest.raises(ValueError):
-        parse_http_response(b"HTTP/1.1 200 OK\r\n")
