@@ -12,10 +12,15 @@ process, on a pool's ``PoolMonitor`` for a row per pool), its key path in
   (``aggregate.merge_status``);
 - ``aggregate.merge_prometheus``: the master's ``/metrics``.
 
+The CLI views (``views.py``) are not driven by it: they lay out the ``/status``
+JSON they fetch over HTTP, possibly from another version of the gateway, by
+its keys (pinned by tests/gateway/test_observe_output.py).
+
 Policy:
 
 - Rows are listed in the order ``/status`` lists its keys; ``/metrics`` lists
-  its families in the same order, and the series of a pool row pool by pool.
+  a family where its first series comes, pool rows pool by pool (a pool's
+  rows, then the next pool's).
 - A getter that returns None means "unknown": ``null`` in ``/status``, no
   sample in ``/metrics`` (never a made-up 0). A row with ``when`` is left out of
   both where ``when`` is false (php-fpm's numbers when its status was not read).
