@@ -1,28 +1,32 @@
 """One view of several worker processes: their ``/status`` JSON and ``/metrics``
-text merged into what a single process would report. Pure functions, no IO.
+text merged into what the master reports. Pure functions, no IO.
 
-``merge_status``: counts add up (connections, requests, pool slots, queue,
-errors); rates add up; loop lag and the last-second queue wait take the worst
-process; averages are weighted by the responses behind them. The verdict is
-the most severe one any process holds (a listener bottleneck in one process is
-a listener bottleneck), and names how many processes share it.
+``merge_status``: row by row of the metric table (``table.py``), each by its
+merge rule (counts and rates add up, lags take the worst process, averages are
+weighted by the responses behind them, the verdict is the most severe one and
+names how many processes hold it); then a ``workers`` list, one entry per
+process asked, answering or not.
 
 ``merge_prometheus``: every worker's samples under one HELP/TYPE header per
 family, with a ``worker="N"`` label added (``sum by`` / ``max by`` in PromQL
-gives the whole); the verdict gauge comes from the merged verdict.
+gives the whole); the table's rows marked ``master`` (the verdict) are dropped
+from the workers' text and computed once from the merged ``/status``.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
-#: Most severe first.
-SEVERITY = ("backend-down", "listener", "php-cpu", "php-waiting", "healthy")
+from ..metrics import PromWriter
+from .table import TABLE, Path, merge
 
-_SUM_POOL = ("size", "busy", "idle", "queue_depth", "queue_depth_max_window", "queue_depth_max", "queue_limit",
-             "responses_total", "queue_full_total", "queue_timeouts_total", "retries_total",
-             "client_gone_in_queue_total", "connect_errors_total")
+#: In the merged /status, one entry per worker process: key -> its /status path.
+WORKER_KEYS: dict[str, Path] = {
+    "pid": ("pid",), "verdict": ("verdict", "bottleneck"), "open": ("listener", "connections", "open"),
+    "requests_total": ("listener", "requests_total"), "process_cpu": ("listener", "process_cpu"),
+}
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -32,100 +36,32 @@ def split(total: int, parts: int) -> list[int]:
 
 def merge_status(workers: list[dict[str, Any] | None], *, pid: int, uptime: float,
                  fpm_restarts: dict[str, int] | None = None) -> dict[str, Any]:
-    """Merge the ``/status`` of each worker (None: it did not answer)."""
-    up = [w for w in workers if w is not None]
-    n = len(workers)
-    out: dict[str, Any] = {
-        "verdict": _merge_verdict(up, n),
-        "listener": _merge_listener(up),
-        "host": up[0]["host"] if up else {"cpu": None, "cpus": None},
-        "pools": _merge_pools(up),
-        "uptime_seconds": round(uptime, 1),
-        "pid": pid,
-        "workers": [
-            {"index": i, "up": w is not None}
-            | ({} if w is None else {
-                "pid": w["pid"], "verdict": w["verdict"]["bottleneck"],
-                "open": w["listener"]["connections"]["open"],
-                "requests_total": w["listener"]["requests_total"],
-                "process_cpu": w["listener"]["process_cpu"],
-            })
-            for i, w in enumerate(workers)
-        ],
-    }
+    """Merge the ``/status`` of each worker (None: it did not answer). ``pid``,
+    ``uptime`` and the php-fpm restarts (by pool) are the master's own."""
+    own: dict[Path, Any] = {("pid",): pid, ("uptime_seconds",): uptime}
     for name, restarts in (fpm_restarts or {}).items():
-        if name in out["pools"]:
-            out["pools"][name]["php_fpm_restarts"] = restarts
+        own["pools", name, "php_fpm_restarts"] = restarts
+    out = merge([w for w in workers if w is not None], asked=len(workers), own=own)
+    out["workers"] = [{"index": i, "up": w is not None} | ({} if w is None else {
+        key: _at(w, path) for key, path in WORKER_KEYS.items()}) for i, w in enumerate(workers)]
     return out
 
 
-def _merge_verdict(up: list[dict[str, Any]], n: int) -> dict[str, Any]:
-    if not up:
-        return {"bottleneck": "backend-down", "reason": f"none of the {n} worker processes answered",
-                "for_seconds": 0.0}
-    rank = {name: i for i, name in enumerate(SEVERITY)}
-    worst = min(up, key=lambda w: rank.get(w["verdict"]["bottleneck"], len(SEVERITY)))
-    name = worst["verdict"]["bottleneck"]
-    holders = [w for w in up if w["verdict"]["bottleneck"] == name]
-    reason = worst["verdict"]["reason"]
-    if n > 1:
-        reason = f"{reason} ({len(holders)} of {n} worker processes)"
-    return {"bottleneck": name, "reason": reason,
-            "for_seconds": min(w["verdict"]["for_seconds"] for w in holders)}
-
-
-def _merge_listener(up: list[dict[str, Any]]) -> dict[str, Any]:
-    conns: dict[str, int] = {}
-    for w in up:
-        for k, v in w["listener"]["connections"].items():
-            conns[k] = conns.get(k, 0) + v
-    lags = [w["listener"]["loop_lag_ms"] for w in up]
-    return {
-        "connections": conns or {"idle": 0, "reading": 0, "waiting_php": 0, "writing": 0, "open": 0},
-        "accepts_per_second": round(sum(w["listener"]["accepts_per_second"] for w in up), 1),
-        "requests_per_second": round(sum(w["listener"]["requests_per_second"] for w in up), 1),
-        "requests_total": sum(w["listener"]["requests_total"] for w in up),
-        "in_flight": sum(w["listener"]["in_flight"] for w in up),
-        "loop_lag_ms": {k: max((lag[k] for lag in lags), default=0.0) for k in ("p50", "p99", "max")},
-        # cores used by all processes together (1.0 = one core)
-        "process_cpu": round(sum(w["listener"]["process_cpu"] for w in up), 3),
-    }
-
-
-def _merge_pools(up: list[dict[str, Any]]) -> dict[str, Any]:
-    pools: dict[str, Any] = {}
-    for name in dict.fromkeys(name for w in up for name in w["pools"]):
-        parts = [w["pools"][name] for w in up if name in w["pools"]]
-        merged: dict[str, Any] = {k: sum(p.get(k, 0) for p in parts) for k in _SUM_POOL}
-        responses = merged["responses_total"]
-        for key in ("queue_wait_avg_ms", "php_time_avg_ms"):
-            merged[key] = (round(sum(p[key] * p["responses_total"] for p in parts) / responses, 2)
-                           if responses else 0.0)
-        merged["queue_wait_p50_ms_last_second"] = max(p["queue_wait_p50_ms_last_second"] for p in parts)
-        errors: dict[str, int] = {}
-        for p in parts:
-            for k, v in p["errors"].items():
-                errors[k] = errors.get(k, 0) + v
-        merged["errors"] = dict(sorted(errors.items()))
-        cpus = [p["worker_cpu"] for p in parts if p.get("worker_cpu") is not None]
-        merged["worker_cpu"] = max(cpus) if cpus else None
-        # the same php-fpm seen from each process: the freshest copy is as good as any
-        fpm = next((p["php_fpm"] for p in parts if p.get("php_fpm")), None)
-        if fpm is not None:
-            merged["php_fpm"] = fpm
-        elif any("php_fpm_status_error" in p for p in parts):
-            merged["php_fpm_status_error"] = next(p["php_fpm_status_error"] for p in parts
-                                                  if "php_fpm_status_error" in p)
-        pools[name] = merged
-    return pools
+def _at(obj: Any, path: Path) -> Any:
+    for key in path:
+        obj = obj[key]
+    return obj
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(.*)$")
 _FAMILY_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
-def merge_prometheus(texts: list[str | None], verdict: str, verdict_names: tuple[str, ...] = SEVERITY) -> str:
-    """Merge Prometheus text from each worker (None: did not answer)."""
+def merge_prometheus(texts: list[str | None], status: dict[str, Any]) -> str:
+    """Merge Prometheus text from each worker (None: did not answer); ``status``
+    is the merged ``/status`` the master's own rows are computed from."""
+    mastered = [row for row in TABLE if row.master is not None]
+    skip = {row.family for row in mastered}
     order: list[str] = []
     meta: dict[str, list[str]] = {}
     samples: dict[str, list[str]] = {}
@@ -149,8 +85,6 @@ def merge_prometheus(texts: list[str | None], verdict: str, verdict_names: tuple
                 continue
             name, labels, value = m.groups()
             fam = _family(name, meta)
-            if fam == "gateway_verdict":
-                continue
             inner = labels[1:-1] if labels else ""
             label = f'worker="{index}"' + ("," + inner if inner else "")
             samples.setdefault(fam, []).append(f"{name}{{{label}}} {value}")
@@ -159,15 +93,14 @@ def merge_prometheus(texts: list[str | None], verdict: str, verdict_names: tuple
                 meta[fam] = []
     out: list[str] = []
     for fam in order:
-        if fam == "gateway_verdict":
-            continue
-        out += meta[fam]
-        out += samples.get(fam, [])
-    out.append("# HELP gateway_verdict 1 for the current bottleneck verdict (all worker processes).")
-    out.append("# TYPE gateway_verdict gauge")
-    for name in verdict_names:
-        out.append(f'gateway_verdict{{bottleneck="{name}"}} {1 if name == verdict else 0}')
-    return "\n".join(out) + "\n"
+        if fam not in skip:
+            out += meta[fam]
+            out += samples.get(fam, [])
+    w = PromWriter()
+    for row in mastered:
+        assert row.master is not None
+        replace(row, help=row.help.removesuffix(".") + " (all worker processes).").write(w, row.master(status))
+    return "".join(line + "\n" for line in out) + w.render()
 
 
 def _family(name: str, meta: dict[str, list[str]]) -> str:
@@ -178,17 +111,3 @@ def _family(name: str, meta: dict[str, list[str]]) -> str:
             return name[: -len(suffix)]
     return name
 
-
-def parse_http_response(raw: bytes) -> tuple[int, bytes]:
-    """Status and body of a ``Connection: close`` HTTP/1.1 response read to EOF."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        raise ValueError("incomplete response")
-    status_line = head.split(b"\r\n", 1)[0].split(b" ")
-    if len(status_line) < 2 or not status_line[1].isdigit():
-        raise ValueError(f"bad status line {head[:80]!r}")
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            body = body[: int(value)]
-    return int(status_line[1]), body

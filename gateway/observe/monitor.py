@@ -1,5 +1,6 @@
 """The monitor: samples the instruments every second, computes the verdict,
-and renders ``/status`` (JSON) and ``/metrics`` (Prometheus text).
+and renders ``/status`` (JSON) and ``/metrics`` (Prometheus text) through the
+metric table (``table.py``), which says what each shows.
 
 Tasks (all in the server's system nursery):
 - loop lag: sleep a fixed ``LAG_TICK`` and record how late the wake-up is; a
@@ -25,10 +26,11 @@ from typing import Any, Protocol
 
 import trio
 
-from ..metrics import ListenerStats, PromWriter, Window, percentile
+from ..metrics import ListenerStats, Window, percentile
 from ..upstream.php_fpm_status import fastcgi_get
 from ..upstream.pool import Pool
-from .diagnosis import BOTTLENECKS, Diagnosis, Observation, PoolObservation, Verdict
+from . import table
+from .diagnosis import Diagnosis, Observation, PoolObservation, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,23 @@ def _bucket_quantile(buckets: tuple[float, ...], counts: list[int], q: float) ->
 
 
 class Monitor:
+    """One process's instruments, sampled; the verdict; its admin views."""
+
+    stats: ListenerStats
+    pools: list[PoolMonitor]
+    diagnosis: Diagnosis
+    #: loop lag samples, and cumulative accept and request counts, over WINDOW
+    lag: Window
+    accepted: Window
+    requests: Window
+    #: share of one core over the last sample interval
+    process_cpu: float
+    #: share of all cores busy, None: unknown (not Linux)
+    host_cpu: float | None
+    started: float
+    pid: int
+    cpus: int | None
+
     def __init__(self, stats: ListenerStats, pools: list[PoolMonitor]) -> None:
         self.stats = stats
         self.pools = pools
@@ -190,10 +209,12 @@ class Monitor:
         self.accepted = Window(WINDOW)
         self.requests = Window(WINDOW)
         self.process_cpu = 0.0
-        self.host_cpu: float | None = None
+        self.host_cpu = None
         self._prev_proc: tuple[float, float] | None = None
         self._prev_host: tuple[float, float] | None = None
         self.started = time.time()
+        self.pid = os.getpid()
+        self.cpus = os.cpu_count()
 
     @property
     def verdict(self) -> Verdict:
@@ -241,121 +262,21 @@ class Monitor:
         )
         return self.diagnosis.update(obs, now)
 
+    # -- what the table reads (table.py) ----------------------------------------
+
+    def uptime(self) -> float:
+        return time.time() - self.started
+
+    def lag_quantile(self, q: float) -> float:
+        """The q-quantile of the loop lag samples in the window (1.0: the most)."""
+        return percentile(self.lag.values(), q)
+
     # -- views -----------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        now = trio.current_time()
-        lag = self.lag.values()
-        v = self.diagnosis.current
-        s = self.stats
-        out: dict[str, Any] = {
-            "verdict": {"bottleneck": v.bottleneck, "reason": v.reason,
-                        "for_seconds": round(now - self.diagnosis.since, 1)},
-            "listener": {
-                "connections": {**s.states, "open": s.open_connections},
-                "accepts_per_second": round(self.accepted.rate(now), 1),
-                "requests_per_second": round(self.requests.rate(now), 1),
-                "requests_total": s.requests,
-                "in_flight": s.in_flight,
-                "loop_lag_ms": {"p50": round(percentile(lag, 0.5) * 1000, 2),
-                                "p99": round(percentile(lag, 0.99) * 1000, 2),
-                                "max": round(max(lag, default=0.0) * 1000, 2)},
-                "process_cpu": round(self.process_cpu, 3),
-            },
-            "host": {"cpu": None if self.host_cpu is None else round(self.host_cpu, 3), "cpus": os.cpu_count()},
-            "pools": {},
-            "uptime_seconds": round(time.time() - self.started, 1),
-            "pid": os.getpid(),
-        }
-        for pm in self.pools:
-            p = pm.pool
-            inst = p.instruments
-            entry: dict[str, Any] = {
-                "size": p.size, "busy": p.busy, "idle": p.idle, "queue_depth": p.waiting,
-                "queue_depth_max_window": int(max(pm.queue_window.values(), default=0)),
-                "queue_depth_max": p.stats.max_waiting, "queue_limit": p.queue_depth,
-                "queue_wait_avg_ms": round(inst.queue_wait.sum / inst.queue_wait.count * 1000, 2)
-                if inst.queue_wait.count else 0.0,
-                "queue_wait_p50_ms_last_second": round((pm.last.queue_wait_p50 if pm.last else 0.0) * 1000, 1),
-                "php_time_avg_ms": round(inst.php_time.sum / inst.php_time.count * 1000, 2)
-                if inst.php_time.count else 0.0,
-                "responses_total": inst.responses,
-                "errors": {str(k): v for k, v in sorted(p.stats.errors.items())},
-                "queue_full_total": p.stats.queue_full, "queue_timeouts_total": p.stats.queue_timeouts,
-                "retries_total": p.stats.retries, "client_gone_in_queue_total": p.stats.client_gone_in_queue,
-                "connect_errors_total": p.stats.connect_errors,
-                "worker_cpu": None if pm.worker_cpu is None else round(pm.worker_cpu, 3),
-            }
-            if pm.supervisor is not None:
-                entry["php_fpm_restarts"] = pm.supervisor.restarts
-            if pm.fpm_status is not None:
-                st = pm.fpm_status
-                entry["php_fpm"] = {
-                    k.replace(" ", "_"): st.get(k) for k in (
-                        "listen queue", "active processes", "idle processes", "total processes",
-                        "max children reached", "slow requests", "accepted conn")
-                }
-                entry["php_fpm"]["processes"] = [
-                    {"pid": pr.get("pid"), "state": pr.get("state"),
-                     "request_duration_ms": round(pr.get("request duration", 0) / 1000, 1),
-                     "last_request_cpu": pr.get("last request cpu"), "script": pr.get("script")}
-                    for pr in st.get("processes", [])
-                ]
-            elif pm.status_address:
-                entry["php_fpm_status_error"] = pm.fpm_status_error
-            out["pools"][p.name] = entry
-        return out
+        """``/status``: the table's rows as JSON."""
+        return table.status(self, trio.current_time())
 
     def prometheus(self) -> str:
-        w = PromWriter()
-        s = self.stats
-        now = trio.current_time()
-        for state, n in s.states.items():
-            w.gauge("gateway_connections", "Open client connections by state.", n, state=state)
-        w.counter("gateway_connections_accepted_total", "Client connections accepted.", s.accepted)
-        w.counter("gateway_requests_total", "HTTP requests received.", s.requests)
-        w.gauge("gateway_requests_in_flight", "Requests being handled now.", s.in_flight)
-        w.gauge("gateway_requests_per_second", "Requests per second over the last 10 s.", self.requests.rate(now))
-        w.histogram("gateway_loop_lag_seconds", "Event-loop lag: how late a fixed-tick sleep wakes.", s.loop_lag)
-        w.gauge("gateway_process_cpu_ratio", "Gateway process CPU, share of one core.", self.process_cpu)
-        if self.host_cpu is not None:
-            w.gauge("gateway_host_cpu_ratio", "Host CPU busy, share of all cores.", self.host_cpu)
-        for pm in self.pools:
-            p, inst, lbl = pm.pool, pm.pool.instruments, pm.pool.name
-            w.gauge("gateway_pool_size", "Pool slots (live FastCGI connections allowed).", p.size, pool=lbl)
-            w.gauge("gateway_pool_busy", "Pool slots in use.", p.busy, pool=lbl)
-            w.gauge("gateway_pool_idle_connections", "Idle kept-alive FastCGI connections.", p.idle, pool=lbl)
-            w.gauge("gateway_pool_queue_depth", "Requests waiting for a slot.", p.waiting, pool=lbl)
-            w.gauge("gateway_pool_queue_depth_max", "Most requests ever waiting at once.", p.stats.max_waiting,
-                    pool=lbl)
-            w.histogram("gateway_pool_queue_wait_seconds", "Time waiting for a pool slot.", inst.queue_wait,
-                        pool=lbl)
-            w.histogram("gateway_pool_php_seconds", "Time from slot to PHP's END_REQUEST.", inst.php_time,
-                        pool=lbl)
-            w.counter("gateway_pool_responses_total", "PHP responses received.", inst.responses, pool=lbl)
-            for status in (502, 503, 504):
-                w.counter("gateway_pool_errors_total", "Requests answered with a gateway error.",
-                          p.stats.errors.get(status, 0), pool=lbl, status=str(status))
-            w.counter("gateway_pool_retries_total", "Requests retried on a fresh connection.", p.stats.retries,
-                      pool=lbl)
-            w.counter("gateway_pool_client_gone_total", "Waiters dropped because their client left.",
-                      p.stats.client_gone_in_queue, pool=lbl)
-            w.counter("gateway_pool_connect_errors_total", "Failed connects to the backend.", p.stats.connect_errors,
-                      pool=lbl)
-            if pm.worker_cpu is not None:
-                w.gauge("gateway_php_worker_cpu_ratio", "CPU per busy php-fpm worker, share of one core.",
-                        pm.worker_cpu, pool=lbl)
-            if pm.fpm_status is not None:
-                st = pm.fpm_status
-                for key, name in (("active processes", "active_processes"), ("idle processes", "idle_processes"),
-                                  ("total processes", "total_processes"), ("listen queue", "listen_queue")):
-                    w.gauge(f"gateway_phpfpm_{name}", f"php-fpm's own '{key}'.", st.get(key, 0), pool=lbl)
-                w.counter("gateway_phpfpm_max_children_reached_total", "php-fpm's 'max children reached'.",
-                          st.get("max children reached", 0), pool=lbl)
-                w.counter("gateway_phpfpm_slow_requests_total", "php-fpm's 'slow requests'.",
-                          st.get("slow requests", 0), pool=lbl)
-        current = self.diagnosis.current.bottleneck
-        for name in BOTTLENECKS:
-            w.gauge("gateway_verdict", "1 for the current bottleneck verdict.", 1 if name == current else 0,
-                    bottleneck=name)
-        return w.render()
+        """``/metrics``: the table's rows as Prometheus text."""
+        return table.prometheus(self, trio.current_time())

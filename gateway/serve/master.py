@@ -28,16 +28,23 @@ import shutil
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    import h11
+else:
+    try:  # h11 compiled with mypyc where installed, as in front/h1.py
+        import h11_mypyc as h11
+    except ImportError:
+        import h11
 
 from ..config import Config, validate
 from ..front.h1 import ConnectionSettings, Lifecycle
 from ..front.listen import Service, open_listeners, serve_until_shutdown
-from ..http.request import Request
-from ..http.response import Response, error_response
-from ..observe.aggregate import merge_prometheus, merge_status, parse_http_response, split
+from ..observe.admin import AdminRouter
+from ..observe.aggregate import merge_prometheus, merge_status, split
 from .php_fpm import PhpFpmSupervisor, SupervisorError, make_runtime_dir
 from .process import Inherited, signal_watchers, start_backend
 
@@ -169,10 +176,11 @@ class Workers:
                 await proc.wait()
 
 
-class MasterAdmin:
+class MasterAdmin(AdminRouter):
     """The admin listener in the master: each worker's /status or /metrics, merged."""
 
     def __init__(self, runtime_dir: str, count: int, supervisors: dict[str, PhpFpmSupervisor]) -> None:
+        super().__init__(self.status, self.metrics)
         self.sockets = [admin_socket(runtime_dir, i) for i in range(count)]
         self.supervisors = supervisors
         self.started = time.time()
@@ -198,37 +206,47 @@ class MasterAdmin:
                             uptime=time.time() - self.started,
                             fpm_restarts={n: s.restarts for n, s in self.supervisors.items()})
 
-    async def handle(self, req: Request) -> Response:
-        path = req.target.split(b"?", 1)[0]
-        if req.method not in (b"GET", b"HEAD"):
-            return error_response(405, headers=[(b"allow", b"GET, HEAD")])
-        if path == b"/status":
-            body = json.dumps(await self.status(), indent=2).encode() + b"\n"
-            return Response(200, [(b"content-type", b"application/json"), (b"cache-control", b"no-store")], body)
-        if path == b"/metrics":
-            texts = [None if b is None else b.decode() for b in await self._fetch_all(b"/metrics")]
-            verdict = (await self.status())["verdict"]["bottleneck"]
-            return Response(200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
-                                  (b"cache-control", b"no-store")], merge_prometheus(texts, verdict).encode())
-        if path == b"/":
-            return Response(200, [(b"content-type", b"text/plain")], b"gateway admin: /status /metrics\n")
-        return error_response(404)
+    async def metrics(self) -> str:
+        texts = [None if b is None else b.decode() for b in await self._fetch_all(b"/metrics")]
+        return merge_prometheus(texts, await self.status())
 
 
-async def _get(path: str, target: bytes) -> bytes:
+#: The most the master reads of one worker's /status or /metrics.
+ADMIN_MAX_BODY = 64 << 20
+
+
+async def _get(path: str, target: bytes, max_body: int = ADMIN_MAX_BODY) -> bytes:
+    """GET ``target`` from the admin listener on unix socket ``path`` (a worker's),
+    with h11's client role; the body of its 200 response.
+
+    Raises ValueError for any other answer: another status, a response h11
+    cannot parse or that ends early, a body over ``max_body`` bytes.
+    """
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(method="GET", target=target, headers=[("Host", "worker"), ("Connection", "close")])
     stream = await trio.open_unix_socket(path)
     async with stream:
-        await stream.send_all(b"GET " + target + b" HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
-        raw = b""
-        while len(raw) < 64 << 20:
-            data = await stream.receive_some(65536)
-            if not data:
-                break
-            raw += data
-    status, body = parse_http_response(raw)
+        await stream.send_all((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+        status = 0
+        body = bytearray()
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > max_body:
+                        raise ValueError(f"{path}: response body over {max_body} bytes")
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+        except h11.ProtocolError as exc:
+            raise ValueError(f"{path}: bad response: {exc}") from None
     if status != 200:
-        raise ValueError(f"status {status}")
-    return body
+        raise ValueError(f"{path}: status {status}")
+    return bytes(body)
 
 
 async def serve_master(config: Config, count: int, *, log_level: str = "info", handle_signals: bool = True,

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import validate
-from gateway.observe.aggregate import merge_prometheus, merge_status, parse_http_response, split
+from gateway.observe.aggregate import merge_prometheus, merge_status, split
 from gateway.serve.master import process_count, worker_config
 
 
@@ -119,7 +119,8 @@ gateway_verdict{{bottleneck="listener"}} 0
 
 
 def test_merged_metrics_label_each_worker_and_parse_as_prometheus_text():
-    text = merge_prometheus([_METRICS.format(n=3), None, _METRICS.format(n=4)], "listener")
+    text = merge_prometheus([_METRICS.format(n=3), None, _METRICS.format(n=4)],
+                            {"verdict": {"bottleneck": "listener"}})
     families = {f.name: f for f in text_string_to_metric_families(text)}
     requests = {s.labels["worker"]: s.value for s in families["gateway_requests"].samples}
     assert requests == {"0": 3.0, "2": 4.0}
@@ -131,8 +132,3 @@ def test_merged_metrics_label_each_worker_and_parse_as_prometheus_text():
     assert all("worker" not in s.labels for s in families["gateway_verdict"].samples)
     assert text.count("# TYPE gateway_requests_total counter") == 1
 
-
-def test_parse_http_response():
-    assert parse_http_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi") == (200, b"hi")
-    with pytest.raises(ValueError):
-        parse_http_response(b"HTTP/1.1 200 OK\r\n")

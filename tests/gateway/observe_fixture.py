@@ -1,0 +1,129 @@
+"""A gateway process frozen in a known state, for the tests of ``/status`` and
+``/metrics``: every instrument set by hand, no IO, no task running.
+
+Call ``frozen_monitor()`` inside a trio run on the autojump clock (time stands
+still while nothing sleeps, so rates and ``for_seconds`` are exact).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from gateway.metrics import ListenerStats
+from gateway.observe.diagnosis import Diagnosis, PoolObservation, Verdict
+from gateway.observe.monitor import Monitor, PoolMonitor
+from gateway.upstream.pool import Pool
+
+
+class FakeSupervisor:
+    """What the monitor reads of a php-fpm supervisor: running, restarted twice."""
+
+    process = None
+    running = True
+    restarts = 2
+
+
+async def _never_connects() -> trio.abc.Stream:
+    raise AssertionError("the frozen pools never connect")
+
+
+def _pool(name: str, *, size: int, busy: int, idle: int, waiting: int, queue_depth: int) -> Pool:
+    pool = Pool(name, _never_connects, size=size, queue_depth=queue_depth, queue_timeout=5.0)
+    for _ in range(busy):
+        pool.limiter.acquire_on_behalf_of_nowait(object())
+    pool._idle.extend(object() for _ in range(idle))  # type: ignore[misc]  # counted, never used
+    pool.waiting = waiting
+    return pool
+
+
+FPM_STATUS: dict[str, Any] = {
+    "pool": "www", "process manager": "static", "start since": 300, "accepted conn": 1234, "listen queue": 0,
+    "max listen queue": 3, "listen queue len": 511, "idle processes": 1, "active processes": 3,
+    "total processes": 4, "max active processes": 4, "max children reached": 6, "slow requests": 0,
+    "processes": [
+        {"pid": 4101, "state": "Running", "start time": 1, "requests": 40, "request duration": 250400,
+         "request method": "GET", "request uri": "/slow.php", "content length": 0, "user": "-",
+         "script": "/srv/slow.php", "last request cpu": 0.0, "last request memory": 2097152},
+        {"pid": 4102, "state": "Idle", "start time": 1, "requests": 38, "request duration": 1200,
+         "request method": "GET", "request uri": "/", "content length": 0, "user": "-",
+         "script": "/srv/index.php", "last request cpu": 833.33, "last request memory": 2097152},
+    ],
+}
+
+
+def frozen_monitor(second: bool = False) -> Monitor:
+    """One gateway process with three pools: ``php`` (spawned php-fpm, its status
+    read, busy and queueing), ``ext`` (an external php-fpm whose status socket
+    refuses, connect errors) and ``bare`` (no status address at all).
+
+    ``second``: another worker process of the same gateway, in another state
+    (the listener verdict, php-fpm's status read for ``ext``, no ``bare`` pool),
+    to merge with the first.
+    """
+    now = trio.current_time()
+    stats = ListenerStats(accepted=40, requests=120, in_flight=3)
+    stats.states.update(idle=5, reading=1, waiting_php=2, writing=1)
+    for lag in (0.0004, 0.003, 0.07):
+        stats.loop_lag.observe(lag)
+
+    php = _pool("php", size=4, busy=3, idle=1, waiting=5, queue_depth=50)
+    php.stats.max_waiting, php.stats.queue_full, php.stats.queue_timeouts = 9, 2, 1
+    php.stats.retries, php.stats.client_gone_in_queue = 1, 3
+    php.stats.errors = {504: 2, 502: 1}
+    for wait in (0.02, 0.3):
+        php.instruments.queue_wait.observe(wait)
+    for took in (0.1, 0.2, 0.05):
+        php.instruments.php_time.observe(took)
+    php.instruments.responses = 3
+    pm_php = PoolMonitor(php, FakeSupervisor(), "unix:/run/gw/php-status.sock")
+    pm_php.fpm_status = FPM_STATUS
+    pm_php.worker_cpu = 0.4567
+    pm_php.queue_window.add(now - 2, 7)
+    pm_php.queue_window.add(now, 5)
+    pm_php.last = PoolObservation(name="php", size=4, busy=3, waiting=5, queue_wait_p50=0.01234, responses=1,
+                                  connect_errors=0)
+
+    ext = _pool("ext", size=2, busy=0, idle=0, waiting=0, queue_depth=10)
+    ext.stats.connect_errors = 4
+    ext.stats.errors = {502: 4}
+    pm_ext = PoolMonitor(ext, None, "unix:/run/ext-status.sock")
+    pm_ext.fpm_status_error = "ConnectionRefusedError: [Errno 111] Connection refused"
+
+    bare = _pool("bare", size=1, busy=1, idle=0, waiting=0, queue_depth=1)
+    pm_bare = PoolMonitor(bare)
+
+    monitor = Monitor(stats, [pm_php, pm_ext, pm_bare])
+    for at, lag in ((now - 1, 0.0004), (now, 0.003), (now, 0.07)):
+        monitor.lag.add(at, lag)
+    monitor.accepted.add(now - 4, 0)
+    monitor.accepted.add(now, 40)
+    monitor.requests.add(now - 3, 0)
+    monitor.requests.add(now, 10)
+    monitor.process_cpu = 0.123456
+    monitor.host_cpu = 0.98765
+    monitor.diagnosis = Diagnosis(current=Verdict("php-waiting", "pool php is saturated: 3/4 workers busy"),
+                                  since=now - 12.34)
+
+    if second:
+        stats.accepted, stats.requests, stats.in_flight = 60, 200, 0
+        stats.states.update(idle=2, reading=0, waiting_php=0, writing=3)
+        php.limiter = trio.CapacityLimiter(4)
+        php.waiting = 0
+        php.stats.errors = {503: 7}
+        php.instruments.responses = 9
+        php.instruments.queue_wait.observe(0.9)
+        php.instruments.php_time.observe(0.4)
+        pm_php.worker_cpu = None
+        pm_php.last = None
+        pm_ext.fpm_status = {**FPM_STATUS, "active processes": 1, "idle processes": 1, "processes": []}
+        pm_ext.fpm_status_error = ""
+        monitor.pools = [pm_php, pm_ext]
+        monitor.requests.add(now, 12)
+        monitor.process_cpu = 0.5
+        monitor.host_cpu = None
+        monitor.lag.add(now, 0.2)
+        monitor.diagnosis = Diagnosis(current=Verdict("listener", "the gateway itself is the bottleneck"),
+                                      since=now - 1.0)
+    return monitor
