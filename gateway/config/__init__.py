@@ -7,6 +7,12 @@ Rules:
   names the file that set the offending key and the key's dotted path.
 - Sizes are ``"8k"``, ``"64m"``, ``"1g"`` or a byte count; durations are
   ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"`` or seconds.
+- Addresses (``[server] listen``, ``[admin] listen``, a backend's ``address``
+  and ``status``) are checked by the one parser ``serve`` uses
+  (``addresses.parse_address``), so an address that passes ``gateway check``
+  is one the gateway can listen on or connect to. ``"spawn"`` (a backend the
+  gateway runs), ``"off"`` (no admin listener) and ``""`` (a spawned backend's
+  own status socket) are the special values.
 - Defaults follow nginx (+ php-fpm) where it has one, except where nginx's
   default is a known trap for WordPress; those are marked ``TRAP`` below and
   listed in the README.
@@ -20,7 +26,9 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from .addresses import parse_address
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?\s*$", re.IGNORECASE)
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
@@ -57,8 +65,25 @@ def parse_duration(value: Any) -> float:
     return float(m.group(1)) * _DURATION_UNITS[unit]
 
 
+def _address(role: str, *special: str) -> AfterValidator:
+    """A validator: the text is one of ``special`` or parses as an address
+    (``ValueError`` naming ``role`` if not); it is kept as written."""
+    also = "".join(f', or "{word}"' for word in special if word)
+
+    def check(value: str) -> str:
+        if value not in special:
+            try:
+                parse_address(value, role=role)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{also}") from None
+        return value
+
+    return AfterValidator(check)
+
+
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+ListenAddress = Annotated[str, _address("listen address")]
 
 
 class _Model(BaseModel):
@@ -67,7 +92,7 @@ class _Model(BaseModel):
 
 class ServerConfig(_Model):
     #: Addresses to listen on: "127.0.0.1:8080", "[::1]:8080", ":8080" (all), "unix:/path".
-    listen: list[str] = ["127.0.0.1:8080"]
+    listen: list[ListenAddress] = ["127.0.0.1:8080"]
     #: Value of the Server header and of SERVER_SOFTWARE (nginx: server_tokens).
     server_software: str = "gateway"
     #: Where the gateway writes runtime files (php-fpm pool configs, sockets).
@@ -92,7 +117,7 @@ class ServerConfig(_Model):
 class AdminConfig(_Model):
     #: Where /metrics and /status are served; "off" disables the admin listener.
     #: Never put it on a public address: it is not authenticated.
-    listen: str = "127.0.0.1:9180"
+    listen: Annotated[str, _address("admin listen address", "off")] = "127.0.0.1:9180"
 
 
 class TimeoutsConfig(_Model):
@@ -134,7 +159,7 @@ class BackendConfig(_Model):
     """A PHP backend: php-fpm spawned by the gateway, or an address."""
 
     #: "spawn": the gateway runs php-fpm itself; else "unix:/path.sock" or "host:port".
-    address: str = "spawn"
+    address: Annotated[str, _address("backend address", "spawn")] = "spawn"
     #: Pool size: live FastCGI connections to this backend. Each kept-alive
     #: connection pins one php-fpm worker, so this must not exceed
     #: pm.max_children. When spawned, php-fpm gets pm.max_children = workers.
@@ -180,7 +205,7 @@ class BackendConfig(_Model):
     #: php-fpm's status endpoint for an external backend: "unix:/path" or
     #: "host:port" (its pm.status_listen, or its listen address). A spawned
     #: php-fpm's separate status socket is used automatically.
-    status: str = ""
+    status: Annotated[str, _address("status address", "")] = ""
     #: php-fpm's pm.status_path.
     status_path: str = "/fpm-status"
 

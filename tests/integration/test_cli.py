@@ -38,6 +38,15 @@ def test_check_names_file_and_key_of_a_mistake(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "localhost"])
+def test_check_refuses_an_address_serve_could_not_listen_on(tmp_path, listen):
+    (tmp_path / "00.toml").write_text(f'[sites.a]\nroot = "/srv"\n[server]\nlisten = ["{listen}"]\n')
+    out = subprocess.run([*GATEWAY, "check", "--config", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert f"{tmp_path / '00.toml'}: server.listen.0: listen address '{listen}'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 async def stop(proc: trio.Process, stderr: trio.abc.ReceiveStream, *, sigterm: bool = True) -> bytes:
     """SIGTERM the gateway (unless ``sigterm`` is False: it was sent already) and
     wait for it to exit; its log from here on."""
