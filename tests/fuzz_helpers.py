@@ -94,7 +94,7 @@ def _app_config():
         with open(os.path.join(_docroot, "index.php"), "w") as f:
             f.write("front controller")
         _config = validate({
-            "backends": {"php": {"workers": 1, "read_timeout": "30s",
+            "backends": {"php": {"pool_size": 1, "read_timeout": "30s",
                                  "max_response_header_size": RESPONSE_HEADER_LIMIT,
                                  "response_buffer_size": 4096}},
             "sites": {"s": {"root": _docroot, "php": "php", "server_names": ["example.com"], "default": True}},

@@ -1,4 +1,4 @@
-"""Several processes, one gateway: ``[server] workers = N`` (default one per core).
+"""Several processes, one gateway: ``[server] processes = N`` (default one per core).
 
 Python runs one thread of bytecode per process, so one process tops out at one
 core. Like nginx's master and worker processes:
@@ -10,7 +10,7 @@ core. Like nginx's master and worker processes:
   closes its listen sockets, stops the workers (each closes its own copies at
   once, so new connects are refused, and finishes its requests) and then php-fpm.
 - Each **worker** is an ordinary single-process gateway (``serve.process.serve``) on
-  the inherited sockets, with its own pools. A backend's ``workers`` is split
+  the inherited sockets, with its own pools. A backend's ``pool_size`` is split
   between them (5 over 2 processes: 3 + 2), so php-fpm never has more
   connections than workers; each has a queue of ``queue_depth``. All call
   accept() on the same socket, so a busy process simply accepts less.
@@ -55,10 +55,11 @@ WORKER_START_TIMEOUT = 30.0
 
 
 def process_count(config: Config) -> int:
-    """Processes to run: ``workers`` ("auto": one per core), never more than the
-    smallest PHP backend has workers (each process needs one connection of each)."""
-    wanted = usable_cpus() if config.server.workers == "auto" else int(config.server.workers)
-    php = [b.workers for name, b in config.backends.items() if any(s.php == name for s in config.sites.values())]
+    """Processes to run: ``[server] processes`` ("auto": one per core), never more
+    than the smallest PHP backend's ``pool_size`` (each process needs one
+    connection of each)."""
+    wanted = usable_cpus() if config.server.processes == "auto" else int(config.server.processes)
+    php = [b.pool_size for name, b in config.backends.items() if any(s.php == name for s in config.sites.values())]
     return max(1, min([wanted, *php]))
 
 
@@ -77,7 +78,7 @@ def worker_config(config: Config, index: int, count: int, backends: dict[str, tu
     connections and of max_connections, the backends' resolved
     addresses, an admin unix socket, and a runtime dir of its own."""
     data: dict[str, Any] = config.model_dump(mode="json")
-    data["server"]["workers"] = 1
+    data["server"]["processes"] = 1
     data["server"]["runtime_dir"] = os.path.join(runtime_dir, f"worker-{index}")
     data["admin"]["listen"] = "unix:" + admin_socket(runtime_dir, index)
     data["limits"]["max_connections"] = max(1, split(config.limits.max_connections, count)[index])
@@ -85,9 +86,9 @@ def worker_config(config: Config, index: int, count: int, backends: dict[str, tu
         address, status = backends[name]
         b = data["backends"][name]
         b["address"], b["status"] = address, status
-        # (a backend no site uses may have fewer workers than there are processes;
+        # (a backend no site uses may have a smaller pool than there are processes;
         # it never gets a request, so never a connection)
-        b["workers"] = max(1, split(backend.workers, count)[index])
+        b["pool_size"] = max(1, split(backend.pool_size, count)[index])
         # queue_depth is not split: processes accept unevenly, and a process's
         # queue costs php-fpm nothing (it bounds waiting in that process)
     return data

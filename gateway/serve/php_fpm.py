@@ -64,7 +64,7 @@ def find_php_fpm(configured: str = "") -> str:
         found = shutil.which(configured)
         if found:
             return found
-        raise SupervisorError(f"php_fpm = {configured!r} is not an executable")
+        raise SupervisorError(f"php_fpm.binary = {configured!r} is not an executable")
     path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/usr/local/sbin"
     for name in ("php-fpm8.2", "php-fpm", "php8.2-fpm"):
         found = shutil.which(name, path=path)
@@ -72,7 +72,7 @@ def find_php_fpm(configured: str = "") -> str:
             return found
     raise SupervisorError(
         "php-fpm not found: install it (Debian: apt-get install php8.2-fpm, or run scripts/setup), "
-        "set php_fpm in the backend's configuration, or point the backend at a running php-fpm with address = ..."
+        "set the backend's php_fpm.binary, or point the backend at a running php-fpm with address = ..."
     )
 
 
@@ -126,13 +126,13 @@ def choose_worker_user(backend: BackendConfig, roots: list[str]) -> str:
     """The user php-fpm's workers run as when the gateway runs as root: the
     configured one; else www-data if it can read every document root; else root,
     with a warning (a clone under /root, say, is closed to www-data)."""
-    if backend.user:
-        return backend.user
+    if backend.php_fpm.user:
+        return backend.php_fpm.user
     if not _user_exists("www-data"):
         return "root"
     blocked = [r for r in roots if not user_can_read_dir(r, "www-data")]
     if blocked:
-        log.warning("php-fpm workers run as root: www-data cannot read %s. Set the backend's user = "
+        log.warning("php-fpm workers run as root: www-data cannot read %s. Set the backend's php_fpm.user = "
                     "\"www-data\" and fix the permissions for a production setup.", ", ".join(blocked))
         return "root"
     return "www-data"
@@ -171,12 +171,12 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
         f"listen = {paths.socket}",
         "listen.mode = 0660",
         "pm = static",
-        f"pm.max_children = {backend.workers}",
-        f"pm.max_requests = {backend.max_requests}",
+        f"pm.max_children = {backend.pool_size}",
+        f"pm.max_requests = {backend.php_fpm.max_requests}",
         "pm.status_path = /fpm-status",
         f"pm.status_listen = {paths.status_socket}",
         "ping.path = /fpm-ping",
-        f"request_terminate_timeout = {int(backend.request_terminate_timeout)}",
+        f"request_terminate_timeout = {int(backend.php_fpm.request_terminate_timeout)}",
         "catch_workers_output = yes",
         "decorate_workers_output = no",
         "clear_env = yes",
@@ -189,15 +189,15 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
     if max_body_size:
         megabytes = f"{max(1, -(-max_body_size // (1024 * 1024)))}M"
         for key in ("upload_max_filesize", "post_max_size"):
-            if key not in backend.php_admin_values:
+            if key not in backend.php_fpm.php_admin_values:
                 lines.append(f"php_value[{key}] = {megabytes}")
-    if "output_buffering" not in backend.php_admin_values:
+    if "output_buffering" not in backend.php_fpm.php_admin_values:
         # PHP hands its output to php-fpm in 64 KiB pieces instead of php.ini's
         # 4 KiB: a page reaches us in one or two reads, not a dozen (-20 % of
         # the gateway's CPU on the WordPress home page). flush()/ob_flush()
         # still send at once; php_value, so a script's ini can change it.
         lines.append(f"php_value[output_buffering] = {OUTPUT_BUFFERING}")
-    for key, value in backend.php_admin_values.items():
+    for key, value in backend.php_fpm.php_admin_values.items():
         lines.append(f"php_admin_value[{key}] = {_ini_value(value)}")
     with open(paths.config, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -228,7 +228,7 @@ class PhpFpmSupervisor:
                  max_body_size: int | None = None, roots: list[str] | None = None) -> None:
         self.name = name
         self.backend = backend
-        self.binary = find_php_fpm(backend.php_fpm)
+        self.binary = find_php_fpm(backend.php_fpm.binary)
         self.paths = write_pool_config(name, backend, os.path.join(runtime_dir, f"fpm-{name}"),
                                        max_body_size=max_body_size, roots=roots)
         #: the current master; ask ``running``, not its ``returncode``, which reaps
@@ -296,7 +296,7 @@ class PhpFpmSupervisor:
                     log.error("php-fpm for backend %s did not come back: %s", self.name, exc)
                 else:
                     log.info("php-fpm for backend %s is ready (pid %d, %d workers)", self.name, process.pid,
-                             self.backend.workers)
+                             self.backend.pool_size)
                     backoff = BACKOFF_START
                     self._note_start()
                     if not started:

@@ -121,7 +121,7 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                 address, status_address, sup = await start_backend(config, name, runtime_dir, system)
                 if sup is not None:
                     supervisors[name] = sup
-                pool = Pool(name, make_connector(address), size=backend.workers,
+                pool = Pool(name, make_connector(address), size=backend.pool_size,
                             queue_depth=backend.queue_limit(config.limits.max_connections),
                             queue_timeout=backend.queue_timeout, connect_timeout=backend.connect_timeout,
                             idle_timeout=backend.idle_timeout)

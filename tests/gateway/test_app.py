@@ -17,10 +17,10 @@ from tests.helpers import FakeFpm, HttpClient, php_output
 def make_app(tmp_path, fpm: FakeFpm, nursery, **backend):
     (tmp_path / "index.php").write_text("front controller")
     (tmp_path / "style.css").write_text("body{}")
-    cfg = validate({"backends": {"php": {"workers": 1, **backend}},
+    cfg = validate({"backends": {"php": {"pool_size": 1, **backend}},
                     "sites": {"s": {"root": str(tmp_path), "php": "php", "server_names": ["example.com"]}}})
     b = cfg.backends["php"]
-    pool = Pool("php", fpm.connector(nursery), size=b.workers, queue_depth=b.queue_limit(cfg.limits.max_connections),
+    pool = Pool("php", fpm.connector(nursery), size=b.pool_size, queue_depth=b.queue_limit(cfg.limits.max_connections),
                 queue_timeout=b.queue_timeout)
     return App(cfg, {"php": pool}), pool
 

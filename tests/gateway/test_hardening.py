@@ -24,7 +24,7 @@ def make_app(tmp_path, fpm: FakeFpm, nursery, connector=None, **server):
     (tmp_path / "index.php").write_text("front controller")
     (tmp_path / "other").mkdir(exist_ok=True)
     (tmp_path / "other" / "index.php").write_text("other site")
-    cfg = validate({"server": server, "backends": {"php": {"workers": 1}},
+    cfg = validate({"server": server, "backends": {"php": {"pool_size": 1}},
                     "sites": {"s": {"root": str(tmp_path), "php": "php", "server_names": ["example.com"]},
                               "o": {"root": str(tmp_path / "other"), "php": "php",
                                     "server_names": ["other.example"]}}})
@@ -149,7 +149,7 @@ async def test_invalid_host_is_400_and_never_reaches_php(tmp_path, nursery, auto
 async def test_ipv6_host_server_name_for_a_site_without_names(tmp_path, nursery, autojump_clock):
     fpm = FakeFpm(echo_uri)
     (tmp_path / "index.php").write_text("x")
-    cfg = validate({"backends": {"php": {"workers": 1}}, "sites": {"s": {"root": str(tmp_path), "php": "php"}}})
+    cfg = validate({"backends": {"php": {"pool_size": 1}}, "sites": {"s": {"root": str(tmp_path), "php": "php"}}})
     pool = Pool("php", fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=5)
     c = HttpClient(await raw_connection(App(cfg, {"php": pool}), nursery))
     await c.request("GET", "/", host="[::1]:8080")
@@ -273,7 +273,7 @@ async def test_php_output_larger_than_the_free_temp_space_is_507_not_a_cut_200(t
     fpm = FakeFpm(script)
     (tmp_path / "index.php").write_text("x")
     cfg = validate({"server": {"temp_dir": str(full_disk)},
-                    "backends": {"php": {"workers": 1, "response_buffer_size": "16k"}},
+                    "backends": {"php": {"pool_size": 1, "response_buffer_size": "16k"}},
                     "sites": {"s": {"root": str(tmp_path), "php": "php"}}})
     pool = Pool("php", fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=5)
     c = HttpClient(await raw_connection(App(cfg, {"php": pool}), nursery))
