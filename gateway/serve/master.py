@@ -33,13 +33,13 @@ from typing import Any
 import trio
 
 from ..config import Config, validate
-from ..front.h1 import ConnectionSettings, Lifecycle
+from ..front.h1 import Lifecycle
 from ..front.listen import Service, open_listeners, serve_until_shutdown
 from ..http.request import Request
 from ..http.response import Response, error_response
 from ..observe.aggregate import merge_prometheus, merge_status, parse_http_response, split
 from .php_fpm import PhpFpmSupervisor, SupervisorError, make_runtime_dir
-from .process import Inherited, signal_watchers, start_backend
+from .process import Inherited, admin_connection_settings, signal_watchers, start_backend
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
             if config.admin.listen != "off":
                 admin_listeners = await open_listeners([config.admin.listen])
                 services.append(Service(admin_listeners, MasterAdmin(runtime_dir, count, supervisors).handle,
-                                         ConnectionSettings(keepalive_timeout=5.0, header_timeout=10.0),
+                                         admin_connection_settings(),
                                          lifecycle, max_connections=64))
                 for listener in admin_listeners:
                     log.info("admin (/status, /metrics) on %s", listener.socket.getsockname())

@@ -14,7 +14,7 @@ import trio.testing
 
 import fastcgi
 from gateway.app.site import App
-from gateway.config import validate
+from gateway.config import LimitsConfig, ServerConfig, validate
 from gateway.front.h1 import ConnectionSettings, HttpConnection
 from gateway.upstream.pool import Pool
 from tests.helpers import FakeFpm, HttpClient, php_output, read_all
@@ -34,7 +34,7 @@ def make_app(tmp_path, fpm: FakeFpm, nursery, connector=None, **server):
 
 async def raw_connection(app, nursery, settings=None) -> trio.abc.Stream:
     client, server = trio.testing.memory_stream_pair()
-    conn = HttpConnection(server, app.handle, settings or ConnectionSettings(), client=("192.0.2.7", 40000),
+    conn = HttpConnection(server, app.handle, settings or ConnectionSettings.from_config(), client=("192.0.2.7", 40000),
                           server=("192.0.2.1", 80))
     nursery.start_soon(conn.run)
     return client
@@ -213,7 +213,8 @@ async def test_a_full_temp_dir_fails_that_request_only(tmp_path, nursery, autoju
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     app, _ = make_app(tmp_path, fpm, nursery)
-    settings = ConnectionSettings(body_buffer_size=10, temp_dir=str(not_a_dir))
+    settings = ConnectionSettings.from_config(ServerConfig(temp_dir=str(not_a_dir)),
+                                              limits=LimitsConfig(body_buffer_size=10))
     c = HttpClient(await raw_connection(app, nursery, settings))
     r = await c.request("POST", "/", body=b"x" * 100, host="example.com")
     assert r.status == 507 and fpm.requests_seen == []
