@@ -15,7 +15,7 @@ import typer
 
 from .config import BackendConfig, Config, ConfigError, Override, load_dir, validate
 from .observe.views import DEFAULT_ADMIN, AdminUnreachable, fetch_status, summary_lines, top_view
-from .serve.php_fpm import SupervisorError
+from .serve.restart import SupervisorError
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,11 @@ core. Like nginx's master and worker processes:
 
 - The **master** (this module's ``serve_master``) starts the php-fpm
   supervisors, binds the listen sockets, and starts N worker processes that
-  inherit them. It restarts a worker that dies, answers the admin listener by
-  asking each worker and merging (``aggregate.py``), and on SIGTERM/SIGINT
-  closes its listen sockets, stops the workers (each closes its own copies at
-  once, so new connects are refused, and finishes its requests) and then php-fpm.
+  inherit them. It restarts a worker that dies (``serve.restart``'s backoff,
+  ``RESTART_BACKOFF``), answers the admin listener by asking each worker and
+  merging (``aggregate.py``), and on SIGTERM/SIGINT closes its listen sockets,
+  stops the workers (each closes its own copies at once, so new connects are
+  refused, and finishes its requests) and then php-fpm.
 - Each **worker** is an ordinary single-process gateway (``serve.process.serve``) on
   the inherited sockets, with its own pools. A backend's ``pool_size`` is split
   between them (5 over 2 processes: 3 + 2), so php-fpm never has more
@@ -28,6 +29,8 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -38,16 +41,15 @@ from ..front.listen import Service, open_listeners, serve_until_shutdown
 from ..http.request import Request
 from ..http.response import Response, error_response
 from ..observe.aggregate import merge_prometheus, merge_status, parse_http_response, split
-from .php_fpm import PhpFpmSupervisor, SupervisorError, make_runtime_dir
+from .php_fpm import PhpFpmSupervisor, make_runtime_dir
 from .process import Inherited, admin_connection_settings, signal_watchers, start_backend
+from .restart import Backoff, Restarting, StartFailed
 
 log = logging.getLogger(__name__)
 
-#: A worker that dies is restarted after this, doubling up to RESTART_MAX
-#: while it keeps dying within RESTART_RESET seconds of its start.
-RESTART_DELAY = 0.5
-RESTART_MAX = 10.0
-RESTART_RESET = 10.0
+#: A worker that dies is restarted after 0.5 s, doubling up to 10 s while it
+#: keeps dying within 10 s of its start.
+RESTART_BACKOFF = Backoff(first=0.5, most=10.0, reset_after=10.0)
 #: How long the master waits for one worker's /status or /metrics.
 ADMIN_FETCH_TIMEOUT = 2.0
 #: How long a worker may take to start serving.
@@ -109,34 +111,25 @@ class Workers:
         self.stopping = False
 
     async def run(self, index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep worker ``index`` running; report started once it first serves."""
-        delay = RESTART_DELAY
-        first = True
-        while not self.stopping:
-            started = time.monotonic()
-            proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "gateway", "worker", self.specs[index]],
-                pass_fds=self.pass_fds, start_new_session=True)  # the master alone gets the terminal's Ctrl-C
-            self.processes[index] = proc
-            if await self._ready(index, proc):
-                if first:
-                    task_status.started()
-                    first = False
-            elif first:
-                if proc.returncode is None:
-                    proc.kill()
-                await proc.wait()
-                raise SupervisorError(f"worker process {index} did not start (exit status {proc.returncode}); "
-                                      "its log lines above say why")
+        """Keep worker ``index`` running; report started once it first serves
+        (``serve.restart``: the first start must succeed, later ones back off)."""
+        keeper = Restarting(f"worker process {index}", RESTART_BACKOFF, stopping=lambda: self.stopping)
+        await keeper.run(partial(self._run_once, index), task_status=task_status)
+
+    async def _run_once(self, index: int, up: Callable[[], None]) -> str:
+        """Start worker ``index``, call ``up`` once it serves, return when it has exited."""
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "gateway", "worker", self.specs[index]],
+            pass_fds=self.pass_fds, start_new_session=True)  # the master alone gets the terminal's Ctrl-C
+        self.processes[index] = proc
+        if not await self._ready(index, proc):
+            if proc.returncode is None:
+                proc.kill()
             await proc.wait()
-            if self.stopping:
-                return
-            if time.monotonic() - started > RESTART_RESET:
-                delay = RESTART_DELAY
-            log.error("worker process %d (pid %d) exited with status %s; restarting in %.1fs",
-                      index, proc.pid, proc.returncode, delay)
-            await trio.sleep(delay)
-            delay = min(RESTART_MAX, delay * 2)
+            raise StartFailed(f"exit status {proc.returncode}; its log lines above say why")
+        up()
+        await proc.wait()
+        return f"(pid {proc.pid}) exited with status {proc.returncode}"
 
     async def _ready(self, index: int, proc: trio.Process) -> bool:
         """Wait until the worker answers on its admin socket (it opens that once

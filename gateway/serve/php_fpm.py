@@ -2,9 +2,9 @@
 
 The supervisor writes a pool configuration into the runtime directory, starts
 ``php-fpm -F`` (foreground, so it is our child), waits until it answers a
-FastCGI ping on its status socket, and restarts it with exponential backoff if
-it dies. On shutdown it asks php-fpm to stop gracefully (SIGQUIT), then kills
-it after a grace period.
+FastCGI ping on its status socket, and restarts it if it dies, with the
+backoff policy of ``serve.restart`` (``RESTART_BACKOFF``). On shutdown it asks
+php-fpm to stop gracefully (SIGQUIT), then kills it after a grace period.
 
 php-fpm starts in a session (and so a process group) of its own, whose id is
 the master's pid; its workers inherit that group. When the master is gone,
@@ -34,6 +34,7 @@ import pwd
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -43,17 +44,15 @@ import fastcgi
 from ..config import BackendConfig
 from ..http.errors import UpstreamConnectError
 from ..upstream.php_fpm_status import fastcgi_get
+from .restart import Backoff, Restarting, StartFailed, SupervisorError
 
 log = logging.getLogger(__name__)
 
-BACKOFF_START = 0.5
-BACKOFF_MAX = 30.0
+#: A php-fpm that dies is restarted after 0.5 s, doubling up to 30 s while it
+#: keeps dying before it is ready; once ready, the next delay is 0.5 s again.
+RESTART_BACKOFF = Backoff(first=0.5, most=30.0)
 READY_TIMEOUT = 15.0
 STOP_GRACE = 10.0
-
-
-class SupervisorError(Exception):
-    pass
 
 
 def find_php_fpm(configured: str = "") -> str:
@@ -234,7 +233,7 @@ class PhpFpmSupervisor:
         #: the current master; ask ``running``, not its ``returncode``, which reaps
         #: it and so frees its pid while its group may still need killing
         self.process: trio.Process | None = None
-        self.restarts = 0
+        self._keeper = Restarting(f"php-fpm for backend {name}", RESTART_BACKOFF)
         #: How many times php-fpm has become ready (1 after start-up, +1 per restart).
         self.starts = 0
         self._start_waiters: list[tuple[int, trio.Event]] = []
@@ -270,47 +269,45 @@ class PhpFpmSupervisor:
                 await trio.sleep(0.05)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start php-fpm, report ready via ``task_status``, restart it when it dies.
+        """Start php-fpm, report ready via ``task_status``, restart it when it
+        dies (``serve.restart``: the first start must succeed, later ones back off).
 
         Runs until cancelled; then stops php-fpm.
         """
-        backoff = BACKOFF_START
-        started = False
-        while True:
-            for path in (self.paths.socket, self.paths.status_socket):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-            log.info("starting php-fpm for backend %s: %s", self.name, " ".join(self._argv()))
-            self._stop_stale_master()
-            # a session of its own: its group is ours to kill (see the module's docstring)
-            process = await trio.lowlevel.open_process(self._argv(), start_new_session=True)
-            self.process = process
+        await self._keeper.run(self._run_once, task_status=task_status)
+
+    @property
+    def restarts(self) -> int:
+        """Times php-fpm died (or did not come back) after its first start."""
+        return self._keeper.restarts
+
+    async def _run_once(self, up: Callable[[], None]) -> str:
+        """Start php-fpm, call ``up`` once it answers, return when it has exited
+        (a description for the log); stop it on the way out, cancelled or not."""
+        for path in (self.paths.socket, self.paths.status_socket):
             try:
-                try:
-                    await self._wait_ready(process)
-                except (SupervisorError, trio.TooSlowError) as exc:
-                    if not started:
-                        raise SupervisorError(f"php-fpm for backend {self.name} did not start: {exc}") from None
-                    log.error("php-fpm for backend %s did not come back: %s", self.name, exc)
-                else:
-                    log.info("php-fpm for backend %s is ready (pid %d, %d workers)", self.name, process.pid,
-                             self.backend.pool_size)
-                    backoff = BACKOFF_START
-                    self._note_start()
-                    if not started:
-                        started = True
-                        task_status.started()
-                    await _wait_exited(process)
-                    log.error("php-fpm for backend %s exited with status %s; restarting in %.1fs", self.name,
-                              exit_status(process), backoff)
-                self.restarts += 1
-            finally:
-                with trio.CancelScope(shield=True):
-                    await self._stop(process)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        log.info("starting php-fpm for backend %s: %s", self.name, " ".join(self._argv()))
+        self._stop_stale_master()
+        # a session of its own: its group is ours to kill (see the module's docstring)
+        process = await trio.lowlevel.open_process(self._argv(), start_new_session=True)
+        self.process = process
+        try:
+            try:
+                await self._wait_ready(process)
+            except (SupervisorError, trio.TooSlowError) as exc:
+                raise StartFailed(str(exc) or f"not ready within {READY_TIMEOUT:g}s") from None
+            log.info("php-fpm for backend %s is ready (pid %d, %d workers)", self.name, process.pid,
+                     self.backend.pool_size)
+            self._note_start()
+            up()
+            await _wait_exited(process)
+            return f"exited with status {exit_status(process)}"
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop(process)
 
     def _stop_stale_master(self) -> None:
         """A php-fpm left running by an earlier gateway that died without stopping
