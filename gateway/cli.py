@@ -13,17 +13,22 @@ from typing import Annotated, Any
 import trio
 import typer
 
-from .config import Config, ConfigError, load_dir, validate
+from .config import BackendConfig, Config, ConfigError, Override, load_dir, validate
 from .observe.views import DEFAULT_ADMIN, AdminUnreachable, fetch_status, summary_lines, top_view
-from .serve.php_fpm import SupervisorError
+from .serve.restart import SupervisorError
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="An event-driven HTTP front end and FastCGI gateway for PHP.")
 
 
-def _setup_logging(level: str, access_log: str) -> None:
+def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _setup_access_log(access_log: str) -> None:
     access = logging.getLogger("gateway.access")
     access.propagate = False
     if access_log == "off":
@@ -36,22 +41,34 @@ def _setup_logging(level: str, access_log: str) -> None:
     access.setLevel(logging.INFO)
 
 
-def quick_config(root: str, listen: list[str], php: str | None, php_workers: int) -> Config:
-    """The configuration ``serve --root`` uses: one PHP site with the front controller."""
+def quick_config(root: str, overrides: list[Override]) -> Config:
+    """The configuration ``serve --root`` uses: one PHP site with the front
+    controller, backend ``php`` spawned unless ``overrides`` (the flags) say
+    otherwise; every other value is the schema's default."""
     return validate({
-        "server": {"listen": listen},
-        "admin": {},
-        "backends": {"php": {"address": php or "spawn", "workers": php_workers}},
+        "backends": {"php": {}},
         "sites": {"default": {"root": str(Path(root).resolve()), "php": "php", "default": True}},
-    })
+    }, default_file="--root", overrides=overrides)
 
 
-def _load(config_dir: str) -> Config:
+def _load(config_dir: str, overrides: list[Override] | None = None) -> Config:
     try:
-        return load_dir(config_dir)
+        return load_dir(config_dir, overrides or [])
     except ConfigError as exc:
         typer.echo(f"configuration error:\n{exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _renamed(old_flag: str, old: Any, new_flag: str, new: Any) -> tuple[str, Any]:
+    """(the flag given, its value): ``new_flag``, or its deprecated spelling
+    ``old_flag`` (with a warning line); errors then name the flag typed."""
+    if old is None:
+        return new_flag, new
+    if new is not None:
+        typer.echo(f"{old_flag} and {new_flag} are the same option: give {new_flag} only", err=True)
+        raise typer.Exit(2)
+    log.warning("%s is deprecated, write %s instead (the old flag still works)", old_flag, new_flag)
+    return old_flag, old
 
 
 @app.command()
@@ -59,36 +76,46 @@ def serve(
     config: Annotated[str, typer.Option("--config", "-c", help="Configuration directory.")] = "conf.d",
     root: Annotated[str | None, typer.Option(help="Serve this PHP docroot with no config file.")] = None,
     listen: Annotated[list[str] | None, typer.Option(help="HOST:PORT, [::1]:PORT or unix:/path (repeatable).")] = None,
-    php: Annotated[str | None, typer.Option(help="php-fpm address, unix:/path or host:port (default: spawn).")] = None,
-    php_workers: Annotated[int, typer.Option(help="PHP pool size (and pm.max_children when spawned).")] = 4,
+    php: Annotated[str | None, typer.Option(help="With --root: php-fpm address, unix:/path or host:port "
+                                                 "(default: spawn).")] = None,
+    pool_size: Annotated[int | None, typer.Option(help="With --root: connections to PHP (pm.max_children when "
+                                                       f"spawned; default {BackendConfig().pool_size}).")] = None,
+    php_workers: Annotated[int | None, typer.Option(hidden=True, help="Deprecated: --pool-size.")] = None,
     admin: Annotated[str | None, typer.Option(help="Admin listener (/status, /metrics): HOST:PORT or off.")] = None,
-    workers: Annotated[str | None, typer.Option(help="Gateway processes: N, or auto (one per core).")] = None,
+    processes: Annotated[str | None, typer.Option(help="Gateway processes: N, or auto (one per core).")] = None,
+    workers: Annotated[str | None, typer.Option(hidden=True, help="Deprecated: --processes.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
-    """Serve the configuration in --config (default ./conf.d), or a docroot given with --root."""
+    """Serve the configuration in --config (default ./conf.d), or a docroot given with --root.
+
+    Flags override the configuration and are validated as it is.
+    """
+    _setup_logging(log_level)
+    processes_flag, processes = _renamed("--workers", workers, "--processes", processes)
+    pool_size_flag, pool_size = _renamed("--php-workers", php_workers, "--pool-size", pool_size)
+    overrides: list[Override] = []
+    if listen:
+        overrides.append(Override("--listen", ("server", "listen"), listen))
+    if admin is not None:
+        overrides.append(Override("--admin", ("admin", "listen"), admin))
+    if processes is not None:
+        overrides.append(Override(processes_flag, ("server", "processes"), processes))
     if root is not None:
         if not os.path.isdir(root):
             typer.echo(f"--root {root}: no such directory", err=True)
             raise typer.Exit(2)
+        if php is not None:
+            overrides.append(Override("--php", ("backends", "php", "address"), php))
+        if pool_size is not None:
+            overrides.append(Override(pool_size_flag, ("backends", "php", "pool_size"), pool_size))
         try:
-            cfg = quick_config(root, listen or ["127.0.0.1:8080"], php, php_workers)
+            cfg = quick_config(root, overrides)
         except ConfigError as exc:
             typer.echo(f"configuration error:\n{exc}", err=True)
             raise typer.Exit(2) from None
     else:
-        cfg = _load(config)
-        if listen:
-            cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"listen": listen})})
-    if admin is not None:
-        cfg = cfg.model_copy(update={"admin": cfg.admin.model_copy(update={"listen": admin})})
-    if workers is not None:
-        try:
-            cfg = validate({**cfg.model_dump(mode="json"),
-                            "server": {**cfg.server.model_dump(mode="json"), "workers": workers}})
-        except ConfigError as exc:
-            typer.echo(f"--workers {workers}: {exc}", err=True)
-            raise typer.Exit(2) from None
-    _setup_logging(log_level, cfg.server.access_log)
+        cfg = _load(config, overrides)
+    _setup_access_log(cfg.server.access_log)
     from .serve.master import process_count, serve_master
     from .serve.process import serve as run_server
 
@@ -125,7 +152,8 @@ def worker(spec: str) -> None:
     from .serve.process import serve as run_server
 
     cfg, inherited, log_level = read_spec(spec)
-    _setup_logging(log_level, cfg.server.access_log)
+    _setup_logging(log_level)
+    _setup_access_log(cfg.server.access_log)
     try:
         trio.run(partial(run_server, cfg, inherited=inherited))
     except KeyboardInterrupt:
@@ -136,7 +164,9 @@ def worker(spec: str) -> None:
 def check(
     config: Annotated[str, typer.Option("--config", "-c", help="Configuration directory.")] = "conf.d",
 ) -> None:
-    """Validate the configuration and print the effective result as JSON."""
+    """Validate the configuration and print the effective result as JSON
+    (deprecated names are warned about on standard error)."""
+    _setup_logging("warning")
     cfg = _load(config)
     data: dict[str, Any] = cfg.model_dump(mode="json")
     for name, site in cfg.sites.items():

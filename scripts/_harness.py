@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway.config import BackendConfig  # noqa: E402
+from gateway.config import BackendConfig, PhpFpmConfig  # noqa: E402
 from gateway.serve.php_fpm import find_php_fpm, write_pool_config  # noqa: E402
 
 
@@ -101,7 +101,7 @@ http://127.0.0.1:{port} {{
 class Stack:
     """php-fpm (one pool) + nginx + the gateway (+ Caddy), all on 127.0.0.1."""
 
-    def __init__(self, root: Path, workers: int = 4, gateway_workers: int | None = None, *,
+    def __init__(self, root: Path, workers: int = 4, gateway_pool_size: int | None = None, *,
                  nginx_http_extra: str = "", gateway_extra: str = "", nginx_locations: str | None = None,
                  gateway_site: str | None = None, run_as: str = "www-data", idle_timeout: float = 10.0,
                  processes: int = 1, caddy: bool = False, php_admin_values: dict[str, str] | None = None) -> None:
@@ -109,7 +109,9 @@ class Stack:
         ``gateway_extra``: TOML added to the gateway's configuration;
         ``nginx_locations`` / ``gateway_site``: replace nginx's PHP locations and
         the gateway's [sites.cmp] table; ``run_as``: php-fpm's and nginx's worker user;
-        ``processes``: nginx's worker_processes and the gateway's [server] workers;
+        ``workers``: php-fpm's pm.max_children; ``gateway_pool_size``: the
+        gateway's pool (default: ``workers``);
+        ``processes``: nginx's worker_processes and the gateway's [server] processes;
         ``caddy``: also start Caddy (Debian's; php_fastcgi + file_server, its defaults)."""
         self.processes = processes
         self.php_admin_values = php_admin_values or {}
@@ -123,7 +125,7 @@ class Stack:
         self.nginx_http_extra = nginx_http_extra
         self.gateway_extra = gateway_extra
         self.workers = workers
-        self.gateway_workers = gateway_workers or workers
+        self.gateway_pool_size = gateway_pool_size or workers
         self.run = Path(tempfile.mkdtemp(prefix="gateway-compare-"))
         os.chmod(self.run, 0o755)
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -140,8 +142,8 @@ class Stack:
 
     def _start(self) -> None:
         user = self.run_as if os.geteuid() == 0 else ""
-        paths = write_pool_config("cmp", BackendConfig(workers=self.workers, user=user, max_requests=0,
-                                                       php_admin_values=self.php_admin_values),
+        paths = write_pool_config("cmp", BackendConfig(pool_size=self.workers, php_fpm=PhpFpmConfig(
+                                      user=user, max_requests=0, php_admin_values=self.php_admin_values)),
                                   str(self.run / "fpm"))
         os.chmod(paths.directory, 0o755)
         argv = [find_php_fpm(), "-F", "-y", paths.config] + (["-R"] if os.geteuid() == 0 else [])
@@ -172,8 +174,8 @@ class Stack:
         confd.mkdir()
         (confd / "00.toml").write_text(
             f'[server]\nlisten = ["127.0.0.1:{self.gateway_port}"]\naccess_log = "off"\n'
-            f'workers = {self.processes}\n'
-            f'[backends.php]\naddress = "unix:{paths.socket}"\nworkers = {self.gateway_workers}\n'
+            f'processes = {self.processes}\n'
+            f'[backends.php]\naddress = "unix:{paths.socket}"\npool_size = {self.gateway_pool_size}\n'
             f'idle_timeout = "{self.idle_timeout}s"\n'
             f'[admin]\nlisten = "off"\n'
             + (self.gateway_site or

@@ -21,7 +21,7 @@ the WordPress home page at 16 connections (its own nginx + gateway pair on
 one php-fpm pool and a private MariaDB).
 
 Both front ends run --processes processes (nginx worker_processes, gateway
-[server] workers; default one per core); nginx's FastCGI keepalive cache and
+[server] processes; default one per core); nginx's FastCGI keepalive cache and
 the gateway's pool are split between them so neither pins more php-fpm
 workers than there are.
 
@@ -186,7 +186,7 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=3, help="runs per cell (median reported)")
     p.add_argument("--fpm-workers", type=int, default=4)
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1,
-                   help="nginx worker_processes and gateway workers (default: one per core)")
+                   help="nginx worker_processes and gateway processes (default: one per core)")
     p.add_argument("--only", default="", help="run workloads whose name contains this")
     p.add_argument("--no-caddy", dest="caddy", action="store_false", help="leave Caddy out")
     args = p.parse_args()

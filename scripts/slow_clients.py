@@ -223,7 +223,7 @@ async def run(args: argparse.Namespace, root: Path) -> None:
                      '[limits]\nmax_connections = 5000\n')
     nginx_extra = f"client_header_timeout {HEADER_TIMEOUT}s; client_body_buffer_size 64k;"
     try:
-        with Stack(root, workers=2, gateway_workers=2, nginx_http_extra=nginx_extra,
+        with Stack(root, workers=2, gateway_pool_size=2, nginx_http_extra=nginx_extra,
                    gateway_extra=gateway_extra) as stack:
             rows = []
             for name, port in (("gateway", stack.gateway_port), ("nginx", stack.nginx_port)):

@@ -58,7 +58,7 @@ import trio.testing
 import fastcgi
 from fastcgi import RecordType, encode_record
 from gateway.app.site import App
-from gateway.config import validate
+from gateway.config import LimitsConfig, TimeoutsConfig, validate
 from gateway.front.h1 import ConnectionSettings, HttpConnection
 from gateway.upstream.fastcgi import fastcgi_pool
 
@@ -80,9 +80,10 @@ _BAD_FIELD_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # -- configuration under test --------------------------------------------------
 
 RESPONSE_HEADER_LIMIT = 8 * 1024
-SETTINGS = ConnectionSettings(header_timeout=10, body_timeout=10, keepalive_timeout=30, send_timeout=10,
-                              max_header_size=8 * 1024, max_uri_size=2048, max_body_size=64 * 1024,
-                              body_buffer_size=1024)
+SETTINGS = ConnectionSettings.from_config(
+    timeouts=TimeoutsConfig(client_header=10, client_body=10, keepalive=30, send=10),
+    limits=LimitsConfig(max_header_size=8 * 1024, max_uri_size=2048, client_max_body_size=64 * 1024,
+                        body_buffer_size=1024))
 _docroot: str | None = None
 _config = None
 
@@ -94,7 +95,7 @@ def _app_config():
         with open(os.path.join(_docroot, "index.php"), "w") as f:
             f.write("front controller")
         _config = validate({
-            "backends": {"php": {"workers": 1, "read_timeout": "30s",
+            "backends": {"php": {"pool_size": 1, "read_timeout": "30s",
                                  "max_response_header_size": RESPONSE_HEADER_LIMIT,
                                  "response_buffer_size": 4096}},
             "sites": {"s": {"root": _docroot, "php": "php", "server_names": ["example.com"], "default": True}},

@@ -42,17 +42,9 @@ class App:
         self.vhosts = VirtualHosts(config.sites)
         self.pools = pools
         self._backends: dict[str, _SiteBackend] = {}
-        temp_dir = config.server.temp_dir or None
         for name, backend in config.backends.items():
             if name in pools:
-                self._backends[name] = _SiteBackend(pools[name], PhpSettings(
-                    read_timeout=backend.read_timeout,
-                    max_header_size=backend.max_response_header_size,
-                    response_buffer_size=backend.response_buffer_size,
-                    temp_dir=temp_dir,
-                    ignore_client_abort=backend.ignore_client_abort,
-                    max_temp_file_size=backend.max_temp_file_size,
-                ))
+                self._backends[name] = _SiteBackend(pools[name], PhpSettings.from_config(backend, config.server))
 
     def error(self, status: int, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
         return error_response(status, server=self.server_software, headers=headers)

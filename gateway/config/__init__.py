@@ -7,6 +7,22 @@ Rules:
   names the file that set the offending key and the key's dotted path.
 - Sizes are ``"8k"``, ``"64m"``, ``"1g"`` or a byte count; durations are
   ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"`` or seconds.
+- Addresses (``[server] listen``, ``[admin] listen``, a backend's ``address``
+  and ``status``) are checked by the one parser ``serve`` uses
+  (``addresses.parse_address``), so an address that passes ``gateway check``
+  is one the gateway can listen on or connect to. ``"spawn"`` (a backend the
+  gateway runs), ``"off"`` (no admin listener) and ``""`` (a spawned backend's
+  own status socket) are the special values.
+- Command-line flags (``--listen``, ``--processes``...) are ``Override``s:
+  validated by the same schema, and named in errors as a file is.
+- Names say the role: ``[server] processes`` are gateway processes, a
+  backend's ``pool_size`` its FastCGI connections (pm.max_children when
+  spawned); what only concerns running php-fpm is in ``[backends.X.php_fpm]``.
+  Old spellings (``workers``, flat ``user``...) still work, each with one
+  warning line naming the file and the new key (``upgrade``).
+- Every default lives here, once: the runtime settings (``ConnectionSettings``,
+  ``PhpSettings``, the pool) are built from these models by ``from_config``
+  constructors and carry no defaults of their own.
 - Defaults follow nginx (+ php-fpm) where it has one, except where nginx's
   default is a known trap for WordPress; those are marked ``TRAP`` below and
   listed in the README.
@@ -14,13 +30,30 @@ Rules:
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import re
 import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
+
+from .addresses import parse_address
+
+log = logging.getLogger(__name__)
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?\s*$", re.IGNORECASE)
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
@@ -57,8 +90,42 @@ def parse_duration(value: Any) -> float:
     return float(m.group(1)) * _DURATION_UNITS[unit]
 
 
+def _address(role: str, *special: str) -> AfterValidator:
+    """A validator: the text is one of ``special`` or parses as an address
+    (``ValueError`` naming ``role`` if not); it is kept as written."""
+    also = "".join(f', or "{word}"' for word in special if word)
+
+    def check(value: str) -> str:
+        if value not in special:
+            try:
+                parse_address(value, role=role)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{also}") from None
+        return value
+
+    return AfterValidator(check)
+
+
+def _count_or_auto(least: int, most: int | None = None) -> PlainValidator:
+    """A validator for a whole number in [least, most] or "auto", with one
+    error message (a plain union reports one per member)."""
+    bounds = f"from {least} to {most}" if most is not None else f"{least} or more"
+
+    def check(value: Any) -> int | Literal["auto"]:
+        if value == "auto":
+            return "auto"
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and least <= value <= (most or value):
+            return value
+        raise ValueError(f'{value!r} is neither a whole number {bounds} nor "auto"')
+
+    return PlainValidator(check, json_schema_input_type=int | str)
+
+
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+ListenAddress = Annotated[str, _address("listen address")]
 
 
 class _Model(BaseModel):
@@ -67,7 +134,7 @@ class _Model(BaseModel):
 
 class ServerConfig(_Model):
     #: Addresses to listen on: "127.0.0.1:8080", "[::1]:8080", ":8080" (all), "unix:/path".
-    listen: list[str] = ["127.0.0.1:8080"]
+    listen: list[ListenAddress] = ["127.0.0.1:8080"]
     #: Value of the Server header and of SERVER_SOFTWARE (nginx: server_tokens).
     server_software: str = "gateway"
     #: Where the gateway writes runtime files (php-fpm pool configs, sockets).
@@ -81,18 +148,18 @@ class ServerConfig(_Model):
     access_log_format: Literal["combined", "json"] = "combined"
     #: Add a Server-Timing header (queue;dur=…, php;dur=…) to PHP responses.
     server_timing: bool = False
-    #: Processes that serve connections (nginx worker_processes); they share
-    #: the listen sockets. "auto": one per core. Each PHP backend's workers are
-    #: split between them, so php-fpm never sees more connections than it has
-    #: workers: there are never more processes than the smallest backend has
-    #: workers. 1: everything in one process.
-    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
+    #: Gateway processes that serve connections (nginx worker_processes); they
+    #: share the listen sockets. "auto": one per core. Each PHP backend's
+    #: pool_size is split between them, so php-fpm never sees more connections
+    #: than it has workers: there are never more processes than the smallest
+    #: backend's pool_size. 1: everything in one process. (Was ``workers``.)
+    processes: Annotated[int | Literal["auto"], _count_or_auto(1, 256)] = "auto"
 
 
 class AdminConfig(_Model):
     #: Where /metrics and /status are served; "off" disables the admin listener.
     #: Never put it on a public address: it is not authenticated.
-    listen: str = "127.0.0.1:9180"
+    listen: Annotated[str, _address("admin listen address", "off")] = "127.0.0.1:9180"
 
 
 class TimeoutsConfig(_Model):
@@ -130,42 +197,12 @@ class LimitsConfig(_Model):
     keepalive_requests: Annotated[int, Field(ge=1)] = 1000
 
 
-class BackendConfig(_Model):
-    """A PHP backend: php-fpm spawned by the gateway, or an address."""
+class PhpFpmConfig(_Model):
+    """How the gateway runs php-fpm for a backend whose ``address`` is "spawn"
+    (``[backends.X.php_fpm]``); nothing here concerns the FastCGI connections."""
 
-    #: "spawn": the gateway runs php-fpm itself; else "unix:/path.sock" or "host:port".
-    address: str = "spawn"
-    #: Pool size: live FastCGI connections to this backend. Each kept-alive
-    #: connection pins one php-fpm worker, so this must not exceed
-    #: pm.max_children. When spawned, php-fpm gets pm.max_children = workers.
-    workers: Annotated[int, Field(ge=1, le=4096)] = 4
-    #: Requests allowed to wait for a connection (in each worker process); one
-    #: more gets 503. "auto": as many as the process may have connections
-    #: (limits.max_connections), so a burst is queued, not refused, and
-    #: queue_timeout bounds the wait.
-    queue_depth: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
-    #: How long a request may wait in the queue before 504.
-    queue_timeout: Duration = 60.0
-    connect_timeout: Duration = 5.0  # nginx fastcgi_connect_timeout is 60s
-    #: Between two reads from PHP (nginx fastcgi_read_timeout).
-    read_timeout: Duration = 60.0
-    #: Idle kept-alive connections are closed after this (a php-fpm worker is
-    #: pinned while one is open; see request_terminate_timeout).
-    idle_timeout: Duration = 10.0
-    #: Largest CGI header block PHP may send (nginx fastcgi_buffer_size); past it, 502.
-    max_response_header_size: Size = 64 * 1024
-    #: PHP output up to this size is held in memory, larger in a temp file.
-    response_buffer_size: Size = 1024 * 1024
-    #: The temp file may grow to this; past it the rest of the response passes
-    #: through at the client's pace, holding the worker (nginx
-    #: fastcgi_max_temp_file_size 1024m).
-    max_temp_file_size: Size = 1024 * 1024 * 1024
-    #: nginx fastcgi_ignore_client_abort: let PHP finish when the client has gone.
-    ignore_client_abort: bool = False
-
-    # -- only when spawned ----------------------------------------------------
     #: php-fpm binary; empty: php-fpm8.2, then php-fpm on PATH and in /usr/sbin.
-    php_fpm: str = ""
+    binary: str = ""
     #: Unix user the workers run as when the gateway runs as root.
     #: Empty: www-data when root, else the current user.
     user: str = ""
@@ -177,12 +214,49 @@ class BackendConfig(_Model):
     request_terminate_timeout: Duration = 0.0
     #: Extra php.ini values for the pool, as php_admin_value.
     php_admin_values: dict[str, str] = {}
+
+
+class BackendConfig(_Model):
+    """A PHP backend: the pool of FastCGI connections to it and its queue;
+    its address, or "spawn" and how to run php-fpm (``php_fpm``)."""
+
+    #: "spawn": the gateway runs php-fpm itself; else "unix:/path.sock" or "host:port".
+    address: Annotated[str, _address("backend address", "spawn")] = "spawn"
+    #: Live FastCGI connections to this backend. Each kept-alive connection
+    #: pins one php-fpm worker, so this must not exceed pm.max_children. When
+    #: spawned, php-fpm gets pm.max_children = pool_size. (Was ``workers``.)
+    pool_size: Annotated[int, Field(ge=1, le=4096)] = 4
+    #: Requests allowed to wait for a connection (in each gateway process); one
+    #: more gets 503. "auto": as many as the process may have connections
+    #: (limits.max_connections), so a burst is queued, not refused, and
+    #: queue_timeout bounds the wait.
+    queue_depth: Annotated[int | Literal["auto"], _count_or_auto(0)] = "auto"
+    #: How long a request may wait in the queue before 504.
+    queue_timeout: Duration = 60.0
+    connect_timeout: Duration = 5.0  # nginx fastcgi_connect_timeout is 60s
+    #: Between two reads from PHP (nginx fastcgi_read_timeout).
+    read_timeout: Duration = 60.0
+    #: Idle kept-alive connections are closed after this (a php-fpm worker is
+    #: pinned while one is open; see php_fpm.request_terminate_timeout).
+    idle_timeout: Duration = 10.0
+    #: Largest CGI header block PHP may send (nginx fastcgi_buffer_size); past it, 502.
+    max_response_header_size: Size = 64 * 1024
+    #: PHP output up to this size is held in memory, larger in a temp file.
+    response_buffer_size: Size = 1024 * 1024
+    #: The temp file may grow to this; past it the rest of the response passes
+    #: through at the client's pace, holding the worker (nginx
+    #: fastcgi_max_temp_file_size 1024m).
+    max_temp_file_size: Size = 1024 * 1024 * 1024
+    #: nginx fastcgi_ignore_client_abort: let PHP finish when the client has gone.
+    ignore_client_abort: bool = False
     #: php-fpm's status endpoint for an external backend: "unix:/path" or
     #: "host:port" (its pm.status_listen, or its listen address). A spawned
     #: php-fpm's separate status socket is used automatically.
-    status: str = ""
+    status: Annotated[str, _address("status address", "")] = ""
     #: php-fpm's pm.status_path.
     status_path: str = "/fpm-status"
+    #: Only when spawned: how php-fpm is run.
+    php_fpm: PhpFpmConfig = PhpFpmConfig()
 
     def queue_limit(self, max_connections: int) -> int:
         """``queue_depth`` as a number: "auto" is the process's max_connections."""
@@ -190,10 +264,10 @@ class BackendConfig(_Model):
 
     @model_validator(mode="after")
     def _idle_before_terminate(self) -> BackendConfig:
-        rtt = self.request_terminate_timeout
+        rtt = self.php_fpm.request_terminate_timeout
         if rtt and self.idle_timeout >= rtt:
             raise ValueError(
-                f"idle_timeout ({self.idle_timeout:g}s) must be shorter than request_terminate_timeout "
+                f"idle_timeout ({self.idle_timeout:g}s) must be shorter than php_fpm.request_terminate_timeout "
                 f"({rtt:g}s): php-fpm kills a worker whose kept-alive connection stays idle that long"
             )
         return self
@@ -274,6 +348,73 @@ class ConfigError(Exception):
     """The configuration is wrong; the message says where and what to do."""
 
 
+# -- old spellings ---------------------------------------------------------------
+#: Keys that were renamed or moved: still read, with one warning line each
+#: naming the file and the new key. Upgraded file by file, before the merge, so
+#: a later file's old spelling still overrides an earlier file's new one.
+SERVER_RENAMED: dict[str, tuple[str, ...]] = {"workers": ("processes",)}
+BACKEND_RENAMED: dict[str, tuple[str, ...]] = {
+    "workers": ("pool_size",),
+    # spawn-only keys moved to the [backends.X.php_fpm] table
+    "user": ("php_fpm", "user"),
+    "max_requests": ("php_fpm", "max_requests"),
+    "request_terminate_timeout": ("php_fpm", "request_terminate_timeout"),
+    "php_admin_values": ("php_fpm", "php_admin_values"),
+}
+
+
+def upgrade(data: dict[str, Any], source: str) -> list[str]:
+    """Rewrite one file's (or one caller's) old spellings to today's, in place.
+
+    Returns one deprecation line per old key, ``"FILE: OLD.KEY: deprecated,
+    write NEW.KEY instead"``. An old and a new spelling of one key in the same
+    ``source`` is a ``ConfigError``: which one was meant cannot be known.
+    """
+    notes: list[str] = []
+    server = data.get("server")
+    if isinstance(server, dict):
+        for old, new in SERVER_RENAMED.items():
+            _move(server, old, new, "server", source, notes)
+    backends = data.get("backends")
+    if isinstance(backends, dict):
+        for name, backend in backends.items():
+            if not isinstance(backend, dict):
+                continue
+            where = f"backends.{name}"
+            if isinstance(backend.get("php_fpm"), str):  # was the binary; now the table's name
+                _move(backend, "php_fpm", ("php_fpm", "binary"), where, source, notes)
+            for old, new in BACKEND_RENAMED.items():
+                _move(backend, old, new, where, source, notes)
+    return notes
+
+
+def _move(table: dict[str, Any], old: str, new: tuple[str, ...], where: str, source: str, notes: list[str]) -> None:
+    if old not in table:
+        return
+    old_key, new_key = f"{where}.{old}", ".".join((where, *new))
+    value = table.pop(old)
+    target = table
+    for part in new[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{source}: {where}.{part}: must be a table to hold {new_key}")
+    if new[-1] in target:
+        raise ConfigError(f"{source}: {old_key}: also set as {new_key}; keep only {new_key}")
+    target[new[-1]] = value
+    notes.append(f"{source}: {old_key}: deprecated, write {new_key} instead (the old name still works)")
+
+
+# -- loading ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Override:
+    """One value set outside the files (a command-line flag): ``source`` names
+    it in errors the way a file name does, e.g. ``"--listen"``."""
+
+    source: str
+    key: tuple[str, ...]
+    value: Any
+
+
 def _merge(into: dict[str, Any], new: dict[str, Any], origin: dict[tuple[str, ...], str], fname: str,
            prefix: tuple[str, ...] = ()) -> None:
     for key, value in new.items():
@@ -310,14 +451,16 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             site["aliases"] = {k: resolve(v) if isinstance(v, str) else v for k, v in site["aliases"].items()}
 
 
-def load_dir(path: str | os.PathLike[str]) -> Config:
-    """Read every ``*.toml`` in ``path`` in name order, merge and validate.
+def load_dir(path: str | os.PathLike[str], overrides: Iterable[Override] = ()) -> Config:
+    """Read every ``*.toml`` in ``path`` in name order, merge, apply
+    ``overrides`` (command-line flags) and validate.
 
     Relative site roots are taken relative to the directory's parent (so
-    ``conf.d/`` beside ``demo/`` can say ``root = "demo"``).
+    ``conf.d/`` beside ``demo/`` can say ``root = "demo"``). Old spellings are
+    upgraded file by file, each logged once as a warning (``upgrade``).
 
     Raises:
-        ConfigError: with the file and dotted key of the first problem.
+        ConfigError: with the file (or flag) and dotted key of each problem.
     """
     directory = Path(path)
     if not directory.is_dir():
@@ -332,15 +475,32 @@ def load_dir(path: str | os.PathLike[str]) -> Config:
             data = tomllib.loads(f.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{f}: not valid TOML: {exc}") from None
+        for note in upgrade(data, str(f)):
+            log.warning("%s", note)
         _merge(merged, data, origin, str(f))
     _resolve_paths(merged, directory.resolve().parent)
-    return validate(merged, origin, default_file=str(files[-1]))
+    return validate(merged, origin, default_file=str(files[-1]), overrides=overrides)
 
 
 def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = None,
-             default_file: str = "<config>") -> Config:
-    """Validate a merged mapping; errors name the file that set the key."""
-    origin = origin or {}
+             default_file: str = "<config>", overrides: Iterable[Override] = ()) -> Config:
+    """Validate a merged mapping (``data`` is not changed), with ``overrides``
+    on top; errors name the file (or flag) that set the key. Old spellings in
+    ``data`` are upgraded with a warning naming ``default_file``."""
+    data = copy.deepcopy(data)
+    origin = dict(origin or {})
+    for note in upgrade(data, default_file):
+        log.warning("%s", note)
+    for override in overrides:
+        *parents, last = override.key
+        table = data
+        for part in parents:
+            table = table.setdefault(part, {})
+        table[last] = override.value
+        origin[override.key] = override.source
+        if isinstance(override.value, dict):
+            for sub in _walk(override.value, override.key):
+                origin[sub] = override.source
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -47,6 +47,7 @@ else:
     except ImportError:  # pure h11 where no compiled build is installed
         import h11
 
+from ..config import LimitsConfig, ServerConfig, TimeoutsConfig
 from ..http.errors import ClientGone, GatewayError
 from ..http.head import BadRequestHead, check_request_head
 from ..http.request import Request
@@ -75,20 +76,45 @@ LINGER_BYTES = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ConnectionSettings:
-    header_timeout: float = 60.0
-    body_timeout: float = 60.0
-    keepalive_timeout: float = 75.0
-    send_timeout: float = 60.0
-    max_header_size: int = 32 * 1024
-    max_uri_size: int = 8 * 1024
-    max_header_count: int = 100
-    max_body_size: int = 64 * 1024 * 1024
-    body_buffer_size: int = 64 * 1024
-    body_min_rate: int = 1024  # bytes per second, after BODY_RATE_GRACE; 0: off
-    keepalive_requests: int = 1000
-    temp_dir: str | None = None
-    server_software: bytes = b"gateway"
-    access_log_json: bool = False
+    """What one client connection obeys. No defaults here: ``from_config`` is
+    the one mapping from the schema, where every default lives."""
+
+    header_timeout: float
+    body_timeout: float
+    keepalive_timeout: float
+    send_timeout: float
+    max_header_size: int
+    max_uri_size: int
+    max_header_count: int
+    max_body_size: int
+    body_buffer_size: int
+    body_min_rate: int  # bytes per second, after BODY_RATE_GRACE; 0: off
+    keepalive_requests: int
+    temp_dir: str | None
+    server_software: bytes
+    access_log_json: bool
+
+    @classmethod
+    def from_config(cls, server: ServerConfig | None = None, timeouts: TimeoutsConfig | None = None,
+                    limits: LimitsConfig | None = None) -> ConnectionSettings:
+        """The settings these sections give; an omitted one is the schema's defaults."""
+        srv, t, lim = server or ServerConfig(), timeouts or TimeoutsConfig(), limits or LimitsConfig()
+        return cls(
+            header_timeout=t.client_header,
+            body_timeout=t.client_body,
+            keepalive_timeout=t.keepalive,
+            send_timeout=t.send,
+            max_header_size=lim.max_header_size,
+            max_uri_size=lim.max_uri_size,
+            max_header_count=lim.max_header_count,
+            max_body_size=lim.client_max_body_size,
+            body_buffer_size=lim.body_buffer_size,
+            body_min_rate=t.client_body_min_rate,
+            keepalive_requests=lim.keepalive_requests,
+            temp_dir=srv.temp_dir or None,
+            server_software=srv.server_software.encode(),
+            access_log_json=srv.access_log_format == "json",
+        )
 
 
 class Lifecycle:

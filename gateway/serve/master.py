@@ -1,16 +1,17 @@
-"""Several processes, one gateway: ``[server] workers = N`` (default one per core).
+"""Several processes, one gateway: ``[server] processes = N`` (default one per core).
 
 Python runs one thread of bytecode per process, so one process tops out at one
 core. Like nginx's master and worker processes:
 
 - The **master** (this module's ``serve_master``) starts the php-fpm
   supervisors, binds the listen sockets, and starts N worker processes that
-  inherit them. It restarts a worker that dies, answers the admin listener by
-  asking each worker and merging (``aggregate.py``), and on SIGTERM/SIGINT
-  closes its listen sockets, stops the workers (each closes its own copies at
-  once, so new connects are refused, and finishes its requests) and then php-fpm.
+  inherit them. It restarts a worker that dies (``serve.restart``'s backoff,
+  ``RESTART_BACKOFF``), answers the admin listener by asking each worker and
+  merging (``aggregate.py``), and on SIGTERM/SIGINT closes its listen sockets,
+  stops the workers (each closes its own copies at once, so new connects are
+  refused, and finishes its requests) and then php-fpm.
 - Each **worker** is an ordinary single-process gateway (``serve.process.serve``) on
-  the inherited sockets, with its own pools. A backend's ``workers`` is split
+  the inherited sockets, with its own pools. A backend's ``pool_size`` is split
   between them (5 over 2 processes: 3 + 2), so php-fpm never has more
   connections than workers; each has a queue of ``queue_depth``. All call
   accept() on the same socket, so a busy process simply accepts less.
@@ -28,6 +29,8 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -41,20 +44,19 @@ else:
         import h11
 
 from ..config import Config, validate
-from ..front.h1 import ConnectionSettings, Lifecycle
+from ..front.h1 import Lifecycle
 from ..front.listen import Service, open_listeners, serve_until_shutdown
 from ..observe.admin import AdminRouter
 from ..observe.aggregate import merge_prometheus, merge_status, split
-from .php_fpm import PhpFpmSupervisor, SupervisorError, make_runtime_dir
-from .process import Inherited, signal_watchers, start_backend
+from .php_fpm import PhpFpmSupervisor, make_runtime_dir
+from .process import Inherited, admin_connection_settings, signal_watchers, start_backend
+from .restart import Backoff, Restarting, StartFailed
 
 log = logging.getLogger(__name__)
 
-#: A worker that dies is restarted after this, doubling up to RESTART_MAX
-#: while it keeps dying within RESTART_RESET seconds of its start.
-RESTART_DELAY = 0.5
-RESTART_MAX = 10.0
-RESTART_RESET = 10.0
+#: A worker that dies is restarted after 0.5 s, doubling up to 10 s while it
+#: keeps dying within 10 s of its start.
+RESTART_BACKOFF = Backoff(first=0.5, most=10.0, reset_after=10.0)
 #: How long the master waits for one worker's /status or /metrics.
 ADMIN_FETCH_TIMEOUT = 2.0
 #: How long a worker may take to start serving.
@@ -62,10 +64,11 @@ WORKER_START_TIMEOUT = 30.0
 
 
 def process_count(config: Config) -> int:
-    """Processes to run: ``workers`` ("auto": one per core), never more than the
-    smallest PHP backend has workers (each process needs one connection of each)."""
-    wanted = usable_cpus() if config.server.workers == "auto" else int(config.server.workers)
-    php = [b.workers for name, b in config.backends.items() if any(s.php == name for s in config.sites.values())]
+    """Processes to run: ``[server] processes`` ("auto": one per core), never more
+    than the smallest PHP backend's ``pool_size`` (each process needs one
+    connection of each)."""
+    wanted = usable_cpus() if config.server.processes == "auto" else int(config.server.processes)
+    php = [b.pool_size for name, b in config.backends.items() if any(s.php == name for s in config.sites.values())]
     return max(1, min([wanted, *php]))
 
 
@@ -84,7 +87,7 @@ def worker_config(config: Config, index: int, count: int, backends: dict[str, tu
     connections and of max_connections, the backends' resolved
     addresses, an admin unix socket, and a runtime dir of its own."""
     data: dict[str, Any] = config.model_dump(mode="json")
-    data["server"]["workers"] = 1
+    data["server"]["processes"] = 1
     data["server"]["runtime_dir"] = os.path.join(runtime_dir, f"worker-{index}")
     data["admin"]["listen"] = "unix:" + admin_socket(runtime_dir, index)
     data["limits"]["max_connections"] = max(1, split(config.limits.max_connections, count)[index])
@@ -92,9 +95,9 @@ def worker_config(config: Config, index: int, count: int, backends: dict[str, tu
         address, status = backends[name]
         b = data["backends"][name]
         b["address"], b["status"] = address, status
-        # (a backend no site uses may have fewer workers than there are processes;
+        # (a backend no site uses may have a smaller pool than there are processes;
         # it never gets a request, so never a connection)
-        b["workers"] = max(1, split(backend.workers, count)[index])
+        b["pool_size"] = max(1, split(backend.pool_size, count)[index])
         # queue_depth is not split: processes accept unevenly, and a process's
         # queue costs php-fpm nothing (it bounds waiting in that process)
     return data
@@ -115,34 +118,25 @@ class Workers:
         self.stopping = False
 
     async def run(self, index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep worker ``index`` running; report started once it first serves."""
-        delay = RESTART_DELAY
-        first = True
-        while not self.stopping:
-            started = time.monotonic()
-            proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "gateway", "worker", self.specs[index]],
-                pass_fds=self.pass_fds, start_new_session=True)  # the master alone gets the terminal's Ctrl-C
-            self.processes[index] = proc
-            if await self._ready(index, proc):
-                if first:
-                    task_status.started()
-                    first = False
-            elif first:
-                if proc.returncode is None:
-                    proc.kill()
-                await proc.wait()
-                raise SupervisorError(f"worker process {index} did not start (exit status {proc.returncode}); "
-                                      "its log lines above say why")
+        """Keep worker ``index`` running; report started once it first serves
+        (``serve.restart``: the first start must succeed, later ones back off)."""
+        keeper = Restarting(f"worker process {index}", RESTART_BACKOFF, stopping=lambda: self.stopping)
+        await keeper.run(partial(self._run_once, index), task_status=task_status)
+
+    async def _run_once(self, index: int, up: Callable[[], None]) -> str:
+        """Start worker ``index``, call ``up`` once it serves, return when it has exited."""
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "gateway", "worker", self.specs[index]],
+            pass_fds=self.pass_fds, start_new_session=True)  # the master alone gets the terminal's Ctrl-C
+        self.processes[index] = proc
+        if not await self._ready(index, proc):
+            if proc.returncode is None:
+                proc.kill()
             await proc.wait()
-            if self.stopping:
-                return
-            if time.monotonic() - started > RESTART_RESET:
-                delay = RESTART_DELAY
-            log.error("worker process %d (pid %d) exited with status %s; restarting in %.1fs",
-                      index, proc.pid, proc.returncode, delay)
-            await trio.sleep(delay)
-            delay = min(RESTART_MAX, delay * 2)
+            raise StartFailed(f"exit status {proc.returncode}; its log lines above say why")
+        up()
+        await proc.wait()
+        return f"(pid {proc.pid}) exited with status {proc.returncode}"
 
     async def _ready(self, index: int, proc: trio.Process) -> bool:
         """Wait until the worker answers on its admin socket (it opens that once
@@ -277,7 +271,7 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
             if config.admin.listen != "off":
                 admin_listeners = await open_listeners([config.admin.listen])
                 services.append(Service(admin_listeners, MasterAdmin(runtime_dir, count, supervisors).handle,
-                                         ConnectionSettings(keepalive_timeout=5.0, header_timeout=10.0),
+                                         admin_connection_settings(),
                                          lifecycle, max_connections=64))
                 for listener in admin_listeners:
                     log.info("admin (/status, /metrics) on %s", listener.socket.getsockname())

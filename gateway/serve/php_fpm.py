@@ -2,9 +2,9 @@
 
 The supervisor writes a pool configuration into the runtime directory, starts
 ``php-fpm -F`` (foreground, so it is our child), waits until it answers a
-FastCGI ping on its status socket, and restarts it with exponential backoff if
-it dies. On shutdown it asks php-fpm to stop gracefully (SIGQUIT), then kills
-it after a grace period.
+FastCGI ping on its status socket, and restarts it if it dies, with the
+backoff policy of ``serve.restart`` (``RESTART_BACKOFF``). On shutdown it asks
+php-fpm to stop gracefully (SIGQUIT), then kills it after a grace period.
 
 php-fpm starts in a session (and so a process group) of its own, whose id is
 the master's pid; its workers inherit that group. When the master is gone,
@@ -34,6 +34,7 @@ import pwd
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -43,17 +44,15 @@ import fastcgi
 from ..config import BackendConfig
 from ..http.errors import UpstreamConnectError
 from ..upstream.php_fpm_status import fastcgi_get
+from .restart import Backoff, Restarting, StartFailed, SupervisorError
 
 log = logging.getLogger(__name__)
 
-BACKOFF_START = 0.5
-BACKOFF_MAX = 30.0
+#: A php-fpm that dies is restarted after 0.5 s, doubling up to 30 s while it
+#: keeps dying before it is ready; once ready, the next delay is 0.5 s again.
+RESTART_BACKOFF = Backoff(first=0.5, most=30.0)
 READY_TIMEOUT = 15.0
 STOP_GRACE = 10.0
-
-
-class SupervisorError(Exception):
-    pass
 
 
 def find_php_fpm(configured: str = "") -> str:
@@ -64,7 +63,7 @@ def find_php_fpm(configured: str = "") -> str:
         found = shutil.which(configured)
         if found:
             return found
-        raise SupervisorError(f"php_fpm = {configured!r} is not an executable")
+        raise SupervisorError(f"php_fpm.binary = {configured!r} is not an executable")
     path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/usr/local/sbin"
     for name in ("php-fpm8.2", "php-fpm", "php8.2-fpm"):
         found = shutil.which(name, path=path)
@@ -72,7 +71,7 @@ def find_php_fpm(configured: str = "") -> str:
             return found
     raise SupervisorError(
         "php-fpm not found: install it (Debian: apt-get install php8.2-fpm, or run scripts/setup), "
-        "set php_fpm in the backend's configuration, or point the backend at a running php-fpm with address = ..."
+        "set the backend's php_fpm.binary, or point the backend at a running php-fpm with address = ..."
     )
 
 
@@ -126,13 +125,13 @@ def choose_worker_user(backend: BackendConfig, roots: list[str]) -> str:
     """The user php-fpm's workers run as when the gateway runs as root: the
     configured one; else www-data if it can read every document root; else root,
     with a warning (a clone under /root, say, is closed to www-data)."""
-    if backend.user:
-        return backend.user
+    if backend.php_fpm.user:
+        return backend.php_fpm.user
     if not _user_exists("www-data"):
         return "root"
     blocked = [r for r in roots if not user_can_read_dir(r, "www-data")]
     if blocked:
-        log.warning("php-fpm workers run as root: www-data cannot read %s. Set the backend's user = "
+        log.warning("php-fpm workers run as root: www-data cannot read %s. Set the backend's php_fpm.user = "
                     "\"www-data\" and fix the permissions for a production setup.", ", ".join(blocked))
         return "root"
     return "www-data"
@@ -171,12 +170,12 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
         f"listen = {paths.socket}",
         "listen.mode = 0660",
         "pm = static",
-        f"pm.max_children = {backend.workers}",
-        f"pm.max_requests = {backend.max_requests}",
+        f"pm.max_children = {backend.pool_size}",
+        f"pm.max_requests = {backend.php_fpm.max_requests}",
         "pm.status_path = /fpm-status",
         f"pm.status_listen = {paths.status_socket}",
         "ping.path = /fpm-ping",
-        f"request_terminate_timeout = {int(backend.request_terminate_timeout)}",
+        f"request_terminate_timeout = {int(backend.php_fpm.request_terminate_timeout)}",
         "catch_workers_output = yes",
         "decorate_workers_output = no",
         "clear_env = yes",
@@ -189,15 +188,15 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
     if max_body_size:
         megabytes = f"{max(1, -(-max_body_size // (1024 * 1024)))}M"
         for key in ("upload_max_filesize", "post_max_size"):
-            if key not in backend.php_admin_values:
+            if key not in backend.php_fpm.php_admin_values:
                 lines.append(f"php_value[{key}] = {megabytes}")
-    if "output_buffering" not in backend.php_admin_values:
+    if "output_buffering" not in backend.php_fpm.php_admin_values:
         # PHP hands its output to php-fpm in 64 KiB pieces instead of php.ini's
         # 4 KiB: a page reaches us in one or two reads, not a dozen (-20 % of
         # the gateway's CPU on the WordPress home page). flush()/ob_flush()
         # still send at once; php_value, so a script's ini can change it.
         lines.append(f"php_value[output_buffering] = {OUTPUT_BUFFERING}")
-    for key, value in backend.php_admin_values.items():
+    for key, value in backend.php_fpm.php_admin_values.items():
         lines.append(f"php_admin_value[{key}] = {_ini_value(value)}")
     with open(paths.config, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -228,13 +227,13 @@ class PhpFpmSupervisor:
                  max_body_size: int | None = None, roots: list[str] | None = None) -> None:
         self.name = name
         self.backend = backend
-        self.binary = find_php_fpm(backend.php_fpm)
+        self.binary = find_php_fpm(backend.php_fpm.binary)
         self.paths = write_pool_config(name, backend, os.path.join(runtime_dir, f"fpm-{name}"),
                                        max_body_size=max_body_size, roots=roots)
         #: the current master; ask ``running``, not its ``returncode``, which reaps
         #: it and so frees its pid while its group may still need killing
         self.process: trio.Process | None = None
-        self.restarts = 0
+        self._keeper = Restarting(f"php-fpm for backend {name}", RESTART_BACKOFF)
         #: How many times php-fpm has become ready (1 after start-up, +1 per restart).
         self.starts = 0
         self._start_waiters: list[tuple[int, trio.Event]] = []
@@ -270,47 +269,45 @@ class PhpFpmSupervisor:
                 await trio.sleep(0.05)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start php-fpm, report ready via ``task_status``, restart it when it dies.
+        """Start php-fpm, report ready via ``task_status``, restart it when it
+        dies (``serve.restart``: the first start must succeed, later ones back off).
 
         Runs until cancelled; then stops php-fpm.
         """
-        backoff = BACKOFF_START
-        started = False
-        while True:
-            for path in (self.paths.socket, self.paths.status_socket):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-            log.info("starting php-fpm for backend %s: %s", self.name, " ".join(self._argv()))
-            self._stop_stale_master()
-            # a session of its own: its group is ours to kill (see the module's docstring)
-            process = await trio.lowlevel.open_process(self._argv(), start_new_session=True)
-            self.process = process
+        await self._keeper.run(self._run_once, task_status=task_status)
+
+    @property
+    def restarts(self) -> int:
+        """Times php-fpm died (or did not come back) after its first start."""
+        return self._keeper.restarts
+
+    async def _run_once(self, up: Callable[[], None]) -> str:
+        """Start php-fpm, call ``up`` once it answers, return when it has exited
+        (a description for the log); stop it on the way out, cancelled or not."""
+        for path in (self.paths.socket, self.paths.status_socket):
             try:
-                try:
-                    await self._wait_ready(process)
-                except (SupervisorError, trio.TooSlowError) as exc:
-                    if not started:
-                        raise SupervisorError(f"php-fpm for backend {self.name} did not start: {exc}") from None
-                    log.error("php-fpm for backend %s did not come back: %s", self.name, exc)
-                else:
-                    log.info("php-fpm for backend %s is ready (pid %d, %d workers)", self.name, process.pid,
-                             self.backend.workers)
-                    backoff = BACKOFF_START
-                    self._note_start()
-                    if not started:
-                        started = True
-                        task_status.started()
-                    await _wait_exited(process)
-                    log.error("php-fpm for backend %s exited with status %s; restarting in %.1fs", self.name,
-                              exit_status(process), backoff)
-                self.restarts += 1
-            finally:
-                with trio.CancelScope(shield=True):
-                    await self._stop(process)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        log.info("starting php-fpm for backend %s: %s", self.name, " ".join(self._argv()))
+        self._stop_stale_master()
+        # a session of its own: its group is ours to kill (see the module's docstring)
+        process = await trio.lowlevel.open_process(self._argv(), start_new_session=True)
+        self.process = process
+        try:
+            try:
+                await self._wait_ready(process)
+            except (SupervisorError, trio.TooSlowError) as exc:
+                raise StartFailed(str(exc) or f"not ready within {READY_TIMEOUT:g}s") from None
+            log.info("php-fpm for backend %s is ready (pid %d, %d workers)", self.name, process.pid,
+                     self.backend.pool_size)
+            self._note_start()
+            up()
+            await _wait_exited(process)
+            return f"exited with status {exit_status(process)}"
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop(process)
 
     def _stop_stale_master(self) -> None:
         """A php-fpm left running by an earlier gateway that died without stopping

@@ -12,6 +12,11 @@ with nginx; a worker process closes its inherited copies, its master its own),
 tell connections (idle ones close at once, busy ones finish with ``Connection:
 close``), give them ``graceful`` seconds, then cancel what is left; then close
 pools and stop php-fpm. Every phase has a deadline.
+
+Configuration becomes runtime settings once per type, with no default repeated
+(they all live in ``gateway.config``): ``ConnectionSettings.from_config`` and
+``PhpSettings.from_config`` beside their types, ``pool_from_config`` here; the
+admin listener's two tighter timeouts are ``admin_connection_settings``.
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ import os
 import shutil
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import trio
 
 from ..app.site import App
-from ..config import Config
+from ..config import BackendConfig, Config, LimitsConfig
 from ..front.h1 import ConnectionSettings, Lifecycle
 from ..front.listen import (
     Service,
@@ -38,7 +43,7 @@ from ..front.listen import (
 )
 from ..observe.admin import AdminApp
 from ..observe.monitor import Monitor, PoolMonitor
-from ..upstream.connect import make_connector
+from ..upstream.connect import Connector, make_connector
 from ..upstream.fastcgi import FastCgiConn, fastcgi_pool
 from ..upstream.pool import Pool
 from .php_fpm import PhpFpmSupervisor, make_runtime_dir
@@ -46,24 +51,26 @@ from .php_fpm import PhpFpmSupervisor, make_runtime_dir
 log = logging.getLogger(__name__)
 
 
-def connection_settings(config: Config) -> ConnectionSettings:
-    t, lim = config.timeouts, config.limits
-    return ConnectionSettings(
-        header_timeout=t.client_header,
-        body_timeout=t.client_body,
-        keepalive_timeout=t.keepalive,
-        send_timeout=t.send,
-        max_header_size=lim.max_header_size,
-        max_uri_size=lim.max_uri_size,
-        max_header_count=lim.max_header_count,
-        max_body_size=lim.client_max_body_size,
-        body_buffer_size=lim.body_buffer_size,
-        body_min_rate=t.client_body_min_rate,
-        keepalive_requests=lim.keepalive_requests,
-        temp_dir=config.server.temp_dir or None,
-        server_software=config.server.server_software.encode(),
-        access_log_json=config.server.access_log_format == "json",
-    )
+#: The admin listener's own limits (not configurable): it answers a monitoring
+#: client, never a browser, so idle or slow connections are cut sooner.
+ADMIN_KEEPALIVE_TIMEOUT = 5.0
+ADMIN_HEADER_TIMEOUT = 10.0
+
+
+def admin_connection_settings() -> ConnectionSettings:
+    """What a connection to the admin listener (here or in the master) obeys:
+    the schema's defaults with shorter keep-alive and header timeouts."""
+    return replace(ConnectionSettings.from_config(), keepalive_timeout=ADMIN_KEEPALIVE_TIMEOUT,
+                   header_timeout=ADMIN_HEADER_TIMEOUT)
+
+
+def pool_from_config(name: str, connector: Connector, backend: BackendConfig,
+                     limits: LimitsConfig) -> Pool[FastCgiConn]:
+    """Backend ``name``'s pool: the one mapping from its configuration."""
+    return fastcgi_pool(name, connector, size=backend.pool_size,
+                        queue_depth=backend.queue_limit(limits.max_connections), queue_timeout=backend.queue_timeout,
+                        connect_timeout=backend.connect_timeout,
+                        idle_timeout=backend.idle_timeout)
 
 
 @dataclass
@@ -122,17 +129,14 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                 address, status_address, sup = await start_backend(config, name, runtime_dir, system)
                 if sup is not None:
                     supervisors[name] = sup
-                pool = fastcgi_pool(name, make_connector(address), size=backend.workers,
-                            queue_depth=backend.queue_limit(config.limits.max_connections),
-                            queue_timeout=backend.queue_timeout, connect_timeout=backend.connect_timeout,
-                            idle_timeout=backend.idle_timeout)
+                pool = pool_from_config(name, make_connector(address), backend, config.limits)
                 pools[name] = pool
                 pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path))
                 system.start_soon(pool.run_reaper)
             monitor = Monitor(lifecycle.stats, pool_monitors)
             system.start_soon(monitor.run)
             app = App(config, pools)
-            settings = connection_settings(config)
+            settings = ConnectionSettings.from_config(config.server, config.timeouts, config.limits)
             listeners = (inherited_listeners(inherited.listen_fds) if inherited is not None
                          else await open_listeners(config.server.listen))
             max_conns = raise_open_files_limit(config.limits.max_connections)
@@ -142,7 +146,7 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
             if config.admin.listen != "off":
                 running.admin_listeners = await open_listeners([config.admin.listen])
                 services.append(Service(running.admin_listeners, AdminApp(monitor).handle,
-                                         ConnectionSettings(keepalive_timeout=5.0, header_timeout=10.0),
+                                         admin_connection_settings(),
                                          Lifecycle(), max_connections=64))
             if inherited is None:
                 for listener in listeners:

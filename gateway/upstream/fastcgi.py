@@ -28,6 +28,7 @@ import trio
 import fastcgi
 
 from .._util import socket_events
+from ..config import BackendConfig, ServerConfig
 from ..http.errors import UpstreamClosedEarly, UpstreamOverloaded, UpstreamProtocolError, UpstreamTimeout
 from ..http.spool import Spool
 from .cgi import CgiHead, CgiResponseError, CgiResponseHead, wants_streaming
@@ -43,14 +44,29 @@ SMALL_BODY = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class PhpSettings:
+    """How one backend's responses are read. No defaults here: ``from_config``
+    is the one mapping from the schema, where every default lives."""
+
     read_timeout: float
     max_header_size: int
     response_buffer_size: int
     temp_dir: str | None
-    ignore_client_abort: bool = False
+    ignore_client_abort: bool
     #: Past response_buffer_size + this, PHP's output is passed through at the
     #: client's pace instead of spooled (nginx fastcgi_max_temp_file_size).
-    max_temp_file_size: int = 1024 * 1024 * 1024
+    max_temp_file_size: int
+
+    @classmethod
+    def from_config(cls, backend: BackendConfig, server: ServerConfig | None = None) -> PhpSettings:
+        """The settings for ``backend``; ``server`` gives the temp dir (omitted: the default)."""
+        return cls(
+            read_timeout=backend.read_timeout,
+            max_header_size=backend.max_response_header_size,
+            response_buffer_size=backend.response_buffer_size,
+            temp_dir=(server or ServerConfig()).temp_dir or None,
+            ignore_client_abort=backend.ignore_client_abort,
+            max_temp_file_size=backend.max_temp_file_size,
+        )
 
 
 class FastCgiConn:

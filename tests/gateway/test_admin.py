@@ -11,8 +11,9 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.front.h1 import ConnectionSettings, HttpConnection
+from gateway.front.h1 import HttpConnection
 from gateway.observe.admin import AdminApp, AdminRouter
+from gateway.serve.process import admin_connection_settings
 from tests.helpers import HttpClient
 
 from .observe_fixture import frozen_monitor
@@ -22,7 +23,7 @@ PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 def admin_client(nursery: trio.Nursery, router: AdminRouter) -> HttpClient:
     client, server = trio.testing.memory_stream_pair()
-    conn = HttpConnection(server, router.handle, ConnectionSettings(keepalive_timeout=5.0, header_timeout=10.0),
+    conn = HttpConnection(server, router.handle, admin_connection_settings(),
                           client=("127.0.0.1", 50000), server=("127.0.0.1", 9180))
     nursery.start_soon(conn.run)
     return HttpClient(client)

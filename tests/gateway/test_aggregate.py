@@ -21,35 +21,35 @@ def test_split_shares_everything_evenly(total, parts):
     assert max(shares) - min(shares) <= 1
 
 
-def _config(workers: Any = "auto", php_workers: int = 4, **extra: Any):
-    data = {"server": {"workers": workers, "listen": ["127.0.0.1:8080"]},
-            "backends": {"php": {"workers": php_workers, "queue_depth": 101}, "unused": {"workers": 1}},
+def _config(processes: Any = "auto", pool_size: int = 4, **extra: Any):
+    data = {"server": {"processes": processes, "listen": ["127.0.0.1:8080"]},
+            "backends": {"php": {"pool_size": pool_size, "queue_depth": 101}, "unused": {"pool_size": 1}},
             "sites": {"a": {"root": "/tmp", "php": "php"}}}
     data.update(extra)
     return validate(data)
 
 
-def test_auto_is_one_process_per_core_but_never_more_than_php_workers():
-    assert process_count(_config("auto", php_workers=64)) == len(os.sched_getaffinity(0))
-    assert process_count(_config(8, php_workers=3)) == 3  # each process needs a connection of its own
-    # the backend no site uses ("unused", 1 worker) does not limit anything
-    assert process_count(_config(2, php_workers=4)) == 2
+def test_auto_is_one_process_per_core_but_never_more_than_the_pool_size():
+    assert process_count(_config("auto", pool_size=64)) == len(os.sched_getaffinity(0))
+    assert process_count(_config(8, pool_size=3)) == 3  # each process needs a connection of its own
+    # the backend no site uses ("unused", a pool of 1) does not limit anything
+    assert process_count(_config(2, pool_size=4)) == 2
 
 
 def test_worker_configs_split_php_connections_and_max_connections():
-    cfg = _config(3, php_workers=5)
+    cfg = _config(3, pool_size=5)
     backends = {"php": ("unix:/run/php.sock", "unix:/run/status.sock"), "unused": ("unix:/run/u.sock", "")}
     parts = [validate(worker_config(cfg, i, 3, backends, "/run/gw")) for i in range(3)]
-    assert sum(p.backends["php"].workers for p in parts) == 5  # php-fpm sees at most its 5 workers
+    assert sum(p.backends["php"].pool_size for p in parts) == 5  # php-fpm sees at most its 5 workers
     assert {p.backends["php"].queue_depth for p in parts} == {101}  # per process: they accept unevenly
     assert sum(p.limits.max_connections for p in parts) == cfg.limits.max_connections
     assert {p.backends["php"].address for p in parts} == {"unix:/run/php.sock"}  # nobody spawns php-fpm again
     assert {p.backends["php"].status for p in parts} == {"unix:/run/status.sock"}
     assert len({p.admin.listen for p in parts}) == 3
     assert all(p.admin.listen.startswith("unix:/run/gw/") for p in parts)
-    assert all(p.server.workers == 1 for p in parts)
+    assert all(p.server.processes == 1 for p in parts)
     assert parts[0].sites == cfg.sites
-    assert all(p.backends["unused"].workers == 1 for p in parts)  # no site uses it: it never gets a connection
+    assert all(p.backends["unused"].pool_size == 1 for p in parts)  # no site uses it: it never gets a connection
 
 
 def _status(pid: int, verdict: str, *, requests: int, busy: int, queue: int, responses: int, wait_ms: float,

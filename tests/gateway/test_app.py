@@ -11,24 +11,22 @@ import trio.testing
 from gateway.app.site import App
 from gateway.config import validate
 from gateway.front.h1 import ConnectionSettings, HttpConnection
-from gateway.upstream.fastcgi import fastcgi_pool
+from gateway.serve.process import pool_from_config
 from tests.helpers import FakeFpm, HttpClient, php_output
 
 
 def make_app(tmp_path, fpm: FakeFpm, nursery, **backend):
     (tmp_path / "index.php").write_text("front controller")
     (tmp_path / "style.css").write_text("body{}")
-    cfg = validate({"backends": {"php": {"workers": 1, **backend}},
+    cfg = validate({"backends": {"php": {"pool_size": 1, **backend}},
                     "sites": {"s": {"root": str(tmp_path), "php": "php", "server_names": ["example.com"]}}})
-    b = cfg.backends["php"]
-    pool = fastcgi_pool("php", fpm.connector(nursery), size=b.workers,
-                        queue_depth=b.queue_limit(cfg.limits.max_connections), queue_timeout=b.queue_timeout)
+    pool = pool_from_config("php", fpm.connector(nursery), cfg.backends["php"], cfg.limits)
     return App(cfg, {"php": pool}), pool
 
 
 async def client_for(app, nursery) -> HttpClient:
     client, server = trio.testing.memory_stream_pair()
-    conn = HttpConnection(server, app.handle, ConnectionSettings(), client=("192.0.2.7", 40000),
+    conn = HttpConnection(server, app.handle, ConnectionSettings.from_config(), client=("192.0.2.7", 40000),
                           server=("192.0.2.1", 80))
     nursery.start_soon(conn.run)
     return HttpClient(client)
@@ -172,7 +170,7 @@ async def test_client_leaving_during_a_long_php_run_is_noticed(tmp_path, nursery
     lifecycle.inflight = InFlightWatcher()
     nursery.start_soon(lifecycle.inflight.run)
     ours, theirs = trio.socket.socketpair()  # the watcher waits on the client's socket
-    nursery.start_soon(HttpConnection(trio.SocketStream(theirs), app.handle, ConnectionSettings(),
+    nursery.start_soon(HttpConnection(trio.SocketStream(theirs), app.handle, ConnectionSettings.from_config(),
                                       client=("192.0.2.7", 40000), server=("192.0.2.1", 80),
                                       lifecycle=lifecycle).run)
     client = trio.SocketStream(ours)

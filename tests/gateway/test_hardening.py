@@ -14,7 +14,7 @@ import trio.testing
 
 import fastcgi
 from gateway.app.site import App
-from gateway.config import validate
+from gateway.config import LimitsConfig, ServerConfig, validate
 from gateway.front.h1 import ConnectionSettings, HttpConnection
 from gateway.upstream.fastcgi import fastcgi_pool
 from tests.helpers import FakeFpm, HttpClient, php_output, read_all
@@ -24,7 +24,7 @@ def make_app(tmp_path, fpm: FakeFpm, nursery, connector=None, **server):
     (tmp_path / "index.php").write_text("front controller")
     (tmp_path / "other").mkdir(exist_ok=True)
     (tmp_path / "other" / "index.php").write_text("other site")
-    cfg = validate({"server": server, "backends": {"php": {"workers": 1}},
+    cfg = validate({"server": server, "backends": {"php": {"pool_size": 1}},
                     "sites": {"s": {"root": str(tmp_path), "php": "php", "server_names": ["example.com"]},
                               "o": {"root": str(tmp_path / "other"), "php": "php",
                                     "server_names": ["other.example"]}}})
@@ -34,7 +34,7 @@ def make_app(tmp_path, fpm: FakeFpm, nursery, connector=None, **server):
 
 async def raw_connection(app, nursery, settings=None) -> trio.abc.Stream:
     client, server = trio.testing.memory_stream_pair()
-    conn = HttpConnection(server, app.handle, settings or ConnectionSettings(), client=("192.0.2.7", 40000),
+    conn = HttpConnection(server, app.handle, settings or ConnectionSettings.from_config(), client=("192.0.2.7", 40000),
                           server=("192.0.2.1", 80))
     nursery.start_soon(conn.run)
     return client
@@ -149,7 +149,7 @@ async def test_invalid_host_is_400_and_never_reaches_php(tmp_path, nursery, auto
 async def test_ipv6_host_server_name_for_a_site_without_names(tmp_path, nursery, autojump_clock):
     fpm = FakeFpm(echo_uri)
     (tmp_path / "index.php").write_text("x")
-    cfg = validate({"backends": {"php": {"workers": 1}}, "sites": {"s": {"root": str(tmp_path), "php": "php"}}})
+    cfg = validate({"backends": {"php": {"pool_size": 1}}, "sites": {"s": {"root": str(tmp_path), "php": "php"}}})
     pool = fastcgi_pool("php", fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=5)
     c = HttpClient(await raw_connection(App(cfg, {"php": pool}), nursery))
     await c.request("GET", "/", host="[::1]:8080")
@@ -213,7 +213,8 @@ async def test_a_full_temp_dir_fails_that_request_only(tmp_path, nursery, autoju
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     app, _ = make_app(tmp_path, fpm, nursery)
-    settings = ConnectionSettings(body_buffer_size=10, temp_dir=str(not_a_dir))
+    settings = ConnectionSettings.from_config(ServerConfig(temp_dir=str(not_a_dir)),
+                                              limits=LimitsConfig(body_buffer_size=10))
     c = HttpClient(await raw_connection(app, nursery, settings))
     r = await c.request("POST", "/", body=b"x" * 100, host="example.com")
     assert r.status == 507 and fpm.requests_seen == []
@@ -273,7 +274,7 @@ async def test_php_output_larger_than_the_free_temp_space_is_507_not_a_cut_200(t
     fpm = FakeFpm(script)
     (tmp_path / "index.php").write_text("x")
     cfg = validate({"server": {"temp_dir": str(full_disk)},
-                    "backends": {"php": {"workers": 1, "response_buffer_size": "16k"}},
+                    "backends": {"php": {"pool_size": 1, "response_buffer_size": "16k"}},
                     "sites": {"s": {"root": str(tmp_path), "php": "php"}}})
     pool = fastcgi_pool("php", fpm.connector(nursery), size=1, queue_depth=10, queue_timeout=5)
     c = HttpClient(await raw_connection(App(cfg, {"php": pool}), nursery))

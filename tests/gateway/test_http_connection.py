@@ -11,14 +11,16 @@ import pytest
 import trio
 import trio.testing
 
+from gateway.config import LimitsConfig, TimeoutsConfig
 from gateway.front.h1 import ConnectionSettings, HttpConnection, Lifecycle
 from gateway.front.liveness import WATCH_AFTER, InFlightWatcher
 from gateway.http.request import Request
 from gateway.http.response import Response
 from tests.helpers import HttpClient, read_all, read_until
 
-SETTINGS = ConnectionSettings(header_timeout=10, body_timeout=7, keepalive_timeout=30, send_timeout=5,
-                              max_header_size=4096, max_uri_size=1024, max_body_size=1000, body_buffer_size=100)
+SETTINGS = ConnectionSettings.from_config(
+    timeouts=TimeoutsConfig(client_header=10, client_body=7, keepalive=30, send=5),
+    limits=LimitsConfig(max_header_size=4096, max_uri_size=1024, client_max_body_size=1000, body_buffer_size=100))
 
 
 async def echo(req: Request) -> Response:

@@ -32,7 +32,7 @@ async def serve_unix(nursery: trio.Nursery, path: str, handler: Handler) -> None
 
 def worker_admin(app: AdminApp) -> Handler:
     async def handler(stream: trio.SocketStream) -> None:
-        await HttpConnection(stream, app.handle, ConnectionSettings(), client=("", 0), server=("", 0)).run()
+        await HttpConnection(stream, app.handle, ConnectionSettings.from_config(), client=("", 0), server=("", 0)).run()
 
     return handler
 

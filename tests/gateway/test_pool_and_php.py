@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -11,6 +12,7 @@ import trio
 import trio.testing
 
 import fastcgi
+from gateway.config import BackendConfig
 from gateway.http.errors import (
     ClientGone,
     QueueFull,
@@ -25,7 +27,8 @@ from gateway.upstream.fastcgi import PhpSettings, fastcgi_pool
 from gateway.upstream.pool import Pool
 from tests.helpers import FakeFpm, php_output
 
-SETTINGS = PhpSettings(read_timeout=30, max_header_size=4096, response_buffer_size=1024, temp_dir=None)
+SETTINGS = PhpSettings.from_config(BackendConfig(read_timeout=30, max_response_header_size=4096,
+                                                response_buffer_size=1024))
 PARAMS = [(b"SCRIPT_FILENAME", b"/srv/index.php"), (b"REQUEST_METHOD", b"GET")]
 
 
@@ -159,7 +162,7 @@ async def test_ignore_client_abort_lets_php_finish(nursery, autojump_clock):
     fpm = FakeFpm(slow(5))
     pool = make_pool(fpm, nursery, size=1)
     client = trio.CancelScope()
-    settings = PhpSettings(30, 4096, 1024, None, ignore_client_abort=True)
+    settings = replace(SETTINGS, ignore_client_abort=True)
     results = []
 
     async def req():

@@ -13,13 +13,15 @@ import pytest
 import trio
 import trio.testing
 
+from gateway.config import BackendConfig
 from gateway.http.spool import Spool
 from gateway.upstream.exchange import UpstreamBody, run_php
 from gateway.upstream.fastcgi import FastCgiConn, PhpSettings, fastcgi_pool
 from gateway.upstream.pool import Pool
 from tests.helpers import FakeFpm, php_output
 
-SETTINGS = PhpSettings(read_timeout=30, max_header_size=4096, response_buffer_size=1024, temp_dir=None)
+SETTINGS = PhpSettings.from_config(BackendConfig(read_timeout=30, max_response_header_size=4096,
+                                                response_buffer_size=1024))
 PARAMS = [(b"SCRIPT_FILENAME", b"/srv/index.php"), (b"REQUEST_METHOD", b"POST")]
 
 

@@ -56,8 +56,9 @@ class Gateway:
 def gateway_config(root: Path, *, backend: dict[str, Any] | None = None, site: dict[str, Any] | None = None,
                    server: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
                    runtime_dir: str = "") -> dict[str, Any]:
-    b = {"address": "spawn", "workers": 2, "user": "root", "idle_timeout": "30s"}
-    b.update(backend or {})
+    b: dict[str, Any] = {"address": "spawn", "pool_size": 2, "idle_timeout": "30s", "php_fpm": {"user": "root"}}
+    for key, value in (backend or {}).items():
+        b[key] = {**b[key], **value} if key == "php_fpm" else value
     s = {"root": str(root), "php": "php", "default": True, "no_php_under": ["/uploads/"]}
     s.update(site or {})
     srv = {"listen": ["127.0.0.1:0"], "access_log": "off", "runtime_dir": runtime_dir}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.config import BackendConfig
+from gateway.config import BackendConfig, PhpFpmConfig
 from gateway.observe.monitor import children_of
 from gateway.serve.php_fpm import find_php_fpm, write_pool_config
 from tests.helpers import HttpClient
@@ -38,6 +39,54 @@ def test_check_names_file_and_key_of_a_mistake(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "localhost"])
+def test_check_refuses_an_address_serve_could_not_listen_on(tmp_path, listen):
+    (tmp_path / "00.toml").write_text(f'[sites.a]\nroot = "/srv"\n[server]\nlisten = ["{listen}"]\n')
+    out = subprocess.run([*GATEWAY, "check", "--config", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert f"{tmp_path / '00.toml'}: server.listen.0: listen address '{listen}'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_check_reads_old_names_and_says_once_per_key_which_new_key_to_write(tmp_path):
+    (tmp_path / "00.toml").write_text('[server]\nworkers = 2\n[backends.php]\nworkers = 3\nuser = "www-data"\n'
+                                      '[sites.a]\nroot = "/srv"\nphp = "php"\n')
+    out = subprocess.run([*GATEWAY, "check", "--config", str(tmp_path)], capture_output=True, text=True, check=True)
+    effective = json.loads(out.stdout)
+    assert effective["server"]["processes"] == 2 and "workers" not in effective["server"]
+    php = effective["backends"]["php"]
+    assert php["pool_size"] == 3 and php["php_fpm"]["user"] == "www-data" and "user" not in php
+    f = tmp_path / "00.toml"
+    warnings = [line for line in out.stderr.splitlines() if "deprecated" in line]
+    assert len(warnings) == 3
+    assert f"{f}: server.workers: deprecated, write server.processes instead" in warnings[0]
+    assert f"{f}: backends.php.workers: deprecated, write backends.php.pool_size instead" in warnings[1]
+    assert f"{f}: backends.php.user: deprecated, write backends.php.php_fpm.user instead" in warnings[2]
+
+
+@pytest.mark.parametrize(("flags", "error"), [
+    (["--listen", "127.0.0.1:99999"], "--listen: server.listen.0: listen address '127.0.0.1:99999': port 99999 is out"),
+    (["--listen", "localhost"], "--listen: server.listen.0: listen address 'localhost' is not HOST:PORT"),
+    (["--admin", "9180x"], "--admin: admin.listen: admin listen address '9180x' is not HOST:PORT"),
+    (["--php", "php-fpm.sock"], "--php: backends.php.address: backend address 'php-fpm.sock' is not HOST:PORT"),
+    (["--pool-size", "0"], "--pool-size: backends.php.pool_size: Input should be greater than or equal to 1"),
+    (["--processes", "many"], "--processes: server.processes: 'many' is neither a whole number from 1 to 256"),
+])
+def test_serve_flags_are_validated_as_the_configuration_is(flags, error):
+    out = subprocess.run([*GATEWAY, "serve", "--root", str(DOCROOT), *flags], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2
+    assert error in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_serve_flags_override_a_configuration_directory_through_validation():
+    out = subprocess.run([*GATEWAY, "serve", "--config", str(REPO / "conf.d"), "--listen", "127.0.0.1:99999"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "--listen: server.listen.0: listen address '127.0.0.1:99999'" in out.stderr
+
+
 async def stop(proc: trio.Process, stderr: trio.abc.ReceiveStream, *, sigterm: bool = True) -> bytes:
     """SIGTERM the gateway (unless ``sigterm`` is False: it was sent already) and
     wait for it to exit; its log from here on."""
@@ -56,7 +105,8 @@ async def stop(proc: trio.Process, stderr: trio.abc.ReceiveStream, *, sigterm: b
 
 async def test_serve_root_against_an_already_running_php_fpm(tmp_path):
     # php-fpm started by someone else (here: this test), reached at its socket.
-    paths = write_pool_config("external", BackendConfig(workers=2, user="root"), str(tmp_path / "fpm"))
+    backend = BackendConfig(pool_size=2, php_fpm=PhpFpmConfig(user="root"))
+    paths = write_pool_config("external", backend, str(tmp_path / "fpm"))
     fpm = await trio.lowlevel.open_process([find_php_fpm(), "-F", "-R", "-y", paths.config],
                                            stderr=subprocess.DEVNULL)
     try:
@@ -100,7 +150,7 @@ async def test_serve_spawns_php_fpm_and_sigterm_stops_everything(tmp_path):
     (conf / "00.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{run_dir}"\naccess_log = "off"\n'
         f'[admin]\nlisten = "127.0.0.1:0"\n'
-        f'[backends.php]\nworkers = 2\nuser = "root"\n'
+        f'[backends.php]\npool_size = 2\nphp_fpm.user = "root"\n'
         f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n'
     )
     proc, stderr = await start_cli(["serve", "--config", str(conf)])
@@ -123,8 +173,8 @@ async def test_sigterm_refuses_new_connections_at_once_and_finishes_the_request_
     conf.mkdir()
     (conf / "00.toml").write_text(  # php-fpm as root: it reads the test's go-files under tmp_path
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{tmp_path / "run"}"\naccess_log = "off"\n'
-        f'workers = {processes}\n[admin]\nlisten = "off"\n'
-        f'[backends.php]\nworkers = 2\nuser = "root"\n'
+        f'processes = {processes}\n[admin]\nlisten = "off"\n'
+        f'[backends.php]\npool_size = 2\nphp_fpm.user = "root"\n'
         f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n'
     )
     # with worker processes the master closes its copies first, then each worker
@@ -170,9 +220,30 @@ def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        for workers in ("1", "2"):
+        for processes in ("1", "2"):
             out = subprocess.run([*GATEWAY, "serve", "--root", str(DOCROOT), "--listen", f"127.0.0.1:{port}",
-                                  "--admin", "off", "--workers", workers], capture_output=True, text=True, timeout=60)
+                                  "--admin", "off", "--processes", processes], capture_output=True, text=True,
+                                 timeout=60)
             assert out.returncode == 1
             assert "error: cannot listen:" in out.stderr and "Address already in use" in out.stderr
             assert "Traceback" not in out.stderr
+
+
+def test_old_flags_still_work_with_one_warning_line_each():
+    # the values are wrong on purpose: the errors show where each old flag went
+    out = subprocess.run([*GATEWAY, "serve", "--root", str(DOCROOT), "--workers", "0", "--php-workers", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    warnings = [line for line in out.stderr.splitlines() if "deprecated" in line]
+    assert len(warnings) == 2
+    assert "--workers is deprecated, write --processes instead" in warnings[0]
+    assert "--php-workers is deprecated, write --pool-size instead" in warnings[1]
+    assert "--workers: server.processes: 0 is neither a whole number from 1 to 256" in out.stderr
+    assert "--php-workers: backends.php.pool_size: Input should be greater than or equal to 1" in out.stderr
+
+
+def test_an_old_and_a_new_flag_together_are_refused():
+    out = subprocess.run([*GATEWAY, "serve", "--root", str(DOCROOT), "--workers", "2", "--processes", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "--workers and --processes are the same option: give --processes only" in out.stderr

@@ -33,7 +33,7 @@ async def test_requests_through_flup(start_gateway, tmp_path, flup_socket):
     root = tmp_path / "www"
     root.mkdir()
     (root / "app.php").write_text("flup ignores the script")
-    gw = await start_gateway(root, backend={"address": f"unix:{flup_socket}", "workers": 2})
+    gw = await start_gateway(root, backend={"address": f"unix:{flup_socket}", "pool_size": 2})
     client = await gw.client()
     r = await client.request("POST", "/app.php?q=1", body=b"hello", headers=[("X-Test", "yes")])
     assert r.status == 201

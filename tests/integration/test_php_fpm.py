@@ -112,7 +112,7 @@ async def test_ten_megabyte_response_arrives_intact(gw):
 
 
 async def test_keep_alive_reuses_the_same_php_fpm_worker(start_gateway):
-    gw = await start_gateway(backend={"workers": 1})
+    gw = await start_gateway(backend={"pool_size": 1})
     client = await gw.client()
     pids = {(await client.request("GET", "/pid.php")).body for _ in range(5)}
     assert len(pids) == 1
@@ -120,7 +120,7 @@ async def test_keep_alive_reuses_the_same_php_fpm_worker(start_gateway):
 
 
 async def test_pool_of_two_runs_at_most_two_and_answers_all_ten(start_gateway, tmp_path):
-    gw = await start_gateway(backend={"workers": 2})
+    gw = await start_gateway(backend={"pool_size": 2})
     log = tmp_path / "overlap.log"
     statuses = []
 
@@ -141,7 +141,7 @@ async def test_pool_of_two_runs_at_most_two_and_answers_all_ten(start_gateway, t
 
 
 async def test_full_queue_is_503_with_retry_after(start_gateway):
-    gw = await start_gateway(backend={"workers": 1, "queue_depth": 1})
+    gw = await start_gateway(backend={"pool_size": 1, "queue_depth": 1})
     results = []
 
     async def one():
@@ -157,7 +157,7 @@ async def test_full_queue_is_503_with_retry_after(start_gateway):
 async def test_pm_max_requests_recycling_loses_no_request(start_gateway):
     # php-fpm recycles each worker after 2 requests and closes the kept-alive
     # connection; the gateway notices (pending EOF) or retries once.
-    gw = await start_gateway(backend={"workers": 1, "max_requests": 2})
+    gw = await start_gateway(backend={"pool_size": 1, "php_fpm": {"max_requests": 2}})
     client = await gw.client()
     responses = [await client.request("GET", "/pid.php") for _ in range(6)]
     assert [r.status for r in responses] == [200] * 6
@@ -187,7 +187,7 @@ async def test_client_cannot_inject_php_value(gw):
 
 
 async def test_php_fpm_killed_mid_load_gives_502_then_recovers(start_gateway):
-    gw = await start_gateway(backend={"workers": 2})
+    gw = await start_gateway(backend={"pool_size": 2})
     sup = gw.supervisor
     statuses = []
     started = trio.Event()
@@ -273,7 +273,7 @@ async def test_uploads_larger_than_php_ini_defaults_are_accepted(gw):
     2500,  # longer: the watcher takes the quitter out of the queue while the first still runs
 ])
 async def test_client_that_leaves_the_queue_never_costs_a_php_worker(start_gateway, tmp_path, first_ms):
-    gw = await start_gateway(backend={"workers": 1})
+    gw = await start_gateway(backend={"pool_size": 1})
     log = tmp_path / "runs.log"
     first = await gw.client()
     async with trio.open_nursery() as n:
@@ -376,7 +376,7 @@ async def test_connections_per_ip_limit_and_max_connections(start_gateway):
 async def test_spawned_pools_buffer_php_output_in_64k_pieces_unless_told_otherwise(start_gateway):
     gw = await start_gateway()
     assert (await gw.get("/ini.php?name=output_buffering")).body == b"65536"
-    gw2 = await start_gateway(backend={"php_admin_values": {"output_buffering": "4096"}})
+    gw2 = await start_gateway(backend={"php_fpm": {"php_admin_values": {"output_buffering": "4096"}}})
     assert (await gw2.get("/ini.php?name=output_buffering")).body == b"4096"
 
 
@@ -390,7 +390,7 @@ def _running(pid: int) -> bool:
 
 
 async def test_killed_php_fpm_master_takes_its_workers_along_before_the_restart(start_gateway):
-    gw = await start_gateway(backend={"workers": 3})
+    gw = await start_gateway(backend={"pool_size": 3})
     sup = gw.supervisor
     master = sup.process.pid
     old_workers = children_of(master)

@@ -22,7 +22,7 @@ async def wait_until(predicate) -> None:
 
 
 async def test_slow_uploads_hold_no_php_worker(start_gateway):
-    gw = await start_gateway(backend={"workers": 2})
+    gw = await start_gateway(backend={"pool_size": 2})
     body = os.urandom(100_000)
     streams = []
     for _ in range(20):
@@ -47,7 +47,7 @@ async def test_slow_uploads_hold_no_php_worker(start_gateway):
 
 
 async def test_slow_readers_release_php_workers_when_php_is_done(start_gateway):
-    gw = await start_gateway(backend={"workers": 2})
+    gw = await start_gateway(backend={"pool_size": 2})
     clients = []
     for _ in range(20):
         c = await gw.client()
@@ -79,7 +79,7 @@ async def test_one_gigabyte_to_a_slow_reader_with_bounded_memory(tmp_path):
     conf.mkdir()
     (conf / "00.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\naccess_log = "off"\ntemp_dir = "{tmp_path}"\n'
-        f'[admin]\nlisten = "off"\n[backends.php]\nworkers = 1\nuser = "root"\nread_timeout = "120s"\n'
+        f'[admin]\nlisten = "off"\n[backends.php]\npool_size = 1\nread_timeout = "120s"\nphp_fpm.user = "root"\n'
         f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n'
     )
     proc, _ = await start_cli(["serve", "--config", str(conf)])

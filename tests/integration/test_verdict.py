@@ -14,7 +14,7 @@ import h11
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.config import BackendConfig
+from gateway.config import BackendConfig, PhpFpmConfig
 from gateway.observe.monitor import children_of
 from gateway.serve.php_fpm import find_php_fpm, write_pool_config
 from tests.helpers import HttpClient
@@ -153,7 +153,8 @@ async def test_busy_event_loop_with_free_php_slots_is_listener(gw):
 
 
 async def test_stopped_php_fpm_is_backend_down(start_gateway, tmp_path: Path):
-    paths = write_pool_config("ext", BackendConfig(workers=2, user="root"), str(tmp_path / "fpm"))
+    backend = BackendConfig(pool_size=2, php_fpm=PhpFpmConfig(user="root"))
+    paths = write_pool_config("ext", backend, str(tmp_path / "fpm"))
     fpm = await trio.lowlevel.open_process([find_php_fpm(), "-F", "-R", "-y", paths.config],
                                            stderr=subprocess.DEVNULL)
     try:

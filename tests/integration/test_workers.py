@@ -1,4 +1,4 @@
-"""``workers = 2``: two processes on one port and one php-fpm, seen as one
+"""``processes = 2``: two gateway processes on one port and one php-fpm, seen as one
 through the admin listener; a dead worker is replaced; none outlives the master."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ def _conf(tmp_path: Path, port: int, admin: int) -> Path:
     conf.mkdir()
     (conf / "00.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{tmp_path / "run"}"\naccess_log = "off"\n'
-        f'workers = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
-        f'[backends.php]\nworkers = 4\nuser = "root"\n'
+        f'processes = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[backends.php]\npool_size = 4\nphp_fpm.user = "root"\n'
         f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n'
     )
     return conf

@@ -78,7 +78,7 @@ async def wp_gateway(wordpress: WordPress, nursery: trio.Nursery, tmp_path: Path
     cfg = validate({
         "server": {"listen": ["127.0.0.1:0"], "access_log": "off", "runtime_dir": str(tmp_path / "run")},
         "admin": {"listen": "off"},
-        "backends": {"php": {"workers": 2, "user": "root", "idle_timeout": "30s"}},
+        "backends": {"php": {"pool_size": 2, "idle_timeout": "30s", "php_fpm": {"user": "root"}}},
         "sites": {"wordpress": wordpress.site_config()},
     })
     running: Running = await nursery.start(partial(serve, cfg, handle_signals=False))
