@@ -206,11 +206,8 @@ class Connection:
             )
 
     def _record_to_event(self, rtype: int, rid: int, content: bytes) -> Event | None:
-        if self.their_role is SERVER and rid != NULL_REQUEST_ID and self.their_state in (State.DONE,
-                                                                                          State.MUST_CLOSE):
-            # e.g. STDOUT after END_REQUEST: taken for the next request's output, it
-            # would leak one response into another.
-            raise LocalProtocolError(f"record type {rtype} for request {rid} after the request ended")
+        if rid != NULL_REQUEST_ID:
+            self._cstate.check_request_record(self.their_role, rtype, rid)
         if self.their_role is SERVER:
             if rtype == RecordType.STDOUT:
                 self._check_request_id(rtype, rid)
@@ -257,8 +254,7 @@ class Connection:
             return BeginRequest(role, bool(flags & FCGI_KEEP_CONN), rid)
         self._check_request_id(rtype, rid)
         if rtype == RecordType.PARAMS:
-            if self.their_state is not State.SEND_PARAMS:
-                raise LocalProtocolError(f"PARAMS record in state {self.their_state!r}")
+            self._cstate.check_params_record(self.their_role)
             if content:
                 if len(self._params) + len(content) > self.max_params_size:
                     raise LocalProtocolError(

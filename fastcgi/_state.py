@@ -126,6 +126,20 @@ class ConnectionState:
     def process_error(self, side: Side) -> None:
         self.states[side] = ERROR
 
+    # -- rules for records that arrive before they are events ---------------------
+
+    def check_request_record(self, side: Side, rtype: int, request_id: int) -> None:
+        """A request's record from the application after its END_REQUEST (e.g.
+        STDOUT): taken for the next request's output, it would leak one
+        response into another."""
+        if side is SERVER and self.states[SERVER] in (DONE, MUST_CLOSE):
+            raise LocalProtocolError(f"record type {rtype} for request {request_id} after the request ended")
+
+    def check_params_record(self, side: Side) -> None:
+        """PARAMS records only between BEGIN_REQUEST and the end of PARAMS."""
+        if self.states[side] is not SEND_PARAMS:
+            raise LocalProtocolError(f"PARAMS record in state {self.states[side]!r}")
+
     def process_event(self, side: Side, event: object) -> None:
         if isinstance(event, MANAGEMENT_EVENTS):
             if self.states[side] in (ERROR, CLOSED):

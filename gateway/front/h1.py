@@ -22,7 +22,7 @@ written, the request is registered with the listener's ``InFlightWatcher``; if
 the client closes its connection, the connection task's scope is cancelled
 (the handler unwinds, 499 in the access log).
 
-Shutdown: ``Lifecycle.begin_shutdown`` closes idle connections at once and
+Shutdown: ``ListenerState.begin_shutdown`` closes idle connections at once and
 makes busy ones answer with ``Connection: close``.
 """
 
@@ -35,19 +35,11 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import trio
 
-if TYPE_CHECKING:
-    import h11
-else:
-    try:  # h11 compiled with mypyc: the same code, ~3x faster (13 vs 44 us per request/response)
-        import h11_mypyc as h11
-    except ImportError:  # pure h11 where no compiled build is installed
-        import h11
-
 from ..config import LimitsConfig, ServerConfig, TimeoutsConfig
+from ..http._h11 import h11
 from ..http.errors import ClientGone, GatewayError
 from ..http.head import BadRequestHead, check_request_head
 from ..http.request import Request
@@ -117,7 +109,7 @@ class ConnectionSettings:
         )
 
 
-class Lifecycle:
+class ListenerState:
     """Shared by a listener's connections: are we shutting down, where idle
     connections park, who watches in-flight clients, and the instruments."""
 
@@ -152,7 +144,7 @@ HandOver = Callable[[int, float], bool]
 
 class HttpConnection:
     def __init__(self, stream: trio.abc.Stream, handler: Handler, settings: ConnectionSettings, *,
-                 client: tuple[str, int], server: tuple[str, int], lifecycle: Lifecycle | None = None,
+                 client: tuple[str, int], server: tuple[str, int], listener_state: ListenerState | None = None,
                  served: int = 0, hand_over: HandOver | None = None) -> None:
         """``stream``: a ``Downstream`` (or any stream, wrapped in one);
         ``served``: requests this connection served before (it comes back
@@ -162,7 +154,7 @@ class HttpConnection:
         self.settings = settings
         self.client = client
         self.server = server
-        self.lifecycle = lifecycle or Lifecycle()
+        self.listener_state = listener_state or ListenerState()
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_size)
         self.writer = ResponseWriter(self.conn, self.downstream, settings.server_software)
         self._received_any = False
@@ -175,7 +167,7 @@ class HttpConnection:
         self._watch: Watch | None = None
 
     def _set_state(self, state: str) -> None:
-        states = self.lifecycle.stats.states
+        states = self.listener_state.stats.states
         states[self._state] -= 1
         states[state] += 1
         self._state = state
@@ -185,7 +177,7 @@ class HttpConnection:
     async def run(self) -> bool:
         """Serve requests until the connection ends, and close the stream; or
         until it was parked (True: the parker owns the stream now)."""
-        stats = self.lifecycle.stats
+        stats = self.listener_state.stats
         if not self._served:
             stats.accepted += 1
         stats.states[self._state] += 1
@@ -235,16 +227,16 @@ class HttpConnection:
 
     async def receive(self, timeout_at: float, *, idle: bool = False) -> None:
         """Read into h11 before ``timeout_at`` or raise ``ReceiveTimeout``; an ``idle``
-        wait is also cut short (``ReceiveTimeout``) by ``Lifecycle.begin_shutdown``."""
+        wait is also cut short (``ReceiveTimeout``) by ``ListenerState.begin_shutdown``."""
         scope = trio.CancelScope(deadline=timeout_at)
         if idle:
-            self.lifecycle.idle_scopes.add(scope)
+            self.listener_state.idle_scopes.add(scope)
         try:
             with scope:
                 data = await self.downstream.receive_some(65536)
         finally:
             if idle:
-                self.lifecycle.idle_scopes.discard(scope)
+                self.listener_state.idle_scopes.discard(scope)
         if scope.cancelled_caught:
             raise ReceiveTimeout()
         if data:
@@ -266,14 +258,14 @@ class HttpConnection:
             if self._received_any:
                 await self.receive(header_deadline)
                 continue
-            if self.lifecycle.shutting_down:
+            if self.listener_state.shutting_down:
                 return None
             self._set_state("idle")
             try:
                 if await self._idle(first, header_deadline):
                     return _PARKED
             except ReceiveTimeout:
-                if self.lifecycle.shutting_down:
+                if self.listener_state.shutting_down:
                     return None  # shutdown closed us while idle
                 raise
             finally:
@@ -294,7 +286,7 @@ class HttpConnection:
             await self.receive(park_at, idle=True)
             return False
         except ReceiveTimeout:
-            if self.lifecycle.shutting_down:
+            if self.listener_state.shutting_down:
                 raise
         # idle for a while: wait without a task (nothing is buffered: h11 is IDLE)
         if self._hand_over is not None and self.downstream.parkable() \
@@ -308,11 +300,11 @@ class HttpConnection:
     async def _handle(self, req: h11.Request, *, last: bool) -> bool:
         """Read the body, run the handler, send the response. Returns keep-alive."""
         started = time.monotonic()
-        stats = self.lifecycle.stats
+        stats = self.listener_state.stats
         stats.requests += 1
         stats.in_flight += 1
         request_id = f"{_PID:x}-{next(_request_ids):x}"
-        keep_alive = not last and not self.lifecycle.shutting_down
+        keep_alive = not last and not self.listener_state.shutting_down
         response: Response | None = None
         status = 0  # 0: nothing to log (shutdown cut the request)
         try:
@@ -329,7 +321,7 @@ class HttpConnection:
                 log_access(json_format=self.settings.access_log_json, client=self.client[0], method=req.method,
                            target=req.target, http_version=req.http_version, headers=req.headers,
                            request_id=request_id, started=started, status=status, response=response)
-        return keep_alive and not self.lifecycle.shutting_down
+        return keep_alive and not self.listener_state.shutting_down
 
     async def _respond(self, req: h11.Request, request_id: str, keep_alive: bool) -> tuple[Response, bool]:
         """The response to ``req``: an error for a bad head or body, else the handler's."""
@@ -358,7 +350,7 @@ class HttpConnection:
         """The handler's response, its client watched meanwhile (and while a
         streamed body is written: ``_write`` ends the watch)."""
         self._set_state("waiting_php")
-        inflight, fd = self.lifecycle.inflight, self.downstream.fileno
+        inflight, fd = self.listener_state.inflight, self.downstream.fileno
         if inflight is not None and fd is not None:
             self._watch = inflight.watch(fd, self._scope)
         try:
@@ -380,7 +372,7 @@ class HttpConnection:
         self._set_state("writing")
         try:
             await self.writer.write(response, head_only=req.method == b"HEAD",
-                                    keep_alive=keep_alive and not self.lifecycle.shutting_down)
+                                    keep_alive=keep_alive and not self.listener_state.shutting_down)
         except GatewayError as exc:  # a streamed body failed halfway: the head is out, cut the connection
             log.error("[%s] %s %s -> %d after the head was sent: %s", request_id, req.method.decode(),
                       req.target.decode("latin-1"), exc.status, exc)
@@ -395,8 +387,8 @@ class HttpConnection:
         return self._watch is not None and self._watch.left
 
     def _unwatch(self) -> None:
-        if self._watch is not None and self.lifecycle.inflight is not None:
-            self.lifecycle.inflight.done(self._watch)
+        if self._watch is not None and self.listener_state.inflight is not None:
+            self.listener_state.inflight.done(self._watch)
 
     # -- errors and closing -----------------------------------------------------------
 

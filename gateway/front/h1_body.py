@@ -17,19 +17,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from ..http._h11 import h11
 from ..http.errors import ClientGone, SpoolWriteError
 from ..http.spool import Spool
 
 if TYPE_CHECKING:
-    import h11
-
     from .h1 import ConnectionSettings
     from .h1_write import ResponseWriter
-else:
-    try:
-        import h11_mypyc as h11
-    except ImportError:
-        import h11
 
 log = logging.getLogger(__name__)
 

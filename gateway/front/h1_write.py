@@ -16,21 +16,13 @@ the connection is not reused.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import trio
 
+from ..http._h11 import h11
 from ..http.response import FileRange, Response, http_date, reason_phrase
 from ..http.spool import Spool
 from .downstream import Downstream
-
-if TYPE_CHECKING:
-    import h11
-else:
-    try:  # h11 compiled with mypyc: the same code, ~3x faster
-        import h11_mypyc as h11
-    except ImportError:  # pure h11 where no compiled build is installed
-        import h11
 
 #: Static files up to this size are read and sent with the head in one write.
 SMALL_FILE = 64 * 1024

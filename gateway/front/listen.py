@@ -30,7 +30,7 @@ import trio
 
 from ..config.addresses import parse_address
 from .downstream import Downstream
-from .h1 import ConnectionSettings, Handler, HttpConnection, Lifecycle
+from .h1 import ConnectionSettings, Handler, HttpConnection, ListenerState
 from .liveness import InFlightWatcher
 from .parking import Parked, Parker
 
@@ -85,7 +85,7 @@ class Service:
     listeners: list[trio.SocketListener]
     handler: Handler
     settings: ConnectionSettings
-    lifecycle: Lifecycle
+    listener_state: ListenerState
     max_connections: int = 10000
     max_connections_per_ip: int = 0
 
@@ -101,7 +101,7 @@ _TOO_MANY_FROM_IP = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nCon
                      b"Connection: close\r\n\r\n")
 
 
-class Client:
+class Accepted:
     """An accepted connection and what it holds (its max_connections slot, its
     per-IP count), released once, when it is finally closed: by its task, or
     by the parker if it expires there."""
@@ -132,7 +132,7 @@ class Client:
         await trio.aclose_forcefully(self.stream)
 
 
-ClientHandler = Callable[[Client], Awaitable[bool]]
+ClientHandler = Callable[[Accepted], Awaitable[bool]]
 
 
 async def serve_listener(listener: trio.abc.Listener[trio.abc.Stream], handler: ClientHandler, nursery: trio.Nursery,
@@ -149,7 +149,7 @@ async def serve_listener(listener: trio.abc.Listener[trio.abc.Stream], handler: 
     logged and retried after ``ACCEPT_RETRY_DELAY``; other errors propagate.
 
     Resource handling: each accepted connection's slot is released when it is
-    closed (``Client.close``), after its handler returns, or later if the
+    closed (``Accepted.close``), after its handler returns, or later if the
     handler parked it (returned True).
     """
     while True:
@@ -168,7 +168,7 @@ async def serve_listener(listener: trio.abc.Listener[trio.abc.Stream], handler: 
         except BaseException:
             slots.release_on_behalf_of(token)
             raise
-        client = Client(Downstream(stream, send_timeout))
+        client = Accepted(Downstream(stream, send_timeout))
         client.on_close(partial(slots.release_on_behalf_of, token))
         nursery.start_soon(run_client, client, handler)
 
@@ -225,7 +225,7 @@ def _warn_room(limit: float) -> None:
                     "(raise max_connections if this is frequent)", limit)
 
 
-async def run_client(client: Client, handler: ClientHandler) -> None:
+async def run_client(client: Accepted, handler: ClientHandler) -> None:
     parked = False
     try:
         parked = await handler(client)
@@ -261,28 +261,28 @@ def inherited_listeners(fds: list[int]) -> list[trio.SocketListener]:
 def _connection_handler(service: Service, connections: trio.Nursery) -> ClientHandler:
     by_ip: dict[str, int] = {}
     per_ip = service.max_connections_per_ip
-    lifecycle = service.lifecycle
+    listener_state = service.listener_state
 
     def leave(ip: str) -> None:
         by_ip[ip] -= 1
         if not by_ip[ip]:
             del by_ip[ip]
 
-    async def serve_http(client: Client, served: int = 0) -> bool:
+    async def serve_http(client: Accepted, served: int = 0) -> bool:
         def resume(parked: Parked) -> None:
             connections.start_soon(run_client, client, partial(serve_http, served=parked.served))
 
         def hand_over(served: int, deadline: float) -> bool:
-            parker = lifecycle.parker
+            parker = listener_state.parker
             fd = client.stream.fileno
             return parker is not None and fd is not None and parker.park(
                 Parked(fd, served, deadline, resume, client.close))
 
         return await HttpConnection(client.stream, service.handler, service.settings, client=client.peer,
-                                    server=client.local, lifecycle=lifecycle, served=served,
+                                    server=client.local, listener_state=listener_state, served=served,
                                     hand_over=hand_over).run()
 
-    async def handle(client: Client) -> bool:
+    async def handle(client: Accepted) -> bool:
         stream = client.stream
         stream.set_nodelay()
         try:
@@ -304,24 +304,24 @@ def _connection_handler(service: Service, connections: trio.Nursery) -> ClientHa
     return handle
 
 
-async def serve_until_shutdown(shutdown: trio.Event, lifecycle: Lifecycle, services: list[Service], graceful: float,
-                               *, on_started: Callable[[], None],
+async def serve_until_shutdown(shutdown: trio.Event, listener_state: ListenerState, services: list[Service],
+                               graceful: float, *, on_started: Callable[[], None],
                                watchers: list[Callable[[trio.Event], Awaitable[None]]] | None = None) -> None:
     """Accept and serve ``services`` until ``shutdown`` is set (by a caller, or one
     of ``watchers``: signals, the master's pipe); then close the listeners at
     once and let connections finish within ``graceful`` seconds."""
     async with trio.open_nursery() as helpers:  # the parkers and in-flight watchers outlive the connections
         for service in services:
-            service.lifecycle.inflight = InFlightWatcher()
-            helpers.start_soon(service.lifecycle.inflight.run)
-            service.lifecycle.parker = Parker(service.lifecycle.stats)
-            helpers.start_soon(service.lifecycle.parker.run)
-        await _serve_connections(shutdown, lifecycle, services, graceful, on_started, watchers or [])
+            service.listener_state.inflight = InFlightWatcher()
+            helpers.start_soon(service.listener_state.inflight.run)
+            service.listener_state.parker = Parker(service.listener_state.stats)
+            helpers.start_soon(service.listener_state.parker.run)
+        await _serve_connections(shutdown, listener_state, services, graceful, on_started, watchers or [])
         helpers.cancel_scope.cancel()
 
 
-async def _serve_connections(shutdown: trio.Event, lifecycle: Lifecycle, services: list[Service], graceful: float,
-                             on_started: Callable[[], None],
+async def _serve_connections(shutdown: trio.Event, listener_state: ListenerState, services: list[Service],
+                             graceful: float, on_started: Callable[[], None],
                              watchers: list[Callable[[trio.Event], Awaitable[None]]]) -> None:
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accept:
@@ -330,7 +330,7 @@ async def _serve_connections(shutdown: trio.Event, lifecycle: Lifecycle, service
                 slots = trio.CapacityLimiter(service.max_connections)
                 for listener in service.listeners:
                     accept.start_soon(serve_listener, listener, handler, connections, slots,
-                                      service.lifecycle.parker, service.settings.send_timeout)
+                                      service.listener_state.parker, service.settings.send_timeout)
             for watcher in watchers:
                 accept.start_soon(watcher, shutdown)
             on_started()
@@ -342,7 +342,7 @@ async def _serve_connections(shutdown: trio.Event, lifecycle: Lifecycle, service
             for listener in service.listeners:
                 await trio.aclose_forcefully(listener)
         log.info("shutting down: listeners closed; %d open connections get %.0fs to finish",
-                 lifecycle.open_connections, graceful)
+                 listener_state.open_connections, graceful)
         for service in services:
-            service.lifecycle.begin_shutdown()
+            service.listener_state.begin_shutdown()
         connections.cancel_scope.deadline = trio.current_time() + graceful

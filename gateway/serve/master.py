@@ -31,21 +31,14 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-if TYPE_CHECKING:
-    import h11
-else:
-    try:  # h11 compiled with mypyc where installed, as in front/h1.py
-        import h11_mypyc as h11
-    except ImportError:
-        import h11
-
 from ..config import Config, validate
-from ..front.h1 import Lifecycle
+from ..front.h1 import ListenerState
 from ..front.listen import Service, open_listeners, serve_until_shutdown
+from ..http._h11 import h11
 from ..observe.admin import AdminRouter
 from ..observe.aggregate import merge_prometheus, merge_status, split
 from .php_fpm import PhpFpmSupervisor, make_runtime_dir
@@ -267,19 +260,19 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
                 for i in range(count):
                     starting.start_soon(system.start, workers.run, i)
             services: list[Service] = []
-            lifecycle = Lifecycle()
+            listener_state = ListenerState()
             if config.admin.listen != "off":
                 admin_listeners = await open_listeners([config.admin.listen])
                 services.append(Service(admin_listeners, MasterAdmin(runtime_dir, count, supervisors).handle,
                                          admin_connection_settings(),
-                                         lifecycle, max_connections=64))
+                                         listener_state, max_connections=64))
                 for listener in admin_listeners:
                     log.info("admin (/status, /metrics) on %s", listener.socket.getsockname())
             for listener in listeners:
                 log.info("listening on %s (%d worker processes)", listener.socket.getsockname() or "unix socket",
                          count)
             shutdown = trio.Event()
-            await serve_until_shutdown(shutdown, lifecycle, services, 2.0, on_started=task_status.started,
+            await serve_until_shutdown(shutdown, listener_state, services, 2.0, on_started=task_status.started,
                                        watchers=signal_watchers(handle_signals, None))
             # New connects are refused once no process holds a listen socket: close
             # ours now (no worker is restarted from here on, none needs them), and

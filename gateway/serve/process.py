@@ -33,7 +33,7 @@ import trio
 
 from ..app.site import App
 from ..config import BackendConfig, Config, LimitsConfig
-from ..front.h1 import ConnectionSettings, Lifecycle
+from ..front.h1 import ConnectionSettings, ListenerState
 from ..front.listen import (
     Service,
     inherited_listeners,
@@ -80,7 +80,7 @@ class Running:
     listeners: list[trio.SocketListener]
     pools: dict[str, Pool[FastCgiConn]]
     supervisors: dict[str, PhpFpmSupervisor]
-    lifecycle: Lifecycle
+    listener_state: ListenerState
     monitor: Monitor
     admin_listeners: list[trio.SocketListener] = field(default_factory=list)
     shutdown: trio.Event = field(default_factory=trio.Event)
@@ -119,7 +119,7 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
     Reports a ``Running`` through ``task_status`` once listening.
     """
     runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir)
-    lifecycle = Lifecycle()
+    listener_state = ListenerState()
     try:
         async with trio.open_nursery() as system:
             supervisors: dict[str, PhpFpmSupervisor] = {}
@@ -133,21 +133,21 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                 pools[name] = pool
                 pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path))
                 system.start_soon(pool.run_reaper)
-            monitor = Monitor(lifecycle.stats, pool_monitors)
+            monitor = Monitor(listener_state.stats, pool_monitors)
             system.start_soon(monitor.run)
             app = App(config, pools)
             settings = ConnectionSettings.from_config(config.server, config.timeouts, config.limits)
             listeners = (inherited_listeners(inherited.listen_fds) if inherited is not None
                          else await open_listeners(config.server.listen))
             max_conns = raise_open_files_limit(config.limits.max_connections)
-            services = [Service(listeners, app.handle, settings, lifecycle, max_conns,
+            services = [Service(listeners, app.handle, settings, listener_state, max_conns,
                                  config.limits.max_connections_per_ip)]
-            running = Running(listeners, pools, supervisors, lifecycle, monitor)
+            running = Running(listeners, pools, supervisors, listener_state, monitor)
             if config.admin.listen != "off":
                 running.admin_listeners = await open_listeners([config.admin.listen])
                 services.append(Service(running.admin_listeners, AdminApp(monitor).handle,
                                          admin_connection_settings(),
-                                         Lifecycle(), max_connections=64))
+                                         ListenerState(), max_connections=64))
             if inherited is None:
                 for listener in listeners:
                     log.info("listening on %s", listener.socket.getsockname() or "unix socket")
@@ -155,7 +155,7 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                     log.info("admin (/status, /metrics) on %s", listener.socket.getsockname())
             else:
                 log.debug("worker process %d serving", os.getpid())
-            await serve_until_shutdown(running.shutdown, lifecycle, services, config.timeouts.graceful,
+            await serve_until_shutdown(running.shutdown, listener_state, services, config.timeouts.graceful,
                                        watchers=signal_watchers(handle_signals, inherited),
                                        on_started=lambda: task_status.started(running))
             for pool in pools.values():

@@ -158,7 +158,7 @@ async def test_error_after_streaming_started_cuts_the_connection(tmp_path, nurse
 
 
 async def test_client_leaving_during_a_long_php_run_is_noticed(tmp_path, nursery, autojump_clock):
-    from gateway.front.h1 import Lifecycle
+    from gateway.front.h1 import ListenerState
     from gateway.front.liveness import WATCH_AFTER, InFlightWatcher
 
     async def slow(req):
@@ -166,13 +166,13 @@ async def test_client_leaving_during_a_long_php_run_is_noticed(tmp_path, nursery
         return [php_output()]
 
     app, pool = make_app(tmp_path, FakeFpm(slow), nursery)
-    lifecycle = Lifecycle()
-    lifecycle.inflight = InFlightWatcher()
-    nursery.start_soon(lifecycle.inflight.run)
+    listener_state = ListenerState()
+    listener_state.inflight = InFlightWatcher()
+    nursery.start_soon(listener_state.inflight.run)
     ours, theirs = trio.socket.socketpair()  # the watcher waits on the client's socket
     nursery.start_soon(HttpConnection(trio.SocketStream(theirs), app.handle, ConnectionSettings.from_config(),
                                       client=("192.0.2.7", 40000), server=("192.0.2.1", 80),
-                                      lifecycle=lifecycle).run)
+                                      listener_state=listener_state).run)
     client = trio.SocketStream(ours)
     await client.send_all(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
     while not pool.busy:

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from gateway.config import LimitsConfig, TimeoutsConfig
-from gateway.front.h1 import ConnectionSettings, HttpConnection, Lifecycle
+from gateway.front.h1 import ConnectionSettings, HttpConnection, ListenerState
 from gateway.front.liveness import WATCH_AFTER, InFlightWatcher
 from gateway.http.request import Request
 from gateway.http.response import Response
@@ -29,10 +29,10 @@ async def echo(req: Request) -> Response:
     return Response(200, [(b"content-type", b"text/plain")], info + body)
 
 
-async def start(nursery, handler=echo, settings=SETTINGS, lifecycle=None):
+async def start(nursery, handler=echo, settings=SETTINGS, listener_state=None):
     client, server = trio.testing.memory_stream_pair()
     conn = HttpConnection(server, handler, settings, client=("10.0.0.1", 1234), server=("10.0.0.2", 80),
-                          lifecycle=lifecycle)
+                          listener_state=listener_state)
     nursery.start_soon(conn.run)
     return client
 
@@ -217,9 +217,9 @@ async def test_client_that_stops_reading_is_cut_after_send_timeout(nursery, auto
 
 async def test_client_that_leaves_cancels_the_handler_once_watched(nursery, autojump_clock, caplog):
     # over a real socket pair: the in-flight watcher waits on the socket in epoll
-    lifecycle = Lifecycle()
-    lifecycle.inflight = InFlightWatcher()
-    nursery.start_soon(lifecycle.inflight.run)
+    listener_state = ListenerState()
+    listener_state.inflight = InFlightWatcher()
+    nursery.start_soon(listener_state.inflight.run)
     entered, cancelled = trio.Event(), trio.Event()
 
     async def slow(req):
@@ -232,7 +232,7 @@ async def test_client_that_leaves_cancels_the_handler_once_watched(nursery, auto
 
     ours, theirs = trio.socket.socketpair()
     conn = HttpConnection(trio.SocketStream(theirs), slow, SETTINGS, client=("10.0.0.1", 1234),
-                          server=("10.0.0.2", 80), lifecycle=lifecycle)
+                          server=("10.0.0.2", 80), listener_state=listener_state)
     nursery.start_soon(conn.run)
     client = trio.SocketStream(ours)
     await client.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -245,36 +245,36 @@ async def test_client_that_leaves_cancels_the_handler_once_watched(nursery, auto
     # noticed when the watch starts (WATCH_AFTER), not when the handler would have ended
     assert trio.current_time() - t0 == pytest.approx(WATCH_AFTER)
     assert '"GET /slow HTTP/1.1" 499' in caplog.text
-    assert lifecycle.stats.in_flight == 0 and lifecycle.open_connections == 0
+    assert listener_state.stats.in_flight == 0 and listener_state.open_connections == 0
 
 
 async def test_a_fast_request_is_never_watched(nursery, autojump_clock):
-    lifecycle = Lifecycle()
-    lifecycle.inflight = InFlightWatcher()
-    nursery.start_soon(lifecycle.inflight.run)
+    listener_state = ListenerState()
+    listener_state.inflight = InFlightWatcher()
+    nursery.start_soon(listener_state.inflight.run)
     ours, theirs = trio.socket.socketpair()
     nursery.start_soon(HttpConnection(trio.SocketStream(theirs), echo, SETTINGS, client=("10.0.0.1", 1234),
-                                      server=("10.0.0.2", 80), lifecycle=lifecycle).run)
+                                      server=("10.0.0.2", 80), listener_state=listener_state).run)
     c = HttpClient(trio.SocketStream(ours))
     assert (await c.request("GET", "/")).status == 200
     await trio.sleep(2 * WATCH_AFTER)
-    assert lifecycle.inflight.registered == 0  # no epoll_ctl for it, ever
+    assert listener_state.inflight.registered == 0  # no epoll_ctl for it, ever
 
 
 async def test_shutdown_closes_idle_connections_at_once(nursery, autojump_clock):
-    lifecycle = Lifecycle()
-    stream = await start(nursery, lifecycle=lifecycle)
+    listener_state = ListenerState()
+    stream = await start(nursery, listener_state=listener_state)
     c = HttpClient(stream)
     await c.request("GET", "/")
     await trio.testing.wait_all_tasks_blocked()
     t0 = trio.current_time()
-    lifecycle.begin_shutdown()
+    listener_state.begin_shutdown()
     assert await read_all(stream) == b""
     assert trio.current_time() == t0
 
 
 async def test_shutdown_lets_busy_request_finish_with_connection_close(nursery, autojump_clock):
-    lifecycle = Lifecycle()
+    listener_state = ListenerState()
     release = trio.Event()
     entered = trio.Event()
 
@@ -283,10 +283,10 @@ async def test_shutdown_lets_busy_request_finish_with_connection_close(nursery, 
         await release.wait()
         return Response(200, [], b"done")
 
-    stream = await start(nursery, slow, lifecycle=lifecycle)
+    stream = await start(nursery, slow, listener_state=listener_state)
     await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     await entered.wait()
-    lifecycle.begin_shutdown()
+    listener_state.begin_shutdown()
     release.set()
     data = await read_all(stream)
     assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"done")

@@ -59,16 +59,16 @@ def _port(running: Running) -> int:
 async def test_an_idle_keepalive_connection_is_parked_and_served_again(server, autojump_clock):
     client = await HttpClient.connect(_port(server))
     assert (await client.request("GET", "/a.txt")).status == 200
-    parker = server.lifecycle.parker
+    parker = server.listener_state.parker
     assert parker is not None and len(parker) == 0  # still in its task
     await trio.sleep(IDLE)
     assert len(parker) == 1
-    assert server.lifecycle.stats.states["idle"] == 1
-    assert server.lifecycle.stats.open_connections == 1
+    assert server.listener_state.stats.states["idle"] == 1
+    assert server.listener_state.stats.open_connections == 1
     r = await client.request("GET", "/a.txt")
     assert (r.status, r.body) == (200, b"hello")
     assert len(parker) == 0
-    assert server.lifecycle.stats.accepted == 1  # the same connection, not a new one
+    assert server.listener_state.stats.accepted == 1  # the same connection, not a new one
     await client.aclose()
 
 
@@ -92,8 +92,8 @@ async def test_the_keepalive_timeout_closes_a_parked_connection(server, autojump
         assert await stream.receive_some(100) == b""  # closed by the server
     assert 29 <= trio.current_time() - t0 <= 31
     await trio.testing.wait_all_tasks_blocked()
-    assert server.lifecycle.stats.open_connections == 0
-    assert len(server.lifecycle.parker) == 0
+    assert server.listener_state.stats.open_connections == 0
+    assert len(server.listener_state.parker) == 0
 
 
 async def test_a_client_that_leaves_while_parked_is_forgotten(server, autojump_clock):
@@ -101,11 +101,11 @@ async def test_a_client_that_leaves_while_parked_is_forgotten(server, autojump_c
     client = HttpClient(stream)
     assert (await client.request("GET", "/a.txt")).status == 200
     await trio.sleep(IDLE)
-    assert len(server.lifecycle.parker) == 1
+    assert len(server.listener_state.parker) == 1
     await stream.aclose()
     await trio.testing.wait_all_tasks_blocked()
-    assert len(server.lifecycle.parker) == 0
-    assert server.lifecycle.stats.open_connections == 0
+    assert len(server.listener_state.parker) == 0
+    assert server.listener_state.stats.open_connections == 0
 
 
 async def test_shutdown_closes_parked_connections_at_once(server, autojump_clock):
@@ -139,8 +139,8 @@ async def test_at_max_connections_the_oldest_idle_keepalive_connection_makes_roo
         assert (await client.request("GET", "/a.txt")).status == 200
         await trio.sleep(IDLE)
         idle.append(client)
-    assert len(server_of_four.lifecycle.parker) == 3
-    assert server_of_four.lifecycle.stats.open_connections == 4  # the limit
+    assert len(server_of_four.listener_state.parker) == 3
+    assert server_of_four.listener_state.stats.open_connections == 4  # the limit
     newcomer = await HttpClient.connect(port)
     with trio.fail_after(5):
         r = await newcomer.request("GET", "/a.txt")

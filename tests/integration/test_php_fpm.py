@@ -367,7 +367,7 @@ async def test_connections_per_ip_limit_and_max_connections(start_gateway):
     assert (r.status, r.header("retry-after")) == (503, "1")
     await a.aclose()
     with trio.fail_after(5):
-        while gw.running.lifecycle.stats.open_connections > 1:  # noqa: ASYNC110 - poll, bounded
+        while gw.running.listener_state.stats.open_connections > 1:  # noqa: ASYNC110 - poll, bounded
             await trio.sleep(0.01)
     fourth = await gw.client()
     assert (await fourth.request("GET", "/hello.txt")).status == 200

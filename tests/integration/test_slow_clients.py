@@ -32,9 +32,9 @@ async def test_slow_uploads_hold_no_php_worker(start_gateway):
         streams.append(s)
     # all 20 request heads are parsed and the gateway has read what was sent:
     # every upload is half way through its body
-    await wait_until(lambda: gw.running.lifecycle.stats.requests == 20)
+    await wait_until(lambda: gw.running.listener_state.stats.requests == 20)
     await trio.testing.wait_all_tasks_blocked()
-    assert gw.running.lifecycle.stats.in_flight == 20
+    assert gw.running.listener_state.stats.in_flight == 20
     assert gw.pool.busy == 0 and gw.pool.stats.requests == 0
     for s in streams:
         await s.send_all(body[50_000:])
@@ -57,7 +57,7 @@ async def test_slow_readers_release_php_workers_when_php_is_done(start_gateway):
     # PHP has produced all 20 responses while no client has read a byte beyond the socket buffers
     await wait_until(lambda: gw.pool.instruments.responses == 20)
     assert gw.pool.busy == 0
-    assert gw.running.lifecycle.stats.states["writing"] == 20
+    assert gw.running.listener_state.stats.states["writing"] == 20
     block = b"0123456789abcdef" * 65536
     want = hashlib.md5(block * 5).hexdigest()
     for c in clients:
