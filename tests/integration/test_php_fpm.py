@@ -202,8 +202,8 @@ async def test_php_fpm_killed_mid_load_gives_502_then_recovers(start_gateway):
         n.start_soon(slow)
         await started.wait()
         with trio.fail_after(10):
-            while gw.pool.busy < 2:  # noqa: ASYNC110 - the pool exposes no event; poll, bounded
-                await trio.sleep(0.01)
+            while gw.pool.busy < 2:
+                await gw.pool.changed()
         master = sup.process.pid
         victims = [master, *children_of(master)]
         for pid in victims:
@@ -279,18 +279,18 @@ async def test_client_that_leaves_the_queue_never_costs_a_php_worker(start_gatew
     async with trio.open_nursery() as n:
         n.start_soon(first.request, "GET", f"/slow.php?ms={first_ms}&log={log}&who=first")
         with trio.fail_after(10):
-            while gw.pool.busy < 1:  # noqa: ASYNC110 - the pool exposes no event; poll, bounded
-                await trio.sleep(0.01)
+            while gw.pool.busy < 1:
+                await gw.pool.changed()
         quitter = await gw.client()
         await quitter.stream.send_all(
             f"GET /slow.php?ms=10&log={log}&who=quitter HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         with trio.fail_after(10):
-            while gw.pool.waiting < 1:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            while gw.pool.waiting < 1:
+                await gw.pool.changed()
         await quitter.aclose()
         with trio.fail_after(10):
-            while gw.pool.waiting:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            while gw.pool.waiting:
+                await gw.pool.changed()
         if first_ms > 1000:
             assert gw.pool.busy == 1  # out of the queue before the first request ended
     assert gw.pool.stats.client_gone_in_queue == 1
