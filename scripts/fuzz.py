@@ -1,6 +1,6 @@
 """Fuzz the gateway in process for longer than the test suite does.
 
-The generators and invariants are those of tests/gateway/test_fuzz.py
+The generators and invariants are those of tests/gateway/app/test_fuzz.py
 (tests/fuzz_helpers.py): random CGI answers from a fake php-fpm, random request
 heads from a client, through HttpConnection + App + Pool over memory streams on
 a mock clock. Each round runs every input class with a new seed, until

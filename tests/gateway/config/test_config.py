@@ -65,7 +65,7 @@ def test_idle_timeout_must_be_below_request_terminate_timeout(tmp_path):
 def test_shipped_conf_d_is_valid():
     import pathlib
 
-    cfg = load_dir(pathlib.Path(__file__).parents[2] / "conf.d")
+    cfg = load_dir(pathlib.Path(__file__).parents[3] / "conf.d")
     assert cfg.server.listen == ["127.0.0.1:8080"]
     assert cfg.sites["demo"].php == "php"
 
@@ -75,7 +75,7 @@ def test_shipped_wordpress_examples_are_valid(tmp_path, example):
     import pathlib
     import shutil
 
-    src = pathlib.Path(__file__).parents[2] / "conf.d" / "examples" / example
+    src = pathlib.Path(__file__).parents[3] / "conf.d" / "examples" / example
     shutil.copy(src, tmp_path / example)
     cfg = load_dir(tmp_path)
     site = cfg.sites["wordpress"]
