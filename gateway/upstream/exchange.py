@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol
 
 import trio
 
@@ -42,7 +42,7 @@ from ..http.errors import ClientGone, UpstreamClosedEarly
 from ..http.spool import Spool
 from .cgi import CgiHead
 from .fastcgi import FastCgiConn, FastCgiExchange, PhpSettings
-from .pool import Pool, Slot
+from .pool import C, Pool, Slot
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Timing:
 class UpstreamResponse:
     head: CgiHead
     #: the drained body, or a stream that holds the slot until closed
-    body: Spool | UpstreamBody
+    body: Spool | UpstreamBody[Any]
     timing: Timing
     upstream: str
 
@@ -85,11 +85,40 @@ class Transaction(Protocol):
     async def read_chunk(self) -> bytes | None: ...
 
 
+class BufferSettings(Protocol):
+    """What the policy reads of a backend's settings (``PhpSettings`` has them)."""
+
+    @property
+    def response_buffer_size(self) -> int: ...
+
+    @property
+    def max_temp_file_size(self) -> int: ...
+
+    @property
+    def temp_dir(self) -> str | None: ...
+
+    @property
+    def ignore_client_abort(self) -> bool: ...
+
+
 async def run_php(pool: Pool[FastCgiConn], params: list[tuple[bytes, bytes]], body: Spool | None,
                   settings: PhpSettings, *, request_id: str, retry_safe: bool = False,
                   client_left: Callable[[], bool] | None = None, stream_ok: bool = True,
                   force_stream: bool = False) -> UpstreamResponse:
-    """Run one request on PHP through ``pool``.
+    """Run one request on PHP through ``pool``: ``exchange`` with the FastCGI transport."""
+
+    def start(conn: FastCgiConn) -> FastCgiExchange:
+        return FastCgiExchange(conn, params, body, settings, request_id)
+
+    return await exchange(pool, start, settings, retry_safe=retry_safe, client_left=client_left,
+                          stream_ok=stream_ok, force_stream=force_stream)
+
+
+async def exchange(pool: Pool[C], start: Callable[[C], Transaction], settings: BufferSettings, *,
+                   retry_safe: bool = False, client_left: Callable[[], bool] | None = None,
+                   stream_ok: bool = True, force_stream: bool = False) -> UpstreamResponse:
+    """Run one request through ``pool``; ``start`` begins the transport's
+    transaction on a connection.
 
     ``stream_ok``: the caller can take a streamed body (else everything is
     spooled). The caller closes the returned body (``Spool.close`` or
@@ -101,10 +130,6 @@ async def run_php(pool: Pool[FastCgiConn], params: list[tuple[bytes, bytes]], bo
         UpstreamOverloaded, SpoolWriteError); ``ClientGone`` when the client
         left while queued.
     """
-
-    def start(conn: FastCgiConn) -> FastCgiExchange:
-        return FastCgiExchange(conn, params, body, settings, request_id)
-
     async with pool.slot() as slot:
         if slot.queue_wait and client_left is not None and client_left():
             # the client left while it waited (too briefly to be watched): PHP never sees it
@@ -120,11 +145,11 @@ async def run_php(pool: Pool[FastCgiConn], params: list[tuple[bytes, bytes]], bo
     raise AssertionError("unreachable")  # for mypy: the block returns or raises
 
 
-class _Policy:
+class _Policy(Generic[C]):
     """What happens on a held slot: retry if safe, then spool or stream."""
 
-    def __init__(self, slot: Slot[FastCgiConn], start: Callable[[FastCgiConn], FastCgiExchange],
-                 settings: PhpSettings, *, retry_safe: bool, stream_ok: bool, force_stream: bool) -> None:
+    def __init__(self, slot: Slot[C], start: Callable[[C], Transaction], settings: BufferSettings, *,
+                 retry_safe: bool, stream_ok: bool, force_stream: bool) -> None:
         self.slot = slot
         self.start = start
         self.settings = settings
@@ -141,7 +166,7 @@ class _Policy:
             try:
                 return await self._on(conn)
             except UpstreamClosedEarly as exc:
-                if not conn.reused:
+                if not conn.requests:  # a fresh connection: the backend is broken, not recycling
                     raise
                 if not self.retry_safe:
                     raise UpstreamClosedEarly(f"{exc} (a reused connection; not retried: the method is not "
@@ -155,7 +180,7 @@ class _Policy:
             await self.slot.discard(conn)
             raise
 
-    async def _on(self, conn: FastCgiConn) -> UpstreamResponse:
+    async def _on(self, conn: C) -> UpstreamResponse:
         tx = self.start(conn)
         if not tx.large_body:
             await tx.send_head()
@@ -203,7 +228,7 @@ class _Policy:
             raise
         return head, spool, True
 
-    def _streamed(self, head: CgiHead, conn: FastCgiConn, tx: Transaction, prefix: Spool) -> UpstreamResponse:
+    def _streamed(self, head: CgiHead, conn: C, tx: Transaction, prefix: Spool) -> UpstreamResponse:
         body = UpstreamBody(self.slot.detach(), conn, tx, prefix, self._done)
         return UpstreamResponse(head, body, self.timing, self.slot.pool.name)
 
@@ -213,7 +238,7 @@ class _Policy:
         self.slot.pool.record_response(elapsed)
 
 
-class UpstreamBody:
+class UpstreamBody(Generic[C]):
     """A response body read from the backend as the client takes it.
 
     It holds the pool slot and the connection: at the end of the body the
@@ -221,7 +246,7 @@ class UpstreamBody:
     (the backend's run is abandoned). Either way the slot is released once.
     """
 
-    def __init__(self, slot: Slot[FastCgiConn], conn: FastCgiConn, tx: Transaction, prefix: Spool,
+    def __init__(self, slot: Slot[C], conn: C, tx: Transaction, prefix: Spool,
                  on_done: Callable[[], None]) -> None:
         self.slot = slot
         self.conn = conn
@@ -231,7 +256,7 @@ class UpstreamBody:
         self.on_done = on_done
         self._finished = False
 
-    def __aiter__(self) -> UpstreamBody:
+    def __aiter__(self) -> UpstreamBody[C]:
         return self
 
     async def __anext__(self) -> bytes:
