@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import tempfile
@@ -55,8 +56,15 @@ READY_TIMEOUT = 15.0
 STOP_GRACE = 10.0
 
 
+#: Where php-fpm binaries are looked for besides PATH (Debian/Ubuntu: /usr/sbin).
+FPM_DIRS = ("/usr/sbin", "/usr/local/sbin")
+_FPM_NAME = re.compile(r"^(?:php-fpm(\d+)\.(\d+)|php(\d+)\.(\d+)-fpm|php-fpm)$")
+
+
 def find_php_fpm(configured: str = "") -> str:
-    """The php-fpm binary: the configured path, else php-fpm8.2 or php-fpm on PATH or in /usr/sbin."""
+    """The php-fpm binary: the configured path, else the newest ``php-fpmX.Y``
+    (Debian/Ubuntu: php-fpm8.4, 8.3, 8.2...) or a plain ``php-fpm`` on PATH or
+    in /usr/sbin, /usr/local/sbin."""
     if configured:
         if os.access(configured, os.X_OK):
             return configured
@@ -64,15 +72,35 @@ def find_php_fpm(configured: str = "") -> str:
         if found:
             return found
         raise SupervisorError(f"php_fpm.binary = {configured!r} is not an executable")
-    path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/usr/local/sbin"
-    for name in ("php-fpm8.2", "php-fpm", "php8.2-fpm"):
-        found = shutil.which(name, path=path)
-        if found:
-            return found
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d] + list(FPM_DIRS)
+    candidates = fpm_candidates(dirs)
+    if candidates:
+        return candidates[0]
     raise SupervisorError(
-        "php-fpm not found: install it (Debian: apt-get install php8.2-fpm, or run scripts/setup), "
-        "set the backend's php_fpm.binary, or point the backend at a running php-fpm with address = ..."
+        f"php-fpm not found (looked for php-fpmX.Y, phpX.Y-fpm and php-fpm in {os.pathsep.join(dict.fromkeys(dirs))}): "
+        "install it (Debian: apt-get install php-fpm, or run scripts/setup), set the backend's php_fpm.binary, "
+        "or point the backend at a running php-fpm with address = ..."
     )
+
+
+def fpm_candidates(dirs: list[str]) -> list[str]:
+    """Executable php-fpm binaries in ``dirs``, newest version first; an
+    unversioned ``php-fpm`` last; the first directory wins for one name."""
+    found: dict[str, tuple[tuple[int, int], str]] = {}
+    for directory in dirs:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            m = _FPM_NAME.match(name)
+            path = os.path.join(directory, name)
+            if m is None or name in found or not os.access(path, os.X_OK) or os.path.isdir(path):
+                continue
+            major, minor = m.group(1) or m.group(3), m.group(2) or m.group(4)
+            version = (int(major), int(minor)) if major else (-1, -1)
+            found[name] = (version, path)
+    return [path for _, path in sorted(found.values(), key=lambda vp: vp[0], reverse=True)]
 
 
 @dataclass(frozen=True, slots=True)
