@@ -1,7 +1,9 @@
 """The access log: one line per request, nginx's combined format plus timings, or JSON.
 
-Fields a client controls (request line, Referer, User-Agent) are written as
-they came; the escaping policy is the daemon issue's (nginx writes ``\\x22``).
+Fields a client controls (request line, Referer, User-Agent) are escaped as
+nginx escapes them (``escape=default``): ``"``, ``\\``, control bytes and bytes
+from 0x7f up become ``\\xHH``, so a quote in a User-Agent cannot forge fields
+and an ESC cannot reach a terminal. The JSON format escapes as JSON does.
 ``rt`` is the whole request, ``qw`` the wait for an upstream slot, ``php``
 slot to the response's end; ``-`` where there was none.
 """
@@ -17,11 +19,23 @@ from ..http.response import Response
 
 access_log = logging.getLogger("gateway.access")
 
+#: str.translate table: latin-1 code point -> nginx's \xHH
+_ESCAPE = {b: f"\\x{b:02X}" for b in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0x100))}
+
+
+def escape(value: bytes) -> str:
+    """nginx's access-log escaping of a client-controlled field."""
+    return value.decode("latin-1").translate(_ESCAPE)
+
 
 def log_access(*, json_format: bool, client: str, method: bytes, target: bytes, http_version: bytes,
                headers: Sequence[tuple[bytes, bytes]], request_id: str, started: float, status: int,
-               response: Response | None) -> None:
-    """Write one access-log line, if the access log is on. ``started``: ``time.monotonic()``."""
+               response: Response | None, request_line: bytes | None = None) -> None:
+    """Write one access-log line, if the access log is on. ``started``: ``time.monotonic()``.
+
+    ``request_line``: for a head that never parsed (400, 408, 414, 431), the
+    bytes of its first line as received, logged instead of method, target and
+    version ("-" when nothing arrived), as nginx's ``$request``."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     hmap = dict(headers)
@@ -29,6 +43,10 @@ def log_access(*, json_format: bool, client: str, method: bytes, target: bytes, 
     timing = response.timing if response is not None else None
     qw = timing.queue_wait if timing is not None else None
     php = timing.upstream_time if timing is not None else None
+    if request_line is not None:
+        line = escape(request_line) if request_line else "-"
+    else:
+        line = f"{escape(method)} {escape(target)} HTTP/{escape(http_version)}"
     if json_format:
         access_log.info(json.dumps({
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "id": request_id, "remote_addr": client,
@@ -42,10 +60,9 @@ def log_access(*, json_format: bool, client: str, method: bytes, target: bytes, 
         }))
         return
     access_log.info(
-        '%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s" rt=%.3f qw=%s php=%s id=%s',
-        client, time.strftime("%d/%b/%Y:%H:%M:%S %z"), method.decode("latin-1"),
-        target.decode("latin-1"), http_version.decode(), status, size,
-        hmap.get(b"referer", b"-").decode("latin-1"), hmap.get(b"user-agent", b"-").decode("latin-1"),
+        '%s - - [%s] "%s" %d %d "%s" "%s" rt=%.3f qw=%s php=%s id=%s',
+        client, time.strftime("%d/%b/%Y:%H:%M:%S %z"), line, status, size,
+        escape(hmap.get(b"referer", b"-")), escape(hmap.get(b"user-agent", b"-")),
         time.monotonic() - started, "-" if qw is None else f"{qw:.3f}", "-" if php is None else f"{php:.3f}",
         request_id,
     )

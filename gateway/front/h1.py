@@ -41,7 +41,7 @@ import trio
 from ..config import LimitsConfig, ServerConfig, TimeoutsConfig
 from ..http._h11 import h11
 from ..http.errors import ClientGone, GatewayError
-from ..http.head import BadRequestHead, check_request_head
+from ..http.head import BadRequestHead, check_method, check_request_head
 from ..http.request import Request
 from ..http.response import FileRange, Response, error_response
 from ..http.spool import Spool
@@ -158,6 +158,7 @@ class HttpConnection:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_size)
         self.writer = ResponseWriter(self.conn, self.downstream, settings.server_software)
         self._received_any = False
+        self._head_start = b""
         self._state = "reading"
         self._served = served
         self._hand_over = hand_over
@@ -223,7 +224,9 @@ class HttpConnection:
                 await self.downstream.linger(LINGER_SECONDS, LINGER_BYTES)
                 return
             self.conn.start_next_cycle()
-            self._received_any = bool(self.conn.trailing_data[0])
+            pipelined = self.conn.trailing_data[0]
+            self._received_any = bool(pipelined)
+            self._head_start = pipelined[:1024]
 
     async def receive(self, timeout_at: float, *, idle: bool = False) -> None:
         """Read into h11 before ``timeout_at`` or raise ``ReceiveTimeout``; an ``idle``
@@ -240,6 +243,8 @@ class HttpConnection:
         if scope.cancelled_caught:
             raise ReceiveTimeout()
         if data:
+            if not self._received_any:
+                self._head_start = bytes(data[:1024])  # for the log if this head never parses
             self._received_any = True
         # the compiled h11 takes bytes only; sockets give bytes, memory streams bytearray
         self.conn.receive_data(data if type(data) is bytes else bytes(data))
@@ -331,6 +336,7 @@ class HttpConnection:
         if too_big:
             return self._error(too_big), False
         try:
+            check_method(req.method)
             checked = check_request_head(req.target, req.http_version, headers)
             body = await read_body(self, req, headers)
         except BadRequestHead as exc:
@@ -396,12 +402,19 @@ class HttpConnection:
         return error_response(status, server=self.settings.server_software)
 
     async def _send_error_and_close(self, status: int) -> None:
+        """Answer a head that never parsed (or never completed), log it, close."""
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
+        response = self._error(status)
+        first_line = self._head_start.split(b"\n", 1)[0].rstrip(b"\r")
         try:
-            await self.writer.write(self._error(status), head_only=False, keep_alive=False)
+            await self.writer.write(response, head_only=False, keep_alive=False)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             return
+        finally:
+            log_access(json_format=self.settings.access_log_json, client=self.client[0], method=b"", target=b"",
+                       http_version=b"", headers=(), request_id="-", started=time.monotonic(), status=status,
+                       response=response, request_line=first_line)
         await self.downstream.linger(LINGER_SECONDS, LINGER_BYTES)
 
 

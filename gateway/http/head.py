@@ -72,6 +72,17 @@ def parse_host(value: bytes) -> bytes:
     return name.removesuffix(b".")
 
 
+#: Methods refused before any handler, as nginx: TRACE would echo the request
+#: (cookies included) back through PHP; CONNECT asks for a tunnel (nginx >= 1.21.1).
+REFUSED_METHODS = frozenset({b"TRACE", b"CONNECT"})
+
+
+def check_method(method: bytes) -> None:
+    """Raises ``BadRequestHead`` (405) for a method no handler may see."""
+    if method in REFUSED_METHODS:
+        raise BadRequestHead(f"{method.decode('latin-1')} is not allowed", status=405)
+
+
 def check_request_head(target: bytes, http_version: bytes, headers: list[tuple[bytes, bytes]]) -> CheckedHead:
     """Apply the framing and Host rules above to a head h11 has parsed.
 

@@ -316,3 +316,37 @@ async def test_body_below_the_minimum_rate_is_408(nursery, autojump_clock):
     assert data.startswith(b"HTTP/1.1 408 ")
     # cut once the 10 s grace is over and the bytes received no longer cover the rate
     assert 10 <= trio.current_time() - t0 <= 12
+
+
+async def test_trace_is_405_and_never_reaches_the_handler(nursery, autojump_clock):
+    seen = []
+
+    async def handler(req):
+        seen.append(req.method)
+        return Response(200, [], b"x")
+
+    stream = await start(nursery, handler)
+    await stream.send_all(b"TRACE / HTTP/1.1\r\nHost: x\r\nCookie: secret=1\r\n\r\n")
+    data = await read_all(stream)
+    assert data.startswith(b"HTTP/1.1 405 ") and b"secret" not in data
+    assert seen == []
+
+
+async def test_access_log_escapes_what_the_client_sent_as_nginx(nursery, autojump_clock, caplog):
+    c = HttpClient(await start(nursery))
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        await c.request("GET", "/a", headers=[("User-Agent", 'evil" 200 999 "x\x1b[31m'),
+                                              ("Referer", "back\\slash")])
+    line = caplog.records[-1].getMessage()
+    assert '"GET /a HTTP/1.1" 200 ' in line
+    assert '"back\\x5Cslash" "evil\\x22 200 999 \\x22x\\x1B[31m"' in line
+    assert line.count('"') == 6  # request line, referer, user agent: no forged field
+
+
+async def test_a_head_that_never_parses_is_logged_too(nursery, autojump_clock, caplog):
+    stream = await start(nursery)
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        await stream.send_all(b"GET /\x01\"x HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = await read_all(stream)
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert '"GET /\\x01\\x22x HTTP/1.1" 400 ' in caplog.records[-1].getMessage()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.http.head import BadRequestHead, check_request_head, parse_host
+from gateway.http.head import BadRequestHead, check_method, check_request_head, parse_host
 
 H = [(b"host", b"example.com")]
 
@@ -74,3 +74,15 @@ def test_absolute_form_without_path(target, origin):
 def test_absolute_form_with_a_bad_authority_is_refused(target):
     with pytest.raises(BadRequestHead):
         check_request_head(target, b"1.1", H)
+
+
+@pytest.mark.parametrize("method", [b"TRACE", b"CONNECT"])
+def test_trace_and_connect_are_405_before_any_handler(method):
+    with pytest.raises(BadRequestHead) as exc:
+        check_method(method)
+    assert exc.value.status == 405
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST", b"PROPFIND", b"PURGE", b"OPTIONS"])
+def test_other_methods_reach_the_handler(method):
+    check_method(method)  # PHP apps (WebDAV, cache purges) may answer any other token
