@@ -130,19 +130,32 @@ async def exchange(pool: Pool[C], start: Callable[[C], Transaction], settings: B
         UpstreamOverloaded, SpoolWriteError); ``ClientGone`` when the client
         left while queued.
     """
-    async with pool.slot() as slot:
-        if slot.queue_wait and client_left is not None and client_left():
-            # the client left while it waited (too briefly to be watched): PHP never sees it
+    queued = True
+    try:
+        async with pool.slot() as slot:
+            queued = False
+            if slot.queue_wait and client_left is not None and client_left():
+                # the client left while it waited (too briefly to be watched): PHP never sees it
+                pool.stats.client_gone_in_queue += 1
+                raise ClientGone()
+            return await _on_slot(slot, start, settings, retry_safe=retry_safe, stream_ok=stream_ok,
+                                  force_stream=force_stream)
+    except trio.Cancelled:
+        # counted only for a client that really left, not for a shutdown or a timeout
+        if queued and client_left is not None and client_left():
             pool.stats.client_gone_in_queue += 1
-            raise ClientGone()
-        policy = _Policy(slot, start, settings, retry_safe=retry_safe, stream_ok=stream_ok,
-                         force_stream=force_stream)
-        if settings.ignore_client_abort:
-            # only the wait in the queue is abandoned when the client leaves
-            with trio.CancelScope(shield=True):
-                return await policy.run()
-        return await policy.run()
+        raise
     raise AssertionError("unreachable")  # for mypy: the block returns or raises
+
+
+async def _on_slot(slot: Slot[C], start: Callable[[C], Transaction], settings: BufferSettings, *,
+                   retry_safe: bool, stream_ok: bool, force_stream: bool) -> UpstreamResponse:
+    policy = _Policy(slot, start, settings, retry_safe=retry_safe, stream_ok=stream_ok, force_stream=force_stream)
+    if settings.ignore_client_abort:
+        # only the wait in the queue is abandoned when the client leaves
+        with trio.CancelScope(shield=True):
+            return await policy.run()
+    return await policy.run()
 
 
 class _Policy(Generic[C]):

@@ -14,7 +14,7 @@ keeps and closes them.
   finds ``queue_depth`` others waiting gets ``QueueFull`` (503) at once; one
   that waits longer than ``queue_timeout`` gets ``QueueTimeout`` (504). A
   waiter whose client left is cancelled by the front end, before it costs a
-  worker.
+  worker (the caller counts it: only it knows a departure from a shutdown).
 - **Idle connections** sit in a LIFO list, reachable only while holding a slot,
   so a connection is either idle or owned by exactly one request. Checkout
   drops idle connections that expired (``idle_timeout``, measured with
@@ -192,9 +192,6 @@ class Pool(Generic[C]):
         except trio.TooSlowError:
             self.stats.queue_timeouts += 1
             raise QueueTimeout(f"pool {self.name}: waited {self.queue_timeout:g}s for a PHP slot") from None
-        except trio.Cancelled:
-            self.stats.client_gone_in_queue += 1
-            raise
         finally:
             self.waiting -= 1
             self._notify()

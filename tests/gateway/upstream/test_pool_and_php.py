@@ -115,7 +115,8 @@ async def test_client_gone_in_queue_never_reaches_php_and_leaks_no_slot(nursery,
 
     async def waiter():
         with client:
-            await run_php(pool, PARAMS + [(b"X", b"waiter")], None, SETTINGS, request_id="w")
+            await run_php(pool, PARAMS + [(b"X", b"waiter")], None, SETTINGS, request_id="w",
+                          client_left=lambda: True)  # its socket is closed
 
     nursery.start_soon(waiter)
     await trio.testing.wait_all_tasks_blocked()

@@ -149,6 +149,10 @@ async def test_cancel_in_the_queue(nursery, autojump_clock):
     await trio.testing.wait_all_tasks_blocked()
     with trio.move_on_after(2) as scope:
         await run_php(pool, [*PARAMS, (b"X", b"queued")], None, SETTINGS, request_id="2")
+    # a cancel that is no departure (a shutdown, a deadline) is not counted as one
+    assert scope.cancelled_caught and pool.stats.client_gone_in_queue == 0
+    with trio.move_on_after(2) as scope:
+        await run_php(pool, [*PARAMS, (b"X", b"queued")], None, SETTINGS, request_id="3", client_left=lambda: True)
     assert scope.cancelled_caught and pool.stats.client_gone_in_queue == 1
     await pool.wait_idle()
     assert all(r.params.get(b"X") != b"queued" for r in fpm.requests_seen)
