@@ -403,3 +403,17 @@ async def test_killed_php_fpm_master_takes_its_workers_along_before_the_restart(
     assert new_master != master
     r = await gw.get("/pid.php")
     assert r.status == 200 and int(r.body) in children_of(new_master)
+
+
+@pytest.mark.parametrize(("method", "status", "runs"), [
+    ("GET", 200, ["GET", "GET"]),  # idempotent: retried once on a fresh connection
+    ("POST", 502, ["POST"]),  # may have run: never run twice (nginx never retries a POST once sent)
+])
+async def test_a_worker_dying_on_a_reused_connection(start_gateway, tmp_path, method, status, runs):
+    gw = await start_gateway(backend={"pool_size": 1})
+    c = await gw.client()
+    assert (await c.request("GET", "/pid.php")).status == 200  # the pool's one connection, kept
+    marker = tmp_path / f"died-{method}"
+    r = await c.request(method, f"/die_once.php?marker={marker}", body=b"x=1" if method == "POST" else None)
+    assert r.status == status
+    assert (tmp_path / f"died-{method}.log").read_text().split() == runs
