@@ -6,7 +6,8 @@ Rules:
 - Everything is validated by pydantic with unknown keys rejected, and an error
   names the file that set the offending key and the key's dotted path.
 - Sizes are ``"8k"``, ``"64m"``, ``"1g"`` or a byte count; durations are
-  ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"`` or seconds.
+  ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, compounds like ``"1m30s"`` or
+  ``"1h 30m"`` (as nginx), or seconds.
 - Addresses (``[server] listen``, ``[admin] listen``, a backend's ``address``
   and ``status``) are checked by the one parser ``serve`` uses
   (``addresses.parse_address``), so an address that passes ``gateway check``
@@ -34,8 +35,9 @@ import copy
 import logging
 import os
 import re
+import stat
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -51,12 +53,15 @@ from pydantic import (
     model_validator,
 )
 
-from .addresses import parse_address
+from .addresses import Address, parse_address
+from .messages import describe, find_line, format_problem
 
 log = logging.getLogger(__name__)
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?\s*$", re.IGNORECASE)
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+#: One part of a compound duration, "1m30s" or "1h 30m" (as nginx writes them).
+_DURATION_PART_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -76,18 +81,22 @@ def parse_size(value: Any) -> int:
 
 
 def parse_duration(value: Any) -> float:
-    """``"30s"`` -> 30.0, ``"500ms"`` -> 0.5. Numbers are seconds."""
+    """``"30s"`` -> 30.0, ``"500ms"`` -> 0.5, ``"1m30s"`` -> 90.0. Numbers are seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration is seconds or a string like '500ms', '30s', '5m'")
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return float(value)
-    m = _DURATION_RE.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a duration; write seconds or a string like '500ms', '30s', '5m'")
-    unit = m.group(2).lower() if m.group(2) else None
-    return float(m.group(1)) * _DURATION_UNITS[unit]
+    text = str(value)
+    m = _DURATION_RE.match(text)
+    if m:
+        unit = m.group(2).lower() if m.group(2) else None
+        return float(m.group(1)) * _DURATION_UNITS[unit]
+    parts = list(_DURATION_PART_RE.finditer(text))
+    if parts and "".join(p.group(0) for p in parts) == text:
+        return sum(float(p.group(1)) * _DURATION_UNITS[p.group(2).lower()] for p in parts)
+    raise ValueError(f"{value!r} is not a duration; write seconds or a string like '500ms', '30s', '5m', '1m30s'")
 
 
 def _address(role: str, *special: str) -> AfterValidator:
@@ -121,6 +130,42 @@ def _count_or_auto(least: int, most: int | None = None) -> PlainValidator:
         raise ValueError(f'{value!r} is neither a whole number {bounds} nor "auto"')
 
     return PlainValidator(check, json_schema_input_type=int | str)
+
+
+#: What the router (``app.routing``) does with try_files, said once for errors.
+TRY_FILES_SUPPORTED = (
+    'entries before the last are "$uri" or "$uri/"; the last may also be "=CODE" (400-599) or a URI '
+    'starting with "/" that uses only $uri before "?" and $args or $query_string after it'
+)
+_FALLBACK_PATH_VARS = re.compile(r"\$uri(?![A-Za-z0-9_])")
+_FALLBACK_QUERY_VARS = re.compile(r"\$(?:args|query_string)(?![A-Za-z0-9_])")
+
+
+def check_try_files(entries: list[str] | None) -> list[str] | None:
+    """``try_files`` as the router runs it: "$uri"/"$uri/" checks, then one
+    final fallback ("=CODE" or a URI). Anything else would be taken as the
+    fallback and misroute (``"$uri.html"`` in the middle, ``$is_args``), so
+    it is refused here, saying what is supported."""
+    if entries is None:
+        return None
+    if not entries:
+        raise ValueError(f"is empty; {TRY_FILES_SUPPORTED}")
+    for i, entry in enumerate(entries):
+        if entry in ("$uri", "$uri/"):
+            continue
+        last = i == len(entries) - 1
+        if last and entry.startswith("="):
+            code = entry[1:]
+            if code.isdigit() and 400 <= int(code) <= 599:
+                continue
+        elif last and entry.startswith("/"):
+            path, _, query = entry.partition("?")
+            if "$" not in _FALLBACK_PATH_VARS.sub("", path) and "$" not in _FALLBACK_QUERY_VARS.sub("", query) \
+                    and "#" not in entry and not any(c.isspace() for c in entry):
+                continue
+        where = "the last entry" if last else f"entry {i + 1} of {len(entries)}"
+        raise ValueError(f"{where}, {entry!r}, is not supported: {TRY_FILES_SUPPORTED}")
+    return entries
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
@@ -282,9 +327,10 @@ class SiteConfig(_Model):
     index: list[str] = ["index.php", "index.html", "index.htm"]
     #: Name of a [backends.X] table; empty: a static-only site.
     php: str = ""
-    #: nginx try_files; "$uri", "$uri/", a fallback like "/index.php?$args", or "=404".
+    #: nginx try_files: "$uri", "$uri/", then one fallback, "/index.php?$args" or
+    #: "=404" (``check_try_files`` says exactly what is supported).
     #: Default for a PHP site: the front controller, as WordPress needs.
-    try_files: list[str] | None = None
+    try_files: Annotated[list[str] | None, AfterValidator(check_try_files)] = None
     #: "follow": follow symlinks like nginx; "within_root": refuse those whose
     #: target leaves the root (nginx disable_symlinks if_not_owner-like).
     symlinks: Literal["follow", "within_root"] = "follow"
@@ -451,16 +497,20 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             site["aliases"] = {k: resolve(v) if isinstance(v, str) else v for k, v in site["aliases"].items()}
 
 
-def load_dir(path: str | os.PathLike[str], overrides: Iterable[Override] = ()) -> Config:
+def load_dir(path: str | os.PathLike[str], overrides: Iterable[Override] = (), *,
+             check_paths: bool = True) -> Config:
     """Read every ``*.toml`` in ``path`` in name order, merge, apply
     ``overrides`` (command-line flags) and validate.
 
     Relative site roots are taken relative to the directory's parent (so
     ``conf.d/`` beside ``demo/`` can say ``root = "demo"``). Old spellings are
     upgraded file by file, each logged once as a warning (``upgrade``).
+    ``check_paths``: a site root or alias that does not exist or is not a
+    directory is an error too (``serve`` would answer 404 to everything).
 
     Raises:
-        ConfigError: with the file (or flag) and dotted key of each problem.
+        ConfigError: one line per problem, with the file (or flag), the dotted
+            key and, where it can be found, the line.
     """
     directory = Path(path)
     if not directory.is_dir():
@@ -470,23 +520,32 @@ def load_dir(path: str | os.PathLike[str], overrides: Iterable[Override] = ()) -
         raise ConfigError(f"{directory}: no *.toml files in it")
     merged: dict[str, Any] = {}
     origin: dict[tuple[str, ...], str] = {}
+    texts: dict[str, str] = {}
     for f in files:
+        texts[str(f)] = text = f.read_text()
         try:
-            data = tomllib.loads(f.read_text())
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{f}: not valid TOML: {exc}") from None
         for note in upgrade(data, str(f)):
             log.warning("%s", note)
         _merge(merged, data, origin, str(f))
     _resolve_paths(merged, directory.resolve().parent)
-    return validate(merged, origin, default_file=str(files[-1]), overrides=overrides)
+    return validate(merged, origin, default_file=str(files[-1]), overrides=overrides, texts=texts,
+                    check_paths=check_paths)
 
 
 def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = None,
-             default_file: str = "<config>", overrides: Iterable[Override] = ()) -> Config:
+             default_file: str = "<config>", overrides: Iterable[Override] = (), *,
+             texts: dict[str, str] | None = None, check_paths: bool = False) -> Config:
     """Validate a merged mapping (``data`` is not changed), with ``overrides``
-    on top; errors name the file (or flag) that set the key. Old spellings in
-    ``data`` are upgraded with a warning naming ``default_file``."""
+    on top; errors name the file (or flag) that set the key, and the line
+    when ``texts`` (file name -> its text) has the file. Old spellings in
+    ``data`` are upgraded with a warning naming ``default_file``.
+
+    Beyond the schema: two listeners on one address (``listen_conflicts``)
+    and, with ``check_paths``, site roots and aliases that are not
+    directories (``path_problems``)."""
     data = copy.deepcopy(data)
     origin = dict(origin or {})
     for note in upgrade(data, default_file):
@@ -501,20 +560,88 @@ def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = N
         if isinstance(override.value, dict):
             for sub in _walk(override.value, override.key):
                 origin[sub] = override.source
+
+    def source(key: tuple[str, ...]) -> str:
+        for i in range(len(key), 0, -1):
+            if key[:i] in origin:
+                return origin[key[:i]]
+        return default_file
+
+    def problem(key: tuple[str, ...], message: str) -> str:
+        fname = source(key)
+        text = (texts or {}).get(fname)
+        return format_problem(fname, key, message, find_line(text, key) if text is not None else None)
+
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = tuple(str(p) for p in err["loc"])
-            fname = default_file
-            for i in range(len(loc), 0, -1):
-                if loc[:i] in origin:
-                    fname = origin[loc[:i]]
-                    break
-            key = ".".join(loc) or "(top level)"
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling against the README's configuration reference)"
-            lines.append(f"{fname}: {key}: {msg}")
+        lines = [problem(tuple(str(p) for p in err["loc"]), describe(err)) for err in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
+    found = listen_conflicts(cfg, source) + (path_problems(cfg) if check_paths else [])
+    if found:
+        raise ConfigError("\n".join(problem(key, message) for key, message in found))
+    return cfg
+
+
+def _listen_entries(cfg: Config) -> list[tuple[tuple[str, ...], Address]]:
+    entries: list[tuple[tuple[str, ...], Address]] = [
+        (("server", "listen", str(i)), parse_address(a)) for i, a in enumerate(cfg.server.listen)]
+    if cfg.admin.listen != "off":
+        entries.append((("admin", "listen"), parse_address(cfg.admin.listen)))
+    return entries
+
+
+def _same_socket(a: Address, b: Address) -> bool:
+    """Would binding ``a`` and ``b`` both fail (or, with SO_REUSEPORT, share)?
+    A wildcard host overlaps every host of its family; port 0 never clashes."""
+    if a.kind != b.kind:
+        return False
+    if a.kind == "unix":
+        return os.path.normpath(a.path) == os.path.normpath(b.path)
+    if a.port != b.port or a.port == 0:
+        return False
+    if a.host == b.host or "" in (a.host, b.host):
+        return True
+    for wildcard, v6 in (("0.0.0.0", False), ("::", True)):
+        if wildcard in (a.host, b.host) and (":" in a.host) == v6 and (":" in b.host) == v6:
+            return True
+    return False
+
+
+def listen_conflicts(cfg: Config, source: Callable[[tuple[str, ...]], str] | None = None
+                     ) -> list[tuple[tuple[str, ...], str]]:
+    """(key, message) for each ``[server] listen`` or ``[admin] listen`` entry
+    that overlaps an earlier one: ``serve`` would fail to bind it."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    entries = _listen_entries(cfg)
+    for i, (key, address) in enumerate(entries):
+        for other_key, other in entries[:i]:
+            if _same_socket(address, other):
+                where = ""
+                if source is not None and source(other_key) != source(key):
+                    where = f" in {source(other_key)}"
+                out.append((key, f"{address} overlaps {'.'.join(other_key)} ({other}){where}: "
+                                 "each listener needs its own address or port"))
+                break
+    return out
+
+
+def path_problems(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
+    """(key, message) for each site root or alias target that does not exist
+    or is not a directory. (Whether the php-fpm user may read it is another
+    check's business.)"""
+    out: list[tuple[tuple[str, ...], str]] = []
+    for name, site in cfg.sites.items():
+        dirs: list[tuple[tuple[str, ...], str]] = [(("sites", name, "root"), site.root)]
+        dirs += [(("sites", name, "aliases", prefix), target) for prefix, target in site.aliases.items()]
+        for key, directory in dirs:
+            try:
+                st = os.stat(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                out.append((key, f"{directory} does not exist (a typo? serve would answer 404 to everything)"))
+                continue
+            except OSError:
+                continue  # unreadable: reported by the privileges check, with the user
+            if not stat.S_ISDIR(st.st_mode):
+                out.append((key, f"{directory} is not a directory"))
+    return out

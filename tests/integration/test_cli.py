@@ -69,7 +69,7 @@ def test_check_reads_old_names_and_says_once_per_key_which_new_key_to_write(tmp_
     (["--listen", "localhost"], "--listen: server.listen.0: listen address 'localhost' is not HOST:PORT"),
     (["--admin", "9180x"], "--admin: admin.listen: admin listen address '9180x' is not HOST:PORT"),
     (["--php", "php-fpm.sock"], "--php: backends.php.address: backend address 'php-fpm.sock' is not HOST:PORT"),
-    (["--pool-size", "0"], "--pool-size: backends.php.pool_size: Input should be greater than or equal to 1"),
+    (["--pool-size", "0"], "--pool-size: backends.php.pool_size: 0 is too small: it must be 1 or more"),
     (["--processes", "many"], "--processes: server.processes: 'many' is neither a whole number from 1 to 256"),
 ])
 def test_serve_flags_are_validated_as_the_configuration_is(flags, error):
@@ -239,7 +239,7 @@ def test_old_flags_still_work_with_one_warning_line_each():
     assert "--workers is deprecated, write --processes instead" in warnings[0]
     assert "--php-workers is deprecated, write --pool-size instead" in warnings[1]
     assert "--workers: server.processes: 0 is neither a whole number from 1 to 256" in out.stderr
-    assert "--php-workers: backends.php.pool_size: Input should be greater than or equal to 1" in out.stderr
+    assert "--php-workers: backends.php.pool_size: 0 is too small: it must be 1 or more" in out.stderr
 
 
 def test_an_old_and_a_new_flag_together_are_refused():

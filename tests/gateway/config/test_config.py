@@ -19,6 +19,7 @@ def write(d, name, text):
 def test_files_merge_in_name_order_and_relative_roots(tmp_path):
     conf = tmp_path / "conf.d"
     conf.mkdir()
+    (tmp_path / "www").mkdir()
     write(conf, "00-base.toml", '[sites.a]\nroot = "www"\n[limits]\nclient_max_body_size = "1m"\n')
     write(conf, "50-local.toml", '[limits]\nclient_max_body_size = "100m"\n')
     cfg = load_dir(conf)
@@ -77,7 +78,7 @@ def test_shipped_wordpress_examples_are_valid(tmp_path, example):
 
     src = pathlib.Path(__file__).parents[3] / "conf.d" / "examples" / example
     shutil.copy(src, tmp_path / example)
-    cfg = load_dir(tmp_path)
+    cfg = load_dir(tmp_path, check_paths=False)  # WordPress need not be installed here
     site = cfg.sites["wordpress"]
     assert site.effective_try_files() == ["$uri", "$uri/", "/index.php?$args"]
     assert site.no_php_under == ["/wp-content/uploads/"] and "/wp-config.php" in site.deny
@@ -128,13 +129,13 @@ def test_a_bad_address_names_file_and_key(tmp_path, toml, key, says):
 
 
 def test_every_address_form_serve_accepts_passes():
-    cfg = validate({"server": {"listen": ["127.0.0.1:8080", "[::1]:8080", ":8080", "8080", "unix:/run/gw.sock"]},
+    cfg = validate({"server": {"listen": ["127.0.0.1:8080", "[::1]:8080", ":8081", "8082", "unix:/run/gw.sock"]},
                     "admin": {"listen": "off"},
                     "backends": {"a": {"address": "spawn"},
                                  "b": {"address": "unix:/run/php/php8.2-fpm.sock", "status": "/run/php/status.sock"},
                                  "c": {"address": "10.0.0.2:9000", "status": "10.0.0.2:9001"}},
                     "sites": {"s": {"root": "/srv"}}})
-    assert cfg.server.listen[2] == ":8080"  # kept as written: check prints what the file says
+    assert cfg.server.listen[2] == ":8081"  # kept as written: check prints what the file says
     assert cfg.admin.listen == "off" and cfg.backends["a"].status == ""
 
 
@@ -199,7 +200,7 @@ def test_old_and_new_name_in_one_file_is_an_error_naming_both(tmp_path):
 def test_an_error_in_a_moved_key_names_the_new_key_and_the_file(tmp_path):
     write(tmp_path, "00.toml", '[sites.a]\nroot = "/srv"\nphp = "php"\n')
     write(tmp_path, "10.toml", '[backends.php]\nmax_requests = -1\n')
-    with pytest.raises(ConfigError, match=r"10.toml: backends.php.php_fpm.max_requests: .*greater than or equal to 0"):
+    with pytest.raises(ConfigError, match=r"10.toml: backends.php.php_fpm.max_requests: -1 is too small"):
         load_dir(tmp_path)
 
 
