@@ -1,4 +1,11 @@
-"""The ``gateway`` command: ``serve`` and ``check``."""
+"""The ``gateway`` command: ``serve``, ``check``, ``status``, ``top``.
+
+Policy: a mistake on the command line or in the configuration is exit status 2
+with one line per problem on standard error (file or flag, key, line); a
+start-up failure (an address in use, php-fpm not found) is exit status 1 with
+one line naming what failed. Flags that only mean something together with
+another (``--php`` with ``--root``) are refused alone, never ignored.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +15,47 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import trio
 import typer
 
 from .config import BackendConfig, Config, ConfigError, Override, load_dir, validate
+from .config.addresses import parse_address
+from .front.listen import ListenError
 from .observe.views import DEFAULT_ADMIN, AdminUnreachable, fetch_status, summary_lines, top_view
 from .serve.restart import SupervisorError
 
 log = logging.getLogger(__name__)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="An event-driven HTTP front end and FastCGI gateway for PHP.")
+
+
+def version() -> str:
+    """The installed package's version ("unknown" when run from a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("php-gateway")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"gateway {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False,
+) -> None:
+    """An event-driven HTTP front end and FastCGI gateway for PHP."""
 
 
 def _setup_logging(level: str) -> None:
@@ -51,12 +86,17 @@ def quick_config(root: str, overrides: list[Override]) -> Config:
     }, default_file="--root", overrides=overrides)
 
 
-def _load(config_dir: str, overrides: list[Override] | None = None) -> Config:
+def _load(config_dir: str, overrides: list[Override] | None = None, *, check_paths: bool = True) -> Config:
     try:
-        return load_dir(config_dir, overrides or [])
+        return load_dir(config_dir, overrides or [], check_paths=check_paths)
     except ConfigError as exc:
-        typer.echo(f"configuration error:\n{exc}", err=True)
-        raise typer.Exit(2) from None
+        _config_error(exc)
+
+
+def _config_error(exc: ConfigError) -> NoReturn:
+    """Exit 2 with the error's lines, one per problem, as they are."""
+    typer.echo(str(exc), err=True)
+    raise typer.Exit(2) from None
 
 
 def _renamed(old_flag: str, old: Any, new_flag: str, new: Any) -> tuple[str, Any]:
@@ -100,6 +140,12 @@ def serve(
         overrides.append(Override("--admin", ("admin", "listen"), admin))
     if processes is not None:
         overrides.append(Override(processes_flag, ("server", "processes"), processes))
+    if root is None:
+        alone = [flag for flag, value in (("--php", php), (pool_size_flag, pool_size)) if value is not None]
+        if alone:
+            typer.echo(f"{alone[0]} goes with --root (it sets the spawned site's backend); with a configuration "
+                       "directory, set backends.NAME.address or pool_size in it instead", err=True)
+            raise typer.Exit(2)
     if root is not None:
         if not os.path.isdir(root):
             typer.echo(f"--root {root}: no such directory", err=True)
@@ -111,8 +157,7 @@ def serve(
         try:
             cfg = quick_config(root, overrides)
         except ConfigError as exc:
-            typer.echo(f"configuration error:\n{exc}", err=True)
-            raise typer.Exit(2) from None
+            _config_error(exc)
     else:
         cfg = _load(config, overrides)
     _setup_access_log(cfg.server.access_log)
@@ -129,7 +174,7 @@ def serve(
         pass
     except BaseException as exc:  # noqa: BLE001 - start-up errors arrive wrapped in nursery groups
         leaf = _single_leaf(exc)
-        if isinstance(leaf, SupervisorError):
+        if isinstance(leaf, SupervisorError | ListenError):
             typer.echo(f"error: {leaf}", err=True)
         elif isinstance(leaf, OSError):
             typer.echo(f"error: cannot listen: {leaf}", err=True)
@@ -174,12 +219,47 @@ def check(
     typer.echo(json.dumps(data, indent=2))
 
 
+def admin_url(listen: str) -> str:
+    """The URL ``status``/``top`` read for an ``[admin] listen`` value; a
+    wildcard host is read on loopback. ``ValueError`` for "off" or a unix
+    socket (these commands speak HTTP over TCP only)."""
+    if listen == "off":
+        raise ValueError("admin.listen is off: there is no admin listener to read (set it, e.g. 127.0.0.1:9180)")
+    where = parse_address(listen, role="admin listen address")
+    if where.kind == "unix":
+        raise ValueError(f"admin.listen is {listen}: status and top read a TCP address only "
+                         "(give one with --admin HOST:PORT)")
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(where.host, where.host)
+    return f"http://[{host}]:{where.port}" if ":" in host else f"http://{host}:{where.port}"
+
+
+ADMIN_OPTION = typer.Option(help="The admin listener's URL (default: admin.listen from --config, "
+                                 f"else {DEFAULT_ADMIN}).")
+CONFIG_OPTION = typer.Option("--config", "-c", help="Read the admin address from this configuration directory.")
+
+
+def _admin_address(admin: str | None, config: str | None) -> str:
+    """--admin if given; else ``[admin] listen`` from --config; else the default."""
+    if admin is not None:
+        return admin
+    if config is None:
+        return DEFAULT_ADMIN
+    cfg = _load(config, check_paths=False)
+    try:
+        return admin_url(cfg.admin.listen)
+    except ValueError as exc:
+        typer.echo(f"{config}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def status(
-    admin: Annotated[str, typer.Option(help="The admin listener's URL.")] = DEFAULT_ADMIN,
+    admin: Annotated[str | None, ADMIN_OPTION] = None,
+    config: Annotated[str | None, CONFIG_OPTION] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as one JSON object.")] = False,
 ) -> None:
     """Print the verdict (where the time goes) and the key numbers, once."""
+    admin = _admin_address(admin, config)
     try:
         st = fetch_status(admin)
     except AdminUnreachable as exc:
@@ -193,7 +273,8 @@ def status(
 
 @app.command()
 def top(
-    admin: Annotated[str, typer.Option(help="The admin listener's URL.")] = DEFAULT_ADMIN,
+    admin: Annotated[str | None, ADMIN_OPTION] = None,
+    config: Annotated[str | None, CONFIG_OPTION] = None,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
     count: Annotated[int, typer.Option(help="Stop after this many refreshes (0: until Ctrl-C).")] = 0,
 ) -> None:
@@ -203,12 +284,13 @@ def top(
     from rich.console import Console
     from rich.live import Live
 
+    url = _admin_address(admin, config)
     console = Console()
     n = 0
 
     def frame() -> Any:
         try:
-            return top_view(fetch_status(admin), admin)
+            return top_view(fetch_status(url), url)
         except AdminUnreachable as exc:
             return f"[red]{exc}[/red]"
 

@@ -3,8 +3,16 @@
 Rules:
 - Files are read in name order; tables merge recursively, a later file's value
   replaces an earlier one's. So ``conf.d/50-local.toml`` can override one key.
-- Everything is validated by pydantic with unknown keys rejected, and an error
-  names the file that set the offending key and the key's dotted path.
+- Everything is validated by pydantic with unknown keys rejected. Each problem
+  is one line, ``FILE: KEY: sentence (line N)``: the file that set the key,
+  its dotted path, the line found by searching the file's text
+  (``messages``), and never pydantic's own wording. All problems of one load
+  are reported together.
+- What ``serve`` would trip on is an error here, not at start-up: two
+  listeners on one address (``[server] listen`` and ``[admin] listen``), a
+  site root or alias that does not exist or is not a directory (``load_dir``
+  checks the filesystem; ``validate`` alone does not), ``try_files`` entries
+  the router would misread (``check_try_files``).
 - Sizes are ``"8k"``, ``"64m"``, ``"1g"`` or a byte count; durations are
   ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, compounds like ``"1m30s"`` or
   ``"1h 30m"`` (as nginx), or seconds.
@@ -572,22 +580,41 @@ def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = N
         text = (texts or {}).get(fname)
         return format_problem(fname, key, message, find_line(text, key) if text is not None else None)
 
+    # every problem in one run: the checks beyond the schema read the merged
+    # data, skipping what the schema reports as malformed
+    found = listen_conflicts(data, source) + (path_problems(data) if check_paths else [])
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         lines = [problem(tuple(str(p) for p in err["loc"]), describe(err)) for err in exc.errors()]
-        raise ConfigError("\n".join(lines)) from None
-    found = listen_conflicts(cfg, source) + (path_problems(cfg) if check_paths else [])
+        raise ConfigError("\n".join(lines + [problem(key, message) for key, message in found])) from None
     if found:
         raise ConfigError("\n".join(problem(key, message) for key, message in found))
     return cfg
 
 
-def _listen_entries(cfg: Config) -> list[tuple[tuple[str, ...], Address]]:
-    entries: list[tuple[tuple[str, ...], Address]] = [
-        (("server", "listen", str(i)), parse_address(a)) for i, a in enumerate(cfg.server.listen)]
-    if cfg.admin.listen != "off":
-        entries.append((("admin", "listen"), parse_address(cfg.admin.listen)))
+def _table(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    for key in keys:
+        value = data.get(key)
+        data = value if isinstance(value, dict) else {}
+    return data
+
+
+def _listen_entries(data: dict[str, Any]) -> list[tuple[tuple[str, ...], Address]]:
+    """The listen addresses in merged (not yet validated) ``data``, defaults
+    filled in; the ones that do not parse are left to the schema's error."""
+    server = _table(data, "server").get("listen", ServerConfig().listen)
+    admin = _table(data, "admin").get("listen", AdminConfig().listen)
+    named: list[tuple[tuple[str, ...], Any]] = (
+        [(("server", "listen", str(i)), a) for i, a in enumerate(server)] if isinstance(server, list) else [])
+    named.append((("admin", "listen"), admin))
+    entries: list[tuple[tuple[str, ...], Address]] = []
+    for key, text in named:
+        if isinstance(text, str) and text != "off":
+            try:
+                entries.append((key, parse_address(text)))
+            except ValueError:
+                pass
     return entries
 
 
@@ -608,12 +635,13 @@ def _same_socket(a: Address, b: Address) -> bool:
     return False
 
 
-def listen_conflicts(cfg: Config, source: Callable[[tuple[str, ...]], str] | None = None
+def listen_conflicts(data: dict[str, Any], source: Callable[[tuple[str, ...]], str] | None = None
                      ) -> list[tuple[tuple[str, ...], str]]:
     """(key, message) for each ``[server] listen`` or ``[admin] listen`` entry
-    that overlaps an earlier one: ``serve`` would fail to bind it."""
+    of merged ``data`` that overlaps an earlier one: ``serve`` would fail to
+    bind it. ``source(key)`` names the file of the other entry."""
     out: list[tuple[tuple[str, ...], str]] = []
-    entries = _listen_entries(cfg)
+    entries = _listen_entries(data)
     for i, (key, address) in enumerate(entries):
         for other_key, other in entries[:i]:
             if _same_socket(address, other):
@@ -626,21 +654,25 @@ def listen_conflicts(cfg: Config, source: Callable[[tuple[str, ...]], str] | Non
     return out
 
 
-def path_problems(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
-    """(key, message) for each site root or alias target that does not exist
-    or is not a directory. (Whether the php-fpm user may read it is another
-    check's business.)"""
+def path_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """(key, message) for each site root or alias target in merged ``data``
+    that does not exist or is not a directory. (Whether the php-fpm user may
+    read it is another check's business.)"""
     out: list[tuple[tuple[str, ...], str]] = []
-    for name, site in cfg.sites.items():
-        dirs: list[tuple[tuple[str, ...], str]] = [(("sites", name, "root"), site.root)]
-        dirs += [(("sites", name, "aliases", prefix), target) for prefix, target in site.aliases.items()]
+    for name, site in _table(data, "sites").items():
+        if not isinstance(site, dict):
+            continue
+        dirs: list[tuple[tuple[str, ...], Any]] = [(("sites", name, "root"), site.get("root"))]
+        dirs += [(("sites", name, "aliases", prefix), target) for prefix, target in _table(site, "aliases").items()]
         for key, directory in dirs:
+            if not isinstance(directory, str):
+                continue
             try:
                 st = os.stat(directory)
             except (FileNotFoundError, NotADirectoryError):
                 out.append((key, f"{directory} does not exist (a typo? serve would answer 404 to everything)"))
                 continue
-            except OSError:
+            except (OSError, ValueError):
                 continue  # unreadable: reported by the privileges check, with the user
             if not stat.S_ISDIR(st.st_mode):
                 out.append((key, f"{directory} is not a directory"))

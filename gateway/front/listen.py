@@ -37,15 +37,32 @@ from .parking import Parked, Parker
 log = logging.getLogger(__name__)
 
 
+class ListenError(OSError):
+    """An address could not be bound; ``str()`` names it: "cannot listen on
+    127.0.0.1:8080: Address already in use"."""
+
+    def __init__(self, address: str, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.address = address
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.address}: {self.strerror}"
+
+
 async def open_listeners(addresses: list[str]) -> list[trio.SocketListener]:
+    """Bind every address, or none: ``ListenError`` names the one that failed
+    (callers bind before starting php-fpm, so a port in use costs nothing)."""
     listeners: list[trio.SocketListener] = []
     try:
         for address in addresses:
             where = parse_address(address, role="listen address")
-            if where.kind == "unix":
-                listeners.append(await _open_unix_listener(where.path))
-            else:
-                listeners += await trio.open_tcp_listeners(where.port, host=where.host or None, backlog=1024)
+            try:
+                if where.kind == "unix":
+                    listeners.append(await _open_unix_listener(where.path))
+                else:
+                    listeners += await trio.open_tcp_listeners(where.port, host=where.host or None, backlog=1024)
+            except OSError as exc:
+                raise ListenError(address, exc) from exc
     except BaseException:
         for listener in listeners:
             await listener.aclose()
@@ -68,6 +85,16 @@ async def _open_unix_listener(path: str) -> trio.SocketListener:
         sock.close()
         raise
     return trio.SocketListener(sock)
+
+
+def listener_url(listener: trio.SocketListener) -> str:
+    """What a start-up log line shows: ``http://127.0.0.1:8080``,
+    ``http://[::1]:8080`` or ``unix:/run/gateway.sock``."""
+    sock = listener.socket
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname()}"
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _addresses(stream: Downstream) -> tuple[tuple[str, int], tuple[str, int]]:

@@ -37,7 +37,7 @@ import trio
 
 from ..config import Config, validate
 from ..front.h1 import ListenerState
-from ..front.listen import Service, open_listeners, serve_until_shutdown
+from ..front.listen import Service, listener_url, open_listeners, serve_until_shutdown
 from ..http._h11 import h11
 from ..observe.admin import AdminRouter
 from ..observe.aggregate import merge_prometheus, merge_status, split
@@ -240,6 +240,14 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Run php-fpm, the listen sockets and ``count`` worker processes until
     SIGTERM/SIGINT; then stop the workers (graceful), then php-fpm."""
+    # Bind first: an address in use is reported (naming it) before php-fpm starts.
+    listeners = await open_listeners(config.server.listen)
+    try:
+        admin_listeners = await open_listeners([config.admin.listen]) if config.admin.listen != "off" else []
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
     runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir)
     parent_read, parent_write = os.pipe()
     try:
@@ -251,7 +259,6 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
                 backends[name] = (address, status)
                 if sup is not None:
                     supervisors[name] = sup
-            listeners = await open_listeners(config.server.listen)
             listen_fds = [listener.socket.fileno() for listener in listeners]
             specs = [write_spec(config, i, count, backends, runtime_dir, listen_fds, parent_read, log_level)
                      for i in range(count)]
@@ -261,16 +268,14 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
                     starting.start_soon(system.start, workers.run, i)
             services: list[Service] = []
             listener_state = ListenerState()
-            if config.admin.listen != "off":
-                admin_listeners = await open_listeners([config.admin.listen])
+            if admin_listeners:
                 services.append(Service(admin_listeners, MasterAdmin(runtime_dir, count, supervisors).handle,
                                          admin_connection_settings(),
                                          listener_state, max_connections=64))
                 for listener in admin_listeners:
-                    log.info("admin (/status, /metrics) on %s", listener.socket.getsockname())
+                    log.info("admin (/status, /metrics) on %s", listener_url(listener))
             for listener in listeners:
-                log.info("listening on %s (%d worker processes)", listener.socket.getsockname() or "unix socket",
-                         count)
+                log.info("listening on %s (%d worker processes)", listener_url(listener), count)
             shutdown = trio.Event()
             await serve_until_shutdown(shutdown, listener_state, services, 2.0, on_started=task_status.started,
                                        watchers=signal_watchers(handle_signals, None))
@@ -283,6 +288,8 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
             await workers.stop(config.timeouts.graceful)
             system.cancel_scope.cancel()  # php-fpm stops last
     finally:
+        for listener in [*listeners, *admin_listeners]:
+            listener.socket.close()  # already closed unless start-up failed
         os.close(parent_write)
         os.close(parent_read)
         for address in [*config.server.listen, config.admin.listen]:

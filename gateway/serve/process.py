@@ -37,6 +37,7 @@ from ..front.h1 import ConnectionSettings, ListenerState
 from ..front.listen import (
     Service,
     inherited_listeners,
+    listener_url,
     open_listeners,
     raise_open_files_limit,
     serve_until_shutdown,
@@ -118,6 +119,18 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
 
     Reports a ``Running`` through ``task_status`` once listening.
     """
+    # Bind first: an address in use is reported (naming it) before php-fpm starts.
+    # A worker opens its admin socket last: its master takes that as "serving".
+    listeners = (inherited_listeners(inherited.listen_fds) if inherited is not None
+                 else await open_listeners(config.server.listen))
+    admin_listeners: list[trio.SocketListener] = []
+    try:
+        if config.admin.listen != "off" and inherited is None:
+            admin_listeners = await open_listeners([config.admin.listen])
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
     runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir)
     listener_state = ListenerState()
     try:
@@ -137,22 +150,21 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
             system.start_soon(monitor.run)
             app = App(config, pools)
             settings = ConnectionSettings.from_config(config.server, config.timeouts, config.limits)
-            listeners = (inherited_listeners(inherited.listen_fds) if inherited is not None
-                         else await open_listeners(config.server.listen))
             max_conns = raise_open_files_limit(config.limits.max_connections)
             services = [Service(listeners, app.handle, settings, listener_state, max_conns,
                                  config.limits.max_connections_per_ip)]
             running = Running(listeners, pools, supervisors, listener_state, monitor)
             if config.admin.listen != "off":
-                running.admin_listeners = await open_listeners([config.admin.listen])
+                admin_listeners = admin_listeners or await open_listeners([config.admin.listen])
+                running.admin_listeners = admin_listeners
                 services.append(Service(running.admin_listeners, AdminApp(monitor).handle,
                                          admin_connection_settings(),
                                          ListenerState(), max_connections=64))
             if inherited is None:
                 for listener in listeners:
-                    log.info("listening on %s", listener.socket.getsockname() or "unix socket")
+                    log.info("listening on %s", listener_url(listener))
                 for listener in running.admin_listeners:
-                    log.info("admin (/status, /metrics) on %s", listener.socket.getsockname())
+                    log.info("admin (/status, /metrics) on %s", listener_url(listener))
             else:
                 log.debug("worker process %d serving", os.getpid())
             await serve_until_shutdown(running.shutdown, listener_state, services, config.timeouts.graceful,
@@ -162,6 +174,8 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                 await pool.aclose()
             system.cancel_scope.cancel()
     finally:
+        for listener in [*listeners, *admin_listeners]:
+            listener.socket.close()  # already closed unless start-up failed
         owned = [config.admin.listen] + (config.server.listen if inherited is None else [])
         for path in _unix_paths(owned):
             try:

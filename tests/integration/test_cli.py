@@ -215,18 +215,30 @@ async def test_sigterm_refuses_new_connections_at_once_and_finishes_the_request_
     assert proc.returncode == 0, log.decode()
 
 
-def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("taken_by", ["server", "admin"])
+def test_a_port_in_use_is_named_and_php_fpm_never_starts(tmp_path, processes, taken_by):
+    # php-fpm is a script that leaves a mark if it is ever run
+    marker, fake = tmp_path / "php-fpm-ran", tmp_path / "php-fpm"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake.chmod(0o755)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        for processes in ("1", "2"):
-            out = subprocess.run([*GATEWAY, "serve", "--root", str(DOCROOT), "--listen", f"127.0.0.1:{port}",
-                                  "--admin", "off", "--processes", processes], capture_output=True, text=True,
-                                 timeout=60)
-            assert out.returncode == 1
-            assert "error: cannot listen:" in out.stderr and "Address already in use" in out.stderr
-            assert "Traceback" not in out.stderr
+        listen, admin = (port, free_port()) if taken_by == "server" else (free_port(), port)
+        conf = tmp_path / "conf.d"
+        conf.mkdir()
+        (conf / "00.toml").write_text(
+            f'[server]\nlisten = ["127.0.0.1:{listen}"]\nprocesses = {processes}\n'
+            f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+            f'[backends.php]\npool_size = 2\nphp_fpm.binary = "{fake}"\n'
+            f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n')
+        out = subprocess.run([*GATEWAY, "serve", "--config", str(conf)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "Traceback" not in out.stderr and "php-fpm" not in out.stderr
+    assert not marker.exists()
 
 
 def test_old_flags_still_work_with_one_warning_line_each():
@@ -247,3 +259,80 @@ def test_an_old_and_a_new_flag_together_are_refused():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "--workers and --processes are the same option: give --processes only" in out.stderr
+
+
+def test_check_gives_one_line_per_problem_with_file_key_and_line(tmp_path):
+    f = tmp_path / "00.toml"
+    f.write_text('[server]\nlisten = ["127.0.0.1:8080"]\n[admin]\nlisten = "127.0.0.1:8080"\n'
+                 '[sites.a]\nroot = "/srv/no-such-site"\n[sites.b]\nroot = "/srv"\ntry_files = ["$uri", "$uri.html"]\n')
+    out = subprocess.run([*GATEWAY, "check", "--config", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [
+        f"{f}: sites.b.try_files: the last entry, '$uri.html', is not supported: entries before the last are "
+        '"$uri" or "$uri/"; the last may also be "=CODE" (400-599) or a URI starting with "/" that uses only $uri '
+        'before "?" and $args or $query_string after it (line 9)',
+        f"{f}: admin.listen: 127.0.0.1:8080 overlaps server.listen.0 (127.0.0.1:8080): each listener needs its own "
+        "address or port (line 4)",
+        f"{f}: sites.a.root: /srv/no-such-site does not exist (a typo? serve would answer 404 to everything) (line 6)",
+    ]
+    assert "Traceback" not in out.stderr
+
+
+def test_version_and_short_help():
+    out = subprocess.run([*GATEWAY, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("gateway ") and out.stdout.split()[1][0].isdigit()
+    out = subprocess.run([*GATEWAY, "-h"], capture_output=True, text=True, check=True)
+    assert "serve" in out.stdout and "check" in out.stdout
+    out = subprocess.run([*GATEWAY, "serve", "-h"], capture_output=True, text=True, check=True)
+    assert "--root" in out.stdout
+
+
+@pytest.mark.parametrize("flags", [["--php", "unix:/run/php.sock"], ["--pool-size", "8"]])
+def test_a_root_only_flag_without_root_is_an_error(flags):
+    out = subprocess.run([*GATEWAY, "serve", "--config", str(REPO / "conf.d"), *flags], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2
+    assert f"{flags[0]} goes with --root" in out.stderr
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_start_up_logs_urls_and_status_reads_the_admin_address_from_config(tmp_path, processes):
+    port, admin = free_port(), free_port()
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (conf / "00.toml").write_text(  # an external backend that is not there: nothing PHP is asked
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nprocesses = {processes}\naccess_log = "off"\n'
+        f'[admin]\nlisten = ":{admin}"\n'
+        f'[backends.php]\naddress = "unix:{tmp_path}/none.sock"\npool_size = 2\n'
+        f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n')
+    proc = await trio.lowlevel.open_process([*GATEWAY, "serve", "--config", str(conf)], stderr=subprocess.PIPE,
+                                            stdout=subprocess.DEVNULL)
+    assert proc.stderr is not None
+    log = b""
+    try:
+        with trio.fail_after(20):
+            while b"listening on" not in log or b"admin (" not in log:
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, log.decode()
+                log += chunk
+        assert f"listening on http://127.0.0.1:{port}".encode() in log
+        assert b"admin (/status, /metrics) on http://" in log and f":{admin}".encode() in log
+        assert b"('" not in log  # no Python tuples
+        out = await trio.run_process([*GATEWAY, "status", "--config", str(conf), "--json"], capture_stdout=True,
+                                     capture_stderr=True, check=False)
+        assert out.returncode == 0, out.stderr.decode()
+        assert "verdict" in json.loads(out.stdout)
+    finally:
+        await stop(proc, proc.stderr)
+
+
+def test_status_with_config_names_the_address_it_tried(tmp_path):
+    port = free_port()
+    (tmp_path / "00.toml").write_text(f'[admin]\nlisten = "0.0.0.0:{port}"\n[sites.a]\nroot = "/nowhere"\n')
+    out = subprocess.run([*GATEWAY, "status", "--config", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert f"cannot read http://127.0.0.1:{port}/status" in out.stderr
+    (tmp_path / "00.toml").write_text('[admin]\nlisten = "off"\n[sites.a]\nroot = "/srv"\n')
+    out = subprocess.run([*GATEWAY, "status", "--config", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "admin.listen is off: there is no admin listener to read" in out.stderr
