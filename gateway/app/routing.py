@@ -17,7 +17,8 @@ setup; the README's nginx table gives the directive behind each):
    never the front controller. Scripts under ``no_php_under`` are a 403.
 4. Otherwise ``try_files``: ``$uri`` (a regular file), ``$uri/`` (a directory:
    301 to add the slash, then its index files), then a fallback URI such as
-   ``/index.php?$args`` (the front controller) or ``=404``.
+   ``/index.php?$args`` (the front controller) or ``=404``. Any other entry
+   would be taken as the fallback: ``config.check_try_files`` refuses it.
 5. A file with a PHP extension is never served as a static file (its source
    would leak): it runs on PHP or is refused. Nor is a backup or editor copy
    (``wp-config.php~``, ``x.php.bak``, ``#x.php#``, ``x.orig``, ``x.swp``...)
