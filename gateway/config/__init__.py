@@ -383,19 +383,8 @@ class Config(_Model):
     backends: dict[str, BackendConfig] = {}
     sites: dict[str, SiteConfig] = {}
 
-    @model_validator(mode="after")
-    def _check_references(self) -> Config:
-        if not self.sites:
-            raise ValueError("no [sites.NAME] table: there is nothing to serve")
-        for name, site in self.sites.items():
-            if site.php and site.php not in self.backends:
-                known = ", ".join(sorted(self.backends)) or "none"
-                raise ValueError(
-                    f"sites.{name}.php names backend {site.php!r}, which is not defined (defined: {known})"
-                )
-        if sum(s.default for s in self.sites.values()) > 1:
-            raise ValueError("more than one site has default = true")
-        return self
+    # Which backend a site names, and which site is the default, are checked
+    # by ``validate`` (``reference_problems``), so each error names its key.
 
 
 class ConfigError(Exception):
@@ -582,7 +571,7 @@ def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = N
 
     # every problem in one run: the checks beyond the schema read the merged
     # data, skipping what the schema reports as malformed
-    found = listen_conflicts(data, source) + (path_problems(data) if check_paths else [])
+    found = reference_problems(data) + listen_conflicts(data, source) + (path_problems(data) if check_paths else [])
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
@@ -598,6 +587,30 @@ def _table(data: dict[str, Any], *keys: str) -> dict[str, Any]:
         value = data.get(key)
         data = value if isinstance(value, dict) else {}
     return data
+
+
+def reference_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """(key, message) for what ties tables together in merged ``data``: at
+    least one site, each site's ``php`` names a defined backend, at most one
+    ``default`` site."""
+    sites, backends = _table(data, "sites"), _table(data, "backends")
+    if not sites:
+        return [(("sites",), "no [sites.NAME] table: there is nothing to serve")]
+    out: list[tuple[tuple[str, ...], str]] = []
+    default = ""
+    for name, site in sites.items():
+        if not isinstance(site, dict):
+            continue
+        php = site.get("php")
+        if isinstance(php, str) and php and php not in backends:
+            known = ", ".join(sorted(backends)) or "none"
+            out.append((("sites", name, "php"), f"names backend {php!r}, which is not defined (defined: {known})"))
+        if site.get("default") is True:
+            if default:
+                out.append((("sites", name, "default"),
+                            f"sites.{default} is the default site already: only one site can be"))
+            default = default or name
+    return out
 
 
 def _listen_entries(data: dict[str, Any]) -> list[tuple[tuple[str, ...], Address]]:

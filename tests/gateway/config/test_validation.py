@@ -142,3 +142,18 @@ def test_find_line():
     assert find_line(text, ("sites", "my site", "index")) == 6
     assert find_line(text, ("backends", "php", "php_fpm", "user")) == 10
     assert find_line(text, ("limits", "max_connections")) is None
+
+
+def test_references_between_tables_name_their_key_and_line(tmp_path):
+    err = load_error(tmp_path, '[sites.a]\nroot = "/srv"\nphp = "fpm"\ndefault = true\n'
+                               '[sites.b]\nroot = "/srv"\ndefault = true\n')
+    f = tmp_path / "00.toml"
+    assert err.splitlines() == [
+        f"{f}: sites.a.php: names backend 'fpm', which is not defined (defined: none) (line 3)",
+        f"{f}: sites.b.default: sites.a is the default site already: only one site can be (line 7)",
+    ]
+
+
+def test_no_site_at_all(tmp_path):
+    err = load_error(tmp_path, '[limits]\nmax_connections = 10\n')
+    assert err == f"{tmp_path / '00.toml'}: sites: no [sites.NAME] table: there is nothing to serve"
