@@ -3,8 +3,11 @@
 Every second the monitor builds an ``Observation`` from the instruments and
 ``Diagnosis.update`` turns it into one of five answers:
 
-- ``backend-down``: a PHP backend is unreachable (connect errors and no
-  response in the last second, or its spawned php-fpm is not running).
+- ``backend-down``: a PHP backend is unreachable: its spawned php-fpm is not
+  running, or it failed its active health check (``health.py``; this is what
+  catches a dead php-fpm on a quiet site), or connect errors and no response
+  in the last second. A failed check while PHP responses still arrive is not
+  ``backend-down``: the requests are the better witness.
 - ``php-cpu``: a pool is saturated (every slot busy and requests queueing) and
   its workers burn CPU (at least ``CPU_BUSY`` of a core per busy worker), or the
   host has no CPU to spare.
@@ -49,6 +52,9 @@ class PoolObservation:
     connect_errors: int  # connect failures in the last interval
     backend_running: bool = True  # False: the spawned php-fpm is not running
     worker_cpu: float | None = None  # share of a core per busy worker, None: unknown
+    backend_up: bool | None = None  # the active health check: None until its first probe ended
+    backend_check: str = ""  # what the check probes and, when down, why it failed
+    backend_down_for: float = 0.0  # seconds the check has failed
 
     @property
     def saturated(self) -> bool:
@@ -75,6 +81,10 @@ def classify(obs: Observation) -> Verdict:
         if not p.backend_running:
             return Verdict("backend-down", f"php-fpm for pool {p.name} is not running; the supervisor is restarting "
                                            "it: look at its error log for why it exited.")
+        if p.backend_up is False and not p.responses:
+            return Verdict("backend-down", f"pool {p.name}: php-fpm has not answered its health check for "
+                                           f"{p.backend_down_for:.0f} s ({p.backend_check}): start php-fpm or fix "
+                                           "the backend address.")
         if p.connect_errors and not p.responses:
             return Verdict("backend-down", f"pool {p.name}: {p.connect_errors} connect error(s) and no PHP response "
                                            "in the last second: start php-fpm or fix the backend address.")

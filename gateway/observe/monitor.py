@@ -9,6 +9,9 @@ Tasks (all in the server's system nursery):
   numbers and php-fpm's own status page (``json&full`` over FastCGI on its
   status socket, which php-fpm serves outside the worker pool), the workers'
   CPU from /proc, then feed ``diagnosis.Diagnosis``.
+- health: one per pool with a ``BackendHealth`` (``health.py``), probing its
+  backend every few seconds whether or not requests arrive; the sampler reads
+  its last answer.
 
 Reading /proc works when php-fpm runs on this host (spawned, or external with
 a status address); otherwise the worker CPU is "unknown" and the verdict falls
@@ -31,6 +34,7 @@ from ..upstream.php_fpm_status import fastcgi_get
 from ..upstream.pool import Pool
 from . import table
 from .diagnosis import Diagnosis, Observation, PoolObservation, Verdict
+from .health import BackendHealth
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +110,8 @@ class PoolMonitor:
     fpm_status: dict[str, Any] | None = None
     fpm_status_error: str = ""
     worker_cpu: float | None = None
+    #: the active check of the backend (None: not checked)
+    health: BackendHealth | None = None
     queue_window: Window = field(default_factory=lambda: Window(WINDOW))
     _prev_connect_errors: int = 0
     _prev_responses: int = 0
@@ -158,11 +164,14 @@ class PoolMonitor:
         self._prev_wait_counts = counts
         self.queue_window.add(now, pool.waiting)
         running = self.supervisor is None or self.supervisor.running
+        health = self.health
+        check = "" if health is None else health.what + (f": {health.error}" if health.error else "")
         self.last = PoolObservation(
             name=pool.name, size=pool.size, busy=pool.busy, waiting=pool.waiting,
             queue_wait_p50=_bucket_quantile(pool.instruments.queue_wait.buckets, delta, 0.5),
             responses=responses, connect_errors=connect_errors, backend_running=running,
-            worker_cpu=self.worker_cpu,
+            worker_cpu=self.worker_cpu, backend_up=None if health is None else health.up, backend_check=check,
+            backend_down_for=0.0 if health is None else health.down_for(now),
         )
         return self.last
 
@@ -224,6 +233,9 @@ class Monitor:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.run_loop_lag)
             nursery.start_soon(self.run_sampler)
+            for pm in self.pools:
+                if pm.health is not None:
+                    nursery.start_soon(pm.health.run)
 
     async def run_loop_lag(self) -> None:
         while True:

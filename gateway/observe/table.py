@@ -157,6 +157,16 @@ def weighted_by(weight: str) -> Merge:
     return rule
 
 
+def health(m: Merging) -> dict[str, Any]:
+    """A backend's health check: down if any process finds it down (that
+    process's answer is shown), up if one finds it up, else unknown."""
+    down = [v for v in m.values if v.get("up") is False]
+    if down:
+        return dict(down[0])
+    up = [v for v in m.values if v.get("up")]
+    return dict(up[0] if up else m.values[0]) if m.values else ABSENT
+
+
 def own(m: Merging) -> Any:
     """The master's own value (its pid, its uptime); the workers' are not used."""
     return m.own
@@ -284,6 +294,17 @@ def _fpm_processes(pm: PoolMonitor, now: float) -> list[dict[str, Any]]:
             for pr in (pm.fpm_status or {}).get("processes", [])]
 
 
+def _backend_up(pm: PoolMonitor, now: float) -> int | None:
+    return None if pm.health is None or pm.health.up is None else int(pm.health.up)
+
+
+def _backend(pm: PoolMonitor, now: float) -> dict[str, Any]:
+    h = pm.health
+    assert h is not None
+    return {"up": h.up, "check": h.what, "error": h.error, "down_seconds": round(h.down_for(now), 1),
+            "last_check_seconds_ago": None if h.checked_at is None else round(now - h.checked_at, 1)}
+
+
 def _lag(q: float) -> Callable[[Monitor, float], Any]:
     """The q-quantile of the loop lag samples in the monitor's window (1.0: the most)."""
     return lambda m, now: m.lag_quantile(q)
@@ -370,6 +391,11 @@ TABLE: tuple[Row, ...] = (
     PoolMetric(None, "counter", "Times the supervisor restarted the php-fpm it spawned.",
                lambda pm, now: pm.supervisor.restarts if pm.supervisor is not None else None,
                ("php_fpm_restarts",), own, when=lambda pm: pm.supervisor is not None),
+    PoolMetric("gateway_backend_up", "gauge", "1 if the backend answered its last health check, 0 if not.",
+               _backend_up, when=lambda pm: pm.health is not None),
+    PoolMetric(None, "info", "The backend's active health check (every few seconds, traffic or not): up (null "
+               "until its first probe), what it probes, why it failed, for how long.",
+               _backend, ("backend",), health, when=lambda pm: pm.health is not None),
     # -- php-fpm's own status page (json&full), when it could be read -------------
     PoolMetric("gateway_phpfpm_listen_queue", "gauge", "php-fpm's own 'listen queue'.",
                _fpm("listen queue"), ("php_fpm", "listen_queue"), first, when=_fpm_read),

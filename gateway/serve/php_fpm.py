@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 #: keeps dying before it is ready; once ready, the next delay is 0.5 s again.
 RESTART_BACKOFF = Backoff(first=0.5, most=30.0)
 READY_TIMEOUT = 15.0
+#: php-fpm's ping.path in the pools we write: the readiness probe and the
+#: monitor's health check (``observe.health``) ask it on the status socket.
+PING_PATH = "/fpm-ping"
 STOP_GRACE = 10.0
 
 
@@ -202,7 +205,7 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
         f"pm.max_requests = {backend.php_fpm.max_requests}",
         "pm.status_path = /fpm-status",
         f"pm.status_listen = {paths.status_socket}",
-        "ping.path = /fpm-ping",
+        f"ping.path = {PING_PATH}",
         f"request_terminate_timeout = {int(backend.php_fpm.request_terminate_timeout)}",
         "catch_workers_output = yes",
         "decorate_workers_output = no",
@@ -288,7 +291,7 @@ class PhpFpmSupervisor:
                     raise SupervisorError(f"php-fpm exited with status {status} during start-up")
                 try:
                     with trio.fail_after(1.0):
-                        _, body = await fastcgi_get(self.paths.status_socket, "/fpm-ping")
+                        _, body = await fastcgi_get(self.paths.status_socket, PING_PATH)
                     if body.strip() == b"pong":
                         return
                 except (UpstreamConnectError, OSError, trio.TooSlowError, fastcgi.FastCGIError,

@@ -43,11 +43,12 @@ from ..front.listen import (
     serve_until_shutdown,
 )
 from ..observe.admin import AdminApp
+from ..observe.health import BackendHealth
 from ..observe.monitor import Monitor, PoolMonitor
 from ..upstream.connect import Connector, make_connector
 from ..upstream.fastcgi import FastCgiConn, fastcgi_pool
 from ..upstream.pool import Pool
-from .php_fpm import PhpFpmSupervisor, make_runtime_dir
+from .php_fpm import PING_PATH, PhpFpmSupervisor, make_runtime_dir
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,10 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                     supervisors[name] = sup
                 pool = pool_from_config(name, make_connector(address), backend, config.limits)
                 pools[name] = pool
-                pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path))
+                ping = PING_PATH if sup is not None and not backend.status else ""  # our pool config has it
+                health = BackendHealth.for_backend(name, address=address, status_address=status_address,
+                                                   status_path=backend.status_path, ping_path=ping)
+                pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path, health=health))
                 system.start_soon(pool.run_reaper)
             monitor = Monitor(listener_state.stats, pool_monitors)
             system.start_soon(monitor.run)
