@@ -5,7 +5,12 @@ text merged into what the master reports. Pure functions, no IO.
 merge rule (counts and rates add up, lags take the worst process, averages are
 weighted by the responses behind them, the verdict is the most severe one and
 names how many processes hold it); then a ``workers`` list, one entry per
-process asked, answering or not.
+process asked, answering or not. The verdict's reason is then worded anew
+(``diagnosis.explain``) in the merged numbers, the ones the tables beside it
+show: a worker's own reason quotes its share of the pool ("2/2 busy") where
+the pool table shows the whole ("4/4"). The bottleneck itself stays the one
+a worker reached (a listener bottleneck in one process is one); only a
+``backend-down`` reason, which names no shared number, is the worker's own.
 
 ``merge_prometheus``: every worker's samples under one HELP/TYPE header per
 family, with a ``worker="N"`` label added (``sum by`` / ``max by`` in PromQL
@@ -20,6 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..metrics import PromWriter
+from .diagnosis import Observation, PoolObservation, explain
 from .table import TABLE, Path, merge
 
 #: In the merged /status, one entry per worker process: key -> its /status path.
@@ -44,7 +50,28 @@ def merge_status(workers: list[dict[str, Any] | None], *, pid: int, uptime: floa
     out = merge([w for w in workers if w is not None], asked=len(workers), own=own)
     out["workers"] = [{"index": i, "up": w is not None} | ({} if w is None else {
         key: _at(w, path) for key, path in WORKER_KEYS.items()}) for i, w in enumerate(workers)]
+    verdict = out.get("verdict")
+    if verdict is not None and len(workers) > 1 and any(w is not None for w in workers):
+        bottleneck = verdict["bottleneck"]
+        reason = explain(bottleneck, observation_of(out), processes=len(workers))
+        if reason is not None:
+            holders = sum(1 for w in out["workers"] if w.get("verdict") == bottleneck)
+            verdict["reason"] = f"{reason} ({holders} of {len(workers)} worker processes)"
     return out
+
+
+def observation_of(st: dict[str, Any]) -> Observation:
+    """The merged ``/status`` as one observation (``diagnosis``): pools summed,
+    lag and wait the worst process's, process CPU the busiest process's."""
+    listener = st.get("listener", {})
+    busiest = max((w.get("process_cpu") or 0.0 for w in st.get("workers", []) if w.get("up")),
+                  default=listener.get("process_cpu", 0.0))
+    pools = tuple(PoolObservation(
+        name=name, size=p.get("size", 0), busy=p.get("busy", 0), waiting=p.get("queue_depth", 0),
+        queue_wait_p50=(p.get("queue_wait_p50_ms_last_second") or 0.0) / 1000, responses=0, connect_errors=0,
+        worker_cpu=p.get("worker_cpu")) for name, p in st.get("pools", {}).items())
+    return Observation(loop_lag_p99=(listener.get("loop_lag_ms", {}).get("p99") or 0.0) / 1000,
+                       process_cpu=busiest, host_cpu=st.get("host", {}).get("cpu"), pools=pools)
 
 
 def _at(obj: Any, path: Path) -> Any:

@@ -88,36 +88,80 @@ def classify(obs: Observation) -> Verdict:
         if p.connect_errors and not p.responses:
             return Verdict("backend-down", f"pool {p.name}: {p.connect_errors} connect error(s) and no PHP response "
                                            "in the last second: start php-fpm or fix the backend address.")
-    host = f"host CPU {obs.host_cpu:.0%} busy" if obs.host_cpu is not None else "host CPU unknown"
     for p in obs.pools:
-        if not p.saturated:
-            continue
-        load = (f"pool {p.name} is saturated: {p.busy}/{p.size} workers busy, {p.waiting} queued "
-                f"(median wait {p.queue_wait_p50 * 1000:.0f} ms)")
-        host_full = obs.host_cpu is not None and obs.host_cpu >= HOST_CPU_LIMIT
-        if p.worker_cpu is None:
-            if host_full:
-                return Verdict("php-cpu", f"{load}; {host}: PHP competes for CPU. Optimise the slow code or add CPU; "
-                                          "more workers will not help.")
-            return Verdict("php-waiting", f"{load}; worker CPU unknown, {host}: PHP is probably waiting on a database,"
-                                          " storage or the network; look there first.")
-        cpu = f"workers use {p.worker_cpu:.0%} of a core each"
-        if p.worker_cpu >= CPU_BUSY or host_full:
-            advice = ("raise pm.max_children (and workers) only if the host has CPU to spare" if not host_full
-                      else "the host has no CPU to spare: optimise the code or add CPU, not workers")
-            return Verdict("php-cpu", f"{load}; {cpu}, {host}: PHP is CPU-bound; {advice}.")
-        return Verdict("php-waiting", f"{load}; {cpu}, {host}: PHP is waiting on something downstream "
-                                      "(database, storage, network); look at slow queries and external calls. "
-                                      "More workers help only if that downstream has capacity.")
+        if p.saturated:
+            bottleneck = _php_bottleneck(p, obs)
+            return Verdict(bottleneck, _php_reason(bottleneck, p, obs))
     if obs.loop_lag_p99 >= LOOP_LAG_LIMIT or obs.process_cpu >= PROCESS_CPU_LIMIT:
-        free = ", ".join(f"{p.name} {p.size - p.busy}/{p.size} free" for p in obs.pools) or "no PHP pools"
-        return Verdict("listener", f"the gateway itself is the bottleneck: event-loop lag p99 "
-                                   f"{obs.loop_lag_p99 * 1000:.0f} ms, process CPU {obs.process_cpu:.0%} of a core, "
-                                   f"while PHP has free slots ({free}); run more gateway workers or move static "
-                                   "files to a CDN.")
+        return Verdict("listener", _listener_reason(obs))
+    return Verdict("healthy", _healthy_reason(obs))
+
+
+def explain(bottleneck: str, obs: Observation, *, processes: int = 1) -> str | None:
+    """The reason for ``bottleneck`` in the numbers of ``obs``, whichever rule
+    chose it: how the master words the verdict a worker process reached in the
+    numbers summed over all of them (``processes`` > 1: ``obs`` is that sum,
+    its ``process_cpu`` the busiest process's). None for ``backend-down``,
+    whose reason names no shared number."""
+    if bottleneck in ("php-cpu", "php-waiting"):
+        loaded = [p for p in obs.pools if p.waiting or p.busy >= p.size]
+        if not loaded:
+            return None
+        p = max(loaded, key=lambda q: (q.saturated, q.waiting, q.busy / max(1, q.size)))
+        return _php_reason(bottleneck, p, obs, processes=processes)
+    if bottleneck == "listener":
+        return _listener_reason(obs, processes=processes)
+    if bottleneck == "healthy":
+        return _healthy_reason(obs)
+    return None
+
+
+def _host(obs: Observation) -> str:
+    return f"host CPU {obs.host_cpu:.0%} busy" if obs.host_cpu is not None else "host CPU unknown"
+
+
+def _host_full(obs: Observation) -> bool:
+    return obs.host_cpu is not None and obs.host_cpu >= HOST_CPU_LIMIT
+
+
+def _php_bottleneck(p: PoolObservation, obs: Observation) -> str:
+    if p.worker_cpu is None:
+        return "php-cpu" if _host_full(obs) else "php-waiting"
+    return "php-cpu" if p.worker_cpu >= CPU_BUSY or _host_full(obs) else "php-waiting"
+
+
+def _php_reason(bottleneck: str, p: PoolObservation, obs: Observation, *, processes: int = 1) -> str:
+    state = "is saturated" if p.saturated or processes == 1 else "is saturated in some worker processes"
+    load = (f"pool {p.name} {state}: {p.busy}/{p.size} workers busy, {p.waiting} queued "
+            f"(median wait {p.queue_wait_p50 * 1000:.0f} ms)")
+    host, host_full = _host(obs), _host_full(obs)
+    if p.worker_cpu is None:
+        if bottleneck == "php-cpu":
+            return (f"{load}; {host}: PHP competes for CPU. Optimise the slow code or add CPU; more workers will "
+                    "not help.")
+        return (f"{load}; worker CPU unknown, {host}: PHP is probably waiting on a database, storage or the "
+                "network; look there first.")
+    cpu = f"workers use {p.worker_cpu:.0%} of a core each"
+    if bottleneck == "php-cpu":
+        advice = ("raise pm.max_children (and workers) only if the host has CPU to spare" if not host_full
+                  else "the host has no CPU to spare: optimise the code or add CPU, not workers")
+        return f"{load}; {cpu}, {host}: PHP is CPU-bound; {advice}."
+    return (f"{load}; {cpu}, {host}: PHP is waiting on something downstream (database, storage, network); look "
+            "at slow queries and external calls. More workers help only if that downstream has capacity.")
+
+
+def _listener_reason(obs: Observation, *, processes: int = 1) -> str:
+    free = ", ".join(f"{p.name} {p.size - p.busy}/{p.size} free" for p in obs.pools) or "no PHP pools"
+    cpu = "process CPU" if processes == 1 else "busiest process CPU"
+    return (f"the gateway itself is the bottleneck: event-loop lag p99 {obs.loop_lag_p99 * 1000:.0f} ms, "
+            f"{cpu} {obs.process_cpu:.0%} of a core, while PHP has free slots ({free}); run more gateway workers "
+            "or move static files to a CDN.")
+
+
+def _healthy_reason(obs: Observation) -> str:
     busy = ", ".join(f"{p.name} {p.busy}/{p.size} busy, {p.waiting} queued" for p in obs.pools) or "no PHP pools"
-    return Verdict("healthy", f"no bottleneck: loop lag p99 {obs.loop_lag_p99 * 1000:.0f} ms, process CPU "
-                              f"{obs.process_cpu:.0%}, {busy}.")
+    return (f"no bottleneck: loop lag p99 {obs.loop_lag_p99 * 1000:.0f} ms, process CPU {obs.process_cpu:.0%}, "
+            f"{busy}.")
 
 
 @dataclass

@@ -113,6 +113,10 @@ class PoolMonitor:
     #: the active check of the backend (None: not checked)
     health: BackendHealth | None = None
     queue_window: Window = field(default_factory=lambda: Window(WINDOW))
+    #: cumulative (count, sum) readings of the queue wait and PHP time
+    #: histograms, sampled each second: their averages over the last WINDOW
+    wait_window: Window2 = field(default_factory=lambda: Window2(WINDOW))
+    php_window: Window2 = field(default_factory=lambda: Window2(WINDOW))
     _prev_connect_errors: int = 0
     _prev_responses: int = 0
     _prev_wait_counts: list[int] = field(default_factory=list)
@@ -163,6 +167,8 @@ class PoolMonitor:
         delta = [c - p for c, p in zip(counts, self._prev_wait_counts or [0] * len(counts), strict=True)]
         self._prev_wait_counts = counts
         self.queue_window.add(now, pool.waiting)
+        self.wait_window.add(now, pool.instruments.queue_wait.count, pool.instruments.queue_wait.sum)
+        self.php_window.add(now, pool.instruments.php_time.count, pool.instruments.php_time.sum)
         running = self.supervisor is None or self.supervisor.running
         health = self.health
         check = "" if health is None else health.what + (f": {health.error}" if health.error else "")
@@ -174,6 +180,33 @@ class PoolMonitor:
             backend_down_for=0.0 if health is None else health.down_for(now),
         )
         return self.last
+
+
+class Window2:
+    """Cumulative (count, sum) readings of a histogram over ``span`` seconds:
+    what was observed since the oldest of them (the last ``span`` seconds)."""
+
+    def __init__(self, span: float) -> None:
+        self.counts = Window(span)
+        self.sums = Window(span)
+
+    def add(self, now: float, count: int, total: float) -> None:
+        self.counts.add(now, count)
+        self.sums.add(now, total)
+
+    def since_oldest(self, now: float, count: int, total: float) -> tuple[int, float]:
+        """(observations, their sum) between the oldest reading in the window
+        and the histogram's ``count`` and ``total`` now."""
+        self.counts.prune(now)
+        self.sums.prune(now)
+        counts, sums = self.counts.values(), self.sums.values()
+        if not counts:
+            return 0, 0.0
+        return count - int(counts[0]), total - sums[0]
+
+    def average(self, now: float, count: int, total: float) -> float:
+        n, t = self.since_oldest(now, count, total)
+        return t / n if n > 0 else 0.0
 
 
 def _bucket_quantile(buckets: tuple[float, ...], counts: list[int], q: float) -> float:

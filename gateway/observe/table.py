@@ -305,6 +305,15 @@ def _backend(pm: PoolMonitor, now: float) -> dict[str, Any]:
             "last_check_seconds_ago": None if h.checked_at is None else round(now - h.checked_at, 1)}
 
 
+def _fpm_workers(pm: PoolMonitor, now: float) -> dict[str, int]:
+    """php-fpm's workers by state from its process list (``full``): Running is
+    running a request, any other state (Idle, Reading headers between two
+    requests of a kept-alive connection, Finishing) counts as idle."""
+    states = [pr.get("state") for pr in (pm.fpm_status or {}).get("processes", [])]
+    running = sum(1 for st in states if st == "Running")
+    return {"running": running, "idle": len(states) - running}
+
+
 def _lag(q: float) -> Callable[[Monitor, float], Any]:
     """The q-quantile of the loop lag samples in the monitor's window (1.0: the most)."""
     return lambda m, now: m.lag_quantile(q)
@@ -356,13 +365,18 @@ TABLE: tuple[Row, ...] = (
                lambda pm, now: int(max(pm.queue_window.values(), default=0)), ("queue_depth_max_window",)),
     PoolMetric("gateway_pool_queue_depth_max", "gauge", "Most requests ever waiting at once.",
                lambda pm, now: pm.pool.stats.max_waiting, ("queue_depth_max",)),
-    PoolMetric(None, "gauge", "Requests allowed to wait (queue_depth); one more is answered 503.",
-               lambda pm, now: pm.pool.queue_depth, ("queue_limit",)),
+    PoolMetric(None, "gauge", "Requests allowed to wait in each process (queue_depth); one more is answered 503. "
+               "Not summed over processes: each has its own queue, and it is the configured number.",
+               lambda pm, now: pm.pool.queue_depth, ("queue_limit",), worst),
     PoolMetric("gateway_pool_queue_wait_seconds", "histogram", "Time waiting for a pool slot.",
                lambda pm, now: pm.pool.instruments.queue_wait),
     PoolMetric(None, "gauge", "Average time waiting for a pool slot, in ms.",
                lambda pm, now: _avg(pm.pool.instruments.queue_wait.sum, pm.pool.instruments.queue_wait.count),
                ("queue_wait_avg_ms",), weighted_by("responses_total"), scale=1000, digits=2),
+    PoolMetric(None, "gauge", "Average time waiting for a pool slot over the last 10 s, in ms (0: no request).",
+               lambda pm, now: pm.wait_window.average(now, pm.pool.instruments.queue_wait.count,
+                                                      pm.pool.instruments.queue_wait.sum),
+               ("queue_wait_avg_ms_10s",), weighted_by("responses_10s"), scale=1000, digits=2),
     PoolMetric(None, "gauge", "Median time waiting for a pool slot in the last second, in ms.",
                lambda pm, now: pm.last.queue_wait_p50 if pm.last else 0.0, ("queue_wait_p50_ms_last_second",),
                worst, scale=1000, digits=1),
@@ -371,6 +385,14 @@ TABLE: tuple[Row, ...] = (
     PoolMetric(None, "gauge", "Average time from slot to PHP's END_REQUEST, in ms.",
                lambda pm, now: _avg(pm.pool.instruments.php_time.sum, pm.pool.instruments.php_time.count),
                ("php_time_avg_ms",), weighted_by("responses_total"), scale=1000, digits=2),
+    PoolMetric(None, "gauge", "Average time from slot to PHP's END_REQUEST over the last 10 s, in ms.",
+               lambda pm, now: pm.php_window.average(now, pm.pool.instruments.php_time.count,
+                                                     pm.pool.instruments.php_time.sum),
+               ("php_time_avg_ms_10s",), weighted_by("responses_10s"), scale=1000, digits=2),
+    PoolMetric(None, "gauge", "PHP responses timed over the last 10 s (the weight of the 10 s averages).",
+               lambda pm, now: pm.php_window.since_oldest(now, pm.pool.instruments.php_time.count,
+                                                          pm.pool.instruments.php_time.sum)[0],
+               ("responses_10s",)),
     PoolMetric("gateway_pool_responses_total", "counter", "PHP responses received.",
                lambda pm, now: pm.pool.instruments.responses, ("responses_total",)),
     PoolMetric("gateway_pool_errors_total", "counter", "Requests answered with a gateway error.",
@@ -411,6 +433,9 @@ TABLE: tuple[Row, ...] = (
                _fpm("slow requests"), ("php_fpm", "slow_requests"), first, when=_fpm_read),
     PoolMetric(None, "counter", "php-fpm's 'accepted conn'.",
                _fpm("accepted conn"), ("php_fpm", "accepted_conn"), first, when=_fpm_read),
+    PoolMetric("gateway_phpfpm_workers", "gauge", "php-fpm's workers by state (running, idle), counted in its "
+               "process list: unlike its 'active processes' counter, they add up to its pool.",
+               _fpm_workers, ("php_fpm", "workers"), first, when=_fpm_read, label="state", series=("running", "idle")),
     PoolMetric(None, "info", "php-fpm's workers: pid, state, current or last request's duration (ms), its CPU, "
                "its script.", _fpm_processes, ("php_fpm", "processes"), first, when=_fpm_read),
     PoolMetric(None, "info", "Why php-fpm's status page could not be read.",

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
@@ -38,6 +39,9 @@ def fetch_status(admin: str, timeout: float = 3.0) -> dict[str, Any]:
 
 
 def summary_lines(st: dict[str, Any]) -> list[str]:
+    """``gateway status``: the whole /status in a few labelled lines. With
+    several worker processes every number is the sum over them (the verdict's
+    reason too), except the queue limit, which is each process's."""
     v = st["verdict"]
     li = st["listener"]
     c = li["connections"]
@@ -51,22 +55,44 @@ def summary_lines(st: dict[str, Any]) -> list[str]:
     ]
     if st.get("workers"):
         lines.append("processes: " + ", ".join(_worker_text(w) for w in st["workers"]))
+    per = " per process" if st.get("workers") else ""
     for name, p in st["pools"].items():
         cpu = "unknown" if p["worker_cpu"] is None else f"{p['worker_cpu']:.0%}"
         lines.append(
             f"pool {name}: {p['busy']}/{p['size']} busy, {p['idle']} idle, queue {p['queue_depth']} "
-            f"(max {p['queue_depth_max']}, limit {p['queue_limit']}), avg wait {p['queue_wait_avg_ms']:.0f} ms, "
-            f"avg PHP {p['php_time_avg_ms']:.0f} ms, worker CPU {cpu}"
+            f"(max {p.get('queue_depth_max_window', p['queue_depth_max'])} in 10 s, {p['queue_depth_max']} ever; "
+            f"limit {p['queue_limit']}{per}), worker CPU {cpu}"
         )
+        lines.append(f"  avg wait {_ms(p.get('queue_wait_avg_ms_10s'))} last 10 s, {_ms(p['queue_wait_avg_ms'])} "
+                     f"since start; avg PHP {_ms(p.get('php_time_avg_ms_10s'))} last 10 s, "
+                     f"{_ms(p['php_time_avg_ms'])} since start")
         errors = ", ".join(f"{k}: {n}" for k, n in p["errors"].items()) or "none"
         lines.append(f"  errors {errors}; retries {p['retries_total']}; left the queue "
-                     f"{p['client_gone_in_queue_total']}; connect errors {p['connect_errors_total']}")
+                     f"{p['client_gone_in_queue_total']}; connect errors {p['connect_errors_total']} (since start)")
+        if p.get("backend"):
+            lines.append("  backend: " + _backend_text(p["backend"]))
         fpm = p.get("php_fpm")
         if fpm:
-            lines.append(f"  php-fpm: active {fpm['active_processes']}, idle {fpm['idle_processes']}, "
-                         f"listen queue {fpm['listen_queue']}, max children reached {fpm['max_children_reached']}, "
+            workers = fpm.get("workers")
+            listed = (f"workers running {workers['running']}, idle {workers['idle']} (its process list); "
+                      if workers else "")
+            lines.append(f"  php-fpm's own view: {listed}its counters: active {fpm['active_processes']}, "
+                         f"idle {fpm['idle_processes']} (they drift with kept-alive connections), listen queue "
+                         f"{fpm['listen_queue']}, max children reached {fpm['max_children_reached']}, "
                          f"slow requests {fpm['slow_requests']}")
     return lines
+
+
+def _ms(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f} ms"
+
+
+def _backend_text(b: dict[str, Any]) -> str:
+    if b.get("up") is None:
+        return f"not checked yet ({b.get('check', '?')})"
+    if b["up"]:
+        return f"up ({b.get('check', '?')})"
+    return f"DOWN for {b.get('down_seconds', 0):.0f} s ({b.get('check', '?')}: {b.get('error', '')})"
 
 
 def _worker_text(w: dict[str, Any]) -> str:
@@ -76,32 +102,69 @@ def _worker_text(w: dict[str, Any]) -> str:
             f"CPU {w['process_cpu']:.0%})")
 
 
+def _workers_brief(workers: list[dict[str, Any]]) -> str:
+    """Worker processes in one line, however many there are."""
+    up = [w for w in workers if w["up"]]
+    verdicts: dict[str, int] = {}
+    for w in up:
+        verdicts[w["verdict"]] = verdicts.get(w["verdict"], 0) + 1
+    text = f"processes: {len(workers)}"
+    if len(up) < len(workers):
+        text += f", {len(workers) - len(up)} not answering"
+    if verdicts:
+        text += "; " + ", ".join(f"{name} ×{n}" for name, n in verdicts.items())
+        cpus = [w["process_cpu"] for w in up]
+        text += f"; CPU {min(cpus):.0%}–{max(cpus):.0%} each"
+    return text
+
+
 def top_view(st: dict[str, Any], admin: str) -> Group:
+    """``gateway top``: one screen that fits 80×24 (three pools, any number of
+    worker processes). Numbers are summed over worker processes (the queue
+    limit is each process's); "10s" is the last 10 s, "all" since start."""
     v = st["verdict"]
     colour = _COLOURS.get(v["bottleneck"], "white")
     head = Text.assemble(("verdict: ", "bold"), (v["bottleneck"], colour), f"  (for {v['for_seconds']:.0f}s)\n",
                          v["reason"])
     li = st["listener"]
     c = li["connections"]
-    lt = Table(title="listener", expand=True)
-    for col in ("open", "idle", "reading", "waiting PHP", "writing", "req/s", "in flight", "lag p50 ms",
-                "lag p99 ms", "CPU"):
-        lt.add_column(col, justify="right")
-    lt.add_row(str(c["open"]), str(c["idle"]), str(c["reading"]), str(c["waiting_php"]), str(c["writing"]),
-               f"{li['requests_per_second']:.1f}", str(li["in_flight"]), f"{li['loop_lag_ms']['p50']:.1f}",
-               f"{li['loop_lag_ms']['p99']:.1f}", f"{li['process_cpu']:.0%}")
-    pt = Table(title="PHP pools", expand=True)
-    for col in ("pool", "busy/size", "idle", "queue", "queue max", "avg wait ms", "avg PHP ms", "worker CPU",
-                "502", "503", "504", "fpm active/idle"):
+    host = f", host CPU {st['host']['cpu']:.0%}" if st["host"].get("cpu") is not None else ""
+    every = " (all processes)" if st.get("workers") else ""
+    listener = Text.assemble(
+        ("listener ", "bold"),
+        f"{c['open']} open (idle {c['idle']}, reading {c['reading']}, waiting PHP {c['waiting_php']}, "
+        f"writing {c['writing']}), {li['in_flight']} in flight\n",
+        f"  {li['requests_per_second']:.1f} req/s, lag p50 {li['loop_lag_ms']['p50']:.1f} ms "
+        f"p99 {li['loop_lag_ms']['p99']:.1f} ms, CPU {li['process_cpu']:.0%}{every}{host}")
+    per = "; lim: per process" if st.get("workers") else ""
+    pt = Table(title=f"PHP pools (10s: last 10 s; all: since start{per})",
+               box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1), title_justify="left",
+               title_style="bold")
+    for col in ("pool", "busy/size", "queue\nnow/10s/lim", "wait ms\n10s/all", "PHP ms\n10s/all", "wkr\nCPU",
+                "502/503\n/504", "php-fpm\nrun/idle", "up"):
         pt.add_column(col, justify="right")
     for name, p in st["pools"].items():
         fpm = p.get("php_fpm") or {}
-        pt.add_row(name, f"{p['busy']}/{p['size']}", str(p["idle"]), str(p["queue_depth"]),
-                   str(p["queue_depth_max_window"]), f"{p['queue_wait_avg_ms']:.0f}", f"{p['php_time_avg_ms']:.0f}",
+        workers = fpm.get("workers") or {"running": fpm.get("active_processes", "?"),
+                                         "idle": fpm.get("idle_processes", "?")}
+        backend = p.get("backend") or {}
+        up = {True: "yes", False: "DOWN", None: "?"}[backend.get("up")]
+        pt.add_row(name, f"{p['busy']}/{p['size']}",
+                   f"{p['queue_depth']}/{p['queue_depth_max_window']}/{p['queue_limit']}",
+                   f"{_num(p.get('queue_wait_avg_ms_10s'))}/{_num(p['queue_wait_avg_ms'])}",
+                   f"{_num(p.get('php_time_avg_ms_10s'))}/{_num(p['php_time_avg_ms'])}",
                    "?" if p["worker_cpu"] is None else f"{p['worker_cpu']:.0%}",
-                   str(p["errors"].get("502", 0)), str(p["errors"].get("503", 0)), str(p["errors"].get("504", 0)),
-                   f"{fpm.get('active_processes', '?')}/{fpm.get('idle_processes', '?')}")
-    parts: list[Any] = [Panel(head, title=f"gateway top — {admin}"), lt, pt]
+                   "/".join(str(p["errors"].get(k, 0)) for k in ("502", "503", "504")),
+                   f"{workers['running']}/{workers['idle']}", up)
+    parts: list[Any] = [Panel(head, title=f"gateway top — {admin}"), listener, pt]
+    for name, p in st["pools"].items():
+        backend = p.get("backend") or {}
+        if backend.get("up") is False:
+            parts.append(Text(f"backend {name}: " + _backend_text(backend), style="red"))
     if st.get("workers"):
-        parts.append(Text("processes: " + ", ".join(_worker_text(w) for w in st["workers"])))
+        parts.append(Text(_workers_brief(st["workers"])))
     return Group(*parts)
+
+
+def _num(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f}"

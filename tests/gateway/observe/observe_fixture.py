@@ -13,6 +13,7 @@ import trio
 
 from gateway.metrics import ListenerStats
 from gateway.observe.diagnosis import Diagnosis, PoolObservation, Verdict
+from gateway.observe.health import BackendHealth
 from gateway.observe.monitor import Monitor, PoolMonitor
 from gateway.upstream.pool import Pool
 
@@ -27,6 +28,10 @@ class FakeSupervisor:
 
 async def _never_connects() -> trio.abc.Stream:
     raise AssertionError("the frozen pools never connect")
+
+
+async def _never_probed() -> None:
+    raise AssertionError("the frozen monitors never probe")
 
 
 def _pool(name: str, *, size: int, busy: int, idle: int, waiting: int, queue_depth: int) -> Pool:
@@ -55,8 +60,8 @@ FPM_STATUS: dict[str, Any] = {
 
 def frozen_monitor(second: bool = False) -> Monitor:
     """One gateway process with three pools: ``php`` (spawned php-fpm, its status
-    read, busy and queueing), ``ext`` (an external php-fpm whose status socket
-    refuses, connect errors) and ``bare`` (no status address at all).
+    read, busy and queueing, its health check up), ``ext`` (an external php-fpm
+    whose status socket refuses, connect errors, its health check down) and ``bare`` (no status address at all).
 
     ``second``: another worker process of the same gateway, in another state
     (the listener verdict, php-fpm's status read for ``ext``, no ``bare`` pool),
@@ -84,12 +89,21 @@ def frozen_monitor(second: bool = False) -> Monitor:
     pm_php.queue_window.add(now, 5)
     pm_php.last = PoolObservation(name="php", size=4, busy=3, waiting=5, queue_wait_p50=0.01234, responses=1,
                                   connect_errors=0)
+    # the last 10 s: of its 2 waits and 3 PHP responses, the newest (0.3 s; 0.2 s and 0.05 s) came after the
+    # oldest reading in the window
+    pm_php.wait_window.add(now - 8, 1, 0.02)
+    pm_php.php_window.add(now - 8, 1, 0.1)
+    pm_php.health = BackendHealth("php", _never_probed, "ping unix:/run/gw/php-status.sock /fpm-ping", up=True,
+                                  since=now - 300, checked_at=now - 1.5)
 
     ext = _pool("ext", size=2, busy=0, idle=0, waiting=0, queue_depth=10)
     ext.stats.connect_errors = 4
     ext.stats.errors = {502: 4}
     pm_ext = PoolMonitor(ext, None, "unix:/run/ext-status.sock")
     pm_ext.fpm_status_error = "ConnectionRefusedError: [Errno 111] Connection refused"
+    pm_ext.health = BackendHealth("ext", _never_probed, "status page unix:/run/ext-status.sock /fpm-status",
+                                  up=False, error="cannot connect to unix:/run/ext-status.sock: Connection refused",
+                                  since=now - 12.0, checked_at=now - 0.5)
 
     bare = _pool("bare", size=1, busy=1, idle=0, waiting=0, queue_depth=1)
     pm_bare = PoolMonitor(bare)
@@ -119,6 +133,8 @@ def frozen_monitor(second: bool = False) -> Monitor:
         pm_php.last = None
         pm_ext.fpm_status = {**FPM_STATUS, "active processes": 1, "idle processes": 1, "processes": []}
         pm_ext.fpm_status_error = ""
+        pm_ext.health = BackendHealth("ext", _never_probed, "status page unix:/run/ext-status.sock /fpm-status",
+                                      up=True, since=now - 2.0, checked_at=now - 2.0)
         monitor.pools = [pm_php, pm_ext]
         monitor.requests.add(now, 12)
         monitor.process_cpu = 0.5

@@ -92,6 +92,7 @@ def test_merged_status_adds_counts_and_keeps_the_worst_verdict():
     assert php["queue_wait_avg_ms"] == pytest.approx((100.0 * 10 + 20.0 * 30) / 40)
     assert php["errors"] == {"502": 1, "503": 3}
     assert php["php_fpm_restarts"] == 2
+    assert php["queue_limit"] == 512  # each process's queue_depth, as configured: not doubled
     assert [w["up"] for w in st["workers"]] == [True, True, False]
     assert st["workers"][1]["pid"] == 102
 
@@ -132,3 +133,35 @@ def test_merged_metrics_label_each_worker_and_parse_as_prometheus_text():
     assert all("worker" not in s.labels for s in families["gateway_verdict"].samples)
     assert text.count("# TYPE gateway_requests_total counter") == 1
 
+
+
+def test_merged_verdict_reason_quotes_the_summed_numbers_the_tables_show():
+    """Each of two processes holds half the pool (2 of 4 slots): each says "2/2
+    busy", the pool table shows 4/4, and so must the reason beside it."""
+    a = _status(101, "php-waiting", requests=30, busy=2, queue=5, responses=10, wait_ms=100.0, lag_p99=1.0,
+                errors={})
+    b = _status(102, "php-waiting", requests=30, busy=2, queue=3, responses=10, wait_ms=300.0, lag_p99=1.0,
+                errors={})
+    for st in (a, b):
+        st["verdict"]["reason"] = "pool php is saturated: 2/2 workers busy, ..."
+    st = merge_status([a, b], pid=100, uptime=9.0)
+    php = st["pools"]["php"]
+    assert (php["busy"], php["size"], php["queue_depth"]) == (4, 4, 8)
+    reason = st["verdict"]["reason"]
+    assert reason.startswith("pool php is saturated: 4/4 workers busy, 8 queued (median wait 300 ms)"), reason
+    assert "2/2" not in reason and reason.endswith("(2 of 2 worker processes)")
+    assert "workers use 10% of a core each, host CPU 90% busy" in reason
+
+
+def test_merged_listener_and_healthy_reasons_quote_the_summed_pool():
+    a = _status(101, "listener", requests=30, busy=1, queue=0, responses=10, wait_ms=0.0, lag_p99=80.0, errors={})
+    b = _status(102, "healthy", requests=30, busy=0, queue=0, responses=10, wait_ms=0.0, lag_p99=1.0, errors={})
+    st = merge_status([a, b], pid=100, uptime=9.0)
+    assert st["verdict"]["bottleneck"] == "listener"
+    assert "php 3/4 free" in st["verdict"]["reason"] and "busiest process CPU 50%" in st["verdict"]["reason"]
+    st = merge_status([b, b], pid=100, uptime=9.0)
+    assert "php 0/4 busy, 0 queued" in st["verdict"]["reason"]
+    down = _status(101, "backend-down", requests=0, busy=0, queue=0, responses=0, wait_ms=0.0, lag_p99=1.0,
+                   errors={})
+    st = merge_status([down, b], pid=100, uptime=9.0)
+    assert st["verdict"]["reason"] == "backend-down in 101 (1 of 2 worker processes)"  # the worker's own words

@@ -54,6 +54,9 @@ FAMILIES = [
     ("gateway_pool_client_gone", "counter", "Waiters dropped because their client left.", ("pool",)),
     ("gateway_pool_connect_errors", "counter", "Failed connects to the backend.", ("pool",)),
     ("gateway_php_worker_cpu_ratio", "gauge", "CPU per busy php-fpm worker, share of one core.", ("pool",)),
+    ("gateway_backend_up", "gauge", "1 if the backend answered its last health check, 0 if not.", ("pool",)),
+    ("gateway_phpfpm_workers", "gauge", "php-fpm's workers by state (running, idle), counted in its process list: "
+     "unlike its 'active processes' counter, they add up to its pool.", ("pool", "state")),
     ("gateway_phpfpm_active_processes", "gauge", "php-fpm's own 'active processes'.", ("pool",)),
     ("gateway_phpfpm_idle_processes", "gauge", "php-fpm's own 'idle processes'.", ("pool",)),
     ("gateway_phpfpm_total_processes", "gauge", "php-fpm's own 'total processes'.", ("pool",)),
@@ -75,13 +78,18 @@ STATUS_KEYS = [
     "host", "host.cpu", "host.cpus",
     "pools", "pools.*", "pools.*.size", "pools.*.busy", "pools.*.idle", "pools.*.queue_depth",
     "pools.*.queue_depth_max_window", "pools.*.queue_depth_max", "pools.*.queue_limit",
-    "pools.*.queue_wait_avg_ms", "pools.*.queue_wait_p50_ms_last_second", "pools.*.php_time_avg_ms",
+    "pools.*.queue_wait_avg_ms", "pools.*.queue_wait_avg_ms_10s", "pools.*.queue_wait_p50_ms_last_second",
+    "pools.*.php_time_avg_ms", "pools.*.php_time_avg_ms_10s", "pools.*.responses_10s",
     "pools.*.responses_total", "pools.*.errors", "pools.*.queue_full_total", "pools.*.queue_timeouts_total",
     "pools.*.retries_total", "pools.*.client_gone_in_queue_total", "pools.*.connect_errors_total",
     "pools.*.worker_cpu", "pools.*.php_fpm_restarts",
+    "pools.*.backend", "pools.*.backend.up", "pools.*.backend.check", "pools.*.backend.error",
+    "pools.*.backend.down_seconds", "pools.*.backend.last_check_seconds_ago",
     "pools.*.php_fpm", "pools.*.php_fpm.listen_queue", "pools.*.php_fpm.active_processes",
     "pools.*.php_fpm.idle_processes", "pools.*.php_fpm.total_processes", "pools.*.php_fpm.max_children_reached",
-    "pools.*.php_fpm.slow_requests", "pools.*.php_fpm.accepted_conn", "pools.*.php_fpm.processes",
+    "pools.*.php_fpm.slow_requests", "pools.*.php_fpm.accepted_conn",
+    "pools.*.php_fpm.workers", "pools.*.php_fpm.workers.running", "pools.*.php_fpm.workers.idle",
+    "pools.*.php_fpm.processes",
     "pools.*.php_fpm.processes.*.pid", "pools.*.php_fpm.processes.*.state",
     "pools.*.php_fpm.processes.*.request_duration_ms", "pools.*.php_fpm.processes.*.last_request_cpu",
     "pools.*.php_fpm.processes.*.script",
@@ -218,6 +226,10 @@ async def test_what_a_dashboard_reads(autojump_clock):
     assert (php["busy"], php["size"], php["queue_depth"], php["queue_limit"]) == (3, 4, 5, 50)
     assert php["errors"] == {"502": 1, "504": 2}
     assert php["queue_wait_avg_ms"] == 160.0 and php["php_time_avg_ms"] == 116.67
+    # the last 10 s beside since start: one wait of 300 ms, two PHP responses of 200 and 50 ms
+    assert (php["queue_wait_avg_ms_10s"], php["php_time_avg_ms_10s"], php["responses_10s"]) == (300.0, 125.0, 2)
+    assert php["backend"]["up"] is True and st["pools"]["ext"]["backend"]["up"] is False
+    assert php["php_fpm"]["workers"] == {"running": 1, "idle": 1}  # its process list, not its drifting counters
     assert php["php_fpm"]["active_processes"] == 3 and php["php_fpm_restarts"] == 2
     assert "php_fpm" not in st["pools"]["ext"] and st["pools"]["ext"]["php_fpm_status_error"].startswith("Conn")
     assert "php_fpm" not in st["pools"]["bare"] and "php_fpm_status_error" not in st["pools"]["bare"]
@@ -242,6 +254,8 @@ async def test_what_a_dashboard_reads(autojump_clock):
     assert merged["pools"]["ext"]["php_fpm"]["active_processes"] == 1  # one process read php-fpm's status
     assert "php_fpm_status_error" not in merged["pools"]["ext"]
     assert [w["up"] for w in merged["workers"]] == [True, False, True]
+    assert merged["pools"]["php"]["queue_limit"] == 50  # per process, as configured, not 2 x 50
+    assert merged["pools"]["ext"]["backend"]["up"] is False  # down for one process: down
 
 
 @pytest.mark.parametrize("name", ["status", "merged-status"])
@@ -252,3 +266,19 @@ def test_status_and_top_show_what_they_showed(name):
     console = Console(width=160, record=True, file=io.StringIO(), color_system=None)
     console.print(top_view(st, "http://127.0.0.1:9180"))
     assert console.export_text() == (GOLDEN / f"{name}.top.txt").read_text()
+
+
+@pytest.mark.parametrize("name", ["status", "merged-status"])
+def test_top_fits_80_by_24(name):
+    """One frame of ``gateway top`` on an 80×24 terminal: nothing cut, no line
+    past 80 columns, at most 24 lines (three pools, a backend down, three
+    worker processes)."""
+    st = json.loads((GOLDEN / f"{name}.json").read_text())
+    console = Console(width=80, record=True, file=io.StringIO(), color_system=None)
+    console.print(top_view(st, "http://127.0.0.1:9180"))
+    lines = console.export_text().splitlines()
+    assert len(lines) <= 24, "\n".join(lines)
+    assert all(len(line) <= 80 for line in lines)
+    assert not any("…" in line for line in lines), "\n".join(lines)  # no column cut short
+    screen = "\n".join(lines)
+    assert "busy/size" in screen and "DOWN" in screen and "10s/all" in screen
