@@ -4,9 +4,9 @@ Every second the monitor builds an ``Observation`` from the instruments and
 ``Diagnosis.update`` turns it into one of five answers:
 
 - ``backend-down``: a PHP backend is unreachable: its spawned php-fpm is not
-  running, or it failed its active health check (``health.py``; this is what
-  catches a dead php-fpm on a quiet site), or connect errors and no response
-  in the last second. A failed check while PHP responses still arrive is not
+  running, or connect errors and no response in the last second (requests
+  witnessed it), or it failed its active health check (``health.py``; this is
+  what catches a dead php-fpm on a quiet site). A failed check while PHP responses still arrive is not
   ``backend-down``: the requests are the better witness.
 - ``php-cpu``: a pool is saturated (every slot busy and requests queueing) and
   its workers burn CPU (at least ``CPU_BUSY`` of a core per busy worker), or the
@@ -81,13 +81,13 @@ def classify(obs: Observation) -> Verdict:
         if not p.backend_running:
             return Verdict("backend-down", f"php-fpm for pool {p.name} is not running; the supervisor is restarting "
                                            "it: look at its error log for why it exited.")
+        if p.connect_errors and not p.responses:
+            return Verdict("backend-down", f"pool {p.name}: {p.connect_errors} connect error(s) and no PHP response "
+                                           "in the last second: start php-fpm or fix the backend address.")
         if p.backend_up is False and not p.responses:
             return Verdict("backend-down", f"pool {p.name}: php-fpm has not answered its health check for "
                                            f"{p.backend_down_for:.0f} s ({p.backend_check}): start php-fpm or fix "
                                            "the backend address.")
-        if p.connect_errors and not p.responses:
-            return Verdict("backend-down", f"pool {p.name}: {p.connect_errors} connect error(s) and no PHP response "
-                                           "in the last second: start php-fpm or fix the backend address.")
     for p in obs.pools:
         if p.saturated:
             bottleneck = _php_bottleneck(p, obs)

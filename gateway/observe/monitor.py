@@ -127,6 +127,12 @@ class PoolMonitor:
     async def poll_fpm_status(self) -> None:
         if not self.status_address:
             return
+        if self.health is not None and self.health.up is False:
+            # a down (perhaps hung) php-fpm would hold the sampler for the whole
+            # timeout each second, and slow the verdict that says it is down
+            self.fpm_status = None
+            self.fpm_status_error = f"not asked: the backend is down ({self.health.error})"
+            return
         try:
             with trio.fail_after(1.0):
                 _, body = await fastcgi_get(self.status_address, self.status_path, b"json&full")
