@@ -5,12 +5,14 @@ Every second the monitor builds an ``Observation`` from the instruments and
 
 - ``backend-down``: a PHP backend is unreachable: its spawned php-fpm is not
   running, or connect errors and no response in the last second (requests
-  witnessed it), or it failed its active health check (``health.py``; this is
-  what catches a dead php-fpm on a quiet site). A failed check while PHP responses still arrive is not
-  ``backend-down``: the requests are the better witness.
+  witnessed it), or it failed its active health check (``health.py``; this
+  is what catches a dead php-fpm on a quiet site). A failed check while PHP
+  responses still arrive is not ``backend-down``: the requests are the better
+  witness.
 - ``php-cpu``: a pool is saturated (every slot busy and requests queueing) and
   its workers burn CPU (at least ``CPU_BUSY`` of a core per busy worker), or the
-  host has no CPU to spare.
+  host has no CPU to spare while they run code (at least ``CPU_IDLE`` each; a
+  full host with sleeping workers is busy with something else).
 - ``php-waiting``: a pool is saturated and queueing but its workers mostly do
   not use CPU: they wait on a database, storage or the network.
 - ``listener``: PHP has free slots, yet the gateway's own event loop lags or
@@ -39,6 +41,10 @@ PROCESS_CPU_LIMIT = 0.90
 CPU_BUSY = 0.5
 #: Host CPU busy share above which there is no CPU to spare.
 HOST_CPU_LIMIT = 0.90
+#: CPU share of a core per busy worker below which PHP is not running code at
+#: all (it sleeps or waits on I/O): a full host then is busy with something
+#: else (the gateway, a load generator, another service), and PHP is waiting.
+CPU_IDLE = 0.10
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +133,8 @@ def _host_full(obs: Observation) -> bool:
 def _php_bottleneck(p: PoolObservation, obs: Observation) -> str:
     if p.worker_cpu is None:
         return "php-cpu" if _host_full(obs) else "php-waiting"
-    return "php-cpu" if p.worker_cpu >= CPU_BUSY or _host_full(obs) else "php-waiting"
+    starved = _host_full(obs) and p.worker_cpu >= CPU_IDLE  # CPU-bound workers sharing too few cores
+    return "php-cpu" if p.worker_cpu >= CPU_BUSY or starved else "php-waiting"
 
 
 def _php_reason(bottleneck: str, p: PoolObservation, obs: Observation, *, processes: int = 1) -> str:

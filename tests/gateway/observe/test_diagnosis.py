@@ -65,6 +65,12 @@ def test_spawned_php_fpm_not_running_is_backend_down():
     assert classify(obs(pool(backend_running=False))).bottleneck == "backend-down"
 
 
+def test_sleeping_workers_on_a_busy_host_are_php_waiting():
+    # the workers use no CPU: the host is busy with something else (here: the load generator)
+    v = classify(obs(pool(busy=2, size=2, waiting=14, worker_cpu=0.0), host=1.0))
+    assert v.bottleneck == "php-waiting" and "host CPU 100% busy" in v.reason
+
+
 @pytest.mark.parametrize(("host", "expected"), [(0.2, "php-waiting"), (0.95, "php-cpu")])
 def test_unknown_worker_cpu_falls_back_to_host_cpu(host, expected):
     assert classify(obs(pool(busy=4, waiting=3, worker_cpu=None), host=host)).bottleneck == expected
