@@ -105,3 +105,21 @@ async def test_hung_spawned_php_fpm_is_backend_down_within_10s(gw):
     took = await seconds_until(gw, "healthy")
     print(f"healthy again {took:.1f}s after php-fpm was continued")
     assert (await gw.get("/pid.php")).status == 200
+
+
+async def test_the_check_answers_while_every_worker_is_busy_and_takes_no_slot(gw):
+    """Its own connection to php-fpm's status socket: no pool slot, no worker."""
+    health = gw.running.monitor.pools[0].health
+
+    async def slow():
+        with trio.move_on_after(20):
+            await gw.get("/slow.php?ms=3000")
+
+    async with trio.open_nursery() as n:
+        for _ in range(4):
+            n.start_soon(slow)
+        with trio.fail_after(10):
+            while not (gw.pool.busy == 2 and gw.pool.waiting == 2):  # noqa: ASYNC110 - observing the pool fill
+                await trio.sleep(0.02)
+        assert await health.check() is True
+        assert (gw.pool.busy, gw.pool.waiting) == (2, 2)  # the probe took no slot and jumped no queue
