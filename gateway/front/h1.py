@@ -363,6 +363,8 @@ class HttpConnection:
             self._watch = inflight.watch(fd, self._scope)
         try:
             response = await self.handler(request)
+        except ClientGone:
+            raise  # the client left (a handler's probe saw it): 499, nothing to send
         except GatewayError as exc:
             # expected failures (backend timeout, broken backend): one line, no traceback
             log.error("[%s] %s %s -> %d: %s", request.request_id, request.method.decode(),

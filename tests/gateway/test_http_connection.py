@@ -14,6 +14,7 @@ import trio.testing
 from gateway.config import LimitsConfig, TimeoutsConfig
 from gateway.front.h1 import ConnectionSettings, HttpConnection, Lifecycle
 from gateway.front.liveness import WATCH_AFTER, InFlightWatcher
+from gateway.http.errors import ClientGone
 from gateway.http.request import Request
 from gateway.http.response import Response
 from tests.helpers import HttpClient, read_all, read_until
@@ -316,3 +317,33 @@ async def test_body_below_the_minimum_rate_is_408(nursery, autojump_clock):
     assert data.startswith(b"HTTP/1.1 408 ")
     # cut once the 10 s grace is over and the bytes received no longer cover the rate
     assert 10 <= trio.current_time() - t0 <= 12
+
+
+async def test_a_handler_that_sees_its_client_gone_is_499_not_500(nursery, autojump_clock, caplog):
+    # run_php raises ClientGone when Request.client_left() says so as the request
+    # leaves the PHP queue (a client that left before it was watched, or half-closed)
+    async def probe(req):
+        await trio.sleep(0.1)  # the client leaves meanwhile
+        assert req.client_left()
+        raise ClientGone()
+
+    ours, theirs = trio.socket.socketpair()
+    lifecycle = Lifecycle()
+    done = trio.Event()
+    conn = HttpConnection(trio.SocketStream(theirs), probe, SETTINGS, client=("10.0.0.1", 1234),
+                          server=("10.0.0.2", 80), lifecycle=lifecycle)
+
+    async def run():
+        await conn.run()
+        done.set()
+
+    nursery.start_soon(run)
+    client = trio.SocketStream(ours)
+    with caplog.at_level(logging.INFO):
+        await client.send_all(b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        await client.send_eof()
+        assert await read_all(client) == b""  # no 500 page for a client that left
+        await done.wait()
+    assert '"GET /gone HTTP/1.1" 499' in caplog.text
+    assert "unhandled error" not in caplog.text and "Traceback" not in caplog.text
+    assert lifecycle.stats.in_flight == 0 and lifecycle.open_connections == 0
