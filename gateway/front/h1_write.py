@@ -5,8 +5,12 @@
 - A large ``FileRange`` or a spooled temp file goes with ``Downstream.sendfile``.
 - A ``BodyStream`` is written chunk by chunk as it is produced, framed by h11
   (chunked for HTTP/1.1 without a Content-Length, close-delimited for 1.0).
-  For HEAD, 204 and 304 it is still read to its end (PHP finishes, the
-  upstream connection is reused) and nothing is sent.
+  For HEAD, 204 and 304 it is not read at all: the head goes out and the
+  caller's ``Response.aclose()`` abandons the upstream run (its connection is
+  closed, the slot freed), as nginx finalizes the upstream of a header-only
+  response. Draining it instead held the client's next request, and a PHP
+  slot, for as long as the script ran: PHP sends no body for HEAD, so an
+  event stream stayed silent until ``read_timeout`` cut the connection.
 
 Our Date and Server go first; PHP's own Date or Server replaces ours, as under
 nginx (one of each, RFC 9110). A failed write marks h11's side as failed, so
@@ -76,8 +80,9 @@ class ResponseWriter:
             body = body.getvalue()
         elif isinstance(body, FileRange) and body.length <= SMALL_FILE:
             body = self._read_small(body) if not head_only else b""
-        if isinstance(body, bytes) or (head_only and not _is_stream(body)):
-            # one write for head, body and end: the common case
+        if isinstance(body, bytes) or head_only:
+            # one write for head, body and end: the common case (a stream is
+            # not read for a header-only response; Response.aclose ends it)
             out = head
             if isinstance(body, bytes) and body and not head_only:
                 out += self.conn.send(h11.Data(data=body)) or b""
@@ -92,7 +97,7 @@ class ResponseWriter:
             resp.bytes_sent = len(body) if isinstance(body, FileRange) else body.size
         else:
             async for chunk in body:
-                if chunk and not head_only:
+                if chunk:
                     await self.send_all(self.conn.send(h11.Data(data=chunk)))
                     resp.bytes_sent += len(chunk)
         await self.send_all(self.conn.send(h11.EndOfMessage()))
@@ -115,7 +120,3 @@ class ResponseWriter:
         except BaseException:
             self.conn.send_failed()
             raise
-
-
-def _is_stream(body: object) -> bool:
-    return not isinstance(body, (bytes, Spool, FileRange))
