@@ -69,12 +69,23 @@ class ResponseWriter:
             raise
 
     async def write(self, resp: Response, *, head_only: bool, keep_alive: bool) -> None:
-        """Send ``resp``; ``head_only`` for a HEAD request. Counts ``resp.bytes_sent``."""
+        """Send ``resp``; ``head_only`` for a HEAD request.
+
+        ``resp.bytes_sent``: what went out after the head (chunk framing
+        included, as nginx's $body_bytes_sent), also when the write is cut."""
         body = resp.body
         headers = resp.headers
         if isinstance(body, bytes) and body and not any(n == b"content-length" for n, _ in headers):
             headers = [*headers, (b"content-length", b"%d" % len(body))]
         head = self.head_bytes(resp.status, headers, resp.reason, keep_alive)
+        start = self.downstream.sent + len(head)
+        try:
+            await self._write(resp, head, head_only=head_only)
+        finally:
+            resp.bytes_sent = max(0, self.downstream.sent - start)
+
+    async def _write(self, resp: Response, head: bytes, *, head_only: bool) -> None:
+        body = resp.body
         head_only = head_only or resp.status in (204, 304)
         if isinstance(body, Spool) and body.in_memory:
             body = body.getvalue()
@@ -86,7 +97,6 @@ class ResponseWriter:
             out = head
             if isinstance(body, bytes) and body and not head_only:
                 out += self.conn.send(h11.Data(data=body)) or b""
-                resp.bytes_sent = len(body)
             out += self.conn.send(h11.EndOfMessage()) or b""
             await self.send_all(out)
             return
@@ -94,12 +104,10 @@ class ResponseWriter:
         if isinstance(body, (Spool, FileRange)):
             await self._write_file(FileRange(body.file, 0, body.size, close_file=False)
                                    if isinstance(body, Spool) else body)
-            resp.bytes_sent = len(body) if isinstance(body, FileRange) else body.size
         else:
             async for chunk in body:
                 if chunk:
                     await self.send_all(self.conn.send(h11.Data(data=chunk)))
-                    resp.bytes_sent += len(chunk)
         await self.send_all(self.conn.send(h11.EndOfMessage()))
 
     def _read_small(self, fr: FileRange) -> bytes:

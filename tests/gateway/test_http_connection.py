@@ -16,7 +16,7 @@ from gateway.front.h1 import ConnectionSettings, HttpConnection, Lifecycle
 from gateway.front.liveness import WATCH_AFTER, InFlightWatcher
 from gateway.http.errors import ClientGone
 from gateway.http.request import Request
-from gateway.http.response import Response
+from gateway.http.response import FileRange, Response
 from tests.helpers import HttpClient, read_all, read_until
 
 SETTINGS = ConnectionSettings.from_config(
@@ -347,3 +347,56 @@ async def test_a_handler_that_sees_its_client_gone_is_499_not_500(nursery, autoj
     assert '"GET /gone HTTP/1.1" 499' in caplog.text
     assert "unhandled error" not in caplog.text and "Traceback" not in caplog.text
     assert lifecycle.stats.in_flight == 0 and lifecycle.open_connections == 0
+
+
+@pytest.mark.parametrize("kind", ["bytes", "file", "stream"])
+async def test_a_cut_response_logs_the_bytes_the_client_got(nursery, autojump_clock, caplog, tmp_path, kind):
+    # the access log's size is what went out, also when the client stopped
+    # reading halfway (it was 0 for files and for a stream's unfinished piece)
+    size = 8 * 1024 * 1024
+    path = tmp_path / "big"
+    path.write_bytes(b"f" * size)
+
+    async def chunks():
+        for _ in range(size // (1 << 20)):
+            yield b"s" * (1 << 20)
+
+    class Stream:
+        def __init__(self):
+            self.it = chunks()
+
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            return await self.it.__anext__()
+
+        async def aclose(self):
+            await self.it.aclose()
+
+    async def big(req):
+        if kind == "bytes":
+            return Response(200, [], b"b" * size)
+        if kind == "file":
+            return Response(200, [(b"content-length", b"%d" % size)], FileRange(path.open("rb"), 0, size))
+        return Response(200, [], Stream())
+
+    ours, theirs = trio.socket.socketpair()
+    done = trio.Event()
+    conn = HttpConnection(trio.SocketStream(theirs), big, SETTINGS, client=("10.0.0.1", 1234),
+                          server=("10.0.0.2", 80))
+
+    async def run():
+        await conn.run()
+        done.set()
+
+    nursery.start_soon(run)
+    client = trio.SocketStream(ours)
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        await client.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = len(await client.receive_some(65536))  # read a little, then stop
+        await done.wait()  # cut after the send timeout
+    logged = int(caplog.text.split('"GET /big HTTP/1.1" 200 ')[1].split()[0])
+    # at least what we read (less its head), not more than the body: the kernel took the rest
+    assert got - 200 <= logged < size
+    await client.aclose()
