@@ -315,12 +315,17 @@ class HttpConnection:
         keep_alive = not last and not self.lifecycle.shutting_down
         response: Response | None = None
         status = 0  # 0: nothing to log (shutdown cut the request)
+        sent_before = self.downstream.sent
         try:
             response, keep_alive = await self._respond(req, request_id, keep_alive)
             status = response.status
+            sent_before = self.downstream.sent
             await self._write(req, request_id, response, keep_alive)
         except (ClientGone, trio.Cancelled) as exc:
-            if response is None and (isinstance(exc, ClientGone) or self._client_left()):
+            # 499: the client left before any byte of its response went out (also
+            # when the response was ready, its run shielded by ignore_client_abort)
+            nothing_sent = response is None or self.downstream.sent == sent_before
+            if nothing_sent and (isinstance(exc, ClientGone) or self._client_left()):
                 status = 499
             raise
         finally:

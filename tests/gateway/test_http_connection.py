@@ -400,3 +400,34 @@ async def test_a_cut_response_logs_the_bytes_the_client_got(nursery, autojump_cl
     # at least what we read (less its head), not more than the body: the kernel took the rest
     assert got - 200 <= logged < size
     await client.aclose()
+
+
+async def test_a_response_ready_after_its_client_left_is_logged_499(nursery, autojump_clock, caplog):
+    # ignore_client_abort: the PHP run is shielded and finishes, but its client
+    # left meanwhile and the watcher cancelled the connection: nothing was sent
+    lifecycle = Lifecycle()
+    lifecycle.inflight = InFlightWatcher()
+    nursery.start_soon(lifecycle.inflight.run)
+
+    async def shielded(req):
+        with trio.CancelScope(shield=True):
+            await trio.sleep(5)
+        return Response(200, [], b"finished for nobody")
+
+    ours, theirs = trio.socket.socketpair()
+    done = trio.Event()
+    conn = HttpConnection(trio.SocketStream(theirs), shielded, SETTINGS, client=("10.0.0.1", 1234),
+                          server=("10.0.0.2", 80), lifecycle=lifecycle)
+
+    async def run():
+        await conn.run()
+        done.set()
+
+    nursery.start_soon(run)
+    client = trio.SocketStream(ours)
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        await client.send_all(b"GET /shielded HTTP/1.1\r\nHost: x\r\n\r\n")
+        await trio.sleep(0.5)
+        await client.aclose()
+        await done.wait()
+    assert '"GET /shielded HTTP/1.1" 499 0' in caplog.text
