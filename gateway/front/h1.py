@@ -72,6 +72,10 @@ _PID = os.getpid()
 #: before it has read the response (nginx: lingering_close).
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
+#: At max_connections, a connection that has sent nothing for this long since
+#: its accept may be closed to admit a waiting client (a younger one's request
+#: may be on its way).
+SILENT_RECLAIM_AFTER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,10 @@ class Lifecycle:
         self.inflight: InFlightWatcher | None = None
         self.shutting_down = False
         self.idle_scopes: set[trio.CancelScope] = set()
+        #: connections waiting for their first request since accept, oldest
+        #: first: since when, and how to close one at once for room
+        self.silent: dict[trio.CancelScope, tuple[float, Reclaim]] = {}
+        self._went_idle = trio.Event()
         self.stats = stats or ListenerStats()
 
     @property
@@ -141,6 +149,35 @@ class Lifecycle:
         if self.parker is not None:
             self.parker.close_all()
 
+    def notify_idle(self) -> None:
+        """A connection went idle (waits silent, or was parked): it may make room."""
+        self._went_idle.set()
+        self._went_idle = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Wait until a connection next goes idle (``notify_idle``)."""
+        await self._went_idle.wait()
+
+    def reclaim_silent(self) -> bool:
+        """Close the connection silent longest since its accept, if it has been
+        for ``SILENT_RECLAIM_AFTER``, releasing what it holds at once, to admit
+        a new client (nginx reuses connections that wait for their request, not
+        only idle keep-alive ones). False if none is."""
+        now = trio.current_time()
+        for scope, (since, reclaim) in self.silent.items():
+            if now - since < SILENT_RECLAIM_AFTER:
+                return False  # the others are younger
+            del self.silent[scope]
+            reclaim()  # its task wakes up to a closed socket and ends quietly
+            return True
+        return False
+
+    def next_silent_reclaim(self) -> float:
+        """When ``reclaim_silent`` may next close one (inf: none waits)."""
+        for since, _ in self.silent.values():
+            return since + SILENT_RECLAIM_AFTER
+        return math.inf
+
 
 #: ``_next_request``'s answer when the connection went to the parker.
 _PARKED = object()
@@ -148,15 +185,19 @@ _PARKED = object()
 #: ``hand_over(served, keepalive_deadline)``: give the idle connection to the
 #: parker; True if it took it.
 HandOver = Callable[[int, float], bool]
+#: ``reclaim()``: close an idle connection now and release its slot (the listener's).
+Reclaim = Callable[[], None]
 
 
 class HttpConnection:
     def __init__(self, stream: trio.abc.Stream, handler: Handler, settings: ConnectionSettings, *,
                  client: tuple[str, int], server: tuple[str, int], lifecycle: Lifecycle | None = None,
-                 served: int = 0, hand_over: HandOver | None = None) -> None:
+                 served: int = 0, hand_over: HandOver | None = None, reclaim: Reclaim | None = None) -> None:
         """``stream``: a ``Downstream`` (or any stream, wrapped in one);
         ``served``: requests this connection served before (it comes back
-        from the parker); ``hand_over``: how to park it when it idles."""
+        from the parker); ``hand_over``: how to park it when it idles;
+        ``reclaim``: how to close it while it waits silent for its first
+        request, for room at max_connections."""
         self.downstream = stream if isinstance(stream, Downstream) else Downstream(stream, settings.send_timeout)
         self.handler = handler
         self.settings = settings
@@ -169,6 +210,7 @@ class HttpConnection:
         self._state = "reading"
         self._served = served
         self._hand_over = hand_over
+        self._reclaim = reclaim
         self._parked = False
         #: the connection task's scope: cancelled when an in-flight client leaves
         self._scope = trio.CancelScope()
@@ -237,14 +279,19 @@ class HttpConnection:
         """Read into h11 before ``timeout_at`` or raise ``ReceiveTimeout``; an ``idle``
         wait is also cut short (``ReceiveTimeout``) by ``Lifecycle.begin_shutdown``."""
         scope = trio.CancelScope(deadline=timeout_at)
+        lifecycle = self.lifecycle
         if idle:
-            self.lifecycle.idle_scopes.add(scope)
+            lifecycle.idle_scopes.add(scope)
+            if not self._served and self._reclaim is not None:
+                lifecycle.silent[scope] = (trio.current_time(), self._reclaim)
+                lifecycle.notify_idle()
         try:
             with scope:
                 data = await self.downstream.receive_some(65536)
         finally:
             if idle:
-                self.lifecycle.idle_scopes.discard(scope)
+                lifecycle.idle_scopes.discard(scope)
+                lifecycle.silent.pop(scope, None)
         if scope.cancelled_caught:
             raise ReceiveTimeout()
         if data:
@@ -299,6 +346,7 @@ class HttpConnection:
         # idle for a while: wait without a task (nothing is buffered: h11 is IDLE)
         if self._hand_over is not None and self.downstream.parkable() \
                 and self._hand_over(self._served, idle_deadline):
+            self.lifecycle.notify_idle()
             return True
         await self.receive(idle_deadline, idle=True)
         return False
