@@ -375,6 +375,10 @@ class HttpConnection:
             nothing_sent = response is None or self.downstream.sent == sent_before
             if nothing_sent and (isinstance(exc, ClientGone) or self._client_left()):
                 status = 499
+            elif not status and self.lifecycle.shutting_down:
+                # the graceful period ended first: no access-log line, so say it here
+                log.warning("[%s] %s %s from %s: cut by shutdown after timeouts.graceful, no response sent",
+                            request_id, req.method.decode(), req.target.decode("latin-1"), self.client[0])
             raise
         finally:
             stats.in_flight -= 1

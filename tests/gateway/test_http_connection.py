@@ -431,3 +431,32 @@ async def test_a_response_ready_after_its_client_left_is_logged_499(nursery, aut
         await client.aclose()
         await done.wait()
     assert '"GET /shielded HTTP/1.1" 499 0' in caplog.text
+
+
+async def test_a_request_cut_by_shutdown_leaves_a_log_line(autojump_clock, caplog):
+    # past timeouts.graceful the connection is cancelled before any status:
+    # there is no access-log line, so the error log must say what was dropped
+    lifecycle = Lifecycle()
+    entered = trio.Event()
+
+    async def slow(req):
+        entered.set()
+        await trio.sleep_forever()
+
+    client, server = trio.testing.memory_stream_pair()
+    conn = HttpConnection(server, slow, SETTINGS, client=("10.0.0.1", 1234), server=("10.0.0.2", 80),
+                          lifecycle=lifecycle)
+    graceful = trio.CancelScope()
+
+    async def run():
+        with graceful:
+            await conn.run()
+
+    with caplog.at_level(logging.INFO):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await client.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            await entered.wait()
+            lifecycle.begin_shutdown()
+            graceful.deadline = trio.current_time() + 10
+    assert "GET /slow from 10.0.0.1: cut by shutdown" in caplog.text
