@@ -58,6 +58,9 @@ class Downstream(trio.abc.HalfCloseableStream):
         self._sending = False
         self._closed = False
         self._eof_sent = False
+        #: bytes written so far (taken by the kernel, or by the wrapped stream):
+        #: the access log's count of what a client got, also of a cut response
+        self.sent = 0
 
     # -- capabilities ----------------------------------------------------------------
 
@@ -128,7 +131,9 @@ class Downstream(trio.abc.HalfCloseableStream):
                     await self.stream.send_all(b"")
                 for i in range(0, len(view), SEND_PIECE):
                     scope.deadline = trio.current_time() + timeout
-                    await self.stream.send_all(view[i : i + SEND_PIECE])
+                    piece = view[i : i + SEND_PIECE]
+                    await self.stream.send_all(piece)
+                    self.sent += len(piece)
                 return
             if not view:
                 await trio.lowlevel.checkpoint()
@@ -140,6 +145,7 @@ class Downstream(trio.abc.HalfCloseableStream):
                         raise trio.ClosedResourceError("the connection was closed") from None
                     raise trio.BrokenResourceError(f"send failed: {exc}") from exc
                 view = view[sent:]
+                self.sent += sent
                 scope.deadline = trio.current_time() + timeout
         if scope.cancelled_caught:
             raise trio.TooSlowError()
@@ -211,6 +217,7 @@ class Downstream(trio.abc.HalfCloseableStream):
                 raise trio.BrokenResourceError("file shrank while being sent")
             offset += n
             remaining -= n
+            self.sent += n
             await trio.lowlevel.checkpoint()
 
     async def _send_file_by_reads(self, fr: FileRange) -> None:

@@ -64,6 +64,10 @@ _PID = os.getpid()
 #: before it has read the response (nginx: lingering_close).
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
+#: At max_connections, a connection that has sent nothing for this long since
+#: its accept may be closed to admit a waiting client (a younger one's request
+#: may be on its way).
+SILENT_RECLAIM_AFTER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,10 @@ class ListenerState:
         self.inflight: InFlightWatcher | None = None
         self.shutting_down = False
         self.idle_scopes: set[trio.CancelScope] = set()
+        #: connections waiting for their first request since accept, oldest
+        #: first: since when, and how to close one at once for room
+        self.silent: dict[trio.CancelScope, tuple[float, Reclaim]] = {}
+        self._went_idle = trio.Event()
         self.stats = stats or ListenerStats()
 
     @property
@@ -133,6 +141,35 @@ class ListenerState:
         if self.parker is not None:
             self.parker.close_all()
 
+    def notify_idle(self) -> None:
+        """A connection went idle (waits silent, or was parked): it may make room."""
+        self._went_idle.set()
+        self._went_idle = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Wait until a connection next goes idle (``notify_idle``)."""
+        await self._went_idle.wait()
+
+    def reclaim_silent(self) -> bool:
+        """Close the connection silent longest since its accept, if it has been
+        for ``SILENT_RECLAIM_AFTER``, releasing what it holds at once, to admit
+        a new client (nginx reuses connections that wait for their request, not
+        only idle keep-alive ones). False if none is."""
+        now = trio.current_time()
+        for scope, (since, reclaim) in self.silent.items():
+            if now - since < SILENT_RECLAIM_AFTER:
+                return False  # the others are younger
+            del self.silent[scope]
+            reclaim()  # its task wakes up to a closed socket and ends quietly
+            return True
+        return False
+
+    def next_silent_reclaim(self) -> float:
+        """When ``reclaim_silent`` may next close one (inf: none waits)."""
+        for since, _ in self.silent.values():
+            return since + SILENT_RECLAIM_AFTER
+        return math.inf
+
 
 #: ``_next_request``'s answer when the connection went to the parker.
 _PARKED = object()
@@ -140,15 +177,19 @@ _PARKED = object()
 #: ``hand_over(served, keepalive_deadline)``: give the idle connection to the
 #: parker; True if it took it.
 HandOver = Callable[[int, float], bool]
+#: ``reclaim()``: close an idle connection now and release its slot (the listener's).
+Reclaim = Callable[[], None]
 
 
 class HttpConnection:
     def __init__(self, stream: trio.abc.Stream, handler: Handler, settings: ConnectionSettings, *,
                  client: tuple[str, int], server: tuple[str, int], listener_state: ListenerState | None = None,
-                 served: int = 0, hand_over: HandOver | None = None) -> None:
+                 served: int = 0, hand_over: HandOver | None = None, reclaim: Reclaim | None = None) -> None:
         """``stream``: a ``Downstream`` (or any stream, wrapped in one);
         ``served``: requests this connection served before (it comes back
-        from the parker); ``hand_over``: how to park it when it idles."""
+        from the parker); ``hand_over``: how to park it when it idles;
+        ``reclaim``: how to close it while it waits silent for its first
+        request, for room at max_connections."""
         self.downstream = stream if isinstance(stream, Downstream) else Downstream(stream, settings.send_timeout)
         self.handler = handler
         self.settings = settings
@@ -162,6 +203,7 @@ class HttpConnection:
         self._state = "reading"
         self._served = served
         self._hand_over = hand_over
+        self._reclaim = reclaim
         self._parked = False
         #: the connection task's scope: cancelled when an in-flight client leaves
         self._scope = trio.CancelScope()
@@ -232,14 +274,19 @@ class HttpConnection:
         """Read into h11 before ``timeout_at`` or raise ``ReceiveTimeout``; an ``idle``
         wait is also cut short (``ReceiveTimeout``) by ``ListenerState.begin_shutdown``."""
         scope = trio.CancelScope(deadline=timeout_at)
+        listener_state = self.listener_state
         if idle:
-            self.listener_state.idle_scopes.add(scope)
+            listener_state.idle_scopes.add(scope)
+            if not self._served and self._reclaim is not None:
+                listener_state.silent[scope] = (trio.current_time(), self._reclaim)
+                listener_state.notify_idle()
         try:
             with scope:
                 data = await self.downstream.receive_some(65536)
         finally:
             if idle:
-                self.listener_state.idle_scopes.discard(scope)
+                listener_state.idle_scopes.discard(scope)
+                listener_state.silent.pop(scope, None)
         if scope.cancelled_caught:
             raise ReceiveTimeout()
         if data:
@@ -296,6 +343,7 @@ class HttpConnection:
         # idle for a while: wait without a task (nothing is buffered: h11 is IDLE)
         if self._hand_over is not None and self.downstream.parkable() \
                 and self._hand_over(self._served, idle_deadline):
+            self.listener_state.notify_idle()
             return True
         await self.receive(idle_deadline, idle=True)
         return False
@@ -312,13 +360,22 @@ class HttpConnection:
         keep_alive = not last and not self.listener_state.shutting_down
         response: Response | None = None
         status = 0  # 0: nothing to log (shutdown cut the request)
+        sent_before = self.downstream.sent
         try:
             response, keep_alive = await self._respond(req, request_id, keep_alive)
             status = response.status
+            sent_before = self.downstream.sent
             await self._write(req, request_id, response, keep_alive)
         except (ClientGone, trio.Cancelled) as exc:
-            if response is None and (isinstance(exc, ClientGone) or self._client_left()):
+            # 499: the client left before any byte of its response went out (also
+            # when the response was ready, its run shielded by ignore_client_abort)
+            nothing_sent = response is None or self.downstream.sent == sent_before
+            if nothing_sent and (isinstance(exc, ClientGone) or self._client_left()):
                 status = 499
+            elif not status and self.listener_state.shutting_down:
+                # the graceful period ended first: no access-log line, so say it here
+                log.warning("[%s] %s %s from %s: cut by shutdown after timeouts.graceful, no response sent",
+                            request_id, req.method.decode(), req.target.decode("latin-1"), self.client[0])
             raise
         finally:
             stats.in_flight -= 1
@@ -361,6 +418,8 @@ class HttpConnection:
             self._watch = inflight.watch(fd, self._scope)
         try:
             response = await self.handler(request)
+        except ClientGone:
+            raise  # the client left (a handler's probe saw it): 499, nothing to send
         except GatewayError as exc:
             # expected failures (backend timeout, broken backend): one line, no traceback
             log.error("[%s] %s %s -> %d: %s", request.request_id, request.method.decode(),

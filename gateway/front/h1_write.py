@@ -5,8 +5,12 @@
 - A large ``FileRange`` or a spooled temp file goes with ``Downstream.sendfile``.
 - A ``BodyStream`` is written chunk by chunk as it is produced, framed by h11
   (chunked for HTTP/1.1 without a Content-Length, close-delimited for 1.0).
-  For HEAD, 204 and 304 it is still read to its end (PHP finishes, the
-  upstream connection is reused) and nothing is sent.
+  For HEAD, 204 and 304 it is not read at all: the head goes out and the
+  caller's ``Response.aclose()`` abandons the upstream run (its connection is
+  closed, the slot freed), as nginx finalizes the upstream of a header-only
+  response. Draining it instead held the client's next request, and a PHP
+  slot, for as long as the script ran: PHP sends no body for HEAD, so an
+  event stream stayed silent until ``read_timeout`` cut the connection.
 
 Our Date and Server go first; PHP's own Date or Server replaces ours, as under
 nginx (one of each, RFC 9110). A failed write marks h11's side as failed, so
@@ -57,23 +61,34 @@ class ResponseWriter:
             raise
 
     async def write(self, resp: Response, *, head_only: bool, keep_alive: bool) -> None:
-        """Send ``resp``; ``head_only`` for a HEAD request. Counts ``resp.bytes_sent``."""
+        """Send ``resp``; ``head_only`` for a HEAD request.
+
+        ``resp.bytes_sent``: what went out after the head (chunk framing
+        included, as nginx's $body_bytes_sent), also when the write is cut."""
         body = resp.body
         headers = resp.headers
         if isinstance(body, bytes) and body and not any(n == b"content-length" for n, _ in headers):
             headers = [*headers, (b"content-length", b"%d" % len(body))]
         head = self.head_bytes(resp.status, headers, resp.reason, keep_alive)
+        start = self.downstream.sent + len(head)
+        try:
+            await self._write(resp, head, head_only=head_only)
+        finally:
+            resp.bytes_sent = max(0, self.downstream.sent - start)
+
+    async def _write(self, resp: Response, head: bytes, *, head_only: bool) -> None:
+        body = resp.body
         head_only = head_only or resp.status in (204, 304)
         if isinstance(body, Spool) and body.in_memory:
             body = body.getvalue()
         elif isinstance(body, FileRange) and body.length <= SMALL_FILE:
             body = self._read_small(body) if not head_only else b""
-        if isinstance(body, bytes) or (head_only and not _is_stream(body)):
-            # one write for head, body and end: the common case
+        if isinstance(body, bytes) or head_only:
+            # one write for head, body and end: the common case (a stream is
+            # not read for a header-only response; Response.aclose ends it)
             out = head
             if isinstance(body, bytes) and body and not head_only:
                 out += self.conn.send(h11.Data(data=body)) or b""
-                resp.bytes_sent = len(body)
             out += self.conn.send(h11.EndOfMessage()) or b""
             await self.send_all(out)
             return
@@ -81,12 +96,10 @@ class ResponseWriter:
         if isinstance(body, (Spool, FileRange)):
             await self._write_file(FileRange(body.file, 0, body.size, close_file=False)
                                    if isinstance(body, Spool) else body)
-            resp.bytes_sent = len(body) if isinstance(body, FileRange) else body.size
         else:
             async for chunk in body:
-                if chunk and not head_only:
+                if chunk:
                     await self.send_all(self.conn.send(h11.Data(data=chunk)))
-                    resp.bytes_sent += len(chunk)
         await self.send_all(self.conn.send(h11.EndOfMessage()))
 
     def _read_small(self, fr: FileRange) -> bytes:
@@ -107,7 +120,3 @@ class ResponseWriter:
         except BaseException:
             self.conn.send_failed()
             raise
-
-
-def _is_stream(body: object) -> bool:
-    return not isinstance(body, (bytes, Spool, FileRange))

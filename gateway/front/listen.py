@@ -164,15 +164,16 @@ ClientHandler = Callable[[Accepted], Awaitable[bool]]
 
 async def serve_listener(listener: trio.abc.Listener[trio.abc.Stream], handler: ClientHandler, nursery: trio.Nursery,
                          slots: trio.CapacityLimiter, parker: Parker | None = None,
-                         send_timeout: float = 60.0) -> None:
+                         send_timeout: float = 60.0, listener_state: ListenerState | None = None) -> None:
     """Accept connections while fewer than ``slots.total_tokens`` are open.
 
     At the limit it stops calling accept(): new clients wait in the kernel's
     backlog while open connections keep being served. When one does wait there,
-    the idle keep-alive connection parked longest in ``parker`` is closed to
-    make room for it (as nginx reuses idle keep-alive connections when
-    worker_connections run out); a connection mid-request is never closed for
-    this. Resource errors from accept() (EMFILE, ENFILE, ENOMEM, ENOBUFS) are
+    an idle connection is closed to make room for it, as nginx reuses
+    connections that wait for a request when worker_connections run out: first
+    one silent since its accept for ``SILENT_RECLAIM_AFTER`` (``listener_state``),
+    else the keep-alive one parked longest (``parker``). A connection
+    mid-request is never closed for this. Resource errors from accept() (EMFILE, ENFILE, ENOMEM, ENOBUFS) are
     logged and retried after ``ACCEPT_RETRY_DELAY``; other errors propagate.
 
     Resource handling: each accepted connection's slot is released when it is
@@ -181,7 +182,7 @@ async def serve_listener(listener: trio.abc.Listener[trio.abc.Stream], handler: 
     """
     while True:
         token = object()
-        await _take_slot(listener, slots, token, parker)
+        await _take_slot(listener, slots, token, parker, listener_state)
         try:
             stream = await listener.accept()
         except OSError as exc:
@@ -206,9 +207,9 @@ _last_room_warning = -math.inf  # time.monotonic()
 
 
 async def _take_slot(listener: trio.abc.Listener[trio.abc.Stream], slots: trio.CapacityLimiter, token: object,
-                     parker: Parker | None) -> None:
+                     parker: Parker | None, listener_state: ListenerState | None) -> None:
     """Take a slot for the next accept(); at the limit, make room for a client
-    that waits in the backlog by closing the connection parked longest."""
+    that waits in the backlog by closing an idle connection."""
     sock = getattr(listener, "socket", None)  # (tests' memory listeners have none)
     while True:
         try:
@@ -216,7 +217,7 @@ async def _take_slot(listener: trio.abc.Listener[trio.abc.Stream], slots: trio.C
             return
         except trio.WouldBlock:
             pass
-        if parker is None or sock is None:
+        if parker is None or listener_state is None or sock is None:
             await slots.acquire_on_behalf_of(token)
             return
         got = False
@@ -231,9 +232,12 @@ async def _take_slot(listener: trio.abc.Listener[trio.abc.Stream], slots: trio.C
             async def make_room() -> None:
                 while True:
                     await trio.lowlevel.wait_readable(sock)  # a client waits to be accepted
-                    if parker.close_oldest():
+                    # each releases the closed connection's slot at once
+                    if listener_state.reclaim_silent() or parker.close_oldest():
                         break
-                    await parker.wait_parked()  # nobody idle (all mid-request): until someone is
+                    # nobody to close yet: until one is parked, or waits silent long enough
+                    with trio.move_on_at(listener_state.next_silent_reclaim()):
+                        await listener_state.wait_idle()
                 _warn_room(slots.total_tokens)
                 nursery.cancel_scope.cancel()  # its slot is free now: take it above
 
@@ -307,7 +311,7 @@ def _connection_handler(service: Service, connections: trio.Nursery) -> ClientHa
 
         return await HttpConnection(client.stream, service.handler, service.settings, client=client.peer,
                                     server=client.local, listener_state=listener_state, served=served,
-                                    hand_over=hand_over).run()
+                                    hand_over=hand_over, reclaim=client.close).run()
 
     async def handle(client: Accepted) -> bool:
         stream = client.stream
@@ -357,7 +361,8 @@ async def _serve_connections(shutdown: trio.Event, listener_state: ListenerState
                 slots = trio.CapacityLimiter(service.max_connections)
                 for listener in service.listeners:
                     accept.start_soon(serve_listener, listener, handler, connections, slots,
-                                      service.listener_state.parker, service.settings.send_timeout)
+                                      service.listener_state.parker, service.settings.send_timeout,
+                                      service.listener_state)
             for watcher in watchers:
                 accept.start_soon(watcher, shutdown)
             on_started()

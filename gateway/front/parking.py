@@ -15,10 +15,10 @@ set of its own (registered in trio's loop through its file descriptor, as
 - at shutdown every parked connection is closed at once;
 - at ``max_connections``, when a new client waits to be accepted, the
   connection parked longest is closed to make room for it (``close_oldest``,
-  nginx's reuse of idle keep-alive connections). Connections park in the order
-  they went idle, after the same ``PARK_AFTER``, so that is the one idle
-  longest; a connection still in its task is idle for less than ``PARK_AFTER``
-  or is mid-request, and is never closed for room.
+  nginx's reuse of idle keep-alive connections), unless one silent since its
+  accept can go first (``ListenerState.reclaim_silent``). Connections park in the
+  order they went idle, after the same ``PARK_AFTER``, so that is the one idle
+  longest; a connection mid-request is never closed for room.
 
 Parking costs an epoll_ctl and, on wake-up, a task start: negligible against a
 connection that sat idle for ``PARK_AFTER``, and never paid by a client that
@@ -75,7 +75,6 @@ class Parker:
         self._queue: deque[Parked] = deque()
         self._scope: trio.CancelScope | None = None
         self._closed = False
-        self._parked_event = trio.Event()
 
     def __len__(self) -> int:
         return len(self._parked)
@@ -94,13 +93,7 @@ class Parker:
         self.stats.states["idle"] += 1
         if self._scope is not None and parked.deadline < self._scope.deadline:
             self._scope.deadline = parked.deadline
-        self._parked_event.set()
-        self._parked_event = trio.Event()
         return True
-
-    async def wait_parked(self) -> None:
-        """Wait until a connection is parked (and could be closed for room)."""
-        await self._parked_event.wait()
 
     def close_oldest(self) -> bool:
         """Close the connection parked longest, releasing its slot at once, to

@@ -65,7 +65,8 @@ class Response:
     #: set for a response from an upstream: its name and timing (access log)
     upstream: str = ""
     timing: UpstreamTiming | None = None
-    #: body bytes written to the client (the front end counts them)
+    #: bytes written to the client after the head, chunk framing included
+    #: (nginx's $body_bytes_sent); the front end counts them, also of a cut write
     bytes_sent: int = 0
 
     async def aclose(self) -> None:

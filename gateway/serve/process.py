@@ -171,6 +171,7 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                     log.info("admin (/status, /metrics) on %s", listener_url(listener))
             else:
                 log.debug("worker process %d serving", os.getpid())
+            system.start_soon(_end_shielded_runs, running.shutdown, list(pools.values()), config.timeouts.graceful)
             await serve_until_shutdown(running.shutdown, listener_state, services, config.timeouts.graceful,
                                        watchers=signal_watchers(handle_signals, inherited),
                                        on_started=lambda: task_status.started(running))
@@ -188,6 +189,15 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                 pass
         if remove_runtime:
             shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+async def _end_shielded_runs(shutdown: trio.Event, pools: list[Pool[FastCgiConn]], graceful: float) -> None:
+    """PHP runs shielded from client aborts (``ignore_client_abort``) get the
+    same graceful period as the connections, not until PHP ends."""
+    await shutdown.wait()
+    deadline = trio.current_time() + graceful
+    for pool in pools:
+        pool.end_shielded_at(deadline)
 
 
 def _unix_paths(addresses: list[str]) -> list[str]:

@@ -23,7 +23,8 @@ else is retried: once any byte of a response arrived, the backend ran it.
 Client aborts are the front end's: it cancels the handler when the client
 leaves. A waiter then leaves the queue (php-fpm would run the request for
 nobody) and a run in progress is abandoned (its connection closed, the only
-abort php-fpm honours), unless ``ignore_client_abort``, which shields the run.
+abort php-fpm honours), unless ``ignore_client_abort``, which shields the run
+from the client (not from shutdown's graceful deadline: ``Pool.end_shielded_at``).
 A client that left during a short wait, before the front end watched it, is
 caught by ``client_left`` as the request leaves the queue.
 """
@@ -38,7 +39,7 @@ from typing import Any, Generic, Protocol
 import trio
 
 from .._util import single_exception
-from ..http.errors import ClientGone, UpstreamClosedEarly
+from ..http.errors import ClientGone, UpstreamClosedEarly, UpstreamTimeout
 from ..http.spool import Spool
 from .cgi import CgiHead
 from .fastcgi import FastCgiConn, FastCgiExchange, PhpSettings
@@ -152,9 +153,12 @@ async def _on_slot(slot: Slot[C], start: Callable[[C], Transaction], settings: B
                    retry_safe: bool, stream_ok: bool, force_stream: bool) -> UpstreamResponse:
     policy = _Policy(slot, start, settings, retry_safe=retry_safe, stream_ok=stream_ok, force_stream=force_stream)
     if settings.ignore_client_abort:
-        # only the wait in the queue is abandoned when the client leaves
-        with trio.CancelScope(shield=True):
+        # only the wait in the queue is abandoned when the client leaves;
+        # shutdown's graceful deadline still ends the run (Pool.end_shielded_at)
+        with slot.pool.shielded() as shield:
             return await policy.run()
+        assert shield.cancelled_caught
+        raise UpstreamTimeout("shutting down: PHP did not finish within the graceful period")
     return await policy.run()
 
 

@@ -32,7 +32,9 @@ State changes are synchronous methods; IO (connect, close) happens outside them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
@@ -114,6 +116,10 @@ class Pool(Generic[C]):
         self.stats = PoolStats()
         self.instruments = PoolInstruments()
         self._changed: trio.Event | None = None
+        #: runs shielded from their client's departure (``ignore_client_abort``),
+        #: and the deadline that still ends them (set at shutdown)
+        self._shielded: set[trio.CancelScope] = set()
+        self._shield_deadline = math.inf
 
     def __repr__(self) -> str:
         return (f"<Pool {self.name} [slots {self.busy}/{self.size} busy, {len(self._idle)} idle, "
@@ -152,6 +158,25 @@ class Pool(Generic[C]):
         if self._changed is not None:
             self._changed.set()
             self._changed = None
+
+    @contextmanager
+    def shielded(self) -> Iterator[trio.CancelScope]:
+        """A scope shielded from the caller's cancellation (its client left),
+        but not from shutdown: ``end_shielded_at`` sets its deadline."""
+        scope = trio.CancelScope(shield=True, deadline=self._shield_deadline)
+        self._shielded.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._shielded.discard(scope)
+
+    def end_shielded_at(self, deadline: float) -> None:
+        """Shutdown: shielded runs, current and future, end by ``deadline``
+        (the connections' graceful deadline), like every other request."""
+        self._shield_deadline = min(self._shield_deadline, deadline)
+        for scope in self._shielded:
+            scope.deadline = min(scope.deadline, deadline)
 
     def record_error(self, status: int) -> None:
         """Count a request this backend failed with ``status`` (502, 503, 504...)."""

@@ -417,3 +417,29 @@ async def test_a_worker_dying_on_a_reused_connection(start_gateway, tmp_path, me
     r = await c.request(method, f"/die_once.php?marker={marker}", body=b"x=1" if method == "POST" else None)
     assert r.status == status
     assert (tmp_path / f"died-{method}.log").read_text().split() == runs
+
+
+async def test_shutdown_ends_an_ignore_client_abort_run_after_graceful(tmp_path):
+    # the run is shielded from its client, not from SIGTERM: the process must
+    # stop after timeouts.graceful (it stayed until PHP ended: 30 s for 5 s)
+    from functools import partial
+
+    from gateway.config import validate
+    from gateway.serve.process import serve
+    from tests.integration.conftest import DOCROOT, gateway_config
+
+    cfg = validate({**gateway_config(DOCROOT, backend={"ignore_client_abort": True},
+                                     runtime_dir=str(tmp_path / "run")),
+                    "timeouts": {"graceful": "1s"}})
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(partial(serve, cfg, handle_signals=False))
+            port = running.listeners[0].socket.getsockname()[1]
+            client = await HttpClient.connect(port)
+            await client.stream.send_all(b"GET /slow.php?ms=15000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            while not running.pools["php"].busy:
+                await running.pools["php"].changed()
+            t0 = trio.current_time()
+            running.shutdown.set()
+        assert trio.current_time() - t0 < 5  # graceful (1 s) and php-fpm's stop, not PHP's 15 s
+        await client.aclose()

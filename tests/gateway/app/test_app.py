@@ -183,3 +183,25 @@ async def test_client_leaving_during_a_long_php_run_is_noticed(tmp_path, nursery
     # watching starts WATCH_AFTER into the request; the departure is noticed then, not after 30 s
     assert trio.current_time() - t0 == pytest.approx(WATCH_AFTER)
     assert pool.open_connections == 0
+
+
+@pytest.mark.parametrize(("method", "status"), [("HEAD", b"200"), ("GET", b"204"), ("GET", b"304")])
+async def test_a_header_only_answer_from_a_stream_is_not_drained(tmp_path, nursery, autojump_clock, method, status):
+    # PHP sends no body for HEAD: an event stream would stay silent until
+    # read_timeout, holding the slot and the client's next request (nginx
+    # finalizes the upstream of a header-only response at once)
+    async def script(req):
+        if req.params[b"SCRIPT_NAME"] != b"/index.php" or req.params[b"REQUEST_URI"] != b"/sse":
+            return [php_output(b"next")]
+        return [php_output(b"", headers=(b"X-Accel-Buffering: no", b"Status: " + status)), trio.sleep_forever]
+
+    app, pool = make_app(tmp_path, FakeFpm(script), nursery, read_timeout="60s")
+    c = await client_for(app, nursery)
+    t0 = trio.current_time()
+    r = await c.request(method, "/sse", host="example.com")
+    assert r.status == int(status) and r.body == b""
+    r2 = await c.request("GET", "/next", host="example.com")  # the same connection, at once
+    assert (r2.status, r2.body) == (200, b"next")
+    assert trio.current_time() - t0 == 0
+    await trio.testing.wait_all_tasks_blocked()
+    assert pool.busy == 0 and pool.open_connections == pool.idle  # the stream's connection was closed

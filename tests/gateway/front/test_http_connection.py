@@ -14,8 +14,9 @@ import trio.testing
 from gateway.config import LimitsConfig, TimeoutsConfig
 from gateway.front.h1 import ConnectionSettings, HttpConnection, ListenerState
 from gateway.front.liveness import WATCH_AFTER, InFlightWatcher
+from gateway.http.errors import ClientGone
 from gateway.http.request import Request
-from gateway.http.response import Response
+from gateway.http.response import FileRange, Response
 from tests.helpers import HttpClient, read_all, read_until
 
 SETTINGS = ConnectionSettings.from_config(
@@ -350,3 +351,146 @@ async def test_a_head_that_never_parses_is_logged_too(nursery, autojump_clock, c
         data = await read_all(stream)
     assert data.startswith(b"HTTP/1.1 400 ")
     assert '"GET /\\x01\\x22x HTTP/1.1" 400 ' in caplog.records[-1].getMessage()
+
+
+async def test_a_handler_that_sees_its_client_gone_is_499_not_500(nursery, autojump_clock, caplog):
+    # run_php raises ClientGone when Request.client_left() says so as the request
+    # leaves the PHP queue (a client that left before it was watched, or half-closed)
+    async def probe(req):
+        await trio.sleep(0.1)  # the client leaves meanwhile
+        assert req.client_left()
+        raise ClientGone()
+
+    ours, theirs = trio.socket.socketpair()
+    listener_state = ListenerState()
+    done = trio.Event()
+    conn = HttpConnection(trio.SocketStream(theirs), probe, SETTINGS, client=("10.0.0.1", 1234),
+                          server=("10.0.0.2", 80), listener_state=listener_state)
+
+    async def run():
+        await conn.run()
+        done.set()
+
+    nursery.start_soon(run)
+    client = trio.SocketStream(ours)
+    with caplog.at_level(logging.INFO):
+        await client.send_all(b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        await client.send_eof()
+        assert await read_all(client) == b""  # no 500 page for a client that left
+        await done.wait()
+    assert '"GET /gone HTTP/1.1" 499' in caplog.text
+    assert "unhandled error" not in caplog.text and "Traceback" not in caplog.text
+    assert listener_state.stats.in_flight == 0 and listener_state.open_connections == 0
+
+
+@pytest.mark.parametrize("kind", ["bytes", "file", "stream"])
+async def test_a_cut_response_logs_the_bytes_the_client_got(nursery, autojump_clock, caplog, tmp_path, kind):
+    # the access log's size is what went out, also when the client stopped
+    # reading halfway (it was 0 for files and for a stream's unfinished piece)
+    size = 8 * 1024 * 1024
+    path = tmp_path / "big"
+    path.write_bytes(b"f" * size)
+
+    async def chunks():
+        for _ in range(size // (1 << 20)):
+            yield b"s" * (1 << 20)
+
+    class Stream:
+        def __init__(self):
+            self.it = chunks()
+
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            return await self.it.__anext__()
+
+        async def aclose(self):
+            await self.it.aclose()
+
+    async def big(req):
+        if kind == "bytes":
+            return Response(200, [], b"b" * size)
+        if kind == "file":
+            return Response(200, [(b"content-length", b"%d" % size)], FileRange(path.open("rb"), 0, size))
+        return Response(200, [], Stream())
+
+    ours, theirs = trio.socket.socketpair()
+    done = trio.Event()
+    conn = HttpConnection(trio.SocketStream(theirs), big, SETTINGS, client=("10.0.0.1", 1234),
+                          server=("10.0.0.2", 80))
+
+    async def run():
+        await conn.run()
+        done.set()
+
+    nursery.start_soon(run)
+    client = trio.SocketStream(ours)
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        await client.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = len(await client.receive_some(65536))  # read a little, then stop
+        await done.wait()  # cut after the send timeout
+    logged = int(caplog.text.split('"GET /big HTTP/1.1" 200 ')[1].split()[0])
+    # at least what we read (less its head), not more than the body: the kernel took the rest
+    assert got - 200 <= logged < size
+    await client.aclose()
+
+
+async def test_a_response_ready_after_its_client_left_is_logged_499(nursery, autojump_clock, caplog):
+    # ignore_client_abort: the PHP run is shielded and finishes, but its client
+    # left meanwhile and the watcher cancelled the connection: nothing was sent
+    listener_state = ListenerState()
+    listener_state.inflight = InFlightWatcher()
+    nursery.start_soon(listener_state.inflight.run)
+
+    async def shielded(req):
+        with trio.CancelScope(shield=True):
+            await trio.sleep(5)
+        return Response(200, [], b"finished for nobody")
+
+    ours, theirs = trio.socket.socketpair()
+    done = trio.Event()
+    conn = HttpConnection(trio.SocketStream(theirs), shielded, SETTINGS, client=("10.0.0.1", 1234),
+                          server=("10.0.0.2", 80), listener_state=listener_state)
+
+    async def run():
+        await conn.run()
+        done.set()
+
+    nursery.start_soon(run)
+    client = trio.SocketStream(ours)
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        await client.send_all(b"GET /shielded HTTP/1.1\r\nHost: x\r\n\r\n")
+        await trio.sleep(0.5)
+        await client.aclose()
+        await done.wait()
+    assert '"GET /shielded HTTP/1.1" 499 0' in caplog.text
+
+
+async def test_a_request_cut_by_shutdown_leaves_a_log_line(autojump_clock, caplog):
+    # past timeouts.graceful the connection is cancelled before any status:
+    # there is no access-log line, so the error log must say what was dropped
+    listener_state = ListenerState()
+    entered = trio.Event()
+
+    async def slow(req):
+        entered.set()
+        await trio.sleep_forever()
+
+    client, server = trio.testing.memory_stream_pair()
+    conn = HttpConnection(server, slow, SETTINGS, client=("10.0.0.1", 1234), server=("10.0.0.2", 80),
+                          listener_state=listener_state)
+    graceful = trio.CancelScope()
+
+    async def run():
+        with graceful:
+            await conn.run()
+
+    with caplog.at_level(logging.INFO):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await client.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            await entered.wait()
+            listener_state.begin_shutdown()
+            graceful.deadline = trio.current_time() + 10
+    assert "GET /slow from 10.0.0.1: cut by shutdown" in caplog.text

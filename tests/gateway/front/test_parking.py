@@ -198,6 +198,47 @@ async def test_at_max_connections_a_newcomer_waits_only_until_an_idle_connection
         await client.aclose()
 
 
+async def test_at_max_connections_a_silent_connection_makes_room_first(server_of_four, autojump_clock):
+    # connections that never sent a byte (slowloris, a port scan) must not lock
+    # new clients out until client_header_timeout: nginx reuses them too
+    port = _port(server_of_four)
+    kept = await HttpClient.connect(port)
+    assert (await kept.request("GET", "/a.txt")).status == 200
+    await trio.sleep(IDLE)  # parked, idle longest
+    silent = []
+    for _ in range(3):
+        silent.append(await trio.open_tcp_stream("127.0.0.1", port))
+        await trio.sleep(1)
+    assert server_of_four.listener_state.stats.open_connections == 4  # the limit
+    t0 = trio.current_time()
+    newcomer = await HttpClient.connect(port)
+    with trio.fail_after(5):
+        assert (await newcomer.request("GET", "/a.txt")).status == 200
+    assert trio.current_time() - t0 < 0.1
+    with trio.move_on_after(1):
+        assert await silent[0].receive_some(100) == b""  # the oldest silent one made room, quietly
+    assert (await kept.request("GET", "/a.txt")).status == 200  # not the parked keep-alive client
+    for stream in silent:
+        await stream.aclose()
+    for client in (kept, newcomer):
+        await client.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    assert server_of_four.listener_state.stats.open_connections == 0
+
+
+async def test_at_max_connections_silent_connections_do_not_lock_new_clients_out(server_of_four, autojump_clock):
+    port = _port(server_of_four)
+    silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(4)]
+    await trio.sleep(1)
+    newcomer = await HttpClient.connect(port)
+    with trio.fail_after(5):  # not client_header_timeout (60 s)
+        assert (await newcomer.request("GET", "/a.txt")).status == 200
+    assert server_of_four.listener_state.stats.open_connections == 4
+    for stream in silent:
+        await stream.aclose()
+    await newcomer.aclose()
+
+
 async def test_close_oldest_spares_a_parked_connection_whose_request_has_arrived():
     parker = Parker(ListenerStats())
     closed: list[str] = []

@@ -181,6 +181,38 @@ async def test_ignore_client_abort_lets_php_finish(nursery, autojump_clock):
     assert len(fpm.requests_seen) == 1 and pool.idle == 1  # it ran to its end: the connection is kept
 
 
+async def test_ignore_client_abort_still_ends_at_the_shutdown_deadline(nursery, autojump_clock):
+    # shielded from its client, not from shutdown: SIGTERM's graceful period
+    # bounds it like any request (it kept the process alive until PHP ended)
+    fpm = FakeFpm(slow(1000))
+    pool = make_pool(fpm, nursery, size=1)
+    settings = replace(SETTINGS, ignore_client_abort=True)
+    client = trio.CancelScope()
+    ended = []
+
+    async def req():
+        with client:
+            try:
+                await run_php(pool, PARAMS, None, settings, request_id="r")
+            except UpstreamTimeout as exc:
+                ended.append((trio.current_time(), str(exc)))
+
+    nursery.start_soon(req)
+    await trio.testing.wait_all_tasks_blocked()
+    client.cancel()  # the client left: PHP runs on
+    await trio.sleep(3)
+    assert fpm.running == 1 and not ended
+    t0 = trio.current_time()
+    pool.end_shielded_at(t0 + 10)  # shutdown, graceful = 10 s
+    await pool.wait_idle()
+    assert ended and ended[0][0] - t0 == pytest.approx(10) and "graceful" in ended[0][1]
+    assert pool.open_connections == 0
+    # a shielded run that starts after shutdown began gets the same deadline
+    with pytest.raises(UpstreamTimeout):
+        await run_php(pool, PARAMS, None, settings, request_id="late")
+    assert trio.current_time() - t0 == pytest.approx(10)
+
+
 async def test_reused_connection_closed_by_backend_is_retried_once(nursery, autojump_clock, caplog):
     # close_after=1 is php-fpm's pm.max_requests = 1: it closes after each response.
     fpm = FakeFpm(hello, close_after=1)
