@@ -26,7 +26,8 @@ nobody) and a run in progress is abandoned (its connection closed, the only
 abort php-fpm honours), unless ``ignore_client_abort``, which shields the run
 from the client (not from shutdown's graceful deadline: ``Pool.end_shielded_at``).
 A client that left during a short wait, before the front end watched it, is
-caught by ``client_left`` as the request leaves the queue.
+caught by ``client_left`` (one poll()) as the request gets its slot; a client
+that half-closed after its request is refused there too, as nginx does.
 """
 
 from __future__ import annotations
@@ -135,9 +136,11 @@ async def exchange(pool: Pool[C], start: Callable[[C], Transaction], settings: B
     try:
         async with pool.slot() as slot:
             queued = False
-            if slot.queue_wait and client_left is not None and client_left():
-                # the client left while it waited (too briefly to be watched): PHP never sees it
-                pool.stats.client_gone_in_queue += 1
+            if client_left is not None and client_left():
+                # the client left (or half-closed, as nginx sees it too) before PHP
+                # was asked: PHP never sees it. One poll() per request.
+                if slot.queue_wait:
+                    pool.stats.client_gone_in_queue += 1
                 raise ClientGone()
             return await _on_slot(slot, start, settings, retry_safe=retry_safe, stream_ok=stream_ok,
                                   force_stream=force_stream)

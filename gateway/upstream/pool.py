@@ -188,15 +188,17 @@ class Pool(Generic[C]):
         self.instruments.responses += 1
 
     async def _acquire(self, token: object) -> float:
-        """Take a slot for ``token``; return the seconds waited."""
+        """Take a slot for ``token``; return the seconds waited (exactly 0.0
+        when a slot was free: callers test it to know whether it queued)."""
         self.stats.requests += 1
-        start = trio.current_time()
+        queue_wait = 0.0
         try:
             self.limiter.acquire_on_behalf_of_nowait(token)
         except trio.WouldBlock:
+            start = trio.current_time()
             await self._wait_for_slot(token)
+            queue_wait = trio.current_time() - start
         self._notify()
-        queue_wait = trio.current_time() - start
         self.instruments.queue_wait.observe(queue_wait)
         return queue_wait
 

@@ -391,3 +391,12 @@ async def test_connect_timeout_is_504(autojump_clock):
     assert exc.value.status == 504
     assert trio.current_time() - t0 == pytest.approx(5)
     assert pool.busy == 0 and pool.open_connections == 0
+
+
+async def test_a_client_gone_before_php_is_refused_but_counted_as_queued_only_if_it_queued(nursery, autojump_clock):
+    fpm = FakeFpm(hello)
+    pool = make_pool(fpm, nursery)
+    with pytest.raises(ClientGone):
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="h", client_left=lambda: True)
+    assert fpm.requests_seen == [] and pool.stats.client_gone_in_queue == 0
+    assert pool.instruments.queue_wait.count == 1 and pool.instruments.queue_wait.sum == 0.0
