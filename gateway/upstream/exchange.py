@@ -136,9 +136,11 @@ async def exchange(pool: Pool[C], start: Callable[[C], Transaction], settings: B
     try:
         async with pool.slot() as slot:
             queued = False
-            if client_left is not None and client_left():
+            if client_left is not None and (slot.queue_wait or not settings.ignore_client_abort) \
+                    and client_left():
                 # the client left (or half-closed, as nginx sees it too) before PHP
-                # was asked: PHP never sees it. One poll() per request.
+                # was asked: PHP never sees it. One poll() per request. With
+                # ignore_client_abort only a client that left the queue is dropped.
                 if slot.queue_wait:
                     pool.stats.client_gone_in_queue += 1
                 raise ClientGone()

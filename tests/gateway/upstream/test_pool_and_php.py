@@ -400,3 +400,12 @@ async def test_a_client_gone_before_php_is_refused_but_counted_as_queued_only_if
         await run_php(pool, PARAMS, None, SETTINGS, request_id="h", client_left=lambda: True)
     assert fpm.requests_seen == [] and pool.stats.client_gone_in_queue == 0
     assert pool.instruments.queue_wait.count == 1 and pool.instruments.queue_wait.sum == 0.0
+
+
+async def test_ignore_client_abort_runs_php_for_a_client_that_half_closed(nursery, autojump_clock):
+    # nginx with fastcgi_ignore_client_abort on runs it too (review finding 9)
+    fpm = FakeFpm(hello)
+    pool = make_pool(fpm, nursery)
+    settings = replace(SETTINGS, ignore_client_abort=True)
+    result = await run_php(pool, PARAMS, None, settings, request_id="h", client_left=lambda: True)
+    assert result.body.getvalue() == b"hello GET" and len(fpm.requests_seen) == 1
