@@ -160,16 +160,17 @@ def serve(
             _config_error(exc)
     else:
         cfg = _load(config, overrides)
-    _setup_access_log(cfg.server.access_log)
+    plan = _privileges(cfg)
+    _setup_access_log(cfg.server.access_log)  # opened as root, before the drop
     from .serve.master import process_count, serve_master
     from .serve.process import serve as run_server
 
     count = process_count(cfg)
     try:
-        if count == 1:
+        if count == 1 and plan.account is None:
             trio.run(run_server, cfg)
-        else:
-            trio.run(partial(serve_master, cfg, count, log_level=log_level))
+        else:  # a master that keeps root serves no client itself (serve.privileges)
+            trio.run(partial(serve_master, cfg, count, log_level=log_level, privileges=plan))
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # noqa: BLE001 - start-up errors arrive wrapped in nursery groups
@@ -183,6 +184,25 @@ def serve(
         raise typer.Exit(1) from None
 
 
+def _privileges(cfg: Config) -> Any:
+    """Who serves (``serve.privileges.plan``), after the checks ``check`` makes
+    too and the temp/runtime directories' preparation; exit 2 with one line per
+    problem."""
+    from .serve import privileges
+
+    lines = privileges.check(cfg)
+    try:
+        plan = privileges.plan(cfg, os.geteuid())
+        if not lines:
+            privileges.prepare_dirs(cfg, plan.account)
+    except (privileges.PrivilegeError, OSError) as exc:
+        lines = lines or [str(exc)]
+    if lines:
+        typer.echo("configuration error:\n" + "\n".join(lines), err=True)
+        raise typer.Exit(2)
+    return plan
+
+
 def _single_leaf(exc: BaseException) -> BaseException:
     """The one exception inside (nested) one-exception groups, else ``exc``."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -194,13 +214,14 @@ def _single_leaf(exc: BaseException) -> BaseException:
 def worker(spec: str) -> None:
     """One worker process of a multi-process gateway (started by its master)."""
     from .serve.master import read_spec
+    from .serve.privileges import plan
     from .serve.process import serve as run_server
 
     cfg, inherited, log_level = read_spec(spec)
     _setup_logging(log_level)
-    _setup_access_log(cfg.server.access_log)
+    _setup_access_log(cfg.server.access_log)  # before the drop (a master that keeps root starts us as root)
     try:
-        trio.run(partial(run_server, cfg, inherited=inherited))
+        trio.run(partial(run_server, cfg, inherited=inherited, privileges=plan(cfg, os.geteuid())))
     except KeyboardInterrupt:
         pass
 
@@ -213,6 +234,11 @@ def check(
     (deprecated names are warned about on standard error)."""
     _setup_logging("warning")
     cfg = _load(config)
+    from .serve.privileges import check as privilege_problems
+
+    if lines := privilege_problems(cfg):
+        typer.echo("configuration error:\n" + "\n".join(lines), err=True)
+        raise typer.Exit(2)
     data: dict[str, Any] = cfg.model_dump(mode="json")
     for name, site in cfg.sites.items():
         data["sites"][name]["try_files"] = site.effective_try_files()

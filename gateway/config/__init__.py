@@ -186,6 +186,12 @@ class _Model(BaseModel):
 
 
 class ServerConfig(_Model):
+    #: Started as root, the gateway binds its sockets, opens its logs and starts
+    #: php-fpm, then serves as this user (nginx ``user``). Empty: www-data when
+    #: started as root; "root" keeps root. Ignored when not started as root.
+    user: str = ""
+    #: The group it then runs as. Empty: the user's primary group.
+    group: str = ""
     #: Addresses to listen on: "127.0.0.1:8080", "[::1]:8080", ":8080" (all), "unix:/path".
     listen: list[ListenAddress] = ["127.0.0.1:8080"]
     #: Value of the Server header and of SERVER_SOFTWARE (nginx: server_tokens).
@@ -256,8 +262,9 @@ class PhpFpmConfig(_Model):
 
     #: php-fpm binary; empty: php-fpm8.2, then php-fpm on PATH and in /usr/sbin.
     binary: str = ""
-    #: Unix user the workers run as when the gateway runs as root.
-    #: Empty: www-data when root, else the current user.
+    #: Unix user the workers run as when the gateway starts as root. Empty: the
+    #: gateway's ``[server] user`` (www-data when that is root). Never root
+    #: unless written here as "root".
     user: str = ""
     #: php-fpm pm.max_requests (0: never recycle, php-fpm's default). A busy
     #: pool recycling every few hundred requests spends its time forking.

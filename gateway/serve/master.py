@@ -42,6 +42,7 @@ from ..http._h11 import h11
 from ..observe.admin import AdminRouter
 from ..observe.aggregate import merge_prometheus, merge_status, split
 from .php_fpm import PhpFpmSupervisor, make_runtime_dir
+from .privileges import Plan
 from .process import Inherited, admin_connection_settings, signal_watchers, start_backend
 from .restart import Backoff, Restarting, StartFailed
 
@@ -237,9 +238,12 @@ async def _get(path: str, target: bytes, max_body: int = ADMIN_MAX_BODY) -> byte
 
 
 async def serve_master(config: Config, count: int, *, log_level: str = "info", handle_signals: bool = True,
+                       privileges: Plan | None = None,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Run php-fpm, the listen sockets and ``count`` worker processes until
-    SIGTERM/SIGINT; then stop the workers (graceful), then php-fpm."""
+    SIGTERM/SIGINT; then stop the workers (graceful), then php-fpm.
+    ``privileges`` (``serve.privileges``): the master keeps root, as nginx's;
+    the runtime dir is given to the user the workers drop to."""
     # Bind first: an address in use is reported (naming it) before php-fpm starts.
     listeners = await open_listeners(config.server.listen)
     try:
@@ -248,14 +252,15 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
         for listener in listeners:
             listener.socket.close()
         raise
-    runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir)
+    account = privileges.account if privileges is not None else None
+    runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir, account)
     parent_read, parent_write = os.pipe()
     try:
         async with trio.open_nursery() as system:
             supervisors: dict[str, PhpFpmSupervisor] = {}
             backends: dict[str, tuple[str, str]] = {}
             for name in config.backends:
-                address, status, sup = await start_backend(config, name, runtime_dir, system)
+                address, status, sup = await start_backend(config, name, runtime_dir, system, privileges)
                 backends[name] = (address, status)
                 if sup is not None:
                     supervisors[name] = sup

@@ -45,6 +45,7 @@ import fastcgi
 from ..config import BackendConfig
 from ..http.errors import UpstreamConnectError
 from ..upstream.php_fpm_status import fastcgi_get
+from .privileges import DEFAULT_USER, Account, FpmUsers, can_use_dir, give, system_account
 from .restart import Backoff, Restarting, StartFailed, SupervisorError
 
 log = logging.getLogger(__name__)
@@ -123,49 +124,19 @@ def _ini_value(value: str) -> str:
 def user_can_read_dir(path: str, user: str) -> bool:
     """Whether ``user`` may list ``path`` and traverse every directory above it,
     judged from the permission bits (we run as root, so os.access cannot tell)."""
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        return False
-    import grp
-
-    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
-    current = os.path.realpath(path)
-    parts = [current]
-    while current != "/":
-        current = os.path.dirname(current)
-        parts.append(current)
-    for i, part in enumerate(parts):
-        try:
-            st = os.stat(part)
-        except OSError:
-            return False
-        if st.st_uid == pw.pw_uid:
-            bits = (st.st_mode >> 6) & 7
-        elif st.st_gid in groups:
-            bits = (st.st_mode >> 3) & 7
-        else:
-            bits = st.st_mode & 7
-        need = 5 if i == 0 else 1  # read + execute on the root itself, execute above it
-        if bits & need != need:
-            return False
-    return True
+    account = system_account(user)
+    return account is not None and can_use_dir(path, account)
 
 
-def choose_worker_user(backend: BackendConfig, roots: list[str]) -> str:
-    """The user php-fpm's workers run as when the gateway runs as root: the
-    configured one; else www-data if it can read every document root; else root,
-    with a warning (a clone under /root, say, is closed to www-data)."""
-    if backend.php_fpm.user:
-        return backend.php_fpm.user
-    if not _user_exists("www-data"):
-        return "root"
-    blocked = [r for r in roots if not user_can_read_dir(r, "www-data")]
-    if blocked:
-        log.warning("php-fpm workers run as root: www-data cannot read %s. Set the backend's php_fpm.user = "
-                    "\"www-data\" and fix the permissions for a production setup.", ", ".join(blocked))
-        return "root"
-    return "www-data"
+def default_fpm_users(backend: BackendConfig) -> FpmUsers | None:
+    """How php-fpm runs when the caller gave no plan (``serve`` called without
+    one, e.g. in a test): as this process when not root; else its workers run
+    as ``php_fpm.user``, default www-data (never root unless written), and own
+    the sockets."""
+    if os.geteuid() != 0:
+        return None
+    worker = backend.php_fpm.user or DEFAULT_USER
+    return FpmUsers(worker, worker, "root")
 
 
 #: PHP's output buffer in pools we write (php.ini-production: 4096).
@@ -173,12 +144,14 @@ OUTPUT_BUFFERING = 64 * 1024
 
 
 def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
-                      max_body_size: int | None = None, roots: list[str] | None = None) -> FpmPaths:
+                      max_body_size: int | None = None, users: FpmUsers | None = None) -> FpmPaths:
     """Write ``php-fpm.conf`` for one pool into ``directory`` and return the paths.
 
     ``max_body_size`` (the gateway's client_max_body_size) also becomes PHP's
     upload_max_filesize and post_max_size, whose php.ini defaults (2M, 8M)
     would otherwise reject WordPress media uploads the gateway accepted.
+    ``users`` (``serve.privileges``, when root): its workers' user and who
+    owns its sockets.
     """
     os.makedirs(directory, exist_ok=True)
     paths = FpmPaths(
@@ -211,11 +184,9 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
         "decorate_workers_output = no",
         "clear_env = yes",
     ]
-    if os.geteuid() == 0:
-        user = choose_worker_user(backend, roots or [])
-        lines += [f"user = {user}", f"group = {_primary_group(user)}"]
-        if user != "root":
-            lines += [f"listen.owner = {user}", "listen.group = root"]
+    if users is not None:
+        lines += [f"user = {users.worker}", f"group = {_primary_group(users.worker)}",
+                  f"listen.owner = {users.socket_owner}", f"listen.group = {users.socket_group}"]
     if max_body_size:
         megabytes = f"{max(1, -(-max_body_size // (1024 * 1024)))}M"
         for key in ("upload_max_filesize", "post_max_size"):
@@ -234,14 +205,6 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
     return paths
 
 
-def _user_exists(user: str) -> bool:
-    try:
-        pwd.getpwnam(user)
-        return True
-    except KeyError:
-        return False
-
-
 def _primary_group(user: str) -> str:
     import grp
 
@@ -255,12 +218,13 @@ class PhpFpmSupervisor:
     """Keeps one php-fpm master running for a ``spawn`` backend."""
 
     def __init__(self, name: str, backend: BackendConfig, runtime_dir: str, *,
-                 max_body_size: int | None = None, roots: list[str] | None = None) -> None:
+                 max_body_size: int | None = None, users: FpmUsers | None = None) -> None:
         self.name = name
         self.backend = backend
         self.binary = find_php_fpm(backend.php_fpm.binary)
+        self.users = users if users is not None else default_fpm_users(backend)
         self.paths = write_pool_config(name, backend, os.path.join(runtime_dir, f"fpm-{name}"),
-                                       max_body_size=max_body_size, roots=roots)
+                                       max_body_size=max_body_size, users=self.users)
         #: the current master; ask ``running``, not its ``returncode``, which reaps
         #: it and so frees its pid while its group may still need killing
         self.process: trio.Process | None = None
@@ -322,23 +286,35 @@ class PhpFpmSupervisor:
                 pass
         log.info("starting php-fpm for backend %s: %s", self.name, " ".join(self._argv()))
         self._stop_stale_master()
-        # a session of its own: its group is ours to kill (see the module's docstring)
-        process = await trio.lowlevel.open_process(self._argv(), start_new_session=True)
-        self.process = process
-        try:
+        # php-fpm's error_log is /proc/self/fd/2: a pipe of ours, which it can
+        # reopen (journald's socket under systemd cannot be); copied to our stderr.
+        relay_fd, stderr_fd = os.pipe()
+        relayed = trio.Event()
+        async with trio.open_nursery() as relaying:
+            relaying.start_soon(_relay_to_stderr, relay_fd, relayed)
             try:
-                await self._wait_ready(process)
-            except (SupervisorError, trio.TooSlowError) as exc:
-                raise StartFailed(str(exc) or f"not ready within {READY_TIMEOUT:g}s") from None
-            log.info("php-fpm for backend %s is ready (pid %d, %d workers)", self.name, process.pid,
-                     self.backend.pool_size)
-            self._note_start()
-            up()
-            await _wait_exited(process)
-            return f"exited with status {exit_status(process)}"
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._stop(process)
+                # a session of its own: its group is ours to kill (see the module's docstring)
+                process = await trio.lowlevel.open_process(self._argv(), start_new_session=True, stderr=stderr_fd)
+            finally:
+                os.close(stderr_fd)
+            self.process = process
+            try:
+                try:
+                    await self._wait_ready(process)
+                except (SupervisorError, trio.TooSlowError) as exc:
+                    raise StartFailed(str(exc) or f"not ready within {READY_TIMEOUT:g}s") from None
+                log.info("php-fpm for backend %s is ready (pid %d, %d workers)", self.name, process.pid,
+                         self.backend.pool_size)
+                self._note_start()
+                up()
+                await _wait_exited(process)
+                return f"exited with status {exit_status(process)}"
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._stop(process)
+                    with trio.move_on_after(1.0):  # its last lines; then stop waiting for EOF
+                        await relayed.wait()
+                relaying.cancel_scope.cancel()
 
     def _stop_stale_master(self) -> None:
         """A php-fpm left running by an earlier gateway that died without stopping
@@ -389,6 +365,19 @@ class PhpFpmSupervisor:
         # Its workers: none after a graceful stop, orphans if the master was killed.
         _kill_group(process.pid)
         await process.wait()
+
+
+async def _relay_to_stderr(fd: int, done: trio.Event) -> None:
+    """Copy what php-fpm writes to its standard error to ours, until EOF; closes ``fd``."""
+    try:
+        async with trio.lowlevel.FdStream(fd) as stream:
+            while chunk := await stream.receive_some(65536):
+                try:
+                    os.write(2, chunk)
+                except OSError:
+                    pass
+    finally:
+        done.set()
 
 
 async def _wait_exited(process: trio.Process) -> None:
@@ -450,9 +439,14 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
-def make_runtime_dir(configured: str) -> tuple[str, bool]:
-    """The runtime directory and whether we created it (and so remove it at exit)."""
+def make_runtime_dir(configured: str, owner: Account | None = None) -> tuple[str, bool]:
+    """The runtime directory and whether we created it (and so remove it at
+    exit); given to ``owner`` (the user the gateway drops to), who creates its
+    admin sockets and worker directories in it."""
     if configured:
         os.makedirs(configured, exist_ok=True)
+        give(configured, owner)
         return configured, False
-    return tempfile.mkdtemp(prefix="gateway-"), True
+    directory = tempfile.mkdtemp(prefix="gateway-")
+    give(directory, owner)
+    return directory, True

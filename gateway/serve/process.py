@@ -49,6 +49,7 @@ from ..upstream.connect import Connector, make_connector
 from ..upstream.fastcgi import FastCgiConn, fastcgi_pool
 from ..upstream.pool import Pool
 from .php_fpm import PING_PATH, PhpFpmSupervisor, make_runtime_dir
+from .privileges import Plan, drop
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +89,16 @@ class Running:
     shutdown: trio.Event = field(default_factory=trio.Event)
 
 
-async def start_backend(config: Config, name: str, runtime_dir: str,
-                        system: trio.Nursery) -> tuple[str, str, PhpFpmSupervisor | None]:
+async def start_backend(config: Config, name: str, runtime_dir: str, system: trio.Nursery,
+                        privileges: Plan | None = None) -> tuple[str, str, PhpFpmSupervisor | None]:
     """Backend ``name``'s FastCGI address and status address; a ``spawn``
-    backend's php-fpm is started (and supervised) in ``system`` first."""
+    backend's php-fpm is started (and supervised) in ``system`` first, as
+    ``privileges`` say (``serve.privileges``)."""
     backend = config.backends[name]
     if backend.address != "spawn":
         return backend.address, backend.status, None
-    roots = [s.root for s in config.sites.values() if s.php == name]
-    roots += [a for s in config.sites.values() if s.php == name for a in s.aliases.values()]
     sup = PhpFpmSupervisor(name, backend, runtime_dir, max_body_size=config.limits.client_max_body_size,
-                           roots=roots)
+                           users=privileges.fpm.get(name) if privileges is not None else None)
     await system.start(sup.run)
     return sup.address, backend.status or "unix:" + sup.paths.status_socket, sup
 
@@ -114,9 +114,11 @@ class Inherited:
 
 
 async def serve(config: Config, *, handle_signals: bool = True, inherited: Inherited | None = None,
+                privileges: Plan | None = None,
                 task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the gateway in this process until SIGTERM/SIGINT (or ``Running.shutdown``
     is set). ``inherited``: serve a master's sockets as one of its workers.
+    ``privileges``: drop to its user once everything is bound and started.
 
     Reports a ``Running`` through ``task_status`` once listening.
     """
@@ -132,7 +134,8 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
         for listener in listeners:
             listener.socket.close()
         raise
-    runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir)
+    account = privileges.account if privileges is not None else None
+    runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir, account)
     listener_state = ListenerState()
     try:
         async with trio.open_nursery() as system:
@@ -140,7 +143,7 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
             pools: dict[str, Pool[FastCgiConn]] = {}
             pool_monitors: list[PoolMonitor] = []
             for name, backend in config.backends.items():
-                address, status_address, sup = await start_backend(config, name, runtime_dir, system)
+                address, status_address, sup = await start_backend(config, name, runtime_dir, system, privileges)
                 if sup is not None:
                     supervisors[name] = sup
                 pool = pool_from_config(name, make_connector(address), backend, config.limits)
@@ -164,6 +167,7 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                 services.append(Service(running.admin_listeners, AdminApp(monitor).handle,
                                          admin_connection_settings(),
                                          ListenerState(), max_connections=64))
+            drop(account)  # everything that needs root is bound, opened and started
             if inherited is None:
                 for listener in listeners:
                     log.info("listening on %s", listener_url(listener))
