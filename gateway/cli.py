@@ -124,6 +124,8 @@ def serve(
     admin: Annotated[str | None, typer.Option(help="Admin listener (/status, /metrics): HOST:PORT or off.")] = None,
     processes: Annotated[str | None, typer.Option(help="Gateway processes: N, or auto (one per core).")] = None,
     workers: Annotated[str | None, typer.Option(hidden=True, help="Deprecated: --processes.")] = None,
+    user: Annotated[str | None, typer.Option(help="Started as root: serve as this user (default www-data; "
+                                                  "root keeps root).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Serve the configuration in --config (default ./conf.d), or a docroot given with --root.
@@ -140,6 +142,8 @@ def serve(
         overrides.append(Override("--admin", ("admin", "listen"), admin))
     if processes is not None:
         overrides.append(Override(processes_flag, ("server", "processes"), processes))
+    if user is not None:
+        overrides.append(Override("--user", ("server", "user"), user))
     if root is None:
         alone = [flag for flag, value in (("--php", php), (pool_size_flag, pool_size)) if value is not None]
         if alone:

@@ -173,7 +173,7 @@ class Stack:
         confd = self.run / "conf.d"
         confd.mkdir()
         (confd / "00.toml").write_text(
-            f'[server]\nlisten = ["127.0.0.1:{self.gateway_port}"]\naccess_log = "off"\n'
+            f'[server]\nuser = "root"\nlisten = ["127.0.0.1:{self.gateway_port}"]\naccess_log = "off"\n'
             f'processes = {self.processes}\n'
             f'[backends.php]\naddress = "unix:{paths.socket}"\npool_size = {self.gateway_pool_size}\n'
             f'idle_timeout = "{self.idle_timeout}s"\n'

@@ -103,7 +103,7 @@ def run() -> int:
         port = s.getsockname()[1]
     conf = Path(tempfile.mkdtemp(prefix="idle-conf-"))
     (conf / "00.toml").write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\naccess_log = "off"\n[admin]\nlisten = "off"\n'
+        f'[server]\nuser = "root"\nlisten = ["127.0.0.1:{port}"]\naccess_log = "off"\n[admin]\nlisten = "off"\n'
         f"[limits]\nmax_connections = {args.connections + 1000}\n"
         f'[backends.php]\npool_size = 2\n[sites.demo]\nroot = "{REPO / "demo"}"\nphp = "php"\n')
     gw = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(conf), "--log-level", "warning"],

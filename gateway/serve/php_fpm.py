@@ -151,8 +151,9 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
     upload_max_filesize and post_max_size, whose php.ini defaults (2M, 8M)
     would otherwise reject WordPress media uploads the gateway accepted.
     ``users`` (``serve.privileges``, when root): its workers' user and who
-    owns its sockets.
+    owns its sockets; default ``default_fpm_users``.
     """
+    users = users if users is not None else default_fpm_users(backend)
     os.makedirs(directory, exist_ok=True)
     paths = FpmPaths(
         directory=directory,

@@ -116,7 +116,8 @@ async def test_serve_root_against_an_already_running_php_fpm(tmp_path):
                 await trio.sleep(0.02)
         port = free_port()
         proc, stderr = await start_cli(["serve", "--root", str(DOCROOT), "--listen", f"127.0.0.1:{port}",
-                                        "--php", f"unix:{paths.socket}", "--admin", "off"])
+                                        "--php", f"unix:{paths.socket}", "--admin", "off",
+                                        "--user", "root"])  # its socket is in root's tmp_path
         client = await HttpClient.connect(port)
         r = await client.request("GET", "/some/permalink/")
         assert r.body == b"front:/index.php uri:/some/permalink/ qs:"
@@ -148,7 +149,7 @@ async def test_serve_spawns_php_fpm_and_sigterm_stops_everything(tmp_path):
     conf = tmp_path / "conf.d"
     conf.mkdir()
     (conf / "00.toml").write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{run_dir}"\naccess_log = "off"\n'
+        f'[server]\nuser = "root"\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{run_dir}"\naccess_log = "off"\n'
         f'[admin]\nlisten = "127.0.0.1:0"\n'
         f'[backends.php]\npool_size = 2\nphp_fpm.user = "root"\n'
         f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n'
@@ -172,7 +173,8 @@ async def test_sigterm_refuses_new_connections_at_once_and_finishes_the_request_
     conf = tmp_path / "conf.d"
     conf.mkdir()
     (conf / "00.toml").write_text(  # php-fpm as root: it reads the test's go-files under tmp_path
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{tmp_path / "run"}"\naccess_log = "off"\n'
+        f'[server]\nuser = "root"\nlisten = ["127.0.0.1:{port}"]\n'
+        f'runtime_dir = "{tmp_path / "run"}"\naccess_log = "off"\n'
         f'processes = {processes}\n[admin]\nlisten = "off"\n'
         f'[backends.php]\npool_size = 2\nphp_fpm.user = "root"\n'
         f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n'

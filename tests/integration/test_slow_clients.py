@@ -78,7 +78,7 @@ async def test_one_gigabyte_to_a_slow_reader_with_bounded_memory(tmp_path):
     conf = tmp_path / "conf.d"
     conf.mkdir()
     (conf / "00.toml").write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\naccess_log = "off"\ntemp_dir = "{tmp_path}"\n'
+        f'[server]\nuser = "root"\nlisten = ["127.0.0.1:{port}"]\naccess_log = "off"\ntemp_dir = "{tmp_path}"\n'
         f'[admin]\nlisten = "off"\n[backends.php]\npool_size = 1\nread_timeout = "120s"\nphp_fpm.user = "root"\n'
         f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n'
     )

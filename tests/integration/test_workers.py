@@ -22,7 +22,8 @@ def _conf(tmp_path: Path, port: int, admin: int) -> Path:
     conf = tmp_path / "conf.d"
     conf.mkdir()
     (conf / "00.toml").write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{tmp_path / "run"}"\naccess_log = "off"\n'
+        f'[server]\nuser = "root"\nlisten = ["127.0.0.1:{port}"]\n'
+        f'runtime_dir = "{tmp_path / "run"}"\naccess_log = "off"\n'
         f'processes = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
         f'[backends.php]\npool_size = 4\nphp_fpm.user = "root"\n'
         f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n'

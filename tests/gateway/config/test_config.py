@@ -84,22 +84,6 @@ def test_shipped_wordpress_examples_are_valid(tmp_path, example):
     assert site.no_php_under == ["/wp-content/uploads/"] and "/wp-config.php" in site.deny
 
 
-def test_worker_user_falls_back_to_root_when_www_data_cannot_read_the_root(tmp_path):
-    import os
-
-    from gateway.config import BackendConfig, PhpFpmConfig
-    from gateway.serve.php_fpm import choose_worker_user, user_can_read_dir
-
-    closed = tmp_path / "closed" / "site"
-    closed.mkdir(parents=True)
-    os.chmod(tmp_path / "closed", 0o700)
-    assert user_can_read_dir("/usr/share", "www-data")  # world-readable on every Debian
-    assert not user_can_read_dir(str(closed), "www-data")
-    assert choose_worker_user(BackendConfig(), [str(closed)]) == "root"
-    assert choose_worker_user(BackendConfig(), ["/usr/share"]) == "www-data"
-    assert choose_worker_user(BackendConfig(php_fpm=PhpFpmConfig(user="nobody")), [str(closed)]) == "nobody"
-
-
 def test_queue_depth_defaults_to_max_connections():
     cfg = validate({"limits": {"max_connections": 500}, "backends": {"php": {}},
                     "sites": {"s": {"root": "/srv", "php": "php"}}})
