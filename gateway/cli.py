@@ -172,9 +172,9 @@ def serve(
     count = process_count(cfg)
     try:
         if count == 1 and plan.account is None:
-            trio.run(run_server, cfg)
+            trio.run(_notify_when_started, partial(run_server, cfg))
         else:  # a master that keeps root serves no client itself (serve.privileges)
-            trio.run(partial(serve_master, cfg, count, log_level=log_level, privileges=plan))
+            trio.run(_notify_when_started, partial(serve_master, cfg, count, log_level=log_level, privileges=plan))
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # noqa: BLE001 - start-up errors arrive wrapped in nursery groups
@@ -186,6 +186,15 @@ def serve(
         else:
             raise
         raise typer.Exit(1) from None
+
+
+async def _notify_when_started(run: Any) -> None:
+    """Run ``run`` (``serve`` or ``serve_master``) and tell systemd once it serves (``serve.notify``)."""
+    from .serve.notify import ready
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run)
+        ready()
 
 
 def _privileges(cfg: Config) -> Any:
