@@ -14,7 +14,8 @@ Policy (nginx's ``user`` and master/worker split, php-fpm's pool ``user``):
   for ``processes = 1``; each worker drops as soon as its listen sockets,
   admin socket and log files are open. The master's admin listener only asks
   the workers and merges their answers.
-- Done as root, **before** the drop: listen sockets bound, log files opened,
+- Done as root, **before** the drop: listen sockets bound, log files opened
+  (the access log file given to the user, as nginx does, so it may reopen it),
   the runtime directory created and given to the user (worker admin sockets
   and directories go there), a configured ``temp_dir`` created and given to
   the user (an existing one must be writable by it), php-fpm started.
@@ -197,8 +198,8 @@ def problems(config: Config, the_plan: Plan, users: UserLookup = system_account,
         for key, path in paths:
             for account, role in readers:
                 if not can_read(path, account):
-                    out.append(f"{key}: {path}: not readable by user {account.name} ({role}); "
-                               f"let it list the directory and enter every directory above it")
+                    out.append(f"{key}: {path}: not readable by user {account.name} ({role}); give it r-x "
+                               f"on the directory and x on every one above, or choose another user")
                     break
     return out
 
@@ -233,10 +234,19 @@ def give(path: str, account: Account | None) -> None:
 
 def prepare_dirs(config: Config, account: Account | None) -> None:
     """As root, before anything starts: a configured ``temp_dir`` exists and the
-    account may create files in it, as it may in a configured ``runtime_dir``'s
-    parent chain (raises PrivilegeError naming the key, the path and the user)."""
+    account may create files in it, a configured ``runtime_dir``'s parents let
+    it through (raises PrivilegeError naming the key, the path and the user),
+    and the access log file exists and is the account's (as nginx's workers'
+    log files are), so a worker that reopens it after the drop may."""
     if account is None:
         return
+    access_log = config.server.access_log
+    if access_log not in ("-", "off"):
+        fd = os.open(access_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            os.fchown(fd, account.uid, -1)
+        finally:
+            os.close(fd)
     temp_dir = config.server.temp_dir
     if temp_dir:
         if not os.path.isdir(temp_dir):

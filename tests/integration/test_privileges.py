@@ -38,12 +38,12 @@ def cmdline(pid: int) -> bytes:
 
 
 def _conf(tmp_path: Path, port: int, server: str = "", php_fpm: str = "", root: Path = DOCROOT,
-          processes: int = 2) -> Path:
+          processes: int = 2, access_log: str = "off") -> Path:
     conf = tmp_path / "conf.d"
     conf.mkdir()
     # no runtime_dir: the default one (/tmp/gateway-*) is made for the user; tmp_path is root's alone
     (conf / "00.toml").write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\naccess_log = "off"\nprocesses = {processes}\n{server}'
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\naccess_log = "{access_log}"\nprocesses = {processes}\n{server}'
         f'[admin]\nlisten = "off"\n'
         f'[backends.php]\npool_size = 2\n[backends.php.php_fpm]\n{php_fpm}'
         f'[sites.t]\nroot = "{root}"\nphp = "php"\n')
@@ -54,7 +54,9 @@ def _conf(tmp_path: Path, port: int, server: str = "", php_fpm: str = "", root: 
 async def test_worker_processes_and_php_fpm_workers_run_as_www_data_by_default(tmp_path, processes):
     www = pwd.getpwnam("www-data")
     port = free_port()
-    proc, stderr = await start_cli(["serve", "--config", str(_conf(tmp_path, port, processes=processes))])
+    access_log = tmp_path / "access.log"  # in root's tmp_path: opened before the drop
+    conf = _conf(tmp_path, port, processes=processes, access_log=str(access_log))
+    proc, stderr = await start_cli(["serve", "--config", str(conf)])
     try:
         client = await HttpClient.connect(port)
         assert (await client.request("GET", "/hello.txt")).status == 200  # a static file, read as www-data
@@ -74,6 +76,8 @@ async def test_worker_processes_and_php_fpm_workers_run_as_www_data_by_default(t
     finally:
         await stop(proc, stderr)
     assert proc.returncode == 0
+    assert access_log.stat().st_uid == www.pw_uid  # so a worker may reopen it
+    assert '"GET /pid.php HTTP/1.1" 200' in access_log.read_text()
 
 
 async def test_server_user_and_a_different_php_fpm_user(tmp_path):

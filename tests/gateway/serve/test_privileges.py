@@ -88,7 +88,7 @@ def test_a_root_closed_to_a_user_is_one_line_naming_key_path_and_user():
     cfg = conf(php_fpm={"user": "wp"})
     assert problems(cfg, decide(cfg), USERS.get, can_read) == [  # type: ignore[arg-type]
         "sites.blog.root: /srv/blog: not readable by user wp (php-fpm's workers, backends.php.php_fpm.user); "
-        "let it list the directory and enter every directory above it"]
+        "give it r-x on the directory and x on every one above, or choose another user"]
     closed = {("/srv/media", "www-data")}
     lines = problems(cfg, decide(cfg), USERS.get, can_read)  # type: ignore[arg-type]
     assert len(lines) == 1 and lines[0].startswith(

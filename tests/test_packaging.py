@@ -1,0 +1,72 @@
+"""contrib/ and docker/ hold what an operator installs: a systemd unit that
+systemd accepts, a logrotate snippet logrotate accepts, an image build that
+never carries a local .venv (README "Running in production")."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "contrib" / "systemd" / "gateway.service"
+LOGROTATE = ROOT / "contrib" / "logrotate" / "gateway"
+
+
+def _unit() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def test_the_unit_reloads_with_hup_and_says_when_it_is_ready():
+    unit = _unit()
+    assert unit["Type"] == ["notify"] and unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert unit["KillMode"] == ["mixed"]  # SIGTERM to the master only: it stops the rest in order
+    caps = set(unit["CapabilityBoundingSet"][0].split())
+    assert {"CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL"} <= caps
+    assert unit["NoNewPrivileges"] == ["yes"] and unit["PrivateTmp"] == ["yes"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verifies_the_unit(tmp_path):
+    # the unit's paths pointed at this checkout's venv, which exists
+    unit = tmp_path / "gateway.service"
+    unit.write_text(UNIT.read_text().replace("/opt/gateway/.venv", str(ROOT / ".venv")))
+    out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "gateway.service" not in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(shutil.which("logrotate") is None and not Path("/usr/sbin/logrotate").exists(),
+                    reason="logrotate is not installed")
+def test_logrotate_reads_the_snippet(tmp_path):
+    logrotate = shutil.which("logrotate") or "/usr/sbin/logrotate"
+    out = subprocess.run([logrotate, "-d", "-s", str(tmp_path / "state"), str(LOGROTATE)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "error" not in out.stderr.lower(), out.stderr
+    assert "kill --kill-whom=main --signal=USR1 gateway.service" in LOGROTATE.read_text()
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether a .dockerignore pattern matches ``path`` or a directory on it (roughly Docker's rules)."""
+    parts = path.rstrip("/").split("/")
+    spans = {"/".join(parts[i:j]) for i in range(len(parts)) for j in range(i + 1, len(parts) + 1)}
+    return any(fnmatch.fnmatch(span, p.strip("/").removeprefix("**/")) for p in patterns for span in spans)
+
+
+def test_the_image_build_never_sees_a_local_venv_and_copies_only_what_exists():
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert _ignored(".venv/bin/python", patterns) and _ignored("gateway/__pycache__/x.pyc", patterns)
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    sources = [src for line in re.findall(r"^COPY (.+)$", dockerfile, re.MULTILINE) for src in line.split()[:-1]]
+    assert sources and "." not in sources
+    for src in sources:
+        assert (ROOT / src).exists() and not _ignored(src, patterns), src
