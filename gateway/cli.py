@@ -167,14 +167,17 @@ def serve(
     plan = _privileges(cfg)
     _setup_access_log(cfg.server.access_log)  # opened as root, before the drop
     from .serve.master import process_count, serve_master
+    from .serve.notify import take_address
     from .serve.process import serve as run_server
 
+    notify_address = take_address()  # before any child starts: only we tell systemd
     count = process_count(cfg)
     try:
         if count == 1 and plan.account is None:
-            trio.run(_notify_when_started, partial(run_server, cfg))
+            trio.run(_notify_when_started, partial(run_server, cfg), notify_address)
         else:  # a master that keeps root serves no client itself (serve.privileges)
-            trio.run(_notify_when_started, partial(serve_master, cfg, count, log_level=log_level, privileges=plan))
+            trio.run(_notify_when_started, partial(serve_master, cfg, count, log_level=log_level, privileges=plan),
+                     notify_address)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # noqa: BLE001 - start-up errors arrive wrapped in nursery groups
@@ -188,13 +191,14 @@ def serve(
         raise typer.Exit(1) from None
 
 
-async def _notify_when_started(run: Any) -> None:
-    """Run ``run`` (``serve`` or ``serve_master``) and tell systemd once it serves (``serve.notify``)."""
+async def _notify_when_started(run: Any, address: str) -> None:
+    """Run ``run`` (``serve`` or ``serve_master``) and tell systemd at
+    ``address`` once it serves (``serve.notify``)."""
     from .serve.notify import ready
 
     async with trio.open_nursery() as nursery:
         await nursery.start(run)
-        ready()
+        ready(address)
 
 
 def _privileges(cfg: Config) -> Any:

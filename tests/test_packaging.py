@@ -29,6 +29,7 @@ def _unit() -> dict[str, list[str]]:
 def test_the_unit_reloads_with_hup_and_says_when_it_is_ready():
     unit = _unit()
     assert unit["Type"] == ["notify"] and unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert unit["RestartPreventExitStatus"] == ["2"]  # a configuration error
     assert unit["KillMode"] == ["mixed"]  # SIGTERM to the master only: it stops the rest in order
     caps = set(unit["CapabilityBoundingSet"][0].split())
     assert {"CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL"} <= caps

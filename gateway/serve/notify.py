@@ -3,7 +3,10 @@ without libsystemd.
 
 Policy: one datagram ``READY=1`` (with ``MAINPID``) to the unix socket named
 by ``$NOTIFY_SOCKET`` once the listen sockets are open and every worker
-serves; nothing when the variable is unset (not started by systemd). A failure
+serves; nothing when the variable is unset (not started by systemd). The
+variable is taken out of the environment first (``take_address``), as
+sd_notify's ``unset_environment``: php-fpm, built with systemd support, would
+otherwise send its own READY=1 before ours. A failure
 to send is one warning line, never fatal: systemd then times the start out
 and says so. An address starting with ``@`` is in the abstract namespace.
 """
@@ -17,9 +20,14 @@ import socket
 log = logging.getLogger(__name__)
 
 
-def notify(state: str, environ: dict[str, str] | None = None) -> bool:
-    """Send ``state`` (e.g. ``"READY=1"``) to systemd; False if not under systemd or it failed."""
-    address = (environ if environ is not None else os.environ).get("NOTIFY_SOCKET", "")
+def take_address() -> str:
+    """``$NOTIFY_SOCKET``, removed from our environment so no child inherits it."""
+    return os.environ.pop("NOTIFY_SOCKET", "")
+
+
+def notify(state: str, address: str) -> bool:
+    """Send ``state`` (e.g. ``"READY=1"``) to systemd at ``address``; False if
+    there is none (not under systemd) or it failed."""
     if not address:
         return False
     if address.startswith("@"):
@@ -34,6 +42,6 @@ def notify(state: str, environ: dict[str, str] | None = None) -> bool:
     return True
 
 
-def ready() -> bool:
+def ready(address: str) -> bool:
     """``READY=1`` and our pid (the master's), once serving."""
-    return notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving")
+    return notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving", address)
