@@ -15,7 +15,7 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import trio
 import typer
@@ -25,6 +25,9 @@ from .config.addresses import parse_address
 from .front.listen import ListenError
 from .observe.views import DEFAULT_ADMIN, AdminUnreachable, fetch_status, summary_lines, top_view
 from .serve.restart import SupervisorError
+
+if TYPE_CHECKING:
+    from .serve.privileges import Plan
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +177,7 @@ def serve(
     count = process_count(cfg)
     try:
         if count == 1 and plan.account is None:
-            trio.run(_notify_when_started, partial(run_server, cfg), notify_address)
+            trio.run(_notify_when_started, partial(run_server, cfg, privileges=plan), notify_address)
         else:  # a master that keeps root serves no client itself (serve.privileges)
             trio.run(_notify_when_started, partial(serve_master, cfg, count, log_level=log_level, privileges=plan),
                      notify_address)
@@ -201,7 +204,7 @@ async def _notify_when_started(run: Any, address: str) -> None:
         ready(address)
 
 
-def _privileges(cfg: Config) -> Any:
+def _privileges(cfg: Config) -> Plan:
     """Who serves (``serve.privileges.plan``), after the checks ``check`` makes
     too and the temp/runtime directories' preparation; exit 2 with one line per
     problem."""

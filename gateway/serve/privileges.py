@@ -179,9 +179,11 @@ def can_use_dir(path: str, account: Account, need: int = 5) -> bool:
 
 
 def problems(config: Config, the_plan: Plan, users: UserLookup = system_account,
-             can_read: Callable[[str, Account], bool] = can_use_dir) -> list[str]:
-    """One line per site root or alias that a user who needs it cannot read: the
-    gateway's user (static files) and the php-fpm user of the site's spawned backend."""
+             can_read: Callable[[str, Account], bool] = can_use_dir,
+             is_dir: Callable[[str], bool] = os.path.isdir) -> list[str]:
+    """One line per site root or alias that is no directory, or that a user who
+    needs it cannot read: the gateway's user (static files) and the php-fpm
+    user of the site's spawned backend."""
     me = the_plan.account
     out: list[str] = []
     for site_name, site in config.sites.items():
@@ -196,6 +198,9 @@ def problems(config: Config, the_plan: Plan, users: UserLookup = system_account,
         paths = [(f"sites.{site_name}.root", site.root)]
         paths += [(f"sites.{site_name}.aliases.{prefix}", d) for prefix, d in site.aliases.items()]
         for key, path in paths:
+            if not is_dir(path):
+                out.append(f"{key}: {path}: no such directory")
+                continue
             for account, role in readers:
                 if not can_read(path, account):
                     out.append(f"{key}: {path}: not readable by user {account.name} ({role}); give it r-x "
