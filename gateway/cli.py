@@ -83,15 +83,23 @@ def quick_config(root: str, overrides: list[Override]) -> Config:
     """The configuration ``serve --root`` uses: one PHP site with the front
     controller, backend ``php`` spawned unless ``overrides`` (the flags) say
     otherwise; every other value is the schema's default."""
+    from .serve.privileges import check as readable_by_users
+
     return validate({
         "backends": {"php": {}},
         "sites": {"default": {"root": str(Path(root).resolve()), "php": "php", "default": True}},
-    }, default_file="--root", overrides=overrides)
+    }, default_file="--root", overrides=overrides, checks=[readable_by_users])
 
 
 def _load(config_dir: str, overrides: list[Override] | None = None, *, check_paths: bool = True) -> Config:
+    """``load_dir``; with ``check_paths``, roots must also exist and be readable
+    by the users who will read them (``serve.privileges.check``). Exit 2 with
+    one line per problem."""
+    from .serve.privileges import check as readable_by_users
+
     try:
-        return load_dir(config_dir, overrides or [], check_paths=check_paths)
+        return load_dir(config_dir, overrides or [], check_paths=check_paths,
+                        checks=[readable_by_users] if check_paths else [])
     except ConfigError as exc:
         _config_error(exc)
 
@@ -205,21 +213,16 @@ async def _notify_when_started(run: Any, address: str) -> None:
 
 
 def _privileges(cfg: Config) -> Plan:
-    """Who serves (``serve.privileges.plan``), after the checks ``check`` makes
-    too and the temp/runtime directories' preparation; exit 2 with one line per
-    problem."""
+    """Who serves (``serve.privileges.plan``; ``_load`` has checked who may
+    read the roots), once the temp and runtime directories are ready for that
+    user; else exit 2 with one line."""
     from .serve import privileges
 
-    lines = privileges.check(cfg)
     try:
         plan = privileges.plan(cfg, os.geteuid())
-        if not lines:
-            privileges.prepare_dirs(cfg, plan.account)
-    except (privileges.PrivilegeError, OSError) as exc:
-        lines = lines or [str(exc)]
-    if lines:
-        typer.echo("configuration error:\n" + "\n".join(lines), err=True)
-        raise typer.Exit(2)
+        privileges.prepare_dirs(cfg, plan.account)
+    except privileges.PrivilegeError as exc:
+        _config_error(ConfigError(str(exc)))
     return plan
 
 
@@ -254,11 +257,6 @@ def check(
     (deprecated names are warned about on standard error)."""
     _setup_logging("warning")
     cfg = _load(config)
-    from .serve.privileges import check as privilege_problems
-
-    if lines := privilege_problems(cfg):
-        typer.echo("configuration error:\n" + "\n".join(lines), err=True)
-        raise typer.Exit(2)
     data: dict[str, Any] = cfg.model_dump(mode="json")
     for name, site in cfg.sites.items():
         data["sites"][name]["try_files"] = site.effective_try_files()

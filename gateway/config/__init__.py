@@ -394,6 +394,10 @@ class Config(_Model):
     # by ``validate`` (``reference_problems``), so each error names its key.
 
 
+#: A check of a valid configuration beyond the schema: (dotted key, message) per problem.
+Check = Callable[["Config"], list[tuple[tuple[str, ...], str]]]
+
+
 class ConfigError(Exception):
     """The configuration is wrong; the message says where and what to do."""
 
@@ -502,7 +506,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
 
 
 def load_dir(path: str | os.PathLike[str], overrides: Iterable[Override] = (), *,
-             check_paths: bool = True) -> Config:
+             check_paths: bool = True, checks: Iterable[Check] = ()) -> Config:
     """Read every ``*.toml`` in ``path`` in name order, merge, apply
     ``overrides`` (command-line flags) and validate.
 
@@ -511,6 +515,8 @@ def load_dir(path: str | os.PathLike[str], overrides: Iterable[Override] = (), *
     upgraded file by file, each logged once as a warning (``upgrade``).
     ``check_paths``: a site root or alias that does not exist or is not a
     directory is an error too (``serve`` would answer 404 to everything).
+    ``checks``: more checks of the valid configuration (``serve.privileges.check``:
+    who may read the roots), their problems reported as the schema's are.
 
     Raises:
         ConfigError: one line per problem, with the file (or flag), the dotted
@@ -536,12 +542,13 @@ def load_dir(path: str | os.PathLike[str], overrides: Iterable[Override] = (), *
         _merge(merged, data, origin, str(f))
     _resolve_paths(merged, directory.resolve().parent)
     return validate(merged, origin, default_file=str(files[-1]), overrides=overrides, texts=texts,
-                    check_paths=check_paths)
+                    check_paths=check_paths, checks=checks)
 
 
 def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = None,
              default_file: str = "<config>", overrides: Iterable[Override] = (), *,
-             texts: dict[str, str] | None = None, check_paths: bool = False) -> Config:
+             texts: dict[str, str] | None = None, check_paths: bool = False,
+             checks: Iterable[Check] = ()) -> Config:
     """Validate a merged mapping (``data`` is not changed), with ``overrides``
     on top; errors name the file (or flag) that set the key, and the line
     when ``texts`` (file name -> its text) has the file. Old spellings in
@@ -549,7 +556,9 @@ def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = N
 
     Beyond the schema: two listeners on one address (``listen_conflicts``)
     and, with ``check_paths``, site roots and aliases that are not
-    directories (``path_problems``)."""
+    directories (``path_problems``); then each of ``checks`` on the valid
+    configuration (a layer above passes what it knows: who may read the
+    roots)."""
     data = copy.deepcopy(data)
     origin = dict(origin or {})
     for note in upgrade(data, default_file):
@@ -586,6 +595,9 @@ def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = N
         raise ConfigError("\n".join(lines + [problem(key, message) for key, message in found])) from None
     if found:
         raise ConfigError("\n".join(problem(key, message) for key, message in found))
+    later = [item for check in checks for item in check(cfg)]
+    if later:
+        raise ConfigError("\n".join(problem(key, message) for key, message in later))
     return cfg
 
 

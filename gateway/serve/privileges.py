@@ -49,8 +49,19 @@ from ..config import Config
 DEFAULT_USER = "www-data"
 
 
+#: A configuration key (dotted path as a tuple) and what is wrong with it:
+#: ``gateway.config.validate`` adds the file and line (its ``checks``).
+Problem = tuple[tuple[str, ...], str]
+
+
 class PrivilegeError(Exception):
-    """A user, group or directory does not fit: the message is one line naming the key, the path and the user."""
+    """A user, group or directory does not fit: ``key`` and a one-line ``message``
+    naming the path and the user; ``str()`` is ``KEY: message``."""
+
+    def __init__(self, key: tuple[str, ...], message: str) -> None:
+        super().__init__(f"{'.'.join(key)}: {message}")
+        self.key = key
+        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +136,12 @@ def plan(config: Config, euid: int, users: UserLookup = system_account,
     name = config.server.user or DEFAULT_USER
     account = users(name)
     if account is None:
-        key = "server.user" if config.server.user else "server.user (default www-data when started as root)"
-        raise PrivilegeError(f"{key}: no such user {name!r}: create it or set [server] user")
+        default = "" if config.server.user else " (the default when started as root)"
+        raise PrivilegeError(("server", "user"), f"no such user {name!r}{default}: create it or set [server] user")
     if config.server.group:
         gid = groups(config.server.group)
         if gid is None:
-            raise PrivilegeError(f"server.group: no such group {config.server.group!r}")
+            raise PrivilegeError(("server", "group"), f"no such group {config.server.group!r}")
         account = Account(account.name, account.uid, gid, config.server.group,
                           tuple(sorted({gid, *account.groups})))
     dropping = account.uid != 0
@@ -140,7 +151,7 @@ def plan(config: Config, euid: int, users: UserLookup = system_account,
             continue
         worker = backend.php_fpm.user or (account.name if dropping else DEFAULT_USER)
         if users(worker) is None:
-            raise PrivilegeError(f"backends.{backend_name}.php_fpm.user: no such user {worker!r}")
+            raise PrivilegeError(("backends", backend_name, "php_fpm", "user"), f"no such user {worker!r}")
         fpm[backend_name] = FpmUsers(worker, account.name if dropping else worker,
                                      account.group if dropping else "root")
     return Plan(account if dropping else None, fpm)
@@ -180,12 +191,12 @@ def can_use_dir(path: str, account: Account, need: int = 5) -> bool:
 
 def problems(config: Config, the_plan: Plan, users: UserLookup = system_account,
              can_read: Callable[[str, Account], bool] = can_use_dir,
-             is_dir: Callable[[str], bool] = os.path.isdir) -> list[str]:
+             is_dir: Callable[[str], bool] = os.path.isdir) -> list[Problem]:
     """One line per site root or alias that is no directory, or that a user who
     needs it cannot read: the gateway's user (static files) and the php-fpm
     user of the site's spawned backend."""
     me = the_plan.account
-    out: list[str] = []
+    out: list[Problem] = []
     for site_name, site in config.sites.items():
         readers: list[tuple[Account, str]] = []
         if me is not None:
@@ -195,26 +206,28 @@ def problems(config: Config, the_plan: Plan, users: UserLookup = system_account,
             worker = users(fpm.worker)
             if worker is not None:
                 readers.append((worker, f"php-fpm's workers, backends.{site.php}.php_fpm.user"))
-        paths = [(f"sites.{site_name}.root", site.root)]
-        paths += [(f"sites.{site_name}.aliases.{prefix}", d) for prefix, d in site.aliases.items()]
+        paths: list[tuple[tuple[str, ...], str]] = [(("sites", site_name, "root"), site.root)]
+        paths += [(("sites", site_name, "aliases", prefix), d) for prefix, d in site.aliases.items()]
         for key, path in paths:
             if not is_dir(path):
-                out.append(f"{key}: {path}: no such directory")
+                out.append((key, f"{path}: no such directory"))
                 continue
             for account, role in readers:
                 if not can_read(path, account):
-                    out.append(f"{key}: {path}: not readable by user {account.name} ({role}); give it r-x "
-                               f"on the directory and x on every one above, or choose another user")
+                    out.append((key, f"{path}: not readable by user {account.name} ({role}); give it r-x "
+                                     f"on the directory and x on every one above, or choose another user"))
                     break
     return out
 
 
-def check(config: Config) -> list[str]:
-    """The problems ``gateway check`` and ``serve`` report before starting (empty: none)."""
+def check(config: Config) -> list[Problem]:
+    """The problems ``gateway check`` and ``serve`` report before starting
+    (empty: none), for ``gateway.config.validate``'s ``checks``, which names
+    the file and line of each key."""
     try:
         the_plan = plan(config, os.geteuid())
     except PrivilegeError as exc:
-        return [str(exc)]
+        return [(exc.key, exc.message)]
     if the_plan.account is None and os.geteuid() != 0:
         me = system_account(pwd.getpwuid(os.geteuid()).pw_name) if _known_uid() else None
         if me is None:
@@ -247,7 +260,10 @@ def prepare_dirs(config: Config, account: Account | None) -> None:
         return
     access_log = config.server.access_log
     if access_log not in ("-", "off"):
-        fd = os.open(access_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fd = os.open(access_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise PrivilegeError(("server", "access_log"), f"{access_log}: cannot open it: {exc.strerror}") from None
         try:
             os.fchown(fd, account.uid, -1)
         finally:
@@ -255,16 +271,19 @@ def prepare_dirs(config: Config, account: Account | None) -> None:
     temp_dir = config.server.temp_dir
     if temp_dir:
         if not os.path.isdir(temp_dir):
-            os.makedirs(temp_dir, mode=0o700)
+            try:
+                os.makedirs(temp_dir, mode=0o700)
+            except OSError as exc:
+                raise PrivilegeError(("server", "temp_dir"), f"{temp_dir}: cannot create it: {exc.strerror}") from None
             give(temp_dir, account)
         if not can_use_dir(temp_dir, account, 3):
-            raise PrivilegeError(f"server.temp_dir: {temp_dir}: user {account.name} cannot create files in it")
+            raise PrivilegeError(("server", "temp_dir"), f"{temp_dir}: user {account.name} cannot create files in it")
     runtime_dir = config.server.runtime_dir
     if runtime_dir:
         parent = os.path.dirname(os.path.abspath(runtime_dir))
         if not can_use_dir(parent, account, 1):
-            raise PrivilegeError(f"server.runtime_dir: {runtime_dir}: user {account.name} cannot reach it "
-                                 f"({parent} is closed to it)")
+            raise PrivilegeError(("server", "runtime_dir"),
+                                 f"{runtime_dir}: user {account.name} cannot reach it ({parent} is closed to it)")
 
 
 def drop(account: Account | None) -> None:
@@ -280,4 +299,4 @@ def drop(account: Account | None) -> None:
         os.setuid(0)
     except PermissionError:
         return
-    raise PrivilegeError(f"could regain root after dropping to user {account.name}")
+    raise PrivilegeError(("server", "user"), f"could regain root after dropping to user {account.name}")

@@ -87,21 +87,21 @@ def test_a_root_closed_to_a_user_is_one_line_naming_key_path_and_user():
 
     cfg = conf(php_fpm={"user": "wp"})
     assert problems(cfg, decide(cfg), USERS.get, can_read, is_dir=lambda p: True) == [  # type: ignore[arg-type]
-        "sites.blog.root: /srv/blog: not readable by user wp (php-fpm's workers, backends.php.php_fpm.user); "
-        "give it r-x on the directory and x on every one above, or choose another user"]
+        (("sites", "blog", "root"), "/srv/blog: not readable by user wp (php-fpm's workers, "
+         "backends.php.php_fpm.user); give it r-x on the directory and x on every one above, or choose another user")]
     closed = {("/srv/media", "www-data")}
     lines = problems(cfg, decide(cfg), USERS.get, can_read, is_dir=lambda p: True)  # type: ignore[arg-type]
-    assert len(lines) == 1 and lines[0].startswith(
-        "sites.blog.aliases./media/: /srv/media: not readable by user www-data (the gateway's user")
+    assert len(lines) == 1 and lines[0][0] == ("sites", "blog", "aliases", "/media/")
+    assert lines[0][1].startswith("/srv/media: not readable by user www-data (the gateway's user")
 
 
 def test_a_root_that_does_not_exist_says_so():
     cfg = conf()
     assert problems(cfg, decide(cfg), USERS.get, lambda p, a: False,  # type: ignore[arg-type]
                     is_dir=lambda p: p != "/srv/blog") == [
-        "sites.blog.root: /srv/blog: no such directory",
-        "sites.blog.aliases./media/: /srv/media: not readable by user www-data (the gateway's user, [server] user); "
-        "give it r-x on the directory and x on every one above, or choose another user"]
+        (("sites", "blog", "root"), "/srv/blog: no such directory"),
+        (("sites", "blog", "aliases", "/media/"), "/srv/media: not readable by user www-data (the gateway's user, "
+         "[server] user); give it r-x on the directory and x on every one above, or choose another user")]
 
 
 @pytest.mark.parametrize(("uid", "gid", "mode", "who", "need", "allowed"), [
