@@ -2,6 +2,13 @@
 
 Used by scripts/compare-server-vars (and later benchmarks). Every process is
 started here and stopped here, by pid.
+
+A second gateway, an older version's source tree (``baseline``), can run beside
+this checkout's on the same php-fpm pool: same interpreter and venv, with
+``PYTHONPATH`` and the working directory set to that tree so its ``gateway``
+and ``fastcgi`` packages shadow the editable install. Its configuration uses
+the names every version since the start knows (``[server] workers``,
+``[backends.X] workers``); this checkout's uses today's.
 """
 
 from __future__ import annotations
@@ -104,7 +111,8 @@ class Stack:
     def __init__(self, root: Path, workers: int = 4, gateway_pool_size: int | None = None, *,
                  nginx_http_extra: str = "", gateway_extra: str = "", nginx_locations: str | None = None,
                  gateway_site: str | None = None, run_as: str = "www-data", idle_timeout: float = 10.0,
-                 processes: int = 1, caddy: bool = False, php_admin_values: dict[str, str] | None = None) -> None:
+                 processes: int = 1, caddy: bool = False, php_admin_values: dict[str, str] | None = None,
+                 baseline: Path | None = None) -> None:
         """``nginx_http_extra``: directives added to nginx's http block;
         ``gateway_extra``: TOML added to the gateway's configuration;
         ``nginx_locations`` / ``gateway_site``: replace nginx's PHP locations and
@@ -112,7 +120,9 @@ class Stack:
         ``workers``: php-fpm's pm.max_children; ``gateway_pool_size``: the
         gateway's pool (default: ``workers``);
         ``processes``: nginx's worker_processes and the gateway's [server] processes;
-        ``caddy``: also start Caddy (Debian's; php_fastcgi + file_server, its defaults)."""
+        ``caddy``: also start Caddy (Debian's; php_fastcgi + file_server, its defaults);
+        ``baseline``: also start the gateway whose source tree is there (see the module
+        docstring) on ``baseline_port``, its pid in ``baseline_pid``."""
         self.processes = processes
         self.php_admin_values = php_admin_values or {}
         self.caddy = caddy
@@ -131,6 +141,8 @@ class Stack:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.nginx_port = free_port()
         self.gateway_port = free_port()
+        self.baseline = baseline
+        self.baseline_port = free_port() if baseline else 0
 
     def __enter__(self) -> Stack:
         try:
@@ -170,22 +182,42 @@ class Stack:
                                                 "--adapter", "caddyfile"], env=env, stderr=subprocess.DEVNULL,
                                                stdout=subprocess.DEVNULL))
             wait_for(lambda: port_open(self.caddy_port), what="caddy")
-        confd = self.run / "conf.d"
+        self.gateway_pid = self._start_gateway(self.run / "conf.d", self.gateway_port, REPO, old_names=False)
+        if self.baseline:
+            self.baseline_pid = self._start_gateway(self.run / "conf-baseline.d", self.baseline_port, self.baseline,
+                                                    old_names=True)
+
+    def _start_gateway(self, confd: Path, port: int, tree: Path, *, old_names: bool) -> int:
+        """Start the gateway whose ``gateway`` package is in ``tree`` on ``port``;
+        ``old_names``: write ``workers``, not ``processes`` / ``pool_size``."""
         confd.mkdir()
+        processes, pool_size = ("workers", "workers") if old_names else ("processes", "pool_size")
         (confd / "00.toml").write_text(
-            f'[server]\nuser = "root"\nlisten = ["127.0.0.1:{self.gateway_port}"]\naccess_log = "off"\n'
-            f'processes = {self.processes}\n'
-            f'[backends.php]\naddress = "unix:{paths.socket}"\npool_size = {self.gateway_pool_size}\n'
+            f'[server]\nlisten = ["127.0.0.1:{port}"]\naccess_log = "off"\n'
+            + ('' if old_names else 'user = "root"\n')  # (the baseline predates [server] user)
+            + f'{processes} = {self.processes}\n'
+            f'[backends.php]\naddress = "unix:{self.fpm_socket}"\n{pool_size} = {self.gateway_pool_size}\n'
             f'idle_timeout = "{self.idle_timeout}s"\n'
             f'[admin]\nlisten = "off"\n'
             + (self.gateway_site or
                f'[sites.cmp]\nserver_names = ["localhost"]\nroot = "{self.root}"\nphp = "php"\n')
             + self.gateway_extra
         )
+        env = None
+        if tree != REPO:
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            # `python -m` puts the working directory first on sys.path: run from the tree, and check
+            # that its packages, not the editable install's, are the ones imported
+            imported = subprocess.run([sys.executable, "-c", "import fastcgi, gateway; print(gateway.__file__); "
+                                       "print(fastcgi.__file__)"], cwd=tree, env=env, capture_output=True,
+                                      text=True, check=True, timeout=30).stdout.split()
+            print(f"baseline gateway runs {imported[0]} and {imported[1]}", file=sys.stderr)
+            if not all(Path(f).is_relative_to(tree) for f in imported):
+                raise RuntimeError(f"the baseline would import {imported}, not the tree in {tree}")
         self.procs.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(confd),
-                                            "--log-level", "warning"], cwd=REPO))
-        self.gateway_pid = self.procs[-1].pid
-        wait_for(lambda: port_open(self.gateway_port), what="the gateway")
+                                            "--log-level", "warning"], cwd=tree, env=env))
+        wait_for(lambda: port_open(port), what=f"the gateway from {tree}")
+        return self.procs[-1].pid
 
     def __exit__(self, *exc: object) -> None:
         for proc in reversed(self.procs):

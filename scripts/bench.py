@@ -25,6 +25,20 @@ Both front ends run --processes processes (nginx worker_processes, gateway
 the gateway's pool are split between them so neither pins more php-fpm
 workers than there are.
 
+--baseline REF (a git ref) also measures the gateway as it was at REF, in the
+same run and the same alternation (nginx, gateway, baseline, Caddy): REF's
+tree is extracted with `git archive` into a temporary directory (removed at
+the end; nothing is added to the repository) and run with this venv, with
+PYTHONPATH and the working directory set to that tree so its `gateway` and
+`fastcgi` packages shadow the editable install (the file imported is printed
+and checked). Its configuration uses the old names ([server] workers,
+[backends.X] workers), which every version knows. The table then has a
+"baseline" row per workload, and a HEAD/REF column: this checkout's req/s over
+REF's, and its CPU per request over REF's.
+
+--only takes one or more comma-separated parts of names ("hello.php c64,static
+1KiB,wordpress").
+
 Output: req/s, p50, p99, errors, the ratio to nginx, and the gateway's CPU
 time per request (all its processes). Loopback only; every run is bounded by
 --duration.
@@ -33,6 +47,7 @@ time per request (all its processes). Loopback only; every run is bounded by
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -42,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from _harness import REPO, Stack
@@ -130,19 +146,20 @@ def drain(status_socket: str, seconds: float) -> None:
 
 def run_workloads(stack: Stack, workloads: list[tuple[str, str, int, int]], args: argparse.Namespace,
                   duration: float, results: dict[tuple[str, str], list[dict[str, float]]]) -> None:
-    gw_pid = stack.gateway_pid
     status_socket = stack.fpm_socket.replace("php.sock", "status.sock")
     for name, path, conns, timeout in workloads:
         for rep in range(args.reps):
-            servers = [("nginx", stack.nginx_port), ("gateway", stack.gateway_port)]
+            servers = [("nginx", stack.nginx_port, 0), ("gateway", stack.gateway_port, stack.gateway_pid)]
+            if stack.baseline:
+                servers.append(("baseline", stack.baseline_port, stack.baseline_pid))
             if stack.caddy:
-                servers.append(("caddy", stack.caddy_port))
-            for server, port in servers:
+                servers.append(("caddy", stack.caddy_port, 0))
+            for server, port, gw_pid in servers:
                 ran0 = fpm_requests(status_socket)
-                cpu0 = cpu_seconds(gw_pid)
+                cpu0 = cpu_seconds(gw_pid) if gw_pid else 0.0
                 r = wrk(port, path, conns, duration, timeout)
                 r["gw_cpu_us"] = ((cpu_seconds(gw_pid) - cpu0) / r["requests"] * 1e6
-                                  if server == "gateway" and r["requests"] else float("nan"))
+                                  if gw_pid and r["requests"] else float("nan"))
                 drain(status_socket, 1.5)
                 # PHP work done for clients that were no longer there for the answer
                 r["wasted_php"] = max(0, fpm_requests(status_socket) - ran0 - r["requests"])
@@ -158,8 +175,8 @@ def wordpress_installed() -> bool:
                                                               or os.path.exists("/usr/sbin/mariadbd"))
 
 
-def run_wordpress(args: argparse.Namespace, duration: float,
-                  results: dict[tuple[str, str], list[dict[str, float]]]) -> list[tuple[str, str, int, int]]:
+def run_wordpress(args: argparse.Namespace, duration: float, results: dict[tuple[str, str], list[dict[str, float]]],
+                  baseline: Path | None) -> list[tuple[str, str, int, int]]:
     from wordpress_parity import gateway_site, nginx_locations
 
     from tests.wordpress.wp_parts import WP_CORE, start_wordpress
@@ -170,14 +187,30 @@ def run_wordpress(args: argparse.Namespace, duration: float,
     try:
         with Stack(WP_CORE, workers=args.fpm_workers, idle_timeout=1.0, processes=args.processes, run_as="root",
                    nginx_locations=nginx_locations(str(wp.content_dir), wp.config_name),
-                   gateway_site=gateway_site(str(wp.content_dir), wp.config_name)) as stack:
-            for server_port in (stack.nginx_port, stack.gateway_port):  # warm opcache and WordPress's caches
-                wrk(server_port, "/", 4, 2, 10)
+                   gateway_site=gateway_site(str(wp.content_dir), wp.config_name), baseline=baseline) as stack:
+            for server_port in (stack.nginx_port, stack.gateway_port, stack.baseline_port):
+                if server_port:  # warm opcache and WordPress's caches
+                    wrk(server_port, "/", 4, 2, 10)
             run_workloads(stack, workloads, args, duration, results)
     finally:
         wp.stop()
         shutil.rmtree(base, ignore_errors=True)
     return workloads
+
+
+@contextlib.contextmanager
+def source_tree(ref: str) -> Iterator[tuple[Path, str]]:
+    """The files of ``ref`` in a temporary directory, and its commit; removed afterwards."""
+    commit = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=REPO, capture_output=True,
+                            text=True, check=True, timeout=30).stdout.strip()
+    tree = Path(tempfile.mkdtemp(prefix="bench-baseline-")).resolve()
+    try:
+        archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=REPO, capture_output=True,
+                                 check=True, timeout=60).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=60)
+        yield tree, commit
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
 
 
 def main() -> int:
@@ -187,25 +220,40 @@ def main() -> int:
     p.add_argument("--fpm-workers", type=int, default=4)
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                    help="nginx worker_processes and gateway processes (default: one per core)")
-    p.add_argument("--only", default="", help="run workloads whose name contains this")
+    p.add_argument("--only", default="",
+                   help="run workloads whose name contains this (or one of these, comma-separated)")
     p.add_argument("--no-caddy", dest="caddy", action="store_false", help="leave Caddy out")
+    p.add_argument("--baseline", metavar="REF", default="",
+                   help="also measure the gateway as it was at this git ref (HEAD/REF column)")
     args = p.parse_args()
+    if not args.baseline:
+        return bench(args, None, "")
+    with source_tree(args.baseline) as (tree, commit):
+        return bench(args, tree, commit)
+
+
+def bench(args: argparse.Namespace, baseline: Path | None, baseline_commit: str) -> int:
     duration = float(int(max(1.0, min(args.duration, 60.0))))
     root = Path(tempfile.mkdtemp(prefix="bench-root-"))
     root.chmod(0o755)
     for name, text in DOCROOT.items():
         (root / name).write_text(text)
     (root / "1m.bin").write_bytes(os.urandom(1 << 20))
-    workloads = [w for w in WORKLOADS if args.only in w[0]]
+    parts = [part for part in args.only.split(",") if part]
+
+    def selected(name: str) -> bool:
+        return not parts or any(part in name for part in parts)
+
+    workloads = [w for w in WORKLOADS if selected(w[0])]
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     if workloads:
         with Stack(root, workers=args.fpm_workers, idle_timeout=1.0, processes=args.processes,
-                   caddy=args.caddy) as stack:
+                   caddy=args.caddy, baseline=baseline) as stack:
             run_workloads(stack, workloads, args, duration, results)
     shutil.rmtree(root, ignore_errors=True)
-    if args.only in "wordpress home c16":
+    if selected("wordpress home c16"):
         if wordpress_installed():
-            workloads += run_wordpress(args, duration, results)
+            workloads += run_wordpress(args, duration, results, baseline)
         else:
             print("wordpress home: skipped (Debian's wordpress and mariadb-server are not installed; "
                   "scripts/setup --test installs them)", file=sys.stderr)
@@ -213,20 +261,36 @@ def main() -> int:
     def med(name: str, server: str, key: str) -> float:
         return statistics.median(r[key] for r in results[(name, server)])
 
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("nan")
+
     print(f"\nmedians of {args.reps} runs of {duration:g}s; php-fpm pm=static, {args.fpm_workers} workers shared; "
           f"{args.processes} nginx / gateway processes")
+    if baseline:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway", "fastcgi"], cwd=REPO,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+        print(f"gateway: this checkout, HEAD {head[:12]}{' + uncommitted changes' if dirty else ''}; "
+              f"baseline: {args.baseline} = {baseline_commit[:12]}; "
+              "HEAD/REF: gateway req/s / baseline req/s (CPU us/req / CPU us/req)")
     print(f"{'workload':22} {'server':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs nginx':>8} "
-          f"{'gw CPU us/req':>13} {'wasted PHP':>10}")
+          f"{'gw CPU us/req':>13} {'wasted PHP':>10}" + (f" {'HEAD/REF':>16}" if baseline else ""))
     for name, *_ in workloads:
         base = med(name, "nginx", "rps")
-        for server in ("nginx", "gateway", "caddy"):
+        for server in ("nginx", "gateway", "baseline", "caddy"):
             if (name, server) not in results:
                 continue
             rps = med(name, server, "rps")
             cpu = med(name, server, "gw_cpu_us")
+            head_ref = ""
+            if server == "gateway" and (name, "baseline") in results:
+                cpu_ratio = ratio(cpu, med(name, "baseline", "gw_cpu_us"))
+                head_ref = f"{ratio(rps, med(name, 'baseline', 'rps')):.3f} ({cpu_ratio:.3f})"
             print(f"{name:22} {server:8} {rps:9.0f} {med(name, server, 'p50'):8.2f} {med(name, server, 'p99'):8.2f} "
-                  f"{med(name, server, 'errors'):7.0f} {rps / base if base else float('nan'):8.2f} "
-                  f"{'' if cpu != cpu else f'{cpu:.0f}':>13} {med(name, server, 'wasted_php'):10.0f}")
+                  f"{med(name, server, 'errors'):7.0f} {ratio(rps, base):8.2f} "
+                  f"{'' if cpu != cpu else f'{cpu:.0f}':>13} {med(name, server, 'wasted_php'):10.0f}"
+                  + (f" {head_ref:>16}" if baseline else ""))
     return 0
 
 
