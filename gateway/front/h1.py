@@ -43,8 +43,7 @@ from ..http._h11 import h11
 from ..http.errors import ClientGone, GatewayError
 from ..http.head import BadRequestHead, check_method, check_request_head
 from ..http.request import Request
-from ..http.response import FileRange, Response, error_response
-from ..http.spool import Spool
+from ..http.response import Response, error_response
 from ..metrics import ListenerStats
 from .access_log import log_access
 from .downstream import Downstream
@@ -429,7 +428,7 @@ class HttpConnection:
             log.exception("[%s] unhandled error while handling %s %s", request.request_id,
                           request.method.decode(), request.target.decode("latin-1"))
             response = self._error(500)
-        if isinstance(response.body, (bytes, Spool, FileRange)):
+        if not response.streamed:
             self._unwatch()
         return response
 
@@ -444,8 +443,11 @@ class HttpConnection:
             raise ClientGone() from None
         finally:
             self._unwatch()
-            with trio.CancelScope(shield=True):
-                await response.aclose()
+            if response.streamed:  # (a shielded scope costs ~5 us: only where an await is needed)
+                with trio.CancelScope(shield=True):
+                    await response.aclose()
+            else:
+                response.close()
             self._set_state("reading")
 
     def _client_left(self) -> bool:

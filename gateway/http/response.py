@@ -69,16 +69,26 @@ class Response:
     #: (nginx's $body_bytes_sent); the front end counts them, also of a cut write
     bytes_sent: int = 0
 
-    async def aclose(self) -> None:
-        """Release what the body holds: a file, a spool, an upstream slot."""
+    @property
+    def streamed(self) -> bool:
+        """Is the body a ``BodyStream`` (closing it may await the upstream)?"""
+        return not isinstance(self.body, (bytes, Spool, FileRange))
+
+    def close(self) -> None:
+        """Release a file or spool body at once (no await); a stream is left
+        to ``aclose``."""
         body = self.body
         if isinstance(body, Spool):
             body.close()
-        elif isinstance(body, FileRange):
-            if body.close_file:
-                body.file.close()
-        elif not isinstance(body, bytes):
-            await body.aclose()
+        elif isinstance(body, FileRange) and body.close_file:
+            body.file.close()
+
+    async def aclose(self) -> None:
+        """Release what the body holds: a file, a spool, an upstream slot."""
+        if self.streamed:
+            await self.body.aclose()  # type: ignore[union-attr]
+        else:
+            self.close()
 
 
 def reason_phrase(status: int) -> bytes:
