@@ -1,4 +1,6 @@
-"""The ``gateway`` command: ``serve``, ``check``, ``status``, ``top``.
+"""The ``gateway`` command: ``serve``, ``check``, ``status``, ``top``, and
+``reload``/``reopen`` (SIGHUP/SIGUSR1 to the pid in ``[server] pid_file``;
+``gateway.serve.signals`` says what each signal does).
 
 Policy: a mistake on the command line or in the configuration is exit status 2
 with one line per problem on standard error (file or flag, key, line); a
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -61,9 +64,27 @@ def _main(
     """An event-driven HTTP front end and FastCGI gateway for PHP."""
 
 
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr, format=_LOG_FORMAT)
+
+
+def _setup_error_log(error_log: str) -> None:
+    """``[server] error_log``: a file instead of standard error (reopened on SIGUSR1)."""
+    if error_log == "-":
+        return
+    try:
+        handler = logging.FileHandler(error_log)
+    except OSError as exc:
+        typer.echo(f"error: server.error_log: cannot open {error_log}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
 
 
 def _setup_access_log(access_log: str) -> None:
@@ -175,7 +196,18 @@ def serve(
             _config_error(exc)
     else:
         cfg = _load(config, overrides)
+
+    def load() -> Config:
+        """The configuration again, from the same directory and flags, checked as
+        at start (SIGHUP)."""
+        from .serve.privileges import check as readable_by_users
+
+        if root is not None:
+            return quick_config(root, overrides)
+        return load_dir(config, overrides, checks=[readable_by_users])
+
     plan = _privileges(cfg)
+    _setup_error_log(cfg.server.error_log)  # opened as root, before the drop
     _setup_access_log(cfg.server.access_log)  # opened as root, before the drop
     from .serve.master import process_count, serve_master
     from .serve.notify import take_address
@@ -183,12 +215,19 @@ def serve(
 
     notify_address = take_address()  # before any child starts: only we tell systemd
     count = process_count(cfg)
+    carried = _carried_fds()
     try:
         if count == 1 and plan.account is None:
-            trio.run(_notify_when_started, partial(run_server, cfg, privileges=plan), notify_address)
+            carry = trio.run(_notify_when_started, partial(run_server, cfg, privileges=plan, reload=load,
+                                                           carried=carried), notify_address)
+            if carry is not None:
+                _reexec(carry)
         else:  # a master that keeps root serves no client itself (serve.privileges)
-            trio.run(_notify_when_started, partial(serve_master, cfg, count, log_level=log_level, privileges=plan),
-                     notify_address)
+            for fds in carried.values():  # a reload in one process that now wants a master
+                for fd in fds:
+                    os.close(fd)
+            trio.run(_notify_when_started, partial(serve_master, cfg, count, log_level=log_level, privileges=plan,
+                                                   reload=load), notify_address)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # noqa: BLE001 - start-up errors arrive wrapped in nursery groups
@@ -202,14 +241,44 @@ def serve(
         raise typer.Exit(1) from None
 
 
-async def _notify_when_started(run: Any, address: str) -> None:
+async def _notify_when_started(run: Any, address: str) -> Any:
     """Run ``run`` (``serve`` or ``serve_master``) and tell systemd at
-    ``address`` once it serves (``serve.notify``)."""
+    ``address`` once it serves (``serve.notify``); ``run``'s result."""
     from .serve.notify import ready
 
+    result: list[Any] = []
+
+    async def keep_result(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        result.append(await run(task_status=task_status))
+
     async with trio.open_nursery() as nursery:
-        await nursery.start(run)
+        await nursery.start(keep_result)
         ready(address)
+    return result[0] if result else None
+
+
+#: Listen sockets carried over a re-exec (SIGHUP with ``processes = 1``): JSON,
+#: listen address -> fds.
+CARRIED_FDS_ENV = "GATEWAY_LISTEN_FDS"
+
+
+def _carried_fds() -> dict[str, list[int]]:
+    raw = os.environ.pop(CARRIED_FDS_ENV, "")
+    if not raw:
+        return {}
+    carried: dict[str, list[int]] = json.loads(raw)
+    return carried
+
+
+def _reexec(carry: dict[str, list[int]]) -> None:
+    """Become a new gateway with the same arguments, the same pid and the same
+    listen sockets (SIGHUP with one process: see README "Signals")."""
+    os.environ[CARRIED_FDS_ENV] = json.dumps(carry)
+    for handler in [*logging.getLogger().handlers, *logging.getLogger("gateway.access").handlers]:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "gateway", *sys.argv[1:]])
 
 
 def _privileges(cfg: Config) -> Plan:
@@ -242,6 +311,7 @@ def worker(spec: str) -> None:
 
     cfg, inherited, log_level = read_spec(spec)
     _setup_logging(log_level)
+    _setup_error_log(cfg.server.error_log)  # before the drop, as the access log
     _setup_access_log(cfg.server.access_log)  # before the drop (a master that keeps root starts us as root)
     try:
         trio.run(partial(run_server, cfg, inherited=inherited, privileges=plan(cfg, os.geteuid())))
@@ -261,6 +331,48 @@ def check(
     for name, site in cfg.sites.items():
         data["sites"][name]["try_files"] = site.effective_try_files()
     typer.echo(json.dumps(data, indent=2))
+
+
+def _signal_master(config: str, pid_file: str | None, signum: int, what: str) -> None:
+    from .serve.signals import PidFileError, read_pid_file
+
+    path = pid_file or _load(config, check_paths=False).server.pid_file
+    if not path:
+        typer.echo(f"error: no [server] pid_file in {config}: set one (and restart the gateway), or give --pid-file",
+                   err=True)
+        raise typer.Exit(2)
+    try:
+        pid = read_pid_file(path)
+        os.kill(pid, signum)
+    except PidFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot signal the gateway (pid from {path}): {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"sent {signal.Signals(signum).name} to the gateway (pid {pid}): {what}")
+
+
+@app.command()
+def reload(
+    config: Annotated[str, typer.Option("--config", "-c", help="Configuration directory.")] = "conf.d",
+    pid_file: Annotated[str | None, typer.Option(help="The master's pid file (default: [server] pid_file).")] = None,
+) -> None:
+    """Reload: check the configuration, then SIGHUP the running gateway (new
+    worker processes with it; the old ones finish their requests)."""
+    _setup_logging("warning")
+    _load(config)  # as nginx -s reload: a configuration that does not validate is not sent
+    _signal_master(config, pid_file, signal.SIGHUP, "it reloads; its error log says how it went")
+
+
+@app.command()
+def reopen(
+    config: Annotated[str, typer.Option("--config", "-c", help="Configuration directory.")] = "conf.d",
+    pid_file: Annotated[str | None, typer.Option(help="The master's pid file (default: [server] pid_file).")] = None,
+) -> None:
+    """Reopen the log files (SIGUSR1 to the running gateway), e.g. after logrotate moved them."""
+    _setup_logging("warning")
+    _signal_master(config, pid_file, signal.SIGUSR1, "it reopens its log files")
 
 
 def admin_url(listen: str) -> str:

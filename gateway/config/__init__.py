@@ -201,8 +201,15 @@ class ServerConfig(_Model):
     runtime_dir: str = ""
     #: Where request bodies and PHP responses larger than the memory thresholds spool.
     temp_dir: str = ""
-    #: Access log: "-" is standard output, "off" disables it, else a file path.
+    #: Access log: "-" is standard output, "off" disables it, else a file path
+    #: (reopened on SIGUSR1, after logrotate's mv).
     access_log: str = "-"
+    #: Error log (the gateway's own lines, and a spawned php-fpm's): "-" is
+    #: standard error, else a file path (reopened on SIGUSR1).
+    error_log: str = "-"
+    #: The master's pid is written here at start and removed at stop (nginx
+    #: ``pid``); ``gateway reload`` and ``gateway reopen`` read it. Empty: none.
+    pid_file: str = ""
     #: "combined" (nginx's format plus timings) or "json" (one object per line).
     access_log_format: Literal["combined", "json"] = "combined"
     #: Add a Server-Timing header (queue;dur=…, php;dur=…) to PHP responses.

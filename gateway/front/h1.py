@@ -22,8 +22,13 @@ written, the request is registered with the listener's ``InFlightWatcher``; if
 the client closes its connection, the connection task's scope is cancelled
 (the handler unwinds, 499 in the access log).
 
-Shutdown: ``ListenerState.begin_shutdown`` closes idle connections at once and
-makes busy ones answer with ``Connection: close``.
+Shutdown: ``ListenerState.begin_shutdown`` closes idle keep-alive connections at
+once and makes busy ones answer with ``Connection: close``. A connection
+accepted but with no byte of its first request yet is not idle: its client
+has just connected to send one (as nginx, which closes only keep-alive ones),
+so it gets ``FIRST_REQUEST_GRACE`` seconds to send it, and is answered. This
+is what lets a reload's old workers leave without failing a request that
+reached them as they stopped accepting.
 """
 
 from __future__ import annotations
@@ -112,6 +117,10 @@ class ConnectionSettings:
         )
 
 
+#: At shutdown, how long a fresh connection (no byte yet) may take to send its first request.
+FIRST_REQUEST_GRACE = 1.0
+
+
 class ListenerState:
     """Shared by a listener's connections: are we shutting down, where idle
     connections park, who watches in-flight clients, and the instruments."""
@@ -123,6 +132,8 @@ class ListenerState:
         self.inflight: InFlightWatcher | None = None
         self.shutting_down = False
         self.idle_scopes: set[trio.CancelScope] = set()
+        #: waits for a first request: cut to FIRST_REQUEST_GRACE at shutdown, not closed
+        self.fresh_scopes: set[trio.CancelScope] = set()
         #: connections waiting for their first request since accept, oldest
         #: first: since when, and how to close one at once for room
         self.silent: dict[trio.CancelScope, tuple[float, Reclaim]] = {}
@@ -137,6 +148,9 @@ class ListenerState:
         self.shutting_down = True
         for scope in list(self.idle_scopes):
             scope.cancel()
+        soon = trio.current_time() + FIRST_REQUEST_GRACE
+        for scope in self.fresh_scopes:
+            scope.deadline = min(scope.deadline, soon)
         if self.parker is not None:
             self.parker.close_all()
 
@@ -271,12 +285,17 @@ class HttpConnection:
 
     async def receive(self, timeout_at: float, *, idle: bool = False) -> None:
         """Read into h11 before ``timeout_at`` or raise ``ReceiveTimeout``; an ``idle``
-        wait is also cut short (``ReceiveTimeout``) by ``ListenerState.begin_shutdown``."""
-        scope = trio.CancelScope(deadline=timeout_at)
+        wait is also cut short (``ReceiveTimeout``) by ``ListenerState.begin_shutdown``:
+        at once on a kept-alive connection, after ``FIRST_REQUEST_GRACE`` on a
+        fresh one (no request served yet)."""
         listener_state = self.listener_state
+        fresh = idle and not self._served
+        if fresh and listener_state.shutting_down:
+            timeout_at = min(timeout_at, trio.current_time() + FIRST_REQUEST_GRACE)
+        scope = trio.CancelScope(deadline=timeout_at)
         if idle:
-            listener_state.idle_scopes.add(scope)
-            if not self._served and self._reclaim is not None:
+            (listener_state.fresh_scopes if fresh else listener_state.idle_scopes).add(scope)
+            if fresh and self._reclaim is not None:
                 listener_state.silent[scope] = (trio.current_time(), self._reclaim)
                 listener_state.notify_idle()
         try:
@@ -285,6 +304,7 @@ class HttpConnection:
         finally:
             if idle:
                 listener_state.idle_scopes.discard(scope)
+                listener_state.fresh_scopes.discard(scope)
                 listener_state.silent.pop(scope, None)
         if scope.cancelled_caught:
             raise ReceiveTimeout()
@@ -309,7 +329,7 @@ class HttpConnection:
             if self._received_any:
                 await self.receive(header_deadline)
                 continue
-            if self.listener_state.shutting_down:
+            if self.listener_state.shutting_down and not first:
                 return None
             self._set_state("idle")
             try:

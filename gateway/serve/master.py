@@ -7,9 +7,20 @@ core. Like nginx's master and worker processes:
   supervisors, binds the listen sockets, and starts N worker processes that
   inherit them. It restarts a worker that dies (``serve.restart``'s backoff,
   ``RESTART_BACKOFF``), answers the admin listener by asking each worker and
-  merging (``aggregate.py``), and on SIGTERM/SIGINT closes its listen sockets,
-  stops the workers (each closes its own copies at once, so new connects are
-  refused, and finishes its requests) and then php-fpm.
+  merging (``aggregate.py``), and on SIGTERM/SIGINT/SIGQUIT closes its listen
+  sockets, stops the workers (each closes its own copies at once, so new
+  connects are refused, and finishes its requests) and then php-fpm.
+- **Reload** (SIGHUP; ``serve.signals``): the master keeps the listen sockets,
+  so a new *generation* of workers starts on them with the new configuration
+  while the old one still serves; once every new worker serves, the old ones
+  get SIGTERM and finish their requests within ``timeouts.graceful``. Between
+  the two, both accept from the same sockets: no connect is refused and none
+  waits for a restart. A spawned php-fpm whose settings changed (``spawn_key``)
+  is started anew beside the old one, which stops (gracefully) after the old
+  workers; an unchanged one serves both generations. Listen addresses added
+  are bound before anything starts (an address in use fails the reload, which
+  changes nothing), removed ones are closed with the old generation.
+  ``admin.listen``, ``pid_file`` and ``error_log`` take effect at a restart.
 - Each **worker** is an ordinary single-process gateway (``serve.process.serve``) on
   the inherited sockets, with its own pools. A backend's ``pool_size`` is split
   between them (5 over 2 processes: 3 + 2), so php-fpm never has more
@@ -17,11 +28,13 @@ core. Like nginx's master and worker processes:
   accept() on the same socket, so a busy process simply accepts less.
 - A worker's admin listener is a unix socket in the runtime directory; a pipe
   from the master tells it when the master is gone (EOF), so no worker outlives
-  its master.
+  its master; ``serve.watchdog`` kills one that does not stop, and php-fpm.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import os
@@ -29,22 +42,27 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import trio
 
-from ..config import Config, validate
+from ..config import Config, ConfigError, validate
 from ..front.h1 import ListenerState
 from ..front.listen import Service, listener_url, open_listeners, serve_until_shutdown
 from ..http._h11 import h11
 from ..observe.admin import AdminRouter
 from ..observe.aggregate import merge_prometheus, merge_status, split
 from .php_fpm import PhpFpmSupervisor, make_runtime_dir
-from .privileges import Plan
-from .process import Inherited, admin_connection_settings, signal_watchers, start_backend
+from .privileges import Plan, PrivilegeError, prepare_dirs
+from .privileges import plan as privileges_plan
+from .process import Inherited, admin_connection_settings, open_listen_map, reload_failed, spawn_key, start_backend
 from .restart import Backoff, Restarting, StartFailed
+from .signals import HANDLED, RELOAD, REOPEN, STOP, remove_pid_file, reopen_log_files, write_pid_file
+from .watchdog import tell as tell_watchdog
+from .watchdog import watching
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +94,16 @@ def usable_cpus() -> int:
 
 
 def worker_config(config: Config, index: int, count: int, backends: dict[str, tuple[str, str]],
-                  runtime_dir: str) -> dict[str, Any]:
+                  runtime_dir: str, generation: int = 0) -> dict[str, Any]:
     """Worker ``index``'s configuration (as data): its share of each backend's
     connections and of max_connections, the backends' resolved
     addresses, an admin unix socket, and a runtime dir of its own."""
     data: dict[str, Any] = config.model_dump(mode="json")
     data["server"]["processes"] = 1
-    data["server"]["runtime_dir"] = os.path.join(runtime_dir, f"worker-{index}")
-    data["admin"]["listen"] = "unix:" + admin_socket(runtime_dir, index)
+    suffix = f".g{generation}" if generation else ""
+    data["server"]["runtime_dir"] = os.path.join(runtime_dir, f"worker-{index}{suffix}")
+    data["server"]["pid_file"] = ""
+    data["admin"]["listen"] = "unix:" + admin_socket(runtime_dir, index, generation)
     data["limits"]["max_connections"] = max(1, split(config.limits.max_connections, count)[index])
     for name, backend in config.backends.items():
         address, status = backends[name]
@@ -97,15 +117,18 @@ def worker_config(config: Config, index: int, count: int, backends: dict[str, tu
     return data
 
 
-def admin_socket(runtime_dir: str, index: int) -> str:
-    return os.path.join(runtime_dir, f"worker-{index}.admin.sock")
+def admin_socket(runtime_dir: str, index: int, generation: int = 0) -> str:
+    """Worker ``index``'s admin socket; a reload's workers (``generation`` 1, 2...) get their own."""
+    tag = f"{index}" if not generation else f"{index}.g{generation}"
+    return os.path.join(runtime_dir, f"worker-{tag}.admin.sock")
 
 
 class Workers:
     """The worker processes: start, restart, stop."""
 
-    def __init__(self, specs: list[str], pass_fds: list[int], runtime_dir: str) -> None:
+    def __init__(self, specs: list[str], pass_fds: list[int], runtime_dir: str, generation: int = 0) -> None:
         self.runtime_dir = runtime_dir
+        self.generation = generation
         self.specs = specs
         self.pass_fds = pass_fds
         self.processes: list[trio.Process | None] = [None] * len(specs)
@@ -123,19 +146,23 @@ class Workers:
             [sys.executable, "-m", "gateway", "worker", self.specs[index]],
             pass_fds=self.pass_fds, start_new_session=True)  # the master alone gets the terminal's Ctrl-C
         self.processes[index] = proc
-        if not await self._ready(index, proc):
-            if proc.returncode is None:
-                proc.kill()
+        tell_watchdog(f"worker {proc.pid}")
+        try:
+            if not await self._ready(index, proc):
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
+                raise StartFailed(f"exit status {proc.returncode}; its log lines above say why")
+            up()
             await proc.wait()
-            raise StartFailed(f"exit status {proc.returncode}; its log lines above say why")
-        up()
-        await proc.wait()
+        finally:
+            tell_watchdog(f"done {proc.pid}")
         return f"(pid {proc.pid}) exited with status {proc.returncode}"
 
     async def _ready(self, index: int, proc: trio.Process) -> bool:
         """Wait until the worker answers on its admin socket (it opens that once
         it serves); False if it exited first or took longer than WORKER_START_TIMEOUT."""
-        path = admin_socket(self.runtime_dir, index)
+        path = admin_socket(self.runtime_dir, index, self.generation)
         with trio.move_on_after(WORKER_START_TIMEOUT):
             while proc.returncode is None:
                 try:
@@ -146,6 +173,14 @@ class Workers:
                 await stream.aclose()
                 return True
         return False
+
+    def send_signal(self, signum: int) -> None:
+        for proc in self.processes:
+            if proc is not None and proc.returncode is None:
+                try:
+                    proc.send_signal(signum)
+                except ProcessLookupError:
+                    pass
 
     async def stop(self, graceful: float) -> None:
         """SIGTERM each worker (it finishes its requests within ``graceful``), then
@@ -169,9 +204,15 @@ class MasterAdmin(AdminRouter):
 
     def __init__(self, runtime_dir: str, count: int, supervisors: dict[str, PhpFpmSupervisor]) -> None:
         super().__init__(self.status, self.metrics)
+        self.runtime_dir = runtime_dir
         self.sockets = [admin_socket(runtime_dir, i) for i in range(count)]
         self.supervisors = supervisors
         self.started = time.time()
+
+    def show(self, count: int, generation: int, supervisors: dict[str, PhpFpmSupervisor]) -> None:
+        """After a reload: show the new generation's workers and php-fpm."""
+        self.sockets = [admin_socket(self.runtime_dir, i, generation) for i in range(count)]
+        self.supervisors = supervisors
 
     async def _fetch_all(self, target: bytes) -> list[bytes | None]:
         out: list[bytes | None] = [None] * len(self.sockets)
@@ -237,15 +278,247 @@ async def _get(path: str, target: bytes, max_body: int = ADMIN_MAX_BODY) -> byte
     return bytes(body)
 
 
+@dataclass
+class Generation:
+    """One configuration's worker processes and what they were started with.
+    A reload starts a new generation; the old one is retired once it is up."""
+
+    number: int
+    config: Config
+    count: int
+    workers: Workers
+    #: backend name -> (``spawn_key``, its supervisor; None: not spawned)
+    fpm: dict[str, tuple[str | None, PhpFpmSupervisor | None]]
+    #: backend name -> (FastCGI address, status address)
+    backends: dict[str, tuple[str, str]]
+    #: listen address -> the master's listeners for it
+    listen: dict[str, list[trio.SocketListener]]
+
+    @property
+    def supervisors(self) -> dict[str, PhpFpmSupervisor]:
+        return {name: sup for name, (_, sup) in self.fpm.items() if sup is not None}
+
+
+class Master:
+    """Generations of workers over one runtime directory: start one, reload
+    into a new one, retire an old one, stop them all (``serve.signals``' policy)."""
+
+    def __init__(self, runtime_dir: str, parent_read: int, log_level: str, system: trio.Nursery,
+                 reload: Callable[[], Config] | None, privileges: Plan | None = None) -> None:
+        self.runtime_dir = runtime_dir
+        #: who runs as whom (``serve.privileges``); recomputed for a reload's configuration
+        self.privileges = privileges
+        self.parent_read = parent_read
+        self.log_level = log_level
+        self.system = system
+        self.load_config = reload
+        #: live generations, oldest first; the last one is current
+        self.generations: list[Generation] = []
+        self.admin: MasterAdmin | None = None
+        self._numbers = itertools.count()
+
+    @property
+    def current(self) -> Generation:
+        return self.generations[-1]
+
+    async def start_generation(self, config: Config, count: int,
+                               bound: dict[str, list[trio.SocketListener]] | None = None,
+                               privileges: Plan | None = None) -> Generation:
+        """Start what ``config`` needs beside what runs (listeners for new
+        addresses, bound first; php-fpm for a backend whose ``spawn_key``
+        changed; the rest is shared with the current generation), then ``count``
+        workers, and return once each serves. On a failure, stop what was
+        started here and raise. ``bound``: the first generation's listeners,
+        bound by the caller."""
+        number = next(self._numbers)
+        current = self.generations[-1] if self.generations else None
+        started: list[PhpFpmSupervisor] = []
+        opened: list[trio.SocketListener] = []
+        gen: Generation | None = None
+        try:
+            if bound is not None:
+                listen = bound
+            else:
+                listen = await open_listen_map(config.server.listen, keep=current.listen if current else None)
+                opened = [listener for address, ls in listen.items()
+                          if current is None or address not in current.listen for listener in ls]
+            fpm: dict[str, tuple[str | None, PhpFpmSupervisor | None]] = {}
+            backends: dict[str, tuple[str, str]] = {}
+            for name in config.backends:
+                key = spawn_key(config, name, privileges)
+                if current is not None and key is not None and current.fpm.get(name, (None, None))[0] == key:
+                    fpm[name] = current.fpm[name]
+                    backends[name] = current.backends[name]
+                    continue
+                directory = os.path.join(self.runtime_dir, f"fpm-{name}" + (f".g{number}" if number else ""))
+                address, status, sup = await start_backend(config, name, self.runtime_dir, self.system,
+                                                           privileges, directory=directory)
+                if sup is not None:
+                    started.append(sup)
+                fpm[name] = (key, sup)
+                backends[name] = (address, status)
+            listen_fds = [listener.socket.fileno() for ls in listen.values() for listener in ls]
+            specs = [write_spec(config, i, count, backends, self.runtime_dir, listen_fds, self.parent_read,
+                                self.log_level, number) for i in range(count)]
+            workers = Workers(specs, [*listen_fds, self.parent_read], self.runtime_dir, number)
+            gen = Generation(number, config, count, workers, fpm, backends, listen)
+            self.generations.append(gen)  # a stop meanwhile stops these workers too
+            async with trio.open_nursery() as starting:  # all at once; on once each serves
+                for i in range(count):
+                    starting.start_soon(self.system.start, workers.run, i)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                if gen is not None:
+                    self.generations.remove(gen)
+                    await gen.workers.stop(0)
+                    self._remove_files(gen)
+                for sup in started:
+                    sup.stop()
+                    await sup.stopped.wait()
+                for listener in opened:
+                    await trio.aclose_forcefully(listener)
+            raise
+        return gen
+
+    async def reload(self) -> None:
+        """SIGHUP: validate the configuration again; if it is good, start a new
+        generation and retire the current one (its workers finish their requests
+        within ``timeouts.graceful``); if not, log why and change nothing."""
+        if self.load_config is None:
+            log.info("received SIGHUP: ignored (no configuration directory to read again)")
+            return
+        try:
+            config = self.load_config()
+            privileges = privileges_plan(config, os.geteuid()) if self.privileges is not None else None
+            if privileges is not None:
+                prepare_dirs(config, privileges.account)
+        except ConfigError as exc:
+            reload_failed(exc)
+            return
+        except PrivilegeError as exc:
+            reload_failed(ConfigError(str(exc)))
+            return
+        old = self.current
+        for key, was, now in (("admin.listen", old.config.admin.listen, config.admin.listen),
+                              ("server.pid_file", old.config.server.pid_file, config.server.pid_file),
+                              ("server.error_log", old.config.server.error_log, config.server.error_log)):
+            if was != now:
+                log.warning("reload: %s changed; it takes effect at the next start", key)
+        count = process_count(config)
+        log.info("received SIGHUP: the configuration is valid; starting %d new worker processes", count)
+        try:
+            gen = await self.start_generation(config, count, privileges=privileges)
+        except Exception as exc:  # noqa: BLE001 - a failed start arrives wrapped in nursery groups
+            leaf: BaseException = exc
+            while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+                leaf = leaf.exceptions[0]
+            log.error("reload failed, the running configuration stays: %s", leaf)
+            return
+        if self.admin is not None:
+            self.admin.show(count, gen.number, gen.supervisors)
+        self.privileges = privileges
+        log.info("reloaded: %d worker processes serve the new configuration; the %d old ones finish their "
+                 "requests within %gs", count, old.count, old.config.timeouts.graceful)
+        self.system.start_soon(self.retire, old)
+
+    async def retire(self, gen: Generation) -> None:
+        """Stop ``gen``'s workers gracefully, then what no live generation shares:
+        its php-fpm (gracefully), its listen sockets, its files."""
+        gen.workers.stopping = True
+        await gen.workers.stop(gen.config.timeouts.graceful)
+        if gen in self.generations:
+            self.generations.remove(gen)
+        shared_sups = {id(s) for g in self.generations for s in g.supervisors.values()}
+        shared_listeners = {id(listener) for g in self.generations for ls in g.listen.values() for listener in ls}
+        for sup in gen.supervisors.values():
+            if id(sup) not in shared_sups:
+                sup.stop()
+                await sup.stopped.wait()
+                shutil.rmtree(sup.paths.directory, ignore_errors=True)
+        for address, listeners in gen.listen.items():
+            for listener in listeners:
+                if id(listener) not in shared_listeners:
+                    await trio.aclose_forcefully(listener)
+            if address.startswith("unix:") and not any(address in g.listen for g in self.generations):
+                _unlink(address[5:])
+        self._remove_files(gen)
+        log.info("the worker processes of the previous configuration have stopped")
+
+    def _remove_files(self, gen: Generation) -> None:
+        for path in gen.workers.specs:
+            _unlink(path)
+        suffix = f".g{gen.number}" if gen.number else ""
+        for i in range(gen.count):
+            shutil.rmtree(os.path.join(self.runtime_dir, f"worker-{i}{suffix}"), ignore_errors=True)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen ours, and tell every worker and php-fpm to reopen theirs."""
+        files = reopen_log_files()
+        for gen in self.generations:
+            gen.workers.send_signal(signal.SIGUSR1)
+        for sup in {id(s): s for g in self.generations for s in g.supervisors.values()}.values():
+            sup.reopen_logs()
+        log.info("received SIGUSR1: reopened %d log files; the worker processes and php-fpm reopen theirs", files)
+
+    async def watch_signals(self, signals: AsyncIterator[int], shutdown: trio.Event) -> None:
+        async for signum in signals:
+            if signum in STOP:
+                log.info("received %s", signal.Signals(signum).name)
+                shutdown.set()
+                return
+            if signum == REOPEN:
+                self.reopen_logs()
+            elif signum == RELOAD:
+                await self.reload()
+
+    async def stop(self) -> None:
+        """Close the master's listen sockets, stop every generation's workers
+        (each finishes its requests within its ``graceful``)."""
+        for gen in self.generations:
+            gen.workers.stopping = True
+        for gen in self.generations:
+            for listeners in gen.listen.values():
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+        async with trio.open_nursery() as nursery:
+            for gen in self.generations:
+                nursery.start_soon(gen.workers.stop, gen.config.timeouts.graceful)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 async def serve_master(config: Config, count: int, *, log_level: str = "info", handle_signals: bool = True,
+                       reload: Callable[[], Config] | None = None, watchdog: bool = True,
                        privileges: Plan | None = None,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Run php-fpm, the listen sockets and ``count`` worker processes until
-    SIGTERM/SIGINT; then stop the workers (graceful), then php-fpm.
-    ``privileges`` (``serve.privileges``): the master keeps root, as nginx's;
-    the runtime dir is given to the user the workers drop to."""
+    SIGTERM/SIGINT/SIGQUIT; then stop the workers (graceful), then php-fpm.
+    SIGHUP reloads (``reload`` gives the new configuration), SIGUSR1 reopens
+    the logs: ``serve.signals``. If this process is killed, ``serve.watchdog``
+    stops the workers and php-fpm. ``privileges`` (``serve.privileges``): the
+    master keeps root, as nginx's; the runtime dir is given to the user the
+    workers drop to."""
+    # From the start: a signal that arrives while starting waits its turn instead
+    # of killing us with its default action.
+    with trio.open_signal_receiver(*HANDLED) if handle_signals else contextlib.nullcontext() as signals:
+        if not watchdog:
+            await _serve_master(config, count, log_level, signals, reload, privileges, task_status)
+            return
+        async with watching(config.timeouts.graceful + 2):
+            await _serve_master(config, count, log_level, signals, reload, privileges, task_status)
+
+
+async def _serve_master(config: Config, count: int, log_level: str, signals: AsyncIterator[int] | None,
+                        reload: Callable[[], Config] | None, privileges: Plan | None,
+                        task_status: trio.TaskStatus[None]) -> None:
     # Bind first: an address in use is reported (naming it) before php-fpm starts.
-    listeners = await open_listeners(config.server.listen)
+    bound = await open_listen_map(config.server.listen)
+    listeners = [listener for ls in bound.values() for listener in ls]
     try:
         admin_listeners = await open_listeners([config.admin.listen]) if config.admin.listen != "off" else []
     except BaseException:
@@ -254,65 +527,60 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
         raise
     account = privileges.account if privileges is not None else None
     runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir, account)
+    if remove_runtime:
+        tell_watchdog(f"remove {runtime_dir}")
     parent_read, parent_write = os.pipe()
+    pid_file = config.server.pid_file
+    listened: set[str] = set()
     try:
         async with trio.open_nursery() as system:
-            supervisors: dict[str, PhpFpmSupervisor] = {}
-            backends: dict[str, tuple[str, str]] = {}
-            for name in config.backends:
-                address, status, sup = await start_backend(config, name, runtime_dir, system, privileges)
-                backends[name] = (address, status)
-                if sup is not None:
-                    supervisors[name] = sup
-            listen_fds = [listener.socket.fileno() for listener in listeners]
-            specs = [write_spec(config, i, count, backends, runtime_dir, listen_fds, parent_read, log_level)
-                     for i in range(count)]
-            workers = Workers(specs, [*listen_fds, parent_read], runtime_dir)
-            async with trio.open_nursery() as starting:  # all at once; on once each serves
-                for i in range(count):
-                    starting.start_soon(system.start, workers.run, i)
+            master = Master(runtime_dir, parent_read, log_level, system, reload, privileges)
+            gen = await master.start_generation(config, count, bound, privileges)
             services: list[Service] = []
             listener_state = ListenerState()
             if admin_listeners:
-                services.append(Service(admin_listeners, MasterAdmin(runtime_dir, count, supervisors).handle,
-                                         admin_connection_settings(),
+                master.admin = MasterAdmin(runtime_dir, count, gen.supervisors)
+                services.append(Service(admin_listeners, master.admin.handle, admin_connection_settings(),
                                          listener_state, max_connections=64))
                 for listener in admin_listeners:
                     log.info("admin (/status, /metrics) on %s", listener_url(listener))
+            if pid_file:
+                write_pid_file(pid_file)
+                tell_watchdog(f"remove {pid_file}")
             for listener in listeners:
                 log.info("listening on %s (%d worker processes)", listener_url(listener), count)
             shutdown = trio.Event()
+            watchers: list[Callable[[trio.Event], Awaitable[None]]] = (
+                [partial(master.watch_signals, signals)] if signals is not None else [])
             await serve_until_shutdown(shutdown, listener_state, services, 2.0, on_started=task_status.started,
-                                       watchers=signal_watchers(handle_signals, None))
+                                       watchers=watchers)
+            listened = {address for g in master.generations for address in g.listen}
             # New connects are refused once no process holds a listen socket: close
             # ours now (no worker is restarted from here on, none needs them), and
             # each worker closes its copies as soon as it gets SIGTERM.
-            workers.stopping = True
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
-            await workers.stop(config.timeouts.graceful)
+            await master.stop()
             system.cancel_scope.cancel()  # php-fpm stops last
     finally:
         for listener in [*listeners, *admin_listeners]:
             listener.socket.close()  # already closed unless start-up failed
         os.close(parent_write)
         os.close(parent_read)
-        for address in [*config.server.listen, config.admin.listen]:
+        for address in {*listened, *config.server.listen, config.admin.listen}:
             if address.startswith("unix:"):
-                try:
-                    os.unlink(address[5:])
-                except OSError:
-                    pass
+                _unlink(address[5:])
         if remove_runtime:
             shutil.rmtree(runtime_dir, ignore_errors=True)
+        if pid_file:
+            remove_pid_file(pid_file)
+
 
 
 def write_spec(config: Config, index: int, count: int, backends: dict[str, tuple[str, str]], runtime_dir: str,
-               listen_fds: list[int], parent_fd: int, log_level: str) -> str:
-    path = os.path.join(runtime_dir, f"worker-{index}.json")
+               listen_fds: list[int], parent_fd: int, log_level: str, generation: int = 0) -> str:
+    path = os.path.join(runtime_dir, f"worker-{index}" + (f".g{generation}" if generation else "") + ".json")
     with open(path, "w") as f:
-        json.dump({"config": worker_config(config, index, count, backends, runtime_dir), "listen_fds": listen_fds,
-                   "parent_fd": parent_fd, "log_level": log_level}, f)
+        json.dump({"config": worker_config(config, index, count, backends, runtime_dir, generation),
+                   "listen_fds": listen_fds, "parent_fd": parent_fd, "log_level": log_level}, f)
     return path
 
 

@@ -45,6 +45,7 @@ import fastcgi
 from ..config import BackendConfig
 from ..http.errors import UpstreamConnectError
 from ..upstream.php_fpm_status import fastcgi_get
+from . import watchdog
 from .privileges import DEFAULT_USER, Account, FpmUsers, can_use_dir, give, system_account
 from .restart import Backoff, Restarting, StartFailed, SupervisorError
 
@@ -144,8 +145,12 @@ OUTPUT_BUFFERING = 64 * 1024
 
 
 def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
-                      max_body_size: int | None = None, users: FpmUsers | None = None) -> FpmPaths:
+                      max_body_size: int | None = None, users: FpmUsers | None = None,
+                      error_log: str = "") -> FpmPaths:
     """Write ``php-fpm.conf`` for one pool into ``directory`` and return the paths.
+
+    ``error_log``: a file for php-fpm's log (the gateway's error log, reopened
+    on SIGUSR1), else its standard error, relayed to ours.
 
     ``max_body_size`` (the gateway's client_max_body_size) also becomes PHP's
     upload_max_filesize and post_max_size, whose php.ini defaults (2M, 8M)
@@ -167,7 +172,7 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
         "; written by the gateway; changes are overwritten at the next start",
         "[global]",
         f"pid = {paths.pid}",
-        "error_log = /proc/self/fd/2",
+        f"error_log = {error_log or '/proc/self/fd/2'}",
         "log_level = notice",
         "daemonize = no",
         "",
@@ -219,13 +224,18 @@ class PhpFpmSupervisor:
     """Keeps one php-fpm master running for a ``spawn`` backend."""
 
     def __init__(self, name: str, backend: BackendConfig, runtime_dir: str, *,
-                 max_body_size: int | None = None, users: FpmUsers | None = None) -> None:
+                 max_body_size: int | None = None, users: FpmUsers | None = None, directory: str = "",
+                 error_log: str = "") -> None:
         self.name = name
         self.backend = backend
         self.binary = find_php_fpm(backend.php_fpm.binary)
         self.users = users if users is not None else default_fpm_users(backend)
-        self.paths = write_pool_config(name, backend, os.path.join(runtime_dir, f"fpm-{name}"),
-                                       max_body_size=max_body_size, users=self.users)
+        self.paths = write_pool_config(name, backend, directory or os.path.join(runtime_dir, f"fpm-{name}"),
+                                       max_body_size=max_body_size, users=self.users, error_log=error_log)
+        #: cancelled by ``stop``: php-fpm then stops gracefully (SIGQUIT)
+        self._scope = trio.CancelScope()
+        #: set once ``run`` has returned (php-fpm stopped and reaped)
+        self.stopped = trio.Event()
         #: the current master; ask ``running``, not its ``returncode``, which reaps
         #: it and so frees its pid while its group may still need killing
         self.process: trio.Process | None = None
@@ -268,9 +278,25 @@ class PhpFpmSupervisor:
         """Start php-fpm, report ready via ``task_status``, restart it when it
         dies (``serve.restart``: the first start must succeed, later ones back off).
 
-        Runs until cancelled; then stops php-fpm.
+        Runs until cancelled or ``stop``; then stops php-fpm.
         """
-        await self._keeper.run(self._run_once, task_status=task_status)
+        try:
+            with self._scope:
+                await self._keeper.run(self._run_once, task_status=task_status)
+        finally:
+            self.stopped.set()
+
+    def stop(self) -> None:
+        """Stop php-fpm gracefully (a reload that no longer needs it); ``stopped`` is set once it has."""
+        self._scope.cancel()
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: php-fpm reopens its error log (ours, when it is a file)."""
+        if self.running and self.process is not None:
+            try:
+                self.process.send_signal(signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
 
     @property
     def restarts(self) -> int:
@@ -299,6 +325,7 @@ class PhpFpmSupervisor:
             finally:
                 os.close(stderr_fd)
             self.process = process
+            watchdog.tell(f"fpm {process.pid} {self.paths.config}")  # stops it if we are killed
             try:
                 try:
                     await self._wait_ready(process)
@@ -365,6 +392,7 @@ class PhpFpmSupervisor:
                 await _wait_exited(process)
         # Its workers: none after a graceful stop, orphans if the master was killed.
         _kill_group(process.pid)
+        watchdog.tell(f"done {process.pid}")
         await process.wait()
 
 

@@ -6,7 +6,10 @@ Nurseries, outermost first:
 2. ``connections``: one task per client connection (``HttpConnection.run``).
 3. ``accept``: ``trio.serve_listeners`` with ``handler_nursery=connections``.
 
-Shutdown (SIGTERM/SIGINT, or ``shutdown`` set by a caller): cancel the accept
+Signals: ``serve.signals``. A php-fpm it spawns is stopped by ``serve.watchdog``
+if this process is killed.
+
+Shutdown (SIGTERM/SIGINT/SIGQUIT, or ``shutdown`` set by a caller): cancel the accept
 nursery and close the listening sockets at once (new connects are refused, as
 with nginx; a worker process closes its inherited copies, its master its own),
 tell connections (idle ones close at once, busy ones finish with ``Connection:
@@ -21,18 +24,20 @@ admin listener's two tighter timeouts are ``admin_connection_settings``.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
 import trio
 
 from ..app.site import App
-from ..config import BackendConfig, Config, LimitsConfig
+from ..config import BackendConfig, Config, ConfigError, LimitsConfig
 from ..front.h1 import ConnectionSettings, ListenerState
 from ..front.listen import (
     Service,
@@ -50,6 +55,9 @@ from ..upstream.fastcgi import FastCgiConn, fastcgi_pool
 from ..upstream.pool import Pool
 from .php_fpm import PING_PATH, PhpFpmSupervisor, make_runtime_dir
 from .privileges import Plan, drop
+from .signals import HANDLED, RELOAD, REOPEN, STOP, remove_pid_file, reopen_log_files, write_pid_file
+from .watchdog import tell as tell_watchdog
+from .watchdog import watching
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +97,33 @@ class Running:
     shutdown: trio.Event = field(default_factory=trio.Event)
 
 
+def spawn_key(config: Config, name: str, privileges: Plan | None = None) -> str | None:
+    """What backend ``name``'s spawned php-fpm is started with (None: not
+    spawned). A reload restarts that php-fpm exactly when this changes: its
+    pool size, its ``php_fpm`` table, the body limit it gets, the users it
+    runs as (``serve.privileges``), the error log."""
+    backend = config.backends[name]
+    if backend.address != "spawn":
+        return None
+    users = privileges.fpm.get(name) if privileges is not None else None
+    return json.dumps([backend.pool_size, backend.php_fpm.model_dump(mode="json"), config.limits.client_max_body_size,
+                       repr(users), config.server.error_log])
+
+
 async def start_backend(config: Config, name: str, runtime_dir: str, system: trio.Nursery,
-                        privileges: Plan | None = None) -> tuple[str, str, PhpFpmSupervisor | None]:
+                        privileges: Plan | None = None, *,
+                        directory: str = "") -> tuple[str, str, PhpFpmSupervisor | None]:
     """Backend ``name``'s FastCGI address and status address; a ``spawn``
     backend's php-fpm is started (and supervised) in ``system`` first, as
-    ``privileges`` say (``serve.privileges``)."""
+    ``privileges`` say (``serve.privileges``), its files in ``directory``
+    (default: ``fpm-NAME`` in ``runtime_dir``)."""
     backend = config.backends[name]
     if backend.address != "spawn":
         return backend.address, backend.status, None
+    error_log = "" if config.server.error_log == "-" else config.server.error_log
     sup = PhpFpmSupervisor(name, backend, runtime_dir, max_body_size=config.limits.client_max_body_size,
-                           users=privileges.fpm.get(name) if privileges is not None else None)
+                           users=privileges.fpm.get(name) if privileges is not None else None,
+                           directory=directory, error_log=error_log)
     await system.start(sup.run)
     return sup.address, backend.status or "unix:" + sup.paths.status_socket, sup
 
@@ -113,19 +138,95 @@ class Inherited:
     parent_fd: int | None = None
 
 
+#: ``serve``'s answer when SIGHUP asked for a re-exec: listen address -> the
+#: inheritable fds (dups of its sockets) that carry it over ``execv``.
+CarriedFds = dict[str, list[int]]
+
+
+async def open_listen_map(addresses: list[str], carried: CarriedFds | None = None,
+                          keep: dict[str, list[trio.SocketListener]] | None = None,
+                          ) -> dict[str, list[trio.SocketListener]]:
+    """Listeners for ``addresses``: those in ``keep`` as they are, those whose
+    sockets were ``carried`` over a re-exec from their fds, the rest bound now.
+    Carried fds no address wants are closed. On an error nothing opened here
+    stays open."""
+    carried = dict(carried or {})
+    out: dict[str, list[trio.SocketListener]] = {}
+    opened: list[trio.SocketListener] = []
+    try:
+        for address in dict.fromkeys(addresses):
+            if keep is not None and address in keep:
+                out[address] = keep[address]
+            elif address in carried:
+                out[address] = inherited_listeners(carried.pop(address))
+                opened += out[address]
+            else:
+                out[address] = await open_listeners([address])
+                opened += out[address]
+    except BaseException:
+        for listener in opened:
+            await trio.aclose_forcefully(listener)
+        raise
+    finally:
+        for fds in carried.values():
+            for fd in fds:
+                os.close(fd)
+    return out
+
+
+def carry_fds(by_address: dict[str, list[trio.SocketListener]]) -> CarriedFds:
+    """Inheritable duplicates of the listen sockets, to survive ``execv``."""
+    carried: CarriedFds = {}
+    for address, listeners in by_address.items():
+        fds = [os.dup(listener.socket.fileno()) for listener in listeners]
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        carried[address] = fds
+    return carried
+
+
 async def serve(config: Config, *, handle_signals: bool = True, inherited: Inherited | None = None,
                 privileges: Plan | None = None,
-                task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the gateway in this process until SIGTERM/SIGINT (or ``Running.shutdown``
-    is set). ``inherited``: serve a master's sockets as one of its workers.
-    ``privileges``: drop to its user once everything is bound and started.
+                reload: Callable[[], Config] | None = None, carried: CarriedFds | None = None,
+                watchdog: bool = True,
+                task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> CarriedFds | None:
+    """Run the gateway in this process until SIGTERM/SIGINT/SIGQUIT (or
+    ``Running.shutdown`` is set). ``inherited``: serve a master's sockets as one
+    of its workers. ``privileges``: drop to its user once everything is bound
+    and started (then no re-exec: the caller runs a master instead).
+
+    SIGHUP (not in a worker) calls ``reload`` for the new configuration; if it
+    raises ``ConfigError`` the error is logged and nothing changes, else the
+    server stops gracefully *without closing its listen sockets* and returns
+    their fds for the caller to ``execv`` itself with (``carried`` on the other
+    side): the same pid, no connect refused, new connections wait in the
+    kernel's backlog for the restart. Returns None after a plain stop.
 
     Reports a ``Running`` through ``task_status`` once listening.
     """
+    # From the start: a signal that arrives while starting waits its turn instead
+    # of killing us with its default action.
+    with trio.open_signal_receiver(*HANDLED) if handle_signals else contextlib.nullcontext() as signals:
+        if inherited is not None or not watchdog:
+            return await _serve(config, signals=signals, inherited=inherited, privileges=privileges, reload=reload,
+                                carried=carried, task_status=task_status)
+        async with watching(config.timeouts.graceful + 2):
+            return await _serve(config, signals=signals, inherited=inherited, privileges=privileges, reload=reload,
+                                carried=carried, task_status=task_status)
+
+
+async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherited: Inherited | None,
+                 privileges: Plan | None,
+                 reload: Callable[[], Config] | None, carried: CarriedFds | None,
+                 task_status: trio.TaskStatus[Running]) -> CarriedFds | None:
     # Bind first: an address in use is reported (naming it) before php-fpm starts.
     # A worker opens its admin socket last: its master takes that as "serving".
-    listeners = (inherited_listeners(inherited.listen_fds) if inherited is not None
-                 else await open_listeners(config.server.listen))
+    by_address: dict[str, list[trio.SocketListener]] = {}
+    if inherited is not None:
+        listeners = inherited_listeners(inherited.listen_fds)
+    else:
+        by_address = await open_listen_map(config.server.listen, carried)
+        listeners = [listener for ls in by_address.values() for listener in ls]
     admin_listeners: list[trio.SocketListener] = []
     try:
         if config.admin.listen != "off" and inherited is None:
@@ -136,7 +237,11 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
         raise
     account = privileges.account if privileges is not None else None
     runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir, account)
+    if remove_runtime:
+        tell_watchdog(f"remove {runtime_dir}")
     listener_state = ListenerState()
+    carry: CarriedFds | None = None
+    pid_file = config.server.pid_file if inherited is None else ""
     try:
         async with trio.open_nursery() as system:
             supervisors: dict[str, PhpFpmSupervisor] = {}
@@ -167,6 +272,9 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                 services.append(Service(running.admin_listeners, AdminApp(monitor).handle,
                                          admin_connection_settings(),
                                          ListenerState(), max_connections=64))
+            if pid_file:
+                write_pid_file(pid_file)
+                tell_watchdog(f"remove {pid_file}")
             drop(account)  # everything that needs root is bound, opened and started
             if inherited is None:
                 for listener in listeners:
@@ -175,17 +283,23 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                     log.info("admin (/status, /metrics) on %s", listener_url(listener))
             else:
                 log.debug("worker process %d serving", os.getpid())
+
+            def reexec() -> None:
+                nonlocal carry
+                carry = carry_fds(by_address)
+
+            watchers = signal_watchers(signals, inherited, supervisors=supervisors,
+                                       reload=reload if inherited is None else None, reexec=reexec)
             system.start_soon(_end_shielded_runs, running.shutdown, list(pools.values()), config.timeouts.graceful)
             await serve_until_shutdown(running.shutdown, listener_state, services, config.timeouts.graceful,
-                                       watchers=signal_watchers(handle_signals, inherited),
-                                       on_started=lambda: task_status.started(running))
+                                       watchers=watchers, on_started=lambda: task_status.started(running))
             for pool in pools.values():
                 await pool.aclose()
             system.cancel_scope.cancel()
     finally:
         for listener in [*listeners, *admin_listeners]:
             listener.socket.close()  # already closed unless start-up failed
-        owned = [config.admin.listen] + (config.server.listen if inherited is None else [])
+        owned = [config.admin.listen] + (config.server.listen if inherited is None and carry is None else [])
         for path in _unix_paths(owned):
             try:
                 os.unlink(path)
@@ -193,6 +307,11 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
                 pass
         if remove_runtime:
             shutil.rmtree(runtime_dir, ignore_errors=True)
+        if pid_file and carry is None:
+            remove_pid_file(pid_file)
+        if carry is not None:
+            tell_watchdog(f"keep {pid_file}")  # the re-executed process is the same pid, and keeps it
+    return carry
 
 
 async def _end_shielded_runs(shutdown: trio.Event, pools: list[Pool[FastCgiConn]], graceful: float) -> None:
@@ -208,11 +327,13 @@ def _unix_paths(addresses: list[str]) -> list[str]:
     return [a[5:] for a in addresses if a.startswith("unix:")]
 
 
-def signal_watchers(handle_signals: bool,
-              inherited: Inherited | None) -> list[Callable[[trio.Event], Awaitable[None]]]:
+def signal_watchers(signals: AsyncIterator[int] | None, inherited: Inherited | None, *,
+                    supervisors: dict[str, PhpFpmSupervisor] | None = None,
+                    reload: Callable[[], Config] | None = None,
+                    reexec: Callable[[], None] | None = None) -> list[Callable[[trio.Event], Awaitable[None]]]:
     watchers: list[Callable[[trio.Event], Awaitable[None]]] = []
-    if handle_signals:
-        watchers.append(_watch_signals)
+    if signals is not None:
+        watchers.append(partial(_watch_signals, signals, supervisors or {}, reload, reexec, inherited is not None))
     if inherited is not None and inherited.parent_fd is not None:
         watchers.append(partial(_watch_parent, inherited.parent_fd))
     return watchers
@@ -226,9 +347,39 @@ async def _watch_parent(fd: int, shutdown: trio.Event) -> None:
     shutdown.set()
 
 
-async def _watch_signals(shutdown: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s", signal.Signals(signum).name)
+def reload_failed(exc: ConfigError) -> None:
+    """One log line per problem of a configuration a reload refused."""
+    for line in str(exc).splitlines():
+        log.error("reload refused, the running configuration stays: %s", line)
+
+
+async def _watch_signals(signals: AsyncIterator[int], supervisors: dict[str, PhpFpmSupervisor],
+                         reload: Callable[[], Config] | None, reexec: Callable[[], None] | None, worker: bool,
+                         shutdown: trio.Event) -> None:
+    """``serve.signals``' policy for one process (or a worker)."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if signum in STOP:
+            log.info("received %s", name)
+            shutdown.set()
+            return
+        if signum == REOPEN:
+            files = reopen_log_files()
+            for sup in supervisors.values():
+                sup.reopen_logs()
+            log.info("received %s: reopened %d log files", name, files)
+        elif signum == RELOAD:
+            if worker or reload is None:
+                log.info("received %s: ignored (only the master reloads)", name)
+                continue
+            try:
+                reload()
+            except ConfigError as exc:
+                reload_failed(exc)
+                continue
+            log.info("received %s: the configuration is valid; restarting in place (same pid, "
+                     "listen sockets kept open) after in-flight requests", name)
+            if reexec is not None:
+                reexec()
             shutdown.set()
             return
