@@ -274,6 +274,26 @@ async def test_shutdown_closes_idle_connections_at_once(nursery, autojump_clock)
     assert trio.current_time() == t0
 
 
+async def test_shutdown_gives_a_fresh_connection_a_moment_to_send_its_first_request(nursery, autojump_clock):
+    # a reload's old worker accepted it just before it stopped accepting: the
+    # client is about to send its request, which must be answered, not reset
+    from gateway.front.h1 import FIRST_REQUEST_GRACE
+
+    listener_state = ListenerState()
+    stream = await start(nursery, listener_state=listener_state)
+    await trio.testing.wait_all_tasks_blocked()
+    listener_state.begin_shutdown()
+    await trio.sleep(FIRST_REQUEST_GRACE / 2)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = await read_all(stream)
+    assert data.startswith(b"HTTP/1.1 200 ") and b"connection: close" in data.lower()
+
+    silent = await start(nursery, listener_state=listener_state)  # accepted during the shutdown, sends nothing
+    t0 = trio.current_time()
+    assert await read_all(silent) == b""
+    assert trio.current_time() - t0 == pytest.approx(FIRST_REQUEST_GRACE)
+
+
 async def test_shutdown_lets_busy_request_finish_with_connection_close(nursery, autojump_clock):
     listener_state = ListenerState()
     release = trio.Event()
