@@ -55,7 +55,7 @@ from ..front.listen import Service, listener_url, open_listeners, serve_until_sh
 from ..http._h11 import h11
 from ..observe.admin import AdminRouter
 from ..observe.aggregate import merge_prometheus, merge_status, split
-from .php_fpm import PhpFpmSupervisor, make_runtime_dir
+from .php_fpm import PhpFpmSupervisor, make_runtime_dir, stop_stale_php_fpm
 from .privileges import Plan, PrivilegeError, prepare_dirs
 from .privileges import plan as privileges_plan
 from .process import Inherited, admin_connection_settings, open_listen_map, reload_failed, spawn_key, start_backend
@@ -485,6 +485,23 @@ class Master:
                 nursery.start_soon(gen.workers.stop, gen.config.timeouts.graceful)
 
 
+def clean_runtime_dir(runtime_dir: str) -> None:
+    """A configured runtime directory reused after a master that was killed
+    (and its watchdog with it): stop a php-fpm a reload had started there,
+    remove the files of reloads and of old workers. ``fpm-NAME`` itself is
+    the supervisor's to check (``php_fpm.stop_stale_php_fpm``)."""
+    for entry in os.listdir(runtime_dir):
+        path = os.path.join(runtime_dir, entry)
+        if entry.startswith("fpm-") and ".g" in entry and os.path.isdir(path):
+            stop_stale_php_fpm(path)
+            shutil.rmtree(path, ignore_errors=True)
+        elif entry.startswith("worker-"):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _unlink(path)
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -529,6 +546,8 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
     runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir, account)
     if remove_runtime:
         tell_watchdog(f"remove {runtime_dir}")
+    else:
+        clean_runtime_dir(runtime_dir)
     parent_read, parent_write = os.pipe()
     pid_file = config.server.pid_file
     listened: set[str] = set()

@@ -346,24 +346,12 @@ class PhpFpmSupervisor:
 
     def _stop_stale_master(self) -> None:
         """A php-fpm left running by an earlier gateway that died without stopping
-        it (SIGKILL) still holds our socket path: ask it to quit.
+        it (SIGKILL, and its watchdog with it) still holds our socket path: ask it to quit.
 
         (No PR_SET_PDEATHSIG here: it fires when the *thread* that forked exits,
         and trio forks from worker threads that idle out after 10 s.)
         """
-        try:
-            with open(self.paths.pid) as f:
-                pid = int(f.read().strip())
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except (OSError, ValueError):
-            return
-        if b"php-fpm" in cmdline and self.paths.config.encode() in cmdline:
-            log.warning("stopping php-fpm %d left over from an earlier run", pid)
-            try:
-                os.kill(pid, signal.SIGQUIT)
-            except OSError:
-                pass
+        stop_stale_php_fpm(self.paths.directory)
 
     def _note_start(self) -> None:
         self.starts += 1
@@ -407,6 +395,25 @@ async def _relay_to_stderr(fd: int, done: trio.Event) -> None:
                     pass
     finally:
         done.set()
+
+
+def stop_stale_php_fpm(directory: str) -> None:
+    """SIGQUIT the php-fpm whose pid file and config are in ``directory``, if one
+    still runs there (checked by its command line, so a reused pid is left alone)."""
+    config = os.path.join(directory, "php-fpm.conf")
+    try:
+        with open(os.path.join(directory, "php-fpm.pid")) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, ValueError):
+        return
+    if b"php-fpm" in cmdline and config.encode() in cmdline:
+        log.warning("stopping php-fpm %d left over from an earlier run", pid)
+        try:
+            os.kill(pid, signal.SIGQUIT)
+        except OSError:
+            pass
 
 
 async def _wait_exited(process: trio.Process) -> None:

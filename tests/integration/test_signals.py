@@ -7,6 +7,7 @@ no worker behind (``gateway.serve.watchdog``)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -95,10 +96,14 @@ async def _start(tmp_path: Path, nursery: trio.Nursery, **conf_kw) -> tuple[trio
         assert proc.stderr is not None
         stderr = proc.stderr
         error_log = conf_kw["logs"] / "error.log"
-        with trio.fail_after(20):
-            while not error_log.exists() or b"listening on" not in error_log.read_bytes():  # noqa: ASYNC110
-                assert proc.returncode is None
-                await trio.sleep(0.02)  # nothing to wait on but the file's content
+        try:
+            with trio.fail_after(20):
+                while not error_log.exists() or b"listening on" not in error_log.read_bytes():  # noqa: ASYNC110
+                    assert proc.returncode is None
+                    await trio.sleep(0.02)  # nothing to wait on but the file's content
+        except BaseException:
+            proc.send_signal(signal.SIGTERM)  # ours: never left running
+            raise
     watch = LogWatch(stderr)
     nursery.start_soon(watch.run)
     return proc, watch, conf, port
@@ -109,7 +114,7 @@ async def _stop(proc: trio.Process, watch: LogWatch) -> None:
         proc.send_signal(signal.SIGTERM)
     with trio.fail_after(20):
         await proc.wait()
-        await watch.until_closed()
+        await watch.until_closed()  # its php-fpm and workers (which share the pipe) are gone too
 
 
 async def reload_under_load(proc: trio.Process, watch: LogWatch, conf: Path, port: int, run: Path, *,
@@ -263,10 +268,14 @@ async def test_quit_stops_gracefully(tmp_path, nursery):
 @pytest.mark.parametrize("processes", [1, 2])
 async def test_sigkill_of_the_master_leaves_no_php_fpm_and_no_worker(tmp_path, nursery, processes):
     proc, watch, _, port = await _start(tmp_path, nursery, processes=processes)
-    fpm = int((tmp_path / "run" / "fpm-php" / "php-fpm.pid").read_text())
-    left = [fpm, *_children(fpm), *_worker_pids(proc.pid)]
-    assert len(left) == 1 + 4 + 1 + (processes if processes > 1 else 0)  # (+ pm.status_listen's worker)
-    assert (await _get(port, "/pid.php"))[0] == 200
+    try:
+        fpm = int((tmp_path / "run" / "fpm-php" / "php-fpm.pid").read_text())
+        left = [fpm, *_children(fpm), *_worker_pids(proc.pid)]
+        assert len(left) == 1 + 4 + 1 + (processes if processes > 1 else 0)  # (+ pm.status_listen's worker)
+        assert (await _get(port, "/pid.php"))[0] == 200
+    except BaseException:
+        await _stop(proc, watch)
+        raise
     proc.kill()
     killed = time.monotonic()
     await proc.wait()
@@ -304,3 +313,30 @@ def _children(pid: int) -> list[int]:
     from gateway.observe.monitor import children_of
 
     return [p for p in children_of(pid) if _alive(p)]
+
+
+async def test_a_runtime_dir_left_by_a_killed_master_and_watchdog_is_cleaned_at_the_next_start(tmp_path, nursery):
+    proc, watch, conf, port = await _start(tmp_path, nursery)
+    run = tmp_path / "run"
+    write_conf(conf, port, run, software="gw-1", pool_size=6)  # a new php-fpm, in fpm-php.g1
+    proc.send_signal(signal.SIGHUP)
+    await watch.wait_for("previous configuration have stopped")
+    stale_fpm = int((run / "fpm-php.g1" / "php-fpm.pid").read_text())
+    dog = next(p for p in _children(proc.pid) if b"gateway.serve.watchdog" in _cmdline(p))
+    os.kill(dog, signal.SIGKILL)  # nothing left to clean up after the master...
+    proc.kill()
+    await proc.wait()
+    assert _alive(stale_fpm)  # ...so php-fpm runs on, orphaned
+    try:
+        proc2, watch2, _, port2 = await _start(tmp_path, nursery)  # the same runtime_dir
+        try:
+            with trio.fail_after(5):
+                while _alive(stale_fpm):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            assert not (run / "fpm-php.g1").exists()
+            assert (await _get(port2, "/pid.php"))[0] == 200
+        finally:
+            await _stop(proc2, watch2)
+    finally:
+        if _alive(stale_fpm):
+            os.kill(stale_fpm, signal.SIGTERM)  # its master stops its workers
