@@ -274,6 +274,11 @@ def _reexec(carry: dict[str, list[int]]) -> None:
     """Become a new gateway with the same arguments, the same pid and the same
     listen sockets (SIGHUP with one process: see README "Signals")."""
     os.environ[CARRIED_FDS_ENV] = json.dumps(carry)
+    # Until the new image handles them (``serve.signals.unblock``), signals wait:
+    # a second HUP (or a TERM) during the restart must not hit a default action.
+    from .serve.signals import HANDLED
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
     for handler in [*logging.getLogger().handlers, *logging.getLogger("gateway.access").handlers]:
         handler.flush()
     sys.stdout.flush()

@@ -74,7 +74,7 @@ async def main(seconds: float, clients: int, processes: int) -> int:
                 proc.kill()
         text = log_path.read_text()
     print(f"{seconds:g} s, {clients} clients, {processes} processes, {reloads} SIGHUPs "
-          f"({text.count('reloaded:')} reloads done)")
+          f"({text.count('reloaded:') + text.count('restarting in place')} reloads done)")
     print(f"answered {result.ok}, failed {result.failed} {dict(result.errors) or ''}, "
           f"stale keep-alive resends {result.stale_retries}")
     print("by Server header:", dict(sorted(result.servers.items(), key=lambda kv: int(kv[0][3:]))))

@@ -60,7 +60,7 @@ from .privileges import Plan, PrivilegeError, prepare_dirs
 from .privileges import plan as privileges_plan
 from .process import Inherited, admin_connection_settings, open_listen_map, reload_failed, spawn_key, start_backend
 from .restart import Backoff, Restarting, StartFailed
-from .signals import HANDLED, RELOAD, REOPEN, STOP, remove_pid_file, reopen_log_files, write_pid_file
+from .signals import HANDLED, RELOAD, REOPEN, STOP, remove_pid_file, reopen_log_files, unblock, write_pid_file
 from .watchdog import tell as tell_watchdog
 from .watchdog import watching
 
@@ -523,6 +523,7 @@ async def serve_master(config: Config, count: int, *, log_level: str = "info", h
     # From the start: a signal that arrives while starting waits its turn instead
     # of killing us with its default action.
     with trio.open_signal_receiver(*HANDLED) if handle_signals else contextlib.nullcontext() as signals:
+        unblock()
         if not watchdog:
             await _serve_master(config, count, log_level, signals, reload, privileges, task_status)
             return

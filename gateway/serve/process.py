@@ -55,7 +55,7 @@ from ..upstream.fastcgi import FastCgiConn, fastcgi_pool
 from ..upstream.pool import Pool
 from .php_fpm import PING_PATH, PhpFpmSupervisor, make_runtime_dir
 from .privileges import Plan, drop
-from .signals import HANDLED, RELOAD, REOPEN, STOP, remove_pid_file, reopen_log_files, write_pid_file
+from .signals import HANDLED, RELOAD, REOPEN, STOP, remove_pid_file, reopen_log_files, unblock, write_pid_file
 from .watchdog import tell as tell_watchdog
 from .watchdog import watching
 
@@ -207,6 +207,7 @@ async def serve(config: Config, *, handle_signals: bool = True, inherited: Inher
     # From the start: a signal that arrives while starting waits its turn instead
     # of killing us with its default action.
     with trio.open_signal_receiver(*HANDLED) if handle_signals else contextlib.nullcontext() as signals:
+        unblock()
         if inherited is not None or not watchdog:
             return await _serve(config, signals=signals, inherited=inherited, privileges=privileges, reload=reload,
                                 carried=carried, task_status=task_status)

@@ -40,6 +40,14 @@ REOPEN = signal.SIGUSR1
 HANDLED = (*sorted(STOP), RELOAD, REOPEN)
 
 
+def unblock() -> None:
+    """Let the handled signals in, once their handlers are installed. A
+    re-exec (SIGHUP with ``processes = 1``) blocks them across ``execv``, so a
+    signal sent while the new image starts waits for it instead of killing it
+    (the signal mask survives exec; pending signals stay pending)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+
+
 def reopen_log_files() -> int:
     """Reopen every log file this process writes (the error log on the root
     logger, the access log on ``gateway.access``); standard streams are left
