@@ -461,15 +461,29 @@ class Master:
         log.info("received SIGUSR1: reopened %d log files; the worker processes and php-fpm reopen theirs", files)
 
     async def watch_signals(self, signals: AsyncIterator[int], shutdown: trio.Event) -> None:
-        async for signum in signals:
-            if signum in STOP:
-                log.info("received %s", signal.Signals(signum).name)
-                shutdown.set()
-                return
-            if signum == REOPEN:
-                self.reopen_logs()
-            elif signum == RELOAD:
-                await self.reload()
+        """``serve.signals``' policy. A reload runs beside this loop, so a stop or
+        a reopen is not held up by one; HUPs while one runs make one more (the
+        configuration is read when it starts)."""
+        wanted, reloads = trio.open_memory_channel[None](1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reloader, reloads)
+            async for signum in signals:
+                if signum in STOP:
+                    log.info("received %s", signal.Signals(signum).name)
+                    shutdown.set()  # a reload being started is undone (``start_generation``)
+                    nursery.cancel_scope.cancel()
+                    return
+                if signum == REOPEN:
+                    self.reopen_logs()
+                elif signum == RELOAD:
+                    try:
+                        wanted.send_nowait(None)
+                    except trio.WouldBlock:
+                        pass  # one is queued already: it will read the newest configuration
+
+    async def _reloader(self, reloads: trio.MemoryReceiveChannel[None]) -> None:
+        async for _ in reloads:
+            await self.reload()
 
     async def stop(self) -> None:
         """Close the master's listen sockets, stop every generation's workers

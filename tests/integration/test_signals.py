@@ -342,3 +342,19 @@ async def test_a_runtime_dir_left_by_a_killed_master_and_watchdog_is_cleaned_at_
     finally:
         if _alive(stale_fpm):
             os.kill(stale_fpm, signal.SIGTERM)  # its master stops its workers
+
+
+async def test_term_during_a_reload_stops_at_once_and_leaves_nothing(tmp_path, nursery):
+    proc, watch, conf, port = await _start(tmp_path, nursery)
+    write_conf(conf, port, tmp_path / "run", software="gw-1", pool_size=6)  # a new php-fpm, then new workers
+    proc.send_signal(signal.SIGHUP)
+    await watch.wait_for("the configuration is valid")
+    everything = [*_children(proc.pid)]
+    proc.send_signal(signal.SIGTERM)  # while the new generation starts
+    with trio.fail_after(10):
+        await proc.wait()
+        await watch.until_closed()  # the pipe: every process that shares it is gone
+    assert proc.returncode == 0
+    assert not [p for p in everything if _alive(p)]
+    assert "reloaded:" not in watch.text
+    assert "Traceback" not in watch.text
