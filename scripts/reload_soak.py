@@ -29,7 +29,7 @@ from tests.integration.reload_load import run_load  # noqa: E402
 def write_conf(conf: Path, port: int, run: Path, n: int, processes: int) -> None:
     (conf / "00.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{run}"\naccess_log = "off"\n'
-        f'processes = {processes}\nserver_software = "gw-{n}"\n[timeouts]\ngraceful = "5s"\n'
+        f'processes = {processes}\nuser = "root"\nserver_software = "gw-{n}"\n[timeouts]\ngraceful = "5s"\n'
         f'[admin]\nlisten = "off"\n[backends.php]\npool_size = {4 + 2 * ((n // 3) % 2)}\nphp_fpm.user = "root"\n'
         f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\ndefault = true\n')
 

@@ -66,7 +66,8 @@ def write_conf(conf: Path, port: int, run: Path, *, processes: int = 2, software
                  else 'access_log = "off"\n')
     (conf / "00.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{run}"\n{logs_conf}'
-        f'processes = {processes}\nserver_software = "{software}"\npid_file = "{run.parent / "gateway.pid"}"\n'
+        f'processes = {processes}\nuser = "root"\nserver_software = "{software}"\n'
+        f'pid_file = "{run.parent / "gateway.pid"}"\n'
         f'[timeouts]\ngraceful = "5s"\n'
         f'[admin]\nlisten = "{f"127.0.0.1:{admin}" if admin else "off"}"\n'
         f'[backends.php]\npool_size = {pool_size}\nphp_fpm.user = "root"\n'
