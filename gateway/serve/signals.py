@@ -58,14 +58,21 @@ def reopen_log_files() -> int:
             if isinstance(handler, logging.FileHandler):
                 handler.acquire()
                 try:
-                    if handler.stream is not None:
-                        handler.stream.close()
-                    handler.stream = handler._open()
-                    reopened += 1
+                    # the new file first: if it cannot be opened (a worker that
+                    # dropped to a user who may not create it), the old one stays
+                    new = handler._open()
                 except OSError as exc:
-                    log.error("cannot reopen log file %s: %s", handler.baseFilename, exc)
+                    failed = f"cannot reopen log file {handler.baseFilename}: {exc.strerror}; still writing to " \
+                             "the old one (a worker process reopens it as its user: create the file for it)"
+                else:
+                    old, handler.stream, failed = handler.stream, new, ""
+                    if old is not None:
+                        old.close()
+                    reopened += 1
                 finally:
                     handler.release()
+                if failed:
+                    log.error("%s", failed)
     return reopened
 
 
