@@ -274,7 +274,8 @@ async def test_sigkill_of_the_master_leaves_no_php_fpm_and_no_worker(tmp_path, n
     try:
         fpm = int((tmp_path / "run" / "fpm-php" / "php-fpm.pid").read_text())
         left = [fpm, *_children(fpm), *_worker_pids(proc.pid)]
-        assert len(left) == 1 + 4 + 1 + (processes if processes > 1 else 0)  # (+ pm.status_listen's worker)
+        # php-fpm, its 4 workers (+ pm.status_listen's), our workers: all there before the kill
+        assert len(left) >= 1 + 4 + 1 + (processes if processes > 1 else 0)
         assert (await _get(port, "/pid.php"))[0] == 200
     except BaseException:
         await _stop(proc, watch)
