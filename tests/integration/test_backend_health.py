@@ -13,7 +13,6 @@ import pytest
 import trio
 
 from gateway.config import BackendConfig, PhpFpmConfig
-from gateway.observe.monitor import children_of
 from gateway.serve.php_fpm import FpmPaths, find_php_fpm, write_pool_config
 
 from .test_verdict import admin_status
@@ -45,7 +44,7 @@ async def start_fpm(paths: FpmPaths) -> trio.Process:
         if os.path.exists(path):  # noqa: ASYNC240 - a local socket file
             os.unlink(path)
     fpm = await trio.lowlevel.open_process([find_php_fpm(), "-F", "-R", "-y", paths.config],
-                                           stderr=subprocess.DEVNULL)
+                                           stderr=subprocess.DEVNULL, start_new_session=True)
     with trio.fail_after(10):
         while not os.path.exists(paths.status_socket):  # noqa: ASYNC110, ASYNC240 - php-fpm's readiness is its socket
             await trio.sleep(0.02)
@@ -53,8 +52,9 @@ async def start_fpm(paths: FpmPaths) -> trio.Process:
 
 
 async def kill_fpm(fpm: trio.Process) -> None:
-    for pid in [fpm.pid, *children_of(fpm.pid)]:
-        os.kill(pid, signal.SIGKILL)
+    """SIGKILL php-fpm's whole process group: a worker the master forked just
+    before it died would otherwise outlive the test."""
+    os.killpg(fpm.pid, signal.SIGKILL)
     await fpm.wait()
 
 
