@@ -33,10 +33,8 @@ reached them as they stopped accepting.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,14 +43,14 @@ import trio
 
 from ..config import LimitsConfig, ServerConfig, TimeoutsConfig
 from ..http._h11 import h11
-from ..http.errors import ClientGone, GatewayError
-from ..http.head import BadRequestHead, check_method, check_request_head
+from ..http.errors import ClientGone
 from ..http.request import Request
-from ..http.response import Response, error_response
+from ..http.response import Response
 from ..metrics import ListenerStats
 from .access_log import log_access
 from .downstream import Downstream
-from .h1_body import BodyError, ReceiveTimeout, read_body
+from .h1_body import ReceiveTimeout
+from .h1_cycle import RequestCycle
 from .h1_write import ResponseWriter
 from .liveness import InFlightWatcher, Watch
 from .parking import PARK_AFTER, Parker
@@ -61,8 +59,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-_request_ids = itertools.count(1)
-_PID = os.getpid()
 #: How long, and how much, we read from a client after our response when it was
 #: still sending (a 413, say), so that closing does not reset the connection
 #: before it has read the response (nginx: lingering_close).
@@ -194,7 +190,10 @@ HandOver = Callable[[int, float], bool]
 Reclaim = Callable[[], None]
 
 
-class HttpConnection:
+class HttpConnection(RequestCycle):
+    """One client connection's loop: read heads, idle, park, answer errors;
+    each request's cycle is ``RequestCycle``'s (``h1_cycle``)."""
+
     def __init__(self, stream: trio.abc.Stream, handler: Handler, settings: ConnectionSettings, *,
                  client: tuple[str, int], server: tuple[str, int], listener_state: ListenerState | None = None,
                  served: int = 0, hand_over: HandOver | None = None, reclaim: Reclaim | None = None) -> None:
@@ -369,119 +368,6 @@ class HttpConnection:
 
     # -- one request ------------------------------------------------------------------
 
-    async def _handle(self, req: h11.Request, *, last: bool) -> bool:
-        """Read the body, run the handler, send the response. Returns keep-alive."""
-        started = time.monotonic()
-        stats = self.listener_state.stats
-        stats.requests += 1
-        stats.in_flight += 1
-        request_id = f"{_PID:x}-{next(_request_ids):x}"
-        keep_alive = not last and not self.listener_state.shutting_down
-        response: Response | None = None
-        status = 0  # 0: nothing to log (shutdown cut the request)
-        sent_before = self.downstream.sent
-        try:
-            response, keep_alive = await self._respond(req, request_id, keep_alive)
-            status = response.status
-            sent_before = self.downstream.sent
-            await self._write(req, request_id, response, keep_alive)
-        except (ClientGone, trio.Cancelled) as exc:
-            # 499: the client left before any byte of its response went out (also
-            # when the response was ready, its run shielded by ignore_client_abort)
-            nothing_sent = response is None or self.downstream.sent == sent_before
-            if nothing_sent and (isinstance(exc, ClientGone) or self._client_left()):
-                status = 499
-            elif not status and self.listener_state.shutting_down:
-                # the graceful period ended first: no access-log line, so say it here
-                log.warning("[%s] %s %s from %s: cut by shutdown after timeouts.graceful, no response sent",
-                            request_id, req.method.decode(), req.target.decode("latin-1"), self.client[0])
-            raise
-        finally:
-            stats.in_flight -= 1
-            if status:
-                log_access(json_format=self.settings.access_log_json, client=self.client[0], method=req.method,
-                           target=req.target, http_version=req.http_version, headers=req.headers,
-                           request_id=request_id, started=started, status=status, response=response)
-        return keep_alive and not self.listener_state.shutting_down
-
-    async def _respond(self, req: h11.Request, request_id: str, keep_alive: bool) -> tuple[Response, bool]:
-        """The response to ``req``: an error for a bad head or body, else the handler's."""
-        s = self.settings
-        headers: list[tuple[bytes, bytes]] = list(req.headers)  # h11 gives (lower-cased name, value) bytes
-        too_big = _head_too_big(req.target, headers, s)
-        if too_big:
-            return self._error(too_big), False
-        try:
-            check_method(req.method)
-            checked = check_request_head(req.target, req.http_version, headers)
-            body = await read_body(self, req, headers)
-        except BadRequestHead as exc:
-            log.info("[%s] %d from %s: %s", request_id, exc.status, self.client[0], exc)
-            return self._error(exc.status), False
-        except BodyError as exc:
-            return self._error(exc.status), False
-        request = Request(req.method, checked.target, req.http_version, checked.headers, self.client,
-                          self.server, body, request_id, host=checked.host, client_left=self.downstream.peer_closed)
-        try:
-            return await self._run_handler(request), keep_alive
-        finally:
-            if body is not None:
-                body.close()
-
-    async def _run_handler(self, request: Request) -> Response:
-        """The handler's response, its client watched meanwhile (and while a
-        streamed body is written: ``_write`` ends the watch)."""
-        self._set_state("waiting_php")
-        inflight, fd = self.listener_state.inflight, self.downstream.fileno
-        if inflight is not None and fd is not None:
-            self._watch = inflight.watch(fd, self._scope)
-        try:
-            response = await self.handler(request)
-        except ClientGone:
-            raise  # the client left (a handler's probe saw it): 499, nothing to send
-        except GatewayError as exc:
-            # expected failures (backend timeout, broken backend): one line, no traceback
-            log.error("[%s] %s %s -> %d: %s", request.request_id, request.method.decode(),
-                      request.target.decode("latin-1"), exc.status, exc)
-            response = self._error(exc.status)
-        except Exception:
-            log.exception("[%s] unhandled error while handling %s %s", request.request_id,
-                          request.method.decode(), request.target.decode("latin-1"))
-            response = self._error(500)
-        if not response.streamed:
-            self._unwatch()
-        return response
-
-    async def _write(self, req: h11.Request, request_id: str, response: Response, keep_alive: bool) -> None:
-        self._set_state("writing")
-        try:
-            await self.writer.write(response, head_only=req.method == b"HEAD",
-                                    keep_alive=keep_alive and not self.listener_state.shutting_down)
-        except GatewayError as exc:  # a streamed body failed halfway: the head is out, cut the connection
-            log.error("[%s] %s %s -> %d after the head was sent: %s", request_id, req.method.decode(),
-                      req.target.decode("latin-1"), exc.status, exc)
-            raise ClientGone() from None
-        finally:
-            self._unwatch()
-            if response.streamed:  # (a shielded scope costs ~5 us: only where an await is needed)
-                with trio.CancelScope(shield=True):
-                    await response.aclose()
-            else:
-                response.close()
-            self._set_state("reading")
-
-    def _client_left(self) -> bool:
-        return self._watch is not None and self._watch.left
-
-    def _unwatch(self) -> None:
-        if self._watch is not None and self.listener_state.inflight is not None:
-            self.listener_state.inflight.done(self._watch)
-
-    # -- errors and closing -----------------------------------------------------------
-
-    def _error(self, status: int) -> Response:
-        return error_response(status, server=self.settings.server_software)
-
     async def _send_error_and_close(self, status: int) -> None:
         """Answer a head that never parsed (or never completed), log it, close."""
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
@@ -508,14 +394,3 @@ def _status_for(conn: h11.Connection, exc: h11.RemoteProtocolError, max_uri_size
         if b"\n" not in buffered[: max_uri_size + 64] and len(first_line) > max_uri_size:
             return 414
     return status
-
-
-def _head_too_big(target: bytes, headers: list[tuple[bytes, bytes]], s: ConnectionSettings) -> int:
-    """414 or 431 for a complete head over the limits (h11 bounds only an
-    *incomplete* one; a head that arrived in one read is checked here); else 0."""
-    if len(target) > s.max_uri_size:
-        return 414
-    if (len(headers) > s.max_header_count
-            or sum(len(n) + len(v) + 4 for n, v in headers) + len(target) + 16 > s.max_header_size):
-        return 431
-    return 0

@@ -1,0 +1,184 @@
+"""One request's cycle on an HTTP/1.1 connection: body, handler, response, log.
+
+``RequestCycle`` is the part of ``HttpConnection`` (``h1``) that runs once per
+request: check the head (``http.head``), read the body (``h1_body``), build the
+``Request``, run the handler with its client watched (``liveness``), write the
+``Response`` (``h1_write``) and close it, and log the line. Status policy:
+an expected failure (``GatewayError``) is one log line and its status page; a
+bug in a handler is a 500 with a traceback, never a dead connection task; a
+client that left before any byte of its response went out is 499.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..http._h11 import h11
+from ..http.errors import ClientGone, GatewayError
+from ..http.head import BadRequestHead, check_method, check_request_head
+from ..http.request import Request
+from ..http.response import Response, error_response
+from .access_log import log_access
+from .h1_body import BodyError, read_body
+
+if TYPE_CHECKING:
+    from .downstream import Downstream
+    from .h1 import ConnectionSettings, Handler, ListenerState
+    from .h1_write import ResponseWriter
+    from .liveness import Watch
+
+log = logging.getLogger("gateway.front.h1")
+
+_request_ids = itertools.count(1)
+_PID = os.getpid()
+
+
+class RequestCycle:
+    """Mixed into ``HttpConnection``, whose attributes these are."""
+
+    downstream: Downstream
+    handler: Handler
+    settings: ConnectionSettings
+    client: tuple[str, int]
+    server: tuple[str, int]
+    listener_state: ListenerState
+    conn: h11.Connection
+    writer: ResponseWriter
+    _scope: trio.CancelScope
+    _watch: Watch | None
+
+    def _set_state(self, state: str) -> None:
+        raise NotImplementedError
+
+    async def receive(self, timeout_at: float, *, idle: bool = False) -> None:
+        raise NotImplementedError
+
+    async def _handle(self, req: h11.Request, *, last: bool) -> bool:
+        """Read the body, run the handler, send the response. Returns keep-alive."""
+        started = time.monotonic()
+        stats = self.listener_state.stats
+        stats.requests += 1
+        stats.in_flight += 1
+        request_id = f"{_PID:x}-{next(_request_ids):x}"
+        keep_alive = not last and not self.listener_state.shutting_down
+        response: Response | None = None
+        status = 0  # 0: nothing to log (shutdown cut the request)
+        sent_before = self.downstream.sent
+        try:
+            response, keep_alive = await self._respond(req, request_id, keep_alive)
+            status = response.status
+            sent_before = self.downstream.sent
+            await self._write(req, request_id, response, keep_alive)
+        except (ClientGone, trio.Cancelled) as exc:
+            # 499: the client left before any byte of its response went out (also
+            # when the response was ready, its run shielded by ignore_client_abort)
+            nothing_sent = response is None or self.downstream.sent == sent_before
+            if nothing_sent and (isinstance(exc, ClientGone) or self._client_left()):
+                status = 499
+            elif not status and self.listener_state.shutting_down:
+                # the graceful period ended first: no access-log line, so say it here
+                log.warning("[%s] %s %s from %s: cut by shutdown after timeouts.graceful, no response sent",
+                            request_id, req.method.decode(), req.target.decode("latin-1"), self.client[0])
+            raise
+        finally:
+            stats.in_flight -= 1
+            if status:
+                log_access(json_format=self.settings.access_log_json, client=self.client[0], method=req.method,
+                           target=req.target, http_version=req.http_version, headers=req.headers,
+                           request_id=request_id, started=started, status=status, response=response)
+        return keep_alive and not self.listener_state.shutting_down
+
+    async def _respond(self, req: h11.Request, request_id: str, keep_alive: bool) -> tuple[Response, bool]:
+        """The response to ``req``: an error for a bad head or body, else the handler's."""
+        s = self.settings
+        headers: list[tuple[bytes, bytes]] = list(req.headers)  # h11 gives (lower-cased name, value) bytes
+        too_big = _head_too_big(req.target, headers, s)
+        if too_big:
+            return self._error(too_big), False
+        try:
+            check_method(req.method)
+            checked = check_request_head(req.target, req.http_version, headers)
+            body = await read_body(self, req, headers)
+        except BadRequestHead as exc:
+            log.info("[%s] %d from %s: %s", request_id, exc.status, self.client[0], exc)
+            return self._error(exc.status), False
+        except BodyError as exc:
+            return self._error(exc.status), False
+        request = Request(req.method, checked.target, req.http_version, checked.headers, self.client,
+                          self.server, body, request_id, host=checked.host, client_left=self.downstream.peer_closed)
+        try:
+            return await self._run_handler(request), keep_alive
+        finally:
+            if body is not None:
+                body.close()
+
+    async def _run_handler(self, request: Request) -> Response:
+        """The handler's response, its client watched meanwhile (and while a
+        streamed body is written: ``_write`` ends the watch)."""
+        self._set_state("waiting_php")
+        inflight, fd = self.listener_state.inflight, self.downstream.fileno
+        if inflight is not None and fd is not None:
+            self._watch = inflight.watch(fd, self._scope)
+        try:
+            response = await self.handler(request)
+        except ClientGone:
+            raise  # the client left (a handler's probe saw it): 499, nothing to send
+        except GatewayError as exc:
+            # expected failures (backend timeout, broken backend): one line, no traceback
+            log.error("[%s] %s %s -> %d: %s", request.request_id, request.method.decode(),
+                      request.target.decode("latin-1"), exc.status, exc)
+            response = self._error(exc.status)
+        except Exception:
+            log.exception("[%s] unhandled error while handling %s %s", request.request_id,
+                          request.method.decode(), request.target.decode("latin-1"))
+            response = self._error(500)
+        if not response.streamed:
+            self._unwatch()
+        return response
+
+    async def _write(self, req: h11.Request, request_id: str, response: Response, keep_alive: bool) -> None:
+        self._set_state("writing")
+        try:
+            await self.writer.write(response, head_only=req.method == b"HEAD",
+                                    keep_alive=keep_alive and not self.listener_state.shutting_down)
+        except GatewayError as exc:  # a streamed body failed halfway: the head is out, cut the connection
+            log.error("[%s] %s %s -> %d after the head was sent: %s", request_id, req.method.decode(),
+                      req.target.decode("latin-1"), exc.status, exc)
+            raise ClientGone() from None
+        finally:
+            self._unwatch()
+            if response.streamed:  # (a shielded scope costs ~5 us: only where an await is needed)
+                with trio.CancelScope(shield=True):
+                    await response.aclose()
+            else:
+                response.close()
+            self._set_state("reading")
+
+    def _client_left(self) -> bool:
+        return self._watch is not None and self._watch.left
+
+    def _unwatch(self) -> None:
+        if self._watch is not None and self.listener_state.inflight is not None:
+            self.listener_state.inflight.done(self._watch)
+
+    # -- errors and closing -----------------------------------------------------------
+
+    def _error(self, status: int) -> Response:
+        return error_response(status, server=self.settings.server_software)
+
+
+def _head_too_big(target: bytes, headers: list[tuple[bytes, bytes]], s: ConnectionSettings) -> int:
+    """414 or 431 for a complete head over the limits (h11 bounds only an
+    *incomplete* one; a head that arrived in one read is checked here); else 0."""
+    if len(target) > s.max_uri_size:
+        return 414
+    if (len(headers) > s.max_header_count
+            or sum(len(n) + len(v) + 4 for n, v in headers) + len(target) + 16 > s.max_header_size):
+        return 431
+    return 0
