@@ -51,14 +51,23 @@ import trio
 
 from ..config import Config, ConfigError, validate
 from ..front.h1 import ListenerState
-from ..front.listen import Service, listener_url, open_listeners, serve_until_shutdown
+from ..front.listen import Service, listener_url, serve_until_shutdown
 from ..http._h11 import h11
 from ..observe.admin import AdminRouter
 from ..observe.aggregate import merge_prometheus, merge_status, split
-from .php_fpm import PhpFpmSupervisor, make_runtime_dir, stop_stale_php_fpm
+from .php_fpm import PhpFpmSupervisor, stop_stale_php_fpm
 from .privileges import Plan, PrivilegeError, prepare_dirs
 from .privileges import plan as privileges_plan
-from .process import Inherited, admin_connection_settings, open_listen_map, reload_failed, spawn_key, start_backend
+from .process import (
+    Inherited,
+    admin_connection_settings,
+    open_admin_listeners,
+    open_listen_map,
+    reload_failed,
+    runtime_dir_for,
+    spawn_key,
+    start_backend,
+)
 from .restart import Backoff, Restarting, StartFailed
 from .signals import HANDLED, RELOAD, REOPEN, STOP, remove_pid_file, reopen_log_files, unblock, write_pid_file
 from .watchdog import tell as tell_watchdog
@@ -551,17 +560,9 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
     # Bind first: an address in use is reported (naming it) before php-fpm starts.
     bound = await open_listen_map(config.server.listen)
     listeners = [listener for ls in bound.values() for listener in ls]
-    try:
-        admin_listeners = await open_listeners([config.admin.listen]) if config.admin.listen != "off" else []
-    except BaseException:
-        for listener in listeners:
-            listener.socket.close()
-        raise
-    account = privileges.account if privileges is not None else None
-    runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir, account)
-    if remove_runtime:
-        tell_watchdog(f"remove {runtime_dir}")
-    else:
+    admin_listeners = await open_admin_listeners(config.admin.listen, listeners)
+    runtime_dir, remove_runtime = runtime_dir_for(config, privileges)
+    if not remove_runtime:
         clean_runtime_dir(runtime_dir)
     parent_read, parent_write = os.pipe()
     pid_file = config.server.pid_file

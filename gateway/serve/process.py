@@ -185,6 +185,29 @@ def carry_fds(by_address: dict[str, list[trio.SocketListener]]) -> CarriedFds:
     return carried
 
 
+async def open_admin_listeners(address: str, opened: list[trio.SocketListener]) -> list[trio.SocketListener]:
+    """The admin listener (none for "off"); if it cannot be bound, the listeners
+    already ``opened`` are closed before the error goes up (nothing stays bound)."""
+    if address == "off":
+        return []
+    try:
+        return await open_listeners([address])
+    except BaseException:
+        for listener in opened:
+            listener.socket.close()
+        raise
+
+
+def runtime_dir_for(config: Config, privileges: Plan | None) -> tuple[str, bool]:
+    """``make_runtime_dir`` for this config and user; a temporary one is told to
+    the watchdog, which removes it if the master is killed."""
+    account = privileges.account if privileges is not None else None
+    runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir, account)
+    if remove_runtime:
+        tell_watchdog(f"remove {runtime_dir}")
+    return runtime_dir, remove_runtime
+
+
 async def serve(config: Config, *, handle_signals: bool = True, inherited: Inherited | None = None,
                 privileges: Plan | None = None,
                 reload: Callable[[], Config] | None = None, carried: CarriedFds | None = None,
@@ -228,18 +251,9 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
     else:
         by_address = await open_listen_map(config.server.listen, carried)
         listeners = [listener for ls in by_address.values() for listener in ls]
-    admin_listeners: list[trio.SocketListener] = []
-    try:
-        if config.admin.listen != "off" and inherited is None:
-            admin_listeners = await open_listeners([config.admin.listen])
-    except BaseException:
-        for listener in listeners:
-            listener.socket.close()
-        raise
+    admin_listeners = await open_admin_listeners(config.admin.listen if inherited is None else "off", listeners)
     account = privileges.account if privileges is not None else None
-    runtime_dir, remove_runtime = make_runtime_dir(config.server.runtime_dir, account)
-    if remove_runtime:
-        tell_watchdog(f"remove {runtime_dir}")
+    runtime_dir, remove_runtime = runtime_dir_for(config, privileges)
     listener_state = ListenerState()
     carry: CarriedFds | None = None
     pid_file = config.server.pid_file if inherited is None else ""
