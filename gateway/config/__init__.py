@@ -40,6 +40,7 @@ Rules:
 from __future__ import annotations
 
 import copy
+import ipaddress
 import logging
 import os
 import re
@@ -61,7 +62,7 @@ from pydantic import (
     model_validator,
 )
 
-from .addresses import Address, parse_address
+from .addresses import Address, parse_address, parse_listen
 from .messages import describe, find_line, format_problem
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,50 @@ def check_try_files(entries: list[str] | None) -> list[str] | None:
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-ListenAddress = Annotated[str, _address("listen address")]
+
+
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+#: "ADDRESS [tls] [proxy_protocol]" (``addresses.parse_listen``), kept as written.
+ListenAddress = Annotated[str, AfterValidator(_check_listen)]
+
+
+def check_network(value: str) -> str:
+    """A trusted proxy: an address, a CIDR network, or "unix:" (peers on unix
+    sockets), as nginx's ``set_real_ip_from``; host bits set in a network are
+    an error (``10.0.0.1/8`` was surely not meant as all of 10/8)."""
+    if value == "unix:":
+        return value
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        hint = " (host bits are set: did you mean the network address?)" if "host bits set" in str(exc) else ""
+        raise ValueError(f"{value!r} is not an address or a CIDR network like \"10.0.0.0/8\"{hint}") from None
+    return value
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def check_header_name(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"{value!r} is not a valid HTTP header name")
+    return value
+
+
+def check_headers(value: dict[str, str]) -> dict[str, str]:
+    """Response headers an operator adds: valid names, no line breaks or NULs
+    in values (they would split the response), no framing headers."""
+    for name, text in value.items():
+        check_header_name(name)
+        if name.lower() in ("content-length", "transfer-encoding", "connection"):
+            raise ValueError(f"{name!r} is set by the gateway from the body; it cannot be configured")
+        if any(c in text for c in "\r\n\0"):
+            raise ValueError(f"the value of {name!r} contains a line break or NUL")
+    return value
 
 
 class _Model(BaseModel):
@@ -192,8 +236,26 @@ class ServerConfig(_Model):
     user: str = ""
     #: The group it then runs as. Empty: the user's primary group.
     group: str = ""
-    #: Addresses to listen on: "127.0.0.1:8080", "[::1]:8080", ":8080" (all), "unix:/path".
+    #: Addresses to listen on: "127.0.0.1:8080", "[::1]:8080", ":8080" (all), "unix:/path",
+    #: each optionally followed by flags, as nginx: "0.0.0.0:443 tls" (TLS, with
+    #: the certificate of each site's [sites.X.tls]), "0.0.0.0:80 proxy_protocol"
+    #: (a PROXY protocol v1/v2 header first, from trusted_proxies only).
     listen: list[ListenAddress] = ["127.0.0.1:8080"]
+    #: Peers whose forwarded client address is believed (nginx set_real_ip_from):
+    #: addresses, CIDR networks, or "unix:" for peers on unix sockets. Empty:
+    #: nobody's; REMOTE_ADDR is always the TCP peer.
+    trusted_proxies: list[Annotated[str, AfterValidator(check_network)]] = []
+    #: Where a trusted proxy puts the client's address: "X-Forwarded-For" (the
+    #: rightmost address not in trusted_proxies, as nginx's real_ip_recursive
+    #: on), "Forwarded" (RFC 7239 for=), or "X-Real-IP". A trusted peer's
+    #: X-Forwarded-Proto: https also makes the request HTTPS for PHP.
+    real_ip_header: Annotated[str, AfterValidator(check_header_name)] = "X-Forwarded-For"
+    #: Encodings offered to clients for text responses (html, css, js, json,
+    #: xml, svg, plain), in the server's order of preference; [] turns
+    #: compression off.
+    compression: list[Literal["br", "gzip"]] = ["br", "gzip"]
+    #: Responses smaller than this are sent as they are (Caddy: 512).
+    compress_min_size: Size = 512
     #: Value of the Server header and of SERVER_SOFTWARE (nginx: server_tokens).
     server_software: str = "gateway"
     #: Where the gateway writes runtime files (php-fpm pool configs, sockets).
@@ -237,6 +299,8 @@ class TimeoutsConfig(_Model):
     keepalive: Duration = 75.0  # nginx keepalive_timeout
     send: Duration = 60.0  # nginx send_timeout: between two writes
     graceful: Duration = 10.0  # shutdown: how long in-flight requests may finish
+    #: A TLS handshake (and a PROXY protocol header before it) must be done in this time.
+    tls_handshake: Duration = 10.0
 
 
 class LimitsConfig(_Model):
@@ -340,6 +404,60 @@ class BackendConfig(_Model):
         return self
 
 
+class SiteTlsConfig(_Model):
+    """``[sites.X.tls]``: where the site's certificate comes from; exactly one
+    of ``cert`` + ``key``, ``acme`` or ``internal``."""
+
+    #: PEM certificate file, the chain after the leaf (nginx ssl_certificate).
+    cert: str = ""
+    #: PEM private key file (nginx ssl_certificate_key).
+    key: str = ""
+    #: Obtain and renew the certificate from the [acme] directory (Let's Encrypt
+    #: by default) for the site's server_names.
+    acme: bool = False
+    #: A certificate from the gateway's own local CA, kept in the state dir
+    #: (Caddy's "tls internal", mkcert): for development and intranets.
+    internal: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SiteTlsConfig:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("cert and key go together: give both PEM files")
+        sources = [name for name, on in (("cert", bool(self.cert)), ("acme", self.acme),
+                                         ("internal", self.internal)) if on]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of cert + key, acme = true or internal = true"
+                             + (f" (got {' and '.join(sources)})" if sources else ""))
+        return self
+
+
+class AcmeConfig(_Model):
+    """``[acme]``: how certificates for ``[sites.X.tls] acme = true`` are obtained (RFC 8555)."""
+
+    #: The ACME server's directory URL (default: Let's Encrypt production).
+    directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    #: Contact address given to the CA (expiry notices); may be empty.
+    email: str = ""
+    #: An extra CA bundle (PEM) to trust when talking to the ACME server (a test server's).
+    ca_bundle: str = ""
+    #: Where the ACME account, obtained certificates and the internal CA are kept.
+    #: Empty: /var/lib/gateway when run as root, else $XDG_DATA_HOME/gateway
+    #: (~/.local/share/gateway).
+    state_dir: str = ""
+    #: "http-01" (answered on a plain listener on port 80) or "tls-alpn-01"
+    #: (answered on a tls listener on port 443).
+    challenge: Literal["http-01", "tls-alpn-01"] = "http-01"
+
+    def state_path(self, euid: int | None = None) -> str:
+        """``state_dir``, or its default for a process running as ``euid``."""
+        if self.state_dir:
+            return self.state_dir
+        if (os.geteuid() if euid is None else euid) == 0:
+            return "/var/lib/gateway"
+        data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+        return os.path.join(data, "gateway")
+
+
 class SiteConfig(_Model):
     #: Host names: exact ("example.com"), wildcard ("*.example.com"), or "_" for none.
     server_names: list[str] = []
@@ -376,6 +494,17 @@ class SiteConfig(_Model):
     #: Cache lifetime for static files with these extensions (nginx "expires"):
     #: Cache-Control: max-age=N and Expires. 0 turns it off.
     static_max_age: Duration = 0.0
+    #: HTTPS for this site on listeners flagged "tls".
+    tls: SiteTlsConfig | None = None
+    #: Answer plain-HTTP requests with a 308 to the same URL over HTTPS (the
+    #: ACME HTTP-01 challenge path excepted).
+    redirect_to_https: bool = False
+    #: Response headers added to (or replacing those of) every response of
+    #: this site, e.g. "Strict-Transport-Security" = "max-age=31536000".
+    headers: Annotated[dict[str, str], AfterValidator(check_headers)] = {}
+    #: Serve "x.css.br" / "x.css.gz" beside "x.css" to clients that accept
+    #: them (nginx gzip_static, Caddy precompressed).
+    precompressed: bool = False
     static_cache_extensions: list[str] = [
         "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "webp", "avif", "svg", "ico", "woff", "woff2", "ttf",
         "eot", "otf", "mp4", "webm", "mp3", "ogg", "pdf",
@@ -394,6 +523,7 @@ class Config(_Model):
     admin: AdminConfig = AdminConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     limits: LimitsConfig = LimitsConfig()
+    acme: AcmeConfig = AcmeConfig()
     backends: dict[str, BackendConfig] = {}
     sites: dict[str, SiteConfig] = {}
 
@@ -503,11 +633,21 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     def resolve(path: str) -> str:
         return path if os.path.isabs(path) else str((base / path).resolve())
 
+    acme = data.get("acme")
+    if isinstance(acme, dict):
+        for key in ("ca_bundle", "state_dir"):
+            if isinstance(acme.get(key), str) and acme[key]:
+                acme[key] = resolve(acme[key])
     for site in data.get("sites", {}).values():
         if not isinstance(site, dict):
             continue
         if isinstance(site.get("root"), str):
             site["root"] = resolve(site["root"])
+        tls = site.get("tls")
+        if isinstance(tls, dict):
+            for key in ("cert", "key"):
+                if isinstance(tls.get(key), str) and tls[key]:
+                    tls[key] = resolve(tls[key])
         if isinstance(site.get("aliases"), dict):
             site["aliases"] = {k: resolve(v) if isinstance(v, str) else v for k, v in site["aliases"].items()}
 
@@ -651,7 +791,7 @@ def _listen_entries(data: dict[str, Any]) -> list[tuple[tuple[str, ...], Address
     for key, text in named:
         if isinstance(text, str) and text != "off":
             try:
-                entries.append((key, parse_address(text)))
+                entries.append((key, parse_listen(text).where))
             except ValueError:
                 pass
     return entries

@@ -28,7 +28,7 @@ from functools import partial
 
 import trio
 
-from ..config.addresses import parse_address
+from ..config.addresses import parse_listen
 from .downstream import Downstream
 from .h1 import ConnectionSettings, Handler, HttpConnection, ListenerState
 from .liveness import InFlightWatcher
@@ -55,7 +55,7 @@ async def open_listeners(addresses: list[str]) -> list[trio.SocketListener]:
     listeners: list[trio.SocketListener] = []
     try:
         for address in addresses:
-            where = parse_address(address, role="listen address")
+            where = parse_listen(address).where
             try:
                 if where.kind == "unix":
                     listeners.append(await _open_unix_listener(where.path))

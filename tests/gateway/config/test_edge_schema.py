@@ -1,0 +1,111 @@
+"""The edge keys (TLS, real client IPs, compression): what is accepted, and
+what an operator is told when a value cannot work."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, load_dir
+from gateway.config.addresses import parse_listen
+
+SITE = '[sites.a]\nroot = "/srv"\n'
+
+
+def load(tmp_path, text: str):
+    (tmp_path / "00.toml").write_text(text)
+    return load_dir(tmp_path, check_paths=False)
+
+
+def load_error(tmp_path, text: str) -> str:
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, text)
+    return str(exc.value)
+
+
+@pytest.mark.parametrize(("text", "address", "tls", "proxy"), [
+    ("0.0.0.0:443 tls", "0.0.0.0:443", True, False),
+    (":8080 proxy_protocol", ":8080", False, True),
+    ("[::]:443 tls proxy_protocol", "[::]:443", True, True),
+    ("  127.0.0.1:8443   tls ", "127.0.0.1:8443", True, False),
+    ("unix:/run/gw.sock proxy_protocol", "unix:/run/gw.sock", False, True),
+])
+def test_listen_flags_as_nginx_writes_them(text, address, tls, proxy):
+    spec = parse_listen(text)
+    assert (spec.address, spec.tls, spec.proxy_protocol) == (address, tls, proxy)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("127.0.0.1:443 ssl", "unknown flag 'ssl' (known: tls, proxy_protocol)"),
+    ("127.0.0.1:443 tls tls", "flag 'tls' given twice"),
+    ("", "is empty"),
+    ("tls", "is not HOST:PORT"),
+])
+def test_bad_listen_flags_are_named(text, says):
+    with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        parse_listen(text)
+
+
+def test_a_flagged_listener_conflicts_by_its_address(tmp_path):
+    err = load_error(tmp_path, SITE + '[server]\nlisten = ["127.0.0.1:8443 tls", "127.0.0.1:8443"]\n')
+    assert "server.listen.1: 127.0.0.1:8443 overlaps server.listen.0" in err
+
+
+def test_edge_keys_load(tmp_path):
+    cfg = load(tmp_path, SITE + """
+redirect_to_https = true
+precompressed = true
+[sites.a.tls]
+cert = "certs/a.pem"
+key = "certs/a.key"
+[sites.a.headers]
+Strict-Transport-Security = "max-age=31536000"
+[server]
+listen = ["127.0.0.1:8080", "127.0.0.1:8443 tls"]
+trusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1/128", "unix:"]
+real_ip_header = "X-Real-IP"
+compression = ["gzip"]
+compress_min_size = "1k"
+[acme]
+challenge = "tls-alpn-01"
+state_dir = "state"
+""")
+    site = cfg.sites["a"]
+    assert site.tls is not None and site.tls.cert == str(tmp_path.parent / "certs/a.pem")
+    assert site.tls.key == str(tmp_path.parent / "certs/a.key")
+    assert site.redirect_to_https and site.precompressed
+    assert site.headers == {"Strict-Transport-Security": "max-age=31536000"}
+    assert cfg.server.trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1/128", "unix:"]
+    assert cfg.server.compression == ["gzip"] and cfg.server.compress_min_size == 1024
+    assert cfg.acme.challenge == "tls-alpn-01" and cfg.acme.state_path() == str(tmp_path.parent / "state")
+
+
+def test_defaults_compress_and_trust_nobody(tmp_path):
+    cfg = load(tmp_path, SITE)
+    assert cfg.server.compression == ["br", "gzip"]
+    assert cfg.server.trusted_proxies == []
+    assert cfg.sites["a"].tls is None
+    assert cfg.acme.state_path(euid=0) == "/var/lib/gateway"
+
+
+def test_state_dir_for_a_user(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert load(tmp_path, SITE).acme.state_path(euid=1000) == str(tmp_path / "xdg" / "gateway")
+
+
+@pytest.mark.parametrize(("toml", "says"), [
+    ('[sites.a.tls]\ncert = "a.pem"\n', "sites.a.tls: cert and key go together"),
+    ('[sites.a.tls]\nacme = true\ninternal = true\n', "give exactly one of cert + key, acme = true or "
+                                                       "internal = true (got acme and internal)"),
+    ('[sites.a.tls]\n', "give exactly one of"),
+    ('[server]\ntrusted_proxies = ["10.0.0.1/8"]\n', "host bits are set"),
+    ('[server]\ntrusted_proxies = ["proxy.local"]\n', "'proxy.local' is not an address or a CIDR network"),
+    ('[server]\ncompression = ["zstd"]\n', "server.compression.0: 'zstd' is not allowed"),
+    ('[server]\nreal_ip_header = "X Forwarded"\n', "is not a valid HTTP header name"),
+    ('[sites.a.headers]\nX-A = "a\\r\\nSet-Cookie: x"\n', "contains a line break"),
+    ('[sites.a.headers]\nContent-Length = "5"\n', "cannot be configured"),
+    ('[acme]\nchallenge = "dns-01"\n', "acme.challenge: 'dns-01' is not allowed"),
+])
+def test_edge_mistakes_are_one_line_naming_the_key(tmp_path, toml, says):
+    err = load_error(tmp_path, SITE + toml)
+    assert says in err
+    assert len(err.splitlines()) == 1
