@@ -1,10 +1,11 @@
 """The tree is the architecture: imports between gateway's packages point one way.
 
-Layers (README "Layout"): L0 ``http``, ``config`` and the pure helpers
-``metrics``/``_util``; L1 ``front`` and ``upstream``, which never import each
-other; L2 ``app``; L3 ``observe`` and ``serve`` (``serve`` wires ``observe``
-in, never the reverse); L4 ``cli``. ``fastcgi/`` is a library of its own and
-imports nothing of the gateway.
+Layers (README "Layout"): L0 ``http``, ``config``, ``tls`` (certificates,
+contexts, the state dir) and the pure helpers ``metrics``/``_util``; L1
+``front``, ``upstream`` and ``acme``, which never import each other; L2
+``app``; L3 ``observe`` and ``serve`` (``serve`` wires ``observe`` in, never
+the reverse); L4 ``cli``. ``fastcgi/`` is a library of its own and imports
+nothing of the gateway.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYER = {"http": 0, "config": 0, "metrics": 0, "_util": 0, "front": 1, "upstream": 1, "app": 2,
+LAYER = {"http": 0, "config": 0, "metrics": 0, "_util": 0, "tls": 0, "front": 1, "upstream": 1, "acme": 1, "app": 2,
          "observe": 3, "serve": 3, "cli": 4, "__init__": 4, "__main__": 5}
 #: imports allowed between two parts of one layer
 SIDEWAYS = {("serve", "observe")}

@@ -23,12 +23,12 @@ import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import trio
 
-from ..config.addresses import parse_listen
+from ..config.addresses import ListenSpec, parse_listen
 from .downstream import Downstream
 from .h1 import ConnectionSettings, Handler, HttpConnection, ListenerState
 from .liveness import InFlightWatcher
@@ -105,9 +105,15 @@ def _addresses(stream: Downstream) -> tuple[tuple[str, int], tuple[str, int]]:
     return (peer[0], peer[1]), (local[0], local[1])
 
 
+#: A listener with no flags (the admin listener, tests).
+PLAIN = ListenSpec("", parse_listen("0").where)
+
+
 @dataclass(frozen=True)
 class Service:
-    """Listeners and the handler that serves their connections."""
+    """Listeners and the handler that serves their connections. ``specs``:
+    each listener's ``[server] listen`` entry (its flags: ``tls``,
+    ``proxy_protocol``), in the order of ``listeners``; empty: all plain."""
 
     listeners: list[trio.SocketListener]
     handler: Handler
@@ -115,6 +121,10 @@ class Service:
     listener_state: ListenerState
     max_connections: int = 10000
     max_connections_per_ip: int = 0
+    specs: list[ListenSpec] = field(default_factory=list)
+
+    def spec(self, index: int) -> ListenSpec:
+        return self.specs[index] if self.specs else PLAIN
 
 
 #: accept() errors that mean "out of a resource right now": log, wait, retry
@@ -289,8 +299,10 @@ def inherited_listeners(fds: list[int]) -> list[trio.SocketListener]:
     return [trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd))) for fd in fds]
 
 
-def _connection_handler(service: Service, connections: trio.Nursery) -> ClientHandler:
-    by_ip: dict[str, int] = {}
+def _connection_handler(service: Service, connections: trio.Nursery, spec: ListenSpec,
+                        by_ip: dict[str, int]) -> ClientHandler:
+    """How a connection accepted on a listener with ``spec`` is served;
+    ``by_ip``: the service's open connections per client address."""
     per_ip = service.max_connections_per_ip
     listener_state = service.listener_state
 
@@ -357,9 +369,10 @@ async def _serve_connections(shutdown: trio.Event, listener_state: ListenerState
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accept:
             for service in services:
-                handler = _connection_handler(service, connections)
                 slots = trio.CapacityLimiter(service.max_connections)
-                for listener in service.listeners:
+                by_ip: dict[str, int] = {}
+                for i, listener in enumerate(service.listeners):
+                    handler = _connection_handler(service, connections, service.spec(i), by_ip)
                     accept.start_soon(serve_listener, listener, handler, connections, slots,
                                       service.listener_state.parker, service.settings.send_timeout,
                                       service.listener_state)

@@ -50,6 +50,7 @@ from typing import Any
 import trio
 
 from ..config import Config, ConfigError, validate
+from ..config.addresses import parse_listen
 from ..front.h1 import ListenerState
 from ..front.listen import Service, listener_url, serve_until_shutdown
 from ..http._h11 import h11
@@ -61,6 +62,7 @@ from .privileges import plan as privileges_plan
 from .process import (
     Inherited,
     admin_connection_settings,
+    listen_specs,
     open_admin_listeners,
     open_listen_map,
     reload_failed,
@@ -366,9 +368,11 @@ class Master:
                     started.append(sup)
                 fpm[name] = (key, sup)
                 backends[name] = (address, status)
-            listen_fds = [listener.socket.fileno() for ls in listen.values() for listener in ls]
+            listeners, listen_entries = listen_specs(config.server.listen, listen)
+            listen_fds = [listener.socket.fileno() for listener in listeners]
             specs = [write_spec(config, i, count, backends, self.runtime_dir, listen_fds, self.parent_read,
-                                self.log_level, number) for i in range(count)]
+                                self.log_level, number, [str(spec) for spec in listen_entries])
+                     for i in range(count)]
             workers = Workers(specs, [*listen_fds, self.parent_read], self.runtime_dir, number)
             gen = Generation(number, config, count, workers, fpm, backends, listen)
             self.generations.append(gen)  # a stop meanwhile stops these workers too
@@ -600,7 +604,7 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
             listener.socket.close()  # already closed unless start-up failed
         os.close(parent_write)
         os.close(parent_read)
-        for address in {*listened, *config.server.listen, config.admin.listen}:
+        for address in {*listened, *(parse_listen(e).address for e in config.server.listen), config.admin.listen}:
             if address.startswith("unix:"):
                 _unlink(address[5:])
         if remove_runtime:
@@ -611,11 +615,13 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
 
 
 def write_spec(config: Config, index: int, count: int, backends: dict[str, tuple[str, str]], runtime_dir: str,
-               listen_fds: list[int], parent_fd: int, log_level: str, generation: int = 0) -> str:
+               listen_fds: list[int], parent_fd: int, log_level: str, generation: int = 0,
+               listen_entries: list[str] | None = None) -> str:
     path = os.path.join(runtime_dir, f"worker-{index}" + (f".g{generation}" if generation else "") + ".json")
     with open(path, "w") as f:
         json.dump({"config": worker_config(config, index, count, backends, runtime_dir, generation),
-                   "listen_fds": listen_fds, "parent_fd": parent_fd, "log_level": log_level}, f)
+                   "listen_fds": listen_fds, "listen_entries": listen_entries or [], "parent_fd": parent_fd,
+                   "log_level": log_level}, f)
     return path
 
 
@@ -623,4 +629,5 @@ def read_spec(spec_path: str) -> tuple[Config, Inherited, str]:
     """A worker's spec, written by its master: configuration, inherited fds, log level."""
     with open(spec_path) as f:
         spec = json.load(f)
-    return validate(spec["config"]), Inherited(spec["listen_fds"], spec["parent_fd"]), spec["log_level"]
+    inherited = Inherited(spec["listen_fds"], spec["parent_fd"], spec.get("listen_entries", []))
+    return validate(spec["config"]), inherited, spec["log_level"]

@@ -38,6 +38,7 @@ import trio
 
 from ..app.site import App
 from ..config import BackendConfig, Config, ConfigError, LimitsConfig
+from ..config.addresses import ListenSpec, parse_listen
 from ..front.h1 import ConnectionSettings, ListenerState
 from ..front.listen import (
     Service,
@@ -136,6 +137,9 @@ class Inherited:
 
     listen_fds: list[int]
     parent_fd: int | None = None
+    #: the ``[server] listen`` entry of each of ``listen_fds`` (its flags);
+    #: empty: all plain
+    listen_entries: list[str] = field(default_factory=list)
 
 
 #: ``serve``'s answer when SIGHUP asked for a re-exec: listen address -> the
@@ -146,15 +150,17 @@ CarriedFds = dict[str, list[int]]
 async def open_listen_map(addresses: list[str], carried: CarriedFds | None = None,
                           keep: dict[str, list[trio.SocketListener]] | None = None,
                           ) -> dict[str, list[trio.SocketListener]]:
-    """Listeners for ``addresses``: those in ``keep`` as they are, those whose
-    sockets were ``carried`` over a re-exec from their fds, the rest bound now.
-    Carried fds no address wants are closed. On an error nothing opened here
-    stays open."""
+    """Listeners for ``addresses`` (``[server] listen`` entries), keyed by
+    the address without its flags (a reload that changes only a flag keeps
+    the socket): those in ``keep`` as they are, those whose sockets were
+    ``carried`` over a re-exec from their fds, the rest bound now. Carried
+    fds no address wants are closed. On an error nothing opened here stays
+    open."""
     carried = dict(carried or {})
     out: dict[str, list[trio.SocketListener]] = {}
     opened: list[trio.SocketListener] = []
     try:
-        for address in dict.fromkeys(addresses):
+        for address in dict.fromkeys(parse_listen(entry).address for entry in addresses):
             if keep is not None and address in keep:
                 out[address] = keep[address]
             elif address in carried:
@@ -172,6 +178,15 @@ async def open_listen_map(addresses: list[str], carried: CarriedFds | None = Non
             for fd in fds:
                 os.close(fd)
     return out
+
+
+def listen_specs(entries: list[str], by_address: dict[str, list[trio.SocketListener]]
+                 ) -> tuple[list[trio.SocketListener], list[ListenSpec]]:
+    """The listeners of ``by_address`` (``open_listen_map``'s answer) and,
+    in the same order, the ``[server] listen`` entry (flags) each serves."""
+    specs = {spec.address: spec for spec in map(parse_listen, entries)}
+    listeners = [listener for ls in by_address.values() for listener in ls]
+    return listeners, [specs[address] for address, ls in by_address.items() for _ in ls]
 
 
 def carry_fds(by_address: dict[str, list[trio.SocketListener]]) -> CarriedFds:
@@ -248,9 +263,10 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
     by_address: dict[str, list[trio.SocketListener]] = {}
     if inherited is not None:
         listeners = inherited_listeners(inherited.listen_fds)
+        specs = [parse_listen(entry) for entry in inherited.listen_entries]
     else:
         by_address = await open_listen_map(config.server.listen, carried)
-        listeners = [listener for ls in by_address.values() for listener in ls]
+        listeners, specs = listen_specs(config.server.listen, by_address)
     admin_listeners = await open_admin_listeners(config.admin.listen if inherited is None else "off", listeners)
     account = privileges.account if privileges is not None else None
     runtime_dir, remove_runtime = runtime_dir_for(config, privileges)
@@ -279,7 +295,7 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
             settings = ConnectionSettings.from_config(config.server, config.timeouts, config.limits)
             max_conns = raise_open_files_limit(config.limits.max_connections)
             services = [Service(listeners, app.handle, settings, listener_state, max_conns,
-                                 config.limits.max_connections_per_ip)]
+                                 config.limits.max_connections_per_ip, specs)]
             running = Running(listeners, pools, supervisors, listener_state, monitor)
             if config.admin.listen != "off":
                 admin_listeners = admin_listeners or await open_listeners([config.admin.listen])
@@ -338,7 +354,8 @@ async def _end_shielded_runs(shutdown: trio.Event, pools: list[Pool[FastCgiConn]
         pool.end_shielded_at(deadline)
 
 
-def _unix_paths(addresses: list[str]) -> list[str]:
+def _unix_paths(entries: list[str]) -> list[str]:
+    addresses = [parse_listen(entry).address for entry in entries if entry != "off"]
     return [a[5:] for a in addresses if a.startswith("unix:")]
 
 
