@@ -15,8 +15,12 @@ Every second the monitor builds an ``Observation`` from the instruments and
   full host with sleeping workers is busy with something else).
 - ``php-waiting``: a pool is saturated and queueing but its workers mostly do
   not use CPU: they wait on a database, storage or the network.
+- ``listener-tls``: as ``listener``, and TLS handshakes take at least
+  ``TLS_SHARE`` of the process's CPU: new TLS connections, not requests,
+  are the load (no session resumption, RSA keys, a connection per request).
 - ``listener``: PHP has free slots, yet the gateway's own event loop lags or
-  its process uses a whole core: the front end is the bottleneck.
+  its process uses a whole core: the front end is the bottleneck. Its reason
+  names the share of CPU spent compressing responses when there is one.
 - ``healthy``: none of the above.
 
 Rules are checked in that order (a down backend explains everything after it).
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-BOTTLENECKS = ("healthy", "listener", "php-cpu", "php-waiting", "backend-down")
+BOTTLENECKS = ("healthy", "listener", "listener-tls", "php-cpu", "php-waiting", "backend-down")
 
 #: Seconds a new verdict must hold before it is shown.
 HOLD = 3.0
@@ -45,6 +49,9 @@ HOST_CPU_LIMIT = 0.90
 #: all (it sleeps or waits on I/O): a full host then is busy with something
 #: else (the gateway, a load generator, another service), and PHP is waiting.
 CPU_IDLE = 0.10
+#: Share of the gateway's CPU in TLS handshakes from which a saturated listener
+#: is ``listener-tls``: handshakes are then the main part of its work.
+TLS_SHARE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,10 @@ class Observation:
     process_cpu: float  # share of one core
     host_cpu: float | None  # share of all cores busy, None: unknown
     pools: tuple[PoolObservation, ...] = ()
+    tls_cpu: float = 0.0  # share of one core spent in TLS handshakes (same process as process_cpu)
+    tls_handshakes: float = 0.0  # full and resumed handshakes per second
+    tls_resumed: float = 0.0  # of which resumed, per second
+    compress_cpu: float = 0.0  # share of one core spent compressing responses
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +110,14 @@ def classify(obs: Observation) -> Verdict:
             bottleneck = _php_bottleneck(p, obs)
             return Verdict(bottleneck, _php_reason(bottleneck, p, obs))
     if obs.loop_lag_p99 >= LOOP_LAG_LIMIT or obs.process_cpu >= PROCESS_CPU_LIMIT:
+        if _tls_bound(obs):
+            return Verdict("listener-tls", _tls_reason(obs))
         return Verdict("listener", _listener_reason(obs))
     return Verdict("healthy", _healthy_reason(obs))
+
+
+def _tls_bound(obs: Observation) -> bool:
+    return obs.process_cpu > 0 and obs.tls_cpu >= TLS_SHARE * obs.process_cpu
 
 
 def explain(bottleneck: str, obs: Observation, *, processes: int = 1) -> str | None:
@@ -117,6 +134,8 @@ def explain(bottleneck: str, obs: Observation, *, processes: int = 1) -> str | N
         return _php_reason(bottleneck, p, obs, processes=processes)
     if bottleneck == "listener":
         return _listener_reason(obs, processes=processes)
+    if bottleneck == "listener-tls":
+        return _tls_reason(obs, processes=processes)
     if bottleneck == "healthy":
         return _healthy_reason(obs)
     return None
@@ -160,9 +179,23 @@ def _php_reason(bottleneck: str, p: PoolObservation, obs: Observation, *, proces
 def _listener_reason(obs: Observation, *, processes: int = 1) -> str:
     free = ", ".join(f"{p.name} {p.size - p.busy}/{p.size} free" for p in obs.pools) or "no PHP pools"
     cpu = "process CPU" if processes == 1 else "busiest process CPU"
+    compress = ""
+    if obs.compress_cpu > 0 and obs.process_cpu > 0:
+        compress = f" ({min(1.0, obs.compress_cpu / obs.process_cpu):.0%} of it compressing responses)"
     return (f"the gateway itself is the bottleneck: event-loop lag p99 {obs.loop_lag_p99 * 1000:.0f} ms, "
-            f"{cpu} {obs.process_cpu:.0%} of a core, while PHP has free slots ({free}); run more gateway workers "
-            "or move static files to a CDN.")
+            f"{cpu} {obs.process_cpu:.0%} of a core{compress}, while PHP has free slots ({free}); run more "
+            "gateway workers or move static files to a CDN.")
+
+
+def _tls_reason(obs: Observation, *, processes: int = 1) -> str:
+    share = min(1.0, obs.tls_cpu / obs.process_cpu) if obs.process_cpu > 0 else 0.0
+    resumed = obs.tls_resumed / obs.tls_handshakes if obs.tls_handshakes > 0 else 0.0
+    per = obs.tls_cpu / obs.tls_handshakes * 1000 if obs.tls_handshakes > 0 else 0.0
+    cpu = "the gateway's CPU" if processes == 1 else "the busiest gateway process's CPU"
+    return (f"TLS handshakes use {share:.0%} of {cpu} ({obs.process_cpu:.0%} of a core; "
+            f"{obs.tls_handshakes:.0f} handshakes/s, {resumed:.0%} resumed, {per:.1f} ms CPU each): clients "
+            "connect anew instead of reusing connections; enable session resumption, use ECDSA certificates, "
+            "keep connections alive, or add gateway processes.")
 
 
 def _healthy_reason(obs: Observation) -> str:

@@ -62,7 +62,7 @@ Path = tuple[str, ...]
 S = TypeVar("S")
 
 #: Verdicts, most severe first: the master shows the most severe any worker holds.
-SEVERITY = ("backend-down", "listener", "php-cpu", "php-waiting", "healthy")
+SEVERITY = ("backend-down", "listener-tls", "listener", "php-cpu", "php-waiting", "healthy")
 
 
 class _Absent:

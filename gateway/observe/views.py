@@ -15,8 +15,8 @@ from rich.text import Text
 
 DEFAULT_ADMIN = "http://127.0.0.1:9180"
 
-_COLOURS = {"healthy": "green", "listener": "magenta", "php-cpu": "red", "php-waiting": "yellow",
-            "backend-down": "bold red"}
+_COLOURS = {"healthy": "green", "listener": "magenta", "listener-tls": "magenta", "php-cpu": "red",
+            "php-waiting": "yellow", "backend-down": "bold red"}
 
 
 class AdminUnreachable(Exception):

@@ -55,6 +55,30 @@ def test_process_cpu_saturated_is_listener():
     assert classify(obs(pool(), cpu=0.99)).bottleneck == "listener"
 
 
+def test_a_listener_busy_with_tls_handshakes_is_listener_tls():
+    o = Observation(loop_lag_p99=0.08, process_cpu=0.98, host_cpu=0.9, pools=(pool(),), tls_cpu=0.69,
+                    tls_handshakes=400, tls_resumed=20)
+    v = classify(o)
+    assert v.bottleneck == "listener-tls"
+    assert v.reason.startswith("TLS handshakes use 70% of the gateway's CPU (98% of a core; 400 handshakes/s, "
+                               "5% resumed, 1.7 ms CPU each)")
+    assert "session resumption" in v.reason and "ECDSA" in v.reason
+
+
+def test_handshakes_that_are_a_minor_part_leave_it_listener():
+    o = Observation(loop_lag_p99=0.08, process_cpu=0.98, host_cpu=0.9, pools=(pool(),), tls_cpu=0.3,
+                    tls_handshakes=100, compress_cpu=0.2)
+    v = classify(o)
+    assert v.bottleneck == "listener"
+    assert "98% of a core (20% of it compressing responses)" in v.reason
+
+
+def test_handshake_cpu_without_saturation_is_healthy():
+    o = Observation(loop_lag_p99=0.001, process_cpu=0.4, host_cpu=0.5, pools=(pool(),), tls_cpu=0.35,
+                    tls_handshakes=100)
+    assert classify(o).bottleneck == "healthy"
+
+
 def test_connect_errors_without_responses_is_backend_down():
     v = classify(obs(pool(connect_errors=5, responses=0), lag=0.5))
     assert v.bottleneck == "backend-down"
