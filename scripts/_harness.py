@@ -70,6 +70,7 @@ http {{
     upstream php {{ server unix:{sock}; keepalive {keepalive}; keepalive_timeout {idle}ms; }}
     server {{
         listen 127.0.0.1:{port};
+        {tls}
         server_name localhost;
         root {root};
         index index.php index.html;
@@ -104,6 +105,44 @@ http://127.0.0.1:{port} {{
 }}
 """
 
+CADDY_TLS_SITE = """
+https://127.0.0.1:{port} {{
+    tls {cert} {key}
+    root * {root}
+    php_fastcgi unix/{sock}
+    file_server
+}}
+"""
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for localhost and 127.0.0.1 (what
+    every server of a comparison is given), as PEM files in ``directory``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    os.chmod(key_path, 0o644)  # nginx's and Caddy's workers read it; a throw-away test key
+    return cert_path, key_path
+
 
 class Stack:
     """php-fpm (one pool) + nginx + the gateway (+ Caddy), all on 127.0.0.1."""
@@ -112,7 +151,7 @@ class Stack:
                  nginx_http_extra: str = "", gateway_extra: str = "", nginx_locations: str | None = None,
                  gateway_site: str | None = None, run_as: str = "www-data", idle_timeout: float = 10.0,
                  processes: int = 1, caddy: bool = False, php_admin_values: dict[str, str] | None = None,
-                 baseline: Path | None = None) -> None:
+                 baseline: Path | None = None, tls: bool = False) -> None:
         """``nginx_http_extra``: directives added to nginx's http block;
         ``gateway_extra``: TOML added to the gateway's configuration;
         ``nginx_locations`` / ``gateway_site``: replace nginx's PHP locations and
@@ -122,7 +161,9 @@ class Stack:
         ``processes``: nginx's worker_processes and the gateway's [server] processes;
         ``caddy``: also start Caddy (Debian's; php_fastcgi + file_server, its defaults);
         ``baseline``: also start the gateway whose source tree is there (see the module
-        docstring) on ``baseline_port``, its pid in ``baseline_pid``."""
+        docstring) on ``baseline_port``, its pid in ``baseline_pid``;
+        ``tls``: each server (not the baseline) also serves HTTPS with one
+        certificate (``make_certificate``) on its ``tls_ports[server]``."""
         self.processes = processes
         self.php_admin_values = php_admin_values or {}
         self.caddy = caddy
@@ -143,6 +184,8 @@ class Stack:
         self.gateway_port = free_port()
         self.baseline = baseline
         self.baseline_port = free_port() if baseline else 0
+        servers = ["nginx", "gateway"] + (["caddy"] if caddy else [])
+        self.tls_ports: dict[str, int] = {server: free_port() for server in servers} if tls else {}
 
     def __enter__(self) -> Stack:
         try:
@@ -164,18 +207,28 @@ class Stack:
         self.fpm_socket = paths.socket
         for d in ("body", "fastcgi", "proxy", "uwsgi", "scgi"):
             (self.run / d).mkdir()
+        self.cert = self.key = None
+        nginx_tls = ""
+        if self.tls_ports:
+            self.cert, self.key = make_certificate(self.run)
+            nginx_tls = (f"listen 127.0.0.1:{self.tls_ports['nginx']} ssl; ssl_certificate {self.cert}; "
+                         f"ssl_certificate_key {self.key};")
         conf = self.run / "nginx.conf"
         conf.write_text(NGINX_CONF.format(run=self.run, sock=paths.socket, port=self.nginx_port, root=self.root,
                                           workers=self.workers, extra=self.nginx_http_extra,
                                           keepalive=max(1, self.workers // self.processes),
                                           nginx_user=self.run_as or "www-data", locations=self.nginx_locations,
-                                          idle=int(self.idle_timeout * 1000), processes=self.processes))
+                                          idle=int(self.idle_timeout * 1000), processes=self.processes,
+                                          tls=nginx_tls))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.procs.append(subprocess.Popen([nginx, "-c", str(conf)], stderr=subprocess.DEVNULL))
         wait_for(lambda: port_open(self.nginx_port), what="nginx")
         if self.caddy:
-            (self.run / "Caddyfile").write_text(CADDYFILE.format(port=self.caddy_port, root=self.root,
-                                                                 sock=paths.socket))
+            caddyfile = CADDYFILE.format(port=self.caddy_port, root=self.root, sock=paths.socket)
+            if self.tls_ports:
+                caddyfile += CADDY_TLS_SITE.format(port=self.tls_ports["caddy"], cert=self.cert, key=self.key,
+                                                   root=self.root, sock=paths.socket)
+            (self.run / "Caddyfile").write_text(caddyfile)
             env = {**os.environ, "XDG_DATA_HOME": str(self.run / "caddy"), "XDG_CONFIG_HOME": str(self.run / "caddy"),
                    "HOME": str(self.run)}
             self.procs.append(subprocess.Popen(["caddy", "run", "--config", str(self.run / "Caddyfile"),
@@ -192,15 +245,18 @@ class Stack:
         ``old_names``: write ``workers``, not ``processes`` / ``pool_size``."""
         confd.mkdir()
         processes, pool_size = ("workers", "workers") if old_names else ("processes", "pool_size")
+        tls = not old_names and "gateway" in self.tls_ports
+        listen = f'"127.0.0.1:{port}"' + (f', "127.0.0.1:{self.tls_ports["gateway"]} tls"' if tls else "")
+        site_tls = f'[sites.cmp.tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n' if tls else ""
         (confd / "00.toml").write_text(
-            f'[server]\nlisten = ["127.0.0.1:{port}"]\naccess_log = "off"\n'
+            f'[server]\nlisten = [{listen}]\naccess_log = "off"\n'
             + ('' if old_names else 'user = "root"\n')  # (the baseline predates [server] user)
             + f'{processes} = {self.processes}\n'
             f'[backends.php]\naddress = "unix:{self.fpm_socket}"\n{pool_size} = {self.gateway_pool_size}\n'
             f'idle_timeout = "{self.idle_timeout}s"\n'
             f'[admin]\nlisten = "off"\n'
             + (self.gateway_site or
-               f'[sites.cmp]\nserver_names = ["localhost"]\nroot = "{self.root}"\nphp = "php"\n')
+               f'[sites.cmp]\nserver_names = ["localhost"]\nroot = "{self.root}"\nphp = "php"\n{site_tls}')
             + self.gateway_extra
         )
         env = None

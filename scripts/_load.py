@@ -1,13 +1,18 @@
 """A small closed-loop HTTP/1.1 load generator on trio + h11, for scripts/.
 
 Each of ``concurrency`` clients keeps one connection alive and sends the next
-request as soon as the previous answer is in, until ``seconds`` have passed.
-Loopback only: anything but 127.0.0.0/8, ::1 or localhost is refused.
+request as soon as the previous answer is in, until ``seconds`` have passed;
+with ``new_connections`` each request gets a connection of its own
+(``Connection: close``), so over https every request costs a full TLS
+handshake (no session is resumed). https URLs are not verified: the target is
+this machine's own test server. Loopback only: anything but 127.0.0.0/8, ::1
+or localhost is refused.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -18,6 +23,7 @@ import trio
 
 def loopback_target(url: str) -> tuple[str, int, str]:
     parts = urlsplit(url if "://" in url else "http://" + url)
+    default_port = 443 if parts.scheme == "https" else 80
     host = parts.hostname or "127.0.0.1"
     if host != "localhost":
         try:
@@ -25,7 +31,15 @@ def loopback_target(url: str) -> tuple[str, int, str]:
                 raise ValueError
         except ValueError:
             raise SystemExit(f"refusing {url}: load is only sent to 127.0.0.1, ::1 or localhost") from None
-    return host, parts.port or 80, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return host, parts.port or default_port, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def client_context() -> ssl.SSLContext:
+    """TLS for load against our own loopback test server: no verification."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 @dataclass
@@ -40,20 +54,22 @@ class LoadStats:
 
 
 async def _client(host: str, port: int, target: str, deadline: float, stats: LoadStats,
-                  request_timeout: float) -> None:
-    stream = None
+                  request_timeout: float, tls: ssl.SSLContext | None, new_connections: bool) -> None:
+    stream: trio.abc.Stream | None = None
     conn = None
+    headers = [("Host", f"{host}:{port}")] + ([("Connection", "close")] if new_connections else [])
     while time.monotonic() < deadline:
         try:
-            if stream is None:
-                stream = await trio.open_tcp_stream(host, port)
-                conn = h11.Connection(h11.CLIENT)
-            assert conn is not None
             stats.sent += 1
             t0 = time.monotonic()
             with trio.fail_after(request_timeout):
-                await stream.send_all(conn.send(h11.Request(method="GET", target=target,
-                                                            headers=[("Host", f"{host}:{port}")])))
+                if stream is None:
+                    stream = await trio.open_tcp_stream(host, port)
+                    if tls is not None:
+                        stream = trio.SSLStream(stream, tls, server_hostname=host, https_compatible=True)
+                    conn = h11.Connection(h11.CLIENT)
+                assert conn is not None
+                await stream.send_all(conn.send(h11.Request(method="GET", target=target, headers=headers)))
                 await stream.send_all(conn.send(h11.EndOfMessage()))
                 status = 0
                 while True:
@@ -85,11 +101,12 @@ async def _client(host: str, port: int, target: str, deadline: float, stats: Loa
 
 
 async def run_load(url: str, *, concurrency: int, seconds: float, stats: LoadStats,
-                   request_timeout: float = 30.0) -> None:
+                   request_timeout: float = 30.0, new_connections: bool = False) -> None:
     host, port, target = loopback_target(url)
+    tls = client_context() if url.startswith("https://") else None
     concurrency = max(1, min(concurrency, 5000))
     seconds = max(0.0, min(seconds, 600.0))
     deadline = time.monotonic() + seconds
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
-            nursery.start_soon(_client, host, port, target, deadline, stats, request_timeout)
+            nursery.start_soon(_client, host, port, target, deadline, stats, request_timeout, tls, new_connections)

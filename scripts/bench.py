@@ -12,7 +12,9 @@ Caddy (Debian's, php_fastcgi + file_server with its defaults) is measured too
 unless --no-caddy, on the same pool, in the same alternation.
 
 Workloads: hello.php at 16/64/256 connections; a ~5 ms CPU script at 64; a
-50 ms sleeping script at 256; static 1 KiB and 1 MiB at 64; 1000 connections
+50 ms sleeping script at 256; static 1 KiB and 1 MiB at 64; static 1 KiB over
+HTTPS at 64, kept alive and with a new connection (a full TLS handshake) per
+request, every server with the same ECDSA P-256 certificate; 1000 connections
 on the sleeping script (php-fpm's listen.backlog stays 511, its default); an
 overload run where clients give up after 1 s, with the PHP work done for
 clients that had already left (requests php-fpm ran minus answers); and, when
@@ -82,13 +84,20 @@ WORKLOADS = [
     ("static 1MiB c64", "/1m.bin", 64, 10),
     ("sleep 50ms c1000", "/sleep.php", 1000, 30),
     ("overload 1s timeout", "/sleep.php", 1000, 1),
+    # over TLS, every server with the same ECDSA P-256 certificate: kept-alive connections, and a new
+    # connection (a full handshake: wrk resumes no session) per request
+    ("https static 1KiB c64", "/1k.txt", 64, 10),
+    ("https handshake c64", "/1k.txt", 64, 10),
 ]
 
 
-def wrk(port: int, path: str, connections: int, seconds: float, timeout: float) -> dict[str, float]:
+def wrk(port: int, path: str, connections: int, seconds: float, timeout: float, *, https: bool = False,
+        close: bool = False) -> dict[str, float]:
     threads = min(2, connections)
+    scheme = "https" if https else "http"
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", f"--timeout={int(timeout)}s",
-                          "--latency", f"http://127.0.0.1:{port}{path}"],
+                          "--latency", *(["-H", "Connection: close"] if close else []),
+                          f"{scheme}://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
 
     def num(pattern: str) -> float:
@@ -148,16 +157,19 @@ def run_workloads(stack: Stack, workloads: list[tuple[str, str, int, int]], args
                   duration: float, results: dict[tuple[str, str], list[dict[str, float]]]) -> None:
     status_socket = stack.fpm_socket.replace("php.sock", "status.sock")
     for name, path, conns, timeout in workloads:
+        https = name.startswith("https")
         for rep in range(args.reps):
             servers = [("nginx", stack.nginx_port, 0), ("gateway", stack.gateway_port, stack.gateway_pid)]
-            if stack.baseline:
+            if stack.baseline and not https:  # (a baseline may predate TLS)
                 servers.append(("baseline", stack.baseline_port, stack.baseline_pid))
             if stack.caddy:
                 servers.append(("caddy", stack.caddy_port, 0))
+            if https:
+                servers = [(server, stack.tls_ports[server], pid) for server, _, pid in servers]
             for server, port, gw_pid in servers:
                 ran0 = fpm_requests(status_socket)
                 cpu0 = cpu_seconds(gw_pid) if gw_pid else 0.0
-                r = wrk(port, path, conns, duration, timeout)
+                r = wrk(port, path, conns, duration, timeout, https=https, close="handshake" in name)
                 r["gw_cpu_us"] = ((cpu_seconds(gw_pid) - cpu0) / r["requests"] * 1e6
                                   if gw_pid and r["requests"] else float("nan"))
                 drain(status_socket, 1.5)
@@ -248,7 +260,8 @@ def bench(args: argparse.Namespace, baseline: Path | None, baseline_commit: str)
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     if workloads:
         with Stack(root, workers=args.fpm_workers, idle_timeout=1.0, processes=args.processes,
-                   caddy=args.caddy, baseline=baseline) as stack:
+                   caddy=args.caddy, baseline=baseline,
+                   tls=any(name.startswith("https") for name, *_ in workloads)) as stack:
             run_workloads(stack, workloads, args, duration, results)
     shutil.rmtree(root, ignore_errors=True)
     if selected("wordpress home c16"):

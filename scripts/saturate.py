@@ -1,6 +1,6 @@
 """Drive a scenario against a running gateway and print its verdict each second.
 
-    scripts/saturate SCENARIO [--url http://127.0.0.1:8080] [--admin http://127.0.0.1:9180]
+    scripts/saturate SCENARIO [--url URL] [--admin http://127.0.0.1:9180]
                               [--seconds 30] [--concurrency N]
 
 Scenarios (against the demo site in conf.d/, whose pool has 4 workers):
@@ -8,6 +8,9 @@ Scenarios (against the demo site in conf.d/, whose pool has 4 workers):
   php-waiting   many clients on /slow.php?ms=300 (PHP sleeps, like a slow query)
   php-cpu       many clients on /cpu.php?ms=50 (PHP burns CPU)
   listener      many clients on a static file (the gateway itself works hardest)
+  listener-tls  many clients on a static file over https, a new connection (a
+                full TLS handshake) per request; give the demo's https listener,
+                --url https://127.0.0.1:8443
   backend-down  a trickle of PHP requests; stop php-fpm (or point the backend at a
                 dead address) to see it
 
@@ -31,6 +34,7 @@ SCENARIOS = {
     "php-waiting": ("/slow.php?ms=300", 64),
     "php-cpu": ("/cpu.php?ms=50", 32),
     "listener": ("/style.css", 256),
+    "listener-tls": ("/style.css", 128),
     "backend-down": ("/info.php", 4),
 }
 
@@ -51,7 +55,8 @@ async def main(args: argparse.Namespace) -> None:
     path, default_c = SCENARIOS[args.scenario]
     concurrency = args.concurrency or default_c
     stats = LoadStats()
-    url = args.url.rstrip("/") + path
+    base = args.url or ("https://127.0.0.1:8443" if args.scenario == "listener-tls" else "http://127.0.0.1:8080")
+    url = base.rstrip("/") + path
     print(f"{args.scenario}: {concurrency} clients on {url} for {args.seconds:g}s", flush=True)
 
     async def report() -> None:
@@ -75,7 +80,8 @@ async def main(args: argparse.Namespace) -> None:
                 await run_load(url, concurrency=1, seconds=0.01, stats=stats)
                 await trio.sleep(0.2)
         else:
-            await run_load(url, concurrency=concurrency, seconds=args.seconds, stats=stats)
+            await run_load(url, concurrency=concurrency, seconds=args.seconds, stats=stats,
+                           new_connections=args.scenario == "listener-tls")
         nursery.cancel_scope.cancel()
     lat = sorted(stats.latencies)
     p99 = lat[int(len(lat) * 0.99) - 1] if lat else 0.0
@@ -85,7 +91,8 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--url", default="", help="default http://127.0.0.1:8080 (https://127.0.0.1:8443 for "
+                        "listener-tls)")
     parser.add_argument("--admin", default="http://127.0.0.1:9180")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=0)
