@@ -33,6 +33,11 @@ from ..http.response import FileRange
 #: Writes to a stream that is not a socket go in pieces of this size, the send
 #: timeout re-armed for each.
 SEND_PIECE = 16 * 1024
+#: Under TLS, pieces this big: one ``SSLStream.send_all`` encrypts it into
+#: 16 KiB records and hands them to the socket in one go (a static file read in
+#: ``READ_CHUNK``s is 4 such sends, not 16 round trips through the event loop).
+#: A reader must take this much per ``send_timeout`` (1 KiB/s for 60 s).
+TLS_SEND_PIECE = 64 * 1024
 SENDFILE_CHUNK = 4 * 1024 * 1024
 READ_CHUNK = 256 * 1024
 
@@ -129,9 +134,10 @@ class Downstream(trio.abc.HalfCloseableStream):
             if sock is None:
                 if not view:
                     await self.stream.send_all(b"")
-                for i in range(0, len(view), SEND_PIECE):
+                piece_size = TLS_SEND_PIECE if self.tls else SEND_PIECE
+                for i in range(0, len(view), piece_size):
                     scope.deadline = trio.current_time() + timeout
-                    piece = view[i : i + SEND_PIECE]
+                    piece = view[i : i + piece_size]
                     await self.stream.send_all(piece)
                     self.sent += len(piece)
                 return

@@ -241,6 +241,8 @@ class Monitor:
     lag: Window
     accepted: Window
     requests: Window
+    tls_handshakes: Window
+    tls_cpu: Window
     #: share of one core over the last sample interval
     process_cpu: float
     #: share of all cores busy, None: unknown (not Linux)
@@ -256,6 +258,9 @@ class Monitor:
         self.lag = Window(WINDOW)
         self.accepted = Window(WINDOW)
         self.requests = Window(WINDOW)
+        #: cumulative TLS handshakes, and their CPU seconds
+        self.tls_handshakes = Window(WINDOW)
+        self.tls_cpu = Window(WINDOW)
         self.process_cpu = 0.0
         self.host_cpu = None
         self._prev_proc: tuple[float, float] | None = None
@@ -302,6 +307,8 @@ class Monitor:
         self._prev_host = host
         self.accepted.add(now, self.stats.accepted)
         self.requests.add(now, self.stats.requests)
+        self.tls_handshakes.add(now, self.stats.tls.handshakes)
+        self.tls_cpu.add(now, self.stats.tls.cpu_seconds)
         for pm in self.pools:
             await pm.poll_fpm_status()
             pm.sample_worker_cpu(time.monotonic())
