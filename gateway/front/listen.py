@@ -89,14 +89,15 @@ async def _open_unix_listener(path: str) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
-def listener_url(listener: trio.SocketListener) -> str:
+def listener_url(listener: trio.SocketListener, tls: bool = False) -> str:
     """What a start-up log line shows: ``http://127.0.0.1:8080``,
-    ``http://[::1]:8080`` or ``unix:/run/gateway.sock``."""
+    ``https://[::1]:8443`` (``tls``) or ``unix:/run/gateway.sock``."""
     sock = listener.socket
     if sock.family == socket.AF_UNIX:
-        return f"unix:{sock.getsockname()}"
+        return f"unix:{sock.getsockname()}" + (" (tls)" if tls else "")
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _addresses(stream: Downstream) -> tuple[tuple[str, int], tuple[str, int]]:

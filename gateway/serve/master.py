@@ -567,7 +567,7 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
                         task_status: trio.TaskStatus[None]) -> None:
     # Bind first: an address in use is reported (naming it) before php-fpm starts.
     bound = await open_listen_map(config.server.listen)
-    listeners = [listener for ls in bound.values() for listener in ls]
+    listeners, specs = listen_specs(config.server.listen, bound)
     admin_listeners = await open_admin_listeners(config.admin.listen, listeners)
     runtime_dir, remove_runtime = runtime_dir_for(config, privileges)
     if not remove_runtime:
@@ -590,8 +590,8 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
             if pid_file:
                 write_pid_file(pid_file)
                 tell_watchdog(f"remove {pid_file}")
-            for listener in listeners:
-                log.info("listening on %s (%d worker processes)", listener_url(listener), count)
+            for listener, spec in zip(listeners, specs, strict=True):
+                log.info("listening on %s (%d worker processes)", listener_url(listener, spec.tls), count)
             shutdown = trio.Event()
             watchers: list[Callable[[trio.Event], Awaitable[None]]] = (
                 [partial(master.watch_signals, signals)] if signals is not None else [])

@@ -351,8 +351,8 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                 tell_watchdog(f"remove {pid_file}")
             drop(account)  # everything that needs root is bound, opened and started
             if inherited is None:
-                for listener in listeners:
-                    log.info("listening on %s", listener_url(listener))
+                for listener, spec in zip(listeners, specs, strict=True):
+                    log.info("listening on %s", listener_url(listener, spec.tls))
                 for listener in running.admin_listeners:
                     log.info("admin (/status, /metrics) on %s", listener_url(listener))
             else:

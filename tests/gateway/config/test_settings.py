@@ -15,8 +15,8 @@ from gateway.upstream.fastcgi import PhpSettings
 #: every mapped key set to a value no default has
 CONFIG = validate({
     "server": {"temp_dir": "/var/tmp/gw", "server_software": "edge", "access_log_format": "json"},
-    "timeouts": {"client_header": "11s", "client_body": "12s", "client_body_min_rate": 13, "keepalive": "14s", "tls_handshake": "22s",
-                 "send": "15s"},
+    "timeouts": {"client_header": "11s", "client_body": "12s", "client_body_min_rate": 13, "keepalive": "14s",
+                 "send": "15s", "tls_handshake": "22s"},
     "limits": {"max_header_size": 16, "max_uri_size": 17, "max_header_count": 18, "client_max_body_size": 19,
                "body_buffer_size": 20, "keepalive_requests": 21, "max_connections": 22},
     "backends": {"php": {"pool_size": 23, "queue_timeout": "24s", "connect_timeout": "25s", "read_timeout": "26s",
