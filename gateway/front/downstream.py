@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from typing import Any
 
 import trio
@@ -180,17 +181,46 @@ class Downstream(trio.abc.HalfCloseableStream):
         """Half-close and drain briefly so the client reads our response before
         any reset (nginx's lingering_close): closing with unread bytes from the
         client would send an RST that can destroy the response in flight."""
+        source: trio.abc.ReceiveStream = self
         try:
-            await self.send_eof()
+            if isinstance(self.stream, trio.SSLStream):
+                source = await self._tls_eof(seconds)
+            else:
+                await self.send_eof()
             with trio.move_on_after(seconds):
                 drained = 0
                 while drained < max_bytes:
-                    data = await self.receive_some(65536)
+                    data = await source.receive_some(65536)
                     if not data:
                         break
                     drained += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+    async def _tls_eof(self, seconds: float) -> trio.abc.ReceiveStream:
+        """TLS has no half-close: send our close_notify alert, then a TCP FIN;
+        what the client still sends is drained from the socket below TLS (the
+        returned stream). A client that reads until EOF (no Content-Length,
+        Connection: close) so knows the response is whole."""
+        assert isinstance(self.stream, trio.SSLStream)
+        ssl_object: Any = getattr(self.stream, "_ssl_object", None)
+        outgoing: Any = getattr(self.stream, "_outgoing", None)
+        transport: trio.abc.Stream = self.stream.transport_stream
+        if ssl_object is not None and outgoing is not None:
+            try:
+                ssl_object.unwrap()  # writes close_notify to the outgoing BIO
+            except (ssl.SSLError, ValueError):
+                pass  # it wants the peer's close_notify too: we do not wait for it
+            alert = outgoing.read()
+            with trio.move_on_after(seconds):
+                await transport.send_all(alert)
+        self._eof_sent = True
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        return transport
 
     def close_now(self) -> None:
         """Close without a task (the parker's): the socket goes at once."""
