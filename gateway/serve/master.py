@@ -68,6 +68,7 @@ from .process import (
     open_listen_map,
     prepare_tls,
     reload_failed,
+    renew_internal,
     runtime_dir_for,
     spawn_key,
     start_backend,
@@ -579,6 +580,8 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
         async with trio.open_nursery() as system:
             master = Master(runtime_dir, parent_read, log_level, system, reload, privileges)
             gen = await master.start_generation(config, count, bound, privileges)
+            system.start_soon(renew_internal, lambda: (master.current.config, master.privileges)
+                              if master.generations else None)
             services: list[Service] = []
             listener_state = ListenerState()
             if admin_listeners:

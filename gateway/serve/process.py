@@ -169,6 +169,26 @@ def prepare_tls(config: Config, privileges: Plan | None) -> None:
         prepare_internal(site_tls(config), tls_state(config, privileges))
 
 
+#: How often the writer looks whether an internal certificate is near expiry.
+INTERNAL_RENEW_EVERY = 12 * 3600.0
+
+
+async def renew_internal(current: Callable[[], tuple[Config, Plan | None] | None]) -> None:
+    """The writer's loop: reissue internal certificates near expiry
+    (``internal_ca.RENEW_DAYS``); workers pick the new bundle up by its stamp.
+    ``current``: the running configuration (None: none right now)."""
+    while True:
+        await trio.sleep(INTERNAL_RENEW_EVERY)
+        now = current()
+        if now is None:
+            continue
+        config, privileges = now
+        try:
+            await trio.to_thread.run_sync(prepare_tls, config, privileges)
+        except (OSError, ValueError) as exc:
+            log.warning("could not renew internal certificates: %s", exc)
+
+
 def load_tls(config: Config, specs: list[ListenSpec], listener_state: ListenerState, privileges: Plan | None,
              ticket_keys: bytes) -> TlsSites | None:
     """The certificates of this process's ``tls`` listeners (None: it has none)."""
@@ -365,6 +385,8 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
             watchers = signal_watchers(signals, inherited, supervisors=supervisors,
                                        reload=reload if inherited is None else None, reexec=reexec)
             system.start_soon(_end_shielded_runs, running.shutdown, list(pools.values()), config.timeouts.graceful)
+            if inherited is None and tls is not None:
+                system.start_soon(renew_internal, lambda: (config, privileges))
             await serve_until_shutdown(running.shutdown, listener_state, services, config.timeouts.graceful,
                                        watchers=watchers, on_started=lambda: task_status.started(running))
             for pool in pools.values():
