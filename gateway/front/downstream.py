@@ -51,6 +51,21 @@ def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return None
 
 
+async def send_tls_alert(stream: trio.SSLStream[trio.abc.Stream], seconds: float = 1.0) -> None:
+    """After a failed handshake: send what OpenSSL queued (its alert, e.g.
+    ``unrecognized_name``), which trio drops when it marks the stream broken,
+    so the client learns why instead of seeing the connection just close."""
+    outgoing: Any = getattr(stream, "_outgoing", None)
+    alert = outgoing.read() if outgoing is not None else b""
+    if not alert:
+        return
+    with trio.move_on_after(seconds):
+        try:
+            await stream.transport_stream.send_all(alert)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
 class Downstream(trio.abc.HalfCloseableStream):
     """A client connection: a ``trio.SocketStream``, an ``SSLStream`` over one,
     or any stream (tests). ``send_timeout``: seconds without write progress."""

@@ -31,7 +31,7 @@ import trio
 from ..config.addresses import ListenSpec, parse_listen
 from ..metrics import TlsStats
 from ..tls.contexts import TlsSites, describe, failure_reason
-from .downstream import Downstream
+from .downstream import Downstream, send_tls_alert
 from .h1 import ConnectionSettings, Handler, HttpConnection, ListenerState
 from .liveness import InFlightWatcher
 from .parking import Parked, Parker
@@ -373,6 +373,7 @@ async def tls_handshake(client: Accepted, tls: TlsSites | None, limit: float, st
             reason = failure_reason(exc, getattr(ssl_stream, "_ssl_object", None))
             stats.failures[reason] += 1
             log.info("TLS handshake from %s failed (%s): %s", client.peer[0], reason, describe(exc))
+            await send_tls_alert(ssl_stream)
             return False
         reason = ""
     if reason:

@@ -25,7 +25,8 @@ Policy:
   HTTP), and when that has none the handshake ends with an
   ``unrecognized_name`` alert, counted as ``no_certificate``.
 - Handshake CPU: ``front.sslobject_class`` is a subclass of ``ssl.SSLObject``
-  whose ``do_handshake`` adds its ``time.thread_time()`` to ``TlsStats``.
+  whose ``do_handshake`` hands each step's ``time.thread_time()`` to the
+  caller's ``add_cpu`` (``metrics.TlsStats``).
 
 No sockets here: ``front.listen`` runs the handshake.
 """

@@ -73,3 +73,32 @@ async def test_a_real_client_completes_and_the_stream_is_tls(tmp_path):
     assert stats.handshakes == 1 and stats.resumed == 0
     await client.send_all(b"ping")
     assert await accepted.stream.receive_some(10) == b"ping"
+
+
+async def test_a_name_without_a_certificate_is_counted_as_no_certificate(tmp_path, caplog):
+    tls, ca = _sites(tmp_path)
+    only_a = TlsSites.load([SiteTls("a", ["a.test"], cert=str(tmp_path / "a.crt"),
+                                                     key=str(tmp_path / "a.key")),
+                            SiteTls("plain", ["plain.test"], default=True)],
+                           StateDir(str(tmp_path)), lambda s: None)
+    stats = TlsStats()
+    client_side, server_side = trio.testing.memory_stream_pair()
+    accepted = Accepted(Downstream(server_side))
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    client = trio.SSLStream(client_side, client_ctx, server_hostname="plain.test")
+
+    errors: list[str] = []
+
+    async def client_handshake() -> None:
+        try:
+            await client.do_handshake()
+        except trio.BrokenResourceError as exc:
+            errors.append(str(exc.__cause__))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client_handshake)
+        assert await tls_handshake(accepted, only_a, 10.0, stats) is False
+        await trio.aclose_forcefully(accepted.stream)
+    assert stats.failures["no_certificate"] == 1
+    assert len(errors) == 1 and "UNRECOGNIZED_NAME" in errors[0]  # the client is told why
