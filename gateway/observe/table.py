@@ -363,6 +363,8 @@ TABLE: tuple[Row, ...] = (
                   lambda m, now: m.stats.tls.cpu_seconds, ("listener", "tls", "cpu_seconds_total"), digits=3),
     ProcessMetric(None, "gauge", "TLS handshakes completed per second over the last 10 s.",
                   lambda m, now: m.tls_handshakes.rate(now), ("listener", "tls", "handshakes_per_second"), digits=1),
+    ProcessMetric(None, "gauge", "Resumed TLS handshakes per second over the last 10 s.",
+                  lambda m, now: m.tls_resumed.rate(now), ("listener", "tls", "resumed_per_second"), digits=1),
     ProcessMetric("gateway_tls_handshake_cpu_ratio", "gauge",
                   "CPU in TLS handshakes over the last 10 s, share of one core.",
                   lambda m, now: m.tls_cpu.rate(now), ("listener", "tls", "cpu"), digits=3),

@@ -119,6 +119,8 @@ def frozen_monitor(second: bool = False) -> Monitor:
     stats.tls.failures.update(timeout=1, protocol=2)
     monitor.tls_handshakes.add(now - 4, 0)
     monitor.tls_handshakes.add(now, 30)
+    monitor.tls_resumed.add(now - 4, 0)
+    monitor.tls_resumed.add(now, 20)
     monitor.tls_cpu.add(now - 4, 0.0)
     monitor.tls_cpu.add(now, 0.0456)
     monitor.process_cpu = 0.123456

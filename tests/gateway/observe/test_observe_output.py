@@ -85,7 +85,7 @@ STATUS_KEYS = [
     "listener.loop_lag_ms.max", "listener.tls", "listener.tls.handshakes_total", "listener.tls.resumed_total",
     "listener.tls.failures", "listener.tls.failures.timeout", "listener.tls.failures.protocol",
     "listener.tls.failures.no_certificate", "listener.tls.cpu_seconds_total", "listener.tls.handshakes_per_second",
-    "listener.tls.cpu", "listener.process_cpu",
+    "listener.tls.resumed_per_second", "listener.tls.cpu", "listener.process_cpu",
     "host", "host.cpu", "host.cpus",
     "pools", "pools.*", "pools.*.size", "pools.*.busy", "pools.*.idle", "pools.*.queue_depth",
     "pools.*.queue_depth_max_window", "pools.*.queue_depth_max", "pools.*.queue_limit",
