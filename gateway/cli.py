@@ -213,10 +213,14 @@ def serve(
         """The configuration again, from the same directory and flags, checked as
         at start (SIGHUP)."""
         from .serve.privileges import check as readable_by_users
+        from .serve.process import check_certificates
 
         if root is not None:
-            return quick_config(root, overrides, tls=bool(tls_listen))
-        return load_dir(config, overrides, checks=[readable_by_users])
+            new = quick_config(root, overrides, tls=bool(tls_listen))
+        else:
+            new = load_dir(config, overrides, checks=[readable_by_users])
+        check_certificates(new)  # a certificate that does not load refuses the reload
+        return new
 
     plan = _privileges(cfg)
     _setup_error_log(cfg.server.error_log)  # opened as root, before the drop

@@ -51,7 +51,7 @@ from ..front.listen import (
 from ..observe.admin import AdminApp
 from ..observe.health import BackendHealth
 from ..observe.monitor import Monitor, PoolMonitor
-from ..tls.contexts import SiteTls, TlsSites, prepare_internal
+from ..tls.contexts import SiteTls, TlsError, TlsSites, prepare_internal
 from ..tls.store import StateDir
 from ..tls.ticket_keys import new_keys
 from ..upstream.connect import Connector, make_connector
@@ -164,9 +164,24 @@ def tls_state(config: Config, privileges: Plan | None) -> StateDir:
 
 def prepare_tls(config: Config, privileges: Plan | None) -> None:
     """The writer's start-up part (before privileges drop, before workers
-    start): the internal CA and certificates, if any site wants them."""
+    start): the internal CA and certificates, if any site wants them.
+    ``TlsError`` names the state dir if that fails."""
     if any(parse_listen(entry).tls for entry in config.server.listen):
-        prepare_internal(site_tls(config), tls_state(config, privileges))
+        state = tls_state(config, privileges)
+        try:
+            prepare_internal(site_tls(config), state)
+        except (OSError, ValueError) as exc:
+            raise TlsError(f"internal CA in {state.root}: {exc}") from None
+
+
+def check_certificates(config: Config) -> None:
+    """Load every ``cert`` + ``key`` of ``config`` as a worker will (a reload's
+    check, before anything stops); ``ConfigError`` names the site and file."""
+    if any(parse_listen(entry).tls for entry in config.server.listen):
+        try:
+            TlsSites.load(site_tls(config), StateDir(config.acme.state_path()), lambda seconds: None)
+        except TlsError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 #: How often the writer looks whether an internal certificate is near expiry.

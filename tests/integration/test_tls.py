@@ -311,3 +311,27 @@ async def test_a_big_file_over_tls_to_a_slow_reader_keeps_memory_bounded(tmp_pat
         assert peak - before < 32 * 1024, (before, peak)  # KiB: far less than the file
     finally:
         await stop(proc, stderr)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_a_certificate_that_does_not_load_refuses_the_reload(tmp_path, processes):
+    ca = trustme.CA()
+    port, tls_port, admin = free_port(), free_port(), free_port()
+    proc, stderr = await start_cli(["serve", "--config", str(_conf(tmp_path, port, tls_port, admin, ca,
+                                                                   processes=processes))])
+    watch = LogWatch(stderr)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch.run)
+            await trio.Path(tmp_path / "certs" / "a.test.key").write_text("not a key\n")
+            proc.send_signal(signal.SIGHUP)
+            await watch.wait_for("reload refused")
+            assert await trio.to_thread.run_sync(_served_cn, tls_port, "a.test") == "a.test"  # still serving
+            nursery.cancel_scope.cancel()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            await proc.wait()
+    line = next(line for line in watch.text.splitlines() if "reload refused" in line)
+    assert "site a: cannot load the certificate" in line and "a.test.key" in line, line
+    assert "Traceback" not in watch.text
