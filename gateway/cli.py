@@ -28,6 +28,8 @@ from .config.addresses import parse_address
 from .front.listen import ListenError
 from .observe.views import DEFAULT_ADMIN, AdminUnreachable, fetch_status, summary_lines, top_view
 from .serve.restart import SupervisorError
+from .tls.contexts import TlsError
+from .tls.store import StateDir
 
 if TYPE_CHECKING:
     from .serve.privileges import Plan
@@ -100,16 +102,19 @@ def _setup_access_log(access_log: str) -> None:
     access.setLevel(logging.INFO)
 
 
-def quick_config(root: str, overrides: list[Override]) -> Config:
+def quick_config(root: str, overrides: list[Override], *, tls: bool = False) -> Config:
     """The configuration ``serve --root`` uses: one PHP site with the front
     controller, backend ``php`` spawned unless ``overrides`` (the flags) say
-    otherwise; every other value is the schema's default."""
+    otherwise; every other value is the schema's default. ``tls``: the site
+    has a certificate from the internal CA (``--tls-listen``), for
+    localhost, 127.0.0.1 and ::1."""
     from .serve.privileges import check as readable_by_users
 
-    return validate({
-        "backends": {"php": {}},
-        "sites": {"default": {"root": str(Path(root).resolve()), "php": "php", "default": True}},
-    }, default_file="--root", overrides=overrides, checks=[readable_by_users])
+    site: dict[str, Any] = {"root": str(Path(root).resolve()), "php": "php", "default": True}
+    if tls:
+        site["tls"] = {"internal": True}
+    return validate({"backends": {"php": {}}, "sites": {"default": site}},
+                    default_file="--root", overrides=overrides, checks=[readable_by_users])
 
 
 def _load(config_dir: str, overrides: list[Override] | None = None, *, check_paths: bool = True) -> Config:
@@ -148,6 +153,8 @@ def serve(
     config: Annotated[str, typer.Option("--config", "-c", help="Configuration directory.")] = "conf.d",
     root: Annotated[str | None, typer.Option(help="Serve this PHP docroot with no config file.")] = None,
     listen: Annotated[list[str] | None, typer.Option(help="HOST:PORT, [::1]:PORT or unix:/path (repeatable).")] = None,
+    tls_listen: Annotated[list[str] | None, typer.Option(help="HOST:PORT for HTTPS (repeatable); with --root, "
+                                                              "a certificate from the internal CA.")] = None,
     php: Annotated[str | None, typer.Option(help="With --root: php-fpm address, unix:/path or host:port "
                                                  "(default: spawn).")] = None,
     pool_size: Annotated[int | None, typer.Option(help="With --root: connections to PHP (pm.max_children when "
@@ -168,8 +175,9 @@ def serve(
     processes_flag, processes = _renamed("--workers", workers, "--processes", processes)
     pool_size_flag, pool_size = _renamed("--php-workers", php_workers, "--pool-size", pool_size)
     overrides: list[Override] = []
-    if listen:
-        overrides.append(Override("--listen", ("server", "listen"), listen))
+    if listen or tls_listen:
+        entries = [*(listen or []), *(f"{address} tls" for address in tls_listen or [])]
+        overrides.append(Override("--tls-listen" if not listen else "--listen", ("server", "listen"), entries))
     if admin is not None:
         overrides.append(Override("--admin", ("admin", "listen"), admin))
     if processes is not None:
@@ -191,9 +199,13 @@ def serve(
         if pool_size is not None:
             overrides.append(Override(pool_size_flag, ("backends", "php", "pool_size"), pool_size))
         try:
-            cfg = quick_config(root, overrides)
+            cfg = quick_config(root, overrides, tls=bool(tls_listen))
         except ConfigError as exc:
             _config_error(exc)
+        if tls_listen:
+            ca_file = os.path.abspath(StateDir(cfg.acme.state_path()).ca_paths()[0])
+            typer.echo(f"HTTPS with the gateway's internal CA: {ca_file}\n"
+                       f"  trust it: curl --cacert {ca_file} https://localhost:PORT/, or see README \"TLS\"", err=True)
     else:
         cfg = _load(config, overrides)
 
@@ -201,10 +213,14 @@ def serve(
         """The configuration again, from the same directory and flags, checked as
         at start (SIGHUP)."""
         from .serve.privileges import check as readable_by_users
+        from .serve.process import check_certificates
 
         if root is not None:
-            return quick_config(root, overrides)
-        return load_dir(config, overrides, checks=[readable_by_users])
+            new = quick_config(root, overrides, tls=bool(tls_listen))
+        else:
+            new = load_dir(config, overrides, checks=[readable_by_users])
+        check_certificates(new)  # a certificate that does not load refuses the reload
+        return new
 
     plan = _privileges(cfg)
     _setup_error_log(cfg.server.error_log)  # opened as root, before the drop
@@ -232,7 +248,7 @@ def serve(
         pass
     except BaseException as exc:  # noqa: BLE001 - start-up errors arrive wrapped in nursery groups
         leaf = _single_leaf(exc)
-        if isinstance(leaf, SupervisorError | ListenError):
+        if isinstance(leaf, SupervisorError | ListenError | TlsError):
             typer.echo(f"error: {leaf}", err=True)
         elif isinstance(leaf, OSError):
             typer.echo(f"error: cannot listen: {leaf}", err=True)

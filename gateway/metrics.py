@@ -84,6 +84,28 @@ class Window:
 CONN_STATES = ("idle", "reading", "waiting_php", "writing")
 
 
+#: Why a TLS handshake failed, as counted by ``TlsStats.failures``: no answer
+#: within ``timeouts.tls_handshake``; a protocol error or an alert (garbage,
+#: no common version or cipher, the client gave up); no certificate for the
+#: name asked (and no default site's).
+TLS_FAILURES = ("timeout", "protocol", "no_certificate")
+
+
+@dataclass
+class TlsStats:
+    """TLS handshakes on this process's ``tls`` listeners."""
+
+    handshakes: int = 0
+    resumed: int = 0
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TLS_FAILURES, 0))
+    #: thread CPU seconds spent in handshakes (done or failed), measured
+    #: around each ``SSLObject.do_handshake`` step
+    cpu_seconds: float = 0.0
+
+    def add_cpu(self, seconds: float) -> None:
+        self.cpu_seconds += seconds
+
+
 @dataclass
 class ListenerStats:
     accepted: int = 0
@@ -91,6 +113,7 @@ class ListenerStats:
     in_flight: int = 0
     states: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CONN_STATES, 0))
     loop_lag: Histogram = field(default_factory=Histogram)
+    tls: TlsStats = field(default_factory=TlsStats)
 
     @property
     def open_connections(self) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from typing import Any
 
 import trio
@@ -33,6 +34,11 @@ from ..http.response import FileRange
 #: Writes to a stream that is not a socket go in pieces of this size, the send
 #: timeout re-armed for each.
 SEND_PIECE = 16 * 1024
+#: Under TLS, pieces this big: one ``SSLStream.send_all`` encrypts it into
+#: 16 KiB records and hands them to the socket in one go (a static file read in
+#: ``READ_CHUNK``s is 4 such sends, not 16 round trips through the event loop).
+#: A reader must take this much per ``send_timeout`` (1 KiB/s for 60 s).
+TLS_SEND_PIECE = 64 * 1024
 SENDFILE_CHUNK = 4 * 1024 * 1024
 READ_CHUNK = 256 * 1024
 
@@ -43,6 +49,21 @@ def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     if isinstance(stream, trio.SSLStream) and isinstance(stream.transport_stream, trio.SocketStream):
         return stream.transport_stream.socket
     return None
+
+
+async def send_tls_alert(stream: trio.SSLStream[trio.abc.Stream], seconds: float = 1.0) -> None:
+    """After a failed handshake: send what OpenSSL queued (its alert, e.g.
+    ``unrecognized_name``), which trio drops when it marks the stream broken,
+    so the client learns why instead of seeing the connection just close."""
+    outgoing: Any = getattr(stream, "_outgoing", None)
+    alert = outgoing.read() if outgoing is not None else b""
+    if not alert:
+        return
+    with trio.move_on_after(seconds):
+        try:
+            await stream.transport_stream.send_all(alert)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
 
 class Downstream(trio.abc.HalfCloseableStream):
@@ -129,9 +150,10 @@ class Downstream(trio.abc.HalfCloseableStream):
             if sock is None:
                 if not view:
                     await self.stream.send_all(b"")
-                for i in range(0, len(view), SEND_PIECE):
+                piece_size = TLS_SEND_PIECE if self.tls else SEND_PIECE
+                for i in range(0, len(view), piece_size):
                     scope.deadline = trio.current_time() + timeout
-                    piece = view[i : i + SEND_PIECE]
+                    piece = view[i : i + piece_size]
                     await self.stream.send_all(piece)
                     self.sent += len(piece)
                 return
@@ -174,17 +196,46 @@ class Downstream(trio.abc.HalfCloseableStream):
         """Half-close and drain briefly so the client reads our response before
         any reset (nginx's lingering_close): closing with unread bytes from the
         client would send an RST that can destroy the response in flight."""
+        source: trio.abc.ReceiveStream = self
         try:
-            await self.send_eof()
+            if isinstance(self.stream, trio.SSLStream):
+                source = await self._tls_eof(seconds)
+            else:
+                await self.send_eof()
             with trio.move_on_after(seconds):
                 drained = 0
                 while drained < max_bytes:
-                    data = await self.receive_some(65536)
+                    data = await source.receive_some(65536)
                     if not data:
                         break
                     drained += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+    async def _tls_eof(self, seconds: float) -> trio.abc.ReceiveStream:
+        """TLS has no half-close: send our close_notify alert, then a TCP FIN;
+        what the client still sends is drained from the socket below TLS (the
+        returned stream). A client that reads until EOF (no Content-Length,
+        Connection: close) so knows the response is whole."""
+        assert isinstance(self.stream, trio.SSLStream)
+        ssl_object: Any = getattr(self.stream, "_ssl_object", None)
+        outgoing: Any = getattr(self.stream, "_outgoing", None)
+        transport: trio.abc.Stream = self.stream.transport_stream
+        if ssl_object is not None and outgoing is not None:
+            try:
+                ssl_object.unwrap()  # writes close_notify to the outgoing BIO
+            except (ssl.SSLError, ValueError):
+                pass  # it wants the peer's close_notify too: we do not wait for it
+            alert = outgoing.read()
+            with trio.move_on_after(seconds):
+                await transport.send_all(alert)
+        self._eof_sent = True
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        return transport
 
     def close_now(self) -> None:
         """Close without a task (the parker's): the socket goes at once."""

@@ -89,6 +89,8 @@ class ConnectionSettings:
     temp_dir: str | None
     server_software: bytes
     access_log_json: bool
+    #: a TLS handshake (on a ``tls`` listener) must be done in this time
+    handshake_timeout: float
 
     @classmethod
     def from_config(cls, server: ServerConfig | None = None, timeouts: TimeoutsConfig | None = None,
@@ -110,6 +112,7 @@ class ConnectionSettings:
             temp_dir=srv.temp_dir or None,
             server_software=srv.server_software.encode(),
             access_log_json=srv.access_log_format == "json",
+            handshake_timeout=t.tls_handshake,
         )
 
 

@@ -111,7 +111,8 @@ class RequestCycle:
         except BodyError as exc:
             return self._error(exc.status), False
         request = Request(req.method, checked.target, req.http_version, checked.headers, self.client,
-                          self.server, body, request_id, host=checked.host, client_left=self.downstream.peer_closed)
+                          self.server, body, request_id, host=checked.host, client_left=self.downstream.peer_closed,
+                          https=self.downstream.tls)
         try:
             return await self._run_handler(request), keep_alive
         finally:

@@ -29,7 +29,9 @@ from functools import partial
 import trio
 
 from ..config.addresses import ListenSpec, parse_listen
-from .downstream import Downstream
+from ..metrics import TlsStats
+from ..tls.contexts import TlsSites, describe, failure_reason
+from .downstream import Downstream, send_tls_alert
 from .h1 import ConnectionSettings, Handler, HttpConnection, ListenerState
 from .liveness import InFlightWatcher
 from .parking import Parked, Parker
@@ -87,14 +89,15 @@ async def _open_unix_listener(path: str) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
-def listener_url(listener: trio.SocketListener) -> str:
+def listener_url(listener: trio.SocketListener, tls: bool = False) -> str:
     """What a start-up log line shows: ``http://127.0.0.1:8080``,
-    ``http://[::1]:8080`` or ``unix:/run/gateway.sock``."""
+    ``https://[::1]:8443`` (``tls``) or ``unix:/run/gateway.sock``."""
     sock = listener.socket
     if sock.family == socket.AF_UNIX:
-        return f"unix:{sock.getsockname()}"
+        return f"unix:{sock.getsockname()}" + (" (tls)" if tls else "")
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _addresses(stream: Downstream) -> tuple[tuple[str, int], tuple[str, int]]:
@@ -122,6 +125,8 @@ class Service:
     max_connections: int = 10000
     max_connections_per_ip: int = 0
     specs: list[ListenSpec] = field(default_factory=list)
+    #: the certificates of ``tls`` listeners (None: the service has none)
+    tls: TlsSites | None = None
 
     def spec(self, index: int) -> ListenSpec:
         return self.specs[index] if self.specs else PLAIN
@@ -342,9 +347,44 @@ def _connection_handler(service: Service, connections: trio.Nursery, spec: Liste
             return False
         by_ip[ip] = by_ip.get(ip, 0) + 1
         client.on_close(partial(leave, ip))
+        if spec.tls and not await tls_handshake(client, service.tls, service.settings.handshake_timeout,
+                                                listener_state.stats.tls):
+            return False
         return await serve_http(client)
 
     return handle
+
+
+async def tls_handshake(client: Accepted, tls: TlsSites | None, limit: float, stats: TlsStats) -> bool:
+    """Wrap ``client.stream`` in TLS (``tls.front``; SNI picks the site) and
+    handshake within ``limit`` seconds. False: it failed (counted by reason, one
+    info line, no traceback) and the caller closes the connection."""
+    if tls is None:  # a tls listener in a process given no certificates: refuse quietly
+        stats.failures["no_certificate"] += 1
+        log.info("TLS handshake from %s refused: no certificates loaded", client.peer[0])
+        return False
+    transport = client.stream.stream
+    ssl_stream = trio.SSLStream(transport, tls.front, server_side=True, https_compatible=True)
+    reason = "timeout"
+    with trio.move_on_after(limit):
+        try:
+            await ssl_stream.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = failure_reason(exc, getattr(ssl_stream, "_ssl_object", None))
+            stats.failures[reason] += 1
+            log.info("TLS handshake from %s failed (%s): %s", client.peer[0], reason, describe(exc))
+            await send_tls_alert(ssl_stream)
+            return False
+        reason = ""
+    if reason:
+        stats.failures[reason] += 1
+        log.info("TLS handshake from %s: no handshake within %gs, closed", client.peer[0], limit)
+        return False
+    stats.handshakes += 1
+    if ssl_stream.session_reused:
+        stats.resumed += 1
+    client.stream = Downstream(ssl_stream, client.stream.send_timeout)
+    return True
 
 
 async def serve_until_shutdown(shutdown: trio.Event, listener_state: ListenerState, services: list[Service],

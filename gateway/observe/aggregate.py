@@ -70,8 +70,15 @@ def observation_of(st: dict[str, Any]) -> Observation:
         name=name, size=p.get("size", 0), busy=p.get("busy", 0), waiting=p.get("queue_depth", 0),
         queue_wait_p50=(p.get("queue_wait_p50_ms_last_second") or 0.0) / 1000, responses=0, connect_errors=0,
         worker_cpu=p.get("worker_cpu")) for name, p in st.get("pools", {}).items())
+    # TLS: summed over the processes, given per process (the average), as
+    # process_cpu is one process's: the share and the CPU per handshake hold
+    tls = listener.get("tls", {})
+    up = max(1, sum(1 for w in st.get("workers", []) if w.get("up")))
     return Observation(loop_lag_p99=(listener.get("loop_lag_ms", {}).get("p99") or 0.0) / 1000,
-                       process_cpu=busiest, host_cpu=st.get("host", {}).get("cpu"), pools=pools)
+                       process_cpu=busiest, host_cpu=st.get("host", {}).get("cpu"), pools=pools,
+                       tls_cpu=(tls.get("cpu") or 0.0) / up,
+                       tls_handshakes=(tls.get("handshakes_per_second") or 0.0) / up,
+                       tls_resumed=(tls.get("resumed_per_second") or 0.0) / up)
 
 
 def _at(obj: Any, path: Path) -> Any:

@@ -241,6 +241,9 @@ class Monitor:
     lag: Window
     accepted: Window
     requests: Window
+    tls_handshakes: Window
+    tls_resumed: Window
+    tls_cpu: Window
     #: share of one core over the last sample interval
     process_cpu: float
     #: share of all cores busy, None: unknown (not Linux)
@@ -256,6 +259,14 @@ class Monitor:
         self.lag = Window(WINDOW)
         self.accepted = Window(WINDOW)
         self.requests = Window(WINDOW)
+        #: cumulative TLS handshakes, and their CPU seconds
+        self.tls_handshakes = Window(WINDOW)
+        self.tls_resumed = Window(WINDOW)
+        self.tls_cpu = Window(WINDOW)
+        #: over the last sample interval, as ``process_cpu``: TLS handshake CPU
+        #: (share of one core), handshakes and resumed ones per second
+        self.tls_now = (0.0, 0.0, 0.0)
+        self._prev_tls: tuple[float, float, int, int] | None = None
         self.process_cpu = 0.0
         self.host_cpu = None
         self._prev_proc: tuple[float, float] | None = None
@@ -302,6 +313,15 @@ class Monitor:
         self._prev_host = host
         self.accepted.add(now, self.stats.accepted)
         self.requests.add(now, self.stats.requests)
+        tls = self.stats.tls
+        self.tls_handshakes.add(now, tls.handshakes)
+        self.tls_resumed.add(now, tls.resumed)
+        self.tls_cpu.add(now, tls.cpu_seconds)
+        if self._prev_tls is not None and wall > self._prev_tls[0]:
+            span = wall - self._prev_tls[0]
+            self.tls_now = ((tls.cpu_seconds - self._prev_tls[1]) / span, (tls.handshakes - self._prev_tls[2]) / span,
+                            (tls.resumed - self._prev_tls[3]) / span)
+        self._prev_tls = (wall, tls.cpu_seconds, tls.handshakes, tls.resumed)
         for pm in self.pools:
             await pm.poll_fpm_status()
             pm.sample_worker_cpu(time.monotonic())
@@ -310,6 +330,7 @@ class Monitor:
             process_cpu=self.process_cpu,
             host_cpu=self.host_cpu,
             pools=tuple(pm.observe(now) for pm in self.pools),
+            tls_cpu=self.tls_now[0], tls_handshakes=self.tls_now[1], tls_resumed=self.tls_now[2],
         )
         return self.diagnosis.update(obs, now)
 

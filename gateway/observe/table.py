@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from ..metrics import CONN_STATES, PromWriter
+from ..metrics import CONN_STATES, TLS_FAILURES, PromWriter
 from .diagnosis import BOTTLENECKS
 
 if TYPE_CHECKING:
@@ -348,6 +348,26 @@ TABLE: tuple[Row, ...] = (
     *(ProcessMetric(None, "gauge", f"Event-loop lag over the last 10 s, {name}, in ms.", _lag(q),
                     ("listener", "loop_lag_ms", name), worst, scale=1000, digits=2)
       for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))),
+    # -- TLS handshakes (front/listen.py, tls/contexts.py) ------------------------
+    ProcessMetric("gateway_tls_handshakes_total", "counter", "TLS handshakes completed on tls listeners.",
+                  lambda m, now: m.stats.tls.handshakes, ("listener", "tls", "handshakes_total")),
+    ProcessMetric("gateway_tls_handshakes_resumed_total", "counter",
+                  "TLS handshakes that resumed a session (ticket), of the completed ones.",
+                  lambda m, now: m.stats.tls.resumed, ("listener", "tls", "resumed_total")),
+    ProcessMetric("gateway_tls_handshake_failures_total", "counter",
+                  "TLS handshakes failed, by reason: timeout, protocol (error or alert), no_certificate.",
+                  lambda m, now: m.stats.tls.failures, ("listener", "tls", "failures"), add_each(TLS_FAILURES),
+                  label="reason", series=TLS_FAILURES),
+    ProcessMetric("gateway_tls_handshake_cpu_seconds_total", "counter",
+                  "Thread CPU seconds spent in TLS handshakes (done or failed).",
+                  lambda m, now: m.stats.tls.cpu_seconds, ("listener", "tls", "cpu_seconds_total"), digits=3),
+    ProcessMetric(None, "gauge", "TLS handshakes completed per second over the last 10 s.",
+                  lambda m, now: m.tls_handshakes.rate(now), ("listener", "tls", "handshakes_per_second"), digits=1),
+    ProcessMetric(None, "gauge", "Resumed TLS handshakes per second over the last 10 s.",
+                  lambda m, now: m.tls_resumed.rate(now), ("listener", "tls", "resumed_per_second"), digits=1),
+    ProcessMetric("gateway_tls_handshake_cpu_ratio", "gauge",
+                  "CPU in TLS handshakes over the last 10 s, share of one core.",
+                  lambda m, now: m.tls_cpu.rate(now), ("listener", "tls", "cpu"), digits=3),
     ProcessMetric("gateway_process_cpu_ratio", "gauge", "Gateway process CPU, share of one core.",
                   lambda m, now: m.process_cpu, ("listener", "process_cpu"), digits=3),
     ProcessMetric("gateway_host_cpu_ratio", "gauge", "Host CPU busy, share of all cores.",

@@ -56,6 +56,7 @@ from ..front.listen import Service, listener_url, serve_until_shutdown
 from ..http._h11 import h11
 from ..observe.admin import AdminRouter
 from ..observe.aggregate import merge_prometheus, merge_status, split
+from ..tls.ticket_keys import new_keys
 from .php_fpm import PhpFpmSupervisor, stop_stale_php_fpm
 from .privileges import Plan, PrivilegeError, prepare_dirs
 from .privileges import plan as privileges_plan
@@ -65,7 +66,9 @@ from .process import (
     listen_specs,
     open_admin_listeners,
     open_listen_map,
+    prepare_tls,
     reload_failed,
+    renew_internal,
     runtime_dir_for,
     spawn_key,
     start_backend,
@@ -370,8 +373,10 @@ class Master:
                 backends[name] = (address, status)
             listeners, listen_entries = listen_specs(config.server.listen, listen)
             listen_fds = [listener.socket.fileno() for listener in listeners]
+            prepare_tls(config, privileges)  # the internal CA's certificates, before a worker reads them
+            ticket_keys = new_keys()  # one set per generation: a reload rotates them
             specs = [write_spec(config, i, count, backends, self.runtime_dir, listen_fds, self.parent_read,
-                                self.log_level, number, [str(spec) for spec in listen_entries])
+                                self.log_level, number, [str(spec) for spec in listen_entries], ticket_keys)
                      for i in range(count)]
             workers = Workers(specs, [*listen_fds, self.parent_read], self.runtime_dir, number)
             gen = Generation(number, config, count, workers, fpm, backends, listen)
@@ -563,7 +568,7 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
                         task_status: trio.TaskStatus[None]) -> None:
     # Bind first: an address in use is reported (naming it) before php-fpm starts.
     bound = await open_listen_map(config.server.listen)
-    listeners = [listener for ls in bound.values() for listener in ls]
+    listeners, specs = listen_specs(config.server.listen, bound)
     admin_listeners = await open_admin_listeners(config.admin.listen, listeners)
     runtime_dir, remove_runtime = runtime_dir_for(config, privileges)
     if not remove_runtime:
@@ -575,6 +580,8 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
         async with trio.open_nursery() as system:
             master = Master(runtime_dir, parent_read, log_level, system, reload, privileges)
             gen = await master.start_generation(config, count, bound, privileges)
+            system.start_soon(renew_internal, lambda: (master.current.config, master.privileges)
+                              if master.generations else None)
             services: list[Service] = []
             listener_state = ListenerState()
             if admin_listeners:
@@ -586,8 +593,8 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
             if pid_file:
                 write_pid_file(pid_file)
                 tell_watchdog(f"remove {pid_file}")
-            for listener in listeners:
-                log.info("listening on %s (%d worker processes)", listener_url(listener), count)
+            for listener, spec in zip(listeners, specs, strict=True):
+                log.info("listening on %s (%d worker processes)", listener_url(listener, spec.tls), count)
             shutdown = trio.Event()
             watchers: list[Callable[[trio.Event], Awaitable[None]]] = (
                 [partial(master.watch_signals, signals)] if signals is not None else [])
@@ -616,12 +623,17 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
 
 def write_spec(config: Config, index: int, count: int, backends: dict[str, tuple[str, str]], runtime_dir: str,
                listen_fds: list[int], parent_fd: int, log_level: str, generation: int = 0,
-               listen_entries: list[str] | None = None) -> str:
+               listen_entries: list[str] | None = None, ticket_keys: bytes = b"") -> str:
+    """Worker ``index``'s spec file, 0600 (it holds the TLS session-ticket keys)."""
     path = os.path.join(runtime_dir, f"worker-{index}" + (f".g{generation}" if generation else "") + ".json")
-    with open(path, "w") as f:
+    try:
+        os.unlink(path)  # a leftover could have another mode; O_EXCL below makes sure
+    except FileNotFoundError:
+        pass
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         json.dump({"config": worker_config(config, index, count, backends, runtime_dir, generation),
                    "listen_fds": listen_fds, "listen_entries": listen_entries or [], "parent_fd": parent_fd,
-                   "log_level": log_level}, f)
+                   "log_level": log_level, "ticket_keys": ticket_keys.hex()}, f)
     return path
 
 
@@ -629,5 +641,6 @@ def read_spec(spec_path: str) -> tuple[Config, Inherited, str]:
     """A worker's spec, written by its master: configuration, inherited fds, log level."""
     with open(spec_path) as f:
         spec = json.load(f)
-    inherited = Inherited(spec["listen_fds"], spec["parent_fd"], spec.get("listen_entries", []))
+    inherited = Inherited(spec["listen_fds"], spec["parent_fd"], spec.get("listen_entries", []),
+                          bytes.fromhex(spec.get("ticket_keys", "")))
     return validate(spec["config"]), inherited, spec["log_level"]

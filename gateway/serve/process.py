@@ -51,6 +51,9 @@ from ..front.listen import (
 from ..observe.admin import AdminApp
 from ..observe.health import BackendHealth
 from ..observe.monitor import Monitor, PoolMonitor
+from ..tls.contexts import SiteTls, TlsError, TlsSites, prepare_internal
+from ..tls.store import StateDir
+from ..tls.ticket_keys import new_keys
 from ..upstream.connect import Connector, make_connector
 from ..upstream.fastcgi import FastCgiConn, fastcgi_pool
 from ..upstream.pool import Pool
@@ -140,6 +143,78 @@ class Inherited:
     #: the ``[server] listen`` entry of each of ``listen_fds`` (its flags);
     #: empty: all plain
     listen_entries: list[str] = field(default_factory=list)
+    #: the generation's TLS session-ticket keys (``tls.ticket_keys``), shared
+    #: by its workers; empty: this process makes its own
+    ticket_keys: bytes = b""
+
+
+def site_tls(config: Config) -> list[SiteTls]:
+    """Every site's ``[sites.X.tls]`` for ``tls.contexts`` (sites without one too:
+    the default site decides what an unknown name gets)."""
+    return [SiteTls(name, site.server_names, site.default,
+                    *((site.tls.cert, site.tls.key, site.tls.acme, site.tls.internal) if site.tls else ()))
+            for name, site in config.sites.items()]
+
+
+def tls_state(config: Config, privileges: Plan | None) -> StateDir:
+    """The state dir, its files group-readable by the user workers drop to."""
+    account = privileges.account if privileges is not None else None
+    return StateDir(config.acme.state_path(), account.gid if account is not None else None)
+
+
+def prepare_tls(config: Config, privileges: Plan | None) -> None:
+    """The writer's start-up part (before privileges drop, before workers
+    start): the internal CA and certificates, if any site wants them.
+    ``TlsError`` names the state dir if that fails."""
+    if any(parse_listen(entry).tls for entry in config.server.listen):
+        state = tls_state(config, privileges)
+        try:
+            prepare_internal(site_tls(config), state)
+        except (OSError, ValueError) as exc:
+            raise TlsError(f"internal CA in {state.root}: {exc}") from None
+
+
+def check_certificates(config: Config) -> None:
+    """Load every ``cert`` + ``key`` of ``config`` as a worker will (a reload's
+    check, before anything stops); ``ConfigError`` names the site and file."""
+    if any(parse_listen(entry).tls for entry in config.server.listen):
+        try:
+            TlsSites.load(site_tls(config), StateDir(config.acme.state_path()), lambda seconds: None)
+        except TlsError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+#: How often the writer looks whether an internal certificate is near expiry.
+INTERNAL_RENEW_EVERY = 12 * 3600.0
+
+
+async def renew_internal(current: Callable[[], tuple[Config, Plan | None] | None]) -> None:
+    """The writer's loop: reissue internal certificates near expiry
+    (``internal_ca.RENEW_DAYS``); workers pick the new bundle up by its stamp.
+    ``current``: the running configuration (None: none right now)."""
+    while True:
+        await trio.sleep(INTERNAL_RENEW_EVERY)
+        now = current()
+        if now is None:
+            continue
+        config, privileges = now
+        try:
+            await trio.to_thread.run_sync(prepare_tls, config, privileges)
+        except (OSError, ValueError) as exc:
+            log.warning("could not renew internal certificates: %s", exc)
+
+
+def load_tls(config: Config, specs: list[ListenSpec], listener_state: ListenerState, privileges: Plan | None,
+             ticket_keys: bytes) -> TlsSites | None:
+    """The certificates of this process's ``tls`` listeners (None: it has none)."""
+    if not any(spec.tls for spec in specs):
+        return None
+    tls = TlsSites.load(site_tls(config), tls_state(config, privileges), listener_state.stats.tls.add_cpu,
+                        ticket_keys=ticket_keys or new_keys())
+    if not tls.has_certificates:
+        log.warning("a listener is flagged tls but no site has a certificate yet ([sites.NAME.tls]): "
+                    "handshakes fail until one appears")
+    return tls
 
 
 #: ``serve``'s answer when SIGHUP asked for a re-exec: listen address -> the
@@ -274,6 +349,9 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
     carry: CarriedFds | None = None
     pid_file = config.server.pid_file if inherited is None else ""
     try:
+        if inherited is None:
+            prepare_tls(config, privileges)
+        tls = load_tls(config, specs, listener_state, privileges, inherited.ticket_keys if inherited else b"")
         async with trio.open_nursery() as system:
             supervisors: dict[str, PhpFpmSupervisor] = {}
             pools: dict[str, Pool[FastCgiConn]] = {}
@@ -295,7 +373,7 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
             settings = ConnectionSettings.from_config(config.server, config.timeouts, config.limits)
             max_conns = raise_open_files_limit(config.limits.max_connections)
             services = [Service(listeners, app.handle, settings, listener_state, max_conns,
-                                 config.limits.max_connections_per_ip, specs)]
+                                 config.limits.max_connections_per_ip, specs, tls)]
             running = Running(listeners, pools, supervisors, listener_state, monitor)
             if config.admin.listen != "off":
                 admin_listeners = admin_listeners or await open_listeners([config.admin.listen])
@@ -308,8 +386,8 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                 tell_watchdog(f"remove {pid_file}")
             drop(account)  # everything that needs root is bound, opened and started
             if inherited is None:
-                for listener in listeners:
-                    log.info("listening on %s", listener_url(listener))
+                for listener, spec in zip(listeners, specs, strict=True):
+                    log.info("listening on %s", listener_url(listener, spec.tls))
                 for listener in running.admin_listeners:
                     log.info("admin (/status, /metrics) on %s", listener_url(listener))
             else:
@@ -322,6 +400,8 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
             watchers = signal_watchers(signals, inherited, supervisors=supervisors,
                                        reload=reload if inherited is None else None, reexec=reexec)
             system.start_soon(_end_shielded_runs, running.shutdown, list(pools.values()), config.timeouts.graceful)
+            if inherited is None and tls is not None:
+                system.start_soon(renew_internal, lambda: (config, privileges))
             await serve_until_shutdown(running.shutdown, listener_state, services, config.timeouts.graceful,
                                        watchers=watchers, on_started=lambda: task_status.started(running))
             for pool in pools.values():

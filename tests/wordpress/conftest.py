@@ -36,17 +36,17 @@ class Browser:
 
     async def request(self, method: str, target: str, headers: list[tuple[str, str]] | None = None,
                       body: bytes | None = None) -> HttpResponse:
-        if target.startswith("http://"):
+        if target.startswith(("http://", "https://")):
             target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
         hdrs = list(headers or [])
         if self.cookies:
             hdrs.append(("Cookie", "; ".join(f"{k}={v}" for k, v in self.cookies.items())))
         if self.client is None or self.client.conn.our_state is h11.MUST_CLOSE:
-            self.client = await HttpClient.connect(self.port)
+            self.client = await self.connect()
         try:
             r = await self.client.request(method, target, hdrs, body, host=self.host)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.client = await HttpClient.connect(self.port)
+            self.client = await self.connect()
             r = await self.client.request(method, target, hdrs, body, host=self.host)
         for name, value in r.header_list:
             if name == b"set-cookie":
@@ -57,6 +57,9 @@ class Browser:
                 else:
                     self.cookies[k] = v
         return r
+
+    async def connect(self) -> HttpClient:
+        return await HttpClient.connect(self.port)
 
     async def get(self, target: str, **kw) -> HttpResponse:
         return await self.request("GET", target, **kw)

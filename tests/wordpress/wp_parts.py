@@ -118,8 +118,9 @@ def start_wordpress(base: Path) -> WordPress:
         f"define('DB_PASSWORD', '{db_password}');\ndefine('DB_HOST', 'localhost:{sock}');\n"
         f"define('WP_CONTENT_DIR', '{content}');\n"
         "$gw_host = preg_replace('/[^A-Za-z0-9.:\\[\\]-]/', '', $_SERVER['HTTP_HOST'] ?? 'localhost');\n"
-        "define('WP_HOME', 'http://' . $gw_host);\ndefine('WP_SITEURL', 'http://' . $gw_host);\n"
-        "define('WP_CONTENT_URL', 'http://' . $gw_host . '/wp-content');\n"
+        "$gw_scheme = empty($_SERVER['HTTPS']) ? 'http://' : 'https://';\n"
+        "define('WP_HOME', $gw_scheme . $gw_host);\ndefine('WP_SITEURL', $gw_scheme . $gw_host);\n"
+        "define('WP_CONTENT_URL', $gw_scheme . $gw_host . '/wp-content');\n"
         "define('DISABLE_WP_CRON', true);\ndefine('WP_HTTP_BLOCK_EXTERNAL', true);\n"
         "define('AUTOMATIC_UPDATER_DISABLED', true);\ndefine('FS_METHOD', 'direct');\n" + salts
     )

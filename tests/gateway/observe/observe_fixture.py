@@ -115,6 +115,14 @@ def frozen_monitor(second: bool = False) -> Monitor:
     monitor.accepted.add(now, 40)
     monitor.requests.add(now - 3, 0)
     monitor.requests.add(now, 10)
+    stats.tls.handshakes, stats.tls.resumed, stats.tls.cpu_seconds = 30, 20, 0.0456
+    stats.tls.failures.update(timeout=1, protocol=2)
+    monitor.tls_handshakes.add(now - 4, 0)
+    monitor.tls_handshakes.add(now, 30)
+    monitor.tls_resumed.add(now - 4, 0)
+    monitor.tls_resumed.add(now, 20)
+    monitor.tls_cpu.add(now - 4, 0.0)
+    monitor.tls_cpu.add(now, 0.0456)
     monitor.process_cpu = 0.123456
     monitor.host_cpu = 0.98765
     monitor.diagnosis = Diagnosis(current=Verdict("php-waiting", "pool php is saturated: 3/4 workers busy"),
@@ -122,6 +130,7 @@ def frozen_monitor(second: bool = False) -> Monitor:
 
     if second:
         stats.accepted, stats.requests, stats.in_flight = 60, 200, 0
+        stats.tls.handshakes, stats.tls.resumed, stats.tls.failures["no_certificate"] = 10, 9, 1
         stats.states.update(idle=2, reading=0, waiting_php=0, writing=3)
         php.limiter = trio.CapacityLimiter(4)
         php.waiting = 0
