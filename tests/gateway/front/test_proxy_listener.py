@@ -55,7 +55,7 @@ async def _serve(nursery: trio.Nursery, listen: str, *, per_ip: int = 0, log_jso
         ServerConfig(access_log_format="json" if log_json else "combined", **server),  # type: ignore[arg-type]
         TimeoutsConfig(tls_handshake=HANDSHAKE_TIMEOUT), LimitsConfig())
     listeners = await open_listeners([listen.split()[0]])
-    port = listeners[0].socket.getsockname()[1]
+    where = listeners[0].socket.getsockname()
     state = ListenerState()
     service = Service(listeners, whoami, settings, state, 100, per_ip, [parse_listen(listen)])
     shutdown = trio.Event()
@@ -64,9 +64,11 @@ async def _serve(nursery: trio.Nursery, listen: str, *, per_ip: int = 0, log_jso
     await started.wait()
 
     async def connect(source: str = "127.0.0.1") -> trio.SocketStream:
+        if isinstance(where, str):
+            return await trio.open_unix_socket(where)
         sock = trio.socket.socket()
         await sock.bind((source, 0))
-        await sock.connect(("127.0.0.1", port))
+        await sock.connect(("127.0.0.1", where[1]))
         return trio.SocketStream(sock)
 
     return connect
@@ -210,6 +212,21 @@ async def test_the_access_log_shows_the_client_and_the_peer(nursery: trio.Nurser
     else:
         assert lines[0].startswith("203.0.113.7 - - [") and lines[0].endswith(" peer=127.0.0.1")
         assert lines[1].startswith("127.0.0.1 - - [") and "peer=" not in lines[1]
+
+
+@pytest.mark.parametrize(("trusted", "served"), [(["unix:"], True), (["127.0.0.1"], False)])
+async def test_a_unix_socket_listener_trusts_unix_peers_only_when_told(nursery: trio.Nursery, tmp_path,
+                                                                      trusted: list[str], served: bool) -> None:
+    connect = await _serve(nursery, f"unix:{tmp_path}/gw.sock proxy_protocol", trusted_proxies=trusted)
+    stream = await connect()
+    if served:
+        assert (await ask(stream, V2_TCP4))["client"] == ["203.0.113.7", 56324]
+    else:
+        try:
+            await stream.send_all(V2_TCP4)
+        except trio.BrokenResourceError:
+            pass  # closed already
+        assert await read_all(stream) == b""
 
 
 # -- Downstream.receive_prefix: exactly the header's bytes -----------------------------------------
