@@ -178,7 +178,12 @@ def walk(hops: Sequence[tuple[IPAddress, int] | None], trusted: TrustedProxies) 
 
 _TCHAR = r"[!#$%&'*+.^_`|~0-9A-Za-z-]"
 _PAIR = re.compile(rb'[ \t]*(' + _TCHAR.encode() + rb'+)=(' + _TCHAR.encode() + rb'+|"(?:[^"\\]|\\.)*")[ \t]*')
-_OWS = re.compile(rb"[ \t]*")
+
+
+def _skip_ows(text: bytes, pos: int) -> int:
+    while pos < len(text) and text[pos] in b" \t":
+        pos += 1
+    return pos
 
 
 def parse_forwarded(values: Sequence[bytes]) -> list[dict[str, str]] | None:
@@ -189,7 +194,7 @@ def parse_forwarded(values: Sequence[bytes]) -> list[dict[str, str]] | None:
     element: dict[str, str] = {}
     pos = 0
     while True:
-        pos = _OWS.match(text, pos).end()  # type: ignore[union-attr]
+        pos = _skip_ows(text, pos)
         if pos < len(text) and text[pos] not in b",;":
             m = _PAIR.match(text, pos)
             if m is None:
