@@ -97,7 +97,7 @@ def build_params(
         (b"SERVER_SOFTWARE", server_software),
         (b"REMOTE_USER", remote_user),
         (b"REMOTE_ADDR", client[0].encode()),
-        (b"REMOTE_PORT", str(client[1]).encode()),
+        (b"REMOTE_PORT", str(client[1]).encode() if client[1] else b""),  # 0: none known (nginx: empty)
         (b"SERVER_ADDR", server[0].encode()),
         (b"SERVER_PORT", str(server[1]).encode()),
         (b"SERVER_NAME", server_name),

@@ -6,6 +6,11 @@ from 0x7f up become ``\\xHH``, so a quote in a User-Agent cannot forge fields
 and an ESC cannot reach a terminal. The JSON format escapes as JSON does.
 ``rt`` is the whole request, ``qw`` the wait for an upstream slot, ``php``
 slot to the response's end; ``-`` where there was none.
+
+``client`` is the real client (a trusted proxy's PROXY header or forwarded
+header names it); ``peer``, the TCP peer (nginx's ``$realip_remote_addr``),
+is the JSON field ``realip_remote_addr`` (always there), and ends a combined
+line as ``peer=ADDR`` only when it differs from the client.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ def escape(value: bytes) -> str:
 
 def log_access(*, json_format: bool, client: str, method: bytes, target: bytes, http_version: bytes,
                headers: Sequence[tuple[bytes, bytes]], request_id: str, started: float, status: int,
-               response: Response | None, request_line: bytes | None = None) -> None:
+               response: Response | None, request_line: bytes | None = None, peer: str | None = None) -> None:
     """Write one access-log line, if the access log is on. ``started``: ``time.monotonic()``.
 
     ``request_line``: for a head that never parsed (400, 408, 414, 431), the
@@ -50,6 +55,7 @@ def log_access(*, json_format: bool, client: str, method: bytes, target: bytes, 
     if json_format:
         access_log.info(json.dumps({
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "id": request_id, "remote_addr": client,
+            "realip_remote_addr": peer or client,
             "method": method.decode("latin-1"), "uri": target.decode("latin-1"),
             "protocol": "HTTP/" + http_version.decode(), "status": status, "bytes": size,
             "referer": hmap.get(b"referer", b"").decode("latin-1"),
@@ -60,9 +66,9 @@ def log_access(*, json_format: bool, client: str, method: bytes, target: bytes, 
         }))
         return
     access_log.info(
-        '%s - - [%s] "%s" %d %d "%s" "%s" rt=%.3f qw=%s php=%s id=%s',
+        '%s - - [%s] "%s" %d %d "%s" "%s" rt=%.3f qw=%s php=%s id=%s%s',
         client, time.strftime("%d/%b/%Y:%H:%M:%S %z"), line, status, size,
         escape(hmap.get(b"referer", b"-")), escape(hmap.get(b"user-agent", b"-")),
         time.monotonic() - started, "-" if qw is None else f"{qw:.3f}", "-" if php is None else f"{php:.3f}",
-        request_id,
+        request_id, f" peer={peer}" if peer and peer != client else "",
     )

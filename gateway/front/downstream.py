@@ -17,6 +17,11 @@ plain socket (a ``trio.SSLStream``, a test's memory stream):
   the in-flight watcher, which wait on it in epoll sets; None for memory
   streams. ``parkable()``: nothing is buffered above the socket (a TLS
   stream's BIOs are empty), so epoll sees everything there is to read.
+- ``receive_prefix``: read a header that precedes the protocol (the PROXY
+  protocol's) byte-exactly: on a socket it peeks, lets the parser say how
+  many bytes are its own, and consumes just those, so what follows stays in
+  the kernel for the next layer (h11, or a TLS handshake) and for epoll.
+  Other streams keep the surplus and hand it to the next ``receive_some``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -41,6 +46,21 @@ SEND_PIECE = 16 * 1024
 TLS_SEND_PIECE = 64 * 1024
 SENDFILE_CHUNK = 4 * 1024 * 1024
 READ_CHUNK = 256 * 1024
+
+
+class PrefixParser(Protocol):
+    """An incremental parser of a header before the protocol (``receive_prefix``)."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def wanted(self) -> int:
+        """The most bytes that may still be the header's."""
+        ...
+
+    def offer(self, data: bytes) -> int:
+        """Take the header's bytes from the start of ``data``; how many."""
+        ...
 
 
 def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -79,6 +99,8 @@ class Downstream(trio.abc.HalfCloseableStream):
         self._sending = False
         self._closed = False
         self._eof_sent = False
+        #: bytes received past a prefix on a stream that cannot peek (tests)
+        self._pushback = b""
         #: bytes written so far (taken by the kernel, or by the wrapped stream):
         #: the access log's count of what a client got, also of a cut response
         self.sent = 0
@@ -99,7 +121,7 @@ class Downstream(trio.abc.HalfCloseableStream):
     def parkable(self) -> bool:
         """Can the connection wait in an epoll set? Only if no byte the client
         sent is buffered above the socket."""
-        if self._sock is None or self._closed:
+        if self._sock is None or self._closed or self._pushback:
             return False
         if isinstance(self.stream, trio.SSLStream):
             # trio keeps TLS records read from the socket in a MemoryBIO and
@@ -178,7 +200,42 @@ class Downstream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._closed:
             raise trio.ClosedResourceError("the connection was closed")
+        if self._pushback:
+            n = len(self._pushback) if max_bytes is None else max_bytes
+            data, self._pushback = self._pushback[:n], self._pushback[n:]
+            await trio.lowlevel.checkpoint()
+            return data
         return await self.stream.receive_some(max_bytes)
+
+    async def receive_prefix(self, parser: PrefixParser) -> None:
+        """Feed ``parser`` exactly the bytes of its header, until it is done.
+
+        ``trio.BrokenResourceError`` if the client closes first; the parser's
+        own error if the bytes are not its header."""
+        sock = self._plain
+        while not parser.done:
+            if sock is None:
+                data = await self.receive_some(parser.wanted())
+                if not data:
+                    raise trio.BrokenResourceError("closed before the end of the header")
+                taken = parser.offer(bytes(data))
+                self._pushback = bytes(data[taken:]) + self._pushback
+                continue
+            try:
+                data = await sock.recv(parser.wanted(), socket.MSG_PEEK)
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+            if not data:
+                raise trio.BrokenResourceError("closed before the end of the header")
+            taken = parser.offer(data)
+            while taken:  # the bytes are in the kernel's buffer: recv returns them at once
+                try:
+                    got = await sock.recv(taken)
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+                if not got:
+                    raise trio.BrokenResourceError("closed before the end of the header")
+                taken -= len(got)
 
     async def send_eof(self) -> None:
         """Half-close where the stream can (a TCP FIN); elsewhere nothing."""

@@ -44,6 +44,7 @@ import trio
 from ..config import LimitsConfig, ServerConfig, TimeoutsConfig
 from ..http._h11 import h11
 from ..http.errors import ClientGone
+from ..http.realip import RealIpSettings
 from ..http.request import Request
 from ..http.response import Response
 from ..metrics import ListenerStats
@@ -91,6 +92,10 @@ class ConnectionSettings:
     access_log_json: bool
     #: a TLS handshake (on a ``tls`` listener) must be done in this time
     handshake_timeout: float
+    #: whose forwarded client address is believed, and from which header
+    real_ip: RealIpSettings
+    #: a PROXY protocol header must be complete within this (timeouts.tls_handshake)
+    proxy_header_timeout: float
 
     @classmethod
     def from_config(cls, server: ServerConfig | None = None, timeouts: TimeoutsConfig | None = None,
@@ -113,6 +118,8 @@ class ConnectionSettings:
             server_software=srv.server_software.encode(),
             access_log_json=srv.access_log_format == "json",
             handshake_timeout=t.tls_handshake,
+            real_ip=RealIpSettings.from_config(srv.trusted_proxies, srv.real_ip_header),
+            proxy_header_timeout=t.tls_handshake,
         )
 
 
@@ -199,8 +206,12 @@ class HttpConnection(RequestCycle):
 
     def __init__(self, stream: trio.abc.Stream, handler: Handler, settings: ConnectionSettings, *,
                  client: tuple[str, int], server: tuple[str, int], listener_state: ListenerState | None = None,
-                 served: int = 0, hand_over: HandOver | None = None, reclaim: Reclaim | None = None) -> None:
+                 served: int = 0, hand_over: HandOver | None = None, reclaim: Reclaim | None = None,
+                 peer: tuple[str, int] | None = None) -> None:
         """``stream``: a ``Downstream`` (or any stream, wrapped in one);
+        ``client``: the connection's client (a PROXY protocol header's, else
+        the TCP peer); ``peer``: the TCP peer (None: ``client``), logged
+        beside the client when they differ;
         ``served``: requests this connection served before (it comes back
         from the parker); ``hand_over``: how to park it when it idles;
         ``reclaim``: how to close it while it waits silent for its first
@@ -209,6 +220,9 @@ class HttpConnection(RequestCycle):
         self.handler = handler
         self.settings = settings
         self.client = client
+        self.peer = peer or client
+        #: the current request's client (``client`` unless a trusted proxy named another)
+        self.request_client = client
         self.server = server
         self.listener_state = listener_state or ListenerState()
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_size)
@@ -382,7 +396,8 @@ class HttpConnection(RequestCycle):
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             return
         finally:
-            log_access(json_format=self.settings.access_log_json, client=self.client[0], method=b"", target=b"",
+            log_access(json_format=self.settings.access_log_json, client=self.client[0], peer=self.peer[0],
+                       method=b"", target=b"",
                        http_version=b"", headers=(), request_id="-", started=time.monotonic(), status=status,
                        response=response, request_line=first_line)
         await self.downstream.linger(LINGER_SECONDS, LINGER_BYTES)

@@ -22,6 +22,7 @@ import trio
 from ..http._h11 import h11
 from ..http.errors import ClientGone, GatewayError
 from ..http.head import BadRequestHead, check_method, check_request_head
+from ..http.realip import real_client
 from ..http.request import Request
 from ..http.response import Response, error_response
 from .access_log import log_access
@@ -46,6 +47,8 @@ class RequestCycle:
     handler: Handler
     settings: ConnectionSettings
     client: tuple[str, int]
+    peer: tuple[str, int]
+    request_client: tuple[str, int]
     server: tuple[str, int]
     listener_state: ListenerState
     conn: h11.Connection
@@ -70,6 +73,7 @@ class RequestCycle:
         response: Response | None = None
         status = 0  # 0: nothing to log (shutdown cut the request)
         sent_before = self.downstream.sent
+        self.request_client = self.client
         try:
             response, keep_alive = await self._respond(req, request_id, keep_alive)
             status = response.status
@@ -89,7 +93,8 @@ class RequestCycle:
         finally:
             stats.in_flight -= 1
             if status:
-                log_access(json_format=self.settings.access_log_json, client=self.client[0], method=req.method,
+                log_access(json_format=self.settings.access_log_json, client=self.request_client[0],
+                           peer=self.peer[0], method=req.method,
                            target=req.target, http_version=req.http_version, headers=req.headers,
                            request_id=request_id, started=started, status=status, response=response)
         return keep_alive and not self.listener_state.shutting_down
@@ -110,9 +115,13 @@ class RequestCycle:
             return self._error(exc.status), False
         except BodyError as exc:
             return self._error(exc.status), False
-        request = Request(req.method, checked.target, req.http_version, checked.headers, self.client,
-                          self.server, body, request_id, host=checked.host, client_left=self.downstream.peer_closed,
-                          https=self.downstream.tls)
+        https = self.downstream.tls
+        if s.real_ip.trusted:  # a trusted proxy may name the client, and say it spoke HTTPS
+            self.request_client, forwarded_https = real_client(self.client, checked.headers, s.real_ip)
+            https = https or forwarded_https
+        request = Request(req.method, checked.target, req.http_version, checked.headers, self.request_client,
+                          self.server, body, request_id, host=checked.host, https=https,
+                          client_left=self.downstream.peer_closed)
         try:
             return await self._run_handler(request), keep_alive
         finally:

@@ -8,6 +8,13 @@ closed to admit a waiting client, as nginx reuses idle connections) and
 ``max_connections_per_ip`` (503 and close). Shutdown closes the listeners at
 once, then gives open connections ``graceful`` seconds.
 
+On a listener flagged ``proxy_protocol``, ``read_proxy_header`` runs first
+(before any TLS handshake): a peer not in ``trusted_proxies`` is closed at
+once, and the header (``proxy_protocol``) must arrive within
+``timeouts.tls_handshake``. The client it names is the connection's client
+from then on: REMOTE_ADDR, ``max_connections_per_ip``, the access log (which
+also shows the TCP peer). Each failure is one log line and a closed connection.
+
 Nurseries: ``connections`` (one task per client, the parker, the in-flight watcher)
 outlives ``accept`` (one task per listener, and the caller's watchers).
 """
@@ -35,6 +42,7 @@ from .downstream import Downstream, send_tls_alert
 from .h1 import ConnectionSettings, Handler, HttpConnection, ListenerState
 from .liveness import InFlightWatcher
 from .parking import Parked, Parker
+from .proxy_protocol import ProxyHeaderError, ProxyHeaderReader
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +156,15 @@ class Accepted:
     per-IP count), released once, when it is finally closed: by its task, or
     by the parker if it expires there."""
 
-    __slots__ = ("stream", "peer", "local", "_releases")
+    __slots__ = ("stream", "peer", "local", "tcp_peer", "_releases")
 
     def __init__(self, stream: Downstream) -> None:
         self.stream = stream
+        #: the client: the TCP peer, or whom its PROXY protocol header names
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
+        #: the TCP peer (the proxy, when a PROXY header named the client)
+        self.tcp_peer: tuple[str, int] = ("", 0)
         self._releases: list[Callable[[], None]] = []
 
     def on_close(self, release: Callable[[], None]) -> None:
@@ -304,6 +315,37 @@ def inherited_listeners(fds: list[int]) -> list[trio.SocketListener]:
     return [trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd))) for fd in fds]
 
 
+async def read_proxy_header(client: Accepted, settings: ConnectionSettings) -> bool:
+    """The PROXY protocol step of a ``proxy_protocol`` listener, before
+    anything else is read: False (logged once) if the connection is to be
+    closed; else True, and ``client.peer``/``client.local`` are the addresses
+    the header names (unchanged for LOCAL and UNKNOWN). Exactly the header's
+    bytes are consumed; what follows is the next layer's."""
+    peer = client.tcp_peer
+    where = (f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}") if peer[1] else peer[0]
+    if not settings.real_ip.trusted.trusts(peer[0]):
+        log.warning("closing connection from %s on a proxy_protocol listener: not in trusted_proxies", where)
+        return False
+    reader = ProxyHeaderReader()
+    with trio.move_on_after(settings.proxy_header_timeout) as scope:
+        try:
+            await client.stream.receive_prefix(reader)
+        except ProxyHeaderError as exc:
+            log.warning("closing connection from %s: bad PROXY protocol header: %s", where, exc)
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.info("connection from %s closed before its PROXY protocol header was complete", where)
+            return False
+    if scope.cancelled_caught:
+        log.info("closing connection from %s: no complete PROXY protocol header within %gs (timeouts.tls_handshake)",
+                 where, settings.proxy_header_timeout)
+        return False
+    info = reader.result
+    if info is not None and info.source is not None and info.destination is not None:
+        client.peer, client.local = info.source, info.destination
+    return True
+
+
 def _connection_handler(service: Service, connections: trio.Nursery, spec: ListenSpec,
                         by_ip: dict[str, int]) -> ClientHandler:
     """How a connection accepted on a listener with ``spec`` is served;
@@ -328,7 +370,7 @@ def _connection_handler(service: Service, connections: trio.Nursery, spec: Liste
 
         return await HttpConnection(client.stream, service.handler, service.settings, client=client.peer,
                                     server=client.local, listener_state=listener_state, served=served,
-                                    hand_over=hand_over, reclaim=client.close).run()
+                                    hand_over=hand_over, reclaim=client.close, peer=client.tcp_peer).run()
 
     async def handle(client: Accepted) -> bool:
         stream = client.stream
@@ -336,6 +378,9 @@ def _connection_handler(service: Service, connections: trio.Nursery, spec: Liste
         try:
             client.peer, client.local = _addresses(stream)
         except OSError:
+            return False
+        client.tcp_peer = client.peer
+        if spec.proxy_protocol and not await read_proxy_header(client, service.settings):
             return False
         ip = client.peer[0]
         if per_ip and by_ip.get(ip, 0) >= per_ip:

@@ -4,17 +4,20 @@ that obeys it (one mapping per settings type, the defaults in the schema only)."
 from __future__ import annotations
 
 from dataclasses import replace
+from ipaddress import ip_network
 
 import trio
 
 from gateway.config import validate
 from gateway.front.h1 import ConnectionSettings
+from gateway.http.realip import RealIpSettings, TrustedProxies
 from gateway.serve.process import admin_connection_settings, pool_from_config
 from gateway.upstream.fastcgi import PhpSettings
 
 #: every mapped key set to a value no default has
 CONFIG = validate({
-    "server": {"temp_dir": "/var/tmp/gw", "server_software": "edge", "access_log_format": "json"},
+    "server": {"temp_dir": "/var/tmp/gw", "server_software": "edge", "access_log_format": "json",
+               "trusted_proxies": ["10.0.0.0/8", "unix:"], "real_ip_header": "X-Real-IP"},
     "timeouts": {"client_header": "11s", "client_body": "12s", "client_body_min_rate": 13, "keepalive": "14s",
                  "send": "15s", "tls_handshake": "22s"},
     "limits": {"max_header_size": 16, "max_uri_size": 17, "max_header_count": 18, "client_max_body_size": 19,
@@ -31,7 +34,9 @@ def test_every_configured_connection_value_reaches_the_connection():
         header_timeout=11, body_timeout=12, keepalive_timeout=14, send_timeout=15, max_header_size=16,
         max_uri_size=17, max_header_count=18, max_body_size=19, body_buffer_size=20, body_min_rate=13,
         keepalive_requests=21, temp_dir="/var/tmp/gw", server_software=b"edge", access_log_json=True,
-        handshake_timeout=22)
+        handshake_timeout=22,
+        real_ip=RealIpSettings(TrustedProxies((ip_network("10.0.0.0/8"),), unix=True), b"x-real-ip"),
+        proxy_header_timeout=22)
 
 
 def test_every_configured_backend_value_reaches_php_and_the_pool():
