@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ..metrics import ListenerStats, Window, percentile
+from ..metrics import CompressionStats, ListenerStats, Window, percentile
 from ..upstream.php_fpm_status import fastcgi_get
 from ..upstream.pool import Pool
 from . import table
@@ -236,6 +236,7 @@ class Monitor:
 
     stats: ListenerStats
     pools: list[PoolMonitor]
+    compression: CompressionStats
     diagnosis: Diagnosis
     #: loop lag samples, and cumulative accept and request counts, over WINDOW
     lag: Window
@@ -249,9 +250,12 @@ class Monitor:
     pid: int
     cpus: int | None
 
-    def __init__(self, stats: ListenerStats, pools: list[PoolMonitor]) -> None:
+    def __init__(self, stats: ListenerStats, pools: list[PoolMonitor],
+                 compression: CompressionStats | None = None) -> None:
         self.stats = stats
         self.pools = pools
+        #: what response compression did (the app layer bumps it)
+        self.compression = compression if compression is not None else CompressionStats()
         self.diagnosis = Diagnosis(since=trio.current_time())
         self.lag = Window(WINDOW)
         self.accepted = Window(WINDOW)
