@@ -172,12 +172,10 @@ class App:
             resp = serve_file(route.path, req.method, headers, server=self.server_software)
             resp.headers = add_vary(resp.headers)
             return resp
-        self.compressor.stats.precompressed[coding] = self.compressor.stats.precompressed.get(coding, 0) + 1
-        ctype = content_type(route.path)
         out = [(n, v) for n, v in resp.headers if n not in (b"content-type", b"accept-ranges")]
         if resp.status == 200:
-            out.insert(0, (b"content-type", ctype))
-        if resp.status == 200:
+            self.compressor.stats.precompressed[coding] = self.compressor.stats.precompressed.get(coding, 0) + 1
+            out.insert(0, (b"content-type", content_type(route.path)))
             out.append((b"content-encoding", coding.encode()))
         resp.headers = add_vary(out)
         return resp
