@@ -261,6 +261,9 @@ class Monitor:
         self.accepted = Window(WINDOW)
         self.requests = Window(WINDOW)
         self.process_cpu = 0.0
+        #: share of one core spent compressing responses (in the process's CPU, threads included)
+        self.compress_cpu = 0.0
+        self._prev_compress = 0.0
         self.host_cpu = None
         self._prev_proc: tuple[float, float] | None = None
         self._prev_host: tuple[float, float] | None = None
@@ -297,9 +300,12 @@ class Monitor:
         now = trio.current_time()
         wall = time.monotonic()
         cpu = time.process_time()
+        compressing = self.compression.cpu_seconds
         if self._prev_proc is not None and wall > self._prev_proc[0]:
             self.process_cpu = (cpu - self._prev_proc[1]) / (wall - self._prev_proc[0])
+            self.compress_cpu = (compressing - self._prev_compress) / (wall - self._prev_proc[0])
         self._prev_proc = (wall, cpu)
+        self._prev_compress = compressing
         host = read_host_cpu()
         if host is not None and self._prev_host is not None and host[1] > self._prev_host[1]:
             self.host_cpu = (host[0] - self._prev_host[0]) / (host[1] - self._prev_host[1])
@@ -313,6 +319,7 @@ class Monitor:
             loop_lag_p99=percentile(self.lag.values(now, LAG_RECENT), 0.99),
             process_cpu=self.process_cpu,
             host_cpu=self.host_cpu,
+            compress_cpu=self.compress_cpu,
             pools=tuple(pm.observe(now) for pm in self.pools),
         )
         return self.diagnosis.update(obs, now)
