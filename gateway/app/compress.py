@@ -9,7 +9,8 @@ module does the work:
   ``INLINE_MAX`` (32 KiB) is compressed on the event loop: at br quality 5 that
   is at most ~0.5 ms, less than the ~0.1 ms a thread round trip costs plus the
   wake-up of the loop. Larger ones go to ``trio.to_thread.run_sync`` under a
-  ``CapacityLimiter`` of one thread per core, so a 1 MiB page (~5 ms of br)
+  ``CapacityLimiter`` (the cores shared out among the gateway's processes,
+  at least one thread each), so a 1 MiB page (~5 ms of br)
   never stalls the other connections of this process; when every thread is
   busy a response waits for one (it is queued, not compressed on the loop).
 - **Buffered bodies** (bytes, a PHP response drained into memory, a static
@@ -119,20 +120,27 @@ class CompressionSettings:
     br_quality: int = BR_QUALITY
     gzip_level: int = GZIP_LEVEL
 
+    #: worker threads for large bodies, in this process
+    threads: int = 1
+
     @classmethod
     def from_config(cls, config: Config) -> CompressionSettings:
+        """Threads: the cores shared out among the gateway's processes (at
+        least one each), so N processes never run more than the cores' worth
+        of compression at once."""
+        cpus = os.cpu_count() or 1
+        processes = cpus if config.server.processes == "auto" else config.server.processes
         return cls(tuple(c for c in config.server.compression if c in CODINGS), config.server.compress_min_size,
-                   config.server.server_timing)
+                   config.server.server_timing, threads=max(1, cpus // max(1, processes)))
 
 
 class Compressor:
     """Compresses responses for one process; ``stats`` is what the monitor shows."""
 
-    def __init__(self, settings: CompressionSettings, stats: CompressionStats | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(self, settings: CompressionSettings, stats: CompressionStats | None = None) -> None:
         self.settings = settings
         self.stats = stats if stats is not None else CompressionStats()
-        self.limiter = trio.CapacityLimiter(threads or os.cpu_count() or 1)
+        self.limiter = trio.CapacityLimiter(settings.threads)
 
     async def run(self, work: Callable[[], bytes], size: int) -> bytes:
         """``work()`` inline when ``size`` is small, else in a worker thread; its CPU counted."""
