@@ -212,6 +212,8 @@ def _known_length(resp: Response, head_only: bool) -> int | None:
     """The identity body's length, if known (for HEAD: the Content-Length a
     GET would get)."""
     body = resp.body
+    if isinstance(body, bytes) and body:
+        return len(body)  # (a gateway page for HEAD too: the writer leaves its body out)
     if not head_only and resp.status not in (204, 304):
         if isinstance(body, bytes):
             return len(body)

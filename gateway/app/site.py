@@ -14,8 +14,9 @@ Edge policy, in the order it applies to a request of a site:
    Accept-Encoding like a dynamic coding, served with the original's
    Content-Type, the sibling's ETag and Last-Modified, ``Vary``; a Range
    request gets the original's bytes as before).
-3. Compression (``compress``) of static and PHP responses alike, error
-   pages included (they are text/html, but below ``compress_min_size``).
+3. Compression (``compress``) of static and PHP responses alike (with a
+   502/504 page in their place); the gateway's own small pages for a refused
+   route, a bad target or a redirect are sent as they are.
 4. ``[sites.X.headers]``: set on every response of the site, the gateway's
    own error pages and redirects included; a configured header replaces one
    of the same name (PHP's too), an empty value removes it (Caddy's

@@ -381,3 +381,12 @@ def test_redirect_to_https_needs_a_tls_listener(tmp_path):
 def test_zlib_level_one_is_what_nginx_sends_by_default():
     # (the comparison the WordPress test makes when nginx is absent)
     assert zlib.compress(PAGE, 1, wbits=31)[:2] == b"\x1f\x8b"
+
+
+async def test_gateway_error_page_for_head_is_not_marked_compressed(tmp_path, nursery, autojump_clock):
+    async def hang(req):
+        await trio.sleep_forever()
+
+    app, _ = make_app(tmp_path, nursery, hang)
+    r = await get(await client_for(app, nursery), "/", ("Accept-Encoding", "br"), method="HEAD")
+    assert r.status == 504 and r.header("content-encoding") is None and r.body == b""
