@@ -129,6 +129,23 @@ class PoolInstruments:
     responses: int = 0  # PHP responses received (any status)
 
 
+@dataclass
+class CompressionStats:
+    """What response compression (``app.compress``) did in this process."""
+
+    #: CPU seconds spent compressing (the compressing thread's own CPU time)
+    cpu_seconds: float = 0.0
+    #: bytes given to the coders, and bytes they produced
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: responses compressed, by coding
+    responses: dict[str, int] = field(default_factory=lambda: {"br": 0, "gzip": 0})
+    #: compression calls run in a worker thread (large bodies)
+    threaded: int = 0
+    #: precompressed files (x.css.br, x.css.gz) served, by coding
+    precompressed: dict[str, int] = field(default_factory=lambda: {"br": 0, "gzip": 0})
+
+
 # -- Prometheus text format -----------------------------------------------------
 
 

@@ -146,8 +146,10 @@ def normalize_path(path: str) -> str:
 class Router:
     """Routing for one site, with per-site values computed once."""
 
-    def __init__(self, site: SiteConfig) -> None:
+    def __init__(self, site: SiteConfig, name: str = "") -> None:
         self.site = site
+        #: the site's name, its key in [sites]
+        self.name = name
         self.root = os.path.realpath(site.root)
         self.try_files = site.effective_try_files()
         self.php_enabled = bool(site.php)
@@ -187,6 +189,15 @@ class Router:
 
     def _is_file(self, uri: str) -> bool:
         st = self._stat(self._fs(uri))
+        return st is not None and stat.S_ISREG(st.st_mode)
+
+    def is_regular_file(self, fs_path: str) -> bool:
+        """Is ``fs_path`` (a file system path under this site) a regular file
+        the site may serve (``symlinks`` observed)?"""
+        try:
+            st = self._stat(fs_path)
+        except _SymlinkLeavesRoot:
+            return False
         return st is not None and stat.S_ISREG(st.st_mode)
 
     def _is_dir(self, uri: str) -> bool:
@@ -270,7 +281,7 @@ class VirtualHosts:
     first)."""
 
     def __init__(self, sites: dict[str, SiteConfig]) -> None:
-        self.routers = {name: Router(site) for name, site in sites.items()}
+        self.routers = {name: Router(site, name) for name, site in sites.items()}
         self.exact: dict[str, Router] = {}
         wildcards: list[tuple[str, Router]] = []
         default = None

@@ -3,6 +3,24 @@
 ``App.handle`` takes a fully read ``Request`` and returns a ``Response``; it does
 no client IO, so it is the same whether the client is a socket or a test's
 memory stream.
+
+Edge policy, in the order it applies to a request of a site:
+
+1. ``redirect_to_https``: a plain-HTTP request is answered 308 to the same
+   target over HTTPS (``http.https_redirect``), before routing; the ACME
+   challenge path is routed as usual.
+2. The route's answer; a static file may be a precompressed sibling
+   (``precompressed``: ``x.css.br``/``x.css.gz`` beside ``x.css``, chosen by
+   Accept-Encoding like a dynamic coding, served with the original's
+   Content-Type, the sibling's ETag and Last-Modified, ``Vary``; a Range
+   request gets the original's bytes as before).
+3. Compression (``compress``) of static and PHP responses alike (with a
+   502/504 page in their place); the gateway's own small pages for a refused
+   route, a bad target or a redirect are sent as they are.
+4. ``[sites.X.headers]``: set on every response of the site, the gateway's
+   own error pages and redirects included; a configured header replaces one
+   of the same name (PHP's too), an empty value removes it (Caddy's
+   ``header``; nginx's ``add_header ... always`` adds without replacing).
 """
 
 from __future__ import annotations
@@ -14,16 +32,24 @@ from dataclasses import dataclass
 import trio
 
 from ..config import Config
-from ..http.errors import GatewayError
+from ..config.addresses import parse_listen
+from ..http import https_redirect
+from ..http.encoding import add_vary, choose_coding
+from ..http.errors import ClientGone, GatewayError
 from ..http.request import IDEMPOTENT_METHODS, Request
 from ..http.response import Body, Response, error_response, http_date
+from ..metrics import CompressionStats
 from ..upstream import cgi
 from ..upstream.exchange import UpstreamBody, UpstreamResponse, run_php
 from ..upstream.fastcgi import FastCgiConn, PhpSettings
 from ..upstream.pool import Pool
 from .cgi_params import build_params
+from .compress import CompressionSettings, Compressor
 from .routing import BadRequestTarget, PhpScript, Redirect, Refuse, Router, StaticFile, VirtualHosts, split_target
-from .static import serve_file
+from .static import content_type, serve_file
+
+#: Precompressed siblings, in the server's order of preference, and their suffix.
+PRECOMPRESSED = (("br", ".br"), ("gzip", ".gz"))
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +60,32 @@ class _SiteBackend:
     settings: PhpSettings
 
 
+def tls_port(config: Config) -> int:
+    """The port of the first ``tls`` listener in ``[server] listen`` (443 when none is)."""
+    for entry in config.server.listen:
+        spec = parse_listen(entry)
+        if spec.tls and spec.where.kind == "tcp":
+            return spec.where.port
+    return 443
+
+
+def set_headers(headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with each of ``extra`` replacing those of its name (an
+    empty value: removed)."""
+    names = {name for name, _ in extra}
+    out = [(n, v) for n, v in headers if n.lower() not in names]
+    out += [(n, v) for n, v in extra if v]
+    return out
+
+
 class App:
-    def __init__(self, config: Config, pools: dict[str, Pool[FastCgiConn]]) -> None:
+    def __init__(self, config: Config, pools: dict[str, Pool[FastCgiConn]],
+                 compression: CompressionStats | None = None) -> None:
         self.config = config
+        self.compressor = Compressor(CompressionSettings.from_config(config), compression)
+        self.tls_port = tls_port(config)
+        self.site_headers = {name: [(k.lower().encode(), v.encode("latin-1")) for k, v in site.headers.items()]
+                             for name, site in config.sites.items()}
         self.server_software = config.server.server_software.encode()
         self.server_timing = config.server.server_timing
         self.vhosts = VirtualHosts(config.sites)
@@ -52,10 +101,32 @@ class App:
     async def handle(self, req: Request) -> Response:
         router = self.vhosts.lookup(req.host)
         try:
+            resp = await self._handle(req, router)
+        except ClientGone:
+            raise
+        except GatewayError as exc:
+            log.error("[%s] %s %s -> %d: %s", req.request_id, req.method.decode(), req.target.decode("latin-1"),
+                      exc.status, exc)
+            resp = self.error(exc.status, list(exc.headers))
+        except Exception:
+            # a bug: the front end would answer 500 too, without the site's headers
+            log.exception("[%s] unhandled error while handling %s %s", req.request_id, req.method.decode(),
+                          req.target.decode("latin-1"))
+            resp = self.error(500)
+        extra = self.site_headers.get(router.name)
+        if extra:
+            resp.headers = set_headers(resp.headers, extra)
+        return resp
+
+    async def _handle(self, req: Request, router: Router) -> Response:
+        try:
             path, query = split_target(req.target)
         except BadRequestTarget as exc:
             log.info("[%s] %s: %s", req.request_id, exc.status, exc)
             return self.error(exc.status)
+        if router.site.redirect_to_https and not req.https and not https_redirect.exempt(path):
+            name = req.host or router.server_name or req.server[0].encode()
+            return self.error(308, [(b"location", https_redirect.location(name, req.target, self.tls_port))])
         route = router.route(path, query)
         if isinstance(route, Refuse):
             log.debug("[%s] %d: %s", req.request_id, route.status, route.reason)
@@ -67,15 +138,48 @@ class App:
                 location = (b"https://" if req.https else b"http://") + host + location
             return self.error(route.status, [(b"location", location)])
         if isinstance(route, StaticFile):
-            resp = serve_file(route.path, req.method, req.header_map(), server=self.server_software)
+            resp = self._static(req, router, route)
             if (router.static_max_age and resp.status in (200, 206, 304)
                     and route.uri.lower().endswith(router.static_cache_extensions)):
                 # as nginx's "expires": both headers
                 resp.headers.append((b"expires", http_date(time.time() + router.static_max_age)))
                 resp.headers.append((b"cache-control", b"max-age=%d" % router.static_max_age))
-            return resp
+            return await self.compressor.apply(req.method, req.header(b"accept-encoding"), resp,
+                                               content_type=content_type(route.path))
         assert isinstance(route, PhpScript)
-        return await self._php(req, router, route)
+        return await self.compressor.apply(req.method, req.header(b"accept-encoding"),
+                                           await self._php(req, router, route))
+
+    def _static(self, req: Request, router: Router, route: StaticFile) -> Response:
+        """The file, or its precompressed sibling for a client that accepts it."""
+        headers = req.header_map()
+        if not router.site.precompressed or req.method not in (b"GET", b"HEAD"):
+            return serve_file(route.path, req.method, headers, server=self.server_software)
+        siblings = {coding: route.path + suffix for coding, suffix in PRECOMPRESSED
+                    if router.is_regular_file(route.path + suffix)}
+        if not siblings:
+            return serve_file(route.path, req.method, headers, server=self.server_software)
+        coding = None
+        if b"range" not in headers:  # a range is of the original's bytes, as before
+            coding = choose_coding(headers.get(b"accept-encoding"), tuple(siblings))
+        if coding is None:
+            resp = serve_file(route.path, req.method, headers, server=self.server_software)
+            resp.headers = add_vary(resp.headers)
+            return resp
+        resp = serve_file(siblings[coding], req.method, headers, server=self.server_software)
+        if resp.status not in (200, 304):
+            # the sibling vanished or is unreadable: the original, as if there were none
+            resp.close()
+            resp = serve_file(route.path, req.method, headers, server=self.server_software)
+            resp.headers = add_vary(resp.headers)
+            return resp
+        out = [(n, v) for n, v in resp.headers if n not in (b"content-type", b"accept-ranges")]
+        if resp.status == 200:
+            self.compressor.stats.precompressed[coding] = self.compressor.stats.precompressed.get(coding, 0) + 1
+            out.insert(0, (b"content-type", content_type(route.path)))
+            out.append((b"content-encoding", coding.encode()))
+        resp.headers = add_vary(out)
+        return resp
 
     async def _php(self, req: Request, router: Router, script: PhpScript) -> Response:
         backend_name = router.site.php

@@ -734,7 +734,8 @@ def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = N
 
     # every problem in one run: the checks beyond the schema read the merged
     # data, skipping what the schema reports as malformed
-    found = reference_problems(data) + listen_conflicts(data, source) + (path_problems(data) if check_paths else [])
+    found = (reference_problems(data) + redirect_problems(data) + listen_conflicts(data, source)
+             + (path_problems(data) if check_paths else []))
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
@@ -777,6 +778,26 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]
                             f"sites.{default} is the default site already: only one site can be"))
             default = default or name
     return out
+
+
+def redirect_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """(key, message) for each site with ``redirect_to_https = true`` when no
+    ``[server] listen`` entry is ``tls``: the redirect would lead nowhere."""
+    listen = _table(data, "server").get("listen", ServerConfig().listen)
+    entries = listen if isinstance(listen, list) else []
+    tls = False
+    for text in entries:
+        try:
+            tls = tls or (isinstance(text, str) and parse_listen(text).tls)
+        except ValueError:
+            pass
+    if tls:
+        return []
+    return [(("sites", name, "redirect_to_https"),
+             'is true but no [server] listen entry is "tls" (e.g. "0.0.0.0:443 tls"): the redirect would lead '
+             "nowhere")
+            for name, site in _table(data, "sites").items()
+            if isinstance(site, dict) and site.get("redirect_to_https") is True]
 
 
 def _listen_entries(data: dict[str, Any]) -> list[tuple[tuple[str, ...], Address]]:

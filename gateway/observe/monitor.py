@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ..metrics import ListenerStats, Window, percentile
+from ..metrics import CompressionStats, ListenerStats, Window, percentile
 from ..upstream.php_fpm_status import fastcgi_get
 from ..upstream.pool import Pool
 from . import table
@@ -236,6 +236,7 @@ class Monitor:
 
     stats: ListenerStats
     pools: list[PoolMonitor]
+    compression: CompressionStats
     diagnosis: Diagnosis
     #: loop lag samples, and cumulative accept and request counts, over WINDOW
     lag: Window
@@ -252,9 +253,12 @@ class Monitor:
     pid: int
     cpus: int | None
 
-    def __init__(self, stats: ListenerStats, pools: list[PoolMonitor]) -> None:
+    def __init__(self, stats: ListenerStats, pools: list[PoolMonitor],
+                 compression: CompressionStats | None = None) -> None:
         self.stats = stats
         self.pools = pools
+        #: what response compression did (the app layer bumps it)
+        self.compression = compression if compression is not None else CompressionStats()
         self.diagnosis = Diagnosis(since=trio.current_time())
         self.lag = Window(WINDOW)
         self.accepted = Window(WINDOW)
@@ -268,6 +272,9 @@ class Monitor:
         self.tls_now = (0.0, 0.0, 0.0)
         self._prev_tls: tuple[float, float, int, int] | None = None
         self.process_cpu = 0.0
+        #: share of one core spent compressing responses (in the process's CPU, threads included)
+        self.compress_cpu = 0.0
+        self._prev_compress = 0.0
         self.host_cpu = None
         self._prev_proc: tuple[float, float] | None = None
         self._prev_host: tuple[float, float] | None = None
@@ -304,9 +311,12 @@ class Monitor:
         now = trio.current_time()
         wall = time.monotonic()
         cpu = time.process_time()
+        compressing = self.compression.cpu_seconds
         if self._prev_proc is not None and wall > self._prev_proc[0]:
             self.process_cpu = (cpu - self._prev_proc[1]) / (wall - self._prev_proc[0])
+            self.compress_cpu = (compressing - self._prev_compress) / (wall - self._prev_proc[0])
         self._prev_proc = (wall, cpu)
+        self._prev_compress = compressing
         host = read_host_cpu()
         if host is not None and self._prev_host is not None and host[1] > self._prev_host[1]:
             self.host_cpu = (host[0] - self._prev_host[0]) / (host[1] - self._prev_host[1])
@@ -329,6 +339,7 @@ class Monitor:
             loop_lag_p99=percentile(self.lag.values(now, LAG_RECENT), 0.99),
             process_cpu=self.process_cpu,
             host_cpu=self.host_cpu,
+            compress_cpu=self.compress_cpu,
             pools=tuple(pm.observe(now) for pm in self.pools),
             tls_cpu=self.tls_now[0], tls_handshakes=self.tls_now[1], tls_resumed=self.tls_now[2],
         )

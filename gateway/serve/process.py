@@ -369,7 +369,7 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                 system.start_soon(pool.run_reaper)
             monitor = Monitor(listener_state.stats, pool_monitors)
             system.start_soon(monitor.run)
-            app = App(config, pools)
+            app = App(config, pools, monitor.compression)
             settings = ConnectionSettings.from_config(config.server, config.timeouts, config.limits)
             max_conns = raise_open_files_limit(config.limits.max_connections)
             services = [Service(listeners, app.handle, settings, listener_state, max_conns,

@@ -124,6 +124,11 @@ def frozen_monitor(second: bool = False) -> Monitor:
     monitor.tls_cpu.add(now - 4, 0.0)
     monitor.tls_cpu.add(now, 0.0456)
     monitor.process_cpu = 0.123456
+    monitor.compression.cpu_seconds = 1.23456
+    monitor.compression.bytes_in, monitor.compression.bytes_out = 1_000_000, 150_000
+    monitor.compression.responses.update(br=30, gzip=5)
+    monitor.compression.threaded = 12
+    monitor.compression.precompressed.update(br=4)
     monitor.host_cpu = 0.98765
     monitor.diagnosis = Diagnosis(current=Verdict("php-waiting", "pool php is saturated: 3/4 workers busy"),
                                   since=now - 12.34)
@@ -147,6 +152,8 @@ def frozen_monitor(second: bool = False) -> Monitor:
         monitor.pools = [pm_php, pm_ext]
         monitor.requests.add(now, 12)
         monitor.process_cpu = 0.5
+        monitor.compression.cpu_seconds = 0.5
+        monitor.compression.responses.update(br=1, gzip=0)
         monitor.host_cpu = None
         monitor.lag.add(now, 0.2)
         monitor.diagnosis = Diagnosis(current=Verdict("listener", "the gateway itself is the bottleneck"),

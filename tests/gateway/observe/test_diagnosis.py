@@ -123,3 +123,20 @@ def test_bucket_quantile_interpolates_inside_a_bucket():
     assert _bucket_quantile(buckets, [0, 0, 4, 0], 0.5) == 3.0  # all in (2, 4]: the middle
     assert _bucket_quantile(buckets, [2, 2, 0, 0], 0.25) == 0.5
     assert _bucket_quantile(buckets, [0, 0, 0, 0], 0.5) == 0.0
+
+
+async def test_the_monitor_feeds_compression_cpu_to_the_verdict():
+    """CPU the app layer spent compressing reaches the observation the verdict reads."""
+    import time
+
+    from gateway.metrics import ListenerStats
+    from gateway.observe.monitor import Monitor
+
+    m = Monitor(ListenerStats(), [])
+    await m.sample()
+    m.compression.cpu_seconds += 0.001
+    start = time.monotonic()
+    while time.monotonic() == start:  # the next sample needs a later reading of the clock
+        pass
+    await m.sample()
+    assert m.compress_cpu > 0
