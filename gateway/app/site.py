@@ -3,6 +3,13 @@
 ``App.handle`` takes a fully read ``Request`` and returns a ``Response``; it does
 no client IO, so it is the same whether the client is a socket or a test's
 memory stream.
+
+ACME HTTP-01 (``acme_challenge``): when a site has ``[sites.X.tls] acme =
+true``, ``GET /.well-known/acme-challenge/TOKEN`` is answered on every site,
+before routing (so before any redirect, deny rule or PHP), from the key
+authorisation the ACME task (another process) wrote to the state dir. A token
+with no file there goes on to routing as any other path, so a site's own
+files under that prefix still work.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from ..config import Config
 from ..http.errors import GatewayError
 from ..http.request import IDEMPOTENT_METHODS, Request
 from ..http.response import Body, Response, error_response, http_date
+from ..tls.store import StateDir
 from ..upstream import cgi
 from ..upstream.exchange import UpstreamBody, UpstreamResponse, run_php
 from ..upstream.fastcgi import FastCgiConn, PhpSettings
@@ -26,6 +34,10 @@ from .routing import BadRequestTarget, PhpScript, Redirect, Refuse, Router, Stat
 from .static import serve_file
 
 log = logging.getLogger(__name__)
+
+ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+#: A key authorisation is a token, a dot and a thumbprint: well under this.
+MAX_KEY_AUTHORIZATION = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +53,9 @@ class App:
         self.server_timing = config.server.server_timing
         self.vhosts = VirtualHosts(config.sites)
         self.pools = pools
+        #: where HTTP-01 key authorisations are, when any site uses ACME
+        self.acme_state = (StateDir(config.acme.state_path())
+                           if any(site.tls is not None and site.tls.acme for site in config.sites.values()) else None)
         self._backends: dict[str, _SiteBackend] = {}
         for name, backend in config.backends.items():
             if name in pools:
@@ -56,6 +71,10 @@ class App:
         except BadRequestTarget as exc:
             log.info("[%s] %s: %s", req.request_id, exc.status, exc)
             return self.error(exc.status)
+        if self.acme_state is not None and path.startswith(ACME_CHALLENGE_PREFIX):
+            answer = self.acme_challenge(req, path[len(ACME_CHALLENGE_PREFIX):])
+            if answer is not None:
+                return answer
         route = router.route(path, query)
         if isinstance(route, Refuse):
             log.debug("[%s] %d: %s", req.request_id, route.status, route.reason)
@@ -76,6 +95,20 @@ class App:
             return resp
         assert isinstance(route, PhpScript)
         return await self._php(req, router, route)
+
+    def acme_challenge(self, req: Request, token: str) -> Response | None:
+        """The HTTP-01 answer for ``token`` (RFC 8555 8.3), None when no
+        validation of that token is under way."""
+        assert self.acme_state is not None
+        if req.method not in (b"GET", b"HEAD"):
+            return None
+        try:
+            with open(self.acme_state.http_challenge(token), "rb") as f:
+                body = f.read(MAX_KEY_AUTHORIZATION)
+        except (ValueError, OSError):  # not a token, or not one being validated
+            return None
+        log.info("[%s] ACME HTTP-01 challenge %s answered", req.request_id, token)
+        return Response(200, [(b"content-type", b"application/octet-stream"), (b"cache-control", b"no-store")], body)
 
     async def _php(self, req: Request, router: Router, script: PhpScript) -> Response:
         backend_name = router.site.php

@@ -1,0 +1,192 @@
+"""ACME end to end against Pebble on loopback: the gateway's own listener
+answers HTTP-01, the certificate lands in the state dir with its modes, its
+chain verifies against Pebble's root, it is renewed before expiry, and a
+restart reuses it without a new order. An unreachable CA is one log line and
+a stored backoff."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from cryptography import x509
+
+from gateway.config import validate
+from gateway.serve.process import Running, serve
+from gateway.tls.store import StateDir
+from tests.helpers import HttpClient
+
+from .pebble import Pebble, start_pebble, stop
+
+NAMES = ["a.test", "www.a.test"]
+
+
+def acme_config(tmp: Path, pebble: Pebble | None, *, directory: str = "", http_port: int = 0,
+                tls_port: int = 0) -> dict[str, Any]:
+    root = tmp / "site"
+    root.mkdir(exist_ok=True)
+    (root / "index.html").write_text("hello\n")
+    return {
+        "server": {"listen": [f"127.0.0.1:{http_port or (pebble.http_port if pebble else 0)}",
+                              f"127.0.0.1:{tls_port or (pebble.tls_port if pebble else 0)} tls"],
+                   "access_log": "off", "runtime_dir": str(tmp / "run")},
+        "admin": {"listen": "127.0.0.1:0"},
+        "acme": {"directory": directory or (pebble.directory if pebble else ""), "email": "ops@a.test",
+                 "ca_bundle": pebble.ca_bundle if pebble else "", "state_dir": str(tmp / "state")},
+        "sites": {"a": {"root": str(root), "server_names": NAMES, "tls": {"acme": True}, "default": True}},
+    }
+
+
+@pytest.fixture
+async def pebble(tmp_path: Path) -> AsyncIterator[Pebble]:
+    p = await start_pebble(tmp_path / "pebble")
+    yield p
+    await stop(p)
+
+
+async def start(nursery: trio.Nursery, config: dict[str, Any]) -> Running:
+    running: Running = await nursery.start(partial(serve, validate(config), handle_signals=False, watchdog=False))
+    return running
+
+
+async def admin_status(running: Running) -> dict[str, Any]:
+    port = running.admin_listeners[0].socket.getsockname()[1]
+    client = await HttpClient.connect(port)
+    try:
+        resp = await client.request("GET", "/status")
+    finally:
+        await client.aclose()
+    result: dict[str, Any] = json.loads(resp.body)
+    return result
+
+
+def bundle_certs(state: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates((state / "certificates" / "a.test" / "bundle.pem").read_bytes())
+
+
+def openssl_verify(tmp: Path, pebble: Pebble, certs: list[x509.Certificate]) -> str:
+    """``openssl verify`` of the leaf against Pebble's root, with the chain as untrusted intermediates."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    (tmp / "root.pem").write_bytes(pebble.root_pem())
+    (tmp / "leaf.pem").write_bytes(certs[0].public_bytes(Encoding.PEM))
+    (tmp / "chain.pem").write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in certs[1:]))
+    out = subprocess.run(["openssl", "verify", "-CAfile", str(tmp / "root.pem"), "-untrusted",
+                          str(tmp / "chain.pem"), str(tmp / "leaf.pem")], capture_output=True, text=True)
+    return out.stdout + out.stderr
+
+
+async def test_issuance_over_http01_then_a_restart_reuses_it(pebble: Pebble, tmp_path: Path,
+                                                             nursery: trio.Nursery) -> None:
+    config = acme_config(tmp_path, pebble)
+    running = await start(nursery, config)
+    manager = running.certificates
+    assert manager is not None
+    t0 = time.monotonic()
+    with trio.fail_after(60):
+        await manager.wait_for_attempts(1)
+    took = time.monotonic() - t0
+    state = tmp_path / "state"
+    assert manager.certificates[0].last_error == "", manager.certificates[0].last_error
+    # Pebble validated over the gateway's own plain listener (its httpPort is the gateway's)
+    assert f"validate w/ HTTP: http://a.test:{pebble.http_port}/.well-known/acme-challenge/" in pebble.log()
+    assert pebble.orders() == 1
+    # the bundle: key, leaf for exactly our names, chain; modes as tls.store says
+    bundle = state / "certificates" / "a.test" / "bundle.pem"
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o640
+    assert bundle.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    certs = bundle_certs(state)
+    assert len(certs) >= 2
+    san = certs[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(san.get_values_for_type(x509.DNSName)) == sorted(NAMES)
+    assert openssl_verify(tmp_path, pebble, certs).strip().endswith("leaf.pem: OK")
+    account = StateDir(str(state)).acme_dir(pebble.directory)
+    assert stat.S_IMODE(os.stat(os.path.join(account, "account.key")).st_mode) == 0o600
+    assert json.loads(Path(account, "account.json").read_text())["url"].startswith("https://127.0.0.1:")
+    meta = json.loads((state / "certificates" / "a.test" / "meta.json").read_text())
+    assert meta["names"] == NAMES and meta["failures"] == 0
+    assert abs(meta["not_after"] - certs[0].not_valid_after_utc.timestamp()) < 1
+    assert os.listdir(state / "acme" / "http-01") == []  # the key authorisation is gone after validation
+    status = (await admin_status(running))["certificates"]
+    assert status[0]["names"] == NAMES and status[0]["last_error"] is None
+    assert status[0]["not_after"].startswith(str(certs[0].not_valid_after_utc.year))
+    logging.getLogger(__name__).info("issuance against Pebble took %.2fs", took)
+    print(f"issuance against Pebble took {took:.2f}s")
+
+    # a restart with the same names: the stored certificate is reused, nothing is ordered
+    running.shutdown.set()
+    stamp = bundle.stat().st_mtime_ns
+    running = await start(nursery, config)
+    manager = running.certificates
+    assert manager is not None
+    assert manager.certificates[0].stored is not None
+    assert manager.certificates[0].next_at > time.time() + 3600  # Pebble's default: 5 years
+    status = (await admin_status(running))["certificates"]
+    assert status[0]["next_attempt"] == status[0]["renew_at"]
+    assert manager.attempts == 0 and manager.client is None
+    assert pebble.orders() == 1 and bundle.stat().st_mtime_ns == stamp
+    running.shutdown.set()
+
+
+async def test_a_short_lived_certificate_is_renewed_before_it_expires(tmp_path: Path, nursery: trio.Nursery) -> None:
+    pebble = await start_pebble(tmp_path / "pebble", validity=12)  # renewal due after 8 s
+    try:
+        running = await start(nursery, acme_config(tmp_path, pebble))
+        manager = running.certificates
+        assert manager is not None
+        with trio.fail_after(60):
+            await manager.wait_for_attempts(1)
+        first = bundle_certs(tmp_path / "state")[0]
+        lifetime = (first.not_valid_after_utc - first.not_valid_before_utc).total_seconds()
+        assert lifetime <= 13
+        with trio.fail_after(60):
+            await manager.wait_for_attempts(2)
+        second = bundle_certs(tmp_path / "state")[0]
+        renewed_at = time.time()
+        assert manager.certificates[0].last_error == ""
+        assert second.serial_number != first.serial_number
+        assert renewed_at < first.not_valid_after_utc.timestamp()  # before it expired
+        assert renewed_at >= first.not_valid_before_utc.timestamp() + lifetime * 2 / 3 - 1  # not before it was due
+        assert pebble.orders() == 2
+        running.shutdown.set()
+    finally:
+        await stop(pebble)
+
+
+async def test_an_unreachable_ca_is_one_log_line_and_a_stored_backoff(
+        tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    from .pebble import free_ports
+
+    closed, = free_ports(1)
+    config = acme_config(tmp_path, None, directory=f"https://127.0.0.1:{closed}/dir")
+    caplog.set_level(logging.INFO, logger="gateway.acme")
+    running = await start(nursery, config)
+    manager = running.certificates
+    assert manager is not None
+    with trio.fail_after(30):
+        await manager.wait_for_attempts(1)
+    lines = [r for r in caplog.records if r.name.startswith("gateway.acme") and r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and lines[0].exc_info is None
+    assert "no certificate for a.test, www.a.test" in lines[0].getMessage()
+    assert "attempt 1, next in 60s" in lines[0].getMessage()
+    meta = json.loads((tmp_path / "state" / "certificates" / "a.test" / "meta.json").read_text())
+    assert meta["failures"] == 1 and meta["retry_at"] > time.time() + 50 and meta["last_error"]
+    status = (await admin_status(running))["certificates"][0]
+    assert status["failures"] == 1 and "127.0.0.1" in status["last_error"]
+    running.shutdown.set()
+    # a restart keeps the backoff: no attempt before retry_at
+    running = await start(nursery, config)
+    assert running.certificates is not None
+    assert running.certificates.certificates[0].next_at == meta["retry_at"]
+    assert running.certificates.attempts == 0
+    running.shutdown.set()
