@@ -9,6 +9,7 @@ in 22000-22999 as the house asks.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 import trustme
@@ -72,16 +74,17 @@ class Pebble:
         return self._get("/roots/0")
 
 
-async def start_pebble(tmp: Path, *, validity: int | None = None) -> Pebble:
-    """Pebble and its DNS, started; the caller stops ``processes``."""
+def _prepare(tmp: Path, validity: int | None) -> tuple[list[int], Path]:
+    """Pebble's TLS certificate (from a trustme CA), its ports and its config file."""
     tmp.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert.cert_chain_pems[0].write_to_path(str(tmp / "pebble-cert.pem"))
     cert.private_key_pem.write_to_path(str(tmp / "pebble-key.pem"))
     ca.cert_pem.write_to_path(str(tmp / "pebble-ca.pem"))
-    dns, dns_mgmt, listen, mgmt, http_port, tls_port = free_ports(6, udp=1)
-    config = {"pebble": {
+    ports = free_ports(6, udp=1)
+    _, _, listen, mgmt, http_port, tls_port = ports
+    config: dict[str, Any] = {"pebble": {
         "listenAddress": f"127.0.0.1:{listen}", "managementListenAddress": f"127.0.0.1:{mgmt}",
         "certificate": str(tmp / "pebble-cert.pem"), "privateKey": str(tmp / "pebble-key.pem"),
         "httpPort": http_port, "tlsPort": tls_port, "ocspResponderURL": "",
@@ -89,9 +92,15 @@ async def start_pebble(tmp: Path, *, validity: int | None = None) -> Pebble:
     if validity is not None:
         config["pebble"]["certificateValidityPeriod"] = validity
     (tmp / "pebble.json").write_text(json.dumps(config))
-    log_path = tmp / "pebble.log"
-    log_file = open(log_path, "wb")  # noqa: SIM115 - the processes write to it until they stop
+    (tmp / "pebble.log").write_bytes(b"")
+    return ports, tmp / "pebble.log"
+
+
+async def start_pebble(tmp: Path, *, validity: int | None = None) -> Pebble:
+    """Pebble and its DNS, started; the caller stops them (``stop``)."""
+    (dns, dns_mgmt, listen, mgmt, http_port, tls_port), log_path = _prepare(tmp, validity)
     env = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PATH": "/usr/bin:/bin"}
+    log_file = os.open(log_path, os.O_WRONLY | os.O_APPEND)
     processes = [
         await trio.lowlevel.open_process(
             ["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "", "-dns01", f"127.0.0.1:{dns}",
@@ -101,7 +110,7 @@ async def start_pebble(tmp: Path, *, validity: int | None = None) -> Pebble:
             ["pebble", "-config", str(tmp / "pebble.json"), "-dnsserver", f"127.0.0.1:{dns}"],
             stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=str(tmp)),
     ]
-    log_file.close()
+    os.close(log_file)
     pebble = Pebble(f"https://127.0.0.1:{listen}/dir", str(tmp / "pebble-ca.pem"), f"https://127.0.0.1:{mgmt}",
                     http_port, tls_port, processes, log_path)
     with trio.fail_after(20):

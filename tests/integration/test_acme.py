@@ -13,6 +13,7 @@ import stat
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from gateway.serve.process import Running, serve
 from gateway.tls.store import StateDir
 from tests.helpers import HttpClient
 
-from .pebble import Pebble, start_pebble, stop
+from .pebble import Pebble, free_ports, start_pebble, stop
 
 NAMES = ["a.test", "www.a.test"]
 
@@ -54,9 +55,16 @@ async def pebble(tmp_path: Path) -> AsyncIterator[Pebble]:
     await stop(p)
 
 
-async def start(nursery: trio.Nursery, config: dict[str, Any]) -> Running:
-    running: Running = await nursery.start(partial(serve, validate(config), handle_signals=False, watchdog=False))
-    return running
+@asynccontextmanager
+async def gateway(config: dict[str, Any]) -> AsyncIterator[Running]:
+    """The gateway serving ``config`` in this process; stopped (sockets closed) on exit."""
+    async with trio.open_nursery() as nursery:
+        running: Running = await nursery.start(partial(serve, validate(config), handle_signals=False,
+                                                       watchdog=False))
+        try:
+            yield running
+        finally:
+            running.shutdown.set()
 
 
 async def admin_status(running: Running) -> dict[str, Any]:
@@ -68,6 +76,10 @@ async def admin_status(running: Running) -> dict[str, Any]:
         await client.aclose()
     result: dict[str, Any] = json.loads(resp.body)
     return result
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
 
 
 def bundle_certs(state: Path) -> list[x509.Certificate]:
@@ -86,23 +98,23 @@ def openssl_verify(tmp: Path, pebble: Pebble, certs: list[x509.Certificate]) -> 
     return out.stdout + out.stderr
 
 
-async def test_issuance_over_http01_then_a_restart_reuses_it(pebble: Pebble, tmp_path: Path,
-                                                             nursery: trio.Nursery) -> None:
+async def test_issuance_over_http01_then_a_restart_reuses_it(pebble: Pebble, tmp_path: Path) -> None:
     config = acme_config(tmp_path, pebble)
-    running = await start(nursery, config)
-    manager = running.certificates
-    assert manager is not None
-    t0 = time.monotonic()
-    with trio.fail_after(60):
-        await manager.wait_for_attempts(1)
-    took = time.monotonic() - t0
     state = tmp_path / "state"
-    assert manager.certificates[0].last_error == "", manager.certificates[0].last_error
+    bundle = state / "certificates" / "a.test" / "bundle.pem"
+    async with gateway(config) as running:
+        manager = running.certificates
+        assert manager is not None
+        t0 = time.monotonic()
+        with trio.fail_after(60):
+            await manager.wait_for_attempts(1)
+        took = time.monotonic() - t0
+        assert manager.certificates[0].last_error == "", manager.certificates[0].last_error
+        status = (await admin_status(running))["certificates"]
     # Pebble validated over the gateway's own plain listener (its httpPort is the gateway's)
     assert f"validate w/ HTTP: http://a.test:{pebble.http_port}/.well-known/acme-challenge/" in pebble.log()
     assert pebble.orders() == 1
     # the bundle: key, leaf for exactly our names, chain; modes as tls.store says
-    bundle = state / "certificates" / "a.test" / "bundle.pem"
     assert stat.S_IMODE(bundle.stat().st_mode) == 0o640
     assert bundle.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     certs = bundle_certs(state)
@@ -112,81 +124,72 @@ async def test_issuance_over_http01_then_a_restart_reuses_it(pebble: Pebble, tmp
     assert openssl_verify(tmp_path, pebble, certs).strip().endswith("leaf.pem: OK")
     account = StateDir(str(state)).acme_dir(pebble.directory)
     assert stat.S_IMODE(os.stat(os.path.join(account, "account.key")).st_mode) == 0o600
-    assert json.loads(Path(account, "account.json").read_text())["url"].startswith("https://127.0.0.1:")
-    meta = json.loads((state / "certificates" / "a.test" / "meta.json").read_text())
+    assert read_json(Path(account, "account.json"))["url"].startswith("https://127.0.0.1:")
+    meta = read_json(state / "certificates" / "a.test" / "meta.json")
     assert meta["names"] == NAMES and meta["failures"] == 0
     assert abs(meta["not_after"] - certs[0].not_valid_after_utc.timestamp()) < 1
     assert os.listdir(state / "acme" / "http-01") == []  # the key authorisation is gone after validation
-    status = (await admin_status(running))["certificates"]
     assert status[0]["names"] == NAMES and status[0]["last_error"] is None
     assert status[0]["not_after"].startswith(str(certs[0].not_valid_after_utc.year))
-    logging.getLogger(__name__).info("issuance against Pebble took %.2fs", took)
     print(f"issuance against Pebble took {took:.2f}s")
 
     # a restart with the same names: the stored certificate is reused, nothing is ordered
-    running.shutdown.set()
     stamp = bundle.stat().st_mtime_ns
-    running = await start(nursery, config)
-    manager = running.certificates
-    assert manager is not None
-    assert manager.certificates[0].stored is not None
-    assert manager.certificates[0].next_at > time.time() + 3600  # Pebble's default: 5 years
-    status = (await admin_status(running))["certificates"]
-    assert status[0]["next_attempt"] == status[0]["renew_at"]
-    assert manager.attempts == 0 and manager.client is None
-    assert pebble.orders() == 1 and bundle.stat().st_mtime_ns == stamp
-    running.shutdown.set()
-
-
-async def test_a_short_lived_certificate_is_renewed_before_it_expires(tmp_path: Path, nursery: trio.Nursery) -> None:
-    pebble = await start_pebble(tmp_path / "pebble", validity=12)  # renewal due after 8 s
-    try:
-        running = await start(nursery, acme_config(tmp_path, pebble))
+    async with gateway(config) as running:
         manager = running.certificates
         assert manager is not None
-        with trio.fail_after(60):
-            await manager.wait_for_attempts(1)
-        first = bundle_certs(tmp_path / "state")[0]
-        lifetime = (first.not_valid_after_utc - first.not_valid_before_utc).total_seconds()
-        assert lifetime <= 13
-        with trio.fail_after(60):
-            await manager.wait_for_attempts(2)
-        second = bundle_certs(tmp_path / "state")[0]
-        renewed_at = time.time()
-        assert manager.certificates[0].last_error == ""
+        assert manager.certificates[0].stored is not None
+        assert manager.certificates[0].next_at > time.time() + 3600  # Pebble's default: 5 years
+        status = (await admin_status(running))["certificates"]
+        assert status[0]["next_attempt"] == status[0]["renew_at"]
+        assert manager.attempts == 0 and manager.client is None
+    assert pebble.orders() == 1 and bundle.stat().st_mtime_ns == stamp
+
+
+async def test_a_short_lived_certificate_is_renewed_before_it_expires(tmp_path: Path) -> None:
+    pebble = await start_pebble(tmp_path / "pebble", validity=12)  # renewal due after 8 s
+    try:
+        async with gateway(acme_config(tmp_path, pebble)) as running:
+            manager = running.certificates
+            assert manager is not None
+            with trio.fail_after(60):
+                await manager.wait_for_attempts(1)
+            first = bundle_certs(tmp_path / "state")[0]
+            lifetime = (first.not_valid_after_utc - first.not_valid_before_utc).total_seconds()
+            assert lifetime <= 13
+            with trio.fail_after(60):
+                await manager.wait_for_attempts(2)
+            renewed_at = time.time()
+            second = bundle_certs(tmp_path / "state")[0]
+            assert manager.certificates[0].last_error == ""
         assert second.serial_number != first.serial_number
         assert renewed_at < first.not_valid_after_utc.timestamp()  # before it expired
         assert renewed_at >= first.not_valid_before_utc.timestamp() + lifetime * 2 / 3 - 1  # not before it was due
         assert pebble.orders() == 2
-        running.shutdown.set()
     finally:
         await stop(pebble)
 
 
 async def test_an_unreachable_ca_is_one_log_line_and_a_stored_backoff(
-        tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
-    from .pebble import free_ports
-
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     closed, = free_ports(1)
     config = acme_config(tmp_path, None, directory=f"https://127.0.0.1:{closed}/dir")
     caplog.set_level(logging.INFO, logger="gateway.acme")
-    running = await start(nursery, config)
-    manager = running.certificates
-    assert manager is not None
-    with trio.fail_after(30):
-        await manager.wait_for_attempts(1)
+    async with gateway(config) as running:
+        manager = running.certificates
+        assert manager is not None
+        with trio.fail_after(30):
+            await manager.wait_for_attempts(1)
+        status = (await admin_status(running))["certificates"][0]
     lines = [r for r in caplog.records if r.name.startswith("gateway.acme") and r.levelno >= logging.WARNING]
     assert len(lines) == 1 and lines[0].exc_info is None
     assert "no certificate for a.test, www.a.test" in lines[0].getMessage()
     assert "attempt 1, next in 60s" in lines[0].getMessage()
-    meta = json.loads((tmp_path / "state" / "certificates" / "a.test" / "meta.json").read_text())
+    meta = read_json(tmp_path / "state" / "certificates" / "a.test" / "meta.json")
     assert meta["failures"] == 1 and meta["retry_at"] > time.time() + 50 and meta["last_error"]
-    status = (await admin_status(running))["certificates"][0]
     assert status["failures"] == 1 and "127.0.0.1" in status["last_error"]
-    running.shutdown.set()
     # a restart keeps the backoff: no attempt before retry_at
-    running = await start(nursery, config)
-    assert running.certificates is not None
-    assert running.certificates.certificates[0].next_at == meta["retry_at"]
-    assert running.certificates.attempts == 0
-    running.shutdown.set()
+    async with gateway(config) as running:
+        assert running.certificates is not None
+        assert running.certificates.certificates[0].next_at == meta["retry_at"]
+        assert running.certificates.attempts == 0
