@@ -193,3 +193,61 @@ async def test_an_unreachable_ca_is_one_log_line_and_a_stored_backoff(
         assert running.certificates is not None
         assert running.certificates.certificates[0].next_at == meta["retry_at"]
         assert running.certificates.attempts == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+async def test_the_master_obtains_and_its_worker_processes_answer_http01(pebble: Pebble, tmp_path: Path) -> None:
+    """``processes = 2`` started as root: the master (root) orders, the workers
+    (www-data) answer the CA from the files it writes, and can read the bundle."""
+    import grp
+    import pwd
+    import shutil
+    import tempfile
+
+    from .conftest import DOCROOT, free_port, start_cli
+    from .test_cli import stop as stop_gateway
+
+    www = pwd.getpwnam("www-data")
+    shared = Path(tempfile.mkdtemp(prefix="gw-acme-"))  # tmp_path is root's alone; the workers read the state dir
+    os.chmod(shared, 0o755)
+    state = shared / "state"
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    admin = free_port()
+    (conf / "00.toml").write_text(
+        f'[server]\nlisten = ["127.0.0.1:{pebble.http_port}", "127.0.0.1:{pebble.tls_port} tls"]\n'
+        f'processes = 2\naccess_log = "off"\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[acme]\ndirectory = "{pebble.directory}"\nca_bundle = "{pebble.ca_bundle}"\nstate_dir = "{state}"\n'
+        f'[sites.a]\nroot = "{DOCROOT}"\nserver_names = {json.dumps(NAMES)}\n[sites.a.tls]\nacme = true\n')
+    proc, stderr = await start_cli(["serve", "--config", str(conf)])
+    log = b""
+    try:
+        with trio.fail_after(60):
+            while b"ACME: certificate for a.test, www.a.test obtained" not in log:
+                chunk = await stderr.receive_some(4096)
+                assert chunk, log.decode()
+                log += chunk
+        client = await HttpClient.connect(admin)
+        status = json.loads((await client.request("GET", "/status")).body)
+        await client.aclose()
+    finally:
+        log += await stop_gateway(proc, stderr)
+    try:
+        assert proc.returncode == 0, log.decode()
+        assert status["certificates"][0]["names"] == NAMES and status["certificates"][0]["last_error"] is None
+        assert pebble.orders() == 1
+        assert b"Traceback" not in log
+        bundle = state / "certificates" / "a.test" / "bundle.pem"
+        st = bundle.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, grp.getgrgid(st.st_gid).gr_name) == (0o640, 0, "www-data")
+        assert stat.S_IMODE((state / "certificates").stat().st_mode) == 0o750
+        # a worker's user reads it (through the group), others cannot
+        as_www = await trio.run_process(["runuser", "-u", "www-data", "--", "head", "-c", "27", str(bundle)],
+                                        capture_stdout=True, capture_stderr=True)
+        assert as_www.stdout == b"-----BEGIN PRIVATE KEY-----", as_www.stderr
+        as_nobody = await trio.run_process(["runuser", "-u", "nobody", "--", "head", "-c", "27", str(bundle)],
+                                           capture_stdout=True, capture_stderr=True, check=False)
+        assert as_nobody.returncode != 0
+        assert www.pw_uid != 0
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
