@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .https import Answer
@@ -156,7 +157,7 @@ class AcmeClient:
         await self.sleep(max(self.poll_interval, min(delay or 0.0, self.poll_timeout)))
 
     async def obtain(self, names: list[str], cert_key: ec.EllipticCurvePrivateKey, solver: Solver
-                     ) -> tuple[bytes, list[Any]]:
+                     ) -> tuple[bytes, list[x509.Certificate]]:
         """A certificate for ``names`` with ``cert_key``: (chain PEM, the
         parsed certificates, leaf first). Raises ``AcmeError``."""
         directory = await self.directory()

@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..config import AcmeConfig, Config
 from ..tls.store import StateDir, cert_name
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: The longest the task sleeps before looking at the clock again.
 MAX_SLEEP = 3600.0
+#: The longest one certificate's order may take, all requests and polls included.
+ORDER_TIMEOUT = 600.0
 
 
 def wanted_certificates(config: Config) -> list[list[str]]:
@@ -278,19 +281,13 @@ class CertificateManager:
         what = ", ".join(cert.names)
         started = self.clock()
         try:
-            try:
-                client = await self._account()
-                key = new_key()
-                _, certs = await client.obtain(cert.names, key, self._solver())
-            except AcmeProblem as exc:
-                if exc.type != "accountDoesNotExist" or self.client is None:
-                    raise
-                self.client = None  # the CA forgot the account (a test server restarted): a new one
-                os.unlink(os.path.join(self.state.acme_dir(self.acme.directory), "account.json"))
-                client = await self._account()
-                key = new_key()
-                _, certs = await client.obtain(cert.names, key, self._solver())
+            with trio.fail_after(ORDER_TIMEOUT):
+                certs, key = await self._order(cert)
             self.state.write(self.state.bundle(cert.name).path, bundle_pem(key, certs), 0o640)
+        except trio.TooSlowError:
+            self._failed(cert, AcmeError(f"not done within {ORDER_TIMEOUT:g}s"),
+                         f"ACME: no certificate for {what}: not done within {ORDER_TIMEOUT:g}s")
+            return
         except (AcmeError, OSError) as exc:
             self._failed(cert, exc, f"ACME: no certificate for {what}: {exc}")
             return
@@ -306,6 +303,23 @@ class CertificateManager:
         self._write_meta(cert)
         log.info("ACME: certificate for %s obtained in %.1fs, valid until %s; renewal from %s", what,
                  self.clock() - started, _iso(cert.stored.not_after), _iso(cert.next_at))
+
+    async def _order(self, cert: Certificate) -> tuple[list[x509.Certificate], ec.EllipticCurvePrivateKey]:
+        """A new key and a certificate for it (the chain, leaf first)."""
+        key = new_key()
+        client = await self._account()
+        try:
+            _, certs = await client.obtain(cert.names, key, self._solver())
+        except AcmeProblem as exc:
+            if exc.type != "accountDoesNotExist":
+                raise
+            # the CA forgot the account (a test server restarted): register again
+            log.info("ACME: %s forgot account %s; registering again", self.acme.directory, client.kid)
+            self.client = None
+            os.unlink(os.path.join(self.state.acme_dir(self.acme.directory), "account.json"))
+            client = await self._account()
+            _, certs = await client.obtain(cert.names, key, self._solver())
+        return certs, key
 
     def _failed(self, cert: Certificate, exc: Exception, line: str) -> None:
         cert.failures += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import stat
 import subprocess
 import time
@@ -221,12 +222,22 @@ async def test_the_master_obtains_and_its_worker_processes_answer_http01(pebble:
         f'[sites.a]\nroot = "{DOCROOT}"\nserver_names = {json.dumps(NAMES)}\n[sites.a.tls]\nacme = true\n')
     proc, stderr = await start_cli(["serve", "--config", str(conf)])
     log = b""
-    try:
+
+    async def log_says(line: bytes) -> None:
+        nonlocal log
         with trio.fail_after(60):
-            while b"ACME: certificate for a.test, www.a.test obtained" not in log:
+            while line not in log:
                 chunk = await stderr.receive_some(4096)
                 assert chunk, log.decode()
                 log += chunk
+
+    try:
+        await log_says(b"ACME: certificate for a.test, www.a.test obtained")
+        # a reload adding a site: the master's task orders its certificate (and only it)
+        (conf / "10-b.toml").write_text(f'[sites.b]\nroot = "{DOCROOT}"\nserver_names = ["b.test"]\n'
+                                        '[sites.b.tls]\nacme = true\n')
+        proc.send_signal(signal.SIGHUP)
+        await log_says(b"ACME: certificate for b.test obtained")
         client = await HttpClient.connect(admin)
         status = json.loads((await client.request("GET", "/status")).body)
         await client.aclose()
@@ -234,8 +245,9 @@ async def test_the_master_obtains_and_its_worker_processes_answer_http01(pebble:
         log += await stop_gateway(proc, stderr)
     try:
         assert proc.returncode == 0, log.decode()
-        assert status["certificates"][0]["names"] == NAMES and status["certificates"][0]["last_error"] is None
-        assert pebble.orders() == 1
+        assert [c["names"] for c in status["certificates"]] == [NAMES, ["b.test"]]
+        assert all(c["last_error"] is None for c in status["certificates"])
+        assert pebble.orders() == 2
         assert b"Traceback" not in log
         bundle = state / "certificates" / "a.test" / "bundle.pem"
         st = bundle.stat()
