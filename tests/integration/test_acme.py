@@ -263,3 +263,82 @@ async def test_the_master_obtains_and_its_worker_processes_answer_http01(pebble:
         assert www.pw_uid != 0
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+class _Replay(trio.abc.Stream):
+    """A stream that first gives back bytes already read from ``inner``."""
+
+    def __init__(self, prefix: bytes, inner: trio.abc.Stream) -> None:
+        self.prefix, self.inner = prefix, inner
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.prefix:
+            out, self.prefix = self.prefix, b""
+            return out
+        return bytes(await self.inner.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_tls_alpn_01_validates_with_the_challenge_certificate(pebble: Pebble, tmp_path: Path) -> None:
+    """The TLS-ALPN-01 solver and the ClientHello reading, validated by Pebble
+    through a stand-in for the TLS listener (not on this branch yet): it reads
+    the hello (``parse_client_hello``), takes ``challenge_context`` when the
+    client offers acme-tls/1, and hands both to the handshake."""
+    import ssl
+
+    import trustme
+
+    from gateway.tls.acme_alpn import challenge_context
+    from gateway.tls.client_hello import parse_client_hello
+
+    state = StateDir(str(tmp_path / "state"))
+    ordinary = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    trustme.CA().issue_cert(*NAMES).configure_cert(ordinary)
+    chosen: list[tuple[str | None, tuple[str, ...], bool]] = []
+
+    async def responder(stream: trio.SocketStream) -> None:
+        data = b""
+        with trio.move_on_after(10):
+            hello = None
+            while hello is None:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    return
+                data += chunk
+                hello = parse_client_hello(data)
+            ctx = challenge_context(state, hello)
+            chosen.append((hello.server_name, hello.alpn, ctx is not None))
+            tls = trio.SSLStream(_Replay(data, stream), ctx or ordinary, server_side=True)
+            try:
+                await tls.do_handshake()
+                await tls.aclose()
+            except trio.BrokenResourceError:
+                pass
+
+    config = acme_config(tmp_path, pebble)
+    config["acme"]["challenge"] = "tls-alpn-01"
+    config["server"]["listen"] = ["127.0.0.1:0", "127.0.0.1:0 tls"]
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(pebble.tls_port, host="127.0.0.1")
+        nursery.start_soon(trio.serve_listeners, responder, listeners)
+        async with gateway(config) as running:
+            manager = running.certificates
+            assert manager is not None
+            with trio.fail_after(60):
+                await manager.wait_for_attempts(1)
+            assert manager.certificates[0].last_error == "", manager.certificates[0].last_error
+        nursery.cancel_scope.cancel()
+    # Pebble connected for each name offering acme-tls/1 only, and got the challenge certificate
+    assert {(name, alpn, challenge) for name, alpn, challenge in chosen} == {
+        (n, ("acme-tls/1",), True) for n in NAMES}
+    assert os.listdir(tmp_path / "state" / "acme" / "tls-alpn-01") == []  # cleaned up
+    assert sorted(bundle_certs(tmp_path / "state")[0].extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)) == sorted(NAMES)
