@@ -115,6 +115,8 @@ class Certificate:
     retry_at: float = 0.0
     last_error: str = ""
     next_at: float = 0.0
+    #: the directory URL of the CA that issued ``stored`` ("" when unknown)
+    issued_by: str = ""
 
     @property
     def name(self) -> str:
@@ -133,8 +135,10 @@ def read_stored(state: StateDir, name: str) -> Stored | None:
         with open(state.bundle(name).path, "rb") as f:
             data = f.read()
         leaf = x509.load_pem_x509_certificates(data)[0]
-        load_key(data)  # the key is there and is one of ours
-    except (OSError, ValueError, IndexError):
+        key = load_key(data)  # the key is there, is one of ours, and is the leaf's
+        if key.public_key().public_numbers() != leaf.public_key().public_numbers():  # type: ignore[union-attr]
+            return None
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
     return Stored(frozenset(dns_names(leaf)), leaf.not_valid_before_utc.timestamp(),
                   leaf.not_valid_after_utc.timestamp())
@@ -175,6 +179,8 @@ class CertificateManager:
         known = {tuple(c.names): c for c in self.certificates}
         if config.acme != self.acme:
             self.acme, self.client = config.acme, None
+            for cert in known.values():
+                self._schedule(cert)  # another CA: its certificates are due
         self.certificates = [known.get(tuple(names)) or self._load(names) for names in wanted_certificates(config)]
         self._wake.set()
 
@@ -202,13 +208,36 @@ class CertificateManager:
                 cert.failures = int(meta.get("failures", 0))
                 cert.retry_at = float(meta.get("retry_at", 0.0))
                 cert.last_error = str(meta.get("last_error", ""))
+            if cert.stored is not None and isinstance(meta.get("directory"), str):
+                cert.issued_by = meta["directory"]
         except (OSError, ValueError, TypeError, AttributeError):
             pass
-        cert.next_at = next_attempt(cert.stored, names, self.clock(), retry_at=cert.retry_at)
+        self._schedule(cert)
         return cert
 
+    def _remove_stale_challenges(self) -> None:
+        """Challenge files a killed predecessor left (only this process writes them)."""
+        for directory in (os.path.dirname(self.state.http_challenge("x" * 16)),
+                          os.path.dirname(self.state.alpn_challenge("x.example"))):
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            for name in names:
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except OSError:
+                    pass
+
+    def _schedule(self, cert: Certificate) -> None:
+        """``cert.next_at`` by the policy. A certificate from another CA than
+        ``[acme] directory`` (say staging, before production was configured)
+        is replaced at once; it serves until then."""
+        stored = cert.stored if cert.issued_by in ("", self.acme.directory) else None
+        cert.next_at = next_attempt(stored, cert.names, self.clock(), retry_at=cert.retry_at)
+
     def _save_meta(self, cert: Certificate) -> None:
-        meta = {"names": cert.names, "directory": self.acme.directory,
+        meta = {"names": cert.names, "directory": cert.issued_by or None,
                 "not_before": cert.stored.not_before if cert.stored else None,
                 "not_after": cert.stored.not_after if cert.stored else None,
                 "failures": cert.failures, "retry_at": cert.retry_at, "last_error": cert.last_error}
@@ -218,6 +247,7 @@ class CertificateManager:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Forever: obtain what is due, sleep until the next is."""
+        self._remove_stale_challenges()
         for cert in self.certificates:
             if cert.next_at > self.clock() and cert.stored is not None:
                 log.info("ACME: certificate for %s is stored, valid until %s; renewal from %s",
@@ -299,7 +329,8 @@ class CertificateManager:
         cert.stored = Stored(frozenset(dns_names(leaf)), leaf.not_valid_before_utc.timestamp(),
                              leaf.not_valid_after_utc.timestamp())
         cert.failures, cert.retry_at, cert.last_error = 0, 0.0, ""
-        cert.next_at = next_attempt(cert.stored, cert.names, self.clock())
+        cert.issued_by = self.acme.directory
+        self._schedule(cert)
         self._write_meta(cert)
         log.info("ACME: certificate for %s obtained in %.1fs, valid until %s; renewal from %s", what,
                  self.clock() - started, _iso(cert.stored.not_after), _iso(cert.next_at))
@@ -328,7 +359,7 @@ class CertificateManager:
             wait = max(wait, exc.retry_after)
         cert.retry_at = self.clock() + wait
         cert.last_error = str(exc) or type(exc).__name__
-        cert.next_at = next_attempt(cert.stored, cert.names, self.clock(), retry_at=cert.retry_at)
+        self._schedule(cert)
         if line:
             log.warning("%s; attempt %d, next in %.0fs", line, cert.failures, wait)
         self._write_meta(cert)
