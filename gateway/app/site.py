@@ -6,6 +6,12 @@ memory stream.
 
 Edge policy, in the order it applies to a request of a site:
 
+0. ACME HTTP-01 (``acme_challenge``): when a site has ``[sites.X.tls] acme =
+   true``, ``GET /.well-known/acme-challenge/TOKEN`` is answered on every site,
+   before routing (so before any redirect, deny rule or PHP), from the key
+   authorisation the ACME task (another process) wrote to the state dir. A token
+   with no file there goes on to routing as any other path, so a site's own
+   files under that prefix still work.
 1. ``redirect_to_https``: a plain-HTTP request is answered 308 to the same
    target over HTTPS (``http.https_redirect``), before routing; the ACME
    challenge path is routed as usual.
@@ -39,6 +45,7 @@ from ..http.errors import ClientGone, GatewayError
 from ..http.request import IDEMPOTENT_METHODS, Request
 from ..http.response import Body, Response, error_response, http_date
 from ..metrics import CompressionStats
+from ..tls.store import StateDir
 from ..upstream import cgi
 from ..upstream.exchange import UpstreamBody, UpstreamResponse, run_php
 from ..upstream.fastcgi import FastCgiConn, PhpSettings
@@ -52,6 +59,10 @@ from .static import content_type, serve_file
 PRECOMPRESSED = (("br", ".br"), ("gzip", ".gz"))
 
 log = logging.getLogger(__name__)
+
+ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+#: A key authorisation is a token, a dot and a thumbprint: well under this.
+MAX_KEY_AUTHORIZATION = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +101,9 @@ class App:
         self.server_timing = config.server.server_timing
         self.vhosts = VirtualHosts(config.sites)
         self.pools = pools
+        #: where HTTP-01 key authorisations are, when any site uses ACME
+        self.acme_state = (StateDir(config.acme.state_path())
+                           if any(site.tls is not None and site.tls.acme for site in config.sites.values()) else None)
         self._backends: dict[str, _SiteBackend] = {}
         for name, backend in config.backends.items():
             if name in pools:
@@ -124,6 +138,10 @@ class App:
         except BadRequestTarget as exc:
             log.info("[%s] %s: %s", req.request_id, exc.status, exc)
             return self.error(exc.status)
+        if self.acme_state is not None and path.startswith(ACME_CHALLENGE_PREFIX):
+            answer = self.acme_challenge(req, path[len(ACME_CHALLENGE_PREFIX):])
+            if answer is not None:
+                return answer
         if router.site.redirect_to_https and not req.https and not https_redirect.exempt(path):
             name = req.host or router.server_name or req.server[0].encode()
             return self.error(308, [(b"location", https_redirect.location(name, req.target, self.tls_port))])
@@ -180,6 +198,20 @@ class App:
             out.append((b"content-encoding", coding.encode()))
         resp.headers = add_vary(out)
         return resp
+
+    def acme_challenge(self, req: Request, token: str) -> Response | None:
+        """The HTTP-01 answer for ``token`` (RFC 8555 8.3), None when no
+        validation of that token is under way."""
+        assert self.acme_state is not None
+        if req.method not in (b"GET", b"HEAD"):
+            return None
+        try:
+            with open(self.acme_state.http_challenge(token), "rb") as f:
+                body = f.read(MAX_KEY_AUTHORIZATION)
+        except (ValueError, OSError):  # not a token, or not one being validated
+            return None
+        log.info("[%s] ACME HTTP-01 challenge %s answered", req.request_id, token)
+        return Response(200, [(b"content-type", b"application/octet-stream"), (b"cache-control", b"no-store")], body)
 
     async def _php(self, req: Request, router: Router, script: PhpScript) -> Response:
         backend_name = router.site.php

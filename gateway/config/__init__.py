@@ -22,6 +22,12 @@ Rules:
   is one the gateway can listen on or connect to. ``"spawn"`` (a backend the
   gateway runs), ``"off"`` (no admin listener) and ``""`` (a spawned backend's
   own status socket) are the special values.
+- ``[sites.X.tls] acme = true`` needs what ACME needs (``acme_problems``):
+  real DNS names in ``server_names`` (no ``_``, no wildcard: the
+  challenges served here cannot validate one, no IP address), a listener
+  flagged ``tls`` to serve the certificate on, a plain one for ``http-01``
+  (the CA connects to port 80), an https ``[acme] directory``, and no two
+  certificates that would share a state-dir name (their first name).
 - Command-line flags (``--listen``, ``--processes``...) are ``Override``s:
   validated by the same schema, and named in errors as a file is.
 - Names say the role: ``[server] processes`` are gateway processes, a
@@ -741,6 +747,7 @@ def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = N
     except ValidationError as exc:
         lines = [problem(tuple(str(p) for p in err["loc"]), describe(err)) for err in exc.errors()]
         raise ConfigError("\n".join(lines + [problem(key, message) for key, message in found])) from None
+    found += acme_problems(cfg)
     if found:
         raise ConfigError("\n".join(problem(key, message) for key, message in found))
     later = [item for check in checks for item in check(cfg)]
@@ -876,4 +883,65 @@ def path_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
                 continue  # unreadable: reported by the privileges check, with the user
             if not stat.S_ISDIR(st.st_mode):
                 out.append((key, f"{directory} is not a directory"))
+    return out
+
+
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def dns_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be in an ACME certificate (challenges served by
+    the gateway: http-01, tls-alpn-01), None if it can."""
+    if name == "_":
+        return '"_" is a catch-all, not a name a certificate can be issued for'
+    if name.startswith("*."):
+        return (f"{name!r} is a wildcard: a CA validates those only with dns-01, which the gateway does not do; "
+                "list the names")
+    text = name.lower().rstrip(".")
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+        return f"{name!r} is an IP address; ACME certificates here are for DNS names"
+    except ValueError:
+        pass
+    labels = text.split(".")
+    if (len(text) > 253 or len(labels) < 2 or not all(_DNS_LABEL.match(label) for label in labels)
+            or labels[-1].isdigit()):
+        return f"{name!r} is not a public DNS name (letters, digits and hyphens, dot-separated, with a domain)"
+    return None
+
+
+def acme_problems(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
+    """(key, message) for what ``acme = true`` sites need and ``cfg`` lacks."""
+    sites = [(name, site) for name, site in cfg.sites.items() if site.tls is not None and site.tls.acme]
+    if not sites:
+        return []
+    out: list[tuple[tuple[str, ...], str]] = []
+    first_names: dict[str, tuple[str, list[str]]] = {}
+    for name, site in sites:
+        key = ("sites", name, "server_names")
+        if not site.server_names:
+            out.append((key, "is empty: tls.acme = true needs the site's DNS names (the certificate is for them)"))
+            continue
+        bad = [(i, text) for i, n in enumerate(site.server_names) if (text := dns_name_problem(n)) is not None]
+        out += [((*key, str(i)), text) for i, text in bad]
+        if bad:
+            continue
+        names = [n.lower().rstrip(".") for n in site.server_names]
+        other = first_names.setdefault(names[0], (name, names))
+        if other[0] != name and sorted(set(other[1])) != sorted(set(names)):
+            out.append((key, f"starts with {names[0]!r} as sites.{other[0]}.server_names does, with other names: "
+                             "their certificates would share one state-dir entry; put the names in one site or "
+                             "start each list with a different name"))
+    listens = [parse_listen(entry) for entry in cfg.server.listen]
+    first = sites[0][0]
+    if not any(spec.tls for spec in listens):
+        out.append((("server", "listen"), f"sites.{first} has tls.acme = true but no listener is flagged tls "
+                                          '(e.g. "0.0.0.0:443 tls"): the certificate would never be served'))
+    if cfg.acme.challenge == "http-01" and not any(not spec.tls for spec in listens):
+        out.append((("server", "listen"), f"sites.{first} has tls.acme = true with the http-01 challenge, which the "
+                                          'CA sends to a plain listener on port 80 (e.g. "0.0.0.0:80"); there is none'))
+    if not cfg.acme.directory.startswith("https://"):
+        out.append((("acme", "directory"), f"{cfg.acme.directory!r} is not an https URL (RFC 8555 requires https)"))
+    if cfg.acme.email and not re.fullmatch(r"[^@\s:,]+@[^@\s:,]+\.[^@\s:,]+", cfg.acme.email):
+        out.append((("acme", "email"), f"{cfg.acme.email!r} is not an e-mail address"))
     return out

@@ -54,12 +54,17 @@ class AdminRouter:
 class AdminApp(AdminRouter):
     """One gateway process's admin: its monitor's /status and /metrics."""
 
-    def __init__(self, monitor: Monitor) -> None:
+    def __init__(self, monitor: Monitor, certificates: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.monitor = monitor
+        #: the ACME certificates' state (``acme.manager``), in the process that obtains them
+        self.certificates = certificates
         super().__init__(self._status, self._metrics)
 
     async def _status(self) -> dict[str, Any]:
-        return self.monitor.status()
+        status = self.monitor.status()
+        if self.certificates is not None:
+            status["certificates"] = self.certificates()
+        return status
 
     async def _metrics(self) -> str:
         return self.monitor.prometheus()

@@ -80,7 +80,18 @@ def summary_lines(st: dict[str, Any]) -> list[str]:
                          f"idle {fpm['idle_processes']} (they drift with kept-alive connections), listen queue "
                          f"{fpm['listen_queue']}, max children reached {fpm['max_children_reached']}, "
                          f"slow requests {fpm['slow_requests']}")
+    lines += [_certificate_text(c) for c in st.get("certificates", [])]
     return lines
+
+
+def _certificate_text(c: dict[str, Any]) -> str:
+    """One ACME certificate (``acme.manager``): until when, when next, what went wrong."""
+    names = ", ".join(c["names"])
+    text = (f"certificate {names}: valid until {c['not_after']}, renewal from {c['renew_at']}" if c.get("not_after")
+            else f"certificate {names}: none yet")
+    if c.get("last_error"):
+        text += f"; {c['failures']} failed attempt(s), last: {c['last_error']}; next attempt {c['next_attempt']}"
+    return text
 
 
 def _ms(value: float | None) -> str:

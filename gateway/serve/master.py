@@ -49,6 +49,7 @@ from typing import Any
 
 import trio
 
+from ..acme.manager import CertificateManager
 from ..config import Config, ConfigError, validate
 from ..config.addresses import parse_listen
 from ..front.h1 import ListenerState
@@ -72,6 +73,7 @@ from .process import (
     runtime_dir_for,
     spawn_key,
     start_backend,
+    start_certificates,
 )
 from .restart import Backoff, Restarting, StartFailed
 from .signals import HANDLED, RELOAD, REOPEN, STOP, remove_pid_file, reopen_log_files, unblock, write_pid_file
@@ -216,11 +218,14 @@ class Workers:
 class MasterAdmin(AdminRouter):
     """The admin listener in the master: each worker's /status or /metrics, merged."""
 
-    def __init__(self, runtime_dir: str, count: int, supervisors: dict[str, PhpFpmSupervisor]) -> None:
+    def __init__(self, runtime_dir: str, count: int, supervisors: dict[str, PhpFpmSupervisor],
+                 certificates: Callable[[], CertificateManager | None] = lambda: None) -> None:
         super().__init__(self.status, self.metrics)
         self.runtime_dir = runtime_dir
         self.sockets = [admin_socket(runtime_dir, i) for i in range(count)]
         self.supervisors = supervisors
+        #: the master's ACME task, if any (its certificates are the master's own numbers)
+        self.certificates = certificates
         self.started = time.time()
 
     def show(self, count: int, generation: int, supervisors: dict[str, PhpFpmSupervisor]) -> None:
@@ -245,9 +250,13 @@ class MasterAdmin(AdminRouter):
 
     async def status(self) -> dict[str, Any]:
         bodies = await self._fetch_all(b"/status")
-        return merge_status([None if b is None else json.loads(b) for b in bodies], pid=os.getpid(),
-                            uptime=time.time() - self.started,
-                            fpm_restarts={n: s.restarts for n, s in self.supervisors.items()})
+        out = merge_status([None if b is None else json.loads(b) for b in bodies], pid=os.getpid(),
+                           uptime=time.time() - self.started,
+                           fpm_restarts={n: s.restarts for n, s in self.supervisors.items()})
+        manager = self.certificates()
+        if manager is not None:
+            out["certificates"] = manager.status()
+        return out
 
     async def metrics(self) -> str:
         texts = [None if b is None else b.decode() for b in await self._fetch_all(b"/metrics")]
@@ -329,6 +338,8 @@ class Master:
         #: live generations, oldest first; the last one is current
         self.generations: list[Generation] = []
         self.admin: MasterAdmin | None = None
+        #: the ACME task (``acme.manager``), when a site has ``acme = true``
+        self.certificates: CertificateManager | None = None
         self._numbers = itertools.count()
 
     @property
@@ -435,6 +446,10 @@ class Master:
         if self.admin is not None:
             self.admin.show(count, gen.number, gen.supervisors)
         self.privileges = privileges
+        if self.certificates is not None:
+            self.certificates.reconfigure(config)
+        else:
+            self.certificates = start_certificates(config, privileges, self.system)
         log.info("reloaded: %d worker processes serve the new configuration; the %d old ones finish their "
                  "requests within %gs", count, old.count, old.config.timeouts.graceful)
         self.system.start_soon(self.retire, old)
@@ -582,10 +597,12 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
             gen = await master.start_generation(config, count, bound, privileges)
             system.start_soon(renew_internal, lambda: (master.current.config, master.privileges)
                               if master.generations else None)
+            # once the workers serve: they answer the CA's HTTP-01 requests
+            master.certificates = start_certificates(config, privileges, system)
             services: list[Service] = []
             listener_state = ListenerState()
             if admin_listeners:
-                master.admin = MasterAdmin(runtime_dir, count, gen.supervisors)
+                master.admin = MasterAdmin(runtime_dir, count, gen.supervisors, lambda: master.certificates)
                 services.append(Service(admin_listeners, master.admin.handle, admin_connection_settings(),
                                          listener_state, max_connections=64))
                 for listener in admin_listeners:

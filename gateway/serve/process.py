@@ -36,6 +36,7 @@ from functools import partial
 
 import trio
 
+from ..acme.manager import CertificateManager
 from ..app.site import App
 from ..config import BackendConfig, Config, ConfigError, LimitsConfig
 from ..config.addresses import ListenSpec, parse_listen
@@ -99,6 +100,8 @@ class Running:
     monitor: Monitor
     admin_listeners: list[trio.SocketListener] = field(default_factory=list)
     shutdown: trio.Event = field(default_factory=trio.Event)
+    #: the ACME task, in the process that runs it (not in a master's workers)
+    certificates: CertificateManager | None = None
 
 
 def spawn_key(config: Config, name: str, privileges: Plan | None = None) -> str | None:
@@ -288,6 +291,17 @@ async def open_admin_listeners(address: str, opened: list[trio.SocketListener]) 
         raise
 
 
+def start_certificates(config: Config, privileges: Plan | None, system: trio.Nursery) -> CertificateManager | None:
+    """The ACME task (``acme.manager``) for ``config``'s ``acme = true``
+    sites, started in ``system`` (None when there are none). Its key files get
+    the group of the user the workers drop to, so they can read them."""
+    account = privileges.account if privileges is not None else None
+    manager = CertificateManager.from_config(config, group=account.gid if account is not None else None)
+    if manager is not None:
+        system.start_soon(manager.run)
+    return manager
+
+
 def runtime_dir_for(config: Config, privileges: Plan | None) -> tuple[str, bool]:
     """``make_runtime_dir`` for this config and user; a temporary one is told to
     the watchdog, which removes it if the master is killed."""
@@ -375,10 +389,13 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
             services = [Service(listeners, app.handle, settings, listener_state, max_conns,
                                  config.limits.max_connections_per_ip, specs, tls)]
             running = Running(listeners, pools, supervisors, listener_state, monitor)
+            if inherited is None:  # a master's worker only reads what the master obtains
+                running.certificates = start_certificates(config, privileges, system)
             if config.admin.listen != "off":
                 admin_listeners = admin_listeners or await open_listeners([config.admin.listen])
                 running.admin_listeners = admin_listeners
-                services.append(Service(running.admin_listeners, AdminApp(monitor).handle,
+                certificates = running.certificates.status if running.certificates is not None else None
+                services.append(Service(running.admin_listeners, AdminApp(monitor, certificates).handle,
                                          admin_connection_settings(),
                                          ListenerState(), max_connections=64))
             if pid_file:

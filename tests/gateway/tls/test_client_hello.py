@@ -1,0 +1,97 @@
+"""The ClientHello read before the handshake (sans-IO): SNI and ALPN from
+real hellos made by OpenSSL, None until the last byte, a clean
+``NotClientHello`` for anything else; and which context TLS-ALPN-01 picks."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.acme.messages import alpn_challenge_cert
+from gateway.tls.acme_alpn import challenge_context, wants_challenge
+from gateway.tls.client_hello import ClientHello, NotClientHello, parse_client_hello
+from gateway.tls.store import StateDir
+
+
+def hello_bytes(server_name: str | None, alpn: list[str] | None) -> bytes:
+    """The first flight of Python's (OpenSSL's) client."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = server_name is not None
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name, server_side=False)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def test_sni_and_alpn_of_a_real_hello():
+    data = hello_bytes("WWW.Example.com", ["acme-tls/1"])
+    assert parse_client_hello(data) == ClientHello("www.example.com", ("acme-tls/1",))
+    data = hello_bytes("example.com", ["h2", "http/1.1"])
+    assert parse_client_hello(data) == ClientHello("example.com", ("h2", "http/1.1"))
+
+
+def test_no_sni_no_alpn():
+    assert parse_client_hello(hello_bytes(None, None)) == ClientHello(None, ())
+
+
+def test_none_until_the_last_byte():
+    data = hello_bytes("example.com", ["acme-tls/1"])
+    for cut in range(len(data)):
+        assert parse_client_hello(data[:cut]) is None
+    assert parse_client_hello(data + b"more") is not None
+
+
+def test_a_hello_split_over_two_records():
+    data = hello_bytes("example.com", ["acme-tls/1"])
+    body = data[5:]
+    first, second = body[:40], body[40:]
+    records = (b"\x16\x03\x01" + len(first).to_bytes(2, "big") + first
+               + b"\x16\x03\x01" + len(second).to_bytes(2, "big") + second)
+    assert parse_client_hello(records) == ClientHello("example.com", ("acme-tls/1",))
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00",  # a ServerHello
+    b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00",  # lengths past the end
+    b"\x17\x03\x03\x00\x10" + b"x" * 16,  # application data
+])
+def test_anything_else_is_not_a_client_hello(data):
+    with pytest.raises(NotClientHello):
+        parse_client_hello(data)
+
+
+@given(st.binary(max_size=600))
+def test_random_bytes_never_raise_anything_else(data):
+    try:
+        parse_client_hello(b"\x16\x03\x01" + data)
+    except NotClientHello:
+        pass
+
+
+@given(st.integers(min_value=0, max_value=10_000), st.binary(min_size=1, max_size=1))
+def test_a_corrupted_real_hello_is_clean(position, byte):
+    data = bytearray(hello_bytes("example.com", ["acme-tls/1", "http/1.1"]))
+    data[position % len(data)] = byte[0]
+    try:
+        parse_client_hello(bytes(data))
+    except NotClientHello:
+        pass
+
+
+def test_only_a_validating_client_gets_the_challenge_certificate(tmp_path):
+    state = StateDir(str(tmp_path))
+    state.write(state.alpn_challenge("example.com"), alpn_challenge_cert("example.com", "tok.thumb"))
+    assert not wants_challenge(ClientHello("example.com", ("h2", "http/1.1")))
+    assert challenge_context(state, ClientHello("example.com", ("http/1.1",))) is None
+    assert challenge_context(state, ClientHello(None, ("acme-tls/1",))) is None
+    assert challenge_context(state, ClientHello("other.example", ("acme-tls/1",))) is None  # none under way
+    assert challenge_context(state, ClientHello("../../etc", ("acme-tls/1",))) is None
+    ctx = challenge_context(state, ClientHello("example.com", ("acme-tls/1",)))
+    assert ctx is not None
