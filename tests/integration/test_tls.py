@@ -335,3 +335,45 @@ async def test_a_certificate_that_does_not_load_refuses_the_reload(tmp_path, pro
     line = next(line for line in watch.text.splitlines() if "reload refused" in line)
     assert "site a: cannot load the certificate" in line and "a.test.key" in line, line
     assert "Traceback" not in watch.text
+
+
+async def test_plain_http_is_redirected_to_https_where_hsts_is_sent(tmp_path):
+    """``redirect_to_https`` with an HSTS header, through curl over real TLS: a
+    plain GET and a POST get 308 to the TLS port, curl -L lands on the HTTPS
+    page (PHP told HTTPS=on) carrying the HSTS header; a trusted proxy that says
+    it spoke HTTPS is not redirected."""
+    ca = trustme.CA()
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    port, tls_port, admin = free_port(), free_port(), free_port()
+    conf = _conf(tmp_path, port, tls_port, admin, ca)
+    text = (conf / "00.toml").read_text()
+    text = text.replace('server_names = ["a.test"]\n',
+                        'server_names = ["a.test"]\nredirect_to_https = true\n'
+                        '[sites.a.headers]\nStrict-Transport-Security = "max-age=31536000; includeSubDomains"\n', 1)
+    text = text.replace('processes = 1\n', 'processes = 1\ntrusted_proxies = ["127.0.0.1"]\n', 1)
+    (conf / "00.toml").write_text(text)
+    proc, stderr = await start_cli(["serve", "--config", str(conf)])
+    try:
+        plain = f"http://a.test:{port}"
+        resolve = ["--resolve", f"a.test:{port}:127.0.0.1", "--resolve", f"a.test:{tls_port}:127.0.0.1"]
+        out = await _run(["curl", "-sS", "--max-time", "10", *resolve, "-o", "/dev/null",
+                          "-w", "%{http_code} %{redirect_url}", f"{plain}/server.php?x=1"])
+        assert out == f"308 https://a.test:{tls_port}/server.php?x=1", out
+        out = await _run(["curl", "-sS", "--max-time", "10", *resolve, "-o", "/dev/null", "-d", "a=1",
+                          "-w", "%{http_code} %{redirect_url}", f"{plain}/form.php"])
+        assert out == f"308 https://a.test:{tls_port}/form.php", out
+        # following it: the HTTPS page, HSTS on it, PHP sees HTTPS
+        out = await _run(["curl", "-sS", "--max-time", "10", *resolve, "--cacert", str(tmp_path / "ca.pem"),
+                          "-L", "-D", "-", f"{plain}/server.php"])
+        heads, _, body = out.rpartition("\r\n\r\n")
+        final = heads.rsplit("\r\n\r\n", 1)[-1].lower()
+        assert final.startswith("http/1.1 200") and "strict-transport-security: max-age=31536000; includesubdomains" \
+            in final, out
+        assert json.loads(body)["server"]["HTTPS"] == "on"
+        # a trusted proxy (127.0.0.1) that terminated TLS: served, not redirected
+        out = await _run(["curl", "-sS", "--max-time", "10", *resolve, "-H", "X-Forwarded-Proto: https",
+                          f"{plain}/server.php"])
+        assert json.loads(out)["server"]["HTTPS"] == "on"
+    finally:
+        log = (await stop(proc, stderr)).decode()
+    assert "Traceback" not in log
