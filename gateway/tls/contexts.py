@@ -19,8 +19,10 @@ Policy:
   for on each handshake that would use it, so a first certificate serves at
   once.
 - Every connection starts on ``front`` (no certificate of its own: it holds the
-  ticket keys, the SNI callback and the handshake timer); ``select`` (the one
-  place that maps a name to a context, which TLS-ALPN-01 will extend) picks
+  ticket keys, the SNI callback and the handshake timer), except a CA's
+  TLS-ALPN-01 validation, which the listener recognises in the ClientHello
+  before the handshake (``acme_alpn``, only when ``TlsSites.acme_alpn``);
+  ``select`` (the one place that maps a name to a site's context) picks
   the site: exact server_names first, then ``*.suffix`` wildcards (longest
   first), as the HTTP router does; an unknown or missing name gets the default
   site's certificate (the site marked ``default``, else the first, as for

@@ -21,6 +21,7 @@ import trustme
 
 from gateway.front.downstream import Downstream
 from gateway.http.response import FileRange
+from tests.helpers import client_hello
 
 
 async def memory_pair() -> tuple[Downstream, Downstream]:
@@ -167,17 +168,6 @@ async def test_a_slow_but_steady_reader_is_served(autojump_clock):
 # -- receive_prefix with a parser that only looks (the ClientHello for TLS-ALPN-01) ---------------
 
 
-def _hello() -> bytes:
-    """Python's (OpenSSL's) first flight offering acme-tls/1 for a.test."""
-    ctx = ssl.create_default_context()
-    ctx.set_alpn_protocols(["acme-tls/1"])
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="a.test")
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
-
-
 class CountingPeek:
     """``ClientHelloPeek``, counting the offers it gets and the reader's looks (``wanted``)."""
 
@@ -213,7 +203,7 @@ async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
 async def test_a_trickled_hello_wakes_the_peek_a_few_times_and_stays_in_the_kernel() -> None:
     import socket
 
-    hello = _hello()
+    hello = client_hello("a.test", ["acme-tls/1"])
     ours, theirs = await tcp_pair()
     stream, peek = Downstream(ours), CountingPeek()
     async with trio.open_nursery() as nursery:
@@ -235,7 +225,7 @@ async def test_a_trickled_hello_wakes_the_peek_a_few_times_and_stays_in_the_kern
 
 
 async def test_a_peek_at_a_hello_cut_by_a_close_is_broken() -> None:
-    hello = _hello()
+    hello = client_hello("a.test", ["acme-tls/1"])
     ours, theirs = await tcp_pair()
     await theirs.send_all(hello[:100])
     await theirs.send_eof()
@@ -248,7 +238,7 @@ async def test_on_a_unix_socket_a_partial_hello_is_looked_at_every_poll_not_in_a
     LOWAT_FALLBACK_POLL (virtual time here) until the rest comes."""
     from gateway.front.downstream import LOWAT_FALLBACK_POLL
 
-    hello = _hello()
+    hello = client_hello("a.test", ["acme-tls/1"])
     a, b = trio.socket.socketpair()
     stream, peek = Downstream(trio.SocketStream(a)), CountingPeek()
     await b.send(hello[:100])
@@ -262,7 +252,7 @@ async def test_on_a_unix_socket_a_partial_hello_is_looked_at_every_poll_not_in_a
 
 
 async def test_a_peek_over_a_memory_stream_hands_the_bytes_to_the_handshake() -> None:
-    hello = _hello()
+    hello = client_hello("a.test", ["acme-tls/1"])
     a, b = trio.testing.memory_stream_pair()
     stream = Downstream(a)
     for piece in (hello[:3], hello[3:200], hello[200:]):

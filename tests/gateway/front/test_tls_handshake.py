@@ -18,6 +18,7 @@ from gateway.front.listen import Accepted, tls_handshake
 from gateway.metrics import TlsStats
 from gateway.tls.contexts import SiteTls, TlsSites
 from gateway.tls.store import StateDir
+from tests.helpers import client_hello
 
 
 def _sites(tmp_path) -> tuple[TlsSites, trustme.CA]:
@@ -214,12 +215,10 @@ async def test_acme_tls_1_for_a_name_with_no_validation_gets_the_site_certificat
 @pytest.mark.parametrize("transport", ["memory", "tcp"])
 async def test_a_hello_cut_short_is_timed_out_at_the_handshake_limit(tmp_path, autojump_clock, transport, caplog):
     """The look at the hello and the handshake share one limit."""
-    from tests.gateway.front.test_downstream import _hello
-
     tls, _ = _acme_sites(tmp_path)
     stats = TlsStats()
     client_side, server_side = await _pair(transport)
-    await client_side.send_all(_hello()[:50])
+    await client_side.send_all(client_hello("a.test", ["acme-tls/1"])[:50])
     start = trio.current_time()
     with caplog.at_level(logging.INFO, "gateway.front.listen"):
         assert await tls_handshake(Accepted(server_side), tls, 10.0, stats) is False
@@ -244,12 +243,10 @@ async def test_garbage_goes_on_to_the_handshake_which_refuses_it(tmp_path, data,
 
 
 async def test_a_client_that_closes_mid_hello_is_one_handshake_failure(tmp_path):
-    from tests.gateway.front.test_downstream import _hello
-
     tls, _ = _acme_sites(tmp_path)
     stats = TlsStats()
     client_side, server_side = await _pair("tcp")
-    await client_side.send_all(_hello()[:50])
+    await client_side.send_all(client_hello("a.test", ["acme-tls/1"])[:50])
     await client_side.aclose()
     with trio.fail_after(10):
         assert await tls_handshake(Accepted(server_side), tls, 10.0, stats) is False

@@ -4,8 +4,6 @@ real hellos made by OpenSSL, None until the last byte, a clean
 
 from __future__ import annotations
 
-import ssl
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,19 +19,7 @@ from gateway.tls.client_hello import (
     parse_client_hello,
 )
 from gateway.tls.store import StateDir
-
-
-def hello_bytes(server_name: str | None, alpn: list[str] | None) -> bytes:
-    """The first flight of Python's (OpenSSL's) client."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = server_name is not None
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name, server_side=False)
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
+from tests.helpers import client_hello as hello_bytes
 
 
 def test_sni_and_alpn_of_a_real_hello():
