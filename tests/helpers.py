@@ -1,7 +1,9 @@
-"""Shared test helpers: an in-memory php-fpm stand-in and an h11 test client."""
+"""Shared test helpers: an in-memory php-fpm stand-in, an h11 test client,
+and a real TLS ClientHello."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
@@ -210,3 +212,21 @@ async def read_until(stream: trio.abc.Stream, marker: bytes, limit: int = 1 << 2
             break
         out += data
     return out
+
+
+def client_hello(server_name: str | None, alpn: list[str] | None) -> bytes:
+    """The first flight of Python's (OpenSSL's) TLS client: a real ClientHello
+    naming ``server_name`` (SNI) and offering ``alpn``."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = server_name is not None
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name, server_side=False)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    else:
+        raise AssertionError("a client handshake cannot complete without a server")
+    return outgoing.read()

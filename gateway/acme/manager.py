@@ -86,7 +86,8 @@ class Http01Solver:
 
 class TlsAlpn01Solver:
     """TLS-ALPN-01 (RFC 8737): a challenge certificate the TLS listener serves
-    to a client offering ALPN ``acme-tls/1`` for that name."""
+    to a client offering ALPN ``acme-tls/1`` alone for that name
+    (``tls.acme_alpn``, from ``front.listen.tls_handshake``)."""
 
     kind = "tls-alpn-01"
 

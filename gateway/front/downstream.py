@@ -21,7 +21,9 @@ plain socket (a ``trio.SSLStream``, a test's memory stream):
   protocol's) byte-exactly: on a socket it peeks, lets the parser say how
   many bytes are its own, and consumes just those, so what follows stays in
   the kernel for the next layer (h11, or a TLS handshake) and for epoll.
-  Other streams keep the surplus and hand it to the next ``receive_some``.
+  A parser may also only look (the ClientHello, for TLS-ALPN-01) and take
+  nothing. Other streams keep the surplus and hand it to the next
+  ``receive_some`` (``tls_transport`` for a handshake).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ SEND_PIECE = 16 * 1024
 TLS_SEND_PIECE = 64 * 1024
 SENDFILE_CHUNK = 4 * 1024 * 1024
 READ_CHUNK = 256 * 1024
+#: ``receive_prefix`` waiting for more bytes where ``SO_RCVLOWAT`` does not
+#: hold epoll back (unix sockets) looks again this often, not in a busy loop.
+LOWAT_FALLBACK_POLL = 0.01
 
 
 class PrefixParser(Protocol):
@@ -55,12 +60,30 @@ class PrefixParser(Protocol):
     def done(self) -> bool: ...
 
     def wanted(self) -> int:
-        """The most bytes that may still be the header's."""
+        """The most bytes that may still be the header's (how many to look
+        at); after an offer it took none of: how many it needs to see."""
         ...
 
     def offer(self, data: bytes) -> int:
-        """Take the header's bytes from the start of ``data``; how many."""
+        """Take the header's bytes from the start of ``data`` (every byte not
+        taken yet); how many. None, and not done: it needs more than these."""
         ...
+
+
+async def _wait_for_bytes(sock: trio.socket.SocketType, count: int) -> None:
+    """Until ``count`` bytes are in ``sock``'s receive buffer (or it is closed,
+    or fails): epoll reports it readable only then (``SO_RCVLOWAT``)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"setsockopt failed: {exc}") from exc
+    try:
+        await trio.lowlevel.wait_readable(sock)
+    finally:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        except OSError:
+            pass
 
 
 def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -210,24 +233,37 @@ class Downstream(trio.abc.HalfCloseableStream):
     async def receive_prefix(self, parser: PrefixParser) -> None:
         """Feed ``parser`` exactly the bytes of its header, until it is done.
 
+        A parser that takes none of what it is offered needs more to decide
+        (``ClientHelloPeek`` never takes any: the TLS handshake reads the
+        hello it looked at): the next offer waits until ``wanted()`` bytes,
+        or at least one more, are there, and offers them all again. On a TCP
+        socket that wait is ``SO_RCVLOWAT``, so a client that trickles
+        bytes wakes the reader only when it has sent enough (a unix socket
+        ignores it: there it looks every ``LOWAT_FALLBACK_POLL``).
+
         ``trio.BrokenResourceError`` if the client closes first; the parser's
         own error if the bytes are not its header."""
         sock = self._plain
+        if sock is None:
+            await self._receive_prefix_from_stream(parser)
+            return
+        offered = 0  # bytes offered to a parser that took none of them
         while not parser.done:
-            if sock is None:
-                data = await self.receive_some(parser.wanted())
-                if not data:
-                    raise trio.BrokenResourceError("closed before the end of the header")
-                taken = parser.offer(bytes(data))
-                self._pushback = bytes(data[taken:]) + self._pushback
-                continue
+            wanted = parser.wanted()
+            if offered:
+                await _wait_for_bytes(sock, max(wanted, offered + 1))
             try:
-                data = await sock.recv(parser.wanted(), socket.MSG_PEEK)
+                data = await sock.recv(max(wanted, offered + 1), socket.MSG_PEEK)
             except OSError as exc:
                 raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
-            if not data:
+            if not data or (len(data) <= offered and peer_closed(sock)):
                 raise trio.BrokenResourceError("closed before the end of the header")
+            if len(data) <= offered:
+                # woken without more: a unix socket (no SO_RCVLOWAT), or TCP under memory pressure
+                await trio.sleep(LOWAT_FALLBACK_POLL)
+                continue
             taken = parser.offer(data)
+            offered = 0 if taken else len(data)
             while taken:  # the bytes are in the kernel's buffer: recv returns them at once
                 try:
                     got = await sock.recv(taken)
@@ -236,6 +272,30 @@ class Downstream(trio.abc.HalfCloseableStream):
                 if not got:
                     raise trio.BrokenResourceError("closed before the end of the header")
                 taken -= len(got)
+
+    async def _receive_prefix_from_stream(self, parser: PrefixParser) -> None:
+        """``receive_prefix`` on a stream that cannot peek: what is read and
+        not taken is kept, and handed to the next ``receive_some``."""
+        pending, self._pushback = self._pushback, b""
+        more = not pending
+        try:
+            while not parser.done:
+                if more:
+                    data = await self.stream.receive_some(max(parser.wanted() - len(pending), 1))
+                    if not data:
+                        raise trio.BrokenResourceError("closed before the end of the header")
+                    pending += bytes(data)
+                taken = parser.offer(pending)
+                pending = pending[taken:]
+                more = not taken or not pending
+        finally:
+            self._pushback = pending
+
+    def tls_transport(self) -> trio.abc.Stream:
+        """What a TLS handshake reads from and writes to: the stream itself,
+        or (when ``receive_prefix`` kept bytes, a stream that cannot peek)
+        this Downstream, which hands them over first."""
+        return self if self._pushback else self.stream
 
     async def send_eof(self) -> None:
         """Half-close where the stream can (a TCP FIN); elsewhere nothing."""

@@ -15,6 +15,12 @@ once, and the header (``proxy_protocol``) must arrive within
 from then on: REMOTE_ADDR, ``max_connections_per_ip``, the access log (which
 also shows the TCP peer). Each failure is one log line and a closed connection.
 
+On a ``tls`` listener ``tls_handshake`` runs next; when ACME validates by
+TLS-ALPN-01 it first looks at the ClientHello in place (``Downstream.
+receive_prefix`` with ``tls.client_hello.ClientHelloPeek``) to show a
+validating CA the challenge certificate. Otherwise no byte is looked at
+before the handshake.
+
 Nurseries: ``connections`` (one task per client, the parker, the in-flight watcher)
 outlives ``accept`` (one task per listener, and the caller's watchers).
 """
@@ -27,6 +33,7 @@ import math
 import os
 import resource
 import socket
+import ssl
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +44,8 @@ import trio
 
 from ..config.addresses import ListenSpec, parse_listen
 from ..metrics import TlsStats
+from ..tls.acme_alpn import challenge_context, wants_challenge
+from ..tls.client_hello import ClientHelloPeek
 from ..tls.contexts import TlsSites, describe, failure_reason
 from .downstream import Downstream, send_tls_alert
 from .h1 import ConnectionSettings, Handler, HttpConnection, ListenerState
@@ -403,15 +412,27 @@ def _connection_handler(service: Service, connections: trio.Nursery, spec: Liste
 async def tls_handshake(client: Accepted, tls: TlsSites | None, limit: float, stats: TlsStats) -> bool:
     """Wrap ``client.stream`` in TLS (``tls.front``; SNI picks the site) and
     handshake within ``limit`` seconds. False: it failed (counted by reason, one
-    info line, no traceback) and the caller closes the connection."""
+    info line, no traceback) and the caller closes the connection.
+
+    With ``tls.acme_alpn`` (``[acme] challenge = "tls-alpn-01"``) the
+    ClientHello is looked at first, in place, within the same ``limit``: a CA
+    validating TLS-ALPN-01 (ALPN ``acme-tls/1`` alone, a name under
+    validation) gets the challenge certificate, and the connection is closed
+    after the handshake (False). A hello that is cut short, malformed or
+    anything else goes on to the usual handshake, which judges it."""
     if tls is None:  # a tls listener in a process given no certificates: refuse quietly
         stats.failures["no_certificate"] += 1
         log.info("TLS handshake from %s refused: no certificates loaded", client.peer[0])
         return False
-    transport = client.stream.stream
-    ssl_stream = trio.SSLStream(transport, tls.front, server_side=True, https_compatible=True)
+    deadline = trio.current_time() + limit
+    context, validation = tls.front, None
+    if tls.acme_alpn:
+        validation = await _acme_validation(client, tls, deadline)
+        if validation is not None:
+            context = validation[1]
+    ssl_stream = trio.SSLStream(client.stream.tls_transport(), context, server_side=True, https_compatible=True)
     reason = "timeout"
-    with trio.move_on_after(limit):
+    with trio.move_on_at(deadline):
         try:
             await ssl_stream.do_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -426,10 +447,37 @@ async def tls_handshake(client: Accepted, tls: TlsSites | None, limit: float, st
         log.info("TLS handshake from %s: no handshake within %gs, closed", client.peer[0], limit)
         return False
     stats.handshakes += 1
+    if validation is not None:
+        # RFC 8737 3: the CA closes after the handshake; nothing else is said on it
+        log.info("TLS-ALPN-01: challenge certificate for %s shown to %s", validation[0], client.peer[0])
+        await trio.aclose_forcefully(ssl_stream)
+        return False
     if ssl_stream.session_reused:
         stats.resumed += 1
     client.stream = Downstream(ssl_stream, client.stream.send_timeout)
     return True
+
+
+async def _acme_validation(client: Accepted, tls: TlsSites, deadline: float) -> tuple[str, ssl.SSLContext] | None:
+    """(name, the challenge context) when the ClientHello waiting on
+    ``client`` is a TLS-ALPN-01 validation of a name under way; else None.
+    The hello stays where it is for the handshake."""
+    peek = ClientHelloPeek()
+    with trio.move_on_at(deadline):
+        try:
+            await client.stream.receive_prefix(peek)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None  # the handshake meets the close and counts it
+    hello = peek.hello
+    if hello is None or not wants_challenge(hello):
+        return None
+    assert hello.server_name is not None
+    ctx = challenge_context(tls.state, hello)
+    if ctx is None:
+        log.info("TLS-ALPN-01: %s asked for %s, which has no validation under way; it gets the site's certificate",
+                 client.peer[0], hello.server_name)
+        return None
+    return hello.server_name, ctx
 
 
 async def serve_until_shutdown(shutdown: trio.Event, listener_state: ListenerState, services: list[Service],

@@ -209,11 +209,14 @@ async def renew_internal(current: Callable[[], tuple[Config, Plan | None] | None
 
 def load_tls(config: Config, specs: list[ListenSpec], listener_state: ListenerState, privileges: Plan | None,
              ticket_keys: bytes) -> TlsSites | None:
-    """The certificates of this process's ``tls`` listeners (None: it has none)."""
+    """The certificates of this process's ``tls`` listeners (None: it has
+    none); they answer TLS-ALPN-01 when ACME validates that way."""
     if not any(spec.tls for spec in specs):
         return None
+    acme_alpn = config.acme.challenge == "tls-alpn-01" and any(
+        site.tls is not None and site.tls.acme for site in config.sites.values())
     tls = TlsSites.load(site_tls(config), tls_state(config, privileges), listener_state.stats.tls.add_cpu,
-                        ticket_keys=ticket_keys or new_keys())
+                        ticket_keys=ticket_keys or new_keys(), acme_alpn=acme_alpn)
     if not tls.has_certificates:
         log.warning("a listener is flagged tls but no site has a certificate yet ([sites.NAME.tls]): "
                     "handshakes fail until one appears")

@@ -1,14 +1,16 @@
 """TLS-ALPN-01 (RFC 8737) on the serving side: a client that offers ALPN
-``acme-tls/1`` (and only a CA validating does) gets the challenge certificate
-the ACME task wrote to the state dir for the name it asked for, with
-``acme-tls/1`` selected; ordinary clients never see it (``wants_challenge``
-is false for them, whatever names they send).
+``acme-tls/1`` and nothing else (as RFC 8737 3 has the validating CA do)
+gets the challenge certificate the ACME task wrote to the state dir for the
+name it asked for, with ``acme-tls/1`` selected; ordinary clients never see
+it (``wants_challenge`` is false for them, whatever names they send).
 
-The listener's use (once per connection, before the handshake)::
+The listener's use (``front.listen.tls_handshake``, once per connection,
+before the handshake, only when ``[acme] challenge = "tls-alpn-01"``)::
 
-    hello = parse_client_hello(first_bytes)
-    ctx = challenge_context(state, hello) if hello is not None else None
-    # None: the site's context as usual
+    peek = ClientHelloPeek()            # the hello's bytes stay for the handshake
+    await downstream.receive_prefix(peek)
+    ctx = challenge_context(state, peek.hello) if peek.hello is not None else None
+    # None: the site's context as usual; else handshake with ctx, then close
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ ACME_TLS_ALPN = "acme-tls/1"
 
 
 def wants_challenge(hello: ClientHello) -> bool:
-    """RFC 8737 3: the validating CA offers ``acme-tls/1`` and names one host."""
-    return ACME_TLS_ALPN in hello.alpn and hello.server_name is not None
+    """RFC 8737 3: the validating CA offers ``acme-tls/1`` alone and names
+    one host. (A client offering it among others is not validating: it gets
+    the site's context, which never selects ``acme-tls/1``.)"""
+    return hello.alpn == (ACME_TLS_ALPN,) and hello.server_name is not None
 
 
 def challenge_context(state: StateDir, hello: ClientHello) -> ssl.SSLContext | None:

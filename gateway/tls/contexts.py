@@ -15,10 +15,14 @@ Policy:
   the writer process, ``internal_ca``). Files are read when the ``TlsSites``
   is built (start, reload); bundles are re-read when their ``stamp`` changes,
   looked at on a handshake at most every ``RECHECK_SECONDS`` (one stat per
-  bundle), so a renewal needs no reload.
+  bundle), so a renewal needs no reload; a bundle still missing is looked
+  for on each handshake that would use it, so a first certificate serves at
+  once.
 - Every connection starts on ``front`` (no certificate of its own: it holds the
-  ticket keys, the SNI callback and the handshake timer); ``select`` (the one
-  place that maps a name to a context, which TLS-ALPN-01 will extend) picks
+  ticket keys, the SNI callback and the handshake timer), except a CA's
+  TLS-ALPN-01 validation, which the listener recognises in the ClientHello
+  before the handshake (``acme_alpn``, only when ``TlsSites.acme_alpn``);
+  ``select`` (the one place that maps a name to a site's context) picks
   the site: exact server_names first, then ``*.suffix`` wildcards (longest
   first), as the HTTP router does; an unknown or missing name gets the default
   site's certificate (the site marked ``default``, else the first, as for
@@ -153,16 +157,20 @@ class TlsSites:
     wildcards: list[tuple[str, SiteCert]] = field(default_factory=list)
     default: SiteCert | None = None
     clock: Callable[[], float] = time.monotonic
+    #: answer ACME TLS-ALPN-01 validations (``acme_alpn``): the listener looks
+    #: at each ClientHello before the handshake, which it does only then
+    acme_alpn: bool = False
     _checked: float = 0.0
 
     @classmethod
     def load(cls, sites: list[SiteTls], state: StateDir, add_cpu: Callable[[float], None], *,
-             ticket_keys: bytes | None = None) -> TlsSites:
+             ticket_keys: bytes | None = None, acme_alpn: bool = False) -> TlsSites:
         """Load every site's certificate (``TlsError`` for a file that does
         not load; a missing bundle is only logged). ``sites``: all sites, in
         configuration order (the default is the one marked so, else the first);
-        ``add_cpu``: gets each handshake step's CPU seconds."""
-        self = cls(state, add_cpu, ticket_keys)
+        ``add_cpu``: gets each handshake step's CPU seconds; ``acme_alpn``:
+        ``[acme] challenge = "tls-alpn-01"`` and a site has ``acme = true``."""
+        self = cls(state, add_cpu, ticket_keys, acme_alpn=acme_alpn)
         self.certs = _sources(sites, self.state)
         self._configure(self.front)
         self.front.sslobject_class = _timed_sslobject(add_cpu)
@@ -236,11 +244,21 @@ class TlsSites:
             if sc is None:
                 sc = next((w for suffix, w in self.wildcards if name.endswith(suffix) and len(name) > len(suffix)),
                           None)
-            if sc is not None and sc.context is None:
+            if sc is not None and self._context(sc) is None:
                 sc = None  # that site's certificate is not there (yet): as an unknown name
         if sc is None:
             sc = self.default
-        return None if sc is None else sc.context
+        return None if sc is None else self._context(sc)
+
+    def _context(self, sc: SiteCert) -> ssl.SSLContext | None:
+        """``sc``'s context; a bundle that was missing is looked for at once
+        (one stat), so a first certificate (ACME, just issued) serves from
+        the next handshake, not ``RECHECK_SECONDS`` later."""
+        if sc.context is None and sc.watched:
+            stamp = Bundle(sc.cert).stamp()
+            if stamp is not None and stamp != sc.stamp:
+                self._load(sc)
+        return sc.context
 
     def _on_sni(self, sslobj: Any, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
         ctx = self.select(server_name)

@@ -99,6 +99,33 @@ def openssl_verify(tmp: Path, pebble: Pebble, certs: list[x509.Certificate]) -> 
     return out.stdout + out.stderr
 
 
+async def check_served(tmp: Path, pebble: Pebble, port: int) -> str:
+    """The gateway's tls listener on ``port`` serves the issued certificate
+    and its chain: curl trusting only Pebble's root gets the page for every
+    name, and ``openssl s_client -verify_return_error`` verifies the chain
+    served (leaf and intermediate) against that root. Returns s_client's output."""
+    root = tmp / "pebble-root.pem"
+    root.write_bytes(pebble.root_pem())
+    for name in NAMES:
+        curl = await trio.run_process(
+            ["curl", "-sS", "--max-time", "10", "--cacert", str(root), "--resolve", f"{name}:{port}:127.0.0.1",
+             f"https://{name}:{port}/"], capture_stdout=True, capture_stderr=True, check=False)
+        assert (curl.returncode, curl.stdout) == (0, b"hello\n"), curl.stderr.decode()
+    with trio.fail_after(20):
+        s_client = await trio.run_process(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", NAMES[0], "-verify_return_error",
+             "-verify_hostname", NAMES[0], "-CAfile", str(root), "-showcerts"],
+            stdin=b"", capture_stdout=True, capture_stderr=True, check=False)
+    out = s_client.stdout.decode(errors="replace") + s_client.stderr.decode(errors="replace")
+    assert s_client.returncode == 0, out
+    assert "Verify return code: 0 (ok)" in out, out
+    served = x509.load_pem_x509_certificates(s_client.stdout)
+    assert len(served) == 2, out  # the leaf, then the intermediate: the root is all a client needs
+    root_cert = x509.load_pem_x509_certificate(root.read_bytes())
+    assert served[1].issuer == root_cert.subject and served[0].issuer == served[1].subject
+    return out
+
+
 async def test_issuance_over_http01_then_a_restart_reuses_it(pebble: Pebble, tmp_path: Path) -> None:
     config = acme_config(tmp_path, pebble)
     state = tmp_path / "state"
@@ -112,6 +139,7 @@ async def test_issuance_over_http01_then_a_restart_reuses_it(pebble: Pebble, tmp
         took = time.monotonic() - t0
         assert manager.certificates[0].last_error == "", manager.certificates[0].last_error
         status = (await admin_status(running))["certificates"]
+        await check_served(tmp_path, pebble, pebble.tls_port)  # at once: a first certificate needs no recheck
     # Pebble validated over the gateway's own plain listener (its httpPort is the gateway's)
     assert f"validate w/ HTTP: http://a.test:{pebble.http_port}/.well-known/acme-challenge/" in pebble.log()
     assert pebble.orders() == 1
@@ -132,7 +160,7 @@ async def test_issuance_over_http01_then_a_restart_reuses_it(pebble: Pebble, tmp
     assert os.listdir(state / "acme" / "http-01") == []  # the key authorisation is gone after validation
     assert status[0]["names"] == NAMES and status[0]["last_error"] is None
     assert status[0]["not_after"].startswith(str(certs[0].not_valid_after_utc.year))
-    print(f"issuance against Pebble took {took:.2f}s")
+    print(f"issuance against Pebble (http-01) took {took:.2f}s")
 
     # a restart with the same names: the stored certificate is reused, nothing is ordered
     stamp = bundle.stat().st_mtime_ns
@@ -197,9 +225,12 @@ async def test_an_unreachable_ca_is_one_log_line_and_a_stored_backoff(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
-async def test_the_master_obtains_and_its_worker_processes_answer_http01(pebble: Pebble, tmp_path: Path) -> None:
+@pytest.mark.parametrize("challenge", ["http-01", "tls-alpn-01"])
+async def test_the_master_obtains_and_its_worker_processes_answer_the_challenge(
+        pebble: Pebble, tmp_path: Path, challenge: str) -> None:
     """``processes = 2`` started as root: the master (root) orders, the workers
-    (www-data) answer the CA from the files it writes, and can read the bundle."""
+    (www-data) answer the CA from the files it writes (HTTP-01 on the plain
+    listener, TLS-ALPN-01 on the tls one), and can read the bundle."""
     import grp
     import pwd
     import shutil
@@ -219,6 +250,7 @@ async def test_the_master_obtains_and_its_worker_processes_answer_http01(pebble:
         f'[server]\nlisten = ["127.0.0.1:{pebble.http_port}", "127.0.0.1:{pebble.tls_port} tls"]\n'
         f'processes = 2\naccess_log = "off"\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
         f'[acme]\ndirectory = "{pebble.directory}"\nca_bundle = "{pebble.ca_bundle}"\nstate_dir = "{state}"\n'
+        f'challenge = "{challenge}"\n'
         f'[sites.a]\nroot = "{DOCROOT}"\nserver_names = {json.dumps(NAMES)}\n[sites.a.tls]\nacme = true\n')
     proc, stderr = await start_cli(["serve", "--config", str(conf)])
     log = b""
@@ -249,6 +281,8 @@ async def test_the_master_obtains_and_its_worker_processes_answer_http01(pebble:
         assert all(c["last_error"] is None for c in status["certificates"])
         assert pebble.orders() == 2
         assert b"Traceback" not in log
+        if challenge == "tls-alpn-01":  # a worker (www-data) read the master's challenge certificate
+            assert b"TLS-ALPN-01: challenge certificate for www.a.test shown to 127.0.0.1" in log, log.decode()
         bundle = state / "certificates" / "a.test" / "bundle.pem"
         st = bundle.stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid, grp.getgrgid(st.st_gid).gr_name) == (0o640, 0, "www-data")
@@ -265,80 +299,33 @@ async def test_the_master_obtains_and_its_worker_processes_answer_http01(pebble:
         shutil.rmtree(shared, ignore_errors=True)
 
 
-class _Replay(trio.abc.Stream):
-    """A stream that first gives back bytes already read from ``inner``."""
-
-    def __init__(self, prefix: bytes, inner: trio.abc.Stream) -> None:
-        self.prefix, self.inner = prefix, inner
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self.prefix:
-            out, self.prefix = self.prefix, b""
-            return out
-        return bytes(await self.inner.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-async def test_tls_alpn_01_validates_with_the_challenge_certificate(pebble: Pebble, tmp_path: Path) -> None:
-    """The TLS-ALPN-01 solver and the ClientHello reading, validated by Pebble
-    through a stand-in for the TLS listener (not on this branch yet): it reads
-    the hello (``parse_client_hello``), takes ``challenge_context`` when the
-    client offers acme-tls/1, and hands both to the handshake."""
-    import ssl
-
-    import trustme
-
-    from gateway.tls.acme_alpn import challenge_context
-    from gateway.tls.client_hello import parse_client_hello
-
-    state = StateDir(str(tmp_path / "state"))
-    ordinary = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    trustme.CA().issue_cert(*NAMES).configure_cert(ordinary)
-    chosen: list[tuple[str | None, tuple[str, ...], bool]] = []
-
-    async def responder(stream: trio.SocketStream) -> None:
-        data = b""
-        with trio.move_on_after(10):
-            hello = None
-            while hello is None:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    return
-                data += chunk
-                hello = parse_client_hello(data)
-            ctx = challenge_context(state, hello)
-            chosen.append((hello.server_name, hello.alpn, ctx is not None))
-            tls = trio.SSLStream(_Replay(data, stream), ctx or ordinary, server_side=True)
-            try:
-                await tls.do_handshake()
-                await tls.aclose()
-            except trio.BrokenResourceError:
-                pass
-
+async def test_tls_alpn_01_answered_by_the_gateway_tls_listener_then_the_certificate_is_served(
+        pebble: Pebble, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``challenge = "tls-alpn-01"`` with a tls listener only (no plain one):
+    Pebble's tlsPort is the gateway's tls listener, which shows it the
+    challenge certificate for each name; then that listener serves the issued
+    certificate, which verifies."""
     config = acme_config(tmp_path, pebble)
     config["acme"]["challenge"] = "tls-alpn-01"
-    config["server"]["listen"] = ["127.0.0.1:0", "127.0.0.1:0 tls"]
-    async with trio.open_nursery() as nursery:
-        listeners = await trio.open_tcp_listeners(pebble.tls_port, host="127.0.0.1")
-        nursery.start_soon(trio.serve_listeners, responder, listeners)
-        async with gateway(config) as running:
-            manager = running.certificates
-            assert manager is not None
-            with trio.fail_after(60):
-                await manager.wait_for_attempts(1)
-            assert manager.certificates[0].last_error == "", manager.certificates[0].last_error
-        nursery.cancel_scope.cancel()
-    # Pebble connected for each name offering acme-tls/1 only, and got the challenge certificate
-    assert {(name, alpn, challenge) for name, alpn, challenge in chosen} == {
-        (n, ("acme-tls/1",), True) for n in NAMES}
+    config["server"]["listen"] = [f"127.0.0.1:{pebble.tls_port} tls"]
+    caplog.set_level(logging.INFO, logger="gateway")
+    async with gateway(config) as running:
+        manager = running.certificates
+        assert manager is not None
+        t0 = time.monotonic()
+        with trio.fail_after(60):
+            await manager.wait_for_attempts(1)
+        took = time.monotonic() - t0
+        assert manager.certificates[0].last_error == "", manager.certificates[0].last_error
+        await check_served(tmp_path, pebble, pebble.tls_port)
+    shown = [r.getMessage() for r in caplog.records if r.getMessage().startswith("TLS-ALPN-01:")]
+    # (Pebble's VA connects more than once per name)
+    assert set(shown) == {f"TLS-ALPN-01: challenge certificate for {n} shown to 127.0.0.1" for n in NAMES}
+    assert pebble.orders() == 1
     assert os.listdir(tmp_path / "state" / "acme" / "tls-alpn-01") == []  # cleaned up
     assert sorted(bundle_certs(tmp_path / "state")[0].extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)) == sorted(NAMES)
+    problems = [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.WARNING and r.name.startswith(("gateway.acme", "gateway.front"))]
+    assert problems == []
+    print(f"issuance against Pebble (tls-alpn-01) took {took:.2f}s")

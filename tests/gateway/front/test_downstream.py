@@ -21,6 +21,7 @@ import trustme
 
 from gateway.front.downstream import Downstream
 from gateway.http.response import FileRange
+from tests.helpers import client_hello
 
 
 async def memory_pair() -> tuple[Downstream, Downstream]:
@@ -162,3 +163,108 @@ async def test_a_slow_but_steady_reader_is_served(autojump_clock):
         nursery.start_soon(slow_reader)
         await ours.send_all(b"y" * 100_000)
     assert len(got) == 100_000 and trio.current_time() > 5
+
+
+# -- receive_prefix with a parser that only looks (the ClientHello for TLS-ALPN-01) ---------------
+
+
+class CountingPeek:
+    """``ClientHelloPeek``, counting the offers it gets and the reader's looks (``wanted``)."""
+
+    def __init__(self) -> None:
+        from gateway.tls.client_hello import ClientHelloPeek
+
+        self.peek = ClientHelloPeek()
+        self.offers = 0
+        self.looks = 0
+
+    @property
+    def done(self) -> bool:
+        return self.peek.done
+
+    def wanted(self) -> int:
+        self.looks += 1
+        return self.peek.wanted()
+
+    def offer(self, data: bytes) -> int:
+        self.offers += 1
+        return self.peek.offer(data)
+
+
+async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """(ours, theirs) over loopback TCP (SO_RCVLOWAT is TCP's), the client's without Nagle."""
+    listener, = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    theirs = await trio.open_tcp_stream("127.0.0.1", listener.socket.getsockname()[1])
+    ours = await listener.accept()
+    await listener.aclose()
+    return ours, theirs
+
+
+async def test_a_trickled_hello_wakes_the_peek_a_few_times_and_stays_in_the_kernel() -> None:
+    import socket
+
+    hello = client_hello("a.test", ["acme-tls/1"])
+    ours, theirs = await tcp_pair()
+    stream, peek = Downstream(ours), CountingPeek()
+    async with trio.open_nursery() as nursery:
+
+        async def trickle() -> None:
+            for i in range(len(hello)):  # one segment per byte (TCP_NODELAY)
+                await theirs.send_all(hello[i:i + 1])
+                await trio.lowlevel.checkpoint()
+
+        nursery.start_soon(trickle)
+        with trio.fail_after(10):
+            await stream.receive_prefix(peek)
+    assert peek.peek.hello is not None and peek.peek.hello.server_name == "a.test"
+    # not one look per byte: SO_RCVLOWAT held epoll back until the record header, then the record
+    assert peek.offers <= 5, peek.offers
+    assert ours.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1  # as it was, for h11 and TLS
+    assert await ours.socket.recv(len(hello) + 1, socket.MSG_PEEK) == hello  # all of it left for the handshake
+    assert stream.tls_transport() is ours
+
+
+async def test_a_peek_at_a_hello_cut_by_a_close_is_broken() -> None:
+    hello = client_hello("a.test", ["acme-tls/1"])
+    ours, theirs = await tcp_pair()
+    await theirs.send_all(hello[:100])
+    await theirs.send_eof()
+    with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+        await Downstream(ours).receive_prefix(CountingPeek())
+
+
+async def test_on_a_unix_socket_a_partial_hello_is_looked_at_every_poll_not_in_a_busy_loop(autojump_clock) -> None:
+    """A unix socket ignores SO_RCVLOWAT: the peek looks again every
+    LOWAT_FALLBACK_POLL (virtual time here) until the rest comes."""
+    from gateway.front.downstream import LOWAT_FALLBACK_POLL
+
+    hello = client_hello("a.test", ["acme-tls/1"])
+    a, b = trio.socket.socketpair()
+    stream, peek = Downstream(trio.SocketStream(a)), CountingPeek()
+    await b.send(hello[:100])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.receive_prefix, peek)
+        await trio.sleep(1.0)
+        assert 1.0 / LOWAT_FALLBACK_POLL / 2 <= peek.looks <= 1.0 / LOWAT_FALLBACK_POLL + 5
+        assert peek.offers == 1  # offered again only when there is more
+        await b.send(hello[100:])
+    assert peek.peek.hello is not None
+
+
+async def test_a_peek_over_a_memory_stream_hands_the_bytes_to_the_handshake() -> None:
+    hello = client_hello("a.test", ["acme-tls/1"])
+    a, b = trio.testing.memory_stream_pair()
+    stream = Downstream(a)
+    for piece in (hello[:3], hello[3:200], hello[200:]):
+        await b.send_all(piece)
+        await trio.testing.wait_all_tasks_blocked()
+    await b.send_all(b"more")
+    peek = CountingPeek()
+    await stream.receive_prefix(peek)
+    assert peek.peek.hello is not None
+    transport = stream.tls_transport()
+    assert transport is stream  # it hands over what the peek read first
+    got = b""
+    while len(got) < len(hello) + 4:
+        got += await transport.receive_some(65536)
+    assert got == hello + b"more"

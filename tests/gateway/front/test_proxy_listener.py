@@ -23,6 +23,8 @@ from gateway.front.listen import Service, open_listeners, serve_until_shutdown
 from gateway.front.proxy_protocol import ProxyHeaderReader, ProxyInfo
 from gateway.http.request import Request
 from gateway.http.response import Response
+from gateway.tls.contexts import SiteTls, TlsSites
+from gateway.tls.store import StateDir
 from tests.gateway.front.test_proxy_protocol import V1_TCP4, V2_TCP4, V2_TCP6, v2
 from tests.helpers import HttpClient
 
@@ -50,14 +52,14 @@ Connect = Callable[..., Awaitable[trio.SocketStream]]
 
 
 async def _serve(nursery: trio.Nursery, listen: str, *, per_ip: int = 0, log_json: bool = False,
-                 **server: object) -> Connect:
+                 tls: TlsSites | None = None, **server: object) -> Connect:
     settings = ConnectionSettings.from_config(
         ServerConfig(access_log_format="json" if log_json else "combined", **server),  # type: ignore[arg-type]
         TimeoutsConfig(tls_handshake=HANDSHAKE_TIMEOUT), LimitsConfig())
     listeners = await open_listeners([listen.split()[0]])
     where = listeners[0].socket.getsockname()
     state = ListenerState()
-    service = Service(listeners, whoami, settings, state, 100, per_ip, [parse_listen(listen)])
+    service = Service(listeners, whoami, settings, state, 100, per_ip, [parse_listen(listen)], tls)
     shutdown = trio.Event()
     started = trio.Event()
     nursery.start_soon(lambda: serve_until_shutdown(shutdown, state, [service], 1.0, on_started=started.set))
@@ -257,3 +259,54 @@ async def test_receive_prefix_reports_a_close_before_the_end() -> None:
     await theirs.aclose()
     with pytest.raises(trio.BrokenResourceError):
         await ours.receive_prefix(ProxyHeaderReader())
+
+
+# -- PROXY protocol, then TLS with TLS-ALPN-01: two looks at the same connection ------------------
+
+
+async def test_behind_a_proxy_a_tls_listener_answers_tls_alpn_01_and_serves_clients(nursery: trio.Nursery,
+                                                                                    tmp_path) -> None:
+    """``tls proxy_protocol`` with ACME validating by TLS-ALPN-01: the PROXY
+    header is taken, then the ClientHello after it is looked at in place; the
+    CA (offering acme-tls/1 alone) gets the challenge certificate, a browser
+    the site's certificate and its request served with the header's client."""
+    import ssl
+
+    import trustme
+
+    from gateway.acme.messages import alpn_challenge_cert
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("a.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "a.crt"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "a.key"))
+    state = StateDir(str(tmp_path))
+    state.write(state.alpn_challenge("a.test"), alpn_challenge_cert("a.test", "tok.thumb"))
+    tls = TlsSites.load([SiteTls("a", ["a.test"], default=True, cert=str(tmp_path / "a.crt"),
+                                 key=str(tmp_path / "a.key"))], state, lambda s: None, acme_alpn=True)
+    connect = await _serve(nursery, "127.0.0.1:0 tls proxy_protocol", tls=tls, trusted_proxies=["127.0.0.1"])
+
+    validator = ssl.create_default_context()
+    validator.check_hostname, validator.verify_mode = False, ssl.CERT_NONE
+    validator.set_alpn_protocols(["acme-tls/1"])
+    raw = await connect()
+    await raw.send_all(V2_TCP4)
+    stream = trio.SSLStream(raw, validator, server_hostname="a.test")
+    with trio.fail_after(10):
+        await stream.do_handshake()
+        assert stream.selected_alpn_protocol() == "acme-tls/1"
+        try:  # closed after the handshake
+            assert await stream.receive_some(100) == b""
+        except trio.BrokenResourceError:
+            pass  # (without close_notify)
+
+    browser = ssl.create_default_context()
+    ca.configure_trust(browser)
+    browser.set_alpn_protocols(["acme-tls/1", "http/1.1"])
+    raw = await connect()
+    await raw.send_all(V2_TCP4)
+    stream = trio.SSLStream(raw, browser, server_hostname="a.test")
+    with trio.fail_after(10):
+        answer = await ask(stream)  # type: ignore[arg-type]
+    assert stream.selected_alpn_protocol() == "http/1.1"
+    assert answer["client"] == ["203.0.113.7", 56324] and answer["https"] is True

@@ -5,6 +5,7 @@ back. The handshakes run between two in-memory ``ssl`` objects."""
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import stat
@@ -110,7 +111,7 @@ def test_a_missing_certificate_file_is_one_line_naming_the_site(tmp_path):
                       StateDir(str(tmp_path)), lambda s: None)
 
 
-def test_an_acme_bundle_is_used_once_it_appears_and_reloaded_when_it_changes(tmp_path):
+def test_an_acme_bundle_is_used_as_soon_as_it_appears_and_reloaded_when_it_changes(tmp_path):
     state = StateDir(str(tmp_path / "state"))
     ca = trustme.CA()
     now = [0.0]
@@ -126,15 +127,25 @@ def test_an_acme_bundle_is_used_once_it_appears_and_reloaded_when_it_changes(tmp
         state.write(bundle.path, cert.private_key_pem.bytes() + cert.cert_chain_pems[0].bytes())
 
     write("first")
-    now[0] = contexts.RECHECK_SECONDS - 1
-    assert tls.select("a.test") is None  # not looked at yet: at most every RECHECK_SECONDS
-    now[0] = contexts.RECHECK_SECONDS + 1
-    first = tls.select("a.test")
+    first = tls.select("a.test")  # the first certificate: looked for on each handshake while missing
     assert first is not None
+    assert tls.select(None) is first  # (the default site's too)
     write("second")
-    now[0] += contexts.RECHECK_SECONDS + 1
+    now[0] = contexts.RECHECK_SECONDS - 1
+    assert tls.select("a.test") is first  # a replacement: looked at most every RECHECK_SECONDS
+    now[0] = contexts.RECHECK_SECONDS + 1
     second = tls.select("a.test")
     assert second is not None and second is not first
+
+
+def test_a_bundle_that_appears_broken_is_loaded_once_not_on_every_handshake(tmp_path, caplog):
+    state = StateDir(str(tmp_path / "state"))
+    tls = TlsSites.load([SiteTls("a", ["a.test"], default=True, acme=True)], state, lambda s: None)
+    state.write(state.bundle("a.test").path, b"not a certificate")
+    with caplog.at_level(logging.WARNING, "gateway.tls"):
+        for _ in range(3):
+            assert tls.select("a.test") is None
+    assert len([r for r in caplog.records if "cannot load the certificate" in r.getMessage()]) == 1
 
 
 def test_the_internal_ca_is_made_once_with_private_modes_and_reissues_for_new_names(tmp_path):
