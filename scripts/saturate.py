@@ -49,6 +49,9 @@ SCENARIOS = {
 }
 
 
+_last_tls: dict[str, tuple[float, int, float]] = {}
+
+
 def verdict(admin: str) -> str:
     try:
         with urllib.request.urlopen(admin.rstrip("/") + "/status", timeout=2) as resp:  # noqa: S310
@@ -60,9 +63,16 @@ def verdict(admin: str) -> str:
     tls = st["listener"].get("tls") or {}
     hs = ""
     if tls.get("handshakes_total"):
-        cpu = st["listener"]["process_cpu"]
-        share = tls["cpu"] / cpu if cpu else 0.0
-        hs = f" handshakes {tls['handshakes_per_second']:.0f}/s, {share:.0%} of cpu"
+        # per second since the last poll, as the diagnosis sees it (/status's
+        # rates are over 10 s and lag behind process_cpu while load ramps up)
+        now = time.monotonic()
+        prev = _last_tls.get(admin)
+        _last_tls[admin] = (now, tls["handshakes_total"], tls["cpu_seconds_total"])
+        if prev is not None and now > prev[0]:
+            span = now - prev[0]
+            cpu = st["listener"]["process_cpu"]
+            share = (tls["cpu_seconds_total"] - prev[2]) / span / cpu if cpu else 0.0
+            hs = f" handshakes {(tls['handshakes_total'] - prev[1]) / span:.0f}/s, {share:.0%} of cpu"
     return (f"{st['verdict']['bottleneck']:<13}{pool} lag p99 {st['listener']['loop_lag_ms']['p99']:.0f} ms "
             f"cpu {st['listener']['process_cpu']:.0%}{hs}")
 
