@@ -10,11 +10,11 @@ Scenarios (against the demo site in conf.d/, whose pool has 4 workers):
   listener      many clients on a static file (the gateway itself works hardest)
   listener-tls  new TLS connections, one per request (HTTP/1.0 GET of a static
                 file, every handshake full: no session is resumed), from
-                --concurrency `openssl s_time -new` processes (default 4; C, so
-                the clients' handshakes cost far less CPU than the server's and
-                leave it the cores); give the https listener, --url
-                https://127.0.0.1:8443 (see README "Finding the bottleneck" for
-                a configuration with an RSA-2048 certificate and one process)
+                --concurrency `openssl s_time -new` processes (default 4; C
+                clients, lighter than Python ones, so the gateway gets a core);
+                give the https listener, --url https://127.0.0.1:8443; README
+                "Where does the time go?" has what each kind of certificate
+                gives (listener-tls needs handshakes to be >= 50 % of the CPU)
   backend-down  a trickle of PHP requests; stop php-fpm (or point the backend at a
                 dead address) to see it
 

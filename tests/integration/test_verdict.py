@@ -205,8 +205,8 @@ async def test_new_tls_connections_with_an_rsa_4096_certificate_are_listener_tls
     # the server's signatures, not the clients, use the CPU) to one process
     # with an RSA-4096 certificate. Its handshakes take ~75 % of the process's
     # CPU (RSA-2048: ~40 %, ECDSA P-256: ~30 %, below TLS_SHARE: the rest of a
-    # connection, accept to close, costs ~1 ms of Python; README "Finding the
-    # bottleneck").
+    # connection, accept to close, costs ~1 ms of Python; README "Where does
+    # the time go?").
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     await trio.run_process(["openssl", "req", "-x509", "-newkey", "rsa:4096", "-nodes", "-keyout", str(key),
                             "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
