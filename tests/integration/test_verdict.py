@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import h11
@@ -18,6 +19,8 @@ from gateway.config import BackendConfig, PhpFpmConfig
 from gateway.observe.monitor import children_of
 from gateway.serve.php_fpm import find_php_fpm, write_pool_config
 from tests.helpers import HttpClient
+
+from .conftest import free_port
 
 WITHIN = 10.0
 
@@ -194,3 +197,34 @@ async def test_gateway_status_and_top_commands(gw):
     bad = await trio.run_process([sys.executable, "-m", "gateway", "status", "--admin", "http://127.0.0.1:9"],
                                  capture_stderr=True, check=False)
     assert bad.returncode == 1 and b"cannot read http://127.0.0.1:9/status" in bad.stderr
+
+
+async def test_new_tls_connections_with_an_rsa_4096_certificate_are_listener_tls(start_gateway, tmp_path: Path):
+    # scripts/saturate listener-tls as operators meet it: every request a new
+    # connection and a full handshake (`openssl s_time -new`: C clients, so
+    # the server's signatures, not the clients, use the CPU) to one process
+    # with an RSA-4096 certificate. Its handshakes take ~75 % of the process's
+    # CPU (RSA-2048: ~40 %, ECDSA P-256: ~30 %, below TLS_SHARE: the rest of a
+    # connection, accept to close, costs ~1 ms of Python; README "Where does
+    # the time go?").
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    await trio.run_process(["openssl", "req", "-x509", "-newkey", "rsa:4096", "-nodes", "-keyout", str(key),
+                            "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], capture_stdout=True,
+                           capture_stderr=True)
+    tls_port = free_port()
+    gw = await start_gateway(server={"listen": ["127.0.0.1:0", f"127.0.0.1:{tls_port} tls"]},
+                             site={"tls": {"cert": str(cert), "key": str(key)}})
+    s_time = ["openssl", "s_time", "-connect", f"127.0.0.1:{tls_port}", "-new", "-www", "/hello.txt",
+              "-time", str(int(WITHIN + 5))]
+    async with trio.open_nursery() as n:
+        for _ in range(4):
+            n.start_soon(partial(trio.run_process, s_time, capture_stdout=True, capture_stderr=True, check=False))
+        seen = await verdicts_until(gw, "listener-tls")
+        st = await admin_status(gw)
+        n.cancel_scope.cancel()
+    assert "listener-tls" in seen, (seen, st["verdict"], st["listener"]["process_cpu"], st["listener"]["tls"])
+    assert_reached_and_held(seen, "listener-tls")
+    assert "TLS handshakes use" in st["verdict"]["reason"] and "0% resumed" in st["verdict"]["reason"]
+    tls = st["listener"]["tls"]
+    assert tls["handshakes_total"] > 100 and tls["resumed_total"] == 0
