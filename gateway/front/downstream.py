@@ -22,6 +22,8 @@ plain socket (a ``trio.SSLStream``, a test's memory stream):
   many bytes are its own, and consumes just those, so what follows stays in
   the kernel for the next layer (h11, or a TLS handshake) and for epoll.
   Other streams keep the surplus and hand it to the next ``receive_some``.
+- ``starts_with``: does the client's first data begin with a given prefix
+  (HTTP/2's preface on an h2c listener)? Peeked on a socket, consuming nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ SEND_PIECE = 16 * 1024
 TLS_SEND_PIECE = 64 * 1024
 SENDFILE_CHUNK = 4 * 1024 * 1024
 READ_CHUNK = 256 * 1024
+#: ``starts_with``: how often a client that sent part of the prefix is peeked again.
+SNIFF_RETRY = 0.01
 
 
 class PrefixParser(Protocol):
@@ -114,6 +118,14 @@ class Downstream(trio.abc.HalfCloseableStream):
     @property
     def tls(self) -> bool:
         return isinstance(self.stream, trio.SSLStream)
+
+    @property
+    def alpn(self) -> str | None:
+        """The protocol the TLS handshake chose by ALPN (None: none, or no TLS)."""
+        if isinstance(self.stream, trio.SSLStream):
+            chosen: str | None = self.stream.selected_alpn_protocol()
+            return chosen
+        return None
 
     def peer_closed(self) -> bool:
         return self._sock is not None and peer_closed(self._sock)
@@ -236,6 +248,34 @@ class Downstream(trio.abc.HalfCloseableStream):
                 if not got:
                     raise trio.BrokenResourceError("closed before the end of the header")
                 taken -= len(got)
+
+    async def starts_with(self, prefix: bytes) -> bool:
+        """Do the client's first bytes begin with ``prefix``? Decided as soon
+        as they differ (one peek for almost every client), else once all of
+        ``prefix`` is there; nothing is consumed. False at EOF.
+
+        A client whose bytes so far are a strict start of ``prefix`` is peeked
+        again every ``SNIFF_RETRY`` seconds (the socket stays readable, so a
+        wait would spin): the caller bounds the whole under a deadline."""
+        sock = self._plain
+        while True:
+            if sock is None:
+                data = self._pushback
+                if len(data) < len(prefix) and prefix.startswith(data):
+                    more = await self.stream.receive_some(len(prefix) - len(data))
+                    self._pushback = data + bytes(more)
+                    if more:
+                        continue
+                return data.startswith(prefix)
+            try:
+                data = await sock.recv(len(prefix), socket.MSG_PEEK)
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+            if not data or not prefix.startswith(data):
+                return False
+            if len(data) == len(prefix):
+                return True
+            await trio.sleep(SNIFF_RETRY)
 
     async def send_eof(self) -> None:
         """Half-close where the stream can (a TCP FIN); elsewhere nothing."""

@@ -213,7 +213,7 @@ def load_tls(config: Config, specs: list[ListenSpec], listener_state: ListenerSt
     if not any(spec.tls for spec in specs):
         return None
     tls = TlsSites.load(site_tls(config), tls_state(config, privileges), listener_state.stats.tls.add_cpu,
-                        ticket_keys=ticket_keys or new_keys())
+                        ticket_keys=ticket_keys or new_keys(), http2=config.server.http2)
     if not tls.has_certificates:
         log.warning("a listener is flagged tls but no site has a certificate yet ([sites.NAME.tls]): "
                     "handshakes fail until one appears")

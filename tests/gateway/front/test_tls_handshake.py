@@ -102,3 +102,26 @@ async def test_a_name_without_a_certificate_is_counted_as_no_certificate(tmp_pat
         await trio.aclose_forcefully(accepted.stream)
     assert stats.failures["no_certificate"] == 1
     assert len(errors) == 1 and "UNRECOGNIZED_NAME" in errors[0]  # the client is told why
+
+
+async def _alpn(tls: TlsSites, ca: trustme.CA, offered: list[str]) -> str | None:
+    client_side, server_side = trio.testing.memory_stream_pair()
+    accepted = Accepted(Downstream(server_side))
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    client_ctx.set_alpn_protocols(offered)
+    client = trio.SSLStream(client_side, client_ctx, server_hostname="a.test")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        assert await tls_handshake(accepted, tls, 10.0, TlsStats()) is True
+    return accepted.stream.alpn
+
+
+async def test_alpn_picks_h2_unless_http2_is_off(tmp_path):
+    tls, ca = _sites(tmp_path)
+    assert await _alpn(tls, ca, ["h2", "http/1.1"]) == "h2"
+    assert await _alpn(tls, ca, ["http/1.1"]) == "http/1.1"
+    assert await _alpn(tls, ca, []) is None  # no ALPN at all: HTTP/1.1
+    off = TlsSites.load([SiteTls("a", ["a.test"], default=True, cert=str(tmp_path / "a.crt"),
+                                 key=str(tmp_path / "a.key"))], StateDir(str(tmp_path)), lambda s: None, http2=False)
+    assert await _alpn(off, ca, ["h2", "http/1.1"]) == "http/1.1"
