@@ -499,6 +499,10 @@ class Http2Connection:
         except BadRequestHead as exc:
             log.info("[%s] %d from %s: %s", request_id, exc.status, self.client[0], exc)
             return None, self._error(exc.status)
+        if not st.body_done.is_set() and any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers):
+            # RFC 9110 10.1.1: the client waits for this before it sends the body
+            self.conn.send_headers(st.id, [(b":status", b"100")])
+            await self._flush()
         body = await self._read_body(st)
         if st.body_status:
             return None, self._error(st.body_status)

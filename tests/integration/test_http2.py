@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import h2.config
@@ -40,6 +41,7 @@ def _site(tmp_path: Path) -> Path:
     root = tmp_path / "www"
     root.mkdir()
     shutil.copy(DOCROOT / "server.php", root / "server.php")
+    shutil.copy(DOCROOT / "big.php", root / "big.php")
     (root / "index.html").write_text(PAGE)
     (root / "style.css").write_text("body { color: #333 }\n" * 50)
     (root / "app.js").write_text("console.log('hi');\n" * 50)
@@ -112,6 +114,11 @@ async def test_curl_and_nghttp_over_h2_and_h2c(tmp_path):
                                "-w", "%{http_code} %{http_version} %{size_download}"))
         assert out == "200 2 4194304", out
         assert got.read_bytes() == (tmp_path / "www" / "big.bin").read_bytes()
+        # a PHP response larger than the memory buffer (spooled to a temp file first)
+        out = await _run(_curl(tls_port, cafile, "/big.php?mb=3", "-o", str(got),
+                               "-w", "%{http_code} %{http_version} %{size_download}"))
+        assert out == "200 2 3145728", out
+        assert got.read_bytes() == b"0123456789abcdef" * 65536 * 3
         # h2c with prior knowledge on the plain listener; HTTP/1.1 still served there
         out = await _run(["curl", "-sS", "--max-time", "10", "--http2-prior-knowledge", "-w", " %{http_version}",
                           f"http://127.0.0.1:{port}/sleep.php?ms=1"])
@@ -145,6 +152,7 @@ class _H2:
         self.goaway: h2.events.ConnectionTerminated | None = None
         self.bodies: dict[int, bytes] = {}
         self.ended: set[int] = set()
+        self._buffer = bytearray()
 
     @classmethod
     async def connect(cls, port: int) -> _H2:
@@ -167,10 +175,21 @@ class _H2:
                     return
                 if not data:
                     return
-                try:
-                    events = self.conn.receive_data(data)
-                except h2.exceptions.ProtocolError:
-                    return
+                self._buffer += data
+                events = []
+                while len(self._buffer) >= 9:  # frame by frame: see the GOAWAY case below
+                    end = 9 + int.from_bytes(self._buffer[:3], "big")
+                    if len(self._buffer) < end:
+                        break
+                    frame, self._buffer = bytes(self._buffer[:end]), self._buffer[end:]
+                    try:
+                        events += self.conn.receive_data(frame)
+                    except h2.exceptions.ProtocolError:
+                        return
+                    if events and isinstance(events[-1], h2.events.ConnectionTerminated):
+                        # h2 as a client stops at any GOAWAY; curl and browsers go
+                        # on reading the streams up to last_stream_id (RFC 9113 6.8)
+                        self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
                 for event in events:
                     if isinstance(event, h2.events.ConnectionTerminated):
                         self.goaway = event
@@ -242,3 +261,29 @@ async def test_rapid_reset_and_continuation_flood_get_goaway_and_php_never_runs_
         log = (await stop(proc, stderr)).decode()
     assert "Traceback" not in log, log
     assert "rapid reset" in log and "header block" in log
+
+
+async def test_sigterm_sends_goaway_and_the_stream_in_flight_finishes(tmp_path):
+    proc, stderr, port, tls_port, admin, cafile = await _gateway(tmp_path)
+    stopped = False
+    try:
+        c = await _H2.connect(port)
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, c.headers("/sleep.php?ms=1500"), end_stream=True)
+        await c.flush()
+        for _ in range(200):  # until PHP runs it (polling the gateway's own count)
+            if _samples(await _metrics(admin), "gateway_requests_in_flight").get("") == 1:
+                break
+            await trio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        await c.read_until(lambda: sid in c.ended)
+        assert c.goaway is not None and c.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+        assert c.goaway.last_stream_id == sid
+        assert c.bodies[sid] == b"slept"
+        log = (await stop(proc, stderr, sigterm=False)).decode()
+        stopped = True
+    finally:
+        if not stopped:
+            log = (await stop(proc, stderr)).decode()
+    assert "Traceback" not in log, log
+    assert '"GET /sleep.php?ms=1500 HTTP/2.0" 200' in (tmp_path / "access.log").read_text()

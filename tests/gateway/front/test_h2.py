@@ -93,7 +93,7 @@ class Client:
 
     def _events(self, events) -> None:
         for event in events:
-            if isinstance(event, h2.events.ResponseReceived):
+            if isinstance(event, (h2.events.ResponseReceived, h2.events.InformationalResponseReceived)):
                 self.headers[event.stream_id] = dict(event.headers)
                 self.data[event.stream_id] = bytearray()
             elif isinstance(event, h2.events.DataReceived):
@@ -213,6 +213,18 @@ async def test_body_over_the_limit_gets_413_and_the_rest_is_refused(nursery, aut
     assert c.headers[sid][b":status"] == b"413"
     head, _ = await c.get("/ok")
     assert head[b":status"] == b"200"
+
+
+async def test_expect_100_continue_is_answered_before_the_body(nursery, autojump_clock):
+    c = await start(nursery)
+    sid = c.open("/u", method="POST", headers=[(b"expect", b"100-continue")], end=False)
+    await c.flush()
+    await c.until(lambda: sid in c.headers)
+    assert c.headers[sid][b":status"] == b"100" and sid not in c.ended
+    c.conn.send_data(sid, b"late body", end_stream=True)
+    await c.flush()
+    await c.until(lambda: sid in c.ended)
+    assert c.headers[sid][b":status"] == b"200" and bytes(c.data[sid]).endswith(b"body=9:late body")
 
 
 async def test_slow_request_body_gets_408(nursery, autojump_clock):
