@@ -367,7 +367,7 @@ async def test_plain_http_is_redirected_to_https_where_hsts_is_sent(tmp_path):
                           "-L", "-D", "-", f"{plain}/server.php"])
         heads, _, body = out.rpartition("\r\n\r\n")
         final = heads.rsplit("\r\n\r\n", 1)[-1].lower()
-        assert final.startswith("http/1.1 200") and "strict-transport-security: max-age=31536000; includesubdomains" \
+        assert final.startswith("http/2 200") and "strict-transport-security: max-age=31536000; includesubdomains" \
             in final, out
         assert json.loads(body)["server"]["HTTPS"] == "on"
         # a trusted proxy (127.0.0.1) that terminated TLS: served, not redirected
