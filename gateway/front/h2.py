@@ -265,7 +265,8 @@ class Http2Connection:
                 if not isinstance(exc, h2.exceptions.ProtocolError):
                     self.conn.close_connection(error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)
                 self.listener_state.stats.http2.refused["protocol_error"] += 1
-                log.info("closing HTTP/2 connection from %s: protocol error: %s", self.client[0], exc)
+                log.info("closing HTTP/2 connection from %s: protocol error: %s: %s", self.client[0],
+                         type(exc).__name__, exc)
                 await self._flush()
                 return True
             if not self._dispatch(events):

@@ -7,6 +7,7 @@ flood, PING flood) are sent as raw frames, as an attacker would."""
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import replace
 
@@ -332,6 +333,10 @@ async def test_shutdown_lets_streams_finish_and_refuses_new_ones(nursery, autoju
     state.begin_shutdown()
     await c.until(lambda: c.goaway is not None)
     assert c.goaway.last_stream_id == first and c.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+    late = c.open("/late")  # sent after our GOAWAY: refused, safe for the client to retry
+    await c.flush()
+    await c.until(lambda: late in c.resets)
+    assert c.resets[late] == h2.errors.ErrorCodes.REFUSED_STREAM
     release.set()
     await c.read_to_eof()
     assert bytes(c.data[first]) == b"done" and first in c.ended
@@ -468,3 +473,129 @@ async def test_starts_with_peeks_the_preface_and_consumes_nothing(autojump_clock
         while len(got) < len(first):
             got += await down.receive_some(100)
         assert got == first  # all of it still there for the protocol
+
+
+async def test_a_header_list_over_the_limit_closes_the_connection(nursery, autojump_clock, caplog):
+    state = ListenerState()
+    c = await start(nursery, listener_state=state)
+    with caplog.at_level(logging.INFO):
+        c.open("/", headers=[(b"x-big", b"v" * 5000)])  # limits.max_header_size = 4096
+        await c.flush()
+        await c.read_to_eof()
+    assert c.goaway is not None and c.goaway.error_code != h2.errors.ErrorCodes.NO_ERROR
+    assert state.stats.http2.refused["protocol_error"] == 1
+    assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_not_http2_after_all_is_one_line_and_a_close(nursery, autojump_clock, caplog):
+    client, server = trio.testing.memory_stream_pair()
+    from gateway.front.downstream import Downstream
+    conn = Http2Connection(Downstream(server), echo, SETTINGS, client=("10.0.0.1", 1), server=("10.0.0.2", 443))
+    with caplog.at_level(logging.INFO):
+        nursery.start_soon(conn.run)
+        await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        while await client.receive_some(1000):
+            pass
+    lines = [r for r in caplog.records if r.name.startswith("gateway")]
+    assert len(lines) == 1 and "protocol error" in lines[0].getMessage() and not lines[0].exc_info
+
+
+# -- random frames: whatever a client sends, one connection ends quietly ------------------
+
+
+def _random_frames(rng, encoder) -> bytes:
+    from hyperframe.frame import DataFrame, GoAwayFrame, PriorityFrame, SettingsFrame, WindowUpdateFrame
+    out: list[bytes] = [SettingsFrame(0).serialize()] if rng.random() < 0.9 else []
+    sids = [1, 3, rng.randrange(1, 2**31)]
+    next_sid = [5]
+    for _ in range(rng.randrange(1, 30)):
+        sid = rng.choice(sids)
+        kind = rng.choices(range(11), weights=[10, 10, 8, 8, 8, 4, 4, 3, 1, 2, 40])[0]
+        odd = rng.random() < 0.15
+        methods = [b"GET", b"POST", b"HEAD", b"TRACE", b"CONNECT"] if odd else [b"GET", b"POST"]
+        heads = [(b":method", rng.choice(methods)),
+                 (b":scheme", b"https"), (b":authority", rng.choice([b"a b", b"", b"x:99999"] if odd else [b"x"])),
+                 (b":path", rng.choice([b"/", b"/x", b"/" + b"a" * rng.randrange(3000)] if odd else [b"/", b"/x"]))]
+        if rng.random() < 0.1:
+            heads.append((rng.choice([b"connection", b"te", b"content-length", b"cookie", b"Upper"]),
+                          rng.choice([b"1", b"x", b"trailers", b"-1"])))
+        if rng.random() < 0.05:
+            rng.shuffle(heads)
+        if kind == 0:
+            flags = [f for f in ("END_HEADERS", "END_STREAM") if rng.random() < 0.8]
+            out.append(HeadersFrame(sid, data=encoder.encode(heads), flags=flags).serialize())
+        elif kind == 1:
+            flags = ["END_STREAM"] if rng.random() < 0.5 else []
+            out.append(DataFrame(sid, data=bytes(rng.randrange(256) for _ in range(rng.randrange(100))),
+                                 flags=flags).serialize())
+        elif kind == 2:
+            out.append(RstStreamFrame(sid, error_code=rng.randrange(14)).serialize())
+        elif kind == 3:
+            out.append(WindowUpdateFrame(rng.choice([0, sid]), window_increment=rng.randrange(1, 2**31)).serialize())
+        elif kind == 4:
+            out.append(PingFrame(0, opaque_data=b"12345678", flags=rng.choice([[], ["ACK"]])).serialize())
+        elif kind == 5:
+            out.append(SettingsFrame(0, settings={rng.choice([1, 2, 3, 4, 5, 6]): rng.randrange(2**31)}).serialize())
+        elif kind == 6:
+            out.append(PriorityFrame(sid, depends_on=rng.choice([0, sid]), stream_weight=7).serialize())
+        elif kind == 7:
+            out.append(ContinuationFrame(sid, data=encoder.encode(heads[:1]),
+                                         flags=rng.choice([[], ["END_HEADERS"]])).serialize())
+        elif kind == 8:
+            out.append(GoAwayFrame(0, last_stream_id=sid).serialize())
+        elif kind == 9:
+            out.append(bytes(rng.randrange(256) for _ in range(rng.randrange(40))))
+        else:
+            sid2 = next_sid[0]
+            next_sid[0] += 2
+            sids.append(sid2)
+            end = ["END_STREAM"] if rng.random() < 0.5 else []
+            out.append(HeadersFrame(sid2, data=encoder.encode(heads), flags=["END_HEADERS", *end]).serialize())
+            if not end:
+                out.append(DataFrame(sid2, data=b"body", flags=["END_STREAM"]).serialize())
+    return b"".join(out)
+
+
+def test_random_frames_never_crash_the_connection(caplog):
+    import random
+
+    import hpack
+
+    from gateway.front.downstream import Downstream
+    from gateway.front.h2_limits import PREFACE
+
+    async def handler(req):
+        if req.target == b"/":
+            await trio.sleep(1)
+        return Response(200, [], b"ok")
+
+    async def one(data: bytes, rng) -> None:
+        client, server = trio.testing.memory_stream_pair()
+        conn = Http2Connection(Downstream(server, 5), handler, SETTINGS, client=("10.0.0.1", 1),
+                               server=("10.0.0.2", 443), listener_state=state)
+        with trio.fail_after(600):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.run)
+                try:
+                    i = 0
+                    while i < len(data):
+                        step = rng.randrange(1, 400)
+                        await client.send_all(data[i : i + step])
+                        i += step
+                    while await client.receive_some(65536):  # read until the server closes (idle timeout)
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+
+    state = ListenerState()
+    rng = random.Random(int(os.environ.get("FUZZ_SEED", "20261127")))
+    with caplog.at_level(logging.INFO):
+        for _ in range(300):
+            data = PREFACE + _random_frames(rng, hpack.Encoder())
+            trio.run(one, data, rng, clock=trio.testing.MockClock(autojump_threshold=0))
+            stats = state.stats  # nothing left counted as open or in flight
+            assert (stats.open_connections, stats.in_flight, stats.http2.open) == (0, 0, 0), data
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, bad[0].getMessage() + "\n" + str(bad[0].exc_info)
+    served = [r for r in caplog.records if r.name == "gateway.access" and '" 200 ' in r.getMessage()]
+    assert len(served) > 20  # the cases reach the handler, not only h2's refusals
