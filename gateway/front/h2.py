@@ -29,7 +29,8 @@ Timeouts (cancel scopes on ``trio.current_time()``):
 - no stream open: the connection is closed with GOAWAY after
   ``timeouts.keepalive`` (``client_header`` before its first request, and
   while a header block is incomplete);
-- a request body: ``timeouts.client_body`` between two DATA frames -> 408;
+- a request body: ``timeouts.client_body`` between two DATA frames, and
+  ``timeouts.client_body_min_rate`` on average after 10 s -> 408;
 - writes: ``Downstream``'s progress deadline (``timeouts.send``) cuts the
   connection; a stream the client gives no window for ``timeouts.send`` is
   reset (a stalled reader holds no PHP worker: responses are spooled first).
@@ -72,6 +73,7 @@ from ..http.spool import Spool
 from .access_log import log_access
 from .downstream import Downstream
 from .h1 import ConnectionSettings, Handler, ListenerState
+from .h1_body import BODY_RATE_GRACE
 from .h2_limits import Flood, FrameScanner, ResetBudget
 
 log = logging.getLogger(__name__)
@@ -521,13 +523,21 @@ class Http2Connection:
         return request, await self._run_handler(st, request)
 
     async def _read_body(self, st: _Stream) -> Spool | None:
-        """Wait for the end of the request body, ``timeouts.client_body`` at most between two DATA frames."""
+        """Wait for the end of the request body: ``timeouts.client_body`` at
+        most between two DATA frames, and after ``BODY_RATE_GRACE`` seconds an
+        average of ``client_body_min_rate`` (as ``h1_body``) -> 408."""
+        s = self.settings
+        started = trio.current_time()
         while not st.body_done.is_set():
-            with trio.move_on_at(st.last_data + self.settings.body_timeout):
+            deadline = st.last_data + s.body_timeout
+            if s.body_min_rate:
+                size = st.body.size if st.body is not None else 0
+                deadline = min(deadline, started + max(BODY_RATE_GRACE, size / s.body_min_rate))
+            with trio.move_on_at(deadline):
                 await st.body_done.wait()
-            if not st.body_done.is_set() and trio.current_time() >= st.last_data + self.settings.body_timeout:
-                log.info("HTTP/2 stream %d from %s: request body too slow (%d bytes in %gs)", st.id,
-                         self.client[0], st.body.size if st.body is not None else 0, self.settings.body_timeout)
+            if not st.body_done.is_set() and trio.current_time() >= deadline:
+                log.info("HTTP/2 stream %d from %s: request body too slow (%d bytes in %.0fs)", st.id,
+                         self.client[0], st.body.size if st.body is not None else 0, trio.current_time() - started)
                 st.body_status = 408
                 return None
         if st.body is None and not st.body_status:
@@ -634,6 +644,9 @@ class Http2Connection:
             window = self.conn.local_flow_control_window(st.id)
             if window > 0:
                 return min(window, wanted, WRITE_CHUNK)
+            await self._flush()  # what is queued (our HEADERS) goes out meanwhile
+            if self.conn.local_flow_control_window(st.id) > 0:
+                continue
             with trio.move_on_at(deadline) as scope:
                 await self._window.wait()
             if scope.cancelled_caught:

@@ -18,6 +18,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import trio
 import trustme
 from hyperframe.frame import ContinuationFrame, HeadersFrame
@@ -145,18 +146,22 @@ async def test_curl_and_nghttp_over_h2_and_h2c(tmp_path):
 class _H2:
     """An h2 client (prior knowledge) on a TCP stream, for the attacks."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, window: int | None = None) -> None:
         self.stream = stream
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        if window is not None:
+            self.conn.local_settings = h2.settings.Settings(
+                client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
         self.conn.initiate_connection()
         self.goaway: h2.events.ConnectionTerminated | None = None
         self.bodies: dict[int, bytes] = {}
         self.ended: set[int] = set()
+        self.heads: dict[int, dict[bytes, bytes]] = {}
         self._buffer = bytearray()
 
     @classmethod
-    async def connect(cls, port: int) -> _H2:
-        self = cls(await trio.open_tcp_stream("127.0.0.1", port))
+    async def connect(cls, port: int, window: int | None = None) -> _H2:
+        self = cls(await trio.open_tcp_stream("127.0.0.1", port), window)
         await self.flush()
         return self
 
@@ -191,7 +196,9 @@ class _H2:
                         # on reading the streams up to last_stream_id (RFC 9113 6.8)
                         self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
                 for event in events:
-                    if isinstance(event, h2.events.ConnectionTerminated):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        self.heads[event.stream_id] = dict(event.headers)
+                    elif isinstance(event, h2.events.ConnectionTerminated):
                         self.goaway = event
                     elif isinstance(event, h2.events.DataReceived):
                         self.bodies[event.stream_id] = self.bodies.get(event.stream_id, b"") + event.data
@@ -287,3 +294,29 @@ async def test_sigterm_sends_goaway_and_the_stream_in_flight_finishes(tmp_path):
             log = (await stop(proc, stderr)).decode()
     assert "Traceback" not in log, log
     assert '"GET /sleep.php?ms=1500 HTTP/2.0" 200' in (tmp_path / "access.log").read_text()
+
+
+async def test_a_reader_that_opens_no_window_holds_no_php_worker(tmp_path):
+    proc, stderr, port, tls_port, admin, cafile = await _gateway(tmp_path)
+    try:
+        c = await _H2.connect(port, window=0)  # no DATA may come until the client says so
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, c.headers("/big.php?mb=3"), end_stream=True)
+        await c.flush()
+        await c.read_until(lambda: sid in c.heads)  # HEADERS are not flow-controlled
+        for _ in range(200):  # PHP finished, and its worker is free, while the client has 0 bytes
+            metrics = await _metrics(admin)
+            if _samples(metrics, "gateway_pool_responses_total").get('{pool="php"}') == 1:
+                break
+            await trio.sleep(0.05)
+        assert _samples(metrics, "gateway_pool_busy")['{pool="php"}'] == 0
+        assert c.bodies.get(sid, b"") == b""
+        # the client opens its window: the spooled response arrives whole
+        c.conn.increment_flow_control_window(8 << 20, stream_id=sid)
+        c.conn.increment_flow_control_window(8 << 20)
+        await c.flush()
+        await c.read_until(lambda: sid in c.ended)
+        assert len(c.bodies[sid]) == 3 << 20
+    finally:
+        log = (await stop(proc, stderr)).decode()
+    assert "Traceback" not in log, log

@@ -177,6 +177,18 @@ async def test_big_file_body_honours_a_small_window(nursery, autojump_clock):
     assert f.closed  # the front end closed the file
 
 
+async def test_headers_go_out_while_the_window_is_shut(nursery, autojump_clock):
+    c = await start(nursery, window=0)
+    sid = c.open("/a")
+    await c.flush()
+    await c.until(lambda: sid in c.headers)
+    assert c.headers[sid][b":status"] == b"200" and bytes(c.data[sid]) == b""
+    c.conn.increment_flow_control_window(1000, stream_id=sid)
+    await c.flush()
+    await c.until(lambda: sid in c.ended)
+    assert bytes(c.data[sid]).startswith(b"GET /a ")
+
+
 async def test_streams_are_served_concurrently(nursery, autojump_clock):
     second_done = trio.Event()
 
@@ -226,6 +238,22 @@ async def test_expect_100_continue_is_answered_before_the_body(nursery, autojump
     await c.flush()
     await c.until(lambda: sid in c.ended)
     assert c.headers[sid][b":status"] == b"200" and bytes(c.data[sid]).endswith(b"body=9:late body")
+
+
+async def test_a_drip_fed_body_gets_408_at_the_minimum_rate(nursery, autojump_clock):
+    c = await start(nursery, settings=replace(SETTINGS, body_min_rate=1000))
+    sid = c.open("/u", method="POST", end=False)
+    await c.flush()
+    t0 = trio.current_time()
+    for _ in range(2):  # 100 bytes every 5 s: within client_body (7 s), far under 1000 B/s
+        c.conn.send_data(sid, b"d" * 100)
+        await c.flush()
+        await trio.sleep(5)
+    c.conn.send_data(sid, b"d" * 100)
+    await c.flush()
+    await c.until(lambda: sid in c.headers)
+    # cut when the grace period ends (10 s), not at a gap (client_body)
+    assert c.headers[sid][b":status"] == b"408" and trio.current_time() - t0 == pytest.approx(10)
 
 
 async def test_slow_request_body_gets_408(nursery, autojump_clock):
