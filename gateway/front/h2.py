@@ -41,6 +41,10 @@ HPACK decoder enforces it), rapid reset, CONTINUATION and PING/SETTINGS
 floods (``h2_limits``): GOAWAY(ENHANCE_YOUR_CALM) and close. A protocol error
 is h2's GOAWAY and a close. Each is one log line, never a traceback.
 
+At ``max_connections``, a connection with no stream open (for over
+``SILENT_RECLAIM_AFTER``) may be closed to admit a waiting client, as an idle
+HTTP/1.1 one is.
+
 Shutdown (``ListenerState.begin_shutdown``, also on reload): GOAWAY with the
 last stream we took; in-flight streams finish (within ``timeouts.graceful``),
 newer ones are refused (REFUSED_STREAM, safe for the client to retry), then
@@ -72,7 +76,7 @@ from ..http.response import FileRange, Response, error_response, http_date
 from ..http.spool import Spool
 from .access_log import log_access
 from .downstream import Downstream
-from .h1 import ConnectionSettings, Handler, ListenerState
+from .h1 import ConnectionSettings, Handler, ListenerState, Reclaim
 from .h1_body import BODY_RATE_GRACE
 from .h2_limits import Flood, FrameScanner, ResetBudget
 
@@ -133,8 +137,12 @@ class Http2Connection:
 
     def __init__(self, stream: Downstream, handler: Handler, settings: ConnectionSettings, *,
                  client: tuple[str, int], server: tuple[str, int], listener_state: ListenerState | None = None,
-                 peer: tuple[str, int] | None = None) -> None:
+                 peer: tuple[str, int] | None = None, reclaim: Reclaim | None = None) -> None:
+        """``reclaim``: closes the connection at once (the listener's), to
+        admit a new client at ``max_connections`` while this one has no
+        stream open, as an idle HTTP/1.1 connection is closed then."""
         self.downstream = stream
+        self._reclaim = reclaim
         self.handler = handler
         self.settings = settings
         self.client = client
@@ -234,6 +242,9 @@ class Http2Connection:
             # begin_shutdown cancels these: a connection with streams open
             # stops taking new ones, an idle one closes
             listener_state.idle_scopes.add(scope)
+            if not self.streams and self._reclaim is not None:
+                listener_state.silent[scope] = (trio.current_time(), self._reclaim)
+                listener_state.notify_idle()
             try:
                 with scope:
                     data = await self.downstream.receive_some(READ_SIZE)
@@ -241,6 +252,7 @@ class Http2Connection:
                 data = b""  # reset by the client: as its close
             finally:
                 listener_state.idle_scopes.discard(scope)
+                listener_state.silent.pop(scope, None)
                 self._read_scope = None
             if scope.cancelled_caught:
                 if listener_state.shutting_down or self._goaway_at is not None:

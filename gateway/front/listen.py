@@ -416,7 +416,8 @@ def _connection_handler(service: Service, connections: trio.Nursery, spec: Liste
 
     async def serve_h2(client: Accepted) -> bool:
         await Http2Connection(client.stream, service.handler, service.settings, client=client.peer,
-                              server=client.local, listener_state=listener_state, peer=client.tcp_peer).run()
+                              server=client.local, listener_state=listener_state, peer=client.tcp_peer,
+                              reclaim=client.close).run()
         return False
 
     return handle

@@ -127,11 +127,11 @@ class Client:
         await self.until(lambda: False)
 
 
-async def start(nursery, handler=echo, settings=SETTINGS, listener_state=None, **client_kw) -> Client:
+async def start(nursery, handler=echo, settings=SETTINGS, listener_state=None, reclaim=None, **client_kw) -> Client:
     client, server = trio.testing.memory_stream_pair()
     from gateway.front.downstream import Downstream
     conn = Http2Connection(Downstream(server, settings.send_timeout), handler, settings, client=("10.0.0.1", 1234),
-                           server=("10.0.0.2", 443), listener_state=listener_state)
+                           server=("10.0.0.2", 443), listener_state=listener_state, reclaim=reclaim)
     nursery.start_soon(conn.run)
     c = Client(client, **client_kw)
     await c.flush()
@@ -342,6 +342,27 @@ async def test_idle_connection_gets_goaway_after_keepalive(nursery, autojump_clo
     await c.read_to_eof()
     assert c.goaway is not None and c.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
     assert trio.current_time() - t0 == pytest.approx(30)
+
+
+async def test_a_connection_with_no_stream_open_may_be_reclaimed_at_max_connections(nursery, autojump_clock):
+    state = ListenerState()
+    release = trio.Event()
+    reclaimed = []
+
+    async def handler(req):
+        await release.wait()
+        return Response(200, [], b"")
+
+    c = await start(nursery, handler, listener_state=state, reclaim=lambda: reclaimed.append(1))
+    sid = c.open("/busy")
+    await c.flush()
+    await trio.sleep(5)
+    assert not state.reclaim_silent()  # a stream is open: never
+    release.set()
+    await c.until(lambda: sid in c.ended)
+    assert not state.reclaim_silent()  # idle for less than SILENT_RECLAIM_AFTER
+    await trio.sleep(2)
+    assert state.reclaim_silent() and reclaimed == [1]
 
 
 async def test_shutdown_lets_streams_finish_and_refuses_new_ones(nursery, autojump_clock):
