@@ -2,8 +2,9 @@
 ``curl --http2`` over TLS (ALPN h2), ``curl --http2-prior-knowledge`` on a
 plain listener with ``http2_cleartext``, ``nghttp -ans`` loading a page and
 its assets over one connection, a POST body, a large static file to a slow
-reader; and the attacks (rapid reset, CONTINUATION flood) from an h2 client:
-GOAWAY, the server serves others, and PHP never ran the reset requests."""
+reader; the attacks (rapid reset, CONTINUATION flood) from an h2 client:
+GOAWAY, the server serves others, and PHP never ran the reset requests; and
+headless Chromium loading the demo site over HTTPS + h2."""
 
 from __future__ import annotations
 
@@ -320,3 +321,39 @@ async def test_a_reader_that_opens_no_window_holds_no_php_worker(tmp_path):
     finally:
         log = (await stop(proc, stderr)).decode()
     assert "Traceback" not in log, log
+
+
+async def test_headless_chromium_loads_the_demo_site_over_https_and_h2(tmp_path):
+    """A real browser (Debian's chromium-headless-shell): the demo site's PHP
+    page and its stylesheet arrive over HTTP/2 (the access log says so), the
+    page renders what PHP wrote, and a screenshot is taken."""
+    ca = trustme.CA()
+    port, tls_port = free_port(), free_port()
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    crt, key = _write_cert(ca, "127.0.0.1", tmp_path)
+    demo = Path(__file__).parents[2] / "demo"
+    (conf / "00.toml").write_text(
+        f'[server]\nuser = "root"\nlisten = ["127.0.0.1:{port}", "127.0.0.1:{tls_port} tls"]\n'
+        f'runtime_dir = "{tmp_path / "run"}"\naccess_log = "{tmp_path / "access.log"}"\nprocesses = 1\n'
+        f'[admin]\nlisten = "off"\n[acme]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[backends.php]\npool_size = 2\nphp_fpm.user = "root"\n'
+        f'[sites.demo]\nroot = "{demo}"\nphp = "php"\nserver_names = ["127.0.0.1"]\ndefault = true\n'
+        f'[sites.demo.tls]\ncert = "{crt}"\nkey = "{key}"\n')
+    proc, stderr = await start_cli(["serve", "--config", str(conf)])
+    chromium = ["chromium-headless-shell", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
+                "--window-size=800,600"]
+    url = f"https://127.0.0.1:{tls_port}/"
+    try:
+        with trio.fail_after(60):
+            dom = await _run([*chromium, "--dump-dom", url])
+            shot = tmp_path / "demo.png"
+            await _run([*chromium, f"--screenshot={shot}", url])
+    finally:
+        log = (await stop(proc, stderr)).decode()
+    assert "Hello from PHP" in dom and "through php-fpm worker pid" in dom, dom
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 1000
+    access = (tmp_path / "access.log").read_text()
+    for request in ('"GET / HTTP/2.0" 200', '"GET /style.css HTTP/2.0" 200'):
+        assert access.count(request) == 2, access  # one per chromium run
+    assert "HTTP/1.1" not in access and "Traceback" not in log, log
