@@ -441,8 +441,9 @@ class Http2Connection:
                     request, response = await self._respond(st, request_id)
                     status = response.status
                     await self._write(st, request, response)
-                except (ClientGone, h2.exceptions.StreamClosedError):
-                    pass
+                except (ClientGone, h2.exceptions.StreamClosedError, trio.BrokenResourceError,
+                        trio.ClosedResourceError):
+                    pass  # the client reset the stream, or left (the sender saw the connection break)
                 except h2.exceptions.ProtocolError as exc:
                     # h2 refused what we were to send (a header it does not
                     # allow), or the connection is closing

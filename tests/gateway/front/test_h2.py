@@ -332,6 +332,21 @@ async def test_a_stream_without_window_is_reset_after_the_send_timeout(nursery, 
     assert head[b":status"] == b"200"
 
 
+async def test_a_client_that_leaves_mid_response_is_no_traceback(nursery, autojump_clock, caplog):
+    async def handler(req):
+        return Response(200, [], b"z" * 1_000_000)
+
+    c = await start(nursery, handler)
+    with caplog.at_level(logging.INFO):
+        sid = c.open("/big")
+        await c.flush()
+        await c.until(lambda: len(c.data.get(sid, b"")) > 100_000)
+        await c.stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert '"GET /big HTTP/2.0" 200' in caplog.text  # what went out is logged, as a cut HTTP/1.1 response
+
+
 # -- connection lifetime -----------------------------------------------------------------
 
 
