@@ -184,6 +184,7 @@ class Http2Connection:
         stats.http2.connections += 1
         stats.http2.open += 1
         stats.states[self._state] += 1
+        linger = False  # (the sender may cancel the nursery before the reader says)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -279,8 +280,10 @@ class Http2Connection:
                 if not isinstance(exc, h2.exceptions.ProtocolError):
                     self.conn.close_connection(error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)
                 self.listener_state.stats.http2.refused["protocol_error"] += 1
-                log.info("closing HTTP/2 connection from %s: protocol error: %s: %s", self.client[0],
-                         type(exc).__name__, exc)
+                why = str(exc)
+                if not why.startswith(type(exc).__name__):
+                    why = f"{type(exc).__name__}: {why}"
+                log.info("closing HTTP/2 connection from %s: protocol error: %s", self.client[0], why)
                 await self._flush()
                 return True
             if not self._dispatch(events):

@@ -631,6 +631,7 @@ def test_random_frames_never_crash_the_connection(caplog):
     async def handler(req):
         if req.target == b"/":
             await trio.sleep(1)
+            return Response(200, [], b"ok" * 100_000)  # more than the windows: waits for the client
         return Response(200, [], b"ok")
 
     async def one(data: bytes, rng) -> None:
@@ -646,6 +647,10 @@ def test_random_frames_never_crash_the_connection(caplog):
                         step = rng.randrange(1, 400)
                         await client.send_all(data[i : i + step])
                         i += step
+                    if rng.random() < 0.3:  # the client leaves, maybe mid-response
+                        await trio.sleep(rng.choice([0, 0.5, 1.5]))
+                        await client.aclose()
+                        return
                     while await client.receive_some(65536):  # read until the server closes (idle timeout)
                         pass
                 except trio.BrokenResourceError:
