@@ -22,7 +22,7 @@ import h2.events
 import h2.settings
 import trio
 import trustme
-from hyperframe.frame import ContinuationFrame, HeadersFrame
+from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 
 from .conftest import DOCROOT, free_port, start_cli
 from .test_cli import stop
@@ -209,7 +209,7 @@ class _H2:
                 await self.stream.send_all(self.conn.data_to_send())
 
 
-async def test_rapid_reset_and_continuation_flood_get_goaway_and_php_never_runs_them(tmp_path):
+async def test_rapid_reset_continuation_and_ping_floods_get_goaway_and_php_never_runs_them(tmp_path):
     proc, stderr, port, tls_port, admin, cafile = await _gateway(tmp_path)
     ran = tmp_path / "www" / "ran.log"
     try:
@@ -253,6 +253,17 @@ async def test_rapid_reset_and_continuation_flood_get_goaway_and_php_never_runs_
             assert flood.goaway is not None
             assert flood.goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
+            # PING and SETTINGS floods: more ACKs owed than allowed, in one burst
+            for frame in (PingFrame(0, opaque_data=b"flooding").serialize(), SettingsFrame(0).serialize()):
+                ping = await _H2.connect(port)
+                try:
+                    await ping.stream.send_all(frame * 5000)  # a read of 64 KiB holds over 3000
+                except trio.BrokenResourceError:
+                    pass
+                await ping.read_until(lambda ping=ping: ping.goaway is not None)
+                assert ping.goaway is not None
+                assert ping.goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
             # others are still served, PHP included
             other = await _H2.connect(port)
             sid = other.conn.get_next_available_stream_id()
@@ -265,6 +276,7 @@ async def test_rapid_reset_and_continuation_flood_get_goaway_and_php_never_runs_
         metrics = await _metrics(admin)
         refused = _samples(metrics, "gateway_http2_refused_total")
         assert refused['{reason="rapid_reset"}'] == 1 and refused['{reason="header_flood"}'] == 1
+        assert refused['{reason="control_flood"}'] == 2
     finally:
         log = (await stop(proc, stderr)).decode()
     assert "Traceback" not in log, log
