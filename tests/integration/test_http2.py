@@ -222,7 +222,10 @@ async def test_rapid_reset_continuation_and_ping_floods_get_goaway_and_php_never
             busy.conn.send_headers(s2, busy.headers("/sleep.php?ms=3000"), end_stream=True)
             await busy.flush()
             nursery.start_soon(busy.read_until, lambda: {slow[0], s2} <= busy.ended)
-            await trio.sleep(0.5)
+            for _ in range(200):  # until both workers run them (polling the gateway's own count)
+                if _samples(await _metrics(admin), "gateway_pool_busy").get('{pool="php"}') == 2:
+                    break
+                await trio.sleep(0.05)
 
             # rapid reset: HEADERS + RST_STREAM, over and over
             attacker = await _H2.connect(port)
