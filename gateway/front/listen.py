@@ -425,13 +425,13 @@ def _connection_handler(service: Service, connections: trio.Nursery, spec: Liste
 
 async def _opens_with_preface(client: Accepted, limit: float) -> bool | None:
     """On an h2c listener: does the client start with HTTP/2's preface (prior
-    knowledge)? None: it sent nothing within ``limit`` seconds, or left."""
+    knowledge)? None: it sent nothing within ``limit`` seconds, or left (closed
+    silently, as ``h1`` closes a connection that never sent a byte)."""
     with trio.move_on_after(limit):
         try:
             return await client.stream.starts_with(PREFACE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
-    log.info("closing connection from %s: no request within %gs (timeouts.client_header)", client.peer[0], limit)
     return None
 
 
