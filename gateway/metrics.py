@@ -106,6 +106,22 @@ class TlsStats:
         self.cpu_seconds += seconds
 
 
+#: Why an HTTP/2 connection was closed with GOAWAY(ENHANCE_YOUR_CALM) or for
+#: breaking the protocol, as counted by ``Http2Stats.refused``.
+H2_REFUSALS = ("rapid_reset", "header_flood", "control_flood", "protocol_error")
+
+
+@dataclass
+class Http2Stats:
+    """HTTP/2 connections (ALPN ``h2``, or h2c) and their streams in this process."""
+
+    connections: int = 0
+    open: int = 0
+    streams: int = 0
+    #: connections closed for an attack or a protocol error, by reason
+    refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(H2_REFUSALS, 0))
+
+
 @dataclass
 class ListenerStats:
     accepted: int = 0
@@ -114,6 +130,7 @@ class ListenerStats:
     states: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CONN_STATES, 0))
     loop_lag: Histogram = field(default_factory=Histogram)
     tls: TlsStats = field(default_factory=TlsStats)
+    http2: Http2Stats = field(default_factory=Http2Stats)
 
     @property
     def open_connections(self) -> int:

@@ -211,7 +211,7 @@ class Stack:
         nginx_tls = ""
         if self.tls_ports:
             self.cert, self.key = make_certificate(self.run)
-            nginx_tls = (f"listen 127.0.0.1:{self.tls_ports['nginx']} ssl; ssl_certificate {self.cert}; "
+            nginx_tls = (f"listen 127.0.0.1:{self.tls_ports['nginx']} ssl http2; ssl_certificate {self.cert}; "
                          f"ssl_certificate_key {self.key};")
         conf = self.run / "nginx.conf"
         conf.write_text(NGINX_CONF.format(run=self.run, sock=paths.socket, port=self.nginx_port, root=self.root,

@@ -16,7 +16,11 @@ Workloads: hello.php at 16/64/256 connections; a ~5 ms CPU script at 64; a
 HTTPS at 64, kept alive (wrk), and with a new connection and a full TLS
 handshake per request (8 `openssl s_time -new` processes: wrk resumes its
 TLS sessions and spends more CPU reconnecting than the servers do), every
-server with the same ECDSA P-256 certificate; 1000 connections
+server with the same ECDSA P-256 certificate; HTTP/2 over
+TLS (ALPN h2) with h2load, hello.php and static 1 KiB, 16 connections of 10
+concurrent streams each, 1000 requests per connection (h2load reports no
+percentiles: in those rows p50 is the mean and p99 the slowest request);
+1000 connections
 on the sleeping script (php-fpm's listen.backlog stays 511, its default); an
 overload run where clients give up after 1 s, with the PHP work done for
 clients that had already left (requests php-fpm ran minus answers); and, when
@@ -75,6 +79,9 @@ DOCROOT = {
     "1k.txt": "x" * 1024,
 }
 
+#: h2load rows: requests per connection (nginx's keepalive_requests default).
+H2_REQUESTS_PER_CONNECTION = 1000
+
 WORKLOADS = [
     # name, path, connections, wrk timeout (s)
     ("hello.php c16", "/hello.php", 16, 10),
@@ -87,9 +94,12 @@ WORKLOADS = [
     ("sleep 50ms c1000", "/sleep.php", 1000, 30),
     ("overload 1s timeout", "/sleep.php", 1000, 1),
     # over TLS, every server with the same ECDSA P-256 certificate: kept-alive connections, and a new
-    # connection (a full handshake: wrk resumes no session) per request
+    # connection per request (openssl s_time -new: a full handshake each; wrk would resume its sessions)
     ("https static 1KiB c64", "/1k.txt", 64, 10),
     ("https handshake s_time x8", "/1k.txt", 8, 10),
+    # HTTP/2 over TLS, h2load: 16 connections x 10 streams in flight each
+    ("h2 hello.php c16 m10", "/hello.php", 16, 10),
+    ("h2 static 1KiB c16 m10", "/1k.txt", 16, 10),
 ]
 
 
@@ -149,6 +159,30 @@ def s_time(port: int, path: str, processes: int, seconds: float) -> dict[str, fl
     return {"rps": done / seconds, "p50": float("nan"), "p99": float("nan"), "errors": errors, "requests": done}
 
 
+def h2load(port: int, path: str, connections: int, seconds: float, streams: int = 10) -> dict[str, float]:
+    """HTTP/2 over TLS (ALPN h2): ``connections`` connections, ``streams``
+    requests in flight on each, ``H2_REQUESTS_PER_CONNECTION`` requests on
+    each (not a duration: nginx ends a connection after keepalive_requests,
+    also an HTTP/2 one, and h2load does not reconnect)."""
+    out = subprocess.run(["h2load", f"-c{connections}", f"-m{streams}", f"-t{min(2, connections)}",
+                          f"-n{connections * H2_REQUESTS_PER_CONNECTION}", f"https://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, timeout=seconds + 120).stdout
+
+    def num(pattern: str) -> float:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else 0.0
+
+    def ms(value: str, unit: str) -> float:
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    m = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", out)
+    mean, slowest = (ms(m.group(5), m.group(6)), ms(m.group(3), m.group(4))) if m else (float("nan"),) * 2
+    failed = num(r"(\d+) failed") + num(r"(\d+) errored") + num(r"(\d+) timeout")
+    not_ok = num(r"(\d+) 4xx") + num(r"(\d+) 5xx")
+    return {"rps": num(r"finished in [\d.]+m?s, ([\d.]+) req/s"), "p50": mean, "p99": slowest,
+            "errors": failed + not_ok, "requests": num(r"requests: \d+ total, \d+ started, (\d+) done")}
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time of ``pid`` and its children (the gateway's worker processes)."""
     from gateway.observe.monitor import children_of, read_proc_cpu
@@ -188,7 +222,8 @@ def run_workloads(stack: Stack, workloads: list[tuple[str, str, int, int]], args
                   duration: float, results: dict[tuple[str, str], list[dict[str, float]]]) -> None:
     status_socket = stack.fpm_socket.replace("php.sock", "status.sock")
     for name, path, conns, timeout in workloads:
-        https = name.startswith("https")
+        http2 = name.startswith("h2 ")
+        https = name.startswith("https") or http2
         for rep in range(args.reps):
             servers = [("nginx", stack.nginx_port, 0), ("gateway", stack.gateway_port, stack.gateway_pid)]
             if stack.baseline and not https:  # (a baseline may predate TLS)
@@ -202,6 +237,8 @@ def run_workloads(stack: Stack, workloads: list[tuple[str, str, int, int]], args
                 cpu0 = cpu_seconds(gw_pid) if gw_pid else 0.0
                 if "handshake" in name:
                     r = s_time(port, path, S_TIME_PROCESSES, duration)
+                elif http2:
+                    r = h2load(port, path, conns, duration)
                 else:
                     r = wrk(port, path, conns, duration, timeout, https=https)
                 r["gw_cpu_us"] = ((cpu_seconds(gw_pid) - cpu0) / r["requests"] * 1e6
@@ -295,7 +332,7 @@ def bench(args: argparse.Namespace, baseline: Path | None, baseline_commit: str)
     if workloads:
         with Stack(root, workers=args.fpm_workers, idle_timeout=1.0, processes=args.processes,
                    caddy=args.caddy, baseline=baseline,
-                   tls=any(name.startswith("https") for name, *_ in workloads)) as stack:
+                   tls=any(name.startswith(("https", "h2 ")) for name, *_ in workloads)) as stack:
             run_workloads(stack, workloads, args, duration, results)
     shutil.rmtree(root, ignore_errors=True)
     if selected("wordpress home c16"):

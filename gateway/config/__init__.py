@@ -288,6 +288,13 @@ class ServerConfig(_Model):
     #: than it has workers: there are never more processes than the smallest
     #: backend's pool_size. 1: everything in one process. (Was ``workers``.)
     processes: Annotated[int | Literal["auto"], _count_or_auto(1, 256)] = "auto"
+    #: HTTP/2 on ``tls`` listeners: ALPN offers ``h2`` before ``http/1.1``
+    #: (nginx ``http2 on``). false: HTTP/1.1 only.
+    http2: bool = True
+    #: HTTP/2 without TLS on plain listeners, for clients that start with the
+    #: HTTP/2 preface (prior knowledge: ``curl --http2-prior-knowledge``, a
+    #: front proxy speaking h2c). Off by default: browsers never use it.
+    http2_cleartext: bool = False
 
 
 class AdminConfig(_Model):

@@ -24,6 +24,8 @@ plain socket (a ``trio.SSLStream``, a test's memory stream):
   A parser may also only look (the ClientHello, for TLS-ALPN-01) and take
   nothing. Other streams keep the surplus and hand it to the next
   ``receive_some`` (``tls_transport`` for a handshake).
+- ``starts_with``: does the client's first data begin with a given prefix
+  (HTTP/2's preface on an h2c listener)? Peeked on a socket, consuming nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ READ_CHUNK = 256 * 1024
 #: ``receive_prefix`` waiting for more bytes where ``SO_RCVLOWAT`` does not
 #: hold epoll back (unix sockets) looks again this often, not in a busy loop.
 LOWAT_FALLBACK_POLL = 0.01
+#: ``starts_with``: how often a client that sent part of the prefix is peeked again.
+SNIFF_RETRY = 0.01
 
 
 class PrefixParser(Protocol):
@@ -137,6 +141,14 @@ class Downstream(trio.abc.HalfCloseableStream):
     @property
     def tls(self) -> bool:
         return isinstance(self.stream, trio.SSLStream)
+
+    @property
+    def alpn(self) -> str | None:
+        """The protocol the TLS handshake chose by ALPN (None: none, or no TLS)."""
+        if isinstance(self.stream, trio.SSLStream):
+            chosen: str | None = self.stream.selected_alpn_protocol()
+            return chosen
+        return None
 
     def peer_closed(self) -> bool:
         return self._sock is not None and peer_closed(self._sock)
@@ -296,6 +308,34 @@ class Downstream(trio.abc.HalfCloseableStream):
         or (when ``receive_prefix`` kept bytes, a stream that cannot peek)
         this Downstream, which hands them over first."""
         return self if self._pushback else self.stream
+
+    async def starts_with(self, prefix: bytes) -> bool:
+        """Do the client's first bytes begin with ``prefix``? Decided as soon
+        as they differ (one peek for almost every client), else once all of
+        ``prefix`` is there; nothing is consumed. False at EOF.
+
+        A client whose bytes so far are a strict start of ``prefix`` is peeked
+        again every ``SNIFF_RETRY`` seconds (the socket stays readable, so a
+        wait would spin): the caller bounds the whole under a deadline."""
+        sock = self._plain
+        while True:
+            if sock is None:
+                data = self._pushback
+                if len(data) < len(prefix) and prefix.startswith(data):
+                    more = await self.stream.receive_some(len(prefix) - len(data))
+                    self._pushback = data + bytes(more)
+                    if more:
+                        continue
+                return data.startswith(prefix)
+            try:
+                data = await sock.recv(len(prefix), socket.MSG_PEEK)
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+            if not data or not prefix.startswith(data):
+                return False
+            if len(data) == len(prefix):
+                return True
+            await trio.sleep(SNIFF_RETRY)
 
     async def send_eof(self) -> None:
         """Half-close where the stream can (a TCP FIN); elsewhere nothing."""

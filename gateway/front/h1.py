@@ -96,6 +96,8 @@ class ConnectionSettings:
     real_ip: RealIpSettings
     #: a PROXY protocol header must be complete within this (timeouts.tls_handshake)
     proxy_header_timeout: float
+    #: plain listeners also serve HTTP/2 to clients that open with its preface
+    http2_cleartext: bool
 
     @classmethod
     def from_config(cls, server: ServerConfig | None = None, timeouts: TimeoutsConfig | None = None,
@@ -120,6 +122,7 @@ class ConnectionSettings:
             handshake_timeout=t.tls_handshake,
             real_ip=RealIpSettings.from_config(srv.trusted_proxies, srv.real_ip_header),
             proxy_header_timeout=t.tls_handshake,
+            http2_cleartext=srv.http2_cleartext,
         )
 
 

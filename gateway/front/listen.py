@@ -21,6 +21,12 @@ receive_prefix`` with ``tls.client_hello.ClientHelloPeek``) to show a
 validating CA the challenge certificate. Otherwise no byte is looked at
 before the handshake.
 
+After a ``tls`` listener's handshake, the protocol ALPN chose picks the loop:
+``h2`` (``front.h2``) or HTTP/1.1 (``front.h1``). On a plain listener with
+``[server] http2_cleartext``, the first bytes are peeked (one recv with
+MSG_PEEK, nothing consumed): HTTP/2's preface goes to ``h2``, anything else
+to ``h1``. Without it, nothing is peeked: HTTP/1.1 pays nothing for HTTP/2.
+
 Nurseries: ``connections`` (one task per client, the parker, the in-flight watcher)
 outlives ``accept`` (one task per listener, and the caller's watchers).
 """
@@ -49,6 +55,8 @@ from ..tls.client_hello import ClientHelloPeek
 from ..tls.contexts import TlsSites, describe, failure_reason
 from .downstream import Downstream, send_tls_alert
 from .h1 import ConnectionSettings, Handler, HttpConnection, ListenerState
+from .h2 import Http2Connection
+from .h2_limits import PREFACE
 from .liveness import InFlightWatcher
 from .parking import Parked, Parker
 from .proxy_protocol import ProxyHeaderError, ProxyHeaderReader
@@ -401,12 +409,39 @@ def _connection_handler(service: Service, connections: trio.Nursery, spec: Liste
             return False
         by_ip[ip] = by_ip.get(ip, 0) + 1
         client.on_close(partial(leave, ip))
-        if spec.tls and not await tls_handshake(client, service.tls, service.settings.handshake_timeout,
-                                                listener_state.stats.tls):
-            return False
+        if spec.tls:
+            if not await tls_handshake(client, service.tls, service.settings.handshake_timeout,
+                                       listener_state.stats.tls):
+                return False
+            if client.stream.alpn == "h2":
+                return await serve_h2(client)
+        elif service.settings.http2_cleartext:
+            opens_h2 = await _opens_with_preface(client, service.settings.header_timeout)
+            if opens_h2 is None:
+                return False
+            if opens_h2:
+                return await serve_h2(client)
         return await serve_http(client)
 
+    async def serve_h2(client: Accepted) -> bool:
+        await Http2Connection(client.stream, service.handler, service.settings, client=client.peer,
+                              server=client.local, listener_state=listener_state, peer=client.tcp_peer,
+                              reclaim=client.close).run()
+        return False
+
     return handle
+
+
+async def _opens_with_preface(client: Accepted, limit: float) -> bool | None:
+    """On an h2c listener: does the client start with HTTP/2's preface (prior
+    knowledge)? None: it sent nothing within ``limit`` seconds, or left (closed
+    silently, as ``h1`` closes a connection that never sent a byte)."""
+    with trio.move_on_after(limit):
+        try:
+            return await client.stream.starts_with(PREFACE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+    return None
 
 
 async def tls_handshake(client: Accepted, tls: TlsSites | None, limit: float, stats: TlsStats) -> bool:

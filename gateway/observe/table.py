@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from ..metrics import CONN_STATES, TLS_FAILURES, PromWriter
+from ..metrics import CONN_STATES, H2_REFUSALS, TLS_FAILURES, PromWriter
 from .diagnosis import BOTTLENECKS
 
 if TYPE_CHECKING:
@@ -368,6 +368,19 @@ TABLE: tuple[Row, ...] = (
     ProcessMetric("gateway_tls_handshake_cpu_ratio", "gauge",
                   "CPU in TLS handshakes over the last 10 s, share of one core.",
                   lambda m, now: m.tls_cpu.rate(now), ("listener", "tls", "cpu"), digits=3),
+    # -- HTTP/2 (front/h2.py) -----------------------------------------------------
+    ProcessMetric("gateway_http2_connections_total", "counter",
+                  "Client connections served over HTTP/2 (ALPN h2, or h2c with prior knowledge).",
+                  lambda m, now: m.stats.http2.connections, ("listener", "http2", "connections_total")),
+    ProcessMetric("gateway_http2_connections_open", "gauge", "HTTP/2 client connections open now.",
+                  lambda m, now: m.stats.http2.open, ("listener", "http2", "open")),
+    ProcessMetric("gateway_http2_streams_total", "counter", "HTTP/2 streams (requests) started.",
+                  lambda m, now: m.stats.http2.streams, ("listener", "http2", "streams_total")),
+    ProcessMetric("gateway_http2_refused_total", "counter",
+                  "HTTP/2 connections closed for abuse or a protocol error, by reason: rapid_reset, "
+                  "header_flood (CONTINUATION), control_flood (PING/SETTINGS), protocol_error.",
+                  lambda m, now: m.stats.http2.refused, ("listener", "http2", "refused"), add_each(H2_REFUSALS),
+                  label="reason", series=H2_REFUSALS),
     ProcessMetric("gateway_process_cpu_ratio", "gauge", "Gateway process CPU, share of one core.",
                   lambda m, now: m.process_cpu, ("listener", "process_cpu"), digits=3),
     ProcessMetric("gateway_host_cpu_ratio", "gauge", "Host CPU busy, share of all cores.",

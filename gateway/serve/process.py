@@ -216,7 +216,8 @@ def load_tls(config: Config, specs: list[ListenSpec], listener_state: ListenerSt
     acme_alpn = config.acme.challenge == "tls-alpn-01" and any(
         site.tls is not None and site.tls.acme for site in config.sites.values())
     tls = TlsSites.load(site_tls(config), tls_state(config, privileges), listener_state.stats.tls.add_cpu,
-                        ticket_keys=ticket_keys or new_keys(), acme_alpn=acme_alpn)
+                        ticket_keys=ticket_keys or new_keys(), acme_alpn=acme_alpn,
+                        http2=config.server.http2)
     if not tls.has_certificates:
         log.warning("a listener is flagged tls but no site has a certificate yet ([sites.NAME.tls]): "
                     "handshakes fail until one appears")

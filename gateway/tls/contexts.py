@@ -5,7 +5,8 @@ Policy:
 - Every context is Mozilla "intermediate": TLS 1.2 and 1.3 only, ECDHE with
   AES-GCM or ChaCha20-Poly1305 for TLS 1.2 (TLS 1.3's suites are all fine),
   no compression, no renegotiation, server cipher preference, ALPN
-  ``http/1.1`` (h2 comes with its own issue). Session resumption is on
+  ``h2`` then ``http/1.1`` (``http/1.1`` only when ``[server] http2 = false``;
+  the listener serves what the handshake chose). Session resumption is on
   (tickets; ``ticket_keys`` shared by the worker processes, see
   ``ticket_keys``).
 - A site's certificate comes from ``[sites.X.tls]``: ``cert`` + ``key`` PEM
@@ -56,7 +57,8 @@ CIPHERS = ":".join([
     "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
     "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
 ])
-ALPN = ["http/1.1"]
+ALPN = ["h2", "http/1.1"]
+ALPN_HTTP1 = ["http/1.1"]
 #: How often (at most) a handshake looks whether a bundle file changed.
 RECHECK_SECONDS = 5.0
 
@@ -65,14 +67,15 @@ class TlsError(Exception):
     """A certificate could not be loaded; ``str()`` is one line naming the site and file."""
 
 
-def server_context() -> ssl.SSLContext:
-    """A server context with the policy above and no certificate yet."""
+def server_context(alpn: list[str] | None = None) -> ssl.SSLContext:
+    """A server context with the policy above and no certificate yet;
+    ``alpn``: the protocols offered, in preference order (default ``ALPN``)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     ctx.options &= ~ssl.OP_NO_TICKET
-    ctx.set_alpn_protocols(ALPN)
+    ctx.set_alpn_protocols(ALPN if alpn is None else alpn)
     return ctx
 
 
@@ -160,17 +163,21 @@ class TlsSites:
     #: answer ACME TLS-ALPN-01 validations (``acme_alpn``): the listener looks
     #: at each ClientHello before the handshake, which it does only then
     acme_alpn: bool = False
+    #: ALPN offers ``h2`` (``[server] http2``)
+    http2: bool = True
     _checked: float = 0.0
 
     @classmethod
     def load(cls, sites: list[SiteTls], state: StateDir, add_cpu: Callable[[float], None], *,
-             ticket_keys: bytes | None = None, acme_alpn: bool = False) -> TlsSites:
+             ticket_keys: bytes | None = None, acme_alpn: bool = False, http2: bool = True) -> TlsSites:
         """Load every site's certificate (``TlsError`` for a file that does
         not load; a missing bundle is only logged). ``sites``: all sites, in
         configuration order (the default is the one marked so, else the first);
         ``add_cpu``: gets each handshake step's CPU seconds; ``acme_alpn``:
-        ``[acme] challenge = "tls-alpn-01"`` and a site has ``acme = true``."""
-        self = cls(state, add_cpu, ticket_keys, acme_alpn=acme_alpn)
+        ``[acme] challenge = "tls-alpn-01"`` and a site has ``acme = true``;
+        ``http2``: offer ``h2`` in ALPN."""
+        self = cls(state, add_cpu, ticket_keys, acme_alpn=acme_alpn, http2=http2)
+        self.front = server_context(self.alpn)
         self.certs = _sources(sites, self.state)
         self._configure(self.front)
         self.front.sslobject_class = _timed_sslobject(add_cpu)
@@ -207,7 +214,7 @@ class TlsSites:
                             "it appears", sc.site, sc.cert)
             sc.context, sc.stamp = None, None
             return
-        ctx = server_context()
+        ctx = server_context(self.alpn)
         self._configure(ctx)
         try:
             ctx.load_cert_chain(sc.cert, sc.key)
@@ -222,6 +229,10 @@ class TlsSites:
         if not initial:
             log.info("site %s: loaded the new certificate %s", sc.site, sc.cert)
         sc.context, sc.stamp = ctx, stamp
+
+    @property
+    def alpn(self) -> list[str]:
+        return ALPN if self.http2 else ALPN_HTTP1
 
     def refresh(self, force: bool = False) -> None:
         """Reload bundles whose file changed; at most every ``RECHECK_SECONDS``."""

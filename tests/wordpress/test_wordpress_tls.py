@@ -62,3 +62,20 @@ async def test_wordpress_over_https_is_ssl_no_redirect_loop_and_login(tls_browse
     assert secure and all("secure" in v.lower() for v in secure)  # is_ssl(): the secure auth cookie
     r = await b.get("/wp-admin/")
     assert r.status == 200 and b"Dashboard" in r.body
+
+
+async def test_nghttp_loads_the_front_page_and_its_assets_over_one_http2_connection(tls_browser):
+    """Issue 14: a browser's load, HTTP/2 over TLS (ALPN h2): nghttp -a fetches the
+    page, then the CSS, JS and images it links, all on the one connection."""
+    result = await trio.run_process(["nghttp", "-ans", "-t", "30", f"https://{tls_browser.host}/"],
+                                    capture_stdout=True, capture_stderr=True, check=False)
+    out = result.stdout.decode(errors="replace")
+    # "  id  responseEnd requestStart  process code size request path", then a row per stream
+    header = next((line.split() for line in out.splitlines() if line.strip().endswith("request path")), [])
+    code = header.index("code") if "code" in header else 0
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    fetched = {row[-1]: row[code] for row in rows if len(row) > code}
+    assert fetched.get("/") == "200", out + result.stderr.decode(errors="replace")
+    assets = {path: code for path, code in fetched.items() if path != "/"}
+    assert len([p for p in assets if ".css" in p or ".js" in p]) >= 2, out
+    assert set(assets.values()) == {"200"}, out

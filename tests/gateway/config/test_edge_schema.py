@@ -109,3 +109,11 @@ def test_edge_mistakes_are_one_line_naming_the_key(tmp_path, toml, says):
     err = load_error(tmp_path, SITE + toml)
     assert says in err
     assert len(err.splitlines()) == 1
+
+
+def test_http2_on_tls_by_default_and_h2c_only_when_asked(tmp_path):
+    cfg = load(tmp_path, SITE)
+    assert cfg.server.http2 is True and cfg.server.http2_cleartext is False
+    cfg = load(tmp_path, SITE + "[server]\nhttp2 = false\nhttp2_cleartext = true\n")
+    assert cfg.server.http2 is False and cfg.server.http2_cleartext is True
+    assert "server.http2" in load_error(tmp_path, SITE + '[server]\nhttp2 = "maybe"\n')

@@ -267,3 +267,26 @@ async def test_without_tls_alpn_01_no_byte_is_looked_at_before_the_handshake(tmp
         nursery.start_soon(client.do_handshake)
         with trio.fail_after(10):
             assert await tls_handshake(Accepted(server_side), tls, 10.0, TlsStats()) is True
+
+
+async def _alpn(tls: TlsSites, ca: trustme.CA, offered: list[str]) -> str | None:
+    client_side, server_side = trio.testing.memory_stream_pair()
+    accepted = Accepted(Downstream(server_side))
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    client_ctx.set_alpn_protocols(offered)
+    client = trio.SSLStream(client_side, client_ctx, server_hostname="a.test")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        assert await tls_handshake(accepted, tls, 10.0, TlsStats()) is True
+    return accepted.stream.alpn
+
+
+async def test_alpn_picks_h2_unless_http2_is_off(tmp_path):
+    tls, ca = _sites(tmp_path)
+    assert await _alpn(tls, ca, ["h2", "http/1.1"]) == "h2"
+    assert await _alpn(tls, ca, ["http/1.1"]) == "http/1.1"
+    assert await _alpn(tls, ca, []) is None  # no ALPN at all: HTTP/1.1
+    off = TlsSites.load([SiteTls("a", ["a.test"], default=True, cert=str(tmp_path / "a.crt"),
+                                 key=str(tmp_path / "a.key"))], StateDir(str(tmp_path)), lambda s: None, http2=False)
+    assert await _alpn(off, ca, ["h2", "http/1.1"]) == "http/1.1"

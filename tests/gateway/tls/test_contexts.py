@@ -100,9 +100,14 @@ def test_policy_tls12_minimum_alpn_and_handshake_cpu(two_sites):
     client = _client(ca)
     client.set_alpn_protocols(["h2", "http/1.1"])
     server, _ = _handshake(tls.front, client, "a.test")
-    assert server.selected_alpn_protocol() == "http/1.1"
+    assert server.selected_alpn_protocol() == "h2"
     assert server.version() == "TLSv1.3"
     assert sum(cpu) > 0
+    http1_only = TlsSites.load(sites, state, cpu.append, http2=False)  # [server] http2 = false
+    client = _client(ca)
+    client.set_alpn_protocols(["h2", "http/1.1"])
+    server, _ = _handshake(http1_only.front, client, "a.test")
+    assert server.selected_alpn_protocol() == "http/1.1"
 
 
 def test_a_missing_certificate_file_is_one_line_naming_the_site(tmp_path):
