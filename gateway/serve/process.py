@@ -110,7 +110,7 @@ def spawn_key(config: Config, name: str, privileges: Plan | None = None) -> str 
     pool size, its ``php_fpm`` table, the body limit it gets, the users it
     runs as (``serve.privileges``), the error log."""
     backend = config.backends[name]
-    if backend.address != "spawn":
+    if not backend.spawned:
         return None
     users = privileges.fpm.get(name) if privileges is not None else None
     return json.dumps([backend.pool_size, backend.php_fpm.model_dump(mode="json"), config.limits.client_max_body_size,
@@ -125,8 +125,8 @@ async def start_backend(config: Config, name: str, runtime_dir: str, system: tri
     ``privileges`` say (``serve.privileges``), its files in ``directory``
     (default: ``fpm-NAME`` in ``runtime_dir``)."""
     backend = config.backends[name]
-    if backend.address != "spawn":
-        return backend.address, backend.status, None
+    if not backend.spawned:
+        return (backend.addresses or [backend.address])[0], backend.status, None
     error_log = "" if config.server.error_log == "-" else config.server.error_log
     sup = PhpFpmSupervisor(name, backend, runtime_dir, max_body_size=config.limits.client_max_body_size,
                            users=privileges.fpm.get(name) if privileges is not None else None,
