@@ -44,6 +44,7 @@ from ..http.errors import ClientGone, UpstreamClosedEarly, UpstreamTimeout
 from ..http.spool import Spool
 from .cgi import CgiHead
 from .fastcgi import FastCgiConn, FastCgiExchange, PhpSettings
+from .http1 import HttpConn, HttpExchange, HttpSettings, UpstreamRequest
 from .pool import C, Pool, Slot
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,7 @@ class UpstreamResponse:
 
 
 class Transaction(Protocol):
-    """One request/response on one connection (``FastCgiExchange``; an HTTP/1.1
-    transport will provide the same)."""
+    """One request/response on one connection (``FastCgiExchange``, ``HttpExchange``)."""
 
     large_body: bool
     request_id: str
@@ -111,6 +111,18 @@ async def run_php(pool: Pool[FastCgiConn], params: list[tuple[bytes, bytes]], bo
 
     def start(conn: FastCgiConn) -> FastCgiExchange:
         return FastCgiExchange(conn, params, body, settings, request_id)
+
+    return await exchange(pool, start, settings, retry_safe=retry_safe, client_left=client_left,
+                          stream_ok=stream_ok, force_stream=force_stream)
+
+
+async def run_http(pool: Pool[HttpConn], request: UpstreamRequest, settings: HttpSettings, *, request_id: str,
+                   retry_safe: bool = False, client_left: Callable[[], bool] | None = None,
+                   stream_ok: bool = True, force_stream: bool = False) -> UpstreamResponse:
+    """Send one request to an HTTP backend through ``pool``: ``exchange`` with the HTTP/1.1 transport."""
+
+    def start(conn: HttpConn) -> HttpExchange:
+        return HttpExchange(conn, request, settings, request_id)
 
     return await exchange(pool, start, settings, retry_safe=retry_safe, client_left=client_left,
                           stream_ok=stream_ok, force_stream=force_stream)
@@ -190,7 +202,7 @@ class _Policy(Generic[C]):
             except UpstreamClosedEarly as exc:
                 if not conn.requests:  # a fresh connection: the backend is broken, not recycling
                     raise
-                if not self.retry_safe:
+                if not self.retry_safe and exc.sent:
                     raise UpstreamClosedEarly(f"{exc} (a reused connection; not retried: the method is not "
                                               "idempotent and PHP may have run it)") from None
                 pool.stats.retries += 1
