@@ -33,6 +33,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -55,8 +56,9 @@ from ..observe.monitor import Monitor, PoolMonitor
 from ..tls.contexts import SiteTls, TlsError, TlsSites, prepare_internal
 from ..tls.store import StateDir
 from ..tls.ticket_keys import new_keys
-from ..upstream.connect import Connector, make_connector
-from ..upstream.fastcgi import FastCgiConn, fastcgi_pool
+from ..upstream.connect import Connector, make_connector, make_upstream_connector
+from ..upstream.fastcgi import fastcgi_pool
+from ..upstream.http1 import http_pool
 from ..upstream.pool import Pool
 from .php_fpm import PING_PATH, PhpFpmSupervisor, make_runtime_dir
 from .privileges import Plan, drop
@@ -81,12 +83,26 @@ def admin_connection_settings() -> ConnectionSettings:
 
 
 def pool_from_config(name: str, connector: Connector, backend: BackendConfig,
-                     limits: LimitsConfig) -> Pool[FastCgiConn]:
-    """Backend ``name``'s pool: the one mapping from its configuration."""
+                     limits: LimitsConfig) -> Pool[Any]:
+    """Backend ``name``'s pool: the one mapping from its configuration (the
+    transport by its ``type``)."""
+    if backend.type == "http":
+        return http_pool(name, connector, size=backend.pool_size,
+                         queue_depth=backend.queue_limit(limits.max_connections), queue_timeout=backend.queue_timeout,
+                         connect_timeout=backend.connect_timeout, idle_timeout=backend.idle_timeout,
+                         max_header_size=backend.max_response_header_size)
     return fastcgi_pool(name, connector, size=backend.pool_size,
                         queue_depth=backend.queue_limit(limits.max_connections), queue_timeout=backend.queue_timeout,
                         connect_timeout=backend.connect_timeout,
                         idle_timeout=backend.idle_timeout)
+
+
+def backend_connector(backend: BackendConfig, address: str) -> Connector:
+    """A connector to ``address`` (a spawned php-fpm's, or the backend's
+    first), TLS for an ``https://`` HTTP backend."""
+    if backend.type == "http":
+        return make_upstream_connector(backend.upstreams()[0])
+    return make_connector(address)
 
 
 @dataclass
@@ -94,7 +110,7 @@ class Running:
     """What a started server exposes to its caller (and to tests)."""
 
     listeners: list[trio.SocketListener]
-    pools: dict[str, Pool[FastCgiConn]]
+    pools: dict[str, Pool[Any]]
     supervisors: dict[str, PhpFpmSupervisor]
     listener_state: ListenerState
     monitor: Monitor
@@ -368,17 +384,18 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
         tls = load_tls(config, specs, listener_state, privileges, inherited.ticket_keys if inherited else b"")
         async with trio.open_nursery() as system:
             supervisors: dict[str, PhpFpmSupervisor] = {}
-            pools: dict[str, Pool[FastCgiConn]] = {}
+            pools: dict[str, Pool[Any]] = {}
             pool_monitors: list[PoolMonitor] = []
             for name, backend in config.backends.items():
                 address, status_address, sup = await start_backend(config, name, runtime_dir, system, privileges)
                 if sup is not None:
                     supervisors[name] = sup
-                pool = pool_from_config(name, make_connector(address), backend, config.limits)
+                pool = pool_from_config(name, backend_connector(backend, address), backend, config.limits)
                 pools[name] = pool
                 ping = PING_PATH if sup is not None and not backend.status else ""  # our pool config has it
-                health = BackendHealth.for_backend(name, address=address, status_address=status_address,
-                                                   status_path=backend.status_path, ping_path=ping)
+                health = None if backend.type == "http" else BackendHealth.for_backend(
+                    name, address=address, status_address=status_address, status_path=backend.status_path,
+                    ping_path=ping)
                 pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path, health=health))
                 system.start_soon(pool.run_reaper)
             monitor = Monitor(listener_state.stats, pool_monitors)
@@ -442,7 +459,7 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
     return carry
 
 
-async def _end_shielded_runs(shutdown: trio.Event, pools: list[Pool[FastCgiConn]], graceful: float) -> None:
+async def _end_shielded_runs(shutdown: trio.Event, pools: list[Pool[Any]], graceful: float) -> None:
     """PHP runs shielded from client aborts (``ignore_client_abort``) get the
     same graceful period as the connections, not until PHP ends."""
     await shutdown.wait()
