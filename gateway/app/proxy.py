@@ -80,7 +80,8 @@ class Proxy:
         try:
             result = await run_http(pool, self.upstream_request(req, backend), backend.settings,
                                     request_id=req.request_id, retry_safe=req.method in IDEMPOTENT_METHODS,
-                                    client_left=req.client_left, force_stream=force_stream)
+                                    client_left=req.client_left, force_stream=force_stream,
+                                    key=req.client[0].encode() if pool.balance == "ip_hash" else None)
         except GatewayError as exc:
             pool.record_error(exc.status)
             log.error("[%s] %s %s -> %d: %s", req.request_id, req.method.decode(), req.target.decode("latin-1"),

@@ -270,7 +270,8 @@ class App:
         try:
             result = await run_php(pool, params, req.body, backend.settings, request_id=req.request_id,
                                    retry_safe=req.method in IDEMPOTENT_METHODS, client_left=req.client_left,
-                                   force_stream=force)
+                                   force_stream=force,
+                                   key=req.client[0].encode() if pool.balance == "ip_hash" else None)
         except GatewayError as exc:
             pool.record_error(exc.status)
             log.error("[%s] %s %s -> %d: %s", req.request_id, req.method.decode(), req.target.decode("latin-1"),

@@ -82,27 +82,28 @@ def admin_connection_settings() -> ConnectionSettings:
                    header_timeout=ADMIN_HEADER_TIMEOUT)
 
 
-def pool_from_config(name: str, connector: Connector, backend: BackendConfig,
+def pool_from_config(name: str, connector: Connector | list[tuple[str, Connector]], backend: BackendConfig,
                      limits: LimitsConfig) -> Pool[Any]:
     """Backend ``name``'s pool: the one mapping from its configuration (the
-    transport by its ``type``)."""
+    transport by its ``type``; ``connector``: one, or one per address)."""
+    common: dict[str, Any] = dict(
+        size=backend.pool_size, queue_depth=backend.queue_limit(limits.max_connections),
+        queue_timeout=backend.queue_timeout, connect_timeout=backend.connect_timeout,
+        idle_timeout=backend.idle_timeout, balance=backend.balance, max_fails=backend.health.max_fails,
+        fail_timeout=backend.health.fail_timeout)
     if backend.type == "http":
-        return http_pool(name, connector, size=backend.pool_size,
-                         queue_depth=backend.queue_limit(limits.max_connections), queue_timeout=backend.queue_timeout,
-                         connect_timeout=backend.connect_timeout, idle_timeout=backend.idle_timeout,
-                         max_header_size=backend.max_response_header_size)
-    return fastcgi_pool(name, connector, size=backend.pool_size,
-                        queue_depth=backend.queue_limit(limits.max_connections), queue_timeout=backend.queue_timeout,
-                        connect_timeout=backend.connect_timeout,
-                        idle_timeout=backend.idle_timeout)
+        return http_pool(name, connector, max_header_size=backend.max_response_header_size, **common)
+    return fastcgi_pool(name, connector, **common)
 
 
-def backend_connector(backend: BackendConfig, address: str) -> Connector:
-    """A connector to ``address`` (a spawned php-fpm's, or the backend's
-    first), TLS for an ``https://`` HTTP backend."""
+def backend_connectors(backend: BackendConfig, address: str) -> list[tuple[str, Connector]]:
+    """(address, connector) for each address of ``backend``; a spawned
+    php-fpm's is ``address``. TLS for an ``https://`` HTTP backend."""
+    if backend.spawned:
+        return [(address, make_connector(address))]
     if backend.type == "http":
-        return make_upstream_connector(backend.upstreams()[0])
-    return make_connector(address)
+        return [(str(u), make_upstream_connector(u)) for u in backend.upstreams()]
+    return [(str(u), make_connector(str(u))) for u in backend.upstreams()]
 
 
 @dataclass
@@ -390,7 +391,7 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                 address, status_address, sup = await start_backend(config, name, runtime_dir, system, privileges)
                 if sup is not None:
                     supervisors[name] = sup
-                pool = pool_from_config(name, backend_connector(backend, address), backend, config.limits)
+                pool = pool_from_config(name, backend_connectors(backend, address), backend, config.limits)
                 pools[name] = pool
                 ping = PING_PATH if sup is not None and not backend.status else ""  # our pool config has it
                 health = None if backend.type == "http" else BackendHealth.for_backend(

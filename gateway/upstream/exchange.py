@@ -40,7 +40,14 @@ from typing import Any, Generic, Protocol
 import trio
 
 from .._util import single_exception
-from ..http.errors import ClientGone, UpstreamClosedEarly, UpstreamTimeout
+from ..http.errors import (
+    ClientGone,
+    GatewayError,
+    UpstreamClosedEarly,
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamTimeout,
+)
 from ..http.spool import Spool
 from .cgi import CgiHead
 from .fastcgi import FastCgiConn, FastCgiExchange, PhpSettings
@@ -106,37 +113,38 @@ class BufferSettings(Protocol):
 async def run_php(pool: Pool[FastCgiConn], params: list[tuple[bytes, bytes]], body: Spool | None,
                   settings: PhpSettings, *, request_id: str, retry_safe: bool = False,
                   client_left: Callable[[], bool] | None = None, stream_ok: bool = True,
-                  force_stream: bool = False) -> UpstreamResponse:
+                  force_stream: bool = False, key: bytes | None = None) -> UpstreamResponse:
     """Run one request on PHP through ``pool``: ``exchange`` with the FastCGI transport."""
 
     def start(conn: FastCgiConn) -> FastCgiExchange:
         return FastCgiExchange(conn, params, body, settings, request_id)
 
     return await exchange(pool, start, settings, retry_safe=retry_safe, client_left=client_left,
-                          stream_ok=stream_ok, force_stream=force_stream)
+                          stream_ok=stream_ok, force_stream=force_stream, key=key)
 
 
 async def run_http(pool: Pool[HttpConn], request: UpstreamRequest, settings: HttpSettings, *, request_id: str,
                    retry_safe: bool = False, client_left: Callable[[], bool] | None = None,
-                   stream_ok: bool = True, force_stream: bool = False) -> UpstreamResponse:
+                   stream_ok: bool = True, force_stream: bool = False, key: bytes | None = None) -> UpstreamResponse:
     """Send one request to an HTTP backend through ``pool``: ``exchange`` with the HTTP/1.1 transport."""
 
     def start(conn: HttpConn) -> HttpExchange:
         return HttpExchange(conn, request, settings, request_id)
 
     return await exchange(pool, start, settings, retry_safe=retry_safe, client_left=client_left,
-                          stream_ok=stream_ok, force_stream=force_stream)
+                          stream_ok=stream_ok, force_stream=force_stream, key=key)
 
 
 async def exchange(pool: Pool[C], start: Callable[[C], Transaction], settings: BufferSettings, *,
                    retry_safe: bool = False, client_left: Callable[[], bool] | None = None,
-                   stream_ok: bool = True, force_stream: bool = False) -> UpstreamResponse:
+                   stream_ok: bool = True, force_stream: bool = False, key: bytes | None = None) -> UpstreamResponse:
     """Run one request through ``pool``; ``start`` begins the transport's
     transaction on a connection.
 
     ``stream_ok``: the caller can take a streamed body (else everything is
-    spooled). The caller closes the returned body (``Spool.close`` or
-    ``await UpstreamBody.aclose()``).
+    spooled). ``key``: what an ip_hash group hashes (the client address).
+    The caller closes the returned body (``Spool.close`` or ``await
+    UpstreamBody.aclose()``).
 
     Raises:
         GatewayError subclasses (QueueFull, QueueTimeout, UpstreamConnectError,
@@ -146,7 +154,7 @@ async def exchange(pool: Pool[C], start: Callable[[C], Transaction], settings: B
     """
     queued = True
     try:
-        async with pool.slot() as slot:
+        async with pool.slot(key) as slot:
             queued = False
             if client_left is not None and (slot.queue_wait or not settings.ignore_client_abort) \
                     and client_left():
@@ -193,9 +201,24 @@ class _Policy(Generic[C]):
         self.timing = Timing(slot.queue_wait)
         self.began = trio.current_time()
 
+    async def _connection(self) -> C:
+        """A connection of the slot's member; after a connect error another
+        member's, while there is one in rotation (nothing was sent: always safe)."""
+        tried: list[Any] = []
+        while True:
+            try:
+                return await self.slot.connection()
+            except (UpstreamConnectError, UpstreamConnectTimeout) as exc:
+                tried.append(self.slot.member)
+                if not self.slot.switch(tried):
+                    raise
+                self.slot.pool.stats.retries += 1
+                assert self.slot.member is not None
+                log.warning("%s: %s; trying %s", self.slot.pool.name, exc, self.slot.member.name)
+
     async def run(self) -> UpstreamResponse:
         pool = self.slot.pool
-        conn = await self.slot.connection()
+        conn = await self._connection()
         try:
             try:
                 return await self._on(conn)
@@ -210,7 +233,10 @@ class _Policy(Generic[C]):
                 await self.slot.discard(conn)
                 conn = await self.slot.connection(fresh=True)
                 return await self._on(conn)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, GatewayError) and self.slot.member is not None:
+                errors = self.slot.member.stats.errors
+                errors[exc.status] = errors.get(exc.status, 0) + 1
             await self.slot.discard(conn)
             raise
 

@@ -35,7 +35,9 @@ Rules:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import h11
 import trio
@@ -337,9 +339,10 @@ class HttpExchange:
         raise UpstreamTimeout(f"backend sent nothing for {self.settings.read_timeout:g}s (waiting for {what})")
 
 
-def http_pool(name: str, connector: Connector, *, size: int, queue_depth: int, queue_timeout: float,
-              connect_timeout: float = 5.0, idle_timeout: float = 10.0,
-              max_header_size: int = DEFAULT_MAX_HEADER_SIZE) -> Pool[HttpConn]:
-    """A pool of HTTP/1.1 connections opened with ``connector``; the limits are ``Pool``'s."""
-    return Pool(name, HttpTransport(connector, max_header_size).connect, size=size, queue_depth=queue_depth,
-                queue_timeout=queue_timeout, connect_timeout=connect_timeout, idle_timeout=idle_timeout)
+def http_pool(name: str, connector: Connector | Sequence[tuple[str, Connector]], *,
+              max_header_size: int = DEFAULT_MAX_HEADER_SIZE, **limits: Any) -> Pool[HttpConn]:
+    """A pool of HTTP/1.1 connections opened with ``connector`` (or, for a
+    group, one per address); ``limits`` are ``Pool``'s keywords."""
+    if callable(connector):
+        return Pool(name, HttpTransport(connector, max_header_size).connect, **limits)
+    return Pool(name, [(address, HttpTransport(c, max_header_size).connect) for address, c in connector], **limits)
