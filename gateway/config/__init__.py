@@ -444,6 +444,9 @@ class BackendConfig(_Model):
     balance: Literal["least_busy", "round_robin", "ip_hash"] = "least_busy"
     #: HTTP only: the Host header sent to the backend; empty: the client's.
     upstream_host: Annotated[str, AfterValidator(_check_upstream_host)] = ""
+    #: HTTP only: PEM CA certificates that https:// addresses' certificates
+    #: are verified against; empty: the system's (they are always verified).
+    ca_bundle: str = ""
     #: When an address is taken out of rotation, and brought back.
     health: HealthConfig = HealthConfig()
     #: Live connections to each address of this backend. For php-fpm each
@@ -510,8 +513,9 @@ class BackendConfig(_Model):
             given = [key for key in FASTCGI_ONLY_KEYS if key in self.model_fields_set]
             if given:
                 raise ValueError(f"{', '.join(given)}: only for php-fpm (type = \"fastcgi\"), not an HTTP backend")
-        elif self.upstream_host:
-            raise ValueError('upstream_host is for type = "http" backends; PHP gets the client\'s Host')
+        elif self.upstream_host or self.ca_bundle:
+            key = "upstream_host" if self.upstream_host else "ca_bundle"
+            raise ValueError(f'{key} is for type = "http" backends, not php-fpm')
         return self
 
     @model_validator(mode="after")
@@ -776,6 +780,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         for key in ("ca_bundle", "state_dir"):
             if isinstance(acme.get(key), str) and acme[key]:
                 acme[key] = resolve(acme[key])
+    for backend in data.get("backends", {}).values():
+        if isinstance(backend, dict) and isinstance(backend.get("ca_bundle"), str) and backend["ca_bundle"]:
+            backend["ca_bundle"] = resolve(backend["ca_bundle"])
     for site in data.get("sites", {}).values():
         if not isinstance(site, dict):
             continue
@@ -1021,6 +1028,10 @@ def path_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
     that does not exist or is not a directory. (Whether the php-fpm user may
     read it is another check's business.)"""
     out: list[tuple[tuple[str, ...], str]] = []
+    for name, backend in _table(data, "backends").items():
+        bundle = backend.get("ca_bundle") if isinstance(backend, dict) else None
+        if isinstance(bundle, str) and bundle and not os.path.isfile(bundle):
+            out.append((("backends", name, "ca_bundle"), f"{bundle} is not a file (PEM CA certificates)"))
     for name, site in _table(data, "sites").items():
         if not isinstance(site, dict):
             continue

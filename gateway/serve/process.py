@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -96,13 +97,27 @@ def pool_from_config(name: str, connector: Connector | list[tuple[str, Connector
     return fastcgi_pool(name, connector, **common)
 
 
+def upstream_tls_context(backend: BackendConfig) -> ssl.SSLContext:
+    """How an HTTP backend's https:// addresses are verified: the system's CAs,
+    or ``ca_bundle``'s.
+
+    Raises:
+        ConfigError: ``ca_bundle`` cannot be read as PEM certificates.
+    """
+    try:
+        return ssl.create_default_context(cafile=backend.ca_bundle or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"ca_bundle {backend.ca_bundle}: cannot load CA certificates from it: {exc}") from None
+
+
 def backend_connectors(backend: BackendConfig, address: str) -> list[tuple[str, Connector]]:
     """(address, connector) for each address of ``backend``; a spawned
     php-fpm's is ``address``. TLS for an ``https://`` HTTP backend."""
     if backend.spawned:
         return [(address, make_connector(address))]
     if backend.type == "http":
-        return [(str(u), make_upstream_connector(u)) for u in backend.upstreams()]
+        context = upstream_tls_context(backend) if any(u.tls for u in backend.upstreams()) else None
+        return [(str(u), make_upstream_connector(u, context)) for u in backend.upstreams()]
     return [(str(u), make_connector(str(u))) for u in backend.upstreams()]
 
 
