@@ -224,7 +224,7 @@ class FakeHttpRequest:
     connection: int  # which connection (1, 2...) carried it
 
     def header(self, name: bytes) -> bytes | None:
-        return next((v for n, v in self.headers if n == name), None)
+        return next((v for n, v in self.headers if n.lower() == name), None)
 
 
 #: What the app sends: raw bytes (a whole response, or pieces of one), or an

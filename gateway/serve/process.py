@@ -57,6 +57,7 @@ from ..observe.monitor import Monitor, PoolMonitor
 from ..tls.contexts import SiteTls, TlsError, TlsSites, prepare_internal
 from ..tls.store import StateDir
 from ..tls.ticket_keys import new_keys
+from ..upstream.checks import CheckPolicy, Probe, fastcgi_probe, http_probe, run_checks
 from ..upstream.connect import Connector, make_connector, make_upstream_connector
 from ..upstream.fastcgi import fastcgi_pool
 from ..upstream.http1 import http_pool
@@ -108,6 +109,16 @@ def upstream_tls_context(backend: BackendConfig) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=backend.ca_bundle or None)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"ca_bundle {backend.ca_bundle}: cannot load CA certificates from it: {exc}") from None
+
+
+def health_probes(backend: BackendConfig, connectors: list[tuple[str, Connector]]) -> list[Probe]:
+    """The active check of each address (``upstream.checks``): ``health.path``
+    over HTTP, or as a FastCGI request of php-fpm's ping.path."""
+    path = backend.health.path
+    if backend.type == "http":
+        return [http_probe(connect, path, backend.upstream_host or str(u.where))
+                for (_, connect), u in zip(connectors, backend.upstreams(), strict=True)]
+    return [fastcgi_probe(address, path) for address, _ in connectors]
 
 
 def backend_connectors(backend: BackendConfig, address: str) -> list[tuple[str, Connector]]:
@@ -406,8 +417,12 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                 address, status_address, sup = await start_backend(config, name, runtime_dir, system, privileges)
                 if sup is not None:
                     supervisors[name] = sup
-                pool = pool_from_config(name, backend_connectors(backend, address), backend, config.limits)
+                connectors = backend_connectors(backend, address)
+                pool = pool_from_config(name, connectors, backend, config.limits)
                 pools[name] = pool
+                if backend.health.path and len(connectors) > 1:
+                    system.start_soon(run_checks, pool, health_probes(backend, connectors),
+                                      CheckPolicy.from_config(backend.health))
                 ping = PING_PATH if sup is not None and not backend.status else ""  # our pool config has it
                 health = None if backend.type == "http" else BackendHealth.for_backend(
                     name, address=address, status_address=status_address, status_path=backend.status_path,

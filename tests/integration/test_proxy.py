@@ -189,3 +189,26 @@ async def test_https_upstream_certificate_verified(start_proxy, tls_app, caplog)
     r = await c.request("GET", "/echo")
     assert r.status == 502
     assert any("TLS with https://localhost" in m and "CERTIFICATE_VERIFY_FAILED" in m for m in caplog.messages)
+
+
+async def test_active_checks_take_a_dead_address_out_without_traffic_and_bring_it_back(start_proxy, app):
+    later = free_port()
+    proxy = await start_proxy([f"127.0.0.1:{app.port}", f"127.0.0.1:{later}"],
+                              health={"path": "/echo", "interval": "200ms", "timeout": "1s"})
+    second = proxy.pool.members[1]
+    await wait_until(lambda: second.down_since is not None)  # no request needed to know
+    assert proxy.pool.size == 4
+    assert second.stats.requests == 0
+    revived = App("revived", port=later).start()
+    try:
+        await wait_until(lambda: second.down_since is None)
+        served = set()
+        for _ in range(6):
+            c = await proxy.client()
+            r = await c.request("GET", "/echo")
+            await c.aclose()
+            served.add(json.loads(r.body)["app"])
+        assert proxy.pool.size == 8
+        assert served == {"one", "revived"}  # least_busy with both idle: taken in turn
+    finally:
+        revived.stop()
