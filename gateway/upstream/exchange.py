@@ -201,37 +201,46 @@ class _Policy(Generic[C]):
         self.timing = Timing(slot.queue_wait)
         self.began = trio.current_time()
 
-    async def _connection(self) -> C:
+    async def _connection(self, tried: list[Any], *, fresh: bool = False) -> C:
         """A connection of the slot's member; after a connect error another
         member's, while there is one in rotation (nothing was sent: always safe)."""
-        tried: list[Any] = []
         while True:
             try:
-                return await self.slot.connection()
+                return await self.slot.connection(fresh=fresh)
             except (UpstreamConnectError, UpstreamConnectTimeout) as exc:
-                tried.append(self.slot.member)
-                if not self.slot.switch(tried):
-                    raise
-                self.slot.pool.stats.retries += 1
-                assert self.slot.member is not None
-                log.warning("%s: %s; trying %s", self.slot.pool.name, exc, self.slot.member.name)
+                self._next_member(tried, exc)
+                fresh = False  # (another address's idle connections are fine)
+
+    def _next_member(self, tried: list[Any], exc: Exception) -> None:
+        """Move the slot to an address not ``tried`` yet, or raise ``exc``."""
+        tried.append(self.slot.member)
+        if not self.slot.switch(tried):
+            raise exc
+        self.slot.pool.stats.retries += 1
+        assert self.slot.member is not None
+        log.warning("%s: %s; trying %s", self.slot.pool.name, exc, self.slot.member.name)
 
     async def run(self) -> UpstreamResponse:
         pool = self.slot.pool
-        conn = await self._connection()
+        tried: list[Any] = []
+        conn = await self._connection(tried)
         try:
             try:
                 return await self._on(conn)
             except UpstreamClosedEarly as exc:
-                if not conn.requests:  # a fresh connection: the backend is broken, not recycling
-                    raise
                 if not self.retry_safe and exc.sent:
+                    if not conn.requests:
+                        raise
                     raise UpstreamClosedEarly(f"{exc} (a reused connection; not retried: the method is not "
-                                              "idempotent and PHP may have run it)") from None
-                pool.stats.retries += 1
-                log.info("%s: reused connection closed before a response; retrying on a fresh one", pool.name)
+                                              "idempotent and the backend may have run it)") from None
                 await self.slot.discard(conn)
-                conn = await self.slot.connection(fresh=True)
+                reused = bool(conn.requests)
+                if reused:  # a kept connection the backend closed (pm.max_requests): a fresh one
+                    pool.stats.retries += 1
+                    log.info("%s: reused connection closed before a response; retrying on a fresh one", pool.name)
+                else:  # a fresh one closed before answering: that address is failing; another, if any
+                    self._next_member(tried, exc)
+                conn = await self._connection(tried, fresh=reused)
                 return await self._on(conn)
         except BaseException as exc:
             if isinstance(exc, GatewayError) and self.slot.member is not None:

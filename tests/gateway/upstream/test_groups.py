@@ -162,3 +162,28 @@ def test_a_group_from_the_configuration():
     php = pool_from_config("php", backend_connectors(cfg.backends["php"], ""), cfg.backends["php"], cfg.limits)
     assert [m.name for m in php.members] == ["10.0.0.2:9000", "unix:/run/php.sock"]
     assert php.size == 10
+
+
+async def test_an_address_that_closes_before_answering_passes_safe_requests_on(nursery, autojump_clock):
+    """A host whose server dies with the request (a reset before any byte):
+    a GET goes to the next address, a POST is not run twice (502)."""
+    from gateway.http.errors import UpstreamClosedEarly
+    from tests.helpers import CLOSE
+
+    async def dies(req):
+        return [CLOSE]
+
+    broken, good = FakeHttp(dies), FakeHttp(named(b"good"))
+    pool = group({"broken:80": broken, "good:80": good}, nursery, balance="round_robin")
+    for _ in range(4):
+        result = await run_http(pool, GET, SETTINGS, request_id="t", retry_safe=True)
+        assert result.body.getvalue() == b"good"
+    post = UpstreamRequest(b"POST", b"/", [(b"host", b"h")])
+    failed = 0
+    for _ in range(4):
+        try:
+            await run_http(pool, post, SETTINGS, request_id="t", retry_safe=False)
+        except UpstreamClosedEarly:
+            failed += 1
+    assert failed == 2  # the POSTs that went to the broken host
+    assert (pool.busy, pool.open_connections) == (0, 1)
