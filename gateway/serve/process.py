@@ -424,7 +424,8 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                     system.start_soon(run_checks, pool, health_probes(backend, connectors),
                                       CheckPolicy.from_config(backend.health))
                 ping = PING_PATH if sup is not None and not backend.status else ""  # our pool config has it
-                health = None if backend.type == "http" else BackendHealth.for_backend(
+                # (a group's hosts are checked by the pool: passive, and run_checks)
+                health = None if backend.type == "http" or len(connectors) > 1 else BackendHealth.for_backend(
                     name, address=address, status_address=status_address, status_path=backend.status_path,
                     ping_path=ping)
                 pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path, health=health))
