@@ -208,13 +208,13 @@ class _Policy(Generic[C]):
             try:
                 return await self.slot.connection(fresh=fresh)
             except (UpstreamConnectError, UpstreamConnectTimeout) as exc:
-                self._next_member(tried, exc)
+                await self._next_member(tried, exc)
                 fresh = False  # (another address's idle connections are fine)
 
-    def _next_member(self, tried: list[Any], exc: Exception) -> None:
+    async def _next_member(self, tried: list[Any], exc: Exception) -> None:
         """Move the slot to an address not ``tried`` yet, or raise ``exc``."""
         tried.append(self.slot.member)
-        if not self.slot.switch(tried):
+        if not await self.slot.switch(tried):
             raise exc
         self.slot.pool.stats.retries += 1
         assert self.slot.member is not None
@@ -224,30 +224,30 @@ class _Policy(Generic[C]):
         pool = self.slot.pool
         tried: list[Any] = []
         conn = await self._connection(tried)
-        try:
+        while True:
             try:
                 return await self._on(conn)
             except UpstreamClosedEarly as exc:
+                await self.slot.discard(conn)
                 if not self.retry_safe and exc.sent:
                     if not conn.requests:
                         raise
                     raise UpstreamClosedEarly(f"{exc} (a reused connection; not retried: the method is not "
                                               "idempotent and the backend may have run it)") from None
-                await self.slot.discard(conn)
                 reused = bool(conn.requests)
                 if reused:  # a kept connection the backend closed (pm.max_requests): a fresh one
                     pool.stats.retries += 1
                     log.info("%s: reused connection closed before a response; retrying on a fresh one", pool.name)
                 else:  # a fresh one closed before answering: that address is failing; another, if any
-                    self._next_member(tried, exc)
+                    await self._next_member(tried, exc)
+                # (ends: each fresh failure uses up an address, a reused one is retried fresh once)
                 conn = await self._connection(tried, fresh=reused)
-                return await self._on(conn)
-        except BaseException as exc:
-            if isinstance(exc, GatewayError) and self.slot.member is not None:
-                errors = self.slot.member.stats.errors
-                errors[exc.status] = errors.get(exc.status, 0) + 1
-            await self.slot.discard(conn)
-            raise
+            except BaseException as exc:
+                if isinstance(exc, GatewayError) and self.slot.member is not None:
+                    errors = self.slot.member.stats.errors
+                    errors[exc.status] = errors.get(exc.status, 0) + 1
+                await self.slot.discard(conn)
+                raise
 
     async def _on(self, conn: C) -> UpstreamResponse:
         tx = self.start(conn)

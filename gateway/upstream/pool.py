@@ -542,18 +542,29 @@ class Slot(Generic[C]):
                 await self.pool._close(member, to_close)
         return conn or await self.pool._open(member)
 
-    def switch(self, tried: Sequence[Member[C]]) -> bool:
-        """Move the slot to another member in rotation with a free connection,
-        none of ``tried`` (after a connect error: nothing was sent). False if
-        there is none."""
-        other = self.pool._pick(None, exclude=tried) if self.pool._only is None else None
-        if other is None or self.member is None:
+    async def switch(self, tried: Sequence[Member[C]]) -> bool:
+        """Move the slot to another member in rotation, none of ``tried``
+        (after a connect error: nothing was sent); if they are all busy, wait
+        (at most ``queue_timeout``) for one of their connections to free. False
+        if there is no other member in rotation, or none freed in time."""
+        pool = self.pool
+        if pool._only is not None or self.member is None:
             return False
-        self.member.busy -= 1
-        other.busy += 1
-        other.stats.requests += 1
-        self.member = other
-        return True
+        with trio.move_on_after(pool.queue_timeout):
+            while True:
+                other = pool._pick(None, exclude=tried)
+                if other is not None:
+                    self.member.busy -= 1
+                    other.busy += 1
+                    other.stats.requests += 1
+                    self.member = other
+                    pool._notify()
+                    return True
+                now = trio.current_time()
+                if not any(m.up(now) for m in pool.members if m not in tried):
+                    return False
+                await pool.changed()
+        return False
 
     async def put_back(self, conn: C) -> None:
         """Return ``conn`` to the idle list if reusable, else close it."""

@@ -187,3 +187,20 @@ async def test_an_address_that_closes_before_answering_passes_safe_requests_on(n
             failed += 1
     assert failed == 2  # the POSTs that went to the broken host
     assert (pool.busy, pool.open_connections) == (0, 1)
+
+
+async def test_failover_waits_for_a_busy_live_address(nursery, autojump_clock):
+    """The dead address's request moves to the live one even when all its
+    connections are busy: it waits for one to free (not a 502)."""
+    dead, live = FakeHttp(named(b"dead"), fail_connect=True), FakeHttp(slow(b"live", 1))
+    pool = group({"dead:80": dead, "live:80": live}, nursery, size=1, balance="round_robin")
+    results = []
+
+    async def one():
+        results.append((await run_http(pool, GET, SETTINGS, request_id="t")).body.getvalue())
+
+    async with trio.open_nursery() as n:
+        n.start_soon(one)
+        n.start_soon(one)
+    assert results == [b"live", b"live"]
+    assert trio.current_time() == pytest.approx(2)  # one after the other on the live address
