@@ -92,11 +92,17 @@ class Proxy:
         return response(req, result)
 
 
+#: The backend's response headers the gateway sets itself (nginx does not pass
+#: them either, unless proxy_pass_header): its Server and Date go out instead.
+NOT_PASSED = frozenset({b"server", b"date", b"x-pad"}) | cgi.GATEWAY_ONLY_HEADERS
+
+
 def response(req: Request, result: UpstreamResponse) -> Response:
     """The client's response from the backend's: framed by what was drained
-    (HEAD and 304 keep the backend's Content-Length), X-Accel-* kept back."""
+    (HEAD and 304 keep the backend's Content-Length); X-Accel-*, Server and
+    Date kept back (``NOT_PASSED``)."""
     head = result.head
-    headers = [(n, v) for n, v in head.headers if n.lower() not in cgi.GATEWAY_ONLY_HEADERS]
+    headers = [(n, v) for n, v in head.headers if n.lower() not in NOT_PASSED]
     body: Body = result.body
     if isinstance(result.body, UpstreamBody):
         pass  # streamed: chunked to an HTTP/1.1 client, close-delimited to 1.0

@@ -17,7 +17,8 @@ from tests.helpers import CLOSE, FakeFpm, FakeHttp, HttpClient, http_response, p
 
 async def echo(req):
     body = b"%s %s xff=%s host=%s" % (req.method, req.target, req.header(b"x-forwarded-for"), req.header(b"host"))
-    return [http_response(body, headers=[(b"Content-Type", b"text/plain"), (b"X-Accel-Expires", b"10")])]
+    return [http_response(body, headers=[(b"Content-Type", b"text/plain"), (b"X-Accel-Expires", b"10"),
+                                         (b"Server", b"upstream/1.0"), (b"Date", b"Thu, 01 Jan 1970 00:00:00 GMT")])]
 
 
 def make_app(tmp_path, app: FakeHttp, nursery, *, site=None, backend=None, server=None, fpm: FakeFpm | None = None):
@@ -53,6 +54,7 @@ async def test_everything_but_files_goes_to_the_backend(tmp_path, nursery, autoj
         r = await c.request("GET", target, host="example.com")
         assert (r.status, r.body) == (200, b"GET %s xff=192.0.2.7 host=example.com" % target.encode())
         assert r.header("x-accel-expires") is None  # the gateway's, not the client's
+        assert r.header("server") == "gateway" and "1970" not in r.header("date")  # ours, as nginx
         assert r.header("content-length") == str(len(r.body))
     r = await c.request("GET", "/index.php", host="example.com")
     assert r.status == 403  # PHP source is never a static file, and this site runs no PHP
