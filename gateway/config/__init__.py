@@ -657,6 +657,9 @@ class SiteConfig(_Model):
         if self.php and self.proxy:
             raise ValueError(f"php ({self.php!r}) and proxy ({self.proxy!r}): a site's fallback is one of them; "
                              "send a part of the site to the other with [sites.X.routes]")
+        if self.proxy and self.try_files is not None:
+            raise ValueError("try_files and proxy: a proxy site serves the files of its root and sends everything "
+                             "else to its backend; remove try_files")
         return self
 
 

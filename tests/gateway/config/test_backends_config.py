@@ -145,6 +145,7 @@ def test_references_name_the_key_and_the_type(tmp_path):
 @pytest.mark.parametrize(("toml", "line"), [
     ('[sites.a]\nroot = "/srv"\nproxy = "app"\nphp = "php"\n', "sites.a: php ('php') and proxy ('app')"),
     ('[sites.a]\nroot = "/srv"\n[sites.a.routes]\n"api/" = "app"\n', "sites.a: routes: the prefix 'api/' must start"),
+    ('[sites.a]\nroot = "/srv"\nproxy = "app"\ntry_files = ["$uri", "=404"]\n', "sites.a: try_files and proxy"),
 ])
 def test_site_mistakes(tmp_path, toml, line):
     backends = '[backends.php]\naddress = "h:9000"\n[backends.app]\ntype = "http"\naddresses = ["h:80"]\n'
