@@ -239,6 +239,8 @@ class _Policy(Generic[C]):
                     pool.stats.retries += 1
                     log.info("%s: reused connection closed before a response; retrying on a fresh one", pool.name)
                 else:  # a fresh one closed before answering: that address is failing; another, if any
+                    if self.slot.member is not None:
+                        pool.record_failure(self.slot.member, str(exc))
                     await self._next_member(tried, exc)
                 # (ends: each fresh failure uses up an address, a reused one is retried fresh once)
                 conn = await self._connection(tried, fresh=reused)
@@ -246,6 +248,8 @@ class _Policy(Generic[C]):
                 if isinstance(exc, GatewayError) and self.slot.member is not None:
                     errors = self.slot.member.stats.errors
                     errors[exc.status] = errors.get(exc.status, 0) + 1
+                    if isinstance(exc, UpstreamTimeout):  # a hung host (nginx counts timeouts too)
+                        pool.record_failure(self.slot.member, str(exc))
                 await self.slot.discard(conn)
                 raise
 

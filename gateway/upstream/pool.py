@@ -36,7 +36,8 @@ keeps and closes them.
   one passes to the next). A connect error on one member moves the slot to
   another (``Slot.switch``: nothing was sent, always safe).
 - **Passive health** (nginx ``max_fails``/``fail_timeout``): ``max_fails``
-  connect errors or timeouts of one member within ``fail_timeout`` take it
+  failures of one member within ``fail_timeout`` (connect errors and
+  timeouts, read timeouts, fresh connections closed unanswered) take it
   out of rotation for ``fail_timeout``; then it is tried again. Active checks
   (``checks``) set ``Member.checked_down``. The limiter's size follows the
   members in rotation, so the queue waits for a live address instead of
@@ -378,8 +379,9 @@ class Pool(Generic[C]):
         if self.limiter.total_tokens != total:
             self.limiter.total_tokens = total
 
-    def _failed(self, member: Member[C], reason: str) -> None:
-        """Passive health: ``member`` failed to connect."""
+    def record_failure(self, member: Member[C], reason: str) -> None:
+        """Passive health: ``member`` failed (a connect error or timeout, no
+        answer within read_timeout, a fresh connection closed unanswered)."""
         if self._only is not None or not self.max_fails:
             return
         now = trio.current_time()
@@ -452,13 +454,13 @@ class Pool(Generic[C]):
             self.stats.connect_errors += 1
             member.stats.connect_errors += 1
             where = f" to {member.name}" if member.name else ""
-            self._failed(member, f"connect timed out after {self.connect_timeout:g}s")
+            self.record_failure(member, f"connect timed out after {self.connect_timeout:g}s")
             raise UpstreamConnectTimeout(f"pool {self.name}: connect{where} timed out after "
                                          f"{self.connect_timeout:g}s") from None
         except UpstreamConnectError as exc:
             self.stats.connect_errors += 1
             member.stats.connect_errors += 1
-            self._failed(member, str(exc))
+            self.record_failure(member, str(exc))
             raise
         member._fails.clear()
         member.open_connections += 1

@@ -102,12 +102,12 @@ async def test_max_fails_counts_within_fail_timeout(nursery, autojump_clock):
     pool = group({"a:80": a, "b:80": b}, nursery, max_fails=2, fail_timeout=10)
     member = pool.members[0]
     for _ in range(3):
-        pool._failed(member, "refused")
+        pool.record_failure(member, "refused")
         await trio.sleep(11)  # failures 11 s apart never add up to 2 within 10 s
     assert member.down_since is None
-    pool._failed(member, "refused")
+    pool.record_failure(member, "refused")
     await trio.sleep(9)
-    pool._failed(member, "refused")
+    pool.record_failure(member, "refused")
     assert member.down_since == trio.current_time()
     assert pool.size == 2
 
@@ -174,7 +174,8 @@ async def test_an_address_that_closes_before_answering_passes_safe_requests_on(n
         return [CLOSE]
 
     broken, good = FakeHttp(dies), FakeHttp(named(b"good"))
-    pool = group({"broken:80": broken, "good:80": good}, nursery, balance="round_robin")
+    # (max_fails 0: kept in rotation, to show what each method gets; by default it leaves at once)
+    pool = group({"broken:80": broken, "good:80": good}, nursery, balance="round_robin", max_fails=0)
     for _ in range(4):
         result = await run_http(pool, GET, SETTINGS, request_id="t", retry_safe=True)
         assert result.body.getvalue() == b"good"
@@ -204,3 +205,25 @@ async def test_failover_waits_for_a_busy_live_address(nursery, autojump_clock):
         n.start_soon(one)
     assert results == [b"live", b"live"]
     assert trio.current_time() == pytest.approx(2)  # one after the other on the live address
+
+
+async def test_a_hung_address_is_taken_out_by_its_read_timeout(nursery, autojump_clock):
+    """It accepts connections but never answers (a stopped process, a
+    blackholed link): one request waits read_timeout (504), then the address
+    leaves rotation and the next requests go to the other."""
+    from gateway.http.errors import UpstreamTimeout
+
+    async def hang(req):
+        await trio.sleep(1000)
+        return []
+
+    hung, good = FakeHttp(hang), FakeHttp(named(b"good"))
+    pool = group({"hung:80": hung, "good:80": good}, nursery, balance="round_robin")
+    outcomes = []
+    for _ in range(4):
+        try:
+            outcomes.append((await run_http(pool, GET, SETTINGS, request_id="t")).body.getvalue())
+        except UpstreamTimeout:
+            outcomes.append(b"504")
+    assert sorted(outcomes) == [b"504", b"good", b"good", b"good"]
+    assert pool.members[0].down_since is not None
