@@ -378,6 +378,7 @@ class Pool(Generic[C]):
         total = sum(m.size for m in self.members if m.up(now)) or sum(m.size for m in self.members)
         if self.limiter.total_tokens != total:
             self.limiter.total_tokens = total
+            self._notify()  # (a request waiting to move to another address looks again)
 
     def record_failure(self, member: Member[C], reason: str) -> None:
         """Passive health: ``member`` failed (a connect error or timeout, no
