@@ -212,3 +212,12 @@ async def test_active_checks_take_a_dead_address_out_without_traffic_and_bring_i
         assert served == {"one", "revived"}  # least_busy with both idle: taken in turn
     finally:
         revived.stop()
+
+
+async def test_head_keeps_the_backends_length_and_the_connection(start_proxy, app):
+    proxy = await start_proxy([f"127.0.0.1:{app.port}"])
+    c = await proxy.client()
+    r = await c.request("HEAD", "/anything")
+    assert (r.status, r.header("content-length"), r.body) == (200, "1234", b"")
+    r = await c.request("GET", "/echo")
+    assert json.loads(r.body)["connection"] == 1
