@@ -166,3 +166,14 @@ def test_worker_processes_get_a_configuration_that_validates():
     assert again.backends["app"].addresses == ["h:80", "h:81"]
     assert again.backends["app"].pool_size == 4
     assert again.backends["php"].addresses == ["h:9000", "h:9001"]
+
+
+def test_the_shipped_groups_example_is_valid(tmp_path):
+    import pathlib
+    import shutil
+
+    src = pathlib.Path(__file__).parents[3] / "conf.d" / "examples" / "php-hosts-and-app.toml"
+    shutil.copy(src, tmp_path / src.name)
+    cfg = load_dir(tmp_path, check_paths=False)
+    assert len(cfg.backends["php"].upstreams()) == 3 and cfg.backends["php"].health.path == "/ping"
+    assert cfg.backends["api"].type == "http" and cfg.sites["shop"].routes == {"/api/": "api"}
