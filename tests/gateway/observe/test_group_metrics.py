@@ -55,3 +55,25 @@ async def test_a_single_address_pool_shows_no_addresses(autojump_clock):
     monitor = Monitor(ListenerStats(), [PoolMonitor(Pool("php", _never, size=2, queue_depth=1, queue_timeout=1))])
     assert "addresses" not in table.status(monitor, trio.current_time())["pools"]["php"]
     assert "gateway_pool_address" not in table.prometheus(monitor, trio.current_time())
+
+
+async def test_status_and_top_show_each_address(autojump_clock):
+    import io
+
+    from rich.console import Console
+
+    from gateway.observe.views import summary_lines, top_view
+
+    monitor = Monitor(ListenerStats(), [PoolMonitor(group())])
+    await trio.sleep(2)
+    st = monitor.status()
+    lines = summary_lines(st)
+    assert "  address 10.0.0.2:80: 3/4 busy, 0 idle, in rotation, 10 requests, connect errors 0, errors 502: 1, " \
+           "504: 2" in lines
+    assert ("  address 10.0.0.3:80: 0/4 busy, 0 idle, OUT of rotation for 2 s (cannot connect to 10.0.0.3:80: "
+            "Connection refused), 0 requests, connect errors 4, errors none") in lines
+    out = io.StringIO()
+    Console(file=out, width=80, height=24, color_system=None).print(top_view(st, "http://127.0.0.1:9180"))
+    text = out.getvalue()
+    assert " 10.0.0.3…" in text and "OUT" in text  # (the pool column is narrow: the name is cut)
+    assert max(len(line) for line in text.splitlines()) <= 80
