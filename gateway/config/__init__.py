@@ -385,21 +385,23 @@ class HealthConfig(_Model):
     """``[backends.X.health]``: when an address of the backend is taken out
     of rotation and when it comes back.
 
-    Passive (nginx ``max_fails``/``fail_timeout``): ``max_fails`` connect
-    errors or timeouts on one address within ``fail_timeout`` mark it down
+    Passive (nginx ``max_fails``/``fail_timeout``): ``max_fails`` failures
+    (connect errors and timeouts, read timeouts, fresh connections closed
+    unanswered) of one address within ``fail_timeout`` take it out of rotation
     for ``fail_timeout``; then it is tried again. A backend with one address
-    is never marked down (there is nowhere else to go). Active (``path``
-    set): every ``interval`` each address is asked ``path`` (an HTTP GET, or
-    for FastCGI a request of php-fpm's ``ping.path``) within ``timeout``;
-    ``fails`` failed checks in a row mark it down, ``passes`` answered ones
-    bring it back."""
+    is never taken out (there is nowhere else to go). Active, for a group:
+    every ``interval`` each address is checked within ``timeout``: an HTTP
+    backend's by GET ``path`` (none without a path), a FastCGI backend's by a
+    connect (not php-fpm's ping.path: a worker answers it, and the gateway's
+    kept-alive connections may pin them all); ``fails`` failed checks in a row
+    take it out, ``passes`` answered ones bring it back."""
 
     #: Seconds between two active checks of one address.
     interval: Duration = 5.0
     #: An active check not answered within this has failed.
     timeout: Duration = 2.0
-    #: The path asked by active checks (HTTP: any 2xx/3xx; FastCGI: php-fpm's
-    #: ping.path, e.g. "/ping"). Empty: no active checks.
+    #: HTTP: the path active checks GET (a 2xx/3xx passes). Empty: no active
+    #: checks of an HTTP backend. (FastCGI addresses are checked by a connect.)
     path: str = ""
     #: Failed active checks in a row that mark an address down.
     fails: Annotated[int, Field(ge=1)] = 1
@@ -513,6 +515,10 @@ class BackendConfig(_Model):
             given = [key for key in FASTCGI_ONLY_KEYS if key in self.model_fields_set]
             if given:
                 raise ValueError(f"{', '.join(given)}: only for php-fpm (type = \"fastcgi\"), not an HTTP backend")
+        elif self.health.path:
+            raise ValueError("health.path is for type = \"http\" backends: php-fpm hosts are checked by a connect "
+                             "(php-fpm answers its ping.path from a worker, which the gateway's kept-alive connections "
+                             "may all pin)")
         elif self.upstream_host or self.ca_bundle:
             key = "upstream_host" if self.upstream_host else "ca_bundle"
             raise ValueError(f'{key} is for type = "http" backends, not php-fpm')

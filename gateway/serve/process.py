@@ -57,7 +57,7 @@ from ..observe.monitor import Monitor, PoolMonitor
 from ..tls.contexts import SiteTls, TlsError, TlsSites, prepare_internal
 from ..tls.store import StateDir
 from ..tls.ticket_keys import new_keys
-from ..upstream.checks import CheckPolicy, Probe, fastcgi_probe, http_probe, run_checks
+from ..upstream.checks import CheckPolicy, Probe, connect_probe, http_probe, run_checks
 from ..upstream.connect import Connector, make_connector, make_upstream_connector
 from ..upstream.fastcgi import fastcgi_pool
 from ..upstream.http1 import http_pool
@@ -111,14 +111,17 @@ def upstream_tls_context(backend: BackendConfig) -> ssl.SSLContext:
         raise ConfigError(f"ca_bundle {backend.ca_bundle}: cannot load CA certificates from it: {exc}") from None
 
 
-def health_probes(backend: BackendConfig, connectors: list[tuple[str, Connector]]) -> list[Probe]:
-    """The active check of each address (``upstream.checks``): ``health.path``
-    over HTTP, or as a FastCGI request of php-fpm's ping.path."""
-    path = backend.health.path
+def health_probes(backend: BackendConfig, connectors: list[tuple[str, Connector]]) -> list[Probe] | None:
+    """The active check of each address of a group (``upstream.checks``): GET
+    ``health.path`` for HTTP (none without a path), a connect for FastCGI."""
+    if len(connectors) < 2:
+        return None
     if backend.type == "http":
-        return [http_probe(connect, path, backend.upstream_host or str(u.where))
+        if not backend.health.path:
+            return None
+        return [http_probe(connect, backend.health.path, backend.upstream_host or str(u.where))
                 for (_, connect), u in zip(connectors, backend.upstreams(), strict=True)]
-    return [fastcgi_probe(address, path) for address, _ in connectors]
+    return [connect_probe(connect) for _, connect in connectors]
 
 
 def backend_connectors(backend: BackendConfig, address: str) -> list[tuple[str, Connector]]:
@@ -420,9 +423,9 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                 connectors = backend_connectors(backend, address)
                 pool = pool_from_config(name, connectors, backend, config.limits)
                 pools[name] = pool
-                if backend.health.path and len(connectors) > 1:
-                    system.start_soon(run_checks, pool, health_probes(backend, connectors),
-                                      CheckPolicy.from_config(backend.health))
+                probes = health_probes(backend, connectors)
+                if probes is not None:
+                    system.start_soon(run_checks, pool, probes, CheckPolicy.from_config(backend.health))
                 ping = PING_PATH if sup is not None and not backend.status else ""  # our pool config has it
                 # (a group's hosts are checked by the pool: passive, and run_checks)
                 health = None if backend.type == "http" or len(connectors) > 1 else BackendHealth.for_backend(

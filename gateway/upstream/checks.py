@@ -4,11 +4,15 @@ Passive health (``pool``: connect errors take an address out for
 ``fail_timeout``) needs traffic to notice a dead host and brings it back
 blindly; active checks ask each address on their own, traffic or not:
 
-- every ``interval``, each address of the group is asked ``path`` on a
-  connection of its own (never a pool slot: a saturated pool is checked too),
-  bounded by ``timeout``: an HTTP backend with ``GET path`` (a 2xx or 3xx
-  answer passes), a FastCGI one with a request of ``path`` (php-fpm's
-  ``ping.path``: any CGI answer whose Status is not 5xx passes);
+- every ``interval``, each address of the group is checked on a connection
+  of its own (never a pool slot: a saturated pool is checked too), bounded by
+  ``timeout``: an HTTP backend with ``GET path`` (a 2xx or 3xx answer
+  passes); a FastCGI one with a connect, closed at once (``connect_probe``).
+  Not php-fpm's ``ping.path``: php-fpm answers it from a worker, and the
+  gateway's kept-alive connections may pin every worker of a healthy host
+  (pool_size = pm.max_children), so a ping would wait in the listen backlog
+  and fail; a connect is accepted by that backlog, and refused (or unanswered)
+  only by a dead or unreachable host;
 - ``fails`` failed checks in a row take the address out of rotation
   (``Pool.mark_checked``), ``passes`` answered ones in a row bring it back;
 - a group of one address is not checked (it is never taken out).
@@ -31,7 +35,6 @@ import fastcgi
 from ..config import HealthConfig
 from ..http.errors import GatewayError
 from .connect import Connector
-from .php_fpm_status import fastcgi_get
 from .pool import Member, Pool
 
 log = logging.getLogger(__name__)
@@ -73,15 +76,12 @@ def http_probe(connector: Connector, path: str, host: str) -> Probe:
     return probe
 
 
-def fastcgi_probe(address: str, path: str) -> Probe:
-    """A FastCGI request of ``path`` (php-fpm's ping.path); a 5xx Status fails."""
+def connect_probe(connector: Connector) -> Probe:
+    """A connect, closed at once: no request, so no php-fpm worker is needed."""
 
     async def probe() -> None:
-        head, _ = await fastcgi_get(address, path)
-        for line in head.split(b"\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"status" and value.strip()[:1] == b"5":
-                raise CheckFailed(f"{path} answered Status {value.strip().decode('latin-1')}")
+        stream = await connector()
+        await trio.aclose_forcefully(stream)
 
     return probe
 

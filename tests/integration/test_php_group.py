@@ -74,3 +74,30 @@ async def test_two_php_fpm_hosts_balanced_and_one_dies_under_load(nursery, tmp_p
         for fpm in fpms:
             if fpm.returncode is None:
                 await kill_fpm(fpm)
+
+
+async def test_a_dead_php_fpm_host_leaves_rotation_without_traffic_and_comes_back(nursery, tmp_path: Path):
+    from .test_slow_clients import wait_until
+
+    pools = [write_pool_config(name, BackendConfig(pool_size=2, php_fpm=PhpFpmConfig(user="root")),
+                               str(tmp_path / name)) for name in ("a", "b")]
+    fpms = [await start_fpm(paths) for paths in pools]
+    try:
+        data = gateway_config(DOCROOT, runtime_dir=str(tmp_path / "run"),
+                              backend={"pool_size": 2, "health": {"interval": "200ms", "timeout": "1s"}})
+        backend = data["backends"]["php"]
+        del backend["address"], backend["php_fpm"]
+        backend["addresses"] = [f"unix:{paths.socket}" for paths in pools]
+        running: Running = await nursery.start(partial(serve, validate(data), handle_signals=False))
+        pool = running.pools["php"]
+        # both pinned by nothing yet; a's php-fpm dies: the connect check sees it, no request needed
+        await kill_fpm(fpms[0])
+        await wait_until(lambda: pool.members[0].down_since is not None)
+        assert pool.members[0].stats.requests == 0 and pool.size == 2
+        fpms[0] = await start_fpm(pools[0])
+        await wait_until(lambda: pool.members[0].down_since is None)
+        assert pool.size == 4
+    finally:
+        for fpm in fpms:
+            if fpm.returncode is None:
+                await kill_fpm(fpm)

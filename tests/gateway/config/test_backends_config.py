@@ -107,6 +107,8 @@ def test_upstream_urls(text, host, port, tls):
     ('[backends.app]\ntype = "http"\naddresses = ["h:1"]\nstatus = "h:2"\n',
      "backends.app: status: only for php-fpm"),
     ('[backends.php]\n[backends.php.health]\npath = "ping"\n', "backends.php.health: path 'ping' must start with"),
+    ('[backends.php]\naddress = "h:1"\n[backends.php.health]\npath = "/ping"\n',
+     'backends.php: health.path is for type = "http" backends'),
     ('[backends.php]\n[backends.php.health]\nfails = 0\n', "backends.php.health.fails: 0 is too small"),
 ])
 def test_backend_mistakes(tmp_path, toml, line):
@@ -175,5 +177,5 @@ def test_the_shipped_groups_example_is_valid(tmp_path):
     src = pathlib.Path(__file__).parents[3] / "conf.d" / "examples" / "php-hosts-and-app.toml"
     shutil.copy(src, tmp_path / src.name)
     cfg = load_dir(tmp_path, check_paths=False)
-    assert len(cfg.backends["php"].upstreams()) == 3 and cfg.backends["php"].health.path == "/ping"
+    assert len(cfg.backends["php"].upstreams()) == 3 and cfg.backends["php"].health.interval == 2.0
     assert cfg.backends["api"].type == "http" and cfg.sites["shop"].routes == {"/api/": "api"}

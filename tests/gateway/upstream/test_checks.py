@@ -83,3 +83,15 @@ async def test_the_http_probe(nursery, autojump_clock):
     assert app.requests_seen[0].header(b"host") == b"app.internal"
     with pytest.raises(CheckFailed, match="GET /down answered 503"):
         await http_probe(app.connector(nursery), "/down", "app.internal")()
+
+
+async def test_the_connect_probe(nursery, autojump_clock):
+    from gateway.http.errors import UpstreamConnectError
+    from gateway.upstream.checks import connect_probe
+
+    app = FakeHttp(lambda req: None)
+    await connect_probe(app.connector(nursery))()
+    assert app.connections == 1 and app.requests_seen == []  # no request: no php-fpm worker needed
+    app.fail_connect = True
+    with pytest.raises(UpstreamConnectError):
+        await connect_probe(app.connector(nursery))()
