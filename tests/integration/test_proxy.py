@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -21,7 +22,6 @@ from gateway.config import validate
 from gateway.serve.process import Running, serve
 from tests.helpers import HttpClient
 
-from .conftest import free_port
 from .http_app import App
 from .test_slow_clients import wait_until
 
@@ -38,6 +38,16 @@ def other_app() -> Iterator[App]:
     server = App("two").start()
     yield server
     server.stop()
+
+
+def reserved_port() -> socket.socket:
+    """A socket bound to a free loopback port but not listening: connects to
+    it are refused, and nothing else (the gateway's own listen on port 0)
+    gets that port until it is closed. (``free_port`` alone could hand the
+    gateway the very port a test calls dead.)"""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 def proxy_config(root: Path, addresses: list[str], **backend: Any) -> dict[str, Any]:
@@ -92,6 +102,7 @@ async def test_keep_alive_reuse_one_upstream_connection_for_many_requests(start_
     assert (app.connections, app.requests) == (1, 20)
     c = await proxy.client()
     r = await c.request("GET", "/static.txt")
+    await c.aclose()
     assert r.body == b"from the root"  # a file of the site's root is served by the gateway
     assert app.requests == 20
 
@@ -105,6 +116,7 @@ async def test_chunked_both_ways(start_proxy, app):
     assert got["length"] == 50_000 and got["sha256"] == hashlib.sha256(b"".join(body)).hexdigest()
     assert (got["content_length"], got["transfer_encoding"]) == ("50000", None)  # de-chunked, with its length
     r = await c.request("GET", "/chunked")
+    await c.aclose()
     assert (r.status, r.body, r.header("content-length")) == (200, b"one two three", "13")  # drained, then framed
     assert app.connections == 1
 
@@ -118,12 +130,14 @@ async def test_a_large_body_is_spooled_and_a_slow_client_holds_no_upstream_conne
     await wait_until(lambda: proxy.pool.stats.requests == 1 and proxy.pool.busy == 0 and proxy.pool.idle == 1)
     c = await proxy.client()
     r = await c.request("GET", "/echo")
+    await c.aclose()
     assert json.loads(r.body)["connection"] == 1  # served meanwhile, on the same upstream connection
     got = 0
     while got < size:
         data = await slow.receive_some(1 << 20)
         assert data
         got += len(data)
+    await slow.aclose()
     assert app.connections == 1
 
 
@@ -140,13 +154,14 @@ async def test_sse_streams_through(start_proxy, app):
         app.release.set()
         while b"data: second" not in got:
             got += await s.receive_some(65536)
+    await s.aclose()
     await wait_until(lambda: proxy.pool.busy == 0)
 
 
 async def test_failover_between_two_addresses_with_one_dead(start_proxy, app, other_app):
-    dead = free_port()
-    proxy = await start_proxy([f"127.0.0.1:{dead}", f"127.0.0.1:{app.port}", f"127.0.0.1:{other_app.port}"],
-                              balance="round_robin")
+    dead = reserved_port()
+    proxy = await start_proxy([f"127.0.0.1:{dead.getsockname()[1]}", f"127.0.0.1:{app.port}",
+                               f"127.0.0.1:{other_app.port}"], balance="round_robin")
     served = []
     for _ in range(12):
         c = await proxy.client()
@@ -158,6 +173,7 @@ async def test_failover_between_two_addresses_with_one_dead(start_proxy, app, ot
     dead_member = proxy.pool.members[0]
     assert dead_member.stats.connect_errors == 1 and dead_member.down_since is not None
     assert proxy.pool.size == 8
+    dead.close()
 
 
 @pytest.fixture
@@ -192,13 +208,15 @@ async def test_https_upstream_certificate_verified(start_proxy, tls_app, caplog)
 
 
 async def test_active_checks_take_a_dead_address_out_without_traffic_and_bring_it_back(start_proxy, app):
-    later = free_port()
+    reserved = reserved_port()
+    later = reserved.getsockname()[1]
     proxy = await start_proxy([f"127.0.0.1:{app.port}", f"127.0.0.1:{later}"],
                               health={"path": "/echo", "interval": "200ms", "timeout": "1s"})
     second = proxy.pool.members[1]
     await wait_until(lambda: second.down_since is not None)  # no request needed to know
     assert proxy.pool.size == 4
     assert second.stats.requests == 0
+    reserved.close()
     revived = App("revived", port=later).start()
     try:
         await wait_until(lambda: second.down_since is None)
@@ -220,4 +238,5 @@ async def test_head_keeps_the_backends_length_and_the_connection(start_proxy, ap
     r = await c.request("HEAD", "/anything")
     assert (r.status, r.header("content-length"), r.body) == (200, "1234", b"")
     r = await c.request("GET", "/echo")
+    await c.aclose()
     assert json.loads(r.body)["connection"] == 1
