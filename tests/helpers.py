@@ -230,3 +230,101 @@ def client_hello(server_name: str | None, alpn: list[str] | None) -> bytes:
     else:
         raise AssertionError("a client handshake cannot complete without a server")
     return outgoing.read()
+
+# -- an in-memory HTTP/1.1 application, built on h11's SERVER role -------------
+
+
+@dataclass
+class FakeHttpRequest:
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    connection: int  # which connection (1, 2...) carried it
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for n, v in self.headers if n.lower() == name), None)
+
+
+#: What the app sends: raw bytes (a whole response, or pieces of one), or an
+#: async callable awaited at that point (to pace it); ``CLOSE`` closes the connection.
+HttpScript = Callable[[FakeHttpRequest], Awaitable[list[object]]]
+CLOSE = object()
+
+
+def http_response(body: bytes = b"", status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    """A raw HTTP/1.1 response with a Content-Length."""
+    head = [b"HTTP/1.1 %d OK" % status, *(n + b": " + v for n, v in headers or [])]
+    head.append(b"content-length: %d" % len(body))
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+@dataclass
+class FakeHttp:
+    """An HTTP/1.1 application over memory streams: ``script`` answers each
+    request with raw bytes (so tests can send anything, malformed included)."""
+
+    script: HttpScript
+    connections: int = 0
+    requests_seen: list[FakeHttpRequest] = field(default_factory=list)
+    running: int = 0
+    max_running: int = 0
+    fail_connect: bool = False
+
+    def connector(self, nursery: trio.Nursery) -> Callable[[], Awaitable[trio.abc.Stream]]:
+        async def connect() -> trio.abc.Stream:
+            if self.fail_connect:
+                from gateway.http.errors import UpstreamConnectError
+
+                raise UpstreamConnectError("cannot connect to fake: Connection refused")
+            client, server = trio.testing.memory_stream_pair()
+            self.connections += 1
+            nursery.start_soon(self._serve, server, self.connections)
+            return client
+
+        return connect
+
+    async def _serve(self, stream: trio.abc.Stream, number: int) -> None:
+        trailing = b""
+        try:
+            while True:
+                conn = h11.Connection(h11.SERVER)
+                if trailing:
+                    conn.receive_data(trailing)
+                request: h11.Request | None = None
+                body = b""
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(await stream.receive_some(65536))
+                        continue
+                    if isinstance(event, h11.ConnectionClosed):
+                        return
+                    if isinstance(event, h11.Request):
+                        request = event
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                assert request is not None
+                trailing = conn.trailing_data[0]
+                req = FakeHttpRequest(request.method, request.target, list(request.headers.raw_items()), body, number)
+                self.requests_seen.append(req)
+                self.running += 1
+                self.max_running = max(self.max_running, self.running)
+                try:
+                    out = await self.script(req)
+                finally:
+                    self.running -= 1
+                for item in out:
+                    if item is CLOSE:
+                        return
+                    if callable(item):
+                        await item()
+                    else:
+                        assert isinstance(item, bytes)
+                        await stream.send_all(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)

@@ -19,6 +19,18 @@ setup; the README's nginx table gives the directive behind each):
    301 to add the slash, then its index files), then a fallback URI such as
    ``/index.php?$args`` (the front controller) or ``=404``. Any other entry
    would be taken as the fallback: ``config.check_try_files`` refuses it.
+Proxy sites (``proxy = BACKEND``) and ``routes`` (issue 15):
+
+- A ``routes`` prefix (longest first) sends every request under it to its
+  HTTP backend, whatever the root holds (nginx ``location /api/ {
+  proxy_pass ...; }``); matched on the normalised path (an encoded ``..``
+  cannot dodge it), after the ``deny`` list, before everything else.
+- On a site with ``proxy``, a path naming a regular file of the root is
+  served as one (rules 2 and 5 still apply); everything else, directories and
+  hidden paths included, goes to the backend (nginx ``try_files $uri
+  @backend``): the backend owns the URL space, the root only adds files.
+- The request target goes upstream as the client sent it (no prefix stripped).
+
 5. A file with a PHP extension is never served as a static file (its source
    would leak): it runs on PHP or is refused. Nor is a backup or editor copy
    (``wp-config.php~``, ``x.php.bak``, ``#x.php#``, ``x.orig``, ``x.swp``...)
@@ -95,7 +107,14 @@ class Refuse:
     reason: str
 
 
-Route = StaticFile | PhpScript | Redirect | Refuse
+@dataclass(frozen=True, slots=True)
+class ProxyPass:
+    """The request goes to HTTP backend ``backend``, its target unchanged."""
+
+    backend: str
+
+
+Route = StaticFile | PhpScript | Redirect | Refuse | ProxyPass
 
 
 def split_target(target: bytes) -> tuple[str, bytes]:
@@ -153,6 +172,10 @@ class Router:
         self.root = os.path.realpath(site.root)
         self.try_files = site.effective_try_files()
         self.php_enabled = bool(site.php)
+        #: the HTTP backend everything that is not a file goes to ("": none)
+        self.proxy = site.proxy
+        #: [sites.X.routes], longest prefix first
+        self.routes = sorted(site.routes.items(), key=lambda r: -len(r[0]))
         self.no_php_under = tuple(p if p.endswith("/") else p + "/" for p in site.no_php_under)
         self.unbuffered = tuple(site.unbuffered)
         self.deny = tuple(site.deny)
@@ -214,11 +237,20 @@ class Router:
             return Refuse(403, "symbolic link leaves the document root (symlinks = within_root)")
 
     def _route(self, path: str, query: bytes) -> Route:
-        for seg in path.split("/"):
-            if seg.startswith(".") and seg != ".well-known":
-                return Refuse(403, f"hidden path segment {seg!r}")
         if self.deny and path.startswith(self.deny):
             return Refuse(403, "denied by the site's deny list")
+        for prefix, backend in self.routes:
+            if path.startswith(prefix):
+                return ProxyPass(backend)
+        for seg in path.split("/"):
+            if seg.startswith(".") and seg != ".well-known":
+                if self.proxy:
+                    return ProxyPass(self.proxy)  # never a file of the root; the backend's to answer
+                return Refuse(403, f"hidden path segment {seg!r}")
+        if self.proxy:
+            if not path.endswith("/") and self._is_file(path):
+                return self._file(path, query)
+            return ProxyPass(self.proxy)
         m = _PHP_SPLIT.match(path)
         if m:
             return self._php(m.group(1), m.group(2) or "", path, query)

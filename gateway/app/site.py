@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -42,6 +43,7 @@ from ..config.addresses import parse_listen
 from ..http import https_redirect
 from ..http.encoding import add_vary, choose_coding
 from ..http.errors import ClientGone, GatewayError
+from ..http.realip import TrustedProxies
 from ..http.request import IDEMPOTENT_METHODS, Request
 from ..http.response import Body, Response, error_response, http_date
 from ..metrics import CompressionStats
@@ -52,7 +54,18 @@ from ..upstream.fastcgi import FastCgiConn, PhpSettings
 from ..upstream.pool import Pool
 from .cgi_params import build_params
 from .compress import CompressionSettings, Compressor
-from .routing import BadRequestTarget, PhpScript, Redirect, Refuse, Router, StaticFile, VirtualHosts, split_target
+from .proxy import Proxy, ProxyBackend
+from .routing import (
+    BadRequestTarget,
+    PhpScript,
+    ProxyPass,
+    Redirect,
+    Refuse,
+    Router,
+    StaticFile,
+    VirtualHosts,
+    split_target,
+)
 from .static import content_type, serve_file
 
 #: Precompressed siblings, in the server's order of preference, and their suffix.
@@ -90,7 +103,10 @@ def set_headers(headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes, byt
 
 
 class App:
-    def __init__(self, config: Config, pools: dict[str, Pool[FastCgiConn]],
+    """``pools``: each backend's, by name (a FastCGI pool for a PHP backend,
+    an HTTP/1.1 one for a ``type = "http"`` backend)."""
+
+    def __init__(self, config: Config, pools: dict[str, Pool[Any]],
                  compression: CompressionStats | None = None) -> None:
         self.config = config
         self.compressor = Compressor(CompressionSettings.from_config(config), compression)
@@ -105,9 +121,16 @@ class App:
         self.acme_state = (StateDir(config.acme.state_path())
                            if any(site.tls is not None and site.tls.acme for site in config.sites.values()) else None)
         self._backends: dict[str, _SiteBackend] = {}
+        proxied: dict[str, ProxyBackend] = {}
         for name, backend in config.backends.items():
-            if name in pools:
+            if name not in pools:
+                continue
+            if backend.type == "http":
+                proxied[name] = ProxyBackend.from_config(pools[name], backend, config.server)
+            else:
                 self._backends[name] = _SiteBackend(pools[name], PhpSettings.from_config(backend, config.server))
+        self.proxy = Proxy(proxied, trusted=TrustedProxies.parse(config.server.trusted_proxies),
+                           via=self.server_software, error=self.error)
 
     def error(self, status: int, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
         return error_response(status, server=self.server_software, headers=headers)
@@ -164,6 +187,10 @@ class App:
                 resp.headers.append((b"cache-control", b"max-age=%d" % router.static_max_age))
             return await self.compressor.apply(req.method, req.header(b"accept-encoding"), resp,
                                                content_type=content_type(route.path))
+        if isinstance(route, ProxyPass):
+            force = bool(router.unbuffered) and path.startswith(router.unbuffered)
+            return await self.compressor.apply(req.method, req.header(b"accept-encoding"),
+                                               await self.proxy.handle(req, route.backend, force_stream=force))
         assert isinstance(route, PhpScript)
         return await self.compressor.apply(req.method, req.header(b"accept-encoding"),
                                            await self._php(req, router, route))
@@ -243,7 +270,8 @@ class App:
         try:
             result = await run_php(pool, params, req.body, backend.settings, request_id=req.request_id,
                                    retry_safe=req.method in IDEMPOTENT_METHODS, client_left=req.client_left,
-                                   force_stream=force)
+                                   force_stream=force,
+                                   key=req.client[0].encode() if pool.balance == "ip_hash" else None)
         except GatewayError as exc:
             pool.record_error(exc.status)
             log.error("[%s] %s %s -> %d: %s", req.request_id, req.method.decode(), req.target.decode("latin-1"),

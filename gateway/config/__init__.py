@@ -68,7 +68,7 @@ from pydantic import (
     model_validator,
 )
 
-from .addresses import Address, parse_address, parse_listen
+from .addresses import Address, UpstreamAddress, parse_address, parse_listen, parse_upstream
 from .messages import describe, find_line, format_problem
 
 log = logging.getLogger(__name__)
@@ -360,15 +360,108 @@ class PhpFpmConfig(_Model):
     php_admin_values: dict[str, str] = {}
 
 
-class BackendConfig(_Model):
-    """A PHP backend: the pool of FastCGI connections to it and its queue;
-    its address, or "spawn" and how to run php-fpm (``php_fpm``)."""
+def _check_upstream(value: str) -> str:
+    """Any backend address form (a URL too); whether the backend's type allows
+    it is ``BackendConfig``'s check, which knows the type."""
+    if value == "spawn":
+        raise ValueError('"spawn" goes in address, alone: a spawned php-fpm is one address')
+    parse_upstream(value, http=True)
+    return value
 
-    #: "spawn": the gateway runs php-fpm itself; else "unix:/path.sock" or "host:port".
-    address: Annotated[str, _address("backend address", "spawn")] = "spawn"
-    #: Live FastCGI connections to this backend. Each kept-alive connection
-    #: pins one php-fpm worker, so this must not exceed pm.max_children. When
-    #: spawned, php-fpm gets pm.max_children = pool_size. (Was ``workers``.)
+
+def _spawn_or_upstream(value: str) -> str:
+    if value != "spawn":
+        try:
+            _check_upstream(value)
+        except ValueError as exc:
+            raise ValueError(f'{exc}, or "spawn"') from None
+    return value
+
+
+#: What ``Host`` an HTTP backend may be sent instead of the client's: host[:port].
+_UPSTREAM_HOST = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=]+)(?::[0-9]{1,5})?$")
+
+
+def _check_upstream_host(value: str) -> str:
+    if value and not _UPSTREAM_HOST.match(value):
+        raise ValueError(f"{value!r} is not a host name with an optional port, like \"app.internal:8080\"")
+    return value
+
+
+class HealthConfig(_Model):
+    """``[backends.X.health]``: when an address of the backend is taken out
+    of rotation and when it comes back.
+
+    Passive (nginx ``max_fails``/``fail_timeout``): ``max_fails`` failures
+    (connect errors and timeouts, read timeouts, fresh connections closed
+    unanswered) of one address within ``fail_timeout`` take it out of rotation
+    for ``fail_timeout``; then it is tried again. A backend with one address
+    is never taken out (there is nowhere else to go). Active, for a group:
+    every ``interval`` each address is checked within ``timeout``: an HTTP
+    backend's by GET ``path`` (none without a path), a FastCGI backend's by a
+    connect (not php-fpm's ping.path: a worker answers it, and the gateway's
+    kept-alive connections may pin them all); ``fails`` failed checks in a row
+    take it out, ``passes`` answered ones bring it back."""
+
+    #: Seconds between two active checks of one address.
+    interval: Duration = 5.0
+    #: An active check not answered within this has failed.
+    timeout: Duration = 2.0
+    #: HTTP: the path active checks GET (a 2xx/3xx passes). Empty: no active
+    #: checks of an HTTP backend. (FastCGI addresses are checked by a connect.)
+    path: str = ""
+    #: Failed active checks in a row that mark an address down.
+    fails: Annotated[int, Field(ge=1)] = 1
+    #: Answered active checks in a row that bring it back.
+    passes: Annotated[int, Field(ge=1)] = 1
+    #: Connect errors or timeouts within fail_timeout that mark an address
+    #: down (nginx max_fails); 0: never.
+    max_fails: Annotated[int, Field(ge=0)] = 1
+    #: The window for max_fails and how long a failed address stays down
+    #: (nginx fail_timeout).
+    fail_timeout: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _path_is_a_path(self) -> HealthConfig:
+        if self.path and not self.path.startswith("/"):
+            raise ValueError(f"path {self.path!r} must start with \"/\"")
+        if self.path and any(c in self.path for c in " \r\n\t#"):
+            raise ValueError(f"path {self.path!r} contains a space, control character or #")
+        return self
+
+
+#: Keys that only mean something for a FastCGI backend (php-fpm).
+FASTCGI_ONLY_KEYS = ("status", "status_path", "php_fpm")
+
+
+class BackendConfig(_Model):
+    """A backend: a PHP pool (``type = "fastcgi"``) or an HTTP application
+    (``type = "http"``), at one ``address`` or several ``addresses``; the pool
+    of connections to each address and the one queue in front of them."""
+
+    #: "fastcgi" (php-fpm) or "http" (an HTTP/1.1 application server).
+    type: Literal["fastcgi", "http"] = "fastcgi"
+    #: "spawn": the gateway runs php-fpm itself; else "unix:/path.sock" or
+    #: "host:port" (an HTTP backend's may be a URL, as in ``addresses``).
+    address: Annotated[str, AfterValidator(_spawn_or_upstream)] = "spawn"
+    #: Several addresses of one backend, balanced (``balance``), each with its
+    #: own pool_size connections; instead of ``address``. An HTTP backend's may
+    #: be URLs: "http://10.0.0.2:8080", "https://api.internal" (certificate verified).
+    addresses: list[Annotated[str, AfterValidator(_check_upstream)]] = []
+    #: Which address a request goes to: "least_busy" (most free connections),
+    #: "round_robin", or "ip_hash" (by client address, so a client sticks to one).
+    balance: Literal["least_busy", "round_robin", "ip_hash"] = "least_busy"
+    #: HTTP only: the Host header sent to the backend; empty: the client's.
+    upstream_host: Annotated[str, AfterValidator(_check_upstream_host)] = ""
+    #: HTTP only: PEM CA certificates that https:// addresses' certificates
+    #: are verified against; empty: the system's (they are always verified).
+    ca_bundle: str = ""
+    #: When an address is taken out of rotation, and brought back.
+    health: HealthConfig = HealthConfig()
+    #: Live connections to each address of this backend. For php-fpm each
+    #: kept-alive connection pins one worker, so this must not exceed that
+    #: host's pm.max_children. When spawned, php-fpm gets pm.max_children =
+    #: pool_size. (Was ``workers``.)
     pool_size: Annotated[int, Field(ge=1, le=4096)] = 4
     #: Requests allowed to wait for a connection (in each gateway process); one
     #: more gets 503. "auto": as many as the process may have connections
@@ -405,6 +498,38 @@ class BackendConfig(_Model):
     def queue_limit(self, max_connections: int) -> int:
         """``queue_depth`` as a number: "auto" is the process's max_connections."""
         return max_connections if self.queue_depth == "auto" else self.queue_depth
+
+    @property
+    def spawned(self) -> bool:
+        """Does the gateway run this backend's php-fpm itself?"""
+        return self.type == "fastcgi" and not self.addresses and self.address == "spawn"
+
+    def upstreams(self) -> list[UpstreamAddress]:
+        """The addresses to connect to, parsed (not for a spawned backend, whose
+        address is known once php-fpm runs)."""
+        return [parse_upstream(text, http=self.type == "http") for text in (self.addresses or [self.address])]
+
+    @model_validator(mode="after")
+    def _addresses_fit_the_type(self) -> BackendConfig:
+        http = self.type == "http"
+        if http and not self.addresses and self.address == "spawn":
+            raise ValueError('type = "http" needs addresses = ["HOST:PORT", ...] (only php-fpm can be spawned)')
+        for text in self.addresses:
+            parse_upstream(text, http=http)  # a URL on a FastCGI backend
+        if len(set(self.addresses)) != len(self.addresses):
+            raise ValueError("addresses lists an address twice")
+        if http:
+            given = [key for key in FASTCGI_ONLY_KEYS if key in self.model_fields_set]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for php-fpm (type = \"fastcgi\"), not an HTTP backend")
+        elif self.health.path:
+            raise ValueError("health.path is for type = \"http\" backends: php-fpm hosts are checked by a connect "
+                             "(php-fpm answers its ping.path from a worker, which the gateway's kept-alive connections "
+                             "may all pin)")
+        elif self.upstream_host or self.ca_bundle:
+            key = "upstream_host" if self.upstream_host else "ca_bundle"
+            raise ValueError(f'{key} is for type = "http" backends, not php-fpm')
+        return self
 
     @model_validator(mode="after")
     def _idle_before_terminate(self) -> BackendConfig:
@@ -480,6 +605,13 @@ class SiteConfig(_Model):
     index: list[str] = ["index.php", "index.html", "index.htm"]
     #: Name of a [backends.X] table; empty: a static-only site.
     php: str = ""
+    #: Name of a type = "http" [backends.X]: every request that is not for a
+    #: static file of the root goes there (nginx try_files $uri @proxy).
+    proxy: str = ""
+    #: URI prefix -> a type = "http" backend: requests under the prefix go
+    #: there whatever the root holds (nginx "location /api/ { proxy_pass ...; }"),
+    #: the target unchanged. The longest prefix wins.
+    routes: dict[str, str] = {}
     #: nginx try_files: "$uri", "$uri/", then one fallback, "/index.php?$args" or
     #: "=404" (``check_try_files`` says exactly what is supported).
     #: Default for a PHP site: the front controller, as WordPress needs.
@@ -529,6 +661,19 @@ class SiteConfig(_Model):
         if self.php:
             return ["$uri", "$uri/", "/index.php?$args"]
         return ["$uri", "$uri/", "=404"]
+
+    @model_validator(mode="after")
+    def _routes_are_prefixes(self) -> SiteConfig:
+        for prefix in self.routes:
+            if not prefix.startswith("/"):
+                raise ValueError(f"routes: the prefix {prefix!r} must start with \"/\"")
+        if self.php and self.proxy:
+            raise ValueError(f"php ({self.php!r}) and proxy ({self.proxy!r}): a site's fallback is one of them; "
+                             "send a part of the site to the other with [sites.X.routes]")
+        if self.proxy and self.try_files is not None:
+            raise ValueError("try_files and proxy: a proxy site serves the files of its root and sends everything "
+                             "else to its backend; remove try_files")
+        return self
 
 
 class Config(_Model):
@@ -651,6 +796,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         for key in ("ca_bundle", "state_dir"):
             if isinstance(acme.get(key), str) and acme[key]:
                 acme[key] = resolve(acme[key])
+    for backend in data.get("backends", {}).values():
+        if isinstance(backend, dict) and isinstance(backend.get("ca_bundle"), str) and backend["ca_bundle"]:
+            backend["ca_bundle"] = resolve(backend["ca_bundle"])
     for site in data.get("sites", {}).values():
         if not isinstance(site, dict):
             continue
@@ -772,20 +920,43 @@ def _table(data: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 def reference_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
     """(key, message) for what ties tables together in merged ``data``: at
-    least one site, each site's ``php`` names a defined backend, at most one
-    ``default`` site."""
+    least one site, each site's ``php`` names a defined FastCGI backend, its
+    ``proxy`` and ``routes`` defined HTTP backends, at most one ``default``
+    site; a backend gives ``address`` or ``addresses``, not both."""
     sites, backends = _table(data, "sites"), _table(data, "backends")
     if not sites:
         return [(("sites",), "no [sites.NAME] table: there is nothing to serve")]
     out: list[tuple[tuple[str, ...], str]] = []
+    for name, backend in backends.items():
+        if isinstance(backend, dict) and "address" in backend and backend.get("addresses"):
+            out.append((("backends", name, "addresses"), "and address are both set: keep one (address is "
+                                                          "one address, addresses a list of them)"))
+
+    def kind(backend: str) -> str | None:
+        table = backends.get(backend)
+        if not isinstance(table, dict):
+            return None
+        value = table.get("type", "fastcgi")
+        return value if isinstance(value, str) else None
+
+    def check(key: tuple[str, ...], backend: Any, want: str) -> None:
+        if not isinstance(backend, str) or not backend:
+            return
+        if backend not in backends:
+            known = ", ".join(sorted(backends)) or "none"
+            out.append((key, f"names backend {backend!r}, which is not defined (defined: {known})"))
+        elif kind(backend) not in (want, None):
+            what = "a FastCGI (php-fpm) backend" if want == "fastcgi" else 'an HTTP backend (type = "http")'
+            out.append((key, f"names backend {backend!r}, which is type = {kind(backend)!r}: it must be {what}"))
+
     default = ""
     for name, site in sites.items():
         if not isinstance(site, dict):
             continue
-        php = site.get("php")
-        if isinstance(php, str) and php and php not in backends:
-            known = ", ".join(sorted(backends)) or "none"
-            out.append((("sites", name, "php"), f"names backend {php!r}, which is not defined (defined: {known})"))
+        check(("sites", name, "php"), site.get("php"), "fastcgi")
+        check(("sites", name, "proxy"), site.get("proxy"), "http")
+        for prefix, backend in _table(site, "routes").items():
+            check(("sites", name, "routes", prefix), backend, "http")
         if site.get("default") is True:
             if default:
                 out.append((("sites", name, "default"),
@@ -873,6 +1044,10 @@ def path_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
     that does not exist or is not a directory. (Whether the php-fpm user may
     read it is another check's business.)"""
     out: list[tuple[tuple[str, ...], str]] = []
+    for name, backend in _table(data, "backends").items():
+        bundle = backend.get("ca_bundle") if isinstance(backend, dict) else None
+        if isinstance(bundle, str) and bundle and not os.path.isfile(bundle):
+            out.append((("backends", name, "ca_bundle"), f"{bundle} is not a file (PEM CA certificates)"))
     for name, site in _table(data, "sites").items():
         if not isinstance(site, dict):
             continue

@@ -10,6 +10,13 @@ A listen entry may carry flags after the address, separated by spaces, as
 nginx's ``listen``: ``"0.0.0.0:443 tls"``, ``":8080 proxy_protocol"``,
 ``"[::]:443 tls proxy_protocol"`` (``parse_listen``).
 
+A backend's address (``parse_upstream``) is one of the forms above for a
+FastCGI backend; an HTTP backend's may also be a URL without a path,
+``http://HOST[:PORT]`` (port 80 by default) or ``https://HOST[:PORT]`` (443:
+TLS, the certificate verified against HOST, which is also the SNI name), as
+Caddy's and nginx's upstreams are written. A URL is refused for a FastCGI
+backend: php-fpm does not speak HTTP.
+
 Pure: the front end, the upstream connector and ``gateway check`` all call it,
 so an address that passes ``check`` is one ``serve`` can use.
 """
@@ -96,3 +103,55 @@ def parse_listen(text: str, *, role: str = "listen address") -> ListenSpec:
         seen.add(flag)
     return ListenSpec(address, parse_address(address, role=role), tls="tls" in seen,
                       proxy_protocol="proxy_protocol" in seen)
+
+
+#: URL schemes an HTTP backend's address may start with, and their default port.
+UPSTREAM_SCHEMES = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAddress:
+    """One backend address: ``where`` to connect, whether to speak TLS there
+    (``https://``), and the text as written (its name in logs and metrics)."""
+
+    text: str
+    where: Address
+    tls: bool = False
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def host(self) -> str:
+        """The host name TLS verifies and sends as SNI ("" for a unix socket)."""
+        return self.where.host
+
+
+def parse_upstream(text: str, *, http: bool, role: str = "backend address") -> UpstreamAddress:
+    """Parse a backend address; ``http``: an HTTP backend's (URLs allowed).
+
+    Raises:
+        ValueError: naming ``role`` and the forms accepted.
+    """
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return UpstreamAddress(text, parse_address(text, default_host="127.0.0.1", role=role))
+    if not http:
+        raise ValueError(f"{role} {text!r} is a URL: a FastCGI backend is HOST:PORT or unix:/path "
+                         '(URLs are for type = "http" backends)')
+    scheme = scheme.lower()
+    if scheme not in UPSTREAM_SCHEMES:
+        raise ValueError(f"{role} {text!r}: the scheme is http:// or https://, not {scheme}://")
+    rest = rest.removesuffix("/")
+    if not rest or any(c in rest for c in "/?#@ \t"):
+        raise ValueError(f"{role} {text!r}: write the URL as {scheme}://HOST[:PORT], without a path or user")
+    port = UPSTREAM_SCHEMES[scheme]
+    bracketed = rest.startswith("[") and rest.endswith("]")
+    if bracketed or (":" not in rest):
+        rest = f"{rest}:{port}"
+    where = parse_address(rest, role=role)
+    if where.kind != "tcp" or not where.host:
+        raise ValueError(f"{role} {text!r}: a URL needs a host")
+    if where.port == 0:
+        raise ValueError(f"{role} {text!r}: port 0 cannot be connected to")
+    return UpstreamAddress(text, where, tls=scheme == "https")

@@ -121,7 +121,7 @@ class RequestCycle:
             https = https or forwarded_https
         request = Request(req.method, checked.target, req.http_version, checked.headers, self.request_client,
                           self.server, body, request_id, host=checked.host, https=https,
-                          client_left=self.downstream.peer_closed)
+                          client_left=self.downstream.peer_closed, peer=self.client)
         try:
             return await self._run_handler(request), keep_alive
         finally:

@@ -535,7 +535,7 @@ class Http2Connection:
             return st.reset or self._client_gone or downstream.peer_closed()
 
         request = Request(method, checked.target, HTTP2, checked.headers, client, self.server, body, request_id,
-                          host=checked.host, https=https, client_left=client_left)
+                          host=checked.host, https=https, client_left=client_left, peer=self.client)
         return request, await self._run_handler(st, request)
 
     async def _read_body(self, st: _Stream) -> Spool | None:

@@ -24,9 +24,15 @@ class UpstreamClosedEarly(GatewayError):
 
     On a reused connection this is php-fpm's pm.max_requests recycling: the
     request never ran, and one retry on a fresh connection is safe.
+    ``sent`` False: not even the request head could be written, so the
+    backend cannot have run it, whatever the method.
     """
 
     status = 502
+
+    def __init__(self, message: str = "", *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class UpstreamProtocolError(GatewayError):

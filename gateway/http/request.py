@@ -38,6 +38,10 @@ class Request:
     #: has the client gone? A cheap probe (no IO wait) for a decision point,
     #: such as leaving the PHP queue; the front end's watcher covers long waits.
     client_left: Callable[[], bool] = _never
+    #: who sent these headers: the TCP peer (or a PROXY protocol header's
+    #: client), before trusted proxies' headers named ``client``; None: ``client``.
+    #: A proxied request's X-Forwarded-For is appended to only if it is trusted.
+    peer: tuple[str, int] | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """The last value of a header, or None."""

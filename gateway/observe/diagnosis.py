@@ -68,6 +68,9 @@ class PoolObservation:
     backend_up: bool | None = None  # the active health check: None until its first probe ended
     backend_check: str = ""  # what the check probes and, when down, why it failed
     backend_down_for: float = 0.0  # seconds the check has failed
+    #: a group's addresses out of rotation: (address, seconds down, why), and how many it has
+    hosts_down: tuple[tuple[str, float, str], ...] = ()
+    hosts: int = 1
 
     @property
     def saturated(self) -> bool:
@@ -93,8 +96,27 @@ class Verdict:
 
 
 def classify(obs: Observation) -> Verdict:
-    """The verdict for one observation, without hysteresis."""
+    """The verdict for one observation, without hysteresis. A group with
+    addresses out of rotation is ``backend-down`` when none serves; else its
+    down hosts are named after the verdict's reason."""
+    verdict = _classify(obs)
+    notes = [_hosts_note(p) for p in obs.pools if p.hosts_down and len(p.hosts_down) < p.hosts]
+    if notes and verdict.bottleneck != "backend-down":
+        return Verdict(verdict.bottleneck, f"{verdict.reason} Also: {'; '.join(notes)}.")
+    return verdict
+
+
+def _hosts_note(p: PoolObservation) -> str:
+    names = ", ".join(f"{name} down for {down_for:.0f} s ({why})" for name, down_for, why in p.hosts_down)
+    return f"pool {p.name}: host {names}; {p.hosts - len(p.hosts_down)} of {p.hosts} hosts serving"
+
+
+def _classify(obs: Observation) -> Verdict:
     for p in obs.pools:
+        if p.hosts_down and len(p.hosts_down) == p.hosts:
+            return Verdict("backend-down", f"pool {p.name}: every host is out of rotation: "
+                                           f"{'; '.join(f'{n} for {d:.0f} s ({w})' for n, d, w in p.hosts_down)}: "
+                                           "start the backends or fix the addresses.")
         if not p.backend_running:
             return Verdict("backend-down", f"php-fpm for pool {p.name} is not running; the supervisor is restarting "
                                            "it: look at its error log for why it exited.")

@@ -184,6 +184,9 @@ class PoolMonitor:
             responses=responses, connect_errors=connect_errors, backend_running=running,
             worker_cpu=self.worker_cpu, backend_up=None if health is None else health.up, backend_check=check,
             backend_down_for=0.0 if health is None else health.down_for(now),
+            hosts_down=tuple((m.name, now - m.down_since, m.down_reason) for m in pool.members
+                             if m.down_since is not None),
+            hosts=len(pool.members),
         )
         return self.last
 

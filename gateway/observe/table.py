@@ -314,6 +314,38 @@ def _fpm_workers(pm: PoolMonitor, now: float) -> dict[str, int]:
     return {"running": running, "idle": len(states) - running}
 
 
+def _group(pm: PoolMonitor) -> bool:
+    return len(pm.pool.members) > 1
+
+
+def _addresses(pm: PoolMonitor, now: float) -> dict[str, Any]:
+    return {m.name: {"busy": m.busy, "size": m.size, "idle": m.idle, "up": m.down_since is None,
+                     "down_seconds": 0.0 if m.down_since is None else round(now - m.down_since, 1),
+                     "down_reason": "" if m.down_since is None else m.down_reason,
+                     "requests": m.stats.requests, "connect_errors": m.stats.connect_errors,
+                     "errors": {str(k): v for k, v in sorted(m.stats.errors.items())}}
+            for m in pm.pool.members}
+
+
+def add_addresses(m: Merging) -> dict[str, Any]:
+    """A group's addresses over processes: counts add up; an address is up
+    only if every process has it in rotation (the longest down time shown)."""
+    out: dict[str, Any] = {}
+    for value in m.values:
+        for name, a in value.items():
+            seen = out.get(name)
+            if seen is None:
+                out[name] = {**a, "errors": dict(a["errors"])}
+                continue
+            for key in ("busy", "size", "idle", "requests", "connect_errors"):
+                seen[key] += a[key]
+            for status, n in a["errors"].items():
+                seen["errors"][status] = seen["errors"].get(status, 0) + n
+            if not a["up"] and (seen["up"] or a["down_seconds"] > seen["down_seconds"]):
+                seen.update(up=False, down_seconds=a["down_seconds"], down_reason=a["down_reason"])
+    return out
+
+
 def _lag(q: float) -> Callable[[Monitor, float], Any]:
     """The q-quantile of the loop lag samples in the monitor's window (1.0: the most)."""
     return lambda m, now: m.lag_quantile(q)
@@ -459,6 +491,25 @@ TABLE: tuple[Row, ...] = (
                lambda pm, now: pm.pool.stats.client_gone_in_queue, ("client_gone_in_queue_total",)),
     PoolMetric("gateway_pool_connect_errors_total", "counter", "Failed connects to the backend.",
                lambda pm, now: pm.pool.stats.connect_errors, ("connect_errors_total",)),
+    # -- per address of a group (several addresses: upstream/pool.py Member) -----
+    PoolMetric("gateway_pool_address_busy", "gauge", "Connections in use per address of a group.",
+               lambda pm, now: {m.name: m.busy for m in pm.pool.members}, when=_group, label="address"),
+    PoolMetric("gateway_pool_address_up", "gauge", "1 if the address is in rotation, 0 if taken out "
+               "(passive max_fails/fail_timeout or active health checks).",
+               lambda pm, now: {m.name: int(m.down_since is None) for m in pm.pool.members}, when=_group,
+               label="address"),
+    PoolMetric("gateway_pool_address_requests_total", "counter", "Requests sent to each address of a group.",
+               lambda pm, now: {m.name: m.stats.requests for m in pm.pool.members}, when=_group, label="address"),
+    PoolMetric("gateway_pool_address_connect_errors_total", "counter", "Failed connects per address of a group.",
+               lambda pm, now: {m.name: m.stats.connect_errors for m in pm.pool.members}, when=_group,
+               label="address"),
+    PoolMetric("gateway_pool_address_errors_total", "counter", "Requests failed on each address of a group "
+               "(502, 504...).",
+               lambda pm, now: {m.name: sum(m.stats.errors.values()) for m in pm.pool.members}, when=_group,
+               label="address"),
+    PoolMetric(None, "info", "Each address of a group: connections busy/size/idle, in rotation or not (and "
+               "why, for how long), requests, connect errors and errors by status.",
+               _addresses, ("addresses",), add_addresses, when=_group),
     PoolMetric("gateway_php_worker_cpu_ratio", "gauge", "CPU per busy php-fpm worker, share of one core.",
                lambda pm, now: pm.worker_cpu, ("worker_cpu",), worst_known, digits=3),
     PoolMetric(None, "counter", "Times the supervisor restarted the php-fpm it spawned.",

@@ -71,6 +71,10 @@ def summary_lines(st: dict[str, Any]) -> list[str]:
                      f"{p['client_gone_in_queue_total']}; connect errors {p['connect_errors_total']} (since start)")
         if p.get("backend"):
             lines.append("  backend: " + _backend_text(p["backend"]))
+        for address, a in (p.get("addresses") or {}).items():
+            lines.append(f"  address {address}: {a['busy']}/{a['size']} busy, {a['idle']} idle, "
+                         + _address_state(a) + f", {a['requests']} requests, connect errors {a['connect_errors']}, "
+                         f"errors {', '.join(f'{k}: {n}' for k, n in a['errors'].items()) or 'none'}")
         fpm = p.get("php_fpm")
         if fpm:
             workers = fpm.get("workers")
@@ -104,6 +108,12 @@ def _backend_text(b: dict[str, Any]) -> str:
     if b["up"]:
         return f"up ({b.get('check', '?')})"
     return f"DOWN for {b.get('down_seconds', 0):.0f} s ({b.get('check', '?')}: {b.get('error', '')})"
+
+
+def _address_state(a: dict[str, Any]) -> str:
+    if a["up"]:
+        return "in rotation"
+    return f"OUT of rotation for {a['down_seconds']:.0f} s ({a['down_reason']})"
 
 
 def _worker_text(w: dict[str, Any]) -> str:
@@ -167,6 +177,10 @@ def top_view(st: dict[str, Any], admin: str) -> Group:
                    "?" if p["worker_cpu"] is None else f"{p['worker_cpu']:.0%}",
                    "/".join(str(p["errors"].get(k, 0)) for k in ("502", "503", "504")),
                    f"{workers['running']}/{workers['idle']}", up)
+        for address, a in (p.get("addresses") or {}).items():
+            pt.add_row(f" {address}", f"{a['busy']}/{a['size']}", "", "", "", "",
+                       "/".join(str(a["errors"].get(k, 0)) for k in ("502", "503", "504")), "",
+                       "yes" if a["up"] else "OUT")
     parts: list[Any] = [Panel(head, title=f"gateway top — {admin}"), listener, pt]
     for name, p in st["pools"].items():
         backend = p.get("backend") or {}

@@ -50,7 +50,7 @@ from typing import Any
 import trio
 
 from ..acme.manager import CertificateManager
-from ..config import Config, ConfigError, validate
+from ..config import FASTCGI_ONLY_KEYS, Config, ConfigError, validate
 from ..config.addresses import parse_listen
 from ..front.h1 import ListenerState
 from ..front.listen import Service, listener_url, serve_until_shutdown
@@ -124,7 +124,15 @@ def worker_config(config: Config, index: int, count: int, backends: dict[str, tu
     for name, backend in config.backends.items():
         address, status = backends[name]
         b = data["backends"][name]
-        b["address"], b["status"] = address, status
+        if backend.type == "http":
+            for key in FASTCGI_ONLY_KEYS:  # (the schema refuses them on an HTTP backend)
+                del b[key]
+        else:
+            b["status"] = status
+        if backend.addresses:
+            del b["address"]  # (one or the other)
+        else:
+            b["address"] = address
         # (a backend no site uses may have a smaller pool than there are processes;
         # it never gets a request, so never a connection)
         b["pool_size"] = max(1, split(backend.pool_size, count)[index])

@@ -147,7 +147,7 @@ def plan(config: Config, euid: int, users: UserLookup = system_account,
     dropping = account.uid != 0
     fpm: dict[str, FpmUsers] = {}
     for backend_name, backend in config.backends.items():
-        if backend.address != "spawn":
+        if not backend.spawned:
             continue
         worker = backend.php_fpm.user or (account.name if dropping else DEFAULT_USER)
         if users(worker) is None:

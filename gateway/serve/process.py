@@ -30,9 +30,11 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -55,8 +57,10 @@ from ..observe.monitor import Monitor, PoolMonitor
 from ..tls.contexts import SiteTls, TlsError, TlsSites, prepare_internal
 from ..tls.store import StateDir
 from ..tls.ticket_keys import new_keys
-from ..upstream.connect import Connector, make_connector
-from ..upstream.fastcgi import FastCgiConn, fastcgi_pool
+from ..upstream.checks import CheckPolicy, Probe, connect_probe, http_probe, run_checks
+from ..upstream.connect import Connector, make_connector, make_upstream_connector
+from ..upstream.fastcgi import fastcgi_pool
+from ..upstream.http1 import http_pool
 from ..upstream.pool import Pool
 from .php_fpm import PING_PATH, PhpFpmSupervisor, make_runtime_dir
 from .privileges import Plan, drop
@@ -80,13 +84,55 @@ def admin_connection_settings() -> ConnectionSettings:
                    header_timeout=ADMIN_HEADER_TIMEOUT)
 
 
-def pool_from_config(name: str, connector: Connector, backend: BackendConfig,
-                     limits: LimitsConfig) -> Pool[FastCgiConn]:
-    """Backend ``name``'s pool: the one mapping from its configuration."""
-    return fastcgi_pool(name, connector, size=backend.pool_size,
-                        queue_depth=backend.queue_limit(limits.max_connections), queue_timeout=backend.queue_timeout,
-                        connect_timeout=backend.connect_timeout,
-                        idle_timeout=backend.idle_timeout)
+def pool_from_config(name: str, connector: Connector | list[tuple[str, Connector]], backend: BackendConfig,
+                     limits: LimitsConfig) -> Pool[Any]:
+    """Backend ``name``'s pool: the one mapping from its configuration (the
+    transport by its ``type``; ``connector``: one, or one per address)."""
+    common: dict[str, Any] = dict(
+        size=backend.pool_size, queue_depth=backend.queue_limit(limits.max_connections),
+        queue_timeout=backend.queue_timeout, connect_timeout=backend.connect_timeout,
+        idle_timeout=backend.idle_timeout, balance=backend.balance, max_fails=backend.health.max_fails,
+        fail_timeout=backend.health.fail_timeout)
+    if backend.type == "http":
+        return http_pool(name, connector, max_header_size=backend.max_response_header_size, **common)
+    return fastcgi_pool(name, connector, **common)
+
+
+def upstream_tls_context(backend: BackendConfig) -> ssl.SSLContext:
+    """How an HTTP backend's https:// addresses are verified: the system's CAs,
+    or ``ca_bundle``'s.
+
+    Raises:
+        ConfigError: ``ca_bundle`` cannot be read as PEM certificates.
+    """
+    try:
+        return ssl.create_default_context(cafile=backend.ca_bundle or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"ca_bundle {backend.ca_bundle}: cannot load CA certificates from it: {exc}") from None
+
+
+def health_probes(backend: BackendConfig, connectors: list[tuple[str, Connector]]) -> list[Probe] | None:
+    """The active check of each address of a group (``upstream.checks``): GET
+    ``health.path`` for HTTP (none without a path), a connect for FastCGI."""
+    if len(connectors) < 2:
+        return None
+    if backend.type == "http":
+        if not backend.health.path:
+            return None
+        return [http_probe(connect, backend.health.path, backend.upstream_host or str(u.where))
+                for (_, connect), u in zip(connectors, backend.upstreams(), strict=True)]
+    return [connect_probe(connect) for _, connect in connectors]
+
+
+def backend_connectors(backend: BackendConfig, address: str) -> list[tuple[str, Connector]]:
+    """(address, connector) for each address of ``backend``; a spawned
+    php-fpm's is ``address``. TLS for an ``https://`` HTTP backend."""
+    if backend.spawned:
+        return [(address, make_connector(address))]
+    if backend.type == "http":
+        context = upstream_tls_context(backend) if any(u.tls for u in backend.upstreams()) else None
+        return [(str(u), make_upstream_connector(u, context)) for u in backend.upstreams()]
+    return [(str(u), make_connector(str(u))) for u in backend.upstreams()]
 
 
 @dataclass
@@ -94,7 +140,7 @@ class Running:
     """What a started server exposes to its caller (and to tests)."""
 
     listeners: list[trio.SocketListener]
-    pools: dict[str, Pool[FastCgiConn]]
+    pools: dict[str, Pool[Any]]
     supervisors: dict[str, PhpFpmSupervisor]
     listener_state: ListenerState
     monitor: Monitor
@@ -110,7 +156,7 @@ def spawn_key(config: Config, name: str, privileges: Plan | None = None) -> str 
     pool size, its ``php_fpm`` table, the body limit it gets, the users it
     runs as (``serve.privileges``), the error log."""
     backend = config.backends[name]
-    if backend.address != "spawn":
+    if not backend.spawned:
         return None
     users = privileges.fpm.get(name) if privileges is not None else None
     return json.dumps([backend.pool_size, backend.php_fpm.model_dump(mode="json"), config.limits.client_max_body_size,
@@ -125,8 +171,8 @@ async def start_backend(config: Config, name: str, runtime_dir: str, system: tri
     ``privileges`` say (``serve.privileges``), its files in ``directory``
     (default: ``fpm-NAME`` in ``runtime_dir``)."""
     backend = config.backends[name]
-    if backend.address != "spawn":
-        return backend.address, backend.status, None
+    if not backend.spawned:
+        return (backend.addresses or [backend.address])[0], backend.status, None
     error_log = "" if config.server.error_log == "-" else config.server.error_log
     sup = PhpFpmSupervisor(name, backend, runtime_dir, max_body_size=config.limits.client_max_body_size,
                            users=privileges.fpm.get(name) if privileges is not None else None,
@@ -372,17 +418,23 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
         tls = load_tls(config, specs, listener_state, privileges, inherited.ticket_keys if inherited else b"")
         async with trio.open_nursery() as system:
             supervisors: dict[str, PhpFpmSupervisor] = {}
-            pools: dict[str, Pool[FastCgiConn]] = {}
+            pools: dict[str, Pool[Any]] = {}
             pool_monitors: list[PoolMonitor] = []
             for name, backend in config.backends.items():
                 address, status_address, sup = await start_backend(config, name, runtime_dir, system, privileges)
                 if sup is not None:
                     supervisors[name] = sup
-                pool = pool_from_config(name, make_connector(address), backend, config.limits)
+                connectors = backend_connectors(backend, address)
+                pool = pool_from_config(name, connectors, backend, config.limits)
                 pools[name] = pool
+                probes = health_probes(backend, connectors)
+                if probes is not None:
+                    system.start_soon(run_checks, pool, probes, CheckPolicy.from_config(backend.health))
                 ping = PING_PATH if sup is not None and not backend.status else ""  # our pool config has it
-                health = BackendHealth.for_backend(name, address=address, status_address=status_address,
-                                                   status_path=backend.status_path, ping_path=ping)
+                # (a group's hosts are checked by the pool: passive, and run_checks)
+                health = None if backend.type == "http" or len(connectors) > 1 else BackendHealth.for_backend(
+                    name, address=address, status_address=status_address, status_path=backend.status_path,
+                    ping_path=ping)
                 pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path, health=health))
                 system.start_soon(pool.run_reaper)
             monitor = Monitor(listener_state.stats, pool_monitors)
@@ -446,7 +498,7 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
     return carry
 
 
-async def _end_shielded_runs(shutdown: trio.Event, pools: list[Pool[FastCgiConn]], graceful: float) -> None:
+async def _end_shielded_runs(shutdown: trio.Event, pools: list[Pool[Any]], graceful: float) -> None:
     """PHP runs shielded from client aborts (``ignore_client_abort``) get the
     same graceful period as the connections, not until PHP ends."""
     await shutdown.wait()

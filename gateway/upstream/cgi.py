@@ -48,7 +48,7 @@ _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 #: RFC 9110 5.5: field-value bytes are HTAB, SP, VCHAR and obs-text; anything
 #: else (NUL, CR, LF, VT, FF, other controls, DEL) is refused. h11 raises on
 #: several of them, so nothing of the kind may get past this module.
-_BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _STATUS = re.compile(rb"^(\d{3})(?:[ \t]+(.*))?$")
 #: RFC 9110 8.6: Content-Length = 1*DIGIT; 19 digits is more than any file.
 _CONTENT_LENGTH = re.compile(rb"^[0-9]{1,19}$")
@@ -103,11 +103,11 @@ def parse_cgi_headers(block: bytes) -> CgiHead:
             if not 200 <= status <= 599:
                 raise CgiResponseError(f"PHP sent Status {status}: not a final HTTP status (200-599)")
             reason = m.group(2) or b""
-            if _BAD_VALUE_BYTE.search(reason):
+            if BAD_VALUE_BYTE.search(reason):
                 dropped.append("the Status reason phrase (control byte)")
                 reason = b""
             continue
-        if _BAD_VALUE_BYTE.search(value):
+        if BAD_VALUE_BYTE.search(value):
             dropped.append(f"{name.decode('latin-1')} (control byte in its value)")
             continue
         if lname in HOP_BY_HOP:

@@ -40,10 +40,18 @@ from typing import Any, Generic, Protocol
 import trio
 
 from .._util import single_exception
-from ..http.errors import ClientGone, UpstreamClosedEarly, UpstreamTimeout
+from ..http.errors import (
+    ClientGone,
+    GatewayError,
+    UpstreamClosedEarly,
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamTimeout,
+)
 from ..http.spool import Spool
 from .cgi import CgiHead
 from .fastcgi import FastCgiConn, FastCgiExchange, PhpSettings
+from .http1 import HttpConn, HttpExchange, HttpSettings, UpstreamRequest
 from .pool import C, Pool, Slot
 
 log = logging.getLogger(__name__)
@@ -70,8 +78,7 @@ class UpstreamResponse:
 
 
 class Transaction(Protocol):
-    """One request/response on one connection (``FastCgiExchange``; an HTTP/1.1
-    transport will provide the same)."""
+    """One request/response on one connection (``FastCgiExchange``, ``HttpExchange``)."""
 
     large_body: bool
     request_id: str
@@ -106,25 +113,38 @@ class BufferSettings(Protocol):
 async def run_php(pool: Pool[FastCgiConn], params: list[tuple[bytes, bytes]], body: Spool | None,
                   settings: PhpSettings, *, request_id: str, retry_safe: bool = False,
                   client_left: Callable[[], bool] | None = None, stream_ok: bool = True,
-                  force_stream: bool = False) -> UpstreamResponse:
+                  force_stream: bool = False, key: bytes | None = None) -> UpstreamResponse:
     """Run one request on PHP through ``pool``: ``exchange`` with the FastCGI transport."""
 
     def start(conn: FastCgiConn) -> FastCgiExchange:
         return FastCgiExchange(conn, params, body, settings, request_id)
 
     return await exchange(pool, start, settings, retry_safe=retry_safe, client_left=client_left,
-                          stream_ok=stream_ok, force_stream=force_stream)
+                          stream_ok=stream_ok, force_stream=force_stream, key=key)
+
+
+async def run_http(pool: Pool[HttpConn], request: UpstreamRequest, settings: HttpSettings, *, request_id: str,
+                   retry_safe: bool = False, client_left: Callable[[], bool] | None = None,
+                   stream_ok: bool = True, force_stream: bool = False, key: bytes | None = None) -> UpstreamResponse:
+    """Send one request to an HTTP backend through ``pool``: ``exchange`` with the HTTP/1.1 transport."""
+
+    def start(conn: HttpConn) -> HttpExchange:
+        return HttpExchange(conn, request, settings, request_id)
+
+    return await exchange(pool, start, settings, retry_safe=retry_safe, client_left=client_left,
+                          stream_ok=stream_ok, force_stream=force_stream, key=key)
 
 
 async def exchange(pool: Pool[C], start: Callable[[C], Transaction], settings: BufferSettings, *,
                    retry_safe: bool = False, client_left: Callable[[], bool] | None = None,
-                   stream_ok: bool = True, force_stream: bool = False) -> UpstreamResponse:
+                   stream_ok: bool = True, force_stream: bool = False, key: bytes | None = None) -> UpstreamResponse:
     """Run one request through ``pool``; ``start`` begins the transport's
     transaction on a connection.
 
     ``stream_ok``: the caller can take a streamed body (else everything is
-    spooled). The caller closes the returned body (``Spool.close`` or
-    ``await UpstreamBody.aclose()``).
+    spooled). ``key``: what an ip_hash group hashes (the client address).
+    The caller closes the returned body (``Spool.close`` or ``await
+    UpstreamBody.aclose()``).
 
     Raises:
         GatewayError subclasses (QueueFull, QueueTimeout, UpstreamConnectError,
@@ -134,7 +154,7 @@ async def exchange(pool: Pool[C], start: Callable[[C], Transaction], settings: B
     """
     queued = True
     try:
-        async with pool.slot() as slot:
+        async with pool.slot(key) as slot:
             queued = False
             if client_left is not None and (slot.queue_wait or not settings.ignore_client_abort) \
                     and client_left():
@@ -181,26 +201,57 @@ class _Policy(Generic[C]):
         self.timing = Timing(slot.queue_wait)
         self.began = trio.current_time()
 
+    async def _connection(self, tried: list[Any], *, fresh: bool = False) -> C:
+        """A connection of the slot's member; after a connect error another
+        member's, while there is one in rotation (nothing was sent: always safe)."""
+        while True:
+            try:
+                return await self.slot.connection(fresh=fresh)
+            except (UpstreamConnectError, UpstreamConnectTimeout) as exc:
+                await self._next_member(tried, exc)
+                fresh = False  # (another address's idle connections are fine)
+
+    async def _next_member(self, tried: list[Any], exc: Exception) -> None:
+        """Move the slot to an address not ``tried`` yet, or raise ``exc``."""
+        tried.append(self.slot.member)
+        if not await self.slot.switch(tried):
+            raise exc
+        self.slot.pool.stats.retries += 1
+        assert self.slot.member is not None
+        log.warning("%s: %s; trying %s", self.slot.pool.name, exc, self.slot.member.name)
+
     async def run(self) -> UpstreamResponse:
         pool = self.slot.pool
-        conn = await self.slot.connection()
-        try:
+        tried: list[Any] = []
+        conn = await self._connection(tried)
+        while True:
             try:
                 return await self._on(conn)
             except UpstreamClosedEarly as exc:
-                if not conn.requests:  # a fresh connection: the backend is broken, not recycling
-                    raise
-                if not self.retry_safe:
-                    raise UpstreamClosedEarly(f"{exc} (a reused connection; not retried: the method is not "
-                                              "idempotent and PHP may have run it)") from None
-                pool.stats.retries += 1
-                log.info("%s: reused connection closed before a response; retrying on a fresh one", pool.name)
                 await self.slot.discard(conn)
-                conn = await self.slot.connection(fresh=True)
-                return await self._on(conn)
-        except BaseException:
-            await self.slot.discard(conn)
-            raise
+                if not self.retry_safe and exc.sent:
+                    if not conn.requests:
+                        raise
+                    raise UpstreamClosedEarly(f"{exc} (a reused connection; not retried: the method is not "
+                                              "idempotent and the backend may have run it)") from None
+                reused = bool(conn.requests)
+                if reused:  # a kept connection the backend closed (pm.max_requests): a fresh one
+                    pool.stats.retries += 1
+                    log.info("%s: reused connection closed before a response; retrying on a fresh one", pool.name)
+                else:  # a fresh one closed before answering: that address is failing; another, if any
+                    if self.slot.member is not None:
+                        pool.record_failure(self.slot.member, str(exc))
+                    await self._next_member(tried, exc)
+                # (ends: each fresh failure uses up an address, a reused one is retried fresh once)
+                conn = await self._connection(tried, fresh=reused)
+            except BaseException as exc:
+                if isinstance(exc, GatewayError) and self.slot.member is not None:
+                    errors = self.slot.member.stats.errors
+                    errors[exc.status] = errors.get(exc.status, 0) + 1
+                    if isinstance(exc, UpstreamTimeout):  # a hung host (nginx counts timeouts too)
+                        pool.record_failure(self.slot.member, str(exc))
+                await self.slot.discard(conn)
+                raise
 
     async def _on(self, conn: C) -> UpstreamResponse:
         tx = self.start(conn)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,7 +282,10 @@ def _log_stderr(request_id: str, data: bytes, *, final: bool) -> bytes:
     return tail
 
 
-def fastcgi_pool(name: str, connector: Connector, **limits: Any) -> Pool[FastCgiConn]:
-    """A pool of FastCGI connections opened with ``connector``; ``limits`` are
-    ``Pool``'s (size, queue_depth, queue_timeout, connect_timeout, idle_timeout)."""
-    return Pool(name, FastCgiTransport(connector).connect, **limits)
+def fastcgi_pool(name: str, connector: Connector | Sequence[tuple[str, Connector]], **limits: Any) -> Pool[FastCgiConn]:
+    """A pool of FastCGI connections opened with ``connector`` (or, for a
+    group, one per address); ``limits`` are ``Pool``'s keywords (size,
+    queue_depth, queue_timeout, connect_timeout, idle_timeout, balance...)."""
+    if callable(connector):
+        return Pool(name, FastCgiTransport(connector).connect, **limits)
+    return Pool(name, [(address, FastCgiTransport(c).connect) for address, c in connector], **limits)

@@ -27,13 +27,33 @@ keeps and closes them.
   lets a caller (a test, a monitor) wait for the next change of busy/waiting
   instead of polling.
 
+- **Groups** (issue 15): a backend may have several addresses (``members``),
+  each with its own ``size`` connections and idle stack; the queue (the
+  limiter, of the members' total size) is the backend's, one FIFO for all.
+  A request that gets a slot is given a member with a free connection by
+  ``balance``: "least_busy" (most free connections, ties taken in turn),
+  "round_robin", or "ip_hash" (the client address picks it; a down or full
+  one passes to the next). A connect error on one member moves the slot to
+  another (``Slot.switch``: nothing was sent, always safe).
+- **Passive health** (nginx ``max_fails``/``fail_timeout``): ``max_fails``
+  failures of one member within ``fail_timeout`` (connect errors and
+  timeouts, read timeouts, fresh connections closed unanswered) take it
+  out of rotation for ``fail_timeout``; then it is tried again. Active checks
+  (``checks``) set ``Member.checked_down``. The limiter's size follows the
+  members in rotation, so the queue waits for a live address instead of
+  handing out a dead one; with every member down all are tried (nothing
+  better to do), and a backend of one address is never taken out.
+  One log line when a member goes down, one when it is back.
+
 State changes are synchronous methods; IO (connect, close) happens outside them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator
+import zlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -43,6 +63,8 @@ import trio
 
 from ..http.errors import QueueFull, QueueTimeout, UpstreamConnectError, UpstreamConnectTimeout
 from ..metrics import PoolInstruments
+
+log = logging.getLogger(__name__)
 
 
 class UpstreamConn(Protocol):
@@ -87,32 +109,97 @@ class PoolStats:
     errors: dict[int, int] = field(default_factory=dict)
 
 
+@dataclass
+class MemberStats:
+    """One address's counters (the pool's ``PoolStats`` add them up)."""
+
+    requests: int = 0
+    connects: int = 0
+    connect_errors: int = 0
+    #: times it was taken out of rotation (passive or active)
+    marked_down: int = 0
+    errors: dict[int, int] = field(default_factory=dict)
+
+
+#: How a group picks the address for a request.
+BALANCE = ("least_busy", "round_robin", "ip_hash")
+
+
+class Member(Generic[C]):
+    """One address of a backend: its own bounded connections, idle stack and health."""
+
+    def __init__(self, name: str, connect: Callable[[], Awaitable[C]], size: int) -> None:
+        self.name = name
+        self.connect = connect
+        self.size = size
+        self.busy = 0
+        self._idle: list[C] = []
+        self.open_connections = 0
+        self.stats = MemberStats()
+        #: passive health: recent failure times, and out of rotation until
+        self._fails: list[float] = []
+        self.down_until = -math.inf
+        #: active health: the last checks' verdict (False: up or never checked)
+        self.checked_down = False
+        #: when it left rotation (None: in rotation), and why
+        self.down_since: float | None = None
+        self.down_reason = ""
+
+    def __repr__(self) -> str:
+        state = "" if self.down_since is None else " down"
+        return f"{self.name} {self.busy}/{self.size}{state}"
+
+    def up(self, now: float) -> bool:
+        return not self.checked_down and now >= self.down_until
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+
+Opener = Callable[[], Awaitable[C]]
+
+
 class Pool(Generic[C]):
-    """At most ``size`` live connections to one backend, with a bounded FIFO queue.
+    """At most ``size`` live connections to each address of one backend, with
+    one bounded FIFO queue.
 
     Args:
         name: for logs and metrics.
-        connect: opens a new connection to the backend (the transport's).
-        size: slots (live connections); at most the backend's pm.max_children.
+        connect: opens a new connection to the backend (the transport's); or,
+            for a group, ``(address, connect)`` for each of its addresses.
+        size: slots (live connections) per address; at most that php-fpm's
+            pm.max_children.
         queue_depth: waiters allowed; one more gets 503.
         queue_timeout: seconds a waiter may wait; then 504.
         connect_timeout: seconds to open a connection; then 504.
         idle_timeout: seconds an idle connection is kept.
+        balance: how a group picks an address (``BALANCE``).
+        max_fails, fail_timeout: passive health (module docstring).
     """
 
-    def __init__(self, name: str, connect: Callable[[], Awaitable[C]], *, size: int, queue_depth: int,
-                 queue_timeout: float, connect_timeout: float = 5.0, idle_timeout: float = 10.0) -> None:
+    def __init__(self, name: str, connect: Opener[C] | Sequence[tuple[str, Opener[C]]], *, size: int,
+                 queue_depth: int, queue_timeout: float, connect_timeout: float = 5.0,
+                 idle_timeout: float = 10.0, balance: str = "least_busy", max_fails: int = 1,
+                 fail_timeout: float = 10.0) -> None:
         self.name = name
-        self.connect = connect
-        self.size = size
+        if callable(connect):
+            connect = [("", connect)]
+        self.members = [Member(address, opener, size) for address, opener in connect]
+        assert self.members, "a pool needs at least one address"
+        assert balance in BALANCE, balance
+        self._only = self.members[0] if len(self.members) == 1 else None
+        self.balance = balance
+        self.max_fails = max_fails
+        self.fail_timeout = fail_timeout
         self.queue_depth = queue_depth
         self.queue_timeout = queue_timeout
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
-        self.limiter = trio.CapacityLimiter(size)
-        self._idle: list[C] = []
+        self.limiter = trio.CapacityLimiter(size * len(self.members))
+        self._turn = 0
+        self._down = 0  # members out of rotation
         self.waiting = 0
-        self.open_connections = 0
         self.stats = PoolStats()
         self.instruments = PoolInstruments()
         self._changed: trio.Event | None = None
@@ -122,8 +209,14 @@ class Pool(Generic[C]):
         self._shield_deadline = math.inf
 
     def __repr__(self) -> str:
-        return (f"<Pool {self.name} [slots {self.busy}/{self.size} busy, {len(self._idle)} idle, "
-                f"{self.waiting} waiting]>")
+        group = "" if self._only is not None else "; " + ", ".join(repr(m) for m in self.members)
+        return (f"<Pool {self.name} [slots {self.busy}/{self.size} busy, {self.idle} idle, "
+                f"{self.waiting} waiting{group}]>")
+
+    @property
+    def size(self) -> int:
+        """Slots of the members in rotation (all of them when none is)."""
+        return int(self.limiter.total_tokens)
 
     @property
     def busy(self) -> int:
@@ -131,17 +224,22 @@ class Pool(Generic[C]):
 
     @property
     def idle(self) -> int:
-        return len(self._idle)
+        return sum(len(m._idle) for m in self.members)
 
-    def slot(self) -> SlotRequest[C]:
+    @property
+    def open_connections(self) -> int:
+        return sum(m.open_connections for m in self.members)
+
+    def slot(self, key: bytes | None = None) -> SlotRequest[C]:
         """``async with pool.slot() as slot:`` waits in the FIFO queue for a slot
-        and holds it for the block.
+        and holds it for the block; ``slot.member`` is the address it is for
+        (``key``: the client address, for ip_hash).
 
         Raises (on entry):
             QueueFull: ``queue_depth`` requests are already waiting.
             QueueTimeout: no slot within ``queue_timeout``.
         """
-        return SlotRequest(self)
+        return SlotRequest(self, key)
 
     async def changed(self) -> None:
         """Wait until ``busy`` or ``waiting`` next changes."""
@@ -178,18 +276,22 @@ class Pool(Generic[C]):
         for scope in self._shielded:
             scope.deadline = min(scope.deadline, deadline)
 
-    def record_error(self, status: int) -> None:
-        """Count a request this backend failed with ``status`` (502, 503, 504...)."""
+    def record_error(self, status: int, member: Member[C] | None = None) -> None:
+        """Count a request this backend (and ``member``, the address it was
+        sent to, if it got that far) failed with ``status`` (502, 503, 504...)."""
         self.stats.errors[status] = self.stats.errors.get(status, 0) + 1
+        if member is not None:
+            member.stats.errors[status] = member.stats.errors.get(status, 0) + 1
 
     def record_response(self, seconds: float) -> None:
         """Count a complete response that took ``seconds`` from slot to its end."""
         self.instruments.php_time.observe(seconds)
         self.instruments.responses += 1
 
-    async def _acquire(self, token: object) -> float:
-        """Take a slot for ``token``; return the seconds waited (exactly 0.0
-        when a slot was free: callers test it to know whether it queued)."""
+    async def _acquire(self, token: Slot[C], key: bytes | None = None) -> float:
+        """Take a slot for ``token`` and give it a member (``key``: what
+        ip_hash hashes); return the seconds waited (exactly 0.0 when a slot was
+        free: callers test it to know whether it queued)."""
         self.stats.requests += 1
         queue_wait = 0.0
         try:
@@ -198,11 +300,18 @@ class Pool(Generic[C]):
             start = trio.current_time()
             await self._wait_for_slot(token)
             queue_wait = trio.current_time() - start
+        member = self._only or self._pick(key) or self._pick(key, fallback=True)
+        assert member is not None  # the limiter's size is the members' in rotation
+        token.member = member
+        member.busy += 1
+        member.stats.requests += 1
         self._notify()
         self.instruments.queue_wait.observe(queue_wait)
         return queue_wait
 
-    def _release(self, token: object) -> None:
+    def _release(self, token: Slot[C]) -> None:
+        if token.member is not None:
+            token.member.busy -= 1
         self.limiter.release_on_behalf_of(token)
         self._notify()
 
@@ -225,90 +334,175 @@ class Pool(Generic[C]):
 
     # -- synchronous state changes --------------------------------------------
 
-    def _checkout_idle(self) -> tuple[C | None, list[C]]:
-        """Pop the most recently used usable idle connection; return it and those to close."""
+    def _pick(self, key: bytes | None, *, exclude: Sequence[Member[C]] = (),
+              fallback: bool = False) -> Member[C] | None:
+        """A member in rotation with a free connection, by ``balance`` (with
+        ``fallback``: any member with one); None if there is none."""
+        now = trio.current_time()
+        if self._down:
+            self.refresh(now)
+        members = self.members
+        n = len(members)
+        free = [m for m in members if m.busy < m.size and m not in exclude and (fallback or m.up(now))]
+        if not free:
+            return None
+        if self.balance == "ip_hash" and key is not None:
+            start = zlib.crc32(key) % n
+            return next(members[(start + i) % n] for i in range(n) if members[(start + i) % n] in free)
+        self._turn = (self._turn + 1) % n
+        turn = [members[(self._turn + i) % n] for i in range(n)]
+        if self.balance == "round_robin":
+            return next(m for m in turn if m in free)
+        best = None
+        for m in turn:
+            if m in free and (best is None or m.size - m.busy > best.size - best.busy):
+                best = m
+        return best
+
+    def refresh(self, now: float | None = None) -> None:
+        """Bring back members whose down time is over and fit the limiter to
+        the members in rotation (all of them when none is)."""
+        now = trio.current_time() if now is None else now
+        serving = [m for m in self.members if m.up(now)]
+        self._down = len(self.members) - len(serving)
+        for m in self.members:
+            if m in serving and m.down_since is not None:
+                log.info("backend %s: %s is back in rotation after %.0fs (%d of %d addresses serving)", self.name,
+                         m.name, now - m.down_since, len(serving), len(self.members))
+                m.down_since = None
+            elif m not in serving and m.down_since is None:
+                m.down_since = now
+                m.stats.marked_down += 1
+                log.warning("backend %s: %s taken out of rotation: %s (%d of %d addresses serving)", self.name,
+                            m.name, m.down_reason, len(serving), len(self.members))
+        total = sum(m.size for m in self.members if m.up(now)) or sum(m.size for m in self.members)
+        if self.limiter.total_tokens != total:
+            self.limiter.total_tokens = total
+            self._notify()  # (a request waiting to move to another address looks again)
+
+    def record_failure(self, member: Member[C], reason: str) -> None:
+        """Passive health: ``member`` failed (a connect error or timeout, no
+        answer within read_timeout, a fresh connection closed unanswered)."""
+        if self._only is not None or not self.max_fails:
+            return
+        now = trio.current_time()
+        member._fails = [t for t in member._fails if now - t < self.fail_timeout]
+        member._fails.append(now)
+        if len(member._fails) >= self.max_fails and member.up(now):
+            member.down_until = now + self.fail_timeout
+            member.down_reason = f"{reason} (max_fails {self.max_fails} within {self.fail_timeout:g}s)"
+            member._fails.clear()
+            self.refresh(now)
+
+    def mark_checked(self, member: Member[C], down: bool, reason: str = "") -> None:
+        """Active health: the checks' verdict on ``member``."""
+        if member.checked_down == down or self._only is not None:
+            return
+        member.checked_down = down
+        if down:
+            member.down_reason = f"health check failed: {reason}"
+        self.refresh()
+
+    def _checkout_idle(self, member: Member[C]) -> tuple[C | None, list[C]]:
+        """Pop ``member``'s most recently used usable idle connection; return it and those to close."""
         now = trio.current_time()
         to_close = []
-        while self._idle:
-            conn = self._idle.pop()
+        idle = member._idle
+        while idle:
+            conn = idle.pop()
             if now - conn.idle_since >= self.idle_timeout or conn.peer_closed():
                 to_close.append(conn)
                 continue
             return conn, to_close
         return None, to_close
 
-    def _checkin(self, conn: C) -> bool:
+    def _checkin(self, member: Member[C], conn: C) -> bool:
         """Keep ``conn`` for reuse if its exchange ended cleanly."""
         if not conn.reusable():
             return False
         conn.start_next_cycle()
         conn.idle_since = trio.current_time()
-        self._idle.append(conn)
+        member._idle.append(conn)
         return True
 
-    def _expired(self) -> list[C]:
+    def _expired(self, member: Member[C]) -> list[C]:
         now = trio.current_time()
         keep: list[C] = []
         drop: list[C] = []
-        for conn in self._idle:
+        for conn in member._idle:
             (drop if now - conn.idle_since >= self.idle_timeout else keep).append(conn)
-        self._idle = keep
+        member._idle = keep
         return drop
 
     # -- IO ----------------------------------------------------------------------
 
-    async def _close(self, conns: list[C]) -> None:
+    async def _close(self, member: Member[C], conns: list[C]) -> None:
         # shielded: closing is forceful (never waits on the peer), and a cancel
         # halfway would leave the rest of ``conns`` open and uncounted
         with trio.CancelScope(shield=True):
             for conn in conns:
                 if not conn.closed:  # (a failed exchange may be discarded twice)
-                    self.open_connections -= 1
+                    member.open_connections -= 1
                     await conn.aclose()
 
-    async def _open(self) -> C:
+    async def _open(self, member: Member[C]) -> C:
         self.stats.connects += 1
+        member.stats.connects += 1
         try:
             with trio.fail_after(self.connect_timeout):
-                conn = await self.connect()
+                conn = await member.connect()
         except trio.TooSlowError:
             self.stats.connect_errors += 1
-            raise UpstreamConnectTimeout(f"pool {self.name}: connect timed out after {self.connect_timeout:g}s") \
-                from None
-        except UpstreamConnectError:
+            member.stats.connect_errors += 1
+            where = f" to {member.name}" if member.name else ""
+            self.record_failure(member, f"connect timed out after {self.connect_timeout:g}s")
+            raise UpstreamConnectTimeout(f"pool {self.name}: connect{where} timed out after "
+                                         f"{self.connect_timeout:g}s") from None
+        except UpstreamConnectError as exc:
             self.stats.connect_errors += 1
+            member.stats.connect_errors += 1
+            self.record_failure(member, str(exc))
             raise
-        self.open_connections += 1
+        member._fails.clear()
+        member.open_connections += 1
         return conn
 
     async def close_expired(self) -> None:
-        await self._close(self._expired())
+        for member in self.members:
+            await self._close(member, self._expired(member))
 
     async def run_reaper(self) -> None:
-        """Close idle connections as they expire; runs until cancelled."""
+        """Close idle connections as they expire, and bring back members whose
+        down time is over; runs until cancelled."""
         period = max(self.idle_timeout / 4, 0.05)
+        if self._only is None:
+            period = min(period, max(self.fail_timeout / 4, 0.05))
         while True:
             await trio.sleep(period)
             await self.close_expired()
+            if self._down:
+                self.refresh()
 
     async def aclose(self) -> None:
-        idle, self._idle = self._idle, []
-        await self._close(idle)
+        for member in self.members:
+            idle, member._idle = member._idle, []
+            await self._close(member, idle)
 
 
 class SlotRequest(Generic[C]):
     """``pool.slot()``: an async context manager (a class, not a generator: it
     runs once per request)."""
 
-    __slots__ = ("pool", "_slot")
+    __slots__ = ("pool", "key", "_slot")
 
-    def __init__(self, pool: Pool[C]) -> None:
+    def __init__(self, pool: Pool[C], key: bytes | None = None) -> None:
         self.pool = pool
+        self.key = key
         self._slot: Slot[C] | None = None
 
     async def __aenter__(self) -> Slot[C]:
         slot = Slot(self.pool)
-        slot.queue_wait = await self.pool._acquire(slot)
+        slot.queue_wait = await self.pool._acquire(slot, self.key)
         self._slot = slot
         return slot
 
@@ -326,35 +520,66 @@ class Slot(Generic[C]):
     ``async with`` block then keeps it, and ``release()`` (idempotent) frees it.
     """
 
-    __slots__ = ("pool", "queue_wait", "detached", "_held")
+    __slots__ = ("pool", "member", "queue_wait", "detached", "_held")
 
     def __init__(self, pool: Pool[C]) -> None:
         self.pool = pool
+        #: the address this slot is for (set once the slot is taken)
+        self.member: Member[C] | None = None
         self.queue_wait = 0.0
         self.detached = False
         self._held = True
 
     async def connection(self, *, fresh: bool = False) -> C:
-        """An idle connection (unless ``fresh``), else a new one.
+        """An idle connection of the slot's member (unless ``fresh``), else a new one.
 
         Raises:
             UpstreamConnectError, UpstreamConnectTimeout
         """
+        member = self.member
+        assert member is not None
         conn = None
         if not fresh:
-            conn, to_close = self.pool._checkout_idle()
-            await self.pool._close(to_close)
-        return conn or await self.pool._open()
+            conn, to_close = self.pool._checkout_idle(member)
+            if to_close:
+                await self.pool._close(member, to_close)
+        return conn or await self.pool._open(member)
+
+    async def switch(self, tried: Sequence[Member[C]]) -> bool:
+        """Move the slot to another member in rotation, none of ``tried``
+        (after a connect error: nothing was sent); if they are all busy, wait
+        (at most ``queue_timeout``) for one of their connections to free. False
+        if there is no other member in rotation, or none freed in time."""
+        pool = self.pool
+        if pool._only is not None or self.member is None:
+            return False
+        with trio.move_on_after(pool.queue_timeout):
+            while True:
+                other = pool._pick(None, exclude=tried)
+                if other is not None:
+                    self.member.busy -= 1
+                    other.busy += 1
+                    other.stats.requests += 1
+                    self.member = other
+                    pool._notify()
+                    return True
+                now = trio.current_time()
+                if not any(m.up(now) for m in pool.members if m not in tried):
+                    return False
+                await pool.changed()
+        return False
 
     async def put_back(self, conn: C) -> None:
         """Return ``conn`` to the idle list if reusable, else close it."""
         conn.requests += 1
-        if not self.pool._checkin(conn):
-            await self.pool._close([conn])
+        assert self.member is not None
+        if not self.pool._checkin(self.member, conn):
+            await self.pool._close(self.member, [conn])
 
     async def discard(self, conn: C) -> None:
         """Close ``conn``: its exchange failed or was abandoned."""
-        await self.pool._close([conn])
+        assert self.member is not None
+        await self.pool._close(self.member, [conn])
 
     def detach(self) -> Slot[C]:
         self.detached = True

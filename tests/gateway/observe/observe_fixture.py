@@ -38,7 +38,7 @@ def _pool(name: str, *, size: int, busy: int, idle: int, waiting: int, queue_dep
     pool = Pool(name, _never_connects, size=size, queue_depth=queue_depth, queue_timeout=5.0)
     for _ in range(busy):
         pool.limiter.acquire_on_behalf_of_nowait(object())
-    pool._idle.extend(object() for _ in range(idle))  # type: ignore[misc]  # counted, never used
+    pool.members[0]._idle.extend(object() for _ in range(idle))  # type: ignore[misc]  # counted, never used
     pool.waiting = waiting
     return pool
 

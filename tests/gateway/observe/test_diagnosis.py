@@ -140,3 +140,19 @@ async def test_the_monitor_feeds_compression_cpu_to_the_verdict():
         pass
     await m.sample()
     assert m.compress_cpu > 0
+
+
+def test_a_group_with_a_host_down_names_it():
+    p = pool(hosts=3, hosts_down=(("10.0.0.2:9000", 12.3, "cannot connect to 10.0.0.2:9000: Connection refused"),))
+    v = classify(obs(p))
+    assert v.bottleneck == "healthy"
+    assert v.reason.endswith("Also: pool php: host 10.0.0.2:9000 down for 12 s (cannot connect to 10.0.0.2:9000: "
+                             "Connection refused); 2 of 3 hosts serving.")
+
+
+def test_a_group_with_every_host_down_is_backend_down():
+    p = pool(hosts=2, hosts_down=(("a:9000", 5.0, "refused"), ("b:9000", 3.0, "health check failed: timeout")))
+    v = classify(obs(p))
+    assert v.bottleneck == "backend-down"
+    assert v.reason == ("pool php: every host is out of rotation: a:9000 for 5 s (refused); b:9000 for 3 s (health "
+                        "check failed: timeout): start the backends or fix the addresses.")
