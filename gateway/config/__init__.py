@@ -1041,13 +1041,19 @@ def listen_conflicts(data: dict[str, Any], source: Callable[[tuple[str, ...]], s
 
 def path_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
     """(key, message) for each site root or alias target in merged ``data``
-    that does not exist or is not a directory. (Whether the php-fpm user may
+    that does not exist or is not a directory, and each ``ca_bundle``
+    (a backend's, ``[acme]``'s) that is not a file. (Whether the php-fpm user may
     read it is another check's business.)"""
     out: list[tuple[tuple[str, ...], str]] = []
     for name, backend in _table(data, "backends").items():
         bundle = backend.get("ca_bundle") if isinstance(backend, dict) else None
         if isinstance(bundle, str) and bundle and not os.path.isfile(bundle):
             out.append((("backends", name, "ca_bundle"), f"{bundle} is not a file (PEM CA certificates)"))
+    acme = data.get("acme")
+    bundle = acme.get("ca_bundle") if isinstance(acme, dict) else None
+    if isinstance(bundle, str) and bundle and not os.path.isfile(bundle):
+        out.append((("acme", "ca_bundle"), f"{bundle} is not a file (PEM CA certificates the ACME server's "
+                                           "certificate is checked against)"))
     for name, site in _table(data, "sites").items():
         if not isinstance(site, dict):
             continue

@@ -117,3 +117,16 @@ def test_http2_on_tls_by_default_and_h2c_only_when_asked(tmp_path):
     cfg = load(tmp_path, SITE + "[server]\nhttp2 = false\nhttp2_cleartext = true\n")
     assert cfg.server.http2 is False and cfg.server.http2_cleartext is True
     assert "server.http2" in load_error(tmp_path, SITE + '[server]\nhttp2 = "maybe"\n')
+
+
+def test_a_missing_acme_ca_bundle_is_found_by_check_not_at_the_first_order(tmp_path):
+    (tmp_path / "www").mkdir()
+    (tmp_path / "10.toml").write_text(f'[acme]\nca_bundle = "{tmp_path / "pebble.pem"}"\n'
+                                      f'[sites.a]\nroot = "{tmp_path / "www"}"\n')
+    with pytest.raises(ConfigError) as err:
+        load_dir(tmp_path)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path / '10.toml'}: acme.ca_bundle: {tmp_path / 'pebble.pem'}"
+                                                   " is not a file"), lines
+    (tmp_path / "pebble.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert load_dir(tmp_path).acme.ca_bundle == str(tmp_path / "pebble.pem")
