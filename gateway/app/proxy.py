@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import BackendConfig, ServerConfig
 from ..http.errors import GatewayError
@@ -83,13 +84,21 @@ class Proxy:
                                     client_left=req.client_left, force_stream=force_stream,
                                     key=req.client[0].encode() if pool.balance == "ip_hash" else None)
         except GatewayError as exc:
-            pool.record_error(exc.status)
-            log.error("[%s] %s %s -> %d: %s", req.request_id, req.method.decode(), req.target.decode("latin-1"),
-                      exc.status, exc)
-            resp = self.error(exc.status, list(exc.headers))
-            resp.upstream = pool.name
-            return resp
+            return exchange_failed(req, pool, exc, self.error)
         return response(req, result)
+
+
+def exchange_failed(req: Request, pool: Pool[Any], exc: GatewayError,
+                    error: Callable[[int, list[tuple[bytes, bytes]] | None], Response]) -> Response:
+    """The answer to an exchange with ``pool``'s backend (PHP or HTTP) that
+    failed with ``exc`` (502/503/504): counted on the pool, one log line, the
+    error page, attributed to the pool."""
+    pool.record_error(exc.status)
+    log.error("[%s] %s %s -> %d: %s", req.request_id, req.method.decode(), req.target.decode("latin-1"),
+              exc.status, exc)
+    resp = error(exc.status, list(exc.headers))
+    resp.upstream = pool.name
+    return resp
 
 
 #: The backend's response headers the gateway sets itself (nginx does not pass

@@ -54,7 +54,7 @@ from ..upstream.fastcgi import FastCgiConn, PhpSettings
 from ..upstream.pool import Pool
 from .cgi_params import build_params
 from .compress import CompressionSettings, Compressor
-from .proxy import Proxy, ProxyBackend
+from .proxy import Proxy, ProxyBackend, exchange_failed
 from .routing import (
     BadRequestTarget,
     PhpScript,
@@ -273,12 +273,7 @@ class App:
                                    force_stream=force,
                                    key=req.client[0].encode() if pool.balance == "ip_hash" else None)
         except GatewayError as exc:
-            pool.record_error(exc.status)
-            log.error("[%s] %s %s -> %d: %s", req.request_id, req.method.decode(), req.target.decode("latin-1"),
-                      exc.status, exc)
-            resp = self.error(exc.status, list(exc.headers))
-            resp.upstream = pool.name
-            return resp
+            return exchange_failed(req, pool, exc, self.error)
         return self._php_response(req, result, trio.current_time() - t0)
 
     def _php_response(self, req: Request, result: UpstreamResponse, head_time: float) -> Response:

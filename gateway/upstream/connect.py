@@ -73,8 +73,9 @@ def stream_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
 
 def has_pending_eof(stream: trio.abc.Stream) -> bool:
     """True if an idle connection's socket is readable: the peer closed or reset it
-    (an idle FastCGI connection has nothing else to say)."""
-    sock = getattr(stream, "socket", None)
+    (an idle FastCGI or HTTP/1.1 connection has nothing else to say; garbage
+    makes it unusable too). False where there is no socket (memory streams)."""
+    sock = stream_socket(stream)
     if sock is None:
         return False
     try:

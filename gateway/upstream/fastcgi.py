@@ -21,20 +21,18 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 import fastcgi
 
-from .._util import socket_events
-from ..config import BackendConfig, ServerConfig
 from ..http.errors import UpstreamClosedEarly, UpstreamOverloaded, UpstreamProtocolError, UpstreamTimeout
 from ..http.spool import Spool
 from .cgi import CgiHead, CgiResponseError, CgiResponseHead, wants_streaming
-from .connect import Connector
+from .connect import Connector, has_pending_eof
 from .pool import Pool
+from .settings import ResponseSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +41,8 @@ STDIN_CHUNK = 4 * fastcgi.MAX_CONTENT
 SMALL_BODY = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class PhpSettings:
-    """How one backend's responses are read. No defaults here: ``from_config``
-    is the one mapping from the schema, where every default lives."""
-
-    read_timeout: float
-    max_header_size: int
-    response_buffer_size: int
-    temp_dir: str | None
-    ignore_client_abort: bool
-    #: Past response_buffer_size + this, PHP's output is passed through at the
-    #: client's pace instead of spooled (nginx fastcgi_max_temp_file_size).
-    max_temp_file_size: int
-
-    @classmethod
-    def from_config(cls, backend: BackendConfig, server: ServerConfig | None = None) -> PhpSettings:
-        """The settings for ``backend``; ``server`` gives the temp dir (omitted: the default)."""
-        return cls(
-            read_timeout=backend.read_timeout,
-            max_header_size=backend.max_response_header_size,
-            response_buffer_size=backend.response_buffer_size,
-            temp_dir=(server or ServerConfig()).temp_dir or None,
-            ignore_client_abort=backend.ignore_client_abort,
-            max_temp_file_size=backend.max_temp_file_size,
-        )
+#: how this transport's responses are read (shared with the other transport)
+PhpSettings = ResponseSettings
 
 
 class FastCgiConn:
@@ -108,13 +83,7 @@ class FastCgiConn:
 
     def peer_closed(self) -> bool:
         """An idle FastCGI connection has nothing to say: readable means closed."""
-        sock = getattr(self.stream, "socket", None)
-        if sock is None:
-            return False
-        try:
-            return bool(socket_events(sock))
-        except (OSError, ValueError):
-            return True
+        return has_pending_eof(self.stream)
 
     async def aclose(self) -> None:
         if not self._closed:

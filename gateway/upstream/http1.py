@@ -42,14 +42,13 @@ from typing import Any
 import h11
 import trio
 
-from .._util import socket_events
-from ..config import BackendConfig, ServerConfig
 from ..http.errors import UpstreamClosedEarly, UpstreamProtocolError, UpstreamTimeout
 from ..http.forwarding import connection_tokens, is_hop_by_hop
 from ..http.spool import Spool
 from .cgi import BAD_VALUE_BYTE, CgiHead, wants_streaming
-from .connect import Connector, stream_socket
+from .connect import Connector, has_pending_eof
 from .pool import Pool
+from .settings import ResponseSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +64,8 @@ DEFAULT_MAX_HEADER_SIZE = 16 * 1024
 RECEIVE_SIZE = 65536
 
 
-@dataclass(frozen=True, slots=True)
-class HttpSettings:
-    """How one HTTP backend's responses are read. No defaults: ``from_config``
-    is the one mapping from the schema."""
-
-    read_timeout: float
-    max_header_size: int
-    response_buffer_size: int
-    temp_dir: str | None
-    ignore_client_abort: bool
-    max_temp_file_size: int
-
-    @classmethod
-    def from_config(cls, backend: BackendConfig, server: ServerConfig | None = None) -> HttpSettings:
-        return cls(
-            read_timeout=backend.read_timeout,
-            max_header_size=backend.max_response_header_size,
-            response_buffer_size=backend.response_buffer_size,
-            temp_dir=(server or ServerConfig()).temp_dir or None,
-            ignore_client_abort=backend.ignore_client_abort,
-            max_temp_file_size=backend.max_temp_file_size,
-        )
+#: how this transport's responses are read (shared with the other transport)
+HttpSettings = ResponseSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +111,7 @@ class HttpConn:
     def peer_closed(self) -> bool:
         """An idle HTTP connection has nothing to say: readable means closed
         (or garbage, which makes it unusable too)."""
-        sock = stream_socket(self.stream)
-        if sock is None:
-            return False
-        try:
-            return bool(socket_events(sock))
-        except (OSError, ValueError):
-            return True
+        return has_pending_eof(self.stream)
 
     async def aclose(self) -> None:
         if not self._closed:
