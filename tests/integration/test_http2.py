@@ -20,6 +20,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+import pytest
 import trio
 import trustme
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
@@ -226,6 +227,8 @@ async def test_rapid_reset_continuation_and_ping_floods_get_goaway_and_php_never
                 if _samples(await _metrics(admin), "gateway_pool_busy").get('{pool="php"}') == 2:
                     break
                 await trio.sleep(0.05)
+            else:
+                pytest.fail("the gateway never reached that state: the test would prove nothing")
 
             # rapid reset: HEADERS + RST_STREAM, over and over
             attacker = await _H2.connect(port)
@@ -298,6 +301,8 @@ async def test_sigterm_sends_goaway_and_the_stream_in_flight_finishes(tmp_path):
             if _samples(await _metrics(admin), "gateway_requests_in_flight").get("") == 1:
                 break
             await trio.sleep(0.05)
+        else:
+            pytest.fail("the gateway never reached that state: the test would prove nothing")
         proc.send_signal(signal.SIGTERM)
         await c.read_until(lambda: sid in c.ended)
         assert c.goaway is not None and c.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
@@ -325,6 +330,8 @@ async def test_a_reader_that_opens_no_window_holds_no_php_worker(tmp_path):
             if _samples(metrics, "gateway_pool_responses_total").get('{pool="php"}') == 1:
                 break
             await trio.sleep(0.05)
+        else:
+            pytest.fail("the gateway never reached that state: the test would prove nothing")
         assert _samples(metrics, "gateway_pool_busy")['{pool="php"}'] == 0
         assert c.bodies.get(sid, b"") == b""
         # the client opens its window: the spooled response arrives whole
