@@ -24,6 +24,7 @@ hundred requests over a few seconds.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -140,6 +141,16 @@ def _free_subnets() -> tuple[int, int]:
     pytest.fail("no free 10.201.x.0/24 pair for the test hosts")
 
 
+def _remove_stale() -> None:
+    """Namespaces and links of an earlier run that was killed before its
+    teardown (its pid is gone): they would pile up."""
+    for line in _ip("netns", "list").stdout.splitlines():
+        m = re.match(r"(gwt(\d+)[ab])\b", line)
+        if m and not os.path.exists(f"/proc/{m.group(2)}"):
+            _ip("link", "del", f"{m.group(1)}0", check=False)
+            _ip("netns", "del", m.group(1), check=False)
+
+
 @pytest.fixture
 async def hosts(tmp_path: Path) -> AsyncIterator[list[Host]]:
     if os.geteuid() != 0:
@@ -151,6 +162,7 @@ async def hosts(tmp_path: Path) -> AsyncIterator[list[Host]]:
     if probe.returncode != 0:
         pytest.skip(f"cannot create network namespaces here: {probe.stderr.strip()}")
     _ip("netns", "del", f"{tag}p", check=False)
+    _remove_stale()
     made: list[Host] = []
     try:
         for name, k in zip("ab", _free_subnets(), strict=True):
