@@ -11,8 +11,8 @@ gateway in the root namespace with one backend of the two addresses and
   had no answer is retried on the other host); a POST may fail only if it
   was sent before the gateway took the host out of rotation; the host is out
   of rotation within one health interval (plus the check's timeout) of the
-  fault; and it comes back, serving again, after php-fpm restarts / the link
-  is up.
+  fault; /status's verdict names it ("1 of 2 hosts serving"); and it comes
+  back, serving again, after php-fpm restarts / the link is up.
 
 Needs root (namespaces and links; CI runs the suite as root) and iproute2
 (scripts/setup installs it); skipped with the reason otherwise. Names carry the
@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -42,6 +43,7 @@ from gateway.serve.process import Running, serve
 from tests.helpers import HttpClient
 
 from .conftest import gateway_config
+from .test_verdict import admin_status
 
 POOL_SIZE = 4  # per host: php-fpm's pm.max_children = the gateway's pool_size per address
 INTERVAL = 1.0  # [backends.php.health] interval
@@ -242,6 +244,18 @@ async def until(predicate: Callable[[], bool], limit: float, what: str) -> float
     pytest.fail(f"{what}: not within {limit:g} s")
 
 
+async def verdict_naming(running: Running, address: str) -> str:
+    """/status's verdict once it names ``address`` (the test fails after 5 s)."""
+    reason = ""
+    with trio.move_on_after(5):
+        while address not in reason:
+            reason = (await admin_status(SimpleNamespace(running=running)))["verdict"]["reason"]
+            if address not in reason:
+                await trio.sleep(0.1)
+        return reason
+    pytest.fail(f"/status never named {address}; its verdict: {reason!r}")
+
+
 async def start_gateway(nursery: trio.Nursery, tmp_path: Path, hosts: list[Host]) -> tuple[Running, int]:
     docroot = tmp_path / "docroot"
     docroot.mkdir()
@@ -339,6 +353,10 @@ async def test_a_php_host_fails_under_load_no_get_fails_and_it_comes_back(nurser
     assert all(a.started <= down_at for a in failed_posts), failed_posts
     assert not any(a.host == dead.name and a.started > down_at for a in load.answers)
     assert sum(a.host == alive.name for a in load.answers) >= 100
+
+    verdict = await verdict_naming(running, dead.address)  # the diagnosis names the host
+    print(f"{fault}: /status: {verdict}")
+    assert "1 of 2 hosts serving" in verdict
 
     # it comes back (passes its check) once php-fpm runs again / its link is up
     if fault == "kill-php-fpm":
