@@ -63,7 +63,10 @@ echo getenv('NETNS_HOST'), ' ', $_SERVER['REQUEST_METHOD'];
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=10)
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    if check and done.returncode:
+        pytest.fail(f"ip {' '.join(args)}: {done.stderr.strip()}")
+    return done
 
 
 @dataclass
@@ -147,7 +150,7 @@ def _remove_stale() -> None:
     """Namespaces and links of an earlier run that was killed before its
     teardown (its pid is gone): they would pile up."""
     for line in _ip("netns", "list").stdout.splitlines():
-        m = re.match(r"(gwt(\d+)[ab])\b", line)
+        m = re.match(r"(gwt(\d+)[abp])\b", line)
         if m and not os.path.exists(f"/proc/{m.group(2)}"):
             _ip("link", "del", f"{m.group(1)}0", check=False)
             _ip("netns", "del", m.group(1), check=False)
