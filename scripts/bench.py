@@ -26,7 +26,12 @@ overload run where clients give up after 1 s, with the PHP work done for
 clients that had already left (requests php-fpm ran minus answers); and, when
 Debian's wordpress and mariadb-server are installed (scripts/setup --test),
 the WordPress home page at 16 connections (its own nginx + gateway pair on
-one php-fpm pool and a private MariaDB).
+one php-fpm pool and a private MariaDB); and "proxy hello c64", the reverse
+proxy: the gateway (``type = "http"`` backend) vs nginx ``proxy_pass`` with
+upstream keepalive vs Caddy ``reverse_proxy``, 16 upstream connections kept
+each, in front of one fast upstream (an nginx answering 5 bytes), from
+``bench_proxy`` (``scripts/bench-proxy`` has more proxy rows; no baseline
+row: an older gateway may have no proxy).
 
 Both front ends run --processes processes (nginx worker_processes, gateway
 [server] processes; default one per core); nginx's FastCGI keepalive cache and
@@ -251,6 +256,20 @@ def run_workloads(stack: Stack, workloads: list[tuple[str, str, int, int]], args
                       f"errors {r['errors']:.0f}", file=sys.stderr, flush=True)
 
 
+#: the reverse-proxy rows (bench_proxy.ProxyStack), and the upstream connections each proxy keeps
+PROXY_WORKLOADS = [("proxy hello c64", "/hello", 64, 10)]
+PROXY_POOL_SIZE = 16
+
+
+def run_proxy(args: argparse.Namespace, workloads: list[tuple[str, str, int, int]], duration: float,
+              results: dict[tuple[str, str], list[dict[str, float]]]) -> list[tuple[str, str, int, int]]:
+    from bench_proxy import ProxyStack, measure
+
+    with ProxyStack(processes=args.processes, pool_size=PROXY_POOL_SIZE, caddy=args.caddy) as stack:
+        measure(stack, workloads, args.reps, duration, results)
+    return workloads
+
+
 def wordpress_installed() -> bool:
     from tests.wordpress.wp_parts import WP_CORE
 
@@ -335,6 +354,9 @@ def bench(args: argparse.Namespace, baseline: Path | None, baseline_commit: str)
                    tls=any(name.startswith(("https", "h2 ")) for name, *_ in workloads)) as stack:
             run_workloads(stack, workloads, args, duration, results)
     shutil.rmtree(root, ignore_errors=True)
+    proxy_workloads = [w for w in PROXY_WORKLOADS if selected(w[0])]
+    if proxy_workloads:
+        workloads += run_proxy(args, proxy_workloads, duration, results)
     if selected("wordpress home c16"):
         if wordpress_installed():
             workloads += run_wordpress(args, duration, results, baseline)

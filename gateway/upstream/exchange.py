@@ -17,8 +17,13 @@ kept-alive connection after its last response, and the request written on it
 never ran. But the same silence comes from a worker that died *while running*
 the request (a segfault, a request_terminate_timeout kill with its output still
 buffered): a POST retried then runs twice. So a POST, PATCH, LOCK... gets a 502
-instead, as nginx never retries a non-idempotent request once sent. Nothing
-else is retried: once any byte of a response arrived, the backend ran it.
+instead, as nginx never retries a non-idempotent request once sent. In a
+group, an idempotent request whose response head did not come within
+``read_timeout`` goes to another address too (nginx's default
+``fastcgi_next_upstream error timeout``): a host whose link went down or
+that hangs answers nothing, and its requests must not all be lost; the price
+is nginx's too: a GET slower than read_timeout runs on two hosts. Nothing
+else is retried: once a response head arrived, the backend ran it.
 
 Client aborts are the front end's: it cancels the handler when the client
 leaves. A waiter then leaves the queue (php-fpm would run the request for
@@ -200,6 +205,8 @@ class _Policy(Generic[C]):
         self.force_stream = force_stream
         self.timing = Timing(slot.queue_wait)
         self.began = trio.current_time()
+        #: the attempt under way got its response head
+        self.answered = False
 
     async def _connection(self, tried: list[Any], *, fresh: bool = False) -> C:
         """A connection of the slot's member; after a connect error another
@@ -251,9 +258,15 @@ class _Policy(Generic[C]):
                     if isinstance(exc, UpstreamTimeout):  # a hung host (nginx counts timeouts too)
                         pool.record_failure(self.slot.member, str(exc))
                 await self.slot.discard(conn)
-                raise
+                if not (isinstance(exc, UpstreamTimeout) and self.retry_safe and not self.answered
+                        and self.slot.member is not None):
+                    raise
+                # no head within read_timeout, an idempotent request: another address, if any
+                await self._next_member(tried, exc)
+                conn = await self._connection(tried)
 
     async def _on(self, conn: C) -> UpstreamResponse:
+        self.answered = False
         tx = self.start(conn)
         if not tx.large_body:
             await tx.send_head()
@@ -282,6 +295,7 @@ class _Policy(Generic[C]):
         """The head, and the body spooled: to its end (True), or up to where it
         is to be streamed (False: the rest is read as the client takes it)."""
         head, rest = await tx.read_head()
+        self.answered = True
         stream = self.stream_ok and (self.force_stream or tx.wants_streaming(head))
         limit = self.settings.response_buffer_size + self.settings.max_temp_file_size
         spool = Spool(self.settings.response_buffer_size, self.settings.temp_dir)

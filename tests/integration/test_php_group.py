@@ -1,7 +1,7 @@
 """A PHP backend on two php-fpm pools (two "hosts" on loopback): balanced,
 and when one dies under load no GET fails: those in flight there are retried
 on the other (they had no response byte yet), the dead one leaves rotation.
-(The namespaced version, with real separate hosts, is still to come.)"""
+(Real separate hosts, in network namespaces: test_netns_hosts.py.)"""
 
 from __future__ import annotations
 

@@ -179,3 +179,24 @@ def test_the_shipped_groups_example_is_valid(tmp_path):
     cfg = load_dir(tmp_path, check_paths=False)
     assert len(cfg.backends["php"].upstreams()) == 3 and cfg.backends["php"].health.interval == 2.0
     assert cfg.backends["api"].type == "http" and cfg.sites["shop"].routes == {"/api/": "api"}
+
+
+def test_the_shipped_several_gateways_example_is_valid_and_sized_as_it_says(tmp_path):
+    import pathlib
+    import re
+    import shutil
+
+    src = pathlib.Path(__file__).parents[3] / "conf.d" / "examples" / "several-gateways-php-hosts.toml"
+    shutil.copy(src, tmp_path / src.name)
+    cfg = load_dir(tmp_path, check_paths=False)
+    php = cfg.backends["php"]
+    hosts = [u.text for u in php.upstreams()]
+    assert hosts == ["10.0.1.11:9000", "10.0.1.12:9000", "10.0.1.13:9000"]
+    assert (php.health.interval, php.health.timeout, php.health.passes) == (2.0, 1.0, 2)
+    assert cfg.server.listen == ["0.0.0.0:80 proxy_protocol"] and cfg.server.trusted_proxies == ["10.0.0.0/24"]
+    # the php-fpm side it describes: pm.max_children covers every gateway's pool_size to that host
+    text = src.read_text()
+    gateways = len(re.search(r"allowed_clients = (\S+)", text).group(1).split(","))
+    max_children = int(re.search(r"pm\.max_children = (\d+)", text).group(1))
+    assert gateways * php.pool_size <= max_children
+    assert int(re.search(r"request_terminate_timeout = (\d+)s", text).group(1)) > php.read_timeout

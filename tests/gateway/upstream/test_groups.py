@@ -227,3 +227,35 @@ async def test_a_hung_address_is_taken_out_by_its_read_timeout(nursery, autojump
             outcomes.append(b"504")
     assert sorted(outcomes) == [b"504", b"good", b"good", b"good"]
     assert pool.members[0].down_since is not None
+
+
+async def test_a_safe_request_on_a_hung_address_is_answered_by_another_after_read_timeout(nursery, autojump_clock):
+    """A host whose link went down (or that hangs) with GETs in flight: each
+    waits read_timeout, then goes to the other address, as nginx's default
+    ``fastcgi_next_upstream error timeout``; a POST there gets its 504 (it may
+    have run), and a single address has nowhere else to go."""
+    from gateway.http.errors import UpstreamTimeout
+
+    async def hang(req):
+        await trio.sleep(1000)
+        return []
+
+    hung, good = FakeHttp(hang), FakeHttp(named(b"good"))
+    pool = group({"hung:80": hung, "good:80": good}, nursery, balance="round_robin", max_fails=0)
+    got = [(await run_http(pool, GET, SETTINGS, request_id="t", retry_safe=True)).body.getvalue() for _ in range(4)]
+    assert got == [b"good"] * 4
+    retried = pool.stats.retries
+    assert retried >= 1 and pool.members[0].stats.errors == {504: retried}
+    assert trio.current_time() == pytest.approx(retried * 30)  # each waited read_timeout on the hung one
+    post = UpstreamRequest(b"POST", b"/", [(b"host", b"h")])
+    outcomes = []
+    for _ in range(4):
+        try:
+            outcomes.append((await run_http(pool, post, SETTINGS, request_id="t")).body.getvalue())
+        except UpstreamTimeout:
+            outcomes.append(b"504")
+    assert b"504" in outcomes  # a POST that went there
+
+    alone = group({"hung:80": FakeHttp(hang)}, nursery)
+    with pytest.raises(UpstreamTimeout):
+        await run_http(alone, GET, SETTINGS, request_id="t", retry_safe=True)
