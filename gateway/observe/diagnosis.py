@@ -14,13 +14,23 @@ Every second the monitor builds an ``Observation`` from the instruments and
   host has no CPU to spare while they run code (at least ``CPU_IDLE`` each; a
   full host with sleeping workers is busy with something else).
 - ``php-waiting``: a pool is saturated and queueing but its workers mostly do
-  not use CPU: they wait on a database, storage or the network.
+  not use CPU: they wait on a database, storage or the network. When the
+  busy workers were sampled (``waits``, ``sampler``) the verdict's
+  ``waiting_on`` counts them by kind and the reason names the targets ("3 of
+  them waiting on the database at 127.0.0.1:3306 (mysqli_query from
+  wp-includes/class-wpdb.php)"); workers in disk waits while the host's
+  iowait is at least ``IOWAIT_HIGH`` make it say the storage is slow.
 - ``listener-tls``: as ``listener``, and TLS handshakes take at least
   ``TLS_SHARE`` of the process's CPU: new TLS connections, not requests,
   are the load (no session resumption, RSA keys, a connection per request).
 - ``listener``: PHP has free slots, yet the gateway's own event loop lags or
   its process uses a whole core: the front end is the bottleneck. Its reason
-  names the share of CPU spent compressing responses when there is one.
+  names the share of CPU spent compressing responses when there is one. Also
+  when the host's CPU is full (``HOST_CPU_LIMIT``), PHP is not saturated and
+  the gateway's processes together use at least ``GATEWAY_HOST_SHARE`` of the
+  busy CPU: under a flood of cheap requests with the load generator on the
+  same cores no single process reaches a core, the loop does not lag (the
+  kernel shares the CPU fairly), and yet the gateway is what the CPU does.
 - ``healthy``: none of the above.
 
 Rules are checked in that order (a down backend explains everything after it).
@@ -32,6 +42,8 @@ the numbers behind it and what to do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .waits import KINDS, Waits, describe
 
 BOTTLENECKS = ("healthy", "listener", "listener-tls", "php-cpu", "php-waiting", "backend-down")
 
@@ -52,6 +64,12 @@ CPU_IDLE = 0.10
 #: Share of the gateway's CPU in TLS handshakes from which a saturated listener
 #: is ``listener-tls``: handshakes are then the main part of its work.
 TLS_SHARE = 0.5
+#: Share of a full host's busy CPU used by the gateway's processes (all of
+#: them) from which the gateway is the listener bottleneck.
+GATEWAY_HOST_SHARE = 0.4
+#: Share of the host's CPU time idle waiting for storage from which workers in
+#: disk waits mean the storage is slow.
+IOWAIT_HIGH = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +89,8 @@ class PoolObservation:
     #: a group's addresses out of rotation: (address, seconds down, why), and how many it has
     hosts_down: tuple[tuple[str, float, str], ...] = ()
     hosts: int = 1
+    #: what the busy workers wait on (``sampler``), None: not sampled
+    waits: Waits | None = None
 
     @property
     def saturated(self) -> bool:
@@ -87,12 +107,17 @@ class Observation:
     tls_handshakes: float = 0.0  # full and resumed handshakes per second
     tls_resumed: float = 0.0  # of which resumed, per second
     compress_cpu: float = 0.0  # share of one core spent compressing responses
+    host_iowait: float | None = None  # share of all cores idle waiting on storage, None: unknown
+    gateway_cpu: float | None = None  # all the gateway's processes, share of one core; None: only this one's known
+    cpus: int = 1  # the host's cores
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     bottleneck: str
     reason: str
+    #: php-waiting: busy workers by what they wait on (``waits.KINDS``), when sampled
+    waiting_on: dict[str, int] = field(default_factory=dict)
 
 
 def classify(obs: Observation) -> Verdict:
@@ -102,7 +127,7 @@ def classify(obs: Observation) -> Verdict:
     verdict = _classify(obs)
     notes = [_hosts_note(p) for p in obs.pools if p.hosts_down and len(p.hosts_down) < p.hosts]
     if notes and verdict.bottleneck != "backend-down":
-        return Verdict(verdict.bottleneck, f"{verdict.reason} Also: {'; '.join(notes)}.")
+        return Verdict(verdict.bottleneck, f"{verdict.reason} Also: {'; '.join(notes)}.", verdict.waiting_on)
     return verdict
 
 
@@ -130,12 +155,23 @@ def _classify(obs: Observation) -> Verdict:
     for p in obs.pools:
         if p.saturated:
             bottleneck = _php_bottleneck(p, obs)
-            return Verdict(bottleneck, _php_reason(bottleneck, p, obs))
+            waiting_on = p.waits.counts if bottleneck == "php-waiting" and p.waits is not None else {}
+            return Verdict(bottleneck, _php_reason(bottleneck, p, obs), waiting_on)
     if obs.loop_lag_p99 >= LOOP_LAG_LIMIT or obs.process_cpu >= PROCESS_CPU_LIMIT:
         if _tls_bound(obs):
             return Verdict("listener-tls", _tls_reason(obs))
         return Verdict("listener", _listener_reason(obs))
+    if _gateway_fills_host(obs):
+        return Verdict("listener", _listener_reason(obs))
     return Verdict("healthy", _healthy_reason(obs))
+
+
+def _gateway_fills_host(obs: Observation) -> bool:
+    """The host's CPU is full and the gateway's processes are a large part
+    of it (``GATEWAY_HOST_SHARE``); PHP is not saturated (checked before)."""
+    if obs.host_cpu is None or obs.gateway_cpu is None or not _host_full(obs):
+        return False
+    return obs.gateway_cpu >= GATEWAY_HOST_SHARE * obs.host_cpu * obs.cpus
 
 
 def _tls_bound(obs: Observation) -> bool:
@@ -194,12 +230,44 @@ def _php_reason(bottleneck: str, p: PoolObservation, obs: Observation, *, proces
         advice = ("raise pm.max_children (and workers) only if the host has CPU to spare" if not host_full
                   else "the host has no CPU to spare: optimise the code or add CPU, not workers")
         return f"{load}; {cpu}, {host}: PHP is CPU-bound; {advice}."
+    if p.waits is not None and p.waits.busy:
+        return f"{load}; {cpu}, {host}: PHP is waiting: {describe(p.waits)}. {_advice(p.waits, obs)}"
     return (f"{load}; {cpu}, {host}: PHP is waiting on something downstream (database, storage, network); look "
             "at slow queries and external calls. More workers help only if that downstream has capacity.")
 
 
+_ADVICE = {
+    "database": "look at the database's slow queries and its load",
+    "cache": "look at the cache server's load and latency",
+    "http": "add timeouts or cache the answers of external calls",
+    "socket": "look at the service behind that socket",
+    "disk": "look at storage latency (iostat -x) and what writes or syncs",
+    "lock": "look for lock contention and sleep() calls in the code",
+    "cpu": "optimise the code or add CPU",
+}
+
+
+def _advice(waits: Waits, obs: Observation) -> str:
+    """What to do about the kind most busy workers wait on."""
+    counts = waits.counts
+    top = max(KINDS, key=lambda k: counts[k])
+    if not counts[top]:
+        return "Look at slow queries and external calls."
+    text = _ADVICE[top]
+    if counts["disk"] and obs.host_iowait is not None and obs.host_iowait >= IOWAIT_HIGH:
+        text = (f"storage is slow: host iowait {obs.host_iowait:.0%} with {counts['disk']} worker(s) waiting on "
+                f"disk I/O; {text}")
+    return text[0].upper() + text[1:] + "; more workers help only if that has capacity."
+
+
 def _listener_reason(obs: Observation, *, processes: int = 1) -> str:
     free = ", ".join(f"{p.name} {p.size - p.busy}/{p.size} free" for p in obs.pools) or "no PHP pools"
+    if (obs.loop_lag_p99 < LOOP_LAG_LIMIT and obs.process_cpu < PROCESS_CPU_LIMIT and obs.gateway_cpu is not None
+            and obs.host_cpu is not None):
+        return (f"the gateway is the bottleneck: {_host(obs)}, gateway processes use {obs.gateway_cpu:.0%} of "
+                f"{obs.cpus} core{'s' if obs.cpus != 1 else ''}; PHP idle ({free}); loop lag p99 "
+                f"{obs.loop_lag_p99 * 1000:.0f} ms: run fewer other things on this host (a load generator?), "
+                "add CPU, or move static files to a CDN.")
     cpu = "process CPU" if processes == 1 else "busiest process CPU"
     compress = ""
     if obs.compress_cpu > 0 and obs.process_cpu > 0:

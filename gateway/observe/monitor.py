@@ -35,6 +35,8 @@ from ..upstream.pool import Pool
 from . import table
 from .diagnosis import Diagnosis, Observation, PoolObservation, Verdict
 from .health import BackendHealth
+from .sampler import WorkerSampler, master_workers
+from .waits import Waits
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +63,21 @@ class SupervisedProcess(Protocol):
 
 def read_host_cpu() -> tuple[float, float] | None:
     """(busy, total) jiffies from /proc/stat, or None off Linux."""
+    host = read_host_jiffies()
+    return None if host is None else (host[0], host[1])
+
+
+def read_host_jiffies() -> tuple[float, float, float] | None:
+    """(busy, total, iowait) jiffies from /proc/stat, or None off Linux."""
     try:
         with open("/proc/stat") as f:
             fields = [float(x) for x in f.readline().split()[1:]]
     except OSError:
         return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    iowait = fields[4] if len(fields) > 4 else 0.0
+    idle = fields[3] + iowait
     total = sum(fields[:8])
-    return total - idle, total
+    return total - idle, total, iowait
 
 
 def read_proc_cpu(pid: int) -> float | None:
@@ -101,6 +110,25 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def gateway_children(master: int) -> list[int]:
+    """The master's children that are gateway processes (not php-fpm)."""
+    try:
+        with open(f"/proc/{master}/task/{master}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return []
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().startswith("php-fpm"):
+                    continue
+        except OSError:
+            continue
+        out.append(pid)
+    return out
+
+
 @dataclass
 class PoolMonitor:
     pool: Pool[Any]
@@ -123,6 +151,12 @@ class PoolMonitor:
     _prev_cpu: dict[int, float] = field(default_factory=dict)
     _prev_cpu_at: float = 0.0
     last: PoolObservation | None = None
+    #: reads what the busy workers wait on (None: not sampled)
+    sampler: WorkerSampler | None = None
+    #: the pid file of an external php-fpm master whose workers are sampled
+    pid_file: str = ""
+    #: the last sample of what the busy workers wait on
+    waits: Waits | None = None
 
     async def poll_fpm_status(self) -> None:
         if not self.status_address:
@@ -163,6 +197,37 @@ class PoolMonitor:
             self.worker_cpu = max(0.0, used / (wall - self._prev_cpu_at) / busy)
         self._prev_cpu, self._prev_cpu_at = cpu, wall
 
+    def busy_workers(self) -> tuple[list[int], int]:
+        """(pids to sample, workers in the pool): php-fpm's own list of
+        running workers when its status page was read; else every worker of
+        the spawned or configured master (``waits`` leaves out the idle ones)."""
+        if self.fpm_status is not None:
+            processes = self.fpm_status.get("processes", [])
+            running = [int(p["pid"]) for p in processes if p.get("state") == "Running" and "pid" in p]
+            return running, len(processes)
+        master = self.supervisor.process if self.supervisor is not None else None
+        if master is not None:
+            try:
+                with open(f"/proc/{master.pid}/task/{master.pid}/children") as f:
+                    pids = [int(p) for p in f.read().split()]
+            except (OSError, ValueError):
+                pids = children_of(master.pid)
+            return pids, len(pids)
+        if self.pid_file:
+            pids = master_workers(self.pid_file)
+            return pids, len(pids)
+        return [], 0
+
+    async def sample_waits(self, now: float) -> None:
+        """What the busy workers wait on (``sampler``), read in a thread."""
+        if self.sampler is None:
+            return
+        pids, workers = self.busy_workers()
+        if not workers:
+            self.waits = None
+            return
+        self.waits = await trio.to_thread.run_sync(self.sampler.sample, pids, workers, now)
+
     def observe(self, now: float) -> PoolObservation:
         pool = self.pool
         connect_errors = pool.stats.connect_errors - self._prev_connect_errors
@@ -186,7 +251,7 @@ class PoolMonitor:
             backend_down_for=0.0 if health is None else health.down_for(now),
             hosts_down=tuple((m.name, now - m.down_since, m.down_reason) for m in pool.members
                              if m.down_since is not None),
-            hosts=len(pool.members),
+            hosts=len(pool.members), waits=self.waits,
         )
         return self.last
 
@@ -257,7 +322,7 @@ class Monitor:
     cpus: int | None
 
     def __init__(self, stats: ListenerStats, pools: list[PoolMonitor],
-                 compression: CompressionStats | None = None) -> None:
+                 compression: CompressionStats | None = None, *, master_pid: int | None = None) -> None:
         self.stats = stats
         self.pools = pools
         #: what response compression did (the app layer bumps it)
@@ -279,8 +344,16 @@ class Monitor:
         self.compress_cpu = 0.0
         self._prev_compress = 0.0
         self.host_cpu = None
+        #: share of all cores idle waiting for storage, None: unknown
+        self.host_iowait: float | None = None
         self._prev_proc: tuple[float, float] | None = None
-        self._prev_host: tuple[float, float] | None = None
+        self._prev_host: tuple[float, float, float] | None = None
+        #: a worker process's master: the gateway's processes are it and its
+        #: children other than php-fpm (None: this process alone)
+        self.master_pid = master_pid
+        #: CPU of all the gateway's processes, share of one core
+        self.gateway_cpu: float | None = None
+        self._prev_gateway: tuple[float, float] | None = None
         self.started = time.time()
         self.pid = os.getpid()
         self.cpus = os.cpu_count()
@@ -319,10 +392,12 @@ class Monitor:
             self.process_cpu = (cpu - self._prev_proc[1]) / (wall - self._prev_proc[0])
             self.compress_cpu = (compressing - self._prev_compress) / (wall - self._prev_proc[0])
         self._prev_proc = (wall, cpu)
+        self.sample_gateway_cpu(wall)
         self._prev_compress = compressing
-        host = read_host_cpu()
+        host = read_host_jiffies()
         if host is not None and self._prev_host is not None and host[1] > self._prev_host[1]:
             self.host_cpu = (host[0] - self._prev_host[0]) / (host[1] - self._prev_host[1])
+            self.host_iowait = (host[2] - self._prev_host[2]) / (host[1] - self._prev_host[1])
         self._prev_host = host
         self.accepted.add(now, self.stats.accepted)
         self.requests.add(now, self.stats.requests)
@@ -338,15 +413,31 @@ class Monitor:
         for pm in self.pools:
             await pm.poll_fpm_status()
             pm.sample_worker_cpu(time.monotonic())
+            await pm.sample_waits(now)
         obs = Observation(
+            gateway_cpu=self.gateway_cpu, cpus=self.cpus or 1,
             loop_lag_p99=percentile(self.lag.values(now, LAG_RECENT), 0.99),
             process_cpu=self.process_cpu,
             host_cpu=self.host_cpu,
+            host_iowait=self.host_iowait,
             compress_cpu=self.compress_cpu,
             pools=tuple(pm.observe(now) for pm in self.pools),
             tls_cpu=self.tls_now[0], tls_handshakes=self.tls_now[1], tls_resumed=self.tls_now[2],
         )
         return self.diagnosis.update(obs, now)
+
+    def sample_gateway_cpu(self, wall: float) -> None:
+        """The CPU of all the gateway's processes: this one's, or its master's
+        and every worker's (the master's children that are not php-fpm)."""
+        if self.master_pid is None:
+            self.gateway_cpu = self.process_cpu
+            return
+        total = 0.0
+        for pid in [self.master_pid, *gateway_children(self.master_pid)]:
+            total += read_proc_cpu(pid) or 0.0
+        prev, self._prev_gateway = self._prev_gateway, (wall, total)
+        if prev is not None and wall > prev[0]:
+            self.gateway_cpu = max(0.0, (total - prev[1]) / (wall - prev[0]))
 
     # -- what the table reads (table.py) ----------------------------------------
 

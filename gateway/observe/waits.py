@@ -35,7 +35,6 @@ Kinds (also the ``on`` label of ``gateway_php_workers_waiting``): ``KINDS``.
 from __future__ import annotations
 
 import ipaddress
-import re
 import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -157,6 +156,7 @@ def _hex_address(text: str) -> tuple[str, int]:
 
 def _join(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
 
 
 #: TCP state LISTEN in /proc/net/tcp.
@@ -442,22 +442,3 @@ def describe(waits: Waits) -> str:
         parts.append(f"{waits.unknown} unknown" + (f" ({waits.error})" if waits.error else ""))
     head = f"{waits.busy}/{waits.workers} workers busy"
     return head + (", " + ", ".join(parts) if parts else "")
-
-
-# -- endpoints ---------------------------------------------------------------------------
-
-_ADDRESS = re.compile(r"^(?:unix:/.+|\[[0-9A-Fa-f:.]+\]:\d{1,5}|[0-9.]+:\d{1,5})$")
-
-
-def normalise_endpoint(address: str) -> str:
-    """An endpoint key as the classifier compares it: "ip:port" ([v6]:port,
-    IPv6 compressed) or "unix:/path". ValueError for anything else."""
-    if not _ADDRESS.match(address):
-        raise ValueError(f"{address!r} is not \"ip:port\", \"[ipv6]:port\" or \"unix:/path\"")
-    if address.startswith("unix:"):
-        return address
-    host, port = address.rsplit(":", 1)
-    ip = ipaddress.ip_address(host.strip("[]"))
-    if not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r}: port {port} is out of range")
-    return _join(str(ip), int(port))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import endpoint_key as normalise_endpoint
 from gateway.observe.waits import (
     Context,
     Endpoint,
@@ -18,7 +19,6 @@ from gateway.observe.waits import (
     WorkerSample,
     classify,
     describe,
-    normalise_endpoint,
     parse_net_tcp,
     parse_net_unix,
     parse_pollfds,
