@@ -27,6 +27,7 @@ from typing import Any
 from ..metrics import PromWriter
 from .diagnosis import Observation, PoolObservation, explain
 from .table import TABLE, Path, merge
+from .waits import Target, Waits
 
 #: In the merged /status, one entry per worker process: key -> its /status path.
 WORKER_KEYS: dict[str, Path] = {
@@ -69,16 +70,27 @@ def observation_of(st: dict[str, Any]) -> Observation:
     pools = tuple(PoolObservation(
         name=name, size=p.get("size", 0), busy=p.get("busy", 0), waiting=p.get("queue_depth", 0),
         queue_wait_p50=(p.get("queue_wait_p50_ms_last_second") or 0.0) / 1000, responses=0, connect_errors=0,
-        worker_cpu=p.get("worker_cpu")) for name, p in st.get("pools", {}).items())
+        worker_cpu=p.get("worker_cpu"), waits=waits_of(p.get("waiting_on"))) for name, p in st.get("pools", {}).items())
     # TLS: summed over the processes, given per process (the average), as
     # process_cpu is one process's: the share and the CPU per handshake hold
     tls = listener.get("tls", {})
     up = max(1, sum(1 for w in st.get("workers", []) if w.get("up")))
+    host = st.get("host", {})
     return Observation(loop_lag_p99=(listener.get("loop_lag_ms", {}).get("p99") or 0.0) / 1000,
-                       process_cpu=busiest, host_cpu=st.get("host", {}).get("cpu"), pools=pools,
+                       process_cpu=busiest, host_cpu=host.get("cpu"), pools=pools,
+                       host_iowait=host.get("iowait"), gateway_cpu=host.get("gateway_cpu"), cpus=host.get("cpus") or 1,
                        tls_cpu=(tls.get("cpu") or 0.0) / up,
                        tls_handshakes=(tls.get("handshakes_per_second") or 0.0) / up,
                        tls_resumed=(tls.get("resumed_per_second") or 0.0) / up)
+
+
+def waits_of(w: dict[str, Any] | None) -> Waits | None:
+    """A pool's ``waiting_on`` in /status back as ``Waits`` (None if absent)."""
+    if not w:
+        return None
+    targets = tuple(Target(t["kind"], t["workers"], t.get("target", ""), t.get("name", ""), t.get("frame", ""))
+                    for t in w.get("targets", []))
+    return Waits(w.get("busy", 0), w.get("workers", 0), targets, w.get("unknown", 0), w.get("error", ""))
 
 
 def _at(obj: Any, path: Path) -> Any:

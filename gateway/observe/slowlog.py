@@ -5,6 +5,7 @@ With ``request_slowlog_timeout`` set (spawned pools: ``[backends.X.php_fpm]
 slowlog_timeout``, 2 s by default), php-fpm writes the PHP backtrace of every
 request still running after that long::
 
+
     [27-Nov-2026 03:40:01]  [pool php] pid 12345
     script_filename = /srv/www/index.php
     [0x00007f3e4a613f50] mysqli_query() /srv/www/wp-includes/class-wpdb.php:2056
@@ -62,9 +63,10 @@ def relative(path: str, script: str) -> str:
 
 
 def parse(text: str) -> tuple[list[SlowEntry], str]:
-    """The complete entries in ``text`` (each ends at a blank line or at the
-    next entry's head) and what is left over: the last entry when its blank
-    line is not written yet, to be parsed again with what follows."""
+    """The complete entries in ``text`` (each ends at a blank line, at the
+    next entry's head, or at the end of ``text`` after a whole frame line)
+    and what is left over: an entry cut short, to be parsed again with what
+    follows."""
     entries: list[SlowEntry] = []
     lines = text.split("\n")
     current: tuple[str, int] | None = None
@@ -88,6 +90,11 @@ def parse(text: str) -> tuple[list[SlowEntry], str]:
                 entries.append(SlowEntry(current[0], current[1], script, tuple(frames)))
                 current = None
         offset += len(line) + 1
+    if current is not None and frames and text.endswith("\n"):
+        # php-fpm writes a trace at once (a buffered file closed after it), and the
+        # blank line only before the next one: whole lines with frames are the whole entry
+        entries.append(SlowEntry(current[0], current[1], script, tuple(frames)))
+        current = None
     if current is not None:
         return entries, text[start_of_current:]
     return entries, ""

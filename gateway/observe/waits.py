@@ -408,7 +408,9 @@ def summarise(waits: Mapping[int, Wait], workers: int, frames: Mapping[int, str]
         targets.append(Target(kind, len(pids), target, name, top[0][0] if top else ""))
     targets.sort(key=lambda t: -t.count)
     unknown = len(by_kind.get("unknown", []))
-    error = next(iter(e for e in errors if e), "")
+    # why: a read error, else the most common call not understood ("syscall 7")
+    error = next(iter(e for e in errors if e), "") or next(
+        (target for target, _ in Counter(busy[p].target for p in by_kind.get("unknown", [])).most_common(1)), "")
     return Waits(len(busy), workers, tuple(targets), unknown, error)
 
 
