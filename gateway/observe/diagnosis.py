@@ -162,6 +162,8 @@ def _classify(obs: Observation) -> Verdict:
             return Verdict("listener-tls", _tls_reason(obs))
         return Verdict("listener", _listener_reason(obs))
     if _gateway_fills_host(obs):
+        if _tls_bound(obs):
+            return Verdict("listener-tls", _tls_reason(obs))
         return Verdict("listener", _listener_reason(obs))
     return Verdict("healthy", _healthy_reason(obs))
 
