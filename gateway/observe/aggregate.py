@@ -78,7 +78,8 @@ def observation_of(st: dict[str, Any]) -> Observation:
     host = st.get("host", {})
     return Observation(loop_lag_p99=(listener.get("loop_lag_ms", {}).get("p99") or 0.0) / 1000,
                        process_cpu=busiest, host_cpu=host.get("cpu"), pools=pools,
-                       host_iowait=host.get("iowait"), gateway_cpu=host.get("gateway_cpu"), cpus=host.get("cpus") or 1,
+                       host_iowait=host.get("iowait"), gateway_cpu=host.get("gateway_cpu"),
+                       other_cpu=host.get("other_cpu"), cpus=host.get("cpus") or 1,
                        tls_cpu=(tls.get("cpu") or 0.0) / up,
                        tls_handshakes=(tls.get("handshakes_per_second") or 0.0) / up,
                        tls_resumed=(tls.get("resumed_per_second") or 0.0) / up)

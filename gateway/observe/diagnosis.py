@@ -27,8 +27,8 @@ Every second the monitor builds an ``Observation`` from the instruments and
   its process uses a whole core: the front end is the bottleneck. Its reason
   names the share of CPU spent compressing responses when there is one. Also
   when the host's CPU is full (``HOST_CPU_LIMIT``), PHP is not saturated and
-  the gateway's processes together use at least ``GATEWAY_HOST_SHARE`` of the
-  busy CPU: under a flood of cheap requests with the load generator on the
+  the gateway's processes together are its largest consumer (more than any
+  other process, at least ``GATEWAY_MIN_CPU``): under a flood of cheap requests with the load generator on the
   same cores no single process reaches a core, the loop does not lag (the
   kernel shares the CPU fairly), and yet the gateway is what the CPU does.
 - ``healthy``: none of the above.
@@ -64,8 +64,11 @@ CPU_IDLE = 0.10
 #: Share of the gateway's CPU in TLS handshakes from which a saturated listener
 #: is ``listener-tls``: handshakes are then the main part of its work.
 TLS_SHARE = 0.5
-#: Share of a full host's busy CPU used by the gateway's processes (all of
-#: them) from which the gateway is the listener bottleneck.
+#: On a full host, the gateway's processes (all of them) are the listener
+#: bottleneck when they use more CPU than any other process and at least
+#: this share of one core; when the other processes are not known, when they
+#: use at least ``GATEWAY_HOST_SHARE`` of the busy CPU.
+GATEWAY_MIN_CPU = 0.25
 GATEWAY_HOST_SHARE = 0.4
 #: Share of the host's CPU time idle waiting for storage from which workers in
 #: disk waits mean the storage is slow.
@@ -109,6 +112,7 @@ class Observation:
     compress_cpu: float = 0.0  # share of one core spent compressing responses
     host_iowait: float | None = None  # share of all cores idle waiting on storage, None: unknown
     gateway_cpu: float | None = None  # all the gateway's processes, share of one core; None: only this one's known
+    other_cpu: float | None = None  # the busiest process that is not the gateway's, share of one core; None: unknown
     cpus: int = 1  # the host's cores
 
 
@@ -169,10 +173,12 @@ def _classify(obs: Observation) -> Verdict:
 
 
 def _gateway_fills_host(obs: Observation) -> bool:
-    """The host's CPU is full and the gateway's processes are a large part
-    of it (``GATEWAY_HOST_SHARE``); PHP is not saturated (checked before)."""
+    """The host's CPU is full and the gateway's processes are its largest
+    consumer; PHP is not saturated (checked before)."""
     if obs.host_cpu is None or obs.gateway_cpu is None or not _host_full(obs):
         return False
+    if obs.other_cpu is not None:
+        return obs.gateway_cpu >= max(GATEWAY_MIN_CPU, obs.other_cpu)
     return obs.gateway_cpu >= GATEWAY_HOST_SHARE * obs.host_cpu * obs.cpus
 
 
@@ -266,8 +272,10 @@ def _listener_reason(obs: Observation, *, processes: int = 1) -> str:
     free = ", ".join(f"{p.name} {p.size - p.busy}/{p.size} free" for p in obs.pools) or "no PHP pools"
     if (obs.loop_lag_p99 < LOOP_LAG_LIMIT and obs.process_cpu < PROCESS_CPU_LIMIT and obs.gateway_cpu is not None
             and obs.host_cpu is not None):
+        other = (f", more than any other process (the busiest: {obs.other_cpu:.0%} of a core)"
+                 if obs.other_cpu is not None else "")
         return (f"the gateway is the bottleneck: {_host(obs)}, gateway processes use {obs.gateway_cpu:.0%} of "
-                f"{obs.cpus} core{'s' if obs.cpus != 1 else ''}; PHP idle ({free}); loop lag p99 "
+                f"{obs.cpus} core{'s' if obs.cpus != 1 else ''}{other}; PHP idle ({free}); loop lag p99 "
                 f"{obs.loop_lag_p99 * 1000:.0f} ms: run fewer other things on this host (a load generator?), "
                 "add CPU, or move static files to a CDN.")
     cpu = "process CPU" if processes == 1 else "busiest process CPU"

@@ -33,7 +33,7 @@ from ..metrics import CompressionStats, ListenerStats, Window, percentile
 from ..upstream.php_fpm_status import fastcgi_get
 from ..upstream.pool import Pool
 from . import table
-from .diagnosis import Diagnosis, Observation, PoolObservation, Verdict
+from .diagnosis import GATEWAY_MIN_CPU, HOST_CPU_LIMIT, Diagnosis, Observation, PoolObservation, Verdict
 from .health import BackendHealth
 from .sampler import WorkerSampler, master_workers
 from .waits import Waits
@@ -108,6 +108,43 @@ def children_of(pid: int) -> list[int]:
         if ppid == pid:
             out.append(int(entry))
     return out
+
+
+class OtherProcesses:
+    """The busiest process on the host other than some (the gateway's), from
+    two readings of every /proc/PID/stat: read only while the host is full,
+    at most ``MOST`` processes."""
+
+    MOST = 5000
+
+    def __init__(self) -> None:
+        self._prev: dict[int, float] = {}
+        self._prev_at = 0.0
+
+    def busiest(self, exclude: set[int], wall: float) -> float | None:
+        """Share of one core used by the busiest process not in ``exclude``
+        since the last call; None at the first."""
+        now: dict[int, float] = {}
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            return None
+        for entry in entries:
+            if len(now) >= self.MOST:
+                break
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            if pid in exclude:
+                continue
+            cpu = read_proc_cpu(pid)
+            if cpu is not None:
+                now[pid] = cpu
+        prev, prev_at = self._prev, self._prev_at
+        self._prev, self._prev_at = now, wall
+        if not prev or wall <= prev_at:
+            return None
+        return max((cpu - prev[pid] for pid, cpu in now.items() if pid in prev), default=0.0) / (wall - prev_at)
 
 
 def gateway_children(master: int) -> list[int]:
@@ -353,7 +390,12 @@ class Monitor:
         self.master_pid = master_pid
         #: CPU of all the gateway's processes, share of one core
         self.gateway_cpu: float | None = None
-        self._prev_gateway: tuple[float, float] | None = None
+        self._prev_gateway_cpu: dict[int, float] = {}
+        self._prev_gateway_at = 0.0
+        self._gateway_pids: list[int] = [os.getpid()] if master_pid is None else [master_pid]
+        #: while the host is full: the busiest process that is not the gateway's (share of one core)
+        self.other_cpu: float | None = None
+        self._others = OtherProcesses()
         self.started = time.time()
         self.pid = os.getpid()
         self.cpus = os.cpu_count()
@@ -392,13 +434,20 @@ class Monitor:
             self.process_cpu = (cpu - self._prev_proc[1]) / (wall - self._prev_proc[0])
             self.compress_cpu = (compressing - self._prev_compress) / (wall - self._prev_proc[0])
         self._prev_proc = (wall, cpu)
-        self.sample_gateway_cpu(wall)
         self._prev_compress = compressing
         host = read_host_jiffies()
         if host is not None and self._prev_host is not None and host[1] > self._prev_host[1]:
             self.host_cpu = (host[0] - self._prev_host[0]) / (host[1] - self._prev_host[1])
             self.host_iowait = (host[2] - self._prev_host[2]) / (host[1] - self._prev_host[1])
         self._prev_host = host
+        self.sample_gateway_cpu(wall)
+        if (self.host_cpu is not None and self.host_cpu >= HOST_CPU_LIMIT and self.gateway_cpu is not None
+                and self.gateway_cpu >= GATEWAY_MIN_CPU):
+            # who fills the host: read every process's CPU (in a thread; only while
+            # it is full and the gateway busy enough to be the listener bottleneck)
+            self.other_cpu = await trio.to_thread.run_sync(self._others.busiest, set(self._gateway_pids), wall)
+        else:
+            self.other_cpu = None  # its last reading stays: the next one averages since then
         self.accepted.add(now, self.stats.accepted)
         self.requests.add(now, self.stats.requests)
         tls = self.stats.tls
@@ -415,7 +464,7 @@ class Monitor:
             pm.sample_worker_cpu(time.monotonic())
             await pm.sample_waits(now)
         obs = Observation(
-            gateway_cpu=self.gateway_cpu, cpus=self.cpus or 1,
+            gateway_cpu=self.gateway_cpu, other_cpu=self.other_cpu, cpus=self.cpus or 1,
             loop_lag_p99=percentile(self.lag.values(now, LAG_RECENT), 0.99),
             process_cpu=self.process_cpu,
             host_cpu=self.host_cpu,
@@ -432,12 +481,14 @@ class Monitor:
         if self.master_pid is None:
             self.gateway_cpu = self.process_cpu
             return
-        total = 0.0
-        for pid in [self.master_pid, *gateway_children(self.master_pid)]:
-            total += read_proc_cpu(pid) or 0.0
-        prev, self._prev_gateway = self._prev_gateway, (wall, total)
-        if prev is not None and wall > prev[0]:
-            self.gateway_cpu = max(0.0, (total - prev[1]) / (wall - prev[0]))
+        self._gateway_pids = [self.master_pid, *gateway_children(self.master_pid)]
+        cpu = {pid: c for pid in self._gateway_pids if (c := read_proc_cpu(pid)) is not None}
+        prev, prev_at = self._prev_gateway_cpu, self._prev_gateway_at
+        self._prev_gateway_cpu, self._prev_gateway_at = cpu, wall
+        if prev and wall > prev_at:
+            # per process: one that came or went since (a restarted worker) adds nothing
+            used = sum(c - prev[pid] for pid, c in cpu.items() if pid in prev)
+            self.gateway_cpu = max(0.0, used / (wall - prev_at))
 
     # -- what the table reads (table.py) ----------------------------------------
 

@@ -450,6 +450,9 @@ TABLE: tuple[Row, ...] = (
     ProcessMetric("gateway_processes_cpu_ratio", "gauge", "CPU of all the gateway's processes (master and "
                   "workers), share of one core.",
                   lambda m, now: m.gateway_cpu, ("host", "gateway_cpu"), worst_known, digits=3),
+    ProcessMetric(None, "gauge", "While the host's CPU is full: the busiest process that is not the gateway's, "
+                  "share of one core (null otherwise).",
+                  lambda m, now: m.other_cpu, ("host", "other_cpu"), worst_known, digits=3),
     # -- response compression (app/compress.py) ------------------------------------
     ProcessMetric("gateway_compression_seconds_total", "counter",
                   "CPU seconds spent compressing responses (br, gzip), on the event loop and in threads.",

@@ -60,6 +60,9 @@ SYS_SYNC, SYS_FUTEX, SYS_EPOLL_WAIT, SYS_CLOCK_NANOSLEEP = 162, 202, 232, 230
 SYS_PSELECT6, SYS_PPOLL, SYS_SYNC_FILE_RANGE, SYS_EPOLL_PWAIT, SYS_ACCEPT4 = 270, 271, 277, 281, 288
 SYS_RECVMMSG, SYS_SENDMMSG, SYS_SYNCFS, SYS_PREADV, SYS_PWRITEV, SYS_EPOLL_PWAIT2 = 299, 307, 306, 295, 296, 441
 SYS_OPENAT, SYS_OPEN, SYS_FALLOCATE, SYS_FTRUNCATE = 257, 2, 285, 77
+#: A call interrupted by a signal and resumed (after php-fpm's slowlog traced
+#: the worker, say): the original call and its arguments are gone.
+SYS_RESTART_SYSCALL = 219
 
 #: Calls whose first argument is the fd they wait on.
 FD_CALLS = frozenset({SYS_READ, SYS_WRITE, SYS_PREAD64, SYS_PWRITE64, SYS_READV, SYS_WRITEV, SYS_CONNECT,
@@ -71,7 +74,8 @@ SYNC_CALLS = frozenset({SYS_FSYNC, SYS_FDATASYNC, SYS_SYNC_FILE_RANGE, SYS_SYNC,
 #: Calls that wait on several fds, given in memory (poll, ppoll: a pollfd array).
 POLL_CALLS = frozenset({SYS_POLL, SYS_PPOLL})
 #: Calls that wait on fds we cannot see from the arguments (an fd_set, an epoll set).
-HIDDEN_FD_CALLS = frozenset({SYS_SELECT, SYS_PSELECT6, SYS_EPOLL_WAIT, SYS_EPOLL_PWAIT, SYS_EPOLL_PWAIT2})
+HIDDEN_FD_CALLS = frozenset({SYS_SELECT, SYS_PSELECT6, SYS_EPOLL_WAIT, SYS_EPOLL_PWAIT, SYS_EPOLL_PWAIT2,
+                             SYS_RESTART_SYSCALL})
 SLEEP_CALLS = frozenset({SYS_NANOSLEEP, SYS_CLOCK_NANOSLEEP})
 ACCEPT_CALLS = frozenset({SYS_ACCEPT, SYS_ACCEPT4})
 #: fcntl commands that wait for a lock: F_SETLKW, F_OFD_SETLKW.

@@ -142,6 +142,7 @@ def frozen_monitor(second: bool = False) -> Monitor:
     monitor.host_cpu = 0.98765
     monitor.host_iowait = 0.0123
     monitor.gateway_cpu = 0.123456
+    monitor.other_cpu = 0.0789
     monitor.diagnosis = Diagnosis(current=Verdict("php-waiting", "pool php is saturated: 3/4 workers busy",
                                                   pm_php.waits.counts), since=now - 12.34)
 

@@ -198,3 +198,14 @@ def test_a_full_host_mostly_used_by_the_gateway_is_listener():
     spare = Observation(loop_lag_p99=0.004, process_cpu=0.6, host_cpu=0.6, gateway_cpu=1.1, cpus=2,
                         pools=(pool(busy=0),))
     assert classify(spare).bottleneck == "healthy"
+
+
+def test_on_a_full_host_the_gateway_must_be_the_largest_consumer():
+    two_workers = dict(loop_lag_p99=0.004, process_cpu=0.27, host_cpu=1.0, gateway_cpu=0.53, cpus=2,
+                       pools=(pool(busy=0),))
+    v = classify(Observation(**two_workers, other_cpu=0.3))
+    assert v.bottleneck == "listener"
+    assert "gateway processes use 53% of 2 cores, more than any other process (the busiest: 30% of a core)" in v.reason
+    assert classify(Observation(**two_workers, other_cpu=0.9)).bottleneck == "healthy"  # a batch job fills it
+    idle = {**two_workers, "gateway_cpu": 0.1}
+    assert classify(Observation(**idle, other_cpu=0.05)).bottleneck == "healthy"  # below GATEWAY_MIN_CPU

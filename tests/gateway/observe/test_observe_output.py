@@ -112,7 +112,7 @@ STATUS_KEYS = [
     "listener.http2.open", "listener.http2.streams_total", "listener.http2.refused",
     "listener.http2.refused.rapid_reset", "listener.http2.refused.header_flood",
     "listener.http2.refused.control_flood", "listener.http2.refused.protocol_error", "listener.process_cpu",
-    "host", "host.cpu", "host.cpus", "host.iowait", "host.gateway_cpu",
+    "host", "host.cpu", "host.cpus", "host.iowait", "host.gateway_cpu", "host.other_cpu",
     "compression", "compression.cpu_seconds", "compression.bytes_in", "compression.bytes_out",
     "compression.responses", "compression.responses.br", "compression.responses.gzip", "compression.threaded",
     "compression.precompressed", "compression.precompressed.br", "compression.precompressed.gzip",
