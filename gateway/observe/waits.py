@@ -428,8 +428,7 @@ def _phrase(t: Target) -> str:
         return "running on CPU"
     if t.kind == "lock" and t.target in ("sleep", "futex", "a child process"):
         return {"sleep": "sleeping", "futex": "on a futex", "a child process": "on a child process"}[t.target]
-    where = f"{t.name} {t.target}".strip() if t.name else t.target
-    return _PHRASES[t.kind].format(where or "?")
+    return _PHRASES[t.kind].format(t.target or "?")
 
 
 def describe(waits: Waits) -> str:
@@ -443,7 +442,8 @@ def describe(waits: Waits) -> str:
             phrase = f"{t.count} of them {lead}{phrase}"
         else:
             phrase = f"{t.count} {phrase}"
-        parts.append(phrase + (f" ({t.frame})" if t.frame else ""))
+        notes = [n for n in (t.name if t.kind != "cpu" else "", t.frame) if n]
+        parts.append(phrase + (f" ({'; '.join(notes)})" if notes else ""))
     if waits.unknown:
         parts.append(f"{waits.unknown} unknown" + (f" ({waits.error})" if waits.error else ""))
     head = f"{waits.busy}/{waits.workers} workers busy"

@@ -185,7 +185,7 @@ async def test_mariadb_sleep_flood_is_database_and_the_slowlog_names_the_call(st
     gw = await start_gateway(DOCROOT, backend={**POOL, "php_fpm": {"slowlog_timeout": "1s"}},
                              diagnosis={"endpoints": {mariadb: {"name": "test db", "kind": "database"}}})
     st = await flood(gw, f"/waits/db.php?host={DB_HOST}&port=3306&n=4", "database",
-                     f"waiting on the database at test db {mariadb}", "(mysqli_query from db.php)")
+                     f"waiting on the database at {mariadb} (test db; mysqli_query from db.php)")
     frames = st["pools"]["php"]["slowlog_frames"]
     assert frames and frames[0]["frame"] == "mysqli_query from db.php"
     assert "slow queries" in st["verdict"]["reason"]

@@ -187,5 +187,5 @@ def test_merged_php_waiting_keeps_what_the_workers_wait_on():
         parts.append(st)
     st = merge_status(parts, pid=100, uptime=9.0)
     assert st["verdict"]["waiting_on"] == waits.counts
-    assert ("3 of them waiting on the database at primary db 10.0.0.5:3306, 1 on the cache server at "
+    assert ("3 of them waiting on the database at 10.0.0.5:3306 (primary db), 1 on the cache server at "
             "10.0.0.6:6379") in st["verdict"]["reason"]

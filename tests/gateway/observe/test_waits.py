@@ -144,7 +144,7 @@ def test_summary_and_reason_name_the_targets():
                            "from wp-includes/class-wpdb.php), 1 on external HTTP to 93.184.216.34:443 (curl_exec in "
                            "plugins/x/api.php)")
     named = summarise({1: Wait("database", "10.0.0.5:3306", "primary db")}, 1)
-    assert describe(named) == "1/1 workers busy, 1 of them waiting on the database at primary db 10.0.0.5:3306"
+    assert describe(named) == "1/1 workers busy, 1 of them waiting on the database at 10.0.0.5:3306 (primary db)"
     assert describe(summarise({1: Wait("lock", "sleep"), 2: Wait("cpu")}, 2)) == (
         "2/2 workers busy, 1 of them sleeping, 1 running on CPU")
     assert describe(summarise({1: Wait("unknown", "no permission")}, 1, errors=["no permission"])) == (
