@@ -201,12 +201,20 @@ def _ip_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+#: A spawned pool's slowlog (ours, in the runtime directory) is emptied once
+#: read past this size, so it does not grow for ever.
+SLOWLOG_MAX = 16 << 20
+
+
 class SlowlogTail:
     """New entries of a php-fpm slowlog, read from where the last read ended
-    (from its end at the first read; from the start again if it shrank)."""
+    (from its end at the first read; from the start again if it shrank).
+    ``own``: the file is ours (a spawned pool's), emptied past ``SLOWLOG_MAX``
+    (php-fpm opens it in append mode for each trace)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, own: bool = True) -> None:
         self.path = path
+        self.own = own
         self.offset: int | None = None
         self.rest = ""
         self.frames = SlowFrames()
@@ -225,6 +233,12 @@ class SlowlogTail:
         self.offset += len(data)
         entries, self.rest = parse(self.rest + data.decode("utf-8", "replace"))
         self.frames.add(now, entries)
+        if self.own and self.offset >= SLOWLOG_MAX and self.offset >= size and not self.rest:
+            try:
+                os.truncate(self.path, 0)
+                self.offset = 0
+            except OSError:
+                pass
 
 
 class WorkerSampler:

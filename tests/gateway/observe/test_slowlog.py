@@ -69,3 +69,17 @@ def test_the_tail_reads_what_was_added_since(tmp_path):
     log.write_text(SAMPLE[:SAMPLE.index("\n\n[", 5) + 1])  # rotated, one entry: read from the start
     tail.read(2.0)
     assert 14160 in tail.frames.by_pid()
+
+
+def test_our_slowlog_is_emptied_once_read_past_its_limit(tmp_path, monkeypatch):
+    import gateway.observe.sampler as sampler
+
+    monkeypatch.setattr(sampler, "SLOWLOG_MAX", 100)
+    log = tmp_path / "slow.log"
+    log.write_text("")
+    tail = SlowlogTail(str(log))
+    tail.read(0.0)
+    log.write_text(SAMPLE)
+    tail.read(1.0)
+    assert log.stat().st_size == 0 and tail.offset == 0
+    assert 14160 in tail.frames.by_pid()
