@@ -110,6 +110,13 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def _smooth(last: float, new: float) -> float:
+    """The CPU shares the full-host ``listener`` rule compares, smoothed over
+    a few seconds (each second's reading weighs half): on a crowded host a
+    one-second reading swings, and each swing would restart the verdict's hold."""
+    return (last + new) / 2
+
+
 class OtherProcesses:
     """The busiest process on the host other than some (the gateway's), from
     two readings of every /proc/PID/stat: read only while the host is full,
@@ -445,7 +452,8 @@ class Monitor:
                 and self.gateway_cpu >= GATEWAY_MIN_CPU):
             # who fills the host: read every process's CPU (in a thread; only while
             # it is full and the gateway busy enough to be the listener bottleneck)
-            self.other_cpu = await trio.to_thread.run_sync(self._others.busiest, set(self._gateway_pids), wall)
+            other = await trio.to_thread.run_sync(self._others.busiest, set(self._gateway_pids), wall)
+            self.other_cpu = other if other is None or self.other_cpu is None else _smooth(self.other_cpu, other)
         else:
             self.other_cpu = None  # its last reading stays: the next one averages since then
         self.accepted.add(now, self.stats.accepted)
@@ -487,8 +495,8 @@ class Monitor:
         self._prev_gateway_cpu, self._prev_gateway_at = cpu, wall
         if prev and wall > prev_at:
             # per process: one that came or went since (a restarted worker) adds nothing
-            used = sum(c - prev[pid] for pid, c in cpu.items() if pid in prev)
-            self.gateway_cpu = max(0.0, used / (wall - prev_at))
+            used = max(0.0, sum(c - prev[pid] for pid, c in cpu.items() if pid in prev) / (wall - prev_at))
+            self.gateway_cpu = used if self.gateway_cpu is None else _smooth(self.gateway_cpu, used)
 
     # -- what the table reads (table.py) ----------------------------------------
 

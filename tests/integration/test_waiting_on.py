@@ -251,8 +251,9 @@ async def test_static_flood_with_the_load_generator_on_the_same_cores_is_listene
         # not the scenario: other work on this shared host took the CPU (measured, not guessed)
         pytest.skip(f"the host's CPU went to other work, not to the gateway and its load: {host}")
     if "listener" not in seen:
-        pytest.fail(f"no listener verdict within {WITHIN}s: {seen}; last {st['verdict']['reason']}; host {st['host']}; "
-                    f"processes {[(w.get('pid'), w.get('process_cpu')) for w in st.get('workers', [])]}")
+        processes = [(w.get("pid"), w.get("verdict"), w.get("process_cpu")) for w in st.get("workers", [])]
+        pytest.fail(f"no listener verdict within {WITHIN}s: {seen}; last {st['verdict']['reason']}; host {host}; "
+                    f"processes {processes}; verdict held {st['verdict']['for_seconds']} s")
     assert_reached_and_held(seen, "listener")
     # on a quiet host: "gateway processes use 1xx% of 2 cores; PHP idle"; when
     # other work shares the host the loops lag as well, and that rule speaks first

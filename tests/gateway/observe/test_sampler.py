@@ -77,3 +77,22 @@ def test_fastcgi_addresses():
     assert fastcgi_addresses("127.0.0.1:9000") == frozenset({"127.0.0.1:9000"})
     assert fastcgi_addresses("[::1]:9000") == frozenset({"[::1]:9000"})
     assert fastcgi_addresses("php:9000") == frozenset()
+
+
+def test_master_workers_from_a_pid_file(tmp_path: Path):
+    from gateway.observe.sampler import master_workers
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.read(read, 1)
+        os._exit(0)
+    try:
+        (tmp_path / "fpm.pid").write_text(f"{os.getpid()}\n")
+        assert pid in master_workers(str(tmp_path / "fpm.pid"))
+        assert master_workers(str(tmp_path / "missing.pid")) == []
+    finally:
+        os.write(write, b"x")
+        os.waitpid(pid, 0)
+        os.close(read)
+        os.close(write)
