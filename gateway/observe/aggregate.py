@@ -5,7 +5,9 @@ text merged into what the master reports. Pure functions, no IO.
 merge rule (counts and rates add up, lags take the worst process, averages are
 weighted by the responses behind them, the verdict is the most severe one and
 names how many processes hold it); then a ``workers`` list, one entry per
-process asked, answering or not. The verdict's reason is then worded anew
+process asked, answering or not. Only worker 0 samples what php-fpm's
+workers wait on: a ``php-waiting`` verdict held by another gets its
+``waiting_on`` from the pools' (``pools.X.waiting_on``). The verdict's reason is then worded anew
 (``diagnosis.explain``) in the merged numbers, the ones the tables beside it
 show: a worker's own reason quotes its share of the pool ("2/2 busy") where
 the pool table shows the whole ("4/4"). The bottleneck itself stays the one
@@ -52,6 +54,11 @@ def merge_status(workers: list[dict[str, Any] | None], *, pid: int, uptime: floa
     out["workers"] = [{"index": i, "up": w is not None} | ({} if w is None else {
         key: _at(w, path) for key, path in WORKER_KEYS.items()}) for i, w in enumerate(workers)]
     verdict = out.get("verdict")
+    if verdict is not None and verdict["bottleneck"] == "php-waiting" and "waiting_on" not in verdict:
+        # the process that holds it does not sample the workers (only one does): the pools say
+        sampled = [p["waiting_on"] for p in out.get("pools", {}).values() if p.get("waiting_on")]
+        if sampled:
+            verdict["waiting_on"] = dict(max(sampled, key=lambda w: w.get("busy", 0))["on"])
     if verdict is not None and len(workers) > 1 and any(w is not None for w in workers):
         bottleneck = verdict["bottleneck"]
         reason = explain(bottleneck, observation_of(out), processes=len(workers))

@@ -48,6 +48,7 @@ def test_worker_configs_split_php_connections_and_max_connections():
     assert len({p.admin.listen for p in parts}) == 3
     assert all(p.admin.listen.startswith("unix:/run/gw/") for p in parts)
     assert all(p.server.processes == 1 for p in parts)
+    assert [p.diagnosis.sample_workers for p in parts] == [True, False, False]  # one process reads php-fpm's workers
     assert parts[0].sites == cfg.sites
     assert all(p.backends["unused"].pool_size == 1 for p in parts)  # no site uses it: it never gets a connection
 
@@ -189,3 +190,17 @@ def test_merged_php_waiting_keeps_what_the_workers_wait_on():
     assert st["verdict"]["waiting_on"] == waits.counts
     assert ("3 of them waiting on the database at 10.0.0.5:3306 (primary db), 1 on the cache server at "
             "10.0.0.6:6379") in st["verdict"]["reason"]
+
+
+def test_php_waiting_held_by_a_process_that_does_not_sample_gets_waiting_on_from_the_pool():
+    from gateway.observe.waits import Wait, describe, summarise
+
+    waits = summarise({1: Wait("cache", "10.0.0.6:6379")}, 2)
+    sampling = _status(101, "healthy", requests=30, busy=1, queue=0, responses=10, wait_ms=0.0, lag_p99=1.0,
+                       errors={})
+    sampling["pools"]["php"]["waiting_on"] = {"busy": 1, "workers": 2, "unknown": 0, "error": "",
+                                              "reason": describe(waits), "on": waits.counts, "targets": []}
+    saturated = _status(102, "php-waiting", requests=30, busy=1, queue=4, responses=10, wait_ms=100.0,
+                        lag_p99=1.0, errors={})
+    st = merge_status([sampling, saturated], pid=100, uptime=9.0)
+    assert st["verdict"]["bottleneck"] == "php-waiting" and st["verdict"]["waiting_on"]["cache"] == 1
