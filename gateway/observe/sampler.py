@@ -24,6 +24,7 @@ import ctypes
 import errno
 import logging
 import os
+import platform
 import socket
 from collections.abc import Mapping, Sequence
 
@@ -34,6 +35,9 @@ from .waits import Context, Endpoint, Waits, WorkerSample
 
 log = logging.getLogger(__name__)
 
+#: ``waits`` knows x86_64's system call numbers; elsewhere only the state
+#: (running, or D: storage) is read.
+X86_64 = platform.machine() in ("x86_64", "AMD64")
 #: The most workers read in one sample (a pool larger than this is sampled in part).
 MAX_WORKERS = 256
 #: The most pollfds read from a worker's memory.
@@ -63,6 +67,10 @@ def read_worker(pid: int) -> WorkerSample | None:
         state = waits.parse_stat_state(_read(f"/proc/{pid}/stat"))
     except OSError:
         return None
+    if not X86_64:  # the numbers in /proc/PID/syscall are the architecture's own
+        if state in ("R", "D"):
+            return WorkerSample(pid, state, waits.Syscall(None, running=state == "R"))
+        return WorkerSample(pid, state, error=f"system calls are read on x86_64 only, not {platform.machine()}")
     try:
         call = waits.parse_syscall(_read(f"/proc/{pid}/syscall"))
     except FileNotFoundError:

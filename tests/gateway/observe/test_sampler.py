@@ -96,3 +96,13 @@ def test_master_workers_from_a_pid_file(tmp_path: Path):
         os.waitpid(pid, 0)
         os.close(read)
         os.close(write)
+
+
+def test_off_x86_64_only_the_state_is_read(monkeypatch):
+    import gateway.observe.sampler as sampler
+
+    monkeypatch.setattr(sampler, "X86_64", False)
+    me = read_worker(os.getpid())  # running: reading its own /proc
+    assert me is not None and me.syscall is not None and me.syscall.running
+    parent = read_worker(os.getppid())
+    assert parent is not None and (parent.state in ("R", "D") or "x86_64 only" in parent.error)
