@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import trio
 
-from gateway.observe.diagnosis import GATEWAY_MIN_CPU
+from gateway.observe.diagnosis import GATEWAY_MIN_CPU, HOST_CPU_LIMIT
 from gateway.observe.monitor import children_of
 from tests.helpers import HttpClient
 
@@ -220,12 +220,14 @@ async def test_static_flood_with_the_load_generator_on_the_same_cores_is_listene
     seconds = WITHIN + 10
     scripts = Path(__file__).parents[2] / "scripts"
     seen: list[str] = []
+    met: list[bool] = []  # per poll: the rule's inputs, as /status shows them, say "the gateway fills the host"
     try:
         for pid in [proc.pid, *children_of(proc.pid)]:
             os.setpriority(os.PRIO_PROCESS, pid, NICE)
-        loadgen = await trio.lowlevel.open_process(
+        # two load generator processes (as wrk runs threads): each one smaller than the gateway's two
+        loadgens = [await trio.lowlevel.open_process(
             ["nice", "-n", str(NICE), sys.executable, "-c", LOADGEN, str(scripts),
-             f"http://127.0.0.1:{port}/hello.txt", "64", str(seconds)])
+             f"http://127.0.0.1:{port}/hello.txt", "32", str(seconds)]) for _ in range(2)]
         try:
             with trio.fail_after(30):  # the flood has started (a Python process starting on a busy host: seconds)
                 while (await admin_json(admin))["listener"]["requests_total"] < 1000:  # noqa: ASYNC110 - polled
@@ -234,6 +236,7 @@ async def test_static_flood_with_the_load_generator_on_the_same_cores_is_listene
             while True:
                 st = await admin_json(admin)
                 seen.append(st["verdict"]["bottleneck"])
+                met.append(_gateway_fills_host(st["host"]))
                 now = trio.current_time()
                 if first is None and seen[-1] == "listener":
                     first = now
@@ -241,15 +244,15 @@ async def test_static_flood_with_the_load_generator_on_the_same_cores_is_listene
                     break
                 await trio.sleep(0.25)
         finally:
-            loadgen.kill()
-            await loadgen.wait()
+            for loadgen in loadgens:
+                loadgen.kill()
+                await loadgen.wait()
     finally:
         await stop(proc, stderr)
     host = st["host"]
-    if "listener" not in seen and (host["gateway_cpu"] < GATEWAY_MIN_CPU or (host.get("other_cpu") or 0.0)
-                                   > host["gateway_cpu"]):
+    if "listener" not in seen and _longest_run(met) < HELD_POLLS:
         # not the scenario: other work on this shared host took the CPU (measured, not guessed)
-        pytest.skip(f"the host's CPU went to other work, not to the gateway and its load: {host}")
+        pytest.skip(f"the gateway was never its host's largest consumer for {HELD_POLLS / 4:g} s running: {host}")
     if "listener" not in seen:
         processes = [(w.get("pid"), w.get("verdict"), w.get("process_cpu")) for w in st.get("workers", [])]
         pytest.fail(f"no listener verdict within {WITHIN}s: {seen}; last {st['verdict']['reason']}; host {host}; "
@@ -260,6 +263,25 @@ async def test_static_flood_with_the_load_generator_on_the_same_cores_is_listene
     reason = st["verdict"]["reason"]
     assert "gateway processes use" in reason or "event-loop lag" in reason, reason
     assert st["host"]["gateway_cpu"] > 0.3, st["host"]
+
+
+#: Polls (4 a second) the inputs must say "listener" in a row for the verdict to
+#: owe it: the verdict's hold (3 s) and a sample.
+HELD_POLLS = 16
+
+
+def _gateway_fills_host(host: dict[str, Any]) -> bool:
+    gateway, other = host.get("gateway_cpu"), host.get("other_cpu")
+    return (host.get("cpu") or 0.0) >= HOST_CPU_LIMIT and gateway is not None and other is not None and (
+        gateway >= max(GATEWAY_MIN_CPU, other))
+
+
+def _longest_run(flags: list[bool]) -> int:
+    best = run = 0
+    for flag in flags:
+        run = run + 1 if flag else 0
+        best = max(best, run)
+    return best
 
 
 async def admin_json(port: int) -> dict[str, Any]:
