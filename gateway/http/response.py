@@ -55,10 +55,12 @@ class BodyStream(Protocol):
 
 class UpstreamTiming(Protocol):
     """Seconds waiting for an upstream slot, and from slot to the response's
-    end (None until a streamed body ends), for the access log."""
+    end (None until a streamed body ends); the addresses tried, each with its
+    seconds (None: not ended). For the access log."""
 
     queue_wait: float
     upstream_time: float | None
+    tried: list[tuple[str, float | None]]
 
 
 class Tunnel(Protocol):
