@@ -12,7 +12,10 @@ Policy:
   ``Connection: upgrade``, or in HTTP/1.0, is ignored: it is a plain request).
   HTTP/2 has no Upgrade (RFC 9113 8.6: h2 refuses the header), and WebSocket
   over HTTP/2 (RFC 8441, extended CONNECT) is not offered: a browser then uses
-  HTTP/1.1 for its WebSocket, as it does with nginx.
+  HTTP/1.1 for its WebSocket, as it does with nginx. ``Upgrade: h2c`` is
+  this hop's business (a client asking the gateway for HTTP/2, which it
+  offers by prior knowledge only; RFC 9113 dropped the upgrade): it is not
+  passed on, and the request is answered as HTTP/1.1.
 - Only such a request to an HTTP backend keeps ``Upgrade`` and sends
   ``Connection: upgrade``: the one exception to the hop-by-hop rule
   (``forwarding``), what nginx users write as ``proxy_set_header Upgrade
@@ -39,7 +42,7 @@ class BadSwitch(ValueError):
 
 def _protocols(value: bytes) -> list[bytes]:
     """The protocol names of an ``Upgrade`` value (``websocket``, ``h2c``, ``foo/2``), lower case."""
-    return [p.strip(b" \t").lower() for p in value.split(b",") if p.strip(b" \t")]
+    return [p.lower() for p in _listed(value)]
 
 
 def requested_upgrade(http_version: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
@@ -50,10 +53,13 @@ def requested_upgrade(http_version: bytes, headers: Iterable[tuple[bytes, bytes]
     headers = list(headers)
     if b"upgrade" not in connection_tokens(headers):
         return None
-    values = [v.strip(b" \t") for n, v in headers if n == b"upgrade" and v.strip(b" \t")]
-    if not values:
-        return None
-    return b", ".join(values)
+    offered = [p for n, v in headers if n == b"upgrade" for p in _listed(v) if p.lower() != b"h2c"]
+    return b", ".join(offered) or None
+
+
+def _listed(value: bytes) -> list[bytes]:
+    """The comma-separated members of a header value, as written."""
+    return [p.strip(b" \t") for p in value.split(b",") if p.strip(b" \t")]
 
 
 def switch_headers(raw: Iterable[tuple[bytes, bytes]], offered: bytes) -> list[tuple[bytes, bytes]]:
