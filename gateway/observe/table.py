@@ -443,6 +443,8 @@ TABLE: tuple[Row, ...] = (
                   lambda m, now: m.compression.precompressed, ("compression", "precompressed"),
                   add_each(("br", "gzip")), label="encoding", series=("br", "gzip")),
     # -- per pool (upstream/pool.py and the pool's monitor) -----------------------
+    PoolMetric(None, "info", "What the pool fronts: fastcgi (PHP) or http (a proxied application).",
+               lambda pm, now: pm.kind, ("type",), first),
     PoolMetric("gateway_pool_size", "gauge", "Pool slots (live FastCGI connections allowed).",
                lambda pm, now: pm.pool.size, ("size",)),
     PoolMetric("gateway_pool_busy", "gauge", "Pool slots in use.", lambda pm, now: pm.pool.busy, ("busy",)),

@@ -114,7 +114,7 @@ STATUS_KEYS = [
     "compression", "compression.cpu_seconds", "compression.bytes_in", "compression.bytes_out",
     "compression.responses", "compression.responses.br", "compression.responses.gzip", "compression.threaded",
     "compression.precompressed", "compression.precompressed.br", "compression.precompressed.gzip",
-    "pools", "pools.*", "pools.*.size", "pools.*.busy", "pools.*.tunnels", "pools.*.idle", "pools.*.queue_depth",
+    "pools", "pools.*", "pools.*.type", "pools.*.size", "pools.*.busy", "pools.*.tunnels", "pools.*.idle", "pools.*.queue_depth",
     "pools.*.queue_depth_max_window", "pools.*.queue_depth_max", "pools.*.queue_limit",
     "pools.*.queue_wait_avg_ms", "pools.*.queue_wait_avg_ms_10s", "pools.*.queue_wait_p50_ms_last_second",
     "pools.*.php_time_avg_ms", "pools.*.php_time_avg_ms_10s", "pools.*.responses_10s",
@@ -320,3 +320,15 @@ def test_top_fits_80_by_24(name):
     assert not any("…" in line for line in lines), "\n".join(lines)  # no column cut short
     screen = "\n".join(lines)
     assert "busy/size" in screen and "DOWN" in screen and "10s/all" in screen
+
+
+def test_an_http_backend_is_shown_by_its_type():
+    st = json.loads((GOLDEN / "status.json").read_text())
+    st["pools"]["bare"]["type"] = "http"
+    lines = summary_lines(st)
+    assert any(line.startswith("backend bare (http): 1/1 busy") for line in lines)
+    assert "avg response" in lines[lines.index(next(x for x in lines if x.startswith("backend bare"))) + 1]
+    console = Console(width=160, record=True, file=io.StringIO(), color_system=None)
+    console.print(top_view(st, "http://127.0.0.1:9180"))
+    text = console.export_text()
+    assert "Backends (10s" in text and "PHP pools" not in text and "bare (http)" in text
