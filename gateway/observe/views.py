@@ -175,7 +175,8 @@ def top_view(st: dict[str, Any], admin: str) -> Group:
         f"{c['open']} open (idle {c['idle']}, reading {c['reading']}, waiting PHP {c['waiting_php']}, "
         f"writing {c['writing']}), {li['in_flight']} in flight\n",
         f"  {li['requests_per_second']:.1f} req/s, lag p50 {li['loop_lag_ms']['p50']:.1f} ms "
-        f"p99 {li['loop_lag_ms']['p99']:.1f} ms, CPU {li['process_cpu']:.0%}{every}{host}{_tunnels_text(li, short=True)}")
+        f"p99 {li['loop_lag_ms']['p99']:.1f} ms, CPU {li['process_cpu']:.0%}{every}{host}"
+        + _tunnels_text(li, short=True))
     per = "; lim: per process" if st.get("workers") else ""
     what = "PHP pools" if all(_php(p) for p in st["pools"].values()) else "Backends"
     pt = Table(title=f"{what} (10s: last 10 s; all: since start{per})",
