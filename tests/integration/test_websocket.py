@@ -72,10 +72,10 @@ class Gateway:
 async def start_gateway(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     started: list[Running] = []
 
-    async def start(address: str, *, tunnel_idle: str = "60s", php: bool = False, **backend: Any) -> Gateway:
+    async def start(address: str, *, tunnel_idle: str = "60s", graceful: str = "10s", **backend: Any) -> Gateway:
         cfg: dict[str, Any] = {
             "server": {"listen": ["127.0.0.1:0"], "access_log": "off", "runtime_dir": str(tmp_path / "run")},
-            "timeouts": {"tunnel_idle": tunnel_idle},
+            "timeouts": {"tunnel_idle": tunnel_idle, "graceful": graceful},
             "backends": {"app": {"type": "http", "addresses": [address], "pool_size": 2, **backend}},
             "sites": {"t": {"root": str(tmp_path), "proxy": "app", "default": True}},
         }
@@ -171,6 +171,27 @@ async def test_an_idle_tunnel_is_closed_after_tunnel_idle(start_gateway, ws_port
         return got
 
     assert await in_thread(chat) == ["0", "1", "2", "3", "4", 1000]
+
+
+async def test_shutdown_closes_open_tunnels_at_the_graceful_deadline(start_gateway, ws_port):
+    gw = await start_gateway(f"127.0.0.1:{ws_port}", graceful="1s")
+
+    def session() -> tuple[str, float]:
+        with gw.ws("/echo") as ws:
+            ws.send("before")
+            echoed = str(ws.recv(timeout=5))
+            stopping = time.monotonic()
+            trio.from_thread.run_sync(gw.running.shutdown.set)
+            with pytest.raises(ConnectionClosed):
+                while True:  # the tunnel still works during the graceful period, then it is cut
+                    ws.send("during")
+                    ws.recv(timeout=10)
+            return echoed, time.monotonic() - stopping
+
+    echoed, waited = await in_thread(session)
+    assert echoed == "before"
+    assert 0.9 <= waited < 5  # not waited for until the client leaves: closed at the deadline
+    assert gw.tunnels.open == 0 and gw.pool.stats.tunnels == 0
 
 
 @pytest.fixture
