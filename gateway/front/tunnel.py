@@ -30,7 +30,8 @@ Policy (nginx's upgraded-connection handling, ``ngx_http_upstream_upgrade``):
 - The backend connection is closed at the end (``Tunnel.aclose``), never
   reused; the client connection is closed too: no request follows a switch.
 
-The tunnel is counted (``ListenerStats.tunnels``: open now, and in all) and
+The tunnel is counted (``ListenerStats.tunnels``: open now, and in all; it
+is also a request in flight, its connection in the ``writing`` state) and
 logged as one access-log line at its end: status 101, the bytes sent to the
 client after the 101 head, and the tunnel's whole time.
 """
