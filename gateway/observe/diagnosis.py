@@ -78,6 +78,8 @@ class PoolObservation:
     hosts: int = 1
     #: the backend's transport: "fastcgi" (PHP) or "http" (a proxied application)
     kind: str = "fastcgi"
+    #: slots held by tunnels (WebSocket...), of the busy ones
+    tunnels: int = 0
 
     @property
     def php(self) -> bool:
@@ -202,6 +204,9 @@ def _php_reason(bottleneck: str, p: PoolObservation, obs: Observation, *, proces
             f"queued (median wait {p.queue_wait_p50 * 1000:.0f} ms)")
     host, host_full = _host(obs), _host_full(obs)
     if not p.php:  # the gateway sees no CPU figure of an HTTP application
+        if p.tunnels * 2 >= p.size:
+            return (f"{load}; {p.tunnels} of its connections are WebSocket tunnels, held as long as they are "
+                    "open: raise pool_size, or route WebSockets to a backend of their own.")
         if bottleneck == "php-cpu":
             return (f"{load}; {host}: the backend competes for CPU on this host. Optimise it or add CPU; a larger "
                     "pool_size will not help.")

@@ -188,7 +188,7 @@ class PoolMonitor:
             backend_down_for=0.0 if health is None else health.down_for(now),
             hosts_down=tuple((m.name, now - m.down_since, m.down_reason) for m in pool.members
                              if m.down_since is not None),
-            hosts=len(pool.members), kind=self.kind,
+            hosts=len(pool.members), kind=self.kind, tunnels=pool.stats.tunnels,
         )
         return self.last
 

@@ -176,3 +176,10 @@ def test_an_http_backend_is_named_by_its_type_not_as_php():
     group = classify(obs(pool(name="app", kind="http", hosts=2, hosts_down=(("10.0.0.9:8080", 4.0, "refused"),))))
     assert group.reason.endswith("Also: backend app (http): host 10.0.0.9:8080 down for 4 s (refused); "
                                  "1 of 2 hosts serving.")
+
+
+def test_a_backend_full_of_websockets_says_so():
+    v = classify(obs(pool(name="app", kind="http", worker_cpu=None, size=4, busy=4, waiting=3, tunnels=3)))
+    assert v.reason == ("backend app (http) is saturated: 4/4 connections busy, 3 queued (median wait 0 ms); 3 of "
+                        "its connections are WebSocket tunnels, held as long as they are open: raise pool_size, or "
+                        "route WebSockets to a backend of their own.")
