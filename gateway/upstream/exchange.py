@@ -457,9 +457,7 @@ class UpstreamTunnel:
         self.conn = conn
         self.stream: trio.abc.Stream = conn.stream
         self.prefix = prefix
-        self.upstream = slot.member.name if slot.member is not None else ""
         slot.pool.stats.tunnels += 1
-        slot.pool.stats.tunnels_total += 1
         self._open = True
 
     async def aclose(self) -> None:
