@@ -123,6 +123,14 @@ class Http2Stats:
 
 
 @dataclass
+class TunnelStats:
+    """Switched connections (WebSocket...) the front end pumps (``front.tunnel``)."""
+
+    open: int = 0
+    total: int = 0
+
+
+@dataclass
 class ListenerStats:
     accepted: int = 0
     requests: int = 0
@@ -131,6 +139,7 @@ class ListenerStats:
     loop_lag: Histogram = field(default_factory=Histogram)
     tls: TlsStats = field(default_factory=TlsStats)
     http2: Http2Stats = field(default_factory=Http2Stats)
+    tunnels: TunnelStats = field(default_factory=TunnelStats)
 
     @property
     def open_connections(self) -> int:

@@ -312,6 +312,9 @@ class TimeoutsConfig(_Model):
     keepalive: Duration = 75.0  # nginx keepalive_timeout
     send: Duration = 60.0  # nginx send_timeout: between two writes
     graceful: Duration = 10.0  # shutdown: how long in-flight requests may finish
+    #: A switched connection (WebSocket...) with no byte either way for this
+    #: long is closed (nginx proxy_read_timeout on an upgraded connection).
+    tunnel_idle: Duration = 60.0
     #: A TLS handshake (and a PROXY protocol header before it) must be done in this time.
     tls_handshake: Duration = 10.0
 

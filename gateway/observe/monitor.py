@@ -112,6 +112,8 @@ class PoolMonitor:
     worker_cpu: float | None = None
     #: the active check of the backend (None: not checked)
     health: BackendHealth | None = None
+    #: the backend's transport: "fastcgi" (PHP) or "http"
+    kind: str = "fastcgi"
     queue_window: Window = field(default_factory=lambda: Window(WINDOW))
     #: cumulative (count, sum) readings of the queue wait and PHP time
     #: histograms, sampled each second: their averages over the last WINDOW
@@ -186,7 +188,7 @@ class PoolMonitor:
             backend_down_for=0.0 if health is None else health.down_for(now),
             hosts_down=tuple((m.name, now - m.down_since, m.down_reason) for m in pool.members
                              if m.down_since is not None),
-            hosts=len(pool.members),
+            hosts=len(pool.members), kind=self.kind, tunnels=pool.stats.tunnels,
         )
         return self.last
 

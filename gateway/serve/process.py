@@ -435,7 +435,8 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                 health = None if backend.type == "http" or len(connectors) > 1 else BackendHealth.for_backend(
                     name, address=address, status_address=status_address, status_path=backend.status_path,
                     ping_path=ping)
-                pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path, health=health))
+                pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path,
+                                                 health=health, kind=backend.type))
                 system.start_soon(pool.run_reaper)
             monitor = Monitor(listener_state.stats, pool_monitors)
             system.start_soon(monitor.run)

@@ -70,6 +70,7 @@ def frozen_monitor(second: bool = False) -> Monitor:
     now = trio.current_time()
     stats = ListenerStats(accepted=40, requests=120, in_flight=3)
     stats.states.update(idle=5, reading=1, waiting_php=2, writing=1)
+    stats.tunnels.open, stats.tunnels.total = 2, 7
     for lag in (0.0004, 0.003, 0.07):
         stats.loop_lag.observe(lag)
 
@@ -137,6 +138,7 @@ def frozen_monitor(second: bool = False) -> Monitor:
         stats.accepted, stats.requests, stats.in_flight = 60, 200, 0
         stats.tls.handshakes, stats.tls.resumed, stats.tls.failures["no_certificate"] = 10, 9, 1
         stats.states.update(idle=2, reading=0, waiting_php=0, writing=3)
+        stats.tunnels.open, stats.tunnels.total = 0, 3
         php.limiter = trio.CapacityLimiter(4)
         php.waiting = 0
         php.stats.errors = {503: 7}

@@ -54,6 +54,8 @@ FAMILIES = [
     ("gateway_http2_refused", "counter",
      "HTTP/2 connections closed for abuse or a protocol error, by reason: rapid_reset, "
      "header_flood (CONTINUATION), control_flood (PING/SETTINGS), protocol_error.", ("reason",)),
+    ("gateway_tunnels_open", "gauge", "Switched connections (WebSocket, any Upgrade) the gateway pumps now.", ()),
+    ("gateway_tunnels", "counter", "Switched connections (WebSocket, any Upgrade) opened.", ()),
     ("gateway_process_cpu_ratio", "gauge", "Gateway process CPU, share of one core.", ()),
     ("gateway_host_cpu_ratio", "gauge", "Host CPU busy, share of all cores.", ()),
     ("gateway_compression_seconds", "counter",
@@ -67,6 +69,8 @@ FAMILIES = [
      ("encoding",)),
     ("gateway_pool_size", "gauge", "Pool slots (live FastCGI connections allowed).", ("pool",)),
     ("gateway_pool_busy", "gauge", "Pool slots in use.", ("pool",)),
+    ("gateway_pool_tunnels", "gauge", "Pool slots held by switched connections (WebSocket...), of the busy ones.",
+     ("pool",)),
     ("gateway_pool_idle_connections", "gauge", "Idle kept-alive FastCGI connections.", ("pool",)),
     ("gateway_pool_queue_depth", "gauge", "Requests waiting for a slot.", ("pool",)),
     ("gateway_pool_queue_depth_max", "gauge", "Most requests ever waiting at once.", ("pool",)),
@@ -104,12 +108,14 @@ STATUS_KEYS = [
     "listener.tls.resumed_per_second", "listener.tls.cpu", "listener.http2", "listener.http2.connections_total",
     "listener.http2.open", "listener.http2.streams_total", "listener.http2.refused",
     "listener.http2.refused.rapid_reset", "listener.http2.refused.header_flood",
-    "listener.http2.refused.control_flood", "listener.http2.refused.protocol_error", "listener.process_cpu",
+    "listener.http2.refused.control_flood", "listener.http2.refused.protocol_error",
+    "listener.tunnels", "listener.tunnels.open", "listener.tunnels.total", "listener.process_cpu",
     "host", "host.cpu", "host.cpus",
     "compression", "compression.cpu_seconds", "compression.bytes_in", "compression.bytes_out",
     "compression.responses", "compression.responses.br", "compression.responses.gzip", "compression.threaded",
     "compression.precompressed", "compression.precompressed.br", "compression.precompressed.gzip",
-    "pools", "pools.*", "pools.*.size", "pools.*.busy", "pools.*.idle", "pools.*.queue_depth",
+    "pools", "pools.*", "pools.*.type", "pools.*.size", "pools.*.busy", "pools.*.tunnels", "pools.*.idle",
+    "pools.*.queue_depth",
     "pools.*.queue_depth_max_window", "pools.*.queue_depth_max", "pools.*.queue_limit",
     "pools.*.queue_wait_avg_ms", "pools.*.queue_wait_avg_ms_10s", "pools.*.queue_wait_p50_ms_last_second",
     "pools.*.php_time_avg_ms", "pools.*.php_time_avg_ms_10s", "pools.*.responses_10s",
@@ -315,3 +321,15 @@ def test_top_fits_80_by_24(name):
     assert not any("…" in line for line in lines), "\n".join(lines)  # no column cut short
     screen = "\n".join(lines)
     assert "busy/size" in screen and "DOWN" in screen and "10s/all" in screen
+
+
+def test_an_http_backend_is_shown_by_its_type():
+    st = json.loads((GOLDEN / "status.json").read_text())
+    st["pools"]["bare"]["type"] = "http"
+    lines = summary_lines(st)
+    assert any(line.startswith("backend bare (http): 1/1 busy") for line in lines)
+    assert "avg response" in lines[lines.index(next(x for x in lines if x.startswith("backend bare"))) + 1]
+    console = Console(width=160, record=True, file=io.StringIO(), color_system=None)
+    console.print(top_view(st, "http://127.0.0.1:9180"))
+    text = console.export_text()
+    assert "Backends (10s" in text and "PHP pools" not in text and "bare (http)" in text
