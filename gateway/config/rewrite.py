@@ -16,7 +16,7 @@ What is refused (each error names the file and the key):
 - a template (``to``, a ``try_files`` entry) with an unknown ``$variable``,
   with ``$1``... beyond the regex's groups (or without a regex), with
   whitespace or a control character where it goes into a URI or a header;
-- a return ``code`` outside 200-599 or 304; a redirect code (301, 302,
+- a return ``code`` outside 200-599, 304, or nginx's own 444 and 499; a redirect code (301, 302,
   303, 307, 308) without ``to``; ``to`` on 204 (no body);
 - a rewrite whose ``to`` does not start with ``/`` (it is a path).
 
@@ -157,9 +157,9 @@ class ReturnRule(_Rule):
         for method in self.methods:
             if not _METHOD.match(method):
                 raise ValueError(f"methods: {method!r} is not a method name (write it in capitals: \"POST\")")
-        if not (200 <= self.code <= 599) or self.code == 304:
+        if not (200 <= self.code <= 599) or self.code in (304, 444, 499):
             raise ValueError(f"code {self.code}: give a status from 200 to 599 (not 304); 444 (close the connection) "
-                             "is nginx's own and not supported")
+                             "and 499 are nginx's own and not supported")
         if self.code in REDIRECT_CODES:
             if not self.to:
                 raise ValueError(f"code {self.code} is a redirect: give to = \"$scheme://example.com$request_uri\" "
