@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, quote_from_bytes, unquote_to_bytes
 
 from ..config import SiteConfig
-from ..http.rewrite import Rule, SiteRules, Template, Vars
+from ..http.rewrite import Regex, Rule, SiteRules, Template, Vars
 
 #: Extensions whose source must never be sent to a client.
 PHP_SOURCE_EXTENSIONS = (".php", ".phtml", ".php3", ".php4", ".php5", ".php7", ".php8", ".phps", ".phar", ".inc")
@@ -189,10 +189,10 @@ class Router:
         self.try_files = [(entry, Template.parse(entry)) for entry in site.effective_try_files()]
         #: [[sites.X.return]] and [[sites.X.rewrite]], compiled
         self.rules = SiteRules(
-            tuple(Rule(f"return[{i}]", tuple(r.paths), re.compile(r.regex) if r.regex else None,
+            tuple(Rule(f"return[{i}]", tuple(r.paths), Regex(r.regex) if r.regex else None,
                        frozenset(r.methods), r.code, Template.parse(r.to) if r.to else None)
                   for i, r in enumerate(site.return_)),
-            tuple(Rule(f"rewrite[{i}]", tuple(r.paths), re.compile(r.regex) if r.regex else None,
+            tuple(Rule(f"rewrite[{i}]", tuple(r.paths), Regex(r.regex) if r.regex else None,
                        to=Template.parse(r.to))
                   for i, r in enumerate(site.rewrite)))
         self.php_enabled = bool(site.php)

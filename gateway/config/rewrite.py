@@ -5,14 +5,11 @@ What is refused (each error names the file and the key):
 
 - a rule with both or neither of ``paths`` and ``regex``; a prefix not
   starting with ``/``; a method that is not an upper-case token;
-- a ``regex`` longer than ``MAX_REGEX`` characters, one Python's ``re``
-  cannot compile, and one that could take exponential time on a crafted
-  path (``regex_problem``): a quantifier over something that itself
-  repeats (``(a+)+``, ``(a*b?)*``), an unbounded quantifier over an
-  alternation (``(a|ab)*``), a backreference. Possessive quantifiers and
-  atomic groups (``(?>...)``) are exempt. The subject is the decoded path,
-  at most ``[limits]`` head size long, so what is left (``.*a.*b``) is
-  polynomial in a bounded length;
+- a ``regex`` longer than ``MAX_REGEX`` characters, or one RE2 cannot
+  compile (``regex_problem``): RE2 (``http.rewrite``) matches in linear
+  time, so no pattern can be made to backtrack on a crafted path, but it has
+  no lookaround and no backreferences; its program size is bounded by its
+  default ``max_mem`` (8 MiB), a larger one is an error here;
 - a template (``to``, a ``try_files`` entry) with an unknown ``$variable``,
   with ``$1``... beyond the regex's groups (or without a regex), with
   whitespace or a control character where it goes into a URI or a header;
@@ -28,10 +25,9 @@ and a test keeps them equal.
 from __future__ import annotations
 
 import re
-from re import _constants as sre_constants  # type: ignore[attr-defined]
-from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
+import re2  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, model_validator
 
 #: Longest regex accepted, in characters.
@@ -65,51 +61,26 @@ def _no_space(text: str, what: str) -> None:
         raise ValueError(f"{what} contains whitespace, a control character or \"#\"; percent-encode it")
 
 
-_REPEATS = {sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT}
-_SAFE_REPEATS = {getattr(sre_constants, "POSSESSIVE_REPEAT", None)}
-
-
 def regex_problem(pattern: str) -> str | None:
     """Why ``pattern`` is refused (see the module docstring), or None."""
     if len(pattern) > MAX_REGEX:
         return f"is {len(pattern)} characters long; at most {MAX_REGEX}"
     try:
-        re.compile(pattern)
-        parsed = sre_parse.parse(pattern)
-    except re.error as exc:
-        return f"{pattern!r} is not a valid regular expression: {exc}"
-    return _walk(list(parsed), repeated=False, unbounded=False)
-
-
-def _walk(items: list[tuple[Any, Any]], *, repeated: bool, unbounded: bool) -> str | None:
-    """``repeated``: inside a quantifier that repeats more than once;
-    ``unbounded``: inside one with no upper bound."""
-    for op, av in items:
-        found: str | None = None
-        if op in _REPEATS:
-            low, high, sub = av
-            if high > 1 and repeated:
-                return "has a quantifier inside a repeated group (like (a+)+): it can take exponential time on a " \
-                       "crafted path; rewrite it without the nesting, or make it possessive (a++) or atomic (?>...)"
-            found = _walk(list(sub), repeated=repeated or high > 1,
-                          unbounded=unbounded or high == sre_constants.MAXREPEAT)
-        elif op in _SAFE_REPEATS or op == getattr(sre_constants, "ATOMIC_GROUP", None):
-            continue
-        elif op == sre_constants.SUBPATTERN:
-            found = _walk(list(av[-1]), repeated=repeated, unbounded=unbounded)
-        elif op == sre_constants.BRANCH:
-            if unbounded:
-                return "has an alternation (a|b) under an unbounded quantifier: it can take exponential time on a " \
-                       "crafted path; use a character class ([ab]) or an atomic group (?>a|b)"
-            for branch in av[1]:
-                found = found or _walk(list(branch), repeated=repeated, unbounded=unbounded)
-        elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
-            found = _walk(list(av[1]), repeated=repeated, unbounded=unbounded)
-        elif op in (sre_constants.GROUPREF, sre_constants.GROUPREF_EXISTS):
-            return "uses a backreference: not supported (it can take exponential time)"
-        if found:
-            return found
+        _compile(pattern)
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+        hint = (": RE2 has no lookaround ((?=...), (?!...)) or backreferences (\\1)"
+                if "invalid perl operator" in str(reason) or "escape sequence" in str(reason) else "")
+        return f"{pattern!r} is not a valid RE2 regular expression: {reason}{hint}"
     return None
+
+
+def _compile(pattern: str) -> Any:
+    """As ``http.rewrite.Regex`` compiles it."""
+    options = re2.Options()
+    options.log_errors = False
+    options.encoding = re2.Options.Encoding.LATIN1
+    return re2.compile(pattern.encode(), options=options)
 
 
 class _Rule(BaseModel):
@@ -133,7 +104,8 @@ class _Rule(BaseModel):
         problem = regex_problem(self.regex)
         if problem:
             raise ValueError(f"regex {problem}")
-        return re.compile(self.regex).groups
+        groups: int = _compile(self.regex).groups
+        return groups
 
     def _check_to(self, to: str, groups: int) -> None:
         for name in template_variables(to):

@@ -15,7 +15,7 @@ Policy (the README's "Redirects and rewrites" section says it for operators):
   percent-encoded where the result goes on the wire (a ``Location``, the
   query part of a rewrite), kept decoded where it names a file or a path.
 - **Selection** among rules of one kind: the ``regex`` rules in the order
-  written, the first that ``re.search``-es the path wins (as nginx's regex
+  written, the first that matches somewhere in the path wins (as nginx's regex
   locations win over prefixes); otherwise the rule with the longest prefix
   in ``paths`` that starts the path (as ``deny``). ``methods`` limits a
   rule to those methods (HEAD counts as GET, as nginx ``limit_except``).
@@ -30,11 +30,18 @@ Policy (the README's "Redirects and rewrites" section says it for operators):
 - **Loop guard**: a rewrite to a path already seen for this request, or more
   than ``MAX_REWRITES`` rewrites, is a loop: the caller answers 500 at once
   (nginx: 500 after 10 cycles). So ``regex = "^/(.*)$"`` to
-  ``/index.php?q=$1`` loops on ``/index.php`` itself: exclude the target,
-  ``regex = "^/(?!index\\.php)(.*)$"``.
-- Regexes are compiled once; which are allowed (size, no nested quantifiers)
-  is ``config.rewrite``'s business, so a path (at most the head limit long)
-  is never matched by an exponential pattern.
+  ``/index.php?q=$1`` loops on ``/index.php`` itself: write a regex the
+  target does not match, ``"^/([^.]*)$"`` (no dot), or use ``try_files``.
+- **Regexes are RE2** (Google's, as Go's ``regexp``), not Python's ``re``:
+  the path is chosen by the client, and RE2 matches in time linear in its
+  length whatever the pattern, where a backtracking engine can take minutes
+  (``^/(.*)/(.*)/(.*)[.]x$`` on a 32 KiB path). RE2 has no lookaround and no
+  backreferences (``config.rewrite`` refuses them). It matches the path's
+  bytes (as decoded from the wire) one by one, RE2's Latin-1 mode: every
+  path can match, UTF-8 or not (a rule cannot be dodged with a stray byte);
+  a non-ASCII letter in the pattern matches its UTF-8 bytes, ``.`` is one
+  byte (so ``[^/]+`` rather than ``.`` for one letter; non-ASCII inside
+  ``[...]`` is a set of bytes, not of letters).
 """
 
 from __future__ import annotations
@@ -43,7 +50,10 @@ import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote_from_bytes
+
+import re2  # type: ignore[import-untyped]
 
 #: More rewrites than this for one request is a loop (nginx's bound is 10 cycles).
 MAX_REWRITES = 10
@@ -54,6 +64,48 @@ VARIABLE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*|[1-9])\}|(?P<na
 #: characters a decoded value keeps when percent-encoded into a path / a query
 PATH_SAFE = "/!$&'()*+,;=:@-._~"
 QUERY_SAFE = "/!$'()*,;:@-._~"
+
+
+def re2_options() -> Any:
+    """RE2's options for rule regexes: errors are exceptions only (not also
+    lines on stderr); bytes (Latin-1 mode, see above); RE2's default memory
+    bound for the program."""
+    options = re2.Options()
+    options.log_errors = False
+    options.encoding = re2.Options.Encoding.LATIN1
+    return options
+
+
+class Regex:
+    """A rule's regex, compiled once with RE2."""
+
+    __slots__ = ("pattern", "groups", "_compiled")
+
+    def __init__(self, pattern: str) -> None:
+        """Raises ``ValueError`` with RE2's reason."""
+        self.pattern = pattern
+        try:
+            self._compiled = re2.compile(pattern.encode(), options=re2_options())
+        except re2.error as exc:
+            reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+            raise ValueError(f"{pattern!r} is not a valid RE2 regular expression: {reason}") from None
+        self.groups: int = self._compiled.groups
+
+    def search(self, path: str) -> tuple[str | None, ...] | None:
+        """The groups (decoded as the path is) when the regex matches somewhere in ``path``, else None."""
+        m = self._compiled.search(os.fsencode(path))
+        if m is None:
+            return None
+        return tuple(None if g is None else os.fsdecode(g) for g in m.groups())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Regex) and other.pattern == self.pattern
+
+    def __hash__(self) -> int:
+        return hash(self.pattern)
+
+    def __repr__(self) -> str:
+        return f"Regex({self.pattern!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +211,7 @@ class Rule:
 
     name: str
     prefixes: tuple[str, ...] = ()
-    regex: re.Pattern[str] | None = None
+    regex: Regex | None = None
     methods: frozenset[str] = frozenset()
     code: int = 0
     to: Template | None = None
@@ -187,9 +239,9 @@ def select(rules: Sequence[Rule], path: str, method: str) -> Hit | None:
         if not rule.applies_to(method):
             continue
         if rule.regex is not None:
-            m = rule.regex.search(path)
-            if m:
-                return Hit(rule, groups=m.groups())
+            groups = rule.regex.search(path)
+            if groups is not None:
+                return Hit(rule, groups=groups)
             continue
         for prefix in rule.prefixes:
             if path.startswith(prefix) and (best is None or len(prefix) > len(best.prefix)):

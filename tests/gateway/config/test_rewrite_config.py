@@ -74,9 +74,9 @@ to = "/index.php?product=$1"
     ('[[sites.a.return]]\npaths = ["/"]\ncode = "301"\nto = "/x"\nfoo = 1\n', "sites.a.return.0.foo",
      "unknown key"),
     ('[[sites.a.rewrite]]\nregex = "(a"\nto = "/x"\n', "sites.a.rewrite.0",
-     "regex '(a' is not a valid regular expression"),
-    ('[[sites.a.rewrite]]\nregex = "^/(a+)+$"\nto = "/x"\n', "sites.a.rewrite.0",
-     "regex has a quantifier inside a repeated group"),
+     "regex '(a' is not a valid RE2 regular expression: missing ): (a"),
+    ('[[sites.a.rewrite]]\nregex = "^/(?!index)(.*)$"\nto = "/x"\n', "sites.a.rewrite.0",
+     "RE2 has no lookaround"),
     ('[[sites.a.rewrite]]\npaths = ["/a/"]\nto = "b/"\n', "sites.a.rewrite.0", "to 'b/' must start with \"/\""),
     ('[[sites.a.rewrite]]\npaths = ["/a/"]\n', "sites.a.rewrite.0.to", "is required"),
 ])
@@ -88,20 +88,19 @@ def test_malformed_rules_name_file_key_and_line(tmp_path, rule, key, says):
 
 
 @pytest.mark.parametrize(("pattern", "says"), [
-    (r"^/(a+)+$", "quantifier inside a repeated group"),
-    (r"^/(a*b?)*$", "quantifier inside a repeated group"),
-    (r"^/(?:x|xy)*$", "alternation (a|b) under an unbounded quantifier"),
-    (r"^/(\w+)/\1$", "backreference"),
+    (r"^/(?!index\.php)(.*)$", "RE2 has no lookaround"),
+    (r"^/(\w+)/\1$", "RE2 has no lookaround ((?=...), (?!...)) or backreferences"),
     ("a" * 1001, "at most 1000"),
+    ("(a", "missing ): (a"),
 ])
-def test_regexes_that_could_take_exponential_time_are_refused(pattern, says):
+def test_regexes_re2_cannot_run_are_refused(pattern, says):
     problem = regex_problem(pattern)
-    assert problem is not None and says in problem
+    assert problem is not None and says in problem, problem
 
 
 @pytest.mark.parametrize("pattern", [
-    r"^/blog/(\d+)/([^/]+)/?$", r"\.(?:jpg|png|gif)$", r"^/(?!index\.php)(.*)$", r"^/(?:a|b){1}x", r"^/(?>a+)+$",
-    r"^/(a++)+$", r"(?i)^/WP-LOGIN\.PHP$",
+    r"^/blog/(\d+)/([^/]+)/?$", r"\.(?:jpg|png|gif)$", r"^/([^.]*)$", r"(?i)^/WP-LOGIN\.PHP$", r"^/(a+)+$",
+    r"^/(?P<slug>[a-z-]+)$",
 ])
 def test_usual_regexes_pass(pattern):
     assert regex_problem(pattern) is None
