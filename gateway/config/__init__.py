@@ -12,7 +12,9 @@ Rules:
   listeners on one address (``[server] listen`` and ``[admin] listen``), a
   site root or alias that does not exist or is not a directory (``load_dir``
   checks the filesystem; ``validate`` alone does not), ``try_files`` entries
-  the router would misread (``check_try_files``).
+  the router would misread and malformed ``[[sites.X.return]]`` /
+  ``[[sites.X.rewrite]]`` rules (``rewrite``), a site without ``root`` that
+  does not answer every request with a return rule (``root_problems``).
 - Sizes are ``"8k"``, ``"64m"``, ``"1g"`` or a byte count; durations are
   ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, compounds like ``"1m30s"`` or
   ``"1h 30m"`` (as nginx), or seconds.
