@@ -26,7 +26,8 @@ Policy (the README's "Redirects and rewrites" section says it for operators):
   sets the query, else the request's query is kept (nginx appends the old
   query instead; write ``?a=1&$args`` for that). A ``paths`` rewrite
   replaces the matched prefix: ``/old/`` -> ``/new/`` turns ``/old/a`` into
-  ``/new/a``.
+  ``/new/a`` (and ``/old/`` -> ``/index.php?page=`` into
+  ``/index.php?page=a``: the rest follows ``to`` as written).
 - **Loop guard**: a rewrite to a path already seen for this request, or more
   than ``MAX_REWRITES`` rewrites, is a loop: the caller answers 500 at once
   (nginx: 500 after 10 cycles). So ``regex = "^/(.*)$"`` to
@@ -307,8 +308,12 @@ class SiteRules:
             assert hit.rule.to is not None
             applied.append(hit.rule.name)
             new_path, new_query = hit.rule.to.expand(_with_groups(v, hit.groups), wire=False)
-            if hit.rule.regex is None:
-                new_path += path[len(hit.prefix):]
+            if hit.rule.regex is None:  # the prefix replaced: the rest follows ``to``, in its query if it has one
+                rest = path[len(hit.prefix):]
+                if new_query is None:
+                    new_path += rest
+                else:
+                    new_query += _encode(rest, QUERY_SAFE)
             path = normalize(new_path)
             if new_query is not None:
                 query = new_query.encode("latin-1", "replace")

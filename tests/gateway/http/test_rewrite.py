@@ -105,6 +105,9 @@ def test_prefix_rewrite_replaces_the_prefix_and_keeps_the_query():
     rules = SiteRules(rewrites=(rule("rewrite[0]", paths=("/old/",), to="/new/"),))
     assert apply(rules, "/old/a/b", b"q=1") == Routed("/new/a/b", b"q=1", ("rewrite[0]",))
     assert apply(rules, "/older", b"q=1") == Routed("/older", b"q=1")
+    # a "to" with a query: the rest of the path follows it there, encoded
+    rules = SiteRules(rewrites=(rule("rewrite[0]", paths=("/old/",), to="/index.php?page="),))
+    assert apply(rules, "/old/a b/c", b"q=1") == Routed("/index.php", b"page=a%20b/c", ("rewrite[0]",))
 
 
 def test_regex_rewrite_with_a_query_sets_the_query():
@@ -169,3 +172,13 @@ def test_a_pattern_that_backtracks_for_minutes_in_re_is_linear_here():
             "assert Regex(r'^/(.*)/(.*)/(.*)[.]x$').search('/' + 'a/' * 16000) is None; "
             "assert Regex(r'(a+)+$').search('a' * 32000 + '!') is None")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_proxied_request_goes_upstream_with_the_rewritten_target():
+    from gateway.app.rewrite import upstream_request
+    from gateway.http.request import Request
+
+    req = Request(b"GET", b"/shop/a%20b?x=1", b"1.1", [], ("192.0.2.1", 1), ("192.0.2.2", 80), None, "id")
+    assert upstream_request(req, Routed("/shop/a b", b"x=1")) is req
+    assert upstream_request(req, Routed("/store/a b", b"x=1", ("r",))).target == b"/store/a%20b?x=1"
+    assert upstream_request(req, Routed("/store/", b"", ("r",))).target == b"/store/"
