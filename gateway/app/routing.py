@@ -22,8 +22,9 @@ setup; the README's nginx table gives the directive behind each):
    (``http.rewrite.Template``): ``/cache$uri/index.html``,
    ``/wp-content/cache/supercache/$host$uri/index.html``. The expanded path
    is normalised like a request path: one that climbs above the root, names
-   a hidden segment, or uses ``$host`` with no host is skipped (``$host`` is
-   the validated Host: no ``/``, no ``..``). A file found is served by the
+   a hidden segment, uses ``$host`` with no host, or (``symlinks =
+   "within_root"``) is a link leaving the root is skipped (``$host`` is the
+   validated Host: no ``/``, no ``..``). A file found is served by the
    rules of 5. The last entry is the fallback: ``=CODE``, or a URI such as
    ``/index.php?$args`` (the front controller) routed once more: a PHP
    script (``/app.php$uri`` runs ``/app.php`` with PATH_INFO), a file, or a
@@ -336,9 +337,12 @@ class Router:
         path = self._expanded_path(text)
         if path is None:
             return None
-        if text.endswith("/"):
-            return self._index(path, query) if self._is_dir(path) else None
-        return self._file(path, query) if self._is_file(path) else None
+        try:
+            if text.endswith("/"):
+                return self._index(path, query) if self._is_dir(path) else None
+            return self._file(path, query) if self._is_file(path) else None
+        except _SymlinkLeavesRoot:  # as nginx's disable_symlinks: this entry is not there, try the next
+            return None
 
     def _fallback(self, template: Template, variables: Vars) -> Route:
         """The last try_files entry, a URI: routed as a PHP script, a file or a directory."""

@@ -70,6 +70,14 @@ def test_an_entry_that_would_climb_out_of_the_root_is_skipped(docroot):
     assert r == Refuse(404, "try_files ended in =404")
 
 
+def test_a_cached_page_linked_out_of_the_root_is_skipped_with_symlinks_within_root(docroot, tmp_path):
+    (docroot / "cache" / "elsewhere").symlink_to(tmp_path / "outside")
+    r = route(docroot, b"/elsewhere/", CACHE, symlinks="within_root")
+    assert isinstance(r, PhpScript) and r.script_name == "/index.php"
+    r = route(docroot, b"/elsewhere/", CACHE)  # symlinks = "follow", as nginx
+    assert r == StaticFile(str(docroot / "cache/elsewhere/index.html"), "/cache/elsewhere/index.html")
+
+
 def test_file_checks_with_suffixes_and_directories(docroot):
     assert route(docroot, b"/about", ["$uri", "$uri.html", "=404"]) == StaticFile(str(docroot / "about.html"),
                                                                                  "/about.html")
