@@ -8,13 +8,15 @@ What is refused (each error names the file and the key):
 - a ``regex`` longer than ``MAX_REGEX`` characters, or one RE2 cannot
   compile (``regex_problem``): RE2 (``http.rewrite``) matches in linear
   time, so no pattern can be made to backtrack on a crafted path, but it has
-  no lookaround and no backreferences; its program size is bounded by its
-  default ``max_mem`` (8 MiB), a larger one is an error here;
+  no lookaround and no backreferences; its program size is bounded (a
+  repetition count above 1000, a program over its default ``max_mem`` of
+  8 MiB, are errors here);
 - a template (``to``, a ``try_files`` entry) with an unknown ``$variable``,
   with ``$1``... beyond the regex's groups (or without a regex), with
   whitespace or a control character where it goes into a URI or a header;
-- a return ``code`` outside 200-599, 304, or nginx's own 444 and 499; a redirect code (301, 302,
-  303, 307, 308) without ``to``; ``to`` on 204 (no body);
+- a return ``code`` outside 200-599, 304, or nginx's own 444 and 499; a
+  redirect code (301, 302, 303, 307, 308) without ``to``; ``to`` on 204
+  (no body);
 - a rewrite whose ``to`` does not start with ``/`` (it is a path).
 
 The runtime side (matching, expansion) is ``http.rewrite``; this module may

@@ -62,6 +62,8 @@ async def test_return_rules_answer_before_routing(tmp_path, nursery, autojump_cl
     assert (r.status, r.header("location")) == (308, "https://example.com/posts/42")
     r = await c.request("POST", "/xmlrpc.php", host="example.com", body=b"<x/>")
     assert (r.status, r.body, r.header("content-type")) == (403, b"no xmlrpc here", "text/plain; charset=utf-8")
+    r = await c.request("HEAD", "/xmlrpc.php", host="example.com")
+    assert (r.status, r.body, r.header("content-length")) == (403, b"", "14")
     r = await c.request("PUT", "/wp-login.php", host="example.com", body=b"")
     assert r.status == 405 and b"405" in r.body
     r = await c.request("GET", "/ping", host="example.com")

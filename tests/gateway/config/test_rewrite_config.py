@@ -92,6 +92,7 @@ def test_malformed_rules_name_file_key_and_line(tmp_path, rule, key, says):
     (r"^/(\w+)/\1$", "RE2 has no lookaround ((?=...), (?!...)) or backreferences"),
     ("a" * 1001, "at most 1000"),
     ("(a", "missing ): (a"),
+    ("((((a{100}){100}){100}){100})", "invalid repetition size"),  # RE2's program would be too big
 ])
 def test_regexes_re2_cannot_run_are_refused(pattern, says):
     problem = regex_problem(pattern)
