@@ -15,6 +15,9 @@ Edge policy, in the order it applies to a request of a site:
 1. ``redirect_to_https``: a plain-HTTP request is answered 308 to the same
    target over HTTPS (``http.https_redirect``), before routing; the ACME
    challenge path is routed as usual.
+   Then ``[[sites.X.return]]`` and ``[[sites.X.rewrite]]`` (``app.rewrite``,
+   nginx's rewrite phase): a return rule answers at once; a rewrite changes
+   the path (and query) that routing and the later steps see.
 2. The route's answer; a static file may be a precompressed sibling
    (``precompressed``: ``x.css.br``/``x.css.gz`` beside ``x.css``, chosen by
    Accept-Encoding like a dynamic coding, served with the original's
@@ -55,6 +58,7 @@ from ..upstream.pool import Pool
 from .cgi_params import build_params
 from .compress import CompressionSettings, Compressor
 from .proxy import Proxy, ProxyBackend, exchange_failed
+from .rewrite import apply_rules, upstream_request
 from .routing import (
     BadRequestTarget,
     PhpScript,
@@ -168,7 +172,11 @@ class App:
         if router.site.redirect_to_https and not req.https and not https_redirect.exempt(path):
             name = req.host or router.server_name or req.server[0].encode()
             return self.error(308, [(b"location", https_redirect.location(name, req.target, self.tls_port))])
-        route = router.route(path, query)
+        rules = apply_rules(req, router, path, query, self.error)  # 2-3: return, rewrite
+        if isinstance(rules, Response):
+            return rules
+        path, query = rules.path, rules.query
+        route = router.route(path, query, req.host)
         if isinstance(route, Refuse):
             log.debug("[%s] %d: %s", req.request_id, route.status, route.reason)
             return self.error(route.status)
@@ -190,7 +198,8 @@ class App:
         if isinstance(route, ProxyPass):
             force = bool(router.unbuffered) and path.startswith(router.unbuffered)
             return await self.compressor.apply(req.method, req.header(b"accept-encoding"),
-                                               await self.proxy.handle(req, route.backend, force_stream=force))
+                                               await self.proxy.handle(upstream_request(req, rules), route.backend,
+                                                                       force_stream=force))
         assert isinstance(route, PhpScript)
         return await self.compressor.apply(req.method, req.header(b"accept-encoding"),
                                            await self._php(req, router, route))

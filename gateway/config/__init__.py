@@ -12,7 +12,9 @@ Rules:
   listeners on one address (``[server] listen`` and ``[admin] listen``), a
   site root or alias that does not exist or is not a directory (``load_dir``
   checks the filesystem; ``validate`` alone does not), ``try_files`` entries
-  the router would misread (``check_try_files``).
+  the router would misread and malformed ``[[sites.X.return]]`` /
+  ``[[sites.X.rewrite]]`` rules (``rewrite``), a site without ``root`` that
+  does not answer every request with a return rule (``root_problems``).
 - Sizes are ``"8k"``, ``"64m"``, ``"1g"`` or a byte count; durations are
   ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, compounds like ``"1m30s"`` or
   ``"1h 30m"`` (as nginx), or seconds.
@@ -70,6 +72,7 @@ from pydantic import (
 
 from .addresses import Address, UpstreamAddress, parse_address, parse_listen, parse_upstream
 from .messages import describe, find_line, format_problem
+from .rewrite import ReturnRule, RewriteRule, check_try_files
 
 log = logging.getLogger(__name__)
 
@@ -145,42 +148,6 @@ def _count_or_auto(least: int, most: int | None = None) -> PlainValidator:
         raise ValueError(f'{value!r} is neither a whole number {bounds} nor "auto"')
 
     return PlainValidator(check, json_schema_input_type=int | str)
-
-
-#: What the router (``app.routing``) does with try_files, said once for errors.
-TRY_FILES_SUPPORTED = (
-    'entries before the last are "$uri" or "$uri/"; the last may also be "=CODE" (400-599) or a URI '
-    'starting with "/" that uses only $uri before "?" and $args or $query_string after it'
-)
-_FALLBACK_PATH_VARS = re.compile(r"\$uri(?![A-Za-z0-9_])")
-_FALLBACK_QUERY_VARS = re.compile(r"\$(?:args|query_string)(?![A-Za-z0-9_])")
-
-
-def check_try_files(entries: list[str] | None) -> list[str] | None:
-    """``try_files`` as the router runs it: "$uri"/"$uri/" checks, then one
-    final fallback ("=CODE" or a URI). Anything else would be taken as the
-    fallback and misroute (``"$uri.html"`` in the middle, ``$is_args``), so
-    it is refused here, saying what is supported."""
-    if entries is None:
-        return None
-    if not entries:
-        raise ValueError(f"is empty; {TRY_FILES_SUPPORTED}")
-    for i, entry in enumerate(entries):
-        if entry in ("$uri", "$uri/"):
-            continue
-        last = i == len(entries) - 1
-        if last and entry.startswith("="):
-            code = entry[1:]
-            if code.isdigit() and 400 <= int(code) <= 599:
-                continue
-        elif last and entry.startswith("/"):
-            path, _, query = entry.partition("?")
-            if "$" not in _FALLBACK_PATH_VARS.sub("", path) and "$" not in _FALLBACK_QUERY_VARS.sub("", query) \
-                    and "#" not in entry and not any(c.isspace() for c in entry):
-                continue
-        where = "the last entry" if last else f"entry {i + 1} of {len(entries)}"
-        raise ValueError(f"{where}, {entry!r}, is not supported: {TRY_FILES_SUPPORTED}")
-    return entries
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
@@ -600,11 +567,15 @@ class AcmeConfig(_Model):
 
 
 class SiteConfig(_Model):
+    # "return" is a Python keyword: the field is return_, written and dumped as "return"
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
     #: Host names: exact ("example.com"), wildcard ("*.example.com"), or "_" for none.
     server_names: list[str] = []
     #: The site for requests whose Host matches no other site.
     default: bool = False
-    root: str
+    #: Required (``root_problems``) unless a return rule answers every request.
+    root: str = ""
     index: list[str] = ["index.php", "index.html", "index.htm"]
     #: Name of a [backends.X] table; empty: a static-only site.
     php: str = ""
@@ -615,8 +586,9 @@ class SiteConfig(_Model):
     #: there whatever the root holds (nginx "location /api/ { proxy_pass ...; }"),
     #: the target unchanged. The longest prefix wins.
     routes: dict[str, str] = {}
-    #: nginx try_files: "$uri", "$uri/", then one fallback, "/index.php?$args" or
-    #: "=404" (``check_try_files`` says exactly what is supported).
+    #: nginx try_files: files (or "dir/") to look for, then one fallback,
+    #: "/index.php?$args" or "=404" (``rewrite.check_try_files`` says exactly
+    #: what is supported).
     #: Default for a PHP site: the front controller, as WordPress needs.
     try_files: Annotated[list[str] | None, AfterValidator(check_try_files)] = None
     #: "follow": follow symlinks like nginx; "within_root": refuse those whose
@@ -653,6 +625,10 @@ class SiteConfig(_Model):
     #: Serve "x.css.br" / "x.css.gz" beside "x.css" to clients that accept
     #: them (nginx gzip_static, Caddy precompressed).
     precompressed: bool = False
+    #: [[sites.X.return]]: nginx "return CODE [to]" by prefix or regex (config.rewrite, http.rewrite).
+    return_: list[ReturnRule] = Field(default=[], alias="return")
+    #: [[sites.X.rewrite]]: internal rewrites before routing, re-matched, loop-guarded.
+    rewrite: list[RewriteRule] = []
     static_cache_extensions: list[str] = [
         "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "webp", "avif", "svg", "ico", "woff", "woff2", "ttf",
         "eot", "otf", "mp4", "webm", "mp3", "ogg", "pdf",
@@ -898,7 +874,7 @@ def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = N
 
     # every problem in one run: the checks beyond the schema read the merged
     # data, skipping what the schema reports as malformed
-    found = (reference_problems(data) + redirect_problems(data) + listen_conflicts(data, source)
+    found = (reference_problems(data) + root_problems(data) + redirect_problems(data) + listen_conflicts(data, source)
              + (path_problems(data) if check_paths else []))
     try:
         cfg = Config.model_validate(data)
@@ -965,6 +941,24 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]
                 out.append((("sites", name, "default"),
                             f"sites.{default} is the default site already: only one site can be"))
             default = default or name
+    return out
+
+
+def root_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """(key, message) for each site without ``root`` that does not answer
+    every request with a return rule (``paths = ["/"]``, no ``methods``):
+    a site that only redirects (``www.`` to the apex) needs no root."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    for name, site in _table(data, "sites").items():
+        if not isinstance(site, dict) or "root" in site:
+            continue
+        rules = site.get("return")
+        catch_all = isinstance(rules, list) and any(
+            isinstance(r, dict) and "/" in (r.get("paths") or []) and not r.get("methods") for r in rules)
+        if not catch_all:
+            out.append((("sites", name, "root"), "is required: set it" + (
+                ' (only a site whose return rule answers every request, paths = ["/"], can do without)'
+                if rules else "")))
     return out
 
 
