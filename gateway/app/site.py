@@ -285,7 +285,11 @@ class App:
 
     async def _fetch_page(self, req: Request, router: Router, uri: bytes, status: int) -> Response | None:
         """The page at ``uri`` for a ``status`` error, None when it fails (logged)."""
-        path, query = split_target(uri)  # config checked it
+        try:
+            path, query = split_target(uri)
+        except BadRequestTarget as exc:
+            log.error("[%s] error page %s for %d: %s", req.request_id, uri.decode("latin-1"), status, exc)
+            return None
         route = router.route(path, query, internal=True)
         method = b"HEAD" if req.method == b"HEAD" else b"GET"
         page: Response

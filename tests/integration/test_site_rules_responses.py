@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import trio
-import trio.testing
 
 DOWNLOAD = """<?php
 // as WooCommerce's "X-Accel-Redirect/X-Sendfile" download method: check, then hand the file over
