@@ -9,8 +9,9 @@ its ``XSendFilePath``):
   Range and If-* headers apply to the file). The URI is decoded and
   normalised as a request target is (``routing.split_target``; its query is
   ignored); it may name an ``internal = true`` alias, which clients cannot
-  fetch. Only a static file is served: a URI that routes to PHP, a backend
-  or a redirect is a 502 (one log line), a missing file a 404.
+  fetch. Only a static file is served: a missing file is a 404 (also where
+  try_files would fall back to the front controller), a URI that names a
+  PHP script, or routes to a backend or a directory, a 502 (one log line).
 - ``X-Sendfile: /abs/path`` (Apache, lighttpd) is honoured only for a file
   inside an ``internal = true`` alias's directory, and served as the URI
   that alias maps it to (so with the same rules); any other path is a 502

@@ -29,8 +29,10 @@ Edge policy, in the order it applies to a request of a site:
 4. X-Accel-Redirect / X-Sendfile on a PHP or proxied response: replaced by
    the file it names (``accel``), before compression.
 5. Error pages (``error_pages``): an error response, the gateway's own or,
-   with ``intercept_errors``, a backend's, replaced by the site's page for
-   its status, fetched as an internal request (never a page for a page).
+   with ``intercept_errors``, a backend's (before compression: its body is
+   discarded uncompressed), replaced by the site's page for its status,
+   fetched as an internal request (never a page for a page) and compressed
+   as any response.
 6. Header rules (``http.header_rules``, ``[[sites.X.headers]]`` and the
    table form ``[sites.X.headers]``) on every response of the site, error
    pages and redirects included; a rule with ``preflight`` answers a CORS
@@ -174,7 +176,7 @@ class App:
                           req.target.decode("latin-1"))
             resp = self.error(500)
         pages = self.error_pages.get(router.name)
-        if pages and resp.status >= 400:
+        if pages and resp.status >= 400 and not resp.from_upstream:
             resp = await self._error_page(req, router, pages, resp)
         rules = self.header_rules.get(router.name)
         if rules:
@@ -223,12 +225,19 @@ class App:
         if isinstance(route, ProxyPass):
             force = bool(router.unbuffered) and path.startswith(router.unbuffered)
             resp = await self.proxy.handle(upstream_request(req, rules), route.backend, force_stream=force)
-            return await self.compressor.apply(req.method, req.header(b"accept-encoding"),
-                                               await self._accel(req, router, resp))
+            return await self._backend_answer(req, router, await self._accel(req, router, resp))
         assert isinstance(route, PhpScript)
         resp = await self._php(req, router, route)
-        return await self.compressor.apply(req.method, req.header(b"accept-encoding"),
-                                           await self._accel(req, router, resp))
+        return await self._backend_answer(req, router, await self._accel(req, router, resp))
+
+    async def _backend_answer(self, req: Request, router: Router, resp: Response) -> Response:
+        """A PHP or proxy answer, compressed; or, for a backend's own error with
+        ``intercept_errors``, the site's page in its place (its body never compressed
+        for nothing). The gateway's own errors get their pages in ``handle``."""
+        pages = self.error_pages.get(router.name)
+        if pages and resp.from_upstream and pages.page_for(resp.status, from_upstream=True) is not None:
+            return await self._error_page(req, router, pages, resp)
+        return await self.compressor.apply(req.method, req.header(b"accept-encoding"), resp)
 
     async def _accel(self, req: Request, router: Router, resp: Response) -> Response:
         """A backend's response, or the file its X-Accel-Redirect / X-Sendfile
@@ -255,6 +264,10 @@ class App:
             elif isinstance(route, Refuse):
                 log.info("[%s] %s: %d: %s", req.request_id, what, route.status, route.reason)
                 out = self.error(route.status)
+            elif isinstance(route, PhpScript) and route.script_name != path:
+                log.info("[%s] %s: 404: no such file (try_files would run %s)", req.request_id, what,
+                         route.script_name)
+                out = self.error(404)
             else:
                 log.error("[%s] %s is not a static file (PHP, a backend or a directory): 502", req.request_id, what)
                 out = self.error(502)
@@ -262,7 +275,9 @@ class App:
         return out
 
     async def _error_page(self, req: Request, router: Router, pages: ErrorPages, resp: Response) -> Response:
-        """``resp``, or the site's page for its status (``error_pages``)."""
+        """``resp``, or the site's page for its status (``error_pages``),
+        compressed as any response. The page of a backend's error says
+        ``from_upstream`` too: it is not paged again."""
         uri = pages.page_for(resp.status, resp.from_upstream)
         if uri is None:
             return resp
@@ -280,7 +295,8 @@ class App:
         else:
             page.status, page.reason = status, b""
             page.headers = page_headers(resp.headers, page.headers)
-        page.upstream, page.timing = resp.upstream, resp.timing
+            page = await self.compressor.apply(req.method, req.header(b"accept-encoding"), page)
+        page.upstream, page.timing, page.from_upstream = resp.upstream, resp.timing, resp.from_upstream
         return page
 
     async def _fetch_page(self, req: Request, router: Router, uri: bytes, status: int) -> Response | None:

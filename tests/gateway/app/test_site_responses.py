@@ -5,6 +5,8 @@ headers; and what PHP was asked (REDIRECT_STATUS, REQUEST_URI)."""
 
 from __future__ import annotations
 
+import gzip
+
 import trio
 import trio.testing
 
@@ -94,7 +96,8 @@ async def test_the_internal_alias_is_404_to_clients(tmp_path, nursery, autojump_
 
 
 async def test_x_accel_redirect_failures(tmp_path, nursery, autojump_clock):
-    cases = [(b"/protected/missing.zip", 404), (b"/protected/run.php", 502), (b"protected/f.zip", 502),
+    cases = [(b"/protected/missing.zip", 404), (b"/uploads/missing.zip", 404), (b"/protected/run.php", 502),
+             (b"/download.php", 502), (b"/errors", 502), (b"protected/f.zip", 502),
              (b"/protected/../../etc/passwd", 502), (b"/style.css", 200)]
     for value, status in cases:
         app, _, _ = make_app(tmp_path, nursery, accel_script(value))
@@ -165,6 +168,10 @@ async def test_intercept_errors_gives_phps_404_the_php_page(tmp_path, nursery, a
     assert page_req.params[b"CONTENT_LENGTH"] == b""
     head = await get(c, "/index.php", method="HEAD")
     assert (head.status, head.body) == (404, b"")
+    # the page is compressed as any PHP response; PHP's own 404 body was not (it was discarded)
+    gz = await get(c, "/index.php?" + "x" * 2000, ("Accept-Encoding", "gzip"))
+    assert gz.status == 404 and gz.header("content-encoding") == "gzip"
+    assert gzip.decompress(gz.body) == b"page for 404 at /index.php?" + b"x" * 2000 + b" GET"
 
 
 async def test_a_failing_page_falls_back_to_the_builtin_one(tmp_path, nursery, autojump_clock):
