@@ -227,3 +227,29 @@ async def test_header_rules_on_pages_and_php_and_files(tmp_path, nursery, autoju
     assert len(fpm.requests_seen) == seen  # PHP never saw the preflight
     plain = await get(c, "/wp-json/wp/v2/posts", method="OPTIONS")  # not a preflight: the app's
     assert plain.status == 200 and len(fpm.requests_seen) == seen + 1
+
+
+async def test_an_intercepted_streamed_error_frees_the_only_slot_for_its_page(tmp_path, nursery, autojump_clock):
+    async def script(req):
+        if req.params[b"SCRIPT_NAME"] == b"/error.php":
+            return [php_output(b"page for " + req.params[b"REDIRECT_STATUS"])]
+        # a streamed 404 (X-Accel-Buffering: no) holds the one PHP slot until it is closed
+        return [b"Status: 404\r\nX-Accel-Buffering: no\r\nContent-Type: text/html\r\n\r\nfirst", trio.sleep_forever]
+
+    app, fpm, _ = make_app(tmp_path, nursery, script, pool_size=1,
+                           site={"error_pages": {"404": "/error.php"}, "intercept_errors": True})
+    c = await client_for(app, nursery)
+    with trio.fail_after(5):  # well under the queue timeout: the slot came back at once
+        r = await get(c, "/index.php")
+    assert (r.status, r.body) == (404, b"page for 404")
+
+
+async def test_a_proxied_backends_error_is_intercepted_too(tmp_path, nursery, autojump_clock):
+    async def backend(req):
+        return [http_response(b"backend's own 500", status=500, headers=[(b"Retry-After", b"30")])]
+
+    app, _, _ = make_app(tmp_path, nursery, accel_script(), proxy=FakeHttp(backend),
+                         site={"routes": {"/api/": "app"}, "error_pages": {"500": "/errors/404.html"},
+                               "intercept_errors": True})
+    r = await get(await client_for(app, nursery), "/api/x")
+    assert (r.status, r.body, r.header("retry-after")) == (500, b"<h1>custom 404</h1>", "30")
