@@ -14,7 +14,8 @@ its ``XSendFilePath``):
   PHP script, or routes to a backend or a directory, a 502 (one log line).
 - ``X-Sendfile: /abs/path`` (Apache, lighttpd) is honoured only for a file
   inside an ``internal = true`` alias's directory, and served as the URI
-  that alias maps it to (so with the same rules); any other path is a 502
+  that alias maps it to (so with the same rules; a path through a symbolic
+  link counts where it leads); any other path is a 502
   with one log line naming the path: an application must not make the
   gateway send ``/etc/shadow``. A relative path, or one with ``..``, is a 502.
 - The backend's body is discarded and its slot freed before the file is
@@ -30,6 +31,7 @@ its ``XSendFilePath``):
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -65,9 +67,12 @@ def find(headers: list[tuple[bytes, bytes]]) -> AccelRequest | None:
     return found
 
 
-def target(req: AccelRequest, internal_dirs: list[tuple[str, str]]) -> bytes:
+def target(req: AccelRequest, internal_dirs: list[tuple[str, str]],
+           resolve: Callable[[str], str] | None = None) -> bytes:
     """The request target to serve for ``req``. ``internal_dirs``: (URI
-    prefix, real directory ending in "/") of the internal aliases.
+    prefix, directory ending in "/") of the internal aliases. ``resolve``
+    (``os.path.realpath``): tried on an X-Sendfile path outside them, for a
+    path through a symbolic link.
 
     Raises:
         AccelRefused: an empty header, or an X-Sendfile path outside every
@@ -82,10 +87,11 @@ def target(req: AccelRequest, internal_dirs: list[tuple[str, str]]) -> bytes:
     path = os.fsdecode(req.value)
     if not path.startswith("/") or "\0" in path or "/../" in path + "/" or "/./" in path + "/":
         raise AccelRefused(f"X-Sendfile {path[:200]!r} is not a normalised absolute path")
-    for prefix, directory in internal_dirs:
-        if path.startswith(directory):
-            rest = path[len(directory):]
-            return (prefix.rstrip("/") + "/" + quote(rest, safe="/")).encode("utf-8", "surrogateescape")
+    for candidate in (path, resolve(path) if resolve else path):
+        for prefix, directory in internal_dirs:
+            if candidate.startswith(directory):
+                rest = candidate[len(directory):]
+                return (prefix.rstrip("/") + "/" + quote(rest, safe="/")).encode("utf-8", "surrogateescape")
     raise AccelRefused(f"X-Sendfile {path[:200]!r} is outside every internal alias's directory "
                        "(add [sites.X.aliases.\"/prefix/\"] path = DIR, internal = true)")
 

@@ -217,9 +217,11 @@ class Router:
                                for prefix, alias in site.aliases.items()), key=lambda a: -len(a[0]))
         #: prefixes of ``internal = true`` aliases: 404 to clients (nginx ``internal``)
         self.internal = frozenset(prefix for prefix, alias in site.aliases.items() if alias.internal)
-        #: (prefix, real directory + "/") of those: where X-Sendfile may point
-        self.internal_dirs = sorted(((prefix, os.path.realpath(alias.path).rstrip("/") + "/")
-                                     for prefix, alias in site.aliases.items() if alias.internal),
+        #: (prefix, directory + "/") of those, as configured and as resolved:
+        #: where X-Sendfile may point
+        self.internal_dirs = sorted({(prefix, d.rstrip("/") + "/") for prefix, alias in site.aliases.items()
+                                     if alias.internal
+                                     for d in (os.path.normpath(alias.path), os.path.realpath(alias.path))},
                                     key=lambda a: -len(a[1]))
         #: where symlinks may lead with symlinks = "within_root"
         self.allowed_dirs = (self.root, *(t.rstrip("/") for _, t in self.aliases))

@@ -42,6 +42,7 @@ Edge policy, in the order it applies to a request of a site:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -250,7 +251,7 @@ class App:
         await resp.aclose()
         what = f"{found.header.decode()} {found.value[:200].decode('latin-1')!r}"
         try:
-            path, query = split_target(accel.target(found, router.internal_dirs))
+            path, query = split_target(accel.target(found, router.internal_dirs, os.path.realpath))
         except (accel.AccelRefused, BadRequestTarget) as exc:
             log.error("[%s] %s %s: %s: 502", req.request_id, req.method.decode(), req.target.decode("latin-1"), exc)
             out = self.error(502)

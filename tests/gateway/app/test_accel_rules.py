@@ -71,3 +71,12 @@ def test_page_headers_keep_what_a_client_acts_on():
     assert page_headers(original, page) == [(b"content-type", b"text/html; charset=utf-8"),
                                             (b"content-length", b"9"), (b"retry-after", b"1"),
                                             (b"www-authenticate", b"Basic")]
+
+
+def test_an_x_sendfile_path_through_a_link_counts_where_it_leads():
+    links = {"/var/www/private/a.zip": "/srv/files/a.zip", "/srv/files/escape": "/etc/shadow"}
+    resolve = lambda p: links.get(p, p)  # noqa: E731 - os.path.realpath's stand-in
+    assert accel.target(accel.AccelRequest(b"x-sendfile", b"/var/www/private/a.zip"), INTERNAL, resolve) == (
+        b"/protected/a.zip")
+    with pytest.raises(accel.AccelRefused):
+        accel.target(accel.AccelRequest(b"x-sendfile", b"/var/www/other"), INTERNAL, resolve)

@@ -253,3 +253,14 @@ async def test_a_proxied_backends_error_is_intercepted_too(tmp_path, nursery, au
                                "intercept_errors": True})
     r = await get(await client_for(app, nursery), "/api/x")
     assert (r.status, r.body, r.header("retry-after")) == (500, b"<h1>custom 404</h1>", "30")
+
+
+async def test_x_sendfile_through_a_symlink_to_the_internal_directory(tmp_path, nursery, autojump_clock):
+    (tmp_path / "link").symlink_to(tmp_path / "files")
+    for alias_path, sent in ((tmp_path / "files", tmp_path / "link" / "f.zip"),
+                             (tmp_path / "link", tmp_path / "files" / "f.zip"),
+                             (tmp_path / "link", tmp_path / "link" / "f.zip")):
+        app, _, _ = make_app(tmp_path, nursery, accel_script(str(sent).encode(), b"X-Sendfile"),
+                             site={"aliases": {"/protected/": {"path": str(alias_path), "internal": True}}})
+        r = await get(await client_for(app, nursery), "/download.php")
+        assert (r.status, r.body) == (200, FILE), (alias_path, sent)
