@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import trio
@@ -191,3 +193,17 @@ async def test_header_rules_and_a_cors_preflight(start_gateway, tmp_path):
     assert status == 204 and headers["access-control-allow-methods"] == "GET, POST, OPTIONS"
     assert headers["access-control-max-age"] == "86400"
     assert gw.pool.instruments.responses == ran  # answered without PHP
+
+
+def test_gateway_check_names_file_key_and_line_of_each_malformed_rule(tmp_path):
+    f = tmp_path / "00.toml"
+    f.write_text('[sites.a]\nroot = "/srv"\n[[sites.a.headers]]\npaths = ["/x/"]\nadd = { "X A" = "1" }\n'
+                 '[sites.a.error_pages]\n404 = "e.html"\n[sites.a.aliases."/p/"]\ninternal = true\n')
+    out = subprocess.run([sys.executable, "-m", "gateway", "check", "--config", str(tmp_path)], capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert sorted(out.stderr.splitlines()) == sorted([
+        f"{f}: sites.a.headers.0.add: 'X A' is not a valid HTTP header name (line 3)",
+        f"{f}: sites.a.error_pages: 'e.html' (for 404) is not a URI of the site like \"/errors/404.html\" (line 6)",
+        f"{f}: sites.a.aliases./p/.path: is required: set it (line 8)",
+    ])
