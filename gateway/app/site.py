@@ -256,7 +256,7 @@ class App:
             log.error("[%s] %s %s: %s: 502", req.request_id, req.method.decode(), req.target.decode("latin-1"), exc)
             out = self.error(502)
         else:
-            route = router.route(path, query, internal=True)
+            route = router.route(path, query, req.host, internal=True)
             if isinstance(route, StaticFile):
                 method = b"HEAD" if req.method == b"HEAD" else b"GET"
                 out = serve_file(route.path, method, req.header_map(), server=self.server_software)
@@ -307,7 +307,7 @@ class App:
         except BadRequestTarget as exc:
             log.error("[%s] error page %s for %d: %s", req.request_id, uri.decode("latin-1"), status, exc)
             return None
-        route = router.route(path, query, internal=True)
+        route = router.route(path, query, req.host, internal=True)
         method = b"HEAD" if req.method == b"HEAD" else b"GET"
         page: Response
         if isinstance(route, StaticFile):
