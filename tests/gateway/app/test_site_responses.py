@@ -264,3 +264,20 @@ async def test_x_sendfile_through_a_symlink_to_the_internal_directory(tmp_path, 
                              site={"aliases": {"/protected/": {"path": str(alias_path), "internal": True}}})
         r = await get(await client_for(app, nursery), "/download.php")
         assert (r.status, r.body) == (200, FILE), (alias_path, sent)
+
+
+async def test_the_readme_preflight_recipe_with_a_return_rule(tmp_path, nursery, autojump_clock):
+    async def script(req):
+        return [php_output(b"api")]
+
+    site = {"return": [{"paths": ["/wp-json/"], "methods": ["OPTIONS"], "code": 204}],
+            "headers": [{"paths": ["/wp-json/"], "always": True,
+                         "set": {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST"}}]}
+    app, fpm, _ = make_app(tmp_path, nursery, script, site=site)
+    c = await client_for(app, nursery)
+    r = await get(c, "/wp-json/x", ("Origin", "https://a.example"), method="OPTIONS")
+    assert (r.status, r.header("access-control-allow-methods"), r.header("access-control-allow-origin")) == (
+        204, "GET, POST", "*")
+    assert fpm.requests_seen == []
+    r = await get(c, "/wp-json/x")
+    assert (r.status, r.body, r.header("access-control-allow-origin")) == (200, b"api", "*")
