@@ -38,6 +38,7 @@ from ..upstream import cgi
 from ..upstream.exchange import UpstreamBody, UpstreamResponse, run_http
 from ..upstream.http1 import HttpConn, HttpSettings, UpstreamRequest
 from ..upstream.pool import Pool
+from . import accel
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +114,14 @@ def exchange_failed(req: Request, pool: Pool[Any], exc: GatewayError,
 
 #: The backend's response headers the gateway sets itself (nginx does not pass
 #: them either, unless proxy_pass_header): its Server and Date go out instead.
-NOT_PASSED = frozenset({b"server", b"date", b"x-pad"}) | cgi.GATEWAY_ONLY_HEADERS
+NOT_PASSED = frozenset({b"server", b"date", b"x-pad"}) | cgi.GATEWAY_ONLY_HEADERS - accel.FOLLOWED
 
 
 def response(req: Request, result: UpstreamResponse) -> Response:
     """The client's response from the backend's: framed by what was drained
     (HEAD and 304 keep the backend's Content-Length); X-Accel-*, Server and
-    Date kept back (``NOT_PASSED``)."""
+    Date kept back (``NOT_PASSED``), but X-Accel-Redirect and X-Sendfile
+    stay for ``App`` to follow (``accel``)."""
     head = result.head
     headers = [(n, v) for n, v in head.headers if n.lower() not in NOT_PASSED]
     body: Body = result.body
@@ -138,4 +140,5 @@ def response(req: Request, result: UpstreamResponse) -> Response:
         body = b""
     else:
         headers.append((b"content-length", b"%d" % result.body.size))
-    return Response(head.status, headers, body, reason=head.reason, upstream=result.upstream, timing=result.timing)
+    return Response(head.status, headers, body, reason=head.reason, upstream=result.upstream, timing=result.timing,
+                    from_upstream=True)

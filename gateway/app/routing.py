@@ -43,6 +43,11 @@ Proxy sites (``proxy = BACKEND``) and ``routes`` (issue 15):
   @backend``): the backend owns the URL space, the root only adds files.
 - The request target goes upstream as the client sent it (no prefix stripped).
 
+An ``internal = true`` alias (the longest alias prefix of the path decides)
+is a 404 to clients, as an nginx ``internal`` location: only an internal
+request (``route(..., internal=True)``: X-Accel-Redirect, an error page)
+reaches it.
+
 5. A file with a PHP extension is never served as a static file (its source
    would leak): it runs on PHP or is refused. Nor is a backup or editor copy
    (``wp-config.php~``, ``x.php.bak``, ``#x.php#``, ``x.orig``, ``x.swp``...)
@@ -208,8 +213,16 @@ class Router:
         self.static_max_age = int(site.static_max_age)
         self.static_cache_extensions = tuple("." + e.lower().lstrip(".") for e in site.static_cache_extensions)
         # nginx "location /prefix/ { alias /dir/; }": longest prefix first
-        self.aliases = sorted(((prefix, os.path.realpath(target) + ("/" if prefix.endswith("/") else ""))
-                               for prefix, target in site.aliases.items()), key=lambda a: -len(a[0]))
+        self.aliases = sorted(((prefix, os.path.realpath(alias.path) + ("/" if prefix.endswith("/") else ""))
+                               for prefix, alias in site.aliases.items()), key=lambda a: -len(a[0]))
+        #: prefixes of ``internal = true`` aliases: 404 to clients (nginx ``internal``)
+        self.internal = frozenset(prefix for prefix, alias in site.aliases.items() if alias.internal)
+        #: (prefix, directory + "/") of those, as configured and as resolved:
+        #: where X-Sendfile may point
+        self.internal_dirs = sorted({(prefix, d.rstrip("/") + "/") for prefix, alias in site.aliases.items()
+                                     if alias.internal
+                                     for d in (os.path.normpath(alias.path), os.path.realpath(alias.path))},
+                                    key=lambda a: -len(a[1]))
         #: where symlinks may lead with symlinks = "within_root"
         self.allowed_dirs = (self.root, *(t.rstrip("/") for _, t in self.aliases))
         #: SERVER_NAME: the first exact server name, as nginx's $server_name.
@@ -254,12 +267,18 @@ class Router:
 
     # -- routing ---------------------------------------------------------------
 
-    def route(self, path: str, query: bytes, host: bytes = b"") -> Route:
+    def route(self, path: str, query: bytes, host: bytes = b"", *, internal: bool = False) -> Route:
         """Decide what serves the normalised ``path`` (from :func:`split_target`);
         ``host``: the request's validated host name (try_files' ``$host``; b"":
-        the site's server name)."""
+        the site's server name). ``internal``: an internal request
+        (X-Accel-Redirect, an error page), which may reach ``internal = true``
+        aliases."""
         if not self.root:
             return Refuse(404, "the site has no root")
+        if self.internal and not internal:
+            prefix = next((p for p, _ in self.aliases if path.startswith(p)), None)
+            if prefix in self.internal:  # the longest alias prefix decides
+                return Refuse(404, f"{prefix} is an internal alias (X-Accel-Redirect and error pages only)")
         try:
             return self._route(path, query, host.decode("ascii", "replace") or self.server_name.decode())
         except _SymlinkLeavesRoot:

@@ -72,6 +72,7 @@ from pydantic import (
 
 from .addresses import Address, UpstreamAddress, parse_address, parse_listen, parse_upstream
 from .messages import describe, find_line, format_problem
+from .responses import Alias, ErrorPages, HeaderRules
 from .rewrite import ReturnRule, RewriteRule, check_try_files
 
 log = logging.getLogger(__name__)
@@ -183,18 +184,6 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 def check_header_name(value: str) -> str:
     if not _TOKEN.match(value):
         raise ValueError(f"{value!r} is not a valid HTTP header name")
-    return value
-
-
-def check_headers(value: dict[str, str]) -> dict[str, str]:
-    """Response headers an operator adds: valid names, no line breaks or NULs
-    in values (they would split the response), no framing headers."""
-    for name, text in value.items():
-        check_header_name(name)
-        if name.lower() in ("content-length", "transfer-encoding", "connection"):
-            raise ValueError(f"{name!r} is set by the gateway from the body; it cannot be configured")
-        if any(c in text for c in "\r\n\0"):
-            raise ValueError(f"the value of {name!r} contains a line break or NUL")
     return value
 
 
@@ -606,8 +595,9 @@ class SiteConfig(_Model):
     #: since a copy of a PHP file is its source (nginx serves them).
     serve_backup_files: bool = False
     #: URI prefix -> directory, as nginx's "location /p/ { alias /dir/; }"
-    #: (e.g. Debian's WordPress keeps /wp-content/ in /var/lib/wordpress/wp-content/).
-    aliases: dict[str, str] = {}
+    #: (e.g. Debian's WordPress keeps /wp-content/ in /var/lib/wordpress/wp-content/);
+    #: or a table { path = DIR, internal = true } (``responses.AliasConfig``).
+    aliases: dict[str, Alias] = {}
     #: Extra FastCGI params sent to PHP for this site (nginx fastcgi_param).
     #: They override the computed ones; a client can never set these.
     params: dict[str, str] = {}
@@ -619,9 +609,15 @@ class SiteConfig(_Model):
     #: Answer plain-HTTP requests with a 308 to the same URL over HTTPS (the
     #: ACME HTTP-01 challenge path excepted).
     redirect_to_https: bool = False
-    #: Response headers added to (or replacing those of) every response of
-    #: this site, e.g. "Strict-Transport-Security" = "max-age=31536000".
-    headers: Annotated[dict[str, str], AfterValidator(check_headers)] = {}
+    #: Response header rules ([[sites.X.headers]]), or the table form: set on
+    #: every response, e.g. "Strict-Transport-Security" = "max-age=31536000"
+    #: (``responses.HeaderRule``).
+    headers: HeaderRules = []
+    #: Custom error pages (nginx error_page): status -> a URI of the site.
+    error_pages: ErrorPages = {}
+    #: Error pages for PHP's and proxied backends' error responses too
+    #: (nginx fastcgi_intercept_errors / proxy_intercept_errors).
+    intercept_errors: bool = False
     #: Serve "x.css.br" / "x.css.gz" beside "x.css" to clients that accept
     #: them (nginx gzip_static, Caddy precompressed).
     precompressed: bool = False
@@ -789,7 +785,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                 if isinstance(tls.get(key), str) and tls[key]:
                     tls[key] = resolve(tls[key])
         if isinstance(site.get("aliases"), dict):
-            site["aliases"] = {k: resolve(v) if isinstance(v, str) else v for k, v in site["aliases"].items()}
+            for k, v in site["aliases"].items():
+                if isinstance(v, str):
+                    site["aliases"][k] = resolve(v)
+                elif isinstance(v, dict) and isinstance(v.get("path"), str):
+                    v["path"] = resolve(v["path"])
 
 
 def load_dir(path: str | os.PathLike[str], overrides: Iterable[Override] = (), *,
@@ -1055,7 +1055,11 @@ def path_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
         if not isinstance(site, dict):
             continue
         dirs: list[tuple[tuple[str, ...], Any]] = [(("sites", name, "root"), site.get("root"))]
-        dirs += [(("sites", name, "aliases", prefix), target) for prefix, target in _table(site, "aliases").items()]
+        for prefix, target in _table(site, "aliases").items():
+            if isinstance(target, dict):
+                dirs.append((("sites", name, "aliases", prefix, "path"), target.get("path")))
+            else:
+                dirs.append((("sites", name, "aliases", prefix), target))
         for key, directory in dirs:
             if not isinstance(directory, str):
                 continue

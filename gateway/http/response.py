@@ -90,6 +90,9 @@ class Response:
     #: set for a response from an upstream: its name and timing (access log)
     upstream: str = ""
     timing: UpstreamTiming | None = None
+    #: the status and body are a backend's own (PHP or a proxied server), not
+    #: the gateway's: error pages replace them only with ``intercept_errors``
+    from_upstream: bool = False
     #: bytes written to the client after the head, chunk framing included
     #: (nginx's $body_bytes_sent); the front end counts them, also of a cut write
     bytes_sent: int = 0
