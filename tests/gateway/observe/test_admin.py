@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import h11
 import pytest
 import trio
 import trio.testing
@@ -35,7 +36,8 @@ async def test_one_process_shows_its_monitor(nursery, autojump_clock):
     r = await c.request("GET", "/status")
     assert r.status == 200
     assert (r.header("content-type"), r.header("cache-control")) == ("application/json", "no-store")
-    assert json.loads(r.body) == monitor.status()
+    # the monitor's rows, and which HTTP/1.1 parser runs (the suite's: upstream h11, tests/conftest.py)
+    assert json.loads(r.body) == {**monitor.status(), "http1_parser": {"package": "h11", "version": h11.__version__}}
     r = await c.request("GET", "/metrics?from=prometheus")  # a query string is ignored
     assert r.status == 200
     assert (r.header("content-type"), r.header("cache-control")) == (PROMETHEUS_TYPE, "no-store")

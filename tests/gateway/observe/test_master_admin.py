@@ -111,6 +111,7 @@ async def test_master_shows_its_workers_merged(nursery, tmp_path: Path):
     assert st["verdict"]["bottleneck"] == "listener"
     assert st["verdict"]["reason"].endswith("(1 of 3 worker processes)")
     assert st["listener"]["requests_total"] == 320
+    assert st["http1_parser"]["package"] == "h11"  # the suite's parser (tests/conftest.py)
     assert st["pools"]["php"]["size"] == 8 and st["pools"]["php"]["errors"] == {"502": 1, "503": 7, "504": 2}
 
     r = await c.request("GET", "/metrics")
