@@ -5,14 +5,15 @@ coroutines (as the master gives it)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
-import h11
 import pytest
 import trio
 import trio.testing
 
 from gateway.front.h1 import HttpConnection
+from gateway.http._h11 import PARSER
 from gateway.observe.admin import AdminApp, AdminRouter
 from gateway.serve.process import admin_connection_settings
 from tests.helpers import HttpClient
@@ -37,7 +38,8 @@ async def test_one_process_shows_its_monitor(nursery, autojump_clock):
     assert r.status == 200
     assert (r.header("content-type"), r.header("cache-control")) == ("application/json", "no-store")
     # the monitor's rows, and which HTTP/1.1 parser runs (the suite's: upstream h11, tests/conftest.py)
-    assert json.loads(r.body) == {**monitor.status(), "http1_parser": {"package": "h11", "version": h11.__version__}}
+    parser = {"package": PARSER, "version": importlib.metadata.version(PARSER)}
+    assert json.loads(r.body) == {**monitor.status(), "http1_parser": parser}
     r = await c.request("GET", "/metrics?from=prometheus")  # a query string is ignored
     assert r.status == 200
     assert (r.header("content-type"), r.header("cache-control")) == (PROMETHEUS_TYPE, "no-store")
