@@ -59,12 +59,15 @@ def choose(value: str | None, compiled_installed: bool) -> str:
 if TYPE_CHECKING:
     import h11 as h11
 else:
+    _value = os.environ.get(ENV)
+    _compiled = None
+    if _value != UPSTREAM:  # (GATEWAY_H11=h11 never loads the compiled module)
+        try:
+            import h11_mypyc as _compiled
+        except ImportError:
+            pass
     try:
-        import h11_mypyc as _compiled
-    except ImportError:
-        _compiled = None
-    try:
-        PARSER = choose(os.environ.get(ENV), _compiled is not None)
+        PARSER = choose(_value, _compiled is not None)
     except ParserChoiceError as exc:
         # a configuration mistake: one line and exit status 2, as `gateway check` reports one
         print(f"error: {exc}", file=sys.stderr)
@@ -73,7 +76,7 @@ else:
         h11 = _compiled
     else:
         import h11
-    del _compiled
+    del _compiled, _value
 
 #: "h11" or "h11-mypyc"
 PARSER: str
