@@ -1,5 +1,5 @@
-"""Upstream h11 and h11-mypyc (the opt-in ``[fast]`` extra, README "The [fast]
-extra") must behave alike: the same bytes, cut the same way, give the same
+"""Upstream h11 and h11-mypyc (the opt-in ``[fast]`` extra, README "The HTTP/1.1
+parser") must behave alike: the same bytes, cut the same way, give the same
 events, the same errors (type, message, status hint) and the same connection
 states, and the same events to send give the same bytes or the same refusal.
 
