@@ -54,7 +54,9 @@ def version() -> str:
 
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"gateway {version()}")
+        from .http._h11 import summary
+
+        typer.echo(f"gateway {version()}, {summary()}")
         raise typer.Exit()
 
 

@@ -54,7 +54,7 @@ from ..config import FASTCGI_ONLY_KEYS, Config, ConfigError, validate
 from ..config.addresses import parse_listen
 from ..front.h1 import ListenerState
 from ..front.listen import Service, listener_url, serve_until_shutdown
-from ..http._h11 import h11
+from ..http._h11 import describe, h11
 from ..observe.admin import AdminRouter
 from ..observe.aggregate import merge_prometheus, merge_status, split
 from ..tls.ticket_keys import new_keys
@@ -261,6 +261,7 @@ class MasterAdmin(AdminRouter):
         out = merge_status([None if b is None else json.loads(b) for b in bodies], pid=os.getpid(),
                            uptime=time.time() - self.started,
                            fpm_restarts={n: s.restarts for n, s in self.supervisors.items()})
+        out["http1_parser"] = describe()  # (the workers inherit GATEWAY_H11: they run the same)
         manager = self.certificates()
         if manager is not None:
             out["certificates"] = manager.status()
