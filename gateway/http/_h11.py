@@ -10,8 +10,10 @@ Policy:
   (tests/gateway/front/test_h11_differential.py) found to behave like
   upstream on the same inputs.
 - ``GATEWAY_H11`` chooses: ``h11`` forces upstream h11 even where the extra is
-  installed; ``h11-mypyc`` requires the extra (a start-up error without it);
-  unset or ``auto``: the extra where it is installed, else upstream. Any other
+  installed, and so does leaving it unset: installing the extra (the test set-up
+  does, into the same venv) never switches the parser by itself; ``h11-mypyc``
+  requires the extra (a start-up error without it); ``auto``: the extra where
+  it is installed, else upstream. Any other
   value is a start-up error (exit status 2, one line naming the variable), never
   a silent fallback. Worker processes inherit the variable, so every process of
   one gateway runs the same parser.
@@ -44,9 +46,9 @@ def choose(value: str | None, compiled_installed: bool) -> str:
 
     Raises ParserChoiceError for an unknown value, or for ``h11-mypyc`` when
     it is not installed."""
-    if value is None or value in ("", "auto"):
+    if value == "auto":
         return COMPILED if compiled_installed else UPSTREAM
-    if value == UPSTREAM:
+    if value is None or value in ("", UPSTREAM):
         return UPSTREAM
     if value == COMPILED:
         if not compiled_installed:
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
 else:
     _value = os.environ.get(ENV)
     _compiled = None
-    if _value != UPSTREAM:  # (GATEWAY_H11=h11 never loads the compiled module)
+    if _value in (COMPILED, "auto"):  # upstream h11 never loads the compiled module
         try:
             import h11_mypyc as _compiled
         except ImportError:

@@ -32,7 +32,8 @@ def test_the_choice():
     assert choose("", compiled_installed=False) == UPSTREAM
     assert choose("h11", compiled_installed=True) == UPSTREAM
     assert choose("auto", compiled_installed=True) == COMPILED
-    assert choose(None, compiled_installed=True) == COMPILED
+    assert choose(None, compiled_installed=True) == UPSTREAM  # installing the extra is not choosing it
+    assert choose("auto", compiled_installed=False) == UPSTREAM
     assert choose("h11-mypyc", compiled_installed=True) == COMPILED
     with pytest.raises(ParserChoiceError, match=r"GATEWAY_H11=h11-mypyc: h11-mypyc is not installed"):
         choose("h11-mypyc", compiled_installed=False)
@@ -62,6 +63,9 @@ def test_gateway_version_names_the_parser():
     assert out.returncode == 0, out.stderr
     assert f"HTTP/1.1 parser h11 {h11.__version__}" in out.stdout
     out = _gateway("--version", parser=None)
+    assert out.returncode == 0, out.stderr
+    assert "parser h11 " in out.stdout  # unset: upstream h11, whether or not the extra is installed
+    out = _gateway("--version", parser="auto")
     assert out.returncode == 0, out.stderr
     assert ("parser h11-mypyc" if HAVE_EXTRA else "parser h11 ") in out.stdout
 
