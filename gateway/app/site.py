@@ -18,6 +18,9 @@ Edge policy, in the order it applies to a request of a site:
    Then ``[[sites.X.return]]`` and ``[[sites.X.rewrite]]`` (``app.rewrite``,
    nginx's rewrite phase): a return rule answers at once; a rewrite changes
    the path (and query) that routing and the later steps see.
+2. ``[[sites.X.rate_limit]]``, ``[[sites.X.access]]``, the ``deny`` list,
+   ``[[sites.X.basic_auth]]`` (``app.guard``): 429, 403 or 401 instead of
+   the site's answer, or a rate limit's delay.
 2. The route's answer; a static file may be a precompressed sibling
    (``precompressed``: ``x.css.br``/``x.css.gz`` beside ``x.css``, chosen by
    Accept-Encoding like a dynamic coding, served with the original's
@@ -49,7 +52,7 @@ from ..http.errors import ClientGone, GatewayError
 from ..http.realip import TrustedProxies
 from ..http.request import IDEMPOTENT_METHODS, Request
 from ..http.response import Body, Response, error_response, http_date
-from ..metrics import CompressionStats
+from ..metrics import CompressionStats, GuardStats
 from ..tls.store import StateDir
 from ..upstream import cgi
 from ..upstream.exchange import UpstreamBody, UpstreamResponse, run_php
@@ -57,6 +60,8 @@ from ..upstream.fastcgi import FastCgiConn, PhpSettings
 from ..upstream.pool import Pool
 from .cgi_params import build_params
 from .compress import CompressionSettings, Compressor
+from .guard import Guard
+from .guard_table import GuardTable
 from .proxy import Proxy, ProxyBackend, exchange_failed
 from .rewrite import apply_rules, upstream_request
 from .routing import (
@@ -111,8 +116,11 @@ class App:
     an HTTP/1.1 one for a ``type = "http"`` backend)."""
 
     def __init__(self, config: Config, pools: dict[str, Pool[Any]],
-                 compression: CompressionStats | None = None) -> None:
+                 compression: CompressionStats | None = None, guard: GuardStats | None = None,
+                 guard_table: str = "") -> None:
         self.config = config
+        #: rate_limit, access, basic_auth (``guard_table``: the workers' shared table, ``guard_table.create``)
+        self.guard = Guard(config, guard, GuardTable.open(guard_table) if guard_table else None)
         self.compressor = Compressor(CompressionSettings.from_config(config), compression)
         self.tls_port = tls_port(config)
         self.site_headers = {name: [(k.lower().encode(), v.encode("latin-1")) for k, v in site.headers.items()]
@@ -176,6 +184,9 @@ class App:
         if isinstance(rules, Response):
             return rules
         path, query = rules.path, rules.query
+        refusal = await self.guard.check(req, router, path)  # 4-5: rate_limit, access, basic_auth
+        if refusal is not None:
+            return self.error(refusal.status, refusal.headers)
         route = router.route(path, query, req.host)
         if isinstance(route, Refuse):
             log.debug("[%s] %d: %s", req.request_id, route.status, route.reason)
