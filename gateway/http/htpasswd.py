@@ -40,6 +40,9 @@ _ITOA64 = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 ROUNDS_DEFAULT = 5000
 ROUNDS_MIN = 1000
 ROUNDS_MAX = 999_999_999
+#: bcrypt reads this many bytes of a password (and Apache's htpasswd -B hashes
+#: them; PyCA's bcrypt 5 raises beyond them instead of ignoring the rest)
+BCRYPT_MAX = 72
 #: Longest user name or password accepted from a client (bcrypt reads 72 bytes anyway).
 MAX_CREDENTIAL = 1024
 
@@ -106,7 +109,7 @@ def verify(password: bytes, hashed: bytes) -> bool:
         if kind == "bcrypt":
             import bcrypt  # (PyCA's; imported here: only sites with bcrypt users need it)
 
-            return bcrypt.checkpw(password, hashed)
+            return bcrypt.checkpw(password[:BCRYPT_MAX], hashed)
         if kind == "sha1":
             return hmac.compare_digest(b"{SHA}" + base64.b64encode(hashlib.sha1(password).digest()), hashed)
         if kind == "plain":
