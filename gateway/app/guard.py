@@ -14,7 +14,10 @@ Policy:
   only ``"all"`` in access lists.
 - Rate limit (``http.ratelimit``): over the burst, 429 with an integer
   ``Retry-After``; within it, delayed to the rate here, unless ``nodelay``.
-  The delay holds the request's task and connection, no PHP worker.
+  The delay holds the request's task and connection, no PHP worker. A 429
+  is logged at debug level only: under a flood one line each would fill the
+  error log (the access log shows each 429; ``gateway_rate_limited_total``
+  counts them). Access and auth refusals are one info line each.
 - Access (``http.access``): not permitted, 403.
 - Basic auth: without credentials, or with wrong ones, 401 with
   ``WWW-Authenticate: Basic realm="..."``; wrong ones count as failures of the
@@ -216,7 +219,8 @@ class Guard:
             self._count_evictions()
             if not answer.allowed:
                 self.stats.bump(self.stats.rate_limited, router.name)
-                log.info("[%s] 429: %s over the rate limit of %s", req.request_id, req.client[0], path)
+                # debug: a flood would fill the error log (the access log has each 429, the metric counts them)
+                log.debug("[%s] 429: %s over the rate limit of %s", req.request_id, req.client[0], path)
                 return Refusal(429, [(b"retry-after", b"%d" % answer.retry_after)])
             if answer.delay > 0:
                 self.stats.bump(self.stats.delayed, router.name)
