@@ -10,6 +10,7 @@ requests that pass). Floods are short (a few seconds) and bounded in clients.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,7 @@ def _conf(tmp_path: Path, docroot: Path, port: int, admin: int) -> Path:
         f'[backends.php]\npool_size = 2\nphp_fpm.user = "root"\n'
         f'[sites.t]\nroot = "{docroot}"\nphp = "php"\n'
         '[[sites.t.rate_limit]]\npaths = ["/wp-login.php"]\nrate = "2r/s"\nnodelay = true\n'
+        '[[sites.t.rate_limit]]\npaths = ["/xmlrpc.php"]\nrate = "1r/m"\n'
     )
     return conf
 
@@ -219,6 +221,17 @@ async def test_two_processes_hold_one_limit(tmp_path: Path, docroot: Path):
                      if s.name == "gateway_rate_limited_total" and s.labels["site"] == "t"}
         assert set(by_worker) == {"0", "1"} and all(n > 0 for n in by_worker.values())  # both were flooded
         assert sum(by_worker.values()) == len(answers) - passed
+        # a reload (new worker processes) keeps the clients' states, as nginx keeps its zones
+        assert [(await curl(port, "/xmlrpc.php"))[0] for _ in range(2)] == [404, 429]
+        proc.send_signal(signal.SIGHUP)
+        log = b""
+        with trio.fail_after(30):
+            while b"previous configuration have stopped" not in log:
+                chunk = await stderr.receive_some(4096)
+                assert chunk, log.decode()
+                log += chunk
+        status, headers, _ = await curl(port, "/xmlrpc.php")
+        assert status == 429 and 50 <= int(headers["retry-after"]) <= 60
     finally:
         log = await stop(proc, stderr)
     assert proc.returncode == 0, log.decode()
