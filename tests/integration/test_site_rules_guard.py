@@ -163,6 +163,22 @@ async def test_wp_admin_from_the_office_only_with_admin_ajax_open(start_gateway:
     assert gw.running.monitor.guard.access_denied == {"t": 3}
 
 
+async def test_behind_a_trusted_proxy_the_rules_see_the_real_client(start_gateway: StartGateway, docroot: Path):
+    gw = await start_gateway(docroot, server={"trusted_proxies": ["127.0.0.1"]}, site={
+        "rate_limit": [{"paths": ["/wp-login.php"], "rate": "1r/m"}],
+        "access": [{"paths": ["/wp-admin/"], "allow": ["203.0.113.0/24"], "deny": ["all"]}]})
+
+    def via(client: str) -> tuple[str, str]:
+        return ("-H", f"X-Forwarded-For: {client}")
+
+    assert [(await curl(gw.port, "/wp-login.php", *via("203.0.113.7")))[0] for _ in range(2)] == [200, 429]
+    assert (await curl(gw.port, "/wp-login.php", *via("198.51.100.1")))[0] == 200  # another client behind it
+    assert (await curl(gw.port, "/wp-admin/", *via("203.0.113.7")))[0] == 200
+    assert (await curl(gw.port, "/wp-admin/", *via("198.51.100.1")))[0] == 403
+    # from an untrusted peer the header is believed for nothing
+    assert (await curl(gw.port, "/wp-admin/", *via("203.0.113.7"), "--interface", OFFICE))[0] == 403
+
+
 @pytest.fixture
 def user_file(tmp_path: Path) -> Path:
     path = tmp_path / "staging.htpasswd"
