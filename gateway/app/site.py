@@ -21,15 +21,15 @@ Edge policy, in the order it applies to a request of a site:
 2. ``[[sites.X.rate_limit]]``, ``[[sites.X.access]]``, the ``deny`` list,
    ``[[sites.X.basic_auth]]`` (``app.guard``): 429, 403 or 401 instead of
    the site's answer, or a rate limit's delay.
-2. The route's answer; a static file may be a precompressed sibling
+3. The route's answer; a static file may be a precompressed sibling
    (``precompressed``: ``x.css.br``/``x.css.gz`` beside ``x.css``, chosen by
    Accept-Encoding like a dynamic coding, served with the original's
    Content-Type, the sibling's ETag and Last-Modified, ``Vary``; a Range
    request gets the original's bytes as before).
-3. Compression (``compress``) of static and PHP responses alike (with a
+4. Compression (``compress``) of static and PHP responses alike (with a
    502/504 page in their place); the gateway's own small pages for a refused
    route, a bad target or a redirect are sent as they are.
-4. ``[sites.X.headers]``: set on every response of the site, the gateway's
+5. ``[sites.X.headers]``: set on every response of the site, the gateway's
    own error pages and redirects included; a configured header replaces one
    of the same name (PHP's too), an empty value removes it (Caddy's
    ``header``; nginx's ``add_header ... always`` adds without replacing).
