@@ -67,12 +67,14 @@ async def flood(port: int, path: str, clients: int, *, new_connection: bool = Fa
     async def one() -> None:
         client = await HttpClient.connect(port)
         try:
+            reconnect = False
             while trio.current_time() < deadline:
-                if new_connection:
+                if new_connection or reconnect:
                     await client.aclose()
                     client = await HttpClient.connect(port)
                 r = await client.request("GET", path)
                 answers.append((r.status, r.header("retry-after")))
+                reconnect = r.header("connection") == "close"  # (keepalive_requests, 1000)
         finally:
             await client.aclose()
 
