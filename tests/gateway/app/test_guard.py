@@ -187,3 +187,14 @@ async def test_bcrypt_runs_off_the_event_loop(tmp_path, slow_users):
         nursery.start_soon(ticker)
         nursery.start_soon(login)
     assert ticks >= 10  # on the event loop, bcrypt would have let it tick once
+
+
+async def test_the_rules_see_the_rewritten_path(tmp_path, autojump_clock):
+    """nginx's phase order: rewrite first, then limit_req and access on the new URI."""
+    app = make_app(tmp_path, rewrite=[{"paths": ["/login"], "to": "/wp-login.html"},
+                                      {"paths": ["/admin/"], "to": "/wp-admin/"}],
+                   rate_limit=[{"paths": ["/wp-login"], "rate": "1r/m", "nodelay": True}],
+                   access=[{"paths": ["/wp-admin/"], "allow": ["192.0.2.0/24"], "deny": ["all"]}])
+    assert await statuses(app, [request("/login"), request("/login"), request("/wp-login.html")]) == [200, 429, 429]
+    assert await statuses(app, [request("/admin/edit.html", "198.51.100.1"), request("/admin/edit.html")]) == [
+        403, 200]
