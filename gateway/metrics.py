@@ -172,6 +172,28 @@ class CompressionStats:
     precompressed: dict[str, int] = field(default_factory=lambda: {"br": 0, "gzip": 0})
 
 
+@dataclass
+class GuardStats:
+    """What the site rules that guard (``app.guard``) did in this process, by site."""
+
+    #: requests answered 429 by a ``rate_limit`` rule
+    rate_limited: dict[str, int] = field(default_factory=dict)
+    #: requests a ``rate_limit`` rule delayed (within the burst, without nodelay)
+    delayed: dict[str, int] = field(default_factory=dict)
+    #: requests answered 403 by an ``access`` rule
+    access_denied: dict[str, int] = field(default_factory=dict)
+    #: wrong credentials for a ``basic_auth`` rule (401 to a login attempt)
+    auth_failures: dict[str, int] = field(default_factory=dict)
+    #: requests answered 429 because their address failed ``max_failures`` times
+    auth_blocked: dict[str, int] = field(default_factory=dict)
+    #: client states pushed out of the full rate-limit table by this process
+    evictions: int = 0
+
+    @staticmethod
+    def bump(counts: dict[str, int], site: str) -> None:
+        counts[site] = counts.get(site, 0) + 1
+
+
 # -- Prometheus text format -----------------------------------------------------
 
 

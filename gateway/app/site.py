@@ -18,14 +18,14 @@ Edge policy, in the order it applies to a request of a site:
    Then ``[[sites.X.return]]`` and ``[[sites.X.rewrite]]`` (``app.rewrite``,
    nginx's rewrite phase): a return rule answers at once; a rewrite changes
    the path (and query) that routing and the later steps see.
-2. The route's answer; a static file may be a precompressed sibling
+2. ``[[sites.X.rate_limit]]``, ``[[sites.X.access]]``, the ``deny`` list,
+   ``[[sites.X.basic_auth]]`` (``app.guard``): 429, 403 or 401 instead of
+   the site's answer, or a rate limit's delay.
+3. The route's answer; a static file may be a precompressed sibling
    (``precompressed``: ``x.css.br``/``x.css.gz`` beside ``x.css``, chosen by
    Accept-Encoding like a dynamic coding, served with the original's
    Content-Type, the sibling's ETag and Last-Modified, ``Vary``; a Range
    request gets the original's bytes as before).
-3. Compression (``compress``) of static and PHP responses alike (with a
-   502/504 page in their place); the gateway's own small pages for a refused
-   route, a bad target or a redirect are sent as they are.
 4. X-Accel-Redirect / X-Sendfile on a PHP or proxied response: replaced by
    the file it names (``accel``), before compression.
 5. Error pages (``error_pages``): an error response, the gateway's own or,
@@ -33,7 +33,10 @@ Edge policy, in the order it applies to a request of a site:
    discarded uncompressed), replaced by the site's page for its status,
    fetched as an internal request (never a page for a page) and compressed
    as any response.
-6. Header rules (``http.header_rules``, ``[[sites.X.headers]]`` and the
+6. Compression (``compress``) of static and PHP responses alike (with a
+   502/504 page in their place); the gateway's own small pages for a refused
+   route, a bad target or a redirect are sent as they are.
+7. Header rules (``http.header_rules``, ``[[sites.X.headers]]`` and the
    table form ``[sites.X.headers]``) on every response of the site, error
    pages and redirects included; a rule with ``preflight`` answers a CORS
    preflight 204 right after the HTTPS redirect, before routing.
@@ -58,7 +61,7 @@ from ..http.header_rules import HeaderRule, HeaderRules
 from ..http.realip import TrustedProxies
 from ..http.request import IDEMPOTENT_METHODS, Request
 from ..http.response import Body, Response, error_response, http_date
-from ..metrics import CompressionStats
+from ..metrics import CompressionStats, GuardStats
 from ..tls.store import StateDir
 from ..upstream import cgi
 from ..upstream.exchange import UpstreamBody, UpstreamResponse, run_php
@@ -68,6 +71,8 @@ from . import accel, error_pages
 from .cgi_params import build_params
 from .compress import CompressionSettings, Compressor
 from .error_pages import ErrorPages, page_headers, page_ok
+from .guard import Guard
+from .guard_table import GuardTable
 from .proxy import Proxy, ProxyBackend, exchange_failed
 from .rewrite import apply_rules, upstream_request
 from .routing import (
@@ -131,8 +136,11 @@ class App:
     an HTTP/1.1 one for a ``type = "http"`` backend)."""
 
     def __init__(self, config: Config, pools: dict[str, Pool[Any]],
-                 compression: CompressionStats | None = None) -> None:
+                 compression: CompressionStats | None = None, guard: GuardStats | None = None,
+                 guard_table: str = "") -> None:
         self.config = config
+        #: rate_limit, access, basic_auth (``guard_table``: the workers' shared table, ``guard_table.create``)
+        self.guard = Guard(config, guard, GuardTable.open(guard_table) if guard_table else None)
         self.compressor = Compressor(CompressionSettings.from_config(config), compression)
         self.tls_port = tls_port(config)
         self.header_rules = {name: HeaderRules(HeaderRule.build(**rule.model_dump()) for rule in site.headers)
@@ -204,6 +212,9 @@ class App:
         if isinstance(rules, Response):
             return rules
         path, query = rules.path, rules.query
+        refusal = await self.guard.check(req, router, path)  # 4-5: rate_limit, access, basic_auth
+        if refusal is not None:
+            return self.error(refusal.status, refusal.headers)
         route = router.route(path, query, req.host)
         if isinstance(route, Refuse):
             log.debug("[%s] %d: %s", req.request_id, route.status, route.reason)

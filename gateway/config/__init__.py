@@ -71,6 +71,7 @@ from pydantic import (
 )
 
 from .addresses import Address, UpstreamAddress, parse_address, parse_listen, parse_upstream
+from .guard import AccessRule, BasicAuthRule, RateLimitRule, resolve_paths
 from .messages import describe, find_line, format_problem
 from .responses import Alias, ErrorPages, HeaderRules
 from .rewrite import ReturnRule, RewriteRule, check_try_files
@@ -625,6 +626,10 @@ class SiteConfig(_Model):
     return_: list[ReturnRule] = Field(default=[], alias="return")
     #: [[sites.X.rewrite]]: internal rewrites before routing, re-matched, loop-guarded.
     rewrite: list[RewriteRule] = []
+    #: [[sites.X.rate_limit]], [[sites.X.access]], [[sites.X.basic_auth]] (``config.guard``)
+    rate_limit: list[RateLimitRule] = []
+    access: list[AccessRule] = []
+    basic_auth: list[BasicAuthRule] = []
     static_cache_extensions: list[str] = [
         "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "webp", "avif", "svg", "ico", "woff", "woff2", "ttf",
         "eot", "otf", "mp4", "webm", "mp3", "ogg", "pdf",
@@ -790,6 +795,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                     site["aliases"][k] = resolve(v)
                 elif isinstance(v, dict) and isinstance(v.get("path"), str):
                     v["path"] = resolve(v["path"])
+        resolve_paths(site, resolve)
 
 
 def load_dir(path: str | os.PathLike[str], overrides: Iterable[Override] = (), *,

@@ -130,6 +130,12 @@ def frozen_monitor(second: bool = False) -> Monitor:
     monitor.compression.responses.update(br=30, gzip=5)
     monitor.compression.threaded = 12
     monitor.compression.precompressed.update(br=4)
+    monitor.guard.rate_limited.update(blog=7)
+    monitor.guard.delayed.update(blog=3)
+    monitor.guard.access_denied.update(blog=2)
+    monitor.guard.auth_failures.update(staging=4)
+    monitor.guard.auth_blocked.update(staging=1)
+    monitor.guard.evictions = 5
     monitor.host_cpu = 0.98765
     monitor.diagnosis = Diagnosis(current=Verdict("php-waiting", "pool php is saturated: 3/4 workers busy"),
                                   since=now - 12.34)
@@ -156,6 +162,8 @@ def frozen_monitor(second: bool = False) -> Monitor:
         monitor.process_cpu = 0.5
         monitor.compression.cpu_seconds = 0.5
         monitor.compression.responses.update(br=1, gzip=0)
+        monitor.guard.rate_limited.update(blog=1, shop=2)
+        monitor.guard.evictions = 0
         monitor.host_cpu = None
         monitor.lag.add(now, 0.2)
         monitor.diagnosis = Diagnosis(current=Verdict("listener", "the gateway itself is the bottleneck"),

@@ -67,6 +67,17 @@ FAMILIES = [
      "Compression calls run in a worker thread (bodies too large to compress on the event loop).", ()),
     ("gateway_precompressed_responses", "counter", "Precompressed files (x.br, x.gz beside x) served, by coding.",
      ("encoding",)),
+    ("gateway_rate_limited", "counter", "Requests answered 429 by a [[sites.X.rate_limit]] rule, by site.",
+     ("site",)),
+    ("gateway_rate_limit_delayed", "counter",
+     "Requests a rate_limit rule delayed to its rate (within burst, without nodelay), by site.", ("site",)),
+    ("gateway_rate_limit_evictions", "counter", "Client states pushed out of the full rate-limit table before "
+     "they expired (an address flood larger than the table).", ()),
+    ("gateway_access_denied", "counter", "Requests answered 403 by a [[sites.X.access]] rule, by site.", ("site",)),
+    ("gateway_auth_failures", "counter",
+     "Requests with wrong credentials for a [[sites.X.basic_auth]] rule, by site.", ("site",)),
+    ("gateway_auth_blocked", "counter",
+     "Requests answered 429 because their address failed basic auth max_failures times, by site.", ("site",)),
     ("gateway_pool_size", "gauge", "Pool slots (live FastCGI connections allowed).", ("pool",)),
     ("gateway_pool_busy", "gauge", "Pool slots in use.", ("pool",)),
     ("gateway_pool_tunnels", "gauge", "Pool slots held by switched connections (WebSocket...), of the busy ones.",
@@ -114,6 +125,8 @@ STATUS_KEYS = [
     "compression", "compression.cpu_seconds", "compression.bytes_in", "compression.bytes_out",
     "compression.responses", "compression.responses.br", "compression.responses.gzip", "compression.threaded",
     "compression.precompressed", "compression.precompressed.br", "compression.precompressed.gzip",
+    "guard", "guard.rate_limited", "guard.delayed", "guard.evictions", "guard.access_denied", "guard.auth_failures",
+    "guard.auth_blocked",
     "pools", "pools.*", "pools.*.type", "pools.*.size", "pools.*.busy", "pools.*.tunnels", "pools.*.idle",
     "pools.*.queue_depth",
     "pools.*.queue_depth_max_window", "pools.*.queue_depth_max", "pools.*.queue_limit",
@@ -145,8 +158,8 @@ def key_paths(obj: Any, prefix: str = "") -> list[str]:
     out: list[str] = []
     if isinstance(obj, dict):
         for key, value in obj.items():
-            if prefix.endswith("errors."):
-                continue
+            if prefix.endswith("errors.") or (prefix.startswith("guard.") and prefix != "guard."):
+                continue  # (statuses, site names: data)
             name = "*" if prefix.endswith("pools.") else key
             out += [prefix + name, *key_paths(value, prefix + name + ".")]
     elif isinstance(obj, list):
