@@ -54,7 +54,9 @@ def version() -> str:
 
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"gateway {version()}")
+        from .http._h11 import summary
+
+        typer.echo(f"gateway {version()}, {summary()}")
         raise typer.Exit()
 
 
@@ -121,11 +123,12 @@ def _load(config_dir: str, overrides: list[Override] | None = None, *, check_pat
     """``load_dir``; with ``check_paths``, roots must also exist and be readable
     by the users who will read them (``serve.privileges.check``). Exit 2 with
     one line per problem."""
+    from .app.guard import user_file_problems
     from .serve.privileges import check as readable_by_users
 
     try:
         return load_dir(config_dir, overrides or [], check_paths=check_paths,
-                        checks=[readable_by_users] if check_paths else [])
+                        checks=[readable_by_users, user_file_problems] if check_paths else [])
     except ConfigError as exc:
         _config_error(exc)
 
@@ -212,13 +215,14 @@ def serve(
     def load() -> Config:
         """The configuration again, from the same directory and flags, checked as
         at start (SIGHUP)."""
+        from .app.guard import user_file_problems
         from .serve.privileges import check as readable_by_users
         from .serve.process import check_certificates
 
         if root is not None:
             new = quick_config(root, overrides, tls=bool(tls_listen))
         else:
-            new = load_dir(config, overrides, checks=[readable_by_users])
+            new = load_dir(config, overrides, checks=[readable_by_users, user_file_problems])
         check_certificates(new)  # a certificate that does not load refuses the reload
         return new
 

@@ -123,6 +123,14 @@ class Http2Stats:
 
 
 @dataclass
+class TunnelStats:
+    """Switched connections (WebSocket...) the front end pumps (``front.tunnel``)."""
+
+    open: int = 0
+    total: int = 0
+
+
+@dataclass
 class ListenerStats:
     accepted: int = 0
     requests: int = 0
@@ -131,6 +139,7 @@ class ListenerStats:
     loop_lag: Histogram = field(default_factory=Histogram)
     tls: TlsStats = field(default_factory=TlsStats)
     http2: Http2Stats = field(default_factory=Http2Stats)
+    tunnels: TunnelStats = field(default_factory=TunnelStats)
 
     @property
     def open_connections(self) -> int:
@@ -161,6 +170,28 @@ class CompressionStats:
     threaded: int = 0
     #: precompressed files (x.css.br, x.css.gz) served, by coding
     precompressed: dict[str, int] = field(default_factory=lambda: {"br": 0, "gzip": 0})
+
+
+@dataclass
+class GuardStats:
+    """What the site rules that guard (``app.guard``) did in this process, by site."""
+
+    #: requests answered 429 by a ``rate_limit`` rule
+    rate_limited: dict[str, int] = field(default_factory=dict)
+    #: requests a ``rate_limit`` rule delayed (within the burst, without nodelay)
+    delayed: dict[str, int] = field(default_factory=dict)
+    #: requests answered 403 by an ``access`` rule
+    access_denied: dict[str, int] = field(default_factory=dict)
+    #: wrong credentials for a ``basic_auth`` rule (401 to a login attempt)
+    auth_failures: dict[str, int] = field(default_factory=dict)
+    #: requests answered 429 because their address failed ``max_failures`` times
+    auth_blocked: dict[str, int] = field(default_factory=dict)
+    #: client states pushed out of the full rate-limit table by this process
+    evictions: int = 0
+
+    @staticmethod
+    def bump(counts: dict[str, int], site: str) -> None:
+        counts[site] = counts.get(site, 0) + 1
 
 
 # -- Prometheus text format -----------------------------------------------------

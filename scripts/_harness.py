@@ -262,6 +262,12 @@ class Stack:
         env = None
         if tree != REPO:
             env = {**os.environ, "PYTHONPATH": str(tree)}
+            if os.environ.get("GATEWAY_H11") == "h11":
+                # a tree from before GATEWAY_H11 used h11_mypyc wherever it was installed: hide it
+                hide = self.run / "hide-h11-mypyc"
+                hide.mkdir(exist_ok=True)
+                (hide / "h11_mypyc.py").write_text("raise ImportError('hidden: GATEWAY_H11=h11')\n")
+                env["PYTHONPATH"] = f"{tree}{os.pathsep}{hide}"
             # `python -m` puts the working directory first on sys.path: run from the tree, and check
             # that its packages, not the editable install's, are the ones imported
             imported = subprocess.run([sys.executable, "-c", "import fastcgi, gateway; print(gateway.__file__); "

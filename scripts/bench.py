@@ -49,6 +49,11 @@ and checked). Its configuration uses the old names ([server] workers,
 "baseline" row per workload, and a HEAD/REF column: this checkout's req/s over
 REF's, and its CPU per request over REF's.
 
+The HTTP/1.1 parser is upstream h11 unless --h11 h11-mypyc (the [fast] extra,
+installed by scripts/setup --test): GATEWAY_H11 is set for the gateway and the
+baseline (a baseline that predates GATEWAY_H11 gets h11_mypyc hidden from its
+imports instead), and the table's header names the parser.
+
 --only takes one or more comma-separated parts of names ("hello.php c64,static
 1KiB,wordpress").
 
@@ -327,7 +332,17 @@ def main() -> int:
     p.add_argument("--no-caddy", dest="caddy", action="store_false", help="leave Caddy out")
     p.add_argument("--baseline", metavar="REF", default="",
                    help="also measure the gateway as it was at this git ref (HEAD/REF column)")
+    p.add_argument("--h11", choices=["h11", "h11-mypyc"], default="h11",
+                   help="the gateway's HTTP/1.1 parser: upstream h11 (default) or the [fast] extra")
     args = p.parse_args()
+    # the gateway processes inherit it (gateway/http/_h11.py); asked as they will be, so a missing extra fails here
+    os.environ["GATEWAY_H11"] = args.h11
+    version = subprocess.run([sys.executable, "-m", "gateway", "--version"], cwd=REPO, capture_output=True,
+                             text=True, timeout=60)
+    if version.returncode != 0:
+        print(f"bench: {version.stderr.strip()}", file=sys.stderr)
+        return 2
+    args.parser = version.stdout.strip().split(", ", 1)[-1]
     if not args.baseline:
         return bench(args, None, "")
     with source_tree(args.baseline) as (tree, commit):
@@ -371,7 +386,7 @@ def bench(args: argparse.Namespace, baseline: Path | None, baseline_commit: str)
         return a / b if b else float("nan")
 
     print(f"\nmedians of {args.reps} runs of {duration:g}s; php-fpm pm=static, {args.fpm_workers} workers shared; "
-          f"{args.processes} nginx / gateway processes")
+          f"{args.processes} nginx / gateway processes; gateway {args.parser}")
     if baseline:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               timeout=30).stdout.strip()

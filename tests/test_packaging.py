@@ -1,14 +1,18 @@
 """contrib/ and docker/ hold what an operator installs: a systemd unit that
 systemd accepts, a logrotate snippet logrotate accepts, an image build that
-never carries a local .venv (README "Running in production")."""
+never carries a local .venv (README "Running in production"); a default
+install parses with upstream h11, h11-mypyc only as the pinned [fast] extra."""
 
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
 import re
 import shutil
 import subprocess
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "contrib" / "systemd" / "gateway.service"
@@ -66,3 +70,25 @@ def test_the_image_build_never_sees_a_local_venv_and_copies_only_what_exists():
     assert sources and "." not in sources
     for src in sources:
         assert (ROOT / src).exists() and not _ignored(src, patterns), src
+
+
+def _requirements() -> list[Requirement]:
+    # the installed metadata: what pip reads when it installs php-gateway
+    return [Requirement(line) for line in importlib.metadata.requires("php-gateway") or []]
+
+
+def test_a_default_install_parses_with_upstream_h11_and_h11_mypyc_is_a_pinned_opt_in():
+    reqs = _requirements()
+    default = {r.name: r for r in reqs if r.marker is None or r.marker.evaluate({"extra": ""})}
+    assert "h11-mypyc" not in default
+    # 0.16 fixed CVE-2025-43859 (a chunk's closing CRLF not checked)
+    assert default["h11"].specifier.contains("0.16.0") and not default["h11"].specifier.contains("0.15.0")
+    fast = [r for r in reqs if r.name not in default and r.marker is not None and r.marker.evaluate({"extra": "fast"})]
+    assert [(r.name, str(r.specifier)) for r in fast] == [("h11-mypyc", "==0.17.0")]
+
+
+def test_setup_installs_the_extra_for_the_tests_only_and_the_image_builds_without_it():
+    setup = (ROOT / "scripts" / "setup").read_text()
+    assert '[ $want_test = 1 ] && extra="[test,fast]"' in setup
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert re.search(r"bash scripts/setup &&", dockerfile) and "--test" not in dockerfile

@@ -8,6 +8,12 @@ end already read; ``upstream.exchange.run_http`` queues it, sends it and
 drains the response (or streams it, by the backend's choice or the site's
 ``unbuffered`` prefixes).
 
+Upgrades (WebSocket, any ``Upgrade``; ``http.upgrade``): a request that asks
+for one goes upstream with ``Upgrade`` and ``Connection: upgrade``; the
+backend's ``101`` comes back as a ``Response`` carrying the tunnel
+(``upstream.exchange.UpstreamTunnel``), which the front end drives. Any other
+answer is an ordinary response.
+
 Errors are the PHP path's: one log line naming the request and the cause,
 the gateway's page with the status of the error's class (502 connect failure
 or bad head, 504 timeout, 503 queue full), counted on the backend's pool.
@@ -26,10 +32,13 @@ from ..http.forwarding import forward_request_headers
 from ..http.realip import TrustedProxies
 from ..http.request import IDEMPOTENT_METHODS, Request
 from ..http.response import Body, Response
+from ..http.spool import Spool
+from ..http.upgrade import requested_upgrade
 from ..upstream import cgi
 from ..upstream.exchange import UpstreamBody, UpstreamResponse, run_http
 from ..upstream.http1 import HttpConn, HttpSettings, UpstreamRequest
 from ..upstream.pool import Pool
+from . import accel
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +75,12 @@ class Proxy:
     def upstream_request(self, req: Request, backend: ProxyBackend) -> UpstreamRequest:
         """What goes to ``backend`` for ``req`` (pure)."""
         peer = (req.peer or req.client)[0]
+        upgrade = requested_upgrade(req.http_version, req.headers) or b""
         headers = forward_request_headers(req.headers, peer=peer, peer_trusted=bool(self.trusted)
                                           and self.trusted.trusts(peer), https=req.https,
                                           upstream_host=backend.upstream_host, default_host=backend.default_host,
-                                          via=self.via)
-        return UpstreamRequest(req.method, req.target, headers, req.body)
+                                          via=self.via, upgrade=upgrade)
+        return UpstreamRequest(req.method, req.target, headers, req.body, upgrade)
 
     async def handle(self, req: Request, name: str, *, force_stream: bool = False) -> Response:
         backend = self.backends.get(name)
@@ -98,21 +108,28 @@ def exchange_failed(req: Request, pool: Pool[Any], exc: GatewayError,
               exc.status, exc)
     resp = error(exc.status, list(exc.headers))
     resp.upstream = pool.name
+    resp.timing = exc.timing  # where it went, if anywhere (the access log's upstream address)
     return resp
 
 
 #: The backend's response headers the gateway sets itself (nginx does not pass
 #: them either, unless proxy_pass_header): its Server and Date go out instead.
-NOT_PASSED = frozenset({b"server", b"date", b"x-pad"}) | cgi.GATEWAY_ONLY_HEADERS
+NOT_PASSED = frozenset({b"server", b"date", b"x-pad"}) | cgi.GATEWAY_ONLY_HEADERS - accel.FOLLOWED
 
 
 def response(req: Request, result: UpstreamResponse) -> Response:
     """The client's response from the backend's: framed by what was drained
     (HEAD and 304 keep the backend's Content-Length); X-Accel-*, Server and
-    Date kept back (``NOT_PASSED``)."""
+    Date kept back (``NOT_PASSED``), but X-Accel-Redirect and X-Sendfile
+    stay for ``App`` to follow (``accel``)."""
     head = result.head
     headers = [(n, v) for n, v in head.headers if n.lower() not in NOT_PASSED]
     body: Body = result.body
+    if result.tunnel is not None:  # a 101: no body, the front end pumps the tunnel
+        if isinstance(result.body, Spool):
+            result.body.close()
+        return Response(101, headers, b"", reason=head.reason, upstream=result.upstream, timing=result.timing,
+                        tunnel=result.tunnel)
     if isinstance(result.body, UpstreamBody):
         pass  # streamed: chunked to an HTTP/1.1 client, close-delimited to 1.0
     elif req.method == b"HEAD" or head.status in (204, 304) or 100 <= head.status < 200:
@@ -123,4 +140,5 @@ def response(req: Request, result: UpstreamResponse) -> Response:
         body = b""
     else:
         headers.append((b"content-length", b"%d" % result.body.size))
-    return Response(head.status, headers, body, reason=head.reason, upstream=result.upstream, timing=result.timing)
+    return Response(head.status, headers, body, reason=head.reason, upstream=result.upstream, timing=result.timing,
+                    from_upstream=True)

@@ -15,10 +15,22 @@ setup; the README's nginx table gives the directive behind each):
    ``/index.php`` with PATH_INFO ``/a/b``; ``/uploads/x.jpg/y.php`` is a 404
    because no file ``/uploads/x.jpg/y.php`` exists. A missing script is a 404,
    never the front controller. Scripts under ``no_php_under`` are a 403.
-4. Otherwise ``try_files``: ``$uri`` (a regular file), ``$uri/`` (a directory:
-   301 to add the slash, then its index files), then a fallback URI such as
-   ``/index.php?$args`` (the front controller) or ``=404``. Any other entry
-   would be taken as the fallback: ``config.check_try_files`` refuses it.
+4. Otherwise ``try_files``, in order: ``$uri`` (a regular file), ``$uri/`` (a
+   directory: 301 to add the slash, then its index files), any other entry
+   but the last a file to look for (a directory when it ends with ``/``,
+   then its index files), with ``$uri``, ``$host``, ``$args``... expanded
+   (``http.rewrite.Template``): ``/cache$uri/index.html``,
+   ``/wp-content/cache/supercache/$host$uri/index.html``. The expanded path
+   is normalised like a request path: one that climbs above the root, names
+   a hidden segment, uses ``$host`` with no host, or (``symlinks =
+   "within_root"``) is a link leaving the root is skipped (``$host`` is the
+   validated Host: no ``/``, no ``..``). A file found is served by the
+   rules of 5. The last entry is the fallback: ``=CODE``, or a URI such as
+   ``/index.php?$args`` (the front controller) routed once more: a PHP
+   script (``/app.php$uri`` runs ``/app.php`` with PATH_INFO), a file, or a
+   directory's index; else a 404. Under an alias the fallback is a 404, as
+   an nginx alias location. ``config.rewrite.check_try_files`` refuses what
+   this cannot run.
 Proxy sites (``proxy = BACKEND``) and ``routes`` (issue 15):
 
 - A ``routes`` prefix (longest first) sends every request under it to its
@@ -30,6 +42,11 @@ Proxy sites (``proxy = BACKEND``) and ``routes`` (issue 15):
   hidden paths included, goes to the backend (nginx ``try_files $uri
   @backend``): the backend owns the URL space, the root only adds files.
 - The request target goes upstream as the client sent it (no prefix stripped).
+
+An ``internal = true`` alias (the longest alias prefix of the path decides)
+is a 404 to clients, as an nginx ``internal`` location: only an internal
+request (``route(..., internal=True)``: X-Accel-Redirect, an error page)
+reaches it.
 
 5. A file with a PHP extension is never served as a static file (its source
    would leak): it runs on PHP or is refused. Nor is a backup or editor copy
@@ -43,12 +60,16 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from urllib.parse import quote_from_bytes, unquote_to_bytes
+from urllib.parse import quote, quote_from_bytes, unquote_to_bytes
 
 from ..config import SiteConfig
+from ..http.rewrite import Regex, Rule, SiteRules, Template, Vars
 
 #: Extensions whose source must never be sent to a client.
 PHP_SOURCE_EXTENSIONS = (".php", ".phtml", ".php3", ".php4", ".php5", ".php7", ".php8", ".phps", ".phar", ".inc")
+
+#: printable ASCII but space: what a query keeps as it is
+_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
 
 _PHP_SPLIT = re.compile(r"^(.+?[^/]\.php)(/.*)?$")
 
@@ -169,8 +190,17 @@ class Router:
         self.site = site
         #: the site's name, its key in [sites]
         self.name = name
-        self.root = os.path.realpath(site.root)
-        self.try_files = site.effective_try_files()
+        #: "": a site that only answers with return rules (no file is ever looked up)
+        self.root = os.path.realpath(site.root) if site.root else ""
+        self.try_files = [(entry, Template.parse(entry)) for entry in site.effective_try_files()]
+        #: [[sites.X.return]] and [[sites.X.rewrite]], compiled
+        self.rules = SiteRules(
+            tuple(Rule(f"return[{i}]", tuple(r.paths), Regex(r.regex) if r.regex else None,
+                       frozenset(r.methods), r.code, Template.parse(r.to) if r.to else None)
+                  for i, r in enumerate(site.return_)),
+            tuple(Rule(f"rewrite[{i}]", tuple(r.paths), Regex(r.regex) if r.regex else None,
+                       to=Template.parse(r.to))
+                  for i, r in enumerate(site.rewrite)))
         self.php_enabled = bool(site.php)
         #: the HTTP backend everything that is not a file goes to ("": none)
         self.proxy = site.proxy
@@ -183,8 +213,16 @@ class Router:
         self.static_max_age = int(site.static_max_age)
         self.static_cache_extensions = tuple("." + e.lower().lstrip(".") for e in site.static_cache_extensions)
         # nginx "location /prefix/ { alias /dir/; }": longest prefix first
-        self.aliases = sorted(((prefix, os.path.realpath(target) + ("/" if prefix.endswith("/") else ""))
-                               for prefix, target in site.aliases.items()), key=lambda a: -len(a[0]))
+        self.aliases = sorted(((prefix, os.path.realpath(alias.path) + ("/" if prefix.endswith("/") else ""))
+                               for prefix, alias in site.aliases.items()), key=lambda a: -len(a[0]))
+        #: prefixes of ``internal = true`` aliases: 404 to clients (nginx ``internal``)
+        self.internal = frozenset(prefix for prefix, alias in site.aliases.items() if alias.internal)
+        #: (prefix, directory + "/") of those, as configured and as resolved:
+        #: where X-Sendfile may point
+        self.internal_dirs = sorted({(prefix, d.rstrip("/") + "/") for prefix, alias in site.aliases.items()
+                                     if alias.internal
+                                     for d in (os.path.normpath(alias.path), os.path.realpath(alias.path))},
+                                    key=lambda a: -len(a[1]))
         #: where symlinks may lead with symlinks = "within_root"
         self.allowed_dirs = (self.root, *(t.rstrip("/") for _, t in self.aliases))
         #: SERVER_NAME: the first exact server name, as nginx's $server_name.
@@ -229,14 +267,24 @@ class Router:
 
     # -- routing ---------------------------------------------------------------
 
-    def route(self, path: str, query: bytes) -> Route:
-        """Decide what serves the normalised ``path`` (from :func:`split_target`)."""
+    def route(self, path: str, query: bytes, host: bytes = b"", *, internal: bool = False) -> Route:
+        """Decide what serves the normalised ``path`` (from :func:`split_target`);
+        ``host``: the request's validated host name (try_files' ``$host``; b"":
+        the site's server name). ``internal``: an internal request
+        (X-Accel-Redirect, an error page), which may reach ``internal = true``
+        aliases."""
+        if not self.root:
+            return Refuse(404, "the site has no root")
+        if self.internal and not internal:
+            prefix = next((p for p, _ in self.aliases if path.startswith(p)), None)
+            if prefix in self.internal:  # the longest alias prefix decides
+                return Refuse(404, f"{prefix} is an internal alias (X-Accel-Redirect and error pages only)")
         try:
-            return self._route(path, query)
+            return self._route(path, query, host.decode("ascii", "replace") or self.server_name.decode())
         except _SymlinkLeavesRoot:
             return Refuse(403, "symbolic link leaves the document root (symlinks = within_root)")
 
-    def _route(self, path: str, query: bytes) -> Route:
+    def _route(self, path: str, query: bytes, host: str) -> Route:
         if self.deny and path.startswith(self.deny):
             return Refuse(403, "denied by the site's deny list")
         for prefix, backend in self.routes:
@@ -254,7 +302,9 @@ class Router:
         m = _PHP_SPLIT.match(path)
         if m:
             return self._php(m.group(1), m.group(2) or "", path, query)
-        for entry in self.try_files:
+        variables = Vars(host=host, uri=path, args=query.decode("latin-1"))
+        for i, (entry, template) in enumerate(self.try_files):
+            last = i == len(self.try_files) - 1
             if entry == "$uri":
                 if not path.endswith("/") and self._is_file(path):
                     return self._file(path, query)
@@ -264,26 +314,68 @@ class Router:
                         # the decoded path goes back on the wire: percent-encode it again
                         location = quote_from_bytes(os.fsencode(path + "/"), safe="/!$&'()*+,;=:@-._~")
                         return Redirect(location + ("?" + query.decode("latin-1") if query else ""))
-                    for index in self.site.index:
-                        if self._is_file(path + index):
-                            return self._file(path + index, query, document_uri=path + index)
-                    return Refuse(403, "directory has no index file (directory listing is off)")
+                    return self._index(path, query)
+            elif not last:
+                found = self._try(template, variables, query)
+                if found is not None:
+                    return found
             elif entry.startswith("="):
                 return Refuse(int(entry[1:]), "try_files ended in " + entry)
             else:
                 if any(path.startswith(prefix) for prefix, _ in self.aliases):
                     # as an nginx alias location: its files or a 404, never the front controller
                     return Refuse(404, "no such file under an alias")
-                return self._fallback(entry, path, query)
+                return self._fallback(template, variables)
         return Refuse(404, "no file matched try_files")
 
-    def _fallback(self, entry: str, path: str, query: bytes) -> Route:
-        uri, _, args = entry.partition("?")
-        uri = uri.replace("$uri", path)
-        new_query = args.replace("$args", "\0").replace("$query_string", "\0").encode()
-        new_query = new_query.replace(b"\0", query)
-        if uri.endswith(".php"):
-            return self._php(uri, "", uri, new_query)
+    def _index(self, directory: str, query: bytes) -> Route:
+        for index in self.site.index:
+            if self._is_file(directory + index):
+                return self._file(directory + index, query, document_uri=directory + index)
+        return Refuse(403, "directory has no index file (directory listing is off)")
+
+    @staticmethod
+    def _expanded_path(text: str) -> str | None:
+        """A try_files path as a request path would be (normalised, no hidden
+        segment), or None when it cannot be one."""
+        if not text.startswith("/") or "\0" in text:
+            return None
+        try:
+            path = normalize_path(text)
+        except BadRequestTarget:
+            return None
+        if any(seg.startswith(".") and seg != ".well-known" for seg in path.split("/")):
+            return None
+        return path
+
+    def _try(self, template: Template, variables: Vars, query: bytes) -> Route | None:
+        """A try_files entry before the last: the file (or directory) it names, or None."""
+        if not variables.host and "host" in template.names:
+            return None
+        text, _ = template.expand(variables, wire=False)
+        path = self._expanded_path(text)
+        if path is None:
+            return None
+        try:
+            if text.endswith("/"):
+                return self._index(path, query) if self._is_dir(path) else None
+            return self._file(path, query) if self._is_file(path) else None
+        except _SymlinkLeavesRoot:  # as nginx's disable_symlinks: this entry is not there, try the next
+            return None
+
+    def _fallback(self, template: Template, variables: Vars) -> Route:
+        """The last try_files entry, a URI: routed as a PHP script, a file or a directory."""
+        text, args = template.expand(variables, wire=False)
+        uri = self._expanded_path(text)
+        if uri is None:
+            return Refuse(404, f"try_files fallback {text!r} is not a path of the site")
+        # the query as it goes to PHP: what is not printable ASCII percent-encoded (UTF-8)
+        new_query = b"" if args is None else quote(args, safe=_PRINTABLE).encode("ascii")
+        m = _PHP_SPLIT.match(uri)
+        if m:
+            return self._php(m.group(1), m.group(2) or "", uri, new_query)
+        if uri.endswith("/") and self._is_dir(uri):
+            return self._index(uri, new_query)
         if self._is_file(uri):
             return self._file(uri, new_query)
         return Refuse(404, f"try_files fallback {uri} does not exist")

@@ -15,25 +15,39 @@ Edge policy, in the order it applies to a request of a site:
 1. ``redirect_to_https``: a plain-HTTP request is answered 308 to the same
    target over HTTPS (``http.https_redirect``), before routing; the ACME
    challenge path is routed as usual.
-2. The route's answer; a static file may be a precompressed sibling
+   Then ``[[sites.X.return]]`` and ``[[sites.X.rewrite]]`` (``app.rewrite``,
+   nginx's rewrite phase): a return rule answers at once; a rewrite changes
+   the path (and query) that routing and the later steps see.
+2. ``[[sites.X.rate_limit]]``, ``[[sites.X.access]]``, the ``deny`` list,
+   ``[[sites.X.basic_auth]]`` (``app.guard``): 429, 403 or 401 instead of
+   the site's answer, or a rate limit's delay.
+3. The route's answer; a static file may be a precompressed sibling
    (``precompressed``: ``x.css.br``/``x.css.gz`` beside ``x.css``, chosen by
    Accept-Encoding like a dynamic coding, served with the original's
    Content-Type, the sibling's ETag and Last-Modified, ``Vary``; a Range
    request gets the original's bytes as before).
-3. Compression (``compress``) of static and PHP responses alike (with a
+4. X-Accel-Redirect / X-Sendfile on a PHP or proxied response: replaced by
+   the file it names (``accel``), before compression.
+5. Error pages (``error_pages``): an error response, the gateway's own or,
+   with ``intercept_errors``, a backend's (before compression: its body is
+   discarded uncompressed), replaced by the site's page for its status,
+   fetched as an internal request (never a page for a page) and compressed
+   as any response.
+6. Compression (``compress``) of static and PHP responses alike (with a
    502/504 page in their place); the gateway's own small pages for a refused
    route, a bad target or a redirect are sent as they are.
-4. ``[sites.X.headers]``: set on every response of the site, the gateway's
-   own error pages and redirects included; a configured header replaces one
-   of the same name (PHP's too), an empty value removes it (Caddy's
-   ``header``; nginx's ``add_header ... always`` adds without replacing).
+7. Header rules (``http.header_rules``, ``[[sites.X.headers]]`` and the
+   table form ``[sites.X.headers]``) on every response of the site, error
+   pages and redirects included; a rule with ``preflight`` answers a CORS
+   preflight 204 right after the HTTPS redirect, before routing.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -43,18 +57,24 @@ from ..config.addresses import parse_listen
 from ..http import https_redirect
 from ..http.encoding import add_vary, choose_coding
 from ..http.errors import ClientGone, GatewayError
+from ..http.header_rules import HeaderRule, HeaderRules
 from ..http.realip import TrustedProxies
 from ..http.request import IDEMPOTENT_METHODS, Request
 from ..http.response import Body, Response, error_response, http_date
-from ..metrics import CompressionStats
+from ..metrics import CompressionStats, GuardStats
 from ..tls.store import StateDir
 from ..upstream import cgi
 from ..upstream.exchange import UpstreamBody, UpstreamResponse, run_php
 from ..upstream.fastcgi import FastCgiConn, PhpSettings
 from ..upstream.pool import Pool
+from . import accel, error_pages
 from .cgi_params import build_params
 from .compress import CompressionSettings, Compressor
+from .error_pages import ErrorPages, page_headers, page_ok
+from .guard import Guard
+from .guard_table import GuardTable
 from .proxy import Proxy, ProxyBackend, exchange_failed
+from .rewrite import apply_rules, upstream_request
 from .routing import (
     BadRequestTarget,
     PhpScript,
@@ -93,13 +113,22 @@ def tls_port(config: Config) -> int:
     return 443
 
 
-def set_headers(headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """``headers`` with each of ``extra`` replacing those of its name (an
-    empty value: removed)."""
-    names = {name for name, _ in extra}
-    out = [(n, v) for n, v in headers if n.lower() not in names]
-    out += [(n, v) for n, v in extra if v]
-    return out
+#: PHP's headers the client never sees; X-Accel-Redirect and X-Sendfile stay
+#: until ``_accel`` follows them.
+_PHP_HIDDEN = cgi.GATEWAY_ONLY_HEADERS - accel.FOLLOWED
+
+#: Request headers an error page's internal GET does not carry: it has no
+#: body, and the client's conditions are about the URI it asked for.
+_NOT_FOR_PAGES = frozenset({b"content-length", b"content-type", b"transfer-encoding", b"range", b"if-range",
+                            b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since"})
+
+
+def rule_path(target: bytes) -> str:
+    """The path header rules match: the normalised one, "/" for a bad target."""
+    try:
+        return split_target(target)[0]
+    except BadRequestTarget:
+        return "/"
 
 
 class App:
@@ -107,12 +136,17 @@ class App:
     an HTTP/1.1 one for a ``type = "http"`` backend)."""
 
     def __init__(self, config: Config, pools: dict[str, Pool[Any]],
-                 compression: CompressionStats | None = None) -> None:
+                 compression: CompressionStats | None = None, guard: GuardStats | None = None,
+                 guard_table: str = "") -> None:
         self.config = config
+        #: rate_limit, access, basic_auth (``guard_table``: the workers' shared table, ``guard_table.create``)
+        self.guard = Guard(config, guard, GuardTable.open(guard_table) if guard_table else None)
         self.compressor = Compressor(CompressionSettings.from_config(config), compression)
         self.tls_port = tls_port(config)
-        self.site_headers = {name: [(k.lower().encode(), v.encode("latin-1")) for k, v in site.headers.items()]
+        self.header_rules = {name: HeaderRules(HeaderRule.build(**rule.model_dump()) for rule in site.headers)
                              for name, site in config.sites.items()}
+        self.error_pages = {name: ErrorPages(site.error_pages, site.intercept_errors)
+                            for name, site in config.sites.items()}
         self.server_software = config.server.server_software.encode()
         self.server_timing = config.server.server_timing
         self.vhosts = VirtualHosts(config.sites)
@@ -150,9 +184,12 @@ class App:
             log.exception("[%s] unhandled error while handling %s %s", req.request_id, req.method.decode(),
                           req.target.decode("latin-1"))
             resp = self.error(500)
-        extra = self.site_headers.get(router.name)
-        if extra:
-            resp.headers = set_headers(resp.headers, extra)
+        pages = self.error_pages.get(router.name)
+        if pages and resp.status >= 400 and not resp.from_upstream:
+            resp = await self._error_page(req, router, pages, resp)
+        rules = self.header_rules.get(router.name)
+        if rules:
+            resp.headers = rules.apply(rule_path(req.target), resp.status, resp.headers)
         return resp
 
     async def _handle(self, req: Request, router: Router) -> Response:
@@ -168,7 +205,17 @@ class App:
         if router.site.redirect_to_https and not req.https and not https_redirect.exempt(path):
             name = req.host or router.server_name or req.server[0].encode()
             return self.error(308, [(b"location", https_redirect.location(name, req.target, self.tls_port))])
-        route = router.route(path, query)
+        hrules = self.header_rules.get(router.name)
+        if hrules and hrules.is_preflight(path, req.method, req.headers):
+            return Response(204)  # a CORS preflight: the header rules add its headers
+        rules = apply_rules(req, router, path, query, self.error)  # 2-3: return, rewrite
+        if isinstance(rules, Response):
+            return rules
+        path, query = rules.path, rules.query
+        refusal = await self.guard.check(req, router, path)  # 4-5: rate_limit, access, basic_auth
+        if refusal is not None:
+            return self.error(refusal.status, refusal.headers)
+        route = router.route(path, query, req.host)
         if isinstance(route, Refuse):
             log.debug("[%s] %d: %s", req.request_id, route.status, route.reason)
             return self.error(route.status)
@@ -189,11 +236,109 @@ class App:
                                                content_type=content_type(route.path))
         if isinstance(route, ProxyPass):
             force = bool(router.unbuffered) and path.startswith(router.unbuffered)
-            return await self.compressor.apply(req.method, req.header(b"accept-encoding"),
-                                               await self.proxy.handle(req, route.backend, force_stream=force))
+            resp = await self.proxy.handle(upstream_request(req, rules), route.backend, force_stream=force)
+            return await self._backend_answer(req, router, await self._accel(req, router, resp))
         assert isinstance(route, PhpScript)
-        return await self.compressor.apply(req.method, req.header(b"accept-encoding"),
-                                           await self._php(req, router, route))
+        resp = await self._php(req, router, route)
+        return await self._backend_answer(req, router, await self._accel(req, router, resp))
+
+    async def _backend_answer(self, req: Request, router: Router, resp: Response) -> Response:
+        """A PHP or proxy answer, compressed; or, for a backend's own error with
+        ``intercept_errors``, the site's page in its place (its body never compressed
+        for nothing). The gateway's own errors get their pages in ``handle``."""
+        pages = self.error_pages.get(router.name)
+        if pages and resp.from_upstream and pages.page_for(resp.status, from_upstream=True) is not None:
+            return await self._error_page(req, router, pages, resp)
+        return await self.compressor.apply(req.method, req.header(b"accept-encoding"), resp)
+
+    async def _accel(self, req: Request, router: Router, resp: Response) -> Response:
+        """A backend's response, or the file its X-Accel-Redirect / X-Sendfile
+        names (``accel``), its body closed first (the slot freed)."""
+        if not resp.from_upstream:
+            return resp
+        found = accel.find(resp.headers)
+        if found is None:
+            return resp
+        await resp.aclose()
+        what = f"{found.header.decode()} {found.value[:200].decode('latin-1')!r}"
+        try:
+            path, query = split_target(accel.target(found, router.internal_dirs, os.path.realpath))
+        except (accel.AccelRefused, BadRequestTarget) as exc:
+            log.error("[%s] %s %s: %s: 502", req.request_id, req.method.decode(), req.target.decode("latin-1"), exc)
+            out = self.error(502)
+        else:
+            route = router.route(path, query, req.host, internal=True)
+            if isinstance(route, StaticFile):
+                method = b"HEAD" if req.method == b"HEAD" else b"GET"
+                out = serve_file(route.path, method, req.header_map(), server=self.server_software)
+                if out.status in accel.FILE_OK:
+                    out.headers = accel.merge(resp.headers, out.headers)
+            elif isinstance(route, Refuse):
+                log.info("[%s] %s: %d: %s", req.request_id, what, route.status, route.reason)
+                out = self.error(route.status)
+            elif isinstance(route, PhpScript) and route.script_name != path:
+                log.info("[%s] %s: 404: no such file (try_files would run %s)", req.request_id, what,
+                         route.script_name)
+                out = self.error(404)
+            else:
+                log.error("[%s] %s is not a static file (PHP, a backend or a directory): 502", req.request_id, what)
+                out = self.error(502)
+        out.upstream, out.timing = resp.upstream, resp.timing
+        return out
+
+    async def _error_page(self, req: Request, router: Router, pages: ErrorPages, resp: Response) -> Response:
+        """``resp``, or the site's page for its status (``error_pages``),
+        compressed as any response. The page of a backend's error says
+        ``from_upstream`` too: it is not paged again."""
+        uri = pages.page_for(resp.status, resp.from_upstream)
+        if uri is None:
+            return resp
+        status = resp.status
+        await resp.aclose()  # an intercepted body goes now, and its upstream slot with it
+        page = None
+        try:
+            page = await self._fetch_page(req, router, uri, status)
+        except ClientGone:
+            raise
+        except Exception:
+            log.exception("[%s] error page %s for %d failed", req.request_id, uri.decode("latin-1"), status)
+        if page is None:
+            page = self.error(status, [(n, v) for n, v in resp.headers if n.lower() in error_pages.KEPT])
+        else:
+            page.status, page.reason = status, b""
+            page.headers = page_headers(resp.headers, page.headers)
+            page = await self.compressor.apply(req.method, req.header(b"accept-encoding"), page)
+        page.upstream, page.timing, page.from_upstream = resp.upstream, resp.timing, resp.from_upstream
+        return page
+
+    async def _fetch_page(self, req: Request, router: Router, uri: bytes, status: int) -> Response | None:
+        """The page at ``uri`` for a ``status`` error, None when it fails (logged)."""
+        try:
+            path, query = split_target(uri)
+        except BadRequestTarget as exc:
+            log.error("[%s] error page %s for %d: %s", req.request_id, uri.decode("latin-1"), status, exc)
+            return None
+        route = router.route(path, query, req.host, internal=True)
+        method = b"HEAD" if req.method == b"HEAD" else b"GET"
+        page: Response
+        if isinstance(route, StaticFile):
+            page = serve_file(route.path, method, {}, server=self.server_software)
+            if page.status == 200:
+                return page
+        elif isinstance(route, PhpScript):
+            sub = replace(req, method=method, body=None,
+                          headers=[(n, v) for n, v in req.headers if n not in _NOT_FOR_PAGES])
+            page = await self._php(sub, router, route, extra={b"REDIRECT_STATUS": b"%d" % status})
+            if page.from_upstream and page_ok(status, page.status):
+                return page
+        else:
+            log.error("[%s] error page %s for %d is neither a file nor a PHP script", req.request_id,
+                      uri.decode("latin-1"), status)
+            return None
+        await page.aclose()
+        log.error("[%s] error page %s for %d answered %d: the built-in page instead", req.request_id,
+                  uri.decode("latin-1"), status, page.status)
+        return None
 
     def _static(self, req: Request, router: Router, route: StaticFile) -> Response:
         """The file, or its precompressed sibling for a client that accepts it."""
@@ -240,7 +385,8 @@ class App:
         log.info("[%s] ACME HTTP-01 challenge %s answered", req.request_id, token)
         return Response(200, [(b"content-type", b"application/octet-stream"), (b"cache-control", b"no-store")], body)
 
-    async def _php(self, req: Request, router: Router, script: PhpScript) -> Response:
+    async def _php(self, req: Request, router: Router, script: PhpScript,
+                   extra: dict[bytes, bytes] | None = None) -> Response:
         backend_name = router.site.php
         backend = self._backends.get(backend_name)
         if backend is None:
@@ -261,9 +407,10 @@ class App:
             body_length=req.body.size if req.body is not None else None,
             https=req.https,
         )
-        if router.extra_params:
-            params = [(n, v) for n, v in params if n not in router.extra_params]
-            params += router.extra_params.items()
+        for more in (router.extra_params, extra):
+            if more:
+                params = [(n, v) for n, v in params if n not in more]
+                params += more.items()
         t0 = trio.current_time()
         force = bool(router.unbuffered) and script.document_uri.startswith(router.unbuffered)
         pool = backend.pool
@@ -279,7 +426,7 @@ class App:
     def _php_response(self, req: Request, result: UpstreamResponse, head_time: float) -> Response:
         head = result.head
         timing = result.timing
-        headers = [(n, v) for n, v in head.headers if n.lower() not in cgi.GATEWAY_ONLY_HEADERS]
+        headers = [(n, v) for n, v in head.headers if n.lower() not in _PHP_HIDDEN]
         body: Body = result.body
         if isinstance(result.body, UpstreamBody):
             # streamed: only the time until PHP's headers is known now
@@ -299,4 +446,5 @@ class App:
         if self.server_timing and not isinstance(result.body, UpstreamBody):
             headers.append((b"server-timing", b"queue;dur=%.1f, php;dur=%.1f" % (
                 timing.queue_wait * 1000, (timing.upstream_time or 0.0) * 1000)))
-        return Response(head.status, headers, body, reason=head.reason, upstream=result.upstream, timing=timing)
+        return Response(head.status, headers, body, reason=head.reason, upstream=result.upstream, timing=timing,
+                        from_upstream=True)

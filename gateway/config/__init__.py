@@ -12,7 +12,9 @@ Rules:
   listeners on one address (``[server] listen`` and ``[admin] listen``), a
   site root or alias that does not exist or is not a directory (``load_dir``
   checks the filesystem; ``validate`` alone does not), ``try_files`` entries
-  the router would misread (``check_try_files``).
+  the router would misread and malformed ``[[sites.X.return]]`` /
+  ``[[sites.X.rewrite]]`` rules (``rewrite``), a site without ``root`` that
+  does not answer every request with a return rule (``root_problems``).
 - Sizes are ``"8k"``, ``"64m"``, ``"1g"`` or a byte count; durations are
   ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, compounds like ``"1m30s"`` or
   ``"1h 30m"`` (as nginx), or seconds.
@@ -69,7 +71,10 @@ from pydantic import (
 )
 
 from .addresses import Address, UpstreamAddress, parse_address, parse_listen, parse_upstream
+from .guard import AccessRule, BasicAuthRule, RateLimitRule, resolve_paths
 from .messages import describe, find_line, format_problem
+from .responses import Alias, ErrorPages, HeaderRules
+from .rewrite import ReturnRule, RewriteRule, check_try_files
 
 log = logging.getLogger(__name__)
 
@@ -147,42 +152,6 @@ def _count_or_auto(least: int, most: int | None = None) -> PlainValidator:
     return PlainValidator(check, json_schema_input_type=int | str)
 
 
-#: What the router (``app.routing``) does with try_files, said once for errors.
-TRY_FILES_SUPPORTED = (
-    'entries before the last are "$uri" or "$uri/"; the last may also be "=CODE" (400-599) or a URI '
-    'starting with "/" that uses only $uri before "?" and $args or $query_string after it'
-)
-_FALLBACK_PATH_VARS = re.compile(r"\$uri(?![A-Za-z0-9_])")
-_FALLBACK_QUERY_VARS = re.compile(r"\$(?:args|query_string)(?![A-Za-z0-9_])")
-
-
-def check_try_files(entries: list[str] | None) -> list[str] | None:
-    """``try_files`` as the router runs it: "$uri"/"$uri/" checks, then one
-    final fallback ("=CODE" or a URI). Anything else would be taken as the
-    fallback and misroute (``"$uri.html"`` in the middle, ``$is_args``), so
-    it is refused here, saying what is supported."""
-    if entries is None:
-        return None
-    if not entries:
-        raise ValueError(f"is empty; {TRY_FILES_SUPPORTED}")
-    for i, entry in enumerate(entries):
-        if entry in ("$uri", "$uri/"):
-            continue
-        last = i == len(entries) - 1
-        if last and entry.startswith("="):
-            code = entry[1:]
-            if code.isdigit() and 400 <= int(code) <= 599:
-                continue
-        elif last and entry.startswith("/"):
-            path, _, query = entry.partition("?")
-            if "$" not in _FALLBACK_PATH_VARS.sub("", path) and "$" not in _FALLBACK_QUERY_VARS.sub("", query) \
-                    and "#" not in entry and not any(c.isspace() for c in entry):
-                continue
-        where = "the last entry" if last else f"entry {i + 1} of {len(entries)}"
-        raise ValueError(f"{where}, {entry!r}, is not supported: {TRY_FILES_SUPPORTED}")
-    return entries
-
-
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -216,18 +185,6 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 def check_header_name(value: str) -> str:
     if not _TOKEN.match(value):
         raise ValueError(f"{value!r} is not a valid HTTP header name")
-    return value
-
-
-def check_headers(value: dict[str, str]) -> dict[str, str]:
-    """Response headers an operator adds: valid names, no line breaks or NULs
-    in values (they would split the response), no framing headers."""
-    for name, text in value.items():
-        check_header_name(name)
-        if name.lower() in ("content-length", "transfer-encoding", "connection"):
-            raise ValueError(f"{name!r} is set by the gateway from the body; it cannot be configured")
-        if any(c in text for c in "\r\n\0"):
-            raise ValueError(f"the value of {name!r} contains a line break or NUL")
     return value
 
 
@@ -312,6 +269,9 @@ class TimeoutsConfig(_Model):
     keepalive: Duration = 75.0  # nginx keepalive_timeout
     send: Duration = 60.0  # nginx send_timeout: between two writes
     graceful: Duration = 10.0  # shutdown: how long in-flight requests may finish
+    #: A switched connection (WebSocket...) with no byte either way for this
+    #: long is closed (nginx proxy_read_timeout on an upgraded connection).
+    tunnel_idle: Duration = 60.0
     #: A TLS handshake (and a PROXY protocol header before it) must be done in this time.
     tls_handshake: Duration = 10.0
 
@@ -602,11 +562,15 @@ class AcmeConfig(_Model):
 
 
 class SiteConfig(_Model):
+    # "return" is a Python keyword: the field is return_, written and dumped as "return"
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
     #: Host names: exact ("example.com"), wildcard ("*.example.com"), or "_" for none.
     server_names: list[str] = []
     #: The site for requests whose Host matches no other site.
     default: bool = False
-    root: str
+    #: Required (``root_problems``) unless a return rule answers every request.
+    root: str = ""
     index: list[str] = ["index.php", "index.html", "index.htm"]
     #: Name of a [backends.X] table; empty: a static-only site.
     php: str = ""
@@ -617,8 +581,9 @@ class SiteConfig(_Model):
     #: there whatever the root holds (nginx "location /api/ { proxy_pass ...; }"),
     #: the target unchanged. The longest prefix wins.
     routes: dict[str, str] = {}
-    #: nginx try_files: "$uri", "$uri/", then one fallback, "/index.php?$args" or
-    #: "=404" (``check_try_files`` says exactly what is supported).
+    #: nginx try_files: files (or "dir/") to look for, then one fallback,
+    #: "/index.php?$args" or "=404" (``rewrite.check_try_files`` says exactly
+    #: what is supported).
     #: Default for a PHP site: the front controller, as WordPress needs.
     try_files: Annotated[list[str] | None, AfterValidator(check_try_files)] = None
     #: "follow": follow symlinks like nginx; "within_root": refuse those whose
@@ -636,8 +601,9 @@ class SiteConfig(_Model):
     #: since a copy of a PHP file is its source (nginx serves them).
     serve_backup_files: bool = False
     #: URI prefix -> directory, as nginx's "location /p/ { alias /dir/; }"
-    #: (e.g. Debian's WordPress keeps /wp-content/ in /var/lib/wordpress/wp-content/).
-    aliases: dict[str, str] = {}
+    #: (e.g. Debian's WordPress keeps /wp-content/ in /var/lib/wordpress/wp-content/);
+    #: or a table { path = DIR, internal = true } (``responses.AliasConfig``).
+    aliases: dict[str, Alias] = {}
     #: Extra FastCGI params sent to PHP for this site (nginx fastcgi_param).
     #: They override the computed ones; a client can never set these.
     params: dict[str, str] = {}
@@ -649,12 +615,26 @@ class SiteConfig(_Model):
     #: Answer plain-HTTP requests with a 308 to the same URL over HTTPS (the
     #: ACME HTTP-01 challenge path excepted).
     redirect_to_https: bool = False
-    #: Response headers added to (or replacing those of) every response of
-    #: this site, e.g. "Strict-Transport-Security" = "max-age=31536000".
-    headers: Annotated[dict[str, str], AfterValidator(check_headers)] = {}
+    #: Response header rules ([[sites.X.headers]]), or the table form: set on
+    #: every response, e.g. "Strict-Transport-Security" = "max-age=31536000"
+    #: (``responses.HeaderRule``).
+    headers: HeaderRules = []
+    #: Custom error pages (nginx error_page): status -> a URI of the site.
+    error_pages: ErrorPages = {}
+    #: Error pages for PHP's and proxied backends' error responses too
+    #: (nginx fastcgi_intercept_errors / proxy_intercept_errors).
+    intercept_errors: bool = False
     #: Serve "x.css.br" / "x.css.gz" beside "x.css" to clients that accept
     #: them (nginx gzip_static, Caddy precompressed).
     precompressed: bool = False
+    #: [[sites.X.return]]: nginx "return CODE [to]" by prefix or regex (config.rewrite, http.rewrite).
+    return_: list[ReturnRule] = Field(default=[], alias="return")
+    #: [[sites.X.rewrite]]: internal rewrites before routing, re-matched, loop-guarded.
+    rewrite: list[RewriteRule] = []
+    #: [[sites.X.rate_limit]], [[sites.X.access]], [[sites.X.basic_auth]] (``config.guard``)
+    rate_limit: list[RateLimitRule] = []
+    access: list[AccessRule] = []
+    basic_auth: list[BasicAuthRule] = []
     static_cache_extensions: list[str] = [
         "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "webp", "avif", "svg", "ico", "woff", "woff2", "ttf",
         "eot", "otf", "mp4", "webm", "mp3", "ogg", "pdf",
@@ -860,7 +840,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                 if isinstance(tls.get(key), str) and tls[key]:
                     tls[key] = resolve(tls[key])
         if isinstance(site.get("aliases"), dict):
-            site["aliases"] = {k: resolve(v) if isinstance(v, str) else v for k, v in site["aliases"].items()}
+            for k, v in site["aliases"].items():
+                if isinstance(v, str):
+                    site["aliases"][k] = resolve(v)
+                elif isinstance(v, dict) and isinstance(v.get("path"), str):
+                    v["path"] = resolve(v["path"])
+        resolve_paths(site, resolve)
 
 
 def load_dir(path: str | os.PathLike[str], overrides: Iterable[Override] = (), *,
@@ -945,7 +930,7 @@ def validate(data: dict[str, Any], origin: dict[tuple[str, ...], str] | None = N
 
     # every problem in one run: the checks beyond the schema read the merged
     # data, skipping what the schema reports as malformed
-    found = (reference_problems(data) + redirect_problems(data) + listen_conflicts(data, source)
+    found = (reference_problems(data) + root_problems(data) + redirect_problems(data) + listen_conflicts(data, source)
              + (path_problems(data) if check_paths else []))
     try:
         cfg = Config.model_validate(data)
@@ -1012,6 +997,24 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]
                 out.append((("sites", name, "default"),
                             f"sites.{default} is the default site already: only one site can be"))
             default = default or name
+    return out
+
+
+def root_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """(key, message) for each site without ``root`` that does not answer
+    every request with a return rule (``paths = ["/"]``, no ``methods``):
+    a site that only redirects (``www.`` to the apex) needs no root."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    for name, site in _table(data, "sites").items():
+        if not isinstance(site, dict) or "root" in site:
+            continue
+        rules = site.get("return")
+        catch_all = isinstance(rules, list) and any(
+            isinstance(r, dict) and "/" in (r.get("paths") or []) and not r.get("methods") for r in rules)
+        if not catch_all:
+            out.append((("sites", name, "root"), "is required: set it" + (
+                ' (only a site whose return rule answers every request, paths = ["/"], can do without)'
+                if rules else "")))
     return out
 
 
@@ -1108,7 +1111,11 @@ def path_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
         if not isinstance(site, dict):
             continue
         dirs: list[tuple[tuple[str, ...], Any]] = [(("sites", name, "root"), site.get("root"))]
-        dirs += [(("sites", name, "aliases", prefix), target) for prefix, target in _table(site, "aliases").items()]
+        for prefix, target in _table(site, "aliases").items():
+            if isinstance(target, dict):
+                dirs.append((("sites", name, "aliases", prefix, "path"), target.get("path")))
+            else:
+                dirs.append((("sites", name, "aliases", prefix), target))
         for key, directory in dirs:
             if not isinstance(directory, str):
                 continue

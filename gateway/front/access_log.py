@@ -7,6 +7,14 @@ and an ESC cannot reach a terminal. The JSON format escapes as JSON does.
 ``rt`` is the whole request, ``qw`` the wait for an upstream slot, ``php``
 slot to the response's end; ``-`` where there was none.
 
+``ua`` is the upstream address that answered (nginx's ``$upstream_addr``),
+a comma list of every address tried when the request was passed on (a
+connect error, a timeout), ``-`` where no upstream was asked (a static file,
+a redirect); ``urt`` the seconds spent on each (``$upstream_response_time``,
+``-`` for one whose response was cut). They come after ``id=``, so the
+fields before them keep their places. JSON: ``upstream_addr`` and
+``upstream_response_time`` as nginx writes them (``"a, b"``), or null.
+
 ``client`` is the real client (a trusted proxy's PROXY header or forwarded
 header names it); ``peer``, the TCP peer (nginx's ``$realip_remote_addr``),
 is the JSON field ``realip_remote_addr`` (always there), and ends a combined
@@ -48,6 +56,9 @@ def log_access(*, json_format: bool, client: str, method: bytes, target: bytes, 
     timing = response.timing if response is not None else None
     qw = timing.queue_wait if timing is not None else None
     php = timing.upstream_time if timing is not None else None
+    tried = timing.tried if timing is not None else []
+    addrs = [addr for addr, _ in tried]
+    times = ["-" if t is None else f"{t:.3f}" for _, t in tried]
     if request_line is not None:
         line = escape(request_line) if request_line else "-"
     else:
@@ -63,12 +74,14 @@ def log_access(*, json_format: bool, client: str, method: bytes, target: bytes, 
             "request_time": round(time.monotonic() - started, 6),
             "queue_wait": None if qw is None else round(qw, 3), "php_time": None if php is None else round(php, 3),
             "upstream": response.upstream if response is not None else "",
+            "upstream_addr": ", ".join(addrs) if addrs else None,
+            "upstream_response_time": ", ".join(times) if times else None,
         }))
         return
     access_log.info(
-        '%s - - [%s] "%s" %d %d "%s" "%s" rt=%.3f qw=%s php=%s id=%s%s',
+        '%s - - [%s] "%s" %d %d "%s" "%s" rt=%.3f qw=%s php=%s id=%s ua=%s urt=%s%s',
         client, time.strftime("%d/%b/%Y:%H:%M:%S %z"), line, status, size,
         escape(hmap.get(b"referer", b"-")), escape(hmap.get(b"user-agent", b"-")),
         time.monotonic() - started, "-" if qw is None else f"{qw:.3f}", "-" if php is None else f"{php:.3f}",
-        request_id, f" peer={peer}" if peer and peer != client else "",
+        request_id, ",".join(addrs) or "-", ",".join(times) or "-", f" peer={peer}" if peer and peer != client else "",
     )

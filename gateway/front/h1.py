@@ -22,6 +22,11 @@ written, the request is registered with the listener's ``InFlightWatcher``; if
 the client closes its connection, the connection task's scope is cancelled
 (the handler unwinds, 499 in the access log).
 
+Switching protocols: a handler's 101 carries a tunnel (WebSocket...); the
+101 head goes out and ``tunnel.switch`` pumps bytes both ways until either
+side ends or ``timeouts.tunnel_idle`` passes with no byte moving; then the
+connection closes.
+
 Shutdown: ``ListenerState.begin_shutdown`` closes idle keep-alive connections at
 once and makes busy ones answer with ``Connection: close``. A connection
 accepted but with no byte of its first request yet is not idle: its client
@@ -98,6 +103,8 @@ class ConnectionSettings:
     proxy_header_timeout: float
     #: plain listeners also serve HTTP/2 to clients that open with its preface
     http2_cleartext: bool
+    #: a switched connection (WebSocket...) idle this long is closed (``tunnel``)
+    tunnel_idle_timeout: float
 
     @classmethod
     def from_config(cls, server: ServerConfig | None = None, timeouts: TimeoutsConfig | None = None,
@@ -123,6 +130,7 @@ class ConnectionSettings:
             real_ip=RealIpSettings.from_config(srv.trusted_proxies, srv.real_ip_header),
             proxy_header_timeout=t.tls_handshake,
             http2_cleartext=srv.http2_cleartext,
+            tunnel_idle_timeout=t.tunnel_idle,
         )
 
 
@@ -294,6 +302,8 @@ class HttpConnection(RequestCycle):
             assert isinstance(event, h11.Request)
             self._served += 1
             keep_alive = await self._handle(event, last=self._served >= self.settings.keepalive_requests)
+            if self.conn.our_state is h11.SWITCHED_PROTOCOL:
+                return  # a tunnel ran and ended (``tunnel``): both sides are done with this connection
             if not keep_alive or self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
                 await self.downstream.linger(LINGER_SECONDS, LINGER_BYTES)
                 return

@@ -27,6 +27,7 @@ from ..http.request import Request
 from ..http.response import Response, error_response
 from .access_log import log_access
 from .h1_body import BodyError, read_body
+from .tunnel import switch
 
 if TYPE_CHECKING:
     from .downstream import Downstream
@@ -155,6 +156,9 @@ class RequestCycle:
     async def _write(self, req: h11.Request, request_id: str, response: Response, keep_alive: bool) -> None:
         self._set_state("writing")
         try:
+            if response.tunnel is not None:
+                await self._switch(request_id, response)
+                return
             await self.writer.write(response, head_only=req.method == b"HEAD",
                                     keep_alive=keep_alive and not self.listener_state.shutting_down)
         except GatewayError as exc:  # a streamed body failed halfway: the head is out, cut the connection
@@ -169,6 +173,16 @@ class RequestCycle:
             else:
                 response.close()
             self._set_state("reading")
+
+    async def _switch(self, request_id: str, response: Response) -> None:
+        """A 101 with a tunnel: the head, then the tunnel until it ends (``tunnel``)."""
+        s = self.settings
+        self._unwatch()  # the pump reads the client itself, and sees it leave
+        end = await switch(self.conn, self.downstream, response, server_software=s.server_software,
+                           idle_timeout=s.tunnel_idle_timeout, stats=self.listener_state.stats.tunnels,
+                           request_id=request_id)
+        if end is None:  # a 101 to a request that did not ask for it (a handler's bug): closed unanswered
+            response.status = 502
 
     def _client_left(self) -> bool:
         return self._watch is not None and self._watch.left

@@ -3,10 +3,15 @@ words an operator can act on (the client only ever sees the status page)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GatewayError(Exception):
     status = 502
     headers: list[tuple[bytes, bytes]] = []
+    #: set by an upstream exchange that failed: where it went (``upstream.exchange.Timing``),
+    #: for the access log's upstream address
+    timing: Any = None
 
 
 class UpstreamConnectError(GatewayError):

@@ -22,6 +22,8 @@ Request side (``forward_request_headers``), what nginx users write by hand
 - ``X-Forwarded-Host``: a trusted peer's is kept, else the client's Host.
 - ``Via``: ``1.1 NAME`` appended (RFC 9110 7.6.3).
 - ``Host``: passed as the client sent it, or ``upstream_host``.
+- ``Upgrade``: kept, with ``Connection: upgrade``, only for a request that
+  asks for a protocol switch (``http.upgrade``, ``upgrade`` here).
 - ``Content-Length`` and ``Expect`` are the transport's: the body is already
   read (a chunked upload goes out with its length, ``100-continue`` was
   answered by the front end).
@@ -75,7 +77,7 @@ def _forwarded_node(address: str) -> bytes:
 
 def forward_request_headers(headers: list[tuple[bytes, bytes]], *, peer: str, peer_trusted: bool, https: bool,
                             upstream_host: bytes = b"", default_host: bytes = b"",
-                            via: bytes = b"gateway") -> list[tuple[bytes, bytes]]:
+                            via: bytes = b"gateway", upgrade: bytes = b"") -> list[tuple[bytes, bytes]]:
     """The headers of a request as it goes to an HTTP backend.
 
     Args:
@@ -87,6 +89,8 @@ def forward_request_headers(headers: list[tuple[bytes, bytes]], *, peer: str, pe
         upstream_host: the Host to send instead of the client's.
         default_host: the Host to send when the client sent none (HTTP/1.0).
         via: this proxy's name in ``Via``.
+        upgrade: the ``Upgrade`` value of a request that asks for a switch
+            (``http.upgrade.requested_upgrade``): sent on, with ``Connection: upgrade``.
     """
     named = connection_tokens(headers)
     out = [(n, v) for n, v in headers if n not in _REWRITTEN and not is_hop_by_hop(n, named)]
@@ -107,6 +111,9 @@ def forward_request_headers(headers: list[tuple[bytes, bytes]], *, peer: str, pe
         out.append((b"x-forwarded-host", forwarded_host))
     out.append((b"forwarded", b", ".join(forwarded)))
     out.append((b"via", b", ".join([*_values(headers, b"via"), b"1.1 " + via])))
+    if upgrade:
+        out.append((b"connection", b"upgrade"))
+        out.append((b"upgrade", upgrade))
     return out
 
 

@@ -7,6 +7,11 @@ upstream slot until it is closed (httpcore's ``PoolByteStream``). The front end
 writes it at the client's pace and always closes it (``Response.aclose``).
 A streamed body without a Content-Length goes out chunked (HTTP/1.1) or
 close-delimited (HTTP/1.0).
+
+A ``101 Switching Protocols`` from a proxied backend carries a ``Tunnel``
+(the backend's switched connection) instead of a body: the HTTP/1.1 front end
+sends the 101 head and pumps bytes both ways (``front.tunnel``); whoever
+gets such a response closes it (``aclose``), which closes the tunnel too.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ import email.utils
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from .spool import Spool
+
+if TYPE_CHECKING:
+    import trio
 
 
 @dataclass(slots=True)
@@ -47,10 +55,27 @@ class BodyStream(Protocol):
 
 class UpstreamTiming(Protocol):
     """Seconds waiting for an upstream slot, and from slot to the response's
-    end (None until a streamed body ends), for the access log."""
+    end (None until a streamed body ends); the addresses tried, each with its
+    seconds (None: not ended). For the access log."""
 
     queue_wait: float
     upstream_time: float | None
+    tried: list[tuple[str, float | None]]
+
+
+class Tunnel(Protocol):
+    """The backend's side of a switched connection (``upstream.exchange.UpstreamTunnel``)."""
+
+    @property
+    def stream(self) -> trio.abc.Stream:
+        """The backend connection, speaking the new protocol."""
+
+    @property
+    def prefix(self) -> bytes:
+        """What the backend sent past its 101 head (to go to the client first)."""
+
+    async def aclose(self) -> None:
+        """Close the backend connection and free what it holds (idempotent)."""
 
 
 Body = bytes | FileRange | Spool | BodyStream
@@ -65,14 +90,19 @@ class Response:
     #: set for a response from an upstream: its name and timing (access log)
     upstream: str = ""
     timing: UpstreamTiming | None = None
+    #: the status and body are a backend's own (PHP or a proxied server), not
+    #: the gateway's: error pages replace them only with ``intercept_errors``
+    from_upstream: bool = False
     #: bytes written to the client after the head, chunk framing included
     #: (nginx's $body_bytes_sent); the front end counts them, also of a cut write
     bytes_sent: int = 0
+    #: a 101's switched backend connection (the body is then empty)
+    tunnel: Tunnel | None = None
 
     @property
     def streamed(self) -> bool:
-        """Is the body a ``BodyStream`` (closing it may await the upstream)?"""
-        return not isinstance(self.body, (bytes, Spool, FileRange))
+        """Is the body a ``BodyStream``, or is there a tunnel (closing it may await the upstream)?"""
+        return self.tunnel is not None or not isinstance(self.body, (bytes, Spool, FileRange))
 
     def close(self) -> None:
         """Release a file or spool body at once (no await); a stream is left
@@ -84,11 +114,15 @@ class Response:
             body.file.close()
 
     async def aclose(self) -> None:
-        """Release what the body holds: a file, a spool, an upstream slot."""
-        if self.streamed:
-            await self.body.aclose()  # type: ignore[union-attr]
-        else:
-            self.close()
+        """Release what the body holds: a file, a spool, an upstream slot; and the tunnel."""
+        try:
+            if not isinstance(self.body, (bytes, Spool, FileRange)):
+                await self.body.aclose()
+            else:
+                self.close()
+        finally:
+            if self.tunnel is not None:
+                await self.tunnel.aclose()
 
 
 def reason_phrase(status: int) -> bytes:

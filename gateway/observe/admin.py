@@ -18,6 +18,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..http._h11 import describe
 from ..http.request import Request
 from ..http.response import Response, error_response
 from .monitor import Monitor
@@ -62,6 +63,7 @@ class AdminApp(AdminRouter):
 
     async def _status(self) -> dict[str, Any]:
         status = self.monitor.status()
+        status["http1_parser"] = describe()
         if self.certificates is not None:
             status["certificates"] = self.certificates()
         return status

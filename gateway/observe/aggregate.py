@@ -77,7 +77,9 @@ def observation_of(st: dict[str, Any]) -> Observation:
     pools = tuple(PoolObservation(
         name=name, size=p.get("size", 0), busy=p.get("busy", 0), waiting=p.get("queue_depth", 0),
         queue_wait_p50=(p.get("queue_wait_p50_ms_last_second") or 0.0) / 1000, responses=0, connect_errors=0,
-        worker_cpu=p.get("worker_cpu"), waits=waits_of(p.get("waiting_on"))) for name, p in st.get("pools", {}).items())
+        worker_cpu=p.get("worker_cpu"), kind=p.get("type") or "fastcgi", tunnels=p.get("tunnels") or 0,
+        waits=waits_of(p.get("waiting_on")))
+        for name, p in st.get("pools", {}).items())
     # TLS: summed over the processes, given per process (the average), as
     # process_cpu is one process's: the share and the CPU per handshake hold
     tls = listener.get("tls", {})

@@ -3,7 +3,12 @@
 Every second the monitor builds an ``Observation`` from the instruments and
 ``Diagnosis.update`` turns it into one of five answers:
 
-- ``backend-down``: a PHP backend is unreachable: its spawned php-fpm is not
+Pools are named by what they front: "pool php" for PHP (FastCGI), "backend
+app (http)" for a proxied HTTP application, whose verdicts speak of
+connections, not workers (the bottleneck names stay ``php-*``: they are
+identifiers that dashboards match).
+
+- ``backend-down``: a backend is unreachable: its spawned php-fpm is not
   running, or connect errors and no response in the last second (requests
   witnessed it), or it failed its active health check (``health.py``; this
   is what catches a dead php-fpm on a quiet site). A failed check while PHP
@@ -92,8 +97,22 @@ class PoolObservation:
     #: a group's addresses out of rotation: (address, seconds down, why), and how many it has
     hosts_down: tuple[tuple[str, float, str], ...] = ()
     hosts: int = 1
+    #: the backend's transport: "fastcgi" (PHP) or "http" (a proxied application)
+    kind: str = "fastcgi"
+    #: slots held by tunnels (WebSocket...), of the busy ones
+    tunnels: int = 0
+
     #: what the busy workers wait on (``sampler``), None: not sampled
     waits: Waits | None = None
+
+    @property
+    def php(self) -> bool:
+        return self.kind == "fastcgi"
+
+    @property
+    def label(self) -> str:
+        """How a sentence names it: "pool php", or "backend app (http)"."""
+        return f"pool {self.name}" if self.php else f"backend {self.name} ({self.kind})"
 
     @property
     def saturated(self) -> bool:
@@ -137,24 +156,26 @@ def classify(obs: Observation) -> Verdict:
 
 def _hosts_note(p: PoolObservation) -> str:
     names = ", ".join(f"{name} down for {down_for:.0f} s ({why})" for name, down_for, why in p.hosts_down)
-    return f"pool {p.name}: host {names}; {p.hosts - len(p.hosts_down)} of {p.hosts} hosts serving"
+    return f"{p.label}: host {names}; {p.hosts - len(p.hosts_down)} of {p.hosts} hosts serving"
 
 
 def _classify(obs: Observation) -> Verdict:
     for p in obs.pools:
         if p.hosts_down and len(p.hosts_down) == p.hosts:
-            return Verdict("backend-down", f"pool {p.name}: every host is out of rotation: "
+            return Verdict("backend-down", f"{p.label}: every host is out of rotation: "
                                            f"{'; '.join(f'{n} for {d:.0f} s ({w})' for n, d, w in p.hosts_down)}: "
                                            "start the backends or fix the addresses.")
         if not p.backend_running:
             return Verdict("backend-down", f"php-fpm for pool {p.name} is not running; the supervisor is restarting "
                                            "it: look at its error log for why it exited.")
+        server = "php-fpm" if p.php else "the backend"
         if p.connect_errors and not p.responses:
-            return Verdict("backend-down", f"pool {p.name}: {p.connect_errors} connect error(s) and no PHP response "
-                                           "in the last second: start php-fpm or fix the backend address.")
+            return Verdict("backend-down", f"{p.label}: {p.connect_errors} connect error(s) and no "
+                                           f"{'PHP ' if p.php else ''}response in the last second: start "
+                                           f"{server} or fix the backend address.")
         if p.backend_up is False and not p.responses:
-            return Verdict("backend-down", f"pool {p.name}: php-fpm has not answered its health check for "
-                                           f"{p.backend_down_for:.0f} s ({p.backend_check}): start php-fpm or fix "
+            return Verdict("backend-down", f"{p.label}: {server} has not answered its health check for "
+                                           f"{p.backend_down_for:.0f} s ({p.backend_check}): start {server} or fix "
                                            "the backend address.")
     for p in obs.pools:
         if p.saturated:
@@ -224,9 +245,18 @@ def _php_bottleneck(p: PoolObservation, obs: Observation) -> str:
 
 def _php_reason(bottleneck: str, p: PoolObservation, obs: Observation, *, processes: int = 1) -> str:
     state = "is saturated" if p.saturated or processes == 1 else "is saturated in some worker processes"
-    load = (f"pool {p.name} {state}: {p.busy}/{p.size} workers busy, {p.waiting} queued "
-            f"(median wait {p.queue_wait_p50 * 1000:.0f} ms)")
+    load = (f"{p.label} {state}: {p.busy}/{p.size} {'workers' if p.php else 'connections'} busy, {p.waiting} "
+            f"queued (median wait {p.queue_wait_p50 * 1000:.0f} ms)")
     host, host_full = _host(obs), _host_full(obs)
+    if not p.php:  # the gateway sees no CPU figure of an HTTP application
+        if p.tunnels * 2 >= p.size:
+            return (f"{load}; {p.tunnels} of its connections are WebSocket tunnels, held as long as they are "
+                    "open: raise pool_size, or route WebSockets to a backend of their own.")
+        if bottleneck == "php-cpu":
+            return (f"{load}; {host}: the backend competes for CPU on this host. Optimise it or add CPU; a larger "
+                    "pool_size will not help.")
+        return (f"{load}; {host}: the backend is slow to answer (its own work, a database, the network); look "
+                "there first. A larger pool_size helps only if the backend has capacity to spare.")
     if p.worker_cpu is None:
         if bottleneck == "php-cpu":
             return (f"{load}; {host}: PHP competes for CPU. Optimise the slow code or add CPU; more workers will "
@@ -269,13 +299,15 @@ def _advice(waits: Waits, obs: Observation) -> str:
 
 
 def _listener_reason(obs: Observation, *, processes: int = 1) -> str:
-    free = ", ".join(f"{p.name} {p.size - p.busy}/{p.size} free" for p in obs.pools) or "no PHP pools"
+    free = ", ".join(f"{p.name} {p.size - p.busy}/{p.size} free" for p in obs.pools) or "no backends"
+    who = "PHP has" if all(p.php for p in obs.pools) else "the backends have"
     if (obs.loop_lag_p99 < LOOP_LAG_LIMIT and obs.process_cpu < PROCESS_CPU_LIMIT and obs.gateway_cpu is not None
             and obs.host_cpu is not None):
         other = (f", more than any other process (the busiest: {obs.other_cpu:.0%} of a core)"
                  if obs.other_cpu is not None else "")
+        idle = "PHP idle" if all(p.php for p in obs.pools) else "the backends idle"
         return (f"the gateway is the bottleneck: {_host(obs)}, gateway processes use {obs.gateway_cpu:.0%} of "
-                f"{obs.cpus} core{'s' if obs.cpus != 1 else ''}{other}; PHP idle ({free}); loop lag p99 "
+                f"{obs.cpus} core{'s' if obs.cpus != 1 else ''}{other}; {idle} ({free}); loop lag p99 "
                 f"{obs.loop_lag_p99 * 1000:.0f} ms: run fewer other things on this host (a load generator?), "
                 "add CPU, or move static files to a CDN.")
     cpu = "process CPU" if processes == 1 else "busiest process CPU"
@@ -283,7 +315,7 @@ def _listener_reason(obs: Observation, *, processes: int = 1) -> str:
     if obs.compress_cpu > 0 and obs.process_cpu > 0:
         compress = f" ({min(1.0, obs.compress_cpu / obs.process_cpu):.0%} of it compressing responses)"
     return (f"the gateway itself is the bottleneck: event-loop lag p99 {obs.loop_lag_p99 * 1000:.0f} ms, "
-            f"{cpu} {obs.process_cpu:.0%} of a core{compress}, while PHP has free slots ({free}); run more "
+            f"{cpu} {obs.process_cpu:.0%} of a core{compress}, while {who} free slots ({free}); run more "
             "gateway workers or move static files to a CDN.")
 
 
@@ -299,7 +331,7 @@ def _tls_reason(obs: Observation, *, processes: int = 1) -> str:
 
 
 def _healthy_reason(obs: Observation) -> str:
-    busy = ", ".join(f"{p.name} {p.busy}/{p.size} busy, {p.waiting} queued" for p in obs.pools) or "no PHP pools"
+    busy = ", ".join(f"{p.name} {p.busy}/{p.size} busy, {p.waiting} queued" for p in obs.pools) or "no backends"
     return (f"no bottleneck: loop lag p99 {obs.loop_lag_p99 * 1000:.0f} ms, process CPU {obs.process_cpu:.0%}, "
             f"{busy}.")
 

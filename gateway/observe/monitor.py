@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ..metrics import CompressionStats, ListenerStats, Window, percentile
+from ..metrics import CompressionStats, GuardStats, ListenerStats, Window, percentile
 from ..upstream.php_fpm_status import fastcgi_get
 from ..upstream.pool import Pool
 from . import table
@@ -184,6 +184,8 @@ class PoolMonitor:
     worker_cpu: float | None = None
     #: the active check of the backend (None: not checked)
     health: BackendHealth | None = None
+    #: the backend's transport: "fastcgi" (PHP) or "http"
+    kind: str = "fastcgi"
     queue_window: Window = field(default_factory=lambda: Window(WINDOW))
     #: cumulative (count, sum) readings of the queue wait and PHP time
     #: histograms, sampled each second: their averages over the last WINDOW
@@ -295,7 +297,7 @@ class PoolMonitor:
             backend_down_for=0.0 if health is None else health.down_for(now),
             hosts_down=tuple((m.name, now - m.down_since, m.down_reason) for m in pool.members
                              if m.down_since is not None),
-            hosts=len(pool.members), waits=self.waits,
+            hosts=len(pool.members), kind=self.kind, tunnels=pool.stats.tunnels, waits=self.waits,
         )
         return self.last
 
@@ -349,6 +351,7 @@ class Monitor:
     stats: ListenerStats
     pools: list[PoolMonitor]
     compression: CompressionStats
+    guard: GuardStats
     diagnosis: Diagnosis
     #: loop lag samples, and cumulative accept and request counts, over WINDOW
     lag: Window
@@ -366,11 +369,14 @@ class Monitor:
     cpus: int | None
 
     def __init__(self, stats: ListenerStats, pools: list[PoolMonitor],
-                 compression: CompressionStats | None = None, *, master_pid: int | None = None) -> None:
+                 compression: CompressionStats | None = None, guard: GuardStats | None = None, *,
+                 master_pid: int | None = None) -> None:
         self.stats = stats
         self.pools = pools
         #: what response compression did (the app layer bumps it)
         self.compression = compression if compression is not None else CompressionStats()
+        #: what rate limits, access rules and basic auth did (the app layer bumps it)
+        self.guard = guard if guard is not None else GuardStats()
         self.diagnosis = Diagnosis(since=trio.current_time())
         self.lag = Window(WINDOW)
         self.accepted = Window(WINDOW)

@@ -51,7 +51,8 @@ def summary_lines(st: dict[str, Any]) -> list[str]:
         f"listener: {c['open']} open (idle {c['idle']}, reading {c['reading']}, waiting on PHP {c['waiting_php']}, "
         f"writing {c['writing']}), {li['requests_per_second']:.1f} req/s, {li['in_flight']} in flight, "
         f"loop lag p99 {li['loop_lag_ms']['p99']:.1f} ms, CPU {li['process_cpu']:.0%}"
-        + (f", host CPU {st['host']['cpu']:.0%}" if st["host"].get("cpu") is not None else ""),
+        + (f", host CPU {st['host']['cpu']:.0%}" if st["host"].get("cpu") is not None else "")
+        + _tunnels_text(li),
     ]
     if st.get("workers"):
         lines.append("processes: " + ", ".join(_worker_text(w) for w in st["workers"]))
@@ -59,12 +60,13 @@ def summary_lines(st: dict[str, Any]) -> list[str]:
     for name, p in st["pools"].items():
         cpu = "unknown" if p["worker_cpu"] is None else f"{p['worker_cpu']:.0%}"
         lines.append(
-            f"pool {name}: {p['busy']}/{p['size']} busy, {p['idle']} idle, queue {p['queue_depth']} "
+            f"{_pool_label(name, p)}: {p['busy']}/{p['size']} busy, {p['idle']} idle, queue {p['queue_depth']} "
             f"(max {p.get('queue_depth_max_window', p['queue_depth_max'])} in 10 s, {p['queue_depth_max']} ever; "
             f"limit {p['queue_limit']}{per}), worker CPU {cpu}"
         )
         lines.append(f"  avg wait {_ms(p.get('queue_wait_avg_ms_10s'))} last 10 s, {_ms(p['queue_wait_avg_ms'])} "
-                     f"since start; avg PHP {_ms(p.get('php_time_avg_ms_10s'))} last 10 s, "
+                     f"since start; avg {'PHP' if _php(p) else 'response'} {_ms(p.get('php_time_avg_ms_10s'))} "
+                     "last 10 s, "
                      f"{_ms(p['php_time_avg_ms'])} since start")
         errors = ", ".join(f"{k}: {n}" for k, n in p["errors"].items()) or "none"
         lines.append(f"  errors {errors}; retries {p['retries_total']}; left the queue "
@@ -91,6 +93,23 @@ def summary_lines(st: dict[str, Any]) -> list[str]:
                          f"slow requests {fpm['slow_requests']}")
     lines += [_certificate_text(c) for c in st.get("certificates", [])]
     return lines
+
+
+def _php(p: dict[str, Any]) -> bool:
+    return bool(p.get("type", "fastcgi") == "fastcgi")
+
+
+def _pool_label(name: str, p: dict[str, Any]) -> str:
+    """"pool php" for PHP, "backend app (http)" for a proxied application (``diagnosis`` words it so)."""
+    return f"pool {name}" if _php(p) else f"backend {name} ({p['type']})"
+
+
+def _tunnels_text(li: dict[str, Any], *, short: bool = False) -> str:
+    """", 2 tunnels (7 since start)": WebSockets and other switched connections, once there were any."""
+    t = li.get("tunnels") or {}
+    if not t.get("total"):
+        return ""
+    return f", {t['open']} tunnels" + ("" if short else f" ({t['total']} since start)")
 
 
 def _certificate_text(c: dict[str, Any]) -> str:
@@ -161,9 +180,11 @@ def top_view(st: dict[str, Any], admin: str) -> Group:
         f"{c['open']} open (idle {c['idle']}, reading {c['reading']}, waiting PHP {c['waiting_php']}, "
         f"writing {c['writing']}), {li['in_flight']} in flight\n",
         f"  {li['requests_per_second']:.1f} req/s, lag p50 {li['loop_lag_ms']['p50']:.1f} ms "
-        f"p99 {li['loop_lag_ms']['p99']:.1f} ms, CPU {li['process_cpu']:.0%}{every}{host}")
+        f"p99 {li['loop_lag_ms']['p99']:.1f} ms, CPU {li['process_cpu']:.0%}{every}{host}"
+        + _tunnels_text(li, short=True))
     per = "; lim: per process" if st.get("workers") else ""
-    pt = Table(title=f"PHP pools (10s: last 10 s; all: since start{per})",
+    what = "PHP pools" if all(_php(p) for p in st["pools"].values()) else "Backends"
+    pt = Table(title=f"{what} (10s: last 10 s; all: since start{per})",
                box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1), title_justify="left",
                title_style="bold")
     for col in ("pool", "busy/size", "queue\nnow/10s/lim", "wait ms\n10s/all", "PHP ms\n10s/all", "wkr\nCPU",
@@ -175,7 +196,7 @@ def top_view(st: dict[str, Any], admin: str) -> Group:
                                          "idle": fpm.get("idle_processes", "?")}
         backend = p.get("backend") or {}
         up = {True: "yes", False: "DOWN", None: "?"}[backend.get("up")]
-        pt.add_row(name, f"{p['busy']}/{p['size']}",
+        pt.add_row(name if _php(p) else f"{name} ({p['type']})", f"{p['busy']}/{p['size']}",
                    f"{p['queue_depth']}/{p['queue_depth_max_window']}/{p['queue_limit']}",
                    f"{_num(p.get('queue_wait_avg_ms_10s'))}/{_num(p['queue_wait_avg_ms'])}",
                    f"{_num(p.get('php_time_avg_ms_10s'))}/{_num(p['php_time_avg_ms'])}",

@@ -50,11 +50,12 @@ from typing import Any
 import trio
 
 from ..acme.manager import CertificateManager
+from ..app import guard_table
 from ..config import FASTCGI_ONLY_KEYS, Config, ConfigError, validate
 from ..config.addresses import parse_listen
 from ..front.h1 import ListenerState
 from ..front.listen import Service, listener_url, serve_until_shutdown
-from ..http._h11 import h11
+from ..http._h11 import describe, h11
 from ..observe.admin import AdminRouter
 from ..observe.aggregate import merge_prometheus, merge_status, split
 from ..tls.ticket_keys import new_keys
@@ -143,6 +144,11 @@ def worker_config(config: Config, index: int, count: int, backends: dict[str, tu
         # queue_depth is not split: processes accept unevenly, and a process's
         # queue costs php-fpm nothing (it bounds waiting in that process)
     return data
+
+
+def uses_guard_table(config: Config) -> bool:
+    """Does a site have a rate limit or basic auth (whose failures are counted)?"""
+    return any(site.rate_limit or site.basic_auth for site in config.sites.values())
 
 
 def admin_socket(runtime_dir: str, index: int, generation: int = 0) -> str:
@@ -265,6 +271,7 @@ class MasterAdmin(AdminRouter):
         out = merge_status([None if b is None else json.loads(b) for b in bodies], pid=os.getpid(),
                            uptime=time.time() - self.started,
                            fpm_restarts={n: s.restarts for n, s in self.supervisors.items()})
+        out["http1_parser"] = describe()  # (the workers inherit GATEWAY_H11: they run the same)
         manager = self.certificates()
         if manager is not None:
             out["certificates"] = manager.status()
@@ -398,8 +405,11 @@ class Master:
             listen_fds = [listener.socket.fileno() for listener in listeners]
             prepare_tls(config, privileges)  # the internal CA's certificates, before a worker reads them
             ticket_keys = new_keys()  # one set per generation: a reload rotates them
+            # one rate-limit table for all workers and generations (nginx's zone)
+            table = guard_table.create(self.runtime_dir) if uses_guard_table(config) else ""
             specs = [write_spec(config, i, count, backends, self.runtime_dir, listen_fds, self.parent_read,
-                                self.log_level, number, [str(spec) for spec in listen_entries], ticket_keys)
+                                self.log_level, number, [str(spec) for spec in listen_entries], ticket_keys,
+                                table)
                      for i in range(count)]
             workers = Workers(specs, [*listen_fds, self.parent_read], self.runtime_dir, number)
             gen = Generation(number, config, count, workers, fpm, backends, listen)
@@ -652,7 +662,7 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
 
 def write_spec(config: Config, index: int, count: int, backends: dict[str, tuple[str, str]], runtime_dir: str,
                listen_fds: list[int], parent_fd: int, log_level: str, generation: int = 0,
-               listen_entries: list[str] | None = None, ticket_keys: bytes = b"") -> str:
+               listen_entries: list[str] | None = None, ticket_keys: bytes = b"", table: str = "") -> str:
     """Worker ``index``'s spec file, 0600 (it holds the TLS session-ticket keys)."""
     path = os.path.join(runtime_dir, f"worker-{index}" + (f".g{generation}" if generation else "") + ".json")
     try:
@@ -662,7 +672,7 @@ def write_spec(config: Config, index: int, count: int, backends: dict[str, tuple
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         json.dump({"config": worker_config(config, index, count, backends, runtime_dir, generation),
                    "listen_fds": listen_fds, "listen_entries": listen_entries or [], "parent_fd": parent_fd,
-                   "log_level": log_level, "ticket_keys": ticket_keys.hex()}, f)
+                   "log_level": log_level, "ticket_keys": ticket_keys.hex(), "guard_table": table}, f)
     return path
 
 
@@ -671,5 +681,5 @@ def read_spec(spec_path: str) -> tuple[Config, Inherited, str]:
     with open(spec_path) as f:
         spec = json.load(f)
     inherited = Inherited(spec["listen_fds"], spec["parent_fd"], spec.get("listen_entries", []),
-                          bytes.fromhex(spec.get("ticket_keys", "")))
+                          bytes.fromhex(spec.get("ticket_keys", "")), spec.get("guard_table", ""))
     return validate(spec["config"]), inherited, spec["log_level"]

@@ -206,8 +206,9 @@ def problems(config: Config, the_plan: Plan, users: UserLookup = system_account,
             worker = users(fpm.worker)
             if worker is not None:
                 readers.append((worker, f"php-fpm's workers, backends.{site.php}.php_fpm.user"))
-        paths: list[tuple[tuple[str, ...], str]] = [(("sites", site_name, "root"), site.root)]
-        paths += [(("sites", site_name, "aliases", prefix), d) for prefix, d in site.aliases.items()]
+        # (a site without root only answers with return rules: nothing to read)
+        paths: list[tuple[tuple[str, ...], str]] = [(("sites", site_name, "root"), site.root)] if site.root else []
+        paths += [(("sites", site_name, "aliases", prefix), d.path) for prefix, d in site.aliases.items()]
         for key, path in paths:
             if not is_dir(path):
                 out.append((key, f"{path}: no such directory"))

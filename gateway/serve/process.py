@@ -229,6 +229,9 @@ class Inherited:
     #: the generation's TLS session-ticket keys (``tls.ticket_keys``), shared
     #: by its workers; empty: this process makes its own
     ticket_keys: bytes = b""
+    #: the master's rate-limit and login-failure table (``app.guard_table``),
+    #: shared by its workers; empty: this process keeps its own
+    guard_table: str = ""
 
 
 def site_tls(config: Config) -> list[SiteTls]:
@@ -469,13 +472,15 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                 health = None if backend.type == "http" or len(connectors) > 1 else BackendHealth.for_backend(
                     name, address=address, status_address=status_address, status_path=backend.status_path,
                     ping_path=ping)
-                pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path, health=health,
+                pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path,
+                                                 health=health, kind=backend.type,
                                                  **worker_sampling(config, backend, address, sup)))
                 system.start_soon(pool.run_reaper)
             monitor = Monitor(listener_state.stats, pool_monitors,
                               master_pid=os.getppid() if inherited is not None else None)
             system.start_soon(monitor.run)
-            app = App(config, pools, monitor.compression)
+            app = App(config, pools, monitor.compression, monitor.guard,
+                      inherited.guard_table if inherited is not None else "")
             settings = ConnectionSettings.from_config(config.server, config.timeouts, config.limits)
             max_conns = raise_open_files_limit(config.limits.max_connections)
             services = [Service(listeners, app.handle, settings, listener_state, max_conns,

@@ -25,6 +25,18 @@ that hangs answers nothing, and its requests must not all be lost; the price
 is nginx's too: a GET slower than read_timeout runs on two hosts. Nothing
 else is retried: once a response head arrived, the backend ran it.
 
+Each address is tried once per request. The addresses tried, and the
+seconds spent on each, are in ``Timing.tried`` (nginx's ``$upstream_addr``
+and ``$upstream_response_time``, in the access log), also on the error of a
+request that failed.
+
+Tunnels: a ``101`` to an upgrade request (``http1``, WebSocket) makes the
+connection an ``UpstreamTunnel``: the response carries it, the front end pumps
+bytes through it and closes it. It keeps the pool slot for its whole life (it
+is a live connection to that address, within the address's bound, as nginx's
+``max_conns`` counts upgraded connections), and its connection is closed at
+the end, never returned to the pool.
+
 Client aborts are the front end's: it cancels the handler when the client
 leaves. A waiter then leaves the queue (php-fpm would run the request for
 nobody) and a run in progress is abandoned (its connection closed, the only
@@ -40,7 +52,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol
+from typing import Any, Generic, Protocol, cast
 
 import trio
 
@@ -51,6 +63,7 @@ from ..http.errors import (
     UpstreamClosedEarly,
     UpstreamConnectError,
     UpstreamConnectTimeout,
+    UpstreamProtocolError,
     UpstreamTimeout,
 )
 from ..http.spool import Spool
@@ -64,13 +77,16 @@ log = logging.getLogger(__name__)
 
 class Timing:
     """Seconds waiting for a slot, and from slot to the response's end (filled
-    in when a streamed body ends); the access log reads them."""
+    in when a streamed body ends); the addresses tried, each with the seconds
+    spent on it (None: the response from it is still streaming). The access
+    log reads them."""
 
-    __slots__ = ("queue_wait", "upstream_time")
+    __slots__ = ("queue_wait", "upstream_time", "tried")
 
     def __init__(self, queue_wait: float = 0.0) -> None:
         self.queue_wait = queue_wait
         self.upstream_time: float | None = None
+        self.tried: list[tuple[str, float | None]] = []
 
 
 @dataclass(slots=True)
@@ -80,6 +96,8 @@ class UpstreamResponse:
     body: Spool | UpstreamBody[Any]
     timing: Timing
     upstream: str
+    #: set for a 101 to an upgrade request: the switched connection (``body`` is empty)
+    tunnel: UpstreamTunnel | None = None
 
 
 class Transaction(Protocol):
@@ -207,6 +225,10 @@ class _Policy(Generic[C]):
         self.began = trio.current_time()
         #: the attempt under way got its response head
         self.answered = False
+        #: when the current address was first tried
+        self.attempt_began = self.began
+        #: what the backend sent past its 101 head (a switch)
+        self.switched_prefix = b""
 
     async def _connection(self, tried: list[Any], *, fresh: bool = False) -> C:
         """A connection of the slot's member; after a connect error another
@@ -221,13 +243,26 @@ class _Policy(Generic[C]):
     async def _next_member(self, tried: list[Any], exc: Exception) -> None:
         """Move the slot to an address not ``tried`` yet, or raise ``exc``."""
         tried.append(self.slot.member)
+        ended = trio.current_time()
         if not await self.slot.switch(tried):
             raise exc
+        self._end_attempt(ended)
+        self._begin_attempt()
         self.slot.pool.stats.retries += 1
         assert self.slot.member is not None
         log.warning("%s: %s; trying %s", self.slot.pool.name, exc, self.slot.member.name)
 
     async def run(self) -> UpstreamResponse:
+        self._begin_attempt()
+        try:
+            return await self._run()
+        except GatewayError as exc:
+            # the request fails: it carries the addresses tried, for the access log
+            self._end_attempt()
+            exc.timing = self.timing
+            raise
+
+    async def _run(self) -> UpstreamResponse:
         pool = self.slot.pool
         tried: list[Any] = []
         conn = await self._connection(tried)
@@ -253,8 +288,7 @@ class _Policy(Generic[C]):
                 conn = await self._connection(tried, fresh=reused)
             except BaseException as exc:
                 if isinstance(exc, GatewayError) and self.slot.member is not None:
-                    errors = self.slot.member.stats.errors
-                    errors[exc.status] = errors.get(exc.status, 0) + 1
+                    self._count_error(exc)
                     if isinstance(exc, UpstreamTimeout):  # a hung host (nginx counts timeouts too)
                         pool.record_failure(self.slot.member, str(exc))
                 await self.slot.discard(conn)
@@ -264,6 +298,24 @@ class _Policy(Generic[C]):
                 # no head within read_timeout, an idempotent request: another address, if any
                 await self._next_member(tried, exc)
                 conn = await self._connection(tried)
+
+    def _count_error(self, exc: GatewayError) -> None:
+        if self.slot.member is not None:
+            errors = self.slot.member.stats.errors
+            errors[exc.status] = errors.get(exc.status, 0) + 1
+
+    def _begin_attempt(self) -> None:
+        """The slot's address is tried from now: an entry in ``timing.tried``."""
+        member = self.slot.member
+        self.timing.tried.append((member.name if member is not None and member.name else self.slot.pool.name, None))
+        self.attempt_began = trio.current_time()
+
+    def _end_attempt(self, ended: float | None = None) -> None:
+        """The current address is done with (failed, or its response ended): its time."""
+        name, seconds = self.timing.tried[-1]
+        if seconds is None:
+            ended = trio.current_time() if ended is None else ended
+            self.timing.tried[-1] = (name, ended - self.attempt_began)
 
     async def _on(self, conn: C) -> UpstreamResponse:
         self.answered = False
@@ -280,6 +332,9 @@ class _Policy(Generic[C]):
                     # task cannot outlive this nursery
                     head, spool, ended = await self._read(tx, sending=nursery)
                     nursery.cancel_scope.cancel()  # PHP answered without reading it all
+        if head.status == 101:
+            spool.close()
+            return self._tunnel(head, conn)
         if not ended:
             return self._streamed(head, conn, tx, spool)
         try:
@@ -296,6 +351,9 @@ class _Policy(Generic[C]):
         is to be streamed (False: the rest is read as the client takes it)."""
         head, rest = await tx.read_head()
         self.answered = True
+        if head.status == 101:  # switched (``_on``): the rest is the new protocol's
+            self.switched_prefix = rest
+            return head, Spool(0), True
         stream = self.stream_ok and (self.force_stream or tx.wants_streaming(head))
         limit = self.settings.response_buffer_size + self.settings.max_temp_file_size
         spool = Spool(self.settings.response_buffer_size, self.settings.temp_dir)
@@ -319,7 +377,15 @@ class _Policy(Generic[C]):
         body = UpstreamBody(self.slot.detach(), conn, tx, prefix, self._done)
         return UpstreamResponse(head, body, self.timing, self.slot.pool.name)
 
+    def _tunnel(self, head: CgiHead, conn: C) -> UpstreamResponse:
+        if not isinstance(conn, HttpConn):
+            raise UpstreamProtocolError("the backend switched protocols (101), which its transport cannot carry")
+        self._done()  # (the response is the 101; the tunnel's own time is the front end's to log)
+        tunnel = UpstreamTunnel(cast(Slot[HttpConn], self.slot.detach()), conn, self.switched_prefix)
+        return UpstreamResponse(head, Spool(0), self.timing, self.slot.pool.name, tunnel)
+
     def _done(self) -> None:
+        self._end_attempt()
         elapsed = trio.current_time() - self.began
         self.timing.upstream_time = elapsed
         self.slot.pool.record_response(elapsed)
@@ -375,5 +441,31 @@ class UpstreamBody(Generic[C]):
             if not self._finished:
                 self._finished = True
                 await self.slot.discard(self.conn)
+        finally:
+            self.slot.release()
+
+
+class UpstreamTunnel:
+    """The backend's side of a switched connection (its ``101``): its stream,
+    and the bytes it sent past the 101 head. Holds the pool slot until
+    ``aclose()``, which closes the connection (never returned to the pool)
+    and frees the slot; idempotent.
+    """
+
+    def __init__(self, slot: Slot[HttpConn], conn: HttpConn, prefix: bytes) -> None:
+        self.slot = slot
+        self.conn = conn
+        self.stream: trio.abc.Stream = conn.stream
+        self.prefix = prefix
+        slot.pool.stats.tunnels += 1
+        self._open = True
+
+    async def aclose(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self.slot.pool.stats.tunnels -= 1
+        try:
+            await self.slot.discard(self.conn)
         finally:
             self.slot.release()

@@ -22,6 +22,12 @@ Rules:
   never asked for is a protocol error), hop-by-hop headers are dropped
   (``forwarding``) and Content-Length is taken out of the list (the gateway
   frames what it drained by its own count, as for PHP).
+- Upgrade (WebSocket...): a request with ``upgrade`` set goes out with
+  ``Upgrade`` and ``Connection: upgrade``; a ``101`` answering it is checked
+  by ``http.upgrade.switch_headers`` (it must name a protocol the client
+  offered) and ``read_head`` returns it with the bytes the backend sent
+  past its head: ``exchange`` then makes the connection a tunnel, never
+  reused. Any other answer is an ordinary response (the switch refused).
 - Timeouts: each read waits at most ``read_timeout`` (re-armed on every
   byte, nginx's proxy_read_timeout); the connect timeout is the pool's.
 - Reuse: a connection goes back to the pool only when h11 says both sides
@@ -45,6 +51,7 @@ import trio
 from ..http.errors import UpstreamClosedEarly, UpstreamProtocolError, UpstreamTimeout
 from ..http.forwarding import connection_tokens, is_hop_by_hop
 from ..http.spool import Spool
+from ..http.upgrade import BadSwitch, switch_headers
 from .cgi import BAD_VALUE_BYTE, CgiHead, wants_streaming
 from .connect import Connector, has_pending_eof
 from .pool import Pool
@@ -77,18 +84,23 @@ class UpstreamRequest:
     target: bytes
     headers: list[tuple[bytes, bytes]]
     body: Spool | None = None
+    #: the protocols the client asked to switch to (``Upgrade``; b"": none);
+    #: ``headers`` then carry ``Upgrade`` and ``Connection: upgrade``
+    upgrade: bytes = b""
 
 
 class HttpConn:
     """A pooled HTTP/1.1 connection (``pool.UpstreamConn``)."""
 
-    __slots__ = ("stream", "h11", "requests", "idle_since", "_closed")
+    __slots__ = ("stream", "h11", "requests", "idle_since", "switched", "_closed")
 
     def __init__(self, stream: trio.abc.Stream, max_header_size: int = DEFAULT_MAX_HEADER_SIZE) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_size)
         self.requests = 0
         self.idle_since = 0.0
+        #: a 101 made it a tunnel: it is never reused
+        self.switched = False
         self._closed = False
 
     def __repr__(self) -> str:
@@ -96,6 +108,8 @@ class HttpConn:
 
     def reusable(self) -> bool:
         """Both sides DONE with keep-alive, and nothing after the response."""
+        if self.switched:
+            return False
         if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
             return False
         data, closed = self.h11.trailing_data
@@ -144,17 +158,8 @@ def response_head(event: h11.Response, max_size: int = DEFAULT_MAX_HEADER_SIZE) 
     """
     if not 200 <= event.status_code <= 599:
         raise UpstreamProtocolError(f"backend answered status {event.status_code}: not a final HTTP status")
-    raw = event.headers.raw_items()
-    if len(raw) > MAX_RESPONSE_HEADERS:
-        raise UpstreamProtocolError(f"backend sent {len(raw)} header lines (at most {MAX_RESPONSE_HEADERS})")
-    size = 15 + len(event.reason) + sum(len(n) + len(v) + 4 for n, v in raw)
-    if size > max_size:
-        raise UpstreamProtocolError(f"backend's response head exceeds {max_size} bytes (max_response_header_size)")
-    reason = event.reason
-    dropped: list[str] = []
-    if BAD_VALUE_BYTE.search(reason):
-        reason = b""
-        dropped.append("the reason phrase (control byte)")
+    raw = _bounded(event, max_size)
+    reason, dropped = _reason(event.reason)
     named = connection_tokens(raw)
     headers: list[tuple[bytes, bytes]] = []
     length = None
@@ -167,6 +172,45 @@ def response_head(event: h11.Response, max_size: int = DEFAULT_MAX_HEADER_SIZE) 
         elif not is_hop_by_hop(lname, named):
             headers.append((name, value))
     return CgiHead(event.status_code, reason, headers, length, tuple(dropped))
+
+
+def switch_head(event: h11.InformationalResponse, offered: bytes,
+                max_size: int = DEFAULT_MAX_HEADER_SIZE) -> CgiHead:
+    """Validate a backend's ``101 Switching Protocols`` to a request that
+    offered ``offered`` (its ``Upgrade``): bounded as ``response_head``, its
+    headers as ``http.upgrade.switch_headers`` passes them.
+
+    Raises:
+        UpstreamProtocolError: over the bounds, a control byte in a header it
+            keeps, or a switch to a protocol the client did not offer.
+    """
+    raw = _bounded(event, max_size)
+    reason, dropped = _reason(event.reason)
+    for name, value in raw:
+        if BAD_VALUE_BYTE.search(value):
+            raise UpstreamProtocolError(f"backend's 101 has a control byte in {name.decode('latin-1')}")
+    try:
+        headers = switch_headers(raw, offered)
+    except BadSwitch as exc:
+        raise UpstreamProtocolError(str(exc)) from None
+    return CgiHead(101, reason, headers, None, tuple(dropped))
+
+
+def _bounded(event: h11.Response | h11.InformationalResponse, max_size: int) -> list[tuple[bytes, bytes]]:
+    """The head's raw headers, once its line count and size are within bounds."""
+    raw = event.headers.raw_items()
+    if len(raw) > MAX_RESPONSE_HEADERS:
+        raise UpstreamProtocolError(f"backend sent {len(raw)} header lines (at most {MAX_RESPONSE_HEADERS})")
+    size = 15 + len(event.reason) + sum(len(n) + len(v) + 4 for n, v in raw)
+    if size > max_size:
+        raise UpstreamProtocolError(f"backend's response head exceeds {max_size} bytes (max_response_header_size)")
+    return list(raw)
+
+
+def _reason(reason: bytes) -> tuple[bytes, list[str]]:
+    if BAD_VALUE_BYTE.search(reason):
+        return b"", ["the reason phrase (control byte)"]
+    return reason, []
 
 
 class HttpExchange:
@@ -232,7 +276,9 @@ class HttpExchange:
             raise
 
     async def read_head(self) -> tuple[CgiHead, bytes]:
-        """The validated response head (no body bytes: ``read_chunk`` has them).
+        """The validated response head (no body bytes: ``read_chunk`` has them);
+        for a ``101`` to an upgrade request, the bytes the backend sent past it
+        (the switched protocol's first bytes).
 
         Raises:
             UpstreamClosedEarly: the connection closed before any response byte.
@@ -242,7 +288,11 @@ class HttpExchange:
             event = await self._next_event()
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
-                    raise UpstreamProtocolError("backend switched protocols (101) without being asked")
+                    if not self.request.upgrade or self.conn.h11.our_state is not h11.SWITCHED_PROTOCOL:
+                        raise UpstreamProtocolError("backend switched protocols (101) without being asked")
+                    head = switch_head(event, self.request.upgrade, self.settings.max_header_size)
+                    self.conn.switched = True
+                    return head, bytes(self.conn.h11.trailing_data[0])
                 continue  # 100 Continue, 103 Early Hints: this hop's
             if isinstance(event, h11.Response):
                 head = response_head(event, self.settings.max_header_size)

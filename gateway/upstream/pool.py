@@ -106,6 +106,8 @@ class PoolStats:
     retries: int = 0
     client_gone_in_queue: int = 0
     max_waiting: int = 0
+    #: switched connections (WebSocket...) open now: each holds a slot
+    tunnels: int = 0
     errors: dict[int, int] = field(default_factory=dict)
 
 

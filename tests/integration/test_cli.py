@@ -266,13 +266,14 @@ def test_an_old_and_a_new_flag_together_are_refused():
 def test_check_gives_one_line_per_problem_with_file_key_and_line(tmp_path):
     f = tmp_path / "00.toml"
     f.write_text('[server]\nlisten = ["127.0.0.1:8080"]\n[admin]\nlisten = "127.0.0.1:8080"\n'
-                 '[sites.a]\nroot = "/srv/no-such-site"\n[sites.b]\nroot = "/srv"\ntry_files = ["$uri", "$uri.html"]\n')
+                 '[sites.a]\nroot = "/srv/no-such-site"\n[sites.b]\nroot = "/srv"\ntry_files = ["$uri", "x.html"]\n')
     out = subprocess.run([*GATEWAY, "check", "--config", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.splitlines() == [
-        f"{f}: sites.b.try_files: the last entry, '$uri.html', is not supported: entries before the last are "
-        '"$uri" or "$uri/"; the last may also be "=CODE" (400-599) or a URI starting with "/" that uses only $uri '
-        'before "?" and $args or $query_string after it (line 9)',
+        f"{f}: sites.b.try_files: the last entry, 'x.html', is not supported: every entry but the last is a "
+        'file to look for, or a directory when it ends with "/" (a path starting with "/" or "$uri", using $uri, '
+        '$host, $args, $query_string, $is_args; no "?"); the last is "=CODE" (400-599) or the URI to go to (a path, '
+        'a "?" before its query, the same variables) (line 9)',
         f"{f}: admin.listen: 127.0.0.1:8080 overlaps server.listen.0 (127.0.0.1:8080): each listener needs its own "
         "address or port (line 4)",
         f"{f}: sites.a.root: /srv/no-such-site does not exist (a typo? serve would answer 404 to everything) (line 6)",

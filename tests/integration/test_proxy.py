@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -240,3 +242,56 @@ async def test_head_keeps_the_backends_length_and_the_connection(start_proxy, ap
     r = await c.request("GET", "/echo")
     await c.aclose()
     assert json.loads(r.body)["connection"] == 1
+
+
+@pytest.fixture
+def hung_port() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers:
+    a backend that hangs before its response head."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
+
+
+async def test_a_read_timeout_passes_an_idempotent_request_on_and_the_log_names_both(
+        start_proxy, app, hung_port, caplog):
+    # max_fails 0: the hung address stays in rotation; round_robin's turn moves
+    # on at the pass too (``Pool._pick``), so each request here goes to it first
+    proxy = await start_proxy([f"127.0.0.1:{app.port}", f"127.0.0.1:{hung_port}"], balance="round_robin",
+                              read_timeout="500ms", health={"max_fails": 0})
+    hung, ok = f"127.0.0.1:{hung_port}", f"127.0.0.1:{app.port}"
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        c = await proxy.client()
+        r = await c.request("GET", "/echo?first")
+        assert r.status == 200 and json.loads(r.body)["target"] == "/echo?first"  # answered by the other
+        r = await c.request("GET", "/echo?second")
+        assert r.status == 200
+        r = await c.request("POST", "/echo?third", body=b"once")
+        await c.aclose()
+        assert r.status == 504  # not passed on: the hung backend may have run it
+    assert app.requests == 2  # the POST never reached the live backend
+    lines = access_lines(caplog)
+    for line in lines[:2]:
+        urt = re.search(r" ua=(\S+) urt=(\S+)$", line)
+        assert urt is not None and urt[1] == f"{hung},{ok}"  # nginx's $upstream_addr list
+        hung_time, ok_time = (float(t) for t in urt[2].split(","))
+        assert 0.45 <= hung_time < 5 and ok_time < hung_time
+    assert '"POST /echo?third HTTP/1.1" 504' in lines[2] and re.search(f" ua={hung} urt=0\\.5\\d\\d$", lines[2])
+    assert proxy.pool.stats.retries == 2
+
+
+async def test_the_access_log_names_no_upstream_for_a_static_file(start_proxy, app, caplog):
+    proxy = await start_proxy([f"127.0.0.1:{app.port}"])
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        c = await proxy.client()
+        r = await c.request("GET", "/static.txt")
+        await c.aclose()
+    assert r.status == 200
+    (line,) = access_lines(caplog)
+    assert line.endswith(" ua=- urt=-")

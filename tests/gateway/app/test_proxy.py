@@ -213,3 +213,35 @@ def test_routing_of_a_proxy_site(tmp_path, path, route):
     assert isinstance(got, route)
     if path == "/api/x":
         assert got == ProxyPass("api")
+
+
+async def test_an_upgrade_to_a_php_route_is_answered_as_plain_http(tmp_path, nursery, autojump_clock):
+    """php-fpm cannot switch protocols: PHP answers the request (which refuses
+    the upgrade), and a Status: 101 from PHP is a broken backend (502)."""
+    answers = [php_output(b"php"), php_output(b"", status=b"101 Switching Protocols")]
+
+    async def php(req):
+        return [answers.pop(0)]
+
+    app, _ = make_app(tmp_path, FakeHttp(echo), nursery, fpm=FakeFpm(php), site={"php": "php"})
+    c = await client_for(app, nursery)
+    ws = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
+          ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]
+    r = await c.request("GET", "/chat", headers=ws, host="example.com")
+    assert (r.status, r.body, r.header("upgrade")) == (200, b"php", None)
+    r = await c.request("GET", "/chat", headers=ws, host="example.com")  # the connection went on as HTTP/1.1
+    assert r.status == 502
+
+
+async def test_a_switch_to_a_protocol_the_client_did_not_offer_is_a_502(tmp_path, nursery, autojump_clock, caplog):
+    async def wrong(req):
+        assert (req.header(b"upgrade"), req.header(b"connection")) == (b"websocket", b"upgrade")
+        return [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"]
+
+    app, pool = make_app(tmp_path, FakeHttp(wrong), nursery)
+    c = await client_for(app, nursery)
+    r = await c.request("GET", "/ws", headers=[("Connection", "Upgrade"), ("Upgrade", "websocket")],
+                        host="example.com")
+    assert r.status == 502
+    assert any("switched to 'h2c', which the client did not offer (websocket)" in m for m in caplog.messages)
+    assert (pool.busy, pool.open_connections, pool.stats.tunnels) == (0, 0, 0)

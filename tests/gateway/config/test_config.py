@@ -82,6 +82,7 @@ def test_shipped_wordpress_examples_are_valid(tmp_path, example):
     site = cfg.sites["wordpress"]
     assert site.effective_try_files() == ["$uri", "$uri/", "/index.php?$args"]
     assert site.no_php_under == ["/wp-content/uploads/"] and "/wp-config.php" in site.deny
+    assert site.rate_limit[0].paths == ["/wp-login.php", "/xmlrpc.php"] and site.rate_limit[0].methods == ["POST"]
 
 
 def test_queue_depth_defaults_to_max_connections():

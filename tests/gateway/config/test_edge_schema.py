@@ -73,7 +73,9 @@ state_dir = "state"
     assert site.tls is not None and site.tls.cert == str(tmp_path.parent / "certs/a.pem")
     assert site.tls.key == str(tmp_path.parent / "certs/a.key")
     assert site.redirect_to_https and site.precompressed
-    assert site.headers == {"Strict-Transport-Security": "max-age=31536000"}
+    # the table form is one rule for every path and status
+    assert [(r.paths, r.set, r.remove, r.always) for r in site.headers] == [
+        (["/"], {"Strict-Transport-Security": "max-age=31536000"}, [], True)]
     assert cfg.server.trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1/128", "unix:"]
     assert cfg.server.compression == ["gzip"] and cfg.server.compress_min_size == 1024
     assert cfg.acme.challenge == "tls-alpn-01" and cfg.acme.state_path() == str(tmp_path.parent / "state")

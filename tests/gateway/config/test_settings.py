@@ -19,7 +19,7 @@ CONFIG = validate({
     "server": {"temp_dir": "/var/tmp/gw", "server_software": "edge", "access_log_format": "json",
                "trusted_proxies": ["10.0.0.0/8", "unix:"], "real_ip_header": "X-Real-IP", "http2_cleartext": True},
     "timeouts": {"client_header": "11s", "client_body": "12s", "client_body_min_rate": 13, "keepalive": "14s",
-                 "send": "15s", "tls_handshake": "22s"},
+                 "send": "15s", "tls_handshake": "22s", "tunnel_idle": "31s"},
     "limits": {"max_header_size": 16, "max_uri_size": 17, "max_header_count": 18, "client_max_body_size": 19,
                "body_buffer_size": 20, "keepalive_requests": 21, "max_connections": 22},
     "backends": {"php": {"pool_size": 23, "queue_timeout": "24s", "connect_timeout": "25s", "read_timeout": "26s",
@@ -36,7 +36,7 @@ def test_every_configured_connection_value_reaches_the_connection():
         keepalive_requests=21, temp_dir="/var/tmp/gw", server_software=b"edge", access_log_json=True,
         handshake_timeout=22,
         real_ip=RealIpSettings(TrustedProxies((ip_network("10.0.0.0/8"),), unix=True), b"x-real-ip"),
-        proxy_header_timeout=22, http2_cleartext=True)
+        proxy_header_timeout=22, http2_cleartext=True, tunnel_idle_timeout=31)
 
 
 def test_every_configured_backend_value_reaches_php_and_the_pool():

@@ -63,6 +63,14 @@ def test_a_missing_key_points_at_its_table(tmp_path):
     ["$uri", "=404"],
     ["$uri/", "=503"],
     ["/index.php"],
+    # issue 16: any number of file checks with variables, then the fallback
+    ["$uri", "$uri.html", "/index.php"],
+    ["$uri", "/index.php", "$uri/"],
+    ["$uri", "/index.php$is_args$args"],
+    ["$uri", "/index.php?$uri"],
+    ["/cache$uri/index.html", "$uri", "$uri/", "/index.php?$args"],
+    ["/wp-content/cache/supercache/$host$uri/index.html", "$uri", "$uri/", "/index.php?$args"],
+    ["/maintenance/", "${uri}.json", "=404"],
 ])
 def test_try_files_the_router_supports(try_files):
     cfg = validate({"sites": {"a": {"root": "/srv", "try_files": try_files}}})
@@ -70,20 +78,24 @@ def test_try_files_the_router_supports(try_files):
 
 
 @pytest.mark.parametrize(("try_files", "says"), [
-    ('["$uri", "$uri.html", "/index.php"]', "entry 2 of 3, '$uri.html', is not supported"),
-    ('["$uri", "/index.php", "$uri/"]', "entry 2 of 3, '/index.php', is not supported"),
-    ('["$uri", "/index.php$is_args$args"]', "the last entry, '/index.php$is_args$args', is not supported"),
     ('["$uri", "index.php?$args"]', "the last entry, 'index.php?$args', is not supported"),
-    ('["$uri", "/index.php?$uri"]', "the last entry, '/index.php?$uri', is not supported"),
     ('["$uri", "=4o4"]', "the last entry, '=4o4', is not supported"),
     ('["$uri", "=200"]', "the last entry, '=200', is not supported"),
+    ('["=404", "$uri"]', "entry 1 of 2, '=404', is not supported"),
+    ('["$uri?x=1", "=404"]', "entry 1 of 2, '$uri?x=1', is not supported"),
+    ('["cache/$uri", "=404"]', "entry 1 of 2, 'cache/$uri', is not supported"),
+    ('["$host$uri", "=404"]', "entry 1 of 2, '$host$uri', is not supported"),
+    ('["/c/$http_cookie$uri", "=404"]', "entry 1 of 2, '/c/$http_cookie$uri': $http_cookie is not a variable here"),
+    ('["$uri", "/index.php?$1"]', "the last entry, '/index.php?$1', is not supported"),
+    ('["$uri", "/index.php?a=$"]', "that starts no variable"),
+    ('["$uri", "/a b"]', "the last entry, '/a b': it contains whitespace"),
     ('[]', "is empty"),
 ])
 def test_try_files_the_router_would_mishandle(tmp_path, try_files, says):
     err = load_error(tmp_path, f'[sites.a]\nroot = "/srv"\ntry_files = {try_files}\n')
     assert err.startswith(f"{tmp_path / '00.toml'}: sites.a.try_files: ")
     assert says in err and err.endswith("(line 3)")
-    assert 'the last may also be "=CODE" (400-599) or a URI starting with "/"' in err
+    assert 'the last is "=CODE" (400-599) or the URI to go to' in err
     assert len(err.splitlines()) == 1
 
 

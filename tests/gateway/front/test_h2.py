@@ -668,3 +668,26 @@ def test_random_frames_never_crash_the_connection(caplog):
     assert not bad, bad[0].getMessage() + "\n" + str(bad[0].exc_info)
     served = [r for r in caplog.records if r.name == "gateway.access" and '" 200 ' in r.getMessage()]
     assert len(served) > 20  # the cases reach the handler, not only h2's refusals
+
+
+async def test_no_upgrade_over_http2_and_no_websocket_over_it(nursery, autojump_clock):
+    """HTTP/2 has no Upgrade (RFC 9113 8.6): a request carrying one is
+    malformed and never reaches a handler; and the server does not offer
+    WebSocket over HTTP/2 (RFC 8441's SETTINGS_ENABLE_CONNECT_PROTOCOL), so a
+    browser opens an HTTP/1.1 connection for its WebSockets."""
+    calls = []
+
+    async def handler(req):
+        calls.append(req)
+        return Response(200, [], b"")
+
+    c = await start(nursery, handler)
+    await c.receive()  # the server's SETTINGS
+    assert not c.conn.remote_settings.get(h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL)
+    block = c.conn.encoder.encode([(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"x"),
+                                   (b":path", b"/ws"), (b"upgrade", b"websocket")])
+    await c.stream.send_all(HeadersFrame(1, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+    await c.until(lambda: c.goaway is not None or 1 in c.resets)
+    refused = c.goaway.error_code if c.goaway is not None else c.resets[1]
+    assert refused == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert calls == []

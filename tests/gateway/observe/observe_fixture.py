@@ -73,6 +73,7 @@ def frozen_monitor(second: bool = False) -> Monitor:
     now = trio.current_time()
     stats = ListenerStats(accepted=40, requests=120, in_flight=3)
     stats.states.update(idle=5, reading=1, waiting_php=2, writing=1)
+    stats.tunnels.open, stats.tunnels.total = 2, 7
     for lag in (0.0004, 0.003, 0.07):
         stats.loop_lag.observe(lag)
 
@@ -139,6 +140,12 @@ def frozen_monitor(second: bool = False) -> Monitor:
     monitor.compression.responses.update(br=30, gzip=5)
     monitor.compression.threaded = 12
     monitor.compression.precompressed.update(br=4)
+    monitor.guard.rate_limited.update(blog=7)
+    monitor.guard.delayed.update(blog=3)
+    monitor.guard.access_denied.update(blog=2)
+    monitor.guard.auth_failures.update(staging=4)
+    monitor.guard.auth_blocked.update(staging=1)
+    monitor.guard.evictions = 5
     monitor.host_cpu = 0.98765
     monitor.host_iowait = 0.0123
     monitor.gateway_cpu = 0.123456
@@ -150,6 +157,7 @@ def frozen_monitor(second: bool = False) -> Monitor:
         stats.accepted, stats.requests, stats.in_flight = 60, 200, 0
         stats.tls.handshakes, stats.tls.resumed, stats.tls.failures["no_certificate"] = 10, 9, 1
         stats.states.update(idle=2, reading=0, waiting_php=0, writing=3)
+        stats.tunnels.open, stats.tunnels.total = 0, 3
         php.limiter = trio.CapacityLimiter(4)
         php.waiting = 0
         php.stats.errors = {503: 7}
@@ -168,6 +176,8 @@ def frozen_monitor(second: bool = False) -> Monitor:
         monitor.process_cpu = 0.5
         monitor.compression.cpu_seconds = 0.5
         monitor.compression.responses.update(br=1, gzip=0)
+        monitor.guard.rate_limited.update(blog=1, shop=2)
+        monitor.guard.evictions = 0
         monitor.host_cpu = None
         monitor.host_iowait = None
         monitor.gateway_cpu = 0.5

@@ -5,6 +5,7 @@ coroutines (as the master gives it)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 import pytest
@@ -12,6 +13,7 @@ import trio
 import trio.testing
 
 from gateway.front.h1 import HttpConnection
+from gateway.http._h11 import PARSER
 from gateway.observe.admin import AdminApp, AdminRouter
 from gateway.serve.process import admin_connection_settings
 from tests.helpers import HttpClient
@@ -35,7 +37,9 @@ async def test_one_process_shows_its_monitor(nursery, autojump_clock):
     r = await c.request("GET", "/status")
     assert r.status == 200
     assert (r.header("content-type"), r.header("cache-control")) == ("application/json", "no-store")
-    assert json.loads(r.body) == monitor.status()
+    # the monitor's rows, and which HTTP/1.1 parser runs (the suite's: upstream h11, tests/conftest.py)
+    parser = {"package": PARSER, "version": importlib.metadata.version(PARSER)}
+    assert json.loads(r.body) == {**monitor.status(), "http1_parser": parser}
     r = await c.request("GET", "/metrics?from=prometheus")  # a query string is ignored
     assert r.status == 200
     assert (r.header("content-type"), r.header("cache-control")) == (PROMETHEUS_TYPE, "no-store")

@@ -209,3 +209,30 @@ def test_on_a_full_host_the_gateway_must_be_the_largest_consumer():
     assert classify(Observation(**two_workers, other_cpu=0.9)).bottleneck == "healthy"  # a batch job fills it
     idle = {**two_workers, "gateway_cpu": 0.1}
     assert classify(Observation(**idle, other_cpu=0.05)).bottleneck == "healthy"  # below GATEWAY_MIN_CPU
+
+
+def test_an_http_backend_is_named_by_its_type_not_as_php():
+    app = pool(name="app", kind="http", worker_cpu=None)
+    down = classify(obs(pool(name="app", kind="http", connect_errors=3, responses=0)))
+    assert down.reason == ("backend app (http): 3 connect error(s) and no response in the last second: start the "
+                           "backend or fix the backend address.")
+    checked = classify(obs(pool(name="app", kind="http", backend_up=False, responses=0, backend_check="GET /up",
+                                backend_down_for=7)))
+    assert checked.reason.startswith("backend app (http): the backend has not answered its health check for 7 s")
+    slow = classify(obs(pool(name="app", kind="http", worker_cpu=None, busy=4, waiting=6)))
+    assert slow.bottleneck == "php-waiting"  # the identifier dashboards match stays
+    assert slow.reason.startswith("backend app (http) is saturated: 4/4 connections busy, 6 queued")
+    assert "PHP" not in slow.reason and "the backend is slow to answer" in slow.reason
+    lagging = classify(obs(pool(), app, lag=0.2))
+    assert lagging.bottleneck == "listener" and "while the backends have free slots (php 3/4 free, app 3/4 free)" \
+        in lagging.reason
+    group = classify(obs(pool(name="app", kind="http", hosts=2, hosts_down=(("10.0.0.9:8080", 4.0, "refused"),))))
+    assert group.reason.endswith("Also: backend app (http): host 10.0.0.9:8080 down for 4 s (refused); "
+                                 "1 of 2 hosts serving.")
+
+
+def test_a_backend_full_of_websockets_says_so():
+    v = classify(obs(pool(name="app", kind="http", worker_cpu=None, size=4, busy=4, waiting=3, tunnels=3)))
+    assert v.reason == ("backend app (http) is saturated: 4/4 connections busy, 3 queued (median wait 0 ms); 3 of "
+                        "its connections are WebSocket tunnels, held as long as they are open: raise pool_size, or "
+                        "route WebSockets to a backend of their own.")

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.front.h1 import ConnectionSettings, HttpConnection
 from gateway.front.listen import open_listeners
+from gateway.http._h11 import PARSER
 from gateway.observe.admin import AdminApp
 from gateway.serve.master import MasterAdmin, _get, admin_socket
 
@@ -111,6 +112,7 @@ async def test_master_shows_its_workers_merged(nursery, tmp_path: Path):
     assert st["verdict"]["bottleneck"] == "listener"
     assert st["verdict"]["reason"].endswith("(1 of 3 worker processes)")
     assert st["listener"]["requests_total"] == 320
+    assert st["http1_parser"]["package"] == PARSER  # the suite's (tests/conftest.py): the workers run it too
     assert st["pools"]["php"]["size"] == 8 and st["pools"]["php"]["errors"] == {"502": 1, "503": 7, "504": 2}
 
     r = await c.request("GET", "/metrics")

@@ -55,6 +55,8 @@ FAMILIES = [
     ("gateway_http2_refused", "counter",
      "HTTP/2 connections closed for abuse or a protocol error, by reason: rapid_reset, "
      "header_flood (CONTINUATION), control_flood (PING/SETTINGS), protocol_error.", ("reason",)),
+    ("gateway_tunnels_open", "gauge", "Switched connections (WebSocket, any Upgrade) the gateway pumps now.", ()),
+    ("gateway_tunnels", "counter", "Switched connections (WebSocket, any Upgrade) opened.", ()),
     ("gateway_process_cpu_ratio", "gauge", "Gateway process CPU, share of one core.", ()),
     ("gateway_host_cpu_ratio", "gauge", "Host CPU busy, share of all cores.", ()),
     ("gateway_host_iowait_ratio", "gauge", "Host CPU idle waiting for storage, share of all cores.", ()),
@@ -69,8 +71,21 @@ FAMILIES = [
      "Compression calls run in a worker thread (bodies too large to compress on the event loop).", ()),
     ("gateway_precompressed_responses", "counter", "Precompressed files (x.br, x.gz beside x) served, by coding.",
      ("encoding",)),
+    ("gateway_rate_limited", "counter", "Requests answered 429 by a [[sites.X.rate_limit]] rule, by site.",
+     ("site",)),
+    ("gateway_rate_limit_delayed", "counter",
+     "Requests a rate_limit rule delayed to its rate (within burst, without nodelay), by site.", ("site",)),
+    ("gateway_rate_limit_evictions", "counter", "Client states pushed out of the full rate-limit table before "
+     "they expired (an address flood larger than the table).", ()),
+    ("gateway_access_denied", "counter", "Requests answered 403 by a [[sites.X.access]] rule, by site.", ("site",)),
+    ("gateway_auth_failures", "counter",
+     "Requests with wrong credentials for a [[sites.X.basic_auth]] rule, by site.", ("site",)),
+    ("gateway_auth_blocked", "counter",
+     "Requests answered 429 because their address failed basic auth max_failures times, by site.", ("site",)),
     ("gateway_pool_size", "gauge", "Pool slots (live FastCGI connections allowed).", ("pool",)),
     ("gateway_pool_busy", "gauge", "Pool slots in use.", ("pool",)),
+    ("gateway_pool_tunnels", "gauge", "Pool slots held by switched connections (WebSocket...), of the busy ones.",
+     ("pool",)),
     ("gateway_pool_idle_connections", "gauge", "Idle kept-alive FastCGI connections.", ("pool",)),
     ("gateway_pool_queue_depth", "gauge", "Requests waiting for a slot.", ("pool",)),
     ("gateway_pool_queue_depth_max", "gauge", "Most requests ever waiting at once.", ("pool",)),
@@ -111,12 +126,16 @@ STATUS_KEYS = [
     "listener.tls.resumed_per_second", "listener.tls.cpu", "listener.http2", "listener.http2.connections_total",
     "listener.http2.open", "listener.http2.streams_total", "listener.http2.refused",
     "listener.http2.refused.rapid_reset", "listener.http2.refused.header_flood",
-    "listener.http2.refused.control_flood", "listener.http2.refused.protocol_error", "listener.process_cpu",
+    "listener.http2.refused.control_flood", "listener.http2.refused.protocol_error",
+    "listener.tunnels", "listener.tunnels.open", "listener.tunnels.total", "listener.process_cpu",
     "host", "host.cpu", "host.cpus", "host.iowait", "host.gateway_cpu", "host.other_cpu",
     "compression", "compression.cpu_seconds", "compression.bytes_in", "compression.bytes_out",
     "compression.responses", "compression.responses.br", "compression.responses.gzip", "compression.threaded",
     "compression.precompressed", "compression.precompressed.br", "compression.precompressed.gzip",
-    "pools", "pools.*", "pools.*.size", "pools.*.busy", "pools.*.idle", "pools.*.queue_depth",
+    "guard", "guard.rate_limited", "guard.delayed", "guard.evictions", "guard.access_denied", "guard.auth_failures",
+    "guard.auth_blocked",
+    "pools", "pools.*", "pools.*.type", "pools.*.size", "pools.*.busy", "pools.*.tunnels", "pools.*.idle",
+    "pools.*.queue_depth",
     "pools.*.queue_depth_max_window", "pools.*.queue_depth_max", "pools.*.queue_limit",
     "pools.*.queue_wait_avg_ms", "pools.*.queue_wait_avg_ms_10s", "pools.*.queue_wait_p50_ms_last_second",
     "pools.*.php_time_avg_ms", "pools.*.php_time_avg_ms_10s", "pools.*.responses_10s",
@@ -151,8 +170,8 @@ def key_paths(obj: Any, prefix: str = "") -> list[str]:
     out: list[str] = []
     if isinstance(obj, dict):
         for key, value in obj.items():
-            if prefix.endswith("errors."):
-                continue
+            if prefix.endswith("errors.") or (prefix.startswith("guard.") and prefix != "guard."):
+                continue  # (statuses, site names: data)
             name = "*" if prefix.endswith("pools.") else key
             out += [prefix + name, *key_paths(value, prefix + name + ".")]
     elif isinstance(obj, list):
@@ -332,3 +351,15 @@ def test_top_fits_80_by_24(name):
     assert not any("…" in line for line in lines), "\n".join(lines)  # no column cut short
     screen = "\n".join(lines)
     assert "busy/size" in screen and "DOWN" in screen and "10s/all" in screen
+
+
+def test_an_http_backend_is_shown_by_its_type():
+    st = json.loads((GOLDEN / "status.json").read_text())
+    st["pools"]["bare"]["type"] = "http"
+    lines = summary_lines(st)
+    assert any(line.startswith("backend bare (http): 1/1 busy") for line in lines)
+    assert "avg response" in lines[lines.index(next(x for x in lines if x.startswith("backend bare"))) + 1]
+    console = Console(width=160, record=True, file=io.StringIO(), color_system=None)
+    console.print(top_view(st, "http://127.0.0.1:9180"))
+    text = console.export_text()
+    assert "Backends (10s" in text and "PHP pools" not in text and "bare (http)" in text

@@ -104,6 +104,12 @@ def test_a_root_that_does_not_exist_says_so():
          "[server] user); give it r-x on the directory and x on every one above, or choose another user")]
 
 
+def test_a_site_that_only_redirects_has_no_root_to_read():
+    cfg = validate({"sites": {"www": {"return": [{"paths": ["/"], "code": 301, "to": "https://example.com/"}]}}})
+    assert problems(cfg, decide(cfg), USERS.get, lambda p, a: False,  # type: ignore[arg-type]
+                    is_dir=lambda p: False) == []
+
+
 @pytest.mark.parametrize(("uid", "gid", "mode", "who", "need", "allowed"), [
     (0, 0, 0o755, "www-data", 5, True),    # others r-x
     (0, 0, 0o750, "www-data", 5, False),   # closed to others

@@ -259,3 +259,36 @@ async def test_a_safe_request_on_a_hung_address_is_answered_by_another_after_rea
     alone = group({"hung:80": FakeHttp(hang)}, nursery)
     with pytest.raises(UpstreamTimeout):
         await run_http(alone, GET, SETTINGS, request_id="t", retry_safe=True)
+
+
+async def test_the_timing_names_each_address_tried_and_its_time(nursery, autojump_clock):
+    """The addresses a request went to and the seconds on each (the access
+    log's $upstream_addr and $upstream_response_time), also on the error of
+    one that failed; a PHP group passes a hung request on as an HTTP one does."""
+    from gateway.http.errors import UpstreamTimeout
+
+    async def hang(req):
+        await trio.sleep(1000)
+        return []
+
+    async def hello(req):
+        return [php_output(b"hi")]
+
+    hung, good = FakeFpm(hang), FakeFpm(hello)
+    pool = fastcgi_pool("php", [("10.0.0.2:9000", hung.connector(nursery)),
+                                ("10.0.0.3:9000", good.connector(nursery))],
+                        size=1, queue_depth=10, queue_timeout=5, balance="round_robin", max_fails=0)
+    settings = PhpSettings.from_config(BackendConfig(read_timeout=3))
+    params = [(b"SCRIPT_FILENAME", b"/x.php")]
+    pool._turn = len(pool.members) - 1  # the next turn is the hung address's
+    result = await run_php(pool, params, None, settings, request_id="t", retry_safe=True)
+    assert result.body.getvalue() == b"hi"
+    assert [(addr, round(t or 0, 3)) for addr, t in result.timing.tried] == [
+        ("10.0.0.2:9000", 3.0), ("10.0.0.3:9000", 0.0)]
+    assert pool.stats.retries == 1 and pool.members[0].stats.errors == {504: 1}
+    pool._turn = len(pool.members) - 1
+    with pytest.raises(UpstreamTimeout) as caught:
+        await run_php(pool, params, None, settings, request_id="t", retry_safe=False)
+    assert [(addr, t) for addr, t in caught.value.timing.tried] == [("10.0.0.2:9000", 3.0)]
+    assert len(good.requests_seen) == 1  # the unsafe request was not run a second time
+    assert (pool.busy, trio.current_time()) == (0, 6.0)
