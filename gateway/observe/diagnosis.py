@@ -19,7 +19,10 @@ identifiers that dashboards match).
   host has no CPU to spare while they run code (at least ``CPU_IDLE`` each; a
   full host with sleeping workers is busy with something else).
 - ``php-waiting``: a pool is saturated and queueing but its workers mostly do
-  not use CPU: they wait on a database, storage or the network. When the
+  not use CPU: they wait on a database, storage or the network. Where the
+  busy workers were sampled and none uses half a core, the sample decides
+  between the two (more than half of them on CPU: ``php-cpu``), not the host's
+  CPU, which other work may fill. When the
   busy workers were sampled (``waits``, ``sampler``) the verdict's
   ``waiting_on`` counts them by kind and the reason names the targets ("3 of
   them waiting on the database at 127.0.0.1:3306 (mysqli_query from
@@ -237,6 +240,9 @@ def _host_full(obs: Observation) -> bool:
 
 
 def _php_bottleneck(p: PoolObservation, obs: Observation) -> str:
+    if p.waits is not None and p.waits.busy and (p.worker_cpu is None or p.worker_cpu < CPU_BUSY):
+        # the sampled workers say it directly: more than half of them on CPU, or not
+        return "php-cpu" if p.waits.counts["cpu"] * 2 > p.waits.busy else "php-waiting"
     if p.worker_cpu is None:
         return "php-cpu" if _host_full(obs) else "php-waiting"
     starved = _host_full(obs) and p.worker_cpu >= CPU_IDLE  # CPU-bound workers sharing too few cores

@@ -82,7 +82,7 @@ def read_worker(pid: int) -> WorkerSample | None:
         return None
     if call is None:
         return WorkerSample(pid, state, error=f"cannot parse /proc/{pid}/syscall")
-    if state == "R" or call.running or call.number is None:
+    if state == "R" or (state != "D" and (call.running or call.number is None)):
         return WorkerSample(pid, state, call)
     wchan = ""
     if state == "D":  # where in the kernel: only said of a disk wait without a file
@@ -93,7 +93,9 @@ def read_worker(pid: int) -> WorkerSample | None:
     fds: dict[int, str] = {}
     polled: tuple[int, ...] = ()
     number = call.number
-    if number in waits.FD_CALLS:
+    if number is None:
+        pass
+    elif number in waits.FD_CALLS:
         _link(pid, call.args[0], fds)
     elif number in waits.POLL_CALLS:
         polled = tuple(_pollfds(pid, call.args[0], call.args[1]))

@@ -285,12 +285,13 @@ def classify(worker: WorkerSample, ctx: Context) -> Wait:
     call = worker.syscall
     if call is None:
         return Wait("unknown", worker.error)
-    if worker.state == "R" or call.running:
-        return Wait("cpu")
     fd = _fd_arg(call)
     link = worker.fds.get(fd, "") if fd is not None else ""
+    # D first: the kernel says "running" for a task that changed state while it was read
     if worker.state == "D" or call.number in SYNC_CALLS:
-        return Wait("disk", link if _is_file(link) else worker.wchan)
+        return Wait("disk", link if _is_file(link) else worker.wchan.strip().strip("0"))
+    if worker.state == "R" or call.running:
+        return Wait("cpu")
     if call.number == SYS_FLOCK or (call.number == SYS_FCNTL and len(call.args) > 1 and call.args[1] in FCNTL_WAIT):
         return Wait("lock", link or "flock")
     if call.number in SLEEP_CALLS:
@@ -407,7 +408,9 @@ def summarise(waits: Mapping[int, Wait], workers: int, frames: Mapping[int, str]
         pids = by_kind.get(kind, [])
         if not pids:
             continue
-        (target, name), _ = Counter((busy[p].target, busy[p].name) for p in pids).most_common(1)[0]
+        # the most common target, a named one before none ("" when the call was not readable)
+        named = [p for p in pids if busy[p].target] or pids
+        (target, name), _ = Counter((busy[p].target, busy[p].name) for p in named).most_common(1)[0]
         top = Counter(frames[p] for p in pids if frames.get(p)).most_common(1)
         targets.append(Target(kind, len(pids), target, name, top[0][0] if top else ""))
     targets.sort(key=lambda t: -t.count)
@@ -426,6 +429,8 @@ _PHRASES = {"database": "on the database at {}", "cache": "on the cache server a
 def _phrase(t: Target) -> str:
     if t.kind == "cpu":
         return "running on CPU"
+    if t.kind == "disk" and not t.target:
+        return "on disk I/O"
     if t.kind == "lock" and t.target in ("sleep", "futex", "a child process"):
         return {"sleep": "sleeping", "futex": "on a futex", "a child process": "on a child process"}[t.target]
     return _PHRASES[t.kind].format(t.target or "?")

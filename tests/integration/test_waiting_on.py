@@ -123,8 +123,9 @@ async def test_slow_redis_is_cache(start_gateway):
 
 async def test_fsync_heavy_writes_are_disk(start_gateway, tmp_path: Path):
     gw = await start_gateway(DOCROOT, backend=POOL)
-    data = tmp_path / "data.log"
-    st = await flood(gw, f"/waits/fsync.php?file={data}&ms=1500", "disk", f"disk I/O to {data}")
+    data = tmp_path / "data"
+    data.mkdir()
+    st = await flood(gw, f"/waits/fsync.php?dir={data}&ms=1500", "disk", f"disk I/O to {data}/w-")
     assert st["pools"]["php"]["waiting_on"]["on"]["disk"] >= 1
 
 

@@ -236,3 +236,16 @@ def test_a_backend_full_of_websockets_says_so():
     assert v.reason == ("backend app (http) is saturated: 4/4 connections busy, 3 queued (median wait 0 ms); 3 of "
                         "its connections are WebSocket tunnels, held as long as they are open: raise pool_size, or "
                         "route WebSockets to a backend of their own.")
+
+
+def test_sampled_workers_decide_between_php_cpu_and_php_waiting_on_a_full_host():
+    from gateway.observe.waits import Wait, summarise
+
+    disk = summarise({1: Wait("disk", "/srv/x"), 2: Wait("cpu")}, 2)
+    # 20 % of a core each on a full host is php-cpu by the CPU rule; the sample says they wait on the disk
+    v = classify(obs(pool(size=2, busy=2, waiting=4, worker_cpu=0.2, waits=disk), host=0.99))
+    assert v.bottleneck == "php-waiting" and v.waiting_on["disk"] == 1
+    running = summarise({1: Wait("cpu"), 2: Wait("cpu")}, 2)
+    assert classify(obs(pool(size=2, busy=2, waiting=4, worker_cpu=0.2, waits=running), host=0.99)).bottleneck == \
+        "php-cpu"
+    assert classify(obs(pool(size=2, busy=2, waiting=4, worker_cpu=0.9, waits=disk))).bottleneck == "php-cpu"

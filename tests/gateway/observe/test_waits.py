@@ -162,3 +162,12 @@ def test_endpoint_keys(given, key):
 def test_bad_endpoint_keys(bad):
     with pytest.raises(ValueError):
         normalise_endpoint(bad)
+
+
+def test_a_task_in_d_that_the_kernel_calls_running_is_disk():
+    # /proc/PID/syscall says "running" when the task changed state while it was read
+    w = WorkerSample(1, "D", parse_syscall("running"), "0", {})
+    assert classify(w, context()) == Wait("disk", "")
+    s = summarise({1: Wait("disk", ""), 2: Wait("disk", "/srv/log"), 3: Wait("disk", "")}, 3)
+    assert describe(s) == "3/3 workers busy, 3 of them waiting on disk I/O to /srv/log"
+    assert describe(summarise({1: Wait("disk", "")}, 1)) == "1/1 workers busy, 1 of them waiting on disk I/O"
