@@ -194,6 +194,42 @@ class GuardStats:
         counts[site] = counts.get(site, 0) + 1
 
 
+#: ``X-Cache`` values, as ``CacheStats.requests`` counts them.
+CACHE_STATUSES = ("HIT", "MISS", "STALE", "BYPASS", "EXPIRED")
+
+
+@dataclass
+class CacheStats:
+    """What the page cache (``app.cache``) did in this process, all sites together."""
+
+    #: requests looked up, by X-Cache value
+    requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CACHE_STATUSES, 0))
+    entries: int = 0
+    bytes: int = 0
+    #: entries dropped to make room (least recently used first)
+    evictions: int = 0
+    #: requests that waited for another request fetching the same key
+    lock_waits: int = 0
+    #: entries removed by purges
+    purged: int = 0
+    #: is a cache enabled on any site of this process?
+    enabled: bool = False
+
+    @property
+    def hits(self) -> int:
+        return self.requests["HIT"] + self.requests["STALE"]
+
+    @property
+    def misses(self) -> int:
+        return self.requests["MISS"] + self.requests["EXPIRED"]
+
+    @property
+    def hit_ratio(self) -> float:
+        """Hits over every request the cache saw (bypasses included: what the cache took off PHP)."""
+        total = sum(self.requests.values())
+        return self.hits / total if total else 0.0
+
+
 # -- Prometheus text format -----------------------------------------------------
 
 

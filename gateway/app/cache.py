@@ -1,0 +1,304 @@
+"""The page cache of a PHP site: a memory tier (LRU), the stampede lock,
+stale serving, purges. The rules (what is cached, the key, lifetimes) are
+``http.cache_policy``'s; this module keeps entries and decides who waits.
+
+One ``SiteCache`` per site with ``[sites.X.cache] enabled``, wrapped around
+the PHP handler (``App._php``), before compression: entries hold PHP's
+identity body and the compression filter encodes it per client. Measured on
+the WordPress home page (README "Page cache"): storing per encoding would
+save the per-hit br/gzip CPU at 2-3x the memory; identity keeps one copy.
+
+- **Memory tier**: entries in an LRU ordered dict, bounded by ``max_size``
+  (body + headers); storing past the bound drops the least recently used
+  (``evictions``). Each gateway process has its own (README: "across
+  processes"): a purge through the master's admin reaches them all.
+- **Complete bodies only**: a response is stored after PHP's output was
+  drained whole into its spool (``upstream.exchange``), before the client is
+  sent a byte; a streamed response is never stored, and a request whose
+  client leaves while PHP runs is cancelled before anything is stored.
+- **Stampede lock**: the first request for a missing or expired key goes to
+  PHP; others for that key wait on its ``trio.Event`` (``lock_waits``), at
+  most ``lock_timeout`` in all, then go to PHP themselves. When the leader's
+  response was stored, they are HITs; when it was not (not cacheable, its
+  client left), the next one leads.
+- **stale_while_revalidate**: a stale entry is served at once (``STALE``)
+  while one refresh runs in the background, in the nursery ``App.run`` owns
+  (no orphan task; it ends with the process). Without that nursery (an App
+  that is not run) a stale entry is refetched in the foreground.
+- **stale_if_error**: a 500/502/503/504 from PHP (or from the gateway in
+  PHP's place) is replaced by an entry still in that window (``STALE``).
+- **Purges**: ``PURGE`` from ``purge_allow`` (this host's path, "/prefix/*",
+  "tag:NAME" in ``X-Cache-Purge`` style), PHP's ``X-Cache-Purge`` response
+  header (stripped before the client), the admin's ``POST /cache/purge``.
+  ``X-Cache-Tags`` from PHP tags an entry (stripped too). A purge scans the
+  entries: O(entries), fine for the thousands a memory tier holds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from ..config.cache import CacheConfig
+from ..http.cache_policy import (
+    CacheKey,
+    CachePolicy,
+    Freshness,
+    Lifetime,
+    Purge,
+    cache_key,
+    freshness,
+    purge_item,
+    purge_items,
+    request_bypass,
+    storable,
+    stored_headers,
+    tag_list,
+)
+from ..http.request import Request
+from ..http.response import Response
+from ..http.spool import Spool
+from ..metrics import CacheStats
+
+log = logging.getLogger(__name__)
+
+#: What an entry costs beyond its body and headers (the objects around them).
+ENTRY_OVERHEAD = 256
+#: PHP's answers that a stale_if_error entry replaces.
+ERROR_STATUSES = frozenset({500, 502, 503, 504})
+#: The PHP handler: ``detached`` for a background refresh (no client to watch).
+Fetch = Callable[[bool], Awaitable[Response]]
+
+
+@dataclass(slots=True)
+class Entry:
+    where: CacheKey
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    tags: frozenset[str]
+    lifetime: Lifetime
+    #: trio.current_time() when stored
+    stored_at: float
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + sum(len(n) + len(v) + 4 for n, v in self.headers) + len(self.where.key) \
+            + ENTRY_OVERHEAD
+
+
+class MemoryStore:
+    """Entries by key, least recently used first, at most ``max_size`` bytes."""
+
+    def __init__(self, max_size: int, stats: CacheStats) -> None:
+        self.max_size = max_size
+        self.stats = stats
+        self.bytes = 0
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, entry: Entry) -> None:
+        self.remove(entry.where.key)
+        size = entry.size
+        if size > self.max_size:
+            return
+        while self.bytes + size > self.max_size and self._entries:
+            self._drop(next(iter(self._entries)))
+            self.stats.evictions += 1
+        self._entries[entry.where.key] = entry
+        self.bytes += size
+        self.stats.entries += 1
+        self.stats.bytes += size
+
+    def remove(self, key: bytes) -> bool:
+        if key not in self._entries:
+            return False
+        self._drop(key)
+        return True
+
+    def _drop(self, key: bytes) -> None:
+        entry = self._entries.pop(key)
+        size = entry.size
+        self.bytes -= size
+        self.stats.entries -= 1
+        self.stats.bytes -= size
+
+    def purge(self, purge: Purge) -> int:
+        doomed = [key for key, entry in self._entries.items() if purge.matches(entry.where, entry.tags)]
+        for key in doomed:
+            self._drop(key)
+        self.stats.purged += len(doomed)
+        return len(doomed)
+
+
+def _networks(cidrs: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(c) for c in cidrs]
+
+
+def _body_bytes(body: Spool) -> bytes:
+    """A drained PHP body, whole (bounded by max_entry_size by the caller)."""
+    return body.getvalue() if body.in_memory else b"".join(body.chunks())
+
+
+class SiteCache:
+    """One site's cache (see the module docstring)."""
+
+    def __init__(self, site: str, config: CacheConfig, stats: CacheStats) -> None:
+        self.site = site
+        self.policy = CachePolicy.build(
+            ttl=config.ttl, bypass_cookies=config.bypass_cookies, bypass_paths=config.bypass_paths,
+            vary=config.vary, stale_while_revalidate=config.stale_while_revalidate,
+            stale_if_error=config.stale_if_error, statuses=config.statuses, max_entry_size=config.max_entry_size,
+            ignore_params=config.ignore_params)
+        self.header = config.header.lower().encode()
+        self.lock_timeout = config.lock_timeout
+        self.purge_allow = _networks(config.purge_allow)
+        self.stats = stats
+        self.store = MemoryStore(config.max_size, stats)
+        #: keys being fetched, and the event their waiters wait on
+        self._fetching: dict[bytes, trio.Event] = {}
+        #: where background refreshes run (``App.run``); None: refresh in the foreground
+        self.nursery: trio.Nursery | None = None
+
+    # -- serving -------------------------------------------------------------------
+
+    async def handle(self, req: Request, path: str, query: str, fetch: Fetch) -> Response:
+        """``req``'s response from the cache or from ``fetch`` (PHP)."""
+        if req.method == b"PURGE":
+            return self.purge_request(req, path, query)
+        bypass = request_bypass(self.policy, req.method, path, req.headers)
+        if bypass is not None:
+            resp = await fetch(False)
+            self.after_php(resp, req.host)
+            if bypass != "method":
+                self._label(resp, "BYPASS")
+            return resp
+        where = cache_key(self.policy, https=req.https, host=req.host, path=path, query=query, headers=req.headers)
+        deadline = trio.current_time() + self.lock_timeout
+        waited = False
+        while True:
+            entry = self.store.get(where.key)
+            state = freshness(entry.stored_at, entry.lifetime, trio.current_time()) if entry is not None else None
+            if entry is not None and state is Freshness.FRESH:
+                return self._from_entry(entry, req.method, "HIT")
+            if entry is not None and state is Freshness.STALE and self.nursery is not None:
+                if req.method == b"GET":
+                    self._refresh_in_background(where, fetch)
+                return self._from_entry(entry, req.method, "STALE")
+            event = self._fetching.get(where.key)
+            if event is None or req.method == b"HEAD" or trio.current_time() >= deadline:
+                break
+            if not waited:
+                waited = True
+                self.stats.lock_waits += 1
+            with trio.move_on_at(deadline):
+                await event.wait()
+        if where.key in self._fetching or req.method != b"GET":
+            # a HEAD, or the wait ran out: to PHP without the lock
+            return await self._fetch(where, req.method, fetch, entry, detached=False)
+        event = self._fetching[where.key] = trio.Event()
+        try:
+            return await self._fetch(where, req.method, fetch, entry, detached=False)
+        finally:
+            del self._fetching[where.key]
+            event.set()
+
+    def _refresh_in_background(self, where: CacheKey, fetch: Fetch) -> None:
+        if where.key in self._fetching or self.nursery is None:
+            return
+        event = self._fetching[where.key] = trio.Event()
+        self.nursery.start_soon(self._refresh, where, fetch, event)
+
+    async def _refresh(self, where: CacheKey, fetch: Fetch, event: trio.Event) -> None:
+        try:
+            resp = await self._fetch(where, b"GET", fetch, None, detached=True)
+            await resp.aclose()
+        except Exception as exc:  # one refresh's failure is that refresh's: the entry stays stale
+            log.warning("cache: refreshing %s failed: %r", where.key.decode("latin-1"), exc)
+        finally:
+            del self._fetching[where.key]
+            event.set()
+
+    async def _fetch(self, where: CacheKey, method: bytes, fetch: Fetch, old: Entry | None, *,
+                     detached: bool) -> Response:
+        """PHP's response, stored when it may be; a stale_if_error entry in place of an error."""
+        resp = await fetch(detached)
+        if resp.status in ERROR_STATUSES and old is not None and freshness(
+                old.stored_at, old.lifetime, trio.current_time()) is not Freshness.EXPIRED:
+            log.info("cache: %s answered %d, serving the stale copy", where.key.decode("latin-1"), resp.status)
+            await resp.aclose()
+            return self._from_entry(old, method, "STALE")
+        tags = tag_list(resp.headers)
+        self.after_php(resp, where.host)
+        size = resp.body.size if isinstance(resp.body, Spool) else None
+        lifetime = storable(self.policy, method, resp.status, resp.headers, size, time.time())
+        if isinstance(lifetime, Lifetime) and isinstance(resp.body, Spool):
+            body = _body_bytes(resp.body)
+            resp.body.close()
+            resp.body = body
+            self.store.put(Entry(where, resp.status, resp.reason, stored_headers(resp.headers), body,
+                                 tags, lifetime, trio.current_time()))
+        elif method == b"GET":
+            log.debug("cache: %s not stored: %s", where.key.decode("latin-1"), lifetime)
+        self._label(resp, "EXPIRED" if old is not None else "MISS")
+        return resp
+
+    def _from_entry(self, entry: Entry, method: bytes, label: str) -> Response:
+        age = max(0, int(trio.current_time() - entry.stored_at))
+        headers = [*entry.headers, (b"content-length", b"%d" % len(entry.body)), (b"age", b"%d" % age)]
+        resp = Response(entry.status, headers, b"" if method == b"HEAD" else entry.body, reason=entry.reason)
+        self._label(resp, label)
+        return resp
+
+    def _label(self, resp: Response, label: str) -> None:
+        self.stats.requests[label] += 1
+        resp.headers.append((self.header, label.encode()))
+
+    # -- purging -------------------------------------------------------------------
+
+    def after_php(self, resp: Response, host: bytes | str) -> None:
+        """Carry out PHP's ``X-Cache-Purge``; take it and ``X-Cache-Tags`` out of the response."""
+        items = [item for n, v in resp.headers if n.lower() == b"x-cache-purge" for item in purge_items(v)]
+        if items or any(n.lower() == b"x-cache-tags" for n, _ in resp.headers):
+            resp.headers = [(n, v) for n, v in resp.headers if n.lower() not in (b"x-cache-purge", b"x-cache-tags")]
+        if not items:
+            return
+        name = host.decode("latin-1") if isinstance(host, bytes) else host
+        n = sum(self.store.purge(purge_item(item, name, self.policy.ignore_params)) for item in items)
+        log.info("cache: PHP purged %s on %s: %d entries", ", ".join(items), name or "every host", n)
+
+    def purge_allowed(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:  # a unix socket peer: only local users reach it
+            return True
+        return any(ip in net for net in self.purge_allow)
+
+    def purge_request(self, req: Request, path: str, query: str) -> Response:
+        """``PURGE /path`` (every variant), ``/path?query``, ``/prefix/*``; 403
+        from an address not in ``purge_allow``."""
+        if not self.purge_allowed(req.client[0]):
+            log.info("[%s] PURGE from %s refused (not in purge_allow)", req.request_id, req.client[0])
+            return Response(403, [(b"content-type", b"text/plain")], b"purge not allowed from this address\n")
+        target = path + ("?" + query if query else "")
+        n = self.store.purge(purge_item(target, req.host.decode("latin-1"), self.policy.ignore_params))
+        log.info("[%s] PURGE %s from %s: %d entries", req.request_id, target, req.client[0], n)
+        return Response(200, [(b"content-type", b"application/json")], b'{"purged": %d}\n' % n)
+
+    def purge(self, purge: Purge) -> int:
+        return self.store.purge(purge)
