@@ -174,6 +174,9 @@ class SiteCache:
         self._fetching: dict[bytes, trio.Event] = {}
         #: where background refreshes run (``App.run``); None: refresh in the foreground
         self.nursery: trio.Nursery | None = None
+        #: told of each purge a request made (PURGE, X-Cache-Purge), to pass it
+        #: on to the other worker processes (``serve.process``)
+        self.on_purge: Callable[[Purge], None] | None = None
 
     # -- serving -------------------------------------------------------------------
 
@@ -279,7 +282,7 @@ class SiteCache:
         if not items:
             return
         name = host.decode("latin-1") if isinstance(host, bytes) else host
-        n = sum(self.store.purge(purge_item(item, name, self.policy.ignore_params)) for item in items)
+        n = sum(self._purge_here_and_there(purge_item(item, name, self.policy.ignore_params)) for item in items)
         log.info("cache: PHP purged %s on %s: %d entries", ", ".join(items), name or "every host", n)
 
     def purge_allowed(self, address: str) -> bool:
@@ -296,9 +299,14 @@ class SiteCache:
             log.info("[%s] PURGE from %s refused (not in purge_allow)", req.request_id, req.client[0])
             return Response(403, [(b"content-type", b"text/plain")], b"purge not allowed from this address\n")
         target = path + ("?" + query if query else "")
-        n = self.store.purge(purge_item(target, req.host.decode("latin-1"), self.policy.ignore_params))
+        n = self._purge_here_and_there(purge_item(target, req.host.decode("latin-1"), self.policy.ignore_params))
         log.info("[%s] PURGE %s from %s: %d entries", req.request_id, target, req.client[0], n)
         return Response(200, [(b"content-type", b"application/json")], b'{"purged": %d}\n' % n)
+
+    def _purge_here_and_there(self, purge: Purge) -> int:
+        if self.on_purge is not None:
+            self.on_purge(purge)
+        return self.store.purge(purge)
 
     def purge(self, purge: Purge) -> int:
         return self.store.purge(purge)

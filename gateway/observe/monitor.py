@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ..metrics import CompressionStats, GuardStats, ListenerStats, Window, percentile
+from ..metrics import CacheStats, CompressionStats, GuardStats, ListenerStats, Window, percentile
 from ..upstream.php_fpm_status import fastcgi_get
 from ..upstream.pool import Pool
 from . import table
@@ -243,6 +243,7 @@ class Monitor:
     pools: list[PoolMonitor]
     compression: CompressionStats
     guard: GuardStats
+    cache: CacheStats
     diagnosis: Diagnosis
     #: loop lag samples, and cumulative accept and request counts, over WINDOW
     lag: Window
@@ -260,13 +261,16 @@ class Monitor:
     cpus: int | None
 
     def __init__(self, stats: ListenerStats, pools: list[PoolMonitor],
-                 compression: CompressionStats | None = None, guard: GuardStats | None = None) -> None:
+                 compression: CompressionStats | None = None, guard: GuardStats | None = None,
+                 cache: CacheStats | None = None) -> None:
         self.stats = stats
         self.pools = pools
         #: what response compression did (the app layer bumps it)
         self.compression = compression if compression is not None else CompressionStats()
         #: what rate limits, access rules and basic auth did (the app layer bumps it)
         self.guard = guard if guard is not None else GuardStats()
+        #: what the page cache did (the app layer bumps it)
+        self.cache = cache if cache is not None else CacheStats()
         self.diagnosis = Diagnosis(since=trio.current_time())
         self.lag = Window(WINDOW)
         self.accepted = Window(WINDOW)

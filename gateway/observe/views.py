@@ -86,6 +86,8 @@ def summary_lines(st: dict[str, Any]) -> list[str]:
                          f"idle {fpm['idle_processes']} (they drift with kept-alive connections), listen queue "
                          f"{fpm['listen_queue']}, max children reached {fpm['max_children_reached']}, "
                          f"slow requests {fpm['slow_requests']}")
+    if st.get("cache"):
+        lines.append(_cache_text(st["cache"]))
     lines += [_certificate_text(c) for c in st.get("certificates", [])]
     return lines
 
@@ -105,6 +107,14 @@ def _tunnels_text(li: dict[str, Any], *, short: bool = False) -> str:
     if not t.get("total"):
         return ""
     return f", {t['open']} tunnels" + ("" if short else f" ({t['total']} since start)")
+
+
+def _cache_text(c: dict[str, Any]) -> str:
+    """The page cache in one line (``app.cache``)."""
+    r = c["requests"]
+    return (f"page cache: hit ratio {c['hit_ratio']:.0%} ({r['HIT']} hit, {r['STALE']} stale, {r['MISS']} miss, "
+            f"{r['EXPIRED']} expired, {r['BYPASS']} bypass), {c['entries']} entries, {c['bytes'] / 1048576:.1f} MiB, "
+            f"{c['evictions']} evicted, {c['lock_waits']} lock waits, {c['purged']} purged")
 
 
 def _certificate_text(c: dict[str, Any]) -> str:
@@ -207,6 +217,8 @@ def top_view(st: dict[str, Any], admin: str) -> Group:
         backend = p.get("backend") or {}
         if backend.get("up") is False:
             parts.append(Text(f"backend {name}: " + _backend_text(backend), style="red"))
+    if st.get("cache"):
+        parts.append(Text(_cache_text(st["cache"])))
     if st.get("workers"):
         parts.append(Text(_workers_brief(st["workers"])))
     return Group(*parts)
