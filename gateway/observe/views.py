@@ -38,6 +38,34 @@ def fetch_status(admin: str, timeout: float = 3.0) -> dict[str, Any]:
         ) from None
 
 
+def post_purge(admin: str, purge: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """``POST /cache/purge`` on the admin listener at ``admin``; its JSON answer.
+
+    Raises:
+        AdminUnreachable: no answer, or an error (its message, from the admin's JSON).
+    """
+    url = admin.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        url = "http://" + url
+    request = urllib.request.Request(url + "/cache/purge", data=json.dumps(purge).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - operator-given URL
+            data: dict[str, Any] = json.loads(resp.read())
+            return data
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            detail = exc.reason
+        raise AdminUnreachable(f"{url}/cache/purge answered {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise AdminUnreachable(
+            f"cannot reach {url}/cache/purge: {getattr(exc, 'reason', exc)}. Is 'gateway serve' running, and is "
+            "its [admin] listen on that address?"
+        ) from None
+
+
 def summary_lines(st: dict[str, Any]) -> list[str]:
     """``gateway status``: the whole /status in a few labelled lines. With
     several worker processes every number is the sum over them (the verdict's
