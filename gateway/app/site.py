@@ -167,7 +167,7 @@ class App:
                 self._backends[name] = _SiteBackend(pools[name], PhpSettings.from_config(backend, config.server))
         #: page caches by site name (``[sites.X.cache] enabled``)
         self.cache_stats = cache_stats if cache_stats is not None else CacheStats()
-        self.caches = {name: SiteCache(name, site.cache, self.cache_stats)
+        self.caches = {name: SiteCache(name, site.cache, self.cache_stats, self.compressor)
                        for name, site in config.sites.items() if site.cache.enabled}
         self.cache_stats.enabled = bool(self.caches)
         self.proxy = Proxy(proxied, trusted=TrustedProxies.parse(config.server.trusted_proxies),

@@ -71,11 +71,18 @@ async def test_a_hit_is_compressed_per_client(tmp_path, nursery, autojump_clock)
     app = make_app(tmp_path, FakeFpm(script), nursery)
     c = await client_for(app, nursery)
     await c.request("GET", "/", host="example.com")
-    zipped = await c.request("GET", "/", [("Accept-Encoding", "gzip")], host="example.com")
+    entry_bytes = app.cache_stats.bytes
+    zipped = [await c.request("GET", "/", [("Accept-Encoding", "gzip")], host="example.com") for _ in range(3)]
     plain = await c.request("GET", "/", host="example.com")
-    assert zipped.header("x-cache") == plain.header("x-cache") == "HIT"
-    assert zipped.header("content-encoding") == "gzip" and gzip.decompress(zipped.body) == plain.body
-    assert plain.header("content-encoding") is None and len(runs) == 1
+    assert [r.header("x-cache") for r in [*zipped, plain]] == ["HIT"] * 4
+    assert {r.body for r in zipped} == {zipped[0].body} and gzip.decompress(zipped[0].body) == plain.body
+    assert zipped[0].header("content-encoding") == "gzip" and zipped[0].header("vary") == "Accept-Encoding"
+    assert zipped[0].header("content-length") == str(len(zipped[0].body))
+    assert plain.header("content-encoding") is None and plain.header("vary") == "Accept-Encoding"
+    assert len(runs) == 1
+    # the gzip variant was made once, kept in the entry, and counted in its size
+    assert app.compressor.stats.bytes_in == len(plain.body) and app.compressor.stats.responses["gzip"] == 3
+    assert app.cache_stats.bytes == entry_bytes + len(zipped[0].body)
 
 
 async def test_set_cookie_no_store_and_errors_are_never_cached(tmp_path, nursery, autojump_clock):
