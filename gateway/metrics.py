@@ -153,6 +153,14 @@ class PoolInstruments:
     queue_wait: Histogram = field(default_factory=Histogram)
     php_time: Histogram = field(default_factory=Histogram)
     responses: int = 0  # PHP responses received (any status)
+    #: PHP responses a page cache could have kept (GET/HEAD, storable by the
+    #: cache's rules): on a site with a cache, misses and bypasses; the verdict
+    #: ``php-uncached`` and the page-cache hint read them
+    cacheable: int = 0
+    #: of those, requests that bypassed a site's cache (a bypass cookie or path)
+    cache_bypassed: int = 0
+    #: does a site with a page cache send its PHP requests here?
+    cache_on: bool = False
 
 
 @dataclass

@@ -69,7 +69,7 @@ from ..http.encoding import add_vary, coded_headers, decide
 from ..http.request import Request
 from ..http.response import Response
 from ..http.spool import Spool
-from ..metrics import CacheStats
+from ..metrics import CacheStats, PoolInstruments
 from .compress import Compressor, compress_bytes
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,12 @@ class MemoryStore:
         return len(doomed)
 
 
+def is_cacheable(policy: CachePolicy, method: bytes, resp: Response) -> bool:
+    """Could a page cache with ``policy`` have stored ``resp`` (PHP's answer to ``method``)?"""
+    size = resp.body.size if isinstance(resp.body, Spool) else len(resp.body) if isinstance(resp.body, bytes) else None
+    return isinstance(storable(policy, method, resp.status, resp.headers, size, time.time()), Lifetime)
+
+
 def _networks(cidrs: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return [ipaddress.ip_network(c) for c in cidrs]
 
@@ -183,8 +189,13 @@ def _body_bytes(body: Spool) -> bytes:
 class SiteCache:
     """One site's cache (see the module docstring)."""
 
-    def __init__(self, site: str, config: CacheConfig, stats: CacheStats, compressor: Compressor | None = None) -> None:
+    def __init__(self, site: str, config: CacheConfig, stats: CacheStats, compressor: Compressor | None = None,
+                 instruments: PoolInstruments | None = None) -> None:
         self.site = site
+        #: the site's PHP pool's, where cacheable PHP responses are counted (the verdict)
+        self.instruments = instruments
+        if instruments is not None:
+            instruments.cache_on = True
         #: codes hits per client, each coding once per entry (None: identity only)
         self.compressor = compressor
         self.policy = CachePolicy.build(
@@ -217,6 +228,9 @@ class SiteCache:
             self.after_php(resp, req.host)
             if bypass != "method":
                 self._label(resp, "BYPASS")
+                if self.instruments is not None and is_cacheable(self.policy, b"GET", resp):
+                    self.instruments.cacheable += 1
+                    self.instruments.cache_bypassed += 1
             return resp
         where = cache_key(self.policy, https=req.https, host=req.host, path=path, query=query, headers=req.headers)
         deadline = trio.current_time() + self.lock_timeout
@@ -277,6 +291,8 @@ class SiteCache:
         self.after_php(resp, where.host)
         size = resp.body.size if isinstance(resp.body, Spool) else None
         lifetime = storable(self.policy, method, resp.status, resp.headers, size, time.time())
+        if isinstance(lifetime, Lifetime) and self.instruments is not None and not detached:
+            self.instruments.cacheable += 1
         if isinstance(lifetime, Lifetime) and isinstance(resp.body, Spool):
             body = _body_bytes(resp.body)
             resp.body.close()

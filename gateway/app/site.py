@@ -54,8 +54,9 @@ import trio
 
 from ..config import Config
 from ..config.addresses import parse_listen
+from ..config.cache import CacheConfig
 from ..http import https_redirect
-from ..http.cache_policy import Purge, raw_target
+from ..http.cache_policy import Purge, raw_target, request_bypass
 from ..http.encoding import add_vary, choose_coding
 from ..http.errors import ClientGone, GatewayError
 from ..http.header_rules import HeaderRule, HeaderRules
@@ -69,7 +70,7 @@ from ..upstream.exchange import UpstreamBody, UpstreamResponse, run_php
 from ..upstream.fastcgi import FastCgiConn, PhpSettings
 from ..upstream.pool import Pool
 from . import accel, error_pages
-from .cache import SiteCache
+from .cache import SiteCache, is_cacheable
 from .cgi_params import build_params
 from .compress import CompressionSettings, Compressor
 from .error_pages import ErrorPages, page_headers, page_ok
@@ -167,8 +168,11 @@ class App:
                 self._backends[name] = _SiteBackend(pools[name], PhpSettings.from_config(backend, config.server))
         #: page caches by site name (``[sites.X.cache] enabled``)
         self.cache_stats = cache_stats if cache_stats is not None else CacheStats()
-        self.caches = {name: SiteCache(name, site.cache, self.cache_stats, self.compressor)
+        self.caches = {name: SiteCache(name, site.cache, self.cache_stats, self.compressor,
+                                       pools[site.php].instruments if site.php in pools else None)
                        for name, site in config.sites.items() if site.cache.enabled}
+        #: what a page cache with the defaults would store, for the verdict's hint on sites without one
+        self.default_cache_policy = SiteCache("", CacheConfig(), CacheStats()).policy
         self.cache_stats.enabled = bool(self.caches)
         self.proxy = Proxy(proxied, trusted=TrustedProxies.parse(config.server.trusted_proxies),
                            via=self.server_software, error=self.error)
@@ -409,10 +413,17 @@ class App:
 
     async def _php(self, req: Request, router: Router, script: PhpScript,
                    extra: dict[bytes, bytes] | None = None) -> Response:
-        cache = self.caches.get(router.name) if extra is None else None  # (an error page: never cached)
-        if cache is None:
-            return await self._php_run(req, router, script, extra)
+        cache = self.caches.get(router.name)
         path, query = raw_target(req.target)
+        if extra is not None:  # an error page's request: neither cached nor counted
+            return await self._php_run(req, router, script, extra)
+        if cache is None:
+            resp = await self._php_run(req, router, script)
+            backend = self._backends.get(router.site.php)
+            if backend is not None and request_bypass(self.default_cache_policy, req.method, path, req.headers) \
+                    is None and is_cacheable(self.default_cache_policy, b"GET", resp):
+                backend.pool.instruments.cacheable += 1
+            return resp
         return await cache.handle(req, path, query,
                                   lambda detached: self._php_run(req, router, script, detached=detached))
 

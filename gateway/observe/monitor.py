@@ -121,6 +121,7 @@ class PoolMonitor:
     php_window: Window2 = field(default_factory=lambda: Window2(WINDOW))
     _prev_connect_errors: int = 0
     _prev_responses: int = 0
+    _prev_cacheable: tuple[int, int] = (0, 0)
     _prev_wait_counts: list[int] = field(default_factory=list)
     _prev_cpu: dict[int, float] = field(default_factory=dict)
     _prev_cpu_at: float = 0.0
@@ -171,6 +172,9 @@ class PoolMonitor:
         responses = pool.instruments.responses - self._prev_responses
         self._prev_connect_errors = pool.stats.connect_errors
         self._prev_responses = pool.instruments.responses
+        cacheable = (pool.instruments.cacheable - self._prev_cacheable[0],
+                     pool.instruments.cache_bypassed - self._prev_cacheable[1])
+        self._prev_cacheable = (pool.instruments.cacheable, pool.instruments.cache_bypassed)
         counts = list(pool.instruments.queue_wait.counts)
         delta = [c - p for c, p in zip(counts, self._prev_wait_counts or [0] * len(counts), strict=True)]
         self._prev_wait_counts = counts
@@ -189,6 +193,7 @@ class PoolMonitor:
             hosts_down=tuple((m.name, now - m.down_since, m.down_reason) for m in pool.members
                              if m.down_since is not None),
             hosts=len(pool.members), kind=self.kind, tunnels=pool.stats.tunnels,
+            cacheable=cacheable[0], cache_bypassed=cacheable[1], cache_on=pool.instruments.cache_on,
         )
         return self.last
 

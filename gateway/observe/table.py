@@ -62,7 +62,7 @@ Path = tuple[str, ...]
 S = TypeVar("S")
 
 #: Verdicts, most severe first: the master shows the most severe any worker holds.
-SEVERITY = ("backend-down", "listener-tls", "listener", "php-cpu", "php-waiting", "healthy")
+SEVERITY = ("backend-down", "listener-tls", "listener", "php-cpu", "php-uncached", "php-waiting", "healthy")
 
 
 class _Absent:
@@ -542,6 +542,18 @@ TABLE: tuple[Row, ...] = (
                ("responses_10s",)),
     PoolMetric("gateway_pool_responses_total", "counter", "PHP responses received.",
                lambda pm, now: pm.pool.instruments.responses, ("responses_total",)),
+    PoolMetric("gateway_pool_cacheable_responses_total", "counter",
+               "PHP responses a page cache could have kept (GET/HEAD, storable): misses and bypasses of a "
+               "site's cache, or the whole load a cache would take off a pool without one.",
+               lambda pm, now: pm.pool.instruments.cacheable, ("cacheable_total",)),
+    PoolMetric(None, "gauge", "Share of the last second's PHP responses a page cache could have kept.",
+               lambda pm, now: pm.last.cacheable_share if pm.last else 0.0, ("cacheable_share",),
+               weighted_by("responses_10s"), digits=3),
+    PoolMetric(None, "gauge", "Share of those cacheable responses whose request bypassed the cache (last second).",
+               lambda pm, now: pm.last.cache_bypassed / pm.last.cacheable if pm.last and pm.last.cacheable else 0.0,
+               ("cache_bypassed_share",), weighted_by("responses_10s"), digits=3),
+    PoolMetric(None, "gauge", "True when a site with a page cache sends its PHP requests to this pool.",
+               lambda pm, now: pm.pool.instruments.cache_on, ("cache_on",), first),
     PoolMetric("gateway_pool_errors_total", "counter", "Requests answered with a gateway error.",
                lambda pm, now: {str(k): v for k, v in sorted(pm.pool.stats.errors.items())}, ("errors",),
                add_by_key, label="status", series=("502", "503", "504")),

@@ -16,7 +16,7 @@ from rich.text import Text
 DEFAULT_ADMIN = "http://127.0.0.1:9180"
 
 _COLOURS = {"healthy": "green", "listener": "magenta", "listener-tls": "magenta", "php-cpu": "red",
-            "php-waiting": "yellow", "backend-down": "bold red"}
+            "php-waiting": "yellow", "php-uncached": "yellow", "backend-down": "bold red"}
 
 
 class AdminUnreachable(Exception):
@@ -246,7 +246,14 @@ def top_view(st: dict[str, Any], admin: str) -> Group:
         if backend.get("up") is False:
             parts.append(Text(f"backend {name}: " + _backend_text(backend), style="red"))
     if st.get("cache"):
-        parts.append(Text(_cache_text(st["cache"])))
+        c = st["cache"]
+        r = c["requests"]
+        parts.append(Text.assemble(
+            ("page cache ", "bold"),
+            f"{c['hit_ratio']:.0%} hits: {r['HIT']} hit, {r['STALE']} stale, {r['MISS']} miss, "
+            f"{r['EXPIRED']} expired, {r['BYPASS']} bypass\n",
+            f"  {c['entries']} entries, {c['bytes'] / 1048576:.1f} MiB, {c['evictions']} evicted, "
+            f"{c['lock_waits']} lock waits"))
     if st.get("workers"):
         parts.append(Text(_workers_brief(st["workers"])))
     return Group(*parts)

@@ -324,3 +324,35 @@ async def test_without_its_nursery_a_stale_entry_is_refetched_in_the_foreground(
     await trio.sleep(11)
     r = await c.request("GET", "/", host="example.com")
     assert (r.header("x-cache"), r.body) == ("EXPIRED", b"page 2")
+
+
+async def test_cacheable_php_responses_are_counted_for_the_verdict(tmp_path, nursery, autojump_clock):
+    async def script(req):
+        if b"nostore" in req.params[b"REQUEST_URI"]:
+            return [php_output(b"x", headers=(b"Cache-Control: no-store",))]
+        return [php_output(b"x")]
+
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    c = await client_for(app, nursery)
+    await c.request("GET", "/a", host="example.com")  # MISS, stored
+    await c.request("GET", "/a", host="example.com")  # HIT: no PHP
+    await c.request("GET", "/a", [("Cookie", "comment_author_1=x")], host="example.com")  # BYPASS, storable
+    await c.request("GET", "/nostore", host="example.com")
+    await c.request("POST", "/a", body=b"x", host="example.com")
+    inst = app.pools["php"].instruments
+    assert (inst.responses, inst.cacheable, inst.cache_bypassed, inst.cache_on) == (4, 2, 1, True)
+
+
+async def test_a_site_without_a_cache_counts_what_one_would_take(tmp_path, nursery, autojump_clock):
+    script, _ = counting()
+    (tmp_path / "index.php").write_text("front controller")
+    cfg = validate({"backends": {"php": {"pool_size": 1}},
+                    "sites": {"s": {"root": str(tmp_path), "php": "php", "server_names": ["example.com"]}}})
+    pool = pool_from_config("php", FakeFpm(script).connector(nursery), cfg.backends["php"], cfg.limits)
+    app = App(cfg, {"php": pool})
+    c = await client_for(app, nursery)
+    await c.request("GET", "/", host="example.com")
+    await c.request("GET", "/", [("Cookie", "wordpress_logged_in_1=x")], host="example.com")
+    r = await c.request("GET", "/", host="example.com")
+    assert r.header("x-cache") is None
+    assert (pool.instruments.responses, pool.instruments.cacheable, pool.instruments.cache_on) == (3, 2, False)
