@@ -23,8 +23,12 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
 - **Stampede lock**: the first request for a missing or expired key goes to
   PHP; others for that key wait on its ``trio.Event`` (``lock_waits``), at
   most ``lock_timeout`` in all, then go to PHP themselves. When the leader's
-  response was stored, they are HITs; when it was not (not cacheable, its
-  client left), the next one leads.
+  response was stored, they are HITs. When it could not be stored (no-store,
+  Set-Cookie, an error), the key is marked uncacheable for
+  ``UNCACHEABLE_FOR`` seconds: the waiters and the requests after them go to
+  PHP at once, side by side, without the lock (Varnish's hit-for-miss; without
+  it, requests for a no-store page would reach PHP one at a time). When the
+  leader's client left, the next waiter leads.
 - **stale_while_revalidate**: a stale entry is served at once (``STALE``)
   while one refresh runs in the background, in the nursery ``App.run`` owns
   (no orphan task; it ends with the process). Without that nursery (an App
@@ -78,6 +82,12 @@ log = logging.getLogger(__name__)
 ENTRY_OVERHEAD = 256
 #: PHP's answers that a stale_if_error entry replaces.
 ERROR_STATUSES = frozenset({500, 502, 503, 504})
+#: How long a page whose response could not be stored goes to PHP without the
+#: lock (Varnish's hit-for-miss): concurrent requests for an uncacheable URL
+#: must not queue behind each other.
+UNCACHEABLE_FOR = 10.0
+#: The most such pages remembered (the oldest forgotten first).
+MAX_UNCACHEABLE = 10_000
 #: The PHP handler: ``detached`` for a background refresh (no client to watch).
 Fetch = Callable[[bool], Awaitable[Response]]
 
@@ -210,6 +220,8 @@ class SiteCache:
         self.store = MemoryStore(config.max_size, stats)
         #: keys being fetched, and the event their waiters wait on
         self._fetching: dict[bytes, trio.Event] = {}
+        #: keys whose last response could not be stored, until when (trio time)
+        self._uncacheable: OrderedDict[bytes, float] = OrderedDict()
         #: where background refreshes run (``App.run``); None: refresh in the foreground
         self.nursery: trio.Nursery | None = None
         #: told of each purge a request made (PURGE, X-Cache-Purge), to pass it
@@ -245,15 +257,16 @@ class SiteCache:
                     self._refresh_in_background(where, fetch)
                 return await self._coded(self._from_entry(entry, req.method, "STALE"), entry, req)
             event = self._fetching.get(where.key)
-            if event is None or req.method == b"HEAD" or trio.current_time() >= deadline:
+            if event is None or req.method == b"HEAD" or trio.current_time() >= deadline or \
+                    self._marked_uncacheable(where.key):
                 break
             if not waited:
                 waited = True
                 self.stats.lock_waits += 1
             with trio.move_on_at(deadline):
                 await event.wait()
-        if where.key in self._fetching or req.method != b"GET":
-            # a HEAD, or the wait ran out: to PHP without the lock
+        if where.key in self._fetching or req.method != b"GET" or self._marked_uncacheable(where.key):
+            # a HEAD, an uncacheable page, or the wait ran out: to PHP without the lock
             return await self._fetch(where, req.method, fetch, entry, detached=False)
         event = self._fetching[where.key] = trio.Event()
         try:
@@ -261,6 +274,21 @@ class SiteCache:
         finally:
             del self._fetching[where.key]
             event.set()
+
+    def _marked_uncacheable(self, key: bytes) -> bool:
+        until = self._uncacheable.get(key)
+        if until is None:
+            return False
+        if until > trio.current_time():
+            return True
+        del self._uncacheable[key]
+        return False
+
+    def _mark_uncacheable(self, key: bytes) -> None:
+        self._uncacheable.pop(key, None)
+        self._uncacheable[key] = trio.current_time() + UNCACHEABLE_FOR
+        while len(self._uncacheable) > MAX_UNCACHEABLE:
+            self._uncacheable.popitem(last=False)
 
     def _refresh_in_background(self, where: CacheKey, fetch: Fetch) -> None:
         if where.key in self._fetching or self.nursery is None:
@@ -299,8 +327,10 @@ class SiteCache:
             resp.body = body
             self.store.put(Entry(where, resp.status, resp.reason, stored_headers(resp.headers), body,
                                  tags, lifetime, trio.current_time()))
+            self._uncacheable.pop(where.key, None)
         elif method == b"GET":
             log.debug("cache: %s not stored: %s", where.key.decode("latin-1"), lifetime)
+            self._mark_uncacheable(where.key)
         self._label(resp, "EXPIRED" if old is not None else "MISS")
         return resp
 

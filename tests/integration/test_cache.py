@@ -5,10 +5,12 @@ one line per run in a file beside it."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import h11
 import pytest
 import trio
 
@@ -16,6 +18,7 @@ from tests.helpers import HttpClient
 
 from .conftest import Gateway, StartGateway, free_port, start_cli
 from .test_cli import stop
+from .test_verdict import admin_status, assert_reached_and_held, verdicts_until
 
 PAGE = r"""<?php
 file_put_contents(__DIR__ . '/runs.log', $_SERVER['REQUEST_URI'] . "\n", FILE_APPEND | LOCK_EX);
@@ -140,3 +143,47 @@ async def test_a_purge_reaches_every_worker_process(tmp_path: Path, site: Path):
         assert await _entries(admin) == 0
     finally:
         await stop(proc, stderr)
+
+
+async def _flood(gw: Gateway, target: str, clients: int, headers: list[tuple[str, str]], stop: trio.Event) -> None:
+    async def one() -> None:
+        while not stop.is_set():
+            c = await gw.client()
+            try:
+                while not stop.is_set() and c.conn.our_state is not h11.MUST_CLOSE:
+                    await c.request("GET", target, headers)
+            except (trio.BrokenResourceError, OSError):
+                pass
+            finally:
+                await c.aclose()
+
+    async with trio.open_nursery() as n:
+        for _ in range(clients):
+            n.start_soon(one)
+
+
+async def _verdict_under(gw: Gateway, target: str, headers: list[tuple[str, str]], verdict: str) -> dict:
+    stop = trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(_flood, gw, target, 16, headers, stop)
+        seen = await verdicts_until(gw, verdict)
+        st = await admin_status(gw)
+        stop.set()
+    assert_reached_and_held(seen, verdict)
+    return st
+
+
+async def test_a_bypass_cookie_on_every_request_is_php_uncached_within_10s(start_gateway: StartGateway):
+    # every visitor carries a cookie the site bypasses the cache for (a cookie
+    # set too broadly): cacheable pages all go to PHP, which is saturated
+    gw = await start_gateway(site={"cache": {"enabled": True}})
+    st = await _verdict_under(gw, "/slow.php?ms=200", [("Cookie", "wordpress_logged_in_x=1")], "php-uncached")
+    assert "bypass_cookies" in st["verdict"]["reason"]
+    assert st["pools"]["php"]["cache_on"] is True and st["cache"]["requests"]["BYPASS"] > 0
+
+
+async def test_without_a_cache_the_verdict_says_what_one_would_take(start_gateway: StartGateway):
+    gw = await start_gateway()
+    st = await _verdict_under(gw, "/slow.php?ms=200", [], "php-waiting")
+    assert re.search(r"A page cache would take (9\d|100)% of this load off PHP", st["verdict"]["reason"])
+    assert "cache" not in st

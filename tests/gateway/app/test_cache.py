@@ -151,17 +151,27 @@ async def test_waiters_go_to_php_themselves_after_lock_timeout(tmp_path, nursery
     assert sorted(round(t - t0) for _, t in answers) == [10, 12, 12]
 
 
-async def test_an_uncacheable_answer_lets_the_next_waiter_lead(tmp_path, nursery, autojump_clock):
-    script, runs = counting(headers=(b"Set-Cookie: s=1",), delay=1)
+async def test_an_uncacheable_page_is_not_serialised_by_the_lock(tmp_path, nursery, autojump_clock):
+    script, runs = counting(headers=(b"Cache-Control: no-store",), delay=1)
     app = make_app(tmp_path, FakeFpm(script), nursery)
+    done = []
 
     async def visit():
         await (await client_for(app, nursery)).request("GET", "/", host="example.com")
+        done.append(trio.current_time())
 
+    t0 = trio.current_time()
+    async with trio.open_nursery() as burst:
+        for _ in range(4):
+            burst.start_soon(visit)
+    # the first answer says "not cacheable": the three waiters go to PHP together, not one after another
+    assert len(runs) == 4 and app.cache_stats.entries == 0
+    assert sorted(t - t0 for t in done) == [1, 2, 2, 2]
+    # and for a while the page skips the lock altogether
     async with trio.open_nursery() as burst:
         for _ in range(3):
             burst.start_soon(visit)
-    assert len(runs) == 3 and app.cache_stats.entries == 0
+    assert sorted(t - t0 for t in done[4:]) == [3, 3, 3] and len(runs) == 7
 
 
 def _request(target: bytes = b"/", method: bytes = b"GET", client: str = "192.0.2.7") -> Request:
