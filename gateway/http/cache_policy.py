@@ -55,7 +55,7 @@ CACHEABLE_METHODS = (b"GET", b"HEAD")
 NOT_STORED = frozenset({
     b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"set-cookie", b"server-timing",
     b"x-cache-purge", b"x-cache-tags", b"x-accel-expires", b"age", b"te", b"trailer", b"upgrade",
-    b"proxy-authenticate",
+    b"proxy-authenticate", b"date",
 })
 
 _DIRECTIVE = re.compile(r"\s*([A-Za-z-]+)\s*(?:=\s*(\"[^\"]*\"|[^,\s]*))?\s*(?:,|$)")
@@ -139,8 +139,10 @@ def raw_target(target: bytes) -> tuple[str, str]:
 
 
 def normal_query(query: str, ignore: Iterable[str] = ()) -> str:
-    """``query`` with its parameters sorted and those matching ``ignore`` left
-    out, each name and value percent-encoded one way (``%7E`` and ``~`` are one)."""
+    """``query`` with its parameters sorted by name and those matching
+    ``ignore`` left out, each name and value percent-encoded one way (``%7E``
+    and ``~`` are one). Parameters of one name keep their order (``a[]=2&a[]=1``
+    is another array to PHP than ``a[]=1&a[]=2``)."""
     ignore = tuple(ignore)
     params = []
     for part in query.split("&"):
@@ -151,7 +153,7 @@ def normal_query(query: str, ignore: Iterable[str] = ()) -> str:
         if any(fnmatchcase(name, pattern) for pattern in ignore):
             continue
         params.append((name, eq, quote(unquote(value.replace("+", " ")), safe="")))
-    params.sort()
+    params.sort(key=lambda p: p[0])
     return "&".join(f"{n}{eq}{v}" for n, eq, v in params)
 
 
