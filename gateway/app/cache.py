@@ -55,6 +55,7 @@ import trio
 
 from ..config.cache import CacheConfig
 from ..http.cache_policy import (
+    NOT_MODIFIED_HEADERS,
     CacheKey,
     CachePolicy,
     Freshness,
@@ -62,6 +63,7 @@ from ..http.cache_policy import (
     Purge,
     cache_key,
     freshness,
+    not_modified,
     purge_item,
     purge_items,
     request_bypass,
@@ -251,11 +253,13 @@ class SiteCache:
             entry = self.store.get(where.key)
             state = freshness(entry.stored_at, entry.lifetime, trio.current_time()) if entry is not None else None
             if entry is not None and state is Freshness.FRESH:
-                return await self._coded(self._from_entry(entry, req.method, "HIT"), entry, req)
+                return self._not_modified(entry, req, "HIT") or await self._coded(
+                    self._from_entry(entry, req.method, "HIT"), entry, req)
             if entry is not None and state is Freshness.STALE and self.nursery is not None:
                 if req.method == b"GET":
                     self._refresh_in_background(where, fetch)
-                return await self._coded(self._from_entry(entry, req.method, "STALE"), entry, req)
+                return self._not_modified(entry, req, "STALE") or await self._coded(
+                    self._from_entry(entry, req.method, "STALE"), entry, req)
             event = self._fetching.get(where.key)
             if event is None or req.method == b"HEAD" or trio.current_time() >= deadline or \
                     self._marked_uncacheable(where.key):
@@ -330,8 +334,19 @@ class SiteCache:
             self._uncacheable.pop(where.key, None)
         elif method == b"GET":
             log.debug("cache: %s not stored: %s", where.key.decode("latin-1"), lifetime)
-            self._mark_uncacheable(where.key)
+            if resp.status != 304:  # (PHP's answer to a conditional request says nothing of the page)
+                self._mark_uncacheable(where.key)
         self._label(resp, "EXPIRED" if old is not None else "MISS")
+        return resp
+
+    def _not_modified(self, entry: Entry, req: Request, label: str) -> Response | None:
+        """A 304 for a conditional request the entry satisfies, else None."""
+        if entry.status != 200 or not not_modified(req.headers, entry.headers):
+            return None
+        age = max(0, int(trio.current_time() - entry.stored_at))
+        resp = Response(304, [*((n, v) for n, v in entry.headers if n.lower() in NOT_MODIFIED_HEADERS),
+                              (b"age", b"%d" % age)])
+        self._label(resp, label)
         return resp
 
     async def _coded(self, resp: Response, entry: Entry, req: Request) -> Response:

@@ -296,6 +296,27 @@ def freshness(stored_at: float, lifetime: Lifetime, now: float) -> Freshness:
     return Freshness.EXPIRED
 
 
+#: What a 304 from the cache carries of the entry's headers (RFC 9110 15.4.5).
+NOT_MODIFIED_HEADERS = frozenset({b"etag", b"cache-control", b"expires", b"vary", b"last-modified",
+                                  b"content-location"})
+
+
+def not_modified(request: Sequence[tuple[bytes, bytes]], stored: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Does a conditional GET (``If-None-Match``, else ``If-Modified-Since``)
+    match an entry with these headers, so a 304 answers it (as nginx answers
+    from its cache)? Entity tags compare weakly."""
+    inm = _header(request, b"if-none-match")
+    if inm is not None:
+        etag = _header(stored, b"etag")
+        if etag is None:
+            return False
+        tags = [t.strip().removeprefix(b"W/") for t in inm.split(b",")]
+        return b"*" in tags or etag.strip().removeprefix(b"W/") in tags
+    ims = _date(_header(request, b"if-modified-since"))
+    modified = _date(_header(stored, b"last-modified"))
+    return ims is not None and modified is not None and modified <= ims
+
+
 def stored_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The headers an entry keeps (``NOT_STORED`` left out)."""
     return [(n, v) for n, v in headers if n.lower() not in NOT_STORED]

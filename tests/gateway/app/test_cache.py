@@ -366,3 +366,17 @@ async def test_a_site_without_a_cache_counts_what_one_would_take(tmp_path, nurse
     r = await c.request("GET", "/", host="example.com")
     assert r.header("x-cache") is None
     assert (pool.instruments.responses, pool.instruments.cacheable, pool.instruments.cache_on) == (3, 2, False)
+
+
+async def test_a_conditional_request_gets_a_304_from_the_entry(tmp_path, nursery, autojump_clock):
+    script, runs = counting(headers=(b'ETag: "v1"', b"Last-Modified: Wed, 01 Jan 2025 00:00:00 GMT"))
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    c = await client_for(app, nursery)
+    await c.request("GET", "/", host="example.com")
+    r = await c.request("GET", "/", [("If-None-Match", '"v1"')], host="example.com")
+    assert (r.status, r.body, r.header("x-cache"), r.header("etag")) == (304, b"", "HIT", '"v1"')
+    r = await c.request("GET", "/", [("If-Modified-Since", "Thu, 02 Jan 2025 00:00:00 GMT")], host="example.com")
+    assert (r.status, r.header("x-cache")) == (304, "HIT")
+    r = await c.request("GET", "/", [("If-None-Match", '"v0"')], host="example.com")
+    assert (r.status, r.body, r.header("x-cache")) == (200, b"page 1", "HIT")
+    assert len(runs) == 1

@@ -12,6 +12,7 @@ from gateway.http.cache_policy import (
     cache_control,
     cache_key,
     freshness,
+    not_modified,
     purge_item,
     purge_url,
     raw_target,
@@ -162,3 +163,15 @@ def test_admin_urls() -> None:
     for bad in ("ftp://x/", "p/", "https:///p"):
         with pytest.raises(ValueError):
             purge_url(bad)
+
+
+def test_conditional_requests_against_an_entry() -> None:
+    stored = [(b"etag", b'"abc"'), (b"last-modified", http_date(NOW - 60))]
+    assert not_modified([(b"if-none-match", b'"x", W/"abc"')], stored)
+    assert not_modified([(b"if-none-match", b"*")], stored)
+    assert not not_modified([(b"if-none-match", b'"x"'), (b"if-modified-since", http_date(NOW))], stored)
+    assert not_modified([(b"if-modified-since", http_date(NOW))], stored)
+    assert not not_modified([(b"if-modified-since", http_date(NOW - 120))], stored)
+    assert not not_modified([(b"if-modified-since", b"yesterday")], stored)
+    assert not not_modified([(b"if-none-match", b'"abc"')], [])
+    assert not not_modified([], stored)
