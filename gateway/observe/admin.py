@@ -42,6 +42,19 @@ GetMetrics = Callable[[], Awaitable[str]]
 DoPurge = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 #: The most a purge request's body may hold.
 MAX_PURGE_BODY = 64 * 1024
+NO_CACHE = "no site has a page cache ([sites.X.cache] enabled = true)"
+
+
+class NoCache(Exception):
+    """Raised by a purge where there is no page cache to purge: a 404."""
+
+
+class AdminStatus(ValueError):
+    """An admin listener answered ``status`` (not 200)."""
+
+    def __init__(self, path: str, status: int) -> None:
+        super().__init__(f"{path}: status {status}")
+        self.status = status
 
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -75,7 +88,7 @@ class AdminRouter:
         if req.method != b"POST":
             return error_response(405, headers=[(b"allow", b"POST")])
         if self._purge is None:
-            return _json(404, {"error": "no site has a page cache ([sites.X.cache] enabled = true)"})
+            return _json(404, {"error": NO_CACHE})
         body = req.body
         if body is None or body.size > MAX_PURGE_BODY:
             return _json(400, {"error": 'send one JSON object: {"url": ...}, {"prefix": ...}, {"tag": ...} '
@@ -85,7 +98,10 @@ class AdminRouter:
             parse_purge(obj)
         except ValueError as exc:
             return _json(400, {"error": str(exc)})
-        return _json(200, await self._purge(obj))
+        try:
+            return _json(200, await self._purge(obj))
+        except NoCache as exc:
+            return _json(404, {"error": str(exc)})
 
 
 def _json(status: int, obj: dict[str, Any]) -> Response:
@@ -157,7 +173,7 @@ async def admin_request(path: str, target: bytes, *, method: bytes = b"GET", bod
         except h11.ProtocolError as exc:
             raise ValueError(f"{path}: bad response: {exc}") from None
     if status != 200:
-        raise ValueError(f"{path}: status {status}")
+        raise AdminStatus(path, status)
     return bytes(answer)
 
 

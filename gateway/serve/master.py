@@ -56,7 +56,7 @@ from ..config.addresses import parse_listen
 from ..front.h1 import ListenerState
 from ..front.listen import Service, listener_url, serve_until_shutdown
 from ..http._h11 import describe
-from ..observe.admin import AdminRouter, admin_request
+from ..observe.admin import NO_CACHE, AdminRouter, AdminStatus, NoCache, admin_request
 from ..observe.aggregate import merge_prometheus, merge_status, split
 from ..tls.ticket_keys import new_keys
 from .php_fpm import PhpFpmSupervisor, stop_stale_php_fpm
@@ -247,8 +247,10 @@ class MasterAdmin(AdminRouter):
         self.sockets = [admin_socket(self.runtime_dir, i, generation) for i in range(count)]
         self.supervisors = supervisors
 
-    async def _fetch_all(self, target: bytes, body: bytes | None = None) -> list[bytes | None]:
-        """Each worker's answer to GET ``target`` (POST ``body`` when given); None: no answer."""
+    async def _fetch_all(self, target: bytes, body: bytes | None = None,
+                         statuses: list[int] | None = None) -> list[bytes | None]:
+        """Each worker's answer to GET ``target`` (POST ``body`` when given); None:
+        no answer (``statuses`` gets the non-200 statuses that came instead)."""
         out: list[bytes | None] = [None] * len(self.sockets)
 
         async def one(i: int) -> None:
@@ -258,6 +260,9 @@ class MasterAdmin(AdminRouter):
                         out[i] = await _get(self.sockets[i], target)
                     else:
                         out[i] = await admin_request(self.sockets[i], target, method=b"POST", body=body)
+                except AdminStatus as exc:
+                    if statuses is not None:
+                        statuses.append(exc.status)
                 except (OSError, ValueError, trio.BrokenResourceError):
                     pass
 
@@ -279,8 +284,11 @@ class MasterAdmin(AdminRouter):
 
     async def purge(self, obj: dict[str, Any]) -> dict[str, Any]:
         """A page-cache purge in every worker (each has its own memory tier)."""
-        answers = await self._fetch_all(b"/cache/purge", json.dumps(obj).encode())
+        statuses: list[int] = []
+        answers = await self._fetch_all(b"/cache/purge", json.dumps(obj).encode(), statuses)
         done = [json.loads(a) for a in answers if a is not None]
+        if not done and statuses and all(s == 404 for s in statuses):
+            raise NoCache(NO_CACHE)
         if len(done) < len(answers):
             log.warning("cache purge %s: %d of %d worker processes did not answer", obj,
                         len(answers) - len(done), len(answers))

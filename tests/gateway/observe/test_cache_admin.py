@@ -135,3 +135,17 @@ async def test_the_masters_purge_reaches_every_worker(tmp_path, nursery):
     r = await admin_client(nursery, master).request("POST", "/cache/purge", body=b'{"all": true}')
     assert (r.status, json.loads(r.body)) == (200, {"purged": 3, "processes": 2, "asked": 3})
     assert sorted(purged) == [0, 1]
+
+
+async def test_the_masters_purge_without_a_cache_is_404(tmp_path, nursery):
+    async def status() -> dict:
+        return {}
+
+    async def metrics() -> str:
+        return ""
+
+    for i in range(2):
+        await serve_unix(nursery, str(tmp_path / f"worker-{i}.admin.sock"), worker_admin(AdminRouter(status, metrics)))
+    r = await admin_client(nursery, MasterAdmin(str(tmp_path), 2, {})).request("POST", "/cache/purge",
+                                                                             body=b'{"all": true}')
+    assert r.status == 404 and "enabled = true" in json.loads(r.body)["error"]
