@@ -226,20 +226,21 @@ class SiteCache:
         self._uncacheable: OrderedDict[bytes, float] = OrderedDict()
         #: where background refreshes run (``App.run``); None: refresh in the foreground
         self.nursery: trio.Nursery | None = None
-        #: told of each purge a request made (PURGE, X-Cache-Purge), to pass it
-        #: on to the other worker processes (``serve.process``)
-        self.on_purge: Callable[[Purge], None] | None = None
+        #: awaited for each purge a request made (PURGE, X-Cache-Purge), after
+        #: this process's own, to pass it on to the other worker processes
+        #: (``serve.process``) before the response goes out
+        self.on_purge: Callable[[Purge], Awaitable[None]] | None = None
 
     # -- serving -------------------------------------------------------------------
 
     async def handle(self, req: Request, path: str, query: str, fetch: Fetch) -> Response:
         """``req``'s response from the cache or from ``fetch`` (PHP)."""
         if req.method == b"PURGE":
-            return self.purge_request(req, path, query)
+            return await self.purge_request(req, path, query)
         bypass = request_bypass(self.policy, req.method, path, req.headers)
         if bypass is not None:
             resp = await fetch(False)
-            self.after_php(resp, req.host)
+            await self.after_php(resp, req.host)
             if bypass != "method":
                 self._label(resp, "BYPASS")
                 if self.instruments is not None and is_cacheable(self.policy, b"GET", resp):
@@ -320,7 +321,7 @@ class SiteCache:
             await resp.aclose()
             return self._from_entry(old, method, "STALE")
         tags = tag_list(resp.headers)
-        self.after_php(resp, where.host)
+        await self.after_php(resp, where.host)
         size = resp.body.size if isinstance(resp.body, Spool) else None
         lifetime = storable(self.policy, method, resp.status, resp.headers, size, time.time())
         if isinstance(lifetime, Lifetime) and self.instruments is not None and not detached:
@@ -391,7 +392,7 @@ class SiteCache:
 
     # -- purging -------------------------------------------------------------------
 
-    def after_php(self, resp: Response, host: bytes | str) -> None:
+    async def after_php(self, resp: Response, host: bytes | str) -> None:
         """Carry out PHP's ``X-Cache-Purge``; take it and ``X-Cache-Tags`` out of the response."""
         items = [item for n, v in resp.headers if n.lower() == b"x-cache-purge" for item in purge_items(v)]
         if items or any(n.lower() == b"x-cache-tags" for n, _ in resp.headers):
@@ -399,7 +400,9 @@ class SiteCache:
         if not items:
             return
         name = host.decode("latin-1") if isinstance(host, bytes) else host
-        n = sum(self._purge_here_and_there(purge_item(item, name, self.policy.ignore_params)) for item in items)
+        n = 0
+        for item in items:
+            n += await self._purge_here_and_there(purge_item(item, name, self.policy.ignore_params))
         log.info("cache: PHP purged %s on %s: %d entries", ", ".join(items), name or "every host", n)
 
     def purge_allowed(self, address: str) -> bool:
@@ -409,21 +412,23 @@ class SiteCache:
             return True
         return any(ip in net for net in self.purge_allow)
 
-    def purge_request(self, req: Request, path: str, query: str) -> Response:
+    async def purge_request(self, req: Request, path: str, query: str) -> Response:
         """``PURGE /path`` (every variant), ``/path?query``, ``/prefix/*``; 403
         from an address not in ``purge_allow``."""
         if not self.purge_allowed(req.client[0]):
             log.info("[%s] PURGE from %s refused (not in purge_allow)", req.request_id, req.client[0])
             return Response(403, [(b"content-type", b"text/plain")], b"purge not allowed from this address\n")
         target = path + ("?" + query if query else "")
-        n = self._purge_here_and_there(purge_item(target, req.host.decode("latin-1"), self.policy.ignore_params))
+        n = await self._purge_here_and_there(purge_item(target, req.host.decode("latin-1"),
+                                                        self.policy.ignore_params))
         log.info("[%s] PURGE %s from %s: %d entries", req.request_id, target, req.client[0], n)
         return Response(200, [(b"content-type", b"application/json")], b'{"purged": %d}\n' % n)
 
-    def _purge_here_and_there(self, purge: Purge) -> int:
+    async def _purge_here_and_there(self, purge: Purge) -> int:
+        n = self.store.purge(purge)
         if self.on_purge is not None:
-            self.on_purge(purge)
-        return self.store.purge(purge)
+            await self.on_purge(purge)
+        return n
 
     def purge(self, purge: Purge) -> int:
         return self.store.purge(purge)

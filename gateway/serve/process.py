@@ -88,12 +88,13 @@ def admin_connection_settings() -> ConnectionSettings:
                    header_timeout=ADMIN_HEADER_TIMEOUT)
 
 
-def share_purges(app: App, admin_listen: str, nursery: trio.Nursery) -> None:
+def share_purges(app: App, admin_listen: str) -> None:
     """In a master's worker: pass each purge a request made here (PURGE,
     PHP's X-Cache-Purge) to the sibling workers of this generation, through
-    their admin sockets (each process has its own memory tier). Best effort,
-    after this process's own purge: a sibling that does not answer in
-    ``ADMIN_PURGE_TIMEOUT`` is logged."""
+    their admin sockets (each process has its own memory tier), all at once,
+    before the response that made it goes out; shielded from the client
+    leaving, bounded by ``ADMIN_PURGE_TIMEOUT``: a sibling that does not
+    answer by then is logged, and the response goes out anyway."""
     mine = admin_listen.removeprefix("unix:")
     directory, name = os.path.split(mine)
     m = re.fullmatch(r"worker-\d+((?:\.g\d+)?)\.admin\.sock", name)
@@ -101,22 +102,25 @@ def share_purges(app: App, admin_listen: str, nursery: trio.Nursery) -> None:
         return
     pattern = re.compile(rf"worker-\d+{re.escape(m.group(1))}\.admin\.sock")
 
-    async def forward(body: bytes) -> None:
+    async def one(path: str, body: bytes) -> None:
+        with trio.move_on_after(ADMIN_PURGE_TIMEOUT) as scope:
+            try:
+                await admin_request(path, b"/cache/purge", method=b"POST", body=body)
+            except (OSError, ValueError, trio.BrokenResourceError) as exc:
+                log.warning("cache purge not passed on to %s: %s", path, exc)
+        if scope.cancelled_caught:
+            log.warning("cache purge not passed on to %s: no answer in %gs", path, ADMIN_PURGE_TIMEOUT)
+
+    async def on_purge(purge: Purge) -> None:
         try:
             siblings = [os.path.join(directory, n) for n in os.listdir(directory) if pattern.fullmatch(n) and n != name]
         except OSError:
             return
-        for path in siblings:
-            with trio.move_on_after(ADMIN_PURGE_TIMEOUT) as scope:
-                try:
-                    await admin_request(path, b"/cache/purge", method=b"POST", body=body)
-                except (OSError, ValueError, trio.BrokenResourceError) as exc:
-                    log.warning("cache purge not passed on to %s: %s", path, exc)
-            if scope.cancelled_caught:
-                log.warning("cache purge not passed on to %s: no answer in %gs", path, ADMIN_PURGE_TIMEOUT)
-
-    def on_purge(purge: Purge) -> None:
-        nursery.start_soon(forward, json.dumps(purge_json(purge)).encode())
+        body = json.dumps(purge_json(purge)).encode()
+        with trio.CancelScope(shield=True):  # (bounded: each sibling by ADMIN_PURGE_TIMEOUT)
+            async with trio.open_nursery() as nursery:
+                for path in siblings:
+                    nursery.start_soon(one, path, body)
 
     for cache in app.caches.values():
         cache.on_purge = on_purge
@@ -485,7 +489,7 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                       inherited.guard_table if inherited is not None else "", cache_stats=monitor.cache)
             system.start_soon(app.run)  # the page caches' background refreshes
             if inherited is not None and app.caches:
-                share_purges(app, config.admin.listen, system)
+                share_purges(app, config.admin.listen)
             settings = ConnectionSettings.from_config(config.server, config.timeouts, config.limits)
             max_conns = raise_open_files_limit(config.limits.max_connections)
             services = [Service(listeners, app.handle, settings, listener_state, max_conns,
