@@ -97,6 +97,8 @@ PRECOMPRESSED = (("br", ".br"), ("gzip", ".gz"))
 log = logging.getLogger(__name__)
 
 ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+#: PHP's response headers for the page cache (``app.cache``): never sent on.
+CACHE_INSTRUCTIONS = (b"x-cache-purge", b"x-cache-tags")
 #: A key authorisation is a token, a dot and a thumbprint: well under this.
 MAX_KEY_AUTHORIZATION = 1024
 
@@ -419,6 +421,8 @@ class App:
             return await self._php_run(req, router, script, extra)
         if cache is None:
             resp = await self._php_run(req, router, script)
+            # a page-cache plugin's instructions are ours, never the client's, cache or not
+            resp.headers = [(n, v) for n, v in resp.headers if n.lower() not in CACHE_INSTRUCTIONS]
             backend = self._backends.get(router.site.php)
             if backend is not None and request_bypass(self.default_cache_policy, req.method, path, req.headers) \
                     is None and is_cacheable(self.default_cache_policy, b"GET", resp):

@@ -368,6 +368,17 @@ async def test_a_site_without_a_cache_counts_what_one_would_take(tmp_path, nurse
     assert (pool.instruments.responses, pool.instruments.cacheable, pool.instruments.cache_on) == (3, 2, False)
 
 
+async def test_a_site_without_a_cache_strips_the_plugins_headers(tmp_path, nursery, autojump_clock):
+    script, _ = counting(headers=(b"X-Cache-Tags: post-1", b"X-Cache-Purge: /"))
+    (tmp_path / "index.php").write_text("front controller")
+    cfg = validate({"backends": {"php": {"pool_size": 1}},
+                    "sites": {"s": {"root": str(tmp_path), "php": "php", "server_names": ["example.com"]}}})
+    app = App(cfg, {"php": pool_from_config("php", FakeFpm(script).connector(nursery), cfg.backends["php"],
+                                            cfg.limits)})
+    r = await (await client_for(app, nursery)).request("GET", "/", host="example.com")
+    assert r.status == 200 and r.header("x-cache-tags") is None and r.header("x-cache-purge") is None
+
+
 async def test_a_conditional_request_gets_a_304_from_the_entry(tmp_path, nursery, autojump_clock):
     script, runs = counting(headers=(b'ETag: "v1"', b"Last-Modified: Wed, 01 Jan 2025 00:00:00 GMT"))
     app = make_app(tmp_path, FakeFpm(script), nursery)
