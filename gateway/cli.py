@@ -472,7 +472,7 @@ def purge(
         body = {"tag": tag}
     else:
         assert url is not None
-        body = {"prefix": url.removesuffix("*")} if url.endswith("*") else {"url": url}
+        body = {"prefix": url.removesuffix("*")} if url.endswith("*") and url != "*" else {"url": url}
     address = _admin_address(admin, config)
     try:
         answer = post_purge(address, body)

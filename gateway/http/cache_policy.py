@@ -378,11 +378,13 @@ def purge_item(item: str, host: str | None, ignore: Iterable[str] = ()) -> Purge
 
 def purge_url(url: str, *, prefix: bool = False, ignore: Iterable[str] = ()) -> Purge:
     """The admin's ``{"url": ...}`` or ``{"prefix": ...}``: "http(s)://HOST/PATH[?QUERY]"
-    (both schemes) or "/PATH" (every host).
+    (both schemes), "/PATH" (every host), or "*" (everything).
 
     Raises:
         ValueError: neither form.
     """
+    if url == "*":
+        return Purge(everything=True)
     host: str | None = None
     rest = url
     for scheme in ("https://", "http://"):
