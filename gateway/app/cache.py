@@ -16,6 +16,9 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
   (body + headers); storing past the bound drops the least recently used
   (``evictions``). Each gateway process has its own (README: "across
   processes"): a purge through the master's admin reaches them all.
+- **Disk tier** (``disk_dir``, ``cache_disk``): asked when memory has no
+  entry, written with every entry stored, shared by the processes; a purge
+  here purges it too.
 - **Complete bodies only**: a response is stored after PHP's output was
   drained whole into its spool (``upstream.exchange``), before the client is
   sent a byte; a streamed response is never stored, and a request whose
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -76,6 +80,7 @@ from ..http.request import Request
 from ..http.response import Response
 from ..http.spool import Spool
 from ..metrics import CacheStats, PoolInstruments
+from .cache_disk import DiskStore, head_headers
 from .compress import Compressor, compress_bytes
 
 log = logging.getLogger(__name__)
@@ -220,6 +225,8 @@ class SiteCache:
         self.purge_allow = _networks(config.purge_allow)
         self.stats = stats
         self.store = MemoryStore(config.max_size, stats)
+        #: the shared disk tier, one directory per site
+        self.disk = DiskStore(os.path.join(config.disk_dir, site), config.disk_max_size) if config.disk_dir else None
         #: keys being fetched, and the event their waiters wait on
         self._fetching: dict[bytes, trio.Event] = {}
         #: keys whose last response could not be stored, until when (trio time)
@@ -252,6 +259,8 @@ class SiteCache:
         waited = False
         while True:
             entry = self.store.get(where.key)
+            if entry is None and self.disk is not None:
+                entry = self._from_disk(where)
             state = freshness(entry.stored_at, entry.lifetime, trio.current_time()) if entry is not None else None
             if entry is not None and state is Freshness.FRESH:
                 return self._not_modified(entry, req, "HIT") or await self._coded(
@@ -279,6 +288,21 @@ class SiteCache:
         finally:
             del self._fetching[where.key]
             event.set()
+
+    def _from_disk(self, where: CacheKey) -> Entry | None:
+        """The disk tier's entry for ``where``, kept in memory too."""
+        assert self.disk is not None
+        found = self.disk.get(where.key)
+        if found is None:
+            return None
+        head, body = found
+        age = max(0.0, time.time() - float(head["stored"]))
+        lifetime = Lifetime(float(head["fresh"]), float(head["swr"]), float(head["sie"]))
+        entry = Entry(where, int(head["status"]), str(head.get("reason", "")).encode("latin-1"),
+                      head_headers(head), body, frozenset(head.get("tags", ())), lifetime,
+                      trio.current_time() - age)
+        self.store.put(entry)
+        return entry
 
     def _marked_uncacheable(self, key: bytes) -> bool:
         until = self._uncacheable.get(key)
@@ -330,8 +354,11 @@ class SiteCache:
             body = _body_bytes(resp.body)
             resp.body.close()
             resp.body = body
-            self.store.put(Entry(where, resp.status, resp.reason, stored_headers(resp.headers), body,
-                                 tags, lifetime, trio.current_time()))
+            entry = Entry(where, resp.status, resp.reason, stored_headers(resp.headers), body, tags, lifetime,
+                          trio.current_time())
+            self.store.put(entry)
+            if self.disk is not None:
+                self.disk.put(where, entry.status, entry.reason, entry.headers, body, tags, lifetime, time.time())
             self._uncacheable.pop(where.key, None)
         elif method == b"GET":
             log.debug("cache: %s not stored: %s", where.key.decode("latin-1"), lifetime)
@@ -425,10 +452,15 @@ class SiteCache:
         return Response(200, [(b"content-type", b"application/json")], b'{"purged": %d}\n' % n)
 
     async def _purge_here_and_there(self, purge: Purge) -> int:
-        n = self.store.purge(purge)
+        n = self.purge(purge)
         if self.on_purge is not None:
             await self.on_purge(purge)
         return n
 
     def purge(self, purge: Purge) -> int:
-        return self.store.purge(purge)
+        """Remove the entries ``purge`` matches, from memory and disk; how many
+        (an entry in both counts once: the larger of the two counts)."""
+        n = self.store.purge(purge)
+        if self.disk is not None:
+            n = max(n, self.disk.purge(purge))
+        return n

@@ -180,10 +180,13 @@ class App:
                            via=self.server_software, error=self.error)
 
     async def run(self) -> None:
-        """Own the nursery the page caches refresh stale entries in, until cancelled."""
+        """Own the nursery the page caches refresh stale entries and sweep their
+        disk tiers in, until cancelled."""
         async with trio.open_nursery() as nursery:
             for cache in self.caches.values():
                 cache.nursery = nursery
+                if cache.disk is not None:
+                    nursery.start_soon(cache.disk.run_sweeper)
             try:
                 await trio.sleep_forever()
             finally:

@@ -61,9 +61,8 @@ def _network(value: str) -> str:
 
 
 def _disk_dir(value: str) -> str:
-    if value:
-        raise ValueError("the disk tier is not built yet; leave it empty (each gateway process has its own "
-                         "memory tier: see the README's \"Page cache\")")
+    if value and not value.startswith("/"):
+        raise ValueError(f"{value!r}: give an absolute path (a directory the gateway may create)")
     return value
 
 
@@ -89,8 +88,10 @@ class CacheConfig(BaseModel):
     ttl: Duration = 600.0
     #: Memory for cached responses (bodies and headers), per gateway process.
     max_size: Size = 64 * 1024 * 1024
-    #: A second tier on disk (not built yet: must stay empty).
+    #: A second tier on disk, shared by the gateway's processes and kept across
+    #: restarts (``app.cache_disk``); empty: memory only.
     disk_dir: Annotated[str, AfterValidator(_disk_dir)] = ""
+    #: The disk tier's bound (kept by a sweep every 30 s).
     disk_max_size: Size = 1024 * 1024 * 1024
     #: Cookie names (a trailing or inner "*" matches anything) whose presence
     #: sends the request to PHP, uncached and not stored.

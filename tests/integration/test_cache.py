@@ -93,7 +93,7 @@ async def test_purges_from_php_purge_requests_and_the_cli(start_gateway: StartGa
     assert (await get(gw, "/")).header("x-cache") == "MISS"
 
 
-def _conf(tmp_path: Path, root: Path, port: int, admin: int) -> Path:
+def _conf(tmp_path: Path, root: Path, port: int, admin: int, cache: str = "") -> Path:
     conf = tmp_path / "conf.d"
     conf.mkdir()
     (conf / "00.toml").write_text(
@@ -101,7 +101,7 @@ def _conf(tmp_path: Path, root: Path, port: int, admin: int) -> Path:
         f'runtime_dir = "{tmp_path / "run"}"\naccess_log = "off"\n'
         f'processes = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
         f'[backends.php]\npool_size = 4\nphp_fpm.user = "root"\n'
-        f'[sites.t]\nroot = "{root}"\nphp = "php"\ncache.enabled = true\n'
+        f'[sites.t]\nroot = "{root}"\nphp = "php"\ncache.enabled = true\n{cache}'
     )
     return conf
 
@@ -185,3 +185,23 @@ async def test_without_a_cache_the_verdict_says_what_one_would_take(start_gatewa
     st = await _verdict_under(gw, "/slow.php?ms=200", [], "php-waiting")
     assert re.search(r"A page cache would take (9\d|100)% of this load off PHP", st["verdict"]["reason"])
     assert "cache" not in st
+
+
+async def test_worker_processes_share_the_disk_tier(tmp_path: Path, site: Path):
+    port, admin = free_port(), free_port()
+    disk = tmp_path / "page-cache"
+    proc, stderr = await start_cli(["serve", "--config",
+                                    str(_conf(tmp_path, site, port, admin, f'cache.disk_dir = "{disk}"\n'))])
+    try:
+        first = await _request(port, "GET", "/shared/")
+        # new connections land on either process: until both hold the page, all answer from the one PHP run
+        with trio.fail_after(20):
+            while await _entries(admin) < 2:  # noqa: ASYNC110 - bounded
+                assert await _request(port, "GET", "/shared/") == first
+        assert runs(site, "/shared/") == 1
+        assert len([f for f in disk.rglob("*") if f.is_file()]) == 1
+        status, _ = await _request(port, "PURGE", "/shared/")
+        assert status == 200 and not [f for f in disk.rglob("*") if f.is_file()]
+        assert await _entries(admin) == 0
+    finally:
+        await stop(proc, stderr)
