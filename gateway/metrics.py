@@ -222,6 +222,10 @@ class CacheStats:
     purged: int = 0
     #: is a cache enabled on any site of this process?
     enabled: bool = False
+    #: the disk tiers (shared by the processes), as their last sweep found
+    #: them; None: no disk tier, or not swept yet
+    disk_entries: int | None = None
+    disk_bytes: int | None = None
 
     @property
     def hits(self) -> int:

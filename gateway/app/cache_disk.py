@@ -32,7 +32,7 @@ import os
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
@@ -157,13 +157,15 @@ class DiskStore:
                 os.unlink(stale)
         return left, total
 
-    async def run_sweeper(self) -> None:
+    async def run_sweeper(self, found: Callable[[int, int], None]) -> None:
+        """Sweep every ``SWEEP_EVERY`` seconds (the first at once); ``found``
+        is told the entries and bytes left."""
         while True:
-            await trio.sleep(SWEEP_EVERY)
             try:
-                await trio.to_thread.run_sync(self.sweep)
+                found(*await trio.to_thread.run_sync(self.sweep))
             except OSError as exc:
                 log.warning("cache: sweeping %s failed: %s", self.directory, exc)
+            await trio.sleep(SWEEP_EVERY)
 
     def _files(self) -> Iterator[str]:
         for root, _, names in os.walk(self.directory):

@@ -48,6 +48,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import trio
@@ -176,6 +177,7 @@ class App:
         #: what a page cache with the defaults would store, for the verdict's hint on sites without one
         self.default_cache_policy = SiteCache("", CacheConfig(), CacheStats()).policy
         self.cache_stats.enabled = bool(self.caches)
+        self._disk_found: dict[str, tuple[int, int]] = {}
         self.proxy = Proxy(proxied, trusted=TrustedProxies.parse(config.server.trusted_proxies),
                            via=self.server_software, error=self.error)
 
@@ -186,12 +188,18 @@ class App:
             for cache in self.caches.values():
                 cache.nursery = nursery
                 if cache.disk is not None:
-                    nursery.start_soon(cache.disk.run_sweeper)
+                    nursery.start_soon(cache.disk.run_sweeper, partial(self._disk_swept, cache.site))
             try:
                 await trio.sleep_forever()
             finally:
                 for cache in self.caches.values():
                     cache.nursery = None
+
+    def _disk_swept(self, site: str, entries: int, size: int) -> None:
+        """A disk tier's sweep found ``entries`` and ``size`` bytes: the stats hold every site's sum."""
+        self._disk_found[site] = (entries, size)
+        self.cache_stats.disk_entries = sum(n for n, _ in self._disk_found.values())
+        self.cache_stats.disk_bytes = sum(b for _, b in self._disk_found.values())
 
     def purge(self, purge: Purge, site: str | None = None) -> int:
         """Remove the entries ``purge`` matches from every site's cache (or ``site``'s)."""

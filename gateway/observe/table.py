@@ -350,6 +350,10 @@ def _cache_on(m: Monitor) -> bool:
     return m.cache.enabled
 
 
+def _disk_on(m: Monitor) -> bool:
+    return m.cache.enabled and m.cache.disk_entries is not None
+
+
 def _hit_ratio(m: Merging) -> Any:
     """The merged hits over the merged requests (not an average of ratios)."""
     total = sum(m.merged.get("requests", {}).values())
@@ -495,6 +499,12 @@ TABLE: tuple[Row, ...] = (
                   lambda m, now: m.cache.lock_waits, ("cache", "lock_waits"), when=_cache_on),
     ProcessMetric("gateway_cache_purged_total", "counter", "Page cache entries removed by purges.",
                   lambda m, now: m.cache.purged, ("cache", "purged"), when=_cache_on),
+    ProcessMetric("gateway_cache_disk_entries", "gauge",
+                  "Entries in the page cache's disk tier (shared by the processes), at its last sweep.",
+                  lambda m, now: m.cache.disk_entries, ("cache", "disk_entries"), worst_known, when=_disk_on),
+    ProcessMetric("gateway_cache_disk_bytes", "gauge",
+                  "Bytes in the page cache's disk tier (shared by the processes), at its last sweep.",
+                  lambda m, now: m.cache.disk_bytes, ("cache", "disk_bytes"), worst_known, when=_disk_on),
     # -- per pool (upstream/pool.py and the pool's monitor) -----------------------
     PoolMetric(None, "info", "What the pool fronts: fastcgi (PHP) or http (a proxied application).",
                lambda pm, now: pm.kind, ("type",), first),

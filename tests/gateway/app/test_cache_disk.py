@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import trio
 
 from gateway.app.cache_disk import DiskStore
 from gateway.app.site import App
@@ -85,3 +86,21 @@ async def test_two_processes_share_the_disk_tier(tmp_path, nursery, autojump_clo
 def test_disk_dir_is_absolute() -> None:
     with pytest.raises(ConfigError, match=r"sites\.s\.cache\.disk_dir: 'cache': give an absolute path"):
         validate({"sites": {"s": {"root": "/tmp", "cache": {"disk_dir": "cache"}}}})
+
+
+async def test_the_sweeps_numbers_reach_status(tmp_path, nursery, autojump_clock):
+    from gateway.metrics import ListenerStats
+    from gateway.observe.monitor import Monitor
+
+    script, _ = counting()
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    monitor = Monitor(ListenerStats(), [], cache=app.cache_stats)
+    assert "disk_entries" not in monitor.status()["cache"]  # no sweep yet: unknown, not 0
+    nursery.start_soon(app.run)
+    await (await client_for(app, nursery)).request("GET", "/", host="example.com")
+    with trio.fail_after(120):
+        while app.cache_stats.disk_entries != 1:  # noqa: ASYNC110 - a sweep in a thread, every 30 s
+            await trio.sleep(1)
+    cache = monitor.status()["cache"]
+    assert cache["disk_entries"] == 1 and cache["disk_bytes"] > len(b"page 1")
+    assert "gateway_cache_disk_entries 1" in monitor.prometheus().splitlines()
