@@ -34,7 +34,10 @@ def mu_plugin(wordpress: WordPress):
 async def start(wordpress: WordPress, nursery: trio.Nursery, tmp_path: Path, **cache) -> Browser:
     site = wordpress.site_config() | {"cache": {"enabled": True, "ttl": "1h", **cache}}
     cfg = validate({
-        "server": {"listen": ["127.0.0.1:0"], "access_log": "off", "runtime_dir": str(tmp_path / "run")},
+        # (trusted: the comment below comes "from" another address, so WordPress's comment-flood check
+        # does not hold it against later tests' visitors from 127.0.0.1)
+        "server": {"listen": ["127.0.0.1:0"], "access_log": "off", "runtime_dir": str(tmp_path / "run"),
+                   "trusted_proxies": ["127.0.0.1"]},
         "admin": {"listen": "off"},
         "backends": {"php": {"pool_size": 2, "idle_timeout": "30s", "php_fpm": {"user": "root"}}},
         "sites": {"wordpress": site},
@@ -72,7 +75,8 @@ async def test_publishing_and_commenting_purge_the_right_pages(wordpress, nurser
     # the author comments (approved at once): the post's page and the lists go, the other post stays
     form = f"comment=A+fresh+gateway+comment&comment_post_ID={post['id']}&comment_parent=0"
     r = await author.request("POST", "/wp-comments-post.php",
-                             [("Content-Type", "application/x-www-form-urlencoded")], form.encode())
+                             [("Content-Type", "application/x-www-form-urlencoded"),
+                              ("X-Forwarded-For", "192.0.2.55")], form.encode())
     assert r.status == 302 and r.header("x-cache-purge") is None
     page = await visitor.get(path)
     assert page.header("x-cache") == "MISS" and b"A fresh gateway comment" in page.body
