@@ -52,11 +52,14 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import trio
 
+from ..config import Config
 from ..config.cache import CacheConfig
 from ..http.cache_policy import (
     NOT_MODIFIED_HEADERS,
@@ -464,3 +467,57 @@ class SiteCache:
         if self.disk is not None:
             n = max(n, self.disk.purge(purge))
         return n
+
+
+#: PHP's response headers for the page cache: never sent on, cache or not.
+CACHE_INSTRUCTIONS = (b"x-cache-purge", b"x-cache-tags")
+
+
+class PageCaches(dict[str, SiteCache]):
+    """Every site's ``SiteCache`` by site name (sites with ``[sites.X.cache]
+    enabled``), and what the App asks of them all: the background nursery
+    (``run``), purges, and the count of cacheable PHP responses on sites
+    without a cache (the verdict's hint)."""
+
+    def __init__(self, config: Config, pools: Mapping[str, Any], stats: CacheStats,
+                 compressor: Compressor | None = None) -> None:
+        super().__init__({name: SiteCache(name, site.cache, stats, compressor,
+                                          pools[site.php].instruments if site.php in pools else None)
+                          for name, site in config.sites.items() if site.cache.enabled})
+        self.stats = stats
+        stats.enabled = bool(self)
+        #: what a page cache with the defaults would store (sites without one)
+        self.default_policy = SiteCache("", CacheConfig(), CacheStats()).policy
+        self._disk_found: dict[str, tuple[int, int]] = {}
+
+    async def run(self) -> None:
+        """Own the nursery the caches refresh stale entries and sweep their
+        disk tiers in, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for cache in self.values():
+                cache.nursery = nursery
+                if cache.disk is not None:
+                    nursery.start_soon(cache.disk.run_sweeper, partial(self._disk_swept, cache.site))
+            try:
+                await trio.sleep_forever()
+            finally:
+                for cache in self.values():
+                    cache.nursery = None
+
+    def _disk_swept(self, site: str, entries: int, size: int) -> None:
+        """A disk tier's sweep found ``entries`` and ``size`` bytes: the stats hold every site's sum."""
+        self._disk_found[site] = (entries, size)
+        self.stats.disk_entries = sum(n for n, _ in self._disk_found.values())
+        self.stats.disk_bytes = sum(b for _, b in self._disk_found.values())
+
+    def purge(self, purge: Purge, site: str | None = None) -> int:
+        """Remove the entries ``purge`` matches from every site's cache (or ``site``'s)."""
+        return sum(cache.purge(purge) for name, cache in self.items() if site is None or name == site)
+
+    def uncached(self, req: Request, path: str, resp: Response, instruments: PoolInstruments | None) -> None:
+        """A PHP response of a site without a cache: the cache's instructions
+        taken out, and counted in ``instruments`` if a cache could keep it."""
+        resp.headers = [(n, v) for n, v in resp.headers if n.lower() not in CACHE_INSTRUCTIONS]
+        if instruments is not None and request_bypass(self.default_policy, req.method, path, req.headers) is None \
+                and is_cacheable(self.default_policy, b"GET", resp):
+            instruments.cacheable += 1

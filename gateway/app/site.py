@@ -48,16 +48,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any
 
 import trio
 
 from ..config import Config
 from ..config.addresses import parse_listen
-from ..config.cache import CacheConfig
 from ..http import https_redirect
-from ..http.cache_policy import Purge, raw_target, request_bypass
+from ..http.cache_policy import Purge, raw_target
 from ..http.encoding import add_vary, choose_coding
 from ..http.errors import ClientGone, GatewayError
 from ..http.header_rules import HeaderRule, HeaderRules
@@ -71,7 +69,7 @@ from ..upstream.exchange import UpstreamBody, UpstreamResponse, run_php
 from ..upstream.fastcgi import FastCgiConn, PhpSettings
 from ..upstream.pool import Pool
 from . import accel, error_pages
-from .cache import SiteCache, is_cacheable
+from .cache import PageCaches
 from .cgi_params import build_params
 from .compress import CompressionSettings, Compressor
 from .error_pages import ErrorPages, page_headers, page_ok
@@ -98,8 +96,6 @@ PRECOMPRESSED = (("br", ".br"), ("gzip", ".gz"))
 log = logging.getLogger(__name__)
 
 ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
-#: PHP's response headers for the page cache (``app.cache``): never sent on.
-CACHE_INSTRUCTIONS = (b"x-cache-purge", b"x-cache-tags")
 #: A key authorisation is a token, a dot and a thumbprint: well under this.
 MAX_KEY_AUTHORIZATION = 1024
 
@@ -171,39 +167,16 @@ class App:
                 self._backends[name] = _SiteBackend(pools[name], PhpSettings.from_config(backend, config.server))
         #: page caches by site name (``[sites.X.cache] enabled``)
         self.cache_stats = cache_stats if cache_stats is not None else CacheStats()
-        self.caches = {name: SiteCache(name, site.cache, self.cache_stats, self.compressor,
-                                       pools[site.php].instruments if site.php in pools else None)
-                       for name, site in config.sites.items() if site.cache.enabled}
-        #: what a page cache with the defaults would store, for the verdict's hint on sites without one
-        self.default_cache_policy = SiteCache("", CacheConfig(), CacheStats()).policy
-        self.cache_stats.enabled = bool(self.caches)
-        self._disk_found: dict[str, tuple[int, int]] = {}
+        self.caches = PageCaches(config, pools, self.cache_stats, self.compressor)
         self.proxy = Proxy(proxied, trusted=TrustedProxies.parse(config.server.trusted_proxies),
                            via=self.server_software, error=self.error)
 
     async def run(self) -> None:
-        """Own the nursery the page caches refresh stale entries and sweep their
-        disk tiers in, until cancelled."""
-        async with trio.open_nursery() as nursery:
-            for cache in self.caches.values():
-                cache.nursery = nursery
-                if cache.disk is not None:
-                    nursery.start_soon(cache.disk.run_sweeper, partial(self._disk_swept, cache.site))
-            try:
-                await trio.sleep_forever()
-            finally:
-                for cache in self.caches.values():
-                    cache.nursery = None
-
-    def _disk_swept(self, site: str, entries: int, size: int) -> None:
-        """A disk tier's sweep found ``entries`` and ``size`` bytes: the stats hold every site's sum."""
-        self._disk_found[site] = (entries, size)
-        self.cache_stats.disk_entries = sum(n for n, _ in self._disk_found.values())
-        self.cache_stats.disk_bytes = sum(b for _, b in self._disk_found.values())
+        """The page caches' background work (``PageCaches.run``), until cancelled."""
+        await self.caches.run()
 
     def purge(self, purge: Purge, site: str | None = None) -> int:
-        """Remove the entries ``purge`` matches from every site's cache (or ``site``'s)."""
-        return sum(cache.purge(purge) for name, cache in self.caches.items() if site is None or name == site)
+        return self.caches.purge(purge, site)
 
     def error(self, status: int, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
         return error_response(status, server=self.server_software, headers=headers)
@@ -428,16 +401,11 @@ class App:
                    extra: dict[bytes, bytes] | None = None) -> Response:
         cache = self.caches.get(router.name)
         path, query = raw_target(req.target)
-        if extra is not None:  # an error page's request: neither cached nor counted
-            return await self._php_run(req, router, script, extra)
-        if cache is None:
-            resp = await self._php_run(req, router, script)
-            # a page-cache plugin's instructions are ours, never the client's, cache or not
-            resp.headers = [(n, v) for n, v in resp.headers if n.lower() not in CACHE_INSTRUCTIONS]
+        if cache is None or extra is not None:  # (an error page's request: neither cached nor counted)
+            resp = await self._php_run(req, router, script, extra)
             backend = self._backends.get(router.site.php)
-            if backend is not None and request_bypass(self.default_cache_policy, req.method, path, req.headers) \
-                    is None and is_cacheable(self.default_cache_policy, b"GET", resp):
-                backend.pool.instruments.cacheable += 1
+            self.caches.uncached(req, path, resp,
+                                 backend.pool.instruments if backend is not None and extra is None else None)
             return resp
         return await cache.handle(req, path, query,
                                   lambda detached: self._php_run(req, router, script, detached=detached))
