@@ -376,7 +376,7 @@ class SiteCache:
             return None
         age = max(0, int(trio.current_time() - entry.stored_at))
         resp = Response(304, [*((n, v) for n, v in entry.headers if n.lower() in NOT_MODIFIED_HEADERS),
-                              (b"age", b"%d" % age)])
+                              (b"age", b"%d" % age)], from_upstream=True)
         self._label(resp, label)
         return resp
 
@@ -412,7 +412,9 @@ class SiteCache:
     def _from_entry(self, entry: Entry, method: bytes, label: str) -> Response:
         age = max(0, int(trio.current_time() - entry.stored_at))
         headers = [*entry.headers, (b"content-length", b"%d" % len(entry.body)), (b"age", b"%d" % age)]
-        resp = Response(entry.status, headers, b"" if method == b"HEAD" else entry.body, reason=entry.reason)
+        # PHP's answer, kept: error pages and X-Accel treat it as they treat PHP's
+        resp = Response(entry.status, headers, b"" if method == b"HEAD" else entry.body, reason=entry.reason,
+                        from_upstream=True)
         self._label(resp, label)
         return resp
 

@@ -24,7 +24,9 @@ Responses (``storable``), as nginx's fastcgi_cache and RFC 9111 a shared cache:
   ``Cache-Control: no-store``, ``private`` or ``no-cache``, nor ``Vary: *`` or
   a Vary on a request header the key does not hold (``Accept-Encoding`` is
   fine: the body is stored identity), nor one PHP compressed itself
-  (``Content-Encoding``), nor a body over ``max_entry_size``;
+  (``Content-Encoding``), nor an ``X-Accel-Redirect``/``X-Sendfile`` (a
+  download PHP authorised for that request), nor a body over
+  ``max_entry_size``;
 - lifetime, first found of: ``X-Accel-Expires`` (nginx's, seconds; 0: not
   cached), ``Cache-Control: s-maxage``, ``max-age``, ``Expires`` (against
   ``Date`` when PHP sent one), else the configured ``ttl``. A lifetime of 0 is
@@ -247,6 +249,8 @@ def storable(policy: CachePolicy, method: bytes, status: int, headers: Sequence[
         return "set-cookie"
     if b"content-encoding" in names:
         return "content-encoding"
+    if names & {b"x-accel-redirect", b"x-sendfile"}:
+        return "x-accel-redirect"  # a download PHP authorised for this request, not a page
     cc = cache_control(headers)
     for word in ("no-store", "private", "no-cache"):
         if word in cc:

@@ -391,3 +391,31 @@ async def test_a_conditional_request_gets_a_304_from_the_entry(tmp_path, nursery
     r = await c.request("GET", "/", [("If-None-Match", '"v0"')], host="example.com")
     assert (r.status, r.body, r.header("x-cache")) == (200, b"page 1", "HIT")
     assert len(runs) == 1
+
+
+async def test_a_cached_404_is_phps_as_a_fresh_one_is(tmp_path, nursery, autojump_clock):
+    # the site's error page replaces the gateway's own errors, not PHP's (no intercept_errors): a 404 from
+    # the cache is PHP's too
+    script, runs = counting(status=b"404 Not Found")
+    (tmp_path / "index.php").write_text("front controller")
+    (tmp_path / "oops.html").write_text("the site's page")
+    cfg = validate({"backends": {"php": {"pool_size": 1}},
+                    "sites": {"s": {"root": str(tmp_path), "php": "php", "server_names": ["example.com"],
+                                    "error_pages": {"404": "/oops.html"}, "cache": {"enabled": True}}}})
+    app = App(cfg, {"php": pool_from_config("php", FakeFpm(script).connector(nursery), cfg.backends["php"],
+                                            cfg.limits)})
+    c = await client_for(app, nursery)
+    answers = [await c.request("GET", "/missing/", host="example.com") for _ in range(2)]
+    assert [(r.status, r.header("x-cache"), r.body) for r in answers] == [(404, "MISS", b"page 1"),
+                                                                          (404, "HIT", b"page 1")]
+    assert len(runs) == 1
+
+
+async def test_an_x_accel_redirect_answer_is_never_stored(tmp_path, nursery, autojump_clock):
+    script, runs = counting(headers=(b"X-Accel-Redirect: /file.txt",))
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    (tmp_path / "file.txt").write_text("the file")
+    c = await client_for(app, nursery)
+    answers = [await c.request("GET", "/download/", host="example.com") for _ in range(2)]
+    assert [(r.status, r.body) for r in answers] == [(200, b"the file")] * 2
+    assert len(runs) == 2 and app.cache_stats.entries == 0

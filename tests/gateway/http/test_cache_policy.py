@@ -100,6 +100,8 @@ def test_lifetime_from_php_headers_or_the_ttl() -> None:
     ([(b"vary", b"*")], 200, 10, b"GET", "vary *"),
     ([(b"vary", b"Accept-Encoding, Cookie")], 200, 10, b"GET", "vary cookie"),
     ([(b"content-encoding", b"gzip")], 200, 10, b"GET", "content-encoding"),
+    ([(b"x-accel-redirect", b"/protected/a.zip")], 200, 10, b"GET", "x-accel-redirect"),
+    ([(b"X-Sendfile", b"/srv/a.zip")], 200, 10, b"GET", "x-accel-redirect"),
     ([], 500, 10, b"GET", "status 500"),
     ([], 302, 10, b"GET", "status 302"),
     ([], 200, None, b"GET", "streamed"),
