@@ -20,6 +20,13 @@ identifiers that dashboards match).
   full host with sleeping workers is busy with something else).
 - ``php-waiting``: a pool is saturated and queueing but its workers mostly do
   not use CPU: they wait on a database, storage or the network.
+- ``php-uncached``: a pool is saturated, a site with a page cache sends its
+  requests there, and at least ``CACHEABLE_SHARE`` of its PHP responses in
+  the last second were GETs the cache could have kept (they missed it or
+  bypassed it): the cache is not doing its job (bypass cookies too broad, a
+  ttl too short). For a pool without a cache, the php-cpu/php-waiting reason
+  adds the share a page cache would take off PHP; a pool saturated by
+  uncacheable responses (``no-store``, ``Set-Cookie``) stays php-cpu/php-waiting.
 - ``listener-tls``: as ``listener``, and TLS handshakes take at least
   ``TLS_SHARE`` of the process's CPU: new TLS connections, not requests,
   are the load (no session resumption, RSA keys, a connection per request).
@@ -38,7 +45,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-BOTTLENECKS = ("healthy", "listener", "listener-tls", "php-cpu", "php-waiting", "backend-down")
+BOTTLENECKS = ("healthy", "listener", "listener-tls", "php-cpu", "php-waiting", "php-uncached", "backend-down")
 
 #: Seconds a new verdict must hold before it is shown.
 HOLD = 3.0
@@ -57,6 +64,9 @@ CPU_IDLE = 0.10
 #: Share of the gateway's CPU in TLS handshakes from which a saturated listener
 #: is ``listener-tls``: handshakes are then the main part of its work.
 TLS_SHARE = 0.5
+#: Share of a saturated pool's PHP responses that a page cache could have kept
+#: from which a pool with a cache is ``php-uncached`` (and one without gets the hint).
+CACHEABLE_SHARE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,10 @@ class PoolObservation:
     kind: str = "fastcgi"
     #: slots held by tunnels (WebSocket...), of the busy ones
     tunnels: int = 0
+    #: of ``responses``: those a page cache could have kept, and of them the bypasses
+    cacheable: int = 0
+    cache_bypassed: int = 0
+    cache_on: bool = False  # a site with a page cache uses this pool
 
     @property
     def php(self) -> bool:
@@ -89,6 +103,10 @@ class PoolObservation:
     def label(self) -> str:
         """How a sentence names it: "pool php", or "backend app (http)"."""
         return f"pool {self.name}" if self.php else f"backend {self.name} ({self.kind})"
+
+    @property
+    def cacheable_share(self) -> float:
+        return min(1.0, self.cacheable / self.responses) if self.responses else 0.0
 
     @property
     def saturated(self) -> bool:
@@ -150,6 +168,8 @@ def _classify(obs: Observation) -> Verdict:
     for p in obs.pools:
         if p.saturated:
             bottleneck = _php_bottleneck(p, obs)
+            if p.cache_on and p.cacheable_share >= CACHEABLE_SHARE:
+                bottleneck = "php-uncached"
             return Verdict(bottleneck, _php_reason(bottleneck, p, obs))
     if obs.loop_lag_p99 >= LOOP_LAG_LIMIT or obs.process_cpu >= PROCESS_CPU_LIMIT:
         if _tls_bound(obs):
@@ -168,7 +188,7 @@ def explain(bottleneck: str, obs: Observation, *, processes: int = 1) -> str | N
     numbers summed over all of them (``processes`` > 1: ``obs`` is that sum,
     its ``process_cpu`` the busiest process's). None for ``backend-down``,
     whose reason names no shared number."""
-    if bottleneck in ("php-cpu", "php-waiting"):
+    if bottleneck in ("php-cpu", "php-waiting", "php-uncached"):
         loaded = [p for p in obs.pools if p.waiting or p.busy >= p.size]
         if not loaded:
             return None
@@ -202,6 +222,24 @@ def _php_reason(bottleneck: str, p: PoolObservation, obs: Observation, *, proces
     state = "is saturated" if p.saturated or processes == 1 else "is saturated in some worker processes"
     load = (f"{p.label} {state}: {p.busy}/{p.size} {'workers' if p.php else 'connections'} busy, {p.waiting} "
             f"queued (median wait {p.queue_wait_p50 * 1000:.0f} ms)")
+    if bottleneck == "php-uncached":
+        bypassed = p.cache_bypassed / p.cacheable if p.cacheable else 0.0
+        how = (f"{bypassed:.0%} of them bypassed it (a bypass cookie or path): check bypass_cookies and "
+               "bypass_paths" if bypassed >= 0.5 else
+               "they missed it: check the ttl, max_size (evictions) and what varies the key (query strings)")
+        return (f"{load}; {p.cacheable_share:.0%} of its PHP responses are GETs the page cache could keep, yet "
+                f"went to PHP; {how}.")
+    return _php_cpu_or_waiting(bottleneck, load, p, obs) + _cache_hint(p)
+
+
+def _cache_hint(p: PoolObservation) -> str:
+    if p.cache_on or p.cacheable_share < CACHEABLE_SHARE:
+        return ""
+    return (f" A page cache would take {p.cacheable_share:.0%} of this load off PHP ([sites.X.cache] "
+            "enabled = true).")
+
+
+def _php_cpu_or_waiting(bottleneck: str, load: str, p: PoolObservation, obs: Observation) -> str:
     host, host_full = _host(obs), _host_full(obs)
     if not p.php:  # the gateway sees no CPU figure of an HTTP application
         if p.tunnels * 2 >= p.size:
