@@ -26,7 +26,7 @@ import typer
 from .config import BackendConfig, Config, ConfigError, Override, load_dir, validate
 from .config.addresses import parse_address
 from .front.listen import ListenError
-from .observe.views import DEFAULT_ADMIN, AdminUnreachable, fetch_status, summary_lines, top_view
+from .observe.views import DEFAULT_ADMIN, AdminUnreachable, fetch_status, post_purge, summary_lines, top_view
 from .serve.restart import SupervisorError
 from .tls.contexts import TlsError
 from .tls.store import StateDir
@@ -450,6 +450,41 @@ def status(
         typer.echo(json.dumps(st, indent=2))
     else:
         typer.echo("\n".join(summary_lines(st)))
+
+
+@app.command()
+def purge(
+    url: Annotated[str | None, typer.Argument(help="A page: https://HOST/PATH (every variant of it), or /PATH on "
+                                                    "every host; end it with * for everything under it.")] = None,
+    purge_all: Annotated[bool, typer.Option("--all", help="Empty every site's page cache.")] = False,
+    tag: Annotated[str | None, typer.Option(help="Purge the pages PHP tagged with this (X-Cache-Tags).")] = None,
+    admin: Annotated[str | None, ADMIN_OPTION] = None,
+    config: Annotated[str | None, CONFIG_OPTION] = None,
+) -> None:
+    """Remove pages from the page cache, in every worker process (the admin's POST /cache/purge)."""
+    given = [x for x in (url, tag) if x is not None] + (["--all"] if purge_all else [])
+    if len(given) != 1:
+        typer.echo("error: give one of URL, --all or --tag NAME", err=True)
+        raise typer.Exit(2)
+    if purge_all:
+        body: dict[str, Any] = {"all": True}
+    elif tag is not None:
+        body = {"tag": tag}
+    else:
+        assert url is not None
+        body = {"prefix": url.removesuffix("*")} if url.endswith("*") and url != "*" else {"url": url}
+    address = _admin_address(admin, config)
+    try:
+        answer = post_purge(address, body)
+    except AdminUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    where = ""
+    if "asked" in answer:
+        where = f" in {answer['processes']} of {answer['asked']} worker processes"
+    typer.echo(f"purged {answer.get('purged', 0)} entries{where}")
+    if answer.get("processes", 0) < answer.get("asked", 0):
+        raise typer.Exit(1)
 
 
 @app.command()

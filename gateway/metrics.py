@@ -153,6 +153,14 @@ class PoolInstruments:
     queue_wait: Histogram = field(default_factory=Histogram)
     php_time: Histogram = field(default_factory=Histogram)
     responses: int = 0  # PHP responses received (any status)
+    #: PHP responses a page cache could have kept (GET/HEAD, storable by the
+    #: cache's rules): on a site with a cache, misses and bypasses; the verdict
+    #: ``php-uncached`` and the page-cache hint read them
+    cacheable: int = 0
+    #: of those, requests that bypassed a site's cache (a bypass cookie or path)
+    cache_bypassed: int = 0
+    #: does a site with a page cache send its PHP requests here?
+    cache_on: bool = False
 
 
 @dataclass
@@ -192,6 +200,46 @@ class GuardStats:
     @staticmethod
     def bump(counts: dict[str, int], site: str) -> None:
         counts[site] = counts.get(site, 0) + 1
+
+
+#: ``X-Cache`` values, as ``CacheStats.requests`` counts them.
+CACHE_STATUSES = ("HIT", "MISS", "STALE", "BYPASS", "EXPIRED")
+
+
+@dataclass
+class CacheStats:
+    """What the page cache (``app.cache``) did in this process, all sites together."""
+
+    #: requests looked up, by X-Cache value
+    requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CACHE_STATUSES, 0))
+    entries: int = 0
+    bytes: int = 0
+    #: entries dropped to make room (least recently used first)
+    evictions: int = 0
+    #: requests that waited for another request fetching the same key
+    lock_waits: int = 0
+    #: entries removed by purges
+    purged: int = 0
+    #: is a cache enabled on any site of this process?
+    enabled: bool = False
+    #: the disk tiers (shared by the processes), as their last sweep found
+    #: them; None: no disk tier, or not swept yet
+    disk_entries: int | None = None
+    disk_bytes: int | None = None
+
+    @property
+    def hits(self) -> int:
+        return self.requests["HIT"] + self.requests["STALE"]
+
+    @property
+    def misses(self) -> int:
+        return self.requests["MISS"] + self.requests["EXPIRED"]
+
+    @property
+    def hit_ratio(self) -> float:
+        """Hits over every request the cache saw (bypasses included: what the cache took off PHP)."""
+        total = sum(self.requests.values())
+        return self.hits / total if total else 0.0
 
 
 # -- Prometheus text format -----------------------------------------------------

@@ -54,10 +54,12 @@ class LoadStats:
 
 
 async def _client(host: str, port: int, target: str, deadline: float, stats: LoadStats,
-                  request_timeout: float, tls: ssl.SSLContext | None, new_connections: bool) -> None:
+                  request_timeout: float, tls: ssl.SSLContext | None, new_connections: bool,
+                  extra_headers: tuple[tuple[str, str], ...] = ()) -> None:
     stream: trio.abc.Stream | None = None
     conn = None
-    headers = [("Host", f"{host}:{port}")] + ([("Connection", "close")] if new_connections else [])
+    headers = [("Host", f"{host}:{port}")] + ([("Connection", "close")] if new_connections else []) \
+        + list(extra_headers)
     while time.monotonic() < deadline:
         try:
             stats.sent += 1
@@ -101,7 +103,8 @@ async def _client(host: str, port: int, target: str, deadline: float, stats: Loa
 
 
 async def run_load(url: str, *, concurrency: int, seconds: float, stats: LoadStats,
-                   request_timeout: float = 30.0, new_connections: bool = False) -> None:
+                   request_timeout: float = 30.0, new_connections: bool = False,
+                   headers: tuple[tuple[str, str], ...] = ()) -> None:
     host, port, target = loopback_target(url)
     tls = client_context() if url.startswith("https://") else None
     concurrency = max(1, min(concurrency, 5000))
@@ -109,4 +112,5 @@ async def run_load(url: str, *, concurrency: int, seconds: float, stats: LoadSta
     deadline = time.monotonic() + seconds
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
-            nursery.start_soon(_client, host, port, target, deadline, stats, request_timeout, tls, new_connections)
+            nursery.start_soon(_client, host, port, target, deadline, stats, request_timeout, tls, new_connections,
+                               headers)

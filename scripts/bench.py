@@ -26,7 +26,12 @@ overload run where clients give up after 1 s, with the PHP work done for
 clients that had already left (requests php-fpm ran minus answers); and, when
 Debian's wordpress and mariadb-server are installed (scripts/setup --test),
 the WordPress home page at 16 connections (its own nginx + gateway pair on
-one php-fpm pool and a private MariaDB); and "proxy hello c64", the reverse
+one php-fpm pool and a private MariaDB), and the same page cached ("wordpress
+home cached c16"): nginx with fastcgi_cache (key $scheme$host$request_uri,
+fastcgi_cache_valid 200 301 404 10m, fastcgi_cache_lock on, WordPress's
+cookies bypass) against the gateway's [sites.X.cache] with ttl 10m, its hit
+ratio (requests not run by php-fpm, counted on php-fpm's status page) printed
+under the table; and "proxy hello c64", the reverse
 proxy: the gateway (``type = "http"`` backend) vs nginx ``proxy_pass`` with
 upstream keepalive vs Caddy ``reverse_proxy``, 16 upstream connections kept
 each, in front of one fast upstream (an nginx answering 5 bytes), from
@@ -255,7 +260,10 @@ def run_workloads(stack: Stack, workloads: list[tuple[str, str, int, int]], args
                                   if gw_pid and r["requests"] else float("nan"))
                 drain(status_socket, 1.5)
                 # PHP work done for clients that were no longer there for the answer
-                r["wasted_php"] = max(0, fpm_requests(status_socket) - ran0 - r["requests"])
+                ran = fpm_requests(status_socket) - ran0
+                r["wasted_php"] = max(0, ran - r["requests"])
+                # requests answered without a PHP run (a page cache's hits)
+                r["hit_ratio"] = max(0.0, 1 - ran / r["requests"]) if r["requests"] else float("nan")
                 results.setdefault((name, server), []).append(r)
                 print(f"  {name:22} {server:8} rep {rep + 1}: {r['rps']:9.0f} req/s  p99 {r['p99']:8.1f} ms  "
                       f"errors {r['errors']:.0f}", file=sys.stderr, flush=True)
@@ -288,17 +296,34 @@ def run_wordpress(args: argparse.Namespace, duration: float, results: dict[tuple
 
     from tests.wordpress.wp_parts import WP_CORE, start_wordpress
 
-    workloads = [("wordpress home c16", "/", 16, 10)]
+    parts = [part for part in args.only.split(",") if part]
+    plain, cached = ("wordpress home c16", "/", 16, 10), ("wordpress home cached c16", "/", 16, 10)
+    workloads = [w for w in (plain, cached) if not parts or any(part in w[0] for part in parts)]
     base = Path(tempfile.mkdtemp(prefix="bench-wp-"))
     wp = start_wordpress(base / "wp")
     try:
-        with Stack(WP_CORE, workers=args.fpm_workers, idle_timeout=1.0, processes=args.processes, run_as="root",
-                   nginx_locations=nginx_locations(str(wp.content_dir), wp.config_name),
-                   gateway_site=gateway_site(str(wp.content_dir), wp.config_name), baseline=baseline) as stack:
-            for server_port in (stack.nginx_port, stack.gateway_port, stack.baseline_port):
-                if server_port:  # warm opcache and WordPress's caches
-                    wrk(server_port, "/", 4, 2, 10)
-            run_workloads(stack, workloads, args, duration, results)
+        for workload in workloads:
+            cache = workload is cached
+            nginx_extra = gateway_extra = ""
+            fastcgi_extra = ""
+            if cache:
+                nginx_extra = (f"fastcgi_cache_path {base}/nginx-cache levels=1:2 keys_zone=wp:32m max_size=256m "
+                               "inactive=1h use_temp_path=off;\n"
+                               "map $http_cookie $wp_nocache { default 0; ~*wordpress_logged_in_ 1; "
+                               "~*wp-postpass_ 1; ~*comment_author_ 1; ~*woocommerce_items_in_cart 1; }")
+                fastcgi_extra = (' fastcgi_cache wp; fastcgi_cache_key "$scheme$host$request_uri"; '
+                                 "fastcgi_cache_valid 200 301 404 10m; fastcgi_cache_lock on; "
+                                 "fastcgi_cache_bypass $wp_nocache; fastcgi_no_cache $wp_nocache;")
+                gateway_extra = '[sites.wordpress.cache]\nenabled = true\nttl = "10m"\n'
+            with Stack(WP_CORE, workers=args.fpm_workers, idle_timeout=1.0, processes=args.processes,
+                       run_as="root", nginx_http_extra=nginx_extra,
+                       nginx_locations=nginx_locations(str(wp.content_dir), wp.config_name, fastcgi_extra),
+                       gateway_site=gateway_site(str(wp.content_dir), wp.config_name) + gateway_extra,
+                       baseline=None if cache else baseline) as stack:
+                for server_port in (stack.nginx_port, stack.gateway_port, stack.baseline_port):
+                    if server_port:  # warm opcache and WordPress's caches (and the page caches)
+                        wrk(server_port, "/", 4, 2, 10)
+                run_workloads(stack, [workload], args, duration, results)
     finally:
         wp.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -372,7 +397,7 @@ def bench(args: argparse.Namespace, baseline: Path | None, baseline_commit: str)
     proxy_workloads = [w for w in PROXY_WORKLOADS if selected(w[0])]
     if proxy_workloads:
         workloads += run_proxy(args, proxy_workloads, duration, results)
-    if selected("wordpress home c16"):
+    if selected("wordpress home c16") or selected("wordpress home cached c16"):
         if wordpress_installed():
             workloads += run_wordpress(args, duration, results, baseline)
         else:
@@ -412,6 +437,11 @@ def bench(args: argparse.Namespace, baseline: Path | None, baseline_commit: str)
                   f"{med(name, server, 'errors'):7.0f} {ratio(rps, base):8.2f} "
                   f"{'' if cpu != cpu else f'{cpu:.0f}':>13} {med(name, server, 'wasted_php'):10.0f}"
                   + (f" {head_ref:>16}" if baseline else ""))
+    for name, *_ in workloads:
+        if "cached" in name:
+            print(f"{name}: hit ratio (requests php-fpm did not run) "
+                  + ", ".join(f"{server} {med(name, server, 'hit_ratio'):.4f}"
+                              for server in ("nginx", "gateway") if (name, server) in results))
     return 0
 
 

@@ -17,6 +17,12 @@ Scenarios (against the demo site in conf.d/, whose pool has 4 workers):
                 gives (listener-tls needs handshakes to be >= 50 % of the CPU)
   backend-down  a trickle of PHP requests; stop php-fpm (or point the backend at a
                 dead address) to see it
+  php-uncached  many clients on /slow.php?ms=300, each with a WordPress
+                logged-in cookie: cacheable pages that all bypass the page
+                cache. Needs the demo site's cache on (a conf.d/50-cache.toml
+                with `[sites.demo.cache]` `enabled = true`; restart); with it
+                on, php-waiting's and php-cpu's pages are cached, so take it
+                off again for those
 
 Traffic goes to loopback only, is bounded by --seconds (max 600) and
 --concurrency (max 5000), and stops by itself. Watch `gateway top` meanwhile.
@@ -46,7 +52,10 @@ SCENARIOS = {
     "listener": ("/style.css", 256),
     "listener-tls": ("/style.css", 4),
     "backend-down": ("/info.php", 4),
+    "php-uncached": ("/slow.php?ms=300", 64),
 }
+#: Request headers a scenario's clients send.
+HEADERS = {"php-uncached": (("Cookie", "wordpress_logged_in_saturate=1"),)}
 
 
 _last_tls: dict[str, tuple[float, int, float]] = {}
@@ -133,7 +142,8 @@ async def main(args: argparse.Namespace) -> None:
         elif args.scenario == "listener-tls":
             await s_time(url, concurrency, min(args.seconds, 600.0), stats)
         else:
-            await run_load(url, concurrency=concurrency, seconds=args.seconds, stats=stats)
+            await run_load(url, concurrency=concurrency, seconds=args.seconds, stats=stats,
+                           headers=HEADERS.get(args.scenario, ()))
         nursery.cancel_scope.cancel()
     lat = sorted(stats.latencies)
     p99 = lat[int(len(lat) * 0.99) - 1] if lat else 0.0

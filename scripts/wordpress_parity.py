@@ -35,8 +35,8 @@ URLS = [
 CACHE_EXT = "css|js|mjs|png|jpg|jpeg|gif|webp|avif|svg|ico|woff|woff2|ttf|eot|otf|mp4|webm|mp3|ogg|pdf"
 
 
-def nginx_locations(content: str, config_name: str) -> str:
-    php = NGINX_PHP_LOCATIONS.format(fastcgi_extra=f"fastcgi_param WORDPRESS_CONFIG {config_name};")
+def nginx_locations(content: str, config_name: str, fastcgi_extra: str = "") -> str:
+    php = NGINX_PHP_LOCATIONS.format(fastcgi_extra=f"fastcgi_param WORDPRESS_CONFIG {config_name};{fastcgi_extra}")
     return php + f"""
         location ^~ /wp-content/uploads/ {{
             alias {content}/uploads/;

@@ -55,19 +55,21 @@ import trio
 from ..config import Config
 from ..config.addresses import parse_listen
 from ..http import https_redirect
+from ..http.cache_policy import Purge, raw_target
 from ..http.encoding import add_vary, choose_coding
 from ..http.errors import ClientGone, GatewayError
 from ..http.header_rules import HeaderRule, HeaderRules
 from ..http.realip import TrustedProxies
 from ..http.request import IDEMPOTENT_METHODS, Request
 from ..http.response import Body, Response, error_response, http_date
-from ..metrics import CompressionStats, GuardStats
+from ..metrics import CacheStats, CompressionStats, GuardStats
 from ..tls.store import StateDir
 from ..upstream import cgi
 from ..upstream.exchange import UpstreamBody, UpstreamResponse, run_php
 from ..upstream.fastcgi import FastCgiConn, PhpSettings
 from ..upstream.pool import Pool
 from . import accel, error_pages
+from .cache import PageCaches
 from .cgi_params import build_params
 from .compress import CompressionSettings, Compressor
 from .error_pages import ErrorPages, page_headers, page_ok
@@ -137,7 +139,7 @@ class App:
 
     def __init__(self, config: Config, pools: dict[str, Pool[Any]],
                  compression: CompressionStats | None = None, guard: GuardStats | None = None,
-                 guard_table: str = "") -> None:
+                 guard_table: str = "", cache_stats: CacheStats | None = None) -> None:
         self.config = config
         #: rate_limit, access, basic_auth (``guard_table``: the workers' shared table, ``guard_table.create``)
         self.guard = Guard(config, guard, GuardTable.open(guard_table) if guard_table else None)
@@ -163,8 +165,18 @@ class App:
                 proxied[name] = ProxyBackend.from_config(pools[name], backend, config.server)
             else:
                 self._backends[name] = _SiteBackend(pools[name], PhpSettings.from_config(backend, config.server))
+        #: page caches by site name (``[sites.X.cache] enabled``)
+        self.cache_stats = cache_stats if cache_stats is not None else CacheStats()
+        self.caches = PageCaches(config, pools, self.cache_stats, self.compressor)
         self.proxy = Proxy(proxied, trusted=TrustedProxies.parse(config.server.trusted_proxies),
                            via=self.server_software, error=self.error)
+
+    async def run(self) -> None:
+        """The page caches' background work (``PageCaches.run``), until cancelled."""
+        await self.caches.run()
+
+    def purge(self, purge: Purge, site: str | None = None) -> int:
+        return self.caches.purge(purge, site)
 
     def error(self, status: int, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
         return error_response(status, server=self.server_software, headers=headers)
@@ -387,6 +399,22 @@ class App:
 
     async def _php(self, req: Request, router: Router, script: PhpScript,
                    extra: dict[bytes, bytes] | None = None) -> Response:
+        cache = self.caches.get(router.name)
+        path, query = raw_target(req.target)
+        if cache is None or extra is not None:  # (an error page's request: neither cached nor counted)
+            resp = await self._php_run(req, router, script, extra)
+            backend = self._backends.get(router.site.php)
+            self.caches.uncached(req, path, resp,
+                                 backend.pool.instruments if backend is not None and extra is None else None)
+            return resp
+        return await cache.handle(req, path, query,
+                                  lambda detached: self._php_run(req, router, script, detached=detached))
+
+    async def _php_run(self, req: Request, router: Router, script: PhpScript,
+                       extra: dict[bytes, bytes] | None = None, *, detached: bool = False) -> Response:
+        """PHP's response; ``extra``: FastCGI params of an error page's request;
+        ``detached``: a cache refresh nobody waits for (no client to watch, no
+        request body)."""
         backend_name = router.site.php
         backend = self._backends.get(backend_name)
         if backend is None:
@@ -404,7 +432,7 @@ class App:
             server=req.server,
             server_name=server_name,
             server_software=self.server_software,
-            body_length=req.body.size if req.body is not None else None,
+            body_length=req.body.size if req.body is not None and not detached else None,
             https=req.https,
         )
         for more in (router.extra_params, extra):
@@ -415,8 +443,9 @@ class App:
         force = bool(router.unbuffered) and script.document_uri.startswith(router.unbuffered)
         pool = backend.pool
         try:
-            result = await run_php(pool, params, req.body, backend.settings, request_id=req.request_id,
-                                   retry_safe=req.method in IDEMPOTENT_METHODS, client_left=req.client_left,
+            result = await run_php(pool, params, None if detached else req.body, backend.settings,
+                                   request_id=req.request_id, retry_safe=req.method in IDEMPOTENT_METHODS,
+                                   client_left=None if detached else req.client_left,
                                    force_stream=force,
                                    key=req.client[0].encode() if pool.balance == "ip_hash" else None)
         except GatewayError as exc:

@@ -71,6 +71,7 @@ from pydantic import (
 )
 
 from .addresses import Address, UpstreamAddress, parse_address, parse_listen, parse_upstream
+from .cache import CacheConfig
 from .guard import AccessRule, BasicAuthRule, RateLimitRule, resolve_paths
 from .messages import describe, find_line, format_problem
 from .responses import Alias, ErrorPages, HeaderRules
@@ -639,6 +640,8 @@ class SiteConfig(_Model):
         "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "webp", "avif", "svg", "ico", "woff", "woff2", "ttf",
         "eot", "otf", "mp4", "webm", "mp3", "ogg", "pdf",
     ]
+    #: The page cache of this site's PHP responses (``config.cache``).
+    cache: CacheConfig = CacheConfig()
 
     def effective_try_files(self) -> list[str]:
         if self.try_files is not None:

@@ -76,9 +76,11 @@ def observation_of(st: dict[str, Any]) -> Observation:
                   default=listener.get("process_cpu", 0.0))
     pools = tuple(PoolObservation(
         name=name, size=p.get("size", 0), busy=p.get("busy", 0), waiting=p.get("queue_depth", 0),
-        queue_wait_p50=(p.get("queue_wait_p50_ms_last_second") or 0.0) / 1000, responses=0, connect_errors=0,
+        queue_wait_p50=(p.get("queue_wait_p50_ms_last_second") or 0.0) / 1000, responses=1000, connect_errors=0,
         worker_cpu=p.get("worker_cpu"), kind=p.get("type") or "fastcgi", tunnels=p.get("tunnels") or 0,
-        waits=waits_of(p.get("waiting_on")))
+        cacheable=round((p.get("cacheable_share") or 0.0) * 1000),
+        cache_bypassed=round((p.get("cacheable_share") or 0.0) * (p.get("cache_bypassed_share") or 0.0) * 1000),
+        cache_on=bool(p.get("cache_on")), waits=waits_of(p.get("waiting_on")))
         for name, p in st.get("pools", {}).items())
     # TLS: summed over the processes, given per process (the average), as
     # process_cpu is one process's: the share and the CPU per handshake hold

@@ -19,12 +19,19 @@ identifiers that dashboards match).
   host has no CPU to spare while they run code (at least ``CPU_IDLE`` each; a
   full host with sleeping workers is busy with something else).
 - ``php-waiting``: a pool is saturated and queueing but its workers mostly do
-  not use CPU: they wait on a database, storage or the network. Where the
-  busy workers were sampled and none uses half a core, the sample decides
+  not use CPU: they wait on a database, storage or the network.
+- ``php-uncached``: a pool is saturated, a site with a page cache sends its
+  requests there, and at least ``CACHEABLE_SHARE`` of its PHP responses in
+  the last second were GETs the cache could have kept (they missed it or
+  bypassed it): the cache is not doing its job (bypass cookies too broad, a
+  ttl too short). For a pool without a cache, the php-cpu/php-waiting reason
+  adds the share a page cache would take off PHP; a pool saturated by
+  uncacheable responses (``no-store``, ``Set-Cookie``) stays php-cpu/php-waiting.
+- ``php-waiting`` or ``php-cpu``: where the busy workers were sampled
+  (``waits``, ``sampler``) and none uses half a core, the sample decides
   between the two (more than half of them on CPU: ``php-cpu``), not the host's
-  CPU, which other work may fill. When the
-  busy workers were sampled (``waits``, ``sampler``) the verdict's
-  ``waiting_on`` counts them by kind and the reason names the targets ("3 of
+  CPU, which other work may fill. A ``php-waiting`` verdict's
+  ``waiting_on`` then counts them by kind and the reason names the targets ("3 of
   them waiting on the database at 127.0.0.1:3306 (mysqli_query from
   wp-includes/class-wpdb.php)"); workers in disk waits while the host's
   iowait is at least ``IOWAIT_HIGH`` make it say the storage is slow.
@@ -53,7 +60,7 @@ from dataclasses import dataclass, field
 
 from .waits import KINDS, Waits, describe
 
-BOTTLENECKS = ("healthy", "listener", "listener-tls", "php-cpu", "php-waiting", "backend-down")
+BOTTLENECKS = ("healthy", "listener", "listener-tls", "php-cpu", "php-waiting", "php-uncached", "backend-down")
 
 #: Seconds a new verdict must hold before it is shown.
 HOLD = 3.0
@@ -81,6 +88,9 @@ GATEWAY_HOST_SHARE = 0.4
 #: Share of the host's CPU time idle waiting for storage from which workers in
 #: disk waits mean the storage is slow.
 IOWAIT_HIGH = 0.2
+#: Share of a saturated pool's PHP responses that a page cache could have kept
+#: from which a pool with a cache is ``php-uncached`` (and one without gets the hint).
+CACHEABLE_SHARE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +114,10 @@ class PoolObservation:
     kind: str = "fastcgi"
     #: slots held by tunnels (WebSocket...), of the busy ones
     tunnels: int = 0
+    #: of ``responses``: those a page cache could have kept, and of them the bypasses
+    cacheable: int = 0
+    cache_bypassed: int = 0
+    cache_on: bool = False  # a site with a page cache uses this pool
 
     #: what the busy workers wait on (``sampler``), None: not sampled
     waits: Waits | None = None
@@ -116,6 +130,10 @@ class PoolObservation:
     def label(self) -> str:
         """How a sentence names it: "pool php", or "backend app (http)"."""
         return f"pool {self.name}" if self.php else f"backend {self.name} ({self.kind})"
+
+    @property
+    def cacheable_share(self) -> float:
+        return min(1.0, self.cacheable / self.responses) if self.responses else 0.0
 
     @property
     def saturated(self) -> bool:
@@ -183,6 +201,8 @@ def _classify(obs: Observation) -> Verdict:
     for p in obs.pools:
         if p.saturated:
             bottleneck = _php_bottleneck(p, obs)
+            if p.cache_on and p.cacheable_share >= CACHEABLE_SHARE:
+                bottleneck = "php-uncached"
             waiting_on = p.waits.counts if bottleneck == "php-waiting" and p.waits is not None else {}
             return Verdict(bottleneck, _php_reason(bottleneck, p, obs), waiting_on)
     if obs.loop_lag_p99 >= LOOP_LAG_LIMIT or obs.process_cpu >= PROCESS_CPU_LIMIT:
@@ -216,7 +236,7 @@ def explain(bottleneck: str, obs: Observation, *, processes: int = 1) -> str | N
     numbers summed over all of them (``processes`` > 1: ``obs`` is that sum,
     its ``process_cpu`` the busiest process's). None for ``backend-down``,
     whose reason names no shared number."""
-    if bottleneck in ("php-cpu", "php-waiting"):
+    if bottleneck in ("php-cpu", "php-waiting", "php-uncached"):
         loaded = [p for p in obs.pools if p.waiting or p.busy >= p.size]
         if not loaded:
             return None
@@ -253,6 +273,24 @@ def _php_reason(bottleneck: str, p: PoolObservation, obs: Observation, *, proces
     state = "is saturated" if p.saturated or processes == 1 else "is saturated in some worker processes"
     load = (f"{p.label} {state}: {p.busy}/{p.size} {'workers' if p.php else 'connections'} busy, {p.waiting} "
             f"queued (median wait {p.queue_wait_p50 * 1000:.0f} ms)")
+    if bottleneck == "php-uncached":
+        bypassed = p.cache_bypassed / p.cacheable if p.cacheable else 0.0
+        how = (f"{bypassed:.0%} of them bypassed it (a bypass cookie or path): check bypass_cookies and "
+               "bypass_paths" if bypassed >= 0.5 else
+               "they missed it: check the ttl, max_size (evictions) and what varies the key (query strings)")
+        return (f"{load}; {p.cacheable_share:.0%} of its PHP responses are GETs the page cache could keep, yet "
+                f"went to PHP; {how}.")
+    return _php_cpu_or_waiting(bottleneck, load, p, obs) + _cache_hint(p)
+
+
+def _cache_hint(p: PoolObservation) -> str:
+    if p.cache_on or p.cacheable_share < CACHEABLE_SHARE:
+        return ""
+    return (f" A page cache would take {p.cacheable_share:.0%} of this load off PHP ([sites.X.cache] "
+            "enabled = true).")
+
+
+def _php_cpu_or_waiting(bottleneck: str, load: str, p: PoolObservation, obs: Observation) -> str:
     host, host_full = _host(obs), _host_full(obs)
     if not p.php:  # the gateway sees no CPU figure of an HTTP application
         if p.tunnels * 2 >= p.size:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ..metrics import CompressionStats, GuardStats, ListenerStats, Window, percentile
+from ..metrics import CacheStats, CompressionStats, GuardStats, ListenerStats, Window, percentile
 from ..upstream.php_fpm_status import fastcgi_get
 from ..upstream.pool import Pool
 from . import table
@@ -193,6 +193,7 @@ class PoolMonitor:
     php_window: Window2 = field(default_factory=lambda: Window2(WINDOW))
     _prev_connect_errors: int = 0
     _prev_responses: int = 0
+    _prev_cacheable: tuple[int, int] = (0, 0)
     _prev_wait_counts: list[int] = field(default_factory=list)
     _prev_cpu: dict[int, float] = field(default_factory=dict)
     _prev_cpu_at: float = 0.0
@@ -280,6 +281,9 @@ class PoolMonitor:
         responses = pool.instruments.responses - self._prev_responses
         self._prev_connect_errors = pool.stats.connect_errors
         self._prev_responses = pool.instruments.responses
+        cacheable = (pool.instruments.cacheable - self._prev_cacheable[0],
+                     pool.instruments.cache_bypassed - self._prev_cacheable[1])
+        self._prev_cacheable = (pool.instruments.cacheable, pool.instruments.cache_bypassed)
         counts = list(pool.instruments.queue_wait.counts)
         delta = [c - p for c, p in zip(counts, self._prev_wait_counts or [0] * len(counts), strict=True)]
         self._prev_wait_counts = counts
@@ -297,7 +301,9 @@ class PoolMonitor:
             backend_down_for=0.0 if health is None else health.down_for(now),
             hosts_down=tuple((m.name, now - m.down_since, m.down_reason) for m in pool.members
                              if m.down_since is not None),
-            hosts=len(pool.members), kind=self.kind, tunnels=pool.stats.tunnels, waits=self.waits,
+            hosts=len(pool.members), kind=self.kind, tunnels=pool.stats.tunnels,
+            cacheable=cacheable[0], cache_bypassed=cacheable[1], cache_on=pool.instruments.cache_on,
+            waits=self.waits,
         )
         return self.last
 
@@ -352,6 +358,7 @@ class Monitor:
     pools: list[PoolMonitor]
     compression: CompressionStats
     guard: GuardStats
+    cache: CacheStats
     diagnosis: Diagnosis
     #: loop lag samples, and cumulative accept and request counts, over WINDOW
     lag: Window
@@ -369,14 +376,16 @@ class Monitor:
     cpus: int | None
 
     def __init__(self, stats: ListenerStats, pools: list[PoolMonitor],
-                 compression: CompressionStats | None = None, guard: GuardStats | None = None, *,
-                 master_pid: int | None = None) -> None:
+                 compression: CompressionStats | None = None, guard: GuardStats | None = None,
+                 cache: CacheStats | None = None, *, master_pid: int | None = None) -> None:
         self.stats = stats
         self.pools = pools
         #: what response compression did (the app layer bumps it)
         self.compression = compression if compression is not None else CompressionStats()
         #: what rate limits, access rules and basic auth did (the app layer bumps it)
         self.guard = guard if guard is not None else GuardStats()
+        #: what the page cache did (the app layer bumps it)
+        self.cache = cache if cache is not None else CacheStats()
         self.diagnosis = Diagnosis(since=trio.current_time())
         self.lag = Window(WINDOW)
         self.accepted = Window(WINDOW)

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from ..metrics import CONN_STATES, H2_REFUSALS, TLS_FAILURES, PromWriter
+from ..metrics import CACHE_STATUSES, CONN_STATES, H2_REFUSALS, TLS_FAILURES, PromWriter
 from .diagnosis import BOTTLENECKS
 from .waits import KINDS, describe
 
@@ -63,7 +63,7 @@ Path = tuple[str, ...]
 S = TypeVar("S")
 
 #: Verdicts, most severe first: the master shows the most severe any worker holds.
-SEVERITY = ("backend-down", "listener-tls", "listener", "php-cpu", "php-waiting", "healthy")
+SEVERITY = ("backend-down", "listener-tls", "listener", "php-cpu", "php-uncached", "php-waiting", "healthy")
 
 
 class _Absent:
@@ -350,6 +350,20 @@ def add_addresses(m: Merging) -> dict[str, Any]:
     return out
 
 
+def _cache_on(m: Monitor) -> bool:
+    return m.cache.enabled
+
+
+def _disk_on(m: Monitor) -> bool:
+    return m.cache.enabled and m.cache.disk_entries is not None
+
+
+def _hit_ratio(m: Merging) -> Any:
+    """The merged hits over the merged requests (not an average of ratios)."""
+    total = sum(m.merged.get("requests", {}).values())
+    return m.merged.get("hits", 0) / total if total else 0.0
+
+
 def _lag(q: float) -> Callable[[Monitor, float], Any]:
     """The q-quantile of the loop lag samples in the monitor's window (1.0: the most)."""
     return lambda m, now: m.lag_quantile(q)
@@ -497,6 +511,35 @@ TABLE: tuple[Row, ...] = (
     ProcessMetric("gateway_auth_blocked_total", "counter",
                   "Requests answered 429 because their address failed basic auth max_failures times, by site.",
                   lambda m, now: m.guard.auth_blocked, ("guard", "auth_blocked"), add_by_key, label="site"),
+    # -- page cache (app/cache.py), when a site has one -----------------------------
+    ProcessMetric("gateway_cache_requests_total", "counter",
+                  "Requests the page cache looked up, by X-Cache status (HIT, MISS, STALE, BYPASS, EXPIRED).",
+                  lambda m, now: m.cache.requests, ("cache", "requests"), add_each(CACHE_STATUSES),
+                  when=_cache_on, label="status", series=CACHE_STATUSES),
+    ProcessMetric(None, "counter", "Requests answered from the page cache (HIT and STALE).",
+                  lambda m, now: m.cache.hits, ("cache", "hits"), when=_cache_on),
+    ProcessMetric(None, "counter", "Requests the page cache sent to PHP for a missing or expired entry.",
+                  lambda m, now: m.cache.misses, ("cache", "misses"), when=_cache_on),
+    ProcessMetric(None, "gauge", "Hits over every request the page cache looked up (bypasses included).",
+                  lambda m, now: m.cache.hit_ratio, ("cache", "hit_ratio"), _hit_ratio, digits=3, when=_cache_on),
+    ProcessMetric("gateway_cache_entries", "gauge", "Entries in the page cache's memory tier.",
+                  lambda m, now: m.cache.entries, ("cache", "entries"), when=_cache_on),
+    ProcessMetric("gateway_cache_bytes", "gauge", "Bytes (bodies and headers) in the page cache's memory tier.",
+                  lambda m, now: m.cache.bytes, ("cache", "bytes"), when=_cache_on),
+    ProcessMetric("gateway_cache_evictions_total", "counter",
+                  "Page cache entries dropped to make room (least recently used first).",
+                  lambda m, now: m.cache.evictions, ("cache", "evictions"), when=_cache_on),
+    ProcessMetric("gateway_cache_lock_waits_total", "counter",
+                  "Requests that waited for another request fetching the same page (the stampede lock).",
+                  lambda m, now: m.cache.lock_waits, ("cache", "lock_waits"), when=_cache_on),
+    ProcessMetric("gateway_cache_purged_total", "counter", "Page cache entries removed by purges.",
+                  lambda m, now: m.cache.purged, ("cache", "purged"), when=_cache_on),
+    ProcessMetric("gateway_cache_disk_entries", "gauge",
+                  "Entries in the page cache's disk tier (shared by the processes), at its last sweep.",
+                  lambda m, now: m.cache.disk_entries, ("cache", "disk_entries"), worst_known, when=_disk_on),
+    ProcessMetric("gateway_cache_disk_bytes", "gauge",
+                  "Bytes in the page cache's disk tier (shared by the processes), at its last sweep.",
+                  lambda m, now: m.cache.disk_bytes, ("cache", "disk_bytes"), worst_known, when=_disk_on),
     # -- per pool (upstream/pool.py and the pool's monitor) -----------------------
     PoolMetric(None, "info", "What the pool fronts: fastcgi (PHP) or http (a proxied application).",
                lambda pm, now: pm.kind, ("type",), first),
@@ -544,6 +587,18 @@ TABLE: tuple[Row, ...] = (
                ("responses_10s",)),
     PoolMetric("gateway_pool_responses_total", "counter", "PHP responses received.",
                lambda pm, now: pm.pool.instruments.responses, ("responses_total",)),
+    PoolMetric("gateway_pool_cacheable_responses_total", "counter",
+               "PHP responses a page cache could have kept (GET/HEAD, storable): misses and bypasses of a "
+               "site's cache, or the whole load a cache would take off a pool without one.",
+               lambda pm, now: pm.pool.instruments.cacheable, ("cacheable_total",)),
+    PoolMetric(None, "gauge", "Share of the last second's PHP responses a page cache could have kept.",
+               lambda pm, now: pm.last.cacheable_share if pm.last else 0.0, ("cacheable_share",),
+               weighted_by("responses_10s"), digits=3),
+    PoolMetric(None, "gauge", "Share of those cacheable responses whose request bypassed the cache (last second).",
+               lambda pm, now: pm.last.cache_bypassed / pm.last.cacheable if pm.last and pm.last.cacheable else 0.0,
+               ("cache_bypassed_share",), weighted_by("responses_10s"), digits=3),
+    PoolMetric(None, "gauge", "True when a site with a page cache sends its PHP requests to this pool.",
+               lambda pm, now: pm.pool.instruments.cache_on, ("cache_on",), first),
     PoolMetric("gateway_pool_errors_total", "counter", "Requests answered with a gateway error.",
                lambda pm, now: {str(k): v for k, v in sorted(pm.pool.stats.errors.items())}, ("errors",),
                add_by_key, label="status", series=("502", "503", "504")),

@@ -16,7 +16,7 @@ from rich.text import Text
 DEFAULT_ADMIN = "http://127.0.0.1:9180"
 
 _COLOURS = {"healthy": "green", "listener": "magenta", "listener-tls": "magenta", "php-cpu": "red",
-            "php-waiting": "yellow", "backend-down": "bold red"}
+            "php-waiting": "yellow", "php-uncached": "yellow", "backend-down": "bold red"}
 
 
 class AdminUnreachable(Exception):
@@ -35,6 +35,34 @@ def fetch_status(admin: str, timeout: float = 3.0) -> dict[str, Any]:
         raise AdminUnreachable(
             f"cannot read {url}/status: {getattr(exc, 'reason', exc)}. Is 'gateway serve' running, and is its "
             "[admin] listen on that address?"
+        ) from None
+
+
+def post_purge(admin: str, purge: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """``POST /cache/purge`` on the admin listener at ``admin``; its JSON answer.
+
+    Raises:
+        AdminUnreachable: no answer, or an error (its message, from the admin's JSON).
+    """
+    url = admin.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        url = "http://" + url
+    request = urllib.request.Request(url + "/cache/purge", data=json.dumps(purge).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - operator-given URL
+            data: dict[str, Any] = json.loads(resp.read())
+            return data
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            detail = exc.reason
+        raise AdminUnreachable(f"{url}/cache/purge answered {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise AdminUnreachable(
+            f"cannot reach {url}/cache/purge: {getattr(exc, 'reason', exc)}. Is 'gateway serve' running, and is "
+            "its [admin] listen on that address?"
         ) from None
 
 
@@ -91,6 +119,8 @@ def summary_lines(st: dict[str, Any]) -> list[str]:
                          f"idle {fpm['idle_processes']} (they drift with kept-alive connections), listen queue "
                          f"{fpm['listen_queue']}, max children reached {fpm['max_children_reached']}, "
                          f"slow requests {fpm['slow_requests']}")
+    if st.get("cache"):
+        lines.append(_cache_text(st["cache"]))
     lines += [_certificate_text(c) for c in st.get("certificates", [])]
     return lines
 
@@ -110,6 +140,14 @@ def _tunnels_text(li: dict[str, Any], *, short: bool = False) -> str:
     if not t.get("total"):
         return ""
     return f", {t['open']} tunnels" + ("" if short else f" ({t['total']} since start)")
+
+
+def _cache_text(c: dict[str, Any]) -> str:
+    """The page cache in one line (``app.cache``)."""
+    r = c["requests"]
+    return (f"page cache: hit ratio {c['hit_ratio']:.0%} ({r['HIT']} hit, {r['STALE']} stale, {r['MISS']} miss, "
+            f"{r['EXPIRED']} expired, {r['BYPASS']} bypass), {c['entries']} entries, {c['bytes'] / 1048576:.1f} MiB, "
+            f"{c['evictions']} evicted, {c['lock_waits']} lock waits, {c['purged']} purged")
 
 
 def _certificate_text(c: dict[str, Any]) -> str:
@@ -214,6 +252,15 @@ def top_view(st: dict[str, Any], admin: str) -> Group:
             parts.append(Text(f"backend {name}: " + _backend_text(backend), style="red"))
         if (p.get("waiting_on") or {}).get("busy"):
             parts.append(Text(f"{name} waits on: " + _waits_brief(p["waiting_on"])))
+    if st.get("cache"):
+        c = st["cache"]
+        r = c["requests"]
+        parts.append(Text.assemble(
+            ("page cache ", "bold"),
+            f"{c['hit_ratio']:.0%} hits: {r['HIT']} hit, {r['STALE']} stale, {r['MISS']} miss, "
+            f"{r['EXPIRED']} expired, {r['BYPASS']} bypass\n",
+            f"  {c['entries']} entries, {c['bytes'] / 1048576:.1f} MiB, {c['evictions']} evicted, "
+            f"{c['lock_waits']} lock waits"))
     if st.get("workers"):
         parts.append(Text(_workers_brief(st["workers"])))
     return Group(*parts)

@@ -55,8 +55,8 @@ from ..config import FASTCGI_ONLY_KEYS, Config, ConfigError, validate
 from ..config.addresses import parse_listen
 from ..front.h1 import ListenerState
 from ..front.listen import Service, listener_url, serve_until_shutdown
-from ..http._h11 import describe, h11
-from ..observe.admin import AdminRouter
+from ..http._h11 import describe
+from ..observe.admin import NO_CACHE, AdminRouter, AdminStatus, NoCache, admin_request
 from ..observe.aggregate import merge_prometheus, merge_status, split
 from ..tls.ticket_keys import new_keys
 from .php_fpm import PhpFpmSupervisor, stop_stale_php_fpm
@@ -238,7 +238,7 @@ class MasterAdmin(AdminRouter):
 
     def __init__(self, runtime_dir: str, count: int, supervisors: dict[str, PhpFpmSupervisor],
                  certificates: Callable[[], CertificateManager | None] = lambda: None) -> None:
-        super().__init__(self.status, self.metrics)
+        super().__init__(self.status, self.metrics, self.purge)
         self.runtime_dir = runtime_dir
         self.sockets = [admin_socket(runtime_dir, i) for i in range(count)]
         self.supervisors = supervisors
@@ -251,13 +251,22 @@ class MasterAdmin(AdminRouter):
         self.sockets = [admin_socket(self.runtime_dir, i, generation) for i in range(count)]
         self.supervisors = supervisors
 
-    async def _fetch_all(self, target: bytes) -> list[bytes | None]:
+    async def _fetch_all(self, target: bytes, body: bytes | None = None,
+                         statuses: list[int] | None = None) -> list[bytes | None]:
+        """Each worker's answer to GET ``target`` (POST ``body`` when given); None:
+        no answer (``statuses`` gets the non-200 statuses that came instead)."""
         out: list[bytes | None] = [None] * len(self.sockets)
 
         async def one(i: int) -> None:
             with trio.move_on_after(ADMIN_FETCH_TIMEOUT):
                 try:
-                    out[i] = await _get(self.sockets[i], target)
+                    if body is None:
+                        out[i] = await _get(self.sockets[i], target)
+                    else:
+                        out[i] = await admin_request(self.sockets[i], target, method=b"POST", body=body)
+                except AdminStatus as exc:
+                    if statuses is not None:
+                        statuses.append(exc.status)
                 except (OSError, ValueError, trio.BrokenResourceError):
                     pass
 
@@ -277,6 +286,18 @@ class MasterAdmin(AdminRouter):
             out["certificates"] = manager.status()
         return out
 
+    async def purge(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """A page-cache purge in every worker (each has its own memory tier)."""
+        statuses: list[int] = []
+        answers = await self._fetch_all(b"/cache/purge", json.dumps(obj).encode(), statuses)
+        done = [json.loads(a) for a in answers if a is not None]
+        if not done and statuses and all(s == 404 for s in statuses):
+            raise NoCache(NO_CACHE)
+        if len(done) < len(answers):
+            log.warning("cache purge %s: %d of %d worker processes did not answer", obj,
+                        len(answers) - len(done), len(answers))
+        return {"purged": sum(d.get("purged", 0) for d in done), "processes": len(done), "asked": len(answers)}
+
     async def metrics(self) -> str:
         texts = [None if b is None else b.decode() for b in await self._fetch_all(b"/metrics")]
         return merge_prometheus(texts, await self.status())
@@ -287,37 +308,8 @@ ADMIN_MAX_BODY = 64 << 20
 
 
 async def _get(path: str, target: bytes, max_body: int = ADMIN_MAX_BODY) -> bytes:
-    """GET ``target`` from the admin listener on unix socket ``path`` (a worker's),
-    with h11's client role; the body of its 200 response.
-
-    Raises ValueError for any other answer: another status, a response h11
-    cannot parse or that ends early, a body over ``max_body`` bytes.
-    """
-    conn = h11.Connection(h11.CLIENT)
-    request = h11.Request(method="GET", target=target, headers=[("Host", "worker"), ("Connection", "close")])
-    stream = await trio.open_unix_socket(path)
-    async with stream:
-        await stream.send_all((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
-        status = 0
-        body = bytearray()
-        try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > max_body:
-                        raise ValueError(f"{path}: response body over {max_body} bytes")
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    break
-        except h11.ProtocolError as exc:
-            raise ValueError(f"{path}: bad response: {exc}") from None
-    if status != 200:
-        raise ValueError(f"{path}: status {status}")
-    return bytes(body)
+    """GET ``target`` from a worker's admin unix socket (``admin_request``)."""
+    return await admin_request(path, target, max_body=max_body)
 
 
 @dataclass

@@ -252,8 +252,8 @@ def give(path: str, account: Account | None) -> None:
 
 
 def prepare_dirs(config: Config, account: Account | None) -> None:
-    """As root, before anything starts: a configured ``temp_dir`` exists and the
-    account may create files in it, a configured ``runtime_dir``'s parents let
+    """As root, before anything starts: a configured ``temp_dir`` and page-cache
+    ``disk_dir`` exist and the account may create files in them, a configured ``runtime_dir``'s parents let
     it through (raises PrivilegeError naming the key, the path and the user),
     and the access log file exists and is the account's (as nginx's workers'
     log files are), so a worker that reopens it after the drop may."""
@@ -279,6 +279,19 @@ def prepare_dirs(config: Config, account: Account | None) -> None:
             give(temp_dir, account)
         if not can_use_dir(temp_dir, account, 3):
             raise PrivilegeError(("server", "temp_dir"), f"{temp_dir}: user {account.name} cannot create files in it")
+    for name, site in config.sites.items():
+        disk_dir = site.cache.disk_dir if site.cache.enabled else ""
+        if not disk_dir:
+            continue
+        key = ("sites", name, "cache", "disk_dir")
+        if not os.path.isdir(disk_dir):
+            try:
+                os.makedirs(disk_dir, mode=0o750)
+            except OSError as exc:
+                raise PrivilegeError(key, f"{disk_dir}: cannot create it: {exc.strerror}") from None
+            give(disk_dir, account)
+        if not can_use_dir(disk_dir, account, 3):
+            raise PrivilegeError(key, f"{disk_dir}: user {account.name} cannot create files in it")
     runtime_dir = config.server.runtime_dir
     if runtime_dir:
         parent = os.path.dirname(os.path.abspath(runtime_dir))

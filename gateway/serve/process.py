@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -51,7 +52,8 @@ from ..front.listen import (
     raise_open_files_limit,
     serve_until_shutdown,
 )
-from ..observe.admin import AdminApp
+from ..http.cache_policy import Purge
+from ..observe.admin import AdminApp, admin_request, purge_json
 from ..observe.health import BackendHealth
 from ..observe.monitor import Monitor, PoolMonitor
 from ..observe.sampler import WorkerSampler, fastcgi_addresses
@@ -77,6 +79,8 @@ log = logging.getLogger(__name__)
 #: client, never a browser, so idle or slow connections are cut sooner.
 ADMIN_KEEPALIVE_TIMEOUT = 5.0
 ADMIN_HEADER_TIMEOUT = 10.0
+#: How long a worker waits for a sibling to take a purge it passes on.
+ADMIN_PURGE_TIMEOUT = 2.0
 
 
 def admin_connection_settings() -> ConnectionSettings:
@@ -84,6 +88,44 @@ def admin_connection_settings() -> ConnectionSettings:
     the schema's defaults with shorter keep-alive and header timeouts."""
     return replace(ConnectionSettings.from_config(), keepalive_timeout=ADMIN_KEEPALIVE_TIMEOUT,
                    header_timeout=ADMIN_HEADER_TIMEOUT)
+
+
+def share_purges(app: App, admin_listen: str) -> None:
+    """In a master's worker: pass each purge a request made here (PURGE,
+    PHP's X-Cache-Purge) to the sibling workers of this generation, through
+    their admin sockets (each process has its own memory tier), all at once,
+    before the response that made it goes out; shielded from the client
+    leaving, bounded by ``ADMIN_PURGE_TIMEOUT``: a sibling that does not
+    answer by then is logged, and the response goes out anyway."""
+    mine = admin_listen.removeprefix("unix:")
+    directory, name = os.path.split(mine)
+    m = re.fullmatch(r"worker-\d+((?:\.g\d+)?)\.admin\.sock", name)
+    if m is None:
+        return
+    pattern = re.compile(rf"worker-\d+{re.escape(m.group(1))}\.admin\.sock")
+
+    async def one(path: str, body: bytes) -> None:
+        with trio.move_on_after(ADMIN_PURGE_TIMEOUT) as scope:
+            try:
+                await admin_request(path, b"/cache/purge", method=b"POST", body=body)
+            except (OSError, ValueError, trio.BrokenResourceError) as exc:
+                log.warning("cache purge not passed on to %s: %s", path, exc)
+        if scope.cancelled_caught:
+            log.warning("cache purge not passed on to %s: no answer in %gs", path, ADMIN_PURGE_TIMEOUT)
+
+    async def on_purge(purge: Purge) -> None:
+        try:
+            siblings = [os.path.join(directory, n) for n in os.listdir(directory) if pattern.fullmatch(n) and n != name]
+        except OSError:
+            return
+        body = json.dumps(purge_json(purge)).encode()
+        with trio.CancelScope(shield=True):  # (bounded: each sibling by ADMIN_PURGE_TIMEOUT)
+            async with trio.open_nursery() as nursery:
+                for path in siblings:
+                    nursery.start_soon(one, path, body)
+
+    for cache in app.caches.values():
+        cache.on_purge = on_purge
 
 
 def pool_from_config(name: str, connector: Connector | list[tuple[str, Connector]], backend: BackendConfig,
@@ -480,7 +522,10 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                               master_pid=os.getppid() if inherited is not None else None)
             system.start_soon(monitor.run)
             app = App(config, pools, monitor.compression, monitor.guard,
-                      inherited.guard_table if inherited is not None else "")
+                      inherited.guard_table if inherited is not None else "", cache_stats=monitor.cache)
+            system.start_soon(app.run)  # the page caches' background refreshes
+            if inherited is not None and app.caches:
+                share_purges(app, config.admin.listen)
             settings = ConnectionSettings.from_config(config.server, config.timeouts, config.limits)
             max_conns = raise_open_files_limit(config.limits.max_connections)
             services = [Service(listeners, app.handle, settings, listener_state, max_conns,
@@ -492,7 +537,8 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                 admin_listeners = admin_listeners or await open_listeners([config.admin.listen])
                 running.admin_listeners = admin_listeners
                 certificates = running.certificates.status if running.certificates is not None else None
-                services.append(Service(running.admin_listeners, AdminApp(monitor, certificates).handle,
+                purge = app.purge if app.caches else None
+                services.append(Service(running.admin_listeners, AdminApp(monitor, certificates, purge).handle,
                                          admin_connection_settings(),
                                          ListenerState(), max_connections=64))
             if pid_file:

@@ -147,6 +147,11 @@ def frozen_monitor(second: bool = False) -> Monitor:
     monitor.guard.auth_blocked.update(staging=1)
     monitor.guard.evictions = 5
     monitor.host_cpu = 0.98765
+    monitor.cache.enabled = True
+    monitor.cache.requests.update(HIT=60, STALE=5, MISS=20, BYPASS=10, EXPIRED=5)
+    monitor.cache.entries, monitor.cache.bytes = 40, 2_500_000
+    monitor.cache.evictions, monitor.cache.lock_waits, monitor.cache.purged = 3, 7, 2
+    php.instruments.cacheable, php.instruments.cache_bypassed, php.instruments.cache_on = 30, 10, True
     monitor.host_iowait = 0.0123
     monitor.gateway_cpu = 0.123456
     monitor.other_cpu = 0.0789
@@ -178,6 +183,8 @@ def frozen_monitor(second: bool = False) -> Monitor:
         monitor.compression.responses.update(br=1, gzip=0)
         monitor.guard.rate_limited.update(blog=1, shop=2)
         monitor.guard.evictions = 0
+        monitor.cache.requests.update(HIT=10, STALE=0, MISS=10, BYPASS=0, EXPIRED=0)
+        monitor.cache.entries, monitor.cache.bytes, monitor.cache.purged = 10, 500_000, 0
         monitor.host_cpu = None
         monitor.host_iowait = None
         monitor.gateway_cpu = 0.5

@@ -109,5 +109,6 @@ async def test_the_master_computes_the_verdict_series_from_its_merged_status(aut
     text = merge_prometheus(texts, merged)
     verdict = next(f for f in text_string_to_metric_families(text) if f.name == "gateway_verdict")
     assert {s.labels["bottleneck"]: s.value for s in verdict.samples} == {
-        "healthy": 0, "listener": 1, "listener-tls": 0, "php-cpu": 0, "php-waiting": 0, "backend-down": 0}
+        "healthy": 0, "listener": 1, "listener-tls": 0, "php-cpu": 0, "php-waiting": 0, "php-uncached": 0,
+        "backend-down": 0}
     assert all("worker" not in s.labels for s in verdict.samples)

@@ -1,0 +1,211 @@
+"""The page cache's disk tier (``[sites.X.cache] disk_dir``): entries as
+files, shared by every gateway process of the machine and kept across
+reloads and restarts.
+
+- **Layout**: ``DIR/SITE/ab/cd/<sha256 of the key>``; a file is ``GWC1``, the
+  length of a JSON head (key, host, path, query, status, headers, tags,
+  lifetime, wall-clock time stored), the head, then PHP's identity body. A
+  file whose head does not hold the key asked for (a hash collision) or that
+  cannot be parsed is not an entry (a broken one is removed).
+- **Writes** go to a temp file in the same directory, then ``os.replace``:
+  a reader in another process sees the old entry or the new one, never half.
+- **Reads and writes are plain file calls on the event loop**, as the spool's:
+  an entry is at most ``max_entry_size`` and usually in the page cache. The
+  memory tier is asked first; an entry read from disk is kept in memory too.
+- **Size bound**: ``sweep`` (every ``SWEEP_EVERY`` seconds, in a thread, from
+  ``App.run``) removes entries past all their windows, then the least
+  recently written until the tier holds at most ``disk_max_size``; between
+  sweeps it may exceed it by what was written meanwhile. Several processes
+  sweeping at once is harmless (a file gone is skipped).
+- **Purges** read every head under the site's directory: O(entries), on the
+  event loop. A purge passed on to sibling processes scans again there
+  (finding nothing): simple over fast, since purges are rare.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import trio
+
+from ..http.cache_policy import CacheKey, Lifetime, Purge
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"GWC1"
+_LEN = struct.Struct(">I")
+#: The most a head may be (headers are bounded by the backend's header limit).
+MAX_HEAD = 1 << 20
+#: Seconds between two sweeps of a disk tier.
+SWEEP_EVERY = 30.0
+
+
+def _text(b: bytes) -> str:
+    return b.decode("latin-1")
+
+
+class DiskStore:
+    """One site's disk tier under ``directory``, at most ``max_size`` bytes (between sweeps)."""
+
+    def __init__(self, directory: str, max_size: int) -> None:
+        self.directory = directory
+        self.max_size = max_size
+
+    def _path(self, key: bytes) -> str:
+        digest = hashlib.sha256(key).hexdigest()
+        return os.path.join(self.directory, digest[:2], digest[2:4], digest)
+
+    # -- entries ---------------------------------------------------------------------
+
+    def get(self, key: bytes) -> tuple[dict[str, Any], bytes] | None:
+        """The head and body stored for ``key``, or None."""
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                head = _read_head(f)
+                if head is None or head.get("key") != _text(key):
+                    if head is None:
+                        log.warning("cache: %s is not a cache entry; removed", path)
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
+                    return None
+                body = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cache: cannot read %s: %s", path, exc.strerror or exc)
+            return None
+        if len(body) != head.get("size"):
+            return None  # cut short (a full disk when written): not an entry
+        return head, body
+
+    def put(self, where: CacheKey, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
+            tags: frozenset[str], lifetime: Lifetime, stored_wall: float) -> None:
+        """Store an entry (replacing the key's); a failure is one log line."""
+        head = json.dumps({
+            "key": _text(where.key), "host": where.host, "path": where.path, "query": where.query,
+            "status": status, "reason": _text(reason), "headers": [[_text(n), _text(v)] for n, v in headers],
+            "tags": sorted(tags), "fresh": lifetime.fresh, "swr": lifetime.stale_while_revalidate,
+            "sie": lifetime.stale_if_error, "stored": stored_wall, "size": len(body),
+        }).encode()
+        path = self._path(where.key)
+        directory = os.path.dirname(path)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(MAGIC + _LEN.pack(len(head)) + head)
+                    f.write(body)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            log.warning("cache: cannot write %s: %s", path, exc.strerror or exc)
+
+    def purge(self, purge: Purge) -> int:
+        n = 0
+        for path, head in self._heads():
+            where = CacheKey(head.get("host", ""), head.get("path", ""), head.get("query", ""), b"")
+            if purge.matches(where, frozenset(head.get("tags", ()))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    n += 1
+        return n
+
+    # -- upkeep ----------------------------------------------------------------------
+
+    def sweep(self, now_wall: float | None = None) -> tuple[int, int]:
+        """Remove entries past all their windows, then the oldest written until
+        the tier fits ``max_size``; (entries, bytes) left. Runs in a thread."""
+        now_wall = time.time() if now_wall is None else now_wall
+        files: list[tuple[float, int, str]] = []
+        for path, head in self._heads():
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            life = float(head.get("fresh", 0)) + float(head.get("swr", 0)) + float(head.get("sie", 0))
+            if float(head.get("stored", 0)) + life <= now_wall:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                continue
+            files.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in files)
+        files.sort()
+        left = len(files)
+        for _, size, path in files:
+            if total <= self.max_size:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            total -= size
+            left -= 1
+        for stale in list(self._temp_files(now_wall)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
+        return left, total
+
+    async def run_sweeper(self, found: Callable[[int, int], None]) -> None:
+        """Sweep every ``SWEEP_EVERY`` seconds (the first at once); ``found``
+        is told the entries and bytes left."""
+        while True:
+            try:
+                found(*await trio.to_thread.run_sync(self.sweep))
+            except OSError as exc:
+                log.warning("cache: sweeping %s failed: %s", self.directory, exc)
+            await trio.sleep(SWEEP_EVERY)
+
+    def _files(self) -> Iterator[str]:
+        for root, _, names in os.walk(self.directory):
+            for name in names:
+                yield os.path.join(root, name)
+
+    def _temp_files(self, now_wall: float) -> Iterator[str]:
+        """Temp files a writer left (killed mid-write) over a minute ago."""
+        for path in self._files():
+            if os.path.basename(path).startswith(".tmp-"):
+                with contextlib.suppress(OSError):
+                    if os.stat(path).st_mtime < now_wall - 60:
+                        yield path
+
+    def _heads(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for path in list(self._files()):
+            if os.path.basename(path).startswith(".tmp-"):
+                continue
+            try:
+                with open(path, "rb") as f:
+                    head = _read_head(f)
+            except OSError:
+                continue
+            if head is not None:
+                yield path, head
+
+
+def _read_head(f: Any) -> dict[str, Any] | None:
+    start = f.read(len(MAGIC) + _LEN.size)
+    if len(start) != len(MAGIC) + _LEN.size or not start.startswith(MAGIC):
+        return None
+    (length,) = _LEN.unpack(start[len(MAGIC):])
+    if length > MAX_HEAD:
+        return None
+    try:
+        head = json.loads(f.read(length))
+    except ValueError:
+        return None
+    return head if isinstance(head, dict) else None
+
+
+def head_headers(head: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in head.get("headers", [])]

@@ -1,0 +1,406 @@
+"""Page-cache policy, sans-IO: which request may be served from the cache, its
+key, whether a response may be stored and for how long, and what a stored
+entry may still be used for. ``app.cache`` does the storing and waiting.
+
+Requests (``request_bypass``):
+
+- Only GET and HEAD are looked up (anything else goes to PHP uncounted).
+- A request with ``Authorization`` (RFC 9111 3.5), a cookie named in
+  ``bypass_cookies`` (WordPress: a logged-in user, a commenter, a cart) or a
+  path under ``bypass_paths`` is a **BYPASS**: it goes to PHP and its response
+  is never stored, so a logged-in user neither sees nor pollutes the cache.
+
+The key (``cache_key``): scheme, host, path (as sent: ``raw_target``) and the query with its parameters
+sorted (``?b=2&a=1`` and ``?a=1&b=2`` are one page) and tracking parameters
+(``utm_*``, ``fbclid``, ``gclid``...: ``ignore_params``) left out, then the
+values of the ``vary`` request headers. ``Accept-Encoding`` is not in it:
+the cache stores the identity body once and the compression filter encodes it
+per client (see ``app.cache``).
+
+Responses (``storable``), as nginx's fastcgi_cache and RFC 9111 a shared cache:
+
+- only a status in ``statuses`` (200, 301, 404), only of a GET;
+- never one with ``Set-Cookie`` (it is someone's session), nor
+  ``Cache-Control: no-store``, ``private`` or ``no-cache``, nor ``Vary: *`` or
+  a Vary on a request header the key does not hold (``Accept-Encoding`` is
+  fine: the body is stored identity), nor one PHP compressed itself
+  (``Content-Encoding``), nor an ``X-Accel-Redirect``/``X-Sendfile`` (a
+  download PHP authorised for that request), nor a body over
+  ``max_entry_size``;
+- lifetime, first found of: ``X-Accel-Expires`` (nginx's, seconds; 0: not
+  cached), ``Cache-Control: s-maxage``, ``max-age``, ``Expires`` (against
+  ``Date`` when PHP sent one), else the configured ``ttl``. A lifetime of 0 is
+  not stored.
+- ``stale-while-revalidate=N`` and ``stale-if-error=N`` in PHP's
+  Cache-Control (RFC 5861) replace the configured windows for that response.
+
+An entry's state at a time (``freshness``): **fresh** until its lifetime
+ends; then **stale** (served at once while one request refreshes it) for
+``stale_while_revalidate``; usable only when PHP fails for ``stale_if_error``;
+then **expired** (refetched; ``X-Cache: EXPIRED``).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from urllib.parse import quote, unquote
+
+CACHEABLE_METHODS = (b"GET", b"HEAD")
+
+#: Response headers the cache never stores: hop by hop, recomputed per
+#: response, or the cache's own instructions from PHP.
+NOT_STORED = frozenset({
+    b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"set-cookie", b"server-timing",
+    b"x-cache-purge", b"x-cache-tags", b"x-accel-expires", b"age", b"te", b"trailer", b"upgrade",
+    b"proxy-authenticate", b"date",
+})
+
+_DIRECTIVE = re.compile(r"\s*([A-Za-z-]+)\s*(?:=\s*(\"[^\"]*\"|[^,\s]*))?\s*(?:,|$)")
+
+
+class Freshness(enum.Enum):
+    FRESH = "fresh"
+    #: past its lifetime, within stale_while_revalidate
+    STALE = "stale"
+    #: past that too, within stale_if_error: served only when PHP fails
+    ERROR_ONLY = "error_only"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """What ``[sites.X.cache]`` says, in the form the checks use."""
+
+    ttl: float
+    bypass_cookies: tuple[str, ...]
+    bypass_paths: tuple[str, ...]
+    vary: tuple[bytes, ...]
+    stale_while_revalidate: float
+    stale_if_error: float
+    statuses: frozenset[int]
+    max_entry_size: int
+    ignore_params: tuple[str, ...]
+
+    @classmethod
+    def build(cls, *, ttl: float, bypass_cookies: Iterable[str] = (), bypass_paths: Iterable[str] = (),
+              vary: Iterable[str] = (), stale_while_revalidate: float = 0.0, stale_if_error: float = 0.0,
+              statuses: Iterable[int] = (200, 301, 404), max_entry_size: int = 2 * 1024 * 1024,
+              ignore_params: Iterable[str] = ()) -> CachePolicy:
+        return cls(ttl, tuple(bypass_cookies), tuple(bypass_paths), tuple(v.lower().encode() for v in vary),
+                   stale_while_revalidate, stale_if_error, frozenset(statuses), max_entry_size,
+                   tuple(ignore_params))
+
+
+# -- requests ----------------------------------------------------------------------
+
+
+def cookie_names(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """The names of the cookies in every Cookie header."""
+    names = []
+    for name, value in headers:
+        if name != b"cookie":
+            continue
+        for part in value.split(b";"):
+            cookie = part.split(b"=", 1)[0].strip()
+            if cookie:
+                names.append(cookie.decode("latin-1"))
+    return names
+
+
+def request_bypass(policy: CachePolicy, method: bytes, path: str,
+                   headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """Why this request must not use the cache ("method", "authorization",
+    "cookie NAME", "path"), or None: it may."""
+    if method not in CACHEABLE_METHODS:
+        return "method"
+    if any(name == b"authorization" for name, _ in headers):
+        return "authorization"
+    for cookie in cookie_names(headers):
+        if any(fnmatchcase(cookie, pattern) for pattern in policy.bypass_cookies):
+            return f"cookie {cookie}"
+    if any(path.startswith(prefix) for prefix in policy.bypass_paths):
+        return "path"
+    return None
+
+
+def raw_target(target: bytes) -> tuple[str, str]:
+    """The path and query of a request target as the client sent them (not
+    percent-decoded, not normalised: ``/a/../b`` is not ``/b`` to PHP, so it
+    must not share ``/b``'s entry), from origin or absolute form."""
+    if target[:1] != b"/" and b"://" in target:
+        rest = target.split(b"://", 1)[1]
+        slash = rest.find(b"/")
+        target = rest[slash:] if slash >= 0 else b"/"
+    path, _, query = target.split(b"#", 1)[0].partition(b"?")
+    return path.decode("latin-1"), query.decode("latin-1")
+
+
+def normal_query(query: str, ignore: Iterable[str] = ()) -> str:
+    """``query`` with its parameters sorted by name and those matching
+    ``ignore`` left out, each name and value percent-encoded one way (``%7E``
+    and ``~`` are one). Parameters of one name keep their order (``a[]=2&a[]=1``
+    is another array to PHP than ``a[]=1&a[]=2``)."""
+    ignore = tuple(ignore)
+    params = []
+    for part in query.split("&"):
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        name = quote(unquote(name.replace("+", " ")), safe="")
+        if any(fnmatchcase(name, pattern) for pattern in ignore):
+            continue
+        params.append((name, eq, quote(unquote(value.replace("+", " ")), safe="")))
+    params.sort(key=lambda p: p[0])
+    return "&".join(f"{n}{eq}{v}" for n, eq, v in params)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    """Where an entry is from (purges match on host, path and query) and the
+    key it is stored under."""
+
+    host: str
+    path: str
+    query: str
+    key: bytes
+
+
+def cache_key(policy: CachePolicy, *, https: bool, host: bytes, path: str, query: str,
+              headers: Sequence[tuple[bytes, bytes]]) -> CacheKey:
+    """The key of a request (see the module docstring)."""
+    q = normal_query(query, policy.ignore_params)
+    url = ("https://" if https else "http://") + host.decode("latin-1") + path + ("?" + q if q else "")
+    key = url.encode("utf-8", "surrogateescape")
+    for name in policy.vary:
+        values = b",".join(v for n, v in headers if n == name)
+        key += b"\n" + name + b":" + values
+    return CacheKey(host.decode("latin-1"), path, q, key)
+
+
+# -- responses ---------------------------------------------------------------------
+
+
+def cache_control(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Cache-Control's directives, lower-cased names, values unquoted
+    (a directive without a value maps to "")."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        if name.lower() != b"cache-control":
+            continue
+        for m in _DIRECTIVE.finditer(value.decode("latin-1")):
+            if m.group(1):
+                out.setdefault(m.group(1).lower(), (m.group(2) or "").strip('"'))
+    return out
+
+
+def _seconds(text: str | None) -> int | None:
+    if text is None or not text.strip().isdigit():
+        return None
+    return int(text.strip())
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    found = None
+    for n, v in headers:
+        if n.lower() == name:
+            found = v
+    return found
+
+
+def _date(value: bytes | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetime:
+    """Seconds an entry is fresh, then served stale while refreshed, then
+    served only in place of an error (each counted from the end of the one before)."""
+
+    fresh: float
+    stale_while_revalidate: float
+    stale_if_error: float
+
+
+def storable(policy: CachePolicy, method: bytes, status: int, headers: Sequence[tuple[bytes, bytes]],
+             size: int | None, now: float) -> Lifetime | str:
+    """How long this response may be used, or why it is not stored.
+    ``size``: the body's (None: not known whole, a stream). ``now``: the wall clock."""
+    if method != b"GET":
+        return "method"
+    if status not in policy.statuses:
+        return f"status {status}"
+    if size is None:
+        return "streamed"
+    if size > policy.max_entry_size:
+        return "too large"
+    names = {n.lower() for n, _ in headers}
+    if b"set-cookie" in names:
+        return "set-cookie"
+    if b"content-encoding" in names:
+        return "content-encoding"
+    if names & {b"x-accel-redirect", b"x-sendfile"}:
+        return "x-accel-redirect"  # a download PHP authorised for this request, not a page
+    cc = cache_control(headers)
+    for word in ("no-store", "private", "no-cache"):
+        if word in cc:
+            return f"cache-control {word}"
+    for name, value in headers:
+        if name.lower() == b"vary":
+            for field in value.lower().split(b","):
+                field = field.strip()
+                if field == b"*":
+                    return "vary *"
+                if field and field != b"accept-encoding" and field not in policy.vary:
+                    return f"vary {field.decode('latin-1')}"
+    fresh: float | None = None
+    accel = _header(headers, b"x-accel-expires")
+    if accel is not None:
+        fresh = _seconds(accel.decode("latin-1"))
+    if fresh is None:
+        fresh = _seconds(cc.get("s-maxage"))
+    if fresh is None:
+        fresh = _seconds(cc.get("max-age"))
+    if fresh is None:
+        expires = _header(headers, b"expires")
+        if expires is not None:
+            at = _date(expires)
+            base = _date(_header(headers, b"date")) or now
+            fresh = max(0.0, at - base) if at is not None else 0.0  # an invalid Expires is in the past
+    if fresh is None:
+        fresh = policy.ttl
+    if fresh <= 0:
+        return "expires now"
+    swr = _seconds(cc.get("stale-while-revalidate"))
+    sie = _seconds(cc.get("stale-if-error"))
+    return Lifetime(float(fresh), float(policy.stale_while_revalidate if swr is None else swr),
+                    float(policy.stale_if_error if sie is None else sie))
+
+
+def freshness(stored_at: float, lifetime: Lifetime, now: float) -> Freshness:
+    """What an entry stored at ``stored_at`` may be used for at ``now``."""
+    age = now - stored_at
+    if age < lifetime.fresh:
+        return Freshness.FRESH
+    age -= lifetime.fresh
+    if age < lifetime.stale_while_revalidate:
+        return Freshness.STALE
+    if age < lifetime.stale_while_revalidate + lifetime.stale_if_error:
+        return Freshness.ERROR_ONLY
+    return Freshness.EXPIRED
+
+
+#: What a 304 from the cache carries of the entry's headers (RFC 9110 15.4.5).
+NOT_MODIFIED_HEADERS = frozenset({b"etag", b"cache-control", b"expires", b"vary", b"last-modified",
+                                  b"content-location"})
+
+
+def not_modified(request: Sequence[tuple[bytes, bytes]], stored: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Does a conditional GET (``If-None-Match``, else ``If-Modified-Since``)
+    match an entry with these headers, so a 304 answers it (as nginx answers
+    from its cache)? Entity tags compare weakly."""
+    inm = _header(request, b"if-none-match")
+    if inm is not None:
+        etag = _header(stored, b"etag")
+        if etag is None:
+            return False
+        tags = [t.strip().removeprefix(b"W/") for t in inm.split(b",")]
+        return b"*" in tags or etag.strip().removeprefix(b"W/") in tags
+    ims = _date(_header(request, b"if-modified-since"))
+    modified = _date(_header(stored, b"last-modified"))
+    return ims is not None and modified is not None and modified <= ims
+
+
+def stored_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers an entry keeps (``NOT_STORED`` left out)."""
+    return [(n, v) for n, v in headers if n.lower() not in NOT_STORED]
+
+
+# -- purges ------------------------------------------------------------------------
+
+
+def purge_items(value: bytes) -> list[str]:
+    """PHP's ``X-Cache-Purge`` (as LiteSpeed's ``X-LiteSpeed-Purge``): a comma
+    separated list of paths ("/2024/hello/"), path prefixes ending in "*"
+    ("/category/*"), tags ("tag:post-12") or "*" (everything)."""
+    return [item.strip() for item in value.decode("latin-1").split(",") if item.strip()]
+
+
+def tag_list(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[str]:
+    """An entry's tags from ``X-Cache-Tags`` (comma separated, every such header)."""
+    return frozenset(t.strip() for n, v in headers if n.lower() == b"x-cache-tags"
+                     for t in v.decode("latin-1").split(",") if t.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Purge:
+    """Which entries a purge removes: everything, a tag's, a path's (every
+    query and ``vary`` variant, or one query), or those under a path prefix;
+    on one host or (``host`` None) every host."""
+
+    everything: bool = False
+    tag: str | None = None
+    host: str | None = None
+    path: str | None = None
+    query: str | None = None
+    prefix: str | None = None
+
+    def matches(self, where: CacheKey, tags: frozenset[str]) -> bool:
+        if self.everything:
+            return True
+        if self.tag is not None:
+            return self.tag in tags and (self.host is None or self.host == where.host)
+        if self.host is not None and self.host != where.host:
+            return False
+        if self.prefix is not None:
+            return where.path.startswith(self.prefix)
+        return where.path == self.path and (self.query is None or self.query == where.query)
+
+
+def purge_item(item: str, host: str | None, ignore: Iterable[str] = ()) -> Purge:
+    """One item of ``X-Cache-Purge`` or a PURGE request's path, on ``host``:
+    "*", "tag:NAME", "/prefix/*", "/path" (every variant) or "/path?query"."""
+    if item == "*":
+        return Purge(everything=True)
+    if item.startswith("tag:"):
+        return Purge(tag=item[4:].strip(), host=host)
+    if item.endswith("*"):
+        return Purge(host=host, prefix=item[:-1])
+    path, q, query = item.partition("?")
+    return Purge(host=host, path=path, query=normal_query(query, ignore) if q else None)
+
+
+def purge_url(url: str, *, prefix: bool = False, ignore: Iterable[str] = ()) -> Purge:
+    """The admin's ``{"url": ...}`` or ``{"prefix": ...}``: "http(s)://HOST/PATH[?QUERY]"
+    (both schemes), "/PATH" (every host), or "*" (everything).
+
+    Raises:
+        ValueError: neither form.
+    """
+    if url == "*":
+        return Purge(everything=True)
+    host: str | None = None
+    rest = url
+    for scheme in ("https://", "http://"):
+        if url.lower().startswith(scheme):
+            host, slash, tail = url[len(scheme):].partition("/")
+            host = host.lower().rsplit(":", 1)[0] if not host.endswith("]") else host.lower()
+            rest = slash + tail
+            if not host:
+                raise ValueError(f"{url!r} has no host")
+            break
+    if not rest.startswith("/"):
+        raise ValueError(f"{url!r} is neither an http(s) URL nor a path starting with \"/\"")
+    if prefix or rest.endswith("*"):
+        return Purge(host=host, prefix=rest.split("?", 1)[0].removesuffix("*"))
+    return purge_item(rest, host, ignore)
