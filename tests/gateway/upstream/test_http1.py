@@ -3,11 +3,11 @@ in-memory HTTP application (h11's SERVER role), on the autojump clock."""
 
 from __future__ import annotations
 
-import h11
 import pytest
 import trio
 
 from gateway.config import BackendConfig
+from gateway.http._h11 import h11
 from gateway.http.errors import UpstreamClosedEarly, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from gateway.http.spool import Spool
 from gateway.upstream.exchange import UpstreamBody, run_http
