@@ -20,8 +20,11 @@ Policy:
 - ``gateway --version`` and ``/status`` (``http1_parser``) say which one runs.
 - Every module that speaks HTTP/1.1 to clients, and the master's and ACME's
   client side, import it from here, so one process never mixes the two (their
-  event classes differ). The proxy's upstream client (``upstream/http1.py``,
-  ``upstream/checks.py``) always uses upstream h11: its events never meet these.
+  event classes differ). So does the proxy's upstream client
+  (``upstream/http1.py``): with the extra chosen it parses backend responses
+  with it too (about 20 us of h11 per proxied request instead of 60). The
+  health checks (``upstream/checks.py``) always use upstream h11: their events
+  never meet these.
 """
 
 from __future__ import annotations

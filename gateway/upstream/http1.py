@@ -45,9 +45,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import h11
 import trio
 
+from ..http._h11 import h11
 from ..http.errors import UpstreamClosedEarly, UpstreamProtocolError, UpstreamTimeout
 from ..http.forwarding import connection_tokens, is_hop_by_hop
 from ..http.spool import Spool

@@ -85,7 +85,7 @@ def test_the_http_connection_tests_pass_on_h11_mypyc():
     code = ("import sys, pytest; import gateway.front.h1 as m; "
             "assert m.h11.__name__ == 'h11_mypyc', m.h11.__name__; "
             "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/gateway/front/test_http_connection.py', "
-            "'tests/gateway/front/test_parking.py']))")
+            "'tests/gateway/front/test_parking.py', 'tests/gateway/upstream/test_http1.py']))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

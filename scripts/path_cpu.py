@@ -1,0 +1,127 @@
+"""The gateway's CPU per request on its three light paths, in one process, interleaved.
+
+One gateway process (``processes = 1``, access log off) serves, from one site:
+``/up/hello`` proxied to an upstream nginx that answers 5 bytes (``routes``,
+an HTTP backend keeping 16 connections), ``/hello.php`` through php-fpm
+(4 connections), and a 1 KiB static file. wrk runs each path in turn (64
+connections, --duration each), --reps rounds, and the gateway's CPU time over
+the requests answered is the figure: µs of gateway CPU per request, the number
+that stays comparable on a busy machine where req/s does not.
+
+With ``--baseline TREE`` (a source tree, e.g. ``git archive main | tar -x -C
+/tmp/base``) a second gateway from that tree runs beside this checkout's and
+every measurement alternates between the two: the before/after of a change,
+under the same load. ``GATEWAY_H11`` is passed on (both gateways parse with
+the same h11).
+
+    scripts/path-cpu [--reps 3] [--duration 4] [--only proxy,php,static] [--baseline TREE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _harness import REPO, Stack, free_port, port_open, wait_for
+from bench import cpu_seconds, wrk
+
+UPSTREAM_CONF = """
+daemon off;
+worker_processes 1;
+pid {run}/upstream.pid;
+error_log {run}/upstream-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 100000;
+    client_body_temp_path {run};
+    server {{
+        listen 127.0.0.1:{port};
+        location /up/ {{ default_type text/plain; return 200 "hello"; }}
+    }}
+}}
+"""
+
+PATHS = {"proxy": "/up/hello", "php": "/hello.php", "static": "/1k.txt"}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--duration", type=int, default=4)
+    p.add_argument("--only", default=",".join(PATHS), help="comma-separated: proxy, php, static")
+    p.add_argument("--baseline", type=Path, help="also run the gateway whose source tree is there")
+    args = p.parse_args()
+    paths = {name: PATHS[name] for name in args.only.split(",")}
+    trees = {"this": REPO} if args.baseline is None else {"baseline": args.baseline.resolve(), "this": REPO}
+    root = Path(tempfile.mkdtemp(prefix="path-cpu-root-"))
+    run = Path(tempfile.mkdtemp(prefix="path-cpu-"))
+    for d in (root, run):
+        d.chmod(0o755)
+    (root / "hello.php").write_text("<?php echo 'hello';\n")
+    (root / "1k.txt").write_bytes(b"x" * 1024)
+    for f in root.iterdir():
+        f.chmod(0o644)
+    upstream = free_port()
+    (run / "upstream.conf").write_text(UPSTREAM_CONF.format(run=run, port=upstream))
+    procs = [subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(run / "upstream.conf")],
+                              stderr=subprocess.DEVNULL)]
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    try:
+        wait_for(lambda: port_open(upstream), what="the upstream nginx")
+        # php-fpm with room for both gateways' 4 kept connections (the Stack's own gateway stays idle)
+        with Stack(root, workers=8) as stack:
+            gateways = {}
+            for label, tree in trees.items():
+                port = free_port()
+                confd = run / f"conf-{label}"
+                confd.mkdir()
+                (confd / "00.toml").write_text(
+                    f'[server]\nlisten = ["127.0.0.1:{port}"]\naccess_log = "off"\nprocesses = 1\n'
+                    + ('user = "root"\n' if os.geteuid() == 0 else "")
+                    + '[admin]\nlisten = "off"\n'
+                    f'[backends.php]\naddress = "unix:{stack.fpm_socket}"\npool_size = 4\n'
+                    f'[backends.app]\ntype = "http"\naddresses = ["127.0.0.1:{upstream}"]\npool_size = 16\n'
+                    f'[sites.cmp]\ndefault = true\nroot = "{root}"\nphp = "php"\nroutes = {{"/up/" = "app"}}\n')
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(confd),
+                                         "--log-level", "warning"], cwd=tree, env=env)
+                procs.append(proc)
+                gateways[label] = (port, proc.pid)
+                wait_for(lambda port=port: port_open(port), timeout=60, what=f"the gateway from {tree}")
+                for path in paths.values():
+                    wrk(port, path, 64, 1, 10)  # warm-up: connections opened, modules loaded
+            for rep in range(args.reps):
+                for name, path in paths.items():
+                    for label, (port, pid) in gateways.items():
+                        cpu0 = cpu_seconds(pid)
+                        r = wrk(port, path, 64, args.duration, 10)
+                        us = (cpu_seconds(pid) - cpu0) / r["requests"] * 1e6 if r["requests"] else float("nan")
+                        results.setdefault((name, label), []).append((us, r["rps"]))
+                        print(f"  rep {rep + 1} {name:6} {label:8} {r['rps']:8.0f} req/s {us:6.0f} µs/req "
+                              f"errors {r['errors']:.0f}", file=sys.stderr, flush=True)
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGQUIT if proc is procs[0] else signal.SIGTERM)
+        for proc in procs:
+            proc.wait(30)
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\nload average {os.getloadavg()[0]:.1f}; {args.reps} reps of {args.duration}s, 64 connections, "
+          f"1 process, GATEWAY_H11={os.environ.get('GATEWAY_H11', '(unset)')}")
+    print(f"{'path':7} {'gateway':9} {'CPU µs/req':>10} {'(min)':>6} {'req/s':>8}")
+    for (name, label), runs in results.items():
+        print(f"{name:7} {label:9} {statistics.median(u for u, _ in runs):10.0f} {min(u for u, _ in runs):6.0f} "
+              f"{statistics.median(r for _, r in runs):8.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
