@@ -319,6 +319,11 @@ class PhpFpmConfig(_Model):
     request_terminate_timeout: Duration = 0.0
     #: Extra php.ini values for the pool, as php_admin_value.
     php_admin_values: dict[str, str] = {}
+    #: php-fpm request_slowlog_timeout: a request still running after this
+    #: long has its PHP backtrace written to the pool's slowlog, which the
+    #: diagnosis reads ("mysqli_query from wp-includes/class-wpdb.php"). 0: off.
+    #: php-fpm counts whole seconds.
+    slowlog_timeout: Duration = 2.0
 
 
 def _check_upstream(value: str) -> str:
@@ -659,6 +664,50 @@ class SiteConfig(_Model):
         return self
 
 
+_ENDPOINT = re.compile(r"^(?:unix:/.+|\[[0-9A-Fa-f:.]+\]:\d{1,5}|[0-9.]+:\d{1,5})$")
+
+
+def endpoint_key(address: str) -> str:
+    """A ``[diagnosis.endpoints]`` key as the diagnosis compares it: "ip:port"
+    ("[v6]:port", IPv6 compressed) or "unix:/path"."""
+    if not _ENDPOINT.match(address):
+        raise ValueError(f"{address!r} is not \"ip:port\", \"[ipv6]:port\" or \"unix:/path\"")
+    if address.startswith("unix:"):
+        return address
+    host, port = address.rsplit(":", 1)
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(f"{address!r}: {host!r} is not an IP address") from None
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r}: port {port} is out of range")
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+class EndpointConfig(_Model):
+    """``[diagnosis.endpoints] "10.0.0.5:3306" = { name = "primary db", kind = "database" }``:
+    what a PHP worker waiting on that address waits on, when its port does not say it."""
+
+    #: Shown in the verdict's reason beside the address.
+    name: str = ""
+    kind: Literal["database", "cache", "http", "socket", "disk", "lock", "cpu"]
+
+
+class DiagnosisConfig(_Model):
+    """``[diagnosis]``: what the verdict may read to say what PHP waits on."""
+
+    #: Read the busy php-fpm workers' /proc files (system call, state, sockets)
+    #: once a second: the spawned php-fpm's, or those php-fpm's status page or
+    #: ``php_fpm_pid_file`` names. Needs root or php-fpm's workers' user.
+    sample_workers: bool = True
+    #: The pid file of a php-fpm master on this host that the gateway did not
+    #: spawn and whose status page it does not read: its workers are sampled
+    #: for the FastCGI backends that are not spawned. Empty: none.
+    php_fpm_pid_file: str = ""
+    #: Addresses ("ip:port", "[ipv6]:port", "unix:/path") and what they are.
+    endpoints: dict[Annotated[str, AfterValidator(endpoint_key)], EndpointConfig] = {}
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -667,6 +716,7 @@ class Config(_Model):
     acme: AcmeConfig = AcmeConfig()
     backends: dict[str, BackendConfig] = {}
     sites: dict[str, SiteConfig] = {}
+    diagnosis: DiagnosisConfig = DiagnosisConfig()
 
     # Which backend a site names, and which site is the default, are checked
     # by ``validate`` (``reference_problems``), so each error names its key.

@@ -5,7 +5,9 @@ text merged into what the master reports. Pure functions, no IO.
 merge rule (counts and rates add up, lags take the worst process, averages are
 weighted by the responses behind them, the verdict is the most severe one and
 names how many processes hold it); then a ``workers`` list, one entry per
-process asked, answering or not. The verdict's reason is then worded anew
+process asked, answering or not. Only worker 0 samples what php-fpm's
+workers wait on: a ``php-waiting`` verdict held by another gets its
+``waiting_on`` from the pools' (``pools.X.waiting_on``). The verdict's reason is then worded anew
 (``diagnosis.explain``) in the merged numbers, the ones the tables beside it
 show: a worker's own reason quotes its share of the pool ("2/2 busy") where
 the pool table shows the whole ("4/4"). The bottleneck itself stays the one
@@ -27,6 +29,7 @@ from typing import Any
 from ..metrics import PromWriter
 from .diagnosis import Observation, PoolObservation, explain
 from .table import TABLE, Path, merge
+from .waits import Target, Waits
 
 #: In the merged /status, one entry per worker process: key -> its /status path.
 WORKER_KEYS: dict[str, Path] = {
@@ -51,6 +54,11 @@ def merge_status(workers: list[dict[str, Any] | None], *, pid: int, uptime: floa
     out["workers"] = [{"index": i, "up": w is not None} | ({} if w is None else {
         key: _at(w, path) for key, path in WORKER_KEYS.items()}) for i, w in enumerate(workers)]
     verdict = out.get("verdict")
+    if verdict is not None and verdict["bottleneck"] == "php-waiting" and "waiting_on" not in verdict:
+        # the process that holds it does not sample the workers (only one does): the pools say
+        sampled = [p["waiting_on"] for p in out.get("pools", {}).values() if p.get("waiting_on")]
+        if sampled:
+            verdict["waiting_on"] = dict(max(sampled, key=lambda w: w.get("busy", 0))["on"])
     if verdict is not None and len(workers) > 1 and any(w is not None for w in workers):
         bottleneck = verdict["bottleneck"]
         reason = explain(bottleneck, observation_of(out), processes=len(workers))
@@ -72,16 +80,29 @@ def observation_of(st: dict[str, Any]) -> Observation:
         worker_cpu=p.get("worker_cpu"), kind=p.get("type") or "fastcgi", tunnels=p.get("tunnels") or 0,
         cacheable=round((p.get("cacheable_share") or 0.0) * 1000),
         cache_bypassed=round((p.get("cacheable_share") or 0.0) * (p.get("cache_bypassed_share") or 0.0) * 1000),
-        cache_on=bool(p.get("cache_on"))) for name, p in st.get("pools", {}).items())
+        cache_on=bool(p.get("cache_on")), waits=waits_of(p.get("waiting_on")))
+        for name, p in st.get("pools", {}).items())
     # TLS: summed over the processes, given per process (the average), as
     # process_cpu is one process's: the share and the CPU per handshake hold
     tls = listener.get("tls", {})
     up = max(1, sum(1 for w in st.get("workers", []) if w.get("up")))
+    host = st.get("host", {})
     return Observation(loop_lag_p99=(listener.get("loop_lag_ms", {}).get("p99") or 0.0) / 1000,
-                       process_cpu=busiest, host_cpu=st.get("host", {}).get("cpu"), pools=pools,
+                       process_cpu=busiest, host_cpu=host.get("cpu"), pools=pools,
+                       host_iowait=host.get("iowait"), gateway_cpu=host.get("gateway_cpu"),
+                       other_cpu=host.get("other_cpu"), cpus=host.get("cpus") or 1,
                        tls_cpu=(tls.get("cpu") or 0.0) / up,
                        tls_handshakes=(tls.get("handshakes_per_second") or 0.0) / up,
                        tls_resumed=(tls.get("resumed_per_second") or 0.0) / up)
+
+
+def waits_of(w: dict[str, Any] | None) -> Waits | None:
+    """A pool's ``waiting_on`` in /status back as ``Waits`` (None if absent)."""
+    if not w:
+        return None
+    targets = tuple(Target(t["kind"], t["workers"], t.get("target", ""), t.get("name", ""), t.get("frame", ""))
+                    for t in w.get("targets", []))
+    return Waits(w.get("busy", 0), w.get("workers", 0), targets, w.get("unknown", 0), w.get("error", ""))
 
 
 def _at(obj: Any, path: Path) -> Any:

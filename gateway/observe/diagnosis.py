@@ -27,12 +27,25 @@ identifiers that dashboards match).
   ttl too short). For a pool without a cache, the php-cpu/php-waiting reason
   adds the share a page cache would take off PHP; a pool saturated by
   uncacheable responses (``no-store``, ``Set-Cookie``) stays php-cpu/php-waiting.
+- ``php-waiting`` or ``php-cpu``: where the busy workers were sampled
+  (``waits``, ``sampler``) and none uses half a core, the sample decides
+  between the two (more than half of them on CPU: ``php-cpu``), not the host's
+  CPU, which other work may fill. A ``php-waiting`` verdict's
+  ``waiting_on`` then counts them by kind and the reason names the targets ("3 of
+  them waiting on the database at 127.0.0.1:3306 (mysqli_query from
+  wp-includes/class-wpdb.php)"); workers in disk waits while the host's
+  iowait is at least ``IOWAIT_HIGH`` make it say the storage is slow.
 - ``listener-tls``: as ``listener``, and TLS handshakes take at least
   ``TLS_SHARE`` of the process's CPU: new TLS connections, not requests,
   are the load (no session resumption, RSA keys, a connection per request).
 - ``listener``: PHP has free slots, yet the gateway's own event loop lags or
   its process uses a whole core: the front end is the bottleneck. Its reason
-  names the share of CPU spent compressing responses when there is one.
+  names the share of CPU spent compressing responses when there is one. Also
+  when the host's CPU is full (``HOST_CPU_LIMIT``), PHP is not saturated and
+  the gateway's processes together are its largest consumer (more than any
+  other process, at least ``GATEWAY_MIN_CPU``): under a flood of cheap requests with the load generator on the
+  same cores no single process reaches a core, the loop does not lag (the
+  kernel shares the CPU fairly), and yet the gateway is what the CPU does.
 - ``healthy``: none of the above.
 
 Rules are checked in that order (a down backend explains everything after it).
@@ -44,6 +57,8 @@ the numbers behind it and what to do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .waits import KINDS, Waits, describe
 
 BOTTLENECKS = ("healthy", "listener", "listener-tls", "php-cpu", "php-waiting", "php-uncached", "backend-down")
 
@@ -64,6 +79,15 @@ CPU_IDLE = 0.10
 #: Share of the gateway's CPU in TLS handshakes from which a saturated listener
 #: is ``listener-tls``: handshakes are then the main part of its work.
 TLS_SHARE = 0.5
+#: On a full host, the gateway's processes (all of them) are the listener
+#: bottleneck when they use more CPU than any other process and at least
+#: this share of one core; when the other processes are not known, when they
+#: use at least ``GATEWAY_HOST_SHARE`` of the busy CPU.
+GATEWAY_MIN_CPU = 0.25
+GATEWAY_HOST_SHARE = 0.4
+#: Share of the host's CPU time idle waiting for storage from which workers in
+#: disk waits mean the storage is slow.
+IOWAIT_HIGH = 0.2
 #: Share of a saturated pool's PHP responses that a page cache could have kept
 #: from which a pool with a cache is ``php-uncached`` (and one without gets the hint).
 CACHEABLE_SHARE = 0.5
@@ -95,6 +119,9 @@ class PoolObservation:
     cache_bypassed: int = 0
     cache_on: bool = False  # a site with a page cache uses this pool
 
+    #: what the busy workers wait on (``sampler``), None: not sampled
+    waits: Waits | None = None
+
     @property
     def php(self) -> bool:
         return self.kind == "fastcgi"
@@ -123,12 +150,18 @@ class Observation:
     tls_handshakes: float = 0.0  # full and resumed handshakes per second
     tls_resumed: float = 0.0  # of which resumed, per second
     compress_cpu: float = 0.0  # share of one core spent compressing responses
+    host_iowait: float | None = None  # share of all cores idle waiting on storage, None: unknown
+    gateway_cpu: float | None = None  # all the gateway's processes, share of one core; None: only this one's known
+    other_cpu: float | None = None  # the busiest process that is not the gateway's, share of one core; None: unknown
+    cpus: int = 1  # the host's cores
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     bottleneck: str
     reason: str
+    #: php-waiting: busy workers by what they wait on (``waits.KINDS``), when sampled
+    waiting_on: dict[str, int] = field(default_factory=dict)
 
 
 def classify(obs: Observation) -> Verdict:
@@ -138,7 +171,7 @@ def classify(obs: Observation) -> Verdict:
     verdict = _classify(obs)
     notes = [_hosts_note(p) for p in obs.pools if p.hosts_down and len(p.hosts_down) < p.hosts]
     if notes and verdict.bottleneck != "backend-down":
-        return Verdict(verdict.bottleneck, f"{verdict.reason} Also: {'; '.join(notes)}.")
+        return Verdict(verdict.bottleneck, f"{verdict.reason} Also: {'; '.join(notes)}.", verdict.waiting_on)
     return verdict
 
 
@@ -170,12 +203,27 @@ def _classify(obs: Observation) -> Verdict:
             bottleneck = _php_bottleneck(p, obs)
             if p.cache_on and p.cacheable_share >= CACHEABLE_SHARE:
                 bottleneck = "php-uncached"
-            return Verdict(bottleneck, _php_reason(bottleneck, p, obs))
+            waiting_on = p.waits.counts if bottleneck == "php-waiting" and p.waits is not None else {}
+            return Verdict(bottleneck, _php_reason(bottleneck, p, obs), waiting_on)
     if obs.loop_lag_p99 >= LOOP_LAG_LIMIT or obs.process_cpu >= PROCESS_CPU_LIMIT:
         if _tls_bound(obs):
             return Verdict("listener-tls", _tls_reason(obs))
         return Verdict("listener", _listener_reason(obs))
+    if _gateway_fills_host(obs):
+        if _tls_bound(obs):
+            return Verdict("listener-tls", _tls_reason(obs))
+        return Verdict("listener", _listener_reason(obs))
     return Verdict("healthy", _healthy_reason(obs))
+
+
+def _gateway_fills_host(obs: Observation) -> bool:
+    """The host's CPU is full and the gateway's processes are its largest
+    consumer; PHP is not saturated (checked before)."""
+    if obs.host_cpu is None or obs.gateway_cpu is None or not _host_full(obs):
+        return False
+    if obs.other_cpu is not None:
+        return obs.gateway_cpu >= max(GATEWAY_MIN_CPU, obs.other_cpu)
+    return obs.gateway_cpu >= GATEWAY_HOST_SHARE * obs.host_cpu * obs.cpus
 
 
 def _tls_bound(obs: Observation) -> bool:
@@ -212,6 +260,9 @@ def _host_full(obs: Observation) -> bool:
 
 
 def _php_bottleneck(p: PoolObservation, obs: Observation) -> str:
+    if p.waits is not None and p.waits.busy and (p.worker_cpu is None or p.worker_cpu < CPU_BUSY):
+        # the sampled workers say it directly: more than half of them on CPU, or not
+        return "php-cpu" if p.waits.counts["cpu"] * 2 > p.waits.busy else "php-waiting"
     if p.worker_cpu is None:
         return "php-cpu" if _host_full(obs) else "php-waiting"
     starved = _host_full(obs) and p.worker_cpu >= CPU_IDLE  # CPU-bound workers sharing too few cores
@@ -261,13 +312,48 @@ def _php_cpu_or_waiting(bottleneck: str, load: str, p: PoolObservation, obs: Obs
         advice = ("raise pm.max_children (and workers) only if the host has CPU to spare" if not host_full
                   else "the host has no CPU to spare: optimise the code or add CPU, not workers")
         return f"{load}; {cpu}, {host}: PHP is CPU-bound; {advice}."
+    if p.waits is not None and p.waits.busy:
+        return f"{load}; {cpu}, {host}: PHP is waiting: {describe(p.waits)}. {_advice(p.waits, obs)}"
     return (f"{load}; {cpu}, {host}: PHP is waiting on something downstream (database, storage, network); look "
             "at slow queries and external calls. More workers help only if that downstream has capacity.")
+
+
+_ADVICE = {
+    "database": "look at the database's slow queries and its load",
+    "cache": "look at the cache server's load and latency",
+    "http": "add timeouts or cache the answers of external calls",
+    "socket": "look at the service behind that socket",
+    "disk": "look at storage latency (iostat -x) and what writes or syncs",
+    "lock": "look for lock contention and sleep() calls in the code",
+    "cpu": "optimise the code or add CPU",
+}
+
+
+def _advice(waits: Waits, obs: Observation) -> str:
+    """What to do about the kind most busy workers wait on."""
+    counts = waits.counts
+    top = max(KINDS, key=lambda k: counts[k])
+    if not counts[top]:
+        return "Look at slow queries and external calls."
+    text = _ADVICE[top]
+    if counts["disk"] and obs.host_iowait is not None and obs.host_iowait >= IOWAIT_HIGH:
+        text = (f"storage is slow: host iowait {obs.host_iowait:.0%} with {counts['disk']} worker(s) waiting on "
+                f"disk I/O; {text}")
+    return text[0].upper() + text[1:] + "; more workers help only if that has capacity."
 
 
 def _listener_reason(obs: Observation, *, processes: int = 1) -> str:
     free = ", ".join(f"{p.name} {p.size - p.busy}/{p.size} free" for p in obs.pools) or "no backends"
     who = "PHP has" if all(p.php for p in obs.pools) else "the backends have"
+    if (obs.loop_lag_p99 < LOOP_LAG_LIMIT and obs.process_cpu < PROCESS_CPU_LIMIT and obs.gateway_cpu is not None
+            and obs.host_cpu is not None):
+        other = (f", more than any other process (the busiest: {obs.other_cpu:.0%} of a core)"
+                 if obs.other_cpu is not None else "")
+        idle = "PHP idle" if all(p.php for p in obs.pools) else "the backends idle"
+        return (f"the gateway is the bottleneck: {_host(obs)}, gateway processes use {obs.gateway_cpu:.0%} of "
+                f"{obs.cpus} core{'s' if obs.cpus != 1 else ''}{other}; {idle} ({free}); loop lag p99 "
+                f"{obs.loop_lag_p99 * 1000:.0f} ms: run fewer other things on this host (a load generator?), "
+                "add CPU, or move static files to a CDN.")
     cpu = "process CPU" if processes == 1 else "busiest process CPU"
     compress = ""
     if obs.compress_cpu > 0 and obs.process_cpu > 0:

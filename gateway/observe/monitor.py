@@ -33,8 +33,10 @@ from ..metrics import CacheStats, CompressionStats, GuardStats, ListenerStats, W
 from ..upstream.php_fpm_status import fastcgi_get
 from ..upstream.pool import Pool
 from . import table
-from .diagnosis import Diagnosis, Observation, PoolObservation, Verdict
+from .diagnosis import GATEWAY_MIN_CPU, HOST_CPU_LIMIT, Diagnosis, Observation, PoolObservation, Verdict
 from .health import BackendHealth
+from .sampler import WorkerSampler, master_workers
+from .waits import Waits
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +63,21 @@ class SupervisedProcess(Protocol):
 
 def read_host_cpu() -> tuple[float, float] | None:
     """(busy, total) jiffies from /proc/stat, or None off Linux."""
+    host = read_host_jiffies()
+    return None if host is None else (host[0], host[1])
+
+
+def read_host_jiffies() -> tuple[float, float, float] | None:
+    """(busy, total, iowait) jiffies from /proc/stat, or None off Linux."""
     try:
         with open("/proc/stat") as f:
             fields = [float(x) for x in f.readline().split()[1:]]
     except OSError:
         return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    iowait = fields[4] if len(fields) > 4 else 0.0
+    idle = fields[3] + iowait
     total = sum(fields[:8])
-    return total - idle, total
+    return total - idle, total, iowait
 
 
 def read_proc_cpu(pid: int) -> float | None:
@@ -101,6 +110,69 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def _smooth(last: float, new: float) -> float:
+    """The CPU shares the full-host ``listener`` rule compares, smoothed over
+    a few seconds (each second's reading weighs half): on a crowded host a
+    one-second reading swings, and each swing would restart the verdict's hold."""
+    return (last + new) / 2
+
+
+class OtherProcesses:
+    """The busiest process on the host other than some (the gateway's), from
+    two readings of every /proc/PID/stat: read only while the host is full,
+    at most ``MOST`` processes."""
+
+    MOST = 5000
+
+    def __init__(self) -> None:
+        self._prev: dict[int, float] = {}
+        self._prev_at = 0.0
+
+    def busiest(self, exclude: set[int], wall: float) -> float | None:
+        """Share of one core used by the busiest process not in ``exclude``
+        since the last call; None at the first."""
+        now: dict[int, float] = {}
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            return None
+        for entry in entries:
+            if len(now) >= self.MOST:
+                break
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            if pid in exclude:
+                continue
+            cpu = read_proc_cpu(pid)
+            if cpu is not None:
+                now[pid] = cpu
+        prev, prev_at = self._prev, self._prev_at
+        self._prev, self._prev_at = now, wall
+        if not prev or wall <= prev_at:
+            return None
+        return max((cpu - prev[pid] for pid, cpu in now.items() if pid in prev), default=0.0) / (wall - prev_at)
+
+
+def gateway_children(master: int) -> list[int]:
+    """The master's children that are gateway processes (not php-fpm)."""
+    try:
+        with open(f"/proc/{master}/task/{master}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return []
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().startswith("php-fpm"):
+                    continue
+        except OSError:
+            continue
+        out.append(pid)
+    return out
+
+
 @dataclass
 class PoolMonitor:
     pool: Pool[Any]
@@ -126,6 +198,12 @@ class PoolMonitor:
     _prev_cpu: dict[int, float] = field(default_factory=dict)
     _prev_cpu_at: float = 0.0
     last: PoolObservation | None = None
+    #: reads what the busy workers wait on (None: not sampled)
+    sampler: WorkerSampler | None = None
+    #: the pid file of an external php-fpm master whose workers are sampled
+    pid_file: str = ""
+    #: the last sample of what the busy workers wait on
+    waits: Waits | None = None
 
     async def poll_fpm_status(self) -> None:
         if not self.status_address:
@@ -166,6 +244,37 @@ class PoolMonitor:
             self.worker_cpu = max(0.0, used / (wall - self._prev_cpu_at) / busy)
         self._prev_cpu, self._prev_cpu_at = cpu, wall
 
+    def busy_workers(self) -> tuple[list[int], int]:
+        """(pids to sample, workers in the pool): php-fpm's own list of
+        running workers when its status page was read; else every worker of
+        the spawned or configured master (``waits`` leaves out the idle ones)."""
+        if self.fpm_status is not None:
+            processes = self.fpm_status.get("processes", [])
+            running = [int(p["pid"]) for p in processes if p.get("state") == "Running" and "pid" in p]
+            return running, len(processes)
+        master = self.supervisor.process if self.supervisor is not None else None
+        if master is not None:
+            try:
+                with open(f"/proc/{master.pid}/task/{master.pid}/children") as f:
+                    pids = [int(p) for p in f.read().split()]
+            except (OSError, ValueError):
+                pids = children_of(master.pid)
+            return pids, len(pids)
+        if self.pid_file:
+            pids = master_workers(self.pid_file)
+            return pids, len(pids)
+        return [], 0
+
+    async def sample_waits(self, now: float) -> None:
+        """What the busy workers wait on (``sampler``), read in a thread."""
+        if self.sampler is None:
+            return
+        pids, workers = self.busy_workers()
+        if not workers:
+            self.waits = None
+            return
+        self.waits = await trio.to_thread.run_sync(self.sampler.sample, pids, workers, now)
+
     def observe(self, now: float) -> PoolObservation:
         pool = self.pool
         connect_errors = pool.stats.connect_errors - self._prev_connect_errors
@@ -194,6 +303,7 @@ class PoolMonitor:
                              if m.down_since is not None),
             hosts=len(pool.members), kind=self.kind, tunnels=pool.stats.tunnels,
             cacheable=cacheable[0], cache_bypassed=cacheable[1], cache_on=pool.instruments.cache_on,
+            waits=self.waits,
         )
         return self.last
 
@@ -267,7 +377,7 @@ class Monitor:
 
     def __init__(self, stats: ListenerStats, pools: list[PoolMonitor],
                  compression: CompressionStats | None = None, guard: GuardStats | None = None,
-                 cache: CacheStats | None = None) -> None:
+                 cache: CacheStats | None = None, *, master_pid: int | None = None) -> None:
         self.stats = stats
         self.pools = pools
         #: what response compression did (the app layer bumps it)
@@ -293,8 +403,21 @@ class Monitor:
         self.compress_cpu = 0.0
         self._prev_compress = 0.0
         self.host_cpu = None
+        #: share of all cores idle waiting for storage, None: unknown
+        self.host_iowait: float | None = None
         self._prev_proc: tuple[float, float] | None = None
-        self._prev_host: tuple[float, float] | None = None
+        self._prev_host: tuple[float, float, float] | None = None
+        #: a worker process's master: the gateway's processes are it and its
+        #: children other than php-fpm (None: this process alone)
+        self.master_pid = master_pid
+        #: CPU of all the gateway's processes, share of one core
+        self.gateway_cpu: float | None = None
+        self._prev_gateway_cpu: dict[int, float] = {}
+        self._prev_gateway_at = 0.0
+        self._gateway_pids: list[int] = [os.getpid()] if master_pid is None else [master_pid]
+        #: while the host is full: the busiest process that is not the gateway's (share of one core)
+        self.other_cpu: float | None = None
+        self._others = OtherProcesses()
         self.started = time.time()
         self.pid = os.getpid()
         self.cpus = os.cpu_count()
@@ -334,10 +457,20 @@ class Monitor:
             self.compress_cpu = (compressing - self._prev_compress) / (wall - self._prev_proc[0])
         self._prev_proc = (wall, cpu)
         self._prev_compress = compressing
-        host = read_host_cpu()
+        host = read_host_jiffies()
         if host is not None and self._prev_host is not None and host[1] > self._prev_host[1]:
             self.host_cpu = (host[0] - self._prev_host[0]) / (host[1] - self._prev_host[1])
+            self.host_iowait = (host[2] - self._prev_host[2]) / (host[1] - self._prev_host[1])
         self._prev_host = host
+        self.sample_gateway_cpu(wall)
+        if (self.host_cpu is not None and self.host_cpu >= HOST_CPU_LIMIT and self.gateway_cpu is not None
+                and self.gateway_cpu >= GATEWAY_MIN_CPU):
+            # who fills the host: read every process's CPU (in a thread; only while
+            # it is full and the gateway busy enough to be the listener bottleneck)
+            other = await trio.to_thread.run_sync(self._others.busiest, set(self._gateway_pids), wall)
+            self.other_cpu = other if other is None or self.other_cpu is None else _smooth(self.other_cpu, other)
+        else:
+            self.other_cpu = None  # its last reading stays: the next one averages since then
         self.accepted.add(now, self.stats.accepted)
         self.requests.add(now, self.stats.requests)
         tls = self.stats.tls
@@ -352,15 +485,33 @@ class Monitor:
         for pm in self.pools:
             await pm.poll_fpm_status()
             pm.sample_worker_cpu(time.monotonic())
+            await pm.sample_waits(now)
         obs = Observation(
+            gateway_cpu=self.gateway_cpu, other_cpu=self.other_cpu, cpus=self.cpus or 1,
             loop_lag_p99=percentile(self.lag.values(now, LAG_RECENT), 0.99),
             process_cpu=self.process_cpu,
             host_cpu=self.host_cpu,
+            host_iowait=self.host_iowait,
             compress_cpu=self.compress_cpu,
             pools=tuple(pm.observe(now) for pm in self.pools),
             tls_cpu=self.tls_now[0], tls_handshakes=self.tls_now[1], tls_resumed=self.tls_now[2],
         )
         return self.diagnosis.update(obs, now)
+
+    def sample_gateway_cpu(self, wall: float) -> None:
+        """The CPU of all the gateway's processes: this one's, or its master's
+        and every worker's (the master's children that are not php-fpm)."""
+        if self.master_pid is None:
+            self.gateway_cpu = self.process_cpu
+            return
+        self._gateway_pids = [self.master_pid, *gateway_children(self.master_pid)]
+        cpu = {pid: c for pid in self._gateway_pids if (c := read_proc_cpu(pid)) is not None}
+        prev, prev_at = self._prev_gateway_cpu, self._prev_gateway_at
+        self._prev_gateway_cpu, self._prev_gateway_at = cpu, wall
+        if prev and wall > prev_at:
+            # per process: one that came or went since (a restarted worker) adds nothing
+            used = max(0.0, sum(c - prev[pid] for pid, c in cpu.items() if pid in prev) / (wall - prev_at))
+            self.gateway_cpu = used if self.gateway_cpu is None else _smooth(self.gateway_cpu, used)
 
     # -- what the table reads (table.py) ----------------------------------------
 

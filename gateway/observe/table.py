@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from ..metrics import CACHE_STATUSES, CONN_STATES, H2_REFUSALS, TLS_FAILURES, PromWriter
 from .diagnosis import BOTTLENECKS
+from .waits import KINDS, describe
 
 if TYPE_CHECKING:
     from .monitor import Monitor, PoolMonitor
@@ -185,7 +186,10 @@ def most_severe(m: Merging) -> dict[str, Any]:
     reason = worst_one["reason"]
     if m.asked > 1:
         reason = f"{reason} ({len(holders)} of {m.asked} worker processes)"
-    return {"bottleneck": name, "reason": reason, "for_seconds": min(v["for_seconds"] for v in holders)}
+    out = {"bottleneck": name, "reason": reason, "for_seconds": min(v["for_seconds"] for v in holders)}
+    if "waiting_on" in worst_one:  # every process samples the same php-fpm workers
+        out["waiting_on"] = dict(worst_one["waiting_on"])
+    return out
 
 
 # -- rows ------------------------------------------------------------------------
@@ -367,7 +371,30 @@ def _lag(q: float) -> Callable[[Monitor, float], Any]:
 
 def _verdict(m: Monitor, now: float) -> dict[str, Any]:
     v = m.diagnosis.current
-    return {"bottleneck": v.bottleneck, "reason": v.reason, "for_seconds": round(now - m.diagnosis.since, 1)}
+    out = {"bottleneck": v.bottleneck, "reason": v.reason, "for_seconds": round(now - m.diagnosis.since, 1)}
+    if v.waiting_on:
+        out["waiting_on"] = dict(v.waiting_on)
+    return out
+
+
+def _waits(pm: PoolMonitor, now: float) -> dict[str, Any] | None:
+    """The last sample of what the pool's busy workers wait on (None: none)."""
+    w = pm.waits
+    if w is None:
+        return None
+    return {"busy": w.busy, "workers": w.workers, "unknown": w.unknown, "error": w.error,
+            "reason": describe(w), "on": w.counts,
+            "targets": [{"kind": t.kind, "workers": t.count, "target": t.target, "name": t.name, "frame": t.frame}
+                        for t in w.targets]}
+
+
+def _slow_frames(pm: PoolMonitor, now: float) -> list[dict[str, Any]] | None:
+    """The slowlog's most common frames over the last minute (None: no slowlog read)."""
+    tail = pm.sampler.slowlog if pm.sampler is not None else None
+    if tail is None:
+        return None
+    tail.frames.prune(now)
+    return [{"frame": frame, "requests": n} for frame, n in tail.frames.top()]
 
 
 TABLE: tuple[Row, ...] = (
@@ -438,6 +465,14 @@ TABLE: tuple[Row, ...] = (
     ProcessMetric("gateway_host_cpu_ratio", "gauge", "Host CPU busy, share of all cores.",
                   lambda m, now: m.host_cpu, ("host", "cpu"), first, digits=3),
     ProcessMetric(None, "gauge", "CPUs of the host.", lambda m, now: m.cpus, ("host", "cpus"), first),
+    ProcessMetric("gateway_host_iowait_ratio", "gauge", "Host CPU idle waiting for storage, share of all cores.",
+                  lambda m, now: m.host_iowait, ("host", "iowait"), first, digits=3),
+    ProcessMetric("gateway_processes_cpu_ratio", "gauge", "CPU of all the gateway's processes (master and "
+                  "workers), share of one core.",
+                  lambda m, now: m.gateway_cpu, ("host", "gateway_cpu"), worst_known, digits=3),
+    ProcessMetric(None, "gauge", "While the host's CPU is full: the busiest process that is not the gateway's, "
+                  "share of one core (null otherwise).",
+                  lambda m, now: m.other_cpu, ("host", "other_cpu"), worst_known, digits=3),
     # -- response compression (app/compress.py) ------------------------------------
     ProcessMetric("gateway_compression_seconds_total", "counter",
                   "CPU seconds spent compressing responses (br, gzip), on the event loop and in threads.",
@@ -598,6 +633,17 @@ TABLE: tuple[Row, ...] = (
                _addresses, ("addresses",), add_addresses, when=_group),
     PoolMetric("gateway_php_worker_cpu_ratio", "gauge", "CPU per busy php-fpm worker, share of one core.",
                lambda pm, now: pm.worker_cpu, ("worker_cpu",), worst_known, digits=3),
+    PoolMetric("gateway_php_workers_waiting", "gauge", "Busy php-fpm workers by what they wait on, sampled from "
+               "/proc once a second (database, cache, http, socket, disk, lock, cpu).",
+               lambda pm, now: pm.waits.counts if pm.waits is not None else None, when=lambda pm: pm.waits is not None,
+               label="on", series=KINDS),
+    PoolMetric(None, "info", "What the busy php-fpm workers wait on (the last sample): busy/workers, by kind, "
+               "each kind's most common target and slowlog frame, and the sentence the verdict uses.",
+               _waits, ("waiting_on",), first, when=lambda pm: pm.waits is not None),
+    PoolMetric(None, "info", "php-fpm's slowlog over the last minute: the most common frames (the call PHP "
+               "waits in, and the file that called it), with their requests.",
+               _slow_frames, ("slowlog_frames",), first,
+               when=lambda pm: pm.sampler is not None and pm.sampler.slowlog is not None),
     PoolMetric(None, "counter", "Times the supervisor restarted the php-fpm it spawned.",
                lambda pm, now: pm.supervisor.restarts if pm.supervisor is not None else None,
                ("php_fpm_restarts",), own, when=lambda pm: pm.supervisor is not None),

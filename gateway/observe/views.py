@@ -101,6 +101,11 @@ def summary_lines(st: dict[str, Any]) -> list[str]:
                      f"{p['client_gone_in_queue_total']}; connect errors {p['connect_errors_total']} (since start)")
         if p.get("backend"):
             lines.append("  backend: " + _backend_text(p["backend"]))
+        if p.get("waiting_on"):
+            lines.append("  PHP workers: " + p["waiting_on"]["reason"])
+        if p.get("slowlog_frames"):
+            lines.append("  slowlog, last minute: " + ", ".join(f"{f['frame']} ×{f['requests']}"
+                                                               for f in p["slowlog_frames"]))
         for address, a in (p.get("addresses") or {}).items():
             lines.append(f"  address {address}: {a['busy']}/{a['size']} busy, {a['idle']} idle, "
                          + _address_state(a) + f", {a['requests']} requests, connect errors {a['connect_errors']}, "
@@ -245,6 +250,8 @@ def top_view(st: dict[str, Any], admin: str) -> Group:
         backend = p.get("backend") or {}
         if backend.get("up") is False:
             parts.append(Text(f"backend {name}: " + _backend_text(backend), style="red"))
+        if (p.get("waiting_on") or {}).get("busy"):
+            parts.append(Text(f"{name} waits on: " + _waits_brief(p["waiting_on"])))
     if st.get("cache"):
         c = st["cache"]
         r = c["requests"]
@@ -257,6 +264,14 @@ def top_view(st: dict[str, Any], admin: str) -> Group:
     if st.get("workers"):
         parts.append(Text(_workers_brief(st["workers"])))
     return Group(*parts)
+
+
+def _waits_brief(w: dict[str, Any]) -> str:
+    """What a pool's busy workers wait on, in one short line: kind, count, target."""
+    out = [f"{t['kind']} {t['workers']}" + (f" ({t['target']})" if t["target"] else "") for t in w["targets"]]
+    if w.get("unknown"):
+        out.append(f"unknown {w['unknown']}")
+    return ", ".join(out) + f" (of {w['busy']}/{w['workers']} busy)"
 
 
 def _num(value: float | None) -> str:

@@ -114,7 +114,9 @@ def worker_config(config: Config, index: int, count: int, backends: dict[str, tu
                   runtime_dir: str, generation: int = 0) -> dict[str, Any]:
     """Worker ``index``'s configuration (as data): its share of each backend's
     connections and of max_connections, the backends' resolved
-    addresses, an admin unix socket, and a runtime dir of its own."""
+    addresses, an admin unix socket, and a runtime dir of its own. Only
+    worker 0 samples what php-fpm's workers wait on (``[diagnosis]
+    sample_workers``): every process would read the same workers."""
     data: dict[str, Any] = config.model_dump(mode="json")
     data["server"]["processes"] = 1
     suffix = f".g{generation}" if generation else ""
@@ -122,6 +124,8 @@ def worker_config(config: Config, index: int, count: int, backends: dict[str, tu
     data["server"]["pid_file"] = ""
     data["admin"]["listen"] = "unix:" + admin_socket(runtime_dir, index, generation)
     data["limits"]["max_connections"] = max(1, split(config.limits.max_connections, count)[index])
+    if index > 0:  # one process reads what php-fpm's workers wait on; the master's merge shows its answer
+        data["diagnosis"]["sample_workers"] = False
     for name, backend in config.backends.items():
         address, status = backends[name]
         b = data["backends"][name]

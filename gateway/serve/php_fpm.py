@@ -24,6 +24,12 @@ Pool settings that matter to the gateway:
 - ``pm.status_listen`` on a separate socket, so the status page stays
   reachable when every worker is busy.
 - ``listen.backlog`` stays at php-fpm's default; our queue is in front of it.
+- ``request_slowlog_timeout`` (``php_fpm.slowlog_timeout``, 2 s) with
+  ``slowlog`` beside the config: the backtraces of slow requests, which the
+  diagnosis reads (``observe.slowlog``) to name the call PHP waits in.
+- ``process.dumpable = yes`` when its workers run as another user: the
+  gateway, dropped to that user, may then read their /proc files (system
+  call, fds) to say what they wait on (``observe.sampler``).
 """
 
 from __future__ import annotations
@@ -116,6 +122,7 @@ class FpmPaths:
     status_socket: str
     pid: str
     log: str
+    slowlog: str = ""
 
 
 def _ini_value(value: str) -> str:
@@ -167,6 +174,7 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
         status_socket=os.path.join(directory, "status.sock"),
         pid=os.path.join(directory, "php-fpm.pid"),
         log=os.path.join(directory, "php-fpm.log"),
+        slowlog=os.path.join(directory, "slow.log") if backend.php_fpm.slowlog_timeout > 0 else "",
     )
     lines = [
         "; written by the gateway; changes are overwritten at the next start",
@@ -190,9 +198,13 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
         "decorate_workers_output = no",
         "clear_env = yes",
     ]
+    if paths.slowlog:
+        lines += [f"slowlog = {paths.slowlog}",
+                  f"request_slowlog_timeout = {max(1, round(backend.php_fpm.slowlog_timeout))}s"]
     if users is not None:
         lines += [f"user = {users.worker}", f"group = {_primary_group(users.worker)}",
-                  f"listen.owner = {users.socket_owner}", f"listen.group = {users.socket_group}"]
+                  f"listen.owner = {users.socket_owner}", f"listen.group = {users.socket_group}",
+                  "process.dumpable = yes"]
     if max_body_size:
         megabytes = f"{max(1, -(-max_body_size // (1024 * 1024)))}M"
         for key in ("upload_max_filesize", "post_max_size"):

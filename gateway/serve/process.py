@@ -56,6 +56,8 @@ from ..http.cache_policy import Purge
 from ..observe.admin import AdminApp, admin_request, purge_json
 from ..observe.health import BackendHealth
 from ..observe.monitor import Monitor, PoolMonitor
+from ..observe.sampler import WorkerSampler, fastcgi_addresses
+from ..observe.waits import Endpoint
 from ..tls.contexts import SiteTls, TlsError, TlsSites, prepare_internal
 from ..tls.store import StateDir
 from ..tls.ticket_keys import new_keys
@@ -221,6 +223,38 @@ async def start_backend(config: Config, name: str, runtime_dir: str, system: tri
                            directory=directory, error_log=error_log)
     await system.start(sup.run)
     return sup.address, backend.status or "unix:" + sup.paths.status_socket, sup
+
+
+def worker_sampling(config: Config, backend: BackendConfig, address: str,
+                    sup: PhpFpmSupervisor | None) -> dict[str, Any]:
+    """The ``PoolMonitor`` arguments that sample what a FastCGI backend's
+    busy workers wait on (``observe.sampler``): its endpoints, php-fpm's
+    listen address, its slowlog (a spawned pool's, also in a master's worker
+    process, which finds it beside the socket of a pool config we wrote), and
+    ``[diagnosis] php_fpm_pid_file`` for one not spawned."""
+    if backend.type != "fastcgi" or not config.diagnosis.sample_workers or len(backend.addresses) > 1:
+        return {}
+    endpoints = {key: Endpoint(e.name, e.kind) for key, e in config.diagnosis.endpoints.items()}
+    slowlog = sup.paths.slowlog if sup is not None else spawned_slowlog(address)
+    pid_file = "" if sup is not None or slowlog else config.diagnosis.php_fpm_pid_file
+    return {"sampler": WorkerSampler(endpoints, fastcgi_addresses(address), slowlog), "pid_file": pid_file}
+
+
+def spawned_slowlog(address: str) -> str:
+    """The slowlog of a pool config we wrote whose socket is ``address``
+    (a master's php-fpm, seen from its worker process), if it has one."""
+    if not address.startswith("unix:"):
+        return ""
+    directory = os.path.dirname(address[5:])
+    try:
+        with open(os.path.join(directory, "php-fpm.conf")) as f:
+            text = f.read(65536)
+    except OSError:
+        return ""
+    if not text.startswith("; written by the gateway"):
+        return ""
+    slowlog = os.path.join(directory, "slow.log")
+    return slowlog if f"slowlog = {slowlog}\n" in text else ""
 
 
 @dataclass(frozen=True)
@@ -481,9 +515,11 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                     name, address=address, status_address=status_address, status_path=backend.status_path,
                     ping_path=ping)
                 pool_monitors.append(PoolMonitor(pool, sup, status_address, backend.status_path,
-                                                 health=health, kind=backend.type))
+                                                 health=health, kind=backend.type,
+                                                 **worker_sampling(config, backend, address, sup)))
                 system.start_soon(pool.run_reaper)
-            monitor = Monitor(listener_state.stats, pool_monitors)
+            monitor = Monitor(listener_state.stats, pool_monitors,
+                              master_pid=os.getppid() if inherited is not None else None)
             system.start_soon(monitor.run)
             app = App(config, pools, monitor.compression, monitor.guard,
                       inherited.guard_table if inherited is not None else "", cache_stats=monitor.cache)

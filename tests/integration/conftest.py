@@ -55,7 +55,8 @@ class Gateway:
 
 def gateway_config(root: Path, *, backend: dict[str, Any] | None = None, site: dict[str, Any] | None = None,
                    server: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
-                   runtime_dir: str = "", timeouts: dict[str, Any] | None = None) -> dict[str, Any]:
+                   runtime_dir: str = "", timeouts: dict[str, Any] | None = None,
+                   diagnosis: dict[str, Any] | None = None) -> dict[str, Any]:
     b: dict[str, Any] = {"address": "spawn", "pool_size": 2, "idle_timeout": "30s", "php_fpm": {"user": "root"}}
     for key, value in (backend or {}).items():
         b[key] = {**b[key], **value} if key == "php_fpm" else value
@@ -64,7 +65,7 @@ def gateway_config(root: Path, *, backend: dict[str, Any] | None = None, site: d
     srv = {"listen": ["127.0.0.1:0"], "access_log": "off", "runtime_dir": runtime_dir}
     srv.update(server or {})
     return {"server": srv, "admin": {"listen": "127.0.0.1:0"}, "limits": limits or {}, "backends": {"php": b},
-            "sites": {"t": s}, "timeouts": timeouts or {}}
+            "sites": {"t": s}, "timeouts": timeouts or {}, "diagnosis": diagnosis or {}}
 
 
 StartGateway = Callable[..., Awaitable[Gateway]]

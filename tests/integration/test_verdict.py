@@ -125,7 +125,8 @@ async def flood_until(gw, target: str, clients: int, verdict: str) -> dict:
 
 async def test_sleeping_php_flood_is_php_waiting(gw):
     st = await flood_until(gw, "/slow.php?ms=200", 16, "php-waiting")
-    assert "waiting on something downstream" in st["verdict"]["reason"]
+    # usleep(): the sampled workers are asleep (test_waiting_on.py has the downstreams)
+    assert "of them sleeping" in st["verdict"]["reason"] and st["verdict"]["waiting_on"]["lock"] >= 1
     assert st["pools"]["php"]["busy"] == 2 and st["pools"]["php"]["queue_depth"] > 0
 
 

@@ -201,3 +201,20 @@ def test_a_flag_is_validated_as_a_file_is_and_named_in_the_error(tmp_path):
         "--listen: server.listen.0: listen address '127.0.0.1:99999': port 99999 is out of range (1-65535)",
         "--processes: server.processes: 0 is neither a whole number from 1 to 256 nor \"auto\"",
     ]
+
+
+def test_diagnosis_endpoints_name_file_and_key(tmp_path):
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (tmp_path / "www").mkdir()
+    write(conf, "00.toml", '[sites.a]\nroot = "www"\n')
+    write(conf, "20-diag.toml", '[diagnosis.endpoints]\n"[0::1]:3306" = { name = "primary db", kind = "database" }\n')
+    cfg = load_dir(conf)
+    assert cfg.diagnosis.endpoints["[::1]:3306"].name == "primary db"  # compared as /proc shows addresses
+    write(conf, "30-bad.toml", '[diagnosis.endpoints]\n"db.internal:3306" = { kind = "database" }\n'
+                               '"10.0.0.5:6379" = { kind = "redis" }\n')
+    with pytest.raises(ConfigError) as exc:
+        load_dir(conf)
+    text = str(exc.value)
+    assert "30-bad.toml: diagnosis.endpoints.db.internal:3306" in text and "not \"ip:port\"" in text
+    assert "30-bad.toml: diagnosis.endpoints.10.0.0.5:6379.kind: 'redis' is not allowed" in text

@@ -15,6 +15,9 @@ from gateway.metrics import ListenerStats
 from gateway.observe.diagnosis import Diagnosis, PoolObservation, Verdict
 from gateway.observe.health import BackendHealth
 from gateway.observe.monitor import Monitor, PoolMonitor
+from gateway.observe.sampler import WorkerSampler
+from gateway.observe.slowlog import SlowEntry
+from gateway.observe.waits import Wait, summarise
 from gateway.upstream.pool import Pool
 
 
@@ -96,6 +99,13 @@ def frozen_monitor(second: bool = False) -> Monitor:
     pm_php.php_window.add(now - 8, 1, 0.1)
     pm_php.health = BackendHealth("php", _never_probed, "ping unix:/run/gw/php-status.sock /fpm-ping", up=True,
                                   since=now - 300, checked_at=now - 1.5)
+    # its one running worker waits on the database; the slowlog caught it in mysqli_query
+    pm_php.sampler = WorkerSampler({}, frozenset({"/run/gw/php.sock"}), "/run/gw/fpm-php/slow.log")
+    assert pm_php.sampler.slowlog is not None
+    pm_php.sampler.slowlog.frames.add(now - 5, [SlowEntry("php", 4101, "/srv/index.php", (
+        ("mysqli_query", "/srv/wp-includes/class-wpdb.php", 2056), ("_do_query", "/srv/wp-includes/class-wpdb.php",
+                                                                   1980)))])
+    pm_php.waits = summarise({4101: Wait("database", "127.0.0.1:3306")}, 2, pm_php.sampler.slowlog.frames.by_pid())
 
     ext = _pool("ext", size=2, busy=0, idle=0, waiting=0, queue_depth=10)
     ext.stats.connect_errors = 4
@@ -142,8 +152,11 @@ def frozen_monitor(second: bool = False) -> Monitor:
     monitor.cache.entries, monitor.cache.bytes = 40, 2_500_000
     monitor.cache.evictions, monitor.cache.lock_waits, monitor.cache.purged = 3, 7, 2
     php.instruments.cacheable, php.instruments.cache_bypassed, php.instruments.cache_on = 30, 10, True
-    monitor.diagnosis = Diagnosis(current=Verdict("php-waiting", "pool php is saturated: 3/4 workers busy"),
-                                  since=now - 12.34)
+    monitor.host_iowait = 0.0123
+    monitor.gateway_cpu = 0.123456
+    monitor.other_cpu = 0.0789
+    monitor.diagnosis = Diagnosis(current=Verdict("php-waiting", "pool php is saturated: 3/4 workers busy",
+                                                  pm_php.waits.counts), since=now - 12.34)
 
     if second:
         stats.accepted, stats.requests, stats.in_flight = 60, 200, 0
@@ -158,6 +171,7 @@ def frozen_monitor(second: bool = False) -> Monitor:
         php.instruments.php_time.observe(0.4)
         pm_php.worker_cpu = None
         pm_php.last = None
+        pm_php.waits = None
         pm_ext.fpm_status = {**FPM_STATUS, "active processes": 1, "idle processes": 1, "processes": []}
         pm_ext.fpm_status_error = ""
         pm_ext.health = BackendHealth("ext", _never_probed, "status page unix:/run/ext-status.sock /fpm-status",
@@ -172,6 +186,8 @@ def frozen_monitor(second: bool = False) -> Monitor:
         monitor.cache.requests.update(HIT=10, STALE=0, MISS=10, BYPASS=0, EXPIRED=0)
         monitor.cache.entries, monitor.cache.bytes, monitor.cache.purged = 10, 500_000, 0
         monitor.host_cpu = None
+        monitor.host_iowait = None
+        monitor.gateway_cpu = 0.5
         monitor.lag.add(now, 0.2)
         monitor.diagnosis = Diagnosis(current=Verdict("listener", "the gateway itself is the bottleneck"),
                                       since=now - 1.0)

@@ -48,6 +48,7 @@ def test_worker_configs_split_php_connections_and_max_connections():
     assert len({p.admin.listen for p in parts}) == 3
     assert all(p.admin.listen.startswith("unix:/run/gw/") for p in parts)
     assert all(p.server.processes == 1 for p in parts)
+    assert [p.diagnosis.sample_workers for p in parts] == [True, False, False]  # one process reads php-fpm's workers
     assert parts[0].sites == cfg.sites
     assert all(p.backends["unused"].pool_size == 1 for p in parts)  # no site uses it: it never gets a connection
 
@@ -165,3 +166,41 @@ def test_merged_listener_and_healthy_reasons_quote_the_summed_pool():
                    errors={})
     st = merge_status([down, b], pid=100, uptime=9.0)
     assert st["verdict"]["reason"] == "backend-down in 101 (1 of 2 worker processes)"  # the worker's own words
+
+
+def test_merged_php_waiting_keeps_what_the_workers_wait_on():
+    """Every process samples the same php-fpm workers: the merged reason names
+    their targets, and waiting_on is theirs."""
+    from gateway.observe.waits import Wait, describe, summarise
+
+    waits = summarise({1: Wait("database", "10.0.0.5:3306", "primary db"), 2: Wait("cache", "10.0.0.6:6379"),
+                       3: Wait("database", "10.0.0.5:3306", "primary db"), 4: Wait("database", "10.0.0.5:3306",
+                                                                                 "primary db")}, 4)
+    shown = {"busy": waits.busy, "workers": waits.workers, "unknown": 0, "error": "", "reason": describe(waits),
+             "on": waits.counts, "targets": [{"kind": t.kind, "workers": t.count, "target": t.target,
+                                              "name": t.name, "frame": t.frame} for t in waits.targets]}
+    parts = []
+    for pid in (101, 102):
+        st = _status(pid, "php-waiting", requests=30, busy=2, queue=4, responses=10, wait_ms=100.0, lag_p99=1.0,
+                     errors={})
+        st["verdict"]["waiting_on"] = waits.counts
+        st["pools"]["php"]["waiting_on"] = shown
+        parts.append(st)
+    st = merge_status(parts, pid=100, uptime=9.0)
+    assert st["verdict"]["waiting_on"] == waits.counts
+    assert ("3 of them waiting on the database at 10.0.0.5:3306 (primary db), 1 on the cache server at "
+            "10.0.0.6:6379") in st["verdict"]["reason"]
+
+
+def test_php_waiting_held_by_a_process_that_does_not_sample_gets_waiting_on_from_the_pool():
+    from gateway.observe.waits import Wait, describe, summarise
+
+    waits = summarise({1: Wait("cache", "10.0.0.6:6379")}, 2)
+    sampling = _status(101, "healthy", requests=30, busy=1, queue=0, responses=10, wait_ms=0.0, lag_p99=1.0,
+                       errors={})
+    sampling["pools"]["php"]["waiting_on"] = {"busy": 1, "workers": 2, "unknown": 0, "error": "",
+                                              "reason": describe(waits), "on": waits.counts, "targets": []}
+    saturated = _status(102, "php-waiting", requests=30, busy=1, queue=4, responses=10, wait_ms=100.0,
+                        lag_p99=1.0, errors={})
+    st = merge_status([sampling, saturated], pid=100, uptime=9.0)
+    assert st["verdict"]["bottleneck"] == "php-waiting" and st["verdict"]["waiting_on"]["cache"] == 1

@@ -158,6 +158,59 @@ def test_a_group_with_every_host_down_is_backend_down():
                         "check failed: timeout): start the backends or fix the addresses.")
 
 
+def test_php_waiting_names_what_the_workers_wait_on():
+    from gateway.observe.waits import Wait, summarise
+
+    waits = summarise({1: Wait("database", "127.0.0.1:3306"), 2: Wait("database", "127.0.0.1:3306"),
+                       3: Wait("database", "127.0.0.1:3306"), 4: Wait("http", "93.184.216.34:443")}, 4,
+                      {1: "mysqli_query from wp-includes/class-wpdb.php"})
+    v = classify(obs(pool(busy=4, waiting=9, worker_cpu=0.02, waits=waits)))
+    assert v.bottleneck == "php-waiting"
+    assert v.waiting_on == {"database": 3, "cache": 0, "http": 1, "socket": 0, "disk": 0, "lock": 0, "cpu": 0}
+    assert ("4/4 workers busy, 3 of them waiting on the database at 127.0.0.1:3306 (mysqli_query from "
+            "wp-includes/class-wpdb.php), 1 on external HTTP to 93.184.216.34:443") in v.reason
+    assert "slow queries" in v.reason
+
+
+def test_disk_waits_with_high_iowait_say_storage_is_slow():
+    from gateway.observe.waits import Wait, summarise
+
+    waits = summarise({1: Wait("disk", "/srv/data.db"), 2: Wait("disk", "/srv/data.db")}, 2)
+    busy = pool(size=2, busy=2, waiting=5, worker_cpu=0.01, waits=waits)
+    v = classify(Observation(loop_lag_p99=0.001, process_cpu=0.1, host_cpu=0.3, host_iowait=0.45, pools=(busy,)))
+    assert v.waiting_on["disk"] == 2 and "Storage is slow: host iowait 45%" in v.reason
+    calm = classify(Observation(loop_lag_p99=0.001, process_cpu=0.1, host_cpu=0.3, host_iowait=0.01, pools=(busy,)))
+    assert "Storage is slow" not in calm.reason and "disk I/O to /srv/data.db" in calm.reason
+
+
+def test_a_full_host_mostly_used_by_the_gateway_is_listener():
+    # no process at a core and no loop lag: the load generator shares the cores
+    full = Observation(loop_lag_p99=0.004, process_cpu=0.65, host_cpu=0.97, gateway_cpu=1.3, cpus=2,
+                       pools=(pool(busy=0),))
+    v = classify(full)
+    assert v.bottleneck == "listener"
+    assert "gateway processes use 130% of 2 cores; PHP idle (php 4/4 free)" in v.reason
+    # the host is full of something else: not the gateway's doing
+    other = Observation(loop_lag_p99=0.004, process_cpu=0.2, host_cpu=0.97, gateway_cpu=0.3, cpus=2,
+                        pools=(pool(busy=0),))
+    assert classify(other).bottleneck == "healthy"
+    # a host with CPU to spare is healthy however busy the gateway
+    spare = Observation(loop_lag_p99=0.004, process_cpu=0.6, host_cpu=0.6, gateway_cpu=1.1, cpus=2,
+                        pools=(pool(busy=0),))
+    assert classify(spare).bottleneck == "healthy"
+
+
+def test_on_a_full_host_the_gateway_must_be_the_largest_consumer():
+    two_workers = dict(loop_lag_p99=0.004, process_cpu=0.27, host_cpu=1.0, gateway_cpu=0.53, cpus=2,
+                       pools=(pool(busy=0),))
+    v = classify(Observation(**two_workers, other_cpu=0.3))
+    assert v.bottleneck == "listener"
+    assert "gateway processes use 53% of 2 cores, more than any other process (the busiest: 30% of a core)" in v.reason
+    assert classify(Observation(**two_workers, other_cpu=0.9)).bottleneck == "healthy"  # a batch job fills it
+    idle = {**two_workers, "gateway_cpu": 0.1}
+    assert classify(Observation(**idle, other_cpu=0.05)).bottleneck == "healthy"  # below GATEWAY_MIN_CPU
+
+
 def test_an_http_backend_is_named_by_its_type_not_as_php():
     app = pool(name="app", kind="http", worker_cpu=None)
     down = classify(obs(pool(name="app", kind="http", connect_errors=3, responses=0)))
@@ -183,3 +236,16 @@ def test_a_backend_full_of_websockets_says_so():
     assert v.reason == ("backend app (http) is saturated: 4/4 connections busy, 3 queued (median wait 0 ms); 3 of "
                         "its connections are WebSocket tunnels, held as long as they are open: raise pool_size, or "
                         "route WebSockets to a backend of their own.")
+
+
+def test_sampled_workers_decide_between_php_cpu_and_php_waiting_on_a_full_host():
+    from gateway.observe.waits import Wait, summarise
+
+    disk = summarise({1: Wait("disk", "/srv/x"), 2: Wait("cpu")}, 2)
+    # 20 % of a core each on a full host is php-cpu by the CPU rule; the sample says they wait on the disk
+    v = classify(obs(pool(size=2, busy=2, waiting=4, worker_cpu=0.2, waits=disk), host=0.99))
+    assert v.bottleneck == "php-waiting" and v.waiting_on["disk"] == 1
+    running = summarise({1: Wait("cpu"), 2: Wait("cpu")}, 2)
+    assert classify(obs(pool(size=2, busy=2, waiting=4, worker_cpu=0.2, waits=running), host=0.99)).bottleneck == \
+        "php-cpu"
+    assert classify(obs(pool(size=2, busy=2, waiting=4, worker_cpu=0.9, waits=disk))).bottleneck == "php-cpu"

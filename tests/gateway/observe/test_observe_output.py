@@ -26,6 +26,7 @@ from rich.console import Console
 
 from gateway.observe.aggregate import merge_prometheus, merge_status
 from gateway.observe.views import summary_lines, top_view
+from gateway.observe.waits import KINDS
 
 from .observe_fixture import frozen_monitor
 
@@ -58,6 +59,9 @@ FAMILIES = [
     ("gateway_tunnels", "counter", "Switched connections (WebSocket, any Upgrade) opened.", ()),
     ("gateway_process_cpu_ratio", "gauge", "Gateway process CPU, share of one core.", ()),
     ("gateway_host_cpu_ratio", "gauge", "Host CPU busy, share of all cores.", ()),
+    ("gateway_host_iowait_ratio", "gauge", "Host CPU idle waiting for storage, share of all cores.", ()),
+    ("gateway_processes_cpu_ratio", "gauge", "CPU of all the gateway's processes (master and workers), share of "
+     "one core.", ()),
     ("gateway_compression_seconds", "counter",
      "CPU seconds spent compressing responses (br, gzip), on the event loop and in threads.", ()),
     ("gateway_compression_in_bytes", "counter", "Response bytes given to the compressor.", ()),
@@ -105,6 +109,8 @@ FAMILIES = [
     ("gateway_pool_client_gone", "counter", "Waiters dropped because their client left.", ("pool",)),
     ("gateway_pool_connect_errors", "counter", "Failed connects to the backend.", ("pool",)),
     ("gateway_php_worker_cpu_ratio", "gauge", "CPU per busy php-fpm worker, share of one core.", ("pool",)),
+    ("gateway_php_workers_waiting", "gauge", "Busy php-fpm workers by what they wait on, sampled from /proc once a "
+     "second (database, cache, http, socket, disk, lock, cpu).", ("on", "pool")),
     ("gateway_backend_up", "gauge", "1 if the backend answered its last health check, 0 if not.", ("pool",)),
     ("gateway_phpfpm_workers", "gauge", "php-fpm's workers by state (running, idle), counted in its process list: "
      "unlike its 'active processes' counter, they add up to its pool.", ("pool", "state")),
@@ -120,7 +126,8 @@ FAMILIES = [
 #: Every key of one process's /status, in order (``*``: any pool, any list entry;
 #: the keys of ``errors`` are HTTP statuses, data rather than schema).
 STATUS_KEYS = [
-    "verdict", "verdict.bottleneck", "verdict.reason", "verdict.for_seconds",
+    "verdict", "verdict.bottleneck", "verdict.reason", "verdict.for_seconds", "verdict.waiting_on",
+    *(f"verdict.waiting_on.{kind}" for kind in KINDS),
     "listener", "listener.connections", "listener.connections.idle", "listener.connections.reading",
     "listener.connections.waiting_php", "listener.connections.writing", "listener.connections.open",
     "listener.accepts_per_second", "listener.requests_per_second", "listener.requests_total",
@@ -133,7 +140,7 @@ STATUS_KEYS = [
     "listener.http2.refused.rapid_reset", "listener.http2.refused.header_flood",
     "listener.http2.refused.control_flood", "listener.http2.refused.protocol_error",
     "listener.tunnels", "listener.tunnels.open", "listener.tunnels.total", "listener.process_cpu",
-    "host", "host.cpu", "host.cpus",
+    "host", "host.cpu", "host.cpus", "host.iowait", "host.gateway_cpu", "host.other_cpu",
     "compression", "compression.cpu_seconds", "compression.bytes_in", "compression.bytes_out",
     "compression.responses", "compression.responses.br", "compression.responses.gzip", "compression.threaded",
     "compression.precompressed", "compression.precompressed.br", "compression.precompressed.gzip",
@@ -151,7 +158,12 @@ STATUS_KEYS = [
     "pools.*.cache_bypassed_share", "pools.*.cache_on", "pools.*.errors", "pools.*.queue_full_total",
     "pools.*.queue_timeouts_total",
     "pools.*.retries_total", "pools.*.client_gone_in_queue_total", "pools.*.connect_errors_total",
-    "pools.*.worker_cpu", "pools.*.php_fpm_restarts",
+    "pools.*.worker_cpu", "pools.*.waiting_on", "pools.*.waiting_on.busy", "pools.*.waiting_on.workers",
+    "pools.*.waiting_on.unknown", "pools.*.waiting_on.error", "pools.*.waiting_on.reason", "pools.*.waiting_on.on",
+    *(f"pools.*.waiting_on.on.{kind}" for kind in KINDS), "pools.*.waiting_on.targets",
+    *(f"pools.*.waiting_on.targets.*.{key}" for key in ("kind", "workers", "target", "name", "frame")),
+    "pools.*.slowlog_frames", "pools.*.slowlog_frames.*.frame", "pools.*.slowlog_frames.*.requests",
+    "pools.*.php_fpm_restarts",
     "pools.*.backend", "pools.*.backend.up", "pools.*.backend.check", "pools.*.backend.error",
     "pools.*.backend.down_seconds", "pools.*.backend.last_check_seconds_ago",
     "pools.*.php_fpm", "pools.*.php_fpm.listen_queue", "pools.*.php_fpm.active_processes",
@@ -287,7 +299,9 @@ async def test_what_a_dashboard_reads(autojump_clock):
     out = _outputs()
     st = out["status"]
     assert st["verdict"] == {"bottleneck": "php-waiting", "reason": "pool php is saturated: 3/4 workers busy",
-                             "for_seconds": 12.3}
+                             "for_seconds": 12.3, "waiting_on": {"database": 1, "cache": 0, "http": 0, "socket": 0,
+                                                                 "disk": 0, "lock": 0, "cpu": 0}}
+    assert st["pools"]["php"]["waiting_on"]["targets"][0]["frame"] == "mysqli_query from wp-includes/class-wpdb.php"
     assert st["listener"]["connections"] == {"idle": 5, "reading": 1, "waiting_php": 2, "writing": 1, "open": 9}
     assert st["listener"]["requests_per_second"] == 3.3  # 10 requests in the last 3 s
     assert st["listener"]["loop_lag_ms"] == {"p50": 3.0, "p99": 70.0, "max": 70.0}
@@ -310,6 +324,9 @@ async def test_what_a_dashboard_reads(autojump_clock):
     assert samples[("gateway_pool_queue_wait_seconds_count", (("pool", "php"),))] == 2
     assert samples[("gateway_verdict", (("bottleneck", "php-waiting"),))] == 1
     assert ("gateway_php_worker_cpu_ratio", (("pool", "ext"),)) not in samples  # unknown: no sample, not 0
+    assert samples[("gateway_php_workers_waiting", (("on", "database"), ("pool", "php")))] == 1
+    assert samples[("gateway_php_workers_waiting", (("on", "http"), ("pool", "php")))] == 0
+    assert ("gateway_php_workers_waiting", (("on", "database"), ("pool", "ext"))) not in samples  # not sampled
     assert ("gateway_phpfpm_active_processes", (("pool", "ext"),)) not in samples
 
     merged = out["merged-status"]

@@ -1,0 +1,293 @@
+"""What PHP waits on, with real php-fpm and real downstreams: each flood
+saturates the pool (2 workers, 6 clients) and the verdict must become
+``php-waiting`` with the right ``waiting_on`` and the endpoint named in its
+reason within 10 s (``WITHIN``, from test_verdict). Each scenario lasts a
+few seconds and stops its load.
+
+Downstreams: MariaDB (Debian's, as the WordPress tests start it) answering
+``SELECT SLEEP(0.5)``; a slow HTTP server that PHP's curl calls; a fake Redis
+that answers PING slowly (no Redis here; PHP talks RESP on a plain socket);
+a file PHP appends to and fsyncs; a file whose flock the test holds. The
+servers listen on their well-known ports on addresses of their own in
+127.0.0.0/8 (127.42.0.x), so the ports say what they are, as in production,
+without clashing with anything else on this host. And a static-file flood
+from a load generator in a process of its own, on the same cores: the
+``listener`` verdict within 10 s, held while the flood lasts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from gateway.observe.diagnosis import GATEWAY_MIN_CPU, HOST_CPU_LIMIT
+from gateway.observe.monitor import children_of
+from tests.helpers import HttpClient
+
+from .conftest import DOCROOT, free_port, start_cli
+from .test_cli import stop
+from .test_verdict import WITHIN, admin_status, assert_reached_and_held, load
+
+HTTP_HOST, REDIS_HOST, DB_HOST = "127.42.0.2", "127.42.0.1", "127.42.0.3"
+POOL = {"pool_size": 2}
+
+
+async def until_waiting_on(gw: Any, kind: str, *needles: str) -> dict[str, Any]:
+    """/status every 250 ms until the verdict is php-waiting with ``kind`` in
+    its waiting_on and every needle in its reason; fails after WITHIN s."""
+    start = trio.current_time()
+    seen: list[str] = []
+    while True:
+        st = await admin_status(gw)
+        v = st["verdict"]
+        seen.append(v["bottleneck"])
+        if (v["bottleneck"] == "php-waiting" and v.get("waiting_on", {}).get(kind, 0) >= 1
+                and all(n in v["reason"] for n in needles)):
+            return st
+        if trio.current_time() - start > WITHIN:
+            pytest.fail(f"no php-waiting on {kind} naming {needles} within {WITHIN}s: verdicts {seen}; last "
+                        f"{json.dumps(v)}; pool {json.dumps(st['pools']['php'].get('waiting_on'))}")
+        await trio.sleep(0.25)
+
+
+async def flood(gw: Any, target: str, kind: str, *needles: str, clients: int = 6) -> dict[str, Any]:
+    stop = trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(load, gw, target, clients, stop)
+        try:
+            return await until_waiting_on(gw, kind, *needles)
+        finally:
+            stop.set()
+
+
+async def serve_slowly(host: str, port: int, answer: bytes, delay: float, *, per_line: bytes = b"",
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """A server that answers each request after ``delay``: once per
+    connection (HTTP, ``answer`` then close), or once per ``per_line``
+    command read (RESP)."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            try:
+                while chunk := await stream.receive_some(4096):
+                    data += chunk
+                    if per_line:
+                        while per_line in data:
+                            data = data.split(per_line, 1)[1]
+                            await trio.sleep(delay)
+                            await stream.send_all(answer)
+                    elif b"\r\n\r\n" in data:
+                        await trio.sleep(delay)
+                        await stream.send_all(answer)
+                        return
+            except trio.BrokenResourceError:
+                pass
+
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    task_status.started()
+    await trio.serve_listeners(handle, listeners)
+
+
+async def test_slow_http_called_with_curl_is_http(start_gateway):
+    gw = await start_gateway(DOCROOT, backend=POOL)
+    async with trio.open_nursery() as n:
+        await n.start(serve_slowly, HTTP_HOST, 80, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n"
+                      b"\r\nok", 1.0)
+        st = await flood(gw, f"/waits/fetch.php?url=http://{HTTP_HOST}/api", "http",
+                         f"on external HTTP to {HTTP_HOST}:80")
+        n.cancel_scope.cancel()
+    assert "2/2 workers busy" in st["pools"]["php"]["waiting_on"]["reason"]
+
+
+async def test_slow_redis_is_cache(start_gateway):
+    gw = await start_gateway(DOCROOT, backend=POOL)
+    async with trio.open_nursery() as n:
+        await n.start(lambda task_status: serve_slowly(REDIS_HOST, 6379, b"+PONG\r\n", 0.5, per_line=b"PING\r\n",
+                                                       task_status=task_status))
+        await flood(gw, f"/waits/cache.php?host={REDIS_HOST}&port=6379&n=4", "cache",
+                    f"waiting on the cache server at {REDIS_HOST}:6379")
+        n.cancel_scope.cancel()
+
+
+async def test_fsync_heavy_writes_are_disk(start_gateway, tmp_path: Path):
+    gw = await start_gateway(DOCROOT, backend=POOL)
+    data = tmp_path / "data"
+    data.mkdir()
+    st = await flood(gw, f"/waits/fsync.php?dir={data}&ms=1500", "disk", f"disk I/O to {data}/w-")
+    assert st["pools"]["php"]["waiting_on"]["on"]["disk"] >= 1
+
+
+async def test_a_held_flock_is_lock(start_gateway, tmp_path: Path):
+    gw = await start_gateway(DOCROOT, backend=POOL)
+    path = tmp_path / "held.lock"
+    with open(path, "w") as held:  # noqa: ASYNC230 - a local file, opened once
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            stop = trio.Event()
+            async with trio.open_nursery() as n:
+                n.start_soon(load, gw, f"/waits/flock.php?file={path}", 6, stop)
+                try:
+                    st = await until_waiting_on(gw, "lock", f"on a lock on {path}")
+                finally:
+                    fcntl.flock(held, fcntl.LOCK_UN)  # let the workers go, then the load stop
+                    stop.set()
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+    assert st["verdict"]["waiting_on"]["lock"] == 2
+
+
+# -- MariaDB -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MariaDB on DB_HOST:3306 (its own datadir), user gw/gw; stopped after the module."""
+    base = tmp_path_factory.mktemp("mariadb")
+    install, server = shutil.which("mariadb-install-db"), shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+    assert install and os.path.exists(server), "MariaDB is not installed: run scripts/setup --test"
+    subprocess.run([install, "--no-defaults", f"--datadir={base / 'db'}", "--user=root",
+                    "--auth-root-authentication-method=socket", "--skip-test-db"], check=True, capture_output=True)
+    sock = base / "db.sock"
+    proc = subprocess.Popen([server, "--no-defaults", f"--datadir={base / 'db'}", f"--socket={sock}",
+                             f"--bind-address={DB_HOST}", "--port=3306", "--user=root",
+                             f"--pid-file={base / 'db.pid'}", f"--log-error={base / 'db.log'}",
+                             "--innodb-buffer-pool-size=16M"])
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("MariaDB did not start: " + (base / "db.log").read_text(errors="replace")[-2000:])
+            time.sleep(0.05)
+        subprocess.run([shutil.which("mariadb") or "mariadb", "--no-defaults", "-S", str(sock), "-u", "root", "-e",
+                        "CREATE USER 'gw'@'%' IDENTIFIED BY 'gw';"], check=True, capture_output=True)
+        yield f"{DB_HOST}:3306"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def test_mariadb_sleep_flood_is_database_and_the_slowlog_names_the_call(start_gateway, mariadb: str):
+    gw = await start_gateway(DOCROOT, backend={**POOL, "php_fpm": {"slowlog_timeout": "1s"}},
+                             diagnosis={"endpoints": {mariadb: {"name": "test db", "kind": "database"}}})
+    st = await flood(gw, f"/waits/db.php?host={DB_HOST}&port=3306&n=4", "database",
+                     f"waiting on the database at {mariadb} (test db; mysqli_query from db.php)")
+    frames = st["pools"]["php"]["slowlog_frames"]
+    assert frames and frames[0]["frame"] == "mysqli_query from db.php"
+    assert "slow queries" in st["verdict"]["reason"]
+
+
+# -- the listener on a full host -------------------------------------------------------
+
+LOADGEN = """
+import sys, trio
+sys.path.insert(0, sys.argv[1])
+from _load import LoadStats, run_load
+stats = LoadStats()
+trio.run(lambda: run_load(sys.argv[2], concurrency=int(sys.argv[3]), seconds=float(sys.argv[4]), stats=stats))
+"""
+#: Both the gateway and the load generator run at this niceness: this host is
+#: shared (other test runs, builds), and the scenario is a host whose CPU the
+#: gateway and its load generator fill.
+NICE = -5
+
+
+async def test_static_flood_with_the_load_generator_on_the_same_cores_is_listener(tmp_path: Path):
+    # two gateway processes (the default on two cores) and a load generator
+    # process: none of them reaches a core, the loop does not lag, the host is full
+    port, admin = free_port(), free_port()
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (conf / "00.toml").write_text(
+        f'[server]\nuser = "root"\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{tmp_path / "run"}"\n'
+        f'access_log = "off"\nprocesses = 2\ncompression = []\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[backends.php]\npool_size = 2\nphp_fpm.user = "root"\n[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n')
+    proc, stderr = await start_cli(["serve", "--config", str(conf)])
+    seconds = WITHIN + 10
+    scripts = Path(__file__).parents[2] / "scripts"
+    seen: list[str] = []
+    met: list[bool] = []  # per poll: the rule's inputs, as /status shows them, say "the gateway fills the host"
+    try:
+        for pid in [proc.pid, *children_of(proc.pid)]:
+            os.setpriority(os.PRIO_PROCESS, pid, NICE)
+        # two load generator processes (as wrk runs threads): each one smaller than the gateway's two
+        loadgens = [await trio.lowlevel.open_process(
+            ["nice", "-n", str(NICE), sys.executable, "-c", LOADGEN, str(scripts),
+             f"http://127.0.0.1:{port}/hello.txt", "32", str(seconds)]) for _ in range(2)]
+        try:
+            with trio.fail_after(30):  # the flood has started (a Python process starting on a busy host: seconds)
+                while (await admin_json(admin))["listener"]["requests_total"] < 1000:  # noqa: ASYNC110 - polled
+                    await trio.sleep(0.1)
+            start, first = trio.current_time(), None
+            while True:
+                st = await admin_json(admin)
+                seen.append(st["verdict"]["bottleneck"])
+                met.append(_gateway_fills_host(st["host"]))
+                now = trio.current_time()
+                if first is None and seen[-1] == "listener":
+                    first = now
+                if (first is None and now - start > WITHIN) or (first is not None and now - first >= 5.0):
+                    break
+                await trio.sleep(0.25)
+        finally:
+            for loadgen in loadgens:
+                loadgen.kill()
+                await loadgen.wait()
+    finally:
+        await stop(proc, stderr)
+    host = st["host"]
+    if "listener" not in seen and _longest_run(met) < HELD_POLLS:
+        # not the scenario: other work on this shared host took the CPU (measured, not guessed)
+        pytest.skip(f"the gateway was never its host's largest consumer for {HELD_POLLS / 4:g} s running: {host}")
+    if "listener" not in seen:
+        processes = [(w.get("pid"), w.get("verdict"), w.get("process_cpu")) for w in st.get("workers", [])]
+        pytest.fail(f"no listener verdict within {WITHIN}s: {seen}; last {st['verdict']['reason']}; host {host}; "
+                    f"processes {processes}; verdict held {st['verdict']['for_seconds']} s")
+    assert_reached_and_held(seen, "listener")
+    # on a quiet host: "gateway processes use 1xx% of 2 cores; PHP idle"; when
+    # other work shares the host the loops lag as well, and that rule speaks first
+    reason = st["verdict"]["reason"]
+    assert "gateway processes use" in reason or "event-loop lag" in reason, reason
+    assert st["host"]["gateway_cpu"] > 0.3, st["host"]
+
+
+#: Polls (4 a second) the inputs must say "listener" in a row for the verdict to
+#: owe it: the verdict's hold (3 s) and a sample.
+HELD_POLLS = 16
+
+
+def _gateway_fills_host(host: dict[str, Any]) -> bool:
+    gateway, other = host.get("gateway_cpu"), host.get("other_cpu")
+    return (host.get("cpu") or 0.0) >= HOST_CPU_LIMIT and gateway is not None and other is not None and (
+        gateway >= max(GATEWAY_MIN_CPU, other))
+
+
+def _longest_run(flags: list[bool]) -> int:
+    best = run = 0
+    for flag in flags:
+        run = run + 1 if flag else 0
+        best = max(best, run)
+    return best
+
+
+async def admin_json(port: int) -> dict[str, Any]:
+    c = await HttpClient.connect(port)
+    try:
+        return json.loads((await c.request("GET", "/status")).body)  # type: ignore[no-any-return]
+    finally:
+        await c.aclose()
