@@ -27,9 +27,12 @@ Pool settings that matter to the gateway:
 - ``request_slowlog_timeout`` (``php_fpm.slowlog_timeout``, 2 s) with
   ``slowlog`` beside the config: the backtraces of slow requests, which the
   diagnosis reads (``observe.slowlog``) to name the call PHP waits in.
-- ``process.dumpable = yes`` when its workers run as another user: the
-  gateway, dropped to that user, may then read their /proc files (system
-  call, fds) to say what they wait on (``observe.sampler``).
+- ``process.dumpable = yes`` when its workers run as another user and
+  ``[diagnosis] sample_workers`` is on (the default): the gateway, dropped to
+  that user, may then read their /proc files (system call, fds) to say what
+  they wait on (``observe.sampler``). The cost: a process of that user may
+  ptrace the workers (and they may dump core); ``sample_workers = false``
+  leaves php-fpm's default (not dumpable).
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ OUTPUT_BUFFERING = 64 * 1024
 
 def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
                       max_body_size: int | None = None, users: FpmUsers | None = None,
-                      error_log: str = "") -> FpmPaths:
+                      error_log: str = "", dumpable: bool = True) -> FpmPaths:
     """Write ``php-fpm.conf`` for one pool into ``directory`` and return the paths.
 
     ``error_log``: a file for php-fpm's log (the gateway's error log, reopened
@@ -203,8 +206,9 @@ def write_pool_config(name: str, backend: BackendConfig, directory: str, *,
                   f"request_slowlog_timeout = {max(1, round(backend.php_fpm.slowlog_timeout))}s"]
     if users is not None:
         lines += [f"user = {users.worker}", f"group = {_primary_group(users.worker)}",
-                  f"listen.owner = {users.socket_owner}", f"listen.group = {users.socket_group}",
-                  "process.dumpable = yes"]
+                  f"listen.owner = {users.socket_owner}", f"listen.group = {users.socket_group}"]
+        if dumpable:
+            lines.append("process.dumpable = yes")
     if max_body_size:
         megabytes = f"{max(1, -(-max_body_size // (1024 * 1024)))}M"
         for key in ("upload_max_filesize", "post_max_size"):
@@ -237,13 +241,14 @@ class PhpFpmSupervisor:
 
     def __init__(self, name: str, backend: BackendConfig, runtime_dir: str, *,
                  max_body_size: int | None = None, users: FpmUsers | None = None, directory: str = "",
-                 error_log: str = "") -> None:
+                 error_log: str = "", dumpable: bool = True) -> None:
         self.name = name
         self.backend = backend
         self.binary = find_php_fpm(backend.php_fpm.binary)
         self.users = users if users is not None else default_fpm_users(backend)
         self.paths = write_pool_config(name, backend, directory or os.path.join(runtime_dir, f"fpm-{name}"),
-                                       max_body_size=max_body_size, users=self.users, error_log=error_log)
+                                       max_body_size=max_body_size, users=self.users, error_log=error_log,
+                                       dumpable=dumpable)
         #: cancelled by ``stop``: php-fpm then stops gracefully (SIGQUIT)
         self._scope = trio.CancelScope()
         #: set once ``run`` has returned (php-fpm stopped and reaped)

@@ -204,7 +204,7 @@ def spawn_key(config: Config, name: str, privileges: Plan | None = None) -> str 
         return None
     users = privileges.fpm.get(name) if privileges is not None else None
     return json.dumps([backend.pool_size, backend.php_fpm.model_dump(mode="json"), config.limits.client_max_body_size,
-                       repr(users), config.server.error_log])
+                       repr(users), config.server.error_log, config.diagnosis.sample_workers])
 
 
 async def start_backend(config: Config, name: str, runtime_dir: str, system: trio.Nursery,
@@ -220,7 +220,7 @@ async def start_backend(config: Config, name: str, runtime_dir: str, system: tri
     error_log = "" if config.server.error_log == "-" else config.server.error_log
     sup = PhpFpmSupervisor(name, backend, runtime_dir, max_body_size=config.limits.client_max_body_size,
                            users=privileges.fpm.get(name) if privileges is not None else None,
-                           directory=directory, error_log=error_log)
+                           directory=directory, error_log=error_log, dumpable=config.diagnosis.sample_workers)
     await system.start(sup.run)
     return sup.address, backend.status or "unix:" + sup.paths.status_socket, sup
 

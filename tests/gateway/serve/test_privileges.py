@@ -142,3 +142,16 @@ def test_the_php_fpm_pool_gets_its_user_and_gives_its_sockets_to_the_gateway(tmp
     text = Path(paths.config).read_text()
     assert "user = wp\n" in text and "listen.owner = gw\n" in text and "listen.group = gw\n" in text
     assert "listen.mode = 0660\n" in text
+
+
+def test_workers_of_another_user_are_dumpable_only_while_the_diagnosis_samples_them(tmp_path):
+    # process.dumpable lets the gateway (dropped to that user) read the workers' /proc files;
+    # with [diagnosis] sample_workers = false php-fpm keeps its default (not dumpable)
+    cfg = conf({"user": "gw"}, php_fpm={"user": "wp"})
+    users = FpmUsers("wp", "gw", "gw")
+    sampled = write_pool_config("php", cfg.backends["php"], str(tmp_path / "on"),  # type: ignore[attr-defined]
+                                users=users)
+    assert "process.dumpable = yes\n" in Path(sampled.config).read_text()
+    quiet = write_pool_config("php", cfg.backends["php"], str(tmp_path / "off"),  # type: ignore[attr-defined]
+                              users=users, dumpable=False)
+    assert "dumpable" not in Path(quiet.config).read_text()
