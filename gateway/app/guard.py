@@ -7,7 +7,9 @@ Policy:
 - Each kind matches by URI prefix on the normalised, decoded path (the one
   routing sees); the longest prefix of a kind decides (``http.prefix``), so a
   longer rule can open what a shorter one closes. A rate limit matches the
-  request's method too (``methods``; none: all).
+  request's method too (``methods``; none: all); HEAD counts as GET, as in
+  return rules and nginx's ``limit_except`` (PHP runs the same script for
+  both: a HEAD flood must not slip past a GET limit).
 - The client is the real one (``Request.client``: after ``[server]
   trusted_proxies``, as REMOTE_ADDR). A client that is no IP address (a unix
   socket peer) is not rate limited (nginx skips an empty key) and matches
@@ -209,7 +211,8 @@ class Guard:
         if rules is None:
             return None
         ip = parse_ip(req.client[0])
-        method = req.method
+        # HEAD counts as GET (as nginx's limit_except and the return rules): PHP runs the same script for both
+        method = b"GET" if req.method == b"HEAD" else req.method
         rate = longest(path, rules.rate, lambda r: not r.methods or method in r.methods) if rules.rate else None
         if rate is not None and ip is not None:
             assert self.table is not None

@@ -123,7 +123,7 @@ class RateLimitRule(_Rule):
     """``[[sites.X.rate_limit]]`` (nginx ``limit_req``), per client address."""
 
     paths: Paths = ["/"]
-    #: only these methods count (e.g. ["POST"]); empty: all
+    #: only these methods count (e.g. ["POST"]); empty: all; HEAD counts as GET
     methods: list[Annotated[str, AfterValidator(_method)]] = []
     #: "1r/s" or "30r/m" (nginx rate=)
     rate: Annotated[str, AfterValidator(_rate)]

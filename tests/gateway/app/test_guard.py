@@ -198,3 +198,12 @@ async def test_the_rules_see_the_rewritten_path(tmp_path, autojump_clock):
     assert await statuses(app, [request("/login"), request("/login"), request("/wp-login.html")]) == [200, 429, 429]
     assert await statuses(app, [request("/admin/edit.html", "198.51.100.1"), request("/admin/edit.html")]) == [
         403, 200]
+
+
+async def test_head_counts_as_get_for_a_rate_limit(tmp_path, autojump_clock):
+    """PHP runs the same script for HEAD as for GET: a HEAD flood must not pass a GET limit."""
+    app = make_app(tmp_path, rate_limit=[{"paths": ["/index.html"], "methods": ["GET"], "rate": "1r/m",
+                                          "nodelay": True}])
+    assert await statuses(app, [request("/index.html"), request("/index.html", method=b"HEAD"),
+                                request("/index.html", method=b"HEAD")]) == [200, 429, 429]
+    assert await statuses(app, [request("/index.html", method=b"POST")]) == [405]  # not limited: it got through
