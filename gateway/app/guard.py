@@ -21,6 +21,12 @@ Policy:
   error log (the access log shows each 429; ``gateway_rate_limited_total``
   counts them). Access and auth refusals are one info line each.
 - Access (``http.access``): not permitted, 403.
+- An X-Accel-Redirect's target is checked by the access rules, the deny
+  list and basic auth of its path too (nginx runs its access phase again
+  for the internal redirect; only subrequests skip it), not by a rate
+  limit (the request met it once). Error pages are not checked: a page is
+  for whoever got the error (under nginx a 401 page inside ``auth_basic``
+  shows the built-in page instead, a known trap).
 - Basic auth: without credentials, or with wrong ones, 401 with
   ``WWW-Authenticate: Basic realm="..."``; wrong ones count as failures of the
   client's address (missing ones are a browser's first try, and do not); an
@@ -182,6 +188,12 @@ class _SiteRules:
             auths += [(prefix, self._auth(name, i, a, files)) for prefix in a.paths]
         self.auth = by_length(auths)
 
+    @property
+    def without_rate(self) -> _SiteRules:
+        out = object.__new__(_SiteRules)
+        out.rate, out.access, out.auth = (), self.access, self.auth
+        return out
+
     @staticmethod
     def _auth(name: str, i: int, rule: BasicAuthRule, files: dict[str, UserFile]) -> _AuthRule | None:
         if rule.realm == "off":
@@ -204,13 +216,18 @@ class Guard:
         self.limiter = trio.CapacityLimiter(HASH_THREADS)
         self.cache: OrderedDict[bytes, None] = OrderedDict()
 
-    async def check(self, req: Request, router: Router, path: str) -> Refusal | None:
+    async def check(self, req: Request, router: Router, path: str, *, internal: bool = False) -> Refusal | None:
         """The refusal for ``req`` to ``path`` of ``router``'s site, or None:
-        go on (possibly after a rate limit's delay)."""
+        go on (possibly after a rate limit's delay). ``internal``: an
+        X-Accel-Redirect's target, checked by access and basic auth only (the
+        request met its rate limit already; nginx's limit_req too counts a
+        request once)."""
         rules = self.sites.get(router.name)
         if rules is None:
             return None
         ip = parse_ip(req.client[0])
+        if internal:
+            rules = rules.without_rate
         # HEAD counts as GET (as nginx's limit_except and the return rules): PHP runs the same script for both
         method = b"GET" if req.method == b"HEAD" else req.method
         rate = longest(path, rules.rate, lambda r: not r.methods or method in r.methods) if rules.rate else None

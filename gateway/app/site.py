@@ -27,7 +27,8 @@ Edge policy, in the order it applies to a request of a site:
    Content-Type, the sibling's ETag and Last-Modified, ``Vary``; a Range
    request gets the original's bytes as before).
 4. X-Accel-Redirect / X-Sendfile on a PHP or proxied response: replaced by
-   the file it names (``accel``), before compression.
+   the file it names (``accel``), before compression; the target's access
+   rules and basic auth apply (``Guard.check(internal=True)``).
 5. Error pages (``error_pages``): an error response, the gateway's own or,
    with ``intercept_errors``, a backend's (before compression: its body is
    discarded uncompressed), replaced by the site's page for its status,
@@ -279,8 +280,12 @@ class App:
             log.error("[%s] %s %s: %s: 502", req.request_id, req.method.decode(), req.target.decode("latin-1"), exc)
             out = self.error(502)
         else:
-            route = router.route(path, query, req.host, internal=True)
-            if isinstance(route, StaticFile):
+            refusal = await self.guard.check(req, router, path, internal=True)
+            route = router.route(path, query, req.host, internal=True) if refusal is None else None
+            if refusal is not None:
+                log.info("[%s] %s: %d from the rules of %s", req.request_id, what, refusal.status, path)
+                out = self.error(refusal.status, refusal.headers)
+            elif isinstance(route, StaticFile):
                 method = b"HEAD" if req.method == b"HEAD" else b"GET"
                 out = serve_file(route.path, method, req.header_map(), server=self.server_software)
                 if out.status in accel.FILE_OK:
