@@ -32,7 +32,10 @@ Policy:
   client's address (missing ones are a browser's first try, and do not); an
   address with ``max_failures`` failures in ``failure_window`` gets 429 with
   ``Retry-After`` before its credentials are even checked (so a password
-  guesser costs no bcrypt). Rate-limit and failure states are in one table
+  guesser costs no bcrypt). An attempt with credentials counts as a failure
+  as it starts, in one table step with that test, and is taken back when it
+  succeeds: concurrent guesses (HTTP/2 streams, many connections) cannot all
+  pass the test while the first bcrypt runs. Rate-limit and failure states are in one table
   shared by the worker processes (``app.guard_table``).
 - bcrypt (50-250 ms) runs in a thread, at most ``HASH_THREADS`` at once, so the
   event loop never waits on it; a success is remembered (``CACHE_SIZE``
@@ -63,7 +66,7 @@ from ..config.guard import BasicAuthRule, parse_network, parse_rate
 from ..http import htpasswd
 from ..http.access import AccessRule, AddressList
 from ..http.prefix import by_length, longest
-from ..http.ratelimit import Admission, Limit, add_failure, address_key, admit, blocked_for, rule_id
+from ..http.ratelimit import Admission, Limit, address_key, admit, attempt, blocked_for, forgive, rule_id
 from ..http.realip import parse_ip
 from ..http.request import Request
 from ..metrics import GuardStats
@@ -264,9 +267,7 @@ class Guard:
             wait = self.table.update(key, lambda state, now: (
                 blocked_for(state, now, rule.max_failures, rule.window), None))
             if wait:
-                self.stats.bump(self.stats.auth_blocked, site)
-                log.info("[%s] 429: %s failed basic auth %d times", req.request_id, req.client[0], rule.max_failures)
-                return Refusal(429, [(b"retry-after", b"%d" % wait)])
+                return self._blocked(req, site, rule, wait)
         challenge = Refusal(401, [(b"www-authenticate", rule.header)])
         value = req.header(b"authorization")
         credentials = htpasswd.basic_credentials(value)
@@ -277,6 +278,13 @@ class Guard:
         if remembered in self.cache:
             self.cache.move_to_end(remembered)
             return None
+        if key is not None:
+            # counted as a failure now, taken back on success: concurrent guesses meet the limit too
+            assert self.table is not None
+            wait = self.table.update(key, lambda state, now: attempt(state, now, rule.max_failures, rule.window))
+            self._count_evictions()
+            if wait:
+                return self._blocked(req, site, rule, wait)
         user, password = credentials
         hashed = users.get(user)
         ok = False
@@ -291,16 +299,20 @@ class Guard:
             self.cache[remembered] = None
             if len(self.cache) > CACHE_SIZE:
                 self.cache.popitem(last=False)
+            if key is not None:
+                assert self.table is not None
+                window = rule.window
+                self.table.update(key, lambda state, now: (None, forgive(state, window)))
             return None
         self.stats.bump(self.stats.auth_failures, site)
         log.info("[%s] 401: wrong credentials for user %r from %s", req.request_id, user.decode("utf-8", "replace"),
                  req.client[0])
-        if key is not None:
-            assert self.table is not None
-            window = rule.window
-            self.table.update(key, lambda state, now: (None, add_failure(state, now, window)))
-            self._count_evictions()
         return challenge
+
+    def _blocked(self, req: Request, site: str, rule: _AuthRule, wait: int) -> Refusal:
+        self.stats.bump(self.stats.auth_blocked, site)
+        log.info("[%s] 429: %s failed basic auth %d times", req.request_id, req.client[0], rule.max_failures)
+        return Refusal(429, [(b"retry-after", b"%d" % wait)])
 
     def _count_evictions(self) -> None:
         assert self.table is not None

@@ -207,3 +207,30 @@ async def test_head_counts_as_get_for_a_rate_limit(tmp_path, autojump_clock):
     assert await statuses(app, [request("/index.html"), request("/index.html", method=b"HEAD"),
                                 request("/index.html", method=b"HEAD")]) == [200, 429, 429]
     assert await statuses(app, [request("/index.html", method=b"POST")]) == [405]  # not limited: it got through
+
+
+async def test_concurrent_guesses_meet_max_failures_too(tmp_path, slow_users):
+    """Twenty wrong passwords at once from one address (HTTP/2 streams or many connections): only
+    max_failures of them get a bcrypt check, the others 429, though none had failed when they came."""
+    app = make_app(tmp_path, basic_auth=[{"user_file": slow_users, "max_failures": 3}])
+    app.guard.table = GuardTable.memory(sets=64)
+    got: list[int] = []
+
+    async def guess(n: int) -> None:
+        got.extend(await statuses(app, [request("/index.html", headers=basic("bea", f"guess{n}"))]))
+
+    async with trio.open_nursery() as nursery:
+        for n in range(20):
+            nursery.start_soon(guess, n)
+    assert sorted(got) == [401] * 3 + [429] * 17
+    assert app.guard.stats.auth_failures == {"s": 3}
+
+
+async def test_a_right_password_does_not_count_as_a_failure(tmp_path, users, autojump_clock):
+    app = make_app(tmp_path, basic_auth=[{"user_file": users, "max_failures": 2}])
+    ok, wrong = basic("max", "pw-max"), basic("max", "nope")
+    # the right one again and again (not cached: apr1 is checked each time, no bcrypt) never locks out
+    assert await statuses(app, [request("/index.html", headers=ok)] * 5) == [200] * 5
+    assert await statuses(app, [request("/index.html", headers=wrong), request("/index.html", headers=ok),
+                                request("/index.html", headers=wrong), request("/index.html", headers=ok)]) == [
+        401, 200, 401, 429]
