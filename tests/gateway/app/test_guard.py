@@ -234,3 +234,41 @@ async def test_a_right_password_does_not_count_as_a_failure(tmp_path, users, aut
     assert await statuses(app, [request("/index.html", headers=wrong), request("/index.html", headers=ok),
                                 request("/index.html", headers=wrong), request("/index.html", headers=ok)]) == [
         401, 200, 401, 429]
+
+
+async def test_refusals_through_error_pages_and_always_headers(tmp_path, users, autojump_clock):
+    """429, 401 and 403 get the site's pages, keep Retry-After / WWW-Authenticate, and the always
+    headers; a page is shown even where a rule covers its own URI (it is for whoever got the error)."""
+    (tmp_path / "errors").mkdir()
+    for status in (401, 403, 429):
+        (tmp_path / "errors" / f"{status}.html").write_text(f"page {status}")
+    app = make_app(tmp_path, rate_limit=[{"paths": ["/wp-login"], "rate": "1r/m", "nodelay": True}],
+                   access=[{"paths": ["/wp-admin/", "/errors/403.html"], "allow": ["192.0.2.0/24"],
+                            "deny": ["all"]}],
+                   basic_auth=[{"paths": ["/wp-admin/edit.html", "/errors/401.html"], "realm": "Office",
+                                "user_file": users}],
+                   error_pages={"401": "/errors/401.html", "403": "/errors/403.html", "429": "/errors/429.html"},
+                   headers=[{"add": {"X-Frame-Options": "DENY"}, "always": True},
+                            {"add": {"X-Not-On-Errors": "1"}}])
+
+    async def fetch(path: str, client: str = "192.0.2.7") -> tuple[int, bytes, dict[bytes, bytes]]:
+        resp = await app.handle(request(path, client))
+        body = resp.body
+        if not isinstance(body, bytes):
+            body.file.seek(body.offset)
+            body = body.file.read(body.length)
+        resp.close()
+        return resp.status, body, dict(resp.headers)
+
+    await fetch("/wp-login.html")
+    status, body, headers = await fetch("/wp-login.html")
+    assert (status, body, headers[b"retry-after"], headers[b"x-frame-options"]) == (429, b"page 429", b"60", b"DENY")
+    status, body, headers = await fetch("/wp-admin/edit.html")
+    assert (status, body, headers[b"www-authenticate"]) == (401, b"page 401", b'Basic realm="Office"')
+    assert headers[b"x-frame-options"] == b"DENY" and b"x-not-on-errors" not in headers
+    status, body, headers = await fetch("/wp-admin/edit.html", "203.0.113.9")
+    assert (status, body, headers[b"x-frame-options"]) == (403, b"page 403", b"DENY")
+    assert b"www-authenticate" not in headers
+    # the pages themselves, asked for directly, are under their rules
+    assert (await fetch("/errors/403.html", "203.0.113.9"))[:2] == (403, b"page 403")
+    assert (await fetch("/errors/401.html"))[:2] == (401, b"page 401")

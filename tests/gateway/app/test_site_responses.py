@@ -305,3 +305,15 @@ async def test_an_x_accel_target_under_an_access_rule_or_basic_auth_is_checked_t
     # (burst 1: the two requests above and below are all this client may make at once)
     r = await get(c, "/download.php", ("Authorization", "Basic YmVhOnB3"))
     assert (r.status, r.body) == (200, FILE)
+
+
+async def test_a_rewrite_into_an_internal_alias_stays_404(tmp_path, nursery, autojump_clock):
+    """A rewrite is the client's request under a new URI: an internal alias stays out of reach,
+    by prefix or regex rule (unlike nginx, whose "internal" admits rewritten requests: a
+    catch-all rewrite must not expose the protected downloads; an alias meant for rewrites
+    is simply not internal)."""
+    site = {"rewrite": [{"paths": ["/dl/"], "to": "/protected/"}, {"regex": "^/get/(.+)$", "to": "/protected/$1"}]}
+    app, _, _ = make_app(tmp_path, nursery, accel_script(), site=site)
+    c = await client_for(app, nursery)
+    for target in ("/dl/f.zip", "/get/f.zip", "/dl/run.php"):
+        assert (await get(c, target)).status == 404, target
