@@ -21,6 +21,14 @@ Policy:
   error log (the access log shows each 429; ``gateway_rate_limited_total``
   counts them). Access and auth refusals are one info line each.
 - Access (``http.access``): not permitted, 403.
+- A URI an internal redirect leads to (a directory's index file, the last
+  ``try_files`` entry: ``/index.php`` for a pretty permalink) is checked
+  too, after routing (``check_redirect``), as nginx runs the access phase
+  again in the location it selects: a rule on ``/index.php`` covers every
+  page WordPress answers, and one on ``/wp-admin/index.php`` covers
+  ``/wp-admin/``. Its rate limit applies only if the request's own path had
+  none (a request counts once). A file an earlier ``try_files`` entry
+  finds (a disk-cache page) is served under the request's path, as nginx.
 - An X-Accel-Redirect's target is checked by the access rules, the deny
   list and basic auth of its path too (nginx runs its access phase again
   for the internal redirect; only subrequests skip it), not by a rate
@@ -259,6 +267,18 @@ class Guard:
         if auth is None:
             return None
         return await self._authenticate(req, router.name, auth, ip.packed if ip is not None else None)
+
+    async def check_redirect(self, req: Request, router: Router, path: str, uri: str) -> Refusal | None:
+        """``check`` for the URI an internal redirect (a directory's index,
+        try_files' last entry) led ``path`` to, as nginx runs the access phase
+        again in the location ``uri`` selects; its rate limit only when
+        ``path`` had none (nginx's limit_req counts a request once)."""
+        rules = self.sites.get(router.name)
+        if rules is None or uri == path:
+            return None
+        method = b"GET" if req.method == b"HEAD" else req.method
+        limited = longest(path, rules.rate, lambda r: not r.methods or method in r.methods) is not None
+        return await self.check(req, router, uri, internal=limited)
 
     async def _authenticate(self, req: Request, site: str, rule: _AuthRule, packed: bytes | None) -> Refusal | None:
         key = address_key(packed, rule.id) if packed is not None else None

@@ -20,7 +20,8 @@ Edge policy, in the order it applies to a request of a site:
    the path (and query) that routing and the later steps see.
 2. ``[[sites.X.rate_limit]]``, ``[[sites.X.access]]``, the ``deny`` list,
    ``[[sites.X.basic_auth]]`` (``app.guard``): 429, 403 or 401 instead of
-   the site's answer, or a rate limit's delay.
+   the site's answer, or a rate limit's delay; checked again after routing
+   for the URI a directory index or try_files' fallback led to.
 3. The route's answer; a static file may be a precompressed sibling
    (``precompressed``: ``x.css.br``/``x.css.gz`` beside ``x.css``, chosen by
    Accept-Encoding like a dynamic coding, served with the original's
@@ -87,6 +88,7 @@ from .routing import (
     Router,
     StaticFile,
     VirtualHosts,
+    redirected_uri,
     split_target,
 )
 from .static import content_type, serve_file
@@ -229,6 +231,9 @@ class App:
         if refusal is not None:
             return self.error(refusal.status, refusal.headers)
         route = router.route(path, query, req.host)
+        again = redirected_uri(route)  # an index or the front controller: its rules too
+        if again is not None and (refusal := await self.guard.check_redirect(req, router, path, again)) is not None:
+            return self.error(refusal.status, refusal.headers)
         if isinstance(route, Refuse):
             log.debug("[%s] %d: %s", req.request_id, route.status, route.reason)
             return self.error(route.status)

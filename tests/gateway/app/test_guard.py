@@ -272,3 +272,27 @@ async def test_refusals_through_error_pages_and_always_headers(tmp_path, users, 
     # the pages themselves, asked for directly, are under their rules
     assert (await fetch("/errors/403.html", "203.0.113.9"))[:2] == (403, b"page 403")
     assert (await fetch("/errors/401.html"))[:2] == (401, b"page 401")
+
+
+async def test_the_uri_an_index_or_the_fallback_leads_to_is_checked_too(tmp_path, autojump_clock):
+    """nginx runs the access phase again after an internal redirect (a directory's index, try_files'
+    last entry): a rule on the front controller covers every pretty URL it answers, one on an index
+    file covers its directory; a rate limit counts a request once."""
+    (tmp_path / "wp-admin").mkdir()
+    (tmp_path / "wp-admin" / "index.html").write_text("dashboard")
+    fallback = {"try_files": ["$uri", "$uri/", "/index.html"], "index": ["index.html"]}
+    app = make_app(tmp_path, **fallback, access=[{"paths": ["/index.html", "/wp-admin/index.html"],
+                                                  "allow": ["192.0.2.0/24"], "deny": ["all"]}])
+    home = "203.0.113.9"
+    assert await statuses(app, [request("/2024/hello/"), request("/wp-admin/")]) == [200, 200]
+    assert await statuses(app, [request("/2024/hello/", home), request("/wp-admin/", home),
+                                request("/index.html", home), request("/wp-login.html", home)]) == [403, 403, 403, 200]
+
+    # the front controller's rate limit covers pretty URLs
+    app = make_app(tmp_path, **fallback, rate_limit=[{"paths": ["/index.html"], "rate": "1r/m", "nodelay": True}])
+    assert await statuses(app, [request("/a"), request("/b"), request("/wp-login.html")]) == [200, 429, 200]
+    # a request the site-wide rule limited is not limited again by the front controller's
+    app = make_app(tmp_path, **fallback, rate_limit=[
+        {"paths": ["/"], "rate": "1r/m", "burst": 2, "nodelay": True},
+        {"paths": ["/index.html"], "rate": "1r/m", "nodelay": True}])
+    assert await statuses(app, [request("/a"), request("/b"), request("/c"), request("/d")]) == [200, 200, 200, 429]
