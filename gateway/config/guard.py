@@ -82,7 +82,7 @@ def parse_network(text: str) -> IPNetwork | None:
 _ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
-def _prefix(value: str) -> str:
+def check_rule_prefix(value: str) -> str:
     """A prefix some request path can start with: rules match the
     normalised, decoded path, so one with a query, an escape, ``//`` or a dot
     segment would silently never apply (a rule that protects nothing)."""
@@ -129,7 +129,7 @@ def _duration(value: Any) -> float:
     return parse_duration(value)
 
 
-Paths = Annotated[list[Annotated[str, AfterValidator(_prefix)]], Field(min_length=1)]
+Paths = Annotated[list[Annotated[str, AfterValidator(check_rule_prefix)]], Field(min_length=1)]
 
 
 class _Rule(BaseModel):
