@@ -7,7 +7,9 @@ Policy:
 - Each kind matches by URI prefix on the normalised, decoded path (the one
   routing sees); the longest prefix of a kind decides (``http.prefix``), so a
   longer rule can open what a shorter one closes. A rate limit matches the
-  request's method too (``methods``; none: all).
+  request's method too (``methods``; none: all); HEAD counts as GET, as in
+  return rules and nginx's ``limit_except`` (PHP runs the same script for
+  both: a HEAD flood must not slip past a GET limit).
 - The client is the real one (``Request.client``: after ``[server]
   trusted_proxies``, as REMOTE_ADDR). A client that is no IP address (a unix
   socket peer) is not rate limited (nginx skips an empty key) and matches
@@ -19,12 +21,29 @@ Policy:
   error log (the access log shows each 429; ``gateway_rate_limited_total``
   counts them). Access and auth refusals are one info line each.
 - Access (``http.access``): not permitted, 403.
+- A URI an internal redirect leads to (a directory's index file, the last
+  ``try_files`` entry: ``/index.php`` for a pretty permalink) is checked
+  too, after routing (``check_redirect``), as nginx runs the access phase
+  again in the location it selects: a rule on ``/index.php`` covers every
+  page WordPress answers, and one on ``/wp-admin/index.php`` covers
+  ``/wp-admin/``. Its rate limit applies only if the request's own path had
+  none (a request counts once). A file an earlier ``try_files`` entry
+  finds (a disk-cache page) is served under the request's path, as nginx.
+- An X-Accel-Redirect's target is checked by the access rules, the deny
+  list and basic auth of its path too (nginx runs its access phase again
+  for the internal redirect; only subrequests skip it), not by a rate
+  limit (the request met it once). Error pages are not checked: a page is
+  for whoever got the error (under nginx a 401 page inside ``auth_basic``
+  shows the built-in page instead, a known trap).
 - Basic auth: without credentials, or with wrong ones, 401 with
   ``WWW-Authenticate: Basic realm="..."``; wrong ones count as failures of the
   client's address (missing ones are a browser's first try, and do not); an
   address with ``max_failures`` failures in ``failure_window`` gets 429 with
   ``Retry-After`` before its credentials are even checked (so a password
-  guesser costs no bcrypt). Rate-limit and failure states are in one table
+  guesser costs no bcrypt). An attempt with credentials counts as a failure
+  as it starts, in one table step with that test, and is taken back when it
+  succeeds: concurrent guesses (HTTP/2 streams, many connections) cannot all
+  pass the test while the first bcrypt runs. Rate-limit and failure states are in one table
   shared by the worker processes (``app.guard_table``).
 - bcrypt (50-250 ms) runs in a thread, at most ``HASH_THREADS`` at once, so the
   event loop never waits on it; a success is remembered (``CACHE_SIZE``
@@ -55,7 +74,7 @@ from ..config.guard import BasicAuthRule, parse_network, parse_rate
 from ..http import htpasswd
 from ..http.access import AccessRule, AddressList
 from ..http.prefix import by_length, longest
-from ..http.ratelimit import Admission, Limit, add_failure, address_key, admit, blocked_for, rule_id
+from ..http.ratelimit import Admission, Limit, address_key, admit, attempt, blocked_for, forgive, rule_id
 from ..http.realip import parse_ip
 from ..http.request import Request
 from ..metrics import GuardStats
@@ -180,6 +199,12 @@ class _SiteRules:
             auths += [(prefix, self._auth(name, i, a, files)) for prefix in a.paths]
         self.auth = by_length(auths)
 
+    @property
+    def without_rate(self) -> _SiteRules:
+        out = object.__new__(_SiteRules)
+        out.rate, out.access, out.auth = (), self.access, self.auth
+        return out
+
     @staticmethod
     def _auth(name: str, i: int, rule: BasicAuthRule, files: dict[str, UserFile]) -> _AuthRule | None:
         if rule.realm == "off":
@@ -202,14 +227,20 @@ class Guard:
         self.limiter = trio.CapacityLimiter(HASH_THREADS)
         self.cache: OrderedDict[bytes, None] = OrderedDict()
 
-    async def check(self, req: Request, router: Router, path: str) -> Refusal | None:
+    async def check(self, req: Request, router: Router, path: str, *, internal: bool = False) -> Refusal | None:
         """The refusal for ``req`` to ``path`` of ``router``'s site, or None:
-        go on (possibly after a rate limit's delay)."""
+        go on (possibly after a rate limit's delay). ``internal``: an
+        X-Accel-Redirect's target, checked by access and basic auth only (the
+        request met its rate limit already; nginx's limit_req too counts a
+        request once)."""
         rules = self.sites.get(router.name)
         if rules is None:
             return None
         ip = parse_ip(req.client[0])
-        method = req.method
+        if internal:
+            rules = rules.without_rate
+        # HEAD counts as GET (as nginx's limit_except and the return rules): PHP runs the same script for both
+        method = b"GET" if req.method == b"HEAD" else req.method
         rate = longest(path, rules.rate, lambda r: not r.methods or method in r.methods) if rules.rate else None
         if rate is not None and ip is not None:
             assert self.table is not None
@@ -237,6 +268,18 @@ class Guard:
             return None
         return await self._authenticate(req, router.name, auth, ip.packed if ip is not None else None)
 
+    async def check_redirect(self, req: Request, router: Router, path: str, uri: str) -> Refusal | None:
+        """``check`` for the URI an internal redirect (a directory's index,
+        try_files' last entry) led ``path`` to, as nginx runs the access phase
+        again in the location ``uri`` selects; its rate limit only when
+        ``path`` had none (nginx's limit_req counts a request once)."""
+        rules = self.sites.get(router.name)
+        if rules is None or uri == path:
+            return None
+        method = b"GET" if req.method == b"HEAD" else req.method
+        limited = longest(path, rules.rate, lambda r: not r.methods or method in r.methods) is not None
+        return await self.check(req, router, uri, internal=limited)
+
     async def _authenticate(self, req: Request, site: str, rule: _AuthRule, packed: bytes | None) -> Refusal | None:
         key = address_key(packed, rule.id) if packed is not None else None
         if key is not None:
@@ -244,9 +287,7 @@ class Guard:
             wait = self.table.update(key, lambda state, now: (
                 blocked_for(state, now, rule.max_failures, rule.window), None))
             if wait:
-                self.stats.bump(self.stats.auth_blocked, site)
-                log.info("[%s] 429: %s failed basic auth %d times", req.request_id, req.client[0], rule.max_failures)
-                return Refusal(429, [(b"retry-after", b"%d" % wait)])
+                return self._blocked(req, site, rule, wait)
         challenge = Refusal(401, [(b"www-authenticate", rule.header)])
         value = req.header(b"authorization")
         credentials = htpasswd.basic_credentials(value)
@@ -257,6 +298,13 @@ class Guard:
         if remembered in self.cache:
             self.cache.move_to_end(remembered)
             return None
+        if key is not None:
+            # counted as a failure now, taken back on success: concurrent guesses meet the limit too
+            assert self.table is not None
+            wait = self.table.update(key, lambda state, now: attempt(state, now, rule.max_failures, rule.window))
+            self._count_evictions()
+            if wait:
+                return self._blocked(req, site, rule, wait)
         user, password = credentials
         hashed = users.get(user)
         ok = False
@@ -271,16 +319,20 @@ class Guard:
             self.cache[remembered] = None
             if len(self.cache) > CACHE_SIZE:
                 self.cache.popitem(last=False)
+            if key is not None:
+                assert self.table is not None
+                window = rule.window
+                self.table.update(key, lambda state, now: (None, forgive(state, window)))
             return None
         self.stats.bump(self.stats.auth_failures, site)
         log.info("[%s] 401: wrong credentials for user %r from %s", req.request_id, user.decode("utf-8", "replace"),
                  req.client[0])
-        if key is not None:
-            assert self.table is not None
-            window = rule.window
-            self.table.update(key, lambda state, now: (None, add_failure(state, now, window)))
-            self._count_evictions()
         return challenge
+
+    def _blocked(self, req: Request, site: str, rule: _AuthRule, wait: int) -> Refusal:
+        self.stats.bump(self.stats.auth_blocked, site)
+        log.info("[%s] 429: %s failed basic auth %d times", req.request_id, req.client[0], rule.max_failures)
+        return Refusal(429, [(b"retry-after", b"%d" % wait)])
 
     def _count_evictions(self) -> None:
         assert self.table is not None

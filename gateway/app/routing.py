@@ -59,7 +59,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from urllib.parse import quote, quote_from_bytes, unquote_to_bytes
 
 from ..config import SiteConfig
@@ -105,6 +105,8 @@ class BadRequestTarget(ValueError):
 class StaticFile:
     path: str  # filesystem path
     uri: str  # decoded URI path that named it
+    #: reached by an internal redirect (nginx's): a directory's index or try_files' last entry
+    redirected: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,8 @@ class PhpScript:
     document_uri: str  # nginx $document_uri: the URI after internal redirects
     path_info: str  # "" when there is none
     query: bytes  # QUERY_STRING
+    #: reached by an internal redirect (nginx's): a directory's index or try_files' last entry
+    redirected: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +335,7 @@ class Router:
     def _index(self, directory: str, query: bytes) -> Route:
         for index in self.site.index:
             if self._is_file(directory + index):
-                return self._file(directory + index, query, document_uri=directory + index)
+                return _redirected(self._file(directory + index, query, document_uri=directory + index))
         return Refuse(403, "directory has no index file (directory listing is off)")
 
     @staticmethod
@@ -373,11 +377,11 @@ class Router:
         new_query = b"" if args is None else quote(args, safe=_PRINTABLE).encode("ascii")
         m = _PHP_SPLIT.match(uri)
         if m:
-            return self._php(m.group(1), m.group(2) or "", uri, new_query)
+            return _redirected(self._php(m.group(1), m.group(2) or "", uri, new_query))
         if uri.endswith("/") and self._is_dir(uri):
             return self._index(uri, new_query)
         if self._is_file(uri):
-            return self._file(uri, new_query)
+            return _redirected(self._file(uri, new_query))
         return Refuse(404, f"try_files fallback {uri} does not exist")
 
     def _php(self, script: str, path_info: str, document_uri: str, query: bytes) -> Route:
@@ -397,6 +401,23 @@ class Router:
         if not self.site.serve_backup_files and is_source_copy(uri.rsplit("/", 1)[-1]):
             return Refuse(403, "backup or editor copy (serve_backup_files is off)")
         return StaticFile(self._fs(uri), uri)
+
+
+def _redirected(route: Route) -> Route:
+    """``route`` marked as reached by an internal redirect (the guard rules check its URI too)."""
+    if isinstance(route, (StaticFile, PhpScript)):
+        return replace(route, redirected=True)
+    return route
+
+
+def redirected_uri(route: Route) -> str | None:
+    """The URI an internal redirect (a directory's index, try_files' last
+    entry) led to, None when the route is the request's own path."""
+    if isinstance(route, StaticFile) and route.redirected:
+        return route.uri
+    if isinstance(route, PhpScript) and route.redirected:
+        return route.script_name
+    return None
 
 
 class VirtualHosts:

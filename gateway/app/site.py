@@ -20,14 +20,16 @@ Edge policy, in the order it applies to a request of a site:
    the path (and query) that routing and the later steps see.
 2. ``[[sites.X.rate_limit]]``, ``[[sites.X.access]]``, the ``deny`` list,
    ``[[sites.X.basic_auth]]`` (``app.guard``): 429, 403 or 401 instead of
-   the site's answer, or a rate limit's delay.
+   the site's answer, or a rate limit's delay; checked again after routing
+   for the URI a directory index or try_files' fallback led to.
 3. The route's answer; a static file may be a precompressed sibling
    (``precompressed``: ``x.css.br``/``x.css.gz`` beside ``x.css``, chosen by
    Accept-Encoding like a dynamic coding, served with the original's
    Content-Type, the sibling's ETag and Last-Modified, ``Vary``; a Range
    request gets the original's bytes as before).
 4. X-Accel-Redirect / X-Sendfile on a PHP or proxied response: replaced by
-   the file it names (``accel``), before compression.
+   the file it names (``accel``), before compression; the target's access
+   rules and basic auth apply (``Guard.check(internal=True)``).
 5. Error pages (``error_pages``): an error response, the gateway's own or,
    with ``intercept_errors``, a backend's (before compression: its body is
    discarded uncompressed), replaced by the site's page for its status,
@@ -86,6 +88,7 @@ from .routing import (
     Router,
     StaticFile,
     VirtualHosts,
+    redirected_uri,
     split_target,
 )
 from .static import content_type, serve_file
@@ -228,6 +231,9 @@ class App:
         if refusal is not None:
             return self.error(refusal.status, refusal.headers)
         route = router.route(path, query, req.host)
+        again = redirected_uri(route)  # an index or the front controller: its rules too
+        if again is not None and (refusal := await self.guard.check_redirect(req, router, path, again)) is not None:
+            return self.error(refusal.status, refusal.headers)
         if isinstance(route, Refuse):
             log.debug("[%s] %d: %s", req.request_id, route.status, route.reason)
             return self.error(route.status)
@@ -279,8 +285,12 @@ class App:
             log.error("[%s] %s %s: %s: 502", req.request_id, req.method.decode(), req.target.decode("latin-1"), exc)
             out = self.error(502)
         else:
-            route = router.route(path, query, req.host, internal=True)
-            if isinstance(route, StaticFile):
+            refusal = await self.guard.check(req, router, path, internal=True)
+            route = router.route(path, query, req.host, internal=True) if refusal is None else None
+            if refusal is not None:
+                log.info("[%s] %s: %d from the rules of %s", req.request_id, what, refusal.status, path)
+                out = self.error(refusal.status, refusal.headers)
+            elif isinstance(route, StaticFile):
                 method = b"HEAD" if req.method == b"HEAD" else b"GET"
                 out = serve_file(route.path, method, req.header_map(), server=self.server_software)
                 if out.status in accel.FILE_OK:

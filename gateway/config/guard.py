@@ -7,6 +7,9 @@ Rules:
   the site's ``deny``), default ``["/"]``: the whole site. For a request the
   rule of a kind with the longest matching prefix applies, and only it
   (``http.prefix``); ``methods`` narrows a rate limit (none: every method).
+- A prefix no request path could start with (a query, a %-escape, ``//``,
+  a dot segment: rules see the normalised, decoded path) is an error, not a
+  rule that silently protects nothing.
 - Values are parsed here by the functions ``app.guard`` builds the rules
   with (``parse_rate``, ``parse_network``), so what passes ``gateway check``
   is what ``serve`` runs.
@@ -76,9 +79,23 @@ def parse_network(text: str) -> IPNetwork | None:
     return net
 
 
-def _prefix(value: str) -> str:
+_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def check_rule_prefix(value: str) -> str:
+    """A prefix some request path can start with: rules match the
+    normalised, decoded path, so one with a query, an escape, ``//`` or a dot
+    segment would silently never apply (a rule that protects nothing)."""
     if not value.startswith("/"):
         raise ValueError(f"the prefix {value!r} must start with \"/\"")
+    if "?" in value or "#" in value:
+        raise ValueError(f"the prefix {value!r} has a query: rules match the path only (nginx locations too)")
+    if _ENCODED.search(value):
+        raise ValueError(f"the prefix {value!r} has a %-escape: rules match the decoded path; write the character")
+    segments = value.split("/")[:-1]  # the last may begin a name: "/." is a prefix of "/.git/"
+    if "//" in value or any(seg in (".", "..") for seg in segments) or any(c in value for c in "\0\r\n"):
+        raise ValueError(f"the prefix {value!r} is not a normalised path (no //, . or .. segments): "
+                         "no request would ever match it")
     return value
 
 
@@ -112,7 +129,7 @@ def _duration(value: Any) -> float:
     return parse_duration(value)
 
 
-Paths = Annotated[list[Annotated[str, AfterValidator(_prefix)]], Field(min_length=1)]
+Paths = Annotated[list[Annotated[str, AfterValidator(check_rule_prefix)]], Field(min_length=1)]
 
 
 class _Rule(BaseModel):
@@ -123,7 +140,7 @@ class RateLimitRule(_Rule):
     """``[[sites.X.rate_limit]]`` (nginx ``limit_req``), per client address."""
 
     paths: Paths = ["/"]
-    #: only these methods count (e.g. ["POST"]); empty: all
+    #: only these methods count (e.g. ["POST"]); empty: all; HEAD counts as GET
     methods: list[Annotated[str, AfterValidator(_method)]] = []
     #: "1r/s" or "30r/m" (nginx rate=)
     rate: Annotated[str, AfterValidator(_rate)]

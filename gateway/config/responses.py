@@ -28,6 +28,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
+from .guard import check_rule_prefix
+
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 #: Set by the gateway from the body and the connection: never configured.
 FRAMING_HEADERS = ("content-length", "transfer-encoding", "connection")
@@ -59,7 +61,7 @@ def check_header_values(value: dict[str, str]) -> dict[str, str]:
 def check_prefix(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError(f"{value!r} is not a URI prefix (it must start with \"/\")")
-    return value
+    return check_rule_prefix(value)  # and one a request path can start with
 
 
 Prefix = Annotated[str, AfterValidator(check_prefix)]

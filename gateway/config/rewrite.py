@@ -32,6 +32,8 @@ from typing import Any
 import re2  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from .guard import check_rule_prefix
+
 #: Longest regex accepted, in characters.
 MAX_REGEX = 1000
 #: As ``http.rewrite.VARIABLES``.
@@ -101,6 +103,7 @@ class _Rule(BaseModel):
         for prefix in self.paths:
             if not prefix.startswith("/"):
                 raise ValueError(f"paths: {prefix!r} must start with \"/\"")
+            check_rule_prefix(prefix)  # one a (normalised, decoded) request path can start with
         if not self.regex:
             return 0
         problem = regex_problem(self.regex)

@@ -111,6 +111,27 @@ def add_failure(state: State | None, now: float, window: float) -> Stored:
     return (state[0] + 1.0, state[1], state[1] + window)
 
 
+def attempt(state: State | None, now: float, max_failures: int, window: float) -> tuple[int, Stored | None]:
+    """An attempt with credentials: ``(blocked_for, None)`` when the address
+    may not try now, else ``(0, the state with the attempt counted as a
+    failure)``. Counted before the check, in one step with the test, so
+    concurrent attempts (HTTP/2 streams, many connections) cannot all pass
+    the test while the first checks run: at most ``max_failures`` run per
+    window. ``forgive`` takes it back when the credentials are right."""
+    wait = blocked_for(state, now, max_failures, window)
+    if wait:
+        return wait, None
+    return 0, add_failure(state, now, window)
+
+
+def forgive(state: State | None, window: float) -> Stored | None:
+    """The state with one counted attempt taken back (it succeeded); None:
+    nothing to take back (the window closed meanwhile)."""
+    if state is None or state[0] < 1.0:
+        return None
+    return (state[0] - 1.0, state[1], state[1] + window)
+
+
 def rule_id(*parts: str) -> bytes:
     """8 bytes naming a rule in table keys: its site, kind, position and
     numbers, so a reload that changes a rule starts it afresh while an

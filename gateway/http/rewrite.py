@@ -14,6 +14,10 @@ Policy (the README's "Redirects and rewrites" section says it for operators):
   gives, starts the query part. Decoded values (``$uri``, ``$1``...) are
   percent-encoded where the result goes on the wire (a ``Location``, the
   query part of a rewrite), kept decoded where it names a file or a path.
+  A ``Location`` whose ``//`` or ``/\\`` start came from a variable (a
+  client's ``//evil.example`` in ``$request_uri``) is made one path on this
+  host: never a redirect to a host the client chose (an open redirect); a
+  literal ``to = "//cdn.example.com/x"`` stays scheme-relative.
 - **Selection** among rules of one kind: the ``regex`` rules in the order
   written, the first that matches somewhere in the path wins (as nginx's regex
   locations win over prefixes); otherwise the rule with the longest prefix
@@ -329,6 +333,10 @@ class SiteRules:
         v = _with_groups(v, hit.groups)
         if rule.code in REDIRECT_CODES:
             path, query = rule.to.expand(v, wire=True)
+            if path[:2] in ("//", "/\\") and rule.to.parts[0][:2] not in ("//", "/\\"):
+                # a client's "//evil.example" through $request_uri: a path on this host, never another
+                # host's (browsers read a slash and a slash or backslash as a scheme-relative URL)
+                path = "/" + path.lstrip("/\\")
             return Answer(rule.code, rule.name, location=path if query is None else f"{path}?{query}")
         # a body: the text as written with the values as they are
         return Answer(rule.code, rule.name, body="".join(

@@ -198,3 +198,101 @@ async def test_the_rules_see_the_rewritten_path(tmp_path, autojump_clock):
     assert await statuses(app, [request("/login"), request("/login"), request("/wp-login.html")]) == [200, 429, 429]
     assert await statuses(app, [request("/admin/edit.html", "198.51.100.1"), request("/admin/edit.html")]) == [
         403, 200]
+
+
+async def test_head_counts_as_get_for_a_rate_limit(tmp_path, autojump_clock):
+    """PHP runs the same script for HEAD as for GET: a HEAD flood must not pass a GET limit."""
+    app = make_app(tmp_path, rate_limit=[{"paths": ["/index.html"], "methods": ["GET"], "rate": "1r/m",
+                                          "nodelay": True}])
+    assert await statuses(app, [request("/index.html"), request("/index.html", method=b"HEAD"),
+                                request("/index.html", method=b"HEAD")]) == [200, 429, 429]
+    assert await statuses(app, [request("/index.html", method=b"POST")]) == [405]  # not limited: it got through
+
+
+async def test_concurrent_guesses_meet_max_failures_too(tmp_path, slow_users):
+    """Twenty wrong passwords at once from one address (HTTP/2 streams or many connections): only
+    max_failures of them get a bcrypt check, the others 429, though none had failed when they came."""
+    app = make_app(tmp_path, basic_auth=[{"user_file": slow_users, "max_failures": 3}])
+    app.guard.table = GuardTable.memory(sets=64)
+    got: list[int] = []
+
+    async def guess(n: int) -> None:
+        got.extend(await statuses(app, [request("/index.html", headers=basic("bea", f"guess{n}"))]))
+
+    async with trio.open_nursery() as nursery:
+        for n in range(20):
+            nursery.start_soon(guess, n)
+    assert sorted(got) == [401] * 3 + [429] * 17
+    assert app.guard.stats.auth_failures == {"s": 3}
+
+
+async def test_a_right_password_does_not_count_as_a_failure(tmp_path, users, autojump_clock):
+    app = make_app(tmp_path, basic_auth=[{"user_file": users, "max_failures": 2}])
+    ok, wrong = basic("max", "pw-max"), basic("max", "nope")
+    # the right one again and again (not cached: apr1 is checked each time, no bcrypt) never locks out
+    assert await statuses(app, [request("/index.html", headers=ok)] * 5) == [200] * 5
+    assert await statuses(app, [request("/index.html", headers=wrong), request("/index.html", headers=ok),
+                                request("/index.html", headers=wrong), request("/index.html", headers=ok)]) == [
+        401, 200, 401, 429]
+
+
+async def test_refusals_through_error_pages_and_always_headers(tmp_path, users, autojump_clock):
+    """429, 401 and 403 get the site's pages, keep Retry-After / WWW-Authenticate, and the always
+    headers; a page is shown even where a rule covers its own URI (it is for whoever got the error)."""
+    (tmp_path / "errors").mkdir()
+    for status in (401, 403, 429):
+        (tmp_path / "errors" / f"{status}.html").write_text(f"page {status}")
+    app = make_app(tmp_path, rate_limit=[{"paths": ["/wp-login"], "rate": "1r/m", "nodelay": True}],
+                   access=[{"paths": ["/wp-admin/", "/errors/403.html"], "allow": ["192.0.2.0/24"],
+                            "deny": ["all"]}],
+                   basic_auth=[{"paths": ["/wp-admin/edit.html", "/errors/401.html"], "realm": "Office",
+                                "user_file": users}],
+                   error_pages={"401": "/errors/401.html", "403": "/errors/403.html", "429": "/errors/429.html"},
+                   headers=[{"add": {"X-Frame-Options": "DENY"}, "always": True},
+                            {"add": {"X-Not-On-Errors": "1"}}])
+
+    async def fetch(path: str, client: str = "192.0.2.7") -> tuple[int, bytes, dict[bytes, bytes]]:
+        resp = await app.handle(request(path, client))
+        body = resp.body
+        if not isinstance(body, bytes):
+            body.file.seek(body.offset)
+            body = body.file.read(body.length)
+        resp.close()
+        return resp.status, body, dict(resp.headers)
+
+    await fetch("/wp-login.html")
+    status, body, headers = await fetch("/wp-login.html")
+    assert (status, body, headers[b"retry-after"], headers[b"x-frame-options"]) == (429, b"page 429", b"60", b"DENY")
+    status, body, headers = await fetch("/wp-admin/edit.html")
+    assert (status, body, headers[b"www-authenticate"]) == (401, b"page 401", b'Basic realm="Office"')
+    assert headers[b"x-frame-options"] == b"DENY" and b"x-not-on-errors" not in headers
+    status, body, headers = await fetch("/wp-admin/edit.html", "203.0.113.9")
+    assert (status, body, headers[b"x-frame-options"]) == (403, b"page 403", b"DENY")
+    assert b"www-authenticate" not in headers
+    # the pages themselves, asked for directly, are under their rules
+    assert (await fetch("/errors/403.html", "203.0.113.9"))[:2] == (403, b"page 403")
+    assert (await fetch("/errors/401.html"))[:2] == (401, b"page 401")
+
+
+async def test_the_uri_an_index_or_the_fallback_leads_to_is_checked_too(tmp_path, autojump_clock):
+    """nginx runs the access phase again after an internal redirect (a directory's index, try_files'
+    last entry): a rule on the front controller covers every pretty URL it answers, one on an index
+    file covers its directory; a rate limit counts a request once."""
+    (tmp_path / "wp-admin").mkdir()
+    (tmp_path / "wp-admin" / "index.html").write_text("dashboard")
+    fallback = {"try_files": ["$uri", "$uri/", "/index.html"], "index": ["index.html"]}
+    app = make_app(tmp_path, **fallback, access=[{"paths": ["/index.html", "/wp-admin/index.html"],
+                                                  "allow": ["192.0.2.0/24"], "deny": ["all"]}])
+    home = "203.0.113.9"
+    assert await statuses(app, [request("/2024/hello/"), request("/wp-admin/")]) == [200, 200]
+    assert await statuses(app, [request("/2024/hello/", home), request("/wp-admin/", home),
+                                request("/index.html", home), request("/wp-login.html", home)]) == [403, 403, 403, 200]
+
+    # the front controller's rate limit covers pretty URLs
+    app = make_app(tmp_path, **fallback, rate_limit=[{"paths": ["/index.html"], "rate": "1r/m", "nodelay": True}])
+    assert await statuses(app, [request("/a"), request("/b"), request("/wp-login.html")]) == [200, 429, 200]
+    # a request the site-wide rule limited is not limited again by the front controller's
+    app = make_app(tmp_path, **fallback, rate_limit=[
+        {"paths": ["/"], "rate": "1r/m", "burst": 2, "nodelay": True},
+        {"paths": ["/index.html"], "rate": "1r/m", "nodelay": True}])
+    assert await statuses(app, [request("/a"), request("/b"), request("/c"), request("/d")]) == [200, 200, 200, 429]

@@ -281,3 +281,39 @@ async def test_the_readme_preflight_recipe_with_a_return_rule(tmp_path, nursery,
     assert fpm.requests_seen == []
     r = await get(c, "/wp-json/x")
     assert (r.status, r.body, r.header("access-control-allow-origin")) == (200, b"api", "*")
+
+
+async def test_an_x_accel_target_under_an_access_rule_or_basic_auth_is_checked_too(tmp_path, nursery, autojump_clock):
+    """nginx runs the access phase again for X-Accel-Redirect's internal redirect: a rule on the
+    target's prefix applies, whatever PHP said (the client here is 192.0.2.7)."""
+    users = tmp_path / "users"
+    users.write_text("bea:{PLAIN}pw\n")
+    site = {"access": [{"paths": ["/protected/office/"], "allow": ["198.51.100.0/24"], "deny": ["all"]}],
+            "basic_auth": [{"paths": ["/protected/staff/"], "realm": "Staff", "user_file": str(users)}],
+            "rate_limit": [{"paths": ["/"], "rate": "1r/m", "burst": 1, "nodelay": True}]}
+    for sub in ("office", "staff"):
+        (tmp_path / "files" / sub).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "files" / sub / "f.zip").write_bytes(FILE)
+    app, _, _ = make_app(tmp_path, nursery, accel_script(b"/protected/office/f.zip"), site=site)
+    r = await get(await client_for(app, nursery), "/download.php")
+    assert (r.status, r.header("x-accel-redirect")) == (403, None)
+    app, _, _ = make_app(tmp_path, nursery, accel_script(b"/protected/staff/f.zip"), site=site)
+    c = await client_for(app, nursery)
+    r = await get(c, "/download.php")
+    assert (r.status, r.header("www-authenticate")) == (401, 'Basic realm="Staff"')
+    # with the credentials the file comes; the internal redirect did not count against the rate limit again
+    # (burst 1: the two requests above and below are all this client may make at once)
+    r = await get(c, "/download.php", ("Authorization", "Basic YmVhOnB3"))
+    assert (r.status, r.body) == (200, FILE)
+
+
+async def test_a_rewrite_into_an_internal_alias_stays_404(tmp_path, nursery, autojump_clock):
+    """A rewrite is the client's request under a new URI: an internal alias stays out of reach,
+    by prefix or regex rule (unlike nginx, whose "internal" admits rewritten requests: a
+    catch-all rewrite must not expose the protected downloads; an alias meant for rewrites
+    is simply not internal)."""
+    site = {"rewrite": [{"paths": ["/dl/"], "to": "/protected/"}, {"regex": "^/get/(.+)$", "to": "/protected/$1"}]}
+    app, _, _ = make_app(tmp_path, nursery, accel_script(), site=site)
+    c = await client_for(app, nursery)
+    for target in ("/dl/f.zip", "/get/f.zip", "/dl/run.php"):
+        assert (await get(c, target)).status == 404, target

@@ -85,6 +85,25 @@ def test_shipped_wordpress_examples_are_valid(tmp_path, example):
     assert site.rate_limit[0].paths == ["/wp-login.php", "/xmlrpc.php"] and site.rate_limit[0].methods == ["POST"]
 
 
+def test_the_hardened_wordpress_example_is_valid(tmp_path):
+    """conf.d/examples/wordpress-hardened.toml (tests/integration/test_site_rules_together.py serves it)."""
+    import pathlib
+    import shutil
+
+    src = pathlib.Path(__file__).parents[3] / "conf.d" / "examples" / "wordpress-hardened.toml"
+    shutil.copy(src, tmp_path / src.name)
+    cfg = load_dir(tmp_path, check_paths=False)
+    wp, www, staging = cfg.sites["wordpress"], cfg.sites["www"], cfg.sites["staging"]
+    assert www.return_[0].code == 301 and not www.root
+    assert wp.effective_try_files()[0] == "/wp-content/cache/supercache/$host$uri/index.html"
+    assert wp.rate_limit[0].paths == ["/wp-login.php"] and wp.rate_limit[0].methods == ["POST"]
+    assert [(a.paths, a.deny) for a in wp.access] == [(["/xmlrpc.php"], ["all"]), (["/wp-admin/"], ["all"]),
+                                                      (["/wp-admin/admin-ajax.php"], [])]
+    assert wp.aliases["/protected/"].internal and wp.aliases["/errors/"].internal
+    assert set(wp.error_pages) == {"403", "404", "429", "502", "503", "504"}
+    assert staging.basic_auth[0].realm == "Staging"
+
+
 def test_queue_depth_defaults_to_max_connections():
     cfg = validate({"limits": {"max_connections": 500}, "backends": {"php": {}},
                     "sites": {"s": {"root": "/srv", "php": "php"}}})

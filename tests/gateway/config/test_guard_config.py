@@ -72,6 +72,13 @@ realm = "off"
     ('[[sites.a.rate_limit]]\nrate = "1r/s"\npaths = ["wp-login.php"]', "sites.a.rate_limit.0.paths.0",
      "must start with"),
     ('[[sites.a.rate_limit]]\nrate = "1r/s"\npaths = []', "sites.a.rate_limit.0.paths", ""),
+    # prefixes no (normalised, decoded) request path starts with: a rule that would protect nothing
+    ('[[sites.a.rate_limit]]\nrate = "1r/s"\npaths = ["/wp-login.php?action=lostpassword"]',
+     "sites.a.rate_limit.0.paths.0", "has a query"),
+    ('[[sites.a.access]]\ndeny = ["all"]\npaths = ["/wp%2Dadmin/"]', "sites.a.access.0.paths.0", "%-escape"),
+    ('[[sites.a.access]]\ndeny = ["all"]\npaths = ["/wp-admin//"]', "sites.a.access.0.paths.0", "not a normalised"),
+    ('[[sites.a.basic_auth]]\nuser_file = "/f"\npaths = ["/staging/./wp-admin/"]', "sites.a.basic_auth.0.paths.0",
+     "not a normalised"),
     ('[[sites.a.rate_limit]]\nrate = "1r/s"\nburts = 3', "sites.a.rate_limit.0.burts", "unknown key"),
     ('[[sites.a.access]]\ndeny = ["10.0.0.1/8"]', "sites.a.access.0.deny", "host bits are set"),
     ('[[sites.a.access]]\nallow = ["office"]', "sites.a.access.0.allow", "not \"all\""),

@@ -77,6 +77,8 @@ def test_a_missing_internal_alias_directory_is_named_by_its_path_key(tmp_path):
 
 @pytest.mark.parametrize(("toml", "key", "says"), [
     ('[sites.a.error_pages]\n"40x" = "/e.html"\n', "sites.a.error_pages", "'40x' is not an error status"),
+    ('[[sites.a.headers]]\npaths = ["/wp-json//"]\nadd = { X-A = "1" }\n', "sites.a.headers.0.paths.0",
+     "not a normalised path"),
     ('[sites.a.error_pages]\n302 = "/e.html"\n', "sites.a.error_pages", "'302' is not an error status"),
     ('[sites.a.error_pages]\n404 = "errors/404.html"\n', "sites.a.error_pages", "is not a URI of the site"),
     ('intercept_errors = "maybe"\n', "sites.a.intercept_errors", "true or false"),

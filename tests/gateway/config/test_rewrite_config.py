@@ -57,6 +57,8 @@ to = "/index.php?product=$1"
     ('[[sites.a.return]]\npaths = ["/"]\nregex = "x"\ncode = 403\n', "sites.a.return.0",
      "give either paths (URI prefixes) or regex, not both"),
     ('[[sites.a.return]]\npaths = ["old"]\ncode = 403\n', "sites.a.return.0", "paths: 'old' must start with \"/\""),
+    ('[[sites.a.return]]\npaths = ["/shop?id=1"]\ncode = 410\n', "sites.a.return.0", "has a query"),
+    ('[[sites.a.rewrite]]\npaths = ["/%7Ebob/"]\nto = "/users/bob/"\n', "sites.a.rewrite.0", "%-escape"),
     ('[[sites.a.return]]\npaths = ["/"]\ncode = 301\n', "sites.a.return.0", "code 301 is a redirect: give to ="),
     ('[[sites.a.return]]\npaths = ["/"]\ncode = 444\n', "sites.a.return.0", "444 (close the connection)"),
     ('[[sites.a.return]]\npaths = ["/"]\ncode = 99\n', "sites.a.return.0", "code 99: give a status from 200"),

@@ -182,3 +182,18 @@ def test_a_proxied_request_goes_upstream_with_the_rewritten_target():
     assert upstream_request(req, Routed("/shop/a b", b"x=1")) is req
     assert upstream_request(req, Routed("/store/a b", b"x=1", ("r",))).target == b"/store/a%20b?x=1"
     assert upstream_request(req, Routed("/store/", b"", ("r",))).target == b"/store/"
+
+
+@pytest.mark.parametrize("request_uri", ["//evil.example/x", "/\\evil.example/x", "///evil.example/x"])
+def test_a_clients_double_slash_through_a_variable_is_no_open_redirect(request_uri):
+    """A Location that starts with "//" or "/\\" is another host to a browser: when a variable made
+    that start (the client's $request_uri), it is a path here; a literal "//cdn..." is kept."""
+    base = Vars(scheme="https", host="example.com", request_uri=request_uri)
+    rules = SiteRules((rule("r", paths=("/",), code=302, to="$request_uri"),))
+    assert rules.apply("GET", "/evil.example/x", b"", base, normalize_path) == Answer(
+        302, "r", location="/evil.example/x")
+    rules = SiteRules((rule("r", regex="^(.*)$", code=302, to="/$1"),))
+    assert rules.apply("GET", "/evil.example/x", b"", base, normalize_path) == Answer(
+        302, "r", location="/evil.example/x")
+    cdn = SiteRules((rule("r", paths=("/",), code=302, to="//cdn.example.com$uri"),))
+    assert cdn.apply("GET", "/a", b"", base, normalize_path) == Answer(302, "r", location="//cdn.example.com/a")
