@@ -13,7 +13,17 @@ Requests (``request_bypass``):
 The key (``cache_key``): scheme, host, path (as sent: ``raw_target``) and the query with its parameters
 sorted (``?b=2&a=1`` and ``?a=1&b=2`` are one page) and tracking parameters
 (``utm_*``, ``fbclid``, ``gclid``...: ``ignore_params``) left out, then the
-values of the ``vary`` request headers. ``Accept-Encoding`` is not in it:
+values of the ``vary`` request headers, then (``IMPLICIT_VARY``) the request
+headers PHP reads that change a page without being its URL: the ``Host``
+header as sent (WordPress answers ``Host: example.com:1234`` or
+``example.com.`` with a 301 to the canonical URL: keyed on the normalised host
+alone, that redirect would be every visitor's page, a loop), and
+``X-Forwarded-Host``/``-Proto``/``-Port``/``-Ssl``, ``Forwarded``'s ``host=``
+and ``proto=``, ``X-Original-URL``... which reach PHP from any client (as
+under nginx; a wp-config that believes them builds other links). A client's
+value gets its own entry, never the one everybody shares (nginx's default key
+has the same hole; Varnish documents it as cache poisoning).
+``Accept-Encoding`` is not in it:
 the cache stores the identity body once and the compression filter encodes it
 per client (see ``app.cache``).
 
@@ -60,6 +70,13 @@ NOT_STORED = frozenset({
     b"proxy-authenticate", b"date",
 })
 
+#: Request headers in every key, as sent (see the module docstring); a Vary
+#: on them is fine too.
+IMPLICIT_VARY = (b"host", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-scheme", b"x-forwarded-port",
+                 b"x-forwarded-ssl", b"x-forwarded-server", b"x-forwarded-prefix", b"front-end-https",
+                 b"x-original-url", b"x-rewrite-url", b"x-original-host")
+#: ``Forwarded``'s parameters that change a page (``for=`` is each client's: not keyed).
+_FORWARDED_KEYED = re.compile(rb"(?i)\b(host|proto)\s*=\s*(\"[^\"]*\"|[^;,\s]*)")
 _DIRECTIVE = re.compile(r"\s*([A-Za-z-]+)\s*(?:=\s*(\"[^\"]*\"|[^,\s]*))?\s*(?:,|$)")
 
 
@@ -179,6 +196,11 @@ def cache_key(policy: CachePolicy, *, https: bool, host: bytes, path: str, query
     for name in policy.vary:
         values = b",".join(v for n, v in headers if n == name)
         key += b"\n" + name + b":" + values
+    for name, value in headers:
+        if name in IMPLICIT_VARY:
+            key += b"\n" + name + b":" + value
+        elif name == b"forwarded":
+            key += b"\n" + name + b":" + b";".join(m.group(0).lower() for m in _FORWARDED_KEYED.finditer(value))
     return CacheKey(host.decode("latin-1"), path, q, key)
 
 
@@ -261,7 +283,8 @@ def storable(policy: CachePolicy, method: bytes, status: int, headers: Sequence[
                 field = field.strip()
                 if field == b"*":
                     return "vary *"
-                if field and field != b"accept-encoding" and field not in policy.vary:
+                if field and field != b"accept-encoding" and field not in policy.vary \
+                        and field not in IMPLICIT_VARY:
                     return f"vary {field.decode('latin-1')}"
     fresh: float | None = None
     accel = _header(headers, b"x-accel-expires")

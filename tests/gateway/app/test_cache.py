@@ -99,6 +99,28 @@ async def test_set_cookie_no_store_and_errors_are_never_cached(tmp_path, nursery
             assert answers[1].header("set-cookie") == "session=1"
 
 
+async def test_a_redirect_to_the_canonical_host_is_not_every_visitors_page(tmp_path, nursery, autojump_clock):
+    """WordPress answers a Host it does not know as its own (a port, a trailing
+    dot, X-Forwarded-Host in some wp-configs) with a 301 to the canonical URL."""
+    runs = []
+
+    async def script(req):
+        runs.append(req)
+        host = req.params.get(b"HTTP_X_FORWARDED_HOST", req.params[b"HTTP_HOST"])
+        if host != b"example.com":
+            return [php_output(b"", status=b"301 Moved Permanently", headers=(b"Location: http://example.com/",))]
+        return [php_output(b"home")]
+
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    c = await client_for(app, nursery)
+    await c.request("GET", "/", host="example.com:1234")
+    await c.request("GET", "/", host="example.com.")
+    await c.request("GET", "/", [("X-Forwarded-Host", "evil.example")], host="example.com")
+    assert [r.params[b"HTTP_HOST"] for r in runs] == [b"example.com:1234", b"example.com.", b"example.com"]
+    visitor = await c.request("GET", "/", host="example.com")
+    assert (visitor.status, visitor.body, visitor.header("x-cache")) == (200, b"home", "MISS")
+
+
 async def test_a_logged_in_user_neither_sees_nor_fills_the_cache(tmp_path, nursery, autojump_clock):
     script, runs = counting()
     app = make_app(tmp_path, FakeFpm(script), nursery)

@@ -67,6 +67,23 @@ def test_the_key_sorts_the_query_and_drops_tracking_parameters() -> None:
     assert other != key("")
 
 
+def test_request_headers_php_reads_are_keyed_as_sent() -> None:
+    def key(*headers: tuple[bytes, bytes]) -> bytes:
+        return cache_key(WP, https=False, host=b"example.com", path="/p/", query="", headers=list(headers)).key
+
+    plain = key((b"host", b"example.com"))
+    for variant in (b"example.com:1234", b"example.com.", b"EXAMPLE.com"):  # one host name, another page to WordPress
+        assert key((b"host", variant)) != plain
+    for name in (b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port", b"x-original-url"):
+        assert key((b"host", b"example.com"), (name, b"evil.example")) != plain
+    assert key((b"host", b"example.com"), (b"forwarded", b"for=192.0.2.1;host=evil.example")) != plain
+    # what differs per client is not keyed: behind a proxy every visitor shares the entry
+    assert key((b"host", b"example.com"), (b"forwarded", b"for=192.0.2.1;proto=https")) == \
+        key((b"host", b"example.com"), (b"forwarded", b"for=192.0.2.9;proto=https"))
+    assert key((b"host", b"example.com"), (b"x-forwarded-for", b"192.0.2.1")) == plain
+    assert isinstance(storable(WP, b"GET", 200, [(b"vary", b"X-Forwarded-Proto, Host")], 1, NOW), Lifetime)
+
+
 def test_the_raw_path_is_the_key_not_the_normalised_one() -> None:
     assert raw_target(b"/a/../b?x=1#f") == ("/a/../b", "x=1")
     assert raw_target(b"http://example.com/b?x") == ("/b", "x")
