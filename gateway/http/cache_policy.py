@@ -5,6 +5,10 @@ entry may still be used for. ``app.cache`` does the storing and waiting.
 Requests (``request_bypass``):
 
 - Only GET and HEAD are looked up (anything else goes to PHP uncounted).
+- A request with a method override header (``X-HTTP-Method-Override``,
+  ``X-HTTP-Method``, ``X-Method-Override``: WordPress's REST API, reachable
+  as ``/?rest_route=``, takes it as the method) is not a GET to PHP: it goes
+  to PHP uncounted, as a POST does.
 - A request with ``Authorization`` (RFC 9111 3.5), a cookie named in
   ``bypass_cookies`` (WordPress: a logged-in user, a commenter, a cart) or a
   path under ``bypass_paths`` is a **BYPASS**: it goes to PHP and its response
@@ -77,6 +81,9 @@ IMPLICIT_VARY = (b"host", b"x-forwarded-host", b"x-forwarded-proto", b"x-forward
                  b"x-original-url", b"x-rewrite-url", b"x-original-host")
 #: ``Forwarded``'s parameters that change a page (``for=`` is each client's: not keyed).
 _FORWARDED_KEYED = re.compile(rb"(?i)\b(host|proto)\s*=\s*(\"[^\"]*\"|[^;,\s]*)")
+#: Request headers that make a GET another method to PHP.
+METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+
 _DIRECTIVE = re.compile(r"\s*([A-Za-z-]+)\s*(?:=\s*(\"[^\"]*\"|[^,\s]*))?\s*(?:,|$)")
 
 
@@ -133,7 +140,7 @@ def request_bypass(policy: CachePolicy, method: bytes, path: str,
                    headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     """Why this request must not use the cache ("method", "authorization",
     "cookie NAME", "path"), or None: it may."""
-    if method not in CACHEABLE_METHODS:
+    if method not in CACHEABLE_METHODS or any(name in METHOD_OVERRIDES for name, _ in headers):
         return "method"
     if any(name == b"authorization" for name, _ in headers):
         return "authorization"

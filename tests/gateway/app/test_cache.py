@@ -121,6 +121,15 @@ async def test_a_redirect_to_the_canonical_host_is_not_every_visitors_page(tmp_p
     assert (visitor.status, visitor.body, visitor.header("x-cache")) == (200, b"home", "MISS")
 
 
+async def test_a_method_override_is_not_a_get(tmp_path, nursery, autojump_clock):
+    script, runs = counting()
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    c = await client_for(app, nursery)
+    await c.request("GET", "/?rest_route=/wp/v2/posts/1", [("X-HTTP-Method-Override", "DELETE")], host="example.com")
+    anon = await c.request("GET", "/?rest_route=/wp/v2/posts/1", host="example.com")
+    assert (anon.body, anon.header("x-cache"), app.cache_stats.entries) == (b"page 2", "MISS", 1)
+
+
 async def test_a_logged_in_user_neither_sees_nor_fills_the_cache(tmp_path, nursery, autojump_clock):
     script, runs = counting()
     app = make_app(tmp_path, FakeFpm(script), nursery)
