@@ -13,6 +13,10 @@ Requests (``request_bypass``):
   ``bypass_cookies`` (WordPress: a logged-in user, a commenter, a cart) or a
   path under ``bypass_paths`` is a **BYPASS**: it goes to PHP and its response
   is never stored, so a logged-in user neither sees nor pollutes the cache.
+  Cookie names are matched as PHP reads them (``$_COOKIE``): PHP turns "."
+  and " " (and a "[" without "]") into "_", and ``name[x]`` is ``name``, so
+  ``wordpress.logged.in_HASH`` is WordPress's login cookie (PHP 8.2, tested):
+  matched as sent, a logged-in user's page would be stored for everybody.
 
 The key (``cache_key``): scheme, host, path (as sent: ``raw_target``) and the query with its parameters
 sorted (``?b=2&a=1`` and ``?a=1&b=2`` are one page) and tracking parameters
@@ -123,16 +127,23 @@ class CachePolicy:
 # -- requests ----------------------------------------------------------------------
 
 
+_PHP_MANGLED = str.maketrans({".": "_", " ": "_", "[": "_"})
+
+
 def cookie_names(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
-    """The names of the cookies in every Cookie header."""
+    """The names of the cookies in every Cookie header (HTTP/2 may send
+    several, RFC 9113 8.2.3), each also as PHP names it in ``$_COOKIE``."""
     names = []
     for name, value in headers:
         if name != b"cookie":
             continue
         for part in value.split(b";"):
-            cookie = part.split(b"=", 1)[0].strip()
+            cookie = part.split(b"=", 1)[0].strip().decode("latin-1")
             if cookie:
-                names.append(cookie.decode("latin-1"))
+                names.append(cookie)
+                array = cookie.split("[", 1)[0] if "]" in cookie.partition("[")[2] else cookie
+                names.extend(dict.fromkeys(n for n in (array.translate(_PHP_MANGLED), cookie.translate(_PHP_MANGLED))
+                                           if n != cookie))
     return names
 
 

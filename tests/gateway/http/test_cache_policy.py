@@ -39,6 +39,14 @@ NOW = 1_800_000_000.0
     (b"GET", "/", [(b"cookie", b"woocommerce_items_in_cart=1")], "cookie woocommerce_items_in_cart"),
     (b"GET", "/", [(b"cookie", b"x=1"), (b"cookie", b"wp_woocommerce_session_9=y")],
      "cookie wp_woocommerce_session_9"),
+    # as PHP names them in $_COOKIE (PHP 8.2: "." and " " and a lone "[" are "_", name[x] is an array "name")
+    (b"GET", "/", [(b"cookie", b"wordpress.logged.in_abc=admin%7C1")], "cookie wordpress_logged_in_abc"),
+    (b"GET", "/", [(b"cookie", b"a=1;  wordpress logged_in_abc=admin%7C1")], "cookie wordpress_logged_in_abc"),
+    (b"GET", "/", [(b"cookie", b"wordpress[logged_in_abc=admin%7C1")], "cookie wordpress_logged_in_abc"),
+    (b"GET", "/", [(b"cookie", b"woocommerce_items_in_cart[x]=1")], "cookie woocommerce_items_in_cart"),
+    (b"GET", "/", [(b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"cookie", b"comment_author_5f=Ann")],
+     "cookie comment_author_5f"),  # HTTP/2's crumbs, one cookie a field
+    (b"GET", "/", [(b"cookie", b"%77ordpress_logged_in_abc=x; Wordpress_logged_in_abc=y")], None),  # not WP's
     (b"GET", "/wp-admin/edit.php", [], "path"),
     (b"GET", "/wp-login.php", [], "path"),
     (b"GET", "/wp-json/wp/v2/posts", [], "path"),
