@@ -41,12 +41,16 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
 - **Purges**: ``PURGE`` from ``purge_allow`` (this host's path, "/prefix/*",
   "tag:NAME" in ``X-Cache-Purge`` style), PHP's ``X-Cache-Purge`` response
   header (stripped before the client), the admin's ``POST /cache/purge``.
+  A purge a request made is its site's alone, here and in the other worker
+  processes: PHP's ``X-Cache-Purge: *`` empties its own site's cache, never
+  another site's (another customer's, on a shared host).
   ``X-Cache-Tags`` from PHP tags an entry (stripped too). A purge scans the
   entries: O(entries), fine for the thousands a memory tier holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -457,6 +461,7 @@ class SiteCache:
         return Response(200, [(b"content-type", b"application/json")], b'{"purged": %d}\n' % n)
 
     async def _purge_here_and_there(self, purge: Purge) -> int:
+        purge = dataclasses.replace(purge, site=self.site)  # (the siblings: this site's entries only)
         n = self.purge(purge)
         if self.on_purge is not None:
             await self.on_purge(purge)
@@ -513,7 +518,9 @@ class PageCaches(dict[str, SiteCache]):
         self.stats.disk_bytes = sum(b for _, b in self._disk_found.values())
 
     def purge(self, purge: Purge, site: str | None = None) -> int:
-        """Remove the entries ``purge`` matches from every site's cache (or ``site``'s)."""
+        """Remove the entries ``purge`` matches from every site's cache (or
+        ``site``'s; a purge a request made: its site's)."""
+        site = purge.site if site is None else site
         return sum(cache.purge(purge) for name, cache in self.items() if site is None or name == site)
 
     def uncached(self, req: Request, path: str, resp: Response, instruments: PoolInstruments | None) -> None:

@@ -387,7 +387,9 @@ def tag_list(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[str]:
 class Purge:
     """Which entries a purge removes: everything, a tag's, a path's (every
     query and ``vary`` variant, or one query), or those under a path prefix;
-    on one host or (``host`` None) every host."""
+    on one host or (``host`` None) every host; of one site's cache
+    (``site``: a purge a request made, PURGE or PHP's ``X-Cache-Purge``, is
+    its site's alone, in every process) or (None) every site's."""
 
     everything: bool = False
     tag: str | None = None
@@ -395,6 +397,7 @@ class Purge:
     path: str | None = None
     query: str | None = None
     prefix: str | None = None
+    site: str | None = None
 
     def matches(self, where: CacheKey, tags: frozenset[str]) -> bool:
         if self.everything:

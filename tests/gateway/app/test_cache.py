@@ -4,6 +4,7 @@ App -> cache -> pool -> FastCGI -> a php-fpm stand-in, on the autojump clock."""
 from __future__ import annotations
 
 import gzip
+import json
 
 import trio
 import trio.testing
@@ -13,6 +14,7 @@ from gateway.config import validate
 from gateway.front.h1 import ConnectionSettings, HttpConnection
 from gateway.http.cache_policy import purge_url
 from gateway.http.request import Request
+from gateway.observe.admin import parse_purge, purge_json
 from gateway.serve.process import pool_from_config
 from tests.helpers import FakeFpm, HttpClient, php_output
 
@@ -329,6 +331,46 @@ async def test_php_purges_with_x_cache_purge(tmp_path, nursery, autojump_clock):
     assert app.cache_stats.entries == 1
     assert (await c.request("GET", "/other/", host="example.com")).header("x-cache") == "HIT"
     assert (await c.request("GET", "/post/", host="example.com")).header("x-cache") == "MISS"
+
+
+async def test_a_sites_php_purges_its_own_site_only_in_every_process(tmp_path, nursery, autojump_clock):
+    """One customer's PHP sends ``X-Cache-Purge: *``: the worker processes it
+    is passed to (``serve.process.share_purges``, through the admin's JSON)
+    purge that site's entries, not the other site's."""
+    async def script(req):
+        if req.params[b"REQUEST_METHOD"] == b"POST":
+            return [php_output(b"ok", headers=(b"X-Cache-Purge: *",))]
+        return [php_output(b"page")]
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "index.php").write_text("front controller")
+    cfg = validate({"backends": {"php": {}}, "sites": {
+        name: {"root": str(tmp_path / name), "php": "php", "server_names": [f"{name}.example"],
+               "cache": {"enabled": True}} for name in ("a", "b")}})
+    fpm = FakeFpm(script)
+    apps = [App(cfg, {"php": pool_from_config("php", fpm.connector(nursery), cfg.backends["php"], cfg.limits)})
+            for _ in range(2)]  # two worker processes
+    for app in apps:
+        nursery.start_soon(app.run)
+
+    async def to_sibling(purge):
+        apps[1].purge(parse_purge(json.loads(json.dumps(purge_json(purge)))))
+
+    apps[0].caches["a"].on_purge = to_sibling
+    for app in apps:
+        c = await client_for(app, nursery)
+        for host in ("a.example", "b.example"):
+            await c.request("GET", "/", host=host)
+    assert [app.cache_stats.entries for app in apps] == [2, 2]
+    c = await client_for(apps[0], nursery)
+    await c.request("POST", "/", body=b"c=1", host="a.example")
+    assert [app.cache_stats.entries for app in apps] == [1, 1]
+    for app in apps:
+        c = await client_for(app, nursery)
+        assert (await c.request("GET", "/", host="b.example")).header("x-cache") == "HIT"
+        assert (await c.request("GET", "/", host="a.example")).header("x-cache") == "MISS"
 
 
 async def test_purge_method_from_allowed_addresses_only(tmp_path, nursery, autojump_clock):
