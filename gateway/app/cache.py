@@ -66,6 +66,7 @@ import trio
 from ..config import Config
 from ..config.cache import CacheConfig
 from ..http.cache_policy import (
+    CACHEABLE_METHODS,
     NOT_MODIFIED_HEADERS,
     CacheKey,
     CachePolicy,
@@ -73,6 +74,7 @@ from ..http.cache_policy import (
     Lifetime,
     Purge,
     cache_key,
+    drop_params,
     freshness,
     not_modified,
     purge_item,
@@ -89,6 +91,7 @@ from ..http.spool import Spool
 from ..metrics import CacheStats, PoolInstruments
 from .cache_disk import DiskStore, head_headers
 from .compress import Compressor, compress_bytes
+from .routing import PhpScript
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +249,22 @@ class SiteCache:
         self.on_purge: Callable[[Purge], Awaitable[None]] | None = None
 
     # -- serving -------------------------------------------------------------------
+
+    def unkeyed_params_out(self, req: Request, script: PhpScript) -> tuple[Request, PhpScript]:
+        """``req`` and its ``script`` without the query parameters the key
+        leaves out (``ignore_params``) for a GET or HEAD: what is not in the
+        key must not reach PHP, or a page that echoes one would be stored
+        with one visitor's value (a script) for everybody."""
+        if req.method not in CACHEABLE_METHODS or not self.policy.ignore_params:
+            return req, script
+        path, q, query = req.target.partition(b"?")
+        target = path + q + drop_params(query, self.policy.ignore_params) if q else req.target
+        clean = drop_params(script.query, self.policy.ignore_params)
+        if target.endswith(b"?"):
+            target = target[:-1]
+        if target == req.target and clean == script.query:
+            return req, script
+        return dataclasses.replace(req, target=target), dataclasses.replace(script, query=clean)
 
     async def handle(self, req: Request, path: str, query: str, fetch: Fetch) -> Response:
         """``req``'s response from the cache or from ``fetch`` (PHP)."""

@@ -417,6 +417,7 @@ class App:
             self.caches.uncached(req, path, resp,
                                  backend.pool.instruments if backend is not None and extra is None else None)
             return resp
+        req, script = cache.unkeyed_params_out(req, script)
         return await cache.handle(req, path, query,
                                   lambda detached: self._php_run(req, router, script, detached=detached))
 

@@ -20,7 +20,10 @@ Requests (``request_bypass``):
 
 The key (``cache_key``): scheme, host, path (as sent: ``raw_target``) and the query with its parameters
 sorted (``?b=2&a=1`` and ``?a=1&b=2`` are one page) and tracking parameters
-(``utm_*``, ``fbclid``, ``gclid``...: ``ignore_params``) left out, then the
+(``utm_*``, ``fbclid``, ``gclid``...: ``ignore_params``) left out (and
+taken out of what PHP is sent, ``drop_params``: a page that echoes
+``utm_source`` must not store one visitor's value, a script, as everybody's
+page; Varnish's recipes strip them so too), then the
 values of the ``vary`` request headers, then (``IMPLICIT_VARY``) the request
 headers PHP reads that change a page without being its URL: the ``Host``
 header as sent (WordPress answers ``Host: example.com:1234`` or
@@ -192,6 +195,18 @@ def normal_query(query: str, ignore: Iterable[str] = ()) -> str:
         params.append((name, eq, quote(unquote(value.replace("+", " ")), safe="")))
     params.sort(key=lambda p: p[0])
     return "&".join(f"{n}{eq}{v}" for n, eq, v in params)
+
+
+def drop_params(query: bytes, ignore: Iterable[str]) -> bytes:
+    """``query`` as sent without the parameters ``ignore`` matches (named as
+    ``normal_query`` names them), the others untouched and in order."""
+    ignore = tuple(ignore)
+    if not ignore or not query:
+        return query
+    kept = [part for part in query.split(b"&")
+            if not any(fnmatchcase(quote(unquote(part.partition(b"=")[0].decode("latin-1").replace("+", " ")),
+                                         safe=""), pattern) for pattern in ignore)]
+    return b"&".join(kept)
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,6 +123,24 @@ async def test_a_redirect_to_the_canonical_host_is_not_every_visitors_page(tmp_p
     assert (visitor.status, visitor.body, visitor.header("x-cache")) == (200, b"home", "MISS")
 
 
+async def test_a_parameter_left_out_of_the_key_does_not_reach_php(tmp_path, nursery, autojump_clock):
+    """A page that echoes utm_source (a plugin's hidden form field) must not
+    store one visitor's value, a script, as everybody's page."""
+    runs = []
+
+    async def script(req):
+        runs.append(req)
+        return [php_output(b"<form>" + req.params[b"QUERY_STRING"] + b" " + req.params[b"REQUEST_URI"])]
+
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    c = await client_for(app, nursery)
+    first = await c.request("GET", "/?p=1&utm_source=%3Cscript%3Ealert(1)%3C/script%3E", host="example.com")
+    visitor = await c.request("GET", "/?p=1", host="example.com")
+    assert (first.body, visitor.body, visitor.header("x-cache")) == (b"<form>p=1 /?p=1",) * 2 + ("HIT",)
+    post = await c.request("POST", "/?utm_source=mail", body=b"x", host="example.com")
+    assert post.body == b"<form>utm_source=mail /?utm_source=mail"  # (only what the cache keys is cleaned)
+
+
 async def test_a_method_override_is_not_a_get(tmp_path, nursery, autojump_clock):
     script, runs = counting()
     app = make_app(tmp_path, FakeFpm(script), nursery)

@@ -12,6 +12,7 @@ from gateway.http.cache_policy import (
     Purge,
     cache_control,
     cache_key,
+    drop_params,
     freshness,
     not_modified,
     purge_item,
@@ -73,6 +74,12 @@ def test_the_key_sorts_the_query_and_drops_tracking_parameters() -> None:
     assert https != key("")
     other = cache_key(WP, https=False, host=b"other.example", path="/p/", query="", headers=[]).key
     assert other != key("")
+
+
+def test_parameters_left_out_of_the_key_are_left_out_of_the_query() -> None:
+    assert drop_params(b"b=2&utm_source=%3Cscript%3E&a=1&fbclid=x&utm%5Fmedium=y", WP.ignore_params) == b"b=2&a=1"
+    assert drop_params(b"utm_source=x", WP.ignore_params) == b""
+    assert drop_params(b"a=1&&b", WP.ignore_params) == b"a=1&&b"
 
 
 def test_request_headers_php_reads_are_keyed_as_sent() -> None:
