@@ -266,11 +266,19 @@ class SiteCache:
             return req, script
         return dataclasses.replace(req, target=target), dataclasses.replace(script, query=clean)
 
-    async def handle(self, req: Request, path: str, query: str, fetch: Fetch) -> Response:
-        """``req``'s response from the cache or from ``fetch`` (PHP)."""
+    async def handle(self, req: Request, path: str, query: str, fetch: Fetch, *,
+                     routed_path: str | None = None) -> Response:
+        """``req``'s response from the cache or from ``fetch`` (PHP).
+        ``path``: as sent (the key's); ``routed_path``: decoded, slashes
+        merged, dot segments resolved, as the router found the script:
+        ``bypass_paths`` are matched against both (``//wp-admin/``,
+        ``/%77p-json/`` and ``/x/../wp-login.php`` run what ``/wp-admin/``,
+        ``/wp-json/`` and ``/wp-login.php`` run)."""
         if req.method == b"PURGE":
             return await self.purge_request(req, path, query)
         bypass = request_bypass(self.policy, req.method, path, req.headers)
+        if bypass is None and routed_path is not None and routed_path != path:
+            bypass = request_bypass(self.policy, req.method, routed_path, req.headers)
         if bypass is not None:
             resp = await fetch(False)
             await self.after_php(resp, req.host)

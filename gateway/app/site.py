@@ -419,7 +419,8 @@ class App:
             return resp
         req, script = cache.unkeyed_params_out(req, script)
         return await cache.handle(req, path, query,
-                                  lambda detached: self._php_run(req, router, script, detached=detached))
+                                  lambda detached: self._php_run(req, router, script, detached=detached),
+                                  routed_path=split_target(req.target)[0])
 
     async def _php_run(self, req: Request, router: Router, script: PhpScript,
                        extra: dict[bytes, bytes] | None = None, *, detached: bool = False) -> Response:

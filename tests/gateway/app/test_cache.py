@@ -141,6 +141,16 @@ async def test_a_parameter_left_out_of_the_key_does_not_reach_php(tmp_path, nurs
     assert post.body == b"<form>utm_source=mail /?utm_source=mail"  # (only what the cache keys is cleaned)
 
 
+async def test_bypass_paths_are_matched_as_the_router_reads_the_path(tmp_path, nursery, autojump_clock):
+    script, runs = counting()
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    c = await client_for(app, nursery)
+    for target in ("//wp-json/wp/v2/users", "/%77p-json/wp/v2/users", "/x/../wp-json/wp/v2/users", "/cart/%2e/"):
+        resp = await c.request("GET", target, host="example.com")
+        assert resp.header("x-cache") == "BYPASS", target
+    assert app.cache_stats.entries == 0 and len(runs) == 4
+
+
 async def test_a_method_override_is_not_a_get(tmp_path, nursery, autojump_clock):
     script, runs = counting()
     app = make_app(tmp_path, FakeFpm(script), nursery)
