@@ -66,6 +66,13 @@ def _disk_dir(value: str) -> str:
     return value
 
 
+def _status(value: int) -> int:
+    if value in (206, 304):
+        raise ValueError(f"{value}: a {'part of a page' if value == 206 else 'conditional answer without a body'} "
+                         "is no page to store (every later request would get it)")
+    return value
+
+
 Size = Annotated[int, BeforeValidator(_size)]
 Duration = Annotated[float, BeforeValidator(_duration)]
 HeaderName = Annotated[str, AfterValidator(_header_name)]
@@ -91,7 +98,8 @@ class CacheConfig(BaseModel):
     #: A second tier on disk, shared by the gateway's processes and kept across
     #: restarts (``app.cache_disk``); empty: memory only.
     disk_dir: Annotated[str, AfterValidator(_disk_dir)] = ""
-    #: The disk tier's bound (kept by a sweep every 30 s).
+    #: The disk tier's bound (kept by a sweep every 30 s, sooner after a
+    #: process wrote a quarter of it).
     disk_max_size: Size = 1024 * 1024 * 1024
     #: Cookie names (a trailing or inner "*" matches anything) whose presence
     #: sends the request to PHP, uncached and not stored.
@@ -109,7 +117,7 @@ class CacheConfig(BaseModel):
     #: Addresses or CIDR networks allowed to send PURGE (others: 403).
     purge_allow: list[Annotated[str, AfterValidator(_network)]] = ["127.0.0.1/32", "::1/128"]
     #: Response statuses that are cached.
-    statuses: list[Annotated[int, Field(ge=200, le=599)]] = [200, 301, 404]
+    statuses: list[Annotated[int, Field(ge=200, le=599), AfterValidator(_status)]] = [200, 301, 404]
     #: How long requests for a key being fetched wait for it before going to PHP themselves.
     lock_timeout: Duration = 5.0
     #: Responses larger than this are not cached.

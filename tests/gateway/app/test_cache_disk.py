@@ -88,6 +88,12 @@ def test_disk_dir_is_absolute() -> None:
         validate({"sites": {"s": {"root": "/tmp", "cache": {"disk_dir": "cache"}}}})
 
 
+@pytest.mark.parametrize("status", [206, 304])
+def test_a_partial_or_not_modified_answer_is_no_status_to_store(status) -> None:
+    with pytest.raises(ConfigError, match=rf"sites\.s\.cache\.statuses\.0: .*{status}: a .* is no page to store"):
+        validate({"sites": {"s": {"root": "/tmp", "cache": {"statuses": [status, 200]}}}})
+
+
 async def test_the_sweeps_numbers_reach_status(tmp_path, nursery):
     # (the real clock: the sweep runs in a thread, which an autojump clock would not wait for)
     from gateway.metrics import ListenerStats
