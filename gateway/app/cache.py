@@ -38,7 +38,8 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
   that is not run) a stale entry is refetched in the foreground.
 - **stale_if_error**: a 500/502/503/504 from PHP (or from the gateway in
   PHP's place) is replaced by an entry still in that window (``STALE``).
-- **Purges**: ``PURGE`` from ``purge_allow`` (this host's path, "/prefix/*",
+- **Purges**: ``PURGE`` from ``purge_allow`` (a unix socket peer only with
+  "unix:" there: a front proxy on one would pass anyone's) (this host's path, "/prefix/*",
   "tag:NAME" in ``X-Cache-Purge`` style), PHP's ``X-Cache-Purge`` response
   header (stripped before the client), the admin's ``POST /cache/purge``.
   A purge a request made is its site's alone, here and in the other worker
@@ -232,7 +233,8 @@ class SiteCache:
             ignore_params=config.ignore_params)
         self.header = config.header.lower().encode()
         self.lock_timeout = config.lock_timeout
-        self.purge_allow = _networks(config.purge_allow)
+        self.purge_allow = _networks(c for c in config.purge_allow if c != "unix:")
+        self.purge_unix = "unix:" in config.purge_allow
         self.stats = stats
         self.store = MemoryStore(config.max_size, stats)
         #: the shared disk tier, one directory per site
@@ -469,10 +471,14 @@ class SiteCache:
         log.info("cache: PHP purged %s on %s: %d entries", ", ".join(items), name or "every host", n)
 
     def purge_allowed(self, address: str) -> bool:
+        """Is ``address`` (the client, behind trusted proxies the real one;
+        "unix:" for a unix socket peer) in ``purge_allow``?"""
+        if address.startswith("unix:"):  # only with "unix:": a front proxy on a unix socket passes anyone's
+            return self.purge_unix
         try:
             ip = ipaddress.ip_address(address)
-        except ValueError:  # a unix socket peer: only local users reach it
-            return True
+        except ValueError:
+            return False
         return any(ip in net for net in self.purge_allow)
 
     async def purge_request(self, req: Request, path: str, query: str) -> Response:

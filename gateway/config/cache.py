@@ -53,10 +53,12 @@ def _path_prefix(value: str) -> str:
 
 
 def _network(value: str) -> str:
+    if value == "unix:":
+        return value
     try:
         ipaddress.ip_network(value, strict=True)
     except ValueError:
-        raise ValueError(f"{value!r} is not an address or a CIDR network like \"10.0.0.0/8\"") from None
+        raise ValueError(f"{value!r} is not an address, a CIDR network like \"10.0.0.0/8\" or \"unix:\"") from None
     return value
 
 
@@ -114,7 +116,9 @@ class CacheConfig(BaseModel):
     #: How long after expiry a stale copy is served when PHP fails (502, 503,
     #: 504, a 500); 0: never.
     stale_if_error: Duration = 0.0
-    #: Addresses or CIDR networks allowed to send PURGE (others: 403).
+    #: Addresses or CIDR networks allowed to send PURGE (others: 403);
+    #: "unix:" for peers on a unix socket (not by default: a front proxy on
+    #: one would pass every visitor's PURGE; nginx ``allow unix:``).
     purge_allow: list[Annotated[str, AfterValidator(_network)]] = ["127.0.0.1/32", "::1/128"]
     #: Response statuses that are cached.
     statuses: list[Annotated[int, Field(ge=200, le=599), AfterValidator(_status)]] = [200, 301, 404]

@@ -412,6 +412,12 @@ async def test_purge_method_from_allowed_addresses_only(tmp_path, nursery, autoj
     assert (purged.status, purged.body) == (200, b'{"purged": 1}\n')
     assert (await c.request("GET", "/p/", host="example.com")).header("x-cache") == "MISS"
     assert len(runs) == 2
+    # a unix socket peer (a front proxy's, passing anyone's PURGE) only with "unix:"
+    unix = await (await client_for(app, nursery, "unix:")).request("PURGE", "/p/", host="example.com")
+    assert unix.status == 403 and app.cache_stats.entries == 1
+    app = make_app(tmp_path, FakeFpm(script), nursery, purge_allow=["unix:"])
+    unix = await (await client_for(app, nursery, "unix:")).request("PURGE", "/p/", host="example.com")
+    assert unix.status == 200
 
 
 async def test_admin_purge_by_url_prefix_and_all(tmp_path, nursery, autojump_clock):
