@@ -48,8 +48,8 @@ Responses (``storable``), as nginx's fastcgi_cache and RFC 9111 a shared cache:
   (``Content-Encoding``), nor an ``X-Accel-Redirect``/``X-Sendfile`` (a
   download PHP authorised for that request), nor a body over
   ``max_entry_size``;
-- lifetime, first found of: ``X-Accel-Expires`` (nginx's, seconds; 0: not
-  cached), ``Cache-Control: s-maxage``, ``max-age``, ``Expires`` (against
+- lifetime, first found of: ``X-Accel-Expires`` (nginx's, seconds, or
+  ``@`` and a Unix time; 0: not cached), ``Cache-Control: s-maxage``, ``max-age``, ``Expires`` (against
   ``Date`` when PHP sent one), else the configured ``ttl``. A lifetime of 0 is
   not stored.
 - ``stale-while-revalidate=N`` and ``stale-if-error=N`` in PHP's
@@ -322,7 +322,9 @@ def storable(policy: CachePolicy, method: bytes, status: int, headers: Sequence[
     fresh: float | None = None
     accel = _header(headers, b"x-accel-expires")
     if accel is not None:
-        fresh = _seconds(accel.decode("latin-1"))
+        text = accel.decode("latin-1").strip()
+        until = _seconds(text[1:]) if text.startswith("@") else None
+        fresh = max(0.0, until - now) if until is not None else _seconds(text)
     if fresh is None:
         fresh = _seconds(cc.get("s-maxage"))
     if fresh is None:

@@ -113,6 +113,9 @@ def test_lifetime_from_php_headers_or_the_ttl() -> None:
     assert life((b"cache-control", b"public, max-age=60")).fresh == 60
     assert life((b"cache-control", b"max-age=60, s-maxage=300")).fresh == 300
     assert life((b"x-accel-expires", b"5"), (b"cache-control", b"max-age=60")).fresh == 5
+    # nginx's absolute form: until that Unix time (past: not stored, not the ttl)
+    assert life((b"x-accel-expires", b"@%d" % (NOW + 30)), (b"cache-control", b"max-age=60")).fresh == 30
+    assert life((b"x-accel-expires", b"@%d" % (NOW - 30))) == "expires now"
     assert life((b"expires", http_date(NOW + 120)), (b"date", http_date(NOW))).fresh == 120
     assert life((b"expires", http_date(NOW + 120))).fresh == 120
     assert life((b"cache-control", b"max-age=10, stale-while-revalidate=30, stale-if-error=600")) == \
