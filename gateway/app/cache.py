@@ -45,7 +45,10 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
   A purge a request made is its site's alone, here and in the other worker
   processes: PHP's ``X-Cache-Purge: *`` empties its own site's cache, never
   another site's (another customer's, on a shared host).
-  ``X-Cache-Tags`` from PHP tags an entry (stripped too). A purge scans the
+  ``X-Cache-Tags`` from PHP tags an entry (stripped too).
+- **What PHP is sent** (``unkeyed_params_out``, ``for_php``): for a GET or
+  HEAD, the query without ``ignore_params`` and no ``Accept-Encoding``: what
+  the key leaves out must not change PHP's answer. A purge scans the
   entries: O(entries), fine for the thousands a memory tier holds.
 """
 
@@ -267,6 +270,19 @@ class SiteCache:
         if target == req.target and clean == script.query:
             return req, script
         return dataclasses.replace(req, target=target), dataclasses.replace(script, query=clean)
+
+    @staticmethod
+    def for_php(req: Request) -> Request:
+        """``req`` as PHP gets it: a GET or HEAD without ``Accept-Encoding``.
+        The cache stores PHP's identity body and codes it per client; a body
+        PHP compressed itself (ob_gzhandler, zlib.output_compression) is not
+        stored, so with gzip asked of it by most clients the page would never
+        be cached (each try marking it uncacheable); and the key does not
+        hold Accept-Encoding, so no PHP answer may depend on it (nginx users
+        set ``fastcgi_param HTTP_ACCEPT_ENCODING ""`` for this)."""
+        if req.method not in CACHEABLE_METHODS or req.header(b"accept-encoding") is None:
+            return req
+        return dataclasses.replace(req, headers=[(n, v) for n, v in req.headers if n != b"accept-encoding"])
 
     async def handle(self, req: Request, path: str, query: str, fetch: Fetch, *,
                      routed_path: str | None = None) -> Response:

@@ -151,6 +151,26 @@ async def test_bypass_paths_are_matched_as_the_router_reads_the_path(tmp_path, n
     assert app.cache_stats.entries == 0 and len(runs) == 4
 
 
+async def test_php_is_not_asked_for_a_coding_the_cache_makes_itself(tmp_path, nursery, autojump_clock):
+    """PHP that gzips for a client asking for it (ob_gzhandler) answers
+    identity: the page is stored once, and each client gets its coding from the cache."""
+    runs = []
+
+    async def script(req):
+        runs.append(req)
+        body = b"<p>hello</p>" * 200
+        if b"gzip" in req.params.get(b"HTTP_ACCEPT_ENCODING", b""):
+            return [php_output(gzip.compress(body), headers=(b"Content-Encoding: gzip", b"Vary: Accept-Encoding"))]
+        return [php_output(body)]
+
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    c = await client_for(app, nursery)
+    zipped = [await c.request("GET", "/", [("Accept-Encoding", "gzip, br")], host="example.com") for _ in range(2)]
+    plain = await c.request("GET", "/", host="example.com")
+    assert [r.header("x-cache") for r in [*zipped, plain]] == ["MISS", "HIT", "HIT"] and len(runs) == 1
+    assert zipped[1].header("content-encoding") in ("gzip", "br") and plain.body == b"<p>hello</p>" * 200
+
+
 async def test_a_method_override_is_not_a_get(tmp_path, nursery, autojump_clock):
     script, runs = counting()
     app = make_app(tmp_path, FakeFpm(script), nursery)
