@@ -38,15 +38,23 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
   that is not run) a stale entry is refetched in the foreground.
 - **stale_if_error**: a 500/502/503/504 from PHP (or from the gateway in
   PHP's place) is replaced by an entry still in that window (``STALE``).
-- **Purges**: ``PURGE`` from ``purge_allow`` (this host's path, "/prefix/*",
+- **Purges**: ``PURGE`` from ``purge_allow`` (a unix socket peer only with
+  "unix:" there: a front proxy on one would pass anyone's) (this host's path, "/prefix/*",
   "tag:NAME" in ``X-Cache-Purge`` style), PHP's ``X-Cache-Purge`` response
   header (stripped before the client), the admin's ``POST /cache/purge``.
-  ``X-Cache-Tags`` from PHP tags an entry (stripped too). A purge scans the
+  A purge a request made is its site's alone, here and in the other worker
+  processes: PHP's ``X-Cache-Purge: *`` empties its own site's cache, never
+  another site's (another customer's, on a shared host).
+  ``X-Cache-Tags`` from PHP tags an entry (stripped too).
+- **What PHP is sent** (``unkeyed_params_out``, ``for_php``): for a GET or
+  HEAD, the query without ``ignore_params`` and no ``Accept-Encoding``: what
+  the key leaves out must not change PHP's answer. A purge scans the
   entries: O(entries), fine for the thousands a memory tier holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -62,6 +70,7 @@ import trio
 from ..config import Config
 from ..config.cache import CacheConfig
 from ..http.cache_policy import (
+    CACHEABLE_METHODS,
     NOT_MODIFIED_HEADERS,
     CacheKey,
     CachePolicy,
@@ -69,6 +78,7 @@ from ..http.cache_policy import (
     Lifetime,
     Purge,
     cache_key,
+    drop_params,
     freshness,
     not_modified,
     purge_item,
@@ -85,6 +95,7 @@ from ..http.spool import Spool
 from ..metrics import CacheStats, PoolInstruments
 from .cache_disk import DiskStore, head_headers
 from .compress import Compressor, compress_bytes
+from .routing import PhpScript
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +236,8 @@ class SiteCache:
             ignore_params=config.ignore_params)
         self.header = config.header.lower().encode()
         self.lock_timeout = config.lock_timeout
-        self.purge_allow = _networks(config.purge_allow)
+        self.purge_allow = _networks(c for c in config.purge_allow if c != "unix:")
+        self.purge_unix = "unix:" in config.purge_allow
         self.stats = stats
         self.store = MemoryStore(config.max_size, stats)
         #: the shared disk tier, one directory per site
@@ -243,11 +255,48 @@ class SiteCache:
 
     # -- serving -------------------------------------------------------------------
 
-    async def handle(self, req: Request, path: str, query: str, fetch: Fetch) -> Response:
-        """``req``'s response from the cache or from ``fetch`` (PHP)."""
+    def unkeyed_params_out(self, req: Request, script: PhpScript) -> tuple[Request, PhpScript]:
+        """``req`` and its ``script`` without the query parameters the key
+        leaves out (``ignore_params``) for a GET or HEAD: what is not in the
+        key must not reach PHP, or a page that echoes one would be stored
+        with one visitor's value (a script) for everybody."""
+        if req.method not in CACHEABLE_METHODS or not self.policy.ignore_params:
+            return req, script
+        path, q, query = req.target.partition(b"?")
+        target = path + q + drop_params(query, self.policy.ignore_params) if q else req.target
+        clean = drop_params(script.query, self.policy.ignore_params)
+        if target.endswith(b"?"):
+            target = target[:-1]
+        if target == req.target and clean == script.query:
+            return req, script
+        return dataclasses.replace(req, target=target), dataclasses.replace(script, query=clean)
+
+    @staticmethod
+    def for_php(req: Request) -> Request:
+        """``req`` as PHP gets it: a GET or HEAD without ``Accept-Encoding``.
+        The cache stores PHP's identity body and codes it per client; a body
+        PHP compressed itself (ob_gzhandler, zlib.output_compression) is not
+        stored, so with gzip asked of it by most clients the page would never
+        be cached (each try marking it uncacheable); and the key does not
+        hold Accept-Encoding, so no PHP answer may depend on it (nginx users
+        set ``fastcgi_param HTTP_ACCEPT_ENCODING ""`` for this)."""
+        if req.method not in CACHEABLE_METHODS or req.header(b"accept-encoding") is None:
+            return req
+        return dataclasses.replace(req, headers=[(n, v) for n, v in req.headers if n != b"accept-encoding"])
+
+    async def handle(self, req: Request, path: str, query: str, fetch: Fetch, *,
+                     routed_path: str | None = None) -> Response:
+        """``req``'s response from the cache or from ``fetch`` (PHP).
+        ``path``: as sent (the key's); ``routed_path``: decoded, slashes
+        merged, dot segments resolved, as the router found the script:
+        ``bypass_paths`` are matched against both (``//wp-admin/``,
+        ``/%77p-json/`` and ``/x/../wp-login.php`` run what ``/wp-admin/``,
+        ``/wp-json/`` and ``/wp-login.php`` run)."""
         if req.method == b"PURGE":
             return await self.purge_request(req, path, query)
         bypass = request_bypass(self.policy, req.method, path, req.headers)
+        if bypass is None and routed_path is not None and routed_path != path:
+            bypass = request_bypass(self.policy, req.method, routed_path, req.headers)
         if bypass is not None:
             resp = await fetch(False)
             await self.after_php(resp, req.host)
@@ -438,10 +487,14 @@ class SiteCache:
         log.info("cache: PHP purged %s on %s: %d entries", ", ".join(items), name or "every host", n)
 
     def purge_allowed(self, address: str) -> bool:
+        """Is ``address`` (the client, behind trusted proxies the real one;
+        "unix:" for a unix socket peer) in ``purge_allow``?"""
+        if address.startswith("unix:"):  # only with "unix:": a front proxy on a unix socket passes anyone's
+            return self.purge_unix
         try:
             ip = ipaddress.ip_address(address)
-        except ValueError:  # a unix socket peer: only local users reach it
-            return True
+        except ValueError:
+            return False
         return any(ip in net for net in self.purge_allow)
 
     async def purge_request(self, req: Request, path: str, query: str) -> Response:
@@ -457,6 +510,7 @@ class SiteCache:
         return Response(200, [(b"content-type", b"application/json")], b'{"purged": %d}\n' % n)
 
     async def _purge_here_and_there(self, purge: Purge) -> int:
+        purge = dataclasses.replace(purge, site=self.site)  # (the siblings: this site's entries only)
         n = self.purge(purge)
         if self.on_purge is not None:
             await self.on_purge(purge)
@@ -513,7 +567,9 @@ class PageCaches(dict[str, SiteCache]):
         self.stats.disk_bytes = sum(b for _, b in self._disk_found.values())
 
     def purge(self, purge: Purge, site: str | None = None) -> int:
-        """Remove the entries ``purge`` matches from every site's cache (or ``site``'s)."""
+        """Remove the entries ``purge`` matches from every site's cache (or
+        ``site``'s; a purge a request made: its site's)."""
+        site = purge.site if site is None else site
         return sum(cache.purge(purge) for name, cache in self.items() if site is None or name == site)
 
     def uncached(self, req: Request, path: str, resp: Response, instruments: PoolInstruments | None) -> None:

@@ -15,8 +15,11 @@ reloads and restarts.
 - **Size bound**: ``sweep`` (every ``SWEEP_EVERY`` seconds, in a thread, from
   ``App.run``) removes entries past all their windows, then the least
   recently written until the tier holds at most ``disk_max_size``; between
-  sweeps it may exceed it by what was written meanwhile. Several processes
-  sweeping at once is harmless (a file gone is skipped).
+  sweeps it may exceed it by what was written meanwhile, and a process that
+  wrote a quarter of ``disk_max_size`` since its last sweep sweeps at once
+  (``SWEEP_AFTER``: a flood of distinct URLs, ``?x=N``, at PHP's pace would
+  otherwise write gigabytes in 30 s). Several processes sweeping at once is
+  harmless (a file gone is skipped).
 - **Purges** read every head under the site's directory: O(entries), on the
   event loop. A purge passed on to sibling processes scans again there
   (finding nothing): simple over fast, since purges are rare.
@@ -47,6 +50,8 @@ _LEN = struct.Struct(">I")
 MAX_HEAD = 1 << 20
 #: Seconds between two sweeps of a disk tier.
 SWEEP_EVERY = 30.0
+#: The share of ``max_size`` a process may write before it sweeps early.
+SWEEP_AFTER = 0.25
 
 
 def _text(b: bytes) -> str:
@@ -59,6 +64,10 @@ class DiskStore:
     def __init__(self, directory: str, max_size: int) -> None:
         self.directory = directory
         self.max_size = max_size
+        #: bytes this process wrote since its last sweep began
+        self.written = 0
+        #: set when ``written`` passes ``SWEEP_AFTER`` of ``max_size``: the sweeper sweeps now
+        self._full = trio.Event()
 
     def _path(self, key: bytes) -> str:
         digest = hashlib.sha256(key).hexdigest()
@@ -107,6 +116,9 @@ class DiskStore:
                     f.write(MAGIC + _LEN.pack(len(head)) + head)
                     f.write(body)
                 os.replace(tmp, path)
+                self.written += len(head) + len(body)
+                if self.written > self.max_size * SWEEP_AFTER:
+                    self._full.set()
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -158,14 +170,18 @@ class DiskStore:
         return left, total
 
     async def run_sweeper(self, found: Callable[[int, int], None]) -> None:
-        """Sweep every ``SWEEP_EVERY`` seconds (the first at once); ``found``
+        """Sweep every ``SWEEP_EVERY`` seconds (the first at once), or when
+        this process wrote ``SWEEP_AFTER`` of ``max_size`` since; ``found``
         is told the entries and bytes left."""
         while True:
+            self.written = 0
+            self._full = trio.Event()
             try:
                 found(*await trio.to_thread.run_sync(self.sweep))
             except OSError as exc:
                 log.warning("cache: sweeping %s failed: %s", self.directory, exc)
-            await trio.sleep(SWEEP_EVERY)
+            with trio.move_on_after(SWEEP_EVERY):
+                await self._full.wait()
 
     def _files(self) -> Iterator[str]:
         for root, _, names in os.walk(self.directory):

@@ -417,8 +417,11 @@ class App:
             self.caches.uncached(req, path, resp,
                                  backend.pool.instruments if backend is not None and extra is None else None)
             return resp
+        req, script = cache.unkeyed_params_out(req, script)
+        php_req = cache.for_php(req)  # (``req`` keeps the client's Accept-Encoding: a hit is coded for it)
         return await cache.handle(req, path, query,
-                                  lambda detached: self._php_run(req, router, script, detached=detached))
+                                  lambda detached: self._php_run(php_req, router, script, detached=detached),
+                                  routed_path=split_target(req.target)[0])
 
     async def _php_run(self, req: Request, router: Router, script: PhpScript,
                        extra: dict[bytes, bytes] | None = None, *, detached: bool = False) -> Response:

@@ -53,16 +53,25 @@ def _path_prefix(value: str) -> str:
 
 
 def _network(value: str) -> str:
+    if value == "unix:":
+        return value
     try:
         ipaddress.ip_network(value, strict=True)
     except ValueError:
-        raise ValueError(f"{value!r} is not an address or a CIDR network like \"10.0.0.0/8\"") from None
+        raise ValueError(f"{value!r} is not an address, a CIDR network like \"10.0.0.0/8\" or \"unix:\"") from None
     return value
 
 
 def _disk_dir(value: str) -> str:
     if value and not value.startswith("/"):
         raise ValueError(f"{value!r}: give an absolute path (a directory the gateway may create)")
+    return value
+
+
+def _status(value: int) -> int:
+    if value in (206, 304):
+        raise ValueError(f"{value}: a {'part of a page' if value == 206 else 'conditional answer without a body'} "
+                         "is no page to store (every later request would get it)")
     return value
 
 
@@ -91,7 +100,8 @@ class CacheConfig(BaseModel):
     #: A second tier on disk, shared by the gateway's processes and kept across
     #: restarts (``app.cache_disk``); empty: memory only.
     disk_dir: Annotated[str, AfterValidator(_disk_dir)] = ""
-    #: The disk tier's bound (kept by a sweep every 30 s).
+    #: The disk tier's bound (kept by a sweep every 30 s, sooner after a
+    #: process wrote a quarter of it).
     disk_max_size: Size = 1024 * 1024 * 1024
     #: Cookie names (a trailing or inner "*" matches anything) whose presence
     #: sends the request to PHP, uncached and not stored.
@@ -106,10 +116,12 @@ class CacheConfig(BaseModel):
     #: How long after expiry a stale copy is served when PHP fails (502, 503,
     #: 504, a 500); 0: never.
     stale_if_error: Duration = 0.0
-    #: Addresses or CIDR networks allowed to send PURGE (others: 403).
+    #: Addresses or CIDR networks allowed to send PURGE (others: 403);
+    #: "unix:" for peers on a unix socket (not by default: a front proxy on
+    #: one would pass every visitor's PURGE; nginx ``allow unix:``).
     purge_allow: list[Annotated[str, AfterValidator(_network)]] = ["127.0.0.1/32", "::1/128"]
     #: Response statuses that are cached.
-    statuses: list[Annotated[int, Field(ge=200, le=599)]] = [200, 301, 404]
+    statuses: list[Annotated[int, Field(ge=200, le=599), AfterValidator(_status)]] = [200, 301, 404]
     #: How long requests for a key being fetched wait for it before going to PHP themselves.
     lock_timeout: Duration = 5.0
     #: Responses larger than this are not cached.

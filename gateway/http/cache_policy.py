@@ -5,15 +5,36 @@ entry may still be used for. ``app.cache`` does the storing and waiting.
 Requests (``request_bypass``):
 
 - Only GET and HEAD are looked up (anything else goes to PHP uncounted).
+- A request with a method override header (``X-HTTP-Method-Override``,
+  ``X-HTTP-Method``, ``X-Method-Override``: WordPress's REST API, reachable
+  as ``/?rest_route=``, takes it as the method) is not a GET to PHP: it goes
+  to PHP uncounted, as a POST does.
 - A request with ``Authorization`` (RFC 9111 3.5), a cookie named in
   ``bypass_cookies`` (WordPress: a logged-in user, a commenter, a cart) or a
   path under ``bypass_paths`` is a **BYPASS**: it goes to PHP and its response
   is never stored, so a logged-in user neither sees nor pollutes the cache.
+  Cookie names are matched as PHP reads them (``$_COOKIE``): PHP turns "."
+  and " " (and a "[" without "]") into "_", and ``name[x]`` is ``name``, so
+  ``wordpress.logged.in_HASH`` is WordPress's login cookie (PHP 8.2, tested):
+  matched as sent, a logged-in user's page would be stored for everybody.
 
 The key (``cache_key``): scheme, host, path (as sent: ``raw_target``) and the query with its parameters
 sorted (``?b=2&a=1`` and ``?a=1&b=2`` are one page) and tracking parameters
-(``utm_*``, ``fbclid``, ``gclid``...: ``ignore_params``) left out, then the
-values of the ``vary`` request headers. ``Accept-Encoding`` is not in it:
+(``utm_*``, ``fbclid``, ``gclid``...: ``ignore_params``) left out (and
+taken out of what PHP is sent, ``drop_params``: a page that echoes
+``utm_source`` must not store one visitor's value, a script, as everybody's
+page; Varnish's recipes strip them so too), then the
+values of the ``vary`` request headers, then (``IMPLICIT_VARY``) the request
+headers PHP reads that change a page without being its URL: the ``Host``
+header as sent (WordPress answers ``Host: example.com:1234`` or
+``example.com.`` with a 301 to the canonical URL: keyed on the normalised host
+alone, that redirect would be every visitor's page, a loop), and
+``X-Forwarded-Host``/``-Proto``/``-Port``/``-Ssl``, ``Forwarded``'s ``host=``
+and ``proto=``, ``X-Original-URL``... which reach PHP from any client (as
+under nginx; a wp-config that believes them builds other links). A client's
+value gets its own entry, never the one everybody shares (nginx's default key
+has the same hole; Varnish documents it as cache poisoning).
+``Accept-Encoding`` is not in it:
 the cache stores the identity body once and the compression filter encodes it
 per client (see ``app.cache``).
 
@@ -27,8 +48,8 @@ Responses (``storable``), as nginx's fastcgi_cache and RFC 9111 a shared cache:
   (``Content-Encoding``), nor an ``X-Accel-Redirect``/``X-Sendfile`` (a
   download PHP authorised for that request), nor a body over
   ``max_entry_size``;
-- lifetime, first found of: ``X-Accel-Expires`` (nginx's, seconds; 0: not
-  cached), ``Cache-Control: s-maxage``, ``max-age``, ``Expires`` (against
+- lifetime, first found of: ``X-Accel-Expires`` (nginx's, seconds, or
+  ``@`` and a Unix time; 0: not cached), ``Cache-Control: s-maxage``, ``max-age``, ``Expires`` (against
   ``Date`` when PHP sent one), else the configured ``ttl``. A lifetime of 0 is
   not stored.
 - ``stale-while-revalidate=N`` and ``stale-if-error=N`` in PHP's
@@ -59,6 +80,16 @@ NOT_STORED = frozenset({
     b"x-cache-purge", b"x-cache-tags", b"x-accel-expires", b"age", b"te", b"trailer", b"upgrade",
     b"proxy-authenticate", b"date",
 })
+
+#: Request headers in every key, as sent (see the module docstring); a Vary
+#: on them is fine too.
+IMPLICIT_VARY = (b"host", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-scheme", b"x-forwarded-port",
+                 b"x-forwarded-ssl", b"x-forwarded-server", b"x-forwarded-prefix", b"front-end-https",
+                 b"x-original-url", b"x-rewrite-url", b"x-original-host")
+#: ``Forwarded``'s parameters that change a page (``for=`` is each client's: not keyed).
+_FORWARDED_KEYED = re.compile(rb"(?i)\b(host|proto)\s*=\s*(\"[^\"]*\"|[^;,\s]*)")
+#: Request headers that make a GET another method to PHP.
+METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 
 _DIRECTIVE = re.compile(r"\s*([A-Za-z-]+)\s*(?:=\s*(\"[^\"]*\"|[^,\s]*))?\s*(?:,|$)")
 
@@ -99,16 +130,23 @@ class CachePolicy:
 # -- requests ----------------------------------------------------------------------
 
 
+_PHP_MANGLED = str.maketrans({".": "_", " ": "_", "[": "_"})
+
+
 def cookie_names(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
-    """The names of the cookies in every Cookie header."""
+    """The names of the cookies in every Cookie header (HTTP/2 may send
+    several, RFC 9113 8.2.3), each also as PHP names it in ``$_COOKIE``."""
     names = []
     for name, value in headers:
         if name != b"cookie":
             continue
         for part in value.split(b";"):
-            cookie = part.split(b"=", 1)[0].strip()
+            cookie = part.split(b"=", 1)[0].strip().decode("latin-1")
             if cookie:
-                names.append(cookie.decode("latin-1"))
+                names.append(cookie)
+                array = cookie.split("[", 1)[0] if "]" in cookie.partition("[")[2] else cookie
+                names.extend(dict.fromkeys(n for n in (array.translate(_PHP_MANGLED), cookie.translate(_PHP_MANGLED))
+                                           if n != cookie))
     return names
 
 
@@ -116,7 +154,7 @@ def request_bypass(policy: CachePolicy, method: bytes, path: str,
                    headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     """Why this request must not use the cache ("method", "authorization",
     "cookie NAME", "path"), or None: it may."""
-    if method not in CACHEABLE_METHODS:
+    if method not in CACHEABLE_METHODS or any(name in METHOD_OVERRIDES for name, _ in headers):
         return "method"
     if any(name == b"authorization" for name, _ in headers):
         return "authorization"
@@ -159,6 +197,18 @@ def normal_query(query: str, ignore: Iterable[str] = ()) -> str:
     return "&".join(f"{n}{eq}{v}" for n, eq, v in params)
 
 
+def drop_params(query: bytes, ignore: Iterable[str]) -> bytes:
+    """``query`` as sent without the parameters ``ignore`` matches (named as
+    ``normal_query`` names them), the others untouched and in order."""
+    ignore = tuple(ignore)
+    if not ignore or not query:
+        return query
+    kept = [part for part in query.split(b"&")
+            if not any(fnmatchcase(quote(unquote(part.partition(b"=")[0].decode("latin-1").replace("+", " ")),
+                                         safe=""), pattern) for pattern in ignore)]
+    return b"&".join(kept)
+
+
 @dataclass(frozen=True, slots=True)
 class CacheKey:
     """Where an entry is from (purges match on host, path and query) and the
@@ -179,6 +229,11 @@ def cache_key(policy: CachePolicy, *, https: bool, host: bytes, path: str, query
     for name in policy.vary:
         values = b",".join(v for n, v in headers if n == name)
         key += b"\n" + name + b":" + values
+    for name, value in headers:
+        if name in IMPLICIT_VARY:
+            key += b"\n" + name + b":" + value
+        elif name == b"forwarded":
+            key += b"\n" + name + b":" + b";".join(m.group(0).lower() for m in _FORWARDED_KEYED.finditer(value))
     return CacheKey(host.decode("latin-1"), path, q, key)
 
 
@@ -261,12 +316,15 @@ def storable(policy: CachePolicy, method: bytes, status: int, headers: Sequence[
                 field = field.strip()
                 if field == b"*":
                     return "vary *"
-                if field and field != b"accept-encoding" and field not in policy.vary:
+                if field and field != b"accept-encoding" and field not in policy.vary \
+                        and field not in IMPLICIT_VARY:
                     return f"vary {field.decode('latin-1')}"
     fresh: float | None = None
     accel = _header(headers, b"x-accel-expires")
     if accel is not None:
-        fresh = _seconds(accel.decode("latin-1"))
+        text = accel.decode("latin-1").strip()
+        until = _seconds(text[1:]) if text.startswith("@") else None
+        fresh = max(0.0, until - now) if until is not None else _seconds(text)
     if fresh is None:
         fresh = _seconds(cc.get("s-maxage"))
     if fresh is None:
@@ -346,7 +404,9 @@ def tag_list(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[str]:
 class Purge:
     """Which entries a purge removes: everything, a tag's, a path's (every
     query and ``vary`` variant, or one query), or those under a path prefix;
-    on one host or (``host`` None) every host."""
+    on one host or (``host`` None) every host; of one site's cache
+    (``site``: a purge a request made, PURGE or PHP's ``X-Cache-Purge``, is
+    its site's alone, in every process) or (None) every site's."""
 
     everything: bool = False
     tag: str | None = None
@@ -354,6 +414,7 @@ class Purge:
     path: str | None = None
     query: str | None = None
     prefix: str | None = None
+    site: str | None = None
 
     def matches(self, where: CacheKey, tags: frozenset[str]) -> bool:
         if self.everything:

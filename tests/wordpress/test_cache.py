@@ -95,3 +95,18 @@ async def test_set_cookie_responses_are_never_cached(wordpress, nursery, tmp_pat
     answers = [await Browser(visitor.port).get("/wp-login.php") for _ in range(2)]
     assert [r.header("x-cache") for r in answers] == ["MISS", "MISS"]
     assert all(r.header("set-cookie") for r in answers)
+
+
+async def test_a_host_variant_does_not_store_its_links_for_every_visitor(wordpress, nursery, tmp_path):
+    """A wp-config that builds WP_HOME from the Host header (this install's,
+    and many a Docker image's) links to whatever Host a visitor sent; keyed on
+    the host name alone (no port), one visitor's Host was every visitor's links."""
+    visitor = await start(wordpress, nursery, tmp_path)
+    attacker = Browser(visitor.port)
+    attacker.host = "127.0.0.1:1"  # one host name, another port: the same site to the gateway
+    poisoned = await attacker.get("/")
+    assert poisoned.status == 200 and b"http://127.0.0.1:1/" in poisoned.body
+    page = await visitor.get("/")
+    assert (page.status, page.header("x-cache")) == (200, "MISS")
+    assert b"http://127.0.0.1:1/" not in page.body and f"http://127.0.0.1:{visitor.port}/".encode() in page.body
+    assert (await visitor.get("/")).header("x-cache") == "HIT"

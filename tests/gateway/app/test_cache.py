@@ -4,6 +4,7 @@ App -> cache -> pool -> FastCGI -> a php-fpm stand-in, on the autojump clock."""
 from __future__ import annotations
 
 import gzip
+import json
 
 import trio
 import trio.testing
@@ -13,6 +14,7 @@ from gateway.config import validate
 from gateway.front.h1 import ConnectionSettings, HttpConnection
 from gateway.http.cache_policy import purge_url
 from gateway.http.request import Request
+from gateway.observe.admin import parse_purge, purge_json
 from gateway.serve.process import pool_from_config
 from tests.helpers import FakeFpm, HttpClient, php_output
 
@@ -97,6 +99,85 @@ async def test_set_cookie_no_store_and_errors_are_never_cached(tmp_path, nursery
         assert len(runs) == 2 and app.cache_stats.entries == 0
         if headers and headers[0].startswith(b"Set-Cookie"):
             assert answers[1].header("set-cookie") == "session=1"
+
+
+async def test_a_redirect_to_the_canonical_host_is_not_every_visitors_page(tmp_path, nursery, autojump_clock):
+    """WordPress answers a Host it does not know as its own (a port, a trailing
+    dot, X-Forwarded-Host in some wp-configs) with a 301 to the canonical URL."""
+    runs = []
+
+    async def script(req):
+        runs.append(req)
+        host = req.params.get(b"HTTP_X_FORWARDED_HOST", req.params[b"HTTP_HOST"])
+        if host != b"example.com":
+            return [php_output(b"", status=b"301 Moved Permanently", headers=(b"Location: http://example.com/",))]
+        return [php_output(b"home")]
+
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    c = await client_for(app, nursery)
+    await c.request("GET", "/", host="example.com:1234")
+    await c.request("GET", "/", host="example.com.")
+    await c.request("GET", "/", [("X-Forwarded-Host", "evil.example")], host="example.com")
+    assert [r.params[b"HTTP_HOST"] for r in runs] == [b"example.com:1234", b"example.com.", b"example.com"]
+    visitor = await c.request("GET", "/", host="example.com")
+    assert (visitor.status, visitor.body, visitor.header("x-cache")) == (200, b"home", "MISS")
+
+
+async def test_a_parameter_left_out_of_the_key_does_not_reach_php(tmp_path, nursery, autojump_clock):
+    """A page that echoes utm_source (a plugin's hidden form field) must not
+    store one visitor's value, a script, as everybody's page."""
+    runs = []
+
+    async def script(req):
+        runs.append(req)
+        return [php_output(b"<form>" + req.params[b"QUERY_STRING"] + b" " + req.params[b"REQUEST_URI"])]
+
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    c = await client_for(app, nursery)
+    first = await c.request("GET", "/?p=1&utm_source=%3Cscript%3Ealert(1)%3C/script%3E", host="example.com")
+    visitor = await c.request("GET", "/?p=1", host="example.com")
+    assert (first.body, visitor.body, visitor.header("x-cache")) == (b"<form>p=1 /?p=1",) * 2 + ("HIT",)
+    post = await c.request("POST", "/?utm_source=mail", body=b"x", host="example.com")
+    assert post.body == b"<form>utm_source=mail /?utm_source=mail"  # (only what the cache keys is cleaned)
+
+
+async def test_bypass_paths_are_matched_as_the_router_reads_the_path(tmp_path, nursery, autojump_clock):
+    script, runs = counting()
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    c = await client_for(app, nursery)
+    for target in ("//wp-json/wp/v2/users", "/%77p-json/wp/v2/users", "/x/../wp-json/wp/v2/users", "/cart/%2e/"):
+        resp = await c.request("GET", target, host="example.com")
+        assert resp.header("x-cache") == "BYPASS", target
+    assert app.cache_stats.entries == 0 and len(runs) == 4
+
+
+async def test_php_is_not_asked_for_a_coding_the_cache_makes_itself(tmp_path, nursery, autojump_clock):
+    """PHP that gzips for a client asking for it (ob_gzhandler) answers
+    identity: the page is stored once, and each client gets its coding from the cache."""
+    runs = []
+
+    async def script(req):
+        runs.append(req)
+        body = b"<p>hello</p>" * 200
+        if b"gzip" in req.params.get(b"HTTP_ACCEPT_ENCODING", b""):
+            return [php_output(gzip.compress(body), headers=(b"Content-Encoding: gzip", b"Vary: Accept-Encoding"))]
+        return [php_output(body)]
+
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    c = await client_for(app, nursery)
+    zipped = [await c.request("GET", "/", [("Accept-Encoding", "gzip, br")], host="example.com") for _ in range(2)]
+    plain = await c.request("GET", "/", host="example.com")
+    assert [r.header("x-cache") for r in [*zipped, plain]] == ["MISS", "HIT", "HIT"] and len(runs) == 1
+    assert zipped[1].header("content-encoding") in ("gzip", "br") and plain.body == b"<p>hello</p>" * 200
+
+
+async def test_a_method_override_is_not_a_get(tmp_path, nursery, autojump_clock):
+    script, runs = counting()
+    app = make_app(tmp_path, FakeFpm(script), nursery)
+    c = await client_for(app, nursery)
+    await c.request("GET", "/?rest_route=/wp/v2/posts/1", [("X-HTTP-Method-Override", "DELETE")], host="example.com")
+    anon = await c.request("GET", "/?rest_route=/wp/v2/posts/1", host="example.com")
+    assert (anon.body, anon.header("x-cache"), app.cache_stats.entries) == (b"page 2", "MISS", 1)
 
 
 async def test_a_logged_in_user_neither_sees_nor_fills_the_cache(tmp_path, nursery, autojump_clock):
@@ -300,6 +381,46 @@ async def test_php_purges_with_x_cache_purge(tmp_path, nursery, autojump_clock):
     assert (await c.request("GET", "/post/", host="example.com")).header("x-cache") == "MISS"
 
 
+async def test_a_sites_php_purges_its_own_site_only_in_every_process(tmp_path, nursery, autojump_clock):
+    """One customer's PHP sends ``X-Cache-Purge: *``: the worker processes it
+    is passed to (``serve.process.share_purges``, through the admin's JSON)
+    purge that site's entries, not the other site's."""
+    async def script(req):
+        if req.params[b"REQUEST_METHOD"] == b"POST":
+            return [php_output(b"ok", headers=(b"X-Cache-Purge: *",))]
+        return [php_output(b"page")]
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "index.php").write_text("front controller")
+    cfg = validate({"backends": {"php": {}}, "sites": {
+        name: {"root": str(tmp_path / name), "php": "php", "server_names": [f"{name}.example"],
+               "cache": {"enabled": True}} for name in ("a", "b")}})
+    fpm = FakeFpm(script)
+    apps = [App(cfg, {"php": pool_from_config("php", fpm.connector(nursery), cfg.backends["php"], cfg.limits)})
+            for _ in range(2)]  # two worker processes
+    for app in apps:
+        nursery.start_soon(app.run)
+
+    async def to_sibling(purge):
+        apps[1].purge(parse_purge(json.loads(json.dumps(purge_json(purge)))))
+
+    apps[0].caches["a"].on_purge = to_sibling
+    for app in apps:
+        c = await client_for(app, nursery)
+        for host in ("a.example", "b.example"):
+            await c.request("GET", "/", host=host)
+    assert [app.cache_stats.entries for app in apps] == [2, 2]
+    c = await client_for(apps[0], nursery)
+    await c.request("POST", "/", body=b"c=1", host="a.example")
+    assert [app.cache_stats.entries for app in apps] == [1, 1]
+    for app in apps:
+        c = await client_for(app, nursery)
+        assert (await c.request("GET", "/", host="b.example")).header("x-cache") == "HIT"
+        assert (await c.request("GET", "/", host="a.example")).header("x-cache") == "MISS"
+
+
 async def test_purge_method_from_allowed_addresses_only(tmp_path, nursery, autojump_clock):
     script, runs = counting()
     app = make_app(tmp_path, FakeFpm(script), nursery, purge_allow=["10.0.0.0/8"])
@@ -311,6 +432,12 @@ async def test_purge_method_from_allowed_addresses_only(tmp_path, nursery, autoj
     assert (purged.status, purged.body) == (200, b'{"purged": 1}\n')
     assert (await c.request("GET", "/p/", host="example.com")).header("x-cache") == "MISS"
     assert len(runs) == 2
+    # a unix socket peer (a front proxy's, passing anyone's PURGE) only with "unix:"
+    unix = await (await client_for(app, nursery, "unix:")).request("PURGE", "/p/", host="example.com")
+    assert unix.status == 403 and app.cache_stats.entries == 1
+    app = make_app(tmp_path, FakeFpm(script), nursery, purge_allow=["unix:"])
+    unix = await (await client_for(app, nursery, "unix:")).request("PURGE", "/p/", host="example.com")
+    assert unix.status == 200
 
 
 async def test_admin_purge_by_url_prefix_and_all(tmp_path, nursery, autojump_clock):

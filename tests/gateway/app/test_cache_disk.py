@@ -88,6 +88,12 @@ def test_disk_dir_is_absolute() -> None:
         validate({"sites": {"s": {"root": "/tmp", "cache": {"disk_dir": "cache"}}}})
 
 
+@pytest.mark.parametrize("status", [206, 304])
+def test_a_partial_or_not_modified_answer_is_no_status_to_store(status) -> None:
+    with pytest.raises(ConfigError, match=rf"sites\.s\.cache\.statuses\.0: .*{status}: a .* is no page to store"):
+        validate({"sites": {"s": {"root": "/tmp", "cache": {"statuses": [status, 200]}}}})
+
+
 async def test_the_sweeps_numbers_reach_status(tmp_path, nursery):
     # (the real clock: the sweep runs in a thread, which an autojump clock would not wait for)
     from gateway.metrics import ListenerStats
@@ -105,3 +111,21 @@ async def test_the_sweeps_numbers_reach_status(tmp_path, nursery):
     cache = monitor.status()["cache"]
     assert cache["disk_entries"] == 1 and cache["disk_bytes"] > len(b"page 1")
     assert "gateway_cache_disk_entries 1" in monitor.prometheus().splitlines()
+
+
+async def test_a_flood_of_new_entries_is_swept_before_the_next_period(tmp_path, nursery):
+    """Query spraying (every ?x=N a new entry) at PHP's pace must not grow
+    the disk tier past disk_max_size for 30 s: a process that wrote a quarter
+    of it sweeps at once. (The real clock: the sweep runs in a thread.)"""
+    disk = DiskStore(str(tmp_path / "s"), 40_000)
+    sweeps: list[tuple[int, int]] = []
+    nursery.start_soon(disk.run_sweeper, lambda n, size: sweeps.append((n, size)))
+    with trio.fail_after(10):
+        while not sweeps:  # noqa: ASYNC110 - a sweep in a thread
+            await trio.sleep(0.01)
+    for i in range(100):  # 100 kB, 2.5 times the bound (no checkpoint: the sweep after sees them all)
+        disk.put(where(f"/?x={i}"), 200, b"", [], b"x" * 1000, frozenset(), Lifetime(60, 0, 0), 1000.0 + i)
+    with trio.fail_after(10):  # (the next period's sweep is 30 s away)
+        while sweeps[-1][1] > 40_000 or len(sweeps) < 2:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    assert sum(1 for _ in disk._files()) <= 40

@@ -12,6 +12,7 @@ from gateway.http.cache_policy import (
     Purge,
     cache_control,
     cache_key,
+    drop_params,
     freshness,
     not_modified,
     purge_item,
@@ -39,6 +40,14 @@ NOW = 1_800_000_000.0
     (b"GET", "/", [(b"cookie", b"woocommerce_items_in_cart=1")], "cookie woocommerce_items_in_cart"),
     (b"GET", "/", [(b"cookie", b"x=1"), (b"cookie", b"wp_woocommerce_session_9=y")],
      "cookie wp_woocommerce_session_9"),
+    # as PHP names them in $_COOKIE (PHP 8.2: "." and " " and a lone "[" are "_", name[x] is an array "name")
+    (b"GET", "/", [(b"cookie", b"wordpress.logged.in_abc=admin%7C1")], "cookie wordpress_logged_in_abc"),
+    (b"GET", "/", [(b"cookie", b"a=1;  wordpress logged_in_abc=admin%7C1")], "cookie wordpress_logged_in_abc"),
+    (b"GET", "/", [(b"cookie", b"wordpress[logged_in_abc=admin%7C1")], "cookie wordpress_logged_in_abc"),
+    (b"GET", "/", [(b"cookie", b"woocommerce_items_in_cart[x]=1")], "cookie woocommerce_items_in_cart"),
+    (b"GET", "/", [(b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"cookie", b"comment_author_5f=Ann")],
+     "cookie comment_author_5f"),  # HTTP/2's crumbs, one cookie a field
+    (b"GET", "/", [(b"cookie", b"%77ordpress_logged_in_abc=x; Wordpress_logged_in_abc=y")], None),  # not WP's
     (b"GET", "/wp-admin/edit.php", [], "path"),
     (b"GET", "/wp-login.php", [], "path"),
     (b"GET", "/wp-json/wp/v2/posts", [], "path"),
@@ -67,6 +76,29 @@ def test_the_key_sorts_the_query_and_drops_tracking_parameters() -> None:
     assert other != key("")
 
 
+def test_parameters_left_out_of_the_key_are_left_out_of_the_query() -> None:
+    assert drop_params(b"b=2&utm_source=%3Cscript%3E&a=1&fbclid=x&utm%5Fmedium=y", WP.ignore_params) == b"b=2&a=1"
+    assert drop_params(b"utm_source=x", WP.ignore_params) == b""
+    assert drop_params(b"a=1&&b", WP.ignore_params) == b"a=1&&b"
+
+
+def test_request_headers_php_reads_are_keyed_as_sent() -> None:
+    def key(*headers: tuple[bytes, bytes]) -> bytes:
+        return cache_key(WP, https=False, host=b"example.com", path="/p/", query="", headers=list(headers)).key
+
+    plain = key((b"host", b"example.com"))
+    for variant in (b"example.com:1234", b"example.com.", b"EXAMPLE.com"):  # one host name, another page to WordPress
+        assert key((b"host", variant)) != plain
+    for name in (b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port", b"x-original-url"):
+        assert key((b"host", b"example.com"), (name, b"evil.example")) != plain
+    assert key((b"host", b"example.com"), (b"forwarded", b"for=192.0.2.1;host=evil.example")) != plain
+    # what differs per client is not keyed: behind a proxy every visitor shares the entry
+    assert key((b"host", b"example.com"), (b"forwarded", b"for=192.0.2.1;proto=https")) == \
+        key((b"host", b"example.com"), (b"forwarded", b"for=192.0.2.9;proto=https"))
+    assert key((b"host", b"example.com"), (b"x-forwarded-for", b"192.0.2.1")) == plain
+    assert isinstance(storable(WP, b"GET", 200, [(b"vary", b"X-Forwarded-Proto, Host")], 1, NOW), Lifetime)
+
+
 def test_the_raw_path_is_the_key_not_the_normalised_one() -> None:
     assert raw_target(b"/a/../b?x=1#f") == ("/a/../b", "x=1")
     assert raw_target(b"http://example.com/b?x") == ("/b", "x")
@@ -81,6 +113,9 @@ def test_lifetime_from_php_headers_or_the_ttl() -> None:
     assert life((b"cache-control", b"public, max-age=60")).fresh == 60
     assert life((b"cache-control", b"max-age=60, s-maxage=300")).fresh == 300
     assert life((b"x-accel-expires", b"5"), (b"cache-control", b"max-age=60")).fresh == 5
+    # nginx's absolute form: until that Unix time (past: not stored, not the ttl)
+    assert life((b"x-accel-expires", b"@%d" % (NOW + 30)), (b"cache-control", b"max-age=60")).fresh == 30
+    assert life((b"x-accel-expires", b"@%d" % (NOW - 30))) == "expires now"
     assert life((b"expires", http_date(NOW + 120)), (b"date", http_date(NOW))).fresh == 120
     assert life((b"expires", http_date(NOW + 120))).fresh == 120
     assert life((b"cache-control", b"max-age=10, stale-while-revalidate=30, stale-if-error=600")) == \
