@@ -72,7 +72,7 @@ from pydantic import (
 
 from .addresses import Address, UpstreamAddress, parse_address, parse_listen, parse_upstream
 from .cache import CacheConfig
-from .guard import AccessRule, BasicAuthRule, RateLimitRule, resolve_paths
+from .guard import AccessRule, BasicAuthRule, RateLimitRule, check_rule_prefix, resolve_paths
 from .messages import describe, find_line, format_problem
 from .responses import Alias, ErrorPages, HeaderRules
 from .rewrite import ReturnRule, RewriteRule, check_try_files
@@ -164,6 +164,8 @@ def _check_listen(value: str) -> str:
 
 #: "ADDRESS [tls] [proxy_protocol]" (``addresses.parse_listen``), kept as written.
 ListenAddress = Annotated[str, AfterValidator(_check_listen)]
+#: A URI prefix a request path can start with (``guard.check_rule_prefix``).
+RulePrefix = Annotated[str, AfterValidator(check_rule_prefix)]
 
 
 def check_network(value: str) -> str:
@@ -590,13 +592,15 @@ class SiteConfig(_Model):
     #: "follow": follow symlinks like nginx; "within_root": refuse those whose
     #: target leaves the root (nginx disable_symlinks if_not_owner-like).
     symlinks: Literal["follow", "within_root"] = "follow"
-    #: Paths under which PHP never runs (e.g. "/wp-content/uploads/").
-    no_php_under: list[str] = []
+    #: Paths under which PHP never runs (e.g. "/wp-content/uploads/"); like
+    #: every rule prefix, one a normalised, decoded request path can start with.
+    no_php_under: list[RulePrefix] = []
     #: URI prefixes whose PHP output is streamed, not buffered (long polls,
     #: downloads generated on the fly); the PHP worker is held while it streams.
     unbuffered: list[str] = []
-    #: URI prefixes (or exact paths) answered 403, e.g. "/wp-config.php".
-    deny: list[str] = []
+    #: URI prefixes (or exact paths) answered 403, e.g. "/wp-config.php";
+    #: checked as rule prefixes (no query, %-escape, // or dot segment).
+    deny: list[RulePrefix] = []
     #: Serve backup and editor copies ("wp-config.php~", "x.php.bak", "#x.php#",
     #: "x.orig", "x.save", "x.swp"...) as static files. Off: they are a 403,
     #: since a copy of a PHP file is its source (nginx serves them).

@@ -18,6 +18,11 @@ routes on it, is decided here, once, for every request (RFC 9112, RFC 9110):
   address, or an IPv6 literal in brackets), with no ``..``: else 400.
   ``a b``, ``x/../y``, ``<script>``, ``user@x``, ``x:1:2`` and backslashes are
   refused (nginx lets several of those through to ``$host``).
+- **Request target**: one or more visible ASCII characters (RFC 9110 4.1 /
+  RFC 3986: no space, control or byte >= 0x80): else 400. h11 enforces
+  this on the HTTP/1.1 request line; an HTTP/2 ``:path`` (RFC 9113 8.3.1)
+  gets the same rule here, so a space or raw UTF-8 never reaches
+  ``$request_uri``, a Location header or a proxied request line.
 - **Absolute-form** targets (``GET http://example.com/x HTTP/1.1``) win over
   Host (RFC 9112 3.2.2): the authority picks the site and becomes the Host
   PHP sees; the target becomes origin-form, as nginx's ``$request_uri``.
@@ -36,6 +41,8 @@ from dataclasses import dataclass
 #: literal (hex, colons, dots for a mapped IPv4; no zone id), then an optional port.
 _HOST = re.compile(rb"^(?P<name>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=]*)(?::(?P<port>[0-9]{0,5}))?$")
 _SCHEMES = (b"http://", b"https://")
+#: RFC 9112 3.2 request-target as h11 checks it: VCHAR (0x21-0x7e), at least one.
+_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 
 
 class BadRequestHead(ValueError):
@@ -95,6 +102,8 @@ def check_request_head(target: bytes, http_version: bytes, headers: list[tuple[b
     Raises:
         BadRequestHead: the request must be refused (status 400).
     """
+    if not _TARGET.match(target):
+        raise BadRequestHead(f"invalid request target {target[:64]!r}")
     has_length = has_te = False
     hosts: list[bytes] = []
     for name, value in headers:

@@ -170,8 +170,9 @@ class _H2:
     async def flush(self) -> None:
         await self.stream.send_all(self.conn.data_to_send())
 
-    def headers(self, path: str) -> list[tuple[bytes, bytes]]:
-        return [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a.test"), (b":path", path.encode())]
+    def headers(self, path: str | bytes) -> list[tuple[bytes, bytes]]:
+        raw = path if isinstance(path, bytes) else path.encode()
+        return [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a.test"), (b":path", raw)]
 
     async def read_until(self, done) -> None:
         with trio.fail_after(20):
@@ -287,6 +288,30 @@ async def test_rapid_reset_continuation_and_ping_floods_get_goaway_and_php_never
         log = (await stop(proc, stderr)).decode()
     assert "Traceback" not in log, log
     assert "rapid reset" in log and "header block" in log
+
+
+async def test_a_path_with_a_space_or_raw_utf8_is_a_400_and_php_never_sees_it(tmp_path):
+    """h11 refuses these in a request line; over h2 the same rule holds, per stream."""
+    proc, stderr, port, tls_port, admin, cafile = await _gateway(tmp_path)
+    ran = tmp_path / "www" / "ran.log"
+    try:
+        c = await _H2.connect(port)
+        bad = []
+        for path in (b"/append.php?n=a b", b"/append.php?n=caf\xc3\xa9", b"/dir with space/"):
+            sid = c.conn.get_next_available_stream_id()
+            c.conn.send_headers(sid, c.headers(path), end_stream=True)
+            bad.append(sid)
+        ok = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(ok, c.headers("/append.php?n=ok"), end_stream=True)
+        await c.flush()
+        await c.read_until(lambda: {*bad, ok} <= c.ended)
+        assert [c.heads[sid][b":status"] for sid in bad] == [b"400"] * 3
+        assert c.bodies[ok] == b"ran" and c.goaway is None  # the connection served the others
+        assert ran.read_text() == "ok\n"
+    finally:
+        log = (await stop(proc, stderr)).decode()
+    assert "Traceback" not in log, log
+    assert log.count("invalid request target") == 3, log
 
 
 async def test_sigterm_sends_goaway_and_the_stream_in_flight_finishes(tmp_path):

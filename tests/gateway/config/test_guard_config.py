@@ -79,6 +79,12 @@ realm = "off"
     ('[[sites.a.access]]\ndeny = ["all"]\npaths = ["/wp-admin//"]', "sites.a.access.0.paths.0", "not a normalised"),
     ('[[sites.a.basic_auth]]\nuser_file = "/f"\npaths = ["/staging/./wp-admin/"]', "sites.a.basic_auth.0.paths.0",
      "not a normalised"),
+    # the site's deny and no_php_under lists are prefixes too (a deny that never matches protects nothing)
+    ('deny = ["/wp-config.php", "/wp-config.php?x=1"]', "sites.a.deny.1", "has a query"),
+    ('deny = ["/wp-config%2Ephp"]', "sites.a.deny.0", "%-escape"),
+    ('deny = ["wp-config.php"]', "sites.a.deny.0", "must start with"),
+    ('no_php_under = ["/wp-content//uploads/"]', "sites.a.no_php_under.0", "not a normalised"),
+    ('no_php_under = ["/wp-content/../uploads/"]', "sites.a.no_php_under.0", "not a normalised"),
     ('[[sites.a.rate_limit]]\nrate = "1r/s"\nburts = 3', "sites.a.rate_limit.0.burts", "unknown key"),
     ('[[sites.a.access]]\ndeny = ["10.0.0.1/8"]', "sites.a.access.0.deny", "host bits are set"),
     ('[[sites.a.access]]\nallow = ["office"]', "sites.a.access.0.allow", "not \"all\""),

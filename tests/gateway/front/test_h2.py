@@ -65,11 +65,12 @@ class Client:
         if data:
             await self.stream.send_all(data)
 
-    def open(self, path: str, method: str = "GET", *, body: bytes | None = None,
+    def open(self, path: str | bytes, method: str = "GET", *, body: bytes | None = None,
              headers: list[tuple[bytes, bytes]] = (), end: bool = True) -> int:  # type: ignore[assignment]
         sid = self.conn.get_next_available_stream_id()
+        raw = path if isinstance(path, bytes) else path.encode()
         self.conn.send_headers(sid, [(b":method", method.encode()), (b":scheme", b"https"),
-                                     (b":authority", b"example.com"), (b":path", path.encode()), *headers],
+                                     (b":authority", b"example.com"), (b":path", raw), *headers],
                                end_stream=body is None and end)
         if body is not None:  # (within the default windows: up to 64 KiB)
             for i in range(0, max(len(body), 1), 16384):
@@ -116,7 +117,7 @@ class Client:
             if not await self.receive():
                 return
 
-    async def get(self, path: str, **kw) -> tuple[dict[bytes, bytes], bytes]:
+    async def get(self, path: str | bytes, **kw) -> tuple[dict[bytes, bytes], bytes]:
         sid = self.open(path, **kw)
         await self.flush()
         await self.until(lambda: sid in self.ended or sid in self.resets)
@@ -216,6 +217,26 @@ async def test_bad_requests_get_their_status(nursery, autojump_clock):
     assert head[b":status"] == b"413"  # at once, from Content-Length; the stream is then reset
     head, _ = await c.get("/ok")
     assert head[b":status"] == b"200"  # the connection lives on
+
+
+@pytest.mark.parametrize("path", [b"/a b", b"/caf\xc3\xa9", b"/x\x7f", b"/a\tb"])
+async def test_a_path_h11_would_refuse_is_a_400_on_its_stream_only(nursery, autojump_clock, caplog, path):
+    ran: list[bytes] = []
+
+    async def handler(req: Request) -> Response:
+        ran.append(req.target)
+        return await echo(req)
+
+    c = await start(nursery, handler)
+    caplog.set_level(logging.INFO, logger="gateway")
+    head, _ = await c.get(path)
+    assert head[b":status"] == b"400"
+    assert ran == []  # no handler saw it: it never reaches $request_uri, Location or a proxied request
+    refused = [r for r in caplog.records if r.levelno >= logging.INFO and "invalid request target" in r.getMessage()]
+    assert len(refused) == 1, caplog.text
+    head, body = await c.get("/ok")
+    assert head[b":status"] == b"200" and body.startswith(b"GET /ok ")  # the connection lives on
+    assert c.goaway is None
 
 
 async def test_body_over_the_limit_gets_413_and_the_rest_is_refused(nursery, autojump_clock):

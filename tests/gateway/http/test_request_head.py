@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import h11
 import pytest
 
 from gateway.http.head import BadRequestHead, check_method, check_request_head, parse_host
@@ -74,6 +75,37 @@ def test_absolute_form_without_path(target, origin):
 def test_absolute_form_with_a_bad_authority_is_refused(target):
     with pytest.raises(BadRequestHead):
         check_request_head(target, b"1.1", H)
+
+
+BAD_TARGETS = [b"", b"/a b", b"/a\tb", b"/caf\xc3\xa9", b"/\xff", b"/x\x00", b"/x\x7f", b"/x\x1b[31m"]
+
+
+@pytest.mark.parametrize("target", BAD_TARGETS)
+def test_a_target_that_is_not_visible_ascii_is_refused(target):
+    # (an HTTP/2 :path reaches this check raw; h11 already refuses these on the request line)
+    with pytest.raises(BadRequestHead, match="invalid request target") as info:
+        check_request_head(target, b"2", H)
+    assert info.value.status == 400
+
+
+def _h11_accepts(target: bytes) -> bool:
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"GET " + target + b" HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    try:
+        return isinstance(conn.next_event(), h11.Request)
+    except h11.RemoteProtocolError:
+        return False
+
+
+@pytest.mark.parametrize("target", [*BAD_TARGETS, b"/", b"*", b"/a%20b?q=%C3%A9&x[]=1#f", b"/~!$&'()*+,;=:@"])
+def test_the_target_rule_is_h11s(target):
+    """Same verdict on a target whichever protocol carried it."""
+    try:
+        check_request_head(target, b"2", H)
+        ours = True
+    except BadRequestHead:
+        ours = False
+    assert ours == _h11_accepts(target)
 
 
 @pytest.mark.parametrize("method", [b"TRACE", b"CONNECT"])
