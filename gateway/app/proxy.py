@@ -124,21 +124,31 @@ def response(req: Request, result: UpstreamResponse) -> Response:
     stay for ``App`` to follow (``accel``)."""
     head = result.head
     headers = [(n, v) for n, v in head.headers if n.lower() not in NOT_PASSED]
-    body: Body = result.body
     if result.tunnel is not None:  # a 101: no body, the front end pumps the tunnel
         if isinstance(result.body, Spool):
             result.body.close()
         return Response(101, headers, b"", reason=head.reason, upstream=result.upstream, timing=result.timing,
                         tunnel=result.tunnel)
+    body = frame_body(req, result, headers)
+    return Response(head.status, headers, body, reason=head.reason, upstream=result.upstream, timing=result.timing,
+                    from_upstream=True)
+
+
+def frame_body(req: Request, result: UpstreamResponse, headers: list[tuple[bytes, bytes]]) -> Body:
+    """The body a backend's (PHP's or an HTTP server's) answer sends on, its
+    Content-Length appended to ``headers``: a streamed body as it is (chunked
+    to an HTTP/1.1 client, close-delimited to 1.0); none for HEAD, 1xx, 204
+    and 304 (the spool closed), with the backend's own Content-Length saying
+    what a GET would get (never on a 204, RFC 9110 8.6); else the drained
+    spool, framed by its real size."""
+    head = result.head
     if isinstance(result.body, UpstreamBody):
-        pass  # streamed: chunked to an HTTP/1.1 client, close-delimited to 1.0
-    elif req.method == b"HEAD" or head.status in (204, 304) or 100 <= head.status < 200:
+        return result.body
+    if req.method == b"HEAD" or head.status in (204, 304) or 100 <= head.status < 200:
         length = head.content_length if head.content_length is not None else result.body.size or None
         if length is not None and head.status != 204:
             headers.append((b"content-length", b"%d" % length))
         result.body.close()
-        body = b""
-    else:
-        headers.append((b"content-length", b"%d" % result.body.size))
-    return Response(head.status, headers, body, reason=head.reason, upstream=result.upstream, timing=result.timing,
-                    from_upstream=True)
+        return b""
+    headers.append((b"content-length", b"%d" % result.body.size))
+    return result.body

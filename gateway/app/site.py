@@ -63,7 +63,7 @@ from ..http.errors import ClientGone, GatewayError
 from ..http.header_rules import HeaderRule, HeaderRules
 from ..http.realip import TrustedProxies
 from ..http.request import IDEMPOTENT_METHODS, Request
-from ..http.response import Body, Response, error_response, http_date
+from ..http.response import Response, error_response, http_date
 from ..metrics import CacheStats, CompressionStats, GuardStats
 from ..tls.store import StateDir
 from ..upstream import cgi
@@ -77,7 +77,7 @@ from .compress import CompressionSettings, Compressor
 from .error_pages import ErrorPages, page_headers, page_ok
 from .guard import Guard
 from .guard_table import GuardTable
-from .proxy import Proxy, ProxyBackend, exchange_failed
+from .proxy import Proxy, ProxyBackend, exchange_failed, frame_body
 from .rewrite import apply_rules, upstream_request
 from .routing import (
     BadRequestTarget,
@@ -469,22 +469,10 @@ class App:
         head = result.head
         timing = result.timing
         headers = [(n, v) for n, v in head.headers if n.lower() not in _PHP_HIDDEN]
-        body: Body = result.body
-        if isinstance(result.body, UpstreamBody):
+        if isinstance(result.body, UpstreamBody) and self.server_timing:
             # streamed: only the time until PHP's headers is known now
-            if self.server_timing:
-                headers.append((b"server-timing", b"headers;dur=%.1f" % (head_time * 1000)))
-        elif req.method == b"HEAD" or head.status in (204, 304):
-            # No body goes out: PHP's own Content-Length says what a GET would get
-            # (never on a 204, RFC 9110 8.6).
-            length = head.content_length if head.content_length is not None else result.body.size or None
-            if length is not None and head.status != 204:
-                headers.append((b"content-length", b"%d" % length))
-            result.body.close()
-            body = b""
-        else:
-            # the body we drained is what the client gets: frame it by its size
-            headers.append((b"content-length", b"%d" % result.body.size))
+            headers.append((b"server-timing", b"headers;dur=%.1f" % (head_time * 1000)))
+        body = frame_body(req, result, headers)
         if self.server_timing and not isinstance(result.body, UpstreamBody):
             headers.append((b"server-timing", b"queue;dur=%.1f, php;dur=%.1f" % (
                 timing.queue_wait * 1000, (timing.upstream_time or 0.0) * 1000)))
