@@ -7,7 +7,8 @@ few seconds and stops its load.
 Downstreams: MariaDB (Debian's, as the WordPress tests start it) answering
 ``SELECT SLEEP(0.5)``; a slow HTTP server that PHP's curl calls; a fake Redis
 that answers PING slowly (no Redis here; PHP talks RESP on a plain socket);
-a file PHP appends to and fsyncs; a file whose flock the test holds. The
+files PHP writes and fsyncs on a slow disk (a loop device the test
+creates, throttled by the kernel's blkio cgroup); a file whose flock the test holds. The
 servers listen on their well-known ports on addresses of their own in
 127.0.0.0/8 (127.42.0.x), so the ports say what they are, as in production,
 without clashing with anything else on this host. And a static-file flood
@@ -54,6 +55,7 @@ async def until_waiting_on(gw: Any, kind: str, *needles: str) -> dict[str, Any]:
         seen.append(v["bottleneck"])
         if (v["bottleneck"] == "php-waiting" and v.get("waiting_on", {}).get(kind, 0) >= 1
                 and all(n in v["reason"] for n in needles)):
+            print(f"php-waiting on {kind} after {trio.current_time() - start:.1f} s: {v['reason']}")  # for -s runs
             return st
         if trio.current_time() - start > WITHIN:
             pytest.fail(f"no php-waiting on {kind} naming {needles} within {WITHIN}s: verdicts {seen}; last "
@@ -122,13 +124,88 @@ async def test_slow_redis_is_cache(start_gateway):
         n.cancel_scope.cancel()
 
 
-@pytest.mark.skipif(not os.environ.get("GATEWAY_TEST_DISK_WAITS"),
-                    reason="fsync of 64 KiB on this machine's virtio disk returns in well under a millisecond, so the "
-                           "workers are mostly on CPU and the verdict flips (1 run in 3 failed); the disk class is "
-                           "unit-tested on captured /proc samples. Run with GATEWAY_TEST_DISK_WAITS=1 on a slow disk")
-async def test_fsync_heavy_writes_are_disk(start_gateway, tmp_path: Path):
+#: Writes a second the slow disk takes (blkio throttling of its loop device):
+#: a create, write, fsync and unlink of 64 KiB is ~10 writes (data, journal),
+#: so each of the fsync script's rounds holds a worker ~0.5 s in the kernel.
+SLOW_DISK_IOPS = 20
+BLKIO = Path("/sys/fs/cgroup/blkio")
+
+
+@pytest.fixture
+def slow_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real slow disk: an ext4 filesystem on a loop device over a file in
+    ``tmp_path``, its writes held to ``SLOW_DISK_IOPS`` by the kernel's blkio
+    throttling; mounted on the path yielded, and gone after (rule, mount, loop
+    device), whatever happened.
+
+    The rule is set in the root blkio cgroup (cgroup v1) for this loop device
+    only: a child cgroup holding the writer throttles the data writes it
+    submits, not the journal commits ext4's jbd2 thread (in the root cgroup)
+    makes for its fsync, so the fsync stayed fast (measured here: median
+    5.7 ms with the rule on a child cgroup, 500 ms on the root; 1.5 ms
+    without). No other device is affected: the loop device is this test's."""
+    throttle = BLKIO / "blkio.throttle.write_iops_device"
+    losetup, mkfs = shutil.which("losetup"), shutil.which("mkfs.ext4")
+    if os.geteuid() != 0 or not losetup or not mkfs or not os.access(throttle, os.W_OK):
+        pytest.skip("a slow disk needs root, losetup, mkfs.ext4 and cgroup v1 blkio throttling "
+                    f"({throttle} writable); the disk class is unit-tested on captured /proc samples")
+    image, mnt = tmp_path / "disk.img", tmp_path / "slow"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run([mkfs, "-q", "-F", str(image)], check=True, capture_output=True)
+    dev = subprocess.run([losetup, "--find", "--show", str(image)], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    rule = ""
+    mounted = False
+    try:
+        rule = (Path("/sys/block") / Path(dev).name / "dev").read_text().strip()  # "7:N"
+        subprocess.run(["mount", dev, str(mnt)], check=True, capture_output=True)
+        mounted = True
+        throttle.write_text(f"{rule} {SLOW_DISK_IOPS}\n")
+        took = _fsync_round(mnt)
+        assert took >= 0.1, f"the throttled disk is not slow: a 64 KiB fsync round took {took * 1000:.1f} ms"
+        yield mnt
+    finally:
+        if rule:
+            throttle.write_text(f"{rule} 0\n")  # 0 removes the rule: what is still dirty flushes at once
+        if mounted:
+            _umount(mnt)
+        subprocess.run([losetup, "-d", dev], check=False, capture_output=True)
+
+
+def _fsync_round(directory: Path) -> float:
+    """Seconds one round of the fsync script's work takes in ``directory``
+    (the second of two: the throttle lets an idle device's first writes by)."""
+    took = 0.0
+    for i in range(2):
+        path = directory / f"probe-{i}"
+        start = time.monotonic()
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"x" * 65536)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        path.unlink()
+        took = time.monotonic() - start
+    return took
+
+
+def _umount(mnt: Path) -> None:
+    """Unmount, waiting up to 10 s for php-fpm's workers to close their files
+    (they exit with the gateway); then detach it lazily rather than leave it."""
+    deadline = time.monotonic() + 10
+    while subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+            return
+        time.sleep(0.1)
+
+
+async def test_fsync_heavy_writes_are_disk(start_gateway, slow_disk: Path):
     gw = await start_gateway(DOCROOT, backend=POOL)
-    data = tmp_path / "data"
+    data = slow_disk / "data"
     data.mkdir()
     st = await flood(gw, f"/waits/fsync.php?dir={data}&ms=1500", "disk", f"disk I/O to {data}/w-")
     assert st["pools"]["php"]["waiting_on"]["on"]["disk"] >= 1
