@@ -26,14 +26,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from gateway.observe.diagnosis import GATEWAY_MIN_CPU, HOST_CPU_LIMIT
-from gateway.observe.monitor import children_of
+from gateway.observe.diagnosis import GATEWAY_MIN_CPU, HOLD, HOST_CPU_LIMIT
+from gateway.observe.monitor import children_of, read_host_cpu
 from tests.helpers import HttpClient
 
 from .conftest import DOCROOT, free_port, start_cli
@@ -287,11 +288,18 @@ trio.run(lambda: run_load(sys.argv[2], concurrency=int(sys.argv[3]), seconds=flo
 #: shared (other test runs, builds), and the scenario is a host whose CPU the
 #: gateway and its load generator fill.
 NICE = -5
+#: Seconds the flood lasts once it has started; the verdict must be
+#: ``listener`` within WITHIN and stay so until the flood ends.
+FLOOD = WITHIN + 15
+#: Seconds running the test's own reading must say "the gateway fills the
+#: host" for the verdict to owe ``listener``: the verdict's hold (3 s), a
+#: sample, and the rule's smoothing of the CPU shares.
+SCENARIO_HOLDS = 5
 
 
 async def test_static_flood_with_the_load_generator_on_the_same_cores_is_listener(tmp_path: Path):
-    # two gateway processes (the default on two cores) and a load generator
-    # process: none of them reaches a core, the loop does not lag, the host is full
+    # two gateway processes (the default on two cores) and two load generator
+    # processes: none of them reaches a core, the loops hardly lag, the host is full
     port, admin = free_port(), free_port()
     conf = tmp_path / "conf.d"
     conf.mkdir()
@@ -300,63 +308,139 @@ async def test_static_flood_with_the_load_generator_on_the_same_cores_is_listene
         f'access_log = "off"\nprocesses = 2\ncompression = []\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
         f'[backends.php]\npool_size = 2\nphp_fpm.user = "root"\n[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\n')
     proc, stderr = await start_cli(["serve", "--config", str(conf)])
-    seconds = WITHIN + 10
     scripts = Path(__file__).parents[2] / "scripts"
-    seen: list[str] = []
-    met: list[bool] = []  # per poll: the rule's inputs, as /status shows them, say "the gateway fills the host"
+    rows: list[Reading] = []
     try:
         for pid in [proc.pid, *children_of(proc.pid)]:
             os.setpriority(os.PRIO_PROCESS, pid, NICE)
-        # two load generator processes (as wrk runs threads): each one smaller than the gateway's two
+        # two load generator processes (as wrk runs threads): each one smaller than the
+        # gateway's two; they would run on for long after FLOOD: the test ends them
         loadgens = [await trio.lowlevel.open_process(
             ["nice", "-n", str(NICE), sys.executable, "-c", LOADGEN, str(scripts),
-             f"http://127.0.0.1:{port}/hello.txt", "32", str(seconds)]) for _ in range(2)]
+             f"http://127.0.0.1:{port}/hello.txt", "32", str(FLOOD + 60)]) for _ in range(2)]
         try:
             with trio.fail_after(30):  # the flood has started (a Python process starting on a busy host: seconds)
                 while (await admin_json(admin))["listener"]["requests_total"] < 1000:  # noqa: ASYNC110 - polled
                     await trio.sleep(0.1)
-            start, first = trio.current_time(), None
-            while True:
+            probe = HostProbe(proc.pid, {lg.pid for lg in loadgens})
+            start = trio.current_time()
+            while trio.current_time() - start < FLOOD:
+                await trio.sleep(1.0)  # the probe reads CPU time over the second before
                 st = await admin_json(admin)
-                seen.append(st["verdict"]["bottleneck"])
-                met.append(_gateway_fills_host(st["host"]))
-                now = trio.current_time()
-                if first is None and seen[-1] == "listener":
-                    first = now
-                if (first is None and now - start > WITHIN) or (first is not None and now - first >= 5.0):
-                    break
-                await trio.sleep(0.25)
+                rows.append(Reading(trio.current_time() - start, st["verdict"]["bottleneck"], probe.read(), st))
         finally:
             for loadgen in loadgens:
                 loadgen.kill()
                 await loadgen.wait()
     finally:
         await stop(proc, stderr)
-    host = st["host"]
-    if "listener" not in seen and _longest_run(met) < HELD_POLLS:
-        # not the scenario: other work on this shared host took the CPU (measured, not guessed)
-        pytest.skip(f"the gateway was never its host's largest consumer for {HELD_POLLS / 4:g} s running: {host}")
-    if "listener" not in seen:
-        processes = [(w.get("pid"), w.get("verdict"), w.get("process_cpu")) for w in st.get("workers", [])]
-        pytest.fail(f"no listener verdict within {WITHIN}s: {seen}; last {st['verdict']['reason']}; host {host}; "
-                    f"processes {processes}; verdict held {st['verdict']['for_seconds']} s")
-    assert_reached_and_held(seen, "listener")
+    trace = "\n".join(str(r) for r in rows)
+    print(trace)  # for -s runs: what the verdict and the test's own reading saw each second
+    verdicts = [r.verdict for r in rows]
+    # the scenario as the test reads /proc itself, not as the gateway's figures say
+    # (a wrong figure there would turn a failure into a skip): from when on the
+    # gateway's processes were the largest consumer of a full host, SCENARIO_HOLDS s running
+    began = _run_start([r.fills for r in rows], SCENARIO_HOLDS)
+    if began is None or rows[began].t > FLOOD - WITHIN - HOLD:
+        pytest.skip(f"not the scenario: the gateway's processes were not the largest consumer of a full host for "
+                    f"{SCENARIO_HOLDS} s running early enough (other work on this shared host):\n{trace}")
+    first = next((i for i, r in enumerate(rows) if r.verdict == "listener"), None)
+    assert first is not None and rows[first].t - rows[began].t <= WITHIN, (
+        f"no listener verdict within {WITHIN:g} s of {rows[began].t:.0f} s, when the scenario began:\n{trace}")
+    print(f"listener after {rows[first].t:.1f} s of flood, the scenario from {rows[began].t:.1f} s")
+    after = verdicts[first:]
+    if set(after) != {"listener"}:
+        changed = first + next(i for i, v in enumerate(after) if v != "listener")
+        # a change needs HOLD seconds of other answers: excused only if the scenario itself ended for as long
+        if _longest_run([not r.fills for r in rows[first:changed + 1]]) >= HOLD:
+            pytest.skip(f"not the scenario any more at {rows[changed].t:.0f} s (other work on this shared "
+                        f"host):\n{trace}")
+    assert_reached_and_held(verdicts, "listener")
+    last = rows[-1].status
+    reason = last["verdict"]["reason"]
     # on a quiet host: "gateway processes use 1xx% of 2 cores; PHP idle"; when
     # other work shares the host the loops lag as well, and that rule speaks first
-    reason = st["verdict"]["reason"]
     assert "gateway processes use" in reason or "event-loop lag" in reason, reason
-    assert st["host"]["gateway_cpu"] > 0.3, st["host"]
+    # the gateway's own figure of its processes agrees with the test's reading
+    assert last["host"]["gateway_cpu"] >= 0.5 * rows[-1].gateway, trace
 
 
-#: Polls (4 a second) the inputs must say "listener" in a row for the verdict to
-#: owe it: the verdict's hold (3 s) and a sample.
-HELD_POLLS = 16
+@dataclass
+class Reading:
+    """One second of the listener scenario: the verdict, the test's own
+    reading of /proc (``HostProbe``) and the /status it came with."""
+
+    t: float
+    verdict: str
+    cpu: tuple[float, float, float, float, str]  # host, gateway, load generators, busiest other (and its name)
+    status: dict[str, Any]
+
+    @property
+    def gateway(self) -> float:
+        return self.cpu[1]
+
+    @property
+    def fills(self) -> bool:
+        """The scenario: a full host whose largest consumer is the gateway."""
+        host, gateway, _, other, _ = self.cpu
+        return host >= HOST_CPU_LIMIT and gateway >= max(GATEWAY_MIN_CPU, other)
+
+    def __str__(self) -> str:
+        host, gateway, loadgens, other, name = self.cpu
+        h = self.status["host"]
+        lag = self.status["listener"]["loop_lag_ms"].get("p99")
+        return (f"{self.t:5.1f} s {self.verdict:9} | /proc: host {host:4.0%} gateway {gateway:4.0%} load generators "
+                f"{loadgens:4.0%} busiest other {other:4.0%} ({name}) | /status: host {h.get('cpu')} gateway "
+                f"{h.get('gateway_cpu')} other {h.get('other_cpu')} lag p99 {lag} ms")
 
 
-def _gateway_fills_host(host: dict[str, Any]) -> bool:
-    gateway, other = host.get("gateway_cpu"), host.get("other_cpu")
-    return (host.get("cpu") or 0.0) >= HOST_CPU_LIMIT and gateway is not None and other is not None and (
-        gateway >= max(GATEWAY_MIN_CPU, other))
+class HostProbe:
+    """The test's own reading of who uses the CPU, from /proc, between two
+    calls: the host, the gateway's processes (its master and the master's
+    children that are not php-fpm), the load generators, and the busiest
+    other process (the load generators count: the rule compares them too)."""
+
+    def __init__(self, master: int, loadgens: set[int]) -> None:
+        self.master, self.loadgens = master, loadgens
+        self.prev = self._snapshot()
+
+    def _snapshot(self) -> tuple[float, tuple[float, float] | None, dict[int, tuple[str, float]]]:
+        procs: dict[int, tuple[str, float]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        stat = f.read()
+                except OSError:
+                    continue
+                fields = stat.rsplit(")", 1)[1].split()
+                procs[int(entry)] = (stat[stat.index("(") + 1:stat.rindex(")")],
+                                     (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+        return time.monotonic(), read_host_cpu(), procs
+
+    def read(self) -> tuple[float, float, float, float, str]:
+        (t0, host0, procs0), (t1, host1, procs1) = self.prev, (now := self._snapshot())
+        self.prev = now
+        span = max(t1 - t0, 1e-3)
+        host = (host1[0] - host0[0]) / max(host1[1] - host0[1], 1.0) if host0 and host1 else 0.0
+        used = {pid: (name, (cpu - procs0[pid][1]) / span) for pid, (name, cpu) in procs1.items() if pid in procs0}
+        gateway_pids = {self.master} | {p for p in children_of(self.master)
+                                        if not used.get(p, ("",))[0].startswith("php-fpm")}
+        gateway = sum(cpu for pid, (_, cpu) in used.items() if pid in gateway_pids)
+        loadgens = sum(cpu for pid, (_, cpu) in used.items() if pid in self.loadgens)
+        other, name = max(((cpu, name) for pid, (name, cpu) in used.items() if pid not in gateway_pids),
+                          default=(0.0, "-"))
+        return host, gateway, loadgens, other, name
+
+
+def _run_start(flags: list[bool], length: int) -> int | None:
+    """Where the first ``length`` true flags in a row begin (None: nowhere)."""
+    run = 0
+    for i, flag in enumerate(flags):
+        run = run + 1 if flag else 0
+        if run == length:
+            return i - length + 1
+    return None
 
 
 def _longest_run(flags: list[bool]) -> int:
