@@ -361,8 +361,11 @@ async def test_static_flood_with_the_load_generator_on_the_same_cores_is_listene
     # on a quiet host: "gateway processes use 1xx% of 2 cores; PHP idle"; when
     # other work shares the host the loops lag as well, and that rule speaks first
     assert "gateway processes use" in reason or "event-loop lag" in reason, reason
-    # the gateway's own figure of its processes agrees with the test's reading
-    assert last["host"]["gateway_cpu"] >= 0.5 * rows[-1].gateway, trace
+    # the rule's input agrees with the test's reading each second (smoothed, so
+    # loosely): the gateway's processes, all of them, from the first seconds on
+    # (the workers were missing from it for their first 10 s: the listener came late)
+    short = [r.t for r in rows if r.t >= 3 and (r.status["host"]["gateway_cpu"] or 0.0) < 0.5 * r.gateway]
+    assert not short, f"gateway_cpu in /status below half the gateway's CPU at {short} s:\n{trace}"
 
 
 @dataclass
