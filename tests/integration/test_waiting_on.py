@@ -375,7 +375,8 @@ class Reading:
 
     t: float
     verdict: str
-    cpu: tuple[float, float, float, float, str]  # host, gateway, load generators, busiest other (and its name)
+    #: host, gateway, load generators, php-fpm, busiest other (and its name)
+    cpu: tuple[float, float, float, float, float, str]
     status: dict[str, Any]
 
     @property
@@ -385,23 +386,25 @@ class Reading:
     @property
     def fills(self) -> bool:
         """The scenario: a full host whose largest consumer is the gateway."""
-        host, gateway, _, other, _ = self.cpu
+        host, gateway, _, _, other, _ = self.cpu
         return host >= HOST_CPU_LIMIT and gateway >= max(GATEWAY_MIN_CPU, other)
 
     def __str__(self) -> str:
-        host, gateway, loadgens, other, name = self.cpu
+        host, gateway, loadgens, php, other, name = self.cpu
         h = self.status["host"]
         lag = self.status["listener"]["loop_lag_ms"].get("p99")
         return (f"{self.t:5.1f} s {self.verdict:9} | /proc: host {host:4.0%} gateway {gateway:4.0%} load generators "
-                f"{loadgens:4.0%} busiest other {other:4.0%} ({name}) | /status: host {h.get('cpu')} gateway "
-                f"{h.get('gateway_cpu')} other {h.get('other_cpu')} lag p99 {lag} ms")
+                f"{loadgens:4.0%} php-fpm {php:4.0%} busiest other {other:4.0%} ({name}) | /status: host "
+                f"{h.get('cpu')} gateway {h.get('gateway_cpu')} other {h.get('other_cpu')} lag p99 {lag} ms, "
+                f"php busy {self.status['pools']['php']['busy']}/{self.status['pools']['php']['size']}")
 
 
 class HostProbe:
     """The test's own reading of who uses the CPU, from /proc, between two
     calls: the host, the gateway's processes (its master and the master's
-    children that are not php-fpm), the load generators, and the busiest
-    other process (the load generators count: the rule compares them too)."""
+    children that are not php-fpm), the load generators, php-fpm's processes,
+    and the busiest other process (the load generators and php-fpm count: the
+    rule compares them too)."""
 
     def __init__(self, master: int, loadgens: set[int]) -> None:
         self.master, self.loadgens = master, loadgens
@@ -421,7 +424,7 @@ class HostProbe:
                                      (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
         return time.monotonic(), read_host_cpu(), procs
 
-    def read(self) -> tuple[float, float, float, float, str]:
+    def read(self) -> tuple[float, float, float, float, float, str]:
         (t0, host0, procs0), (t1, host1, procs1) = self.prev, (now := self._snapshot())
         self.prev = now
         span = max(t1 - t0, 1e-3)
@@ -431,9 +434,10 @@ class HostProbe:
                                         if not used.get(p, ("",))[0].startswith("php-fpm")}
         gateway = sum(cpu for pid, (_, cpu) in used.items() if pid in gateway_pids)
         loadgens = sum(cpu for pid, (_, cpu) in used.items() if pid in self.loadgens)
+        php = sum(cpu for name, cpu in used.values() if name.startswith("php-fpm"))
         other, name = max(((cpu, name) for pid, (name, cpu) in used.items() if pid not in gateway_pids),
                           default=(0.0, "-"))
-        return host, gateway, loadgens, other, name
+        return host, gateway, loadgens, php, other, name
 
 
 def _run_start(flags: list[bool], length: int) -> int | None:
