@@ -341,13 +341,17 @@ async def test_static_flood_with_the_load_generator_on_the_same_cores_is_listene
     # (a wrong figure there would turn a failure into a skip): from when on the
     # gateway's processes were the largest consumer of a full host, SCENARIO_HOLDS s running
     began = _run_start([r.fills for r in rows], SCENARIO_HOLDS)
-    if began is None or rows[began].t > FLOOD - WITHIN - HOLD:
-        pytest.skip(f"not the scenario: the gateway's processes were not the largest consumer of a full host for "
-                    f"{SCENARIO_HOLDS} s running early enough (other work on this shared host):\n{trace}")
     first = next((i for i, r in enumerate(rows) if r.verdict == "listener"), None)
-    assert first is not None and rows[first].t - rows[began].t <= WITHIN, (
-        f"no listener verdict within {WITHIN:g} s of {rows[began].t:.0f} s, when the scenario began:\n{trace}")
-    print(f"listener after {rows[first].t:.1f} s of flood, the scenario from {rows[began].t:.1f} s")
+    # within WITHIN of the flood's start, or of the scenario's if other work delayed it
+    allowed = WITHIN if began is None else max(WITHIN, rows[began].t + WITHIN)
+    if first is None or rows[first].t > allowed:
+        if began is None or rows[began].t + WITHIN > FLOOD:
+            pytest.skip(f"not the scenario: the gateway's processes were not the largest consumer of a full host "
+                        f"for {SCENARIO_HOLDS} s running early enough (other work on this shared host):\n{trace}")
+        pytest.fail(f"no listener verdict within {WITHIN:g} s of {rows[began].t:.0f} s, when the scenario "
+                    f"began:\n{trace}")
+    began_at = "never 5 s running" if began is None else f"from {rows[began].t:.1f} s"
+    print(f"listener after {rows[first].t:.1f} s of flood, the scenario (the test's reading) {began_at}")
     after = verdicts[first:]
     if set(after) != {"listener"}:
         changed = first + next(i for i, v in enumerate(after) if v != "listener")
