@@ -365,6 +365,7 @@ async def test_static_flood_with_the_load_generator_on_the_same_cores_is_listene
     # on a quiet host: "gateway processes use 1xx% of 2 cores; PHP idle"; when
     # other work shares the host the loops lag as well, and that rule speaks first
     assert "gateway processes use" in reason or "event-loop lag" in reason, reason
+    print(f"last reason: {reason}")
     # the rule's input agrees with the test's reading each second (smoothed, so
     # loosely): the gateway's processes, all of them, from the first seconds on
     # (the workers were missing from it for their first 10 s: the listener came late)
