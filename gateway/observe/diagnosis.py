@@ -46,6 +46,8 @@ identifiers that dashboards match).
   other process, at least ``GATEWAY_MIN_CPU``): under a flood of cheap requests with the load generator on the
   same cores no single process reaches a core, the loop does not lag (the
   kernel shares the CPU fairly), and yet the gateway is what the CPU does.
+  On a full host the reason says so whichever rule fired (on a crowded host
+  the loops do lag, waiting for a CPU): more gateway processes would wait too.
 - ``healthy``: none of the above.
 
 Rules are checked in that order (a down backend explains everything after it).
@@ -345,22 +347,30 @@ def _advice(waits: Waits, obs: Observation) -> str:
 def _listener_reason(obs: Observation, *, processes: int = 1) -> str:
     free = ", ".join(f"{p.name} {p.size - p.busy}/{p.size} free" for p in obs.pools) or "no backends"
     who = "PHP has" if all(p.php for p in obs.pools) else "the backends have"
-    if (obs.loop_lag_p99 < LOOP_LAG_LIMIT and obs.process_cpu < PROCESS_CPU_LIMIT and obs.gateway_cpu is not None
-            and obs.host_cpu is not None):
+    cores = f"{obs.cpus} core{'s' if obs.cpus != 1 else ''}"
+    if obs.process_cpu < PROCESS_CPU_LIMIT and obs.gateway_cpu is not None and (
+            _gateway_fills_host(obs) or (obs.loop_lag_p99 < LOOP_LAG_LIMIT and obs.host_cpu is not None)):
+        # on a full host the loops lag waiting for a CPU too: more processes would not get one
         other = (f", more than any other process (the busiest: {obs.other_cpu:.0%} of a core)"
                  if obs.other_cpu is not None else "")
         idle = "PHP idle" if all(p.php for p in obs.pools) else "the backends idle"
         return (f"the gateway is the bottleneck: {_host(obs)}, gateway processes use {obs.gateway_cpu:.0%} of "
-                f"{obs.cpus} core{'s' if obs.cpus != 1 else ''}{other}; {idle} ({free}); loop lag p99 "
+                f"{cores}{other}; {idle} ({free}); loop lag p99 "
                 f"{obs.loop_lag_p99 * 1000:.0f} ms: run fewer other things on this host (a load generator?), "
                 "add CPU, or move static files to a CDN.")
     cpu = "process CPU" if processes == 1 else "busiest process CPU"
     compress = ""
     if obs.compress_cpu > 0 and obs.process_cpu > 0:
         compress = f" ({min(1.0, obs.compress_cpu / obs.process_cpu):.0%} of it compressing responses)"
+    advice = "run more gateway workers or move static files to a CDN."
+    if _host_full(obs) and obs.process_cpu < PROCESS_CPU_LIMIT:
+        # the host is full of other work: the loop waits for a CPU it holds
+        share = f"gateway processes use {obs.gateway_cpu:.0%} of {cores}, " if obs.gateway_cpu is not None else ""
+        busiest = f"the busiest other process {obs.other_cpu:.0%} of a core, " if obs.other_cpu is not None else ""
+        advice = (f"{_host(obs)} ({share}{busiest}the rest other work): the loop waits for a CPU; run fewer "
+                  "other things on this host or add CPU (more gateway workers would wait too).")
     return (f"the gateway itself is the bottleneck: event-loop lag p99 {obs.loop_lag_p99 * 1000:.0f} ms, "
-            f"{cpu} {obs.process_cpu:.0%} of a core{compress}, while {who} free slots ({free}); run more "
-            "gateway workers or move static files to a CDN.")
+            f"{cpu} {obs.process_cpu:.0%} of a core{compress}, while {who} free slots ({free}); {advice}")
 
 
 def _tls_reason(obs: Observation, *, processes: int = 1) -> str:

@@ -35,7 +35,7 @@ from ..upstream.pool import Pool
 from . import table
 from .diagnosis import GATEWAY_MIN_CPU, HOST_CPU_LIMIT, Diagnosis, Observation, PoolObservation, Verdict
 from .health import BackendHealth
-from .sampler import WorkerSampler, master_workers
+from .sampler import WorkerSampler, master_workers, task_children
 from .waits import Waits
 
 log = logging.getLogger(__name__)
@@ -156,13 +156,8 @@ class OtherProcesses:
 
 def gateway_children(master: int) -> list[int]:
     """The master's children that are gateway processes (not php-fpm)."""
-    try:
-        with open(f"/proc/{master}/task/{master}/children") as f:
-            pids = [int(p) for p in f.read().split()]
-    except (OSError, ValueError):
-        return []
     out = []
-    for pid in pids:
+    for pid in task_children(master):
         try:
             with open(f"/proc/{pid}/comm") as f:
                 if f.read().startswith("php-fpm"):
@@ -254,11 +249,7 @@ class PoolMonitor:
             return running, len(processes)
         master = self.supervisor.process if self.supervisor is not None else None
         if master is not None:
-            try:
-                with open(f"/proc/{master.pid}/task/{master.pid}/children") as f:
-                    pids = [int(p) for p in f.read().split()]
-            except (OSError, ValueError):
-                pids = children_of(master.pid)
+            pids = task_children(master.pid)
             return pids, len(pids)
         if self.pid_file:
             pids = master_workers(self.pid_file)

@@ -317,6 +317,25 @@ def master_workers(pid_file: str) -> list[int]:
     """The workers (children) of the php-fpm master whose pid is in ``pid_file``."""
     try:
         pid = int(_read_all(pid_file).strip())
-        return [int(p) for p in _read_all(f"/proc/{pid}/task/{pid}/children").split()]
     except (OSError, ValueError):
         return []
+    return task_children(pid)
+
+
+def task_children(pid: int) -> list[int]:
+    """The children of process ``pid``, from every one of its threads'
+    /proc/PID/task/TID/children: each lists the children that thread forked,
+    and a process on trio forks from worker threads (``open_process``), so the
+    main thread's list misses them until that thread idles out (10 s) and the
+    kernel hands its children to the main thread. Empty if ``pid`` is gone."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            out += [int(p) for p in _read_all(f"/proc/{pid}/task/{tid}/children").split()]
+        except (OSError, ValueError):
+            continue
+    return out

@@ -211,6 +211,26 @@ def test_on_a_full_host_the_gateway_must_be_the_largest_consumer():
     assert classify(Observation(**idle, other_cpu=0.05)).bottleneck == "healthy"  # below GATEWAY_MIN_CPU
 
 
+def test_loop_lag_on_a_full_host_does_not_ask_for_more_gateway_workers():
+    # measured on a shared 2-core host under the static flood: loop lag p99 50-1800 ms
+    # with no gateway process near a core; the loops wait for a CPU
+    crowded = dict(loop_lag_p99=0.2, process_cpu=0.3, host_cpu=1.0, cpus=2, pools=(pool(busy=0),))
+    mine = classify(Observation(**crowded, gateway_cpu=0.6, other_cpu=0.4))
+    assert mine.bottleneck == "listener"
+    assert ("gateway processes use 60% of 2 cores, more than any other process (the busiest: 40% of a core); "
+            "PHP idle (php 4/4 free); loop lag p99 200 ms: run fewer other things") in mine.reason
+    theirs = classify(Observation(**crowded, gateway_cpu=0.3, other_cpu=0.9))  # a batch job fills the host
+    assert theirs.bottleneck == "listener" and "event-loop lag p99 200 ms" in theirs.reason
+    assert ("host CPU 100% busy (gateway processes use 30% of 2 cores, the busiest other process 90% of a core, "
+            "the rest other work): the loop waits for a CPU; run fewer other things on this host") in theirs.reason
+    assert "run more gateway workers" not in mine.reason + theirs.reason
+    # a loop lagging on a host with CPU to spare is the gateway's own: more workers
+    spare = classify(Observation(**{**crowded, "host_cpu": 0.5}, gateway_cpu=0.3))
+    assert spare.reason.endswith("run more gateway workers or move static files to a CDN.")
+    hot = classify(Observation(**{**crowded, "process_cpu": 0.97}, gateway_cpu=1.0, other_cpu=0.4))
+    assert "process CPU 97% of a core" in hot.reason and "run more gateway workers" in hot.reason
+
+
 def test_an_http_backend_is_named_by_its_type_not_as_php():
     app = pool(name="app", kind="http", worker_cpu=None)
     down = classify(obs(pool(name="app", kind="http", connect_errors=3, responses=0)))
