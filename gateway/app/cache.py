@@ -410,7 +410,8 @@ class SiteCache:
                           trio.current_time())
             self.store.put(entry)
             if self.disk is not None:
-                self.disk.put(where, entry.status, entry.reason, entry.headers, body, tags, lifetime, time.time())
+                await self.disk.store(where, entry.status, entry.reason, entry.headers, body, tags, lifetime,
+                                      time.time())
             self._uncacheable.pop(where.key, None)
         elif method == b"GET":
             log.debug("cache: %s not stored: %s", where.key.decode("latin-1"), lifetime)
@@ -511,17 +512,17 @@ class SiteCache:
 
     async def _purge_here_and_there(self, purge: Purge) -> int:
         purge = dataclasses.replace(purge, site=self.site)  # (the siblings: this site's entries only)
-        n = self.purge(purge)
+        n = await self.purge(purge)
         if self.on_purge is not None:
             await self.on_purge(purge)
         return n
 
-    def purge(self, purge: Purge) -> int:
+    async def purge(self, purge: Purge) -> int:
         """Remove the entries ``purge`` matches, from memory and disk; how many
         (an entry in both counts once: the larger of the two counts)."""
         n = self.store.purge(purge)
         if self.disk is not None:
-            n = max(n, self.disk.purge(purge))
+            n = max(n, await self.disk.purge_async(purge))
         return n
 
 
@@ -566,11 +567,11 @@ class PageCaches(dict[str, SiteCache]):
         self.stats.disk_entries = sum(n for n, _ in self._disk_found.values())
         self.stats.disk_bytes = sum(b for _, b in self._disk_found.values())
 
-    def purge(self, purge: Purge, site: str | None = None) -> int:
+    async def purge(self, purge: Purge, site: str | None = None) -> int:
         """Remove the entries ``purge`` matches from every site's cache (or
         ``site``'s; a purge a request made: its site's)."""
         site = purge.site if site is None else site
-        return sum(cache.purge(purge) for name, cache in self.items() if site is None or name == site)
+        return sum([await cache.purge(purge) for name, cache in self.items() if site is None or name == site])
 
     def uncached(self, req: Request, path: str, resp: Response, instruments: PoolInstruments | None) -> None:
         """A PHP response of a site without a cache: the cache's instructions

@@ -77,7 +77,7 @@ async def test_two_processes_share_the_disk_tier(tmp_path, nursery, autojump_clo
     assert (a.header("x-cache"), b.header("x-cache"), b.body) == ("MISS", "HIT", a.body)
     assert len(runs) == 1 and second.cache_stats.entries == 1  # kept in its memory too
     # a purge in one process removes the shared file; the other's memory copy goes with its own purge
-    assert first.purge(Purge(tag="home")) == 1 and second.purge(Purge(tag="home")) == 1
+    assert await first.purge(Purge(tag="home")) == 1 and await second.purge(Purge(tag="home")) == 1
     third = make_app(tmp_path, FakeFpm(script), nursery)
     c = await (await client_for(third, nursery)).request("GET", "/", host="example.com")
     assert c.header("x-cache") == "MISS" and len(runs) == 2
@@ -124,7 +124,7 @@ async def test_a_flood_of_new_entries_is_swept_before_the_next_period(tmp_path, 
         while not sweeps:  # noqa: ASYNC110 - a sweep in a thread
             await trio.sleep(0.01)
     for i in range(100):  # 100 kB, 2.5 times the bound (no checkpoint: the sweep after sees them all)
-        disk.put(where(f"/?x={i}"), 200, b"", [], b"x" * 1000, frozenset(), Lifetime(60, 0, 0), 1000.0 + i)
+        await disk.store(where(f"/?x={i}"), 200, b"", [], b"x" * 1000, frozenset(), Lifetime(60, 0, 0), 1000.0 + i)
     with trio.fail_after(10):  # (the next period's sweep is 30 s away)
         while sweeps[-1][1] > 40_000 or len(sweeps) < 2:  # noqa: ASYNC110
             await trio.sleep(0.01)
