@@ -69,6 +69,7 @@ import trio
 
 from ..config import Config
 from ..config.cache import CacheConfig
+from ..http.cache_lock import DONE_KEEP, STORED, UNCACHEABLE, Claim
 from ..http.cache_policy import (
     CACHEABLE_METHODS,
     NOT_MODIFIED_HEADERS,
@@ -94,6 +95,7 @@ from ..http.response import Response
 from ..http.spool import Spool
 from ..metrics import CacheStats, PoolInstruments
 from .cache_disk import DiskStore, head_headers
+from .cache_lock import HANDOFF_KEEP, CacheLocks
 from .compress import Compressor, compress_bytes
 from .routing import PhpScript
 
@@ -111,6 +113,18 @@ UNCACHEABLE_FOR = 10.0
 MAX_UNCACHEABLE = 10_000
 #: The PHP handler: ``detached`` for a background refresh (no client to watch).
 Fetch = Callable[[bool], Awaitable[Response]]
+
+
+@dataclass(slots=True)
+class Held:
+    """A request's hold on a key's stampede lock: its key in the shared table
+    (None: no table, the lock is this process's alone), its token there, and
+    how its fetch ended (``http.cache_lock``'s STORED, UNCACHEABLE; None: the
+    client left or it failed)."""
+
+    shared: bytes | None
+    token: int = 0
+    phase: int | None = None
 
 
 @dataclass(slots=True)
@@ -246,6 +260,12 @@ class SiteCache:
         self._fetching: dict[bytes, trio.Event] = {}
         #: keys whose last response could not be stored, until when (trio time)
         self._uncacheable: OrderedDict[bytes, float] = OrderedDict()
+        #: the stampede lock's table shared with the other worker processes
+        #: (``PageCaches.share_locks``); None: the lock is this process's alone
+        self.locks: CacheLocks | None = None
+        #: where a fetched page is left for the other processes' waiters when
+        #: there is no disk tier (``app.cache_lock``'s hand-off files)
+        self.handoff: DiskStore | None = None
         #: where background refreshes run (``App.run``); None: refresh in the foreground
         self.nursery: trio.Nursery | None = None
         #: awaited for each purge a request made (PURGE, X-Cache-Purge), after
@@ -309,6 +329,7 @@ class SiteCache:
         where = cache_key(self.policy, https=req.https, host=req.host, path=path, query=query, headers=req.headers)
         deadline = trio.current_time() + self.lock_timeout
         waited = False
+        lead: Held | None = None
         while True:
             entry = self.store.get(where.key)
             if entry is None and self.disk is not None:
@@ -323,28 +344,102 @@ class SiteCache:
                 return self._not_modified(entry, req, "STALE") or await self._coded(
                     self._from_entry(entry, req.method, "STALE"), entry, req)
             event = self._fetching.get(where.key)
-            if event is None or req.method == b"HEAD" or trio.current_time() >= deadline or \
-                    self._marked_uncacheable(where.key):
-                break
+            if req.method != b"GET" or trio.current_time() >= deadline or self._marked_uncacheable(where.key):
+                break  # a HEAD, an uncacheable page, or the wait ran out: to PHP without the lock
+            if event is None:
+                if entry is not None and self._fresh_on_disk(where):
+                    continue  # expired here, refreshed by another process
+                claim, lead = self._claim(where)
+                if claim is Claim.LEAD:
+                    break
+                if claim is Claim.UNCACHEABLE:
+                    self._mark_uncacheable(where.key)
+                    break
+                # another process fetches it: this request waits for it for every request of this process
+                if not waited:
+                    waited = True
+                    self.stats.lock_waits += 1
+                await self._watch(where, deadline)
+                continue
             if not waited:
                 waited = True
                 self.stats.lock_waits += 1
             with trio.move_on_at(deadline):
                 await event.wait()
-        if where.key in self._fetching or req.method != b"GET" or self._marked_uncacheable(where.key):
-            # a HEAD, an uncacheable page, or the wait ran out: to PHP without the lock
+        if lead is None:
             return await self._fetch(where, req.method, fetch, entry, detached=False)
         event = self._fetching[where.key] = trio.Event()
         try:
-            return await self._fetch(where, req.method, fetch, entry, detached=False)
+            return await self._fetch(where, req.method, fetch, entry, detached=False, lead=lead)
+        finally:
+            del self._fetching[where.key]
+            self._release(lead)
+            event.set()
+
+    # -- the stampede lock -----------------------------------------------------------
+
+    def _claim(self, where: CacheKey) -> tuple[Claim, Held | None]:
+        """Take ``where``'s lock (this process's alone, or the shared one), or
+        say why not: another process holds it, or the page is uncacheable."""
+        if self.locks is None:
+            return Claim.LEAD, Held(None)
+        shared = self.locks.key(self.site, where.key)
+        claim, lock = self.locks.claim(shared, self.lock_timeout)
+        if claim is not Claim.LEAD:
+            return claim, None
+        assert lock is not None
+        if self.handoff is not None:
+            self.handoff.remove(where.key)  # (one a killed holder left)
+        return claim, Held(shared, lock.token)
+
+    def _release(self, lead: Held) -> None:
+        if self.locks is not None and lead.shared is not None:
+            self.locks.release(lead.shared, lead.token, lead.phase,
+                               UNCACHEABLE_FOR if lead.phase == UNCACHEABLE else DONE_KEEP)
+
+    async def _watch(self, where: CacheKey, deadline: float) -> None:
+        """Wait until another process's fetch of ``where`` is over (or
+        ``deadline``), this process's other requests for it waiting on this
+        one; then take what it left: its entry, or its uncacheable mark."""
+        assert self.locks is not None
+        event = self._fetching[where.key] = trio.Event()
+        try:
+            lock = await self.locks.wait(self.locks.key(self.site, where.key), deadline)
+            if lock is not None and lock.phase == UNCACHEABLE:
+                self._mark_uncacheable(where.key)
+            elif lock is not None and lock.phase == STORED:
+                if self.disk is None and self.handoff is not None:
+                    self._from_disk(where, self.handoff)
+                elif self.disk is not None:
+                    self._from_disk(where)
         finally:
             del self._fetching[where.key]
             event.set()
 
-    def _from_disk(self, where: CacheKey) -> Entry | None:
-        """The disk tier's entry for ``where``, kept in memory too."""
-        assert self.disk is not None
-        found = self.disk.get(where.key)
+    def _fresh_on_disk(self, where: CacheKey) -> bool:
+        """Has the disk tier a fresh entry for ``where`` (now in memory too)?"""
+        entry = self._from_disk(where) if self.disk is not None else None
+        return entry is not None and freshness(entry.stored_at, entry.lifetime,
+                                               trio.current_time()) is Freshness.FRESH
+
+    def _wanted(self, lead: Held | None) -> bool:
+        """Does a request of another process wait for ``lead``'s answer?"""
+        if lead is None or lead.shared is None or self.locks is None:
+            return False
+        lock = self.locks.peek(lead.shared)
+        return lock is not None and lock.token == lead.token and lock.wanted
+
+    async def _drop_handoff(self, key: bytes) -> None:
+        assert self.handoff is not None
+        await trio.sleep(HANDOFF_KEEP)
+        self.handoff.remove(key)
+
+    def _from_disk(self, where: CacheKey, disk: DiskStore | None = None) -> Entry | None:
+        """The disk tier's entry for ``where`` (or ``disk``'s: the hand-off
+        files), kept in memory too."""
+        disk = disk or self.disk
+        assert disk is not None
+        found = disk.get(where.key)
         if found is None:
             return None
         head, body = found
@@ -388,8 +483,12 @@ class SiteCache:
             event.set()
 
     async def _fetch(self, where: CacheKey, method: bytes, fetch: Fetch, old: Entry | None, *,
-                     detached: bool) -> Response:
-        """PHP's response, stored when it may be; a stale_if_error entry in place of an error."""
+                     detached: bool, lead: Held | None = None) -> Response:
+        """PHP's response, stored when it may be; a stale_if_error entry in
+        place of an error. ``lead``: the lock this request holds, told how it
+        ended; a page other processes wait for is written for them first
+        (the disk tier, or a hand-off file) so that they find it when the
+        lock is released."""
         resp = await fetch(detached)
         if resp.status in ERROR_STATUSES and old is not None and freshness(
                 old.stored_at, old.lifetime, trio.current_time()) is not Freshness.EXPIRED:
@@ -412,11 +511,21 @@ class SiteCache:
             if self.disk is not None:
                 await self.disk.store(where, entry.status, entry.reason, entry.headers, body, tags, lifetime,
                                       time.time())
+            elif self.handoff is not None and self.nursery is not None and self._wanted(lead):
+                await self.handoff.store(where, entry.status, entry.reason, entry.headers, body, tags, lifetime,
+                                         time.time())
+                self.nursery.start_soon(self._drop_handoff, where.key)
             self._uncacheable.pop(where.key, None)
+            if lead is not None:
+                lead.phase = STORED
+            elif self.locks is not None:
+                self.locks.cacheable_again(self.locks.key(self.site, where.key))
         elif method == b"GET":
             log.debug("cache: %s not stored: %s", where.key.decode("latin-1"), lifetime)
             if resp.status != 304:  # (PHP's answer to a conditional request says nothing of the page)
                 self._mark_uncacheable(where.key)
+                if lead is not None:
+                    lead.phase = UNCACHEABLE
         self._label(resp, "EXPIRED" if old is not None else "MISS")
         return resp
 
@@ -518,11 +627,14 @@ class SiteCache:
         return n
 
     async def purge(self, purge: Purge) -> int:
-        """Remove the entries ``purge`` matches, from memory and disk; how many
-        (an entry in both counts once: the larger of the two counts)."""
+        """Remove the entries ``purge`` matches, from memory and disk (and the
+        hand-off files); how many (an entry in both counts once: the larger
+        of the two counts)."""
         n = self.store.purge(purge)
         if self.disk is not None:
             n = max(n, await self.disk.purge_async(purge))
+        if self.handoff is not None:
+            await self.handoff.purge_async(purge)
         return n
 
 
@@ -572,6 +684,17 @@ class PageCaches(dict[str, SiteCache]):
         ``site``'s; a purge a request made: its site's)."""
         site = purge.site if site is None else site
         return sum([await cache.purge(purge) for name, cache in self.items() if site is None or name == site])
+
+    def share_locks(self, path: str) -> None:
+        """Hold the stampede lock in the worker processes' shared table at
+        ``path`` (``cache_lock.create``); before privileges drop."""
+        locks = CacheLocks.open(path)
+        if locks is None:
+            return
+        for cache in self.values():
+            cache.locks = locks
+            if cache.disk is None:
+                cache.handoff = DiskStore(os.path.join(locks.handoff_dir, cache.site), cache.store.max_size)
 
     def uncached(self, req: Request, path: str, resp: Response, instruments: PoolInstruments | None) -> None:
         """A PHP response of a site without a cache: the cache's instructions
