@@ -17,8 +17,9 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
   (``evictions``). Each gateway process has its own (README: "across
   processes"): a purge through the master's admin reaches them all.
 - **Disk tier** (``disk_dir``, ``cache_disk``): asked when memory has no
-  entry, written with every entry stored, shared by the processes; a purge
-  here purges it too.
+  entry (or only an expired one: another process may have refreshed it),
+  written with every entry stored (in a thread, before the lock is released),
+  shared by the processes; a purge here purges it too (in a thread).
 - **Complete bodies only**: a response is stored after PHP's output was
   drained whole into its spool (``upstream.exchange``), before the client is
   sent a byte; a streamed response is never stored, and a request whose
@@ -32,6 +33,15 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
   PHP at once, side by side, without the lock (Varnish's hit-for-miss; without
   it, requests for a no-store page would reach PHP one at a time). When the
   leader's client left, the next waiter leads.
+- **Across worker processes** (``locks``, ``app.cache_lock``): the leader of
+  a process first claims the key in the table the workers share. When
+  another process holds it, this request waits for that process's fetch
+  (``_watch``, polling the table) and the others of its process wait on it
+  as on a leader; then the page is taken from the disk tier, or, without one,
+  from the hand-off file the holder wrote because the lock was ``wanted``
+  (``handoff``). The outcome (stored, uncacheable, or nothing: the holder's
+  client left, its process died) is the table's, so each process goes on as
+  its own waiters would.
 - **stale_while_revalidate**: a stale entry is served at once (``STALE``)
   while one refresh runs in the background, in the nursery ``App.run`` owns
   (no orphan task; it ends with the process). Without that nursery (an App
