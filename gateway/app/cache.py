@@ -704,7 +704,8 @@ class PageCaches(dict[str, SiteCache]):
         for cache in self.values():
             cache.locks = locks
             if cache.disk is None:
-                cache.handoff = DiskStore(os.path.join(locks.handoff_dir, cache.site), cache.store.max_size)
+                cache.handoff = DiskStore(os.path.join(locks.handoff_dir, cache.site), cache.store.max_size,
+                                          flat=True)
 
     def uncached(self, req: Request, path: str, resp: Response, instruments: PoolInstruments | None) -> None:
         """A PHP response of a site without a cache: the cache's instructions

@@ -70,11 +70,15 @@ def _text(b: bytes) -> str:
 
 
 class DiskStore:
-    """One site's disk tier under ``directory``, at most ``max_size`` bytes (between sweeps)."""
+    """One site's disk tier under ``directory``, at most ``max_size`` bytes
+    (between sweeps). ``flat``: files in ``directory`` itself, not in
+    ``ab/cd/`` below it (``app.cache_lock``'s few, short-lived hand-off
+    files: no empty directories left behind)."""
 
-    def __init__(self, directory: str, max_size: int) -> None:
+    def __init__(self, directory: str, max_size: int, *, flat: bool = False) -> None:
         self.directory = directory
         self.max_size = max_size
+        self.flat = flat
         #: bytes this process wrote since its last sweep began
         self.written = 0
         #: set when ``written`` passes ``SWEEP_AFTER`` of ``max_size``: the sweeper sweeps now
@@ -83,6 +87,8 @@ class DiskStore:
 
     def _path(self, key: bytes) -> str:
         digest = hashlib.sha256(key).hexdigest()
+        if self.flat:
+            return os.path.join(self.directory, digest)
         return os.path.join(self.directory, digest[:2], digest[2:4], digest)
 
     # -- entries ---------------------------------------------------------------------
