@@ -38,10 +38,11 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
   another process holds it, this request waits for that process's fetch
   (``_watch``, polling the table) and the others of its process wait on it
   as on a leader; then the page is taken from the disk tier, or, without one,
-  from the hand-off file the holder wrote because the lock was ``wanted``
-  (``handoff``). The outcome (stored, uncacheable, or nothing: the holder's
-  client left, its process died) is the table's, so each process goes on as
-  its own waiters would.
+  from the hand-off file every stored page is written to for
+  ``HANDOFF_KEEP`` seconds (``handoff``: a request of another process that
+  comes just after the fetch finds it there too). The outcome (stored,
+  uncacheable, or nothing: the holder's client left, its process died) is
+  the table's, so each process goes on as its own waiters would.
 - **stale_while_revalidate**: a stale entry is served at once (``STALE``)
   while one refresh runs in the background, in the nursery ``App.run`` owns
   (no orphan task; it ends with the process). Without that nursery (an App
@@ -357,8 +358,10 @@ class SiteCache:
             if req.method != b"GET" or trio.current_time() >= deadline or self._marked_uncacheable(where.key):
                 break  # a HEAD, an uncacheable page, or the wait ran out: to PHP without the lock
             if event is None:
-                if entry is not None and self._fresh_on_disk(where):
-                    continue  # expired here, refreshed by another process
+                shared = self._fresh_elsewhere(where, entry)
+                if shared is not None:  # fetched by another process: its hand-off file, or the disk tier
+                    return self._not_modified(shared, req, "HIT") or await self._coded(
+                        self._from_entry(shared, req.method, "HIT"), shared, req)
                 claim, lead = self._claim(where)
                 if claim is Claim.LEAD:
                     break
@@ -426,18 +429,19 @@ class SiteCache:
             del self._fetching[where.key]
             event.set()
 
-    def _fresh_on_disk(self, where: CacheKey) -> bool:
-        """Has the disk tier a fresh entry for ``where`` (now in memory too)?"""
-        entry = self._from_disk(where) if self.disk is not None else None
-        return entry is not None and freshness(entry.stored_at, entry.lifetime,
-                                               trio.current_time()) is Freshness.FRESH
-
-    def _wanted(self, lead: Held | None) -> bool:
-        """Does a request of another process wait for ``lead``'s answer?"""
-        if lead is None or lead.shared is None or self.locks is None:
-            return False
-        lock = self.locks.peek(lead.shared)
-        return lock is not None and lock.token == lead.token and lock.wanted
+    def _fresh_elsewhere(self, where: CacheKey, entry: Entry | None) -> Entry | None:
+        """A fresh entry for ``where`` (kept in memory too) that another
+        process stored since this one looked: on the disk tier, when this
+        process has only an expired one (without one, the lookup asked the
+        disk already), or in a hand-off file."""
+        found = None
+        if self.disk is not None and entry is not None:
+            found = self._from_disk(where)
+        elif self.disk is None and self.handoff is not None:
+            found = self._from_disk(where, self.handoff)
+        if found is None or freshness(found.stored_at, found.lifetime, trio.current_time()) is not Freshness.FRESH:
+            return None
+        return found
 
     async def _drop_handoff(self, key: bytes) -> None:
         assert self.handoff is not None
@@ -496,9 +500,8 @@ class SiteCache:
                      detached: bool, lead: Held | None = None) -> Response:
         """PHP's response, stored when it may be; a stale_if_error entry in
         place of an error. ``lead``: the lock this request holds, told how it
-        ended; a page other processes wait for is written for them first
-        (the disk tier, or a hand-off file) so that they find it when the
-        lock is released."""
+        ended; a page is written where other processes look (the disk tier,
+        or a hand-off file) before the lock is released."""
         resp = await fetch(detached)
         if resp.status in ERROR_STATUSES and old is not None and freshness(
                 old.stored_at, old.lifetime, trio.current_time()) is not Freshness.EXPIRED:
@@ -521,7 +524,7 @@ class SiteCache:
             if self.disk is not None:
                 await self.disk.store(where, entry.status, entry.reason, entry.headers, body, tags, lifetime,
                                       time.time())
-            elif self.handoff is not None and self.nursery is not None and self._wanted(lead):
+            elif self.handoff is not None and self.nursery is not None:  # (shared for HANDOFF_KEEP seconds)
                 await self.handoff.store(where, entry.status, entry.reason, entry.headers, body, tags, lifetime,
                                          time.time())
                 self.nursery.start_soon(self._drop_handoff, where.key)

@@ -45,13 +45,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from ..http.cache_policy import CacheKey, Lifetime, Purge
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 MAGIC = b"GWC1"
 _LEN = struct.Struct(">I")
@@ -118,9 +120,8 @@ class DiskStore:
     async def store(self, where: CacheKey, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                     body: bytes, tags: frozenset[str], lifetime: Lifetime, stored_wall: float) -> None:
         """``put`` in a thread (not cancelled: a write once begun completes)."""
-        written = await trio.to_thread.run_sync(
-            partial(self.put, where, status, reason, headers, body, tags, lifetime, stored_wall),
-            limiter=self._threads)
+        written = await self._in_thread(
+            partial(self.put, where, status, reason, headers, body, tags, lifetime, stored_wall))
         self.written += written
         if self.written > self.max_size * SWEEP_AFTER:
             self._full.set()
@@ -154,6 +155,10 @@ class DiskStore:
             return 0
         return len(MAGIC) + _LEN.size + len(head) + len(body)
 
+    async def _in_thread(self, work: Callable[[], R]) -> R:
+        """``work`` in a thread, at most ``THREADS`` at once."""
+        return await trio.to_thread.run_sync(work, limiter=self._threads)
+
     def remove(self, key: bytes) -> None:
         """Remove ``key``'s entry, if there is one."""
         with contextlib.suppress(OSError):
@@ -161,7 +166,7 @@ class DiskStore:
 
     async def purge_async(self, purge: Purge) -> int:
         """``purge`` in a thread."""
-        return await trio.to_thread.run_sync(self.purge, purge, limiter=self._threads)
+        return await self._in_thread(partial(self.purge, purge))
 
     def purge(self, purge: Purge) -> int:
         n = 0

@@ -23,12 +23,14 @@ not one per process. The lock's states and steps are ``http.cache_lock``'s
   waiters of the other processes, beside the PHP run they wait for.
 - **Where the waiters find the page**: the disk tier, when the site has one
   (the holder writes it before it releases the lock). Without one, the
-  holder writes its answer, when a process waits for it (the lock is
-  ``wanted``), to a hand-off file in ``cache-handoff/SITE/`` beside the
-  table (``app.cache_disk``'s format, so a reader sees all of it or none),
-  and removes it ``HANDOFF_KEEP`` seconds later; a new holder of the key
-  removes what a killed one left, and a purge removes them all. A waiter
-  that finds no entry claims the lock itself.
+  holder writes each page it stored to a hand-off file in
+  ``cache-handoff/SITE/`` beside the table (``app.cache_disk``'s format, in
+  a thread, so a reader sees all of it or none), and removes it
+  ``HANDOFF_KEEP`` seconds later: the waiters read it, and so does a request
+  of another process that comes just after the fetch (which would otherwise
+  run PHP again: its process's memory tier has no copy). A new holder of the
+  key removes what a killed one left, and a purge removes them all. A
+  waiter that finds no entry claims the lock itself.
 - **A dead holder** (its process killed mid-fetch) frees the lock at the next
   poll (``os.kill(pid, 0)``); a live holder's lock expires ``lock_timeout``
   after it was taken, as the waiters' wait does: nobody waits longer than

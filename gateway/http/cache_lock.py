@@ -4,17 +4,15 @@ rate limits' fixed-size table, in a file every worker maps:
 ``app.cache_lock`` does that IO, the locking and the waiting).
 
 A key's state is one slot: the ``token`` of the request that holds or last
-held the lock (its process id in the high bits: ``owner``), a ``phase``, a
-``wanted`` flag and the time the state ``expires`` (the table's expiry: an
-expired state is no state):
+held the lock (its process id in the high bits: ``owner``), a ``phase`` and
+the time the state ``expires`` (the table's expiry: an expired state is no
+state):
 
 - ``HELD``: a request is fetching the page from PHP until ``expires``
   (``lock_timeout`` after it took the lock). Another request for the key, in
-  any process, waits (``Claim.WAIT``) and sets ``wanted``: the holder then
-  leaves its answer where a process without the disk tier finds it. A lock
-  whose owner process is gone (killed mid-fetch) is free at once, and any
-  held lock is free when it expires: a dead owner never makes others wait
-  more than ``lock_timeout``.
+  any process, waits (``Claim.WAIT``). A lock whose owner process is gone
+  (killed mid-fetch) is free at once, and any held lock is free when it
+  expires: a dead owner never makes others wait more than ``lock_timeout``.
 - ``STORED``: the holder stored its answer (kept ``DONE_KEEP`` seconds, for
   the waiters that poll: they read the entry, from the disk tier or the
   holder's hand-off file). For a new request it is a free lock.
@@ -58,7 +56,6 @@ class Claim(enum.Enum):
 class Lock:
     token: int
     phase: int
-    wanted: bool
     expires: float
 
     @property
@@ -69,7 +66,8 @@ class Lock:
 
 def make_token(pid: int, serial: int) -> int:
     """A lock holder's token: its process id and a serial number of its own
-    (below 2**46 with Linux's largest pid: exact in the table's doubles)."""
+    (below 2**47 with Linux's largest pid, 2**49 with the phase: exact in
+    the table's doubles)."""
     return pid << _SERIAL_BITS | serial & ((1 << _SERIAL_BITS) - 1)
 
 
@@ -82,11 +80,11 @@ def decode(state: State | None) -> Lock | None:
     if state is None:
         return None
     a, expires = int(state[0]), state[1]
-    return Lock(a >> 3, (a >> 1) & 3, bool(a & 1), expires)
+    return Lock(a >> 2, a & 3, expires)
 
 
 def encode(lock: Lock) -> Stored:
-    return float(lock.token << 3 | lock.phase << 1 | int(lock.wanted)), lock.expires, lock.expires
+    return float(lock.token << 2 | lock.phase), lock.expires, lock.expires
 
 
 def is_waited_on(lock: Lock | None, alive: Callable[[int], bool]) -> bool:
@@ -97,16 +95,15 @@ def is_waited_on(lock: Lock | None, alive: Callable[[int], bool]) -> bool:
 def claim(token: int, hold_for: float, alive: Callable[[int], bool]) -> Step[tuple[Claim, Lock | None]]:
     """The step of a request that found no entry for the key: take the lock
     (``LEAD``, held ``hold_for`` seconds at most), or wait for its live
-    holder (``WAIT``, marking it wanted), or go without (``UNCACHEABLE``)."""
+    holder (``WAIT``), or go without (``UNCACHEABLE``)."""
 
     def step(state: State | None, now: float) -> tuple[tuple[Claim, Lock | None], Stored | None]:
         lock = decode(state)
         if lock is not None and lock.phase == UNCACHEABLE:
             return (Claim.UNCACHEABLE, lock), None
         if is_waited_on(lock, alive):
-            assert lock is not None
-            return (Claim.WAIT, lock), None if lock.wanted else encode(Lock(lock.token, HELD, True, lock.expires))
-        mine = Lock(token, HELD, False, now + hold_for)
+            return (Claim.WAIT, lock), None
+        mine = Lock(token, HELD, now + hold_for)
         return (Claim.LEAD, mine), encode(mine)
 
     return step
@@ -128,8 +125,8 @@ def release(token: int, phase: int | None, keep_for: float) -> Step[bool]:
         if lock is not None and lock.token != token and lock.phase == HELD:
             return False, None
         if phase is None:
-            return True, encode(Lock(token, STORED, False, now)) if lock is not None else None
-        return True, encode(Lock(token, phase, False, now + keep_for))
+            return True, encode(Lock(token, STORED, now)) if lock is not None else None
+        return True, encode(Lock(token, phase, now + keep_for))
 
     return step
 
@@ -140,4 +137,4 @@ def cacheable_again(state: State | None, now: float) -> tuple[None, Stored | Non
     lock = decode(state)
     if lock is None or lock.phase != UNCACHEABLE:
         return None, None
-    return None, encode(Lock(lock.token, STORED, False, now))
+    return None, encode(Lock(lock.token, STORED, now))
