@@ -277,6 +277,8 @@ class SiteCache:
         #: where a fetched page is left for the other processes' waiters when
         #: there is no disk tier (``app.cache_lock``'s hand-off files)
         self.handoff: DiskStore | None = None
+        #: hand-off files this process wrote, by key: how many times (``_drop_handoff``)
+        self._handoffs: dict[bytes, int] = {}
         #: where background refreshes run (``App.run``); None: refresh in the foreground
         self.nursery: trio.Nursery | None = None
         #: awaited for each purge a request made (PURGE, X-Cache-Purge), after
@@ -444,9 +446,16 @@ class SiteCache:
         return found
 
     async def _drop_handoff(self, key: bytes) -> None:
+        """Remove ``key``'s hand-off file ``HANDOFF_KEEP`` seconds from now,
+        unless this process wrote it again meanwhile (the newer one's timer will)."""
         assert self.handoff is not None
-        await trio.sleep(HANDOFF_KEEP)
-        self.handoff.remove(key)
+        mine = self._handoffs[key] = self._handoffs.get(key, 0) + 1
+        try:
+            await trio.sleep(HANDOFF_KEEP)
+        finally:
+            if self._handoffs.get(key) == mine:
+                del self._handoffs[key]
+                self.handoff.remove(key)
 
     def _from_disk(self, where: CacheKey, disk: DiskStore | None = None) -> Entry | None:
         """The disk tier's entry for ``where`` (or ``disk``'s: the hand-off
