@@ -422,11 +422,8 @@ class SiteCache:
             lock = await self.locks.wait(self.locks.key(self.site, where.key), deadline)
             if lock is not None and lock.phase == UNCACHEABLE:
                 self._mark_uncacheable(where.key)
-            elif lock is not None and lock.phase == STORED:
-                if self.disk is None and self.handoff is not None:
-                    self._from_disk(where, self.handoff)
-                elif self.disk is not None:
-                    self._from_disk(where)
+            elif lock is not None and lock.phase == STORED and (self.disk or self.handoff) is not None:
+                self._from_disk(where, self.disk or self.handoff)
         finally:
             del self._fetching[where.key]
             event.set()
@@ -717,7 +714,7 @@ class PageCaches(dict[str, SiteCache]):
             cache.locks = locks
             if cache.disk is None:
                 cache.handoff = DiskStore(os.path.join(locks.handoff_dir, cache.site), cache.store.max_size,
-                                          flat=True)
+                                          flat=True)  # (never swept: each file is removed by its writer)
 
     def uncached(self, req: Request, path: str, resp: Response, instruments: PoolInstruments | None) -> None:
         """A PHP response of a site without a cache: the cache's instructions

@@ -63,7 +63,7 @@ MAX_HEAD = 1 << 20
 SWEEP_EVERY = 30.0
 #: The share of ``max_size`` a process may write before it sweeps early.
 SWEEP_AFTER = 0.25
-#: Threads one store's writes, purges and sweeps may use at once.
+#: Threads one store's writes and purges may use at once (a sweep runs in its own).
 THREADS = 2
 
 

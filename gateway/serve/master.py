@@ -551,14 +551,15 @@ class Master:
 def clean_runtime_dir(runtime_dir: str) -> None:
     """A configured runtime directory reused after a master that was killed
     (and its watchdog with it): stop a php-fpm a reload had started there,
-    remove the files of reloads and of old workers. ``fpm-NAME`` itself is
-    the supervisor's to check (``php_fpm.stop_stale_php_fpm``)."""
+    remove the files of reloads and of old workers (and the page cache's
+    hand-off files they left). ``fpm-NAME`` itself is the supervisor's to
+    check (``php_fpm.stop_stale_php_fpm``)."""
     for entry in os.listdir(runtime_dir):
         path = os.path.join(runtime_dir, entry)
         if entry.startswith("fpm-") and ".g" in entry and os.path.isdir(path):
             stop_stale_php_fpm(path)
             shutil.rmtree(path, ignore_errors=True)
-        elif entry.startswith("worker-"):
+        elif entry.startswith("worker-") or entry == cache_lock.HANDOFF_DIR:
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
