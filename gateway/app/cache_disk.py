@@ -12,14 +12,14 @@ reloads and restarts.
 - **What runs where**: a read (``get``) is a plain file call on the event
   loop: an entry is at most ``max_entry_size``, usually in the OS page cache,
   and a thread would cost more than the read (``scripts/cache_disk_bench.py``,
-  README "Page cache": the read of a 52 KB entry ~20-40 us on the loop,
-  ~200 us through a thread). The memory tier is asked first; an entry read
-  from disk is kept in memory too. What can take long runs in threads: a
-  write (``store``: directories, the temp file, the rename, ~0.4 ms for
+  README "Page cache": the read of a 52 KB entry 20-50 us on the loop,
+  130-400 us through a thread). The memory tier is asked first; an entry
+  read from disk is kept in memory too. What can take long runs in threads:
+  a write (``store``: directories, the temp file, the rename, 0.4-1.5 ms for
   52 KB; no fsync: after a crash a file cut short is no entry, by its size)
-  and a purge (``purge_async``, reads every head: ~0.7 s for 20 000
-  entries), at most ``THREADS`` at once per store, and the sweep
-  (``sweep_async``).
+  and a purge (``purge_async``, reads every head: 0.6-1.5 s of a stalled
+  loop for 20 000 entries when it ran there), at most ``THREADS`` at once per
+  store, and the sweep (``sweep_async``).
 - **Size bound**: ``sweep`` (every ``SWEEP_EVERY`` seconds, in a thread, from
   ``App.run``) removes entries past all their windows, then the least
   recently written until the tier holds at most ``disk_max_size``; between
