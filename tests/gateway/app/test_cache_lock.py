@@ -7,21 +7,13 @@ from __future__ import annotations
 
 import trio
 
-from gateway.app.cache_disk import DiskStore
 from gateway.app.cache_lock import HANDOFF_KEEP, CacheLocks
 from gateway.app.guard_table import GuardTable
 from gateway.app.site import App
 from tests.helpers import FakeFpm
 
 from .test_cache import client_for, counting, make_app
-
-
-class InlineStore(DiskStore):
-    """Hand-off files written on the loop: the autojump clock does not wait
-    for a thread (it would jump while one writes)."""
-
-    async def _in_thread(self, work):
-        return work()
+from .test_cache_disk import InlineStore
 
 
 def share(apps: list[App], tmp_path, live: set[int]) -> None:
@@ -31,7 +23,9 @@ def share(apps: list[App], tmp_path, live: set[int]) -> None:
         locks = CacheLocks(table, str(tmp_path / "run" / "cache-handoff"), pid=1000 + i, alive=live.__contains__)
         for cache in app.caches.values():
             cache.locks = locks
-            if cache.disk is None:
+            if cache.disk is not None:  # (its writes on the loop too)
+                cache.disk = InlineStore(cache.disk.directory, cache.disk.max_size)
+            else:
                 cache.handoff = InlineStore(str(tmp_path / "run" / "cache-handoff" / cache.site), 1 << 20, flat=True)
 
 
