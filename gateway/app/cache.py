@@ -17,8 +17,9 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
   (``evictions``). Each gateway process has its own (README: "across
   processes"): a purge through the master's admin reaches them all.
 - **Disk tier** (``disk_dir``, ``cache_disk``): asked when memory has no
-  entry, written with every entry stored, shared by the processes; a purge
-  here purges it too.
+  entry (or only an expired one: another process may have refreshed it),
+  written with every entry stored (in a thread, before the lock is released),
+  shared by the processes; a purge here purges it too (in a thread).
 - **Complete bodies only**: a response is stored after PHP's output was
   drained whole into its spool (``upstream.exchange``), before the client is
   sent a byte; a streamed response is never stored, and a request whose
@@ -32,6 +33,16 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
   PHP at once, side by side, without the lock (Varnish's hit-for-miss; without
   it, requests for a no-store page would reach PHP one at a time). When the
   leader's client left, the next waiter leads.
+- **Across worker processes** (``locks``, ``app.cache_lock``): the leader of
+  a process first claims the key in the table the workers share. When
+  another process holds it, this request waits for that process's fetch
+  (``_watch``, polling the table) and the others of its process wait on it
+  as on a leader; then the page is taken from the disk tier, or, without one,
+  from the hand-off file every stored page is written to for
+  ``HANDOFF_KEEP`` seconds (``handoff``: a request of another process that
+  comes just after the fetch finds it there too). The outcome (stored,
+  uncacheable, or nothing: the holder's client left, its process died) is
+  the table's, so each process goes on as its own waiters would.
 - **stale_while_revalidate**: a stale entry is served at once (``STALE``)
   while one refresh runs in the background, in the nursery ``App.run`` owns
   (no orphan task; it ends with the process). Without that nursery (an App
@@ -69,6 +80,7 @@ import trio
 
 from ..config import Config
 from ..config.cache import CacheConfig
+from ..http.cache_lock import DONE_KEEP, STORED, UNCACHEABLE, Claim
 from ..http.cache_policy import (
     CACHEABLE_METHODS,
     NOT_MODIFIED_HEADERS,
@@ -94,6 +106,7 @@ from ..http.response import Response
 from ..http.spool import Spool
 from ..metrics import CacheStats, PoolInstruments
 from .cache_disk import DiskStore, head_headers
+from .cache_lock import HANDOFF_KEEP, CacheLocks
 from .compress import Compressor, compress_bytes
 from .routing import PhpScript
 
@@ -111,6 +124,18 @@ UNCACHEABLE_FOR = 10.0
 MAX_UNCACHEABLE = 10_000
 #: The PHP handler: ``detached`` for a background refresh (no client to watch).
 Fetch = Callable[[bool], Awaitable[Response]]
+
+
+@dataclass(slots=True)
+class Held:
+    """A request's hold on a key's stampede lock: its key in the shared table
+    (None: no table, the lock is this process's alone), its token there, and
+    how its fetch ended (``http.cache_lock``'s STORED, UNCACHEABLE; None: the
+    client left or it failed)."""
+
+    shared: bytes | None
+    token: int = 0
+    phase: int | None = None
 
 
 @dataclass(slots=True)
@@ -246,6 +271,14 @@ class SiteCache:
         self._fetching: dict[bytes, trio.Event] = {}
         #: keys whose last response could not be stored, until when (trio time)
         self._uncacheable: OrderedDict[bytes, float] = OrderedDict()
+        #: the stampede lock's table shared with the other worker processes
+        #: (``PageCaches.share_locks``); None: the lock is this process's alone
+        self.locks: CacheLocks | None = None
+        #: where a fetched page is left for the other processes' waiters when
+        #: there is no disk tier (``app.cache_lock``'s hand-off files)
+        self.handoff: DiskStore | None = None
+        #: hand-off files this process wrote, by key: how many times (``_drop_handoff``)
+        self._handoffs: dict[bytes, int] = {}
         #: where background refreshes run (``App.run``); None: refresh in the foreground
         self.nursery: trio.Nursery | None = None
         #: awaited for each purge a request made (PURGE, X-Cache-Purge), after
@@ -309,6 +342,7 @@ class SiteCache:
         where = cache_key(self.policy, https=req.https, host=req.host, path=path, query=query, headers=req.headers)
         deadline = trio.current_time() + self.lock_timeout
         waited = False
+        lead: Held | None = None
         while True:
             entry = self.store.get(where.key)
             if entry is None and self.disk is not None:
@@ -323,28 +357,109 @@ class SiteCache:
                 return self._not_modified(entry, req, "STALE") or await self._coded(
                     self._from_entry(entry, req.method, "STALE"), entry, req)
             event = self._fetching.get(where.key)
-            if event is None or req.method == b"HEAD" or trio.current_time() >= deadline or \
-                    self._marked_uncacheable(where.key):
-                break
+            if req.method != b"GET" or trio.current_time() >= deadline or self._marked_uncacheable(where.key):
+                break  # a HEAD, an uncacheable page, or the wait ran out: to PHP without the lock
+            if event is None:
+                shared = self._fresh_elsewhere(where, entry)
+                if shared is not None:  # fetched by another process: its hand-off file, or the disk tier
+                    return self._not_modified(shared, req, "HIT") or await self._coded(
+                        self._from_entry(shared, req.method, "HIT"), shared, req)
+                claim, lead = self._claim(where)
+                if claim is Claim.LEAD:
+                    break
+                if claim is Claim.UNCACHEABLE:
+                    self._mark_uncacheable(where.key)
+                    break
+                # another process fetches it: this request waits for it for every request of this process
+                if not waited:
+                    waited = True
+                    self.stats.lock_waits += 1
+                await self._watch(where, deadline)
+                continue
             if not waited:
                 waited = True
                 self.stats.lock_waits += 1
             with trio.move_on_at(deadline):
                 await event.wait()
-        if where.key in self._fetching or req.method != b"GET" or self._marked_uncacheable(where.key):
-            # a HEAD, an uncacheable page, or the wait ran out: to PHP without the lock
+        if lead is None:
             return await self._fetch(where, req.method, fetch, entry, detached=False)
         event = self._fetching[where.key] = trio.Event()
         try:
-            return await self._fetch(where, req.method, fetch, entry, detached=False)
+            return await self._fetch(where, req.method, fetch, entry, detached=False, lead=lead)
+        finally:
+            del self._fetching[where.key]
+            self._release(lead)
+            event.set()
+
+    # -- the stampede lock -----------------------------------------------------------
+
+    def _claim(self, where: CacheKey) -> tuple[Claim, Held | None]:
+        """Take ``where``'s lock (this process's alone, or the shared one), or
+        say why not: another process holds it, or the page is uncacheable."""
+        if self.locks is None:
+            return Claim.LEAD, Held(None)
+        shared = self.locks.key(self.site, where.key)
+        claim, lock = self.locks.claim(shared, self.lock_timeout)
+        if claim is not Claim.LEAD:
+            return claim, None
+        assert lock is not None
+        if self.handoff is not None:
+            self.handoff.remove(where.key)  # (one a killed holder left)
+        return claim, Held(shared, lock.token)
+
+    def _release(self, lead: Held) -> None:
+        if self.locks is not None and lead.shared is not None:
+            self.locks.release(lead.shared, lead.token, lead.phase,
+                               UNCACHEABLE_FOR if lead.phase == UNCACHEABLE else DONE_KEEP)
+
+    async def _watch(self, where: CacheKey, deadline: float) -> None:
+        """Wait until another process's fetch of ``where`` is over (or
+        ``deadline``), this process's other requests for it waiting on this
+        one; then take what it left: its entry, or its uncacheable mark."""
+        assert self.locks is not None
+        event = self._fetching[where.key] = trio.Event()
+        try:
+            lock = await self.locks.wait(self.locks.key(self.site, where.key), deadline)
+            if lock is not None and lock.phase == UNCACHEABLE:
+                self._mark_uncacheable(where.key)
+            elif lock is not None and lock.phase == STORED and (self.disk or self.handoff) is not None:
+                self._from_disk(where, self.disk or self.handoff)
         finally:
             del self._fetching[where.key]
             event.set()
 
-    def _from_disk(self, where: CacheKey) -> Entry | None:
-        """The disk tier's entry for ``where``, kept in memory too."""
-        assert self.disk is not None
-        found = self.disk.get(where.key)
+    def _fresh_elsewhere(self, where: CacheKey, entry: Entry | None) -> Entry | None:
+        """A fresh entry for ``where`` (kept in memory too) that another
+        process stored since this one looked: on the disk tier, when this
+        process has only an expired one (without one, the lookup asked the
+        disk already), or in a hand-off file."""
+        found = None
+        if self.disk is not None and entry is not None:
+            found = self._from_disk(where)
+        elif self.disk is None and self.handoff is not None:
+            found = self._from_disk(where, self.handoff)
+        if found is None or freshness(found.stored_at, found.lifetime, trio.current_time()) is not Freshness.FRESH:
+            return None
+        return found
+
+    async def _drop_handoff(self, key: bytes) -> None:
+        """Remove ``key``'s hand-off file ``HANDOFF_KEEP`` seconds from now,
+        unless this process wrote it again meanwhile (the newer one's timer will)."""
+        assert self.handoff is not None
+        mine = self._handoffs[key] = self._handoffs.get(key, 0) + 1
+        try:
+            await trio.sleep(HANDOFF_KEEP)
+        finally:
+            if self._handoffs.get(key) == mine:
+                del self._handoffs[key]
+                self.handoff.remove(key)
+
+    def _from_disk(self, where: CacheKey, disk: DiskStore | None = None) -> Entry | None:
+        """The disk tier's entry for ``where`` (or ``disk``'s: the hand-off
+        files), kept in memory too."""
+        disk = disk or self.disk
+        assert disk is not None
+        found = disk.get(where.key)
         if found is None:
             return None
         head, body = found
@@ -388,8 +503,11 @@ class SiteCache:
             event.set()
 
     async def _fetch(self, where: CacheKey, method: bytes, fetch: Fetch, old: Entry | None, *,
-                     detached: bool) -> Response:
-        """PHP's response, stored when it may be; a stale_if_error entry in place of an error."""
+                     detached: bool, lead: Held | None = None) -> Response:
+        """PHP's response, stored when it may be; a stale_if_error entry in
+        place of an error. ``lead``: the lock this request holds, told how it
+        ended; a page is written where other processes look (the disk tier,
+        or a hand-off file) before the lock is released."""
         resp = await fetch(detached)
         if resp.status in ERROR_STATUSES and old is not None and freshness(
                 old.stored_at, old.lifetime, trio.current_time()) is not Freshness.EXPIRED:
@@ -410,12 +528,23 @@ class SiteCache:
                           trio.current_time())
             self.store.put(entry)
             if self.disk is not None:
-                self.disk.put(where, entry.status, entry.reason, entry.headers, body, tags, lifetime, time.time())
+                await self.disk.store(where, entry.status, entry.reason, entry.headers, body, tags, lifetime,
+                                      time.time())
+            elif self.handoff is not None and self.nursery is not None:  # (shared for HANDOFF_KEEP seconds)
+                await self.handoff.store(where, entry.status, entry.reason, entry.headers, body, tags, lifetime,
+                                         time.time())
+                self.nursery.start_soon(self._drop_handoff, where.key)
             self._uncacheable.pop(where.key, None)
+            if lead is not None:
+                lead.phase = STORED
+            elif self.locks is not None:
+                self.locks.cacheable_again(self.locks.key(self.site, where.key))
         elif method == b"GET":
             log.debug("cache: %s not stored: %s", where.key.decode("latin-1"), lifetime)
             if resp.status != 304:  # (PHP's answer to a conditional request says nothing of the page)
                 self._mark_uncacheable(where.key)
+                if lead is not None:
+                    lead.phase = UNCACHEABLE
         self._label(resp, "EXPIRED" if old is not None else "MISS")
         return resp
 
@@ -511,17 +640,20 @@ class SiteCache:
 
     async def _purge_here_and_there(self, purge: Purge) -> int:
         purge = dataclasses.replace(purge, site=self.site)  # (the siblings: this site's entries only)
-        n = self.purge(purge)
+        n = await self.purge(purge)
         if self.on_purge is not None:
             await self.on_purge(purge)
         return n
 
-    def purge(self, purge: Purge) -> int:
-        """Remove the entries ``purge`` matches, from memory and disk; how many
-        (an entry in both counts once: the larger of the two counts)."""
+    async def purge(self, purge: Purge) -> int:
+        """Remove the entries ``purge`` matches, from memory and disk (and the
+        hand-off files); how many (an entry in both counts once: the larger
+        of the two counts)."""
         n = self.store.purge(purge)
         if self.disk is not None:
-            n = max(n, self.disk.purge(purge))
+            n = max(n, await self.disk.purge_async(purge))
+        if self.handoff is not None:
+            await self.handoff.purge_async(purge)
         return n
 
 
@@ -566,11 +698,23 @@ class PageCaches(dict[str, SiteCache]):
         self.stats.disk_entries = sum(n for n, _ in self._disk_found.values())
         self.stats.disk_bytes = sum(b for _, b in self._disk_found.values())
 
-    def purge(self, purge: Purge, site: str | None = None) -> int:
+    async def purge(self, purge: Purge, site: str | None = None) -> int:
         """Remove the entries ``purge`` matches from every site's cache (or
         ``site``'s; a purge a request made: its site's)."""
         site = purge.site if site is None else site
-        return sum(cache.purge(purge) for name, cache in self.items() if site is None or name == site)
+        return sum([await cache.purge(purge) for name, cache in self.items() if site is None or name == site])
+
+    def share_locks(self, path: str) -> None:
+        """Hold the stampede lock in the worker processes' shared table at
+        ``path`` (``cache_lock.create``); before privileges drop."""
+        locks = CacheLocks.open(path)
+        if locks is None:
+            return
+        for cache in self.values():
+            cache.locks = locks
+            if cache.disk is None:
+                cache.handoff = DiskStore(os.path.join(locks.handoff_dir, cache.site), cache.store.max_size,
+                                          flat=True)  # (never swept: each file is removed by its writer)
 
     def uncached(self, req: Request, path: str, resp: Response, instruments: PoolInstruments | None) -> None:
         """A PHP response of a site without a cache: the cache's instructions

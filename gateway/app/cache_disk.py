@@ -9,9 +9,17 @@ reloads and restarts.
   cannot be parsed is not an entry (a broken one is removed).
 - **Writes** go to a temp file in the same directory, then ``os.replace``:
   a reader in another process sees the old entry or the new one, never half.
-- **Reads and writes are plain file calls on the event loop**, as the spool's:
-  an entry is at most ``max_entry_size`` and usually in the page cache. The
-  memory tier is asked first; an entry read from disk is kept in memory too.
+- **What runs where**: a read (``get``) is a plain file call on the event
+  loop: an entry is at most ``max_entry_size``, usually in the OS page cache,
+  and a thread would cost more than the read (``scripts/cache_disk_bench.py``,
+  README "Page cache": the read of a 52 KB entry 20-50 us on the loop,
+  130-400 us through a thread). The memory tier is asked first; an entry
+  read from disk is kept in memory too. What can take long runs in threads:
+  a write (``store``: directories, the temp file, the rename, 0.4-1.5 ms for
+  52 KB; no fsync: after a crash a file cut short is no entry, by its size)
+  and a purge (``purge_async``, reads every head: 0.6-1.5 s of a stalled
+  loop for 20 000 entries when it ran there), at most ``THREADS`` at once per
+  store, and the sweep (``sweep_async``).
 - **Size bound**: ``sweep`` (every ``SWEEP_EVERY`` seconds, in a thread, from
   ``App.run``) removes entries past all their windows, then the least
   recently written until the tier holds at most ``disk_max_size``; between
@@ -20,8 +28,8 @@ reloads and restarts.
   (``SWEEP_AFTER``: a flood of distinct URLs, ``?x=N``, at PHP's pace would
   otherwise write gigabytes in 30 s). Several processes sweeping at once is
   harmless (a file gone is skipped).
-- **Purges** read every head under the site's directory: O(entries), on the
-  event loop. A purge passed on to sibling processes scans again there
+- **Purges** read every head under the site's directory: O(entries), in a
+  thread. A purge passed on to sibling processes scans again there
   (finding nothing): simple over fast, since purges are rare.
 """
 
@@ -36,13 +44,16 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import trio
 
 from ..http.cache_policy import CacheKey, Lifetime, Purge
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 MAGIC = b"GWC1"
 _LEN = struct.Struct(">I")
@@ -52,6 +63,8 @@ MAX_HEAD = 1 << 20
 SWEEP_EVERY = 30.0
 #: The share of ``max_size`` a process may write before it sweeps early.
 SWEEP_AFTER = 0.25
+#: Threads one store's writes and purges may use at once (a sweep runs in its own).
+THREADS = 2
 
 
 def _text(b: bytes) -> str:
@@ -59,18 +72,25 @@ def _text(b: bytes) -> str:
 
 
 class DiskStore:
-    """One site's disk tier under ``directory``, at most ``max_size`` bytes (between sweeps)."""
+    """One site's disk tier under ``directory``, at most ``max_size`` bytes
+    (between sweeps). ``flat``: files in ``directory`` itself, not in
+    ``ab/cd/`` below it (``app.cache_lock``'s few, short-lived hand-off
+    files: no empty directories left behind)."""
 
-    def __init__(self, directory: str, max_size: int) -> None:
+    def __init__(self, directory: str, max_size: int, *, flat: bool = False) -> None:
         self.directory = directory
         self.max_size = max_size
+        self.flat = flat
         #: bytes this process wrote since its last sweep began
         self.written = 0
         #: set when ``written`` passes ``SWEEP_AFTER`` of ``max_size``: the sweeper sweeps now
         self._full = trio.Event()
+        self._threads = trio.CapacityLimiter(THREADS)
 
     def _path(self, key: bytes) -> str:
         digest = hashlib.sha256(key).hexdigest()
+        if self.flat:
+            return os.path.join(self.directory, digest)
         return os.path.join(self.directory, digest[:2], digest[2:4], digest)
 
     # -- entries ---------------------------------------------------------------------
@@ -97,9 +117,19 @@ class DiskStore:
             return None  # cut short (a full disk when written): not an entry
         return head, body
 
+    async def store(self, where: CacheKey, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                    body: bytes, tags: frozenset[str], lifetime: Lifetime, stored_wall: float) -> None:
+        """``put`` in a thread (not cancelled: a write once begun completes)."""
+        written = await self._in_thread(
+            partial(self.put, where, status, reason, headers, body, tags, lifetime, stored_wall))
+        self.written += written
+        if self.written > self.max_size * SWEEP_AFTER:
+            self._full.set()
+
     def put(self, where: CacheKey, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-            tags: frozenset[str], lifetime: Lifetime, stored_wall: float) -> None:
-        """Store an entry (replacing the key's); a failure is one log line."""
+            tags: frozenset[str], lifetime: Lifetime, stored_wall: float) -> int:
+        """Store an entry (replacing the key's); the bytes written (0: a
+        failure, one log line). Blocks: ``store`` runs it in a thread."""
         head = json.dumps({
             "key": _text(where.key), "host": where.host, "path": where.path, "query": where.query,
             "status": status, "reason": _text(reason), "headers": [[_text(n), _text(v)] for n, v in headers],
@@ -116,15 +146,27 @@ class DiskStore:
                     f.write(MAGIC + _LEN.pack(len(head)) + head)
                     f.write(body)
                 os.replace(tmp, path)
-                self.written += len(head) + len(body)
-                if self.written > self.max_size * SWEEP_AFTER:
-                    self._full.set()
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
         except OSError as exc:
             log.warning("cache: cannot write %s: %s", path, exc.strerror or exc)
+            return 0
+        return len(MAGIC) + _LEN.size + len(head) + len(body)
+
+    async def _in_thread(self, work: Callable[[], R]) -> R:
+        """``work`` in a thread, at most ``THREADS`` at once."""
+        return await trio.to_thread.run_sync(work, limiter=self._threads)
+
+    def remove(self, key: bytes) -> None:
+        """Remove ``key``'s entry, if there is one."""
+        with contextlib.suppress(OSError):
+            os.unlink(self._path(key))
+
+    async def purge_async(self, purge: Purge) -> int:
+        """``purge`` in a thread."""
+        return await self._in_thread(partial(self.purge, purge))
 
     def purge(self, purge: Purge) -> int:
         n = 0
@@ -137,6 +179,10 @@ class DiskStore:
         return n
 
     # -- upkeep ----------------------------------------------------------------------
+
+    async def sweep_async(self) -> tuple[int, int]:
+        """``sweep`` in a thread (not one of ``THREADS``: writes do not queue behind a sweep)."""
+        return await trio.to_thread.run_sync(self.sweep)
 
     def sweep(self, now_wall: float | None = None) -> tuple[int, int]:
         """Remove entries past all their windows, then the oldest written until
@@ -177,7 +223,7 @@ class DiskStore:
             self.written = 0
             self._full = trio.Event()
             try:
-                found(*await trio.to_thread.run_sync(self.sweep))
+                found(*await self.sweep_async())
             except OSError as exc:
                 log.warning("cache: sweeping %s failed: %s", self.directory, exc)
             with trio.move_on_after(SWEEP_EVERY):

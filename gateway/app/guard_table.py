@@ -51,11 +51,11 @@ SETS = 8192
 FILE_NAME = "guard.table"
 
 
-def create(runtime_dir: str, sets: int = SETS) -> str:
-    """The shared table's file in ``runtime_dir``, made (0600, the owner's:
-    workers open it before dropping privileges) if there is none of this
-    layout; its path."""
-    path = os.path.join(runtime_dir, FILE_NAME)
+def create(runtime_dir: str, sets: int = SETS, name: str = FILE_NAME) -> str:
+    """The shared table's file ``name`` in ``runtime_dir``, made (0600, the
+    owner's: workers open it before dropping privileges) if there is none of
+    this layout; its path. (The page cache's lock table is one too: ``app.cache_lock``.)"""
+    path = os.path.join(runtime_dir, name)
     size = table_size(sets)
     try:
         if os.path.getsize(path) == size:

@@ -178,8 +178,8 @@ class App:
         """The page caches' background work (``PageCaches.run``), until cancelled."""
         await self.caches.run()
 
-    def purge(self, purge: Purge, site: str | None = None) -> int:
-        return self.caches.purge(purge, site)
+    async def purge(self, purge: Purge, site: str | None = None) -> int:
+        return await self.caches.purge(purge, site)
 
     def error(self, status: int, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
         return error_response(status, server=self.server_software, headers=headers)

@@ -181,7 +181,7 @@ class AdminApp(AdminRouter):
     """One gateway process's admin: its monitor's /status and /metrics."""
 
     def __init__(self, monitor: Monitor, certificates: Callable[[], list[dict[str, Any]]] | None = None,
-                 purge: Callable[[Purge], int] | None = None) -> None:
+                 purge: Callable[[Purge], Awaitable[int]] | None = None) -> None:
         self.monitor = monitor
         #: the ACME certificates' state (``acme.manager``), in the process that obtains them
         self.certificates = certificates
@@ -191,7 +191,7 @@ class AdminApp(AdminRouter):
 
     async def _cache_purge_here(self, obj: dict[str, Any]) -> dict[str, Any]:
         assert self.purge is not None
-        return {"purged": self.purge(parse_purge(obj))}
+        return {"purged": await self.purge(parse_purge(obj))}
 
     async def _status(self) -> dict[str, Any]:
         status = self.monitor.status()

@@ -50,7 +50,7 @@ from typing import Any
 import trio
 
 from ..acme.manager import CertificateManager
-from ..app import guard_table
+from ..app import cache_lock, guard_table
 from ..config import FASTCGI_ONLY_KEYS, Config, ConfigError, validate
 from ..config.addresses import parse_listen
 from ..front.h1 import ListenerState
@@ -399,9 +399,11 @@ class Master:
             ticket_keys = new_keys()  # one set per generation: a reload rotates them
             # one rate-limit table for all workers and generations (nginx's zone)
             table = guard_table.create(self.runtime_dir) if uses_guard_table(config) else ""
+            # one page-cache lock table too: a cold page costs one PHP run, not one per worker
+            locks = cache_lock.create(self.runtime_dir) if any(s.cache.enabled for s in config.sites.values()) else ""
             specs = [write_spec(config, i, count, backends, self.runtime_dir, listen_fds, self.parent_read,
                                 self.log_level, number, [str(spec) for spec in listen_entries], ticket_keys,
-                                table)
+                                table, locks)
                      for i in range(count)]
             workers = Workers(specs, [*listen_fds, self.parent_read], self.runtime_dir, number)
             gen = Generation(number, config, count, workers, fpm, backends, listen)
@@ -549,14 +551,15 @@ class Master:
 def clean_runtime_dir(runtime_dir: str) -> None:
     """A configured runtime directory reused after a master that was killed
     (and its watchdog with it): stop a php-fpm a reload had started there,
-    remove the files of reloads and of old workers. ``fpm-NAME`` itself is
-    the supervisor's to check (``php_fpm.stop_stale_php_fpm``)."""
+    remove the files of reloads and of old workers (and the page cache's
+    hand-off files they left). ``fpm-NAME`` itself is the supervisor's to
+    check (``php_fpm.stop_stale_php_fpm``)."""
     for entry in os.listdir(runtime_dir):
         path = os.path.join(runtime_dir, entry)
         if entry.startswith("fpm-") and ".g" in entry and os.path.isdir(path):
             stop_stale_php_fpm(path)
             shutil.rmtree(path, ignore_errors=True)
-        elif entry.startswith("worker-"):
+        elif entry.startswith("worker-") or entry == cache_lock.HANDOFF_DIR:
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -654,7 +657,8 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
 
 def write_spec(config: Config, index: int, count: int, backends: dict[str, tuple[str, str]], runtime_dir: str,
                listen_fds: list[int], parent_fd: int, log_level: str, generation: int = 0,
-               listen_entries: list[str] | None = None, ticket_keys: bytes = b"", table: str = "") -> str:
+               listen_entries: list[str] | None = None, ticket_keys: bytes = b"", table: str = "",
+               cache_locks: str = "") -> str:
     """Worker ``index``'s spec file, 0600 (it holds the TLS session-ticket keys)."""
     path = os.path.join(runtime_dir, f"worker-{index}" + (f".g{generation}" if generation else "") + ".json")
     try:
@@ -664,7 +668,8 @@ def write_spec(config: Config, index: int, count: int, backends: dict[str, tuple
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         json.dump({"config": worker_config(config, index, count, backends, runtime_dir, generation),
                    "listen_fds": listen_fds, "listen_entries": listen_entries or [], "parent_fd": parent_fd,
-                   "log_level": log_level, "ticket_keys": ticket_keys.hex(), "guard_table": table}, f)
+                   "log_level": log_level, "ticket_keys": ticket_keys.hex(), "guard_table": table,
+                   "cache_locks": cache_locks}, f)
     return path
 
 
@@ -673,5 +678,6 @@ def read_spec(spec_path: str) -> tuple[Config, Inherited, str]:
     with open(spec_path) as f:
         spec = json.load(f)
     inherited = Inherited(spec["listen_fds"], spec["parent_fd"], spec.get("listen_entries", []),
-                          bytes.fromhex(spec.get("ticket_keys", "")), spec.get("guard_table", ""))
+                          bytes.fromhex(spec.get("ticket_keys", "")), spec.get("guard_table", ""),
+                          spec.get("cache_locks", ""))
     return validate(spec["config"]), inherited, spec["log_level"]

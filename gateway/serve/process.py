@@ -274,6 +274,9 @@ class Inherited:
     #: the master's rate-limit and login-failure table (``app.guard_table``),
     #: shared by its workers; empty: this process keeps its own
     guard_table: str = ""
+    #: the master's page-cache lock table (``app.cache_lock``), shared by its
+    #: workers; empty: the lock holds in this process only
+    cache_locks: str = ""
 
 
 def site_tls(config: Config) -> list[SiteTls]:
@@ -526,6 +529,8 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
             system.start_soon(app.run)  # the page caches' background refreshes
             if inherited is not None and app.caches:
                 share_purges(app, config.admin.listen)
+                if inherited.cache_locks:
+                    app.caches.share_locks(inherited.cache_locks)  # (opened before privileges drop)
             settings = ConnectionSettings.from_config(config.server, config.timeouts, config.limits)
             max_conns = raise_open_files_limit(config.limits.max_connections)
             services = [Service(listeners, app.handle, settings, listener_state, max_conns,

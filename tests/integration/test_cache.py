@@ -5,15 +5,21 @@ one line per run in a file beside it."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h11
 import pytest
 import trio
 
+from gateway.http.cache_lock import HELD, decode
+from gateway.http.ratelimit import HEADER_SIZE, KEY_SIZE, SLOT_SIZE
 from tests.helpers import HttpClient
 
 from .conftest import Gateway, StartGateway, free_port, start_cli
@@ -205,3 +211,72 @@ async def test_worker_processes_share_the_disk_tier(tmp_path: Path, site: Path):
         assert await _entries(admin) == 0
     finally:
         await stop(proc, stderr)
+
+
+async def _burst(url: str, n: int) -> list[str]:
+    """``n`` parallel curl requests for ``url``: "STATUS X-CACHE" of each (000: no answer)."""
+    result = await trio.run_process(
+        ["curl", "-sS", "-Z", "--parallel-max", str(n), "--parallel-immediate",
+         "-w", "%{http_code} %header{x-cache}\\n", *["-o", "/dev/null", url] * n], capture_stdout=True,
+        capture_stderr=True, check=False)
+    return result.stdout.decode().split("\n")[:-1]
+
+
+async def test_a_500_client_burst_over_two_worker_processes_is_one_php_run(tmp_path: Path, site: Path):
+    port, admin = free_port(), free_port()
+    proc, stderr = await start_cli(["serve", "--config", str(_conf(tmp_path, site, port, admin))])
+    try:
+        answers = await _burst(f"http://127.0.0.1:{port}/cold/?sleep=300", 500)
+        assert sorted(answers) == ["200 HIT"] * 499 + ["200 MISS"]
+        assert runs(site, "/cold/?sleep=300") == 1
+        status, body = await _request(admin, "GET", "/status")
+        st = json.loads(body)
+        # both processes served the burst: each holds the page, from the one PHP run
+        assert st["cache"]["entries"] == 2 and all(w["requests_total"] > 0 for w in st["workers"])
+    finally:
+        await stop(proc, stderr)
+
+
+def _lock_holders(table: Path) -> set[int]:
+    """The processes holding a page-cache lock in the workers' shared table."""
+    buf = table.read_bytes()
+    holders = set()
+    for offset in range(HEADER_SIZE, len(buf) - SLOT_SIZE + 1, SLOT_SIZE):
+        key, a, b, expires = struct.unpack_from(f"<{KEY_SIZE}sddd", buf, offset)
+        lock = decode((a, b)) if key != bytes(KEY_SIZE) and expires > time.monotonic() else None
+        if lock is not None and lock.phase == HELD:
+            holders.add(lock.owner)
+    return holders
+
+
+async def test_a_lock_holder_killed_mid_fetch_leaves_no_waiter_hanging(tmp_path: Path, site: Path):
+    port, admin = free_port(), free_port()
+    conf = _conf(tmp_path, site, port, admin, 'cache.lock_timeout = "30s"\n')
+    proc, stderr = await start_cli(["serve", "--config", str(conf)])
+    url = f"http://127.0.0.1:{port}/slow/?sleep=3000"
+    answers: list[str] = []
+
+    async def clients() -> None:
+        answers.extend(await _burst(url, 40))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(clients)
+            with trio.fail_after(10):
+                while True:  # one process holds the lock, and the other has clients waiting for it
+                    holders = _lock_holders(tmp_path / "run" / "cache.locks")
+                    st = json.loads((await _request(admin, "GET", "/status"))[1])
+                    others = [w for w in st["workers"] if w.get("pid") not in holders and w.get("open", 0) > 0]
+                    if len(holders) == 1 and others:
+                        break
+                    await trio.sleep(0.05)
+            os.kill(holders.pop(), signal.SIGKILL)
+            killed = trio.current_time()
+        took = trio.current_time() - killed
+    finally:
+        await stop(proc, stderr)
+    # the killed process's clients got no answer; the other's went to PHP at the next poll, once, not
+    # after the 30 s lock_timeout (PHP takes 3 s)
+    served = sorted(a for a in answers if not a.startswith("000"))
+    assert len(answers) == 40 and served and served == ["200 HIT"] * (len(served) - 1) + ["200 MISS"]
+    assert runs(site, "/slow/?sleep=3000") == 2 and took < 10

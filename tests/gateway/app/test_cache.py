@@ -404,7 +404,7 @@ async def test_a_sites_php_purges_its_own_site_only_in_every_process(tmp_path, n
         nursery.start_soon(app.run)
 
     async def to_sibling(purge):
-        apps[1].purge(parse_purge(json.loads(json.dumps(purge_json(purge)))))
+        await apps[1].purge(parse_purge(json.loads(json.dumps(purge_json(purge)))))
 
     apps[0].caches["a"].on_purge = to_sibling
     for app in apps:
@@ -446,10 +446,10 @@ async def test_admin_purge_by_url_prefix_and_all(tmp_path, nursery, autojump_clo
     c = await client_for(app, nursery)
     for path in ("/", "/a/1", "/a/2", "/b"):
         await c.request("GET", path, host="example.com")
-    assert app.purge(purge_url("http://example.com/a/1")) == 1
-    assert app.purge(purge_url("/a/", prefix=True)) == 1
-    assert app.purge(purge_url("https://other.example/", prefix=True)) == 0
-    assert app.purge(purge_url("/", prefix=True)) == 2 and app.cache_stats.entries == 0
+    assert await app.purge(purge_url("http://example.com/a/1")) == 1
+    assert await app.purge(purge_url("/a/", prefix=True)) == 1
+    assert await app.purge(purge_url("https://other.example/", prefix=True)) == 0
+    assert await app.purge(purge_url("/", prefix=True)) == 2 and app.cache_stats.entries == 0
 
 
 async def test_without_its_nursery_a_stale_entry_is_refetched_in_the_foreground(tmp_path, nursery,

@@ -21,6 +21,16 @@ from .test_cache import client_for, counting
 POLICY = CachePolicy.build(ttl=60)
 
 
+class InlineStore(DiskStore):
+    """A disk tier that writes and purges on the loop, without a checkpoint:
+    for the autojump clock, which does not wait for a thread (it jumps while
+    one writes, past the waiters' lock_timeout), and for writes that must
+    all land before the next sweep."""
+
+    async def _in_thread(self, work):
+        return work()
+
+
 def where(path: str, host: bytes = b"example.com"):
     return cache_key(POLICY, https=False, host=host, path=path, query="", headers=[])
 
@@ -66,7 +76,11 @@ def make_app(tmp_path, fpm: FakeFpm, nursery, **cache) -> App:
     cfg = validate({"backends": {"php": {"pool_size": 2}},
                     "sites": {"s": {"root": str(root), "php": "php", "server_names": ["example.com"],
                                     "cache": {"enabled": True, "disk_dir": str(tmp_path / "cache"), **cache}}}})
-    return App(cfg, {"php": pool_from_config("php", fpm.connector(nursery), cfg.backends["php"], cfg.limits)})
+    app = App(cfg, {"php": pool_from_config("php", fpm.connector(nursery), cfg.backends["php"], cfg.limits)})
+    for cache in app.caches.values():  # (the autojump clock's tests: see InlineStore)
+        assert cache.disk is not None
+        cache.disk = InlineStore(cache.disk.directory, cache.disk.max_size)
+    return app
 
 
 async def test_two_processes_share_the_disk_tier(tmp_path, nursery, autojump_clock):
@@ -77,7 +91,7 @@ async def test_two_processes_share_the_disk_tier(tmp_path, nursery, autojump_clo
     assert (a.header("x-cache"), b.header("x-cache"), b.body) == ("MISS", "HIT", a.body)
     assert len(runs) == 1 and second.cache_stats.entries == 1  # kept in its memory too
     # a purge in one process removes the shared file; the other's memory copy goes with its own purge
-    assert first.purge(Purge(tag="home")) == 1 and second.purge(Purge(tag="home")) == 1
+    assert await first.purge(Purge(tag="home")) == 1 and await second.purge(Purge(tag="home")) == 1
     third = make_app(tmp_path, FakeFpm(script), nursery)
     c = await (await client_for(third, nursery)).request("GET", "/", host="example.com")
     assert c.header("x-cache") == "MISS" and len(runs) == 2
@@ -117,15 +131,25 @@ async def test_a_flood_of_new_entries_is_swept_before_the_next_period(tmp_path, 
     """Query spraying (every ?x=N a new entry) at PHP's pace must not grow
     the disk tier past disk_max_size for 30 s: a process that wrote a quarter
     of it sweeps at once. (The real clock: the sweep runs in a thread.)"""
-    disk = DiskStore(str(tmp_path / "s"), 40_000)
+    disk = InlineStore(str(tmp_path / "s"), 40_000)
     sweeps: list[tuple[int, int]] = []
     nursery.start_soon(disk.run_sweeper, lambda n, size: sweeps.append((n, size)))
     with trio.fail_after(10):
         while not sweeps:  # noqa: ASYNC110 - a sweep in a thread
             await trio.sleep(0.01)
     for i in range(100):  # 100 kB, 2.5 times the bound (no checkpoint: the sweep after sees them all)
-        disk.put(where(f"/?x={i}"), 200, b"", [], b"x" * 1000, frozenset(), Lifetime(60, 0, 0), 1000.0 + i)
+        await disk.store(where(f"/?x={i}"), 200, b"", [], b"x" * 1000, frozenset(), Lifetime(60, 0, 0), 1000.0 + i)
     with trio.fail_after(10):  # (the next period's sweep is 30 s away)
         while sweeps[-1][1] > 40_000 or len(sweeps) < 2:  # noqa: ASYNC110
             await trio.sleep(0.01)
     assert sum(1 for _ in disk._files()) <= 40
+
+
+async def test_writes_and_purges_in_threads_count_what_was_written(tmp_path) -> None:
+    # (the real clock: threads)
+    disk = DiskStore(str(tmp_path / "s"), 4000)
+    await disk.store(where("/a"), 200, b"OK", [], b"x" * 1000, frozenset(), Lifetime(60, 0, 0), 1000.0)
+    assert disk.get(where("/a").key) is not None
+    assert disk.written > 1000 and disk._full.is_set()  # a quarter of max_size written: the sweeper sweeps now
+    assert await disk.purge_async(Purge(host="example.com", path="/a")) == 1
+    assert disk.get(where("/a").key) is None

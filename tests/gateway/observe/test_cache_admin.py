@@ -60,7 +60,7 @@ async def test_merged_over_workers_the_ratio_is_of_the_sums(autojump_clock):
 async def test_admin_purge(nursery, autojump_clock):
     done: list[Purge] = []
 
-    def purge(p: Purge) -> int:
+    async def purge(p: Purge) -> int:
         done.append(p)
         return 2
 
@@ -121,7 +121,7 @@ async def test_the_masters_purge_reaches_every_worker(tmp_path, nursery):
     purged: list[int] = []
 
     def worker(i: int):
-        def purge(p: Purge) -> int:
+        async def purge(p: Purge) -> int:
             purged.append(i)
             return i + 1
         return purge
