@@ -55,7 +55,7 @@ class ResponseWriter:
         if not data:
             return
         try:
-            await self.downstream.send_all(data)
+            await self.downstream.write(data)
         except BaseException:
             self.conn.send_failed()
             raise
@@ -116,7 +116,7 @@ class ResponseWriter:
                 if isinstance(piece, FileRange):
                     await self.downstream.sendfile(piece)
                 else:
-                    await self.downstream.send_all(piece)
+                    await self.downstream.write(piece)
         except BaseException:
             self.conn.send_failed()
             raise
