@@ -514,3 +514,39 @@ async def test_a_request_cut_by_shutdown_leaves_a_log_line(autojump_clock, caplo
             listener_state.begin_shutdown()
             graceful.deadline = trio.current_time() + 10
     assert "GET /slow from 10.0.0.1: cut by shutdown" in caplog.text
+
+
+# -- the same timeouts over a real socket (reads that find bytes there take no cancel scope) -------
+
+
+async def start_on_socket(nursery, handler=echo, settings=SETTINGS, listener_state=None):
+    ours, theirs = trio.socket.socketpair()
+    conn = HttpConnection(trio.SocketStream(theirs), handler, settings, client=("10.0.0.1", 1234),
+                          server=("10.0.0.2", 80), listener_state=listener_state)
+    nursery.start_soon(conn.run)
+    return trio.SocketStream(ours)
+
+
+@pytest.mark.parametrize(("sent", "answer", "seconds"), [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n", b"HTTP/1.1 408 ", SETTINGS.header_timeout),  # a partial head
+    (b"", b"", SETTINGS.header_timeout),  # nothing at all: closed quietly
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc", b"HTTP/1.1 408 ", SETTINGS.body_timeout),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 ", SETTINGS.keepalive_timeout),  # answered, then idle
+])
+async def test_over_a_socket_the_timeouts_are_the_same(nursery, autojump_clock, sent, answer, seconds):
+    stream = await start_on_socket(nursery)
+    if sent:
+        await stream.send_all(sent)
+    t0 = trio.current_time()
+    data = await read_all(stream)
+    assert data.startswith(answer)
+    assert trio.current_time() - t0 == pytest.approx(seconds, abs=0.01)
+
+
+async def test_over_a_socket_pipelined_requests_are_answered_in_order(nursery, autojump_clock):
+    stream = await start_on_socket(nursery)
+    await stream.send_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+                          b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nxyz")
+    data = await read_all(stream)
+    assert data.count(b"HTTP/1.1 200 ") == 3
+    assert data.index(b"GET /a body=-1:") < data.index(b"GET /b body=-1:") < data.index(b"POST /c body=3:xyz")
