@@ -125,14 +125,14 @@ class FastCgiExchange:
     async def send_head(self) -> None:
         """BEGIN_REQUEST and PARAMS, and the whole STDIN unless ``large_body``."""
         fc, rid, body = self.conn.fcgi, self.rid, self.body
-        out = ((fc.send(fastcgi.BeginRequest(keep_conn=True, request_id=rid)) or b"")
-               + (fc.send(fastcgi.Params(tuple(self.params), rid)) or b""))
+        out = [fc.send(fastcgi.BeginRequest(keep_conn=True, request_id=rid)) or b"",
+               fc.send(fastcgi.Params(tuple(self.params), rid)) or b""]
         if not self.large_body:
             if body is not None and body.size:
                 data = body.getvalue() if body.in_memory else b"".join(body.chunks())
-                out += fc.send(fastcgi.Stdin(data, rid)) or b""
-            out += fc.send(fastcgi.Stdin(b"", rid)) or b""
-        await self._send(out)
+                out.append(fc.send(fastcgi.Stdin(data, rid)) or b"")
+            out.append(fc.send(fastcgi.Stdin(b"", rid)) or b"")
+        await self._send(b"".join(out))  # one join: a body is copied once, not once per record after it
 
     async def send_body(self) -> None:
         """The rest of a large body; a failure is left for the reader to see."""
