@@ -123,6 +123,13 @@ class SockIO:
         except BlockingIOError:
             return 0
 
+    def sendmsg_ready(self, buffers: list[memoryview]) -> int:
+        """``send_ready`` of several buffers in one call (``sendmsg``)."""
+        try:
+            return self.raw.sendmsg(buffers)
+        except BlockingIOError:
+            return 0
+
     async def send_all(self, data: bytes | memoryview) -> None:
         """All of ``data``, waiting (with no deadline of its own) whenever the
         kernel's buffer is full."""

@@ -229,29 +229,55 @@ class Downstream(trio.abc.HalfCloseableStream):
             if scope.cancelled_caught:
                 raise trio.TooSlowError()
             return
-        # A plain socket: as much as the kernel takes per call (fewer syscalls
-        # than pieces); a cancel scope only when it would wait, its deadline
-        # send_timeout from the last progress (the write just before).
+        await self._send_views([view])
+
+    async def _send_views(self, views: list[memoryview]) -> None:
+        """A plain socket: as much as the kernel takes per call (fewer syscalls
+        than pieces; several buffers in one ``sendmsg``, not joined first); a
+        cancel scope only when it would wait, its deadline send_timeout from
+        the last progress (the write just before)."""
+        io = self._io
+        assert io is not None
+        timeout = self.send_timeout
         await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
+        views = [v for v in views if v]
+        while views:
             try:
-                sent = io.send_ready(view)
+                sent = io.send_ready(views[0]) if len(views) == 1 else io.sendmsg_ready(views)
             except OSError as exc:
                 raise self._broken("send", exc) from exc
             if sent:
-                view = view[sent:]
                 self.sent += sent
-                if not view:
-                    break
+                while sent:  # drop what went out
+                    first = views[0]
+                    if len(first) > sent:
+                        views[0] = first[sent:]
+                        break
+                    sent -= len(first)
+                    del views[0]
                 continue
-            if not view:
-                break
             scope = trio.CancelScope(deadline=trio.current_time() + timeout)
             with scope:
                 await trio.lowlevel.wait_writable(io.sock)
             if scope.cancelled_caught:
                 raise trio.TooSlowError()
         await fair_tick()
+
+    async def write_pieces(self, pieces: list[bytes]) -> None:
+        """``write`` of the pieces one after another: on a plain socket in one
+        ``sendmsg`` (a big body is not copied to join it to its head), else joined."""
+        if self._io is None or len(pieces) < 2:
+            await self.write(b"".join(pieces))
+            return
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this connection")
+        if self._closed or self._eof_sent:
+            raise trio.ClosedResourceError("the connection was closed (or half-closed) for sending")
+        self._sending = True
+        try:
+            await self._send_views([memoryview(p) for p in pieces])
+        finally:
+            self._sending = False
 
     def _broken(self, what: str, exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
         if self._closed or exc.errno == errno.EBADF:

@@ -550,3 +550,15 @@ async def test_over_a_socket_pipelined_requests_are_answered_in_order(nursery, a
     data = await read_all(stream)
     assert data.count(b"HTTP/1.1 200 ") == 3
     assert data.index(b"GET /a body=-1:") < data.index(b"GET /b body=-1:") < data.index(b"POST /c body=3:xyz")
+
+
+async def test_over_a_socket_a_big_body_arrives_whole_after_its_head(nursery, autojump_clock):
+    page = bytes(range(256)) * 1000  # 256 KB: sent with its head in one sendmsg, not joined to it
+
+    async def big(req: Request) -> Response:
+        return Response(200, [(b"content-type", b"application/octet-stream")], page)
+
+    c = HttpClient(await start_on_socket(nursery, big))
+    for _ in range(2):  # and the connection is kept for the next one
+        r = await c.request("GET", "/big")
+        assert r.status == 200 and r.body == page
