@@ -9,6 +9,13 @@ plain socket (a ``trio.SSLStream``, a test's memory stream):
   and one that stops reading is cut (``trio.TooSlowError``). On a plain socket
   it writes as much as the kernel takes per call; other streams get pieces of
   ``SEND_PIECE``, the deadline re-armed for each.
+- ``write`` (the response writer's), ``write_pieces`` and ``receive_ready`` /
+  ``receive_waiting`` (h1's reads): on a plain socket the syscall comes
+  first (``_util.SockIO``); only a call that would block waits, under a
+  cancel scope made then, so a call the kernel answers at once costs no
+  scope and no yield to the scheduler; one yield per ``_util.FAIR_OPS``
+  such calls keeps a connection that never waits from holding the loop.
+  ``send_all`` and ``receive_some`` stay trio's checkpoints (h2, tunnels).
 - ``sendfile``: ``os.sendfile`` on a plain socket; reads and ``send_all`` on
   anything else (TLS must encrypt what it sends).
 - ``peer_closed()``: has the client closed (or reset) the connection? One

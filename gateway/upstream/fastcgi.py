@@ -11,6 +11,9 @@ Request ids count up per connection (1, 2, 3...): a record that turns up late
 for an earlier request cannot pass for the current one's output; it is a
 protocol error (502) and the connection is dropped.
 
+Reads and writes on a plain socket call it first (``_util.SockIO``): the
+read_timeout's cancel scope is made only for a read that has to wait.
+
 Request bodies up to ``SMALL_BODY`` go out with the params in one write; larger
 ones are written by ``send_body`` while the response is read (``exchange`` runs
 it in a task), so PHP answering before it read all its input cannot deadlock.
