@@ -47,20 +47,10 @@ def peer_closed(sock: trio.socket.SocketType) -> bool:
 
 # -- socket calls without needless checkpoints ------------------------------------------
 
-#: The fairness budget: after this many socket calls that did not have to wait
-#: (by any task of the process), the next one yields to the scheduler once.
-FAIR_OPS = 32
-_streak = 0
-
-
-async def fair_tick() -> None:
-    """Count one call that did not wait; yield once the budget is used up, so
-    a connection whose socket is always ready cannot hold the loop."""
-    global _streak
-    _streak += 1
-    if _streak >= FAIR_OPS:
-        _streak = 0
-        await trio.lowlevel.checkpoint()
+#: The fairness budget: after this many calls on one socket that did not
+#: have to wait, the next one yields to the scheduler once (a big upload or
+#: download whose socket is always ready still lets the others run).
+FAIR_OPS = 16
 
 
 class SockIO:
@@ -77,11 +67,20 @@ class SockIO:
     expose its stdlib socket (then use trio's methods).
     """
 
-    __slots__ = ("sock", "raw")
+    __slots__ = ("sock", "raw", "streak")
 
     def __init__(self, sock: trio.socket.SocketType, raw: socket.socket) -> None:
         self.sock = sock
         self.raw = raw
+        #: calls in a row that did not wait (``FAIR_OPS``)
+        self.streak = 0
+
+    async def fair_tick(self) -> None:
+        """Count one call that did not wait; yield once the budget is used up."""
+        self.streak += 1
+        if self.streak >= FAIR_OPS:
+            self.streak = 0
+            await trio.lowlevel.checkpoint()
 
     @classmethod
     def of(cls, sock: trio.socket.SocketType | None) -> SockIO | None:
@@ -99,12 +98,13 @@ class SockIO:
             data = self.raw.recv(max_bytes)
         except BlockingIOError:
             return None
-        await fair_tick()
+        await self.fair_tick()
         return data
 
     async def recv_waiting(self, max_bytes: int) -> bytes:
         """Wait until the socket is readable, then read (after ``recv_ready``
         said it would wait: no second try first)."""
+        self.streak = 0
         while True:
             await trio.lowlevel.wait_readable(self.sock)
             try:
@@ -138,7 +138,8 @@ class SockIO:
         while view:
             sent = self.send_ready(view)
             if not sent:
+                self.streak = 0
                 await trio.lowlevel.wait_writable(self.sock)
                 continue
             view = view[sent:]
-        await fair_tick()
+        await self.fair_tick()

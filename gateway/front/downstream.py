@@ -14,7 +14,8 @@ plain socket (a ``trio.SSLStream``, a test's memory stream):
   first (``_util.SockIO``); only a call that would block waits, under a
   cancel scope made then, so a call the kernel answers at once costs no
   scope and no yield to the scheduler; one yield per ``_util.FAIR_OPS``
-  such calls keeps a connection that never waits from holding the loop.
+  such calls on the socket keeps a transfer that never waits from holding
+  the loop (h1 adds one per request: ``HttpConnection.receive``).
   ``send_all`` and ``receive_some`` stay trio's checkpoints (h2, tunnels).
 - ``sendfile``: ``os.sendfile`` on a plain socket; reads and ``send_all`` on
   anything else (TLS must encrypt what it sends).
@@ -45,7 +46,7 @@ from typing import Any, Protocol
 
 import trio
 
-from .._util import SockIO, fair_tick, peer_closed
+from .._util import SockIO, peer_closed
 from ..http.response import FileRange
 
 #: Writes to a stream that is not a socket go in pieces of this size, the send
@@ -207,7 +208,7 @@ class Downstream(trio.abc.HalfCloseableStream):
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """``send_all`` without the yield when the kernel took it all at once
         (the common case): a cancel scope and a wait only if it has to wait,
-        and a yield once per ``FAIR_OPS`` calls (``_util.fair_tick``). Cancellation
+        and a yield once per ``FAIR_OPS`` calls (``SockIO.fair_tick``). Cancellation
         is seen as in ``send_all``. The response writer's call."""
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this connection")
@@ -263,12 +264,13 @@ class Downstream(trio.abc.HalfCloseableStream):
                     sent -= len(first)
                     del views[0]
                 continue
+            io.streak = 0
             scope = trio.CancelScope(deadline=trio.current_time() + timeout)
             with scope:
                 await trio.lowlevel.wait_writable(io.sock)
             if scope.cancelled_caught:
                 raise trio.TooSlowError()
-        await fair_tick()
+        await io.fair_tick()
 
     async def write_pieces(self, pieces: list[bytes]) -> None:
         """``write`` of the pieces one after another: on a plain socket in one

@@ -275,11 +275,10 @@ async def test_a_peek_over_a_memory_stream_hands_the_bytes_to_the_handshake() ->
 
 
 @pytest.fixture
-def fresh_budget(monkeypatch):
-    """The fairness budget counts every call of the process: start each test at zero."""
+def fresh_budget():
+    """The fairness budget (per socket: a fresh pair starts at zero)."""
     from gateway import _util
 
-    monkeypatch.setattr(_util, "_streak", 0)
     return _util.FAIR_OPS
 
 

@@ -6,6 +6,7 @@ timeouts and lingering closes cost no real time and are asserted exactly."""
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 import trio
@@ -562,3 +563,35 @@ async def test_over_a_socket_a_big_body_arrives_whole_after_its_head(nursery, au
     for _ in range(2):  # and the connection is kept for the next one
         r = await c.request("GET", "/big")
         assert r.status == 200 and r.body == page
+
+
+async def test_a_client_whose_next_request_is_always_there_does_not_hold_the_others_back(nursery):
+    """Each connection gets one request per scheduler round: a client that
+    sends its next request before it has read the answer (so it is in the
+    kernel when the cycle ends) is not served in a run while another
+    connection's request waits (issue 19: p99 of seconds at c64 without this)."""
+    order: list[str] = []
+    all_served = trio.Event()
+    eager_client, eager_server = socket.socketpair()  # the clients' ends: plain blocking sockets
+    other_client, other_server = socket.socketpair()
+
+    async def handler(req: Request) -> Response:
+        order.append(req.target.decode())
+        if req.target.startswith(b"/eager") and len(order) < 10:
+            eager_client.send(b"GET /eager%d HTTP/1.1\r\nHost: x\r\n\r\n" % len(order))  # the next is there already
+        if req.target == b"/eager0":
+            other_client.send(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")  # meanwhile another client asks
+        if "/other" in order and len(order) >= 10:
+            all_served.set()
+        return Response(200, [], b"ok")
+
+    for sock in (eager_server, other_server):
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        nursery.start_soon(HttpConnection(stream, handler, SETTINGS, client=("10.0.0.1", 1234),
+                                          server=("10.0.0.2", 80)).run)
+    eager_client.send(b"GET /eager0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    with trio.move_on_after(5):
+        await all_served.wait()
+    if not all_served.is_set():
+        pytest.fail(f"not all served within 5 s: {order}")
+    assert order.index("/other") <= 3, order
