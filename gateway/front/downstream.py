@@ -9,6 +9,14 @@ plain socket (a ``trio.SSLStream``, a test's memory stream):
   and one that stops reading is cut (``trio.TooSlowError``). On a plain socket
   it writes as much as the kernel takes per call; other streams get pieces of
   ``SEND_PIECE``, the deadline re-armed for each.
+- ``write`` (the response writer's), ``write_pieces`` and ``receive_ready`` /
+  ``receive_waiting`` (h1's reads): on a plain socket the syscall comes
+  first (``_util.SockIO``); only a call that would block waits, under a
+  cancel scope made then, so a call the kernel answers at once costs no
+  scope and no yield to the scheduler; one yield per ``_util.FAIR_OPS``
+  such calls on the socket keeps a transfer that never waits from holding
+  the loop (h1 adds one per request: ``HttpConnection.receive``).
+  ``send_all`` and ``receive_some`` stay trio's checkpoints (h2, tunnels).
 - ``sendfile``: ``os.sendfile`` on a plain socket; reads and ``send_all`` on
   anything else (TLS must encrypt what it sends).
 - ``peer_closed()``: has the client closed (or reset) the connection? One
@@ -30,6 +38,7 @@ plain socket (a ``trio.SSLStream``, a test's memory stream):
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import ssl
@@ -37,7 +46,7 @@ from typing import Any, Protocol
 
 import trio
 
-from .._util import peer_closed
+from .._util import SockIO, peer_closed
 from ..http.response import FileRange
 
 #: Writes to a stream that is not a socket go in pieces of this size, the send
@@ -123,6 +132,8 @@ class Downstream(trio.abc.HalfCloseableStream):
         self._sock = _raw_socket(stream)
         #: writes may go straight to the socket (no TLS in between)
         self._plain = self._sock if isinstance(stream, trio.SocketStream) else None
+        #: the plain socket's calls without trio's yield per call (``SockIO``)
+        self._io = SockIO.of(self._plain)
         self._sending = False
         self._closed = False
         self._eof_sent = False
@@ -189,6 +200,16 @@ class Downstream(trio.abc.HalfCloseableStream):
     # -- trio.abc.HalfCloseableStream ------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """trio's ``send_all``: always a checkpoint (a yield to the scheduler)."""
+        await self.write(data)
+        if self._io is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """``send_all`` without the yield when the kernel took it all at once
+        (the common case): a cancel scope and a wait only if it has to wait,
+        and a yield once per ``FAIR_OPS`` calls (``SockIO.fair_tick``). Cancellation
+        is seen as in ``send_all``. The response writer's call."""
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this connection")
         if self._closed or self._eof_sent:
@@ -201,10 +222,10 @@ class Downstream(trio.abc.HalfCloseableStream):
 
     async def _send_all(self, view: memoryview) -> None:
         timeout = self.send_timeout
-        scope = trio.CancelScope(deadline=trio.current_time() + timeout)
-        with scope:
-            sock = self._plain
-            if sock is None:
+        io = self._io
+        if io is None:
+            scope = trio.CancelScope(deadline=trio.current_time() + timeout)
+            with scope:
                 if not view:
                     await self.stream.send_all(b"")
                 piece_size = TLS_SEND_PIECE if self.tls else SEND_PIECE
@@ -213,21 +234,64 @@ class Downstream(trio.abc.HalfCloseableStream):
                     piece = view[i : i + piece_size]
                     await self.stream.send_all(piece)
                     self.sent += len(piece)
-                return
-            if not view:
-                await trio.lowlevel.checkpoint()
-            while view:  # as much as the kernel takes per call: fewer syscalls than pieces
-                try:
-                    sent = await sock.send(view)
-                except OSError as exc:
-                    if self._closed:
-                        raise trio.ClosedResourceError("the connection was closed") from None
-                    raise trio.BrokenResourceError(f"send failed: {exc}") from exc
-                view = view[sent:]
+            if scope.cancelled_caught:
+                raise trio.TooSlowError()
+            return
+        await self._send_views([view])
+
+    async def _send_views(self, views: list[memoryview]) -> None:
+        """A plain socket: as much as the kernel takes per call (fewer syscalls
+        than pieces; several buffers in one ``sendmsg``, not joined first); a
+        cancel scope only when it would wait, its deadline send_timeout from
+        the last progress (the write just before)."""
+        io = self._io
+        assert io is not None
+        timeout = self.send_timeout
+        await trio.lowlevel.checkpoint_if_cancelled()
+        views = [v for v in views if v]
+        while views:
+            try:
+                sent = io.send_ready(views[0]) if len(views) == 1 else io.sendmsg_ready(views)
+            except OSError as exc:
+                raise self._broken("send", exc) from exc
+            if sent:
                 self.sent += sent
-                scope.deadline = trio.current_time() + timeout
-        if scope.cancelled_caught:
-            raise trio.TooSlowError()
+                while sent:  # drop what went out
+                    first = views[0]
+                    if len(first) > sent:
+                        views[0] = first[sent:]
+                        break
+                    sent -= len(first)
+                    del views[0]
+                continue
+            io.streak = 0
+            scope = trio.CancelScope(deadline=trio.current_time() + timeout)
+            with scope:
+                await trio.lowlevel.wait_writable(io.sock)
+            if scope.cancelled_caught:
+                raise trio.TooSlowError()
+        await io.fair_tick()
+
+    async def write_pieces(self, pieces: list[bytes]) -> None:
+        """``write`` of the pieces one after another: on a plain socket in one
+        ``sendmsg`` (a big body is not copied to join it to its head), else joined."""
+        if self._io is None or len(pieces) < 2:
+            await self.write(b"".join(pieces))
+            return
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this connection")
+        if self._closed or self._eof_sent:
+            raise trio.ClosedResourceError("the connection was closed (or half-closed) for sending")
+        self._sending = True
+        try:
+            await self._send_views([memoryview(p) for p in pieces])
+        finally:
+            self._sending = False
+
+    def _broken(self, what: str, exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+        if self._closed or exc.errno == errno.EBADF:
+            return trio.ClosedResourceError("the connection was closed")
+        return trio.BrokenResourceError(f"{what} failed: {exc}")
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.stream.wait_send_all_might_not_block()
@@ -241,6 +305,31 @@ class Downstream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()
             return data
         return await self.stream.receive_some(max_bytes)
+
+    async def receive_ready(self, max_bytes: int) -> bytes | None:
+        """What the client sent that is there now (b"": EOF), without waiting
+        and without a cancel scope; None if a read would wait (and always on
+        a stream that is not a plain socket: then ``receive_waiting``)."""
+        io = self._io
+        if io is None or self._pushback:
+            return None
+        if self._closed:
+            raise trio.ClosedResourceError("the connection was closed")
+        try:
+            return await io.recv_ready(max_bytes)
+        except OSError as exc:
+            raise self._broken("receive", exc) from exc
+
+    async def receive_waiting(self, max_bytes: int) -> bytes | bytearray:
+        """Wait for the client's next bytes, after ``receive_ready`` said
+        there were none (under the caller's deadline scope)."""
+        io = self._io
+        if io is None or self._pushback:
+            return await self.receive_some(max_bytes)
+        try:
+            return await io.recv_waiting(max_bytes)
+        except OSError as exc:
+            raise self._broken("receive", exc) from exc
 
     async def receive_prefix(self, parser: PrefixParser) -> None:
         """Feed ``parser`` exactly the bytes of its header, until it is done.
@@ -416,8 +505,11 @@ class Downstream(trio.abc.HalfCloseableStream):
             try:
                 n = os.sendfile(out_fd, in_fd, offset, min(remaining, SENDFILE_CHUNK))
             except BlockingIOError:
-                with trio.fail_after(self.send_timeout):
+                scope = trio.CancelScope(deadline=trio.current_time() + self.send_timeout)
+                with scope:  # (a hand-made scope: cheaper than fail_after's generator)
                     await trio.lowlevel.wait_writable(sock)
+                if scope.cancelled_caught:
+                    raise trio.TooSlowError() from None
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(f"sendfile failed: {exc}") from exc

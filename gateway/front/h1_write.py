@@ -1,7 +1,8 @@
 """Writing one HTTP/1.1 response with h11: head, body of any ``http.response`` type, end.
 
 - ``bytes`` (and small files, and spools still in memory) go out with the head
-  in one write: the common case costs one send().
+  in one write: the common case costs one send(); a body of ``JOIN_BELOW`` or
+  more in one sendmsg() of head, body and end, so it is not copied to join them.
 - A large ``FileRange`` or a spooled temp file goes with ``Downstream.sendfile``.
 - A ``BodyStream`` is written chunk by chunk as it is produced, framed by h11
   (chunked for HTTP/1.1 without a Content-Length, close-delimited for 1.0).
@@ -30,6 +31,9 @@ from .downstream import Downstream
 
 #: Static files up to this size are read and sent with the head in one write.
 SMALL_FILE = 64 * 1024
+#: A body this big goes out in one ``sendmsg`` with its head instead of
+#: joined to it (a copy of the body); a smaller one costs less joined.
+JOIN_BELOW = 8 * 1024
 
 
 class ResponseWriter:
@@ -55,7 +59,14 @@ class ResponseWriter:
         if not data:
             return
         try:
-            await self.downstream.send_all(data)
+            await self.downstream.write(data)
+        except BaseException:
+            self.conn.send_failed()
+            raise
+
+    async def _send_pieces(self, pieces: list[bytes]) -> None:
+        try:
+            await self.downstream.write_pieces(pieces)
         except BaseException:
             self.conn.send_failed()
             raise
@@ -86,6 +97,12 @@ class ResponseWriter:
         if isinstance(body, bytes) or head_only:
             # one write for head, body and end: the common case (a stream is
             # not read for a header-only response; Response.aclose ends it)
+            if isinstance(body, bytes) and len(body) >= JOIN_BELOW and not head_only:
+                # a big body is not copied to join it to its head: one sendmsg of the pieces
+                pieces = [head, *(self.conn.send_with_data_passthrough(h11.Data(data=body)) or ())]
+                pieces.append(self.conn.send(h11.EndOfMessage()) or b"")
+                await self._send_pieces(pieces)
+                return
             out = head
             if isinstance(body, bytes) and body and not head_only:
                 out += self.conn.send(h11.Data(data=body)) or b""
@@ -116,7 +133,7 @@ class ResponseWriter:
                 if isinstance(piece, FileRange):
                     await self.downstream.sendfile(piece)
                 else:
-                    await self.downstream.send_all(piece)
+                    await self.downstream.write(piece)
         except BaseException:
             self.conn.send_failed()
             raise

@@ -11,6 +11,9 @@ Request ids count up per connection (1, 2, 3...): a record that turns up late
 for an earlier request cannot pass for the current one's output; it is a
 protocol error (502) and the connection is dropped.
 
+Reads and writes on a plain socket call it first (``_util.SockIO``): the
+read_timeout's cancel scope is made only for a read that has to wait.
+
 Request bodies up to ``SMALL_BODY`` go out with the params in one write; larger
 ones are written by ``send_body`` while the response is read (``exchange`` runs
 it in a task), so PHP answering before it read all its input cannot deadlock.
@@ -27,6 +30,7 @@ import trio
 
 import fastcgi
 
+from .._util import SockIO
 from ..http.errors import UpstreamClosedEarly, UpstreamOverloaded, UpstreamProtocolError, UpstreamTimeout
 from ..http.spool import Spool
 from .cgi import CgiHead, CgiResponseError, CgiResponseHead, wants_streaming
@@ -48,10 +52,12 @@ PhpSettings = ResponseSettings
 class FastCgiConn:
     """A pooled FastCGI connection (``pool.UpstreamConn``)."""
 
-    __slots__ = ("stream", "fcgi", "requests", "idle_since", "_closed")
+    __slots__ = ("stream", "io", "fcgi", "requests", "idle_since", "_closed")
 
     def __init__(self, stream: trio.abc.Stream, max_params_size: int = fastcgi.DEFAULT_MAX_PARAMS_SIZE) -> None:
         self.stream = stream
+        #: the socket's calls without trio's yield per call (None: not a plain socket)
+        self.io = SockIO.of(stream.socket) if isinstance(stream, trio.SocketStream) else None
         self.fcgi = fastcgi.Connection(fastcgi.CLIENT, max_params_size=max_params_size)
         self.requests = 0
         self.idle_since = 0.0
@@ -122,14 +128,14 @@ class FastCgiExchange:
     async def send_head(self) -> None:
         """BEGIN_REQUEST and PARAMS, and the whole STDIN unless ``large_body``."""
         fc, rid, body = self.conn.fcgi, self.rid, self.body
-        out = ((fc.send(fastcgi.BeginRequest(keep_conn=True, request_id=rid)) or b"")
-               + (fc.send(fastcgi.Params(tuple(self.params), rid)) or b""))
+        out = [fc.send(fastcgi.BeginRequest(keep_conn=True, request_id=rid)) or b"",
+               fc.send(fastcgi.Params(tuple(self.params), rid)) or b""]
         if not self.large_body:
             if body is not None and body.size:
                 data = body.getvalue() if body.in_memory else b"".join(body.chunks())
-                out += fc.send(fastcgi.Stdin(data, rid)) or b""
-            out += fc.send(fastcgi.Stdin(b"", rid)) or b""
-        await self._send(out)
+                out.append(fc.send(fastcgi.Stdin(data, rid)) or b"")
+            out.append(fc.send(fastcgi.Stdin(b"", rid)) or b"")
+        await self._send(b"".join(out))  # one join: a body is copied once, not once per record after it
 
     async def send_body(self) -> None:
         """The rest of a large body; a failure is left for the reader to see."""
@@ -141,8 +147,15 @@ class FastCgiExchange:
         await self._send(fc.send(fastcgi.Stdin(b"", rid)) or b"")
 
     async def _send(self, data: bytes) -> bool:
+        io = self.conn.io
         try:
-            await self.conn.stream.send_all(data)
+            if io is None:
+                await self.conn.stream.send_all(data)
+            else:
+                try:
+                    await io.send_all(data)
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"send failed: {exc}") from exc
             return True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The reader sees the EOF or reset and decides (retry or 502).
@@ -215,16 +228,30 @@ class FastCgiExchange:
                 return None
 
     async def _receive(self) -> bytes | bytearray:
-        """The next bytes from PHP within read_timeout (a hand-made cancel scope:
-        cheaper than fail_after's generator)."""
-        scope = trio.CancelScope(deadline=trio.current_time() + self.settings.read_timeout)
-        with scope:
-            try:
-                return await self.conn.stream.receive_some(65536)
-            except trio.BrokenResourceError as exc:
-                if not self._got_response:
-                    raise UpstreamClosedEarly("backend reset the connection before responding") from exc
-                raise UpstreamProtocolError("backend reset the connection mid-response") from exc
+        """The next bytes from PHP within read_timeout. What is there already
+        is read without a cancel scope; the scope (hand-made: cheaper than
+        fail_after's generator) only for a read that has to wait."""
+        io = self.conn.io
+        try:
+            if io is not None:
+                try:
+                    data = await io.recv_ready(65536)
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+                if data is not None:
+                    return data
+            scope = trio.CancelScope(deadline=trio.current_time() + self.settings.read_timeout)
+            with scope:
+                if io is None:
+                    return await self.conn.stream.receive_some(65536)
+                try:
+                    return await io.recv_waiting(65536)
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+        except trio.BrokenResourceError as exc:
+            if not self._got_response:
+                raise UpstreamClosedEarly("backend reset the connection before responding") from exc
+            raise UpstreamProtocolError("backend reset the connection mid-response") from exc
         raise UpstreamTimeout(f"PHP sent nothing for {self.settings.read_timeout:g}s")
 
 

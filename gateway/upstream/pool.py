@@ -324,15 +324,16 @@ class Pool(Generic[C]):
         self.waiting += 1
         self.stats.max_waiting = max(self.stats.max_waiting, self.waiting)
         self._notify()
+        scope = trio.CancelScope(deadline=trio.current_time() + self.queue_timeout)  # (cheaper than fail_after)
         try:
-            with trio.fail_after(self.queue_timeout):
+            with scope:
                 await self.limiter.acquire_on_behalf_of(token)
-        except trio.TooSlowError:
-            self.stats.queue_timeouts += 1
-            raise QueueTimeout(f"pool {self.name}: waited {self.queue_timeout:g}s for a PHP slot") from None
         finally:
             self.waiting -= 1
             self._notify()
+        if scope.cancelled_caught:
+            self.stats.queue_timeouts += 1
+            raise QueueTimeout(f"pool {self.name}: waited {self.queue_timeout:g}s for a PHP slot")
 
     # -- synchronous state changes --------------------------------------------
 

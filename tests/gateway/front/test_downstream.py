@@ -10,6 +10,7 @@ and the send progress deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import tempfile
@@ -268,3 +269,132 @@ async def test_a_peek_over_a_memory_stream_hands_the_bytes_to_the_handshake() ->
     while len(got) < len(hello) + 4:
         got += await transport.receive_some(65536)
     assert got == hello + b"more"
+
+
+# -- the plain socket's calls without a yield per call (``_util.SockIO``) ---------------------------
+
+
+@pytest.fixture
+def fresh_budget():
+    """The fairness budget (per socket: a fresh pair starts at zero)."""
+    from gateway import _util
+
+    return _util.FAIR_OPS
+
+
+@contextlib.contextmanager
+def no_yield():
+    """The block never gave the scheduler a turn (a cancellation check is not one)."""
+    task = trio.lowlevel.current_task()
+    before = task._schedule_points
+    yield
+    assert task._schedule_points == before, "the block yielded to the scheduler"
+
+
+async def test_a_write_the_kernel_takes_at_once_does_not_yield(fresh_budget):
+    ours, theirs = await socket_pair()
+    with no_yield():
+        await ours.write(b"hello")
+    assert await theirs.receive_some(10) == b"hello" and ours.sent == 5
+
+
+async def test_a_connection_that_never_waits_still_yields_once_per_budget(fresh_budget):
+    ours, theirs = await socket_pair()
+    task = trio.lowlevel.current_task()
+    for _ in range(3):
+        for _ in range(fresh_budget - 1):
+            with no_yield():
+                await ours.write(b"x")
+        before = task._schedule_points
+        await ours.write(b"x")  # the budget ran out: the scheduler gets a turn
+        assert task._schedule_points == before + 1
+    assert len(await theirs.receive_some(1000)) == 3 * fresh_budget
+
+
+async def test_receive_ready_reads_what_is_there_and_says_when_it_would_wait(fresh_budget):
+    ours, theirs = await socket_pair()
+    assert await ours.receive_ready(100) is None
+    await theirs.send_all(b"GET / HTTP/1.1\r\n\r\n")
+    with no_yield():
+        assert await ours.receive_ready(100) == b"GET / HTTP/1.1\r\n\r\n"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(theirs.send_all, b"more")
+        assert await ours.receive_waiting(100) == b"more"
+    await theirs.send_eof()
+    assert await ours.receive_ready(100) == b""
+
+
+async def test_a_cancelled_task_is_cancelled_at_a_ready_call_too(fresh_budget):
+    ours, theirs = await socket_pair()
+    await theirs.send_all(b"data")
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await ours.receive_ready(100)
+    assert scope.cancelled_caught
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await ours.write(b"x")
+    assert scope.cancelled_caught and ours.sent == 0
+
+
+async def test_over_a_socket_the_send_timeout_is_a_progress_deadline(autojump_clock):
+    ours, theirs = await socket_pair()
+    ours.send_timeout = 5
+    t0 = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        await ours.write(b"x" * 10_000_000)  # nobody reads: the kernel's buffers fill, then 5 s
+    assert trio.current_time() - t0 == pytest.approx(5)
+
+
+async def test_over_a_socket_a_slow_but_steady_reader_is_served(autojump_clock):
+    ours, theirs = await socket_pair()
+    ours.send_timeout = 5
+    size = 4_000_000  # far more than the socket pair's buffers hold
+    got = 0
+
+    async def slow_reader() -> None:
+        nonlocal got
+        while got < size:
+            await trio.sleep(4)  # each read within the deadline; the whole takes far longer
+            got += len(await theirs.receive_some(1_000_000))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_reader)
+        await ours.write(b"y" * size)
+    assert got == size and trio.current_time() > 5
+
+
+async def test_a_write_on_a_closed_connection_is_closed_not_a_crash():
+    ours, theirs = await socket_pair()
+    await theirs.aclose()
+    with pytest.raises(trio.BrokenResourceError):  # (EPIPE: the peer is gone)
+        await ours.write(b"x" * 100_000)
+    await ours.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await ours.write(b"x")
+
+
+async def test_pieces_go_out_whole_and_in_order_through_partial_sends(autojump_clock):
+    ours, theirs = await socket_pair()
+    ours.send_timeout = 5
+    pieces = [b"head\r\n\r\n", bytes(range(256)) * 12_000, b"", b"tail"]  # ~3 MB: many partial sendmsg()s
+    got = bytearray()
+
+    async def slow_reader() -> None:
+        while len(got) < sum(map(len, pieces)):
+            await trio.sleep(4)
+            got.extend(await theirs.receive_some(1_000_000))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_reader)
+        await ours.write_pieces(pieces)
+    assert got == b"".join(pieces) and ours.sent == len(got)
+
+
+async def test_pieces_to_a_reader_that_stopped_are_cut_after_the_send_timeout(autojump_clock):
+    ours, theirs = await socket_pair()
+    ours.send_timeout = 5
+    t0 = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        await ours.write_pieces([b"head", b"x" * 10_000_000])
+    assert trio.current_time() - t0 == pytest.approx(5)

@@ -6,6 +6,7 @@ timeouts and lingering closes cost no real time and are asserted exactly."""
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 import trio
@@ -514,3 +515,83 @@ async def test_a_request_cut_by_shutdown_leaves_a_log_line(autojump_clock, caplo
             listener_state.begin_shutdown()
             graceful.deadline = trio.current_time() + 10
     assert "GET /slow from 10.0.0.1: cut by shutdown" in caplog.text
+
+
+# -- the same timeouts over a real socket (reads that find bytes there take no cancel scope) -------
+
+
+async def start_on_socket(nursery, handler=echo, settings=SETTINGS, listener_state=None):
+    ours, theirs = trio.socket.socketpair()
+    conn = HttpConnection(trio.SocketStream(theirs), handler, settings, client=("10.0.0.1", 1234),
+                          server=("10.0.0.2", 80), listener_state=listener_state)
+    nursery.start_soon(conn.run)
+    return trio.SocketStream(ours)
+
+
+@pytest.mark.parametrize(("sent", "answer", "seconds"), [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n", b"HTTP/1.1 408 ", SETTINGS.header_timeout),  # a partial head
+    (b"", b"", SETTINGS.header_timeout),  # nothing at all: closed quietly
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc", b"HTTP/1.1 408 ", SETTINGS.body_timeout),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 ", SETTINGS.keepalive_timeout),  # answered, then idle
+])
+async def test_over_a_socket_the_timeouts_are_the_same(nursery, autojump_clock, sent, answer, seconds):
+    stream = await start_on_socket(nursery)
+    if sent:
+        await stream.send_all(sent)
+    t0 = trio.current_time()
+    data = await read_all(stream)
+    assert data.startswith(answer)
+    assert trio.current_time() - t0 == pytest.approx(seconds, abs=0.01)
+
+
+async def test_over_a_socket_pipelined_requests_are_answered_in_order(nursery, autojump_clock):
+    stream = await start_on_socket(nursery)
+    await stream.send_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+                          b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nxyz")
+    data = await read_all(stream)
+    assert data.count(b"HTTP/1.1 200 ") == 3
+    assert data.index(b"GET /a body=-1:") < data.index(b"GET /b body=-1:") < data.index(b"POST /c body=3:xyz")
+
+
+async def test_over_a_socket_a_big_body_arrives_whole_after_its_head(nursery, autojump_clock):
+    page = bytes(range(256)) * 1000  # 256 KB: sent with its head in one sendmsg, not joined to it
+
+    async def big(req: Request) -> Response:
+        return Response(200, [(b"content-type", b"application/octet-stream")], page)
+
+    c = HttpClient(await start_on_socket(nursery, big))
+    for _ in range(2):  # and the connection is kept for the next one
+        r = await c.request("GET", "/big")
+        assert r.status == 200 and r.body == page
+
+
+async def test_a_client_whose_next_request_is_always_there_does_not_hold_the_others_back(nursery):
+    """Each connection gets one request per scheduler round: a client that
+    sends its next request before it has read the answer (so it is in the
+    kernel when the cycle ends) is not served in a run while another
+    connection's request waits (issue 19: p99 of seconds at c64 without this)."""
+    order: list[str] = []
+    all_served = trio.Event()
+    eager_client, eager_server = socket.socketpair()  # the clients' ends: plain blocking sockets
+    other_client, other_server = socket.socketpair()
+
+    async def handler(req: Request) -> Response:
+        order.append(req.target.decode())
+        if req.target.startswith(b"/eager") and len(order) < 10:
+            eager_client.send(b"GET /eager%d HTTP/1.1\r\nHost: x\r\n\r\n" % len(order))  # the next is there already
+        if req.target == b"/eager0":
+            other_client.send(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")  # meanwhile another client asks
+        if "/other" in order and len(order) >= 10:
+            all_served.set()
+        return Response(200, [], b"ok")
+
+    for sock in (eager_server, other_server):
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        nursery.start_soon(HttpConnection(stream, handler, SETTINGS, client=("10.0.0.1", 1234),
+                                          server=("10.0.0.2", 80)).run)
+    eager_client.send(b"GET /eager0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    with trio.move_on_after(5):
+        await all_served.wait()
+    if not all_served.is_set():
+        pytest.fail(f"not all served within 5 s: {order}")
+    assert order.index("/other") <= 3, order

@@ -23,7 +23,7 @@ from gateway.http.errors import (
     UpstreamTimeout,
 )
 from gateway.upstream.exchange import run_php
-from gateway.upstream.fastcgi import PhpSettings, fastcgi_pool
+from gateway.upstream.fastcgi import FastCgiConn, PhpSettings, fastcgi_pool
 from gateway.upstream.pool import Pool
 from tests.helpers import FakeFpm, php_output
 
@@ -409,3 +409,60 @@ async def test_ignore_client_abort_runs_php_for_a_client_that_half_closed(nurser
     settings = replace(SETTINGS, ignore_client_abort=True)
     result = await run_php(pool, PARAMS, None, settings, request_id="h", client_left=lambda: True)
     assert result.body.getvalue() == b"hello GET" and len(fpm.requests_seen) == 1
+
+
+# -- over real sockets (reads and writes that need no wait take no cancel scope) -------------------
+
+
+def socket_pool(fpm: FakeFpm, nursery: trio.Nursery, **kw) -> Pool:
+    """``make_pool``, its connections socket pairs: the exchange's raw-socket path."""
+
+    async def connect() -> trio.abc.Stream:
+        ours, theirs = trio.socket.socketpair()
+        fpm.connections += 1
+        nursery.start_soon(fpm._serve, trio.SocketStream(theirs))
+        return trio.SocketStream(ours)
+
+    args = dict(size=2, queue_depth=100, queue_timeout=60, idle_timeout=10)
+    args.update(kw)
+    return fastcgi_pool("php", connect, **args)
+
+
+async def test_over_a_socket_requests_reuse_the_connection_and_keep_the_read_timeout(nursery, autojump_clock):
+    fpm = FakeFpm(hello)
+    pool = socket_pool(fpm, nursery)
+    for _ in range(3):
+        result = await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+        assert (result.head.status, result.body.getvalue()) == (200, b"hello GET")
+    assert fpm.connections == 1
+    fpm.script = slow(1000)
+    t0 = trio.current_time()
+    with pytest.raises(UpstreamTimeout):
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+    assert trio.current_time() - t0 == pytest.approx(SETTINGS.read_timeout)
+
+
+async def test_over_a_socket_a_large_body_and_output_pass_whole(nursery, autojump_clock):
+    from gateway.http.spool import Spool
+
+    async def echo(req):
+        return [php_output(req.stdin * 3)]
+
+    pool = socket_pool(FakeFpm(echo), nursery)
+    body = Spool(100)
+    body.write(b"0123456789" * 200_000)  # 2 MB: more than the socket pair's buffers, written while PHP reads
+    result = await run_php(pool, PARAMS, body, SETTINGS, request_id="t")
+    assert b"".join(result.body.chunks()) == b"0123456789" * 600_000
+
+
+async def test_over_a_socket_a_backend_that_closes_unanswered_is_closed_early(nursery, autojump_clock):
+    pool = socket_pool(FakeFpm(hello), nursery)
+
+    async def closing() -> FastCgiConn:
+        ours, theirs = trio.socket.socketpair()
+        theirs.close()
+        return FastCgiConn(trio.SocketStream(ours))
+
+    pool.members[0].connect = closing
+    with pytest.raises(UpstreamClosedEarly):
+        await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
