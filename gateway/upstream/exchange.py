@@ -23,7 +23,11 @@ group, an idempotent request whose response head did not come within
 ``fastcgi_next_upstream error timeout``): a host whose link went down or
 that hangs answers nothing, and its requests must not all be lost; the price
 is nginx's too: a GET slower than read_timeout runs on two hosts. Nothing
-else is retried: once a response head arrived, the backend ran it.
+else is retried: once a response head arrived, the backend ran it. A fresh
+connection closed unanswered counts against its address (passive health,
+``Pool.record_failure``) whatever the method, as nginx counts a failure before
+it decides whether to pass the request on; a reused one does not (that is
+recycling, not a failing host).
 
 Each address is tried once per request. The addresses tried, and the
 seconds spent on each, are in ``Timing.tried`` (nginx's ``$upstream_addr``
@@ -271,18 +275,21 @@ class _Policy(Generic[C]):
                 return await self._on(conn)
             except UpstreamClosedEarly as exc:
                 await self.slot.discard(conn)
+                reused = bool(conn.requests)
+                if not reused and self.slot.member is not None:
+                    # a fresh one closed before answering: that address is failing, whatever the
+                    # method (nginx counts the failure before it decides whether to pass the
+                    # request on); a POST's failure takes it out of rotation as a GET's does
+                    pool.record_failure(self.slot.member, str(exc))
                 if not self.retry_safe and exc.sent:
-                    if not conn.requests:
+                    if not reused:
                         raise
                     raise UpstreamClosedEarly(f"{exc} (a reused connection; not retried: the method is not "
                                               "idempotent and the backend may have run it)") from None
-                reused = bool(conn.requests)
                 if reused:  # a kept connection the backend closed (pm.max_requests): a fresh one
                     pool.stats.retries += 1
                     log.info("%s: reused connection closed before a response; retrying on a fresh one", pool.name)
-                else:  # a fresh one closed before answering: that address is failing; another, if any
-                    if self.slot.member is not None:
-                        pool.record_failure(self.slot.member, str(exc))
+                else:  # another address, if any
                     await self._next_member(tried, exc)
                 # (ends: each fresh failure uses up an address, a reused one is retried fresh once)
                 conn = await self._connection(tried, fresh=reused)

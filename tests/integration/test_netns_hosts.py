@@ -332,8 +332,14 @@ async def test_a_php_host_fails_under_load_no_get_fails_and_it_comes_back(nurser
                 await dead.kill_fpm()
             else:
                 await dead.link("down")
-            took = await until(lambda: member.down_since is not None, FAILOVER + 2, "the host out of rotation")
-            down_at = fault_at + took
+            await until(lambda: member.down_since is not None, FAILOVER + 2, "the host out of rotation")
+            # the instant the pool took it out, on the clock the clients' ``started`` is read on; not
+            # fault_at + this poll's wait, which leaves out the fault's own time (the kill waits for
+            # php-fpm to be reaped, ``ip`` runs) and so fell up to tens of ms before the real instant:
+            # a POST sent in that gap, on a kept connection to a dying worker, failed the assertion below
+            down_at = member.down_since
+            assert down_at is not None
+            took = down_at - fault_at  # from just before the fault was set off: not less than the real delay
             print(f"{fault}: host {dead.name} out of rotation {took:.2f} s after the fault ({member.down_reason})")
             # the load goes on, on the other host, until every request sent before
             # the host left rotation has its answer (one stuck there: after read_timeout)

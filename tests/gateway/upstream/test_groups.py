@@ -11,7 +11,7 @@ import trio.lowlevel
 import trio.testing
 
 from gateway.config import BackendConfig
-from gateway.http.errors import UpstreamConnectError
+from gateway.http.errors import UpstreamClosedEarly, UpstreamConnectError
 from gateway.upstream.exchange import run_http, run_php
 from gateway.upstream.fastcgi import PhpSettings, fastcgi_pool
 from gateway.upstream.http1 import HttpSettings, UpstreamRequest, http_pool
@@ -145,6 +145,36 @@ async def test_php_groups_too(nursery, autojump_clock):
         assert result.body.getvalue() == b"hi"
     assert (one.connections, two.connections) == (1, 1)
     assert len(one.requests_seen) == len(two.requests_seen) == 2
+
+
+async def test_a_post_on_a_fresh_connection_closed_unanswered_takes_its_address_out(nursery, autojump_clock):
+    # a php-fpm being killed (a dying worker still holds its listen socket) or refusing the gateway
+    # (listen.allowed_clients) accepts a connection and closes it unanswered: a POST sent there gets
+    # its 502 (it was sent: never retried), and the address leaves rotation as it does for a GET,
+    # so the next POSTs go to the live one instead of failing there too
+    async def dies(req):
+        raise trio.BrokenResourceError  # the connection closed, no reply
+
+    async def runs(req):
+        return [php_output(b"ran")]
+
+    dead, good = FakeFpm(dies), FakeFpm(runs)
+    pool = fastcgi_pool("php", [("dead:9000", dead.connector(nursery)), ("good:9000", good.connector(nursery))],
+                        size=1, queue_depth=10, queue_timeout=5, balance="round_robin", max_fails=1,
+                        fail_timeout=10)
+    settings = PhpSettings.from_config(BackendConfig())
+    post = [(b"SCRIPT_FILENAME", b"/x.php"), (b"REQUEST_METHOD", b"POST")]
+    got: list[bytes | int] = []
+    for _ in range(6):
+        try:  # (retry_safe defaults to False, as for a POST)
+            got.append((await run_php(pool, post, None, settings, request_id="t")).body.getvalue())
+        except UpstreamClosedEarly as exc:
+            got.append(exc.status)
+    assert got.count(502) == 1 and got.count(b"ran") == 5, got
+    assert len(dead.requests_seen) == 1 and pool.stats.retries == 0  # sent there once, never run twice
+    member = pool.members[0]
+    assert member.down_since is not None and "before responding" in member.down_reason
+    assert pool.size == 1  # only the live address's slots
 
 
 def test_a_group_from_the_configuration():
