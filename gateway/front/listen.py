@@ -77,9 +77,17 @@ class ListenError(OSError):
         return f"cannot listen on {self.address}: {self.strerror}"
 
 
-async def open_listeners(addresses: list[str]) -> list[trio.SocketListener]:
+#: Each listen socket's backlog.
+BACKLOG = 1024
+
+
+async def open_listeners(addresses: list[str], *, reuseport: bool = False) -> list[trio.SocketListener]:
     """Bind every address, or none: ``ListenError`` names the one that failed
-    (callers bind before starting php-fpm, so a port in use costs nothing)."""
+    (callers bind before starting php-fpm, so a port in use costs nothing).
+    ``reuseport``: TCP sockets get SO_REUSEPORT once bound, so that
+    ``clone_listeners`` can open more on their address (the address itself is
+    bound without it: a port some other socket holds, with SO_REUSEPORT or
+    not, is refused as in use, never shared)."""
     listeners: list[trio.SocketListener] = []
     try:
         for address in addresses:
@@ -88,7 +96,11 @@ async def open_listeners(addresses: list[str]) -> list[trio.SocketListener]:
                 if where.kind == "unix":
                     listeners.append(await _open_unix_listener(where.path))
                 else:
-                    listeners += await trio.open_tcp_listeners(where.port, host=where.host or None, backlog=1024)
+                    opened = await trio.open_tcp_listeners(where.port, host=where.host or None, backlog=BACKLOG)
+                    listeners += opened
+                    if reuseport:
+                        for listener in opened:
+                            listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             except OSError as exc:
                 raise ListenError(address, exc) from exc
     except BaseException:
@@ -96,6 +108,41 @@ async def open_listeners(addresses: list[str]) -> list[trio.SocketListener]:
             await listener.aclose()
         raise
     return listeners
+
+
+def reuses_port(listeners: list[trio.SocketListener]) -> bool:
+    """Were ``listeners`` opened with ``reuseport`` (may they be cloned)?"""
+    return bool(listeners) and all(
+        listener.socket.family != socket.AF_UNIX
+        and listener.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for listener in listeners)
+
+
+async def clone_listeners(listeners: list[trio.SocketListener]) -> list[trio.SocketListener]:
+    """One more listen socket on the address of each of ``listeners`` (opened
+    with ``reuseport``), in the same SO_REUSEPORT group: the kernel spreads
+    new connections over the group's sockets. ``ListenError`` if one cannot be
+    bound (nothing opened here stays open)."""
+    out: list[trio.socket.SocketType] = []
+    try:
+        for listener in listeners:
+            family = listener.socket.family
+            address = listener.socket.getsockname()
+            sock = trio.socket.socket(family, socket.SOCK_STREAM)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                await sock.bind(address)
+                sock.listen(BACKLOG)
+            except OSError as exc:
+                raise ListenError(listener_url(listener), exc) from exc
+    except BaseException:
+        for sock in out:
+            sock.close()
+        raise
+    return [trio.SocketListener(sock) for sock in out]
 
 
 async def _open_unix_listener(path: str) -> trio.SocketListener:
