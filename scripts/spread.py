@@ -1,11 +1,12 @@
 """How evenly the worker processes share connections: wrk holds C keep-alive
-connections to a static file on a freshly started gateway (``processes``
+connections to a static file (or, with --php, a PHP page echoing its pid, on
+a spawned php-fpm of --pool-size workers) on a freshly started gateway (``processes``
 worker processes, 127.0.0.1), once with one shared listen socket and once with
 ``reuseport`` (one socket per process), in alternation; for each run it prints
 the open connections of each process halfway through and the requests each
 served (from the master's ``/status``, which lists its workers).
 
-    scripts/spread [--connections 64] [--seconds 3] [--reps 3] [--processes 2]
+    scripts/spread [--connections 64] [--seconds 3] [--reps 3] [--processes 2] [--php] [--pool-size 4]
 
 Loopback only; bounded (reps x 2 runs of --seconds); each gateway it starts is
 stopped at the end, by pid.
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gateway.observe.admin import admin_request  # noqa: E402
-from tests.integration.conftest import free_port  # noqa: E402
+from tests.integration.conftest import DOCROOT, free_port  # noqa: E402
 
 
 async def _workers(admin: str) -> list[dict[str, int]]:
@@ -48,7 +49,8 @@ async def one_run(tmp: Path, reuseport: bool, args: argparse.Namespace) -> tuple
         f'[server]\nlisten = ["127.0.0.1:{port}{flag}"]\naccess_log = "off"\nuser = "root"\n'
         f'processes = {args.processes}\nruntime_dir = "{tmp / f"run-{port}"}"\n'
         f'[admin]\nlisten = "unix:{admin}"\n'
-        f'[sites.demo]\nroot = "{REPO / "demo"}"\ndefault = true\n')
+        + (f'[backends.php]\npool_size = {args.pool_size}\nphp_fpm.user = "root"\n' if args.php else "")
+        + f'[sites.t]\nroot = "{DOCROOT}"\ndefault = true\n' + ('php = "php"\n' if args.php else ""))
     proc = await trio.lowlevel.open_process([sys.executable, "-m", "gateway", "serve", "--config", str(conf),
                                              "--log-level", "warning"], stdout=subprocess.DEVNULL,
                                              stderr=open(tmp / "gateway.log", "ab"))  # noqa: SIM115, ASYNC230
@@ -64,9 +66,9 @@ async def one_run(tmp: Path, reuseport: bool, args: argparse.Namespace) -> tuple
                 assert proc.returncode is None, "the gateway exited"
                 await trio.sleep(0.1)  # nothing to wait on but the admin socket's appearance
         async with trio.open_nursery() as nursery:
-            wrk = await nursery.start(partial(
-                trio.run_process, ["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds:g}s",
-                                   f"http://127.0.0.1:{port}/style.css"], stdout=subprocess.DEVNULL))
+            url = f"http://127.0.0.1:{port}/{'pid.php' if args.php else 'hello.txt'}"
+            wrk = await nursery.start(partial(trio.run_process, [
+                "wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds:g}s", url], stdout=subprocess.DEVNULL))
             await trio.sleep(args.seconds / 2)  # halfway through wrk's run
             middle = await _workers(admin)
             await wrk.wait()
@@ -91,7 +93,8 @@ async def main(args: argparse.Namespace) -> None:
                 rows[reuseport].append(await one_run(tmp / f"{rep}", reuseport, args))
         for reuseport, runs in rows.items():
             name = "reuseport (a socket per process)" if reuseport else "one shared socket"
-            print(f"{name}, wrk -c{args.connections}, {args.processes} processes:")
+            print(f"{name}, wrk -c{args.connections} on {'a PHP page' if args.php else 'a static file'}, "
+                  f"{args.processes} processes:")
             for opened, served in runs:
                 share = max(served) / max(1, sum(served))
                 print(f"  open connections per process {'/'.join(map(str, opened))}; requests per process "
@@ -106,6 +109,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--php", action="store_true", help="a PHP page, not a static file")
+    parser.add_argument("--pool-size", type=int, default=4)
     a = parser.parse_args()
     a.seconds = max(1.0, min(a.seconds, 60.0))
     a.reps = max(1, min(a.reps, 10))
