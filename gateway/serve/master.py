@@ -26,6 +26,15 @@ core. Like nginx's master and worker processes:
   between them (5 over 2 processes: 3 + 2), so php-fpm never has more
   connections than workers; each has a queue of ``queue_depth``. All call
   accept() on the same socket, so a busy process simply accepts less.
+- A listen entry flagged **reuseport** (nginx's ``listen ... reuseport``) is
+  bound as one socket per worker instead (SO_REUSEPORT: the kernel spreads
+  connections over them, evenly on average, busy or not). The master holds
+  them all and gives worker i socket i, and only that (``worker_listeners``),
+  in every generation and after a restart: a socket is never closed while
+  its address is listened on, since closing one resets the connections
+  queued in it. A reload to more workers clones sockets, one to fewer keeps
+  them and worker ``j % count`` serves socket j (``listen_sets``). The flag
+  changed on an address that stays takes effect at the next start.
 - A worker's admin listener is a unix socket in the runtime directory; a pipe
   from the master tells it when the master is gone (EOF), so no worker outlives
   its master; ``serve.watchdog`` kills one that does not stop, and php-fpm.
