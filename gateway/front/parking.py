@@ -20,7 +20,8 @@ set of its own (registered in trio's loop through its file descriptor, as
   order they went idle, after the same ``PARK_AFTER``, so that is the one idle
   longest; a connection mid-request is never closed for room.
 
-Parking costs an epoll_ctl and, on wake-up, a task start: negligible against a
+Parking costs an epoll_ctl and, on wake-up, a task start (and for a plain
+connection its socket objects, a few syscalls): negligible against a
 connection that sat idle for ``PARK_AFTER``, and never paid by a client that
 sends its next request sooner (busy keep-alive clients stay in their task).
 
