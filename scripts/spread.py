@@ -98,7 +98,7 @@ async def main(args: argparse.Namespace) -> None:
             for opened, served in runs:
                 share = max(served) / max(1, sum(served))
                 print(f"  open connections per process {'/'.join(map(str, opened))}; requests per process "
-                      f"{'/'.join(map(str, served))} (busiest {share:.0%})")
+                      f"{'/'.join(map(str, served))} (busiest {share:.0%}), {sum(served) / args.seconds:.0f} req/s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
