@@ -1,8 +1,11 @@
 """Listeners and the accept loop: from a listening socket to a connection task.
 
 ``open_listeners`` binds what ``[server] listen`` names (one address parser,
-``config.addresses``). ``serve_until_shutdown`` runs the accept loops and the
-connection tasks of one process, under two limits: ``max_connections`` (at the
+``config.addresses``); for a master's ``reuseport`` entries it sets
+SO_REUSEPORT once the address is bound, and ``clone_listeners`` opens the
+further sockets of the group (one per worker process, ``serve.master``).
+``serve_until_shutdown`` runs the accept loops and the connection tasks of
+one process, under two limits: ``max_connections`` (at the
 limit accept() pauses, and the idle keep-alive connection parked longest is
 closed to admit a waiting client, as nginx reuses idle connections) and
 ``max_connections_per_ip`` (503 and close). Shutdown closes the listeners at
@@ -26,6 +29,11 @@ After a ``tls`` listener's handshake, the protocol ALPN chose picks the loop:
 ``[server] http2_cleartext``, the first bytes are peeked (one recv with
 MSG_PEEK, nothing consumed): HTTP/2's preface goes to ``h2``, anything else
 to ``h1``. Without it, nothing is peeked: HTTP/1.1 pays nothing for HTTP/2.
+
+``ListenerClients`` (one per listener) serves its connections and owns the
+ones it parks (``front.parking``): a plain connection is parked as its fd
+alone (its socket objects are let go and built again when it speaks); a TLS
+one, or one whose addresses came from a PROXY header, is kept whole.
 
 Nurseries: ``connections`` (one task per client, the parker, the in-flight watcher)
 outlives ``accept`` (one task per listener, and the caller's watchers).
