@@ -151,7 +151,7 @@ class Stack:
                  nginx_http_extra: str = "", gateway_extra: str = "", nginx_locations: str | None = None,
                  gateway_site: str | None = None, run_as: str = "www-data", idle_timeout: float = 10.0,
                  processes: int = 1, caddy: bool = False, php_admin_values: dict[str, str] | None = None,
-                 baseline: Path | None = None, tls: bool = False) -> None:
+                 baseline: Path | None = None, tls: bool = False, reuseport: bool = False) -> None:
         """``nginx_http_extra``: directives added to nginx's http block;
         ``gateway_extra``: TOML added to the gateway's configuration;
         ``nginx_locations`` / ``gateway_site``: replace nginx's PHP locations and
@@ -163,8 +163,11 @@ class Stack:
         ``baseline``: also start the gateway whose source tree is there (see the module
         docstring) on ``baseline_port``, its pid in ``baseline_pid``;
         ``tls``: each server (not the baseline) also serves HTTPS with one
-        certificate (``make_certificate``) on its ``tls_ports[server]``."""
+        certificate (``make_certificate``) on its ``tls_ports[server]``;
+        ``reuseport``: the gateway's listen entries (not the baseline's) get
+        the ``reuseport`` flag (a socket per process)."""
         self.processes = processes
+        self.reuseport = reuseport
         self.php_admin_values = php_admin_values or {}
         self.caddy = caddy
         self.caddy_port = free_port() if caddy else 0
@@ -246,7 +249,8 @@ class Stack:
         confd.mkdir()
         processes, pool_size = ("workers", "workers") if old_names else ("processes", "pool_size")
         tls = not old_names and "gateway" in self.tls_ports
-        listen = f'"127.0.0.1:{port}"' + (f', "127.0.0.1:{self.tls_ports["gateway"]} tls"' if tls else "")
+        flags = " reuseport" if self.reuseport and not old_names else ""
+        listen = f'"127.0.0.1:{port}{flags}"' + (f', "127.0.0.1:{self.tls_ports["gateway"]} tls{flags}"' if tls else "")
         site_tls = f'[sites.cmp.tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n' if tls else ""
         (confd / "00.toml").write_text(
             f'[server]\nlisten = [{listen}]\naccess_log = "off"\n'

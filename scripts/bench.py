@@ -59,6 +59,10 @@ installed by scripts/setup --test): GATEWAY_H11 is set for the gateway and the
 baseline (a baseline that predates GATEWAY_H11 gets h11_mypyc hidden from its
 imports instead), and the table's header names the parser.
 
+--reuseport gives the gateway's listen entries the ``reuseport`` flag (a
+listen socket per process; README "Processes"); nginx and the baseline keep
+one shared socket.
+
 --only takes one or more comma-separated parts of names ("hello.php c64,static
 1KiB,wordpress").
 
@@ -357,6 +361,8 @@ def main() -> int:
     p.add_argument("--no-caddy", dest="caddy", action="store_false", help="leave Caddy out")
     p.add_argument("--baseline", metavar="REF", default="",
                    help="also measure the gateway as it was at this git ref (HEAD/REF column)")
+    p.add_argument("--reuseport", action="store_true",
+                   help="the gateway listens with reuseport (a socket per process; not the baseline, nor nginx)")
     p.add_argument("--h11", choices=["h11", "h11-mypyc"], default="h11",
                    help="the gateway's HTTP/1.1 parser: upstream h11 (default) or the [fast] extra")
     args = p.parse_args()
@@ -390,7 +396,7 @@ def bench(args: argparse.Namespace, baseline: Path | None, baseline_commit: str)
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     if workloads:
         with Stack(root, workers=args.fpm_workers, idle_timeout=1.0, processes=args.processes,
-                   caddy=args.caddy, baseline=baseline,
+                   caddy=args.caddy, baseline=baseline, reuseport=args.reuseport,
                    tls=any(name.startswith(("https", "h2 ")) for name, *_ in workloads)) as stack:
             run_workloads(stack, workloads, args, duration, results)
     shutil.rmtree(root, ignore_errors=True)

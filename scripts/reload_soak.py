@@ -26,20 +26,21 @@ from tests.integration.conftest import DOCROOT, free_port  # noqa: E402
 from tests.integration.reload_load import run_load  # noqa: E402
 
 
-def write_conf(conf: Path, port: int, run: Path, n: int, processes: int) -> None:
+def write_conf(conf: Path, port: int, run: Path, n: int, processes: int, flags: str = "") -> None:
     (conf / "00.toml").write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{run}"\naccess_log = "off"\n'
+        f'[server]\nlisten = ["127.0.0.1:{port}{flags}"]\nruntime_dir = "{run}"\naccess_log = "off"\n'
         f'processes = {processes}\nuser = "root"\nserver_software = "gw-{n}"\n[timeouts]\ngraceful = "5s"\n'
         f'[admin]\nlisten = "off"\n[backends.php]\npool_size = {4 + 2 * ((n // 3) % 2)}\nphp_fpm.user = "root"\n'
         f'[sites.t]\nroot = "{DOCROOT}"\nphp = "php"\ndefault = true\n')
 
 
-async def main(seconds: float, clients: int, processes: int) -> int:
+async def main(seconds: float, clients: int, processes: int, reuseport: bool = False) -> int:
+    flags = " reuseport" if reuseport else ""
     with tempfile.TemporaryDirectory(prefix="reload-soak-") as tmp:
         conf, run = Path(tmp) / "conf.d", Path(tmp) / "run"
         conf.mkdir()
         port = free_port()
-        write_conf(conf, port, run, 0, processes)
+        write_conf(conf, port, run, 0, processes, flags)
         log_path = Path(tmp) / "gateway.log"
         with open(log_path, "wb") as log_file:  # noqa: ASYNC230 - once, before anything runs
             proc = await trio.lowlevel.open_process([sys.executable, "-m", "gateway", "serve", "--config", str(conf)],
@@ -58,7 +59,7 @@ async def main(seconds: float, clients: int, processes: int) -> int:
                 while time.monotonic() - started < seconds:
                     await trio.sleep(1.0)
                     reloads += 1
-                    write_conf(conf, port, run, reloads, processes)
+                    write_conf(conf, port, run, reloads, processes, flags)
                     proc.send_signal(signal.SIGHUP)
                 await trio.sleep(3.0)  # the last reload lands under load too
                 stop.set()
@@ -73,7 +74,7 @@ async def main(seconds: float, clients: int, processes: int) -> int:
             if proc.returncode is None:
                 proc.kill()
         text = log_path.read_text()
-    print(f"{seconds:g} s, {clients} clients, {processes} processes, {reloads} SIGHUPs "
+    print(f"{seconds:g} s, {clients} clients, {processes} processes{flags}, {reloads} SIGHUPs "
           f"({text.count('reloaded:') + text.count('restarting in place')} reloads done)")
     print(f"answered {result.ok}, failed {result.failed} {dict(result.errors) or ''}, "
           f"stale keep-alive resends {result.stale_retries}")
@@ -86,5 +87,6 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--reuseport", action="store_true", help="listen with reuseport (a socket per process)")
     args = parser.parse_args()
-    sys.exit(trio.run(main, min(args.seconds, 3600.0), args.clients, args.processes))
+    sys.exit(trio.run(main, min(args.seconds, 3600.0), args.clients, args.processes, args.reuseport))

@@ -162,7 +162,7 @@ def _check_listen(value: str) -> str:
     return value
 
 
-#: "ADDRESS [tls] [proxy_protocol]" (``addresses.parse_listen``), kept as written.
+#: "ADDRESS [tls] [proxy_protocol] [reuseport]" (``addresses.parse_listen``), kept as written.
 ListenAddress = Annotated[str, AfterValidator(_check_listen)]
 #: A URI prefix a request path can start with (``guard.check_rule_prefix``).
 RulePrefix = Annotated[str, AfterValidator(check_rule_prefix)]

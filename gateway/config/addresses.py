@@ -8,7 +8,9 @@ unix socket too, for upstreams (php-fpm's own ``listen`` spelling).
 
 A listen entry may carry flags after the address, separated by spaces, as
 nginx's ``listen``: ``"0.0.0.0:443 tls"``, ``":8080 proxy_protocol"``,
-``"[::]:443 tls proxy_protocol"`` (``parse_listen``).
+``"[::]:443 tls proxy_protocol"``, ``"0.0.0.0:80 reuseport"`` (one socket per
+worker process, SO_REUSEPORT; TCP only: a unix socket cannot be shared that
+way) (``parse_listen``).
 
 A backend's address (``parse_upstream``) is one of the forms above for a
 FastCGI backend; an HTTP backend's may also be a URL without a path,
@@ -69,7 +71,7 @@ def parse_address(text: str, *, default_host: str = "", role: str = "address") -
 
 
 #: What a listen entry may say after its address (nginx's ``listen`` parameters).
-LISTEN_FLAGS = ("tls", "proxy_protocol")
+LISTEN_FLAGS = ("tls", "proxy_protocol", "reuseport")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,7 @@ class ListenSpec:
     where: Address
     tls: bool = False
     proxy_protocol: bool = False
+    reuseport: bool = False
 
     def __str__(self) -> str:
         flags = [name for name in LISTEN_FLAGS if getattr(self, name)]
@@ -88,8 +91,9 @@ class ListenSpec:
 
 
 def parse_listen(text: str, *, role: str = "listen address") -> ListenSpec:
-    """Parse ``"ADDRESS [tls] [proxy_protocol]"``; ``ValueError`` names a
-    flag it does not know, or a repeated one."""
+    """Parse ``"ADDRESS [tls] [proxy_protocol] [reuseport]"``; ``ValueError``
+    names a flag it does not know, a repeated one, or ``reuseport`` on a unix
+    socket."""
     parts = text.split()
     if not parts:
         raise ValueError(f"{role} is empty")
@@ -101,8 +105,12 @@ def parse_listen(text: str, *, role: str = "listen address") -> ListenSpec:
         if flag in seen:
             raise ValueError(f"{role} {text!r}: flag {flag!r} given twice")
         seen.add(flag)
-    return ListenSpec(address, parse_address(address, role=role), tls="tls" in seen,
-                      proxy_protocol="proxy_protocol" in seen)
+    where = parse_address(address, role=role)
+    if "reuseport" in seen and where.kind == "unix":
+        raise ValueError(f"{role} {text!r}: reuseport is for TCP addresses (a unix socket is one socket, "
+                         "shared by the worker processes)")
+    return ListenSpec(address, where, tls="tls" in seen, proxy_protocol="proxy_protocol" in seen,
+                      reuseport="reuseport" in seen)
 
 
 #: URL schemes an HTTP backend's address may start with, and their default port.

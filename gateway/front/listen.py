@@ -1,8 +1,11 @@
 """Listeners and the accept loop: from a listening socket to a connection task.
 
 ``open_listeners`` binds what ``[server] listen`` names (one address parser,
-``config.addresses``). ``serve_until_shutdown`` runs the accept loops and the
-connection tasks of one process, under two limits: ``max_connections`` (at the
+``config.addresses``); for a master's ``reuseport`` entries it sets
+SO_REUSEPORT once the address is bound, and ``clone_listeners`` opens the
+further sockets of the group (one per worker process, ``serve.master``).
+``serve_until_shutdown`` runs the accept loops and the connection tasks of
+one process, under two limits: ``max_connections`` (at the
 limit accept() pauses, and the idle keep-alive connection parked longest is
 closed to admit a waiting client, as nginx reuses idle connections) and
 ``max_connections_per_ip`` (503 and close). Shutdown closes the listeners at
@@ -27,6 +30,11 @@ After a ``tls`` listener's handshake, the protocol ALPN chose picks the loop:
 MSG_PEEK, nothing consumed): HTTP/2's preface goes to ``h2``, anything else
 to ``h1``. Without it, nothing is peeked: HTTP/1.1 pays nothing for HTTP/2.
 
+``ListenerClients`` (one per listener) serves its connections and owns the
+ones it parks (``front.parking``): a plain connection is parked as its fd
+alone (its socket objects are let go and built again when it speaks); a TLS
+one, or one whose addresses came from a PROXY header, is kept whole.
+
 Nurseries: ``connections`` (one task per client, the parker, the in-flight watcher)
 outlives ``accept`` (one task per listener, and the caller's watchers).
 """
@@ -41,6 +49,7 @@ import resource
 import socket
 import ssl
 import stat
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -76,9 +85,17 @@ class ListenError(OSError):
         return f"cannot listen on {self.address}: {self.strerror}"
 
 
-async def open_listeners(addresses: list[str]) -> list[trio.SocketListener]:
+#: Each listen socket's backlog.
+BACKLOG = 1024
+
+
+async def open_listeners(addresses: list[str], *, reuseport: bool = False) -> list[trio.SocketListener]:
     """Bind every address, or none: ``ListenError`` names the one that failed
-    (callers bind before starting php-fpm, so a port in use costs nothing)."""
+    (callers bind before starting php-fpm, so a port in use costs nothing).
+    ``reuseport``: TCP sockets get SO_REUSEPORT once bound, so that
+    ``clone_listeners`` can open more on their address (the address itself is
+    bound without it: a port some other socket holds, with SO_REUSEPORT or
+    not, is refused as in use, never shared)."""
     listeners: list[trio.SocketListener] = []
     try:
         for address in addresses:
@@ -87,7 +104,11 @@ async def open_listeners(addresses: list[str]) -> list[trio.SocketListener]:
                 if where.kind == "unix":
                     listeners.append(await _open_unix_listener(where.path))
                 else:
-                    listeners += await trio.open_tcp_listeners(where.port, host=where.host or None, backlog=1024)
+                    opened = await trio.open_tcp_listeners(where.port, host=where.host or None, backlog=BACKLOG)
+                    listeners += opened
+                    if reuseport:
+                        for listener in opened:
+                            listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             except OSError as exc:
                 raise ListenError(address, exc) from exc
     except BaseException:
@@ -95,6 +116,41 @@ async def open_listeners(addresses: list[str]) -> list[trio.SocketListener]:
             await listener.aclose()
         raise
     return listeners
+
+
+def reuses_port(listeners: list[trio.SocketListener]) -> bool:
+    """Were ``listeners`` opened with ``reuseport`` (may they be cloned)?"""
+    return bool(listeners) and all(
+        listener.socket.family != socket.AF_UNIX
+        and listener.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for listener in listeners)
+
+
+async def clone_listeners(listeners: list[trio.SocketListener]) -> list[trio.SocketListener]:
+    """One more listen socket on the address of each of ``listeners`` (opened
+    with ``reuseport``), in the same SO_REUSEPORT group: the kernel spreads
+    new connections over the group's sockets. ``ListenError`` if one cannot be
+    bound (nothing opened here stays open)."""
+    out: list[trio.socket.SocketType] = []
+    try:
+        for listener in listeners:
+            family = listener.socket.family
+            address = listener.socket.getsockname()
+            sock = trio.socket.socket(family, socket.SOCK_STREAM)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                await sock.bind(address)
+                sock.listen(BACKLOG)
+            except OSError as exc:
+                raise ListenError(listener_url(listener), exc) from exc
+    except BaseException:
+        for sock in out:
+            sock.close()
+        raise
+    return [trio.SocketListener(sock) for sock in out]
 
 
 async def _open_unix_listener(path: str) -> trio.SocketListener:
@@ -173,24 +229,45 @@ class Accepted:
     per-IP count), released once, when it is finally closed: by its task, or
     by the parker if it expires there."""
 
-    __slots__ = ("stream", "peer", "local", "tcp_peer", "_releases")
+    __slots__ = ("stream", "peer", "local", "tcp_peer", "ip", "token", "_slots", "_by_ip")
 
-    def __init__(self, stream: Downstream) -> None:
+    def __init__(self, stream: Downstream, slots: trio.CapacityLimiter | None = None,
+                 token: object = None) -> None:
         self.stream = stream
         #: the client: the TCP peer, or whom its PROXY protocol header names
-        self.peer: tuple[str, int] = ("", 0)
-        self.local: tuple[str, int] = ("", 0)
+        self.peer: tuple[str, int] = _NO_ADDRESS
+        self.local: tuple[str, int] = _NO_ADDRESS
         #: the TCP peer (the proxy, when a PROXY header named the client)
-        self.tcp_peer: tuple[str, int] = ("", 0)
-        self._releases: list[Callable[[], None]] = []
+        self.tcp_peer: tuple[str, int] = _NO_ADDRESS
+        #: the address counted in ``max_connections_per_ip`` ("": not counted)
+        self.ip = ""
+        #: what holds its place in ``slots``
+        self.token = token
+        self._slots = slots
+        self._by_ip: dict[str, int] | None = None
 
-    def on_close(self, release: Callable[[], None]) -> None:
-        self._releases.append(release)
+    def count_ip(self, by_ip: dict[str, int], ip: str, *, again: bool = False) -> None:
+        """Count this connection in ``by_ip`` under ``ip`` until it is closed
+        (``again``: it is counted already, by the parked record it was)."""
+        self.ip = ip = sys.intern(ip)  # (one string per address, however many connections)
+        if not again:
+            by_ip[ip] = by_ip.get(ip, 0) + 1
+        self._by_ip = by_ip
+
+    def holds_slot_of(self, slots: trio.CapacityLimiter | None) -> bool:
+        return self._slots is slots
+
+    def let_go(self) -> None:
+        """What this holds has passed to another owner: release nothing."""
+        self._slots = self._by_ip = None
 
     def _release(self) -> None:
-        releases, self._releases = self._releases, []
-        for release in releases:
-            release()
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.release_on_behalf_of(self.token)
+        by_ip, self._by_ip = self._by_ip, None
+        if by_ip is not None:
+            _leave(by_ip, self.ip)
 
     def close(self) -> None:
         """Close now (the parker: no task waits on the socket)."""
@@ -200,6 +277,15 @@ class Accepted:
     async def aclose(self) -> None:
         self._release()
         await trio.aclose_forcefully(self.stream)
+
+
+_NO_ADDRESS = ("", 0)
+
+
+def _leave(by_ip: dict[str, int], ip: str) -> None:
+    by_ip[ip] -= 1
+    if not by_ip[ip]:
+        del by_ip[ip]
 
 
 ClientHandler = Callable[[Accepted], Awaitable[bool]]
@@ -239,8 +325,7 @@ async def serve_listener(listener: trio.abc.Listener[trio.abc.Stream], handler: 
         except BaseException:
             slots.release_on_behalf_of(token)
             raise
-        client = Accepted(Downstream(stream, send_timeout))
-        client.on_close(partial(slots.release_on_behalf_of, token))
+        client = Accepted(Downstream(stream, send_timeout), slots, token)
         nursery.start_soon(run_client, client, handler)
 
 
@@ -363,33 +448,42 @@ async def read_proxy_header(client: Accepted, settings: ConnectionSettings) -> b
     return True
 
 
-def _connection_handler(service: Service, connections: trio.Nursery, spec: ListenSpec,
-                        by_ip: dict[str, int]) -> ClientHandler:
-    """How a connection accepted on a listener with ``spec`` is served;
-    ``by_ip``: the service's open connections per client address."""
-    per_ip = service.max_connections_per_ip
-    listener_state = service.listener_state
+class ParkedClient(Parked):
+    """A parked connection of a listener (``ListenerClients``): with what
+    releases it (its slot's token, its counted address) and, when its socket
+    objects are kept (TLS, PROXY protocol: state that cannot be built again),
+    the connection; else only the fd is kept."""
 
-    def leave(ip: str) -> None:
-        by_ip[ip] -= 1
-        if not by_ip[ip]:
-            del by_ip[ip]
+    __slots__ = ("token", "ip", "held")
 
-    async def serve_http(client: Accepted, served: int = 0) -> bool:
-        def resume(parked: Parked) -> None:
-            connections.start_soon(run_client, client, partial(serve_http, served=parked.served))
+    def __init__(self, fd: int, served: int, deadline: float, owner: ListenerClients, token: object, ip: str,
+                 held: Accepted | None) -> None:
+        super().__init__(fd, served, deadline, owner)
+        self.token = token
+        self.ip = ip
+        self.held = held
 
-        def hand_over(served: int, deadline: float) -> bool:
-            parker = listener_state.parker
-            fd = client.stream.fileno
-            return parker is not None and fd is not None and parker.park(
-                Parked(fd, served, deadline, resume, client.close))
 
-        return await HttpConnection(client.stream, service.handler, service.settings, client=client.peer,
-                                    server=client.local, listener_state=listener_state, served=served,
-                                    hand_over=hand_over, reclaim=client.close, peer=client.tcp_peer).run()
+class ListenerClients:
+    """How connections accepted on one listener (with ``spec``) are served, and
+    the owner of those it parks (``front.parking``): one object per listener,
+    shared by its connections. ``by_ip``: the service's open connections per
+    client address (counted only under ``max_connections_per_ip``)."""
 
-    async def handle(client: Accepted) -> bool:
+    def __init__(self, service: Service, connections: trio.Nursery, spec: ListenSpec, by_ip: dict[str, int],
+                 slots: trio.CapacityLimiter | None = None, family: int = socket.AF_INET) -> None:
+        self.service = service
+        self.connections = connections
+        self.spec = spec
+        self.by_ip = by_ip
+        self.slots = slots
+        self.family = family
+        #: plain connections are parked as their fd alone (a TLS session, or the
+        #: addresses a PROXY header gave, cannot be read from the socket again)
+        self.detach = not spec.tls and not spec.proxy_protocol
+
+    async def handle(self, client: Accepted) -> bool:
+        service, spec = self.service, self.spec
         stream = client.stream
         stream.set_nodelay()
         try:
@@ -399,37 +493,101 @@ def _connection_handler(service: Service, connections: trio.Nursery, spec: Liste
         client.tcp_peer = client.peer
         if spec.proxy_protocol and not await read_proxy_header(client, service.settings):
             return False
-        ip = client.peer[0]
-        if per_ip and by_ip.get(ip, 0) >= per_ip:
-            with trio.move_on_after(1.0):
-                try:
-                    await stream.send_all(_TOO_MANY_FROM_IP)
-                except trio.BrokenResourceError:
-                    pass
-            return False
-        by_ip[ip] = by_ip.get(ip, 0) + 1
-        client.on_close(partial(leave, ip))
+        per_ip = service.max_connections_per_ip
+        if per_ip:
+            ip = client.peer[0]
+            if self.by_ip.get(ip, 0) >= per_ip:
+                with trio.move_on_after(1.0):
+                    try:
+                        await stream.send_all(_TOO_MANY_FROM_IP)
+                    except trio.BrokenResourceError:
+                        pass
+                return False
+            client.count_ip(self.by_ip, ip)
         if spec.tls:
             if not await tls_handshake(client, service.tls, service.settings.handshake_timeout,
-                                       listener_state.stats.tls):
+                                       service.listener_state.stats.tls):
                 return False
             if client.stream.alpn == "h2":
-                return await serve_h2(client)
+                return await self.serve_h2(client)
         elif service.settings.http2_cleartext:
             opens_h2 = await _opens_with_preface(client, service.settings.header_timeout)
             if opens_h2 is None:
                 return False
             if opens_h2:
-                return await serve_h2(client)
-        return await serve_http(client)
+                return await self.serve_h2(client)
+        return await self.serve_http(client)
 
-    async def serve_h2(client: Accepted) -> bool:
+    async def serve_http(self, client: Accepted, served: int = 0) -> bool:
+        service = self.service
+        return await HttpConnection(client.stream, service.handler, service.settings, client=client.peer,
+                                    server=client.local, listener_state=service.listener_state, served=served,
+                                    hand_over=partial(self.park, client), reclaim=client.close,
+                                    peer=client.tcp_peer).run()
+
+    async def serve_h2(self, client: Accepted) -> bool:
+        service = self.service
         await Http2Connection(client.stream, service.handler, service.settings, client=client.peer,
-                              server=client.local, listener_state=listener_state, peer=client.tcp_peer,
+                              server=client.local, listener_state=service.listener_state, peer=client.tcp_peer,
                               reclaim=client.close).run()
         return False
 
-    return handle
+    # -- parking (``front.parking``'s owner) ----------------------------------------------
+
+    def park(self, client: Accepted, served: int, deadline: float) -> bool:
+        """Hand ``client``, idle after ``served`` requests, to the parker until
+        ``deadline``; False: it cannot be (the caller keeps it)."""
+        parker = self.service.listener_state.parker
+        stream = client.stream
+        fd = stream.fileno
+        if parker is None or fd is None:
+            return False
+        raw = stream.stream.socket if self.detach and isinstance(stream.stream, trio.SocketStream) else None
+        if raw is not None and not client.holds_slot_of(self.slots):
+            raw = None  # (accepted elsewhere: its slot is not ours to release)
+        parked = ParkedClient(fd, served, deadline, self, client.token, client.ip, None if raw else client)
+        if not parker.park(parked):
+            return False
+        if raw is not None:
+            # the connection lives on as its fd alone: these objects go (the
+            # task ends without closing them), what they held passes to
+            # ``parked`` and is released by ``close``
+            client.let_go()
+            raw.detach()
+        return True
+
+    def resume(self, parked: Parked) -> None:
+        assert isinstance(parked, ParkedClient)
+        client = parked.held if parked.held is not None else self._rebuild(parked)
+        if client is not None:
+            self.connections.start_soon(run_client, client, partial(self.serve_http, served=parked.served))
+
+    def _rebuild(self, parked: ParkedClient) -> Accepted | None:
+        """The socket objects of a connection parked as its fd (None: it has
+        gone meanwhile; closed)."""
+        sock = trio.socket.from_stdlib_socket(socket.socket(self.family, socket.SOCK_STREAM, 0, parked.fd))
+        client = Accepted(Downstream(trio.SocketStream(sock), self.service.settings.send_timeout), self.slots,
+                          parked.token)
+        if parked.ip:
+            client.count_ip(self.by_ip, parked.ip, again=True)
+        try:
+            client.peer, client.local = _addresses(client.stream)
+        except OSError:  # (reset while parked)
+            client.close()
+            return None
+        client.tcp_peer = client.peer
+        return client
+
+    def close(self, parked: Parked) -> None:
+        assert isinstance(parked, ParkedClient)
+        if parked.held is not None:
+            parked.held.close()
+            return
+        os.close(parked.fd)
+        if self.slots is not None:
+            self.slots.release_on_behalf_of(parked.token)
+        if parked.ip:
+            _leave(self.by_ip, parked.ip)
 
 
 async def _opens_with_preface(client: Accepted, limit: float) -> bool | None:
@@ -540,8 +698,10 @@ async def _serve_connections(shutdown: trio.Event, listener_state: ListenerState
                 slots = trio.CapacityLimiter(service.max_connections)
                 by_ip: dict[str, int] = {}
                 for i, listener in enumerate(service.listeners):
-                    handler = _connection_handler(service, connections, service.spec(i), by_ip)
-                    accept.start_soon(serve_listener, listener, handler, connections, slots,
+                    family = getattr(listener, "socket", None)
+                    clients = ListenerClients(service, connections, service.spec(i), by_ip, slots,
+                                              family.family if family is not None else socket.AF_INET)
+                    accept.start_soon(serve_listener, listener, clients.handle, connections, slots,
                                       service.listener_state.parker, service.settings.send_timeout,
                                       service.listener_state)
             for watcher in watchers:

@@ -26,6 +26,15 @@ core. Like nginx's master and worker processes:
   between them (5 over 2 processes: 3 + 2), so php-fpm never has more
   connections than workers; each has a queue of ``queue_depth``. All call
   accept() on the same socket, so a busy process simply accepts less.
+- A listen entry flagged **reuseport** (nginx's ``listen ... reuseport``) is
+  bound as one socket per worker instead (SO_REUSEPORT: the kernel spreads
+  connections over them, evenly on average, busy or not). The master holds
+  them all and gives worker i socket i, and only that (``worker_listeners``),
+  in every generation and after a restart: a socket is never closed while
+  its address is listened on, since closing one resets the connections
+  queued in it. A reload to more workers clones sockets, one to fewer keeps
+  them and worker ``j % count`` serves socket j (``listen_sets``). The flag
+  changed on an address that stays takes effect at the next start.
 - A worker's admin listener is a unix socket in the runtime directory; a pipe
   from the master tells it when the master is gone (EOF), so no worker outlives
   its master; ``serve.watchdog`` kills one that does not stop, and php-fpm.
@@ -52,9 +61,9 @@ import trio
 from ..acme.manager import CertificateManager
 from ..app import cache_lock, guard_table
 from ..config import FASTCGI_ONLY_KEYS, Config, ConfigError, validate
-from ..config.addresses import parse_listen
+from ..config.addresses import ListenSpec, parse_listen
 from ..front.h1 import ListenerState
-from ..front.listen import Service, listener_url, serve_until_shutdown
+from ..front.listen import Service, clone_listeners, listener_url, reuses_port, serve_until_shutdown
 from ..http._h11 import describe
 from ..observe.admin import NO_CACHE, AdminRouter, AdminStatus, NoCache, admin_request
 from ..observe.aggregate import merge_prometheus, merge_status, split
@@ -160,10 +169,11 @@ def admin_socket(runtime_dir: str, index: int, generation: int = 0) -> str:
 class Workers:
     """The worker processes: start, restart, stop."""
 
-    def __init__(self, specs: list[str], pass_fds: list[int], runtime_dir: str, generation: int = 0) -> None:
+    def __init__(self, specs: list[str], pass_fds: list[list[int]], runtime_dir: str, generation: int = 0) -> None:
         self.runtime_dir = runtime_dir
         self.generation = generation
         self.specs = specs
+        #: each worker's inherited fds: its listen sockets (none of another's) and the pipe
         self.pass_fds = pass_fds
         self.processes: list[trio.Process | None] = [None] * len(specs)
         self.stopping = False
@@ -178,7 +188,7 @@ class Workers:
         """Start worker ``index``, call ``up`` once it serves, return when it has exited."""
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "gateway", "worker", self.specs[index]],
-            pass_fds=self.pass_fds, start_new_session=True)  # the master alone gets the terminal's Ctrl-C
+            pass_fds=self.pass_fds[index], start_new_session=True)  # the master alone gets the terminal's Ctrl-C
         self.processes[index] = proc
         tell_watchdog(f"worker {proc.pid}")
         try:
@@ -325,8 +335,10 @@ class Generation:
     fpm: dict[str, tuple[str | None, PhpFpmSupervisor | None]]
     #: backend name -> (FastCGI address, status address)
     backends: dict[str, tuple[str, str]]
-    #: listen address -> the master's listeners for it
-    listen: dict[str, list[trio.SocketListener]]
+    #: listen address -> the master's sets of listeners for it (a set: a socket
+    #: per address family): one, served by every worker, or for a
+    #: ``reuseport`` address one per worker (``worker_listeners``)
+    listen: dict[str, list[list[trio.SocketListener]]]
 
     @property
     def supervisors(self) -> dict[str, PhpFpmSupervisor]:
@@ -373,11 +385,13 @@ class Master:
         gen: Generation | None = None
         try:
             if bound is not None:
-                listen = bound
+                first = bound
             else:
-                listen = await open_listen_map(config.server.listen, keep=current.listen if current else None)
-                opened = [listener for address, ls in listen.items()
+                first = await open_listen_map(config.server.listen, reuseport=True, keep=None if current is None else
+                                              {address: sets[0] for address, sets in current.listen.items()})
+                opened = [listener for address, ls in first.items()
                           if current is None or address not in current.listen for listener in ls]
+            listen = await listen_sets(config.server.listen, first, count, current.listen if current else {}, opened)
             fpm: dict[str, tuple[str | None, PhpFpmSupervisor | None]] = {}
             backends: dict[str, tuple[str, str]] = {}
             for name in config.backends:
@@ -393,19 +407,22 @@ class Master:
                     started.append(sup)
                 fpm[name] = (key, sup)
                 backends[name] = (address, status)
-            listeners, listen_entries = listen_specs(config.server.listen, listen)
-            listen_fds = [listener.socket.fileno() for listener in listeners]
             prepare_tls(config, privileges)  # the internal CA's certificates, before a worker reads them
             ticket_keys = new_keys()  # one set per generation: a reload rotates them
             # one rate-limit table for all workers and generations (nginx's zone)
             table = guard_table.create(self.runtime_dir) if uses_guard_table(config) else ""
             # one page-cache lock table too: a cold page costs one PHP run, not one per worker
             locks = cache_lock.create(self.runtime_dir) if any(s.cache.enabled for s in config.sites.values()) else ""
-            specs = [write_spec(config, i, count, backends, self.runtime_dir, listen_fds, self.parent_read,
-                                self.log_level, number, [str(spec) for spec in listen_entries], ticket_keys,
-                                table, locks)
-                     for i in range(count)]
-            workers = Workers(specs, [*listen_fds, self.parent_read], self.runtime_dir, number)
+            specs: list[str] = []
+            pass_fds: list[list[int]] = []
+            for i in range(count):
+                listeners, listen_entries = worker_listeners(config.server.listen, listen, i, count)
+                listen_fds = [listener.socket.fileno() for listener in listeners]
+                specs.append(write_spec(config, i, count, backends, self.runtime_dir, listen_fds, self.parent_read,
+                                        self.log_level, number, [str(spec) for spec in listen_entries],
+                                        ticket_keys, table, locks))
+                pass_fds.append([*listen_fds, self.parent_read])
+            workers = Workers(specs, pass_fds, self.runtime_dir, number)
             gen = Generation(number, config, count, workers, fpm, backends, listen)
             self.generations.append(gen)  # a stop meanwhile stops these workers too
             async with trio.open_nursery() as starting:  # all at once; on once each serves
@@ -478,14 +495,15 @@ class Master:
         if gen in self.generations:
             self.generations.remove(gen)
         shared_sups = {id(s) for g in self.generations for s in g.supervisors.values()}
-        shared_listeners = {id(listener) for g in self.generations for ls in g.listen.values() for listener in ls}
+        shared_listeners = {id(listener) for g in self.generations for sets in g.listen.values()
+                            for ls in sets for listener in ls}
         for sup in gen.supervisors.values():
             if id(sup) not in shared_sups:
                 sup.stop()
                 await sup.stopped.wait()
                 shutil.rmtree(sup.paths.directory, ignore_errors=True)
-        for address, listeners in gen.listen.items():
-            for listener in listeners:
+        for address, sets in gen.listen.items():
+            for listener in (listener for ls in sets for listener in ls):
                 if id(listener) not in shared_listeners:
                     await trio.aclose_forcefully(listener)
             if address.startswith("unix:") and not any(address in g.listen for g in self.generations):
@@ -540,8 +558,8 @@ class Master:
         for gen in self.generations:
             gen.workers.stopping = True
         for gen in self.generations:
-            for listeners in gen.listen.values():
-                for listener in listeners:
+            for sets in gen.listen.values():
+                for listener in (listener for ls in sets for listener in ls):
                     await trio.aclose_forcefully(listener)
         async with trio.open_nursery() as nursery:
             for gen in self.generations:
@@ -599,7 +617,7 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
                         reload: Callable[[], Config] | None, privileges: Plan | None,
                         task_status: trio.TaskStatus[None]) -> None:
     # Bind first: an address in use is reported (naming it) before php-fpm starts.
-    bound = await open_listen_map(config.server.listen)
+    bound = await open_listen_map(config.server.listen, reuseport=True)
     listeners, specs = listen_specs(config.server.listen, bound)
     admin_listeners = await open_admin_listeners(config.admin.listen, listeners)
     runtime_dir, remove_runtime = runtime_dir_for(config, privileges)
@@ -653,6 +671,54 @@ async def _serve_master(config: Config, count: int, log_level: str, signals: Asy
         if pid_file:
             remove_pid_file(pid_file)
 
+
+
+async def listen_sets(entries: list[str], first: dict[str, list[trio.SocketListener]], count: int,
+                      current: dict[str, list[list[trio.SocketListener]]],
+                      opened: list[trio.SocketListener]) -> dict[str, list[list[trio.SocketListener]]]:
+    """The sets of listeners for a generation of ``count`` workers (see
+    ``Generation.listen``): ``first`` (``open_listen_map``'s answer) gives each
+    address's first set; a ``reuseport`` address gets the sets ``current`` has
+    for it, and clones up to ``count`` (added to ``opened``). A set is never
+    closed while its address is listened on: that would drop the connections
+    queued in it; a reload to fewer processes leaves more sets than workers,
+    and some workers serve two. A flag changed on a kept socket takes effect
+    at the next start (SO_REUSEPORT must be set before a socket's neighbours bind)."""
+    flagged = {spec.address for spec in map(parse_listen, entries) if spec.reuseport}
+    out: dict[str, list[list[trio.SocketListener]]] = {}
+    for address, listeners in first.items():
+        sets = list(current.get(address, [listeners]))
+        if reuses_port(listeners):
+            if address not in flagged:
+                log.warning("listen %s: reuseport removed; it takes effect at the next start (one socket per "
+                            "worker process until then)", address)
+            while len(sets) < count:
+                clone = await clone_listeners(listeners)
+                opened += clone
+                sets.append(clone)
+        elif address in flagged:
+            log.warning("listen %s: reuseport added; it takes effect at the next start (one shared socket until "
+                        "then)", address)
+        out[address] = sets
+    return out
+
+
+def worker_listeners(entries: list[str], listen: dict[str, list[list[trio.SocketListener]]], index: int,
+                     count: int) -> tuple[list[trio.SocketListener], list[ListenSpec]]:
+    """Worker ``index``'s listeners (of ``count``) and the ``[server] listen``
+    entry each serves: an address's one set, or of its several (``reuseport``)
+    the sets ``j`` with ``j % count == index``: worker i gets socket i, the
+    same socket in every generation and after a restart, so none is closed
+    and nothing queued in one is lost."""
+    specs = {spec.address: spec for spec in map(parse_listen, entries)}
+    listeners: list[trio.SocketListener] = []
+    out: list[ListenSpec] = []
+    for address, sets in listen.items():
+        for j, listener_set in enumerate(sets):
+            if len(sets) == 1 or j % count == index:
+                listeners += listener_set
+                out += [specs[address]] * len(listener_set)
+    return listeners, out
 
 
 def write_spec(config: Config, index: int, count: int, backends: dict[str, tuple[str, str]], runtime_dir: str,

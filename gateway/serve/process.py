@@ -358,17 +358,19 @@ CarriedFds = dict[str, list[int]]
 
 
 async def open_listen_map(addresses: list[str], carried: CarriedFds | None = None,
-                          keep: dict[str, list[trio.SocketListener]] | None = None,
+                          keep: dict[str, list[trio.SocketListener]] | None = None, *, reuseport: bool = False,
                           ) -> dict[str, list[trio.SocketListener]]:
     """Listeners for ``addresses`` (``[server] listen`` entries), keyed by
     the address without its flags (a reload that changes only a flag keeps
     the socket): those in ``keep`` as they are, those whose sockets were
-    ``carried`` over a re-exec from their fds, the rest bound now. Carried
-    fds no address wants are closed. On an error nothing opened here stays
-    open."""
+    ``carried`` over a re-exec from their fds, the rest bound now (with
+    ``reuseport``, as a master binds them: those flagged ``reuseport`` may be
+    cloned, ``front.listen.clone_listeners``). Carried fds no address wants
+    are closed. On an error nothing opened here stays open."""
     carried = dict(carried or {})
     out: dict[str, list[trio.SocketListener]] = {}
     opened: list[trio.SocketListener] = []
+    flagged = {spec.address for spec in map(parse_listen, addresses) if spec.reuseport}
     try:
         for address in dict.fromkeys(parse_listen(entry).address for entry in addresses):
             if keep is not None and address in keep:
@@ -377,7 +379,7 @@ async def open_listen_map(addresses: list[str], carried: CarriedFds | None = Non
                 out[address] = inherited_listeners(carried.pop(address))
                 opened += out[address]
             else:
-                out[address] = await open_listeners([address])
+                out[address] = await open_listeners([address], reuseport=reuseport and address in flagged)
                 opened += out[address]
     except BaseException:
         for listener in opened:

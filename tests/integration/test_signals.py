@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from tests.helpers import HttpClient
 
 from .conftest import DOCROOT, free_port, start_cli
 from .reload_load import LoadResult, run_load
-from .test_workers import _worker_pids
+from .test_workers import _worker_pids, held_inodes, listen_inodes
 
 GATEWAY = [sys.executable, "-m", "gateway"]
 
@@ -61,11 +62,11 @@ class LogWatch:
 
 
 def write_conf(conf: Path, port: int, run: Path, *, processes: int = 2, software: str = "gw-0", pool_size: int = 4,
-               extra: str = "", logs: Path | None = None, admin: int = 0) -> None:
+               extra: str = "", logs: Path | None = None, admin: int = 0, flags: str = "") -> None:
     logs_conf = (f'access_log = "{logs / "access.log"}"\nerror_log = "{logs / "error.log"}"\n' if logs
                  else 'access_log = "off"\n')
     (conf / "00.toml").write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\nruntime_dir = "{run}"\n{logs_conf}'
+        f'[server]\nlisten = ["127.0.0.1:{port}{flags}"]\nruntime_dir = "{run}"\n{logs_conf}'
         f'processes = {processes}\nuser = "root"\nserver_software = "{software}"\n'
         f'pid_file = "{run.parent / "gateway.pid"}"\n'
         f'[timeouts]\ngraceful = "5s"\n'
@@ -119,16 +120,19 @@ async def _stop(proc: trio.Process, watch: LogWatch) -> None:
 
 
 async def reload_under_load(proc: trio.Process, watch: LogWatch, conf: Path, port: int, run: Path, *,
-                            reloads: int, clients: int, processes: int = 2) -> LoadResult:
+                            reloads: int, clients: int, processes: int = 2, flags: str = "",
+                            processes_at: Callable[[int], int] | None = None) -> LoadResult:
     """``clients`` clients while a reload is sent every second, ``reloads`` times
-    (the third also resizes the php-fpm pool); the load goes on until the last
-    configuration answers."""
+    (the third also resizes the php-fpm pool; ``processes_at(n)``: the
+    processes of the n-th); the load goes on until the last configuration
+    answers."""
     stop = trio.Event()
 
     async def reload_every_second() -> None:
         for n in range(1, reloads + 1):
             await trio.sleep(1.0)  # pacing the reloads, not waiting for anything
-            write_conf(conf, port, run, software=f"gw-{n}", pool_size=6 if n >= 3 else 4, processes=processes)
+            write_conf(conf, port, run, software=f"gw-{n}", pool_size=6 if n >= 3 else 4, flags=flags,
+                       processes=processes_at(n) if processes_at is not None else processes)
             proc.send_signal(signal.SIGHUP)
         with trio.fail_after(30):
             while (await _get(port, "/hello.txt"))[1].get(b"server") != f"gw-{reloads}".encode():
@@ -141,12 +145,16 @@ async def reload_under_load(proc: trio.Process, watch: LogWatch, conf: Path, por
         return await run_load(port, stop, clients)
 
 
-async def test_hup_under_load_fails_no_request_and_the_new_config_takes_over(tmp_path, nursery):
+@pytest.mark.parametrize("flags", ["", " reuseport"])
+async def test_hup_under_load_fails_no_request_and_the_new_config_takes_over(tmp_path, nursery, flags):
     """50 clients, a reload every second for 4 s (the third also resizes the
-    php-fpm pool, so php-fpm is replaced under load): not one failed request."""
-    proc, watch, conf, port = await _start(tmp_path, nursery)
+    php-fpm pool, so php-fpm is replaced under load): not one failed request;
+    with one shared listen socket, and with ``reuseport`` (a socket per worker,
+    handed from each old worker to the new one)."""
+    proc, watch, conf, port = await _start(tmp_path, nursery, flags=flags)
     try:
-        result = await reload_under_load(proc, watch, conf, port, tmp_path / "run", reloads=4, clients=50)
+        result = await reload_under_load(proc, watch, conf, port, tmp_path / "run", reloads=4, clients=50,
+                                         flags=flags)
         with trio.fail_after(20):
             while watch.text.count("previous configuration have stopped") < watch.text.count("reloaded:"):
                 await watch.changed()
@@ -167,6 +175,32 @@ async def test_hup_under_load_fails_no_request_and_the_new_config_takes_over(tmp
         assert "pm.max_children = 6" in Path(conf_path).read_text()  # noqa: ASYNC240 - the new one
         # (its status pool starts workers on demand: the count is 6 and one or two)
         assert len(_children(fpm_masters[0])) >= 6 + 1
+    finally:
+        await _stop(proc, watch)
+    assert proc.returncode == 0
+    assert "Traceback" not in watch.text
+
+
+async def test_reuseport_reloads_to_more_and_fewer_processes_under_load_fail_no_request(tmp_path, nursery):
+    """``reuseport``, 2 -> 3 -> 2 worker processes by reloads under load: a
+    socket is added for the third; going back to 2, it is kept (closing it
+    would reset what waits in it) and served by worker 0 beside its own."""
+    proc, watch, conf, port = await _start(tmp_path, nursery, flags=" reuseport")
+    try:
+        result = await reload_under_load(proc, watch, conf, port, tmp_path / "run", reloads=4, clients=50,
+                                         flags=" reuseport", processes_at=lambda n: 3 if n in (1, 2) else 2)
+        with trio.fail_after(20):
+            while watch.text.count("previous configuration have stopped") < watch.text.count("reloaded:"):
+                await watch.changed()
+        print(f"reuseport 2 -> 3 -> 2 processes under load: {result.ok} ok, {result.failed} failed, "
+              f"{result.stale_retries} stale keep-alive resends, by Server: {dict(result.servers)}")
+        assert result.failed == 0, (result.errors, watch.text)
+        assert result.servers["gw-1"] and result.servers["gw-4"]
+        sockets = listen_inodes(port)
+        assert len(sockets) == 3 and held_inodes(proc.pid, sockets) == sockets
+        workers = sorted(_worker_pids(proc.pid))
+        assert len(workers) == 2
+        assert sorted(len(held_inodes(pid, sockets)) for pid in workers) == [1, 2]
     finally:
         await _stop(proc, watch)
     assert proc.returncode == 0

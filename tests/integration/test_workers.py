@@ -18,11 +18,11 @@ from .conftest import DOCROOT, free_port, start_cli
 from .test_cli import stop
 
 
-def _conf(tmp_path: Path, port: int, admin: int) -> Path:
+def _conf(tmp_path: Path, port: int, admin: int, flags: str = "") -> Path:
     conf = tmp_path / "conf.d"
     conf.mkdir()
     (conf / "00.toml").write_text(
-        f'[server]\nuser = "root"\nlisten = ["127.0.0.1:{port}"]\n'
+        f'[server]\nuser = "root"\nlisten = ["127.0.0.1:{port}{flags}"]\n'
         f'runtime_dir = "{tmp_path / "run"}"\naccess_log = "off"\n'
         f'processes = 2\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
         f'[backends.php]\npool_size = 4\nphp_fpm.user = "root"\n'
@@ -128,6 +128,76 @@ async def test_a_killed_worker_is_replaced_and_requests_go_on(tmp_path):
     finally:
         log = await stop(proc, stderr)
     assert proc.returncode == 0, log.decode()
+
+
+def listen_inodes(port: int) -> set[str]:
+    """The inodes of the TCP sockets listening on 127.0.0.1:``port``."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            out.add(fields[9])
+    return out
+
+
+def held_inodes(pid: int, among: set[str]) -> set[str]:
+    """Which of the socket inodes ``among`` process ``pid`` has open."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in among:
+            out.add(link[8:-1])
+    return out
+
+
+async def test_with_reuseport_a_killed_workers_socket_is_kept_and_what_waits_in_it_is_served(tmp_path):
+    """``reuseport``: a listen socket per worker, all held by the master too;
+    a worker killed with SIGKILL is replaced on the same socket, and the
+    connections the kernel queued in it meanwhile are answered, none refused."""
+    port, admin = free_port(), free_port()
+    proc, stderr = await start_cli(["serve", "--config", str(_conf(tmp_path, port, admin, " reuseport"))])
+    try:
+        with trio.fail_after(20):
+            while True:
+                st = await _status(admin)
+                if all(w["up"] for w in st["workers"]):
+                    break
+                await trio.sleep(0.05)  # polling the admin listener, bounded
+        sockets = listen_inodes(port)
+        assert len(sockets) == 2
+        assert held_inodes(proc.pid, sockets) == sockets  # the master keeps every one
+        mine = {w["index"]: held_inodes(w["pid"], sockets) for w in st["workers"]}
+        assert len(mine[0]) == len(mine[1]) == 1 and mine[0] != mine[1]  # one each, none of the other's
+        victim = st["workers"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        with trio.fail_after(10):
+            while victim in _worker_pids(proc.pid):  # noqa: ASYNC110 - nothing to wait on
+                await trio.sleep(0.02)
+        # the restart waits RESTART_BACKOFF (0.5 s); meanwhile half the new connections queue in its socket
+        waited: list[float] = []
+
+        async def one() -> None:
+            t0 = trio.current_time()
+            assert (await _get(port, "/hello.txt"))[0] == 200
+            waited.append(trio.current_time() - t0)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for _ in range(16):
+                    nursery.start_soon(one)
+        assert len(waited) == 16
+        assert max(waited) >= 0.3  # (the chance that none went to the dead worker's socket: 2^-16)
+        st = await _status(admin)
+        assert victim not in {w["pid"] for w in st["workers"]}
+        assert held_inodes(st["workers"][0]["pid"], sockets) == mine[0]  # the same socket again
+        assert listen_inodes(port) == sockets
+    finally:
+        log = await stop(proc, stderr)
+    assert proc.returncode == 0, log.decode()
+    assert not listen_inodes(port)
 
 
 async def test_workers_leave_when_the_master_is_killed(tmp_path):

@@ -35,7 +35,7 @@ def test_listen_flags_as_nginx_writes_them(text, address, tls, proxy):
 
 
 @pytest.mark.parametrize(("text", "says"), [
-    ("127.0.0.1:443 ssl", "unknown flag 'ssl' (known: tls, proxy_protocol)"),
+    ("127.0.0.1:443 ssl", "unknown flag 'ssl' (known: tls, proxy_protocol, reuseport)"),
     ("127.0.0.1:443 tls tls", "flag 'tls' given twice"),
     ("", "is empty"),
     ("tls", "is not HOST:PORT"),
@@ -43,6 +43,19 @@ def test_listen_flags_as_nginx_writes_them(text, address, tls, proxy):
 def test_bad_listen_flags_are_named(text, says):
     with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)")):
         parse_listen(text)
+
+
+def test_reuseport_is_a_flag_of_tcp_addresses():
+    assert parse_listen("0.0.0.0:443 tls reuseport").reuseport
+    assert not parse_listen("0.0.0.0:443 tls").reuseport
+    assert str(parse_listen("[::]:80 reuseport proxy_protocol")) == "[::]:80 proxy_protocol reuseport"
+    with pytest.raises(ValueError, match="reuseport is for TCP addresses"):
+        parse_listen("unix:/run/gw.sock reuseport")
+
+
+def test_reuseport_on_a_unix_socket_is_refused_naming_the_key(tmp_path):
+    err = load_error(tmp_path, SITE + '[server]\nlisten = ["unix:/tmp/gw.sock reuseport"]\n')
+    assert "server.listen" in err and "reuseport is for TCP addresses" in err
 
 
 def test_a_flagged_listener_conflicts_by_its_address(tmp_path):

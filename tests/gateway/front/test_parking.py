@@ -239,17 +239,30 @@ async def test_at_max_connections_silent_connections_do_not_lock_new_clients_out
     await newcomer.aclose()
 
 
+class _Owner:
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+        self.closed: list[str] = []
+
+    def resume(self, parked: Parked) -> None:
+        pass
+
+    def close(self, parked: Parked) -> None:
+        self.closed.append(self.names[parked.fd])
+
+
 async def test_close_oldest_spares_a_parked_connection_whose_request_has_arrived():
     parker = Parker(ListenerStats())
-    closed: list[str] = []
+    owner = _Owner()
+    closed = owner.closed
     peers = {}
     sockets = []
     for name in ("oldest", "next", "newest"):
         ours, theirs = trio.socket.socketpair()
         peers[name] = theirs
         sockets += [ours, theirs]
-        assert parker.park(Parked(ours.fileno(), 1, math.inf, lambda p: None,
-                                  partial(closed.append, name)))
+        owner.names[ours.fileno()] = name
+        assert parker.park(Parked(ours.fileno(), 1, math.inf, owner))
     await peers["oldest"].send(b"GET / HTTP/1.1\r\n")  # its next request, not resumed yet
     assert parker.close_oldest() and closed == ["next"]
     assert parker.close_oldest() and closed == ["next", "newest"]
@@ -257,3 +270,41 @@ async def test_close_oldest_spares_a_parked_connection_whose_request_has_arrived
     parker.close_all()
     for sock in sockets:
         sock.close()
+
+
+async def _refused_as_too_many_from_ip(port: int) -> bool:
+    client = await HttpClient.connect(port)
+    try:
+        return (await client.request("GET", "/a.txt")).status == 503
+    finally:
+        await client.aclose()
+
+
+async def test_a_parked_connection_keeps_its_slot_and_per_ip_count_until_it_closes(nursery, tmp_path, autojump_clock):
+    running = await _start(nursery, tmp_path, max_connections=3, max_connections_per_ip=2)
+    port = _port(running)
+    first, second = await HttpClient.connect(port), await HttpClient.connect(port)
+    for client in (first, second):
+        assert (await client.request("GET", "/a.txt")).status == 200
+    await trio.sleep(IDLE)
+    assert len(running.listener_state.parker) == 2  # parked as their fds alone
+    assert await _refused_as_too_many_from_ip(port)
+    assert (await first.request("GET", "/a.txt")).status == 200  # served again: counted once, still
+    await trio.sleep(IDLE)
+    assert await _refused_as_too_many_from_ip(port)
+    await first.aclose()  # leaves while parked: its count and slot go
+    await trio.testing.wait_all_tasks_blocked()
+    third = await HttpClient.connect(port)
+    assert (await third.request("GET", "/a.txt")).status == 200
+    await third.aclose()
+    await trio.sleep(31)  # the keep-alive timeout closes the parked one
+    assert await _closed_by_server(second)
+    await trio.testing.wait_all_tasks_blocked()
+    assert running.listener_state.stats.open_connections == 0
+    with trio.fail_after(5):  # both slots and both counts are free again
+        clients = [await HttpClient.connect(port) for _ in range(2)]
+        for client in clients:
+            assert (await client.request("GET", "/a.txt")).status == 200
+        for client in clients:
+            await client.aclose()
+    running.shutdown.set()
