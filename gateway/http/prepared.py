@@ -1,0 +1,67 @@
+"""A prepared answer: a response a handler can give at once, without awaiting anything.
+
+A front end asks ``handler.ready(request)`` (``ReadyHandler``) before it runs
+the handler's full, asynchronous path; ``None`` means "run it". What it gets
+back is the exact response the full path would have sent, minus what the
+front end adds itself (Date, Server, Connection): ``app.fastpath`` builds it
+with the same functions the full path calls, and declines whatever it cannot
+answer exactly. The contract, in the order a front end relies on it:
+
+- **Complete**: status, reason phrase (never empty), headers with
+  Content-Length, the body as ``bytes`` (empty for HEAD and 304). No Date or
+  Server header: the front end puts its own first, as for any response.
+- **Counted**: whatever the answer counts (a page cache's HIT, compression
+  stats) was counted by ``ready``; the front end counts the request and logs
+  it as it does any other.
+- **Protocol-neutral**: ``headers`` for any front end (HTTP/2 can use them
+  as they are); ``fields`` is the same headers as HTTP/1.1 header lines,
+  made once here so an HTTP/1.1 front end writes head and body with one
+  ``%`` and one send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .request import Request
+from .response import Response, reason_phrase
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    #: ``headers`` as HTTP/1.1 header lines ("name: value\r\n" each)
+    fields: bytes
+    body: bytes
+    #: the front end's Date and Server go first (False: the headers hold
+    #: their own Date or Server, which replaces the front end's)
+    ours: bool = True
+
+
+def prepare(resp: Response, *, head_only: bool) -> Prepared:
+    """``resp`` (a bytes body, Content-Length among its headers, no Date or
+    Server) as a ``Prepared``; ``head_only``: the body stays out (HEAD; and
+    for 204 and 304 it does anyway, as the HTTP/1.1 writer leaves it out)."""
+    body = resp.body
+    assert isinstance(body, bytes)
+    headers = resp.headers
+    if body and not any(n == b"content-length" for n, _ in headers):
+        headers = [*headers, (b"content-length", b"%d" % len(body))]  # as the HTTP/1.1 writer adds it
+    return Prepared(resp.status, resp.reason or reason_phrase(resp.status), headers,
+                    b"".join([b"%s: %s\r\n" % h for h in headers]),
+                    b"" if head_only or resp.status in (204, 304) else body,
+                    not any(len(n) in (4, 6) and n.lower() in (b"date", b"server") for n, _ in headers))
+
+
+class ReadyHandler(Protocol):
+    """A handler that can also answer some requests at once."""
+
+    async def __call__(self, request: Request) -> Response: ...
+
+    def ready(self, request: Request) -> Prepared | None:
+        """The answer to ``request`` when it is ready now (see the module
+        docstring), else None: the caller then awaits ``self(request)``."""
+        ...
