@@ -42,6 +42,12 @@ Edge policy, in the order it applies to a request of a site:
    table form ``[sites.X.headers]``) on every response of the site, error
    pages and redirects included; a rule with ``preflight`` answers a CORS
    preflight 204 right after the HTTPS redirect, before routing.
+
+``App.ready`` answers the commonest requests at once, before the front end
+builds the machinery above (``app.fastpath``): a small file from the
+per-process file cache, a page-cache HIT; it runs the same steps in the
+same order and declines (None) wherever one of them would need IO, a rule
+that depends on the client, or work it cannot repeat exactly.
 """
 
 from __future__ import annotations
