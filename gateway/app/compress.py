@@ -165,6 +165,17 @@ class Compressor:
         return decide(status=resp.status, headers=resp.headers, length=_known_length(resp, method == b"HEAD"),
                       accept=accept, offered=s.offered, min_size=s.min_size, content_type=content_type)
 
+    def compress_now(self, coding: str, data: bytes) -> bytes:
+        """``data`` (at most ``INLINE_MAX``) compressed on the event loop, its
+        CPU and bytes counted as ``apply`` counts them (a kept variant of a
+        small file: ``app.fastpath``)."""
+        s = self.settings
+        out, cpu = _timed(lambda: compress_bytes(coding, data, br_quality=s.br_quality, gzip_level=s.gzip_level))
+        self.stats.cpu_seconds += cpu
+        self.stats.bytes_in += len(data)
+        self.stats.bytes_out += len(out)
+        return out
+
     async def apply(self, method: bytes, accept: bytes | None, resp: Response, *,
                     content_type: bytes | None = None) -> Response:
         """``resp`` compressed for a client that sent ``accept`` (Accept-Encoding),

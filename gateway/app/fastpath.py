@@ -7,7 +7,12 @@ the ones a busy site serves most:
 - **a small static file** from the per-process file cache
   (``open_files``, nginx's ``open_file_cache``): 200 or 304 (the
   conditions checked as ``static.serve_file`` checks them), the site's
-  ``static_max_age`` headers, Vary as the compression filter adds it;
+  ``static_max_age`` headers; in the coding the compression filter would
+  pick (``Compressor.decision``), compressed once and kept beside the file
+  (the full path compresses a small file for each request: same bytes,
+  the codings are deterministic), counted per response in its coding as
+  the filter counts it (bytes and CPU where it was made, as the page
+  cache counts its variants);
 - **a page-cache HIT** (``SiteCache.ready``): a fresh memory-tier entry,
   in identity or a coding the entry already keeps, a 304 for a
   conditional request the entry satisfies.
@@ -25,9 +30,11 @@ answers it as before:
   400 could get (page cache);
 - anything routing does not answer with a file or a PHP script of a site
   with a page cache; a file too big for the file cache, or one it cannot open;
-- a response the compression filter would compress (static), a hit whose
-  coding is not kept yet, a bypass (cookie, path), a miss, a stale or
-  disk-tier entry (page cache).
+- a file over ``compress.INLINE_MAX`` the filter would compress (the full
+  path does that in a thread), any compression with ``server_timing`` on
+  (its header says what the compression took); a hit whose coding is not
+  kept yet, a bypass (cookie, path), a miss, a stale or disk-tier entry
+  (page cache).
 
 Caches, all per process and bounded (LRU): the route of a request target
 on a site (``ROUTES`` entries, trusted for ``open_files.VALID`` like the
@@ -48,12 +55,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..http.cache_policy import raw_target
-from ..http.encoding import add_vary
+from ..http.encoding import add_vary, coded_headers
 from ..http.header_rules import HeaderRules
 from ..http.prepared import Prepared, prepare
 from ..http.request import Request
 from ..http.response import Response, http_date
 from .cache import SiteCache
+from .compress import INLINE_MAX
 from .open_files import VALID, CachedFile, FileCache
 from .routing import BadRequestTarget, PhpScript, Route, Router, StaticFile, split_target
 from .static import content_type, file_headers, not_modified
@@ -66,6 +74,13 @@ ROUTES = 8192
 #: Answers remembered per file (method x Accept-Encoding x path, mostly a handful).
 ANSWERS_PER_FILE = 16
 _ACME_PREFIX = "/.well-known/acme-challenge/"
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    prepared: Prepared
+    #: the coding it is sent in (counted per response), None: identity
+    coding: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,19 +171,31 @@ class FastPath:
         key: tuple[object, ...] | None = None
         if b"if-none-match" not in headers and b"if-modified-since" not in headers:
             key = (router.name, path, route.uri, req.method, accept, int(time.time()) if expires else 0)
-            answer = f.answers.get(key)
-            if answer is not None:
-                assert isinstance(answer, Prepared)
-                return answer
-        prepared = self._file_answer(site, req, path, route, f, headers, accept, expires)
-        if prepared is not None and key is not None:
+            kept = f.answers.get(key)
+            if kept is not None:
+                assert isinstance(kept, _Answer)
+                answer = kept
+                if answer.coding is not None:
+                    self._count(answer.coding)
+                return answer.prepared
+        made = self._file_answer(site, req, path, route, f, headers, accept, expires)
+        if made is None:
+            return None
+        if made.coding is not None:
+            self._count(made.coding)
+        if key is not None:
             if len(f.answers) >= ANSWERS_PER_FILE:
                 f.answers.clear()
-            f.answers[key] = prepared
-        return prepared
+            f.answers[key] = made
+        return made.prepared
+
+    def _count(self, coding: str) -> None:
+        """A response sent in ``coding``, counted as the compression filter counts one."""
+        responses = self.app.compressor.stats.responses
+        responses[coding] = responses.get(coding, 0) + 1
 
     def _file_answer(self, site: _Site, req: Request, path: str, route: StaticFile, f: CachedFile,
-                     headers: dict[bytes, bytes], accept: bytes | None, expires: bool) -> Prepared | None:
+                     headers: dict[bytes, bytes], accept: bytes | None, expires: bool) -> _Answer | None:
         assert f.body is not None
         base = file_headers(route.path, f.etag, f.mtime)
         if not_modified(headers, f.etag, f.mtime):
@@ -180,12 +207,27 @@ class FastPath:
         if expires:
             resp.headers.append((b"expires", http_date(time.time() + router.static_max_age)))
             resp.headers.append((b"cache-control", b"max-age=%d" % router.static_max_age))
-        decision = self.app.compressor.decision(req.method, accept, resp, content_type=content_type(route.path))
-        if decision.compress:
-            return None  # compressed per request by the full path
-        if decision.vary:
+        compressor = self.app.compressor
+        decision = compressor.decision(req.method, accept, resp, content_type=content_type(route.path))
+        coding = decision.coding if decision.compress else None
+        if coding is not None:  # (``Compressor.apply``'s steps, its bytes kept)
+            if compressor.settings.server_timing:
+                return None  # its Server-Timing says what this compression took
+            if req.method == b"HEAD":
+                resp.headers = coded_headers(resp.headers, coding)
+            else:
+                data = f.variants.get(coding)
+                if data is None:
+                    if len(f.body) > INLINE_MAX:
+                        return None  # the full path compresses it in a thread
+                    data = compressor.compress_now(coding, f.body)
+                    self.files.add_variant(f, coding, data)
+                resp.headers = coded_headers(resp.headers, coding, length=len(data))
+                resp.body = data
+        elif decision.vary:
             resp.headers = add_vary(resp.headers)
-        return self._finish(site, req, path, resp)
+        prepared = self._finish(site, req, path, resp)
+        return _Answer(prepared, coding) if prepared is not None else None
 
     def _hit(self, site: _Site, cache: SiteCache, req: Request, path: str) -> Prepared | None:
         """``App._php`` and what follows it, for a page-cache HIT."""
@@ -201,7 +243,7 @@ class FastPath:
         return self._finish(site, req, path, resp)
 
     @staticmethod
-    def _finish(site: _Site, req: Request, path: str, resp: Response) -> Prepared:
+    def _finish(site: _Site, req: Request, path: str, resp: Response) -> Prepared | None:
         """``App.handle``'s last step (header rules), and the answer made ready to send."""
         if site.rules is not None:
             resp.headers = site.rules.apply(path, resp.status, resp.headers)

@@ -13,7 +13,11 @@ Policy:
   beat). At most ``MAX_BYTES`` of bodies and ``MAX_FILES`` entries per
   process, the least recently used dropped first. A file too big or not
   regular is remembered as such (no body), so it costs a ``stat`` per
-  ``VALID``, not an open per request.
+  ``VALID``, not an open per request. A file's compressed variants (br,
+  gzip: ``add_variant``, made at the first request that asks for one) are
+  kept beside it and counted in ``MAX_BYTES`` too; the answers made from it
+  (``app.fastpath``: heads, a handful per file) are not, being small and
+  sharing the bodies.
 - **Validity**: an entry is trusted for ``VALID`` seconds after it was last
   checked (nginx's ``open_file_cache_valid``, whose default is 60 s; ours
   is 1 s because a client should see an edited file about as soon as the
@@ -71,6 +75,8 @@ class CachedFile:
     etag: bytes
     #: when it was last read or checked (the cache's clock)
     checked: float
+    #: the body compressed, by coding (``add_variant``; counted in the cache's bytes)
+    variants: dict[str, bytes] = field(default_factory=dict)
     #: answers made from this version of the file, by what else they depend
     #: on (``app.fastpath``); gone with the entry when the file changes
     answers: dict[object, object] = field(default_factory=dict)
@@ -136,7 +142,19 @@ class FileCache:
             self._drop(next(iter(self._files)))
         return entry
 
+    def add_variant(self, entry: CachedFile, coding: str, data: bytes) -> None:
+        """Keep ``entry``'s body compressed with ``coding`` beside it, within the bounds."""
+        if self._files.get(entry.path) is not entry or coding in entry.variants:
+            return
+        entry.variants[coding] = data
+        self.bytes += len(data)
+        while self.bytes > self.max_bytes:
+            victim = next((path for path in self._files if path != entry.path), None)
+            if victim is None:
+                break
+            self._drop(victim)
+
     def _drop(self, path: str) -> None:
         entry = self._files.pop(path, None)
         if entry is not None and entry.body is not None:
-            self.bytes -= len(entry.body)
+            self.bytes -= len(entry.body) + sum(len(v) for v in entry.variants.values())

@@ -7,8 +7,9 @@ front end adds itself (Date, Server, Connection): ``app.fastpath`` builds it
 with the same functions the full path calls, and declines whatever it cannot
 answer exactly. The contract, in the order a front end relies on it:
 
-- **Complete**: status, reason phrase (never empty), headers with
-  Content-Length, the body as ``bytes`` (empty for HEAD and 304). No Date or
+- **Complete**: status, reason phrase (never empty), headers with one
+  Content-Length (but 204, 304), the body as ``bytes`` (empty for HEAD,
+  204 and 304). No Date or
   Server header: the front end puts its own first, as for any response.
 - **Counted**: whatever the answer counts (a page cache's HIT, compression
   stats) was counted by ``ready``; the front end counts the request and logs
@@ -41,19 +42,25 @@ class Prepared:
     ours: bool = True
 
 
-def prepare(resp: Response, *, head_only: bool) -> Prepared:
-    """``resp`` (a bytes body, Content-Length among its headers, no Date or
-    Server) as a ``Prepared``; ``head_only``: the body stays out (HEAD; and
-    for 204 and 304 it does anyway, as the HTTP/1.1 writer leaves it out)."""
+def prepare(resp: Response, *, head_only: bool) -> Prepared | None:
+    """``resp`` (a bytes body) as a ``Prepared``; ``head_only``: the body
+    stays out (HEAD; and for 204 and 304 it does anyway, as the HTTP/1.1
+    writer leaves it out). None when its framing is not one Content-Length
+    (a coded HEAD answer has none: h11 would say chunked, as for the GET)."""
     body = resp.body
     assert isinstance(body, bytes)
     headers = resp.headers
     if body and not any(n == b"content-length" for n, _ in headers):
         headers = [*headers, (b"content-length", b"%d" % len(body))]  # as the HTTP/1.1 writer adds it
+    if resp.status not in (204, 304) and [n for n, _ in headers if n.lower() in _FRAMING] != [b"content-length"]:
+        return None
     return Prepared(resp.status, resp.reason or reason_phrase(resp.status), headers,
                     b"".join([b"%s: %s\r\n" % h for h in headers]),
                     b"" if head_only or resp.status in (204, 304) else body,
                     not any(len(n) in (4, 6) and n.lower() in (b"date", b"server") for n, _ in headers))
+
+
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 class ReadyHandler(Protocol):

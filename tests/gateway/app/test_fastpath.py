@@ -131,6 +131,10 @@ CORPUS = [
     (b"files.test", b"GET", b"/img.png", [(b"accept-encoding", b"gzip, br")]),
     (b"files.test", b"GET", b"/assets/app.js", []),
     (b"files.test", b"GET", b"/assets/app.js", [(b"accept-encoding", b"gzip")]),
+    (b"files.test", b"GET", b"/file.txt", [(b"accept-encoding", b"gzip")]),
+    (b"files.test", b"GET", b"/file.txt", [(b"accept-encoding", b"gzip, deflate, br")]),
+    (b"files.test", b"HEAD", b"/file.txt", [(b"accept-encoding", b"br")]),
+    (b"files.test", b"GET", b"/tiny.txt", [(b"accept-encoding", b"gzip")]),
     (b"files.test", b"GET", b"/file.txt", [(b"accept-encoding", b"identity")]),
     (b"files.test", b"GET", b"/file.txt", [(b"accept-encoding", b"br;q=0, gzip;q=0")]),
     (b"files.test", b"GET", b"/file.txt?x=1&y=%20", []),
@@ -197,6 +201,21 @@ async def test_the_fast_path_sends_what_the_full_path_sends(tmp_path, nursery, a
     print("answered", handler.answered, "of", handler.asked)
     assert handler.answered >= 25, (handler.answered, handler.asked)
     assert app.cache_stats.requests["HIT"] >= 7
+
+
+async def test_counted_as_the_full_path_counts(tmp_path, nursery, autojump_clock):
+    app, _ = make_app(tmp_path, nursery, [])
+    handler = Counted(app)
+    stats = app.compressor.stats
+    gz = [(b"host", b"files.test"), (b"accept-encoding", b"gzip")]
+    for h in (app.handle, handler, handler):  # the first fast one compresses, the next has it kept
+        before = (stats.responses.get("gzip", 0), app.cache_stats.requests["HIT"])
+        c = await connect(h, nursery)
+        await c.exchange(b"GET", b"/file.txt", gz)
+        await c.exchange(b"GET", b"/", [(b"host", b"cached.test")])
+        after = (stats.responses.get("gzip", 0), app.cache_stats.requests["HIT"])
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 0 if h == app.handle else 1)
+    assert handler.answered == 4
 
 
 async def test_a_changed_or_deleted_file_is_seen_within_the_validity_window(tmp_path, nursery, autojump_clock):

@@ -99,3 +99,21 @@ def test_memory_is_bounded_least_recently_used_first(tmp_path):
     big.write_bytes(b"b" * 300)
     cache.get(str(big))  # no body, but an entry: 3 entries at most
     assert len(cache) == 3 and cache.bytes == 101
+
+
+def test_compressed_variants_count_and_go_with_their_file(tmp_path):
+    clock = Clock()
+    cache = FileCache(max_bytes=300, clock=clock)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"a" * 100)
+    b.write_bytes(b"b" * 100)
+    first = cache.get(str(a))
+    second = cache.get(str(b))
+    cache.add_variant(second, "gzip", b"z" * 50)
+    assert cache.bytes == 250
+    cache.add_variant(second, "br", b"y" * 60)  # 310 > 300: the other file goes, not this one
+    assert cache.bytes == 210 and cache.get(str(b)) is second and len(cache) == 1
+    b.write_bytes(b"B" * 100)
+    clock.now += 1.1
+    assert cache.get(str(b)).variants == {} and cache.bytes == 100  # changed: its variants went with it
+    assert first.variants == {}
