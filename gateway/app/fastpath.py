@@ -39,7 +39,9 @@ answers it as before:
 Caches, all per process and bounded (LRU): the route of a request target
 on a site (``ROUTES`` entries, trusted for ``open_files.VALID`` like the
 files they name: a file created in the meantime is seen that much later,
-as under nginx's ``open_file_cache``), and each file's answers, by what
+and so is a symbolic link changed to leave the root under ``symlinks =
+"within_root"``, as under nginx's ``open_file_cache`` with
+``disable_symlinks``), and each file's answers, by what
 they depend on (method, Accept-Encoding, the path the header rules see; the
 second, where ``static_max_age`` puts Expires), dropped with the file's
 entry when it changes. A conditional request is answered afresh each time.
@@ -69,8 +71,10 @@ from .static import content_type, file_headers, not_modified
 if TYPE_CHECKING:
     from .site import App
 
-#: Request targets whose route is remembered, per process.
-ROUTES = 8192
+#: Request targets whose route is remembered, per process, and the longest
+#: one remembered (a flood of long random targets costs at most ~3 MB).
+ROUTES = 4096
+ROUTE_TARGET_MAX = 512
 #: Answers remembered per file (method x Accept-Encoding x path, mostly a handful).
 ANSWERS_PER_FILE = 16
 _ACME_PREFIX = "/.well-known/acme-challenge/"
@@ -151,10 +155,11 @@ class FastPath:
         if self.app.acme_state is not None and path.startswith(_ACME_PREFIX):
             return None
         route = router.route(path, query, req.host)
-        self._routes[key] = (now + self.valid, path, route)
-        self._routes.move_to_end(key)
-        if len(self._routes) > ROUTES:
-            self._routes.popitem(last=False)
+        if len(req.target) <= ROUTE_TARGET_MAX:
+            self._routes[key] = (now + self.valid, path, route)
+            self._routes.move_to_end(key)
+            if len(self._routes) > ROUTES:
+                self._routes.popitem(last=False)
         return path, route
 
     def _file(self, site: _Site, req: Request, path: str, route: StaticFile) -> Prepared | None:
