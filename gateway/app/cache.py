@@ -57,6 +57,11 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
   processes: PHP's ``X-Cache-Purge: *`` empties its own site's cache, never
   another site's (another customer's, on a shared host).
   ``X-Cache-Tags`` from PHP tags an entry (stripped too).
+- **Hits at once** (``ready``, for ``app.fastpath``): a fresh memory-tier
+  entry below 400, in identity or a kept coding, is answered in the
+  connection cycle, built and counted by the same methods ``handle``
+  uses; anything else (a miss, stale, disk tier, a bypass, a coding to
+  make) is declined uncounted, and ``handle`` answers it.
 - **What PHP is sent** (``unkeyed_params_out``, ``for_php``): for a GET or
   HEAD, the query without ``ignore_params`` and no ``Accept-Encoding``: what
   the key leaves out must not change PHP's answer. A purge scans the
