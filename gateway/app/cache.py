@@ -612,6 +612,12 @@ class SiteCache:
         no X-Accel-Redirect to follow, in a coding already kept (or
         identity); counted as ``handle`` counts it. None otherwise, and
         nothing counted: ``handle`` then answers (``app.fastpath``)."""
+        entry = self.ready_entry(req, path, query, routed_path)
+        answer = self.answer(entry, req) if entry is not None else None
+        return answer[0] if answer is not None else None
+
+    def ready_entry(self, req: Request, path: str, query: str, routed_path: str) -> Entry | None:
+        """The entry ``ready`` would answer ``req`` from (nothing counted), or None."""
         if req.method not in CACHEABLE_METHODS:
             return None
         policy = self.policy
@@ -625,19 +631,25 @@ class SiteCache:
             return None
         if any(n.lower() in FOLLOWED for n, _ in entry.headers):
             return None
-        answer = self._not_modified(entry, req, "HIT")
-        if answer is not None:
-            return answer
+        return entry
+
+    def answer(self, entry: Entry, req: Request) -> tuple[Response, str | None] | None:
+        """``ready``'s answer from ``ready_entry``'s ``entry``, counted, and
+        the coding it is in (None: identity, or a 304); None (uncounted)
+        when that coding is not kept yet."""
+        not_modified = self._not_modified(entry, req, "HIT")
+        if not_modified is not None:
+            return not_modified, None
         coding, vary = self._coding(entry, req)
         data = entry.variants.get(coding) if coding is not None else None
         if coding is not None and data is None:
             return None  # the first hit in this coding compresses it (``_coded``)
         resp = self._from_entry(entry, req.method, "HIT")
         if coding is not None and data is not None:
-            return self._coded_as(resp, req, coding, data)
+            return self._coded_as(resp, req, coding, data), coding
         if vary:
             resp.headers = add_vary(resp.headers)
-        return resp
+        return resp, None
 
     def _from_entry(self, entry: Entry, method: bytes, label: str) -> Response:
         age = max(0, int(trio.current_time() - entry.stored_at))

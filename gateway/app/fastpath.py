@@ -41,7 +41,10 @@ on a site (``ROUTES`` entries, trusted for ``open_files.VALID`` like the
 files they name: a file created in the meantime is seen that much later,
 and so is a symbolic link changed to leave the root under ``symlinks =
 "within_root"``, as under nginx's ``open_file_cache`` with
-``disable_symlinks``), and each file's answers, by what
+``disable_symlinks``); a page-cache hit's answer, by its entry (a purged or
+replaced entry's is not used), method, Accept-Encoding, Age (its second)
+and path, counted anew each time it is sent (``HITS`` of them); and each
+file's answers, by what
 they depend on (method, Accept-Encoding, the path the header rules see; the
 second, where ``static_max_age`` puts Expires), dropped with the file's
 entry when it changes. A conditional request is answered afresh each time.
@@ -62,7 +65,7 @@ from ..http.header_rules import HeaderRules
 from ..http.prepared import Prepared, prepare
 from ..http.request import Request
 from ..http.response import Response, http_date
-from .cache import SiteCache
+from .cache import Entry, SiteCache
 from .compress import INLINE_MAX
 from .open_files import VALID, CachedFile, FileCache
 from .routing import BadRequestTarget, PhpScript, Route, Router, StaticFile, split_target
@@ -77,6 +80,10 @@ ROUTES = 4096
 ROUTE_TARGET_MAX = 512
 #: Answers remembered per file (method x Accept-Encoding x path, mostly a handful).
 ANSWERS_PER_FILE = 16
+#: Page-cache answers remembered (by entry, method, Accept-Encoding, age in seconds).
+HITS = 1024
+#: Request headers that make a conditional request (its answer is made afresh).
+_CONDITIONS = (b"if-none-match", b"if-modified-since")
 _ACME_PREFIX = "/.well-known/acme-challenge/"
 
 
@@ -84,6 +91,14 @@ _ACME_PREFIX = "/.well-known/acme-challenge/"
 class _Answer:
     prepared: Prepared
     #: the coding it is sent in (counted per response), None: identity
+    coding: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Hit:
+    #: the page-cache entry it was made from (a purged or replaced one is not it)
+    entry: Entry
+    prepared: Prepared
     coding: str | None
 
 
@@ -107,6 +122,7 @@ class FastPath:
         self._sites: dict[str, _Site | None] = {}
         #: (site, host, target) -> (trusted until, path, route)
         self._routes: OrderedDict[tuple[str, bytes, bytes], tuple[float, str, Route]] = OrderedDict()
+        self._hits: OrderedDict[tuple[object, ...], _Hit] = OrderedDict()
 
     def ready(self, req: Request) -> Prepared | None:
         if req.method != b"GET" and req.method != b"HEAD":
@@ -237,15 +253,34 @@ class FastPath:
     def _hit(self, site: _Site, cache: SiteCache, req: Request, path: str) -> Prepared | None:
         """``App._php`` and what follows it, for a page-cache HIT."""
         raw_path, raw_query = raw_target(req.target)
-        resp = cache.ready(req, raw_path, raw_query, path)
-        if resp is None:
+        entry = cache.ready_entry(req, raw_path, raw_query, path)
+        if entry is None:
             return None
+        key: tuple[object, ...] | None = None
+        if not any(n in _CONDITIONS for n, _ in req.headers):
+            age = max(0, int(trio.current_time() - entry.stored_at))
+            key = (site.router.name, entry.where.key, req.method, req.header(b"accept-encoding"), age, path)
+            kept = self._hits.get(key)
+            if kept is not None and kept.entry is entry:
+                cache.stats.requests["HIT"] += 1  # (``SiteCache._label``'s count; the header is in the answer)
+                if kept.coding is not None:
+                    self._count(kept.coding)
+                return kept.prepared
+        answer = cache.answer(entry, req)
+        if answer is None:
+            return None
+        resp, coding = answer
         # (the compression filter after it: a coded hit is left alone, an
         # identity one gets the Vary the cache's own decision gave it)
         decision = self.app.compressor.decision(req.method, req.header(b"accept-encoding"), resp)
         if decision.vary and not decision.compress:
             resp.headers = add_vary(resp.headers)
-        return self._finish(site, req, path, resp)
+        prepared = self._finish(site, req, path, resp)
+        if prepared is not None and key is not None:
+            self._hits[key] = _Hit(entry, prepared, coding)
+            if len(self._hits) > HITS:
+                self._hits.popitem(last=False)
+        return prepared
 
     @staticmethod
     def _finish(site: _Site, req: Request, path: str, resp: Response) -> Prepared | None:

@@ -19,6 +19,7 @@ from gateway.app.site import App
 from gateway.config import validate
 from gateway.front.h1 import ConnectionSettings, HttpConnection
 from gateway.http._h11 import h11
+from gateway.http.cache_policy import purge_url
 from gateway.serve.process import pool_from_config
 from tests.helpers import FakeFpm, php_output
 
@@ -43,7 +44,7 @@ class Counted:
         return answer
 
 
-def make_app(tmp_path, nursery, runs):
+def make_app(tmp_path, nursery, runs, numbered=False):
     root = tmp_path / "root"
     (root / "dir").mkdir(parents=True)
     (root / "assets").mkdir()
@@ -65,7 +66,7 @@ def make_app(tmp_path, nursery, runs):
 
     async def script(req):
         runs.append(req)
-        return [php_output(PAGE, headers=(b"Cache-Control: max-age=600",))]
+        return [php_output(PAGE + b"%d" % len(runs) if numbered else PAGE, headers=(b"Cache-Control: max-age=600",))]
 
     fpm = FakeFpm(script)
     cfg = validate({
@@ -216,6 +217,24 @@ async def test_counted_as_the_full_path_counts(tmp_path, nursery, autojump_clock
         after = (stats.responses.get("gzip", 0), app.cache_stats.requests["HIT"])
         assert (after[0] - before[0], after[1] - before[1]) == (1, 0 if h == app.handle else 1)
     assert handler.answered == 4
+
+
+async def test_a_hit_after_a_purge_or_a_second_is_made_anew(tmp_path, nursery, autojump_clock):
+    runs = []
+    app, _ = make_app(tmp_path, nursery, runs, numbered=True)
+    handler = Counted(app)
+    c = await connect(handler, nursery)
+    host = [(b"host", b"cached.test")]
+    bodies = [(await c.exchange(b"GET", b"/", host)).rsplit(b"</p>", 1)[1] for _ in range(3)]
+    assert bodies == [b"1", b"1", b"1"] and handler.answered == 2 and app.cache_stats.requests["HIT"] == 2
+    app.purge(purge_url("http://cached.test/"))
+    again = [await c.exchange(b"GET", b"/", host) for _ in range(2)]
+    assert [r.rsplit(b"</p>", 1)[1] for r in again] == [b"2", b"2"] and b"age: 0\r\n" in again[1]
+    await trio.sleep(2)
+    later = await c.exchange(b"GET", b"/", host)
+    assert b"age: 2\r\n" in later and later.endswith(b"2") and app.cache_stats.requests["HIT"] == 4
+    full = await (await connect(app.handle, nursery)).exchange(b"GET", b"/", host)
+    assert normal(full) == normal(later)
 
 
 async def test_a_changed_or_deleted_file_is_seen_within_the_validity_window(tmp_path, nursery, autojump_clock):
