@@ -36,7 +36,7 @@ answers it as before:
   kept yet, a bypass (cookie, path), a miss, a stale or disk-tier entry
   (page cache).
 
-Caches, all per process and bounded (LRU): the route of a request target
+Caches, all per process and bounded (the oldest dropped first): the route of a request target
 on a site (``ROUTES`` entries, trusted for ``open_files.VALID`` like the
 files they name: a file created in the meantime is seen that much later,
 and so is a symbolic link changed to leave the root under ``symlinks =
