@@ -90,7 +90,10 @@ class ResponseWriter:
             head = b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (p.status, p.reason, ours, p.fields)
         start = self.downstream.sent + len(head)
         try:
-            await self.send_all(head + p.body)
+            if len(p.body) >= JOIN_BELOW:  # (a page-cache hit's page: not copied to join it, as ``_write``)
+                await self._send_pieces([head, p.body])
+            else:
+                await self.send_all(head + p.body)
         finally:
             resp.bytes_sent = max(0, self.downstream.sent - start)
 
