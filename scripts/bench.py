@@ -123,11 +123,12 @@ WORKLOADS = [
 
 
 def wrk(port: int, path: str, connections: int, seconds: float, timeout: float, *, https: bool = False,
-        close: bool = False) -> dict[str, float]:
+        close: bool = False, headers: tuple[str, ...] = ()) -> dict[str, float]:
     threads = min(2, connections)
     scheme = "https" if https else "http"
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", f"--timeout={int(timeout)}s",
                           "--latency", *(["-H", "Connection: close"] if close else []),
+                          *(arg for h in headers for arg in ("-H", h)),
                           f"{scheme}://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
 

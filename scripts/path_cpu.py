@@ -3,7 +3,9 @@
 One gateway process (``processes = 1``, access log off) serves, from one site:
 ``/up/hello`` proxied to an upstream nginx that answers 5 bytes (``routes``,
 an HTTP backend keeping 16 connections), ``/hello.php`` through php-fpm
-(4 connections), and a 1 KiB static file. wrk runs each path in turn (64
+(4 connections), a 1 KiB static file, and a page cache HIT: ``/page.php``
+(50 KB of HTML) on a second site with ``[sites.X.cache]`` (Host: cached.test),
+stored by the warm-up. wrk runs each path in turn (64
 connections, --duration each), --reps rounds, and the gateway's CPU time over
 the requests answered is the figure: µs of gateway CPU per request, the number
 that stays comparable on a busy machine where req/s does not.
@@ -14,7 +16,11 @@ every measurement alternates between the two: the before/after of a change,
 under the same load. ``GATEWAY_H11`` is passed on (both gateways parse with
 the same h11).
 
-    scripts/path-cpu [--reps 3] [--duration 4] [--only proxy,php,static] [--baseline TREE]
+With ``--profile DIR`` this checkout's gateway runs under cProfile and
+writes DIR/gateway.prof when it stops (the CPU figures then include the
+profiler's overhead: use it for where the time goes, not how much).
+
+    scripts/path-cpu [--reps 3] [--duration 4] [--only proxy,php,static,cache] [--baseline TREE] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -49,14 +55,17 @@ http {{
 }}
 """
 
-PATHS = {"proxy": "/up/hello", "php": "/hello.php", "static": "/1k.txt"}
+PATHS = {"proxy": "/up/hello", "php": "/hello.php", "static": "/1k.txt", "cache": "/page.php"}
+#: the request headers of each path (the cached page is on its own site)
+HEADERS = {"cache": ("Host: cached.test",)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--duration", type=int, default=4)
-    p.add_argument("--only", default=",".join(PATHS), help="comma-separated: proxy, php, static")
+    p.add_argument("--only", default="proxy,php,static", help="comma-separated: proxy, php, static, cache")
+    p.add_argument("--profile", type=Path, help="run this checkout's gateway under cProfile, writing DIR/gateway.prof")
     p.add_argument("--baseline", type=Path, help="also run the gateway whose source tree is there")
     args = p.parse_args()
     paths = {name: PATHS[name] for name in args.only.split(",")}
@@ -67,6 +76,8 @@ def main() -> int:
         d.chmod(0o755)
     (root / "hello.php").write_text("<?php echo 'hello';\n")
     (root / "1k.txt").write_bytes(b"x" * 1024)
+    (root / "page.php").write_text("<?php header('Content-Type: text/html; charset=UTF-8');\n"
+                                   "echo str_repeat('<p>cached page</p>', 2800);\n")
     for f in root.iterdir():
         f.chmod(0o644)
     upstream = free_port()
@@ -89,20 +100,24 @@ def main() -> int:
                     + '[admin]\nlisten = "off"\n'
                     f'[backends.php]\naddress = "unix:{stack.fpm_socket}"\npool_size = 4\n'
                     f'[backends.app]\ntype = "http"\naddresses = ["127.0.0.1:{upstream}"]\npool_size = 16\n'
-                    f'[sites.cmp]\ndefault = true\nroot = "{root}"\nphp = "php"\nroutes = {{"/up/" = "app"}}\n')
+                    f'[sites.cmp]\ndefault = true\nroot = "{root}"\nphp = "php"\nroutes = {{"/up/" = "app"}}\n'
+                    f'[sites.cached]\nserver_names = ["cached.test"]\nroot = "{root}"\nphp = "php"\n'
+                    '[sites.cached.cache]\nenabled = true\nttl = "1h"\n')
                 env = {**os.environ, "PYTHONPATH": str(tree)}
-                proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(confd),
+                profile = ["-m", "cProfile", "-o", str(args.profile.resolve() / "gateway.prof")] \
+                    if args.profile is not None and label == "this" else []
+                proc = subprocess.Popen([sys.executable, *profile, "-m", "gateway", "serve", "--config", str(confd),
                                          "--log-level", "warning"], cwd=tree, env=env)
                 procs.append(proc)
                 gateways[label] = (port, proc.pid)
                 wait_for(lambda port=port: port_open(port), timeout=60, what=f"the gateway from {tree}")
-                for path in paths.values():
-                    wrk(port, path, 64, 1, 10)  # warm-up: connections opened, modules loaded
+                for name, path in paths.items():  # warm-up: connections opened, modules loaded, the page stored
+                    wrk(port, path, 64, 1, 10, headers=HEADERS.get(name, ()))
             for rep in range(args.reps):
                 for name, path in paths.items():
                     for label, (port, pid) in gateways.items():
                         cpu0 = cpu_seconds(pid)
-                        r = wrk(port, path, 64, args.duration, 10)
+                        r = wrk(port, path, 64, args.duration, 10, headers=HEADERS.get(name, ()))
                         us = (cpu_seconds(pid) - cpu0) / r["requests"] * 1e6 if r["requests"] else float("nan")
                         results.setdefault((name, label), []).append((us, r["rps"]))
                         print(f"  rep {rep + 1} {name:6} {label:8} {r['rps']:8.0f} req/s {us:6.0f} µs/req "

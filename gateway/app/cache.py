@@ -57,6 +57,11 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
   processes: PHP's ``X-Cache-Purge: *`` empties its own site's cache, never
   another site's (another customer's, on a shared host).
   ``X-Cache-Tags`` from PHP tags an entry (stripped too).
+- **Hits at once** (``ready``, for ``app.fastpath``): a fresh memory-tier
+  entry below 400, in identity or a kept coding, is answered in the
+  connection cycle, built and counted by the same methods ``handle``
+  uses; anything else (a miss, stale, disk tier, a bypass, a coding to
+  make) is declined uncounted, and ``handle`` answers it.
 - **What PHP is sent** (``unkeyed_params_out``, ``for_php``): for a GET or
   HEAD, the query without ``ignore_params`` and no ``Accept-Encoding``: what
   the key leaves out must not change PHP's answer. A purge scans the
@@ -105,6 +110,7 @@ from ..http.request import Request
 from ..http.response import Response
 from ..http.spool import Spool
 from ..metrics import CacheStats, PoolInstruments
+from .accel import FOLLOWED
 from .cache_disk import DiskStore, head_headers
 from .cache_lock import HANDOFF_KEEP, CacheLocks
 from .compress import Compressor, compress_bytes
@@ -563,29 +569,87 @@ class SiteCache:
         compressed at the first hit that asks for that coding and kept in the
         entry; identity (with Vary) otherwise. The compression filter leaves
         a coded response alone."""
-        if self.compressor is None:
-            return resp
-        s = self.compressor.settings
-        decision = decide(status=entry.status, headers=entry.headers, length=len(entry.body),
-                          accept=req.header(b"accept-encoding"), offered=s.offered, min_size=s.min_size)
-        coding = decision.coding
-        if not decision.compress or coding is None:
-            if decision.vary:
+        coding, vary = self._coding(entry, req)
+        if coding is None:
+            if vary:
                 resp.headers = add_vary(resp.headers)
             return resp
         data = entry.variants.get(coding)
         if data is None:
+            assert self.compressor is not None
+            s = self.compressor.settings
             body = entry.body
             data = await self.compressor.run(
                 lambda: compress_bytes(coding, body, br_quality=s.br_quality, gzip_level=s.gzip_level), len(body))
             self.compressor.stats.bytes_in += len(body)
             self.compressor.stats.bytes_out += len(data)
             self.store.add_variant(entry, coding, data)
+        return self._coded_as(resp, req, coding, data)
+
+    def _coding(self, entry: Entry, req: Request) -> tuple[str | None, bool]:
+        """The coding a hit on ``entry`` is sent in for ``req`` (None:
+        identity), and whether the answer varies on Accept-Encoding."""
+        if self.compressor is None:
+            return None, False
+        s = self.compressor.settings
+        decision = decide(status=entry.status, headers=entry.headers, length=len(entry.body),
+                          accept=req.header(b"accept-encoding"), offered=s.offered, min_size=s.min_size)
+        if not decision.compress or decision.coding is None:
+            return None, decision.vary
+        return decision.coding, True
+
+    def _coded_as(self, resp: Response, req: Request, coding: str, data: bytes) -> Response:
+        assert self.compressor is not None
         self.compressor.stats.responses[coding] = self.compressor.stats.responses.get(coding, 0) + 1
         resp.headers = coded_headers(resp.headers, coding, length=len(data))
         if req.method != b"HEAD":
             resp.body = data
         return resp
+
+    def ready(self, req: Request, path: str, query: str, routed_path: str) -> Response | None:
+        """``handle``'s answer when it is at hand now: a fresh entry of the
+        memory tier, status below 400 (error pages may stand in for those),
+        no X-Accel-Redirect to follow, in a coding already kept (or
+        identity); counted as ``handle`` counts it. None otherwise, and
+        nothing counted: ``handle`` then answers (``app.fastpath``)."""
+        entry = self.ready_entry(req, path, query, routed_path)
+        answer = self.answer(entry, req) if entry is not None else None
+        return answer[0] if answer is not None else None
+
+    def ready_entry(self, req: Request, path: str, query: str, routed_path: str) -> Entry | None:
+        """The entry ``ready`` would answer ``req`` from (nothing counted), or None."""
+        if req.method not in CACHEABLE_METHODS:
+            return None
+        policy = self.policy
+        if request_bypass(policy, req.method, path, req.headers) is not None or (
+                routed_path != path and request_bypass(policy, req.method, routed_path, req.headers) is not None):
+            return None
+        where = cache_key(policy, https=req.https, host=req.host, path=path, query=query, headers=req.headers)
+        entry = self.store.get(where.key)
+        if entry is None or entry.status >= 400 or freshness(
+                entry.stored_at, entry.lifetime, trio.current_time()) is not Freshness.FRESH:
+            return None
+        if any(n.lower() in FOLLOWED for n, _ in entry.headers):
+            return None
+        return entry
+
+    def answer(self, entry: Entry, req: Request) -> tuple[Response, str | None] | None:
+        """``ready``'s answer from ``ready_entry``'s ``entry``, counted, and
+        the coding it is in (None: identity, or a 304); None (uncounted)
+        when that coding is not kept yet."""
+        not_modified = self._not_modified(entry, req, "HIT")
+        if not_modified is not None:
+            return not_modified, None
+        coding, vary = self._coding(entry, req)
+        data = entry.variants.get(coding) if coding is not None else None
+        if coding is not None and data is None:
+            return None  # the first hit in this coding compresses it (``_coded``)
+        resp = self._from_entry(entry, req.method, "HIT")
+        if coding is not None and data is not None:
+            return self._coded_as(resp, req, coding, data), coding
+        if vary:
+            resp.headers = add_vary(resp.headers)
+        return resp, None
 
     def _from_entry(self, entry: Entry, method: bytes, label: str) -> Response:
         age = max(0, int(trio.current_time() - entry.stored_at))

@@ -45,7 +45,7 @@ import brotli  # type: ignore[import-untyped]  # no stubs; four calls, typed bel
 import trio
 
 from ..config import Config
-from ..http.encoding import CODINGS, add_vary, coded_headers, decide
+from ..http.encoding import CODINGS, Decision, add_vary, coded_headers, decide
 from ..http.response import BodyStream, FileRange, Response
 from ..http.spool import Spool
 from ..metrics import CompressionStats
@@ -156,6 +156,26 @@ class Compressor:
         self.stats.cpu_seconds += cpu
         return out, cpu
 
+    def decision(self, method: bytes, accept: bytes | None, resp: Response, *,
+                 content_type: bytes | None = None) -> Decision:
+        """What ``apply`` does to ``resp``: compress it (and with what), or
+        not (and whether it varies); the fast path (``app.fastpath``) asks it
+        too, and declines what would be compressed."""
+        s = self.settings
+        return decide(status=resp.status, headers=resp.headers, length=_known_length(resp, method == b"HEAD"),
+                      accept=accept, offered=s.offered, min_size=s.min_size, content_type=content_type)
+
+    def compress_now(self, coding: str, data: bytes) -> bytes:
+        """``data`` (at most ``INLINE_MAX``) compressed on the event loop, its
+        CPU and bytes counted as ``apply`` counts them (a kept variant of a
+        small file: ``app.fastpath``)."""
+        s = self.settings
+        out, cpu = _timed(lambda: compress_bytes(coding, data, br_quality=s.br_quality, gzip_level=s.gzip_level))
+        self.stats.cpu_seconds += cpu
+        self.stats.bytes_in += len(data)
+        self.stats.bytes_out += len(out)
+        return out
+
     async def apply(self, method: bytes, accept: bytes | None, resp: Response, *,
                     content_type: bytes | None = None) -> Response:
         """``resp`` compressed for a client that sent ``accept`` (Accept-Encoding),
@@ -163,9 +183,7 @@ class Compressor:
         judge when the response has none (a static file's 304)."""
         s = self.settings
         head_only = method == b"HEAD"
-        length = _known_length(resp, head_only)
-        decision = decide(status=resp.status, headers=resp.headers, length=length, accept=accept,
-                          offered=s.offered, min_size=s.min_size, content_type=content_type)
+        decision = self.decision(method, accept, resp, content_type=content_type)
         if not decision.compress:
             if decision.vary:
                 resp.headers = add_vary(resp.headers)

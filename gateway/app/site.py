@@ -42,6 +42,12 @@ Edge policy, in the order it applies to a request of a site:
    table form ``[sites.X.headers]``) on every response of the site, error
    pages and redirects included; a rule with ``preflight`` answers a CORS
    preflight 204 right after the HTTPS redirect, before routing.
+
+``App.ready`` answers the commonest requests at once, before the front end
+builds the machinery above (``app.fastpath``): a small file from the
+per-process file cache, a page-cache HIT; it runs the same steps in the
+same order and declines (None) wherever one of them would need IO, a rule
+that depends on the client, or work it cannot repeat exactly.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from ..http.cache_policy import Purge, raw_target
 from ..http.encoding import add_vary, choose_coding
 from ..http.errors import ClientGone, GatewayError
 from ..http.header_rules import HeaderRule, HeaderRules
+from ..http.prepared import Prepared
 from ..http.realip import TrustedProxies
 from ..http.request import IDEMPOTENT_METHODS, Request
 from ..http.response import Response, error_response, http_date
@@ -75,6 +82,7 @@ from .cache import PageCaches
 from .cgi_params import build_params
 from .compress import CompressionSettings, Compressor
 from .error_pages import ErrorPages, page_headers, page_ok
+from .fastpath import FastPath
 from .guard import Guard
 from .guard_table import GuardTable
 from .proxy import Proxy, ProxyBackend, exchange_failed, frame_body
@@ -173,6 +181,13 @@ class App:
         self.caches = PageCaches(config, pools, self.cache_stats, self.compressor)
         self.proxy = Proxy(proxied, trusted=TrustedProxies.parse(config.server.trusted_proxies),
                            via=self.server_software, error=self.error)
+        #: answers at hand at once: small files, page-cache hits (``ready``)
+        self.fastpath = FastPath(self)
+
+    def ready(self, req: Request) -> Prepared | None:
+        """``handle``'s answer to ``req`` if it is at hand now, byte for byte
+        (``app.fastpath``; ``http.prepared``); None: await ``handle``."""
+        return self.fastpath.ready(req)
 
     async def run(self) -> None:
         """The page caches' background work (``PageCaches.run``), until cancelled."""
@@ -185,6 +200,7 @@ class App:
         return error_response(status, server=self.server_software, headers=headers)
 
     async def handle(self, req: Request) -> Response:
+        """The response to ``req`` (the full pipeline; the module docstring)."""
         router = self.vhosts.lookup(req.host)
         try:
             resp = await self._handle(req, router)
@@ -206,6 +222,9 @@ class App:
         if rules:
             resp.headers = rules.apply(rule_path(req.target), resp.status, resp.headers)
         return resp
+
+    #: the App is the front end's handler: ``handle`` awaited, ``ready`` asked first
+    __call__ = handle
 
     async def _handle(self, req: Request, router: Router) -> Response:
         try:

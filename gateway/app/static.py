@@ -46,7 +46,18 @@ def etag_for(st: os.stat_result) -> bytes:
     return b'"%x-%x"' % (int(st.st_mtime), st.st_size)
 
 
-def _not_modified(headers: dict[bytes, bytes], etag: bytes, mtime: int) -> bool:
+def file_headers(path: str, etag: bytes, mtime: int) -> list[tuple[bytes, bytes]]:
+    """A file's headers but its length (``serve_file``'s, and ``app.fastpath``'s from the same)."""
+    return [
+        (b"content-type", content_type(path)),
+        (b"last-modified", http_date(mtime)),
+        (b"etag", etag),
+        (b"accept-ranges", b"bytes"),
+    ]
+
+
+def not_modified(headers: dict[bytes, bytes], etag: bytes, mtime: int) -> bool:
+    """Do the request's conditions (If-None-Match first, else If-Modified-Since) make it a 304?"""
     inm = headers.get(b"if-none-match")
     if inm is not None:
         tags = [t.strip().removeprefix(b"W/") for t in inm.split(b",")]
@@ -86,13 +97,8 @@ def serve_file(path: str, method: bytes, headers: dict[bytes, bytes], *, server:
         size = st.st_size
         mtime = int(st.st_mtime)
         etag = etag_for(st)
-        base = [
-            (b"content-type", content_type(path)),
-            (b"last-modified", http_date(mtime)),
-            (b"etag", etag),
-            (b"accept-ranges", b"bytes"),
-        ]
-        if _not_modified(headers, etag, mtime):
+        base = file_headers(path, etag, mtime)
+        if not_modified(headers, etag, mtime):
             f.close()
             return Response(304, [h for h in base if h[0] != b"content-type"])
         rng = headers.get(b"range")

@@ -7,6 +7,13 @@ request: check the head (``http.head``), read the body (``h1_body``), build the
 an expected failure (``GatewayError``) is one log line and its status page; a
 bug in a handler is a 500 with a traceback, never a dead connection task; a
 client that left before any byte of its response went out is 499.
+
+Before the handler runs, a handler that has ``ready`` (``http.prepared``)
+is asked for an answer at hand (a small file, a page-cache hit), for a
+bodiless request on a connection that stays open (HTTP/1.1, no
+``Connection: close``, not its last request, no shutdown): that answer is
+written at once (``ResponseWriter.write_prepared``), counted and logged as
+any other; None, or a bug in ``ready`` (logged), and the handler runs.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import trio
 from ..http._h11 import h11
 from ..http.errors import ClientGone, GatewayError
 from ..http.head import BadRequestHead, check_method, check_request_head
+from ..http.prepared import Prepared
 from ..http.realip import real_client
 from ..http.request import Request
 from ..http.response import Response, error_response
@@ -76,10 +84,21 @@ class RequestCycle:
         sent_before = self.downstream.sent
         self.request_client = self.client
         try:
-            response, keep_alive = await self._respond(req, request_id, keep_alive)
-            status = response.status
-            sent_before = self.downstream.sent
-            await self._write(req, request_id, response, keep_alive)
+            answer, keep_alive = await self._respond(req, request_id, keep_alive)
+            if isinstance(answer, Prepared):
+                response = Response(answer.status)  # (what the access log reads)
+                status = answer.status
+                sent_before = self.downstream.sent
+                self._set_state("writing")
+                try:
+                    await self.writer.write_prepared(answer, response)
+                finally:
+                    self._set_state("reading")
+            else:
+                response = answer
+                status = response.status
+                sent_before = self.downstream.sent
+                await self._write(req, request_id, response, keep_alive)
         except (ClientGone, trio.Cancelled) as exc:
             # 499: the client left before any byte of its response went out (also
             # when the response was ready, its run shielded by ignore_client_abort)
@@ -100,8 +119,10 @@ class RequestCycle:
                            request_id=request_id, started=started, status=status, response=response)
         return keep_alive and not self.listener_state.shutting_down
 
-    async def _respond(self, req: h11.Request, request_id: str, keep_alive: bool) -> tuple[Response, bool]:
-        """The response to ``req``: an error for a bad head or body, else the handler's."""
+    async def _respond(self, req: h11.Request, request_id: str,
+                       keep_alive: bool) -> tuple[Response | Prepared, bool]:
+        """The response to ``req``: an error for a bad head or body, else the
+        handler's (``ready``'s when it has one)."""
         s = self.settings
         headers: list[tuple[bytes, bytes]] = list(req.headers)  # h11 gives (lower-cased name, value) bytes
         too_big = _head_too_big(req.target, headers, s)
@@ -123,6 +144,17 @@ class RequestCycle:
         request = Request(req.method, checked.target, req.http_version, checked.headers, self.request_client,
                           self.server, body, request_id, host=checked.host, https=https,
                           client_left=self.downstream.peer_closed, peer=self.client)
+        if body is None and keep_alive and req.http_version == b"1.1" and not _asks_close(headers):
+            ready = getattr(self.handler, "ready", None)
+            if ready is not None:
+                try:
+                    prepared: Prepared | None = ready(request)
+                except Exception:
+                    log.exception("[%s] fast path failed on %s %s; the full path answers", request_id,
+                                  req.method.decode(), req.target.decode("latin-1"))
+                    prepared = None
+                if prepared is not None:
+                    return prepared, keep_alive
         try:
             return await self._run_handler(request), keep_alive
         finally:
@@ -195,6 +227,12 @@ class RequestCycle:
 
     def _error(self, status: int) -> Response:
         return error_response(status, server=self.settings.server_software)
+
+
+def _asks_close(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Does the request say ``Connection: close`` (as h11 reads it: any case, a token of a list)?"""
+    return any(name == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]
+               for name, value in headers)
 
 
 def _head_too_big(target: bytes, headers: list[tuple[bytes, bytes]], s: ConnectionSettings) -> int:

@@ -16,6 +16,11 @@
 Our Date and Server go first; PHP's own Date or Server replaces ours, as under
 nginx (one of each, RFC 9110). A failed write marks h11's side as failed, so
 the connection is not reused.
+
+A handler's ``Prepared`` answer (``http.prepared``, kept-alive HTTP/1.1
+only) goes out by ``write_prepared``: the same bytes, its header lines made
+beforehand, head and body in one send; h11 is told a bodiless response of
+the same status, so its state (the next cycle) is what ``write`` leaves.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 import trio
 
 from ..http._h11 import h11
+from ..http.prepared import Prepared
 from ..http.response import FileRange, Response, http_date, reason_phrase
 from ..http.spool import Spool
 from .downstream import Downstream
@@ -70,6 +76,26 @@ class ResponseWriter:
         except BaseException:
             self.conn.send_failed()
             raise
+
+    async def write_prepared(self, p: Prepared, resp: Response) -> None:
+        """Send ``p`` on a kept-alive HTTP/1.1 connection; ``resp.bytes_sent`` as ``write`` counts it."""
+        _tell_h11(self.conn, p.status)
+        if p.ours:
+            head = b"HTTP/1.1 %d %s\r\nserver: %s\r\ndate: %s\r\n%s\r\n" % (
+                p.status, p.reason, self.server_software, http_date(), p.fields)
+        else:  # its own Date or Server replaces ours (``head_bytes``)
+            names = {n.lower() for n, _ in p.headers}
+            ours = b"".join(b"%s: %s\r\n" % h for h in ((b"server", self.server_software), (b"date", http_date()))
+                            if h[0] not in names)
+            head = b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (p.status, p.reason, ours, p.fields)
+        start = self.downstream.sent + len(head)
+        try:
+            if len(p.body) >= JOIN_BELOW:  # (a page-cache hit's page: not copied to join it, as ``_write``)
+                await self._send_pieces([head, p.body])
+            else:
+                await self.send_all(head + p.body)
+        finally:
+            resp.bytes_sent = max(0, self.downstream.sent - start)
 
     async def write(self, resp: Response, *, head_only: bool, keep_alive: bool) -> None:
         """Send ``resp``; ``head_only`` for a HEAD request.
@@ -137,3 +163,32 @@ class ResponseWriter:
         except BaseException:
             self.conn.send_failed()
             raise
+
+
+#: What h11 is told of a ``Prepared`` answer (by status): a response with no
+#: body, which leaves its state where the real one would.
+_STAND_INS: dict[int, h11.Response] = {}
+_END = h11.EndOfMessage()
+
+
+def _tell_h11(conn: h11.Connection, status: int) -> None:
+    """Move h11 past a ``status`` response with no body, without making its bytes.
+
+    Its state machine step (``_process_event``, in upstream h11 and in
+    h11-mypyc alike) is what ``send`` runs after building the event's
+    bytes, which we would throw away: ~5 us a request saved on a ~30 us
+    path. Where it is missing, the public ``send`` does the same, dearer."""
+    process = getattr(conn, "_process_event", None)
+    if process is not None:
+        process(conn.our_role, _stand_in(status))
+        process(conn.our_role, _END)
+    else:
+        conn.send(_stand_in(status))
+        conn.send(_END)
+
+
+def _stand_in(status: int) -> h11.Response:
+    event = _STAND_INS.get(status)
+    if event is None:
+        event = _STAND_INS[status] = h11.Response(status_code=status, headers=[(b"content-length", b"0")])
+    return event

@@ -535,7 +535,7 @@ async def _serve(config: Config, *, signals: AsyncIterator[int] | None, inherite
                     app.caches.share_locks(inherited.cache_locks)  # (opened before privileges drop)
             settings = ConnectionSettings.from_config(config.server, config.timeouts, config.limits)
             max_conns = raise_open_files_limit(config.limits.max_connections)
-            services = [Service(listeners, app.handle, settings, listener_state, max_conns,
+            services = [Service(listeners, app, settings, listener_state, max_conns,
                                  config.limits.max_connections_per_ip, specs, tls)]
             running = Running(listeners, pools, supervisors, listener_state, monitor)
             if inherited is None:  # a master's worker only reads what the master obtains
