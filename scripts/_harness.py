@@ -144,6 +144,10 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 class Stack:
     """php-fpm (one pool) + nginx + the gateway (+ Caddy), all on 127.0.0.1."""
 
@@ -191,6 +195,10 @@ class Stack:
         self.tls_ports: dict[str, int] = {server: free_port() for server in servers} if tls else {}
 
     def __enter__(self) -> Stack:
+        # `timeout 600 scripts/bench ...` ends us with SIGTERM: leave through
+        # __exit__, which stops the php-fpm, nginx, Caddy and gateways we started
+        # (they were left running, php-fpm orphaned, when the process just died)
+        signal.signal(signal.SIGTERM, _exit_on_term)
         try:
             self._start()
         except BaseException:
