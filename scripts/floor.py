@@ -14,9 +14,12 @@ workers do), measured with the same wrk run as scripts/bench (64 connections):
 - ``gateway``: the gateway serving a 1 KiB static file, on upstream h11 (GATEWAY_H11=h11).
 
 and nginx serving the same file. If the floor is below a target, no work on
-the gateway's own code can reach it with trio + h11.
+the gateway's own code can reach it with trio + h11. ``--size`` changes the
+response (e.g. 52000, a cached WordPress home page: the floor under the
+"wordpress home cached" row, which nginx answers from its cache as a file)
+and ``--connections`` wrk's connections (that row runs 16).
 
-    scripts/floor [--processes N] [--duration 5]
+    scripts/floor [--processes N] [--duration 5] [--size 1024] [--connections 64]
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from pathlib import Path
 from _harness import Stack, free_port, port_open, wait_for
 from bench import wrk
 
-BODY = b"x" * 1024
-RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: floor\r\nContent-Type: text/plain\r\nContent-Length: 1024\r\n\r\n" + BODY)
+SIZE = int(os.environ.get("FLOOR_SIZE", "1024"))  # the children learn --size from the parent this way
+BODY = b"x" * SIZE
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: floor\r\nContent-Type: text/plain\r\nContent-Length: "
+            + str(SIZE).encode() + b"\r\n\r\n" + BODY)
 
 
 def serve_echo(sock: socket.socket) -> None:
@@ -84,7 +89,7 @@ def serve_h11(sock: socket.socket, compiled: bool = False) -> None:
                         pass
                     out = conn.send(h11.Response(status_code=200, headers=[
                         (b"server", b"floor"), (b"date", http_date()), (b"content-type", b"text/plain"),
-                        (b"content-length", b"1024")]))
+                        (b"content-length", str(SIZE).encode())]))
                     out += conn.send(h11.Data(data=BODY)) + conn.send(h11.EndOfMessage())
                     await stream.send_all(out)
                     conn.start_next_cycle()
@@ -118,6 +123,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     p.add_argument("--duration", type=int, default=5)
+    p.add_argument("--size", type=int, default=1024, help="response body bytes (default 1024)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -128,28 +135,32 @@ def main() -> int:
         else:
             serve_h11(sock, compiled=args.serve == "trio-h11c")
         return 0
+    global BODY
+    BODY = b"x" * args.size
+    os.environ["FLOOR_SIZE"] = str(args.size)
     os.environ.setdefault("GATEWAY_H11", "h11")  # the gateway row on the default install's parser
     kinds = ["trio-echo", "trio-h11"] + (["trio-h11c"] if importlib.util.find_spec("h11_mypyc") else [])
     root = Path(tempfile.mkdtemp(prefix="floor-"))
     root.chmod(0o755)
-    (root / "1k.txt").write_bytes(BODY)
+    (root / "body.txt").write_bytes(BODY)
     rows = []
     with Stack(root, workers=2, processes=args.processes) as stack:
         for kind in kinds:
             port, procs = start_floor(kind, args.processes)
             try:
-                wrk(port, "/1k.txt", 64, 2, 10)  # warm-up
-                rows.append((kind, wrk(port, "/1k.txt", 64, args.duration, 10)))
+                wrk(port, "/body.txt", args.connections, 2, 10)  # warm-up
+                rows.append((kind, wrk(port, "/body.txt", args.connections, args.duration, 10)))
             finally:
                 for proc in procs:
                     proc.terminate()
                 for proc in procs:
                     proc.wait(10)
         for name, port in (("gateway", stack.gateway_port), ("nginx", stack.nginx_port)):
-            wrk(port, "/1k.txt", 64, 2, 10)
-            rows.append((name, wrk(port, "/1k.txt", 64, args.duration, 10)))
+            wrk(port, "/body.txt", args.connections, 2, 10)
+            rows.append((name, wrk(port, "/body.txt", args.connections, args.duration, 10)))
     nginx = rows[-1][1]["rps"]
-    print(f"\n1 KiB responses, wrk 64 connections, {args.duration}s, {args.processes} processes each")
+    print(f"\n{args.size}-byte responses, wrk {args.connections} connections, {args.duration}s, "
+          f"{args.processes} processes each")
     print(f"{'server':10} {'req/s':>9} {'p99 ms':>8} {'vs nginx':>8}")
     for name, r in rows:
         print(f"{name:10} {r['rps']:9.0f} {r['p99']:8.2f} {r['rps'] / nginx:8.2f}")
