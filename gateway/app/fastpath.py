@@ -38,20 +38,27 @@ answers it as before:
 
 Caches, all per process and bounded (the oldest dropped first): the route of a request target
 on a site (``ROUTES`` entries, trusted for ``open_files.VALID`` like the
-files they name: a file created in the meantime is seen that much later,
-and so is a symbolic link changed to leave the root under ``symlinks =
-"within_root"``, as under nginx's ``open_file_cache`` with
-``disable_symlinks``); a page-cache hit's answer, by its entry (a purged or
+files they name: a file created in the meantime is seen that much later);
+a page-cache hit's answer, by its entry (a purged or
 replaced entry's is not used), method, Accept-Encoding, Age (its second)
 and path, counted anew each time it is sent (``HITS`` of them); and each
 file's answers, by what
 they depend on (method, Accept-Encoding, the path the header rules see; the
 second, where ``static_max_age`` puts Expires), dropped with the file's
 entry when it changes. A conditional request is answered afresh each time.
+
+``symlinks = "within_root"``: a route is trusted for ``VALID``, but the
+file it names may be read again meanwhile (its entry due for a check, or
+read for a site that follows links) through a link put in its place; so
+each version of a file is checked for each such site before it serves
+it (its path resolved now leads into the site's root or an alias, to
+the file that was read). A link is never followed out of the root, as
+under nginx's ``disable_symlinks``, which is checked at each open.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -67,7 +74,7 @@ from ..http.request import Request
 from ..http.response import Response, http_date
 from .cache import Entry, SiteCache
 from .compress import INLINE_MAX
-from .open_files import VALID, CachedFile, FileCache
+from .open_files import VALID, CachedFile, FileCache, identity
 from .routing import BadRequestTarget, PhpScript, Route, Router, StaticFile, split_target
 from .static import content_type, file_headers, not_modified
 
@@ -187,6 +194,8 @@ class FastPath:
         if f is None or f.body is None:
             return None
         router = site.router
+        if router.site.symlinks == "within_root" and router.name not in f.within and not _lies_within(router, f):
+            return None
         expires = bool(router.static_max_age) and route.uri.lower().endswith(router.static_cache_extensions)
         accept = headers.get(b"accept-encoding")
         key: tuple[object, ...] | None = None
@@ -288,3 +297,20 @@ class FastPath:
         if site.rules is not None:
             resp.headers = site.rules.apply(path, resp.status, resp.headers)
         return prepare(resp, head_only=req.method == b"HEAD")
+
+
+def _lies_within(router: Router, f: CachedFile) -> bool:
+    """Is the file ``f`` holds (read through its path, maybe for a site
+    that follows links) where ``router``'s site lets a link lead? Its path
+    resolved now, and the file there the one that was read: the route said
+    so when it was made, but the file may have been read again since,
+    through a link put in its place (``f.within`` remembers a yes)."""
+    try:
+        real = os.path.realpath(f.path)
+        same = identity(os.stat(real)) == f.identity
+    except (OSError, ValueError):
+        return False
+    if not same or not router.within(real):
+        return False
+    f.within.add(router.name)
+    return True
