@@ -36,16 +36,19 @@ answers it as before:
   kept yet, a bypass (cookie, path), a miss, a stale or disk-tier entry
   (page cache).
 
-Caches, all per process and bounded (the oldest dropped first): the route of a request target
-on a site (``ROUTES`` entries, trusted for ``open_files.VALID`` like the
-files they name: a file created in the meantime is seen that much later);
-a page-cache hit's answer, by its entry (a purged or
+Caches, all per process and bounded (the oldest dropped first): the route
+of a request target on a site (``ROUTES`` entries, target and Host of at
+most ``ROUTE_TARGET_MAX`` bytes together, trusted for ``open_files.VALID``
+like the files they name: a file created in the meantime is seen that
+much later); a page-cache hit's answer, by its entry (a purged or
 replaced entry's is not used), method, Accept-Encoding, Age (its second)
 and path, counted anew each time it is sent (``HITS`` of them); and each
-file's answers, by what
-they depend on (method, Accept-Encoding, the path the header rules see; the
-second, where ``static_max_age`` puts Expires), dropped with the file's
-entry when it changes. A conditional request is answered afresh each time.
+file's answers, by what they depend on (method, Accept-Encoding, the path
+the header rules see; the second, where ``static_max_age`` puts Expires),
+dropped with the file's entry when it changes. Answers are remembered
+only for a target of at most ``ROUTE_TARGET_MAX`` and an Accept-Encoding
+of at most ``ACCEPT_MAX`` bytes (the keys are the client's bytes). A
+conditional request is answered afresh each time.
 
 ``symlinks = "within_root"``: a route is trusted for ``VALID``, but the
 file it names may be read again meanwhile (its entry due for a check, or
@@ -82,9 +85,13 @@ if TYPE_CHECKING:
     from .site import App
 
 #: Request targets whose route is remembered, per process, and the longest
-#: one remembered (a flood of long random targets costs at most ~3 MB).
+#: target and Host together remembered (a flood of long random targets or
+#: Hosts costs at most ~3 MB).
 ROUTES = 4096
 ROUTE_TARGET_MAX = 512
+#: The longest Accept-Encoding an answer is remembered by (browsers send
+#: ~25 bytes; a client's header may be ~32 KiB, and the keys are kept).
+ACCEPT_MAX = 128
 #: Answers remembered per file (method x Accept-Encoding x path, mostly a handful).
 ANSWERS_PER_FILE = 16
 #: Page-cache answers remembered (by entry, method, Accept-Encoding, age in seconds).
@@ -178,7 +185,7 @@ class FastPath:
         if self.app.acme_state is not None and path.startswith(_ACME_PREFIX):
             return None
         route = router.route(path, query, req.host)
-        if len(req.target) <= ROUTE_TARGET_MAX:
+        if len(req.target) + len(req.host) <= ROUTE_TARGET_MAX:
             self._routes[key] = (now + self.valid, path, route)
             self._routes.move_to_end(key)
             if len(self._routes) > ROUTES:
@@ -199,7 +206,7 @@ class FastPath:
         expires = bool(router.static_max_age) and route.uri.lower().endswith(router.static_cache_extensions)
         accept = headers.get(b"accept-encoding")
         key: tuple[object, ...] | None = None
-        if b"if-none-match" not in headers and b"if-modified-since" not in headers:
+        if b"if-none-match" not in headers and b"if-modified-since" not in headers and _keyable(req, accept):
             key = (router.name, path, route.uri, req.method, accept, int(time.time()) if expires else 0)
             kept = f.answers.get(key)
             if kept is not None:
@@ -266,9 +273,10 @@ class FastPath:
         if entry is None:
             return None
         key: tuple[object, ...] | None = None
-        if not any(n in _CONDITIONS for n, _ in req.headers):
+        accept = req.header(b"accept-encoding")
+        if not any(n in _CONDITIONS for n, _ in req.headers) and _keyable(req, accept):
             age = max(0, int(trio.current_time() - entry.stored_at))
-            key = (site.router.name, entry.where.key, req.method, req.header(b"accept-encoding"), age, path)
+            key = (site.router.name, entry.where.key, req.method, accept, age, path)
             kept = self._hits.get(key)
             if kept is not None and kept.entry is entry:
                 cache.stats.requests["HIT"] += 1  # (``SiteCache._label``'s count; the header is in the answer)
@@ -297,6 +305,12 @@ class FastPath:
         if site.rules is not None:
             resp.headers = site.rules.apply(path, resp.status, resp.headers)
         return prepare(resp, head_only=req.method == b"HEAD")
+
+
+def _keyable(req: Request, accept: bytes | None) -> bool:
+    """May an answer to ``req`` be remembered by its target and ``accept``
+    (both short enough: the keys are the client's bytes)?"""
+    return len(req.target) <= ROUTE_TARGET_MAX and (accept is None or len(accept) <= ACCEPT_MAX)
 
 
 def _lies_within(router: Router, f: CachedFile) -> bool:
