@@ -40,11 +40,12 @@ Caches, all per process and bounded (the oldest dropped first): the route
 of a request target on a site (``ROUTES`` entries, target and Host of at
 most ``ROUTE_TARGET_MAX`` bytes together, trusted for ``open_files.VALID``
 like the files they name: a file created in the meantime is seen that
-much later); a page-cache hit's answer, by its entry (a purged or
-replaced entry's is not used), method, Accept-Encoding, Age (its second)
-and path, counted anew each time it is sent (``HITS`` of them); and each
-file's answers, by what they depend on (method, Accept-Encoding, the path
-the header rules see; the second, where ``static_max_age`` puts Expires),
+much later); a page-cache hit's answer, by its entry (held weakly: an
+entry the page cache dropped is freed, and a purged or replaced entry's
+answer is not used), method, Accept-Encoding, Age (its second) and path,
+counted anew each time it is sent (``HITS`` of them); and each file's
+answers, by what they depend on (method, Accept-Encoding, the path the
+header rules see; the second, where ``static_max_age`` puts Expires),
 dropped with the file's entry when it changes. Answers are remembered
 only for a target of at most ``ROUTE_TARGET_MAX`` and an Accept-Encoding
 of at most ``ACCEPT_MAX`` bytes (the keys are the client's bytes). A
@@ -63,6 +64,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -110,10 +112,21 @@ class _Answer:
 
 @dataclass(frozen=True, slots=True)
 class _Hit:
-    #: the page-cache entry it was made from (a purged or replaced one is not it)
-    entry: Entry
+    #: the page-cache entry it was made from (a purged or replaced one is
+    #: not it), held weakly: what the page cache dropped is freed
+    entry: weakref.ref[Entry]
+    #: the answer without its body (the entry's, or its ``coding``'s variant)
     prepared: Prepared
     coding: str | None
+    with_body: bool
+
+    def answer(self, entry: Entry) -> Prepared:
+        """The answer, its body taken from ``entry`` (the one it was made from)."""
+        p = self.prepared
+        if not self.with_body:
+            return p
+        body = entry.body if self.coding is None else entry.variants[self.coding]
+        return Prepared(p.status, p.reason, p.headers, p.fields, body, p.ours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,11 +291,11 @@ class FastPath:
             age = max(0, int(trio.current_time() - entry.stored_at))
             key = (site.router.name, entry.where.key, req.method, accept, age, path)
             kept = self._hits.get(key)
-            if kept is not None and kept.entry is entry:
+            if kept is not None and kept.entry() is entry:
                 cache.stats.requests["HIT"] += 1  # (``SiteCache._label``'s count; the header is in the answer)
                 if kept.coding is not None:
                     self._count(kept.coding)
-                return kept.prepared
+                return kept.answer(entry)
         answer = cache.answer(entry, req)
         if answer is None:
             return None
@@ -294,7 +307,8 @@ class FastPath:
             resp.headers = add_vary(resp.headers)
         prepared = self._finish(site, req, path, resp)
         if prepared is not None and key is not None:
-            self._hits[key] = _Hit(entry, prepared, coding)
+            head = Prepared(prepared.status, prepared.reason, prepared.headers, prepared.fields, b"", prepared.ours)
+            self._hits[key] = _Hit(weakref.ref(entry), head, coding, bool(prepared.body))
             if len(self._hits) > HITS:
                 self._hits.popitem(last=False)
         return prepared
