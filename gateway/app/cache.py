@@ -144,7 +144,7 @@ class Held:
     phase: int | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # (``app.fastpath`` keeps answers by entry, weakly)
 class Entry:
     where: CacheKey
     status: int

@@ -36,23 +36,35 @@ answers it as before:
   kept yet, a bypass (cookie, path), a miss, a stale or disk-tier entry
   (page cache).
 
-Caches, all per process and bounded (the oldest dropped first): the route of a request target
-on a site (``ROUTES`` entries, trusted for ``open_files.VALID`` like the
-files they name: a file created in the meantime is seen that much later,
-and so is a symbolic link changed to leave the root under ``symlinks =
-"within_root"``, as under nginx's ``open_file_cache`` with
-``disable_symlinks``); a page-cache hit's answer, by its entry (a purged or
-replaced entry's is not used), method, Accept-Encoding, Age (its second)
-and path, counted anew each time it is sent (``HITS`` of them); and each
-file's answers, by what
-they depend on (method, Accept-Encoding, the path the header rules see; the
-second, where ``static_max_age`` puts Expires), dropped with the file's
-entry when it changes. A conditional request is answered afresh each time.
+Caches, all per process and bounded (the oldest dropped first): the route
+of a request target on a site (``ROUTES`` entries, target and Host of at
+most ``ROUTE_TARGET_MAX`` bytes together, trusted for ``open_files.VALID``
+like the files they name: a file created in the meantime is seen that
+much later); a page-cache hit's answer, by its entry (held weakly: an
+entry the page cache dropped is freed, and a purged or replaced entry's
+answer is not used), method, Accept-Encoding, Age (its second) and path,
+counted anew each time it is sent (``HITS`` of them); and each file's
+answers, by what they depend on (method, Accept-Encoding, the path the
+header rules see; the second, where ``static_max_age`` puts Expires),
+dropped with the file's entry when it changes. Answers are remembered
+only for a target of at most ``ROUTE_TARGET_MAX`` and an Accept-Encoding
+of at most ``ACCEPT_MAX`` bytes (the keys are the client's bytes). A
+conditional request is answered afresh each time.
+
+``symlinks = "within_root"``: a route is trusted for ``VALID``, but the
+file it names may be read again meanwhile (its entry due for a check, or
+read for a site that follows links) through a link put in its place; so
+each version of a file is checked for each such site before it serves
+it (its path resolved now leads into the site's root or an alias, to
+the file that was read). A link is never followed out of the root, as
+under nginx's ``disable_symlinks``, which is checked at each open.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,7 +79,7 @@ from ..http.request import Request
 from ..http.response import Response, http_date
 from .cache import Entry, SiteCache
 from .compress import INLINE_MAX
-from .open_files import VALID, CachedFile, FileCache
+from .open_files import VALID, CachedFile, FileCache, identity
 from .routing import BadRequestTarget, PhpScript, Route, Router, StaticFile, split_target
 from .static import content_type, file_headers, not_modified
 
@@ -75,9 +87,13 @@ if TYPE_CHECKING:
     from .site import App
 
 #: Request targets whose route is remembered, per process, and the longest
-#: one remembered (a flood of long random targets costs at most ~3 MB).
+#: target and Host together remembered (a flood of long random targets or
+#: Hosts costs at most ~3 MB).
 ROUTES = 4096
 ROUTE_TARGET_MAX = 512
+#: The longest Accept-Encoding an answer is remembered by (browsers send
+#: ~25 bytes; a client's header may be ~32 KiB, and the keys are kept).
+ACCEPT_MAX = 128
 #: Answers remembered per file (method x Accept-Encoding x path, mostly a handful).
 ANSWERS_PER_FILE = 16
 #: Page-cache answers remembered (by entry, method, Accept-Encoding, age in seconds).
@@ -96,10 +112,21 @@ class _Answer:
 
 @dataclass(frozen=True, slots=True)
 class _Hit:
-    #: the page-cache entry it was made from (a purged or replaced one is not it)
-    entry: Entry
+    #: the page-cache entry it was made from (a purged or replaced one is
+    #: not it), held weakly: what the page cache dropped is freed
+    entry: weakref.ref[Entry]
+    #: the answer without its body (the entry's, or its ``coding``'s variant)
     prepared: Prepared
     coding: str | None
+    with_body: bool
+
+    def answer(self, entry: Entry) -> Prepared:
+        """The answer, its body taken from ``entry`` (the one it was made from)."""
+        p = self.prepared
+        if not self.with_body:
+            return p
+        body = entry.body if self.coding is None else entry.variants[self.coding]
+        return Prepared(p.status, p.reason, p.headers, p.fields, body, p.ours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +198,7 @@ class FastPath:
         if self.app.acme_state is not None and path.startswith(_ACME_PREFIX):
             return None
         route = router.route(path, query, req.host)
-        if len(req.target) <= ROUTE_TARGET_MAX:
+        if len(req.target) + len(req.host) <= ROUTE_TARGET_MAX:
             self._routes[key] = (now + self.valid, path, route)
             self._routes.move_to_end(key)
             if len(self._routes) > ROUTES:
@@ -187,10 +214,12 @@ class FastPath:
         if f is None or f.body is None:
             return None
         router = site.router
+        if router.site.symlinks == "within_root" and router.name not in f.within and not _lies_within(router, f):
+            return None
         expires = bool(router.static_max_age) and route.uri.lower().endswith(router.static_cache_extensions)
         accept = headers.get(b"accept-encoding")
         key: tuple[object, ...] | None = None
-        if b"if-none-match" not in headers and b"if-modified-since" not in headers:
+        if b"if-none-match" not in headers and b"if-modified-since" not in headers and _keyable(req, accept):
             key = (router.name, path, route.uri, req.method, accept, int(time.time()) if expires else 0)
             kept = f.answers.get(key)
             if kept is not None:
@@ -257,15 +286,16 @@ class FastPath:
         if entry is None:
             return None
         key: tuple[object, ...] | None = None
-        if not any(n in _CONDITIONS for n, _ in req.headers):
+        accept = req.header(b"accept-encoding")
+        if not any(n in _CONDITIONS for n, _ in req.headers) and _keyable(req, accept):
             age = max(0, int(trio.current_time() - entry.stored_at))
-            key = (site.router.name, entry.where.key, req.method, req.header(b"accept-encoding"), age, path)
+            key = (site.router.name, entry.where.key, req.method, accept, age, path)
             kept = self._hits.get(key)
-            if kept is not None and kept.entry is entry:
+            if kept is not None and kept.entry() is entry:
                 cache.stats.requests["HIT"] += 1  # (``SiteCache._label``'s count; the header is in the answer)
                 if kept.coding is not None:
                     self._count(kept.coding)
-                return kept.prepared
+                return kept.answer(entry)
         answer = cache.answer(entry, req)
         if answer is None:
             return None
@@ -277,7 +307,8 @@ class FastPath:
             resp.headers = add_vary(resp.headers)
         prepared = self._finish(site, req, path, resp)
         if prepared is not None and key is not None:
-            self._hits[key] = _Hit(entry, prepared, coding)
+            head = Prepared(prepared.status, prepared.reason, prepared.headers, prepared.fields, b"", prepared.ours)
+            self._hits[key] = _Hit(weakref.ref(entry), head, coding, bool(prepared.body))
             if len(self._hits) > HITS:
                 self._hits.popitem(last=False)
         return prepared
@@ -288,3 +319,26 @@ class FastPath:
         if site.rules is not None:
             resp.headers = site.rules.apply(path, resp.status, resp.headers)
         return prepare(resp, head_only=req.method == b"HEAD")
+
+
+def _keyable(req: Request, accept: bytes | None) -> bool:
+    """May an answer to ``req`` be remembered by its target and ``accept``
+    (both short enough: the keys are the client's bytes)?"""
+    return len(req.target) <= ROUTE_TARGET_MAX and (accept is None or len(accept) <= ACCEPT_MAX)
+
+
+def _lies_within(router: Router, f: CachedFile) -> bool:
+    """Is the file ``f`` holds (read through its path, maybe for a site
+    that follows links) where ``router``'s site lets a link lead? Its path
+    resolved now, and the file there the one that was read: the route said
+    so when it was made, but the file may have been read again since,
+    through a link put in its place (``f.within`` remembers a yes)."""
+    try:
+        real = os.path.realpath(f.path)
+        same = identity(os.stat(real)) == f.identity
+    except (OSError, ValueError):
+        return False
+    if not same or not router.within(real):
+        return False
+    f.within.add(router.name)
+    return True

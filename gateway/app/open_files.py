@@ -80,6 +80,10 @@ class CachedFile:
     #: answers made from this version of the file, by what else they depend
     #: on (``app.fastpath``); gone with the entry when the file changes
     answers: dict[object, object] = field(default_factory=dict)
+    #: the sites with ``symlinks = "within_root"`` this version was found
+    #: to lie within (``app.fastpath``): what was read through a path is
+    #: checked for each such site before it serves it
+    within: set[str] = field(default_factory=set)
 
 
 class FileCache:

@@ -246,11 +246,14 @@ class Router:
             st = os.stat(fs_path)
         except (OSError, ValueError):
             return None
-        if self.site.symlinks == "within_root":
-            real = os.path.realpath(fs_path)
-            if not any(real == d or real.startswith(d + os.sep) for d in self.allowed_dirs):
-                raise _SymlinkLeavesRoot(fs_path)
+        if self.site.symlinks == "within_root" and not self.within(os.path.realpath(fs_path)):
+            raise _SymlinkLeavesRoot(fs_path)
         return st
+
+    def within(self, real: str) -> bool:
+        """Is ``real`` (a path with no symbolic link left in it) where
+        ``symlinks = "within_root"`` lets a link lead: the root or an alias's directory?"""
+        return any(real == d or real.startswith(d + os.sep) for d in self.allowed_dirs)
 
     def _is_file(self, uri: str) -> bool:
         st = self._stat(self._fs(uri))
