@@ -47,14 +47,24 @@ def check_rule_header_name(value: str) -> str:
     return value
 
 
+#: RFC 9110 field-value, as h11 holds a response to it: visible characters
+#: (and Latin-1's upper half, obs-text), spaces and tabs only between them.
+_FIELD_VALUE = re.compile(r"(?:[\x21-\x7e\x80-\xff](?:[ \t]*[\x21-\x7e\x80-\xff])*)?")
+
+
 def check_header_values(value: dict[str, str]) -> dict[str, str]:
-    """Header names and values an operator writes: valid names, no line
-    breaks or NULs in values (they would split the response), no framing
-    headers."""
+    """Header names and values an operator writes: valid names, no framing
+    headers, and values h11 would send: no line breaks or NULs (they would
+    split the response), no other control character, no space or tab at
+    either end, Latin-1 only (the bytes sent are the value's Latin-1 encoding).
+    The fast path sends configured headers as written, without h11's check."""
     for name, text in value.items():
         check_rule_header_name(name)
         if any(c in text for c in "\r\n\0"):
             raise ValueError(f"the value of {name!r} contains a line break or NUL")
+        if not _FIELD_VALUE.fullmatch(text):
+            raise ValueError(f"the value of {name!r} ({text!r}) is not a valid header value: no control "
+                             "characters, no space at either end, Latin-1 characters only")
     return value
 
 

@@ -86,6 +86,9 @@ def test_a_missing_internal_alias_directory_is_named_by_its_path_key(tmp_path):
     ('[sites.a.aliases."/p/"]\npath = "/x"\nintrnal = true\n', "sites.a.aliases./p/.intrnal", "unknown key"),
     ('[[sites.a.headers]]\nadd = { "X A" = "1" }\n', "sites.a.headers.0.add", "'X A' is not a valid HTTP header"),
     ('[[sites.a.headers]]\nset = { X-A = "1\\n2" }\n', "sites.a.headers.0.set", "contains a line break"),
+    ('[[sites.a.headers]]\nset = { X-A = "1 " }\n', "sites.a.headers.0.set", "not a valid header value"),
+    ('[[sites.a.headers]]\nadd = { X-A = "\\u0001" }\n', "sites.a.headers.0.add", "not a valid header value"),
+    ('[[sites.a.headers]]\nadd = { X-A = "caf\\u20ac" }\n', "sites.a.headers.0.add", "Latin-1"),
     ('[[sites.a.headers]]\nremove = ["Content-Length"]\n', "sites.a.headers.0.remove.0", "cannot be configured"),
     ('[[sites.a.headers]]\npaths = ["wp-json"]\n', "sites.a.headers.0.paths.0", "must start with \"/\""),
     ('[[sites.a.headers]]\nadd = { X-A = "1" }\nalways = "maybe"\n', "sites.a.headers.0.always", "true or false"),
@@ -97,3 +100,9 @@ def test_mistakes_are_one_line_naming_file_and_key(tmp_path, toml, key, says):
     assert err.startswith(f"{tmp_path / '00.toml'}: {key}: "), err
     assert says in err
     assert len(err.splitlines()) == 1
+
+
+def test_header_values_h11_would_send_load(tmp_path):
+    """Inner spaces and tabs, Latin-1's upper half and an empty value are valid field values."""
+    config = load(tmp_path, SITE + '[[sites.a.headers]]\nset = { X-A = "a b\\tc", X-B = "caf\\u00e9", X-C = "" }\n')
+    assert config.sites["a"].headers[0].set == {"X-A": "a b\tc", "X-B": "caf\u00e9", "X-C": ""}
