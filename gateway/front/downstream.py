@@ -42,6 +42,8 @@ import errno
 import os
 import socket
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import trio
@@ -210,13 +212,19 @@ class Downstream(trio.abc.HalfCloseableStream):
         (the common case): a cancel scope and a wait only if it has to wait,
         and a yield once per ``FAIR_OPS`` calls (``SockIO.fair_tick``). Cancellation
         is seen as in ``send_all``. The response writer's call."""
+        with self._one_sender():
+            await self._send_all(memoryview(data))
+
+    @contextmanager
+    def _one_sender(self) -> Iterator[None]:
+        """One send at a time, and none after close or EOF (trio's stream contract)."""
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this connection")
         if self._closed or self._eof_sent:
             raise trio.ClosedResourceError("the connection was closed (or half-closed) for sending")
         self._sending = True
         try:
-            await self._send_all(memoryview(data))
+            yield
         finally:
             self._sending = False
 
@@ -278,15 +286,8 @@ class Downstream(trio.abc.HalfCloseableStream):
         if self._io is None or len(pieces) < 2:
             await self.write(b"".join(pieces))
             return
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this connection")
-        if self._closed or self._eof_sent:
-            raise trio.ClosedResourceError("the connection was closed (or half-closed) for sending")
-        self._sending = True
-        try:
+        with self._one_sender():
             await self._send_views([memoryview(p) for p in pieces])
-        finally:
-            self._sending = False
 
     def _broken(self, what: str, exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
         if self._closed or exc.errno == errno.EBADF:
