@@ -219,7 +219,7 @@ class FastPath:
         expires = bool(router.static_max_age) and route.uri.lower().endswith(router.static_cache_extensions)
         accept = headers.get(b"accept-encoding")
         key: tuple[object, ...] | None = None
-        if b"if-none-match" not in headers and b"if-modified-since" not in headers and _keyable(req, accept):
+        if not any(c in headers for c in _CONDITIONS) and _keyable(req, accept):
             key = (router.name, path, route.uri, req.method, accept, int(time.time()) if expires else 0)
             kept = f.answers.get(key)
             if kept is not None:
@@ -302,7 +302,7 @@ class FastPath:
         resp, coding = answer
         # (the compression filter after it: a coded hit is left alone, an
         # identity one gets the Vary the cache's own decision gave it)
-        decision = self.app.compressor.decision(req.method, req.header(b"accept-encoding"), resp)
+        decision = self.app.compressor.decision(req.method, accept, resp)
         if decision.vary and not decision.compress:
             resp.headers = add_vary(resp.headers)
         prepared = self._finish(site, req, path, resp)
