@@ -57,7 +57,7 @@ compressed again; br and gzip variants add ~37 % to the entry (9 + 10 KB).
   processes: PHP's ``X-Cache-Purge: *`` empties its own site's cache, never
   another site's (another customer's, on a shared host).
   ``X-Cache-Tags`` from PHP tags an entry (stripped too).
-- **Hits at once** (``ready``, for ``app.fastpath``): a fresh memory-tier
+- **Hits at once** (``ready_entry`` and ``answer``, for ``app.fastpath``): a fresh memory-tier
   entry below 400, in identity or a kept coding, is answered in the
   connection cycle, built and counted by the same methods ``handle``
   uses; anything else (a miss, stale, disk tier, a bypass, a coding to
@@ -600,24 +600,17 @@ class SiteCache:
 
     def _coded_as(self, resp: Response, req: Request, coding: str, data: bytes) -> Response:
         assert self.compressor is not None
-        self.compressor.stats.responses[coding] = self.compressor.stats.responses.get(coding, 0) + 1
+        self.compressor.count_response(coding)
         resp.headers = coded_headers(resp.headers, coding, length=len(data))
         if req.method != b"HEAD":
             resp.body = data
         return resp
 
-    def ready(self, req: Request, path: str, query: str, routed_path: str) -> Response | None:
-        """``handle``'s answer when it is at hand now: a fresh entry of the
-        memory tier, status below 400 (error pages may stand in for those),
-        no X-Accel-Redirect to follow, in a coding already kept (or
-        identity); counted as ``handle`` counts it. None otherwise, and
-        nothing counted: ``handle`` then answers (``app.fastpath``)."""
-        entry = self.ready_entry(req, path, query, routed_path)
-        answer = self.answer(entry, req) if entry is not None else None
-        return answer[0] if answer is not None else None
-
     def ready_entry(self, req: Request, path: str, query: str, routed_path: str) -> Entry | None:
-        """The entry ``ready`` would answer ``req`` from (nothing counted), or None."""
+        """The entry a hit answered at once (``app.fastpath``) is made from:
+        a fresh entry of the memory tier, status below 400 (error pages may
+        stand in for those), no X-Accel-Redirect to follow; nothing counted.
+        None otherwise: ``handle`` then answers."""
         if req.method not in CACHEABLE_METHODS:
             return None
         policy = self.policy
@@ -634,7 +627,7 @@ class SiteCache:
         return entry
 
     def answer(self, entry: Entry, req: Request) -> tuple[Response, str | None] | None:
-        """``ready``'s answer from ``ready_entry``'s ``entry``, counted, and
+        """The answer from ``ready_entry``'s ``entry``, counted as ``handle`` counts it, and
         the coding it is in (None: identity, or a 304); None (uncounted)
         when that coding is not kept yet."""
         not_modified = self._not_modified(entry, req, "HIT")

@@ -176,6 +176,11 @@ class Compressor:
         self.stats.bytes_out += len(out)
         return out
 
+    def count_response(self, coding: str) -> None:
+        """One response sent in ``coding`` (also one whose coded body was made
+        before: the page cache's variants, the fast path's)."""
+        self.stats.responses[coding] = self.stats.responses.get(coding, 0) + 1
+
     async def apply(self, method: bytes, accept: bytes | None, resp: Response, *,
                     content_type: bytes | None = None) -> Response:
         """``resp`` compressed for a client that sent ``accept`` (Accept-Encoding),
@@ -190,7 +195,7 @@ class Compressor:
             return resp
         coding = decision.coding
         assert coding is not None
-        self.stats.responses[coding] = self.stats.responses.get(coding, 0) + 1
+        self.count_response(coding)
         body = resp.body
         if head_only or resp.status in (204, 304):
             resp.headers = coded_headers(resp.headers, coding)

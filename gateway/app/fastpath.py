@@ -226,23 +226,18 @@ class FastPath:
                 assert isinstance(kept, _Answer)
                 answer = kept
                 if answer.coding is not None:
-                    self._count(answer.coding)
+                    self.app.compressor.count_response(answer.coding)
                 return answer.prepared
         made = self._file_answer(site, req, path, route, f, headers, accept, expires)
         if made is None:
             return None
         if made.coding is not None:
-            self._count(made.coding)
+            self.app.compressor.count_response(made.coding)
         if key is not None:
             if len(f.answers) >= ANSWERS_PER_FILE:
                 f.answers.clear()
             f.answers[key] = made
         return made.prepared
-
-    def _count(self, coding: str) -> None:
-        """A response sent in ``coding``, counted as the compression filter counts one."""
-        responses = self.app.compressor.stats.responses
-        responses[coding] = responses.get(coding, 0) + 1
 
     def _file_answer(self, site: _Site, req: Request, path: str, route: StaticFile, f: CachedFile,
                      headers: dict[bytes, bytes], accept: bytes | None, expires: bool) -> _Answer | None:
@@ -294,7 +289,7 @@ class FastPath:
             if kept is not None and kept.entry() is entry:
                 cache.stats.requests["HIT"] += 1  # (``SiteCache._label``'s count; the header is in the answer)
                 if kept.coding is not None:
-                    self._count(kept.coding)
+                    self.app.compressor.count_response(kept.coding)
                 return kept.answer(entry)
         answer = cache.answer(entry, req)
         if answer is None:
