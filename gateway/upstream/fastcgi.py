@@ -234,21 +234,15 @@ class FastCgiExchange:
         io = self.conn.io
         try:
             if io is not None:
-                try:
-                    data = await io.recv_ready(65536)
-                except OSError as exc:
-                    raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+                data = await io.recv_ready(65536)
                 if data is not None:
                     return data
             scope = trio.CancelScope(deadline=trio.current_time() + self.settings.read_timeout)
             with scope:
                 if io is None:
                     return await self.conn.stream.receive_some(65536)
-                try:
-                    return await io.recv_waiting(65536)
-                except OSError as exc:
-                    raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
-        except trio.BrokenResourceError as exc:
+                return await io.recv_waiting(65536)
+        except (trio.BrokenResourceError, OSError) as exc:  # (trio's stream wraps the OSError; SockIO does not)
             if not self._got_response:
                 raise UpstreamClosedEarly("backend reset the connection before responding") from exc
             raise UpstreamProtocolError("backend reset the connection mid-response") from exc
