@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import struct
 
-from ._constants import FCGI_KEEP_CONN, NULL_REQUEST_ID, ProtocolStatus, RecordType, Role
+from ._constants import FCGI_KEEP_CONN, MAX_CONTENT, NULL_REQUEST_ID, VERSION, ProtocolStatus, RecordType, Role
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     AbortRequest,
@@ -40,12 +40,26 @@ from ._events import (
     UnknownType,
 )
 from ._pairs import decode_pairs, encode_pairs
-from ._records import encode_record, encode_stream_chunk, encode_stream_end, parse_record, whole_record_header
+from ._records import (
+    HEADER,
+    PADS,
+    encode_record,
+    encode_stream_chunk,
+    encode_stream_end,
+    parse_record,
+    stream_pieces,
+    whole_record_header,
+)
 from ._state import CLIENT, SERVER, ConnectionState, Side, State
 
 _BEGIN_BODY = struct.Struct(">HB5x")
 _END_BODY = struct.Struct(">IB3x")
 _UNKNOWN_BODY = struct.Struct(">B7x")
+#: a BEGIN_REQUEST record, then the header of a PARAMS record (``send_request``)
+_BEGIN_AND_PARAMS = struct.Struct(">BBHHBxHB5xBBHHBx")
+#: the empty PARAMS and STDIN records that end both streams
+_TWO_ENDS = struct.Struct(">BBHHBxBBHHBx")
+_BEGIN_REQUEST, _PARAMS, _STDIN = int(RecordType.BEGIN_REQUEST), int(RecordType.PARAMS), int(RecordType.STDIN)
 
 #: Default cap on the PARAMS stream we accept (nginx's large headers fit easily).
 DEFAULT_MAX_PARAMS_SIZE = 1024 * 1024
@@ -298,6 +312,52 @@ class Connection:
         except BaseException:
             self._cstate.process_error(self.our_role)
             raise
+
+    def send_request(self, request_id: int, params: bytes, stdin: bytes | None = b"", *, keep_conn: bool = True,
+                     role: Role = Role.RESPONDER) -> bytes:
+        """The bytes that begin a request, in one piece: BEGIN_REQUEST, the
+        whole PARAMS stream and, unless ``stdin`` is None, the whole STDIN
+        stream (``stdin``, if any, then its end).
+
+        ``params`` is the pairs already encoded (``encode_pairs``). Checks,
+        state changes and bytes are those of ``send`` with ``BeginRequest``,
+        ``Params``, ``Stdin(stdin)`` and ``Stdin(b"")`` (and stay so: a test
+        compares them), with one join in place of one per record.
+
+        Raises:
+            LocalProtocolError: a request can't begin now; our side is ERROR.
+        """
+        if self.our_state is State.ERROR:
+            raise LocalProtocolError("can't send data when our state is ERROR")
+        try:
+            if self._request_id is not None:
+                raise LocalProtocolError("a request is already active on this connection")
+            if request_id == NULL_REQUEST_ID:
+                raise LocalProtocolError("request id 0 is reserved for management records")
+            self._cstate.process_request_head(self.our_role, keep_conn, bool(stdin), stdin is not None)
+        except BaseException:
+            self._cstate.process_error(self.our_role)
+            raise
+        self._request_id = rid = request_id
+        flags = FCGI_KEEP_CONN if keep_conn else 0
+        n = len(params)
+        pieces: list[bytes | memoryview]
+        if 0 < n <= MAX_CONTENT:
+            pad = -n & 7
+            pieces = [_BEGIN_AND_PARAMS.pack(VERSION, _BEGIN_REQUEST, rid, _BEGIN_BODY.size, 0, role, flags,
+                                             VERSION, _PARAMS, rid, n, pad), params, PADS[pad]]
+        else:
+            pieces = [encode_record(_BEGIN_REQUEST, rid, _BEGIN_BODY.pack(role, flags)),
+                      *stream_pieces(_PARAMS, rid, params)]
+        if stdin is None:
+            pieces.append(HEADER.pack(VERSION, _PARAMS, rid, 0, 0))
+        elif not stdin:
+            pieces.append(_TWO_ENDS.pack(VERSION, _PARAMS, rid, 0, 0, VERSION, _STDIN, rid, 0, 0))
+        else:
+            pieces.append(HEADER.pack(VERSION, _PARAMS, rid, 0, 0))
+            pieces += stream_pieces(_STDIN, rid, stdin)
+            pieces.append(HEADER.pack(VERSION, _STDIN, rid, 0, 0))
+        return b"".join(pieces)
 
     def send_failed(self) -> None:
         """Tell the connection that writing what ``send`` returned failed."""

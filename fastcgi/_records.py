@@ -32,7 +32,8 @@ from ._errors import LocalProtocolError
 
 HEADER = struct.Struct(">BBHHBx")
 HEADER_SIZE = HEADER.size  # 8
-_PADDING = bytes(8)
+#: padding of 0..7 bytes, made once
+PADS = [bytes(n) for n in range(8)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,26 @@ def encode_record(record_type: int, request_id: int, content: bytes = b"") -> by
     if n > MAX_CONTENT:
         raise LocalProtocolError(f"record content of {n} bytes exceeds {MAX_CONTENT}")
     pad = -n & 7
-    return HEADER.pack(VERSION, record_type, request_id, n, pad) + content + _PADDING[:pad]
+    return HEADER.pack(VERSION, record_type, request_id, n, pad) + content + PADS[pad]
+
+
+def stream_pieces(record_type: int, request_id: int, data: bytes) -> list[bytes | memoryview]:
+    """``encode_stream_chunk``'s bytes as pieces for one ``b"".join``: each
+    record's header, its content (a view of ``data``, not a copy) and padding.
+    Nothing for empty data."""
+    n = len(data)
+    if n <= MAX_CONTENT:
+        if not n:
+            return []
+        pad = -n & 7
+        return [HEADER.pack(VERSION, record_type, request_id, n, pad), data, PADS[pad]]
+    view = memoryview(data)
+    pieces: list[bytes | memoryview] = []
+    for i in range(0, n, MAX_CONTENT):
+        part = view[i : i + MAX_CONTENT]
+        pad = -len(part) & 7
+        pieces += (HEADER.pack(VERSION, record_type, request_id, len(part), pad), part, PADS[pad])
+    return pieces
 
 
 def encode_stream_chunk(record_type: int, request_id: int, data: bytes) -> bytes:
@@ -60,13 +80,7 @@ def encode_stream_chunk(record_type: int, request_id: int, data: bytes) -> bytes
     Returns ``b""`` for empty data: an empty record would end the stream, and
     that must be asked for explicitly with :func:`encode_stream_end`.
     """
-    if len(data) <= MAX_CONTENT:
-        return encode_record(record_type, request_id, data) if data else b""
-    view = memoryview(data)
-    return b"".join(
-        encode_record(record_type, request_id, bytes(view[i : i + MAX_CONTENT]))
-        for i in range(0, len(data), MAX_CONTENT)
-    )
+    return b"".join(stream_pieces(record_type, request_id, data))
 
 
 def encode_stream_end(record_type: int, request_id: int) -> bytes:
