@@ -5,6 +5,9 @@ The verbs are h11's:
 - ``receive_data(data)``: feed bytes read from the socket; ``b""`` means EOF.
 - ``next_event()``: the next ``Event``, or ``NEED_DATA``.
 - ``send(event)``: the bytes to write for ``event`` (``None`` for ConnectionClosed).
+- ``send_request(request_id, params, stdin)``: the web server's BEGIN_REQUEST,
+  PARAMS (pairs already encoded) and STDIN in one piece: ``send`` of those
+  events one by one, same checks, same bytes, one join.
 - ``send_failed()``: writing those bytes failed; our side goes to ERROR.
 - ``start_next_cycle()``: both sides DONE with keep-conn: reuse the connection.
 

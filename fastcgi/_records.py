@@ -13,7 +13,8 @@
 
 Rules:
 - No IO here. ``parse_record`` reads from a ``bytearray`` the caller owns and
-  says how much it consumed; the encoders return ``bytes``.
+  says how much it consumed; the encoders return ``bytes`` (``stream_pieces``:
+  the pieces for a caller's one ``b"".join``, content as views, not copies).
 - A *stream* (PARAMS, STDIN, STDOUT, STDERR, DATA) is a sequence of records
   ended by one with empty content. ``encode_stream_chunk`` splits any amount of
   data into records of at most 65535 bytes and never emits an empty record by
