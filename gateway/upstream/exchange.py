@@ -54,7 +54,7 @@ that half-closed after its request is refused there too, as nginx does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, cast
 
@@ -137,12 +137,11 @@ class BufferSettings(Protocol):
     def ignore_client_abort(self) -> bool: ...
 
 
-async def run_php(pool: Pool[FastCgiConn], params: bytes | Sequence[tuple[bytes, bytes]], body: Spool | None,
+async def run_php(pool: Pool[FastCgiConn], params: bytes | list[tuple[bytes, bytes]], body: Spool | None,
                   settings: PhpSettings, *, request_id: str, retry_safe: bool = False,
                   client_left: Callable[[], bool] | None = None, stream_ok: bool = True,
                   force_stream: bool = False, key: bytes | None = None) -> UpstreamResponse:
-    """Run one request on PHP through ``pool``: ``exchange`` with the FastCGI transport.
-    ``params``: encoded pairs (``app.cgi_params.CgiParams``) or the pairs."""
+    """Run one request on PHP through ``pool``: ``exchange`` with the FastCGI transport."""
 
     def start(conn: FastCgiConn) -> FastCgiExchange:
         return FastCgiExchange(conn, params, body, settings, request_id)
