@@ -49,8 +49,8 @@ from ._records import (
     encode_record,
     encode_stream_chunk,
     encode_stream_end,
-    parse_record,
     stream_pieces,
+    take_record,
     whole_record_header,
 )
 from ._state import CLIENT, SERVER, ConnectionState, Side, State
@@ -63,6 +63,7 @@ _BEGIN_AND_PARAMS = struct.Struct(">BBHHBxHB5xBBHHBx")
 #: the empty PARAMS and STDIN records that end both streams
 _TWO_ENDS = struct.Struct(">BBHHBxBBHHBx")
 _BEGIN_REQUEST, _PARAMS, _STDIN = int(RecordType.BEGIN_REQUEST), int(RecordType.PARAMS), int(RecordType.STDIN)
+_STDOUT, _STDERR, _END_REQUEST = int(RecordType.STDOUT), int(RecordType.STDERR), int(RecordType.END_REQUEST)
 
 #: Default cap on the PARAMS stream we accept (nginx's large headers fit easily).
 DEFAULT_MAX_PARAMS_SIZE = 1024 * 1024
@@ -167,7 +168,7 @@ class Connection:
             RemoteProtocolError: the peer broke the protocol or closed the
                 connection mid-request; their side is now ERROR.
         """
-        if self.their_state is State.ERROR:
+        if self._cstate.states[self.their_role] is State.ERROR:
             raise RemoteProtocolError("can't receive data when peer state is ERROR")
         try:
             event = self._extract_next_event()
@@ -180,18 +181,19 @@ class Connection:
             raise  # unreachable, for type checkers
 
     def _extract_next_event(self) -> Event | _NeedData:
+        buf = self._buf
         while True:
-            record = parse_record(self._buf)
+            record = take_record(buf)
             if record is None:
                 if not self._eof:
                     return NEED_DATA
-                if self._buf:
+                if buf:
                     raise LocalProtocolError("connection closed in the middle of a record")
                 return ConnectionClosed()
-            content = record.content
-            if record.type == RecordType.STDOUT and content and self.their_role is SERVER:
-                content = self._coalesce_stdout(record.request_id, content)
-            event = self._record_to_event(record.type, record.request_id, content)
+            rtype, rid, content = record
+            if rtype == _STDOUT and content and self.their_role is SERVER:
+                content = self._coalesce_stdout(rid, content)
+            event = self._record_to_event(rtype, rid, content)
             if event is not None:
                 return event
 
@@ -202,13 +204,13 @@ class Connection:
         parts = None
         while True:
             head = whole_record_header(self._buf)
-            if head is None or head[0] != RecordType.STDOUT or head[1] != rid or not head[2]:
+            if head is None or head[0] != _STDOUT or head[1] != rid or not head[2]:
                 break
-            more = parse_record(self._buf)
+            more = take_record(self._buf)
             assert more is not None
             if parts is None:
                 parts = [content]
-            parts.append(more.content)
+            parts.append(more[2])
         return content if parts is None else b"".join(parts)
 
     def _check_request_id(self, rtype: int, request_id: int) -> None:
@@ -226,13 +228,13 @@ class Connection:
         if rid != NULL_REQUEST_ID:
             self._cstate.check_request_record(self.their_role, rtype, rid)
         if self.their_role is SERVER:
-            if rtype == RecordType.STDOUT:
+            if rtype == _STDOUT:
                 self._check_request_id(rtype, rid)
                 return Stdout(content, rid)
-            if rtype == RecordType.STDERR:
+            if rtype == _STDERR:
                 self._check_request_id(rtype, rid)
                 return Stderr(content, rid)
-            if rtype == RecordType.END_REQUEST:
+            if rtype == _END_REQUEST:
                 self._check_request_id(rtype, rid)
                 if len(content) < _END_BODY.size:
                     raise LocalProtocolError("END_REQUEST body too short")

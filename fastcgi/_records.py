@@ -96,6 +96,14 @@ def parse_record(buf: bytearray) -> Record | None:
     record. Raises ``LocalProtocolError`` on a wrong version byte: after that the
     byte stream cannot be trusted to be framed at all.
     """
+    record = take_record(buf)
+    return None if record is None else Record(*record)
+
+
+def take_record(buf: bytearray) -> tuple[int, int, bytes] | None:
+    """``parse_record`` as a (type, request id, content) tuple: what
+    ``Connection`` reads every record with (no object per record). The
+    content is copied once, out of ``buf``."""
     if len(buf) < HEADER_SIZE:
         return None
     version, rtype, rid, clen, plen = HEADER.unpack_from(buf)
@@ -105,9 +113,13 @@ def parse_record(buf: bytearray) -> Record | None:
     total = end + plen
     if len(buf) < total:
         return None
-    content = bytes(buf[HEADER_SIZE:end])
+    if clen:
+        with memoryview(buf) as view:  # (buf[a:b] would copy into a bytearray, then bytes() again)
+            content = bytes(view[HEADER_SIZE:end])
+    else:
+        content = b""
     del buf[:total]
-    return Record(rtype, rid, content)
+    return rtype, rid, content
 
 
 def whole_record_header(buf: bytearray) -> tuple[int, int, int] | None:
