@@ -113,9 +113,9 @@ def take_record(buf: bytearray) -> tuple[int, int, bytes] | None:
     total = end + plen
     if len(buf) < total:
         return None
-    if clen:
-        with memoryview(buf) as view:  # (buf[a:b] would copy into a bytearray, then bytes() again)
-            content = bytes(view[HEADER_SIZE:end])
+    if clen:  # through a view: buf[a:b] would copy into a bytearray, then bytes() again
+        with memoryview(buf) as view, view[HEADER_SIZE:end] as part:  # (released before buf shrinks)
+            content = bytes(part)
     else:
         content = b""
     del buf[:total]

@@ -128,12 +128,13 @@ class FastCgiExchange:
 
     async def send_head(self) -> None:
         """BEGIN_REQUEST and PARAMS, and the whole STDIN unless ``large_body``:
-        one join (a small body is copied once), one send."""
+        one join (``fastcgi.Connection.send_request``), one send."""
         body = self.body
-        stdin: bytes | None = None
+        stdin: bytes | None = None  # None: a large body, send_body's
         if not self.large_body:
-            stdin = b"" if body is None or not body.size else \
-                body.getvalue() if body.in_memory else b"".join(body.chunks())
+            stdin = b""
+            if body is not None and body.size:
+                stdin = body.getvalue() if body.in_memory else b"".join(body.chunks())
         await self._send(self.conn.fcgi.send_request(self.rid, self.params, stdin))
 
     async def send_body(self) -> None:
