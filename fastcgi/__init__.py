@@ -35,7 +35,7 @@ from ._events import (
     UnknownRecord,
     UnknownType,
 )
-from ._pairs import decode_pairs, encode_pairs
+from ._pairs import decode_pairs, encode_length, encode_pairs
 from ._records import Record, encode_record, encode_stream_chunk, encode_stream_end, parse_record
 from ._state import (
     CLIENT,
@@ -95,6 +95,7 @@ __all__ = [
     "UnknownRecord",
     "UnknownType",
     "decode_pairs",
+    "encode_length",
     "encode_pairs",
     "encode_record",
     "encode_stream_chunk",

@@ -15,7 +15,8 @@ from ._errors import LocalProtocolError
 MAX_PAIR_LENGTH = 0x7FFFFFFF
 
 
-def _encode_length(n: int) -> bytes:
+def encode_length(n: int) -> bytes:
+    """A name's or value's length field: one byte below 128, else four (top bit set)."""
     if n < 128:
         return bytes((n,))
     if n > MAX_PAIR_LENGTH:
@@ -34,8 +35,8 @@ def encode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     append = parts.append
     for name, value in pairs:
         n, v = len(name), len(value)
-        append(short[n] if n < 128 else _encode_length(n))
-        append(short[v] if v < 128 else _encode_length(v))
+        append(short[n] if n < 128 else encode_length(n))
+        append(short[v] if v < 128 else encode_length(v))
         append(name)
         append(value)
     return b"".join(parts)

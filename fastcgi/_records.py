@@ -13,7 +13,8 @@
 
 Rules:
 - No IO here. ``parse_record`` reads from a ``bytearray`` the caller owns and
-  says how much it consumed; the encoders return ``bytes``.
+  says how much it consumed; the encoders return ``bytes`` (``stream_pieces``:
+  the pieces for a caller's one ``b"".join``, content as views, not copies).
 - A *stream* (PARAMS, STDIN, STDOUT, STDERR, DATA) is a sequence of records
   ended by one with empty content. ``encode_stream_chunk`` splits any amount of
   data into records of at most 65535 bytes and never emits an empty record by
@@ -32,7 +33,8 @@ from ._errors import LocalProtocolError
 
 HEADER = struct.Struct(">BBHHBx")
 HEADER_SIZE = HEADER.size  # 8
-_PADDING = bytes(8)
+#: padding of 0..7 bytes, made once
+PADS = [bytes(n) for n in range(8)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,26 @@ def encode_record(record_type: int, request_id: int, content: bytes = b"") -> by
     if n > MAX_CONTENT:
         raise LocalProtocolError(f"record content of {n} bytes exceeds {MAX_CONTENT}")
     pad = -n & 7
-    return HEADER.pack(VERSION, record_type, request_id, n, pad) + content + _PADDING[:pad]
+    return HEADER.pack(VERSION, record_type, request_id, n, pad) + content + PADS[pad]
+
+
+def stream_pieces(record_type: int, request_id: int, data: bytes) -> list[bytes | memoryview]:
+    """``encode_stream_chunk``'s bytes as pieces for one ``b"".join``: each
+    record's header, its content (a view of ``data``, not a copy) and padding.
+    Nothing for empty data."""
+    n = len(data)
+    if n <= MAX_CONTENT:
+        if not n:
+            return []
+        pad = -n & 7
+        return [HEADER.pack(VERSION, record_type, request_id, n, pad), data, PADS[pad]]
+    view = memoryview(data)
+    pieces: list[bytes | memoryview] = []
+    for i in range(0, n, MAX_CONTENT):
+        part = view[i : i + MAX_CONTENT]
+        pad = -len(part) & 7
+        pieces += (HEADER.pack(VERSION, record_type, request_id, len(part), pad), part, PADS[pad])
+    return pieces
 
 
 def encode_stream_chunk(record_type: int, request_id: int, data: bytes) -> bytes:
@@ -60,13 +81,7 @@ def encode_stream_chunk(record_type: int, request_id: int, data: bytes) -> bytes
     Returns ``b""`` for empty data: an empty record would end the stream, and
     that must be asked for explicitly with :func:`encode_stream_end`.
     """
-    if len(data) <= MAX_CONTENT:
-        return encode_record(record_type, request_id, data) if data else b""
-    view = memoryview(data)
-    return b"".join(
-        encode_record(record_type, request_id, bytes(view[i : i + MAX_CONTENT]))
-        for i in range(0, len(data), MAX_CONTENT)
-    )
+    return b"".join(stream_pieces(record_type, request_id, data))
 
 
 def encode_stream_end(record_type: int, request_id: int) -> bytes:
@@ -81,6 +96,14 @@ def parse_record(buf: bytearray) -> Record | None:
     record. Raises ``LocalProtocolError`` on a wrong version byte: after that the
     byte stream cannot be trusted to be framed at all.
     """
+    record = take_record(buf)
+    return None if record is None else Record(*record)
+
+
+def take_record(buf: bytearray) -> tuple[int, int, bytes] | None:
+    """``parse_record`` as a (type, request id, content) tuple: what
+    ``Connection`` reads every record with (no object per record). The
+    content is copied once, out of ``buf``."""
     if len(buf) < HEADER_SIZE:
         return None
     version, rtype, rid, clen, plen = HEADER.unpack_from(buf)
@@ -90,9 +113,13 @@ def parse_record(buf: bytearray) -> Record | None:
     total = end + plen
     if len(buf) < total:
         return None
-    content = bytes(buf[HEADER_SIZE:end])
+    if clen:  # through a view: buf[a:b] would copy into a bytearray, then bytes() again
+        with memoryview(buf) as view, view[HEADER_SIZE:end] as part:  # (released before buf shrinks)
+            content = bytes(part)
+    else:
+        content = b""
     del buf[:total]
-    return Record(rtype, rid, content)
+    return rtype, rid, content
 
 
 def whole_record_header(buf: bytearray) -> tuple[int, int, int] | None:

@@ -161,6 +161,27 @@ class ConnectionState:
         self.states[side] = new_state
         self._fire_state_triggered_transitions()
 
+    def process_request_head(self, side: Side, keep_conn: bool, stdin: bool, stdin_end: bool) -> None:
+        """``process_event`` for BeginRequest, Params and, if ``stdin``, Stdin
+        with data, and if ``stdin_end``, Stdin(b""), in that order, as one step
+        (``Connection.send_request``): the same table, no event objects."""
+        state = self.states[side]
+        table = EVENT_TRIGGERED_TRANSITIONS[side]
+        event_types: tuple[type, ...] = (BeginRequest, Params)
+        if stdin:
+            event_types += (Stdin,)
+        if stdin_end:
+            event_types += (_EndOfStdin,)
+        for event_type in event_types:
+            new_state = table.get(state, {}).get(event_type)
+            if new_state is None:
+                name = "Stdin(end)" if event_type is _EndOfStdin else event_type.__name__
+                raise LocalProtocolError(f"can't handle event type {name} when role={side!r} and state={state!r}")
+            state = new_state
+        self.keep_conn = keep_conn
+        self.states[side] = state
+        self._fire_state_triggered_transitions()
+
     def _fire_state_triggered_transitions(self) -> None:
         if not self.keep_conn:
             for side in (CLIENT, SERVER):

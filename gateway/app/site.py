@@ -79,7 +79,7 @@ from ..upstream.fastcgi import FastCgiConn, PhpSettings
 from ..upstream.pool import Pool
 from . import accel, error_pages
 from .cache import PageCaches
-from .cgi_params import build_params
+from .cgi_params import CgiParams
 from .compress import CompressionSettings, Compressor
 from .error_pages import ErrorPages, page_headers, page_ok
 from .fastpath import FastPath
@@ -161,6 +161,8 @@ class App:
         self.error_pages = {name: ErrorPages(site.error_pages, site.intercept_errors)
                             for name, site in config.sites.items()}
         self.server_software = config.server.server_software.encode()
+        #: PHP's FastCGI params, what is the same per site encoded once (goes with this App on a reload)
+        self.cgi_params = CgiParams(self.server_software)
         self.server_timing = config.server.server_timing
         self.vhosts = VirtualHosts(config.sites)
         self.pools = pools
@@ -452,25 +454,8 @@ class App:
         if backend is None:
             log.error("[%s] backend %s has no pool", req.request_id, backend_name)
             return self.error(502)
-        server_name = router.server_name or req.host
-        params = build_params(
-            method=req.method,
-            target=req.target,
-            http_version=req.http_version,
-            headers=req.headers,
-            script=script,
-            document_root=router.root,
-            client=req.client,
-            server=req.server,
-            server_name=server_name,
-            server_software=self.server_software,
-            body_length=req.body.size if req.body is not None and not detached else None,
-            https=req.https,
-        )
-        for more in (router.extra_params, extra):
-            if more:
-                params = [(n, v) for n, v in params if n not in more]
-                params += more.items()
+        params = self.cgi_params.encode(req, router, script,
+                                        req.body.size if req.body is not None and not detached else None, extra)
         t0 = trio.current_time()
         force = bool(router.unbuffered) and script.document_uri.startswith(router.unbuffered)
         pool = backend.pool

@@ -137,7 +137,7 @@ class BufferSettings(Protocol):
     def ignore_client_abort(self) -> bool: ...
 
 
-async def run_php(pool: Pool[FastCgiConn], params: list[tuple[bytes, bytes]], body: Spool | None,
+async def run_php(pool: Pool[FastCgiConn], params: bytes | list[tuple[bytes, bytes]], body: Spool | None,
                   settings: PhpSettings, *, request_id: str, retry_safe: bool = False,
                   client_left: Callable[[], bool] | None = None, stream_ok: bool = True,
                   force_stream: bool = False, key: bytes | None = None) -> UpstreamResponse:

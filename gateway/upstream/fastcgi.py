@@ -112,10 +112,11 @@ class FastCgiExchange:
     """One request on ``conn``: ``send_head`` (and ``send_body`` for a large body),
     then ``read_head``, then ``read_chunk`` until it returns None."""
 
-    def __init__(self, conn: FastCgiConn, params: list[tuple[bytes, bytes]], body: Spool | None,
+    def __init__(self, conn: FastCgiConn, params: bytes | Sequence[tuple[bytes, bytes]], body: Spool | None,
                  settings: PhpSettings, request_id: str) -> None:
         self.conn = conn
-        self.params = params
+        #: the PARAMS as encoded pairs (``app.cgi_params`` gives them so; a list of pairs is encoded here)
+        self.params = params if isinstance(params, bytes) else fastcgi.encode_pairs(params)
         self.body = body
         self.settings = settings
         self.request_id = request_id
@@ -126,16 +127,15 @@ class FastCgiExchange:
         self.large_body = body is not None and body.size > SMALL_BODY
 
     async def send_head(self) -> None:
-        """BEGIN_REQUEST and PARAMS, and the whole STDIN unless ``large_body``."""
-        fc, rid, body = self.conn.fcgi, self.rid, self.body
-        out = [fc.send(fastcgi.BeginRequest(keep_conn=True, request_id=rid)) or b"",
-               fc.send(fastcgi.Params(tuple(self.params), rid)) or b""]
+        """BEGIN_REQUEST and PARAMS, and the whole STDIN unless ``large_body``:
+        one join (``fastcgi.Connection.send_request``), one send."""
+        body = self.body
+        stdin: bytes | None = None  # None: a large body, send_body's
         if not self.large_body:
+            stdin = b""
             if body is not None and body.size:
-                data = body.getvalue() if body.in_memory else b"".join(body.chunks())
-                out.append(fc.send(fastcgi.Stdin(data, rid)) or b"")
-            out.append(fc.send(fastcgi.Stdin(b"", rid)) or b"")
-        await self._send(b"".join(out))  # one join: a body is copied once, not once per record after it
+                stdin = body.getvalue() if body.in_memory else b"".join(body.chunks())
+        await self._send(self.conn.fcgi.send_request(self.rid, self.params, stdin))
 
     async def send_body(self) -> None:
         """The rest of a large body; a failure is left for the reader to see."""

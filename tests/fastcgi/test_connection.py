@@ -299,3 +299,62 @@ def test_stdout_records_that_arrived_together_are_one_event():
         events.append(e)
     assert events == [Stdout(b"a" * 10 + b"b" * 70000), Stderr(b"oops"), Stdout(b"c"), Stdout(), EndRequest(0)]
     assert client.states == {CLIENT: DONE, SERVER: DONE}
+
+
+def _one_by_one(params: bytes, stdin: bytes | None, keep_conn: bool, rid: int) -> tuple[bytes, dict]:
+    c = Connection(CLIENT)
+    out = c.send(BeginRequest(keep_conn=keep_conn, request_id=rid)) or b""
+    out += c.send(Params(tuple(fastcgi.decode_pairs(params)), rid)) or b""
+    if stdin is not None:
+        if stdin:
+            out += c.send(Stdin(stdin, rid)) or b""
+        out += c.send(Stdin(b"", rid)) or b""
+    return out, c.states
+
+
+@pytest.mark.parametrize("params_size", [0, 3, 8, 130, 65535 - 9, 65535, 65536, 140_000])
+@pytest.mark.parametrize("stdin", [None, b"", b"x", b"a=1&b=2", bytes(65535), bytes(65536), bytes(200_001)])
+@pytest.mark.parametrize("keep_conn", [True, False])
+def test_send_request_is_the_events_sent_one_by_one(params_size, stdin, keep_conn):
+    """``send_request`` (one join) sends the bytes and reaches the states of
+    BeginRequest, Params, Stdin(data) and Stdin(b"") sent one by one, for
+    PARAMS in one record or several and every STDIN shape."""
+    pairs = [] if not params_size else [(b"N", b"v" * (params_size - (3 if params_size < 131 else 6)))]
+    params = fastcgi.encode_pairs(pairs)
+    assert len(params) == params_size
+    for rid in (1, 258, 0xFFFF):
+        c = Connection(CLIENT)
+        got = c.send_request(rid, params, stdin, keep_conn=keep_conn)
+        want, states = _one_by_one(params, stdin, keep_conn, rid)
+        assert got == want
+        assert c.states == states and c.request_id == rid and c.keep_conn is keep_conn
+    # and the application side reads it back
+    p = ConnectionPair()
+    p.conn[SERVER].receive_data(Connection(CLIENT).send_request(1, params, stdin, keep_conn=keep_conn))
+    events = get_all_events(p.conn[SERVER])
+    assert events[:2] == [BeginRequest(keep_conn=keep_conn), Params(tuple(pairs))]
+    assert b"".join(e.data for e in events[2:]) == (stdin or b"")
+
+
+def test_send_request_checks_what_send_checks():
+    c = Connection(CLIENT)
+    with pytest.raises(LocalProtocolError):
+        c.send_request(0, b"")
+    assert c.our_state is ERROR
+    with pytest.raises(LocalProtocolError):
+        c.send_request(1, b"")
+    busy = Connection(CLIENT)
+    busy.send_request(1, b"", None)
+    assert busy.our_state is SEND_STDIN
+    with pytest.raises(LocalProtocolError):
+        busy.send_request(2, b"")
+    assert busy.our_state is ERROR
+    server = Connection(SERVER)
+    with pytest.raises(LocalProtocolError):
+        server.send_request(1, b"")
+    kept = Connection(CLIENT)
+    kept.send_request(1, b"")
+    kept.receive_data(encode_record(RecordType.END_REQUEST, 1, bytes(8)))
+    assert isinstance(kept.next_event(), EndRequest)
+    kept.start_next_cycle()
+    assert kept.send_request(2, b"") == _one_by_one(b"", b"", True, 2)[0]
