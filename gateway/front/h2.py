@@ -90,6 +90,7 @@ from .access_log import log_access
 from .downstream import Downstream
 from .h1 import ConnectionSettings, Handler, ListenerState, Reclaim
 from .h1_body import BODY_RATE_GRACE
+from .h2_hpack import ResponseEncoder
 from .h2_limits import Flood, FrameScanner, ResetBudget
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,12 @@ class Http2Connection:
         self.peer = peer or client
         self.server = server
         self.listener_state = listener_state or ListenerState()
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # (our fields are made as h2 would normalise them and checked as it
+        # would, by ``_add_fields``; and encoded by ``h2_hpack``)
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self.conn = h2.connection.H2Connection(config=config)
+        self.conn.encoder = ResponseEncoder()  # type: ignore[assignment]
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             _Setting.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             _Setting.MAX_HEADER_LIST_SIZE: settings.max_header_size,
@@ -439,10 +444,7 @@ class Http2Connection:
             names = {n.lower() for n, _ in prepared.headers}
             out += [h for h in ((b"server", self.settings.server_software), (b"date", http_date()))
                     if h[0] not in names]
-        for n, v in prepared.headers:
-            n = n.lower()
-            if n not in CONNECTION_HEADERS:
-                out.append((n, v))
+        _add_fields(out, prepared.headers)
         return out
 
     def _log_answered(self, written: bool) -> None:
@@ -753,10 +755,7 @@ class Http2Connection:
         names = {n.lower() for n, _ in resp.headers}
         ours = [h for h in ours if h[0] not in names]
         out = [(b":status", b"%d" % resp.status), *ours]
-        for n, v in resp.headers:
-            n = n.lower()
-            if n not in CONNECTION_HEADERS:
-                out.append((n, v))
+        _add_fields(out, resp.headers)
         if isinstance(body, bytes) and body and b"content-length" not in names:
             out.append((b"content-length", b"%d" % len(body)))
         return out
@@ -793,6 +792,20 @@ class Http2Connection:
                 await self._window.wait()
             if scope.cancelled_caught:
                 raise trio.TooSlowError()
+
+
+def _add_fields(out: list[tuple[bytes, bytes]], headers: list[tuple[bytes, bytes]]) -> None:
+    """``headers`` onto ``out`` as h2's outbound normalisation made them
+    (names lower-cased, whitespace around names and values stripped,
+    connection-specific fields dropped), checked as its outbound validation
+    checked them: no pseudo-header, no TE but ``trailers``."""
+    for n, v in headers:
+        n = n.lower().strip()
+        if n in CONNECTION_HEADERS:
+            continue
+        if n[:1] == b":" or (n == b"te" and v.strip().lower() != b"trailers"):
+            raise h2.exceptions.ProtocolError(f"response header {n!r} may not be sent over HTTP/2")
+        out.append((n, v.strip()))
 
 
 def _pseudo(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
