@@ -188,6 +188,7 @@ class Http2Connection:
         self._queued = 0
         self._sent = 0
         self._extra = b""  # bytes written after h2's (our graceful GOAWAY)
+        self._taken = b""  # bytes the reader took from h2, written before h2's
         self._broken = False
         self._window = trio.Event()  # set (and replaced) when a send window may have grown
         self._last_active = trio.current_time()
@@ -195,6 +196,7 @@ class Http2Connection:
         self._goaway_at: int | None = None  # the last stream id our graceful GOAWAY took
         self._client_gone = False
         self._state = "idle"
+        self._in_handler = 0  # streams whose handler runs (the state "waiting_php")
         self._read_scope: trio.CancelScope | None = None
         #: the handler's ``ready`` (``http.prepared``), if it has one
         self._ready_handler: Callable[[Request], Prepared | None] | None = getattr(handler, "ready", None)
@@ -242,7 +244,7 @@ class Http2Connection:
     def _set_state(self) -> None:
         if not self.streams:
             state = "idle"
-        elif any(s.in_handler for s in self.streams.values()):
+        elif self._in_handler:
             state = "waiting_php"
         else:
             state = "writing"
@@ -324,7 +326,15 @@ class Http2Connection:
             if self.scanner.acks_owed > MAX_ACKS_OWED:
                 return await self._refuse("control_flood", f"more than {MAX_ACKS_OWED} PING/SETTINGS frames "
                                                            "not yet answered (flood)")
-            await self._flush()  # also our backpressure: no reading while the client does not read
+            # what this read made h2 queue (ACKs, WINDOW_UPDATEs, answers at
+            # hand) is written before the next read, and so is anything still
+            # being written: our backpressure, no reading while the client
+            # does not read. A read that queued nothing while the sender is
+            # idle (a new stream for PHP) costs no round trip to the sender.
+            queued = self.conn.data_to_send()
+            if queued or self._extra or self._sent < self._queued:
+                self._taken += queued
+                await self._flush()
             self.scanner.acks_sent()
             if self._answered:
                 self._log_answered(True)
@@ -412,8 +422,9 @@ class Http2Connection:
             return False
         body = prepared.body
         response = Response(prepared.status)  # (what the access log reads)
-        if body and len(body) > self.conn.local_flow_control_window(st.id):
-            # more than the client's window: a stream task writes it as it opens
+        if body and (len(body) > WRITE_CHUNK or len(body) > self.conn.local_flow_control_window(st.id)):
+            # more than the client's window, or than a stream queues at once:
+            # a stream task writes it in pieces, as the window opens
             st.made = request, Response(prepared.status, prepared.headers, body, prepared.reason)
             return False
         stats = self.listener_state.stats
@@ -500,6 +511,8 @@ class Http2Connection:
                 self._want = trio.Event()
                 mine = self._queued
                 data = self.conn.data_to_send()
+                if self._taken:  # (taken from h2 by the reader before data: it goes first)
+                    data, self._taken = self._taken + data, b""
                 if self._extra:
                     data, self._extra = data + self._extra, b""
                 if data:
@@ -627,13 +640,30 @@ class Http2Connection:
     def _check(self, st: _Stream) -> CheckedHead | Response:
         """``st``'s head checked (``http.head``), or the error response for it."""
         s = self.settings
-        method = _pseudo(st.headers, b":method")
-        path = _pseudo(st.headers, b":path")
-        authority = _pseudo(st.headers, b":authority")
-        headers = [(n, v) for n, v in st.headers if n[:1] != b":" and n != b"host"]
-        host = authority or next((v for n, v in st.headers if n == b"host"), b"")
+        method = path = authority = b""
+        host: bytes | None = None
+        length: bytes | None = None
+        headers = [(b"host", b"")]  # (its value set below, or the entry dropped)
+        for n, v in st.headers:  # (h2 checked: pseudo-headers first, each once)
+            if n[:1] == b":":
+                if n == b":method":
+                    method = v
+                elif n == b":path":
+                    path = v
+                elif n == b":authority":
+                    authority = v
+            elif n == b"host":
+                if host is None:
+                    host = v
+            else:
+                if n == b"content-length" and length is None:
+                    length = v
+                headers.append((n, v))
+        host = authority or host
         if host:
-            headers.insert(0, (b"host", host))
+            headers[0] = (b"host", host)
+        else:
+            del headers[0]
         if len(path) > s.max_uri_size:
             return self._error(414)
         if len(headers) > s.max_header_count:
@@ -641,7 +671,8 @@ class Http2Connection:
         try:
             check_method(method)
             checked = check_request_head(path, HTTP2, headers)
-            length = next((v for n, v in headers if n == b"content-length"), b"0")
+            if length is None:
+                length = b"0"
             if not length.isdigit():  # (h2 checked it is a number)
                 raise BadRequestHead(f"invalid Content-Length {length[:32]!r}")
             if int(length) > s.max_body_size:
@@ -691,6 +722,7 @@ class Http2Connection:
 
     async def _run_handler(self, st: _Stream, request: Request) -> Response:
         st.in_handler = True
+        self._in_handler += 1
         self._set_state()
         try:
             return await self.handler(request)
@@ -706,6 +738,7 @@ class Http2Connection:
             return self._error(500)
         finally:
             st.in_handler = False
+            self._in_handler -= 1
             self._set_state()
             if request.body is not None:
                 request.body.close()

@@ -155,3 +155,24 @@ async def test_a_client_gone_before_its_fast_answer_is_written_is_a_499(tmp_path
     lines = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
     assert handler.answered == 1 and len(lines) == 1 and '"GET /tiny.txt HTTP/2.0" 499 0 ' in lines[0], lines
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_big_ready_answer_is_sent_whole_in_pieces(nursery, autojump_clock):
+    """Over ``WRITE_CHUNK`` (a big page-cache hit): a stream task sends it, as it sends any body."""
+    from gateway.http.prepared import prepare
+    from gateway.http.response import Response
+
+    body = bytes(range(256)) * 400  # 100 KiB
+
+    class Ready:
+        async def __call__(self, req):
+            raise AssertionError("the full path is not asked")
+
+        def ready(self, req):
+            return prepare(Response(200, [(b"content-type", b"application/octet-stream")], body), head_only=False)
+
+    c = await start(nursery, handler=Ready(), settings=SETTINGS, window=1 << 20)
+    c.conn.increment_flow_control_window(1 << 20)  # (the connection's window too: no wait for it)
+    got = await c.get("/big")
+    assert got == ({b":status": b"200", b"server": SETTINGS.server_software, b"date": got[0][b"date"],
+                    b"content-type": b"application/octet-stream", b"content-length": b"102400"}, body)
