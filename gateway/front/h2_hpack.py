@@ -3,7 +3,8 @@
 h2 encodes headers with hpack's ``Encoder``, which adds every field it sends
 to the dynamic table and searches that table for each field of each
 response (a linear scan, ~14 % of the CPU of a small static answer). This
-encoder, set as the connection's ``encoder``, sends what nginx sends: a
+encoder, set as the connection's ``encoder``, never refers to the dynamic
+table (nor does nginx's, which codes a response's fields itself): a
 field in the static table as its index (``:status: 200``), any other as a
 literal *without indexing*, its name as a static-table index where there is
 one, its strings Huffman-coded when that is shorter (RFC 7541 6.1, 6.2.2,
@@ -11,10 +12,10 @@ one, its strings Huffman-coded when that is shorter (RFC 7541 6.1, 6.2.2,
 20 bytes are sent *never indexed* (6.2.3), as h2 marks them.
 
 With no dynamic table in use, a field's bytes depend on the field alone:
-they are kept in one per-process table (``MAX_FIELDS`` fields of at most
-``MAX_FIELD`` bytes, cleared when full), so a response's header block is a
-join of kept bytes. No field is ever compressed against another request's
-(no cross-request compression context to attack).
+they are kept in one per-process table (bounded in fields and bytes,
+cleared when full), so a response's header block is a join of kept bytes.
+No field is ever compressed against another request's (no cross-request
+compression context to attack).
 
 The decoder's table size (``SETTINGS_HEADER_TABLE_SIZE``, which h2 sets
 here as ``header_table_size``) is still acknowledged: a change is signalled
@@ -31,9 +32,14 @@ from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
 
-#: Encoded fields kept per process, and the longest field (name + value) kept.
+#: Encoded fields kept per process: at most this many, of at most
+#: ``MAX_BYTES`` together (names, values and their codes), each field (name +
+#: value) at most ``MAX_FIELD`` bytes: a long header a site sends with every
+#: response (a Content-Security-Policy) is coded once, as hpack's indexing
+#: sent it once per connection.
 MAX_FIELDS = 4096
-MAX_FIELD = 256
+MAX_BYTES = 1 << 20
+MAX_FIELD = 8192
 
 _huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
 #: RFC 7541 Appendix A: (name, value) -> index, and name -> its first index
@@ -45,6 +51,7 @@ for _i, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, 1):
 _SECURE = frozenset({b"authorization", b"proxy-authorization"})
 
 _fields: dict[tuple[bytes, bytes], bytes] = {}
+_kept = [0]  # bytes in ``_fields``
 
 
 def _string(data: bytes) -> bytes:
@@ -106,9 +113,13 @@ class ResponseEncoder:
             if encoded is None:
                 name, value = field
                 encoded = encode_field(name, value)
-                if len(name) + len(value) <= MAX_FIELD:
-                    if len(fields) >= MAX_FIELDS:
+                size = len(name) + len(value)
+                if size <= MAX_FIELD:
+                    size += len(encoded)
+                    if len(fields) >= MAX_FIELDS or _kept[0] + size > MAX_BYTES:
                         fields.clear()
+                        _kept[0] = 0
                     fields[(name, value)] = encoded
+                    _kept[0] += size
             parts.append(encoded)
         return b"".join(parts)

@@ -100,14 +100,19 @@ def test_a_client_that_shrinks_its_table_reads_our_responses():
 
 def test_the_kept_fields_are_bounded(monkeypatch):
     monkeypatch.setattr(h2_hpack, "MAX_FIELDS", 8)
+    monkeypatch.setattr(h2_hpack, "MAX_BYTES", 4000)
     monkeypatch.setattr(h2_hpack, "_fields", {})
+    monkeypatch.setattr(h2_hpack, "_kept", [0])
     encoder = ResponseEncoder()
     decoder = Decoder()
     for i in range(50):
-        fields = [(b":status", b"200"), (b"x-n", b"%d" % i), (b"x-long", b"v" * 300)]
+        fields = [(b":status", b"200"), (b"x-n", b"%d" % i), (b"x-long", b"v" * 9000), (b"x-csp", b"c" * 1500)]
         assert decoder.decode(encoder.encode(fields), raw=True) == fields
-        assert len(h2_hpack._fields) <= 8
-    assert (b"x-long", b"v" * 300) not in h2_hpack._fields  # (over MAX_FIELD: made each time)
+        kept = h2_hpack._fields
+        assert len(kept) <= 8 and sum(len(k[0]) + len(k[1]) + len(v) for k, v in kept.items()) <= 4000
+        assert h2_hpack._kept[0] == sum(len(k[0]) + len(k[1]) + len(v) for k, v in kept.items())
+        assert (b"x-csp", b"c" * 1500) in kept  # (a long field sent each time: kept)
+    assert (b"x-long", b"v" * 9000) not in h2_hpack._fields  # (over MAX_FIELD: made each time)
 
 
 def test_what_the_decoder_refuses_we_do_not_make():
