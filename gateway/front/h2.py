@@ -131,7 +131,7 @@ class _Stream:
         self.headers = headers
         self.request_id = f"{_PID:x}-{next(_request_ids):x}"
         self.started = time.monotonic()
-        #: what the reader already made of a bodiless request (``_Http2Connection._ready``):
+        #: what the reader already made of a bodiless request (``Http2Connection._answer_ready``):
         #: its head's error, its ``Request``, or both with the response for it
         self.made: Response | Request | tuple[Request, Response] | None = None
         self.scope = trio.CancelScope()
