@@ -19,6 +19,17 @@ once, so it is three kinds of task in one nursery per connection:
   stream's windows and the client's frame size, the body always closed (a
   PHP slot is released), one access-log line (``HTTP/2.0``).
 
+Answers at hand (the HTTP/1.1 cycle's fast path, ``http.prepared``): a
+request whose HEADERS end the stream (no body) is checked by the reader as a
+stream task checks it, and offered to the handler's ``ready`` there; an
+answer (a small static file, a page-cache hit) is queued at once as HEADERS
+(the same fields ``_head`` gives the full path's response) and DATA, and
+written with the read's other frames: no stream task, no flush of its own.
+Its access-log line is written once those frames are (a 499 if the
+connection broke first). An answer bigger than the client's window, a
+declined request, and an error in ``ready`` (logged) go to a stream task,
+with what the reader made of them.
+
 Client departure: a reset stream's task is cancelled (a request waiting for
 PHP leaves the queue; one running is abandoned, as an HTTP/1.1 disconnect);
 the others go on. Requests opened and reset in the same read never start. A
@@ -58,7 +69,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import h2.config
 import h2.connection
@@ -69,7 +80,8 @@ import h2.settings
 import trio
 
 from ..http.errors import ClientGone, GatewayError, SpoolWriteError
-from ..http.head import BadRequestHead, check_method, check_request_head
+from ..http.head import BadRequestHead, CheckedHead, check_method, check_request_head
+from ..http.prepared import Prepared
 from ..http.realip import real_client
 from ..http.request import Request
 from ..http.response import FileRange, Response, error_response, http_date
@@ -78,6 +90,7 @@ from .access_log import log_access
 from .downstream import Downstream
 from .h1 import ConnectionSettings, Handler, ListenerState, Reclaim
 from .h1_body import BODY_RATE_GRACE
+from .h2_hpack import ResponseEncoder
 from .h2_limits import Flood, FrameScanner, ResetBudget
 
 log = logging.getLogger(__name__)
@@ -111,11 +124,16 @@ class _Stream:
     """One request's state, shared by the reader and the stream's task."""
 
     __slots__ = ("id", "headers", "scope", "body", "body_done", "ended", "body_status", "last_data", "reset",
-                 "in_handler", "answered")
+                 "in_handler", "answered", "request_id", "started", "made")
 
     def __init__(self, stream_id: int, headers: list[tuple[bytes, bytes]], now: float) -> None:
         self.id = stream_id
         self.headers = headers
+        self.request_id = f"{_PID:x}-{next(_request_ids):x}"
+        self.started = time.monotonic()
+        #: what the reader already made of a bodiless request (``Http2Connection._answer_ready``):
+        #: its head's error, its ``Request``, or both with the response for it
+        self.made: Response | Request | tuple[Request, Response] | None = None
         self.scope = trio.CancelScope()
         self.body: Spool | None = None
         #: the body is complete (or will not be read: ``body_status``, a reset)
@@ -149,8 +167,12 @@ class Http2Connection:
         self.peer = peer or client
         self.server = server
         self.listener_state = listener_state or ListenerState()
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # (our fields are made as h2 would normalise them and checked as it
+        # would, by ``_add_fields``; and encoded by ``h2_hpack``)
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self.conn = h2.connection.H2Connection(config=config)
+        self.conn.encoder = ResponseEncoder()  # type: ignore[assignment]
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             _Setting.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             _Setting.MAX_HEADER_LIST_SIZE: settings.max_header_size,
@@ -166,6 +188,7 @@ class Http2Connection:
         self._queued = 0
         self._sent = 0
         self._extra = b""  # bytes written after h2's (our graceful GOAWAY)
+        self._taken = b""  # bytes the reader took from h2, written before h2's
         self._broken = False
         self._window = trio.Event()  # set (and replaced) when a send window may have grown
         self._last_active = trio.current_time()
@@ -173,7 +196,12 @@ class Http2Connection:
         self._goaway_at: int | None = None  # the last stream id our graceful GOAWAY took
         self._client_gone = False
         self._state = "idle"
+        self._in_handler = 0  # streams whose handler runs (the state "waiting_php")
         self._read_scope: trio.CancelScope | None = None
+        #: the handler's ``ready`` (``http.prepared``), if it has one
+        self._ready_handler: Callable[[Request], Prepared | None] | None = getattr(handler, "ready", None)
+        #: streams answered by ``_answer_ready`` whose frames are not yet written
+        self._answered: list[tuple[_Stream, Request, Response]] = []
 
     # -- the connection ------------------------------------------------------------
 
@@ -196,6 +224,8 @@ class Http2Connection:
                     for st in self.streams.values():
                         st.scope.cancel()
                 await self._drain()
+                if self._answered:
+                    self._log_answered(self._sent >= self._queued)
                 nursery.cancel_scope.cancel()
             if linger and not self._broken:
                 await self.downstream.linger(LINGER_SECONDS, LINGER_BYTES)
@@ -205,6 +235,8 @@ class Http2Connection:
             # a bug, not input: it stays in this connection, which is closed
             log.exception("internal error on the HTTP/2 connection from %s; closing it", self.client[0])
         finally:
+            if self._answered:  # the connection broke before they were written
+                self._log_answered(False)
             stats.http2.open -= 1
             stats.states[self._state] -= 1
             await trio.aclose_forcefully(self.downstream)
@@ -212,7 +244,7 @@ class Http2Connection:
     def _set_state(self) -> None:
         if not self.streams:
             state = "idle"
-        elif any(s.in_handler for s in self.streams.values()):
+        elif self._in_handler:
             state = "waiting_php"
         else:
             state = "writing"
@@ -294,8 +326,18 @@ class Http2Connection:
             if self.scanner.acks_owed > MAX_ACKS_OWED:
                 return await self._refuse("control_flood", f"more than {MAX_ACKS_OWED} PING/SETTINGS frames "
                                                            "not yet answered (flood)")
-            await self._flush()  # also our backpressure: no reading while the client does not read
+            # what this read made h2 queue (ACKs, WINDOW_UPDATEs, answers at
+            # hand) is written before the next read, and so is anything still
+            # being written: our backpressure, no reading while the client
+            # does not read. A read that queued nothing while the sender is
+            # idle (a new stream for PHP) costs no round trip to the sender.
+            queued = self.conn.data_to_send()
+            if queued or self._extra or self._sent < self._queued:
+                self._taken += queued
+                await self._flush()
             self.scanner.acks_sent()
+            if self._answered:
+                self._log_answered(True)
 
     async def _refuse(self, kind: str, why: str) -> bool:
         self.listener_state.stats.http2.refused[kind] += 1
@@ -348,14 +390,93 @@ class Http2Connection:
                 self._client_gone = True
                 return False
         assert self._nursery is not None
+        ready = self._ready_handler
         for st in new:
             if st.reset:  # opened and reset in one read: never started (rapid reset costs nothing)
                 self.streams.pop(st.id, None)
                 continue
             self.listener_state.stats.http2.streams += 1
+            if ready is not None and st.ended and st.body is None and self._answer_ready(st, ready):
+                continue
             self._nursery.start_soon(self._serve_stream, st)
         self._set_state()
         return True
+
+    def _answer_ready(self, st: _Stream, ready: Callable[[Request], Prepared | None]) -> bool:
+        """Answer bodiless stream ``st`` here if the handler has its answer at
+        hand (``http.prepared``): HEADERS and DATA queued now, written with
+        this read's other frames, logged once written (``_log_answered``).
+        False: a stream task answers it (what was made of it goes along)."""
+        made = self._check(st)
+        if not isinstance(made, CheckedHead):
+            st.made = made
+            return False
+        request = self._request(st, made, None)
+        try:
+            prepared = ready(request)
+        except Exception:
+            log.exception("[%s] fast path failed on %s; the full path answers", st.request_id, _line(st))
+            prepared = None
+        if prepared is None:
+            st.made = request
+            return False
+        body = prepared.body
+        response = Response(prepared.status)  # (what the access log reads)
+        if body and (len(body) > WRITE_CHUNK or len(body) > self.conn.local_flow_control_window(st.id)):
+            # more than the client's window, or than a stream queues at once:
+            # a stream task writes it in pieces, as the window opens
+            st.made = request, Response(prepared.status, prepared.headers, body, prepared.reason)
+            return False
+        stats = self.listener_state.stats
+        stats.requests += 1
+        stats.in_flight += 1
+        try:
+            self.conn.send_headers(st.id, self._prepared_head(prepared), end_stream=not body)
+            if body:
+                frame = self.conn.max_outbound_frame_size
+                n = len(body)
+                for i in range(0, n, frame):
+                    self.conn.send_data(st.id, body[i : i + frame] if n > frame else body, end_stream=i + frame >= n)
+        except h2.exceptions.ProtocolError as exc:  # (as ``_serve_stream``)
+            log.info("[%s] HTTP/2 stream %d from %s reset: %s", st.request_id, st.id, self.client[0], exc)
+            self._reset(st, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        else:
+            response.bytes_sent = len(body)
+        self.streams.pop(st.id, None)
+        self._answered.append((st, request, response))
+        return True
+
+    def _prepared_head(self, prepared: Prepared) -> list[tuple[bytes, bytes]]:
+        """``_head``'s list for a prepared answer."""
+        out = [(b":status", b"%d" % prepared.status)]
+        if prepared.ours:
+            out += ((b"server", self.settings.server_software), (b"date", http_date()))
+        else:
+            names = {n.lower() for n, _ in prepared.headers}
+            out += [h for h in ((b"server", self.settings.server_software), (b"date", http_date()))
+                    if h[0] not in names]
+        _add_fields(out, prepared.headers)
+        return out
+
+    def _log_answered(self, written: bool) -> None:
+        """The access-log lines of the streams ``_answer_ready`` answered,
+        once their frames are written (``written``), or the connection broke
+        first (499, as for a stream task's answer)."""
+        answered, self._answered = self._answered, []
+        stats = self.listener_state.stats
+        now = trio.current_time()
+        json_format = self.settings.access_log_json
+        for st, request, response in answered:
+            stats.in_flight -= 1
+            self._served += 1
+            self._last_active = now
+            status = response.status
+            if not written:
+                status, response.bytes_sent = 499, 0
+            log_access(json_format=json_format, client=request.client[0], peer=self.peer[0],
+                       method=request.method, target=_pseudo(st.headers, b":path"), http_version=HTTP2,
+                       headers=request.headers, request_id=st.request_id, started=st.started, status=status,
+                       response=response)
 
     def _body_data(self, st: _Stream, data: bytes, now: float) -> None:
         st.last_data = now
@@ -390,6 +511,8 @@ class Http2Connection:
                 self._want = trio.Event()
                 mine = self._queued
                 data = self.conn.data_to_send()
+                if self._taken:  # (taken from h2 by the reader before data: it goes first)
+                    data, self._taken = self._taken + data, b""
                 if self._extra:
                     data, self._extra = data + self._extra, b""
                 if data:
@@ -430,18 +553,18 @@ class Http2Connection:
     # -- one stream ----------------------------------------------------------------
 
     async def _serve_stream(self, st: _Stream) -> None:
-        started = time.monotonic()
+        started = st.started
         stats = self.listener_state.stats
         stats.requests += 1
         stats.in_flight += 1
-        request_id = f"{_PID:x}-{next(_request_ids):x}"
+        request_id = st.request_id
         response: Response | None = None
         request: Request | None = None
         status = 0
         try:
             with st.scope:
                 try:
-                    request, response = await self._respond(st, request_id)
+                    request, response = await self._respond(st)
                     status = response.status
                     await self._write(st, request, response)
                 except (ClientGone, h2.exceptions.StreamClosedError, trio.BrokenResourceError,
@@ -493,38 +616,74 @@ class Http2Connection:
             pass
         self._want.set()
 
-    async def _respond(self, st: _Stream, request_id: str) -> tuple[Request | None, Response]:
+    async def _respond(self, st: _Stream) -> tuple[Request | None, Response]:
         """The response to stream ``st``: an error for a bad head or body, else the handler's."""
-        s = self.settings
-        method = _pseudo(st.headers, b":method")
-        path = _pseudo(st.headers, b":path")
-        authority = _pseudo(st.headers, b":authority")
-        headers = [(n, v) for n, v in st.headers if n[:1] != b":" and n != b"host"]
-        host = authority or next((v for n, v in st.headers if n == b"host"), b"")
-        if host:
-            headers.insert(0, (b"host", host))
-        if len(path) > s.max_uri_size:
-            return None, self._error(414)
-        if len(headers) > s.max_header_count:
-            return None, self._error(431)
-        try:
-            check_method(method)
-            checked = check_request_head(path, HTTP2, headers)
-            length = next((v for n, v in headers if n == b"content-length"), b"0")
-            if not length.isdigit():  # (h2 checked it is a number)
-                raise BadRequestHead(f"invalid Content-Length {length[:32]!r}")
-            if int(length) > s.max_body_size:
-                raise BadRequestHead("body over client_max_body_size", status=413)
-        except BadRequestHead as exc:
-            log.info("[%s] %d from %s: %s", request_id, exc.status, self.client[0], exc)
-            return None, self._error(exc.status)
-        if not st.body_done.is_set() and any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers):
+        made, st.made = st.made if st.made is not None else self._check(st), None
+        if isinstance(made, Response):
+            return None, made
+        if isinstance(made, Request):
+            return made, await self._run_handler(st, made)
+        if isinstance(made, tuple):
+            return made
+        checked = made
+        if not st.body_done.is_set() and any(n == b"expect" and v.lower() == b"100-continue"
+                                             for n, v in checked.headers):
             # RFC 9110 10.1.1: the client waits for this before it sends the body
             self.conn.send_headers(st.id, [(b":status", b"100")])
             await self._flush()
         body = await self._read_body(st)
         if st.body_status:
             return None, self._error(st.body_status)
+        request = self._request(st, checked, body)
+        return request, await self._run_handler(st, request)
+
+    def _check(self, st: _Stream) -> CheckedHead | Response:
+        """``st``'s head checked (``http.head``), or the error response for it."""
+        s = self.settings
+        method = path = authority = b""
+        host: bytes | None = None
+        length: bytes | None = None
+        headers = [(b"host", b"")]  # (its value set below, or the entry dropped)
+        for n, v in st.headers:  # (h2 checked: pseudo-headers first, each once)
+            if n[:1] == b":":
+                if n == b":method":
+                    method = v
+                elif n == b":path":
+                    path = v
+                elif n == b":authority":
+                    authority = v
+            elif n == b"host":
+                if host is None:
+                    host = v
+            else:
+                if n == b"content-length" and length is None:
+                    length = v
+                headers.append((n, v))
+        host = authority or host
+        if host:
+            headers[0] = (b"host", host)
+        else:
+            del headers[0]
+        if len(path) > s.max_uri_size:
+            return self._error(414)
+        if len(headers) > s.max_header_count:
+            return self._error(431)
+        try:
+            check_method(method)
+            checked = check_request_head(path, HTTP2, headers)
+            if length is None:
+                length = b"0"
+            if not length.isdigit():  # (h2 checked it is a number)
+                raise BadRequestHead(f"invalid Content-Length {length[:32]!r}")
+            if int(length) > s.max_body_size:
+                raise BadRequestHead("body over client_max_body_size", status=413)
+        except BadRequestHead as exc:
+            log.info("[%s] %d from %s: %s", st.request_id, exc.status, self.client[0], exc)
+            return self._error(exc.status)
+        return checked
+
+    def _request(self, st: _Stream, checked: CheckedHead, body: Spool | None) -> Request:
+        s = self.settings
         client, https = self.client, self.downstream.tls
         if s.real_ip.trusted:
             client, forwarded_https = real_client(self.client, checked.headers, s.real_ip)
@@ -534,9 +693,9 @@ class Http2Connection:
         def client_left() -> bool:
             return st.reset or self._client_gone or downstream.peer_closed()
 
-        request = Request(method, checked.target, HTTP2, checked.headers, client, self.server, body, request_id,
-                          host=checked.host, https=https, client_left=client_left, peer=self.client)
-        return request, await self._run_handler(st, request)
+        return Request(_pseudo(st.headers, b":method"), checked.target, HTTP2, checked.headers, client, self.server,
+                       body, st.request_id, host=checked.host, https=https, client_left=client_left,
+                       peer=self.client)
 
     async def _read_body(self, st: _Stream) -> Spool | None:
         """Wait for the end of the request body: ``timeouts.client_body`` at
@@ -563,6 +722,7 @@ class Http2Connection:
 
     async def _run_handler(self, st: _Stream, request: Request) -> Response:
         st.in_handler = True
+        self._in_handler += 1
         self._set_state()
         try:
             return await self.handler(request)
@@ -578,6 +738,7 @@ class Http2Connection:
             return self._error(500)
         finally:
             st.in_handler = False
+            self._in_handler -= 1
             self._set_state()
             if request.body is not None:
                 request.body.close()
@@ -627,10 +788,7 @@ class Http2Connection:
         names = {n.lower() for n, _ in resp.headers}
         ours = [h for h in ours if h[0] not in names]
         out = [(b":status", b"%d" % resp.status), *ours]
-        for n, v in resp.headers:
-            n = n.lower()
-            if n not in CONNECTION_HEADERS:
-                out.append((n, v))
+        _add_fields(out, resp.headers)
         if isinstance(body, bytes) and body and b"content-length" not in names:
             out.append((b"content-length", b"%d" % len(body)))
         return out
@@ -667,6 +825,20 @@ class Http2Connection:
                 await self._window.wait()
             if scope.cancelled_caught:
                 raise trio.TooSlowError()
+
+
+def _add_fields(out: list[tuple[bytes, bytes]], headers: list[tuple[bytes, bytes]]) -> None:
+    """``headers`` onto ``out`` as h2's outbound normalisation made them
+    (names lower-cased, whitespace around names and values stripped,
+    connection-specific fields dropped), checked as its outbound validation
+    checked them: no pseudo-header, no TE but ``trailers``."""
+    for n, v in headers:
+        n = n.lower().strip()
+        if n in CONNECTION_HEADERS:
+            continue
+        if n[:1] == b":" or (n == b"te" and v.strip().lower() != b"trailers"):
+            raise h2.exceptions.ProtocolError(f"response header {n!r} may not be sent over HTTP/2")
+        out.append((n, v.strip()))
 
 
 def _pseudo(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:

@@ -135,8 +135,14 @@ async def test_curl_and_nghttp_over_h2_and_h2c(tmp_path):
             assert re.search(rf"\s200\s.*{re.escape(path)}\s*$", out, re.M), out
         out = await _run(["nghttp", "-ans", "-t", "20", f"http://127.0.0.1:{port}/index.html"])
         assert re.search(r"\s200\s.*/style\.css\s*$", out, re.M), out
+        # a client that keeps no HPACK table (SETTINGS_HEADER_TABLE_SIZE 0): nghttp2 wants the
+        # size update at the start of our next header block (RFC 7541 4.2), or it fails the connection
+        out = await _run(["nghttp", "-ans", "-c", "0", "-t", "20", f"https://127.0.0.1:{tls_port}/index.html",
+                          f"https://127.0.0.1:{tls_port}/server.php"])
+        for path in ("/index.html", "/style.css", "/app.js", "/logo.svg", "/server.php"):
+            assert re.search(rf"\s200\s.*{re.escape(path)}\s*$", out, re.M), out
         metrics = await _metrics(admin)
-        assert _samples(metrics, "gateway_http2_connections_total")[""] >= 7
+        assert _samples(metrics, "gateway_http2_connections_total")[""] >= 8
         assert _samples(metrics, "gateway_http2_streams_total")[""] >= 12
     finally:
         log = (await stop(proc, stderr)).decode()

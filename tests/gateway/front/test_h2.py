@@ -53,6 +53,10 @@ class Client:
         self.conn.initiate_connection()
         self.ack = ack
         self.headers: dict[int, dict[bytes, bytes]] = {}
+        #: each stream's last HEADERS as received: every field, in order
+        self.fields: dict[int, list[tuple[bytes, bytes]]] = {}
+        #: streams whose END_STREAM came on their HEADERS (no DATA frame)
+        self.ended_with_head: set[int] = set()
         self.data: dict[int, bytearray] = {}
         self.ended: set[int] = set()
         self.resets: dict[int, int] = {}
@@ -66,11 +70,12 @@ class Client:
             await self.stream.send_all(data)
 
     def open(self, path: str | bytes, method: str = "GET", *, body: bytes | None = None,
-             headers: list[tuple[bytes, bytes]] = (), end: bool = True) -> int:  # type: ignore[assignment]
+             headers: list[tuple[bytes, bytes]] = (), end: bool = True,  # type: ignore[assignment]
+             authority: bytes = b"example.com") -> int:
         sid = self.conn.get_next_available_stream_id()
         raw = path if isinstance(path, bytes) else path.encode()
         self.conn.send_headers(sid, [(b":method", method.encode()), (b":scheme", b"https"),
-                                     (b":authority", b"example.com"), (b":path", raw), *headers],
+                                     (b":authority", authority), (b":path", raw), *headers],
                                end_stream=body is None and end)
         if body is not None:  # (within the default windows: up to 64 KiB)
             for i in range(0, max(len(body), 1), 16384):
@@ -97,6 +102,9 @@ class Client:
         for event in events:
             if isinstance(event, (h2.events.ResponseReceived, h2.events.InformationalResponseReceived)):
                 self.headers[event.stream_id] = dict(event.headers)
+                self.fields[event.stream_id] = list(event.headers)
+                if getattr(event, "stream_ended", None) is not None:
+                    self.ended_with_head.add(event.stream_id)
                 self.data[event.stream_id] = bytearray()
             elif isinstance(event, h2.events.DataReceived):
                 self.data[event.stream_id] += event.data
