@@ -256,10 +256,12 @@ class ResponseWriter:
 #: Header names ``plain_head`` looks at (lower case).
 _PLAIN_SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"connection", b"host", b"date", b"server"})
 #: h11's field-name (a token) and header lines (``h11._abnf``: field-name ": "
-#: field-value CRLF, a value without leading or trailing whitespace).
+#: field-value CRLF; a value is no NUL and no whitespace but SP and HTAB
+#: inside it), written without h11's nested repeat, which backtracks at
+#: every space.
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+: "
-                    rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?\r\n)*")
+                    rb"(?:[^\x00\s](?:[^\x00\r\n\x0b\x0c]*[^\x00\s])?)?\r\n)*")
 
 #: What h11 is told of a ``Prepared`` answer (by status): a response with no
 #: body, which leaves its state where the real one would.
