@@ -50,6 +50,7 @@ class ResponseWriter:
         self.conn = conn
         self.downstream = downstream
         self.server_software = server_software
+        self._server_line = b"server: %s\r\n" % server_software
 
     def head_bytes(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes, keep_alive: bool) -> bytes:
         ours = [(b"server", self.server_software), (b"date", http_date())]
@@ -191,13 +192,12 @@ class ResponseWriter:
                 return None
         if status not in (204, 304) and (length is None or (body_size is not None and int(length) != body_size)):
             return None
-        lines = [b"%s: %s\r\n" % h for h in headers]
+        fields = b"".join([b"%s: %s\r\n" % h for h in headers])
         if date:
-            lines.insert(0, b"date: %s\r\n" % http_date())
+            fields = b"date: %s\r\n%s" % (http_date(), fields)
         if server:
-            lines.insert(0, b"server: %s\r\n" % self.server_software)
-        fields = b"".join(lines)
-        if not _LINES.fullmatch(fields) or fields.count(b"\n") != len(lines):
+            fields = self._server_line + fields
+        if not _LINES.fullmatch(fields) or fields.count(b"\n") != len(headers) + date + server:
             return None
         return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason or reason_phrase(status), fields)
 
