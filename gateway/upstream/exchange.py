@@ -343,12 +343,13 @@ class _Policy(Generic[C]):
             return self._tunnel(head, conn)
         if not ended:
             return self._streamed(head, conn, tx, spool)
-        try:
-            # only now: no task of this exchange writes to the connection any more
-            await self.slot.put_back(conn)
-        except BaseException:
-            spool.close()
-            raise
+        # only now: no task of this exchange writes to the connection any more
+        if not self.slot.keep(conn):
+            try:
+                await self.slot.discard(conn)
+            except BaseException:
+                spool.close()
+                raise
         self._done()
         return UpstreamResponse(head, spool, self.timing, self.slot.pool.name)
 

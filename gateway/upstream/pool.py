@@ -654,10 +654,16 @@ class Slot(Generic[C]):
 
     async def put_back(self, conn: C) -> None:
         """Return ``conn`` to the idle list if reusable, else close it."""
+        if not self.keep(conn):
+            await self.discard(conn)
+
+    def keep(self, conn: C) -> bool:
+        """``put_back``'s first half, no await: ``conn``'s request is counted
+        and it goes to the idle list if reusable; False: the caller closes it
+        (``discard``)."""
         conn.requests += 1
         assert self.member is not None
-        if not self.pool._checkin(self.member, conn):
-            await self.pool._close(self.member, [conn])
+        return self.pool._checkin(self.member, conn)
 
     async def discard(self, conn: C) -> None:
         """Close ``conn``: its exchange failed or was abandoned."""

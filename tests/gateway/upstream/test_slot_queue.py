@@ -89,11 +89,12 @@ async def test_more_slots_wake_as_many_waiters(nursery):
         await trio.testing.wait_all_tasks_blocked()
     q.total_tokens = 2
     await trio.testing.wait_all_tasks_blocked()
-    assert got == [0, 1] and q.borrowed_tokens == 2
+    # the first two in line hold the slots (trio runs tasks woken together in either order)
+    assert sorted(got) == [0, 1] and q.borrowed_tokens == 2
     q.total_tokens = 1  # fewer: the holders keep theirs, nobody new gets one
     q.release_on_behalf_of(0)
     await trio.testing.wait_all_tasks_blocked()
-    assert got == [0, 1]
+    assert sorted(got) == [0, 1]
     q.release_on_behalf_of(1)
     await trio.testing.wait_all_tasks_blocked()
-    assert got == [0, 1, 2]
+    assert got[2:] == [2]
