@@ -162,6 +162,12 @@ class CgiResponseHead:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> tuple[CgiHead, bytes] | None:
+        if not self._buf:  # the common case, a whole head in PHP's first output: no copy into the buffer
+            m = _HEADER_END.search(data)
+            if m is not None:
+                if m.start() > self.max_size:
+                    raise CgiResponseError(f"PHP's response headers exceed {self.max_size} bytes")
+                return parse_cgi_headers(data[: m.start()]), data[m.end() :]
         start = max(0, len(self._buf) - 3)
         self._buf += data
         m = _HEADER_END.search(self._buf, start)
