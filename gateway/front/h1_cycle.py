@@ -158,15 +158,9 @@ class RequestCycle:
                     prepared = None
                 if prepared is not None:
                     return prepared, keep_alive, plain
-        try:
-            return await self._run_handler(request), keep_alive, plain
-        finally:
-            if body is not None:
-                body.close()
-
-    async def _run_handler(self, request: Request) -> Response:
-        """The handler's response, its client watched meanwhile (and while a
-        streamed body is written: ``_write`` ends the watch)."""
+        # The handler's response, its client watched meanwhile (and while a
+        # streamed body is written: ``_write`` ends the watch). In this frame,
+        # not a method of its own: every wait in the handler passes through it.
         self._set_state("waiting_php")
         inflight, fd = self.listener_state.inflight, self.downstream.fileno
         if inflight is not None and fd is not None:
@@ -177,16 +171,19 @@ class RequestCycle:
             raise  # the client left (a handler's probe saw it): 499, nothing to send
         except GatewayError as exc:
             # expected failures (backend timeout, broken backend): one line, no traceback
-            log.error("[%s] %s %s -> %d: %s", request.request_id, request.method.decode(),
+            log.error("[%s] %s %s -> %d: %s", request_id, request.method.decode(),
                       request.target.decode("latin-1"), exc.status, exc)
             response = self._error(exc.status)
         except Exception:
-            log.exception("[%s] unhandled error while handling %s %s", request.request_id,
+            log.exception("[%s] unhandled error while handling %s %s", request_id,
                           request.method.decode(), request.target.decode("latin-1"))
             response = self._error(500)
+        finally:
+            if body is not None:
+                body.close()
         if not response.streamed:
             self._unwatch()
-        return response
+        return response, keep_alive, plain
 
     async def _write(self, req: h11.Request, request_id: str, response: Response, keep_alive: bool,
                      plain: bool) -> None:
