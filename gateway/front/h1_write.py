@@ -17,6 +17,17 @@ Our Date and Server go first; PHP's own Date or Server replaces ours, as under
 nginx (one of each, RFC 9110). A failed write marks h11's side as failed, so
 the connection is not reused.
 
+On a kept-alive HTTP/1.1 exchange (the request HTTP/1.1 without ``Connection:
+close``: h11 would add no framing and no Connection header of its own) a body
+of known size (bytes, a spool in memory, a small file) goes out without h11's
+send: ``plain_head`` makes the head h11 would, byte for byte, after checking
+what h11 checks (field names and values by its grammar, one Content-Length
+equal to the body's, no Transfer-Encoding, Connection or Host, a final
+status); whatever it declines goes through h11 as before, and h11 is moved
+past the response as for a ``Prepared`` answer. A differential test
+(``tests/gateway/front/test_h1_plain_write.py``) holds the two ways to the
+same bytes.
+
 A handler's ``Prepared`` answer (``http.prepared``, kept-alive HTTP/1.1
 only) goes out by ``write_prepared``: the same bytes, its header lines made
 beforehand, head and body in one send; h11 is told a bodiless response of
