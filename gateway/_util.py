@@ -37,6 +37,15 @@ def socket_events(sock: trio.socket.SocketType) -> int:
     return ready[0][1] if ready else 0
 
 
+def events_probe(sock: trio.socket.SocketType) -> select.poll:
+    """A poll object on ``sock`` for ``socket_events``' question asked again
+    and again (``probe.poll(0)``: one syscall; ``socket_events`` makes and
+    fills a poll object each time)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | _POLL_GONE)
+    return poller
+
+
 def peer_closed(sock: trio.socket.SocketType) -> bool:
     """True if the peer has closed (or reset) ``sock``: a client that left."""
     try:

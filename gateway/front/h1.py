@@ -248,6 +248,8 @@ class HttpConnection(RequestCycle):
         #: the connection task's scope: cancelled when an in-flight client leaves
         self._scope = trio.CancelScope()
         self._watch: Watch | None = None
+        #: the task's yields to the scheduler when the current request began (``_yielded``)
+        self._fair_mark: int | None = None
 
     def _set_state(self, state: str) -> None:
         states = self.listener_state.stats.states
@@ -320,23 +322,34 @@ class HttpConnection(RequestCycle):
 
         Bytes already there are read without a cancel scope: the deadline's
         scope is made only for a read that has to wait; the first bytes of a
-        request that were already there cost one yield (fairness)."""
+        request that were already there cost one yield (fairness), unless
+        the task yielded since the last request began (``_yielded``)."""
         data: bytes | bytearray | None = await self.downstream.receive_ready(65536)
         if data is None:
             data = await self._receive_waiting(timeout_at, idle)
-        elif idle:
+        elif idle and not self._yielded():
             # Fairness: a request that was already there when the last one
             # ended is served after one yield. A client that always has its
             # next request waiting then gets one request per scheduler round,
             # like every other connection, instead of a run of them while the
             # others' requests wait for the loop (a p99 of seconds at c64).
+            # A request that waited (for PHP, its queue, the client) yielded
+            # already: another yield would be a task switch for nothing.
             await trio.lowlevel.cancel_shielded_checkpoint()
+        if idle:
+            self._fair_mark = _schedule_points()
         if data:
             if not self._received_any:
                 self._head_start = bytes(data[:1024])  # for the log if this head never parses
             self._received_any = True
         # the compiled h11 takes bytes only; sockets give bytes, memory streams bytearray
         self.conn.receive_data(data if type(data) is bytes else bytes(data))
+
+    def _yielded(self) -> bool:
+        """Has this task yielded to the scheduler since the current request's
+        first bytes were read (False where that is not known)?"""
+        mark = self._fair_mark
+        return mark is not None and _schedule_points() not in (None, mark)
 
     async def _receive_waiting(self, timeout_at: float, idle: bool) -> bytes | bytearray:
         listener_state = self.listener_state
@@ -429,6 +442,15 @@ class HttpConnection(RequestCycle):
                        http_version=b"", headers=(), request_id="-", started=time.monotonic(), status=status,
                        response=response, request_line=first_line)
         await self.downstream.linger(LINGER_SECONDS, LINGER_BYTES)
+
+
+def _schedule_points() -> int | None:
+    """How many times the current task has yielded to trio's scheduler (each
+    wait, each checkpoint): trio's own count, which ``trio.testing``'s
+    checkpoint assertions read; None where a trio version lacks it (then
+    the fairness yield is always made)."""
+    points: int | None = getattr(trio.lowlevel.current_task(), "_schedule_points", None)
+    return points
 
 
 def _status_for(conn: h11.Connection, exc: h11.RemoteProtocolError, max_uri_size: int) -> int:

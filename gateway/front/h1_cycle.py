@@ -84,7 +84,7 @@ class RequestCycle:
         sent_before = self.downstream.sent
         self.request_client = self.client
         try:
-            answer, keep_alive = await self._respond(req, request_id, keep_alive)
+            answer, keep_alive, plain = await self._respond(req, request_id, keep_alive)
             if isinstance(answer, Prepared):
                 response = Response(answer.status)  # (what the access log reads)
                 status = answer.status
@@ -98,7 +98,7 @@ class RequestCycle:
                 response = answer
                 status = response.status
                 sent_before = self.downstream.sent
-                await self._write(req, request_id, response, keep_alive)
+                await self._write(req, request_id, response, keep_alive, plain)
         except (ClientGone, trio.Cancelled) as exc:
             # 499: the client left before any byte of its response went out (also
             # when the response was ready, its run shielded by ignore_client_abort)
@@ -120,23 +120,25 @@ class RequestCycle:
         return keep_alive and not self.listener_state.shutting_down
 
     async def _respond(self, req: h11.Request, request_id: str,
-                       keep_alive: bool) -> tuple[Response | Prepared, bool]:
+                       keep_alive: bool) -> tuple[Response | Prepared, bool, bool]:
         """The response to ``req``: an error for a bad head or body, else the
-        handler's (``ready``'s when it has one)."""
+        handler's (``ready``'s when it has one); keep-alive; and whether
+        the exchange is a plain one (kept-alive HTTP/1.1, no ``Connection:
+        close``: h11 adds no framing of its own, ``ResponseWriter.plain_head``)."""
         s = self.settings
         headers: list[tuple[bytes, bytes]] = list(req.headers)  # h11 gives (lower-cased name, value) bytes
         too_big = _head_too_big(req.target, headers, s)
         if too_big:
-            return self._error(too_big), False
+            return self._error(too_big), False, False
         try:
             check_method(req.method)
             checked = check_request_head(req.target, req.http_version, headers)
             body = await read_body(self, req, headers)
         except BadRequestHead as exc:
             log.info("[%s] %d from %s: %s", request_id, exc.status, self.client[0], exc)
-            return self._error(exc.status), False
+            return self._error(exc.status), False, False
         except BodyError as exc:
-            return self._error(exc.status), False
+            return self._error(exc.status), False, False
         https = self.downstream.tls
         if s.real_ip.trusted:  # a trusted proxy may name the client, and say it spoke HTTPS
             self.request_client, forwarded_https = real_client(self.client, checked.headers, s.real_ip)
@@ -144,7 +146,8 @@ class RequestCycle:
         request = Request(req.method, checked.target, req.http_version, checked.headers, self.request_client,
                           self.server, body, request_id, host=checked.host, https=https,
                           client_left=self.downstream.peer_closed, peer=self.client)
-        if body is None and keep_alive and req.http_version == b"1.1" and not _asks_close(headers):
+        plain = keep_alive and req.http_version == b"1.1" and not _asks_close(headers)
+        if body is None and plain:
             ready = getattr(self.handler, "ready", None)
             if ready is not None:
                 try:
@@ -154,16 +157,10 @@ class RequestCycle:
                                   req.method.decode(), req.target.decode("latin-1"))
                     prepared = None
                 if prepared is not None:
-                    return prepared, keep_alive
-        try:
-            return await self._run_handler(request), keep_alive
-        finally:
-            if body is not None:
-                body.close()
-
-    async def _run_handler(self, request: Request) -> Response:
-        """The handler's response, its client watched meanwhile (and while a
-        streamed body is written: ``_write`` ends the watch)."""
+                    return prepared, keep_alive, plain
+        # The handler's response, its client watched meanwhile (and while a
+        # streamed body is written: ``_write`` ends the watch). In this frame,
+        # not a method of its own: every wait in the handler passes through it.
         self._set_state("waiting_php")
         inflight, fd = self.listener_state.inflight, self.downstream.fileno
         if inflight is not None and fd is not None:
@@ -174,25 +171,29 @@ class RequestCycle:
             raise  # the client left (a handler's probe saw it): 499, nothing to send
         except GatewayError as exc:
             # expected failures (backend timeout, broken backend): one line, no traceback
-            log.error("[%s] %s %s -> %d: %s", request.request_id, request.method.decode(),
+            log.error("[%s] %s %s -> %d: %s", request_id, request.method.decode(),
                       request.target.decode("latin-1"), exc.status, exc)
             response = self._error(exc.status)
         except Exception:
-            log.exception("[%s] unhandled error while handling %s %s", request.request_id,
+            log.exception("[%s] unhandled error while handling %s %s", request_id,
                           request.method.decode(), request.target.decode("latin-1"))
             response = self._error(500)
+        finally:
+            if body is not None:
+                body.close()
         if not response.streamed:
             self._unwatch()
-        return response
+        return response, keep_alive, plain
 
-    async def _write(self, req: h11.Request, request_id: str, response: Response, keep_alive: bool) -> None:
+    async def _write(self, req: h11.Request, request_id: str, response: Response, keep_alive: bool,
+                     plain: bool) -> None:
         self._set_state("writing")
         try:
             if response.tunnel is not None:
                 await self._switch(request_id, response)
                 return
             await self.writer.write(response, head_only=req.method == b"HEAD",
-                                    keep_alive=keep_alive and not self.listener_state.shutting_down)
+                                    keep_alive=keep_alive and not self.listener_state.shutting_down, plain=plain)
         except GatewayError as exc:  # a streamed body failed halfway: the head is out, cut the connection
             log.error("[%s] %s %s -> %d after the head was sent: %s", request_id, req.method.decode(),
                       req.target.decode("latin-1"), exc.status, exc)

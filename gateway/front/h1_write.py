@@ -17,6 +17,17 @@ Our Date and Server go first; PHP's own Date or Server replaces ours, as under
 nginx (one of each, RFC 9110). A failed write marks h11's side as failed, so
 the connection is not reused.
 
+On a kept-alive HTTP/1.1 exchange (the request HTTP/1.1 without ``Connection:
+close``: h11 would add no framing and no Connection header of its own) a body
+of known size (bytes, a spool in memory, a small file) goes out without h11's
+send: ``plain_head`` makes the head h11 would, byte for byte, after checking
+what h11 checks (field names and values by its grammar, one Content-Length
+equal to the body's, no Transfer-Encoding, Connection or Host, a final
+status); whatever it declines goes through h11 as before, and h11 is moved
+past the response as for a ``Prepared`` answer. A differential test
+(``tests/gateway/front/test_h1_plain_write.py``) holds the two ways to the
+same bytes.
+
 A handler's ``Prepared`` answer (``http.prepared``, kept-alive HTTP/1.1
 only) goes out by ``write_prepared``: the same bytes, its header lines made
 beforehand, head and body in one send; h11 is told a bodiless response of
@@ -26,6 +37,7 @@ the same status, so its state (the next cycle) is what ``write`` leaves.
 from __future__ import annotations
 
 import os
+import re
 
 import trio
 
@@ -49,6 +61,7 @@ class ResponseWriter:
         self.conn = conn
         self.downstream = downstream
         self.server_software = server_software
+        self._server_line = b"server: %s\r\n" % server_software
 
     def head_bytes(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes, keep_alive: bool) -> bytes:
         ours = [(b"server", self.server_software), (b"date", http_date())]
@@ -97,8 +110,10 @@ class ResponseWriter:
         finally:
             resp.bytes_sent = max(0, self.downstream.sent - start)
 
-    async def write(self, resp: Response, *, head_only: bool, keep_alive: bool) -> None:
-        """Send ``resp``; ``head_only`` for a HEAD request.
+    async def write(self, resp: Response, *, head_only: bool, keep_alive: bool, plain: bool = False) -> None:
+        """Send ``resp``; ``head_only`` for a HEAD request; ``plain``: the
+        request is one h11 frames nothing for (``plain_head``): HTTP/1.1,
+        no ``Connection: close``, not CONNECT.
 
         ``resp.bytes_sent``: what went out after the head (chunk framing
         included, as nginx's $body_bytes_sent), also when the write is cut."""
@@ -106,12 +121,96 @@ class ResponseWriter:
         headers = resp.headers
         if isinstance(body, bytes) and body and not any(n == b"content-length" for n, _ in headers):
             headers = [*headers, (b"content-length", b"%d" % len(body))]
+        if plain and keep_alive and await self._write_plain(resp, headers, head_only):
+            return
         head = self.head_bytes(resp.status, headers, resp.reason, keep_alive)
         start = self.downstream.sent + len(head)
         try:
             await self._write(resp, head, head_only=head_only)
         finally:
             resp.bytes_sent = max(0, self.downstream.sent - start)
+
+    async def _write_plain(self, resp: Response, headers: list[tuple[bytes, bytes]], head_only: bool) -> bool:
+        """``write`` of a body of known size on a kept-alive HTTP/1.1 exchange
+        without h11's send: the head made in one go (``plain_head``), head and
+        body in one send, h11 moved past it (``_tell_h11``). False, nothing
+        done: a response ``plain_head`` declines, or a body to stream or
+        sendfile; ``write``'s h11 path sends it."""
+        body = resp.body
+        status = resp.status
+        bare = head_only or status in (204, 304)
+        if isinstance(body, bytes):
+            size = len(body)
+        elif isinstance(body, Spool) and body.in_memory:
+            size = body.size
+        elif isinstance(body, FileRange) and (bare or body.length <= SMALL_FILE):
+            size = body.length
+        else:
+            return False
+        head = self.plain_head(status, resp.reason, headers, None if bare else size)
+        if head is None:
+            return False
+        data = b""
+        if not bare and size:
+            if isinstance(body, bytes):
+                data = body
+            elif isinstance(body, Spool):
+                data = body.getvalue()
+            else:
+                assert isinstance(body, FileRange)
+                data = self._read_small(body)
+        _tell_h11(self.conn, status)
+        start = self.downstream.sent + len(head)
+        try:
+            if len(data) >= JOIN_BELOW:
+                await self._send_pieces([head, data])
+            else:
+                await self.send_all(head + data)
+        finally:
+            resp.bytes_sent = max(0, self.downstream.sent - start)
+        return True
+
+    def plain_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                   body_size: int | None) -> bytes | None:
+        """The head ``head_bytes`` makes on a kept-alive HTTP/1.1 exchange,
+        byte for byte, made here in one go: our Server and Date first (unless
+        the headers have their own), then ``headers`` as they are.
+        ``body_size``: the bytes that follow (None: no body goes out).
+
+        None where h11 would not send these headers as they are: a framing it
+        adds or rewrites (no Content-Length, Transfer-Encoding, Connection,
+        several Content-Lengths), a Host (it goes first), a Content-Length
+        that is not ``body_size`` (h11 refuses the body), a field name or
+        value it refuses (``_LINES``), a status it refuses."""
+        if not 200 <= status < 1000:
+            return None
+        length = None
+        date = server = True  # ours
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _PLAIN_SPECIAL:
+                if lname == b"content-length":
+                    if length is not None or not value.isdigit() or len(value) > 20:
+                        return None
+                    length = value
+                elif lname == b"date":
+                    date = False
+                elif lname == b"server":
+                    server = False
+                else:  # transfer-encoding, connection, host
+                    return None
+            if not _TOKEN.fullmatch(name):
+                return None
+        if status not in (204, 304) and (length is None or (body_size is not None and int(length) != body_size)):
+            return None
+        fields = b"".join([b"%s: %s\r\n" % h for h in headers])
+        if date:
+            fields = b"date: %s\r\n%s" % (http_date(), fields)
+        if server:
+            fields = self._server_line + fields
+        if not _LINES.fullmatch(fields) or fields.count(b"\n") != len(headers) + date + server:
+            return None
+        return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason or reason_phrase(status), fields)
 
     async def _write(self, resp: Response, head: bytes, *, head_only: bool) -> None:
         body = resp.body
@@ -164,6 +263,16 @@ class ResponseWriter:
             self.conn.send_failed()
             raise
 
+
+#: Header names ``plain_head`` looks at (lower case).
+_PLAIN_SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"connection", b"host", b"date", b"server"})
+#: h11's field-name (a token) and header lines (``h11._abnf``: field-name ": "
+#: field-value CRLF; a value is no NUL and no whitespace but SP and HTAB
+#: inside it), written without h11's nested repeat, which backtracks at
+#: every space.
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+: "
+                    rb"(?:[^\x00\s](?:[^\x00\r\n\x0b\x0c]*[^\x00\s])?)?\r\n)*")
 
 #: What h11 is told of a ``Prepared`` answer (by status): a response with no
 #: body, which leaves its state where the real one would.

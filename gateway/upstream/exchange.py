@@ -54,7 +54,7 @@ that half-closed after its request is refused there too, as nginx does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, cast
 
@@ -137,29 +137,32 @@ class BufferSettings(Protocol):
     def ignore_client_abort(self) -> bool: ...
 
 
-async def run_php(pool: Pool[FastCgiConn], params: bytes | list[tuple[bytes, bytes]], body: Spool | None,
-                  settings: PhpSettings, *, request_id: str, retry_safe: bool = False,
-                  client_left: Callable[[], bool] | None = None, stream_ok: bool = True,
-                  force_stream: bool = False, key: bytes | None = None) -> UpstreamResponse:
-    """Run one request on PHP through ``pool``: ``exchange`` with the FastCGI transport."""
+def run_php(pool: Pool[FastCgiConn], params: bytes | list[tuple[bytes, bytes]], body: Spool | None,
+            settings: PhpSettings, *, request_id: str, retry_safe: bool = False,
+            client_left: Callable[[], bool] | None = None, stream_ok: bool = True,
+            force_stream: bool = False, key: bytes | None = None) -> Coroutine[Any, Any, UpstreamResponse]:
+    """Run one request on PHP through ``pool``: ``exchange`` with the FastCGI
+    transport (its coroutine: awaited, it is ``exchange``'s frame, no frame of its own)."""
 
     def start(conn: FastCgiConn) -> FastCgiExchange:
         return FastCgiExchange(conn, params, body, settings, request_id)
 
-    return await exchange(pool, start, settings, retry_safe=retry_safe, client_left=client_left,
-                          stream_ok=stream_ok, force_stream=force_stream, key=key)
+    return exchange(pool, start, settings, retry_safe=retry_safe, client_left=client_left,
+                    stream_ok=stream_ok, force_stream=force_stream, key=key)
 
 
-async def run_http(pool: Pool[HttpConn], request: UpstreamRequest, settings: HttpSettings, *, request_id: str,
-                   retry_safe: bool = False, client_left: Callable[[], bool] | None = None,
-                   stream_ok: bool = True, force_stream: bool = False, key: bytes | None = None) -> UpstreamResponse:
-    """Send one request to an HTTP backend through ``pool``: ``exchange`` with the HTTP/1.1 transport."""
+def run_http(pool: Pool[HttpConn], request: UpstreamRequest, settings: HttpSettings, *, request_id: str,
+             retry_safe: bool = False, client_left: Callable[[], bool] | None = None,
+             stream_ok: bool = True, force_stream: bool = False,
+             key: bytes | None = None) -> Coroutine[Any, Any, UpstreamResponse]:
+    """Send one request to an HTTP backend through ``pool``: ``exchange`` with
+    the HTTP/1.1 transport (its coroutine, as ``run_php``)."""
 
     def start(conn: HttpConn) -> HttpExchange:
         return HttpExchange(conn, request, settings, request_id)
 
-    return await exchange(pool, start, settings, retry_safe=retry_safe, client_left=client_left,
-                          stream_ok=stream_ok, force_stream=force_stream, key=key)
+    return exchange(pool, start, settings, retry_safe=retry_safe, client_left=client_left,
+                    stream_ok=stream_ok, force_stream=force_stream, key=key)
 
 
 async def exchange(pool: Pool[C], start: Callable[[C], Transaction], settings: BufferSettings, *,
@@ -179,39 +182,36 @@ async def exchange(pool: Pool[C], start: Callable[[C], Transaction], settings: B
         UpstreamOverloaded, SpoolWriteError); ``ClientGone`` when the client
         left while queued.
     """
-    queued = True
+    # (``pool.slot()``'s steps without its context manager: this runs once per request)
+    slot: Slot[C] = Slot(pool)
     try:
-        async with pool.slot(key) as slot:
-            queued = False
-            if client_left is not None and (slot.queue_wait or not settings.ignore_client_abort) \
-                    and client_left():
-                # the client left (or half-closed, as nginx sees it too) before PHP
-                # was asked: PHP never sees it. One poll() per request. With
-                # ignore_client_abort only a client that left the queue is dropped.
-                if slot.queue_wait:
-                    pool.stats.client_gone_in_queue += 1
-                raise ClientGone()
-            return await _on_slot(slot, start, settings, retry_safe=retry_safe, stream_ok=stream_ok,
-                                  force_stream=force_stream)
+        slot.queue_wait = await pool._acquire(slot, key)
     except trio.Cancelled:
         # counted only for a client that really left, not for a shutdown or a timeout
-        if queued and client_left is not None and client_left():
+        if client_left is not None and client_left():
             pool.stats.client_gone_in_queue += 1
         raise
-    raise AssertionError("unreachable")  # for mypy: the block returns or raises
-
-
-async def _on_slot(slot: Slot[C], start: Callable[[C], Transaction], settings: BufferSettings, *,
-                   retry_safe: bool, stream_ok: bool, force_stream: bool) -> UpstreamResponse:
-    policy = _Policy(slot, start, settings, retry_safe=retry_safe, stream_ok=stream_ok, force_stream=force_stream)
-    if settings.ignore_client_abort:
-        # only the wait in the queue is abandoned when the client leaves;
-        # shutdown's graceful deadline still ends the run (Pool.end_shielded_at)
-        with slot.pool.shielded() as shield:
-            return await policy.run()
-        assert shield.cancelled_caught
-        raise UpstreamTimeout("shutting down: PHP did not finish within the graceful period")
-    return await policy.run()
+    try:
+        if client_left is not None and (slot.queue_wait or not settings.ignore_client_abort) and client_left():
+            # the client left (or half-closed, as nginx sees it too) before PHP
+            # was asked: PHP never sees it. One poll() per request. With
+            # ignore_client_abort only a client that left the queue is dropped.
+            if slot.queue_wait:
+                pool.stats.client_gone_in_queue += 1
+            raise ClientGone()
+        policy = _Policy(slot, start, settings, retry_safe=retry_safe, stream_ok=stream_ok,
+                         force_stream=force_stream)
+        if settings.ignore_client_abort:
+            # only the wait in the queue is abandoned when the client leaves;
+            # shutdown's graceful deadline still ends the run (Pool.end_shielded_at)
+            with slot.pool.shielded() as shield:
+                return await policy.run()
+            assert shield.cancelled_caught
+            raise UpstreamTimeout("shutting down: PHP did not finish within the graceful period")
+        return await policy.run()
+    finally:
+        if not slot.detached:
+            slot.release()
 
 
 class _Policy(Generic[C]):
@@ -257,65 +257,64 @@ class _Policy(Generic[C]):
         log.warning("%s: %s; trying %s", self.slot.pool.name, exc, self.slot.member.name)
 
     async def run(self) -> UpstreamResponse:
-        self._begin_attempt()
+        """The response, after the retries the policy allows (the loop is in
+        this frame: one frame less to pass through at every wait)."""
+        self._begin_attempt(self.began)
+        pool = self.slot.pool
+        tried: list[Any] = []
         try:
-            return await self._run()
+            conn = await self._connection(tried)
+            while True:
+                try:
+                    return await self._on(conn)
+                except UpstreamClosedEarly as exc:
+                    await self.slot.discard(conn)
+                    reused = bool(conn.requests)
+                    if not reused and self.slot.member is not None:
+                        # a fresh one closed before answering: that address is failing, whatever the
+                        # method (nginx counts the failure before it decides whether to pass the
+                        # request on); a POST's failure takes it out of rotation as a GET's does
+                        pool.record_failure(self.slot.member, str(exc))
+                    if not self.retry_safe and exc.sent:
+                        if not reused:
+                            raise
+                        raise UpstreamClosedEarly(f"{exc} (a reused connection; not retried: the method is not "
+                                                  "idempotent and the backend may have run it)") from None
+                    if reused:  # a kept connection the backend closed (pm.max_requests): a fresh one
+                        pool.stats.retries += 1
+                        log.info("%s: reused connection closed before a response; retrying on a fresh one", pool.name)
+                    else:  # another address, if any
+                        await self._next_member(tried, exc)
+                    # (ends: each fresh failure uses up an address, a reused one is retried fresh once)
+                    conn = await self._connection(tried, fresh=reused)
+                except BaseException as exc:
+                    if isinstance(exc, GatewayError) and self.slot.member is not None:
+                        self._count_error(exc)
+                        if isinstance(exc, UpstreamTimeout):  # a hung host (nginx counts timeouts too)
+                            pool.record_failure(self.slot.member, str(exc))
+                    await self.slot.discard(conn)
+                    if not (isinstance(exc, UpstreamTimeout) and self.retry_safe and not self.answered
+                            and self.slot.member is not None):
+                        raise
+                    # no head within read_timeout, an idempotent request: another address, if any
+                    await self._next_member(tried, exc)
+                    conn = await self._connection(tried)
         except GatewayError as exc:
             # the request fails: it carries the addresses tried, for the access log
             self._end_attempt()
             exc.timing = self.timing
             raise
 
-    async def _run(self) -> UpstreamResponse:
-        pool = self.slot.pool
-        tried: list[Any] = []
-        conn = await self._connection(tried)
-        while True:
-            try:
-                return await self._on(conn)
-            except UpstreamClosedEarly as exc:
-                await self.slot.discard(conn)
-                reused = bool(conn.requests)
-                if not reused and self.slot.member is not None:
-                    # a fresh one closed before answering: that address is failing, whatever the
-                    # method (nginx counts the failure before it decides whether to pass the
-                    # request on); a POST's failure takes it out of rotation as a GET's does
-                    pool.record_failure(self.slot.member, str(exc))
-                if not self.retry_safe and exc.sent:
-                    if not reused:
-                        raise
-                    raise UpstreamClosedEarly(f"{exc} (a reused connection; not retried: the method is not "
-                                              "idempotent and the backend may have run it)") from None
-                if reused:  # a kept connection the backend closed (pm.max_requests): a fresh one
-                    pool.stats.retries += 1
-                    log.info("%s: reused connection closed before a response; retrying on a fresh one", pool.name)
-                else:  # another address, if any
-                    await self._next_member(tried, exc)
-                # (ends: each fresh failure uses up an address, a reused one is retried fresh once)
-                conn = await self._connection(tried, fresh=reused)
-            except BaseException as exc:
-                if isinstance(exc, GatewayError) and self.slot.member is not None:
-                    self._count_error(exc)
-                    if isinstance(exc, UpstreamTimeout):  # a hung host (nginx counts timeouts too)
-                        pool.record_failure(self.slot.member, str(exc))
-                await self.slot.discard(conn)
-                if not (isinstance(exc, UpstreamTimeout) and self.retry_safe and not self.answered
-                        and self.slot.member is not None):
-                    raise
-                # no head within read_timeout, an idempotent request: another address, if any
-                await self._next_member(tried, exc)
-                conn = await self._connection(tried)
-
     def _count_error(self, exc: GatewayError) -> None:
         if self.slot.member is not None:
             errors = self.slot.member.stats.errors
             errors[exc.status] = errors.get(exc.status, 0) + 1
 
-    def _begin_attempt(self) -> None:
+    def _begin_attempt(self, now: float | None = None) -> None:
         """The slot's address is tried from now: an entry in ``timing.tried``."""
         member = self.slot.member
         self.timing.tried.append((member.name if member is not None and member.name else self.slot.pool.name, None))
-        self.attempt_began = trio.current_time()
+        self.attempt_began = trio.current_time() if now is None else now
 
     def _end_attempt(self, ended: float | None = None) -> None:
         """The current address is done with (failed, or its response ended): its time."""
@@ -344,12 +343,13 @@ class _Policy(Generic[C]):
             return self._tunnel(head, conn)
         if not ended:
             return self._streamed(head, conn, tx, spool)
-        try:
-            # only now: no task of this exchange writes to the connection any more
-            await self.slot.put_back(conn)
-        except BaseException:
-            spool.close()
-            raise
+        # only now: no task of this exchange writes to the connection any more
+        if not self.slot.keep(conn):
+            try:
+                await self.slot.discard(conn)
+            except BaseException:
+                spool.close()
+                raise
         self._done()
         return UpstreamResponse(head, spool, self.timing, self.slot.pool.name)
 
@@ -392,8 +392,9 @@ class _Policy(Generic[C]):
         return UpstreamResponse(head, Spool(0), self.timing, self.slot.pool.name, tunnel)
 
     def _done(self) -> None:
-        self._end_attempt()
-        elapsed = trio.current_time() - self.began
+        now = trio.current_time()
+        self._end_attempt(now)
+        elapsed = now - self.began
         self.timing.upstream_time = elapsed
         self.slot.pool.record_response(elapsed)
 

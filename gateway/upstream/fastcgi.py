@@ -30,7 +30,7 @@ import trio
 
 import fastcgi
 
-from .._util import SockIO
+from .._util import SockIO, events_probe
 from ..http.errors import UpstreamClosedEarly, UpstreamOverloaded, UpstreamProtocolError, UpstreamTimeout
 from ..http.spool import Spool
 from .cgi import CgiHead, CgiResponseError, CgiResponseHead, wants_streaming
@@ -52,12 +52,14 @@ PhpSettings = ResponseSettings
 class FastCgiConn:
     """A pooled FastCGI connection (``pool.UpstreamConn``)."""
 
-    __slots__ = ("stream", "io", "fcgi", "requests", "idle_since", "_closed")
+    __slots__ = ("stream", "io", "fcgi", "requests", "idle_since", "_closed", "_probe")
 
     def __init__(self, stream: trio.abc.Stream, max_params_size: int = fastcgi.DEFAULT_MAX_PARAMS_SIZE) -> None:
         self.stream = stream
         #: the socket's calls without trio's yield per call (None: not a plain socket)
         self.io = SockIO.of(stream.socket) if isinstance(stream, trio.SocketStream) else None
+        #: ``peer_closed``'s poll object on the socket, made once
+        self._probe = events_probe(stream.socket) if isinstance(stream, trio.SocketStream) else None
         self.fcgi = fastcgi.Connection(fastcgi.CLIENT, max_params_size=max_params_size)
         self.requests = 0
         self.idle_since = 0.0
@@ -75,9 +77,10 @@ class FastCgiConn:
     def reusable(self) -> bool:
         """The cycle ended with keep-conn and nothing followed END_REQUEST (stray
         records would otherwise be read as the next request's response)."""
-        if self.fcgi.states != {fastcgi.CLIENT: fastcgi.DONE, fastcgi.SERVER: fastcgi.DONE}:
+        fc = self.fcgi
+        if fc.our_state is not fastcgi.DONE or fc.their_state is not fastcgi.DONE:
             return False
-        data, eof = self.fcgi.trailing_data
+        data, eof = fc.trailing_data
         return not data and not eof
 
     def start_next_cycle(self) -> None:
@@ -88,8 +91,14 @@ class FastCgiConn:
         return self._closed
 
     def peer_closed(self) -> bool:
-        """An idle FastCGI connection has nothing to say: readable means closed."""
-        return has_pending_eof(self.stream)
+        """An idle FastCGI connection has nothing to say: readable means closed
+        (``connect.has_pending_eof``'s answer, one poll() on the socket)."""
+        if self._probe is None:
+            return has_pending_eof(self.stream)
+        try:
+            return bool(self._probe.poll(0))
+        except (OSError, ValueError):
+            return True
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -5,8 +5,10 @@ Protocol-neutral (httpcore's structure without its regrets, see MODELS.md
 ``connect`` coroutine that returns an ``UpstreamConn``; the pool bounds, queues,
 keeps and closes them.
 
-- **Slots**: one ``trio.CapacityLimiter(size)``. Its wait queue is FIFO and
-  cancellation-safe. ``async with pool.slot() as slot:`` holds one for the
+- **Slots**: one ``SlotQueue(size)``, what ``trio.CapacityLimiter`` would
+  do here (the same attributes), cheaper per request: a free slot is taken
+  with no exception and no checkpoint, and a release hands the slot to the
+  first waiter. Its wait queue is FIFO and cancellation-safe. ``async with pool.slot() as slot:`` holds one for the
   block; a cancelled request *cannot* leak it. A response body that outlives
   the block (streaming) takes the slot with ``slot.detach()`` and releases it
   when it is closed (httpcore's ``PoolByteStream``).
@@ -198,7 +200,7 @@ class Pool(Generic[C]):
         self.queue_timeout = queue_timeout
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
-        self.limiter = trio.CapacityLimiter(size * len(self.members))
+        self.limiter = SlotQueue(size * len(self.members))
         self._turn = 0
         self._down = 0  # members out of rotation
         self.waiting = 0
@@ -296,9 +298,7 @@ class Pool(Generic[C]):
         free: callers test it to know whether it queued)."""
         self.stats.requests += 1
         queue_wait = 0.0
-        try:
-            self.limiter.acquire_on_behalf_of_nowait(token)
-        except trio.WouldBlock:
+        if not self.limiter.take(token):
             start = trio.current_time()
             await self._wait_for_slot(token)
             queue_wait = trio.current_time() - start
@@ -327,7 +327,7 @@ class Pool(Generic[C]):
         scope = trio.CancelScope(deadline=trio.current_time() + self.queue_timeout)  # (cheaper than fail_after)
         try:
             with scope:
-                await self.limiter.acquire_on_behalf_of(token)
+                await self.limiter.wait(token)
         finally:
             self.waiting -= 1
             self._notify()
@@ -492,6 +492,86 @@ class Pool(Generic[C]):
             await self._close(member, idle)
 
 
+class SlotQueue:
+    """``size`` slots and the FIFO queue of those waiting for one: the part
+    of ``trio.CapacityLimiter`` the pool uses (and its attributes, which the
+    pool's counters read), at the cost of a set operation where a slot is
+    free. ``take`` never checkpoints; ``wait`` queues (a caller has just
+    seen ``take`` fail); a release hands its slot straight to the first
+    waiter, which wakes holding it. Nobody takes a slot past a waiter."""
+
+    __slots__ = ("_total", "_borrowers", "_waiters")
+
+    def __init__(self, total: int) -> None:
+        self._total = total
+        self._borrowers: set[object] = set()
+        #: waiting tasks, first come first, and the token each waits for
+        self._waiters: dict[trio.lowlevel.Task, object] = {}
+
+    def __repr__(self) -> str:
+        return f"<SlotQueue {len(self._borrowers)}/{self._total} with {len(self._waiters)} waiting>"
+
+    @property
+    def total_tokens(self) -> int:
+        return self._total
+
+    @total_tokens.setter
+    def total_tokens(self, total: int) -> None:
+        self._total = total
+        self._hand_over()
+
+    @property
+    def borrowed_tokens(self) -> int:
+        return len(self._borrowers)
+
+    @property
+    def available_tokens(self) -> int:
+        return max(0, self._total - len(self._borrowers))
+
+    def take(self, token: object) -> bool:
+        """Take a free slot for ``token`` if there is one and nobody waits."""
+        borrowers = self._borrowers
+        if len(borrowers) < self._total and not self._waiters:
+            if token in borrowers:
+                raise RuntimeError("this token already holds a slot")
+            borrowers.add(token)
+            return True
+        return False
+
+    def acquire_on_behalf_of_nowait(self, token: object) -> None:
+        """``trio.CapacityLimiter``'s: ``take`` or ``trio.WouldBlock``."""
+        if not self.take(token):
+            raise trio.WouldBlock
+
+    async def wait(self, token: object) -> None:
+        """Wait in line until a release hands ``token`` a slot (cancellable:
+        a cancelled waiter leaves the line and holds nothing)."""
+        task = trio.lowlevel.current_task()
+        waiters = self._waiters
+        waiters[task] = token
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            del waiters[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def release_on_behalf_of(self, token: object) -> None:
+        try:
+            self._borrowers.remove(token)
+        except KeyError:
+            raise RuntimeError("this token holds no slot") from None
+        if self._waiters:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        waiters = self._waiters
+        while waiters and len(self._borrowers) < self._total:
+            task = next(iter(waiters))
+            self._borrowers.add(waiters.pop(task))
+            trio.lowlevel.reschedule(task)
+
+
 class SlotRequest(Generic[C]):
     """``pool.slot()``: an async context manager (a class, not a generator: it
     runs once per request)."""
@@ -574,10 +654,16 @@ class Slot(Generic[C]):
 
     async def put_back(self, conn: C) -> None:
         """Return ``conn`` to the idle list if reusable, else close it."""
+        if not self.keep(conn):
+            await self.discard(conn)
+
+    def keep(self, conn: C) -> bool:
+        """``put_back``'s first half, no await: ``conn``'s request is counted
+        and it goes to the idle list if reusable; False: the caller closes it
+        (``discard``)."""
         conn.requests += 1
         assert self.member is not None
-        if not self.pool._checkin(self.member, conn):
-            await self.pool._close(self.member, [conn])
+        return self.pool._checkin(self.member, conn)
 
     async def discard(self, conn: C) -> None:
         """Close ``conn``: its exchange failed or was abandoned."""

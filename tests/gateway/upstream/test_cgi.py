@@ -176,3 +176,27 @@ def test_content_length_is_parsed_strictly_and_never_passed_as_is(lines, length,
     assert head.content_length == length
     assert head.headers == [(b"X", b"y")]
     assert len(head.dropped) == dropped
+
+
+@pytest.mark.parametrize("data", [
+    b"Content-Type: text/html\r\n\r\nhello",
+    b"Status: 404 Not Found\nX-A: 1\n\nbody\r\n\r\nmore",
+    b"X-A: 1\r\n\r\n",
+    b"\r\n\r\nno headers",
+    b"Location: /x\n\r\n",
+])
+def test_a_head_in_one_piece_is_read_as_in_many(data):
+    """A whole head in PHP's first output (``feed``'s short way) gives what it does fed byte by byte."""
+    whole = CgiResponseHead(1024).feed(data)
+    parser = CgiResponseHead(1024)
+    for i in range(len(data)):
+        got = parser.feed(data[i : i + 1])
+        if got is not None:
+            got = (got[0], got[1] + data[i + 1 :])
+            break
+    assert whole == got
+
+
+def test_an_oversized_head_in_one_piece_is_an_error():
+    with pytest.raises(CgiResponseError, match="exceed 100"):
+        CgiResponseHead(100).feed(b"X: " + b"a" * 200 + b"\r\n\r\nbody")
