@@ -5,12 +5,14 @@ metric table (``table.py``), which says what each shows.
 Tasks (all in the server's system nursery):
 - loop lag: sleep a fixed tick and record how late the wake-up is; a busy or
   blocked event loop wakes late. The tick is ``LAG_TICK`` while the last
-  wake-up was ``LAG_CALM`` or more late, else ``LAG_TICK_CALM``: a wake-up
-  costs ~0.2 ms of CPU on a crowded host, most of a quiet process's CPU and
-  ~0.1 ms per page of a PHP site at tens of requests a second, spent to
-  record zeros. A loop that starts to lag is seen at the next calm tick
-  (that tick is late itself) and then sampled at the full rate; the
-  verdict's hold (3 s) is longer than a calm tick.
+  wake-up was ``LAG_CALM`` or more late or the process is busy (its CPU
+  over the last sample ``LAG_BUSY_CPU`` of a core or more: lags of a few
+  to tens of ms, which fewer samples would miss), else ``LAG_TICK_CALM``: a
+  wake-up costs ~0.2 ms of CPU on a crowded host, most of a quiet process's
+  CPU and ~0.1 ms per page of a PHP site at tens of requests a second,
+  spent to record zeros. A loop that starts to lag is seen at the next
+  calm tick (that tick is late itself) and then sampled at the full rate;
+  the verdict's hold (3 s) is longer than a calm tick.
 - sampler: once a second, read process CPU, host CPU (/proc/stat), the CPU
   of the gateway's processes (a worker's master and its children, listed
   again every ``GATEWAY_LIST_EVERY`` or when one is gone), each pool's
@@ -49,9 +51,11 @@ from .waits import Waits
 log = logging.getLogger(__name__)
 
 LAG_TICK = 0.1  # 10 wake-ups a second while the loop lags: enough samples for a 2 s p99
-#: The tick while the loop answers on time (a lag under ``LAG_CALM``).
+#: The tick while the loop answers on time (a lag under ``LAG_CALM``) and the
+#: process is not busy (under ``LAG_BUSY_CPU`` of a core in the last sample).
 LAG_TICK_CALM = 0.5
 LAG_CALM = 0.005
+LAG_BUSY_CPU = 0.25
 #: Seconds between two listings of the gateway's processes (the master's
 #: children), for their CPU: they change only when one dies, which the
 #: next reading of its CPU sees (its /proc entry is gone).
@@ -459,7 +463,7 @@ class Monitor:
             lag = max(0.0, now - before - tick)
             self.lag.add(now, lag)
             self.stats.loop_lag.observe(lag)
-            tick = LAG_TICK if lag >= LAG_CALM else LAG_TICK_CALM
+            tick = LAG_TICK if lag >= LAG_CALM or self.process_cpu >= LAG_BUSY_CPU else LAG_TICK_CALM
 
     async def run_sampler(self) -> None:
         while True:
