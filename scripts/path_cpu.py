@@ -5,8 +5,14 @@ One gateway process (``processes = 1``, access log off) serves, from one site:
 an HTTP backend keeping 16 connections), ``/hello.php`` through php-fpm
 (4 connections), a 1 KiB static file, and a page cache HIT: ``/page.php``
 (50 KB of HTML) on a second site with ``[sites.X.cache]`` (Host: cached.test),
-stored by the warm-up. wrk runs each path in turn (64
-connections, --duration each), --reps rounds, and the gateway's CPU time over
+stored by the warm-up; and two uncached big pages at WordPress's bench
+concurrency (16 connections): ``page`` (the same 50 KB, PHP echoes it at
+once) and ``wp`` (50 KB in 7 flushed pieces with 3 ms of PHP work before
+each: the FastCGI records arrive one by one, and the rate, ~50 pages a
+second, is WordPress's, where fixed per-second costs weigh on a page and
+every event wakes an idle loop).
+wrk runs each path in turn (64 connections unless said,
+--duration each), --reps rounds, and the gateway's CPU time over
 the requests answered is the figure: µs of gateway CPU per request, the number
 that stays comparable on a busy machine where req/s does not.
 
@@ -20,7 +26,8 @@ With ``--profile DIR`` this checkout's gateway runs under cProfile and
 writes DIR/gateway.prof when it stops (the CPU figures then include the
 profiler's overhead: use it for where the time goes, not how much).
 
-    scripts/path-cpu [--reps 3] [--duration 4] [--only proxy,php,static,cache] [--baseline TREE] [--profile DIR]
+    scripts/path-cpu [--reps 3] [--duration 4] [--only proxy,php,static,cache,page,wp] [--baseline TREE]
+                     [--profile DIR]
 """
 
 from __future__ import annotations
@@ -55,16 +62,27 @@ http {{
 }}
 """
 
-PATHS = {"proxy": "/up/hello", "php": "/hello.php", "static": "/1k.txt", "cache": "/page.php"}
+PATHS = {"proxy": "/up/hello", "php": "/hello.php", "static": "/1k.txt", "cache": "/page.php", "page": "/page.php",
+         "wp": "/wp.php"}
 #: the request headers of each path (the cached page is on its own site)
 HEADERS = {"cache": ("Host: cached.test",)}
+#: connections per path (default 64): the big pages at WordPress's bench concurrency
+CONNECTIONS = {"page": 16, "wp": 16}
+#: like a WordPress page: 50 KB made in 8 KB pieces, each flushed after 3 ms of PHP work,
+#: so the records reach the gateway one by one as WordPress's do, at WordPress's rate
+WP_PAGE = """<?php header('Content-Type: text/html; charset=UTF-8');
+for ($i = 0; $i < 7; $i++) {
+    $end = microtime(true) + 0.003; while (microtime(true) < $end) {}
+    echo str_repeat('<p>page</p>', 745); flush();
+}
+"""
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--duration", type=int, default=4)
-    p.add_argument("--only", default="proxy,php,static", help="comma-separated: proxy, php, static, cache")
+    p.add_argument("--only", default="proxy,php,static", help="comma-separated: proxy, php, static, cache, page, wp")
     p.add_argument("--profile", type=Path, help="run this checkout's gateway under cProfile, writing DIR/gateway.prof")
     p.add_argument("--baseline", type=Path, help="also run the gateway whose source tree is there")
     args = p.parse_args()
@@ -78,6 +96,7 @@ def main() -> int:
     (root / "1k.txt").write_bytes(b"x" * 1024)
     (root / "page.php").write_text("<?php header('Content-Type: text/html; charset=UTF-8');\n"
                                    "echo str_repeat('<p>cached page</p>', 2800);\n")
+    (root / "wp.php").write_text(WP_PAGE)
     for f in root.iterdir():
         f.chmod(0o644)
     upstream = free_port()
@@ -112,12 +131,12 @@ def main() -> int:
                 gateways[label] = (port, proc.pid)
                 wait_for(lambda port=port: port_open(port), timeout=60, what=f"the gateway from {tree}")
                 for name, path in paths.items():  # warm-up: connections opened, modules loaded, the page stored
-                    wrk(port, path, 64, 1, 10, headers=HEADERS.get(name, ()))
+                    wrk(port, path, CONNECTIONS.get(name, 64), 1, 10, headers=HEADERS.get(name, ()))
             for rep in range(args.reps):
                 for name, path in paths.items():
                     for label, (port, pid) in gateways.items():
                         cpu0 = cpu_seconds(pid)
-                        r = wrk(port, path, 64, args.duration, 10, headers=HEADERS.get(name, ()))
+                        r = wrk(port, path, CONNECTIONS.get(name, 64), args.duration, 10, headers=HEADERS.get(name, ()))
                         us = (cpu_seconds(pid) - cpu0) / r["requests"] * 1e6 if r["requests"] else float("nan")
                         results.setdefault((name, label), []).append((us, r["rps"]))
                         print(f"  rep {rep + 1} {name:6} {label:8} {r['rps']:8.0f} req/s {us:6.0f} µs/req "
@@ -129,7 +148,8 @@ def main() -> int:
             proc.wait(30)
         shutil.rmtree(run, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
-    print(f"\nload average {os.getloadavg()[0]:.1f}; {args.reps} reps of {args.duration}s, 64 connections, "
+    print(f"\nload average {os.getloadavg()[0]:.1f}; {args.reps} reps of {args.duration}s, 64 connections "
+          f"(page, wp: {CONNECTIONS['page']}), "
           f"1 process, GATEWAY_H11={os.environ.get('GATEWAY_H11', '(unset)')}")
     print(f"{'path':7} {'gateway':9} {'CPU µs/req':>10} {'(min)':>6} {'req/s':>8}")
     for (name, label), runs in results.items():

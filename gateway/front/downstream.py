@@ -42,7 +42,7 @@ import errno
 import os
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -280,7 +280,7 @@ class Downstream(trio.abc.HalfCloseableStream):
                 raise trio.TooSlowError()
         await io.fair_tick()
 
-    async def write_pieces(self, pieces: list[bytes]) -> None:
+    async def write_pieces(self, pieces: Sequence[bytes | bytearray]) -> None:
         """``write`` of the pieces one after another: on a plain socket in one
         ``sendmsg`` (a big body is not copied to join it to its head), else joined."""
         if self._io is None or len(pieces) < 2:

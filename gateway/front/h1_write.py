@@ -2,7 +2,8 @@
 
 - ``bytes`` (and small files, and spools still in memory) go out with the head
   in one write: the common case costs one send(); a body of ``JOIN_BELOW`` or
-  more in one sendmsg() of head, body and end, so it is not copied to join them.
+  more in one sendmsg() of head, body and end, so it is not copied to join them
+  (a spool's pieces as PHP sent them: a page is not joined either).
 - A large ``FileRange`` or a spooled temp file goes with ``Downstream.sendfile``.
 - A ``BodyStream`` is written chunk by chunk as it is produced, framed by h11
   (chunked for HTTP/1.1 without a Content-Length, close-delimited for 1.0).
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 
 import trio
 
@@ -83,7 +85,7 @@ class ResponseWriter:
             self.conn.send_failed()
             raise
 
-    async def _send_pieces(self, pieces: list[bytes]) -> None:
+    async def _send_pieces(self, pieces: Sequence[bytes | bytearray]) -> None:
         try:
             await self.downstream.write_pieces(pieces)
         except BaseException:
@@ -151,18 +153,24 @@ class ResponseWriter:
         if head is None:
             return False
         data = b""
+        pieces: list[bytes | bytearray] = []
         if not bare and size:
             if isinstance(body, bytes):
                 data = body
             elif isinstance(body, Spool):
-                data = body.getvalue()
+                if size >= JOIN_BELOW:  # a PHP page: the pieces PHP sent, not joined (no copy)
+                    pieces = body.pieces()
+                else:
+                    data = body.getvalue()
             else:
                 assert isinstance(body, FileRange)
                 data = self._read_small(body)
         _tell_h11(self.conn, status)
         start = self.downstream.sent + len(head)
         try:
-            if len(data) >= JOIN_BELOW:
+            if pieces:
+                await self._send_pieces([head, *pieces])
+            elif len(data) >= JOIN_BELOW:
                 await self._send_pieces([head, data])
             else:
                 await self.send_all(head + data)
@@ -216,6 +224,10 @@ class ResponseWriter:
         body = resp.body
         head_only = head_only or resp.status in (204, 304)
         if isinstance(body, Spool) and body.in_memory:
+            if body.size >= JOIN_BELOW and not head_only:
+                # a PHP page: its pieces as PHP sent them, in one sendmsg with the head (not joined: no copy)
+                await self._send_spooled(head, body)
+                return
             body = body.getvalue()
         elif isinstance(body, FileRange) and body.length <= SMALL_FILE:
             body = self._read_small(body) if not head_only else b""
@@ -243,6 +255,19 @@ class ResponseWriter:
                 if chunk:
                     await self.send_all(self.conn.send(h11.Data(data=chunk)))
         await self.send_all(self.conn.send(h11.EndOfMessage()))
+
+    async def _send_spooled(self, head: bytes, spool: Spool) -> None:
+        """Head, the spool's pieces and the end in one ``write_pieces``: h11
+        frames the body as one ``Data`` (it needs only its length) and hands
+        it back untouched (``_Pieces``)."""
+        out: list[bytes | bytearray] = [head]
+        for piece in self.conn.send_with_data_passthrough(h11.Data(data=_Pieces(spool))) or ():  # type: ignore[arg-type]
+            if isinstance(piece, _Pieces):
+                out += piece.pieces
+            else:
+                out.append(piece)
+        out.append(self.conn.send(h11.EndOfMessage()) or b"")
+        await self._send_pieces(out)
 
     def _read_small(self, fr: FileRange) -> bytes:
         """A small file costs less read and sent with the head than sendfile'd."""
@@ -301,3 +326,17 @@ def _stand_in(status: int) -> h11.Response:
     if event is None:
         event = _STAND_INS[status] = h11.Response(status_code=status, headers=[(b"content-length", b"0")])
     return event
+
+
+class _Pieces:
+    """An in-memory spool's pieces as one h11 ``Data`` payload: h11's writers
+    take its ``len`` for the framing and pass the object through."""
+
+    __slots__ = ("pieces", "size")
+
+    def __init__(self, spool: Spool) -> None:
+        self.pieces = spool.pieces()
+        self.size = spool.size
+
+    def __len__(self) -> int:
+        return self.size

@@ -3,9 +3,19 @@ and renders ``/status`` (JSON) and ``/metrics`` (Prometheus text) through the
 metric table (``table.py``), which says what each shows.
 
 Tasks (all in the server's system nursery):
-- loop lag: sleep a fixed ``LAG_TICK`` and record how late the wake-up is; a
-  busy or blocked event loop wakes late.
-- sampler: once a second, read process CPU, host CPU (/proc/stat), each pool's
+- loop lag: sleep a fixed tick and record how late the wake-up is; a busy or
+  blocked event loop wakes late. The tick is ``LAG_TICK`` while the last
+  wake-up was ``LAG_CALM`` or more late or the process is busy (its CPU
+  over the last sample ``LAG_BUSY_CPU`` of a core or more: lags of a few
+  to tens of ms, which fewer samples would miss), else ``LAG_TICK_CALM``: a
+  wake-up costs ~0.2 ms of CPU on a crowded host, most of a quiet process's
+  CPU and ~0.1 ms per page of a PHP site at tens of requests a second,
+  spent to record zeros. A loop that starts to lag is seen at the next
+  calm tick (that tick is late itself) and then sampled at the full rate;
+  the verdict's hold (3 s) is longer than a calm tick.
+- sampler: once a second, read process CPU, host CPU (/proc/stat), the CPU
+  of the gateway's processes (a worker's master and its children, listed
+  again every ``GATEWAY_LIST_EVERY`` or when one is gone), each pool's
   numbers and php-fpm's own status page (``json&full`` over FastCGI on its
   status socket, which php-fpm serves outside the worker pool), the workers'
   CPU from /proc, then feed ``diagnosis.Diagnosis``.
@@ -40,7 +50,16 @@ from .waits import Waits
 
 log = logging.getLogger(__name__)
 
-LAG_TICK = 0.1  # 10 wake-ups a second: enough samples for a 2 s p99, cheap when idle
+LAG_TICK = 0.1  # 10 wake-ups a second while the loop lags: enough samples for a 2 s p99
+#: The tick while the loop answers on time (a lag under ``LAG_CALM``) and the
+#: process is not busy (under ``LAG_BUSY_CPU`` of a core in the last sample).
+LAG_TICK_CALM = 0.5
+LAG_CALM = 0.005
+LAG_BUSY_CPU = 0.25
+#: Seconds between two listings of the gateway's processes (the master's
+#: children), for their CPU: they change only when one dies, which the
+#: next reading of its CPU sees (its /proc entry is gone).
+GATEWAY_LIST_EVERY = 10.0
 SAMPLE_EVERY = 1.0
 WINDOW = 10.0
 #: Loop-lag samples considered for the verdict (the most recent seconds).
@@ -70,9 +89,8 @@ def read_host_cpu() -> tuple[float, float] | None:
 def read_host_jiffies() -> tuple[float, float, float] | None:
     """(busy, total, iowait) jiffies from /proc/stat, or None off Linux."""
     try:
-        with open("/proc/stat") as f:
-            fields = [float(x) for x in f.readline().split()[1:]]
-    except OSError:
+        fields = [float(x) for x in _read_proc("/proc/stat", 512).split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
         return None
     iowait = fields[4] if len(fields) > 4 else 0.0
     idle = fields[3] + iowait
@@ -83,11 +101,21 @@ def read_host_jiffies() -> tuple[float, float, float] | None:
 def read_proc_cpu(pid: int) -> float | None:
     """CPU seconds (user + system) used by ``pid``, or None if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        fields = _read_proc(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, IndexError, ValueError):
         return None
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _read_proc(path: str, size: int = 4096) -> str:
+    """The start of a /proc file in one read: os.read, not open()'s buffered
+    text layer (an fstat, an ioctl and an lseek more per file, and most of
+    the CPU of a sample made once a second by every process)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, size).decode("ascii", "replace")
+    finally:
+        os.close(fd)
 
 
 def children_of(pid: int) -> list[int]:
@@ -101,8 +129,7 @@ def children_of(pid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            ppid = int(_read_proc(f"/proc/{entry}/stat").rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
         if ppid == pid:
@@ -159,9 +186,8 @@ def gateway_children(master: int) -> list[int]:
     out = []
     for pid in task_children(master):
         try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().startswith("php-fpm"):
-                    continue
+            if _read_proc(f"/proc/{pid}/comm", 64).startswith("php-fpm"):
+                continue
         except OSError:
             continue
         out.append(pid)
@@ -406,6 +432,9 @@ class Monitor:
         self._prev_gateway_cpu: dict[int, float] = {}
         self._prev_gateway_at = 0.0
         self._gateway_pids: list[int] = [os.getpid()] if master_pid is None else [master_pid]
+        #: when they were listed (``_list_gateway``), and the most ever listed
+        self._gateway_listed_at = float("-inf")
+        self._gateway_most = 0
         #: while the host is full: the busiest process that is not the gateway's (share of one core)
         self.other_cpu: float | None = None
         self._others = OtherProcesses()
@@ -426,12 +455,15 @@ class Monitor:
                     nursery.start_soon(pm.health.run)
 
     async def run_loop_lag(self) -> None:
+        tick = LAG_TICK
         while True:
             before = trio.current_time()
-            await trio.sleep(LAG_TICK)
-            lag = max(0.0, trio.current_time() - before - LAG_TICK)
-            self.lag.add(trio.current_time(), lag)
+            await trio.sleep(tick)
+            now = trio.current_time()
+            lag = max(0.0, now - before - tick)
+            self.lag.add(now, lag)
             self.stats.loop_lag.observe(lag)
+            tick = LAG_TICK if lag >= LAG_CALM or self.process_cpu >= LAG_BUSY_CPU else LAG_TICK_CALM
 
     async def run_sampler(self) -> None:
         while True:
@@ -495,14 +527,28 @@ class Monitor:
         if self.master_pid is None:
             self.gateway_cpu = self.process_cpu
             return
-        self._gateway_pids = [self.master_pid, *gateway_children(self.master_pid)]
+        if wall >= self._gateway_listed_at + GATEWAY_LIST_EVERY:
+            self._list_gateway(wall)
         cpu = {pid: c for pid in self._gateway_pids if (c := read_proc_cpu(pid)) is not None}
+        if len(cpu) < len(self._gateway_pids):  # one is gone (a restart): list them again now
+            self._list_gateway(wall)
+            cpu = {pid: c for pid in self._gateway_pids if (c := read_proc_cpu(pid)) is not None}
         prev, prev_at = self._prev_gateway_cpu, self._prev_gateway_at
         self._prev_gateway_cpu, self._prev_gateway_at = cpu, wall
         if prev and wall > prev_at:
             # per process: one that came or went since (a restarted worker) adds nothing
             used = max(0.0, sum(c - prev[pid] for pid, c in cpu.items() if pid in prev) / (wall - prev_at))
             self.gateway_cpu = used if self.gateway_cpu is None else _smooth(self.gateway_cpu, used)
+
+    def _list_gateway(self, wall: float) -> None:
+        """The master and its gateway children, listed again (/proc reads for
+        every thread of the master and every child); the next listing is
+        due in ``GATEWAY_LIST_EVERY``, sooner while fewer are found than
+        before (a restarted worker not forked yet)."""
+        assert self.master_pid is not None
+        self._gateway_pids = [self.master_pid, *gateway_children(self.master_pid)]
+        self._gateway_most = max(self._gateway_most, len(self._gateway_pids))
+        self._gateway_listed_at = wall if len(self._gateway_pids) >= self._gateway_most else float("-inf")
 
     # -- what the table reads (table.py) ----------------------------------------
 

@@ -131,6 +131,8 @@ class FastCgiExchange:
         self.request_id = request_id
         self.rid = conn.request_id
         self._got_response = False
+        #: no read yet: PHP cannot have answered a request just sent (``_receive``)
+        self._first_read = True
         self._stderr_tail = b""
         #: a large body is written by ``send_body``, concurrently with reading
         self.large_body = body is not None and body.size > SMALL_BODY
@@ -239,13 +241,16 @@ class FastCgiExchange:
     async def _receive(self) -> bytes | bytearray:
         """The next bytes from PHP within read_timeout. What is there already
         is read without a cancel scope; the scope (hand-made: cheaper than
-        fail_after's generator) only for a read that has to wait."""
+        fail_after's generator) only for a read that has to wait. The first
+        read of a request waits at once: PHP has not answered a request sent
+        microseconds ago, and a recv that fails with EAGAIN costs ~6 us."""
         io = self.conn.io
         try:
-            if io is not None:
+            if io is not None and not self._first_read:
                 data = await io.recv_ready(65536)
                 if data is not None:
                     return data
+            self._first_read = False
             scope = trio.CancelScope(deadline=trio.current_time() + self.settings.read_timeout)
             with scope:
                 if io is None:

@@ -18,6 +18,7 @@ from gateway.front.liveness import WATCH_AFTER, InFlightWatcher
 from gateway.http.errors import ClientGone
 from gateway.http.request import Request
 from gateway.http.response import FileRange, Response
+from gateway.http.spool import Spool
 from tests.helpers import HttpClient, read_all, read_until
 
 SETTINGS = ConnectionSettings.from_config(
@@ -563,6 +564,29 @@ async def test_over_a_socket_a_big_body_arrives_whole_after_its_head(nursery, au
     for _ in range(2):  # and the connection is kept for the next one
         r = await c.request("GET", "/big")
         assert r.status == 200 and r.body == page
+
+
+@pytest.mark.parametrize("length", [True, False])
+async def test_over_a_socket_a_spooled_page_arrives_whole_in_its_pieces_order(nursery, autojump_clock, length):
+    """A PHP page spooled in memory goes out as the pieces PHP sent (one
+    sendmsg with the head, not joined): framed by its Content-Length, or
+    chunked without one; a HEAD gets the head alone."""
+    pieces = [bytes([i]) * (5000 + i) for i in range(1, 12)]  # ~55 KB in 11 records, as php-fpm writes them
+
+    async def spooled(req: Request) -> Response:
+        spool = Spool(1 << 20)
+        for piece in pieces:
+            spool.write(piece)
+        headers = [(b"content-type", b"text/html")] + ([(b"content-length", b"%d" % spool.size)] if length else [])
+        return Response(200, headers, spool)
+
+    c = HttpClient(await start_on_socket(nursery, spooled))
+    for _ in range(2):  # and the connection is kept for the next one
+        r = await c.request("GET", "/page")
+        assert r.status == 200 and r.body == b"".join(pieces)
+        assert (r.header("transfer-encoding") == "chunked") is not length
+    r = await c.request("HEAD", "/page")
+    assert r.status == 200 and r.body == b""
 
 
 async def test_a_client_whose_next_request_is_always_there_does_not_hold_the_others_back(nursery):

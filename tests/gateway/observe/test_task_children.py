@@ -8,8 +8,12 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 
-from gateway.observe.monitor import gateway_children
+import trio
+
+from gateway.metrics import ListenerStats
+from gateway.observe.monitor import Monitor, gateway_children
 from gateway.observe.sampler import task_children
 
 
@@ -45,3 +49,30 @@ def test_a_gone_process_has_no_children() -> None:
     p = subprocess.Popen(["true"])
     p.wait()
     assert task_children(p.pid) == []
+
+
+def test_the_gateway_processes_are_listed_again_when_one_is_gone() -> None:
+    """A worker's monitor reads the CPU of the master's children each second
+    but lists them only now and then (``GATEWAY_LIST_EVERY``), and at once
+    when one of them is gone (its replacement is then counted)."""
+    first = subprocess.Popen(["sleep", "30"])
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        async def make() -> Monitor:
+            return Monitor(ListenerStats(), [], master_pid=os.getpid())  # this process as the master
+
+        monitor = trio.run(make)
+        monitor.sample_gateway_cpu(time.monotonic())
+        assert first.pid in monitor._gateway_pids
+        second = subprocess.Popen(["sleep", "30"])
+        monitor.sample_gateway_cpu(time.monotonic())
+        assert second.pid not in monitor._gateway_pids  # not listed again: nothing is gone
+        first.kill()
+        first.wait()
+        monitor.sample_gateway_cpu(time.monotonic())
+        assert second.pid in monitor._gateway_pids and first.pid not in monitor._gateway_pids
+    finally:
+        for p in (first, second):
+            if p is not None:
+                p.kill()
+                p.wait()

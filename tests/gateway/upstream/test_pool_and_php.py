@@ -367,6 +367,18 @@ async def test_idle_connections_expire(nursery, autojump_clock):
     assert fpm.connections == 2
 
 
+async def test_an_idle_connection_is_closed_when_it_is_due_not_a_period_later(nursery, autojump_clock):
+    fpm = FakeFpm(hello)
+    pool = make_pool(fpm, nursery, idle_timeout=10)
+    nursery.start_soon(pool.run_reaper)
+    await trio.sleep(3)  # the reaper found nothing idle: it sleeps, and the connection below is due at 13
+    await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+    await trio.sleep(9.9)
+    assert pool.idle == 1
+    await trio.sleep(0.2)
+    assert pool.idle == 0 and pool.open_connections == 0
+
+
 async def test_connect_failure_is_502(autojump_clock):
     from gateway.http.errors import UpstreamConnectError
     from gateway.upstream.connect import make_connector
