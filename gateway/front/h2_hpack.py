@@ -20,7 +20,8 @@ compression context to attack).
 The decoder's table size (``SETTINGS_HEADER_TABLE_SIZE``, which h2 sets
 here as ``header_table_size``) is still acknowledged: a change is signalled
 at the start of the next header block (RFC 7541 4.2), so a client that
-lowers it to 0 reads our blocks as it expects.
+lowers it to 0 reads our blocks as it expects; of several changes between
+two blocks, the smallest and then the final are signalled.
 """
 
 from __future__ import annotations
@@ -101,8 +102,12 @@ class ResponseEncoder:
     def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
         """The header block of ``headers`` (lower-case names, as h2 sends them)."""
         parts: list[bytes] = []
-        if self._changes:  # 6.3: dynamic table size updates first
-            for size in self._changes:
+        changes = self._changes
+        if changes:  # 6.3: dynamic table size updates first
+            # 4.2: of several changes since the last block, the smallest and then
+            # the final one (at most two): each within the limit in force
+            smallest, final = min(changes), changes[-1]
+            for size in (smallest, final) if final != smallest else (final,):
                 head = encode_integer(size, 5)
                 head[0] |= 0x20
                 parts.append(bytes(head))
