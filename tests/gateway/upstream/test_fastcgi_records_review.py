@@ -109,3 +109,41 @@ async def _outcome(nursery, raw: bytes, split: str) -> str:
 async def test_malformed_records_give_what_main_gave(nursery, autojump_clock, name):
     raw, split, want = CASES[name]
     assert await _outcome(nursery, raw, split) == want
+
+
+# -- SlotQueue: a release and the waiter's queue deadline at the same instant --------------------
+
+
+@pytest.mark.parametrize("php_seconds", [9.999, 10, 10.001])
+async def test_a_slot_freed_as_the_queue_timeout_fires_is_neither_leaked_nor_lost(nursery, autojump_clock,
+                                                                                  php_seconds):
+    from gateway.http.errors import QueueTimeout
+    from tests.helpers import FakeFpm, php_output
+
+    async def script(req):
+        await trio.sleep(php_seconds)
+        return [php_output(b"done")]
+
+    pool = fastcgi_pool("php", FakeFpm(script).connector(nursery), size=1, queue_depth=5, queue_timeout=10)
+    outcomes: list[str] = []
+
+    async def one():
+        try:
+            result = await run_php(pool, PARAMS, None, SETTINGS, request_id="t")
+        except QueueTimeout:
+            outcomes.append("504")
+        else:
+            outcomes.append(result.body.getvalue().decode())
+            result.body.close()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(3):
+            n.start_soon(one)
+            await trio.testing.wait_all_tasks_blocked()
+    assert len(outcomes) == 4 and "done" in outcomes and set(outcomes) <= {"done", "504"}, outcomes
+    assert pool.busy == 0 and pool.limiter.borrowed_tokens == 0 and pool.waiting == 0, pool
+    result = await run_php(pool, PARAMS, None, SETTINGS, request_id="t")  # the pool still serves
+    assert result.body.getvalue() == b"done"
+    result.body.close()
