@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,15 @@ https://127.0.0.1:{port} {{
     file_server
 }}
 """
+
+
+def print_cpu_table(results: dict[tuple[str, str], list[tuple[float, float]]]) -> None:
+    """The CPU-per-request table of scripts/path-cpu and scripts/h2-cpu: per
+    (path, gateway) the median and least CPU µs per request, the median req/s."""
+    print(f"{'path':7} {'gateway':9} {'CPU µs/req':>10} {'(min)':>6} {'req/s':>8}")
+    for (name, label), runs in results.items():
+        print(f"{name:7} {label:9} {statistics.median(u for u, _ in runs):10.0f} {min(u for u, _ in runs):6.0f} "
+              f"{statistics.median(r for _, r in runs):8.0f}")
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:

@@ -19,13 +19,12 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _harness import REPO, Stack, free_port, make_certificate, port_open, wait_for
+from _harness import REPO, Stack, free_port, make_certificate, port_open, print_cpu_table, wait_for
 from bench import cpu_seconds
 
 PATHS = {"static": "/1k.txt", "php": "/hello.php", "cache": "/page.php"}
@@ -132,10 +131,7 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\nload average {os.getloadavg()[0]:.1f}; {args.reps} reps of -n{args.n} -c{args.c} -m{args.m} "
           f"{'tls' if args.tls else 'h2c'}, 1 process")
-    print(f"{'path':7} {'gateway':9} {'CPU us/req':>10} {'(min)':>6} {'req/s':>8}")
-    for (name, label), runs in results.items():
-        print(f"{name:7} {label:9} {statistics.median(u for u, _ in runs):10.0f} {min(u for u, _ in runs):6.0f} "
-              f"{statistics.median(r for _, r in runs):8.0f}")
+    print_cpu_table(results)
     return 0
 
 

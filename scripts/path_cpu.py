@@ -36,13 +36,12 @@ import argparse
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _harness import REPO, Stack, free_port, port_open, wait_for
+from _harness import REPO, Stack, free_port, port_open, print_cpu_table, wait_for
 from bench import cpu_seconds, wrk
 
 UPSTREAM_CONF = """
@@ -151,10 +150,7 @@ def main() -> int:
     print(f"\nload average {os.getloadavg()[0]:.1f}; {args.reps} reps of {args.duration}s, 64 connections "
           f"(page, wp: {CONNECTIONS['page']}), "
           f"1 process, GATEWAY_H11={os.environ.get('GATEWAY_H11', '(unset)')}")
-    print(f"{'path':7} {'gateway':9} {'CPU µs/req':>10} {'(min)':>6} {'req/s':>8}")
-    for (name, label), runs in results.items():
-        print(f"{name:7} {label:9} {statistics.median(u for u, _ in runs):10.0f} {min(u for u, _ in runs):6.0f} "
-              f"{statistics.median(r for _, r in runs):8.0f}")
+    print_cpu_table(results)
     return 0
 
 
