@@ -116,6 +116,25 @@ https://127.0.0.1:{port} {{
 """
 
 
+def cpu_dirs(prefix: str, files: dict[str, str] | None = None) -> tuple[Path, Path]:
+    """The document root and run directory of scripts/path-cpu and
+    scripts/h2-cpu: hello.php, 1k.txt and a 50 KB page.php (plus ``files``),
+    readable by php-fpm's worker user."""
+    root = Path(tempfile.mkdtemp(prefix=f"{prefix}-root-"))
+    run = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    for d in (root, run):
+        d.chmod(0o755)
+    (root / "hello.php").write_text("<?php echo 'hello';\n")
+    (root / "1k.txt").write_bytes(b"x" * 1024)
+    (root / "page.php").write_text("<?php header('Content-Type: text/html; charset=UTF-8');\n"
+                                   "echo str_repeat('<p>cached page</p>', 2800);\n")
+    for name, text in (files or {}).items():
+        (root / name).write_text(text)
+    for f in root.iterdir():
+        f.chmod(0o644)
+    return root, run
+
+
 def print_cpu_table(results: dict[tuple[str, str], list[tuple[float, float]]]) -> None:
     """The CPU-per-request table of scripts/path-cpu and scripts/h2-cpu: per
     (path, gateway) the median and least CPU µs per request, the median req/s."""

@@ -21,10 +21,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from _harness import REPO, Stack, free_port, make_certificate, port_open, print_cpu_table, wait_for
+from _harness import REPO, Stack, cpu_dirs, free_port, make_certificate, port_open, print_cpu_table, wait_for
 from bench import cpu_seconds
 
 PATHS = {"static": "/1k.txt", "php": "/hello.php", "cache": "/page.php"}
@@ -61,16 +60,7 @@ def main() -> int:
     global H1
     H1 = args.h1
     trees = {"this": REPO} if args.baseline is None else {"baseline": args.baseline.resolve(), "this": REPO}
-    root = Path(tempfile.mkdtemp(prefix="h2cpu-root-"))
-    run = Path(tempfile.mkdtemp(prefix="h2cpu-"))
-    for d in (root, run):
-        d.chmod(0o755)
-    (root / "hello.php").write_text("<?php echo 'hello';\n")
-    (root / "1k.txt").write_bytes(b"x" * 1024)
-    (root / "page.php").write_text("<?php header('Content-Type: text/html; charset=UTF-8');\n"
-                                   "echo str_repeat('<p>cached page</p>', 2800);\n")
-    for f in root.iterdir():
-        f.chmod(0o644)
+    root, run = cpu_dirs("h2cpu")
     cert, key = make_certificate(run)
     procs = []
     results: dict = {}

@@ -38,10 +38,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from _harness import REPO, Stack, free_port, port_open, print_cpu_table, wait_for
+from _harness import REPO, Stack, cpu_dirs, free_port, port_open, print_cpu_table, wait_for
 from bench import cpu_seconds, wrk
 
 UPSTREAM_CONF = """
@@ -87,17 +86,7 @@ def main() -> int:
     args = p.parse_args()
     paths = {name: PATHS[name] for name in args.only.split(",")}
     trees = {"this": REPO} if args.baseline is None else {"baseline": args.baseline.resolve(), "this": REPO}
-    root = Path(tempfile.mkdtemp(prefix="path-cpu-root-"))
-    run = Path(tempfile.mkdtemp(prefix="path-cpu-"))
-    for d in (root, run):
-        d.chmod(0o755)
-    (root / "hello.php").write_text("<?php echo 'hello';\n")
-    (root / "1k.txt").write_bytes(b"x" * 1024)
-    (root / "page.php").write_text("<?php header('Content-Type: text/html; charset=UTF-8');\n"
-                                   "echo str_repeat('<p>cached page</p>', 2800);\n")
-    (root / "wp.php").write_text(WP_PAGE)
-    for f in root.iterdir():
-        f.chmod(0o644)
+    root, run = cpu_dirs("path-cpu", {"wp.php": WP_PAGE})
     upstream = free_port()
     (run / "upstream.conf").write_text(UPSTREAM_CONF.format(run=run, port=upstream))
     procs = [subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(run / "upstream.conf")],
