@@ -103,14 +103,7 @@ class ResponseWriter:
             ours = b"".join(b"%s: %s\r\n" % h for h in ((b"server", self.server_software), (b"date", http_date()))
                             if h[0] not in names)
             head = b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (p.status, p.reason, ours, p.fields)
-        start = self.downstream.sent + len(head)
-        try:
-            if len(p.body) >= JOIN_BELOW:  # (a page-cache hit's page: not copied to join it, as ``_write``)
-                await self._send_pieces([head, p.body])
-            else:
-                await self.send_all(head + p.body)
-        finally:
-            resp.bytes_sent = max(0, self.downstream.sent - start)
+        await self._send_answer(resp, head, p.body)
 
     async def write(self, resp: Response, *, head_only: bool, keep_alive: bool, plain: bool = False) -> None:
         """Send ``resp``; ``head_only`` for a HEAD request; ``plain``: the
@@ -166,6 +159,15 @@ class ResponseWriter:
                 assert isinstance(body, FileRange)
                 data = self._read_small(body)
         _tell_h11(self.conn, status)
+        await self._send_answer(resp, head, data, pieces)
+        return True
+
+    async def _send_answer(self, resp: Response, head: bytes, data: bytes,
+                           pieces: Sequence[bytes | bytearray] = ()) -> None:
+        """Send a head h11 was told of and its body (``data``, or ``pieces``
+        when there are any) in one call: a body of ``JOIN_BELOW`` or more is
+        not copied to join it (a page, a page-cache hit). ``resp.bytes_sent``
+        as ``write`` counts it."""
         start = self.downstream.sent + len(head)
         try:
             if pieces:
@@ -176,7 +178,6 @@ class ResponseWriter:
                 await self.send_all(head + data)
         finally:
             resp.bytes_sent = max(0, self.downstream.sent - start)
-        return True
 
     def plain_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                    body_size: int | None) -> bytes | None:
