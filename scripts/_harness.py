@@ -177,6 +177,14 @@ def _exit_on_term(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _knows_server_user(tree: Path) -> bool:
+    """Does the gateway in ``tree`` have ``[server] user``? A version that has
+    it drops root for www-data unless told ``user = "root"`` (the WordPress
+    rows' files and php-fpm socket are root's); an older one refuses the key."""
+    source = tree / "gateway" / "config" / "__init__.py"
+    return source.exists() and "\n    user: str" in source.read_text()
+
+
 class Stack:
     """php-fpm (one pool) + nginx + the gateway (+ Caddy), all on 127.0.0.1."""
 
@@ -291,7 +299,7 @@ class Stack:
         site_tls = f'[sites.cmp.tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n' if tls else ""
         (confd / "00.toml").write_text(
             f'[server]\nlisten = [{listen}]\naccess_log = "off"\n'
-            + ('' if old_names else 'user = "root"\n')  # (the baseline predates [server] user)
+            + ('user = "root"\n' if _knows_server_user(tree) else '')
             + f'{processes} = {self.processes}\n'
             f'[backends.php]\naddress = "unix:{self.fpm_socket}"\n{pool_size} = {self.gateway_pool_size}\n'
             f'idle_timeout = "{self.idle_timeout}s"\n'
