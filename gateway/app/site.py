@@ -294,10 +294,12 @@ class App:
             force = bool(router.unbuffered) and path.startswith(router.unbuffered)
             proxied = upstream_request(req, rules) if rules is not None else req  # (None: no rules)
             resp = await self.proxy.handle(proxied, route.backend, force_stream=force)
-            return await self._backend_answer(req, router, await self._accel(req, router, resp))
-        assert isinstance(route, PhpScript)
-        resp = await self._php(req, router, route)
-        return await self._backend_answer(req, router, await self._accel(req, router, resp))
+        else:
+            assert isinstance(route, PhpScript)
+            resp = await self._php(req, router, route)
+        if resp.from_upstream and accel.find(resp.headers) is not None:  # (``_accel``'s test: no await without one)
+            resp = await self._accel(req, router, resp)
+        return await self._backend_answer(req, router, resp)
 
     async def _backend_answer(self, req: Request, router: Router, resp: Response) -> Response:
         """A PHP or proxy answer, compressed; or, for a backend's own error with
@@ -474,7 +476,7 @@ class App:
             return self.error(502)
         params = self.cgi_params.encode(req, router, script,
                                         req.body.size if req.body is not None and not detached else None, extra)
-        t0 = trio.current_time()
+        t0 = trio.current_time() if self.server_timing else 0.0  # (only Server-Timing reads it)
         force = bool(router.unbuffered) and script.document_uri.startswith(router.unbuffered)
         pool = backend.pool
         try:
@@ -485,7 +487,7 @@ class App:
                                    key=req.client[0].encode() if pool.balance == "ip_hash" else None)
         except GatewayError as exc:
             return exchange_failed(req, pool, exc, self.error)
-        return self._php_response(req, result, trio.current_time() - t0)
+        return self._php_response(req, result, trio.current_time() - t0 if self.server_timing else 0.0)
 
     def _php_response(self, req: Request, result: UpstreamResponse, head_time: float) -> Response:
         head = result.head
