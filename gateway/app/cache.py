@@ -104,6 +104,7 @@ from ..http.cache_policy import (
     storable,
     stored_headers,
     tag_list,
+    would_store,
 )
 from ..http.encoding import add_vary, coded_headers, decide
 from ..http.request import Request
@@ -235,8 +236,12 @@ class MemoryStore:
 
 def is_cacheable(policy: CachePolicy, method: bytes, resp: Response) -> bool:
     """Could a page cache with ``policy`` have stored ``resp`` (PHP's answer to ``method``)?"""
-    size = resp.body.size if isinstance(resp.body, Spool) else len(resp.body) if isinstance(resp.body, bytes) else None
-    return isinstance(storable(policy, method, resp.status, resp.headers, size, time.time()), Lifetime)
+    return isinstance(storable(policy, method, resp.status, resp.headers, _body_size(resp), time.time()), Lifetime)
+
+
+def _body_size(resp: Response) -> int | None:
+    """The body's size if it is known whole (drained, or bytes)."""
+    return resp.body.size if isinstance(resp.body, Spool) else len(resp.body) if isinstance(resp.body, bytes) else None
 
 
 def _networks(cidrs: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -776,7 +781,9 @@ class PageCaches(dict[str, SiteCache]):
     def uncached(self, req: Request, path: str, resp: Response, instruments: PoolInstruments | None) -> None:
         """A PHP response of a site without a cache: the cache's instructions
         taken out, and counted in ``instruments`` if a cache could keep it."""
-        resp.headers = [(n, v) for n, v in resp.headers if n.lower() not in CACHE_INSTRUCTIONS]
-        if instruments is not None and request_bypass(self.default_policy, req.method, path, req.headers) is None \
-                and is_cacheable(self.default_policy, b"GET", resp):
+        headers = resp.headers
+        if any(n.lower() in CACHE_INSTRUCTIONS for n, _ in headers):
+            resp.headers = headers = [(n, v) for n, v in headers if n.lower() not in CACHE_INSTRUCTIONS]
+        if instruments is not None and would_store(self.default_policy, req.method, path, req.headers, resp.status,
+                                                   headers, _body_size(resp)):
             instruments.cacheable += 1

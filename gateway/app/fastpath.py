@@ -40,7 +40,8 @@ Caches, all per process and bounded (the oldest dropped first): the route
 of a request target on a site (``ROUTES`` entries, target and Host of at
 most ``ROUTE_TARGET_MAX`` bytes together, trusted for ``open_files.VALID``
 like the files they name: a file created in the meantime is seen that
-much later); a page-cache hit's answer, by its entry (held weakly: an
+much later; the full path takes a PHP script's route from here, for the
+request ``ready`` declined, ``routed``); a page-cache hit's answer, by its entry (held weakly: an
 entry the page cache dropped is freed, and a purged or replaced entry's
 answer is not used), method, Accept-Encoding, Age (its second) and path,
 counted anew each time it is sent (``HITS`` of them); and each file's
@@ -150,6 +151,22 @@ class FastPath:
         #: (site, host, target) -> (trusted until, path, route)
         self._routes: OrderedDict[tuple[str, bytes, bytes], tuple[float, str, Route]] = OrderedDict()
         self._hits: OrderedDict[tuple[object, ...], _Hit] = OrderedDict()
+        #: the request ``ready`` last routed and declined, its path and route
+        #: (``routed``: the full path's routing of that same request)
+        self._declined: tuple[Request, str, Route] | None = None
+
+    def routed(self, req: Request) -> tuple[str, Route] | None:
+        """The normalised path and route ``ready`` found for ``req`` as it
+        declined it, once (None: it did not route ``req``). Only a site without
+        rules ahead of routing (return, rewrite, rate limit, access, basic auth,
+        the ACME path, the HTTPS redirect) is routed there, so that is the
+        route the full path's own routing would give (trusted, as every route
+        here, for ``VALID``)."""
+        declined = self._declined
+        if declined is None or declined[0] is not req:
+            return None
+        self._declined = None
+        return declined[1], declined[2]
 
     def ready(self, req: Request) -> Prepared | None:
         if req.method != b"GET" and req.method != b"HEAD":
@@ -168,8 +185,13 @@ class FastPath:
         path, route = found
         if type(route) is StaticFile:
             return self._file(site, req, path, route) if site.files else None
-        if type(route) is PhpScript and site.cache is not None:
-            return self._hit(site, site.cache, req, path)
+        if type(route) is PhpScript:
+            if site.cache is not None:
+                return self._hit(site, site.cache, req, path)
+            if router.site.symlinks == "follow":
+                # kept for ``routed`` (under "within_root" the full path routes
+                # again: a link put in the script's place is seen at once)
+                self._declined = (req, path, route)
         return None
 
     def _site(self, router: Router) -> _Site | None:

@@ -47,7 +47,11 @@ Edge policy, in the order it applies to a request of a site:
 builds the machinery above (``app.fastpath``): a small file from the
 per-process file cache, a page-cache HIT; it runs the same steps in the
 same order and declines (None) wherever one of them would need IO, a rule
-that depends on the client, or work it cannot repeat exactly.
+that depends on the client, or work it cannot repeat exactly. A PHP script
+it routed and declined (a site without a page cache, rules ahead of routing
+or ``symlinks = "within_root"``) is not routed again: ``handle`` takes that
+route (``FastPath.routed``), trusted for ``open_files.VALID`` as the fast
+path trusts it (a script created or removed meanwhile is seen that much later).
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ from ..http.prepared import Prepared
 from ..http.realip import TrustedProxies
 from ..http.request import IDEMPOTENT_METHODS, Request
 from ..http.response import Response, error_response, http_date
+from ..http.rewrite import Routed
 from ..metrics import CacheStats, CompressionStats, GuardStats
 from ..tls.store import StateDir
 from ..upstream import cgi
@@ -229,32 +234,44 @@ class App:
     __call__ = handle
 
     async def _handle(self, req: Request, router: Router) -> Response:
-        try:
-            path, query = split_target(req.target)
-        except BadRequestTarget as exc:
-            log.info("[%s] %s: %s", req.request_id, exc.status, exc)
-            return self.error(exc.status)
-        if self.acme_state is not None and path.startswith(ACME_CHALLENGE_PREFIX):
-            answer = self.acme_challenge(req, path[len(ACME_CHALLENGE_PREFIX):])
-            if answer is not None:
-                return answer
-        if router.site.redirect_to_https and not req.https and not https_redirect.exempt(path):
-            name = req.host or router.server_name or req.server[0].encode()
-            return self.error(308, [(b"location", https_redirect.location(name, req.target, self.tls_port))])
-        hrules = self.header_rules.get(router.name)
-        if hrules and hrules.is_preflight(path, req.method, req.headers):
-            return Response(204)  # a CORS preflight: the header rules add its headers
-        rules = apply_rules(req, router, path, query, self.error)  # 2-3: return, rewrite
-        if isinstance(rules, Response):
-            return rules
-        path, query = rules.path, rules.query
-        refusal = await self.guard.check(req, router, path)  # 4-5: rate_limit, access, basic_auth
-        if refusal is not None:
-            return self.error(refusal.status, refusal.headers)
-        route = router.route(path, query, req.host)
-        again = redirected_uri(route)  # an index or the front controller: its rules too
-        if again is not None and (refusal := await self.guard.check_redirect(req, router, path, again)) is not None:
-            return self.error(refusal.status, refusal.headers)
+        rules: Routed | None = None
+        routed = self.fastpath.routed(req)
+        if routed is not None:
+            # ``ready`` routed it and declined: a site with no rules ahead of
+            # routing (no HTTPS redirect, return, rewrite or guard rule, not
+            # the ACME path), so its route is the one the steps below give
+            path, route = routed
+            hrules = self.header_rules.get(router.name)
+            if hrules and hrules.is_preflight(path, req.method, req.headers):
+                return Response(204)  # a CORS preflight: the header rules add its headers
+        else:
+            try:
+                path, query = split_target(req.target)
+            except BadRequestTarget as exc:
+                log.info("[%s] %s: %s", req.request_id, exc.status, exc)
+                return self.error(exc.status)
+            if self.acme_state is not None and path.startswith(ACME_CHALLENGE_PREFIX):
+                answer = self.acme_challenge(req, path[len(ACME_CHALLENGE_PREFIX):])
+                if answer is not None:
+                    return answer
+            if router.site.redirect_to_https and not req.https and not https_redirect.exempt(path):
+                name = req.host or router.server_name or req.server[0].encode()
+                return self.error(308, [(b"location", https_redirect.location(name, req.target, self.tls_port))])
+            hrules = self.header_rules.get(router.name)
+            if hrules and hrules.is_preflight(path, req.method, req.headers):
+                return Response(204)  # a CORS preflight: the header rules add its headers
+            applied = apply_rules(req, router, path, query, self.error)  # 2-3: return, rewrite
+            if isinstance(applied, Response):
+                return applied
+            rules = applied
+            path, query = rules.path, rules.query
+            refusal = await self.guard.check(req, router, path)  # 4-5: rate_limit, access, basic_auth
+            if refusal is not None:
+                return self.error(refusal.status, refusal.headers)
+            route = router.route(path, query, req.host)
+            again = redirected_uri(route)  # an index or the front controller: its rules too
+            if again is not None and (refusal := await self.guard.check_redirect(req, router, path, again)) is not None:
+                return self.error(refusal.status, refusal.headers)
         if isinstance(route, Refuse):
             log.debug("[%s] %d: %s", req.request_id, route.status, route.reason)
             return self.error(route.status)
@@ -275,11 +292,14 @@ class App:
                                                content_type=content_type(route.path))
         if isinstance(route, ProxyPass):
             force = bool(router.unbuffered) and path.startswith(router.unbuffered)
-            resp = await self.proxy.handle(upstream_request(req, rules), route.backend, force_stream=force)
-            return await self._backend_answer(req, router, await self._accel(req, router, resp))
-        assert isinstance(route, PhpScript)
-        resp = await self._php(req, router, route)
-        return await self._backend_answer(req, router, await self._accel(req, router, resp))
+            proxied = upstream_request(req, rules) if rules is not None else req  # (None: no rules)
+            resp = await self.proxy.handle(proxied, route.backend, force_stream=force)
+        else:
+            assert isinstance(route, PhpScript)
+            resp = await self._php(req, router, route)
+        if resp.from_upstream and accel.find(resp.headers) is not None:  # (``_accel``'s test: no await without one)
+            resp = await self._accel(req, router, resp)
+        return await self._backend_answer(req, router, resp)
 
     async def _backend_answer(self, req: Request, router: Router, resp: Response) -> Response:
         """A PHP or proxy answer, compressed; or, for a backend's own error with
@@ -456,7 +476,7 @@ class App:
             return self.error(502)
         params = self.cgi_params.encode(req, router, script,
                                         req.body.size if req.body is not None and not detached else None, extra)
-        t0 = trio.current_time()
+        t0 = trio.current_time() if self.server_timing else 0.0  # (only Server-Timing reads it)
         force = bool(router.unbuffered) and script.document_uri.startswith(router.unbuffered)
         pool = backend.pool
         try:
@@ -467,7 +487,7 @@ class App:
                                    key=req.client[0].encode() if pool.balance == "ip_hash" else None)
         except GatewayError as exc:
             return exchange_failed(req, pool, exc, self.error)
-        return self._php_response(req, result, trio.current_time() - t0)
+        return self._php_response(req, result, trio.current_time() - t0 if self.server_timing else 0.0)
 
     def _php_response(self, req: Request, result: UpstreamResponse, head_time: float) -> Response:
         head = result.head

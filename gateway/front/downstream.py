@@ -212,8 +212,16 @@ class Downstream(trio.abc.HalfCloseableStream):
         (the common case): a cancel scope and a wait only if it has to wait,
         and a yield once per ``FAIR_OPS`` calls (``SockIO.fair_tick``). Cancellation
         is seen as in ``send_all``. The response writer's call."""
-        with self._one_sender():
+        # (``_one_sender``'s steps without its context manager: once per response)
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this connection")
+        if self._closed or self._eof_sent:
+            raise trio.ClosedResourceError("the connection was closed (or half-closed) for sending")
+        self._sending = True
+        try:
             await self._send_all(memoryview(data))
+        finally:
+            self._sending = False
 
     @contextmanager
     def _one_sender(self) -> Iterator[None]:

@@ -66,6 +66,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -343,6 +344,28 @@ def storable(policy: CachePolicy, method: bytes, status: int, headers: Sequence[
     sie = _seconds(cc.get("stale-if-error"))
     return Lifetime(float(fresh), float(policy.stale_while_revalidate if swr is None else swr),
                     float(policy.stale_if_error if sie is None else sie))
+
+
+#: Request headers ``request_bypass`` reads (besides the method and path).
+_BYPASS_HEADERS = METHOD_OVERRIDES | {b"authorization", b"cookie"}
+#: Response headers ``storable`` reads (besides the status and size): a
+#: response without any of them is stored for the policy's ttl.
+_LIFETIME_HEADERS = frozenset({b"set-cookie", b"content-encoding", b"x-accel-redirect", b"x-sendfile",
+                               b"cache-control", b"vary", b"x-accel-expires", b"expires"})
+
+
+def would_store(policy: CachePolicy, method: bytes, path: str, request_headers: Sequence[tuple[bytes, bytes]],
+                status: int, headers: Sequence[tuple[bytes, bytes]], size: int | None) -> bool:
+    """Would a cache with ``policy`` have stored this PHP response to this
+    request: ``request_bypass`` None and ``storable`` a ``Lifetime`` for its
+    GET. The common answer (no cookie, authorization or method override; a
+    response that says nothing of its lifetime) without the two's parsing."""
+    if (method in CACHEABLE_METHODS and not any(name in _BYPASS_HEADERS for name, _ in request_headers)
+            and _LIFETIME_HEADERS.isdisjoint([name.lower() for name, _ in headers])):
+        return (not path.startswith(policy.bypass_paths) and status in policy.statuses and size is not None
+                and size <= policy.max_entry_size and policy.ttl > 0)
+    return request_bypass(policy, method, path, request_headers) is None and isinstance(
+        storable(policy, b"GET", status, headers, size, time.time()), Lifetime)
 
 
 def freshness(stored_at: float, lifetime: Lifetime, now: float) -> Freshness:

@@ -236,3 +236,38 @@ async def test_a_slow_reader_of_a_fast_answer_is_cut_by_the_send_timeout(tmp_pat
             await client.send_all(b"GET /big.txt HTTP/1.1\r\nHost: files.test\r\n\r\n")
             await client.receive_some(100)  # the first bytes, then never another read
     assert handler.answered == 1 and trio.current_time() - start < 10
+
+
+async def test_a_php_script_swapped_for_a_link_out_of_the_root_is_refused_at_once(tmp_path, nursery, autojump_clock):
+    """The full path takes the route ``ready`` found for a PHP script
+    (``FastPath.routed``), trusted for VALID; under symlinks = "within_root"
+    it routes again: a script replaced by a link that leaves the root is
+    refused at once, never run."""
+    runs = []
+    app, root = make_app(tmp_path, nursery, runs)
+    c = await connect(Counted(app), nursery)
+    host = [(b"host", b"strict.test")]
+    (root / "swap.php").write_text("<?php")
+    assert (await c.exchange(b"GET", b"/swap.php", host)).startswith(b"HTTP/1.1 200 ")
+    assert len(runs) == 1
+    await trio.sleep(VALID / 2)
+    (root / "swap.php").unlink()
+    (tmp_path / "outside.php").write_text("<?php")
+    os.symlink(tmp_path / "outside.php", root / "swap.php")
+    assert (await c.exchange(b"GET", b"/swap.php", host)).startswith(b"HTTP/1.1 403 ")
+    assert len(runs) == 1
+
+
+async def test_the_route_ready_found_is_only_for_the_request_it_routed(tmp_path, nursery, autojump_clock):
+    """``ready`` declined a PHP script; another request handled next is routed on its own."""
+    runs = []
+    app, _ = make_app(tmp_path, nursery, runs)
+    php = request(b"files.test", b"/hello.php")
+    assert app.ready(php) is None
+    other = request(b"files.test", b"/file.txt")
+    resp = await app.handle(other)
+    assert resp.status == 200 and not runs and (b"content-type", b"text/plain") in resp.headers
+    resp.close()
+    resp = await app.handle(php)  # its route, once
+    assert resp.status == 200 and len(runs) == 1
+    resp.close()

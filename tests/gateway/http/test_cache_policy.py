@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import time
+
 import pytest
 
 from gateway.config.cache import DEFAULT_BYPASS_COOKIES, DEFAULT_BYPASS_PATHS, DEFAULT_IGNORE_PARAMS
@@ -22,6 +25,7 @@ from gateway.http.cache_policy import (
     storable,
     stored_headers,
     tag_list,
+    would_store,
 )
 from gateway.http.response import http_date
 
@@ -214,3 +218,28 @@ def test_conditional_requests_against_an_entry() -> None:
     assert not not_modified([(b"if-modified-since", b"yesterday")], stored)
     assert not not_modified([(b"if-none-match", b'"abc"')], [])
     assert not not_modified([], stored)
+
+
+def test_would_store_is_request_bypass_and_storable_together() -> None:
+    """The verdict a cacheless site counts (``would_store``, with its short
+    cut for plain requests and responses) is the two full checks' on every
+    mix of what they read."""
+    policies = [WP, CachePolicy.build(ttl=0), CachePolicy.build(ttl=60, statuses=[200], max_entry_size=10),
+                CachePolicy.build(ttl=60, bypass_paths=["/admin"])]
+    requests = [[], [(b"host", b"a")], [(b"cookie", b"_ga=1")], [(b"cookie", b"wordpress_logged_in_x=1")],
+                [(b"authorization", b"Basic eA==")], [(b"x-http-method-override", b"PUT")]]
+    responses = [[], [(b"Content-Type", b"text/html")], [(b"Set-Cookie", b"a=1")], [(b"Cache-Control", b"no-store")],
+                 [(b"cache-control", b"max-age=0")], [(b"Cache-Control", b"max-age=5")], [(b"Vary", b"Cookie")],
+                 [(b"vary", b"Accept-Encoding")], [(b"Content-Encoding", b"gzip")], [(b"X-Accel-Expires", b"0")],
+                 [(b"Expires", b"Thu, 01 Jan 1970 00:00:00 GMT")], [(b"X-Sendfile", b"/f")],
+                 [(b"X-Accel-Redirect", b"/f")], [(b"date", b"x"), (b"X-Powered-By", b"PHP")]]
+    seen = set()
+    for policy, method, path, req, status, resp, size in itertools.product(
+            policies, [b"GET", b"HEAD", b"POST"], ["/", "/admin/x"], requests, [200, 301, 404, 500], responses,
+            [None, 0, 5, 100]):
+        full = request_bypass(policy, method, path, req) is None and isinstance(
+            storable(policy, b"GET", status, resp, size, time.time()), Lifetime)
+        assert would_store(policy, method, path, req, status, resp, size) is full, (policy, method, path, req,
+                                                                                     status, resp, size)
+        seen.add(full)
+    assert seen == {True, False}

@@ -105,6 +105,78 @@ async def test_queue_timeout_is_504_after_exactly_the_limit(nursery, autojump_cl
     assert trio.current_time() - t0 == pytest.approx(7)
 
 
+async def test_the_queue_timer_times_each_waiter_as_its_own_scope_would(nursery, autojump_clock):
+    """With ``run_reaper`` running, the pool's one timer ends the waits
+    (no cancel scope per waiter): each waiter's 504 comes exactly
+    queue_timeout after it queued, whenever it came; a slot freed meanwhile
+    goes to the first in line; a waiter cancelled by its client leaves the
+    line; and once the timer stops, a waiter left is timed by a scope of
+    its own, from the time it queued."""
+    fpm = FakeFpm(slow(100))
+    pool = make_pool(fpm, nursery, size=1, queue_timeout=7)
+    reaper = trio.CancelScope()
+
+    async def reap() -> None:
+        with reaper:
+            await pool.run_reaper()
+
+    nursery.start_soon(reap)
+    nursery.start_soon(partial(run_php, pool, PARAMS, None, SETTINGS, request_id="holder"))
+    await trio.testing.wait_all_tasks_blocked()
+    t0 = trio.current_time()
+    outcomes: dict[str, tuple[str, float]] = {}
+
+    async def waiter(name: str) -> None:
+        try:
+            await run_php(pool, PARAMS, None, SETTINGS, request_id=name)
+            outcomes[name] = ("answered", trio.current_time() - t0)
+        except QueueTimeout:
+            outcomes[name] = ("504", trio.current_time() - t0)
+
+    gone = trio.CancelScope()
+
+    async def leaves() -> None:
+        with gone:
+            await run_php(pool, PARAMS, None, SETTINGS, request_id="gone")
+
+    for name, at in (("a", 0), ("b", 2), ("gone", 3), ("c", 4)):
+        await trio.sleep(at - (trio.current_time() - t0))
+        nursery.start_soon(leaves if name == "gone" else partial(waiter, name))
+        await trio.testing.wait_all_tasks_blocked()
+    assert pool.waiting == 4
+    gone.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    assert pool.waiting == 3
+    await trio.sleep(7.5 - (trio.current_time() - t0))
+    assert outcomes == {"a": ("504", pytest.approx(7))}
+    assert pool.waiting == 2 and pool.stats.queue_timeouts == 1
+    await trio.sleep(9.5 - (trio.current_time() - t0))
+    assert outcomes["b"] == ("504", pytest.approx(9)) and pool.waiting == 1
+    reaper.cancel()  # the timer stops: "c" keeps its deadline on a scope of its own
+    await trio.testing.wait_all_tasks_blocked()
+    assert pool.waiting == 1
+    await trio.sleep(12 - (trio.current_time() - t0))
+    assert outcomes["c"] == ("504", pytest.approx(11))
+    assert pool.waiting == 0 and pool.stats.queue_timeouts == 3 and pool.busy == 1
+
+
+async def test_the_queue_timer_hands_a_freed_slot_to_the_first_in_line(nursery, autojump_clock):
+    fpm = FakeFpm(slow(5))
+    pool = make_pool(fpm, nursery, size=1, queue_timeout=60)
+    nursery.start_soon(pool.run_reaper)
+    done: list[str] = []
+
+    async def request(name: str) -> None:
+        await run_php(pool, PARAMS, None, SETTINGS, request_id=name)
+        done.append(name)
+
+    for name in ("first", "second", "third"):
+        nursery.start_soon(request, name)
+        await trio.testing.wait_all_tasks_blocked()
+    await trio.sleep(16)
+    assert done == ["first", "second", "third"] and pool.stats.queue_timeouts == 0
+
+
 async def test_client_gone_in_queue_never_reaches_php_and_leaks_no_slot(nursery, autojump_clock):
     # the front end cancels a request whose client left: here, by hand
     fpm = FakeFpm(slow(5))
