@@ -17,7 +17,9 @@ and nginx and Caddy (where installed; scripts/bench's, from the same Stack)
 serving the same file. Every row has its CPU µs per request: the CPU time of
 all the server's processes (scripts/bench's ``cpu_seconds``: the process and
 its children) over the requests wrk counted, measured after a 2 s warm-up;
-that figure stays comparable on a busy machine where req/s does not.
+that figure stays comparable on a busy machine where req/s does not. ``sys %``
+is the kernel's share of it (socket calls, wake-ups, page faults: what no
+Python-level change removes; the user/system split is sampled per tick).
 ``--reps`` runs all rows that many times in alternation and prints medians.
 
 If the floor is below a target, no work on the gateway's own code can reach it
@@ -73,8 +75,10 @@ import tempfile
 from pathlib import Path
 
 from _harness import Stack, free_port, port_open, wait_for
-from bench import DOCROOT, cpu_seconds, drain, wrk
+from bench import DOCROOT, drain, wrk
 from path_cpu import WP_PAGE
+
+from gateway.observe.monitor import children_of
 
 SIZE = int(os.environ.get("FLOOR_SIZE", "1024"))  # the children learn --size from the parent this way
 BODY = b"x" * SIZE
@@ -273,15 +277,31 @@ def stack_pid(stack: Stack, program: str) -> int:
     return next(proc.pid for proc in stack.procs if Path(str(proc.args[0])).name == program)
 
 
+def cpu_times(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds of ``pids`` and their children: scripts/bench's
+    ``cpu_seconds``, split (the kernel's split is sampled at each tick; the sum is exact)."""
+    user = system = 0
+    for proc in [p for pid in pids for p in (pid, *children_of(pid))]:
+        try:
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]), system + int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
+
+
 def measure(port: int, pids: list[int], path: str, connections: int, duration: int) -> dict[str, float]:
     """A warm-up, then wrk as scripts/bench runs it; ``cpu_us``: the CPU time of
     ``pids`` and their children (all the server's processes) over the requests
-    answered, as scripts/bench's gateway CPU column."""
+    answered, as scripts/bench's gateway CPU column; ``sys``: the kernel's share of it."""
     wrk(port, path, connections, 2, 10)
-    cpu0 = sum(cpu_seconds(pid) for pid in pids)
+    user0, sys0 = cpu_times(pids)
     r = wrk(port, path, connections, duration, 10)
-    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
+    user1, sys1 = cpu_times(pids)
+    cpu = user1 + sys1 - user0 - sys0
     r["cpu_us"] = cpu / r["requests"] * 1e6 if r["requests"] else float("nan")
+    r["sys"] = (sys1 - sys0) / cpu if cpu else float("nan")
     return r
 
 
@@ -375,11 +395,11 @@ def print_table(results: dict[str, list[dict[str, float]]]) -> None:
 
     nginx = med("nginx", "rps")
     caddy = med("caddy", "rps") if "caddy" in results else float("nan")
-    print(f"{'server':16} {'req/s':>9} {'p99 ms':>8} {'vs nginx':>8} {'vs Caddy':>8} {'CPU µs/req':>10}")
+    print(f"{'server':16} {'req/s':>9} {'p99 ms':>8} {'vs nginx':>8} {'vs Caddy':>8} {'CPU µs/req':>10} {'sys %':>5}")
     for name in results:
         rps = med(name, "rps")
         print(f"{name:16} {rps:9.0f} {med(name, 'p99'):8.2f} {rps / nginx:8.2f} {rps / caddy:8.2f} "
-              f"{med(name, 'cpu_us'):10.0f}")
+              f"{med(name, 'cpu_us'):10.0f} {100 * med(name, 'sys'):5.0f}")
 
 
 if __name__ == "__main__":
