@@ -38,12 +38,16 @@ are encoded once, the few that do (SCRIPT_FILENAME, REQUEST_URI, the
 client's address, the headers...) per request with our ``fastcgi.encode_pairs``;
 BEGIN_REQUEST, PARAMS and the empty STDIN go in one send over a kept-alive
 FastCGI connection from a free list (at most 4 / processes per process: one
-per concurrent request, a ``trio.CapacityLimiter`` as the queue); STDOUT is
-read until END_REQUEST, the CGI head split for Status and Content-Type, and
-h11 writes the answer (Server, Date, Content-Type, Content-Length). No
-timeouts, routing, logging, or checks: the floor. ``trio-h11-fcgi-t``: the
-same with one ``trio.fail_after`` around each request (what the least
-timeout costs).
+per concurrent request; when none is free the request parks in a FIFO and is
+handed one); STDOUT is read until END_REQUEST, the CGI head split for Status
+and Content-Type, and h11 writes the answer (Server, Date, Content-Type,
+Content-Length). Socket calls are made first and wait only when they would
+block (as the gateway's ``SockIO``; a PHP request waits for php-fpm, so it
+yields at least once). No timeouts, routing, logging, or checks: the floor.
+``trio-h11-fcgi-t``: the same with one ``trio.fail_after`` around each
+request (what the least timeout costs); ``trio-h11-fcgi-s``: with trio's
+socket methods (a yield to the scheduler per call, also one that does not
+block: what the gateway's ``SockIO`` saves).
 
 - ``--php``: hello.php (bench's), 64 connections: the floor under
   "hello.php c64 >= 0.9x Caddy, <= 150 µs of gateway CPU per request".
@@ -158,25 +162,77 @@ FCGI_END_PARAMS_STDIN = FCGI_HEADER.pack(1, 4, 1, 0, 0) + FCGI_HEADER.pack(1, 5,
 REQUEST_TIMEOUT = 60.0
 
 
-def serve_fcgi(sock: socket.socket, fpm: str, pool: int, root: bytes, timeout: bool) -> None:
+def serve_fcgi(sock: socket.socket, fpm: str, pool: int, root: bytes, kind: str) -> None:
     """The least a trio gateway does for a PHP request: h11 parses it, params
     (the constant ones encoded once) go over a kept-alive FastCGI connection
-    from a free list of at most ``pool``, STDOUT is read until END_REQUEST,
+    from a free list of at most ``pool`` (a FIFO of parked tasks when none is
+    free, handed a connection directly), STDOUT is read until END_REQUEST,
     the CGI head is split for Status and Content-Type, and h11 writes the
-    answer. ``timeout``: one ``fail_after`` around each request."""
+    answer. Socket calls are made first and wait (``wait_readable`` /
+    ``wait_writable``) only when the kernel says they would block, as the
+    gateway's ``SockIO`` does: a PHP request always waits for php-fpm, so it
+    yields at least once. ``kind``: ``-t`` one ``fail_after`` around each
+    request; ``-s`` trio's socket methods instead (a yield per call, also
+    when it does not block)."""
+    import collections
+
     import h11
+    import outcome
     import trio
 
     from fastcgi import encode_pairs
     from gateway.http.response import http_date
 
+    timeout, stock = kind.endswith("-t"), kind.endswith("-s")
     const = encode_pairs([
         (b"CONTENT_TYPE", b""), (b"CONTENT_LENGTH", b""), (b"DOCUMENT_ROOT", root), (b"SERVER_PROTOCOL", b"HTTP/1.1"),
         (b"REQUEST_SCHEME", b"http"), (b"GATEWAY_INTERFACE", b"CGI/1.1"), (b"SERVER_SOFTWARE", b"floor"),
         (b"REMOTE_USER", b""), (b"SERVER_ADDR", b"127.0.0.1"), (b"SERVER_PORT", str(sock.getsockname()[1]).encode()),
         (b"SERVER_NAME", b"localhost"), (b"REDIRECT_STATUS", b"200"), (b"PATH_INFO", b"")])
-    free: list[trio.SocketStream] = []
-    limiter = trio.CapacityLimiter(pool)
+    Sock = tuple[socket.socket, trio.socket.SocketType]  # noqa: N806 (the stdlib socket, its trio wrapper)
+    free: list[Sock] = []
+    waiting: collections.deque[trio.lowlevel.Task] = collections.deque()
+    opened = 0
+
+    async def recv(s: Sock) -> bytes:
+        if stock:
+            return await s[1].recv(65536)
+        while True:
+            try:
+                return s[0].recv(65536)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(s[0])
+
+    async def send_all(s: Sock, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if stock:
+                view = view[await s[1].send(view):]
+                continue
+            try:
+                view = view[s[0].send(view):]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(s[0])
+
+    async def take() -> Sock:
+        nonlocal opened
+        if free:
+            return free.pop()
+        if opened < pool:
+            opened += 1
+            raw = socket.socket(socket.AF_UNIX)
+            raw.connect(fpm)
+            raw.setblocking(False)
+            return raw, trio.socket.from_stdlib_socket(raw)
+        waiting.append(trio.lowlevel.current_task())
+        conn: Sock = await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+        return conn
+
+    def give(s: Sock) -> None:
+        if waiting:
+            trio.lowlevel.reschedule(waiting.popleft(), outcome.Value(s))
+        else:
+            free.append(s)
 
     async def php(req: h11.Request, remote: list[tuple[bytes, bytes]]) -> tuple[int, bytes, bytes]:
         path, _, query = req.target.partition(b"?")
@@ -186,28 +242,27 @@ def serve_fcgi(sock: socket.socket, fpm: str, pool: int, root: bytes, timeout: b
             *((b"HTTP_" + name.upper().replace(b"-", b"_"), value) for name, value in req.headers)])
         pad = -len(params) & 7
         stdout: list[bytes] = []
-        async with limiter:
-            stream = free.pop() if free else await trio.open_unix_socket(fpm)
-            await stream.send_all(b"".join((FCGI_BEGIN, FCGI_HEADER.pack(1, 4, 1, len(params), pad), params,
-                                            bytes(pad), FCGI_END_PARAMS_STDIN)))
-            buf, pos, done = b"", 0, False
-            while not done:
-                data = await stream.receive_some(65536)
-                if not data:
-                    raise trio.BrokenResourceError("php-fpm closed the connection")
-                buf = buf[pos:] + data if pos < len(buf) else data
-                pos = 0
-                while len(buf) - pos >= 8:
-                    _, rtype, _, clen, plen = FCGI_HEADER.unpack_from(buf, pos)
-                    end = pos + 8 + clen + plen
-                    if end > len(buf):
-                        break
-                    if rtype == 6:  # STDOUT
-                        stdout.append(buf[pos + 8:pos + 8 + clen])
-                    elif rtype == 3:  # END_REQUEST
-                        done = True
-                    pos = end
-            free.append(stream)
+        s = await take()
+        await send_all(s, b"".join((FCGI_BEGIN, FCGI_HEADER.pack(1, 4, 1, len(params), pad), params, bytes(pad),
+                                    FCGI_END_PARAMS_STDIN)))
+        buf, pos, done = b"", 0, False
+        while not done:
+            data = await recv(s)
+            if not data:
+                raise ConnectionError("php-fpm closed the connection")
+            buf = buf[pos:] + data if pos < len(buf) else data
+            pos = 0
+            while len(buf) - pos >= 8:
+                _, rtype, _, clen, plen = FCGI_HEADER.unpack_from(buf, pos)
+                end = pos + 8 + clen + plen
+                if end > len(buf):
+                    break
+                if rtype == 6:  # STDOUT
+                    stdout.append(buf[pos + 8:pos + 8 + clen])
+                elif rtype == 3:  # END_REQUEST
+                    done = True
+                pos = end
+        give(s)
         head, _, body = b"".join(stdout).partition(b"\r\n\r\n")
         status, content_type = 200, b"text/html"
         for line in head.split(b"\r\n"):
@@ -219,41 +274,49 @@ def serve_fcgi(sock: socket.socket, fpm: str, pool: int, root: bytes, timeout: b
                 content_type = value.strip()
         return status, content_type, body
 
-    async def answer(stream: trio.SocketStream, conn: h11.Connection, req: h11.Request,
-                     remote: list[tuple[bytes, bytes]]) -> None:
+    async def answer(s: Sock, conn: h11.Connection, req: h11.Request, remote: list[tuple[bytes, bytes]]) -> None:
         status, content_type, body = await php(req, remote)
         out = conn.send(h11.Response(status_code=status, headers=[
             (b"server", b"floor"), (b"date", http_date()), (b"content-type", content_type),
             (b"content-length", str(len(body)).encode())]))
-        await stream.send_all(out + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        await send_all(s, out + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def handle(s: Sock, peer: tuple[str, int]) -> None:
         conn = h11.Connection(h11.SERVER)
-        host, port = stream.socket.getpeername()[:2]
-        remote = [(b"REMOTE_ADDR", host.encode()), (b"REMOTE_PORT", str(port).encode())]
+        remote = [(b"REMOTE_ADDR", peer[0].encode()), (b"REMOTE_PORT", str(peer[1]).encode())]
         try:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
+                    conn.receive_data(await recv(s))
                     continue
                 if isinstance(event, h11.Request):
                     while not isinstance(conn.next_event(), h11.EndOfMessage):
                         pass
                     if timeout:
                         with trio.fail_after(REQUEST_TIMEOUT):
-                            await answer(stream, conn, event, remote)
+                            await answer(s, conn, event, remote)
                     else:
-                        await answer(stream, conn, event, remote)
+                        await answer(s, conn, event, remote)
                     conn.start_next_cycle()
                     continue
                 return
-        except (trio.BrokenResourceError, h11.RemoteProtocolError):
+        except (OSError, h11.RemoteProtocolError):
             pass
+        finally:
+            s[0].close()
 
     async def main() -> None:
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        await trio.serve_listeners(handle, [listener])
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    raw, peer = sock.accept()
+                except BlockingIOError:
+                    continue
+                raw.setblocking(False)
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(handle, (raw, trio.socket.from_stdlib_socket(raw)), peer)
 
     trio.run(main)
 
@@ -327,7 +390,7 @@ def main() -> int:
         if args.serve == "trio-echo":
             serve_echo(sock)
         elif args.serve.startswith("trio-h11-fcgi"):
-            serve_fcgi(sock, args.fpm, args.pool, args.root.encode(), timeout=args.serve.endswith("-t"))
+            serve_fcgi(sock, args.fpm, args.pool, args.root.encode(), args.serve)
         else:
             serve_h11(sock, compiled=args.serve == "trio-h11c")
         return 0
@@ -336,7 +399,7 @@ def main() -> int:
     os.environ["FLOOR_SIZE"] = str(args.size)
     os.environ.setdefault("GATEWAY_H11", "h11")  # the gateway row on the default install's parser
     static_kinds = ["trio-echo", "trio-h11"] + (["trio-h11c"] if importlib.util.find_spec("h11_mypyc") else [])
-    php_kinds = ["trio-h11-fcgi", "trio-h11-fcgi-t"]
+    php_kinds = ["trio-h11-fcgi", "trio-h11-fcgi-t", "trio-h11-fcgi-s"]
     modes = ([("static", "/body.txt", args.connections or 64, static_kinds)]
              if args.static or not (args.php or args.page) else [])
     if args.php:
