@@ -555,7 +555,7 @@ class SlotQueue:
     seen ``take`` fail); a release hands its slot straight to the first
     waiter, which wakes holding it. Nobody takes a slot past a waiter."""
 
-    __slots__ = ("_total", "_borrowers", "_waiters")
+    __slots__ = ("_total", "_borrowers", "_waiters", "_last_deadline", "_in_order")
 
     def __init__(self, total: int) -> None:
         self._total = total
@@ -563,6 +563,11 @@ class SlotQueue:
         #: waiting tasks, first come first, the token each waits for and
         #: until when (``expire``; inf: the waiter's own cancel scope bounds it)
         self._waiters: dict[trio.lowlevel.Task, tuple[object, float]] = {}
+        #: the latest deadline that joined the line, and whether the line's
+        #: deadlines (inf aside) still come in its order (the pool's do: one
+        #: queue_timeout after each joined): ``expire`` stops at the first not due
+        self._last_deadline = -math.inf
+        self._in_order = True
 
     def __repr__(self) -> str:
         return f"<SlotQueue {len(self._borrowers)}/{self._total} with {len(self._waiters)} waiting>"
@@ -605,6 +610,13 @@ class SlotQueue:
         nothing). Cancellable: a cancelled waiter leaves the line and holds nothing."""
         task = trio.lowlevel.current_task()
         waiters = self._waiters
+        if deadline < math.inf:
+            if not waiters:
+                self._last_deadline, self._in_order = deadline, True
+            elif deadline >= self._last_deadline:
+                self._last_deadline = deadline
+            else:
+                self._in_order = False  # (``expire`` walks the whole line until it is empty again)
         waiters[task] = (token, deadline)
 
         def abort(_: object) -> trio.lowlevel.Abort:
@@ -617,14 +629,23 @@ class SlotQueue:
     def expire(self, now: float, *, everyone: bool = False) -> float:
         """Wake the waiters whose deadline is ``now`` or past (``everyone``:
         all with a deadline) out of the line, holding nothing; the earliest
-        deadline of those left (inf: none)."""
+        deadline of those left (inf: none). Deadlines in line order (the
+        pool's), it looks no further than the first waiter not due: a
+        timeout costs the waiters it ends, not a walk of the line."""
         earliest = math.inf
-        for task, (_, deadline) in list(self._waiters.items()):
+        due = []
+        in_order = self._in_order and not everyone
+        for task, (_, deadline) in self._waiters.items():
             if deadline <= now or (everyone and deadline < math.inf):
-                del self._waiters[task]
-                trio.lowlevel.reschedule(task)
+                due.append(task)
             elif deadline < earliest:
                 earliest = deadline
+                if in_order:
+                    break
+        waiters = self._waiters
+        for task in due:
+            del waiters[task]
+            trio.lowlevel.reschedule(task)
         return earliest
 
     def release_on_behalf_of(self, token: object) -> None:

@@ -6,6 +6,8 @@ import itertools
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config.cache import DEFAULT_BYPASS_COOKIES, DEFAULT_BYPASS_PATHS, DEFAULT_IGNORE_PARAMS
 from gateway.http.cache_policy import (
@@ -243,3 +245,38 @@ def test_would_store_is_request_bypass_and_storable_together() -> None:
                                                                                      status, resp, size)
         seen.add(full)
     assert seen == {True, False}
+
+
+_REQ_NAMES = [b"cookie", b"Cookie", b"authorization", b"Authorization", b"x-http-method-override",
+              b"X-HTTP-Method-Override", b"x-method-override", b"x-http-method", b"host", b"accept-encoding"]
+_RESP_NAMES = [b"set-cookie", b"Set-Cookie", b"SET-COOKIE", b"content-encoding", b"Vary", b"vary", b"Cache-Control",
+               b"cache-control", b"X-Accel-Expires", b"x-accel-expires", b"Expires", b"Date", b"X-Sendfile",
+               b"X-Accel-Redirect", b"content-type", b"pragma", b"age"]
+_VALUES = [b"", b"*", b"0", b"5", b"@0", b"@99999999999", b"max-age=5", b"s-maxage=0", b"private", b"no-cache",
+           b"Thu, 01 Jan 1970 00:00:00 GMT", b"a=1", b"wordpress_logged_in=1", b"Accept-Encoding, *", b"cookie",
+           b"GET"]
+
+
+def _fields(names: list[bytes]) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
+    return st.lists(st.tuples(st.sampled_from(names), st.sampled_from(_VALUES)), max_size=2)
+
+
+@settings(max_examples=1000)
+@given(st.builds(lambda ttl, statuses, size, paths, cookies, vary: CachePolicy.build(
+           ttl=ttl, statuses=statuses, max_entry_size=size, bypass_paths=paths, bypass_cookies=cookies, vary=vary),
+           st.sampled_from([60, 0.5, 0]), st.sampled_from([[200, 404], [200]]), st.sampled_from([1 << 20, 10]),
+           st.sampled_from([[], ["/admin"]]), st.sampled_from([["*"], ["wordpress_logged_in*"], []]),
+           st.sampled_from([[], ["cookie"]])),
+       st.sampled_from([b"GET", b"HEAD", b"POST", b"get"]), st.sampled_from(["/", "/admin/x"]),
+       _fields(_REQ_NAMES), st.sampled_from([200, 404, 500]), _fields(_RESP_NAMES),
+       st.sampled_from([5, None, 100, 1 << 21]))
+def test_would_store_agrees_with_the_full_checks_on_odd_mixes(policy: CachePolicy, method: bytes, path: str,
+                                                              req: list[tuple[bytes, bytes]], status: int,
+                                                              resp: list[tuple[bytes, bytes]],
+                                                              size: int | None) -> None:
+    """Upper-case names either side, a Set-Cookie on a 404, a Vary: *, an
+    X-Accel-Expires in the past, a method override: ``would_store``'s short
+    cut never answers other than ``request_bypass`` and ``storable``."""
+    full = request_bypass(policy, method, path, req) is None and isinstance(
+        storable(policy, b"GET", status, resp, size, time.time()), Lifetime)
+    assert would_store(policy, method, path, req, status, resp, size) is full
