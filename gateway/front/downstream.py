@@ -251,8 +251,13 @@ class Downstream(trio.abc.HalfCloseableStream):
         io = self._io
         tls = self._tls
         if tls is not None:
-            if not view:
-                await trio.lowlevel.checkpoint_if_cancelled()
+            if len(view) <= TLS_SEND_PIECE:  # (a response's head and small body: one call, one record)
+                try:
+                    await tls.send(view, timeout)
+                except OSError as exc:
+                    raise self._broken("send", exc) from exc
+                self.sent += len(view)
+                return
             for i in range(0, len(view), TLS_SEND_PIECE):
                 piece = view[i : i + TLS_SEND_PIECE]
                 try:

@@ -135,6 +135,10 @@ class TlsIO:
         fairness budget is used up."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check()
+        # Nothing above the socket (the usual case: the last request was read
+        # whole): the socket first, not a read that would only say it wants more.
+        if not self.incoming.pending and not self.ssl.pending() and not self._fill():
+            return None
         while True:
             data = self._read(max_bytes)
             if self.outgoing.pending and not self.broken:  # (as trio: no alert after a failed read)
@@ -142,14 +146,21 @@ class TlsIO:
             if data is not None:
                 await self.io.fair_tick()
                 return data
-            try:
-                raw = self.io.raw.recv(self.RECV_SIZE)
-            except BlockingIOError:
+            if not self._fill():
                 return None
-            if raw:
-                self.incoming.write(raw)
-            else:
-                self.incoming.write_eof()
+
+    def _fill(self) -> bool:
+        """Records from the socket into the SSLObject's BIO (or the socket's
+        EOF); False: none were there (a read would wait)."""
+        try:
+            raw = self.io.raw.recv(self.RECV_SIZE)
+        except BlockingIOError:
+            return False
+        if raw:
+            self.incoming.write(raw)
+        else:
+            self.incoming.write_eof()
+        return True
 
     async def receive_waiting(self, max_bytes: int) -> bytes:
         """Wait until there is something to read, then read it (after
