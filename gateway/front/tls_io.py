@@ -197,6 +197,7 @@ class TlsIO:
             if self.flushed is None:
                 self.flushed = trio.Event()
             await self.flushed.wait()
+            self._check()  # (that send failed: what this writer queued went with it, or never will)
         self.flushing = True
         try:
             while self.outgoing.pending:
