@@ -22,12 +22,17 @@ every measurement alternates between the two: the before/after of a change,
 under the same load. ``GATEWAY_H11`` is passed on (both gateways parse with
 the same h11).
 
+With ``--tls`` each gateway also listens with TLS (a self-signed P-256
+certificate, ``_harness.make_certificate``) and every path is measured over
+kept-alive HTTPS as well (rows ``tls-NAME``, e.g. ``tls-static``), in the
+same process, alternated with its plain row: what TLS adds per request.
+
 With ``--profile DIR`` this checkout's gateway runs under cProfile and
 writes DIR/gateway.prof when it stops (the CPU figures then include the
 profiler's overhead: use it for where the time goes, not how much).
 
     scripts/path-cpu [--reps 3] [--duration 4] [--only proxy,php,static,cache,page,wp] [--baseline TREE]
-                     [--profile DIR]
+                     [--profile DIR] [--tls]
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _harness import REPO, Stack, cpu_dirs, free_port, port_open, print_cpu_table, wait_for
+from _harness import REPO, Stack, cpu_dirs, free_port, make_certificate, port_open, print_cpu_table, wait_for
 from bench import cpu_seconds, wrk
 
 UPSTREAM_CONF = """
@@ -83,10 +88,15 @@ def main() -> int:
     p.add_argument("--only", default="proxy,php,static", help="comma-separated: proxy, php, static, cache, page, wp")
     p.add_argument("--profile", type=Path, help="run this checkout's gateway under cProfile, writing DIR/gateway.prof")
     p.add_argument("--baseline", type=Path, help="also run the gateway whose source tree is there")
+    p.add_argument("--tls", action="store_true", help="also measure every path over HTTPS (rows tls-NAME)")
     args = p.parse_args()
     paths = {name: PATHS[name] for name in args.only.split(",")}
+    #: (row, path, https): each path over plain HTTP, and with --tls over HTTPS after it
+    rows = [(f"{prefix}{name}", name, path, https) for name, path in paths.items()
+            for prefix, https in ([("", False), ("tls-", True)] if args.tls else [("", False)])]
     trees = {"this": REPO} if args.baseline is None else {"baseline": args.baseline.resolve(), "this": REPO}
     root, run = cpu_dirs("path-cpu", {"wp.php": WP_PAGE})
+    cert, key = make_certificate(run) if args.tls else (None, None)
     upstream = free_port()
     (run / "upstream.conf").write_text(UPSTREAM_CONF.format(run=run, port=upstream))
     procs = [subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(run / "upstream.conf")],
@@ -98,36 +108,42 @@ def main() -> int:
         with Stack(root, workers=8) as stack:
             gateways = {}
             for label, tree in trees.items():
-                port = free_port()
+                port, tls_port = free_port(), free_port()
                 confd = run / f"conf-{label}"
                 confd.mkdir()
+                listen = f'"127.0.0.1:{port}", "127.0.0.1:{tls_port} tls"' if args.tls else f'"127.0.0.1:{port}"'
+                tls = f'cert = "{cert}"\nkey = "{key}"\n' if args.tls else ""
                 (confd / "00.toml").write_text(
-                    f'[server]\nlisten = ["127.0.0.1:{port}"]\naccess_log = "off"\nprocesses = 1\n'
+                    f'[server]\nlisten = [{listen}]\naccess_log = "off"\nprocesses = 1\n'
                     + ('user = "root"\n' if os.geteuid() == 0 else "")
                     + '[admin]\nlisten = "off"\n'
                     f'[backends.php]\naddress = "unix:{stack.fpm_socket}"\npool_size = 4\n'
                     f'[backends.app]\ntype = "http"\naddresses = ["127.0.0.1:{upstream}"]\npool_size = 16\n'
                     f'[sites.cmp]\ndefault = true\nroot = "{root}"\nphp = "php"\nroutes = {{"/up/" = "app"}}\n'
-                    f'[sites.cached]\nserver_names = ["cached.test"]\nroot = "{root}"\nphp = "php"\n'
-                    '[sites.cached.cache]\nenabled = true\nttl = "1h"\n')
+                    + (f'server_names = ["localhost", "127.0.0.1"]\n[sites.cmp.tls]\n{tls}' if tls else "")
+                    + f'[sites.cached]\nserver_names = ["cached.test"]\nroot = "{root}"\nphp = "php"\n'
+                    + (f'[sites.cached.tls]\n{tls}' if tls else "")
+                    + '[sites.cached.cache]\nenabled = true\nttl = "1h"\n')
                 env = {**os.environ, "PYTHONPATH": str(tree)}
                 profile = ["-m", "cProfile", "-o", str(args.profile.resolve() / "gateway.prof")] \
                     if args.profile is not None and label == "this" else []
                 proc = subprocess.Popen([sys.executable, *profile, "-m", "gateway", "serve", "--config", str(confd),
                                          "--log-level", "warning"], cwd=tree, env=env)
                 procs.append(proc)
-                gateways[label] = (port, proc.pid)
+                gateways[label] = (port, tls_port, proc.pid)
                 wait_for(lambda port=port: port_open(port), timeout=60, what=f"the gateway from {tree}")
-                for name, path in paths.items():  # warm-up: connections opened, modules loaded, the page stored
-                    wrk(port, path, CONNECTIONS.get(name, 64), 1, 10, headers=HEADERS.get(name, ()))
+                for _, name, path, https in rows:  # warm-up: connections opened, modules loaded, the page stored
+                    wrk(tls_port if https else port, path, CONNECTIONS.get(name, 64), 1, 10, https=https,
+                        headers=HEADERS.get(name, ()))
             for rep in range(args.reps):
-                for name, path in paths.items():
-                    for label, (port, pid) in gateways.items():
+                for row, name, path, https in rows:
+                    for label, (port, tls_port, pid) in gateways.items():
                         cpu0 = cpu_seconds(pid)
-                        r = wrk(port, path, CONNECTIONS.get(name, 64), args.duration, 10, headers=HEADERS.get(name, ()))
+                        r = wrk(tls_port if https else port, path, CONNECTIONS.get(name, 64), args.duration, 10,
+                                https=https, headers=HEADERS.get(name, ()))
                         us = (cpu_seconds(pid) - cpu0) / r["requests"] * 1e6 if r["requests"] else float("nan")
-                        results.setdefault((name, label), []).append((us, r["rps"]))
-                        print(f"  rep {rep + 1} {name:6} {label:8} {r['rps']:8.0f} req/s {us:6.0f} µs/req "
+                        results.setdefault((row, label), []).append((us, r["rps"]))
+                        print(f"  rep {rep + 1} {row:10} {label:8} {r['rps']:8.0f} req/s {us:6.0f} µs/req "
                               f"errors {r['errors']:.0f}", file=sys.stderr, flush=True)
     finally:
         for proc in reversed(procs):

@@ -17,6 +17,10 @@ plain socket (a ``trio.SSLStream``, a test's memory stream):
   such calls on the socket keeps a transfer that never waits from holding
   the loop (h1 adds one per request: ``HttpConnection.receive``).
   ``send_all`` and ``receive_some`` stay trio's checkpoints (h2, tunnels).
+- Under TLS, once the handshake is done, the same calls go through
+  ``tls_io.TlsIO`` (the SSLStream's SSLObject and BIOs driven directly over
+  the socket, the same way: no lock, no yield where nothing waits); a
+  stream it cannot drive keeps ``SSLStream``'s methods.
 - ``sendfile``: ``os.sendfile`` on a plain socket; reads and ``send_all`` on
   anything else (TLS must encrypt what it sends).
 - ``peer_closed()``: has the client closed (or reset) the connection? One
@@ -39,6 +43,7 @@ plain socket (a ``trio.SSLStream``, a test's memory stream):
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import socket
 import ssl
@@ -50,6 +55,7 @@ import trio
 
 from .._util import SockIO, peer_closed
 from ..http.response import FileRange
+from .tls_io import TlsIO
 
 #: Writes to a stream that is not a socket go in pieces of this size, the send
 #: timeout re-armed for each.
@@ -136,7 +142,11 @@ class Downstream(trio.abc.HalfCloseableStream):
         self._plain = self._sock if isinstance(stream, trio.SocketStream) else None
         #: the plain socket's calls without trio's yield per call (``SockIO``)
         self._io = SockIO.of(self._plain)
+        #: the same for TLS records, after the handshake (``TlsIO``)
+        self._tls = TlsIO.of(stream, send_timeout) if self._plain is None else None
         self._sending = False
+        #: a ``receive_some`` through ``TlsIO`` is under way (one at a time)
+        self._receiving = False
         self._closed = False
         self._eof_sent = False
         #: bytes received past a prefix on a stream that cannot peek (tests)
@@ -204,7 +214,7 @@ class Downstream(trio.abc.HalfCloseableStream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """trio's ``send_all``: always a checkpoint (a yield to the scheduler)."""
         await self.write(data)
-        if self._io is not None:
+        if self._io is not None or self._tls is not None:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -239,6 +249,23 @@ class Downstream(trio.abc.HalfCloseableStream):
     async def _send_all(self, view: memoryview) -> None:
         timeout = self.send_timeout
         io = self._io
+        tls = self._tls
+        if tls is not None:
+            if len(view) <= TLS_SEND_PIECE:  # (a response's head and small body: one call, one record)
+                try:
+                    await tls.send(view, timeout)
+                except OSError as exc:
+                    raise self._broken("send", exc) from exc
+                self.sent += len(view)
+                return
+            for i in range(0, len(view), TLS_SEND_PIECE):
+                piece = view[i : i + TLS_SEND_PIECE]
+                try:
+                    await tls.send(piece, timeout)
+                except OSError as exc:
+                    raise self._broken("send", exc) from exc
+                self.sent += len(piece)
+            return
         if io is None:
             scope = trio.CancelScope(deadline=trio.current_time() + timeout)
             with scope:
@@ -313,30 +340,55 @@ class Downstream(trio.abc.HalfCloseableStream):
             data, self._pushback = self._pushback[:n], self._pushback[n:]
             await trio.lowlevel.checkpoint()
             return data
+        if self._tls is not None:
+            return await self._tls_receive_some(max_bytes)
         return await self.stream.receive_some(max_bytes)
+
+    async def _tls_receive_some(self, max_bytes: int | None) -> bytes:
+        """``receive_some`` through ``TlsIO``, with trio's contract (one
+        receiver at a time, ``max_bytes`` >= 1, always a checkpoint)."""
+        size = TlsIO.RECV_SIZE if max_bytes is None else operator.index(max_bytes)
+        if size < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this connection")
+        self._receiving = True
+        try:
+            got = await self.receive_ready(size)
+            if got is not None:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return got
+            return bytes(await self.receive_waiting(size))
+        finally:
+            self._receiving = False
 
     async def receive_ready(self, max_bytes: int) -> bytes | None:
         """What the client sent that is there now (b"": EOF), without waiting
         and without a cancel scope; None if a read would wait (and always on
-        a stream that is not a plain socket: then ``receive_waiting``)."""
-        io = self._io
-        if io is None or self._pushback:
+        a stream that is neither a plain socket nor ``TlsIO``'s: then
+        ``receive_waiting``)."""
+        if self._pushback or (self._io is None and self._tls is None):
             return None
         if self._closed:
             raise trio.ClosedResourceError("the connection was closed")
         try:
-            return await io.recv_ready(max_bytes)
+            if self._io is not None:
+                return await self._io.recv_ready(max_bytes)
+            assert self._tls is not None
+            return await self._tls.receive_ready(max_bytes)
         except OSError as exc:
             raise self._broken("receive", exc) from exc
 
     async def receive_waiting(self, max_bytes: int) -> bytes | bytearray:
         """Wait for the client's next bytes, after ``receive_ready`` said
         there were none (under the caller's deadline scope)."""
-        io = self._io
-        if io is None or self._pushback:
+        if self._pushback or (self._io is None and self._tls is None):
             return await self.receive_some(max_bytes)
         try:
-            return await io.recv_waiting(max_bytes)
+            if self._io is not None:
+                return await self._io.recv_waiting(max_bytes)
+            assert self._tls is not None
+            return await self._tls.receive_waiting(max_bytes)
         except OSError as exc:
             raise self._broken("receive", exc) from exc
 
@@ -482,6 +534,8 @@ class Downstream(trio.abc.HalfCloseableStream):
             except (ssl.SSLError, ValueError):
                 pass  # it wants the peer's close_notify too: we do not wait for it
             alert = outgoing.read()
+            if self._tls is not None and self._tls.delayed:  # (never sent: they go first)
+                alert, self._tls.delayed = self._tls.delayed + alert, b""
             with trio.move_on_after(seconds):
                 await transport.send_all(alert)
         self._eof_sent = True
