@@ -299,16 +299,16 @@ class App:
             resp = await self._php(req, router, route)
         if resp.from_upstream and accel.find(resp.headers) is not None:  # (``_accel``'s test: no await without one)
             resp = await self._accel(req, router, resp)
-        return await self._backend_answer(req, router, resp)
-
-    async def _backend_answer(self, req: Request, router: Router, resp: Response) -> Response:
-        """A PHP or proxy answer, compressed; or, for a backend's own error with
-        ``intercept_errors``, the site's page in its place (its body never compressed
-        for nothing). The gateway's own errors get their pages in ``handle``."""
+        # A PHP or proxy answer, compressed; or, for a backend's own error with
+        # ``intercept_errors``, the site's page in its place (its body never compressed
+        # for nothing). The gateway's own errors get their pages in ``handle``.
         pages = self.error_pages.get(router.name)
         if pages and resp.from_upstream and pages.page_for(resp.status, from_upstream=True) is not None:
             return await self._error_page(req, router, pages, resp)
-        return await self.compressor.apply(req.method, req.header(b"accept-encoding"), resp)
+        accept = req.header(b"accept-encoding")
+        # (most answers are not compressed: no await for those)
+        return self.compressor.unchanged(req.method, accept, resp) or await self.compressor.apply(
+            req.method, accept, resp)
 
     async def _accel(self, req: Request, router: Router, resp: Response) -> Response:
         """A backend's response, or the file its X-Accel-Redirect / X-Sendfile
