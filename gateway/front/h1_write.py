@@ -195,9 +195,14 @@ class ResponseWriter:
             return None
         length = None
         date = server = True  # ours
+        names = _PLAIN_NAMES
         for name, value in headers:
-            lname = name.lower()
-            if lname in _PLAIN_SPECIAL:
+            lname = names.get(name)
+            if lname is None:
+                lname = _plain_name(name)
+                if lname is None:
+                    return None  # not a token
+            if lname:
                 if lname == b"content-length":
                     if length is not None or not value.isdigit() or len(value) > 20:
                         return None
@@ -208,8 +213,6 @@ class ResponseWriter:
                     server = False
                 else:  # transfer-encoding, connection, host
                     return None
-            if not _TOKEN.fullmatch(name):
-                return None
         if status not in (204, 304) and (length is None or (body_size is not None and int(length) != body_size)):
             return None
         fields = b"".join([b"%s: %s\r\n" % h for h in headers])
@@ -299,6 +302,25 @@ _PLAIN_SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"connectio
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+: "
                     rb"(?:[^\x00\s](?:[^\x00\r\n\x0b\x0c]*[^\x00\s])?)?\r\n)*")
+
+#: A field name ``plain_head`` has seen -> its lower case if it is one of
+#: ``_PLAIN_SPECIAL``, else b""; names that are not tokens are not kept.
+#: Bounded (names come from PHP and proxied backends): cleared when full.
+_PLAIN_NAMES: dict[bytes, bytes] = {}
+MAX_PLAIN_NAMES = 1024
+
+
+def _plain_name(name: bytes) -> bytes | None:
+    """``name``'s entry in ``_PLAIN_NAMES`` (made and kept), None if it is not a token."""
+    if not _TOKEN.fullmatch(name):
+        return None
+    lname = name.lower()
+    kind = lname if lname in _PLAIN_SPECIAL else b""
+    if len(_PLAIN_NAMES) >= MAX_PLAIN_NAMES:
+        _PLAIN_NAMES.clear()
+    _PLAIN_NAMES[name] = kind
+    return kind
+
 
 #: What h11 is told of a ``Prepared`` answer (by status): a response with no
 #: body, which leaves its state where the real one would.

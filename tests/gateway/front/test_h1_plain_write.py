@@ -209,3 +209,21 @@ def test_the_header_grammar_is_h11s():
         name = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 4)))
         assert bool(h1_write._LINES.fullmatch(b"x: %s\r\n" % value)) == bool(_field_value_re.fullmatch(value)), value
         assert bool(h1_write._TOKEN.fullmatch(name)) == bool(_field_name_re.fullmatch(name)), name
+
+
+async def test_plain_head_answers_the_same_from_its_table_of_names():
+    """The names ``plain_head`` remembers (``_PLAIN_NAMES``) give the same verdicts
+    the second time, and after the bounded table was cleared for room."""
+    writer = ResponseWriter(h11.Connection(h11.SERVER), Downstream(trio.testing.memory_stream_pair()[1]), b"gw")
+
+    def verdicts() -> list[bool]:
+        return [writer.plain_head(200, b"", [(b"content-length", b"5"), (name, b"v")], 5) is not None
+                for name in (b"X-Ok", b"x: y", b"bad name", b"Connection", b"HOST", b"Date")]
+
+    expected = [True, False, False, False, False, True]
+    assert verdicts() == expected
+    assert verdicts() == expected  # from the table now
+    for i in range(h1_write.MAX_PLAIN_NAMES + 5):  # fills the table: it is cleared, not grown
+        writer.plain_head(200, b"", [(b"content-length", b"5"), (b"x-%d" % i, b"v")], 5)
+    assert len(h1_write._PLAIN_NAMES) <= h1_write.MAX_PLAIN_NAMES
+    assert verdicts() == expected
