@@ -116,8 +116,11 @@ class ResponseWriter:
         headers = resp.headers
         if isinstance(body, bytes) and body and not any(n == b"content-length" for n, _ in headers):
             headers = [*headers, (b"content-length", b"%d" % len(body))]
-        if plain and keep_alive and await self._write_plain(resp, headers, head_only):
-            return
+        if plain and keep_alive:
+            answer = self._plain_answer(resp, headers, head_only)
+            if answer is not None:
+                await self._send_answer(resp, *answer)
+                return
         head = self.head_bytes(resp.status, headers, resp.reason, keep_alive)
         start = self.downstream.sent + len(head)
         try:
@@ -125,12 +128,13 @@ class ResponseWriter:
         finally:
             resp.bytes_sent = max(0, self.downstream.sent - start)
 
-    async def _write_plain(self, resp: Response, headers: list[tuple[bytes, bytes]], head_only: bool) -> bool:
-        """``write`` of a body of known size on a kept-alive HTTP/1.1 exchange
-        without h11's send: the head made in one go (``plain_head``), head and
-        body in one send, h11 moved past it (``_tell_h11``). False, nothing
-        done: a response ``plain_head`` declines, or a body to stream or
-        sendfile; ``write``'s h11 path sends it."""
+    def _plain_answer(self, resp: Response, headers: list[tuple[bytes, bytes]],
+                      head_only: bool) -> tuple[bytes, bytes, list[bytes | bytearray]] | None:
+        """What ``write`` sends of a body of known size on a kept-alive HTTP/1.1
+        exchange without h11's send (``_send_answer``'s head, data and pieces):
+        the head made in one go (``plain_head``), h11 moved past it
+        (``_tell_h11``). None, nothing done: a response ``plain_head``
+        declines, or a body to stream or sendfile; ``write``'s h11 path sends it."""
         body = resp.body
         status = resp.status
         bare = head_only or status in (204, 304)
@@ -141,10 +145,10 @@ class ResponseWriter:
         elif isinstance(body, FileRange) and (bare or body.length <= SMALL_FILE):
             size = body.length
         else:
-            return False
+            return None
         head = self.plain_head(status, resp.reason, headers, None if bare else size)
         if head is None:
-            return False
+            return None
         data = b""
         pieces: list[bytes | bytearray] = []
         if not bare and size:
@@ -159,8 +163,7 @@ class ResponseWriter:
                 assert isinstance(body, FileRange)
                 data = self._read_small(body)
         _tell_h11(self.conn, status)
-        await self._send_answer(resp, head, data, pieces)
-        return True
+        return head, data, pieces
 
     async def _send_answer(self, resp: Response, head: bytes, data: bytes,
                            pieces: Sequence[bytes | bytearray] = ()) -> None:
@@ -168,16 +171,20 @@ class ResponseWriter:
         when there are any) in one call: a body of ``JOIN_BELOW`` or more is
         not copied to join it (a page, a page-cache hit). ``resp.bytes_sent``
         as ``write`` counts it."""
-        start = self.downstream.sent + len(head)
-        try:
+        downstream = self.downstream
+        start = downstream.sent + len(head)
+        try:  # (``send_all`` and ``_send_pieces``' steps, inline: one frame less per response)
             if pieces:
-                await self._send_pieces([head, *pieces])
+                await downstream.write_pieces([head, *pieces])
             elif len(data) >= JOIN_BELOW:
-                await self._send_pieces([head, data])
+                await downstream.write_pieces([head, data])
             else:
-                await self.send_all(head + data)
+                await downstream.write(head + data)
+        except BaseException:
+            self.conn.send_failed()
+            raise
         finally:
-            resp.bytes_sent = max(0, self.downstream.sent - start)
+            resp.bytes_sent = max(0, downstream.sent - start)
 
     def plain_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                    body_size: int | None) -> bytes | None:

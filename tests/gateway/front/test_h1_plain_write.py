@@ -108,16 +108,16 @@ async def wire(app: App, nursery, request: bytes) -> bytes:
 async def test_the_plain_write_sends_what_h11_sends(tmp_path, nursery, autojump_clock, monkeypatch):
     app = make_app(tmp_path, nursery)
     plain_answers = 0
-    real_write_plain = ResponseWriter._write_plain
+    real_plain_answer = ResponseWriter._plain_answer
 
-    async def counted(self, resp, headers, head_only):
+    def counted(self, resp, headers, head_only):
         nonlocal plain_answers
-        done = await real_write_plain(self, resp, headers, head_only)
-        plain_answers += done
+        done = real_plain_answer(self, resp, headers, head_only)
+        plain_answers += done is not None
         return done
 
-    async def declined(self, resp, headers, head_only):
-        return False
+    def declined(self, resp, headers, head_only):
+        return None
 
     cases = 0
     for query in OUTPUTS:
@@ -125,9 +125,9 @@ async def test_the_plain_write_sends_what_h11_sends(tmp_path, nursery, autojump_
             body = b"abc" if method == b"POST" else b""
             request = (b"%s /index.php?%s HTTP/%s\r\nHost: a.test\r\n%s\r\n%s"
                        % (method, query, version, extra, body))
-            monkeypatch.setattr(ResponseWriter, "_write_plain", declined)
+            monkeypatch.setattr(ResponseWriter, "_plain_answer", declined)
             by_h11 = await wire(app, nursery, request)
-            monkeypatch.setattr(ResponseWriter, "_write_plain", counted)
+            monkeypatch.setattr(ResponseWriter, "_plain_answer", counted)
             plain = await wire(app, nursery, request)
             assert plain == by_h11, request
             assert by_h11.startswith(b"HTTP/1.1 ")
