@@ -64,6 +64,8 @@ class ResponseWriter:
         self.downstream = downstream
         self.server_software = server_software
         self._server_line = b"server: %s\r\n" % server_software
+        #: our Server line passes ``_LINES`` (checked once, not in every head)
+        self._server_ok = bool(_LINES.fullmatch(self._server_line)) and self._server_line.count(b"\n") == 1
 
     def head_bytes(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes, keep_alive: bool) -> bytes:
         ours = [(b"server", self.server_software), (b"date", http_date())]
@@ -223,12 +225,13 @@ class ResponseWriter:
         if status not in (204, 304) and (length is None or (body_size is not None and int(length) != body_size)):
             return None
         fields = b"".join([b"%s: %s\r\n" % h for h in headers])
+        # (only the given headers are matched: our Date is http_date's, our Server line was checked once)
+        if not _LINES.fullmatch(fields) or fields.count(b"\n") != len(headers) or (server and not self._server_ok):
+            return None
         if date:
             fields = b"date: %s\r\n%s" % (http_date(), fields)
         if server:
             fields = self._server_line + fields
-        if not _LINES.fullmatch(fields) or fields.count(b"\n") != len(headers) + date + server:
-            return None
         return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason or reason_phrase(status), fields)
 
     async def _write(self, resp: Response, head: bytes, *, head_only: bool) -> None:

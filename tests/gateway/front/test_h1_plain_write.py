@@ -227,3 +227,15 @@ async def test_plain_head_answers_the_same_from_its_table_of_names():
         writer.plain_head(200, b"", [(b"content-length", b"5"), (b"x-%d" % i, b"v")], 5)
     assert len(h1_write._PLAIN_NAMES) <= h1_write.MAX_PLAIN_NAMES
     assert verdicts() == expected
+
+
+async def test_plain_head_declines_our_own_server_line_when_h11_would_refuse_it():
+    """The Server line is checked once per writer, not in every head: one h11
+    would refuse still sends the response the h11 way (None here)."""
+    bad = ResponseWriter(h11.Connection(h11.SERVER), Downstream(trio.testing.memory_stream_pair()[1]), b"gw\r\nx: y")
+    assert bad.plain_head(200, b"", [(b"content-length", b"5")], 5) is None
+    # a response with its own Server does not carry ours
+    assert bad.plain_head(200, b"", [(b"content-length", b"5"), (b"server", b"php")], 5) is not None
+    good = ResponseWriter(h11.Connection(h11.SERVER), Downstream(trio.testing.memory_stream_pair()[1]), b"gw/1.0")
+    head = good.plain_head(200, b"", [(b"content-length", b"5")], 5)
+    assert head is not None and head.startswith(b"HTTP/1.1 200 OK\r\nserver: gw/1.0\r\ndate: ")
