@@ -23,7 +23,7 @@ import logging
 import os
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -36,7 +36,7 @@ from ..http.prepared import Prepared
 from ..http.realip import real_client
 from ..http.request import Request
 from ..http.response import Response, error_response
-from .access_log import log_access
+from .access_log import access_log, log_access
 from .downstream import Downstream
 from .h1_body import BodyError, read_body
 from .tunnel import switch
@@ -116,7 +116,7 @@ class RequestCycle:
             raise
         finally:
             stats.in_flight -= 1
-            if status:
+            if status and access_log.isEnabledFor(logging.INFO):  # (log_access's own test, without its call)
                 log_access(json_format=self.settings.access_log_json, client=self.request_client[0],
                            peer=self.peer[0], method=req.method,
                            target=req.target, http_version=req.http_version, headers=req.headers,
@@ -130,7 +130,7 @@ class RequestCycle:
         the exchange is a plain one (kept-alive HTTP/1.1, no ``Connection:
         close``: h11 adds no framing of its own, ``ResponseWriter.plain_head``)."""
         s = self.settings
-        headers: list[tuple[bytes, bytes]] = list(req.headers)  # h11 gives (lower-cased name, value) bytes
+        headers = _pairs(req.headers)  # h11 gives (lower-cased name, value) bytes
         too_big = _head_too_big(req.target, headers, s)
         if too_big:
             return self._error(too_big), False, False
@@ -244,6 +244,16 @@ class RequestCycle:
 
     def _error(self, status: int) -> Response:
         return error_response(status, server=self.settings.server_software)
+
+
+def _pairs(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``list(headers)`` of h11's ``Headers``: from its list of (raw name, name,
+    value) where it has one (upstream h11), not through ``Sequence.__iter__``,
+    which calls ``__getitem__`` in Python for each header."""
+    full: list[tuple[bytes, bytes, bytes]] | None = getattr(headers, "_full_items", None)
+    if type(full) is list:
+        return [(name, value) for _, name, value in full]
+    return list(headers)
 
 
 def client_probe(downstream: Downstream) -> Callable[[], bool]:
