@@ -181,6 +181,17 @@ class Compressor:
         before: the page cache's variants, the fast path's)."""
         self.stats.responses[coding] = self.stats.responses.get(coding, 0) + 1
 
+    def unchanged(self, method: bytes, accept: bytes | None, resp: Response, *,
+                  content_type: bytes | None = None) -> Response | None:
+        """``apply``'s answer when it compresses nothing (``resp``, with Vary
+        where it varies), without an await; None: ``apply`` compresses it."""
+        decision = self.decision(method, accept, resp, content_type=content_type)
+        if decision.compress:
+            return None
+        if decision.vary:
+            resp.headers = add_vary(resp.headers)
+        return resp
+
     async def apply(self, method: bytes, accept: bytes | None, resp: Response, *,
                     content_type: bytes | None = None) -> Response:
         """``resp`` compressed for a client that sent ``accept`` (Accept-Encoding),

@@ -165,6 +165,10 @@ class App:
                              for name, site in config.sites.items()}
         self.error_pages = {name: ErrorPages(site.error_pages, site.intercept_errors)
                             for name, site in config.sites.items()}
+        #: the sites that have header rules / error pages (a lookup per
+        #: request, no ``__bool__`` call for the sites without)
+        self._rules_of = {name: rules for name, rules in self.header_rules.items() if rules}
+        self._pages_of = {name: pages for name, pages in self.error_pages.items() if pages}
         self.server_software = config.server.server_software.encode()
         #: PHP's FastCGI params, what is the same per site encoded once (goes with this App on a reload)
         self.cgi_params = CgiParams(self.server_software)
@@ -222,11 +226,11 @@ class App:
             log.exception("[%s] unhandled error while handling %s %s", req.request_id, req.method.decode(),
                           req.target.decode("latin-1"))
             resp = self.error(500)
-        pages = self.error_pages.get(router.name)
-        if pages and resp.status >= 400 and not resp.from_upstream:
+        pages = self._pages_of.get(router.name)
+        if pages is not None and resp.status >= 400 and not resp.from_upstream:
             resp = await self._error_page(req, router, pages, resp)
-        rules = self.header_rules.get(router.name)
-        if rules:
+        rules = self._rules_of.get(router.name)
+        if rules is not None:
             resp.headers = rules.apply(rule_path(req.target), resp.status, resp.headers)
         return resp
 
@@ -241,8 +245,8 @@ class App:
             # routing (no HTTPS redirect, return, rewrite or guard rule, not
             # the ACME path), so its route is the one the steps below give
             path, route = routed
-            hrules = self.header_rules.get(router.name)
-            if hrules and hrules.is_preflight(path, req.method, req.headers):
+            hrules = self._rules_of.get(router.name)
+            if hrules is not None and hrules.is_preflight(path, req.method, req.headers):
                 return Response(204)  # a CORS preflight: the header rules add its headers
         else:
             try:
@@ -257,8 +261,8 @@ class App:
             if router.site.redirect_to_https and not req.https and not https_redirect.exempt(path):
                 name = req.host or router.server_name or req.server[0].encode()
                 return self.error(308, [(b"location", https_redirect.location(name, req.target, self.tls_port))])
-            hrules = self.header_rules.get(router.name)
-            if hrules and hrules.is_preflight(path, req.method, req.headers):
+            hrules = self._rules_of.get(router.name)
+            if hrules is not None and hrules.is_preflight(path, req.method, req.headers):
                 return Response(204)  # a CORS preflight: the header rules add its headers
             applied = apply_rules(req, router, path, query, self.error)  # 2-3: return, rewrite
             if isinstance(applied, Response):
@@ -272,16 +276,18 @@ class App:
             again = redirected_uri(route)  # an index or the front controller: its rules too
             if again is not None and (refusal := await self.guard.check_redirect(req, router, path, again)) is not None:
                 return self.error(refusal.status, refusal.headers)
-        if isinstance(route, Refuse):
+        if isinstance(route, PhpScript):  # (the commonest answer: tested first)
+            resp = await self._php(req, router, route)
+        elif isinstance(route, Refuse):
             log.debug("[%s] %d: %s", req.request_id, route.status, route.reason)
             return self.error(route.status)
-        if isinstance(route, Redirect):
+        elif isinstance(route, Redirect):
             host = req.header(b"host")
             location = route.location.encode("utf-8", "surrogateescape")
             if host:
                 location = (b"https://" if req.https else b"http://") + host + location
             return self.error(route.status, [(b"location", location)])
-        if isinstance(route, StaticFile):
+        elif isinstance(route, StaticFile):
             resp = self._static(req, router, route)
             if (router.static_max_age and resp.status in (200, 206, 304)
                     and route.uri.lower().endswith(router.static_cache_extensions)):
@@ -290,25 +296,23 @@ class App:
                 resp.headers.append((b"cache-control", b"max-age=%d" % router.static_max_age))
             return await self.compressor.apply(req.method, req.header(b"accept-encoding"), resp,
                                                content_type=content_type(route.path))
-        if isinstance(route, ProxyPass):
+        else:
+            assert isinstance(route, ProxyPass)
             force = bool(router.unbuffered) and path.startswith(router.unbuffered)
             proxied = upstream_request(req, rules) if rules is not None else req  # (None: no rules)
             resp = await self.proxy.handle(proxied, route.backend, force_stream=force)
-        else:
-            assert isinstance(route, PhpScript)
-            resp = await self._php(req, router, route)
         if resp.from_upstream and accel.find(resp.headers) is not None:  # (``_accel``'s test: no await without one)
             resp = await self._accel(req, router, resp)
-        return await self._backend_answer(req, router, resp)
-
-    async def _backend_answer(self, req: Request, router: Router, resp: Response) -> Response:
-        """A PHP or proxy answer, compressed; or, for a backend's own error with
-        ``intercept_errors``, the site's page in its place (its body never compressed
-        for nothing). The gateway's own errors get their pages in ``handle``."""
-        pages = self.error_pages.get(router.name)
-        if pages and resp.from_upstream and pages.page_for(resp.status, from_upstream=True) is not None:
+        # A PHP or proxy answer, compressed; or, for a backend's own error with
+        # ``intercept_errors``, the site's page in its place (its body never compressed
+        # for nothing). The gateway's own errors get their pages in ``handle``.
+        pages = self._pages_of.get(router.name)
+        if pages is not None and resp.from_upstream and pages.page_for(resp.status, from_upstream=True) is not None:
             return await self._error_page(req, router, pages, resp)
-        return await self.compressor.apply(req.method, req.header(b"accept-encoding"), resp)
+        accept = req.header(b"accept-encoding")
+        # (most answers are not compressed: no await for those)
+        return self.compressor.unchanged(req.method, accept, resp) or await self.compressor.apply(
+            req.method, accept, resp)
 
     async def _accel(self, req: Request, router: Router, resp: Response) -> Response:
         """A backend's response, or the file its X-Accel-Redirect / X-Sendfile

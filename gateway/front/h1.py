@@ -248,6 +248,8 @@ class HttpConnection(RequestCycle):
         #: the connection task's scope: cancelled when an in-flight client leaves
         self._scope = trio.CancelScope()
         self._watch: Watch | None = None
+        #: ``Request.client_left`` (``RequestCycle._client_left_probe``), made at the first request
+        self._probe: Callable[[], bool] | None = None
         #: the task's yields to the scheduler when the current request began (``_yielded``)
         self._fair_mark: int | None = None
 

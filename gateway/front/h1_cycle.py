@@ -21,11 +21,14 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import select
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
 
+from .._util import _POLL_GONE
 from ..http._h11 import h11
 from ..http.errors import ClientGone, GatewayError
 from ..http.head import BadRequestHead, check_method, check_request_head
@@ -33,12 +36,12 @@ from ..http.prepared import Prepared
 from ..http.realip import real_client
 from ..http.request import Request
 from ..http.response import Response, error_response
-from .access_log import log_access
+from .access_log import access_log, log_access
+from .downstream import Downstream
 from .h1_body import BodyError, read_body
 from .tunnel import switch
 
 if TYPE_CHECKING:
-    from .downstream import Downstream
     from .h1 import ConnectionSettings, Handler, ListenerState
     from .h1_write import ResponseWriter
     from .liveness import Watch
@@ -64,6 +67,7 @@ class RequestCycle:
     writer: ResponseWriter
     _scope: trio.CancelScope
     _watch: Watch | None
+    _probe: Callable[[], bool] | None
 
     def _set_state(self, state: str) -> None:
         raise NotImplementedError
@@ -112,7 +116,7 @@ class RequestCycle:
             raise
         finally:
             stats.in_flight -= 1
-            if status:
+            if status and access_log.isEnabledFor(logging.INFO):  # (log_access's own test, without its call)
                 log_access(json_format=self.settings.access_log_json, client=self.request_client[0],
                            peer=self.peer[0], method=req.method,
                            target=req.target, http_version=req.http_version, headers=req.headers,
@@ -126,14 +130,19 @@ class RequestCycle:
         the exchange is a plain one (kept-alive HTTP/1.1, no ``Connection:
         close``: h11 adds no framing of its own, ``ResponseWriter.plain_head``)."""
         s = self.settings
-        headers: list[tuple[bytes, bytes]] = list(req.headers)  # h11 gives (lower-cased name, value) bytes
+        headers = _pairs(req.headers)  # h11 gives (lower-cased name, value) bytes
         too_big = _head_too_big(req.target, headers, s)
         if too_big:
             return self._error(too_big), False, False
         try:
             check_method(req.method)
             checked = check_request_head(req.target, req.http_version, headers)
-            body = await read_body(self, req, headers)
+            if checked.framed:
+                body = await read_body(self, req, headers)
+            else:  # no Content-Length nor Transfer-Encoding: no body (h11 still needs to see its end)
+                event = self.conn.next_event()
+                assert isinstance(event, h11.EndOfMessage), event
+                body = None
         except BadRequestHead as exc:
             log.info("[%s] %d from %s: %s", request_id, exc.status, self.client[0], exc)
             return self._error(exc.status), False, False
@@ -145,8 +154,8 @@ class RequestCycle:
             https = https or forwarded_https
         request = Request(req.method, checked.target, req.http_version, checked.headers, self.request_client,
                           self.server, body, request_id, host=checked.host, https=https,
-                          client_left=self.downstream.peer_closed, peer=self.client)
-        plain = keep_alive and req.http_version == b"1.1" and not _asks_close(headers)
+                          client_left=self._client_left_probe(), peer=self.client)
+        plain = keep_alive and req.http_version == b"1.1" and not checked.asks_close
         if body is None and plain:
             ready = getattr(self.handler, "ready", None)
             if ready is not None:
@@ -217,6 +226,13 @@ class RequestCycle:
         if end is None:  # a 101 to a request that did not ask for it (a handler's bug): closed unanswered
             response.status = 502
 
+    def _client_left_probe(self) -> Callable[[], bool]:
+        """``Request.client_left`` for this connection's requests (made once)."""
+        probe = self._probe
+        if probe is None:
+            probe = self._probe = client_probe(self.downstream)
+        return probe
+
     def _client_left(self) -> bool:
         return self._watch is not None and self._watch.left
 
@@ -230,10 +246,39 @@ class RequestCycle:
         return error_response(status, server=self.settings.server_software)
 
 
-def _asks_close(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Does the request say ``Connection: close`` (as h11 reads it: any case, a token of a list)?"""
-    return any(name == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]
-               for name, value in headers)
+def _pairs(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``list(headers)`` of h11's ``Headers``: from its list of (raw name, name,
+    value) where it has one (upstream h11), not through ``Sequence.__iter__``,
+    which calls ``__getitem__`` in Python for each header."""
+    full: list[tuple[bytes, bytes, bytes]] | None = getattr(headers, "_full_items", None)
+    if type(full) is list:
+        return [(name, value) for _, name, value in full]
+    return list(headers)
+
+
+def client_probe(downstream: Downstream) -> Callable[[], bool]:
+    """``downstream.peer_closed``'s answer (has the client closed or reset the
+    connection?) from one poll object on its socket, made once: the question is
+    asked once per PHP request, and a fresh poll object each time costs more
+    than the poll() itself. A socket closed meanwhile (POLLNVAL) counts as gone,
+    as ``peer_closed`` counts it."""
+    fd = downstream.fileno
+    if fd is None or fd < 0:
+        return downstream.peer_closed
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | _POLL_GONE)
+
+    def left() -> bool:
+        try:
+            ready = poller.poll(0)
+        except (OSError, ValueError):
+            return True
+        return bool(ready and ready[0][1] & _GONE)
+
+    return left
+
+
+_GONE = _POLL_GONE | select.POLLNVAL
 
 
 def _head_too_big(target: bytes, headers: list[tuple[bytes, bytes]], s: ConnectionSettings) -> int:

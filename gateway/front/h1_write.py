@@ -64,6 +64,8 @@ class ResponseWriter:
         self.downstream = downstream
         self.server_software = server_software
         self._server_line = b"server: %s\r\n" % server_software
+        #: our Server line passes ``_LINES`` (checked once, not in every head)
+        self._server_ok = bool(_LINES.fullmatch(self._server_line)) and self._server_line.count(b"\n") == 1
 
     def head_bytes(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes, keep_alive: bool) -> bytes:
         ours = [(b"server", self.server_software), (b"date", http_date())]
@@ -116,8 +118,11 @@ class ResponseWriter:
         headers = resp.headers
         if isinstance(body, bytes) and body and not any(n == b"content-length" for n, _ in headers):
             headers = [*headers, (b"content-length", b"%d" % len(body))]
-        if plain and keep_alive and await self._write_plain(resp, headers, head_only):
-            return
+        if plain and keep_alive:
+            answer = self._plain_answer(resp, headers, head_only)
+            if answer is not None:
+                await self._send_answer(resp, *answer)
+                return
         head = self.head_bytes(resp.status, headers, resp.reason, keep_alive)
         start = self.downstream.sent + len(head)
         try:
@@ -125,12 +130,13 @@ class ResponseWriter:
         finally:
             resp.bytes_sent = max(0, self.downstream.sent - start)
 
-    async def _write_plain(self, resp: Response, headers: list[tuple[bytes, bytes]], head_only: bool) -> bool:
-        """``write`` of a body of known size on a kept-alive HTTP/1.1 exchange
-        without h11's send: the head made in one go (``plain_head``), head and
-        body in one send, h11 moved past it (``_tell_h11``). False, nothing
-        done: a response ``plain_head`` declines, or a body to stream or
-        sendfile; ``write``'s h11 path sends it."""
+    def _plain_answer(self, resp: Response, headers: list[tuple[bytes, bytes]],
+                      head_only: bool) -> tuple[bytes, bytes, list[bytes | bytearray]] | None:
+        """What ``write`` sends of a body of known size on a kept-alive HTTP/1.1
+        exchange without h11's send (``_send_answer``'s head, data and pieces):
+        the head made in one go (``plain_head``), h11 moved past it
+        (``_tell_h11``). None, nothing done: a response ``plain_head``
+        declines, or a body to stream or sendfile; ``write``'s h11 path sends it."""
         body = resp.body
         status = resp.status
         bare = head_only or status in (204, 304)
@@ -141,10 +147,10 @@ class ResponseWriter:
         elif isinstance(body, FileRange) and (bare or body.length <= SMALL_FILE):
             size = body.length
         else:
-            return False
+            return None
         head = self.plain_head(status, resp.reason, headers, None if bare else size)
         if head is None:
-            return False
+            return None
         data = b""
         pieces: list[bytes | bytearray] = []
         if not bare and size:
@@ -159,8 +165,7 @@ class ResponseWriter:
                 assert isinstance(body, FileRange)
                 data = self._read_small(body)
         _tell_h11(self.conn, status)
-        await self._send_answer(resp, head, data, pieces)
-        return True
+        return head, data, pieces
 
     async def _send_answer(self, resp: Response, head: bytes, data: bytes,
                            pieces: Sequence[bytes | bytearray] = ()) -> None:
@@ -168,16 +173,20 @@ class ResponseWriter:
         when there are any) in one call: a body of ``JOIN_BELOW`` or more is
         not copied to join it (a page, a page-cache hit). ``resp.bytes_sent``
         as ``write`` counts it."""
-        start = self.downstream.sent + len(head)
-        try:
+        downstream = self.downstream
+        start = downstream.sent + len(head)
+        try:  # (``send_all`` and ``_send_pieces``' steps, inline: one frame less per response)
             if pieces:
-                await self._send_pieces([head, *pieces])
+                await downstream.write_pieces([head, *pieces])
             elif len(data) >= JOIN_BELOW:
-                await self._send_pieces([head, data])
+                await downstream.write_pieces([head, data])
             else:
-                await self.send_all(head + data)
+                await downstream.write(head + data)
+        except BaseException:
+            self.conn.send_failed()
+            raise
         finally:
-            resp.bytes_sent = max(0, self.downstream.sent - start)
+            resp.bytes_sent = max(0, downstream.sent - start)
 
     def plain_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                    body_size: int | None) -> bytes | None:
@@ -195,9 +204,14 @@ class ResponseWriter:
             return None
         length = None
         date = server = True  # ours
+        names = _PLAIN_NAMES
         for name, value in headers:
-            lname = name.lower()
-            if lname in _PLAIN_SPECIAL:
+            lname = names.get(name)
+            if lname is None:
+                lname = _plain_name(name)
+                if lname is None:
+                    return None  # not a token
+            if lname:
                 if lname == b"content-length":
                     if length is not None or not value.isdigit() or len(value) > 20:
                         return None
@@ -208,17 +222,16 @@ class ResponseWriter:
                     server = False
                 else:  # transfer-encoding, connection, host
                     return None
-            if not _TOKEN.fullmatch(name):
-                return None
         if status not in (204, 304) and (length is None or (body_size is not None and int(length) != body_size)):
             return None
         fields = b"".join([b"%s: %s\r\n" % h for h in headers])
+        # (only the given headers are matched: our Date is http_date's, our Server line was checked once)
+        if not _LINES.fullmatch(fields) or fields.count(b"\n") != len(headers) or (server and not self._server_ok):
+            return None
         if date:
             fields = b"date: %s\r\n%s" % (http_date(), fields)
         if server:
             fields = self._server_line + fields
-        if not _LINES.fullmatch(fields) or fields.count(b"\n") != len(headers) + date + server:
-            return None
         return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason or reason_phrase(status), fields)
 
     async def _write(self, resp: Response, head: bytes, *, head_only: bool) -> None:
@@ -299,6 +312,25 @@ _PLAIN_SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"connectio
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+: "
                     rb"(?:[^\x00\s](?:[^\x00\r\n\x0b\x0c]*[^\x00\s])?)?\r\n)*")
+
+#: A field name ``plain_head`` has seen -> its lower case if it is one of
+#: ``_PLAIN_SPECIAL``, else b""; names that are not tokens are not kept.
+#: Bounded (names come from PHP and proxied backends): cleared when full.
+_PLAIN_NAMES: dict[bytes, bytes] = {}
+MAX_PLAIN_NAMES = 1024
+
+
+def _plain_name(name: bytes) -> bytes | None:
+    """``name``'s entry in ``_PLAIN_NAMES`` (made and kept), None if it is not a token."""
+    if not _TOKEN.fullmatch(name):
+        return None
+    lname = name.lower()
+    kind = lname if lname in _PLAIN_SPECIAL else b""
+    if len(_PLAIN_NAMES) >= MAX_PLAIN_NAMES:
+        _PLAIN_NAMES.clear()
+    _PLAIN_NAMES[name] = kind
+    return kind
+
 
 #: What h11 is told of a ``Prepared`` answer (by status): a response with no
 #: body, which leaves its state where the real one would.

@@ -105,14 +105,6 @@ def is_compressible_type(content_type: bytes | None) -> bool:
     return mt in _TEXT_TYPES or mt.endswith((b"+xml", b"+json"))
 
 
-def _get(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    value = None
-    for n, v in headers:
-        if n.lower() == name:
-            value = v
-    return value
-
-
 def _has_token(value: bytes | None, token: bytes) -> bool:
     return value is not None and any(t.strip().lower() == token for t in value.split(b","))
 
@@ -148,16 +140,31 @@ def decide(*, status: int, headers: Sequence[tuple[bytes, bytes]], length: int |
     """
     if not offered or status < 200 or status == 204:
         return NO
-    ctype = _get(headers, b"content-type") or content_type
-    if not is_compressible_type(ctype):
+    # the last Content-Type, Content-Encoding and Cache-Control, in one pass
+    # (a name of another length is not lowered: most are not these three)
+    ctype = coded = cache_control = None
+    for n, v in headers:
+        if len(n) in _LENGTHS:
+            n = n.lower()
+            if n == b"content-type":
+                ctype = v
+            elif n == b"content-encoding":
+                coded = v
+            elif n == b"cache-control":
+                cache_control = v
+    if not is_compressible_type(ctype or content_type):
         return NO
-    if _get(headers, b"content-encoding") is not None:
+    if coded is not None:
         return NO  # already coded: leave it, Vary is the coder's business
-    if _has_token(_get(headers, b"cache-control"), b"no-transform"):
+    if _has_token(cache_control, b"no-transform"):
         return NO
     if status in (206, 304) or (length is not None and length < min_size):
         return Decision(None, True)
     return Decision(choose_coding(accept, offered), True)
+
+
+#: the lengths of the names ``decide`` reads
+_LENGTHS = frozenset({len(b"content-type"), len(b"content-encoding"), len(b"cache-control")})
 
 
 def add_vary(headers: list[tuple[bytes, bytes]], token: bytes = b"Accept-Encoding") -> list[tuple[bytes, bytes]]:

@@ -58,6 +58,10 @@ class CheckedHead:
     target: bytes  # origin-form (absolute-form rewritten)
     headers: list[tuple[bytes, bytes]]  # the Host header set to the effective authority
     host: bytes  # the host name: lower case, no port, no trailing dot; b"" when none was given
+    #: a Content-Length or Transfer-Encoding was given: the request has a body to read
+    framed: bool = False
+    #: ``Connection: close`` (any case, a token of a list, as h11 reads it)
+    asks_close: bool = False
 
 
 def parse_host(value: bytes) -> bytes:
@@ -104,15 +108,17 @@ def check_request_head(target: bytes, http_version: bytes, headers: list[tuple[b
     """
     if not _TARGET.match(target):
         raise BadRequestHead(f"invalid request target {target[:64]!r}")
-    has_length = has_te = False
+    has_length = has_te = asks_close = False
     hosts: list[bytes] = []
-    for name, value in headers:
-        if name == b"content-length":
+    for name, value in headers:  # (the one pass over the headers: the front end reads framing and close here)
+        if name == b"host":
+            hosts.append(value)
+        elif name == b"content-length":
             has_length = True
         elif name == b"transfer-encoding":
             has_te = True
-        elif name == b"host":
-            hosts.append(value)
+        elif name == b"connection" and not asks_close:
+            asks_close = b"close" in [t.strip() for t in value.lower().split(b",")]
     if has_te and has_length:
         raise BadRequestHead("both Content-Length and Transfer-Encoding (request smuggling)")
     if has_te and http_version == b"1.0":
@@ -135,4 +141,4 @@ def check_request_head(target: bytes, http_version: bytes, headers: list[tuple[b
         target = path if path.startswith(b"/") else b"/" + path
         headers = [(n, v) for n, v in headers if n != b"host"]
         headers.insert(0, (b"host", authority))
-    return CheckedHead(target, headers, name)
+    return CheckedHead(target, headers, name, has_length or has_te, asks_close)

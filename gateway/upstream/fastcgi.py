@@ -131,7 +131,7 @@ class FastCgiExchange:
         self.request_id = request_id
         self.rid = conn.request_id
         self._got_response = False
-        #: no read yet: PHP cannot have answered a request just sent (``_receive``)
+        #: no read yet: PHP cannot have answered a request just sent (``read_chunk``)
         self._first_read = True
         self._stderr_tail = b""
         #: a large body is written by ``send_body``, concurrently with reading
@@ -215,7 +215,27 @@ class FastCgiExchange:
                     raise UpstreamProtocolError("backend closed the connection mid-response") from None
                 raise UpstreamProtocolError(f"backend broke the FastCGI protocol: {exc}") from None
             if event is fastcgi.NEED_DATA:
-                data = await self._receive()
+                # The next bytes from PHP within read_timeout. What is there
+                # already is read without a cancel scope; the scope (hand-made:
+                # cheaper than fail_after's generator) only for a read that has
+                # to wait. The first read of a request waits at once: PHP has
+                # not answered a request sent microseconds ago, and a recv that
+                # fails with EAGAIN costs ~6 us. (Inline, not a method: the wait
+                # for PHP is a request's deepest, each frame in it passed twice.)
+                io = self.conn.io
+                data: bytes | bytearray | None = None
+                try:
+                    if io is not None and not self._first_read:
+                        data = await io.recv_ready(65536)
+                    if data is None:
+                        self._first_read = False
+                        with trio.CancelScope(deadline=trio.current_time() + self.settings.read_timeout):
+                            data = await (self.conn.stream.receive_some(65536) if io is None
+                                          else io.recv_waiting(65536))
+                except (trio.BrokenResourceError, OSError) as exc:
+                    raise self._reset(exc) from exc
+                if data is None:
+                    raise UpstreamTimeout(f"PHP sent nothing for {self.settings.read_timeout:g}s")
                 eof = not data
                 fc.receive_data(data)
                 continue
@@ -231,36 +251,19 @@ class FastCgiExchange:
                 self._stderr_tail = _log_stderr(self.request_id, self._stderr_tail + event.data,
                                                 final=not event.data)
             elif isinstance(event, fastcgi.EndRequest):
-                _log_stderr(self.request_id, self._stderr_tail, final=True)
+                if self._stderr_tail:
+                    _log_stderr(self.request_id, self._stderr_tail, final=True)
                 if event.protocol_status == fastcgi.ProtocolStatus.OVERLOADED:
                     raise UpstreamOverloaded("backend answered FCGI_OVERLOADED")
                 if event.protocol_status != fastcgi.ProtocolStatus.REQUEST_COMPLETE:
                     raise UpstreamProtocolError(f"backend refused the request: {event.protocol_status.name}")
                 return None
 
-    async def _receive(self) -> bytes | bytearray:
-        """The next bytes from PHP within read_timeout. What is there already
-        is read without a cancel scope; the scope (hand-made: cheaper than
-        fail_after's generator) only for a read that has to wait. The first
-        read of a request waits at once: PHP has not answered a request sent
-        microseconds ago, and a recv that fails with EAGAIN costs ~6 us."""
-        io = self.conn.io
-        try:
-            if io is not None and not self._first_read:
-                data = await io.recv_ready(65536)
-                if data is not None:
-                    return data
-            self._first_read = False
-            scope = trio.CancelScope(deadline=trio.current_time() + self.settings.read_timeout)
-            with scope:
-                if io is None:
-                    return await self.conn.stream.receive_some(65536)
-                return await io.recv_waiting(65536)
-        except (trio.BrokenResourceError, OSError) as exc:  # (trio's stream wraps the OSError; SockIO does not)
-            if not self._got_response:
-                raise UpstreamClosedEarly("backend reset the connection before responding") from exc
-            raise UpstreamProtocolError("backend reset the connection mid-response") from exc
-        raise UpstreamTimeout(f"PHP sent nothing for {self.settings.read_timeout:g}s")
+    def _reset(self, exc: Exception) -> UpstreamClosedEarly | UpstreamProtocolError:
+        """What a failed read from PHP is (``exc``: the socket's error)."""
+        if not self._got_response:
+            return UpstreamClosedEarly("backend reset the connection before responding")
+        return UpstreamProtocolError("backend reset the connection mid-response")
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")

@@ -108,16 +108,16 @@ async def wire(app: App, nursery, request: bytes) -> bytes:
 async def test_the_plain_write_sends_what_h11_sends(tmp_path, nursery, autojump_clock, monkeypatch):
     app = make_app(tmp_path, nursery)
     plain_answers = 0
-    real_write_plain = ResponseWriter._write_plain
+    real_plain_answer = ResponseWriter._plain_answer
 
-    async def counted(self, resp, headers, head_only):
+    def counted(self, resp, headers, head_only):
         nonlocal plain_answers
-        done = await real_write_plain(self, resp, headers, head_only)
-        plain_answers += done
+        done = real_plain_answer(self, resp, headers, head_only)
+        plain_answers += done is not None
         return done
 
-    async def declined(self, resp, headers, head_only):
-        return False
+    def declined(self, resp, headers, head_only):
+        return None
 
     cases = 0
     for query in OUTPUTS:
@@ -125,9 +125,9 @@ async def test_the_plain_write_sends_what_h11_sends(tmp_path, nursery, autojump_
             body = b"abc" if method == b"POST" else b""
             request = (b"%s /index.php?%s HTTP/%s\r\nHost: a.test\r\n%s\r\n%s"
                        % (method, query, version, extra, body))
-            monkeypatch.setattr(ResponseWriter, "_write_plain", declined)
+            monkeypatch.setattr(ResponseWriter, "_plain_answer", declined)
             by_h11 = await wire(app, nursery, request)
-            monkeypatch.setattr(ResponseWriter, "_write_plain", counted)
+            monkeypatch.setattr(ResponseWriter, "_plain_answer", counted)
             plain = await wire(app, nursery, request)
             assert plain == by_h11, request
             assert by_h11.startswith(b"HTTP/1.1 ")
@@ -209,3 +209,33 @@ def test_the_header_grammar_is_h11s():
         name = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 4)))
         assert bool(h1_write._LINES.fullmatch(b"x: %s\r\n" % value)) == bool(_field_value_re.fullmatch(value)), value
         assert bool(h1_write._TOKEN.fullmatch(name)) == bool(_field_name_re.fullmatch(name)), name
+
+
+async def test_plain_head_answers_the_same_from_its_table_of_names():
+    """The names ``plain_head`` remembers (``_PLAIN_NAMES``) give the same verdicts
+    the second time, and after the bounded table was cleared for room."""
+    writer = ResponseWriter(h11.Connection(h11.SERVER), Downstream(trio.testing.memory_stream_pair()[1]), b"gw")
+
+    def verdicts() -> list[bool]:
+        return [writer.plain_head(200, b"", [(b"content-length", b"5"), (name, b"v")], 5) is not None
+                for name in (b"X-Ok", b"x: y", b"bad name", b"Connection", b"HOST", b"Date")]
+
+    expected = [True, False, False, False, False, True]
+    assert verdicts() == expected
+    assert verdicts() == expected  # from the table now
+    for i in range(h1_write.MAX_PLAIN_NAMES + 5):  # fills the table: it is cleared, not grown
+        writer.plain_head(200, b"", [(b"content-length", b"5"), (b"x-%d" % i, b"v")], 5)
+    assert len(h1_write._PLAIN_NAMES) <= h1_write.MAX_PLAIN_NAMES
+    assert verdicts() == expected
+
+
+async def test_plain_head_declines_our_own_server_line_when_h11_would_refuse_it():
+    """The Server line is checked once per writer, not in every head: one h11
+    would refuse still sends the response the h11 way (None here)."""
+    bad = ResponseWriter(h11.Connection(h11.SERVER), Downstream(trio.testing.memory_stream_pair()[1]), b"gw\r\nx: y")
+    assert bad.plain_head(200, b"", [(b"content-length", b"5")], 5) is None
+    # a response with its own Server does not carry ours
+    assert bad.plain_head(200, b"", [(b"content-length", b"5"), (b"server", b"php")], 5) is not None
+    good = ResponseWriter(h11.Connection(h11.SERVER), Downstream(trio.testing.memory_stream_pair()[1]), b"gw/1.0")
+    head = good.plain_head(200, b"", [(b"content-length", b"5")], 5)
+    assert head is not None and head.startswith(b"HTTP/1.1 200 OK\r\nserver: gw/1.0\r\ndate: ")

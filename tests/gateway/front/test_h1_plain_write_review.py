@@ -77,22 +77,22 @@ async def test_pipelined_hostile_heads_go_out_as_h11_sends_them(tmp_path, nurser
     queries = [*HOSTILE, *base.OUTPUTS]
     rng.shuffle(queries)
     request = _pipeline(queries, rng)
-    real = ResponseWriter._write_plain
+    real = ResponseWriter._plain_answer
 
-    async def declined(self, resp, headers, head_only):
-        return False
+    def declined(self, resp, headers, head_only):
+        return None
 
-    monkeypatch.setattr(ResponseWriter, "_write_plain", declined)
+    monkeypatch.setattr(ResponseWriter, "_plain_answer", declined)
     by_h11 = await base.wire(app, nursery, request)
     answered = 0
 
-    async def counted(self, resp, headers, head_only):
+    def counted(self, resp, headers, head_only):
         nonlocal answered
-        done = await real(self, resp, headers, head_only)
-        answered += done
+        done = real(self, resp, headers, head_only)
+        answered += done is not None
         return done
 
-    monkeypatch.setattr(ResponseWriter, "_write_plain", counted)
+    monkeypatch.setattr(ResponseWriter, "_plain_answer", counted)
     plain = await base.wire(app, nursery, request)
     assert answered >= 20, answered  # (the plain write answered many of them: this can fail)
     assert plain.count(b"HTTP/1.1 ") == by_h11.count(b"HTTP/1.1 ") >= len(queries)
@@ -105,17 +105,17 @@ async def test_each_hostile_head_alone(tmp_path, nursery, autojump_clock, monkey
     for k, v in HOSTILE.items():
         monkeypatch.setitem(base.OUTPUTS, k, v)
     app = base.make_app(tmp_path, nursery)
-    real = ResponseWriter._write_plain
+    real = ResponseWriter._plain_answer
 
-    async def declined(self, resp, headers, head_only):
-        return False
+    def declined(self, resp, headers, head_only):
+        return None
 
     for q in HOSTILE:
         for method in (b"GET", b"HEAD"):
             request = b"%s /index.php?%s HTTP/1.1\r\nHost: a.test\r\n\r\n" % (method, q)
-            monkeypatch.setattr(ResponseWriter, "_write_plain", declined)
+            monkeypatch.setattr(ResponseWriter, "_plain_answer", declined)
             by_h11 = await base.wire(app, nursery, request)
-            monkeypatch.setattr(ResponseWriter, "_write_plain", real)
+            monkeypatch.setattr(ResponseWriter, "_plain_answer", real)
             plain = await base.wire(app, nursery, request)
             assert plain == by_h11, (q, method)
             head = plain.split(b"\r\n\r\n", 1)[0]
