@@ -24,7 +24,10 @@ Policy kept from ``SSLStream``:
   reader whose read queued bytes while a writer is sending leaves them to
   that writer, which sends the BIO empty before it returns; a writer that
   finds a send under way waits for it, then sends what is left. Records go
-  out whole and in order.
+  out whole and in order. A reader's send is under the send timeout too
+  (a client that floods KeyUpdate requests and never reads is cut); a
+  read it cuts raises ``trio.BrokenResourceError``, as ``SSLStream``'s
+  reads do, never the writer's ``trio.TooSlowError``.
 - A client's EOF without close_notify reads as EOF (b"") on an
   ``https_compatible`` stream (the gateway's; on another it is broken),
   and so does its close_notify; any TLS error, and any failed or cut send (a record may be
@@ -142,7 +145,11 @@ class TlsIO:
         while True:
             data = self._read(max_bytes)
             if self.outgoing.pending and not self.broken:  # (as trio: no alert after a failed read)
-                await self.flush(wait=False)
+                try:
+                    await self.flush(wait=False)
+                except trio.TooSlowError as exc:  # (a read fails as SSLStream's does: its readers expect no timeout)
+                    raise trio.BrokenResourceError("the client did not read what a read queued (send timeout)") \
+                        from exc
             if data is not None:
                 await self.io.fair_tick()
                 return data

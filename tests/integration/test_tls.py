@@ -377,3 +377,48 @@ async def test_plain_http_is_redirected_to_https_where_hsts_is_sent(tmp_path):
     finally:
         log = (await stop(proc, stderr)).decode()
     assert "Traceback" not in log
+
+
+async def test_a_key_update_from_openssl_keeps_the_connection_working_both_ways(tmp_path):
+    """TLS 1.3 KeyUpdate (``openssl s_client``: ``k`` renews the client's
+    keys, ``K`` also asks the gateway to renew its own) in the middle of a
+    kept-alive connection: the next request is read and answered."""
+    ca = trustme.CA()
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    port, tls_port, admin = free_port(), free_port(), free_port()
+    proc, stderr = await start_cli(["serve", "--config", str(_conf(tmp_path, port, tls_port, admin, ca))])
+    internal_ca = tmp_path / "state" / "ca" / "root.pem"
+    client = await trio.lowlevel.open_process(_s_client(tls_port, "b.test", internal_ca, "-tls1_3", "-crlf"),
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT)
+    assert client.stdin is not None and client.stdout is not None
+    out = b""
+
+    async def until(text: bytes, count: int) -> None:
+        nonlocal out
+        assert client.stdout is not None
+        with trio.move_on_after(10):
+            while out.count(text) < count:
+                chunk = await client.stdout.receive_some(65536)
+                if not chunk:
+                    break
+                out += chunk
+        if out.count(text) < count:
+            pytest.fail(f"no {count}x {text!r} from openssl s_client:\n{out.decode(errors='replace')}")
+
+    try:
+        await until(b"Verify return code: 0 (ok)", 1)
+        answers = 0
+        for command in (b"k", b"K", b"k"):
+            await client.stdin.send_all(b"GET /hello.txt HTTP/1.1\nHost: b.test\n\n")
+            answers += 1
+            await until(b"site b\n", answers)
+            await client.stdin.send_all(command + b"\n")  # (a line of its own: a command, not data)
+            await until(b"KEYUPDATE", answers)
+        await client.stdin.send_all(b"GET /hello.txt HTTP/1.1\nHost: b.test\nConnection: close\n\n")
+        await until(b"site b\n", answers + 1)
+    finally:
+        client.kill()
+        await client.wait()
+        log = (await stop(proc, stderr)).decode()
+    assert "Traceback" not in log

@@ -219,3 +219,22 @@ async def test_a_stream_it_cannot_drive_keeps_sslstream_calls():
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.send_all, b"ping")
         assert await ours.receive_some(10) == b"ping"
+
+
+async def test_a_read_whose_answer_the_client_never_reads_breaks_and_is_not_a_send_timeout(autojump_clock):
+    # What a read queues (a KeyUpdate's answer to a client asking for one, in
+    # a flood) is sent by the reader when no writer is sending; a client that
+    # never reads cuts that send. receive_some then raises what SSLStream's
+    # does for a failed transport (BrokenResourceError), not the writer's
+    # TooSlowError, which h2's reader does not expect (an "internal error"
+    # traceback per such client, seen against the gateway with a KeyUpdate flood).
+    ours, client = await tls_pair()
+    assert ours._tls is not None
+    await client.send_all(b"GET / HTTP/1.1\r\n\r\n")
+    ours._tls.ssl.write(b"k" * 10_000_000)  # (queued by a read: more than the kernel's buffers take)
+    t0 = trio.current_time()
+    with pytest.raises(trio.BrokenResourceError):
+        await ours.receive_some(65536)
+    assert trio.current_time() - t0 == pytest.approx(5)  # (the send timeout still cut it)
+    with pytest.raises(trio.BrokenResourceError):
+        await ours.receive_some(65536)
