@@ -139,6 +139,17 @@ class SockIO:
         except BlockingIOError:
             return 0
 
+    async def wait_writable_for(self, seconds: float) -> None:
+        """Wait until the socket takes more (after a send it would not), at
+        most ``seconds`` (``trio.TooSlowError``): the send timeout, a
+        cancel scope made only here, where a send has to wait."""
+        self.streak = 0
+        scope = trio.CancelScope(deadline=trio.current_time() + seconds)
+        with scope:  # (a hand-made scope: cheaper than fail_after's generator)
+            await trio.lowlevel.wait_writable(self.sock)
+        if scope.cancelled_caught:
+            raise trio.TooSlowError()
+
     async def send_all(self, data: bytes | memoryview) -> None:
         """All of ``data``, waiting (with no deadline of its own) whenever the
         kernel's buffer is full."""

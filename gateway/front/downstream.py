@@ -222,12 +222,7 @@ class Downstream(trio.abc.HalfCloseableStream):
         (the common case): a cancel scope and a wait only if it has to wait,
         and a yield once per ``FAIR_OPS`` calls (``SockIO.fair_tick``). Cancellation
         is seen as in ``send_all``. The response writer's call."""
-        # (``_one_sender``'s steps without its context manager: once per response)
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this connection")
-        if self._closed or self._eof_sent:
-            raise trio.ClosedResourceError("the connection was closed (or half-closed) for sending")
-        self._sending = True
+        self._claim_sender()  # (``_one_sender`` without its context manager: once per response)
         try:
             await self._send_all(memoryview(data))
         finally:
@@ -236,22 +231,26 @@ class Downstream(trio.abc.HalfCloseableStream):
     @contextmanager
     def _one_sender(self) -> Iterator[None]:
         """One send at a time, and none after close or EOF (trio's stream contract)."""
+        self._claim_sender()
+        try:
+            yield
+        finally:
+            self._sending = False
+
+    def _claim_sender(self) -> None:
+        """Mark this task the one sender (``_one_sender``, ``write``), or refuse."""
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this connection")
         if self._closed or self._eof_sent:
             raise trio.ClosedResourceError("the connection was closed (or half-closed) for sending")
         self._sending = True
-        try:
-            yield
-        finally:
-            self._sending = False
 
     async def _send_all(self, view: memoryview) -> None:
         timeout = self.send_timeout
         io = self._io
         tls = self._tls
         if tls is not None:
-            if len(view) <= TLS_SEND_PIECE:  # (a response's head and small body: one call, one record)
+            if len(view) <= TLS_SEND_PIECE:  # (a response's head and small body, or nothing: one call, one record)
                 try:
                     await tls.send(view, timeout)
                 except OSError as exc:
@@ -307,12 +306,7 @@ class Downstream(trio.abc.HalfCloseableStream):
                     sent -= len(first)
                     del views[0]
                 continue
-            io.streak = 0
-            scope = trio.CancelScope(deadline=trio.current_time() + timeout)
-            with scope:
-                await trio.lowlevel.wait_writable(io.sock)
-            if scope.cancelled_caught:
-                raise trio.TooSlowError()
+            await io.wait_writable_for(timeout)
         await io.fair_tick()
 
     async def write_pieces(self, pieces: Sequence[bytes | bytearray]) -> None:

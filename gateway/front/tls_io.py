@@ -229,9 +229,4 @@ class TlsIO:
             if sent:
                 view = view[sent:]
                 continue
-            io.streak = 0
-            scope = trio.CancelScope(deadline=trio.current_time() + timeout)
-            with scope:
-                await trio.lowlevel.wait_writable(io.sock)
-            if scope.cancelled_caught:
-                raise trio.TooSlowError()
+            await io.wait_writable_for(timeout)
